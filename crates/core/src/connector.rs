@@ -1,0 +1,206 @@
+//! The `Connector` trait: one implementation per bank API.
+//!
+//! A connector logs in, lists accounts and fetches one date window of one
+//! account at a time. It never writes to the store and never retries: the sync
+//! engine plans windows from [`ConnectorLimits`], retries what
+//! [`ConnectorError::is_transient`] says is worth retrying and re-logs in on
+//! [`ConnectorError::SessionExpired`].
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use crate::{Balance, FetchedAccount, FetchedTransaction, Secret};
+
+/// What a bank API allows, declared by its connector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectorLimits {
+    /// Longest date range one request may cover.
+    pub max_window_days: Option<u32>,
+    /// How far back the bank serves history at all.
+    pub max_history_days: Option<u32>,
+    /// History older than this many days needs strong customer authentication.
+    pub sca_after_days: Option<u32>,
+    /// Requests the bank tolerates per day and connection.
+    pub daily_request_budget: Option<u32>,
+}
+
+/// An inclusive range of calendar days in the bank's own time zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DateWindow {
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+}
+
+impl DateWindow {
+    pub fn new(from: NaiveDate, to: NaiveDate) -> Self {
+        debug_assert!(from <= to);
+        Self { from, to }
+    }
+
+    /// Number of days covered, both ends included.
+    pub fn days(&self) -> u32 {
+        ((self.to - self.from).num_days() + 1).max(0) as u32
+    }
+
+    pub fn contains(&self, d: NaiveDate) -> bool {
+        self.from <= d && d <= self.to
+    }
+}
+
+impl fmt::Display for DateWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..{}", self.from, self.to)
+    }
+}
+
+/// Everything one window of one account yields.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WindowPage {
+    /// Every transaction the bank reports in the window (booked and pending).
+    /// The window is complete: a pending row stored for this window and absent
+    /// here has vanished.
+    pub transactions: Vec<FetchedTransaction>,
+    /// Balance snapshots the bank reported along with the window.
+    pub balances: Vec<Balance>,
+}
+
+/// Strong customer authentication the bank demands before it goes on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ScaChallenge {
+    /// A one-time code sent to the user (SMS, e-mail, app).
+    Otp { prompt: String },
+    /// An EMV-CAP login code (mode 1), optionally over a bank challenge.
+    CardReaderLogin { challenge: Option<String> },
+    /// An EMV-CAP signature code (mode 2) over the numbers the bank shows.
+    CardReaderSign { numbers: Vec<String> },
+    /// Approve on another device, then the connector polls.
+    Decoupled { message: String, poll_after_secs: u64 },
+    /// Open a URL in a browser (redirect or OAuth SCA).
+    Redirect { url: String },
+    /// A BankID order to complete.
+    BankId { auto_start_token: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransientKind {
+    Timeout,
+    Network,
+    /// HTTP 5xx.
+    Server(u16),
+    /// HTTP 429.
+    RateLimited,
+    /// The body ended before the JSON did (connection cut mid-response).
+    Truncated,
+}
+
+impl fmt::Display for TransientKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransientKind::Timeout => f.write_str("timeout"),
+            TransientKind::Network => f.write_str("network error"),
+            TransientKind::Server(s) => write!(f, "server error {s}"),
+            TransientKind::RateLimited => f.write_str("rate limited (429)"),
+            TransientKind::Truncated => f.write_str("truncated response"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("{what}: {kind}{}", retry_after.map(|d| format!(" (retry after {}s)", d.as_secs())).unwrap_or_default())]
+    Transient { what: String, kind: TransientKind, retry_after: Option<Duration> },
+    #[error("the bank session expired; logging in again")]
+    SessionExpired,
+    #[error("the bank refused the login: {0}. Check the username and password of this connection")]
+    InvalidCredentials(String),
+    #[error("the bank refused the window {window}: {message}")]
+    WindowRefused { window: DateWindow, message: String },
+    #[error("the bank sent a response bankbridge cannot read ({what}): {detail}")]
+    Malformed { what: String, detail: String },
+    #[error("the bank needs strong customer authentication: {0:?}")]
+    ScaRequired(ScaChallenge),
+    #[error("the daily request budget for this bank ({0} requests) is spent; sync again tomorrow")]
+    BudgetExhausted(u32),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ConnectorError {
+    /// Worth retrying the same request after a pause.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ConnectorError::Transient { .. })
+    }
+
+    /// The pause the bank asked for, if any (`Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ConnectorError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// One bank API. Implementations hold their own HTTP client and session.
+#[async_trait]
+pub trait Connector: Send {
+    /// Short machine name, e.g. `fibank`.
+    fn name(&self) -> &'static str;
+
+    fn limits(&self) -> ConnectorLimits;
+
+    /// Today's date where the bank keeps its books.
+    fn today(&self) -> NaiveDate {
+        chrono::Utc::now().date_naive()
+    }
+
+    /// Log in with the connection's credentials (or check a restored session).
+    async fn login(&mut self) -> Result<(), ConnectorError>;
+
+    /// Session state worth keeping between runs (tokens, cookies), if any.
+    fn session_state(&self) -> Option<Secret<String>> {
+        None
+    }
+
+    /// Restore what [`Connector::session_state`] returned in an earlier run.
+    fn restore_session(&mut self, _state: Secret<String>) {}
+
+    async fn accounts(&mut self) -> Result<Vec<FetchedAccount>, ConnectorError>;
+
+    /// Every transaction and balance of `account` in `window`.
+    async fn window(
+        &mut self,
+        account: &FetchedAccount,
+        window: DateWindow,
+    ) -> Result<WindowPage, ConnectorError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_days_inclusive() {
+        let d = |m, d| NaiveDate::from_ymd_opt(2024, m, d).unwrap();
+        assert_eq!(DateWindow::new(d(1, 1), d(1, 30)).days(), 30);
+        assert_eq!(DateWindow::new(d(1, 1), d(1, 1)).days(), 1);
+        assert!(DateWindow::new(d(1, 1), d(1, 30)).contains(d(1, 30)));
+    }
+
+    #[test]
+    fn transient_errors_are_retryable_others_not() {
+        let t = ConnectorError::Transient {
+            what: "GetCustBal".into(),
+            kind: TransientKind::RateLimited,
+            retry_after: Some(Duration::from_secs(3)),
+        };
+        assert!(t.is_transient());
+        assert_eq!(t.retry_after(), Some(Duration::from_secs(3)));
+        assert_eq!(t.to_string(), "GetCustBal: rate limited (429) (retry after 3s)");
+        assert!(!ConnectorError::SessionExpired.is_transient());
+        assert!(!ConnectorError::InvalidCredentials("x".into()).is_transient());
+    }
+}

@@ -1,0 +1,23 @@
+//! Domain types shared by every bankbridge crate.
+//!
+//! Nothing here does I/O: connectors produce these types, the sync engine
+//! reconciles them, the store persists them and the server serialises them.
+#![forbid(unsafe_code)]
+
+pub mod connector;
+pub mod iban;
+pub mod model;
+pub mod money;
+pub mod secret;
+
+pub use connector::{
+    Connector, ConnectorError, ConnectorLimits, DateWindow, ScaChallenge, TransientKind, WindowPage,
+};
+pub use iban::{Iban, IbanError};
+pub use model::{
+    Account, Balance, BalanceKind, ConnectionSettings, FetchedAccount, FetchedTransaction,
+    Transaction, TxStatus,
+};
+pub use model::clean_label;
+pub use money::{Currency, CurrencyError, Money, parse_decimal};
+pub use secret::Secret;

@@ -1,0 +1,262 @@
+//! The bank data model: what connectors fetch and what the store keeps.
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Currency, Iban};
+
+/// An account as a connector reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FetchedAccount {
+    /// The bank's stable identifier for the account (the IBAN when it has nothing better).
+    pub provider_id: String,
+    pub iban: Option<Iban>,
+    pub currency: Currency,
+    pub name: Option<String>,
+    /// Free-form kind as the bank names it (current, savings, card, ...).
+    pub kind: Option<String>,
+    pub raw: serde_json::Value,
+}
+
+/// A stored account.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: i64,
+    pub connection_id: i64,
+    pub provider_id: String,
+    pub iban: Option<Iban>,
+    pub currency: Currency,
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceKind {
+    /// Booked balance at the start of the reference date.
+    OpeningBooked,
+    /// Booked balance at the end of the reference date.
+    ClosingBooked,
+    /// Available balance (booked plus pending plus overdraft) at the reference time.
+    Available,
+}
+
+impl BalanceKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BalanceKind::OpeningBooked => "opening_booked",
+            BalanceKind::ClosingBooked => "closing_booked",
+            BalanceKind::Available => "available",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "opening_booked" => BalanceKind::OpeningBooked,
+            "closing_booked" => BalanceKind::ClosingBooked,
+            "available" => BalanceKind::Available,
+            _ => return None,
+        })
+    }
+}
+
+/// A balance snapshot. Kept as history: one row per (account, kind, reference date).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Balance {
+    pub kind: BalanceKind,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: Currency,
+    pub reference_date: NaiveDate,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxStatus {
+    Pending,
+    Booked,
+    /// A pending transaction the bank stopped reporting without booking it.
+    Void,
+}
+
+impl TxStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TxStatus::Pending => "pending",
+            TxStatus::Booked => "booked",
+            TxStatus::Void => "void",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => TxStatus::Pending,
+            "booked" => TxStatus::Booked,
+            "void" => TxStatus::Void,
+            _ => return None,
+        })
+    }
+}
+
+/// A transaction as a connector reports it, before reconciliation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FetchedTransaction {
+    /// The bank's own id, when it has a stable one. Without one the store
+    /// identifies the row by its fingerprint.
+    pub provider_id: Option<String>,
+    pub status: TxStatus,
+    /// The date the bank books the transaction under (for pending: the authorisation date).
+    pub booking_date: NaiveDate,
+    pub value_date: Option<NaiveDate>,
+    /// When the payment was really made (card use, order time), if the bank says.
+    pub transaction_date: Option<NaiveDate>,
+    /// Signed: debits are negative.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: Currency,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub original_amount: Option<Decimal>,
+    pub original_currency: Option<Currency>,
+    /// The label exactly as the bank sent it.
+    pub raw_label: String,
+    /// A cleaned-up label for people (whitespace collapsed, noise removed).
+    pub label: String,
+    pub counterparty_name: Option<String>,
+    pub counterparty_iban: Option<String>,
+    pub remittance_info: Option<String>,
+    /// The bank's own transaction code(s), e.g. Fibank's `trnType/trnCode`.
+    pub bank_code: Option<String>,
+    /// The running balance after this transaction, when the bank reports one.
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub running_balance: Option<Decimal>,
+    /// The record exactly as the bank sent it.
+    pub raw: serde_json::Value,
+}
+
+impl FetchedTransaction {
+    /// Content hash used when the bank gives no stable id, and to match
+    /// identical twins: booking date, amount, currency and raw label. The
+    /// occurrence counter (identical twins on one day) is added by the caller.
+    pub fn content_fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.booking_date.to_string().as_bytes());
+        h.update([0]);
+        h.update(self.amount.normalize().to_string().as_bytes());
+        h.update([0]);
+        h.update(self.currency.as_str().as_bytes());
+        h.update([0]);
+        h.update(self.raw_label.as_bytes());
+        hex::encode(&h.finalize()[..12])
+    }
+}
+
+/// Collapse runs of whitespace and trim: the cleaned label of a raw bank label.
+pub fn clean_label(raw: &str) -> String {
+    raw.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A stored transaction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub id: i64,
+    pub connection_id: i64,
+    pub account_id: i64,
+    /// The bank's id, or `fp:<fingerprint>:<occurrence>` when the bank has none.
+    pub provider_id: String,
+    /// The id this row had while pending, when it booked under a new id.
+    pub pending_provider_id: Option<String>,
+    pub fingerprint: String,
+    pub status: TxStatus,
+    pub booking_date: NaiveDate,
+    pub value_date: Option<NaiveDate>,
+    pub transaction_date: Option<NaiveDate>,
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: Currency,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub original_amount: Option<Decimal>,
+    pub original_currency: Option<Currency>,
+    pub raw_label: String,
+    pub label: String,
+    pub counterparty_name: Option<String>,
+    pub counterparty_iban: Option<String>,
+    pub remittance_info: Option<String>,
+    pub bank_code: Option<String>,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub running_balance: Option<Decimal>,
+    pub raw: serde_json::Value,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a connection needs to log in and sync, apart from its secret credentials.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionSettings {
+    pub base_url: String,
+    pub username: String,
+    /// Longest window to ask the bank for, in days (capped by the connector's own limit).
+    pub window_days: u32,
+    /// How many days before the last synced day each incremental sync starts again.
+    pub overlap_days: u32,
+    /// Oldest day to backfill to; `None` walks back until the bank has nothing older.
+    pub since: Option<NaiveDate>,
+    /// Seconds between scheduled syncs in `serve`; `None` means manual only.
+    pub interval_secs: Option<u64>,
+}
+
+impl ConnectionSettings {
+    pub fn new(base_url: impl Into<String>, username: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            username: username.into(),
+            window_days: 30,
+            overlap_days: 7,
+            since: None,
+            interval_secs: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn tx(label: &str, amount: &str) -> FetchedTransaction {
+        FetchedTransaction {
+            provider_id: None,
+            status: TxStatus::Booked,
+            booking_date: NaiveDate::from_ymd_opt(2024, 3, 1).unwrap(),
+            value_date: None,
+            transaction_date: None,
+            amount: Decimal::from_str(amount).unwrap(),
+            currency: "EUR".parse().unwrap(),
+            original_amount: None,
+            original_currency: None,
+            raw_label: label.into(),
+            label: clean_label(label),
+            counterparty_name: None,
+            counterparty_iban: None,
+            remittance_info: None,
+            bank_code: None,
+            running_balance: None,
+            raw: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn fingerprint_ignores_trailing_zeros_but_not_label() {
+        assert_eq!(tx("COFFEE", "-2.50").content_fingerprint(), tx("COFFEE", "-2.5").content_fingerprint());
+        assert_ne!(tx("COFFEE", "-2.50").content_fingerprint(), tx("COFFEE ", "-2.50").content_fingerprint());
+        assert_ne!(tx("COFFEE", "-2.50").content_fingerprint(), tx("COFFEE", "2.50").content_fingerprint());
+    }
+
+    #[test]
+    fn clean_label_collapses_whitespace() {
+        assert_eq!(clean_label("  POS   SHOP\t12 "), "POS SHOP 12");
+    }
+}
