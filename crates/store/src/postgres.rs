@@ -1,0 +1,933 @@
+//! PostgreSQL backend, for several `serve` instances sharing one database.
+//!
+//! Money is NUMERIC, dates DATE, instants TIMESTAMPTZ. A window's inserts and
+//! updates each go in one statement over `UNNEST`ed arrays: one prepared
+//! statement whatever the number of rows, and one round trip.
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bankbridge_core::{Account, Balance, BalanceKind, FetchedAccount, Transaction};
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::stream::BoxStream;
+use futures::{SinkExt, StreamExt};
+use rust_decimal::Decimal;
+use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Arguments, Row};
+
+use crate::common::{
+    self, Arg, Dialect, PreparedTx, corrupt, encode_err, is_foreign_key_violation, is_unique_violation, micros,
+    opt_micros,
+};
+use crate::{
+    AccountTotals, Checkpoint, CommitStats, Connection, Lease, NewConnection, Result, Scope, Store, StoreError,
+    StoredBalance, SyncJob, TokenRecord, TxQuery, WindowCommit, codec,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Rows per INSERT … SELECT FROM UNNEST statement (bounds one message's size).
+const INSERT_CHUNK: usize = 5_000;
+
+pub struct PgStore {
+    location: String,
+    pool: PgPool,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connect to `url` (`postgres://user:pass@host:port/db`) and bring the
+    /// schema up to date.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let location = common::redact_url(url);
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await
+            .map_err(|e| StoreError::Open {
+                location: location.clone(),
+                detail: format!("{e} (check the URL, that the server runs and that the database exists)"),
+            })?;
+        if let Err(e) = MIGRATOR.run(&pool).await {
+            pool.close().await;
+            return Err(StoreError::Migrate(format!("{location}: {e}")));
+        }
+        Ok(Self { location, pool })
+    }
+
+    /// Close the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+// ---------------------------------------------------------------- decoding
+
+const CONNECTION_COLUMNS: &str = "id, name, connector, settings::text, credentials_sealed, session_sealed, \
+     created_at, last_sync_at, last_sync_status, last_sync_error";
+
+fn connection_from_row(r: &PgRow) -> Result<Connection> {
+    Ok(Connection {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        connector: r.try_get(2)?,
+        settings: common::json(r.try_get(3)?, "connection settings")?,
+        credentials_sealed: r.try_get(4)?,
+        session_sealed: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        last_sync_at: r.try_get(7)?,
+        last_sync_status: r.try_get(8)?,
+        last_sync_error: r.try_get(9)?,
+    })
+}
+
+const ACCOUNT_COLUMNS: &str = "id, connection_id, provider_id, iban, currency, name, kind, first_seen, last_seen";
+
+fn account_from_row(r: &PgRow) -> Result<Account> {
+    Ok(Account {
+        id: r.try_get(0)?,
+        connection_id: r.try_get(1)?,
+        provider_id: r.try_get(2)?,
+        iban: common::opt_iban(r.try_get(3)?)?,
+        currency: codec::currency(r.try_get(4)?)?,
+        name: r.try_get(5)?,
+        kind: r.try_get(6)?,
+        first_seen: r.try_get(7)?,
+        last_seen: r.try_get(8)?,
+    })
+}
+
+fn tx_columns() -> &'static str {
+    static COLUMNS: OnceLock<String> = OnceLock::new();
+    COLUMNS.get_or_init(|| common::tx_columns("raw::text"))
+}
+
+fn tx_from_row(r: &PgRow) -> Result<Transaction> {
+    Ok(Transaction {
+        id: r.try_get(0)?,
+        connection_id: r.try_get(1)?,
+        account_id: r.try_get(2)?,
+        provider_id: r.try_get(3)?,
+        pending_provider_id: r.try_get(4)?,
+        fingerprint: r.try_get(5)?,
+        status: common::tx_status(r.try_get(6)?)?,
+        booking_date: r.try_get(7)?,
+        value_date: r.try_get(8)?,
+        transaction_date: r.try_get(9)?,
+        amount: r.try_get(10)?,
+        currency: codec::currency(r.try_get(11)?)?,
+        original_amount: r.try_get(12)?,
+        original_currency: common::opt_currency(r.try_get(13)?)?,
+        raw_label: r.try_get(14)?,
+        label: r.try_get(15)?,
+        counterparty_name: r.try_get(16)?,
+        counterparty_iban: r.try_get(17)?,
+        remittance_info: r.try_get(18)?,
+        bank_code: r.try_get(19)?,
+        running_balance: r.try_get(20)?,
+        raw: common::json(r.try_get(21)?, "transaction raw")?,
+        first_seen: r.try_get(22)?,
+        last_seen: r.try_get(23)?,
+        updated_at: r.try_get(24)?,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, name, scope, hash, created_at, last_used_at, revoked_at";
+
+fn token_from_row(r: &PgRow) -> Result<TokenRecord> {
+    let scope: &str = r.try_get(2)?;
+    Ok(TokenRecord {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        scope: Scope::parse(scope).ok_or_else(|| corrupt(format!("token scope {scope:?}")))?,
+        hash: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+        last_used_at: r.try_get(5)?,
+        revoked_at: r.try_get(6)?,
+    })
+}
+
+const JOB_COLUMNS: &str = "id, connection_id, status, created_at, started_at, finished_at, summary::text, error";
+
+fn job_from_row(r: &PgRow) -> Result<SyncJob> {
+    let summary: Option<&str> = r.try_get(6)?;
+    Ok(SyncJob {
+        id: r.try_get(0)?,
+        connection_id: r.try_get(1)?,
+        status: r.try_get(2)?,
+        created_at: r.try_get(3)?,
+        started_at: r.try_get(4)?,
+        finished_at: r.try_get(5)?,
+        summary: summary.map(|s| common::json(s, "sync job summary")).transpose()?,
+        error: r.try_get(7)?,
+    })
+}
+
+fn bind_args(args: Vec<Arg>) -> Result<PgArguments> {
+    let mut out = PgArguments::default();
+    for a in args {
+        match a {
+            Arg::I64(v) => out.add(v),
+            Arg::Date(v) => out.add(v),
+            Arg::Text(v) => out.add(v),
+            Arg::Decimal(v) => out.add(v),
+            Arg::Time(v) => out.add(v),
+        }
+        .map_err(encode_err)?;
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- window writes
+
+/// The transaction fields as parallel arrays, for `UNNEST`.
+#[derive(Default)]
+struct Columns<'a> {
+    provider_id: Vec<&'a str>,
+    pending_provider_id: Vec<Option<&'a str>>,
+    fingerprint: Vec<&'a str>,
+    status: Vec<&'a str>,
+    booking_date: Vec<NaiveDate>,
+    value_date: Vec<Option<NaiveDate>>,
+    transaction_date: Vec<Option<NaiveDate>>,
+    amount: Vec<Decimal>,
+    currency: Vec<&'a str>,
+    original_amount: Vec<Option<Decimal>>,
+    original_currency: Vec<Option<&'a str>>,
+    raw_label: Vec<&'a str>,
+    label: Vec<&'a str>,
+    counterparty_name: Vec<Option<&'a str>>,
+    counterparty_iban: Vec<Option<&'a str>>,
+    remittance_info: Vec<Option<&'a str>>,
+    bank_code: Vec<Option<&'a str>>,
+    running_balance: Vec<Option<Decimal>>,
+    raw: Vec<&'a str>,
+    search_text: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, p: &'a PreparedTx<'a>) {
+        let w = p.w;
+        self.provider_id.push(&w.provider_id);
+        self.pending_provider_id.push(w.pending_provider_id.as_deref());
+        self.fingerprint.push(&w.fingerprint);
+        self.status.push(w.status.as_str());
+        self.booking_date.push(w.booking_date);
+        self.value_date.push(w.value_date);
+        self.transaction_date.push(w.transaction_date);
+        self.amount.push(w.amount);
+        self.currency.push(p.currency.as_str());
+        self.original_amount.push(w.original_amount);
+        self.original_currency.push(p.original_currency_str());
+        self.raw_label.push(&w.raw_label);
+        self.label.push(&w.label);
+        self.counterparty_name.push(w.counterparty_name.as_deref());
+        self.counterparty_iban.push(w.counterparty_iban.as_deref());
+        self.remittance_info.push(w.remittance_info.as_deref());
+        self.bank_code.push(w.bank_code.as_deref());
+        self.running_balance.push(w.running_balance);
+        self.raw.push(&w.raw);
+        self.search_text.push(&p.search_text);
+    }
+
+    fn add_to(self, args: &mut PgArguments) -> Result<()> {
+        args.add(self.provider_id).map_err(encode_err)?;
+        args.add(self.pending_provider_id).map_err(encode_err)?;
+        args.add(self.fingerprint).map_err(encode_err)?;
+        args.add(self.status).map_err(encode_err)?;
+        args.add(self.booking_date).map_err(encode_err)?;
+        args.add(self.value_date).map_err(encode_err)?;
+        args.add(self.transaction_date).map_err(encode_err)?;
+        args.add(self.amount).map_err(encode_err)?;
+        args.add(self.currency).map_err(encode_err)?;
+        args.add(self.original_amount).map_err(encode_err)?;
+        args.add(self.original_currency).map_err(encode_err)?;
+        args.add(self.raw_label).map_err(encode_err)?;
+        args.add(self.label).map_err(encode_err)?;
+        args.add(self.counterparty_name).map_err(encode_err)?;
+        args.add(self.counterparty_iban).map_err(encode_err)?;
+        args.add(self.remittance_info).map_err(encode_err)?;
+        args.add(self.bank_code).map_err(encode_err)?;
+        args.add(self.running_balance).map_err(encode_err)?;
+        args.add(self.raw).map_err(encode_err)?;
+        args.add(self.search_text).map_err(encode_err)?;
+        Ok(())
+    }
+}
+
+/// `UNNEST(...) AS u(...)` over the 20 field arrays, starting at parameter `$first`.
+fn unnest_fields(first: usize) -> String {
+    let types = [
+        "text", "text", "text", "text", "date", "date", "date", "numeric", "text", "numeric", "text", "text", "text",
+        "text", "text", "text", "text", "numeric", "text", "text",
+    ];
+    let params: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", first + i)).collect();
+    format!(
+        "UNNEST({}) AS u(provider_id, pending_provider_id, fingerprint, status, booking_date, value_date, \
+         transaction_date, amount, currency, original_amount, original_currency, raw_label, label, \
+         counterparty_name, counterparty_iban, remittance_info, bank_code, running_balance, raw, search_text)",
+        params.join(", ")
+    )
+}
+
+const FIELD_LIST: &str = "provider_id, pending_provider_id, fingerprint, status, booking_date, value_date, \
+     transaction_date, amount, currency, original_amount, original_currency, raw_label, label, \
+     counterparty_name, counterparty_iban, remittance_info, bank_code, running_balance, raw, search_text";
+
+fn insert_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let select: Vec<String> =
+            FIELD_LIST.split(',').map(str::trim).map(|c| if c == "raw" { "u.raw::json".into() } else { format!("u.{c}") }).collect();
+        let sets: Vec<String> = FIELD_LIST
+            .split(',')
+            .map(str::trim)
+            .filter(|c| *c != "provider_id")
+            .chain(["last_seen", "updated_at"])
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        format!(
+            "INSERT INTO transactions (connection_id, account_id, {FIELD_LIST}, first_seen, last_seen, updated_at) \
+             SELECT $1, $2, {}, $3, $3, $3 FROM {} \
+             ON CONFLICT (account_id, provider_id) DO UPDATE SET {}",
+            select.join(", "),
+            unnest_fields(4),
+            sets.join(", ")
+        )
+    })
+}
+
+fn update_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let sets: Vec<String> = FIELD_LIST
+            .split(',')
+            .map(str::trim)
+            .map(|c| if c == "raw" { "raw = u.raw::json".into() } else { format!("{c} = u.{c}") })
+            .collect();
+        // $1 now, $2 account, $3 row ids, then the 20 field arrays from $4,
+        // all unnested side by side.
+        format!(
+            "UPDATE transactions AS t SET {}, updated_at = $1, last_seen = $1 \
+             FROM (SELECT * FROM {} ) AS u \
+             WHERE t.id = u.id AND t.account_id = $2",
+            sets.join(", "),
+            unnest_with_ids()
+        )
+    })
+}
+
+fn unnest_with_ids() -> String {
+    let types = [
+        "bigint", "text", "text", "text", "text", "date", "date", "date", "numeric", "text", "numeric", "text", "text",
+        "text", "text", "text", "text", "text", "numeric", "text", "text",
+    ];
+    let params: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", 3 + i)).collect();
+    format!(
+        "UNNEST({}) AS x(id, provider_id, pending_provider_id, fingerprint, status, booking_date, value_date, \
+         transaction_date, amount, currency, original_amount, original_currency, raw_label, label, \
+         counterparty_name, counterparty_iban, remittance_info, bank_code, running_balance, raw, search_text)",
+        params.join(", ")
+    )
+}
+
+async fn missing_ids(tx: &mut sqlx::PgConnection, account_id: i64, ids: &[i64]) -> Result<Vec<i64>> {
+    let found: Vec<i64> = sqlx::query_scalar("SELECT id FROM transactions WHERE account_id = $1 AND id = ANY($2)")
+        .bind(account_id)
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+    let found: std::collections::HashSet<i64> = found.into_iter().collect();
+    Ok(ids.iter().copied().filter(|id| !found.contains(id)).collect())
+}
+
+async fn update_ids(
+    tx: &mut sqlx::PgConnection,
+    sql: &str,
+    now: DateTime<Utc>,
+    account_id: i64,
+    ids: &[i64],
+    what: &str,
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let done = sqlx::query(sql).bind(now).bind(account_id).bind(ids).execute(&mut *tx).await?;
+    if done.rows_affected() != ids.len() as u64 {
+        let missing = missing_ids(tx, account_id, ids).await?;
+        return Err(StoreError::NotFound(format!("{what} {missing:?} of account {account_id}")));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    // ------------------------------------------------------------ connections
+
+    async fn create_connection(&self, new: &NewConnection) -> Result<Connection> {
+        let settings = serde_json::to_string(&new.settings)
+            .map_err(|e| StoreError::Conflict(format!("connection settings cannot be serialised: {e}")))?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO connections (name, connector, settings, credentials_sealed, created_at) \
+             VALUES ($1, $2, $3::jsonb, $4, $5) RETURNING {CONNECTION_COLUMNS}"
+        ))
+        .bind(&new.name)
+        .bind(&new.connector)
+        .bind(settings)
+        .bind(&new.credentials_sealed)
+        .bind(micros(Utc::now()))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("a connection named {:?} already exists", new.name))
+            } else {
+                e.into()
+            }
+        })?;
+        connection_from_row(&row)
+    }
+
+    async fn list_connections(&self) -> Result<Vec<Connection>> {
+        let rows = sqlx::query(&format!("SELECT {CONNECTION_COLUMNS} FROM connections ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(connection_from_row).collect()
+    }
+
+    async fn get_connection(&self, id: i64) -> Result<Option<Connection>> {
+        let row = sqlx::query(&format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(connection_from_row).transpose()
+    }
+
+    async fn find_connection(&self, id_or_name: &str) -> Result<Option<Connection>> {
+        if let Ok(id) = id_or_name.trim().parse::<i64>()
+            && let Some(c) = self.get_connection(id).await?
+        {
+            return Ok(Some(c));
+        }
+        let row = sqlx::query(&format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE name = $1"))
+            .bind(id_or_name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(connection_from_row).transpose()
+    }
+
+    async fn delete_connection(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM connections WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn save_session(&self, connection_id: i64, session_sealed: Option<&[u8]>) -> Result<()> {
+        let done = sqlx::query("UPDATE connections SET session_sealed = $1 WHERE id = $2")
+            .bind(session_sealed)
+            .bind(connection_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("connection {connection_id}")));
+        }
+        Ok(())
+    }
+
+    async fn record_sync_result(
+        &self,
+        connection_id: i64,
+        at: DateTime<Utc>,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE connections SET last_sync_at = $1, last_sync_status = $2, last_sync_error = $3 WHERE id = $4",
+        )
+        .bind(micros(at))
+        .bind(status)
+        .bind(error)
+        .bind(connection_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("connection {connection_id}")));
+        }
+        Ok(())
+    }
+
+    async fn acquire_sync_lease(
+        &self,
+        connection_id: i64,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Lease> {
+        let (now, until) = (micros(now), micros(until));
+        for _ in 0..3 {
+            let done = sqlx::query(
+                "UPDATE connections SET lease_owner = $1, lease_until = $2 WHERE id = $3 AND \
+                 (lease_owner IS NULL OR lease_until IS NULL OR lease_until < $4 OR lease_owner = $1)",
+            )
+            .bind(owner)
+            .bind(until)
+            .bind(connection_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            if done.rows_affected() == 1 {
+                return Ok(Lease::Acquired);
+            }
+            let row: Option<(Option<String>, Option<DateTime<Utc>>)> =
+                sqlx::query_as("SELECT lease_owner, lease_until FROM connections WHERE id = $1")
+                    .bind(connection_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            match row {
+                None => return Err(StoreError::NotFound(format!("connection {connection_id}"))),
+                Some((Some(holder), Some(held_until))) if holder != owner && held_until >= now => {
+                    return Ok(Lease::Held { owner: holder, until: held_until });
+                }
+                Some(_) => continue,
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "the sync lease of connection {connection_id} keeps changing hands; try again"
+        )))
+    }
+
+    async fn release_sync_lease(&self, connection_id: i64, owner: &str) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE connections SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(connection_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM connections WHERE id = $1")
+                .bind(connection_id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("connection {connection_id}")));
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ accounts
+
+    async fn upsert_account(
+        &self,
+        connection_id: i64,
+        account: &FetchedAccount,
+        now: DateTime<Utc>,
+    ) -> Result<Account> {
+        let raw = serde_json::to_string(&account.raw)
+            .map_err(|e| StoreError::Conflict(format!("account raw cannot be serialised: {e}")))?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO accounts AS a (connection_id, provider_id, iban, currency, name, kind, raw, first_seen, \
+             last_seen, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $8, $8) \
+             ON CONFLICT (connection_id, provider_id) DO UPDATE SET \
+             updated_at = CASE WHEN a.iban IS DISTINCT FROM EXCLUDED.iban \
+               OR a.currency IS DISTINCT FROM EXCLUDED.currency OR a.name IS DISTINCT FROM EXCLUDED.name \
+               OR a.kind IS DISTINCT FROM EXCLUDED.kind OR a.raw::text IS DISTINCT FROM EXCLUDED.raw::text \
+               THEN EXCLUDED.updated_at ELSE a.updated_at END, \
+             iban = EXCLUDED.iban, currency = EXCLUDED.currency, name = EXCLUDED.name, kind = EXCLUDED.kind, \
+             raw = EXCLUDED.raw, last_seen = EXCLUDED.last_seen \
+             RETURNING {ACCOUNT_COLUMNS}"
+        ))
+        .bind(connection_id)
+        .bind(&account.provider_id)
+        .bind(account.iban.as_ref().map(|i| i.as_str()))
+        .bind(account.currency.as_str())
+        .bind(account.name.as_deref())
+        .bind(account.kind.as_deref())
+        .bind(raw)
+        .bind(micros(now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_foreign_key_violation(&e) {
+                StoreError::NotFound(format!("connection {connection_id}"))
+            } else {
+                e.into()
+            }
+        })?;
+        account_from_row(&row)
+    }
+
+    async fn list_accounts(&self, connection_id: Option<i64>) -> Result<Vec<Account>> {
+        let rows = match connection_id {
+            Some(c) => {
+                sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE connection_id = $1 ORDER BY id"))
+                    .bind(c)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id"))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(account_from_row).collect()
+    }
+
+    async fn get_account(&self, id: i64) -> Result<Option<Account>> {
+        let row = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn list_balances(&self, account_id: i64) -> Result<Vec<StoredBalance>> {
+        let rows = sqlx::query(
+            "SELECT account_id, kind, amount, currency, reference_date, fetched_at FROM balances \
+             WHERE account_id = $1 ORDER BY reference_date, kind, id",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: &str = r.try_get(1)?;
+                Ok(StoredBalance {
+                    account_id: r.try_get(0)?,
+                    balance: Balance {
+                        kind: BalanceKind::parse(kind).ok_or_else(|| corrupt(format!("balance kind {kind:?}")))?,
+                        amount: r.try_get(2)?,
+                        currency: codec::currency(r.try_get(3)?)?,
+                        reference_date: r.try_get(4)?,
+                    },
+                    fetched_at: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn account_totals(&self, account_id: i64) -> Result<AccountTotals> {
+        let (count, sum): (i64, Decimal) = sqlx::query_as(
+            "SELECT count(*), COALESCE(SUM(amount), 0) FROM transactions WHERE account_id = $1 AND status = 'booked'",
+        )
+        .bind(account_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(AccountTotals {
+            booked_count: u64::try_from(count).map_err(|_| corrupt(format!("count {count}")))?,
+            booked_sum: sum,
+        })
+    }
+
+    // ------------------------------------------------------------ sync
+
+    async fn checkpoint(&self, account_id: i64) -> Result<Checkpoint> {
+        let row: Option<(Option<NaiveDate>, Option<NaiveDate>, bool, i64)> = sqlx::query_as(
+            "SELECT oldest_covered, newest_covered, backfill_done, empty_streak FROM checkpoints WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some((oldest, newest, done, streak)) => Checkpoint {
+                oldest_covered: oldest,
+                newest_covered: newest,
+                backfill_done: done,
+                empty_streak: common::streak(streak)?,
+            },
+            None => Checkpoint::default(),
+        })
+    }
+
+    async fn load_window(&self, account_id: i64, from: NaiveDate, to: NaiveDate) -> Result<Vec<Transaction>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM transactions WHERE account_id = $1 AND booking_date >= $2 AND booking_date <= $3 \
+             ORDER BY booking_date, id",
+            tx_columns()
+        ))
+        .bind(account_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(tx_from_row).collect()
+    }
+
+    async fn commit_window(&self, commit: &WindowCommit) -> Result<CommitStats> {
+        let prepared = common::prepare_commit(commit)?;
+        let now = prepared.now;
+        let account_id = commit.account_id;
+        let mut tx = self.pool.begin().await?;
+
+        let owner: Option<i64> = sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match owner {
+            None => return Err(StoreError::NotFound(format!("account {account_id}"))),
+            Some(c) if c != commit.connection_id => {
+                return Err(StoreError::Conflict(format!(
+                    "account {account_id} belongs to connection {c}, not {}",
+                    commit.connection_id
+                )));
+            }
+            Some(_) => {}
+        }
+
+        for chunk in prepared.inserts.chunks(INSERT_CHUNK) {
+            let mut cols = Columns::default();
+            for p in chunk {
+                cols.push(p);
+            }
+            let mut args = PgArguments::default();
+            args.add(commit.connection_id).map_err(encode_err)?;
+            args.add(account_id).map_err(encode_err)?;
+            args.add(now).map_err(encode_err)?;
+            cols.add_to(&mut args)?;
+            sqlx::query_with(insert_sql(), args).execute(&mut *tx).await?;
+        }
+
+        if !prepared.updates.is_empty() {
+            let mut cols = Columns::default();
+            let mut ids = Vec::with_capacity(prepared.updates.len());
+            for (id, p) in &prepared.updates {
+                ids.push(*id);
+                cols.push(p);
+            }
+            let mut args = PgArguments::default();
+            args.add(now).map_err(encode_err)?;
+            args.add(account_id).map_err(encode_err)?;
+            args.add(&ids).map_err(encode_err)?;
+            cols.add_to(&mut args)?;
+            let done = sqlx::query_with(update_sql(), args).execute(&mut *tx).await?;
+            if done.rows_affected() != ids.len() as u64 {
+                let missing = missing_ids(&mut tx, account_id, &ids).await?;
+                return Err(StoreError::NotFound(format!(
+                    "transaction to update {missing:?} of account {account_id}"
+                )));
+            }
+        }
+
+        update_ids(
+            &mut tx,
+            "UPDATE transactions SET status = 'void', updated_at = $1 WHERE account_id = $2 AND id = ANY($3)",
+            now,
+            account_id,
+            &prepared.voids,
+            "transactions to void",
+        )
+        .await?;
+        update_ids(
+            &mut tx,
+            "UPDATE transactions SET last_seen = $1 WHERE account_id = $2 AND id = ANY($3)",
+            now,
+            account_id,
+            &prepared.touch,
+            "transactions to touch",
+        )
+        .await?;
+
+        let mut stats = CommitStats::default();
+        for b in &commit.balances {
+            let done = sqlx::query(
+                "INSERT INTO balances AS b (account_id, kind, amount, currency, reference_date, fetched_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (account_id, kind, reference_date) DO UPDATE SET \
+                 amount = EXCLUDED.amount, currency = EXCLUDED.currency, fetched_at = EXCLUDED.fetched_at \
+                 WHERE b.amount <> EXCLUDED.amount OR b.currency <> EXCLUDED.currency",
+            )
+            .bind(account_id)
+            .bind(b.kind.as_str())
+            .bind(b.amount)
+            .bind(b.currency.as_str())
+            .bind(b.reference_date)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            stats.balances_written += done.rows_affected();
+        }
+
+        let cp = &commit.checkpoint;
+        sqlx::query(
+            "INSERT INTO checkpoints (account_id, oldest_covered, newest_covered, backfill_done, empty_streak, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (account_id) DO UPDATE SET \
+             oldest_covered = EXCLUDED.oldest_covered, newest_covered = EXCLUDED.newest_covered, \
+             backfill_done = EXCLUDED.backfill_done, empty_streak = EXCLUDED.empty_streak, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(account_id)
+        .bind(cp.oldest_covered)
+        .bind(cp.newest_covered)
+        .bind(cp.backfill_done)
+        .bind(i64::from(cp.empty_streak))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+
+        tx.commit().await?;
+        Ok(stats)
+    }
+
+    // ------------------------------------------------------------ queries
+
+    async fn query_transactions(&self, query: &TxQuery) -> Result<Vec<Transaction>> {
+        let (sql, args) = common::tx_query_sql(query, Dialect::Postgres, tx_columns());
+        let rows = sqlx::query_with(&sql, bind_args(args)?).fetch_all(&self.pool).await?;
+        rows.iter().map(tx_from_row).collect()
+    }
+
+    fn stream_transactions(&self, query: TxQuery) -> BoxStream<'_, Result<Transaction>> {
+        let (mut sender, receiver) = futures::channel::mpsc::channel::<Result<Transaction>>(64);
+        // See the SQLite backend: the producer owns the SQL its row stream
+        // borrows and is driven by polling the returned stream.
+        let producer = async move {
+            let (sql, args) = common::tx_query_sql(&query, Dialect::Postgres, tx_columns());
+            let args = match bind_args(args) {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = sender.send(Err(e)).await;
+                    return;
+                }
+            };
+            let mut rows = sqlx::query_with(&sql, args).fetch(&self.pool);
+            while let Some(row) = rows.next().await {
+                let item = row.map_err(StoreError::from).and_then(|r| tx_from_row(&r));
+                let failed = item.is_err();
+                if sender.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        };
+        let producer = futures::stream::once(producer).filter_map(|()| futures::future::ready(None));
+        futures::stream::select(receiver, producer).boxed()
+    }
+
+    // ------------------------------------------------------------ tokens
+
+    async fn create_token(&self, record: &TokenRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, scope, hash, created_at, last_used_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&record.id)
+        .bind(&record.name)
+        .bind(record.scope.as_str())
+        .bind(&record.hash)
+        .bind(micros(record.created_at))
+        .bind(opt_micros(record.last_used_at))
+        .bind(opt_micros(record.revoked_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!(
+                    "a token with id {:?} or name {:?} already exists",
+                    record.id, record.name
+                ))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let rows = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn find_token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn revoke_token(&self, id_or_name: &str, at: DateTime<Utc>) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = COALESCE(\
+             (SELECT id FROM api_tokens WHERE id = $2), (SELECT id FROM api_tokens WHERE name = $2))",
+        )
+        .bind(micros(at))
+        .bind(id_or_name)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn touch_token(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
+            .bind(micros(at))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ sync jobs
+
+    async fn create_sync_job(&self, connection_id: i64, at: DateTime<Utc>) -> Result<SyncJob> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO sync_jobs (connection_id, status, created_at) VALUES ($1, 'queued', $2) RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(connection_id)
+        .bind(micros(at))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_foreign_key_violation(&e) {
+                StoreError::NotFound(format!("connection {connection_id}"))
+            } else {
+                e.into()
+            }
+        })?;
+        job_from_row(&row)
+    }
+
+    async fn update_sync_job(&self, job: &SyncJob) -> Result<()> {
+        let summary = job
+            .summary
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Conflict(format!("sync job summary cannot be serialised: {e}")))?;
+        let done = sqlx::query(
+            "UPDATE sync_jobs SET status = $1, started_at = $2, finished_at = $3, summary = $4::jsonb, error = $5 \
+             WHERE id = $6",
+        )
+        .bind(&job.status)
+        .bind(opt_micros(job.started_at))
+        .bind(opt_micros(job.finished_at))
+        .bind(summary)
+        .bind(job.error.as_deref())
+        .bind(job.id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("sync job {}", job.id)));
+        }
+        Ok(())
+    }
+
+    async fn get_sync_job(&self, id: i64) -> Result<Option<SyncJob>> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM sync_jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+}

@@ -1,0 +1,976 @@
+//! SQLite backend: one file, created on first use, WAL journal.
+//!
+//! Writes go through a pool of exactly one connection (SQLite allows one
+//! writer at a time; serialising in-process avoids busy retries) and write
+//! transactions start with `BEGIN IMMEDIATE`, so a second process waits on
+//! `busy_timeout` instead of failing on a lock upgrade. Reads use a small
+//! pool of their own and never wait for the writer (WAL).
+//!
+//! Money is stored as exact decimal TEXT, dates as `YYYY-MM-DD`, instants as
+//! RFC 3339 UTC text (which sorts correctly as text).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bankbridge_core::{Account, Balance, BalanceKind, FetchedAccount, Transaction};
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::stream::BoxStream;
+use futures::{SinkExt, StreamExt};
+use rust_decimal::Decimal;
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Arguments, Row};
+
+use crate::common::{
+    self, Arg, Dialect, PreparedTx, corrupt, encode_err, is_foreign_key_violation, is_unique_violation, micros,
+    opt_micros,
+};
+use crate::{
+    AccountTotals, Checkpoint, CommitStats, Connection, Lease, NewConnection, Result, Scope, Store, StoreError,
+    StoredBalance, SyncJob, TokenRecord, TxQuery, WindowCommit, codec,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Rows per multi-row INSERT of a full batch (20 bound values each, far
+/// under SQLite's 32,766-parameter limit). Smaller tails are cut into
+/// powers of two so only a handful of statement shapes ever get prepared.
+const INSERT_BATCH: usize = 512;
+const INSERT_PARAMS_PER_ROW: usize = 20;
+const READERS: u32 = 4;
+
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn describe_open_error(location: &str, e: &sqlx::Error) -> String {
+    if let sqlx::Error::Database(d) = e {
+        let msg = d.message();
+        if msg.contains("not a database") || d.code().as_deref() == Some("26") {
+            return format!(
+                "{location} is not a bankbridge SQLite database: file is not a database \
+                 (point to another file, or move this one away)"
+            );
+        }
+        if d.code().as_deref() == Some("14") {
+            return format!("{msg}: check that the folder exists and is writable");
+        }
+        return msg.to_owned();
+    }
+    e.to_string()
+}
+
+impl SqliteStore {
+    /// Open (creating it and its parent folders if needed) the database file
+    /// at `path` and bring its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let location = path.display().to_string();
+        let open_err = |detail: String| StoreError::Open { location: location.clone(), detail };
+        if path.as_os_str().is_empty() {
+            return Err(open_err("the path is empty: give the file to keep the database in".into()));
+        }
+        if path.is_dir() {
+            return Err(open_err("it is a folder: give a file path such as bankbridge.db".into()));
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| open_err(format!("cannot create the folder {}: {e}", parent.display())))?;
+        }
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5))
+            .synchronous(SqliteSynchronous::Normal)
+            .statement_cache_capacity(200);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(base.clone().create_if_missing(true).journal_mode(SqliteJournalMode::Wal))
+            .await
+            .map_err(|e| open_err(describe_open_error(&location, &e)))?;
+
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )
+        .fetch_all(&writer)
+        .await
+        .map_err(|e| open_err(describe_open_error(&location, &e)))?;
+        if !tables.is_empty() && !tables.iter().any(|t| t == "_sqlx_migrations") {
+            writer.close().await;
+            return Err(open_err(format!(
+                "{location} is a SQLite database of another program (it has tables such as {:?} but no \
+                 bankbridge schema); bankbridge will not write into it: choose another file",
+                tables[0]
+            )));
+        }
+        if let Err(e) = MIGRATOR.run(&writer).await {
+            writer.close().await;
+            return Err(StoreError::Migrate(format!("{location}: {e}")));
+        }
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(base)
+            .await
+            .map_err(|e| open_err(describe_open_error(&location, &e)))?;
+        Ok(Self { path: path.to_owned(), writer, reader })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Close both pools, waiting for connections to be returned (checkpoints the WAL).
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+// ---------------------------------------------------------------- decoding
+
+const CONNECTION_COLUMNS: &str = "id, name, connector, settings, credentials_sealed, session_sealed, created_at, \
+     last_sync_at, last_sync_status, last_sync_error";
+
+fn connection_from_row(r: &SqliteRow) -> Result<Connection> {
+    Ok(Connection {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        connector: r.try_get(2)?,
+        settings: common::json(r.try_get(3)?, "connection settings")?,
+        credentials_sealed: r.try_get(4)?,
+        session_sealed: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        last_sync_at: r.try_get(7)?,
+        last_sync_status: r.try_get(8)?,
+        last_sync_error: r.try_get(9)?,
+    })
+}
+
+const ACCOUNT_COLUMNS: &str = "id, connection_id, provider_id, iban, currency, name, kind, first_seen, last_seen";
+
+fn account_from_row(r: &SqliteRow) -> Result<Account> {
+    Ok(Account {
+        id: r.try_get(0)?,
+        connection_id: r.try_get(1)?,
+        provider_id: r.try_get(2)?,
+        iban: common::opt_iban(r.try_get(3)?)?,
+        currency: codec::currency(r.try_get(4)?)?,
+        name: r.try_get(5)?,
+        kind: r.try_get(6)?,
+        first_seen: r.try_get(7)?,
+        last_seen: r.try_get(8)?,
+    })
+}
+
+fn tx_columns() -> &'static str {
+    static COLUMNS: OnceLock<String> = OnceLock::new();
+    COLUMNS.get_or_init(|| common::tx_columns("raw"))
+}
+
+fn tx_from_row(r: &SqliteRow) -> Result<Transaction> {
+    Ok(Transaction {
+        id: r.try_get(0)?,
+        connection_id: r.try_get(1)?,
+        account_id: r.try_get(2)?,
+        provider_id: r.try_get(3)?,
+        pending_provider_id: r.try_get(4)?,
+        fingerprint: r.try_get(5)?,
+        status: common::tx_status(r.try_get(6)?)?,
+        booking_date: r.try_get(7)?,
+        value_date: r.try_get(8)?,
+        transaction_date: r.try_get(9)?,
+        amount: codec::decimal(r.try_get(10)?)?,
+        currency: codec::currency(r.try_get(11)?)?,
+        original_amount: common::opt_decimal(r.try_get(12)?)?,
+        original_currency: common::opt_currency(r.try_get(13)?)?,
+        raw_label: r.try_get(14)?,
+        label: r.try_get(15)?,
+        counterparty_name: r.try_get(16)?,
+        counterparty_iban: r.try_get(17)?,
+        remittance_info: r.try_get(18)?,
+        bank_code: r.try_get(19)?,
+        running_balance: common::opt_decimal(r.try_get(20)?)?,
+        raw: common::json(r.try_get(21)?, "transaction raw")?,
+        first_seen: r.try_get(22)?,
+        last_seen: r.try_get(23)?,
+        updated_at: r.try_get(24)?,
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, name, scope, hash, created_at, last_used_at, revoked_at";
+
+fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
+    let scope: &str = r.try_get(2)?;
+    Ok(TokenRecord {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        scope: Scope::parse(scope).ok_or_else(|| corrupt(format!("token scope {scope:?}")))?,
+        hash: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+        last_used_at: r.try_get(5)?,
+        revoked_at: r.try_get(6)?,
+    })
+}
+
+const JOB_COLUMNS: &str = "id, connection_id, status, created_at, started_at, finished_at, summary, error";
+
+fn job_from_row(r: &SqliteRow) -> Result<SyncJob> {
+    let summary: Option<&str> = r.try_get(6)?;
+    Ok(SyncJob {
+        id: r.try_get(0)?,
+        connection_id: r.try_get(1)?,
+        status: r.try_get(2)?,
+        created_at: r.try_get(3)?,
+        started_at: r.try_get(4)?,
+        finished_at: r.try_get(5)?,
+        summary: summary.map(|s| common::json(s, "sync job summary")).transpose()?,
+        error: r.try_get(7)?,
+    })
+}
+
+fn bind_args(args: Vec<Arg>) -> Result<SqliteArguments<'static>> {
+    let mut out = SqliteArguments::default();
+    for a in args {
+        match a {
+            Arg::I64(v) => out.add(v),
+            Arg::Date(v) => out.add(v),
+            Arg::Text(v) => out.add(v),
+            Arg::Decimal(v) => out.add(v.to_string()),
+            Arg::Time(v) => out.add(v),
+        }
+        .map_err(encode_err)?;
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- window writes
+
+const TX_WRITE_COLUMNS: &str = "provider_id, pending_provider_id, fingerprint, status, booking_date, value_date, \
+     transaction_date, amount, currency, original_amount, original_currency, raw_label, label, \
+     counterparty_name, counterparty_iban, remittance_info, bank_code, running_balance, raw, search_text";
+
+/// The multi-row upsert for `rows` rows (a power of two up to INSERT_BATCH).
+/// `?1` connection, `?2` account, `?3` now, then 20 values per row.
+fn insert_sql(rows: usize) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        let mut v = Vec::new();
+        let mut n = 1;
+        while n <= INSERT_BATCH {
+            v.push(build_insert_sql(n));
+            n *= 2;
+        }
+        v
+    });
+    let idx = rows.trailing_zeros() as usize;
+    all.get(idx).map(String::as_str).unwrap_or("")
+}
+
+fn build_insert_sql(rows: usize) -> String {
+    let mut sql = format!(
+        "INSERT INTO transactions (connection_id, account_id, {TX_WRITE_COLUMNS}, first_seen, last_seen, updated_at) VALUES "
+    );
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?1,?2");
+        for c in 0..INSERT_PARAMS_PER_ROW {
+            sql.push_str(&format!(",?{}", 4 + r * INSERT_PARAMS_PER_ROW + c));
+        }
+        sql.push_str(",?3,?3,?3)");
+    }
+    sql.push_str(" ON CONFLICT (account_id, provider_id) DO UPDATE SET ");
+    let sets: Vec<String> = TX_WRITE_COLUMNS
+        .split(',')
+        .map(str::trim)
+        .filter(|c| *c != "provider_id")
+        .chain(["last_seen", "updated_at"])
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    sql.push_str(&sets.join(", "));
+    sql
+}
+
+fn add_tx_values<'q>(args: &mut SqliteArguments<'q>, p: &'q PreparedTx<'q>) -> Result<()> {
+    let w = p.w;
+    args.add(w.provider_id.as_str()).map_err(encode_err)?;
+    args.add(w.pending_provider_id.as_deref()).map_err(encode_err)?;
+    args.add(w.fingerprint.as_str()).map_err(encode_err)?;
+    args.add(w.status.as_str()).map_err(encode_err)?;
+    args.add(w.booking_date).map_err(encode_err)?;
+    args.add(w.value_date).map_err(encode_err)?;
+    args.add(w.transaction_date).map_err(encode_err)?;
+    args.add(w.amount.to_string()).map_err(encode_err)?;
+    args.add(p.currency.as_str()).map_err(encode_err)?;
+    args.add(w.original_amount.map(|d| d.to_string())).map_err(encode_err)?;
+    args.add(p.original_currency_str()).map_err(encode_err)?;
+    args.add(w.raw_label.as_str()).map_err(encode_err)?;
+    args.add(w.label.as_str()).map_err(encode_err)?;
+    args.add(w.counterparty_name.as_deref()).map_err(encode_err)?;
+    args.add(w.counterparty_iban.as_deref()).map_err(encode_err)?;
+    args.add(w.remittance_info.as_deref()).map_err(encode_err)?;
+    args.add(w.bank_code.as_deref()).map_err(encode_err)?;
+    args.add(w.running_balance.map(|d| d.to_string())).map_err(encode_err)?;
+    args.add(w.raw.as_str()).map_err(encode_err)?;
+    args.add(p.search_text.as_str()).map_err(encode_err)?;
+    Ok(())
+}
+
+const UPDATE_SQL: &str = "UPDATE transactions SET provider_id = ?1, pending_provider_id = ?2, fingerprint = ?3, \
+     status = ?4, booking_date = ?5, value_date = ?6, transaction_date = ?7, amount = ?8, currency = ?9, \
+     original_amount = ?10, original_currency = ?11, raw_label = ?12, label = ?13, counterparty_name = ?14, \
+     counterparty_iban = ?15, remittance_info = ?16, bank_code = ?17, running_balance = ?18, raw = ?19, \
+     search_text = ?20, updated_at = ?21, last_seen = ?21 WHERE id = ?22 AND account_id = ?23";
+
+fn ids_json(ids: &[i64]) -> String {
+    let mut s = String::with_capacity(ids.len() * 8 + 2);
+    s.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&id.to_string());
+    }
+    s.push(']');
+    s
+}
+
+fn not_in_account(what: &str, ids: &[i64], account_id: i64) -> StoreError {
+    StoreError::NotFound(format!("{what} {ids:?} of account {account_id}"))
+}
+
+async fn missing_ids(
+    tx: &mut sqlx::SqliteConnection,
+    account_id: i64,
+    ids: &[i64],
+) -> Result<Vec<i64>> {
+    let found: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM transactions WHERE account_id = ?1 AND id IN (SELECT value FROM json_each(?2))",
+    )
+    .bind(account_id)
+    .bind(ids_json(ids))
+    .fetch_all(&mut *tx)
+    .await?;
+    let found: std::collections::HashSet<i64> = found.into_iter().collect();
+    Ok(ids.iter().copied().filter(|id| !found.contains(id)).collect())
+}
+
+async fn update_ids(
+    tx: &mut sqlx::SqliteConnection,
+    sql: &str,
+    now: DateTime<Utc>,
+    account_id: i64,
+    ids: &[i64],
+    what: &str,
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let done = sqlx::query(sql).bind(now).bind(account_id).bind(ids_json(ids)).execute(&mut *tx).await?;
+    if done.rows_affected() != ids.len() as u64 {
+        let missing = missing_ids(tx, account_id, ids).await?;
+        return Err(not_in_account(what, &missing, account_id));
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    // ------------------------------------------------------------ connections
+
+    async fn create_connection(&self, new: &NewConnection) -> Result<Connection> {
+        let settings = serde_json::to_string(&new.settings)
+            .map_err(|e| StoreError::Conflict(format!("connection settings cannot be serialised: {e}")))?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO connections (name, connector, settings, credentials_sealed, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING {CONNECTION_COLUMNS}"
+        ))
+        .bind(&new.name)
+        .bind(&new.connector)
+        .bind(settings)
+        .bind(&new.credentials_sealed)
+        .bind(micros(Utc::now()))
+        .fetch_one(&self.writer)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("a connection named {:?} already exists", new.name))
+            } else {
+                e.into()
+            }
+        })?;
+        connection_from_row(&row)
+    }
+
+    async fn list_connections(&self) -> Result<Vec<Connection>> {
+        let rows = sqlx::query(&format!("SELECT {CONNECTION_COLUMNS} FROM connections ORDER BY id"))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(connection_from_row).collect()
+    }
+
+    async fn get_connection(&self, id: i64) -> Result<Option<Connection>> {
+        let row = sqlx::query(&format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = ?1"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(connection_from_row).transpose()
+    }
+
+    async fn find_connection(&self, id_or_name: &str) -> Result<Option<Connection>> {
+        if let Ok(id) = id_or_name.trim().parse::<i64>()
+            && let Some(c) = self.get_connection(id).await?
+        {
+            return Ok(Some(c));
+        }
+        let row = sqlx::query(&format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE name = ?1"))
+            .bind(id_or_name)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(connection_from_row).transpose()
+    }
+
+    async fn delete_connection(&self, id: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM connections WHERE id = ?1").bind(id).execute(&self.writer).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn save_session(&self, connection_id: i64, session_sealed: Option<&[u8]>) -> Result<()> {
+        let done = sqlx::query("UPDATE connections SET session_sealed = ?1 WHERE id = ?2")
+            .bind(session_sealed)
+            .bind(connection_id)
+            .execute(&self.writer)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("connection {connection_id}")));
+        }
+        Ok(())
+    }
+
+    async fn record_sync_result(
+        &self,
+        connection_id: i64,
+        at: DateTime<Utc>,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE connections SET last_sync_at = ?1, last_sync_status = ?2, last_sync_error = ?3 WHERE id = ?4",
+        )
+        .bind(micros(at))
+        .bind(status)
+        .bind(error)
+        .bind(connection_id)
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("connection {connection_id}")));
+        }
+        Ok(())
+    }
+
+    async fn acquire_sync_lease(
+        &self,
+        connection_id: i64,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Lease> {
+        let (now, until) = (micros(now), micros(until));
+        // A holder may release between the UPDATE and the read-back; try again then.
+        for _ in 0..3 {
+            let done = sqlx::query(
+                "UPDATE connections SET lease_owner = ?1, lease_until = ?2 WHERE id = ?3 AND \
+                 (lease_owner IS NULL OR lease_until IS NULL OR lease_until < ?4 OR lease_owner = ?1)",
+            )
+            .bind(owner)
+            .bind(until)
+            .bind(connection_id)
+            .bind(now)
+            .execute(&self.writer)
+            .await?;
+            if done.rows_affected() == 1 {
+                return Ok(Lease::Acquired);
+            }
+            let row: Option<(Option<String>, Option<DateTime<Utc>>)> =
+                sqlx::query_as("SELECT lease_owner, lease_until FROM connections WHERE id = ?1")
+                    .bind(connection_id)
+                    .fetch_optional(&self.writer)
+                    .await?;
+            match row {
+                None => return Err(StoreError::NotFound(format!("connection {connection_id}"))),
+                Some((Some(holder), Some(held_until))) if holder != owner && held_until >= now => {
+                    return Ok(Lease::Held { owner: holder, until: held_until });
+                }
+                Some(_) => continue,
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "the sync lease of connection {connection_id} keeps changing hands; try again"
+        )))
+    }
+
+    async fn release_sync_lease(&self, connection_id: i64, owner: &str) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE connections SET lease_owner = NULL, lease_until = NULL WHERE id = ?1 AND lease_owner = ?2",
+        )
+        .bind(connection_id)
+        .bind(owner)
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 0 {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM connections WHERE id = ?1")
+                .bind(connection_id)
+                .fetch_optional(&self.writer)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("connection {connection_id}")));
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ accounts
+
+    async fn upsert_account(
+        &self,
+        connection_id: i64,
+        account: &FetchedAccount,
+        now: DateTime<Utc>,
+    ) -> Result<Account> {
+        let raw = serde_json::to_string(&account.raw)
+            .map_err(|e| StoreError::Conflict(format!("account raw cannot be serialised: {e}")))?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO accounts (connection_id, provider_id, iban, currency, name, kind, raw, first_seen, \
+             last_seen, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8) \
+             ON CONFLICT (connection_id, provider_id) DO UPDATE SET \
+             updated_at = CASE WHEN accounts.iban IS NOT excluded.iban OR accounts.currency IS NOT excluded.currency \
+               OR accounts.name IS NOT excluded.name OR accounts.kind IS NOT excluded.kind \
+               OR accounts.raw IS NOT excluded.raw THEN excluded.updated_at ELSE accounts.updated_at END, \
+             iban = excluded.iban, currency = excluded.currency, name = excluded.name, kind = excluded.kind, \
+             raw = excluded.raw, last_seen = excluded.last_seen \
+             RETURNING {ACCOUNT_COLUMNS}"
+        ))
+        .bind(connection_id)
+        .bind(&account.provider_id)
+        .bind(account.iban.as_ref().map(|i| i.as_str()))
+        .bind(account.currency.as_str())
+        .bind(account.name.as_deref())
+        .bind(account.kind.as_deref())
+        .bind(raw)
+        .bind(micros(now))
+        .fetch_one(&self.writer)
+        .await
+        .map_err(|e| {
+            if is_foreign_key_violation(&e) {
+                StoreError::NotFound(format!("connection {connection_id}"))
+            } else {
+                e.into()
+            }
+        })?;
+        account_from_row(&row)
+    }
+
+    async fn list_accounts(&self, connection_id: Option<i64>) -> Result<Vec<Account>> {
+        let rows = match connection_id {
+            Some(c) => {
+                sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE connection_id = ?1 ORDER BY id"))
+                    .bind(c)
+                    .fetch_all(&self.reader)
+                    .await?
+            }
+            None => {
+                sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id"))
+                    .fetch_all(&self.reader)
+                    .await?
+            }
+        };
+        rows.iter().map(account_from_row).collect()
+    }
+
+    async fn get_account(&self, id: i64) -> Result<Option<Account>> {
+        let row = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn list_balances(&self, account_id: i64) -> Result<Vec<StoredBalance>> {
+        let rows = sqlx::query(
+            "SELECT account_id, kind, amount, currency, reference_date, fetched_at FROM balances \
+             WHERE account_id = ?1 ORDER BY reference_date, kind, id",
+        )
+        .bind(account_id)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: &str = r.try_get(1)?;
+                Ok(StoredBalance {
+                    account_id: r.try_get(0)?,
+                    balance: Balance {
+                        kind: BalanceKind::parse(kind).ok_or_else(|| corrupt(format!("balance kind {kind:?}")))?,
+                        amount: codec::decimal(r.try_get(2)?)?,
+                        currency: codec::currency(r.try_get(3)?)?,
+                        reference_date: r.try_get(4)?,
+                    },
+                    fetched_at: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn account_totals(&self, account_id: i64) -> Result<AccountTotals> {
+        // Summed in Rust over the exact decimal strings: SQLite's SUM would use floats.
+        let mut rows = sqlx::query_scalar::<_, String>(
+            "SELECT amount FROM transactions WHERE account_id = ?1 AND status = 'booked'",
+        )
+        .bind(account_id)
+        .fetch(&self.reader);
+        let mut count = 0u64;
+        let mut sum = Decimal::ZERO;
+        while let Some(amount) = rows.next().await {
+            let amount = codec::decimal(&amount?)?;
+            sum = sum
+                .checked_add(amount)
+                .ok_or_else(|| StoreError::Conflict(format!("the booked sum of account {account_id} overflows")))?;
+            count += 1;
+        }
+        Ok(AccountTotals { booked_count: count, booked_sum: sum })
+    }
+
+    // ------------------------------------------------------------ sync
+
+    async fn checkpoint(&self, account_id: i64) -> Result<Checkpoint> {
+        let row: Option<(Option<NaiveDate>, Option<NaiveDate>, bool, i64)> = sqlx::query_as(
+            "SELECT oldest_covered, newest_covered, backfill_done, empty_streak FROM checkpoints WHERE account_id = ?1",
+        )
+        .bind(account_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(match row {
+            Some((oldest, newest, done, streak)) => Checkpoint {
+                oldest_covered: oldest,
+                newest_covered: newest,
+                backfill_done: done,
+                empty_streak: common::streak(streak)?,
+            },
+            None => Checkpoint::default(),
+        })
+    }
+
+    async fn load_window(&self, account_id: i64, from: NaiveDate, to: NaiveDate) -> Result<Vec<Transaction>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM transactions WHERE account_id = ?1 AND booking_date >= ?2 AND booking_date <= ?3 \
+             ORDER BY booking_date, id",
+            tx_columns()
+        ))
+        .bind(account_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(tx_from_row).collect()
+    }
+
+    async fn commit_window(&self, commit: &WindowCommit) -> Result<CommitStats> {
+        let prepared = common::prepare_commit(commit)?;
+        let now = prepared.now;
+        let account_id = commit.account_id;
+        let mut tx = self.write_tx().await?;
+
+        let owner: Option<i64> = sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = ?1")
+            .bind(account_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match owner {
+            None => return Err(StoreError::NotFound(format!("account {account_id}"))),
+            Some(c) if c != commit.connection_id => {
+                return Err(StoreError::Conflict(format!(
+                    "account {account_id} belongs to connection {c}, not {}",
+                    commit.connection_id
+                )));
+            }
+            Some(_) => {}
+        }
+
+        let mut rest = &prepared.inserts[..];
+        while !rest.is_empty() {
+            let n = common::batch_len(rest.len(), INSERT_BATCH);
+            let (chunk, tail) = rest.split_at(n);
+            let mut args = SqliteArguments::default();
+            args.add(commit.connection_id).map_err(encode_err)?;
+            args.add(account_id).map_err(encode_err)?;
+            args.add(now).map_err(encode_err)?;
+            for p in chunk {
+                add_tx_values(&mut args, p)?;
+            }
+            sqlx::query_with(insert_sql(n), args).execute(&mut *tx).await?;
+            rest = tail;
+        }
+
+        for (id, p) in &prepared.updates {
+            let mut args = SqliteArguments::default();
+            add_tx_values(&mut args, p)?;
+            args.add(now).map_err(encode_err)?;
+            args.add(*id).map_err(encode_err)?;
+            args.add(account_id).map_err(encode_err)?;
+            let done = sqlx::query_with(UPDATE_SQL, args).execute(&mut *tx).await?;
+            if done.rows_affected() == 0 {
+                return Err(not_in_account("transaction to update", &[*id], account_id));
+            }
+        }
+
+        update_ids(
+            &mut tx,
+            "UPDATE transactions SET status = 'void', updated_at = ?1 \
+             WHERE account_id = ?2 AND id IN (SELECT value FROM json_each(?3))",
+            now,
+            account_id,
+            &prepared.voids,
+            "transactions to void",
+        )
+        .await?;
+        update_ids(
+            &mut tx,
+            "UPDATE transactions SET last_seen = ?1 WHERE account_id = ?2 AND id IN (SELECT value FROM json_each(?3))",
+            now,
+            account_id,
+            &prepared.touch,
+            "transactions to touch",
+        )
+        .await?;
+
+        let mut stats = CommitStats::default();
+        for b in &commit.balances {
+            let existing: Option<(String, String)> = sqlx::query_as(
+                "SELECT amount, currency FROM balances WHERE account_id = ?1 AND kind = ?2 AND reference_date = ?3",
+            )
+            .bind(account_id)
+            .bind(b.kind.as_str())
+            .bind(b.reference_date)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let changed = match &existing {
+                None => true,
+                Some((amount, currency)) => {
+                    codec::decimal(amount)? != b.amount || currency.as_str() != b.currency.as_str()
+                }
+            };
+            if changed {
+                sqlx::query(
+                    "INSERT INTO balances (account_id, kind, amount, currency, reference_date, fetched_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (account_id, kind, reference_date) DO UPDATE SET \
+                     amount = excluded.amount, currency = excluded.currency, fetched_at = excluded.fetched_at",
+                )
+                .bind(account_id)
+                .bind(b.kind.as_str())
+                .bind(b.amount.to_string())
+                .bind(b.currency.as_str())
+                .bind(b.reference_date)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                stats.balances_written += 1;
+            }
+        }
+
+        let cp = &commit.checkpoint;
+        sqlx::query(
+            "INSERT INTO checkpoints (account_id, oldest_covered, newest_covered, backfill_done, empty_streak, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (account_id) DO UPDATE SET \
+             oldest_covered = excluded.oldest_covered, newest_covered = excluded.newest_covered, \
+             backfill_done = excluded.backfill_done, empty_streak = excluded.empty_streak, updated_at = excluded.updated_at",
+        )
+        .bind(account_id)
+        .bind(cp.oldest_covered)
+        .bind(cp.newest_covered)
+        .bind(cp.backfill_done)
+        .bind(i64::from(cp.empty_streak))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+
+        tx.commit().await?;
+        Ok(stats)
+    }
+
+    // ------------------------------------------------------------ queries
+
+    async fn query_transactions(&self, query: &TxQuery) -> Result<Vec<Transaction>> {
+        let (sql, args) = common::tx_query_sql(query, Dialect::Sqlite, tx_columns());
+        let rows = sqlx::query_with(&sql, bind_args(args)?).fetch_all(&self.reader).await?;
+        rows.iter().map(tx_from_row).collect()
+    }
+
+    fn stream_transactions(&self, query: TxQuery) -> BoxStream<'_, Result<Transaction>> {
+        let (mut sender, receiver) = futures::channel::mpsc::channel::<Result<Transaction>>(64);
+        // The producer owns the SQL text its row stream borrows; it is driven
+        // by polling the returned stream, and the bounded channel keeps
+        // memory constant whatever the number of rows.
+        let producer = async move {
+            let (sql, args) = common::tx_query_sql(&query, Dialect::Sqlite, tx_columns());
+            let args = match bind_args(args) {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = sender.send(Err(e)).await;
+                    return;
+                }
+            };
+            let mut rows = sqlx::query_with(&sql, args).fetch(&self.reader);
+            while let Some(row) = rows.next().await {
+                let item = row.map_err(StoreError::from).and_then(|r| tx_from_row(&r));
+                let failed = item.is_err();
+                if sender.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        };
+        let producer = futures::stream::once(producer).filter_map(|()| futures::future::ready(None));
+        futures::stream::select(receiver, producer).boxed()
+    }
+
+    // ------------------------------------------------------------ tokens
+
+    async fn create_token(&self, record: &TokenRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, scope, hash, created_at, last_used_at, revoked_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .bind(&record.id)
+        .bind(&record.name)
+        .bind(record.scope.as_str())
+        .bind(&record.hash)
+        .bind(micros(record.created_at))
+        .bind(opt_micros(record.last_used_at))
+        .bind(opt_micros(record.revoked_at))
+        .execute(&self.writer)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!(
+                    "a token with id {:?} or name {:?} already exists",
+                    record.id, record.name
+                ))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let rows = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn find_token(&self, id: &str) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?1"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    async fn revoke_token(&self, id_or_name: &str, at: DateTime<Utc>) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?1) WHERE id = COALESCE(\
+             (SELECT id FROM api_tokens WHERE id = ?2), (SELECT id FROM api_tokens WHERE name = ?2))",
+        )
+        .bind(micros(at))
+        .bind(id_or_name)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn touch_token(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query("UPDATE api_tokens SET last_used_at = ?1 WHERE id = ?2")
+            .bind(micros(at))
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ sync jobs
+
+    async fn create_sync_job(&self, connection_id: i64, at: DateTime<Utc>) -> Result<SyncJob> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO sync_jobs (connection_id, status, created_at) VALUES (?1, 'queued', ?2) RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(connection_id)
+        .bind(micros(at))
+        .fetch_one(&self.writer)
+        .await
+        .map_err(|e| {
+            if is_foreign_key_violation(&e) {
+                StoreError::NotFound(format!("connection {connection_id}"))
+            } else {
+                e.into()
+            }
+        })?;
+        job_from_row(&row)
+    }
+
+    async fn update_sync_job(&self, job: &SyncJob) -> Result<()> {
+        let summary = job
+            .summary
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| StoreError::Conflict(format!("sync job summary cannot be serialised: {e}")))?;
+        let done = sqlx::query(
+            "UPDATE sync_jobs SET status = ?1, started_at = ?2, finished_at = ?3, summary = ?4, error = ?5 WHERE id = ?6",
+        )
+        .bind(&job.status)
+        .bind(opt_micros(job.started_at))
+        .bind(opt_micros(job.finished_at))
+        .bind(summary)
+        .bind(job.error.as_deref())
+        .bind(job.id)
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("sync job {}", job.id)));
+        }
+        Ok(())
+    }
+
+    async fn get_sync_job(&self, id: i64) -> Result<Option<SyncJob>> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM sync_jobs WHERE id = ?1"))
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+}
