@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod connector;
+pub mod crypto;
 pub mod iban;
 pub mod model;
 pub mod money;
@@ -15,9 +16,10 @@ pub use connector::{
 };
 pub use iban::{Iban, IbanError};
 pub use model::{
-    Account, Balance, BalanceKind, ConnectionSettings, FetchedAccount, FetchedTransaction,
+    Account, Balance, BalanceKind, ConnectionSettings, Credentials, FetchedAccount, FetchedTransaction,
     Transaction, TxStatus,
 };
 pub use model::clean_label;
 pub use money::{Currency, CurrencyError, Money, parse_decimal};
+pub use crypto::{CryptoError, MasterKey};
 pub use secret::Secret;

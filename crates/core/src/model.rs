@@ -260,3 +260,34 @@ mod tests {
         assert_eq!(clean_label("  POS   SHOP\t12 "), "POS SHOP 12");
     }
 }
+
+/// The secret half of a connection's login (password, PIN, ...), keyed by
+/// field name. Sealed as one JSON object before it reaches the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Credentials {
+    pub fields: std::collections::BTreeMap<String, crate::Secret<String>>,
+}
+
+impl Credentials {
+    pub fn with_password(password: crate::Secret<String>) -> Self {
+        let mut fields = std::collections::BTreeMap::new();
+        fields.insert("password".to_owned(), password);
+        Self { fields }
+    }
+
+    pub fn get(&self, field: &str) -> Option<&crate::Secret<String>> {
+        self.fields.get(field)
+    }
+
+    /// The JSON form to seal. Exposes the secrets: only for `MasterKey::seal`.
+    pub fn to_json_for_sealing(&self) -> zeroize::Zeroizing<String> {
+        let map: std::collections::BTreeMap<&str, &str> =
+            self.fields.iter().map(|(k, v)| (k.as_str(), v.expose().as_str())).collect();
+        zeroize::Zeroizing::new(serde_json::to_string(&map).expect("string map serialises"))
+    }
+
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        let fields: std::collections::BTreeMap<String, crate::Secret<String>> = serde_json::from_str(json)?;
+        Ok(Self { fields })
+    }
+}
