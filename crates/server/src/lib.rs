@@ -1,1 +1,196 @@
+//! The bankbridge HTTP server: the JSON data API (`/api/v1/...`), API-token
+//! authentication, streamed exports, sync jobs and the sync scheduler.
+//!
+//! Layout: [`auth`] (tokens, no HTTP), [`export`] (format writers, no HTTP),
+//! [`params`] (query parsing), [`jobs`] and [`scheduler`] (sync lifecycle),
+//! and `api::*`, one module per area with thin handlers. Later areas (card
+//! service, BankID gateway, checks) add a module under `api` and merge their
+//! routes and OpenAPI document in `api::routes` / `api::openapi`.
+//!
+//! ```no_run
+//! # async fn demo(state: bankbridge_server::AppState) -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let scheduler = bankbridge_server::spawn_scheduler(state.clone());
+//! bankbridge_server::serve(listener, state, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
+//! scheduler.abort();
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
+use bankbridge_store::Store;
+use bankbridge_sync::Syncer;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+mod api;
+pub mod auth;
+pub mod error;
+pub mod export;
+mod guard;
+pub mod jobs;
+pub mod params;
+pub mod scheduler;
+
+pub use api::openapi;
+pub use error::{ApiError, ErrorBody};
+pub use guard::Principal;
+pub use jobs::{SyncStart, Trigger};
+pub use scheduler::spawn_scheduler;
+
+/// Tunables of the server; the defaults suit production.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Largest request body accepted (bytes); larger ones get 413 `payload_too_large`.
+    pub body_limit: usize,
+    /// How long a verified token is trusted without asking the store again
+    /// (also the longest a revoked token may keep working). Zero disables the cache.
+    pub token_cache_ttl: Duration,
+    /// How often the scheduler looks for connections due a sync.
+    pub scheduler_tick: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            body_limit: 64 * 1024,
+            token_cache_ttl: Duration::from_secs(5),
+            scheduler_tick: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything the handlers share. Cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+pub struct AppInner {
+    pub store: Arc<dyn Store>,
+    pub syncer: Syncer,
+    /// Connector names a connection may use (`POST /api/v1/connections` checks it).
+    pub connectors: Vec<String>,
+    pub config: ServerConfig,
+    pub(crate) auth: guard::TokenAuth,
+    pub(crate) syncs: jobs::SyncRegistry,
+    pub(crate) openapi_json: Bytes,
+}
+
+impl Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, syncer: Syncer, connectors: Vec<String>) -> Self {
+        Self::with_config(store, syncer, connectors, ServerConfig::default())
+    }
+
+    pub fn with_config(
+        store: Arc<dyn Store>,
+        syncer: Syncer,
+        connectors: Vec<String>,
+        config: ServerConfig,
+    ) -> Self {
+        let openapi_json = Bytes::from(
+            openapi()
+                .to_json()
+                .expect("the OpenAPI document serialises"),
+        );
+        AppState(Arc::new(AppInner {
+            store,
+            syncer,
+            connectors,
+            auth: guard::TokenAuth::new(config.token_cache_ttl),
+            config,
+            syncs: jobs::SyncRegistry::default(),
+            openapi_json,
+        }))
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.body_limit;
+    api::routes(&state)
+        .fallback(api::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(RequestBodyLimitLayer::new(limit))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::map_response(finish_response))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serve `router(state)` on `listener` until `shutdown` completes, then finish
+/// the requests in flight. Sync jobs running in the background are not waited for
+/// (their database lease expires; the next sync resumes from the checkpoint).
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: F,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, database = state.store.backend(), "bankbridge API listening");
+    }
+    let app = router(state);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    // The panic message may quote request data: it is not logged verbatim.
+    tracing::error!("a request handler panicked");
+    ApiError::for_status(axum::http::StatusCode::INTERNAL_SERVER_ERROR).into_response()
+}
+
+/// Every answer leaves as JSON when it is an error (a layer's bare 413, the
+/// router's 405...), and never lands in a shared cache.
+async fn finish_response(mut res: Response) -> Response {
+    res.headers_mut()
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return res;
+    }
+    let (mut parts, _) = res.into_parts();
+    let replacement = ApiError::for_status(status).into_response();
+    let (new_parts, body) = replacement.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in new_parts.headers.iter() {
+        if !parts.headers.contains_key(name) || name == header::CONTENT_TYPE {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+    }
+    Response::from_parts(parts, body)
+}

@@ -1,0 +1,100 @@
+//! `GET /api/v1/export`: the transactions a filter selects, streamed as CSV,
+//! JSON or OFX (see [`crate::export`]).
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use axum::routing::get;
+use bankbridge_store::{Scope, TxQuery};
+use chrono::Utc;
+use utoipa::{IntoParams, OpenApi};
+
+use super::guarded;
+use super::transactions::FilterParams;
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::export::{Format, export_stream};
+use crate::params;
+
+pub(crate) fn routes(state: &AppState) -> Router<AppState> {
+    Router::new().route("/api/v1/export", guarded(state, Scope::Read, get(export)))
+}
+
+#[derive(OpenApi)]
+#[openapi(paths(export))]
+pub(crate) struct Doc;
+
+const EXPORT_PARAMS: &[&str] = &[
+    "format",
+    "account",
+    "connection",
+    "from",
+    "to",
+    "min_amount",
+    "max_amount",
+    "text",
+    "status",
+    "updated_since",
+];
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct FormatParam {
+    /// `csv` (default), `json` (one array) or `ofx` (OFX 2.2 XML, one statement per account).
+    #[param(default = "csv")]
+    format: Option<String>,
+}
+
+/// Every matching transaction (no paging), streamed in constant memory.
+#[utoipa::path(
+    get,
+    path = "/api/v1/export",
+    tag = "transactions",
+    params(FormatParam, FilterParams),
+    responses(
+        (status = 200, description = "The export file", content(
+            (String = "text/csv"),
+            (String = "application/json"),
+            (String = "application/x-ofx"),
+        )),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    )
+)]
+pub(crate) async fn export(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut format = Format::Csv;
+    let mut query = TxQuery::default();
+    for (name, value) in params::pairs(raw.as_deref()) {
+        if name == "format" {
+            format = Format::parse(&value).ok_or_else(|| {
+                ApiError::invalid_parameter("format", "format must be csv, json or ofx")
+            })?;
+        } else if !params::apply_filter(&mut query, &name, &value)? {
+            return Err(params::unknown(&name, EXPORT_PARAMS));
+        }
+    }
+    params::check_filters(&query)?;
+    let filename = format!(
+        "bankbridge-transactions-{}.{}",
+        Utc::now().format("%Y%m%d"),
+        format.extension()
+    );
+    let body = Body::from_stream(export_stream(state.store.clone(), query, format));
+    let mut res = Response::new(body);
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&format!("attachment; filename=\"{filename}\""))
+            .map_err(ApiError::internal)?,
+    );
+    Ok(res)
+}

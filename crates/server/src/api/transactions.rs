@@ -1,0 +1,112 @@
+//! `GET /api/v1/transactions`: filtered, keyset-paginated transactions.
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use bankbridge_core::Transaction;
+use bankbridge_store::Scope;
+use serde::Serialize;
+use utoipa::{IntoParams, OpenApi};
+
+use super::{guarded, json};
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::params::{self, encode_cursor};
+
+pub(crate) fn routes(state: &AppState) -> Router<AppState> {
+    Router::new().route(
+        "/api/v1/transactions",
+        guarded(state, Scope::Read, get(list)),
+    )
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(list),
+    components(schemas(
+        super::schema::Transaction,
+        super::schema::TransactionPage,
+        super::schema::TxStatus
+    ))
+)]
+pub(crate) struct Doc;
+
+/// Filters shared by `/api/v1/transactions` and `/api/v1/export` (for the document;
+/// parsing is in [`crate::params`]).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct FilterParams {
+    /// Only this account (id).
+    account: Option<i64>,
+    /// Only this connection (id).
+    connection: Option<i64>,
+    /// Booking date on or after (YYYY-MM-DD).
+    from: Option<chrono::NaiveDate>,
+    /// Booking date on or before (YYYY-MM-DD).
+    to: Option<chrono::NaiveDate>,
+    /// Amount at least this (decimal string; debits are negative).
+    #[param(example = "-100.00")]
+    min_amount: Option<String>,
+    /// Amount at most this (decimal string).
+    max_amount: Option<String>,
+    /// Case-insensitive substring of the label, raw label, counterparty or remittance information.
+    text: Option<String>,
+    /// `pending`, `booked` or `void`.
+    status: Option<super::schema::TxStatus>,
+    /// Only rows changed at or after this instant (RFC 3339).
+    updated_since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct PageParams {
+    /// Rows per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// The `next` value of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Page<'a> {
+    data: &'a [Transaction],
+    next: Option<String>,
+}
+
+/// Transactions ordered by booking date, then id. Unknown parameters are refused.
+#[utoipa::path(
+    get,
+    path = "/api/v1/transactions",
+    tag = "transactions",
+    params(FilterParams, PageParams),
+    responses(
+        (status = 200, description = "One page; `next` is null on the last", body = super::schema::TransactionPage),
+        (status = 400, description = "A bad parameter, named in `parameter`", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let request = params::parse_page_request(raw.as_deref())?;
+    let limit = request.limit as usize;
+    let mut query = request.query;
+    // One row more than asked tells whether another page follows.
+    query.limit = Some(request.limit + 1);
+    let mut rows = state.store.query_transactions(&query).await?;
+    let next = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|t| encode_cursor(t.booking_date, t.id))
+    } else {
+        None
+    };
+    Ok(json(
+        StatusCode::OK,
+        &Page { data: &rows, next },
+        256 + rows.len() * 900,
+    ))
+}

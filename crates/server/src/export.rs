@@ -1,0 +1,566 @@
+//! Transaction exports (CSV, JSON, OFX 2.2) in constant memory. No HTTP here:
+//! the server streams [`export_stream`] as a response body, the CLI's
+//! `export --output F` calls [`export_to_writer`].
+//!
+//! Rows come from [`Store::stream_transactions`] and are encoded one by one
+//! into a buffer that is handed on every [`CHUNK`] bytes, so memory does not
+//! grow with the number of rows.
+//!
+//! - CSV: a header row, then one row per transaction (RFC 4180 quoting, CRLF).
+//! - JSON: one JSON array written incrementally, one transaction object per
+//!   line, in the same shape as `/api/v1/transactions`.
+//! - OFX 2.2 (XML): one `STMTTRNRS` per account that has matching rows, each
+//!   streamed by its own per-account query. Void rows are left out (an OFX
+//!   statement has no place for a payment that never happened) unless the
+//!   query asks for `status=void`.
+use std::fmt::Write as _;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Bytes;
+use bankbridge_core::{Account, BalanceKind, Transaction, TxStatus};
+use bankbridge_store::{Store, StoreError, TxQuery};
+use chrono::{NaiveDate, Utc};
+use futures::{Stream, StreamExt};
+use rust_decimal::Decimal;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Bytes gathered before a chunk is handed on.
+pub const CHUNK: usize = 32 * 1024;
+
+/// An export format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Format {
+    Csv,
+    Json,
+    Ofx,
+}
+
+impl Format {
+    pub const ALL: [Format; 3] = [Format::Csv, Format::Json, Format::Ofx];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Json => "json",
+            Format::Ofx => "ofx",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Format> {
+        Format::ALL
+            .into_iter()
+            .find(|f| f.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// The media type of the exported bytes.
+    pub fn content_type(&self) -> &'static str {
+        match self {
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Json => "application/json",
+            Format::Ofx => "application/x-ofx",
+        }
+    }
+
+    /// File name extension, without the dot.
+    pub fn extension(&self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Format::parse(s).ok_or_else(|| format!("unknown export format {s:?}: use csv, json or ofx"))
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot read transactions for the export: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot write the export: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the export's reader went away")]
+    Closed,
+}
+
+/// What an export wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExportStats {
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// Write an export of the rows `query` selects (its `limit`/`after` are
+/// honoured if set) to `out`, then flush it.
+pub async fn export_to_writer<W: AsyncWrite + Unpin + Send>(
+    store: &dyn Store,
+    query: &TxQuery,
+    format: Format,
+    out: W,
+) -> Result<ExportStats, ExportError> {
+    let mut sink = WriterSink(out);
+    let stats = run(store, query, format, &mut sink).await?;
+    sink.0.flush().await?;
+    Ok(stats)
+}
+
+/// The export as a stream of byte chunks, produced by a background task that
+/// stops as soon as the stream is dropped. Memory stays bounded: the task
+/// waits while a few chunks are unread.
+pub fn export_stream(store: Arc<dyn Store>, query: TxQuery, format: Format) -> ExportStream {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut sink = ChannelSink(tx.clone());
+        match run(store.as_ref(), &query, format, &mut sink).await {
+            Ok(stats) => {
+                tracing::debug!(rows = stats.rows, bytes = stats.bytes, %format, "export done")
+            }
+            Err(ExportError::Closed) => tracing::debug!(%format, "export reader went away"),
+            Err(e) => {
+                tracing::error!(error = %e, %format, "export failed mid-stream");
+                let _ = tx.send(Err(e)).await;
+            }
+        }
+    });
+    ExportStream(rx)
+}
+
+/// See [`export_stream`].
+pub struct ExportStream(mpsc::Receiver<Result<Bytes, ExportError>>);
+
+impl Stream for ExportStream {
+    type Item = Result<Bytes, ExportError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+// ---------------------------------------------------------------- driver
+
+trait Sink: Send {
+    fn send(&mut self, chunk: Vec<u8>) -> impl Future<Output = Result<(), ExportError>> + Send;
+}
+
+struct WriterSink<W>(W);
+
+impl<W: AsyncWrite + Unpin + Send> Sink for WriterSink<W> {
+    async fn send(&mut self, chunk: Vec<u8>) -> Result<(), ExportError> {
+        self.0.write_all(&chunk).await?;
+        Ok(())
+    }
+}
+
+struct ChannelSink(mpsc::Sender<Result<Bytes, ExportError>>);
+
+impl Sink for ChannelSink {
+    async fn send(&mut self, chunk: Vec<u8>) -> Result<(), ExportError> {
+        self.0
+            .send(Ok(Bytes::from(chunk)))
+            .await
+            .map_err(|_| ExportError::Closed)
+    }
+}
+
+/// A buffer that hands itself to the sink every [`CHUNK`] bytes.
+struct Out<'a, S: Sink> {
+    buf: Vec<u8>,
+    sink: &'a mut S,
+    stats: ExportStats,
+}
+
+impl<'a, S: Sink> Out<'a, S> {
+    fn new(sink: &'a mut S) -> Self {
+        Self {
+            buf: Vec::with_capacity(CHUNK + 4096),
+            sink,
+            stats: ExportStats::default(),
+        }
+    }
+
+    async fn row_done(&mut self) -> Result<(), ExportError> {
+        self.stats.rows += 1;
+        if self.buf.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ExportError> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + 4096));
+            self.stats.bytes += chunk.len() as u64;
+            self.sink.send(chunk).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn run<S: Sink>(
+    store: &dyn Store,
+    query: &TxQuery,
+    format: Format,
+    sink: &mut S,
+) -> Result<ExportStats, ExportError> {
+    let mut out = Out::new(sink);
+    match format {
+        Format::Csv => {
+            csv_header(&mut out.buf);
+            let mut rows = store.stream_transactions(query.clone());
+            while let Some(tx) = rows.next().await {
+                csv_row(&mut out.buf, &tx?);
+                out.row_done().await?;
+            }
+        }
+        Format::Json => {
+            out.buf.push(b'[');
+            let mut rows = store.stream_transactions(query.clone());
+            let mut first = true;
+            while let Some(tx) = rows.next().await {
+                out.buf
+                    .extend_from_slice(if first { b"\n" } else { b",\n" });
+                first = false;
+                serde_json::to_writer(&mut out.buf, &tx?).map_err(std::io::Error::other)?;
+                out.row_done().await?;
+            }
+            out.buf
+                .extend_from_slice(if first { b"]\n" } else { b"\n]\n" });
+        }
+        Format::Ofx => ofx(store, query, &mut out).await?,
+    }
+    out.flush().await?;
+    Ok(out.stats)
+}
+
+// ---------------------------------------------------------------- CSV
+
+/// CSV columns, in order.
+pub const CSV_COLUMNS: [&str; 14] = [
+    "id",
+    "account_id",
+    "status",
+    "booking_date",
+    "value_date",
+    "amount",
+    "currency",
+    "label",
+    "counterparty_name",
+    "counterparty_iban",
+    "remittance_info",
+    "bank_code",
+    "provider_id",
+    "running_balance",
+];
+
+fn csv_header(buf: &mut Vec<u8>) {
+    buf.extend_from_slice(CSV_COLUMNS.join(",").as_bytes());
+    buf.extend_from_slice(b"\r\n");
+}
+
+fn csv_row(buf: &mut Vec<u8>, tx: &Transaction) {
+    let opt_date = |d: Option<NaiveDate>| d.map(|d| d.to_string()).unwrap_or_default();
+    let opt_dec = |d: Option<Decimal>| d.map(|d| d.to_string()).unwrap_or_default();
+    let fields: [&str; 14] = [
+        &tx.id.to_string(),
+        &tx.account_id.to_string(),
+        tx.status.as_str(),
+        &tx.booking_date.to_string(),
+        &opt_date(tx.value_date),
+        &tx.amount.to_string(),
+        tx.currency.as_str(),
+        &tx.label,
+        tx.counterparty_name.as_deref().unwrap_or(""),
+        tx.counterparty_iban.as_deref().unwrap_or(""),
+        tx.remittance_info.as_deref().unwrap_or(""),
+        tx.bank_code.as_deref().unwrap_or(""),
+        &tx.provider_id,
+        &opt_dec(tx.running_balance),
+    ];
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        csv_field(buf, f);
+    }
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// RFC 4180: quote a field holding a separator, a quote, a line break or
+/// edge spaces; double the quotes inside.
+fn csv_field(buf: &mut Vec<u8>, s: &str) {
+    let needs_quotes = s.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r'))
+        || s.starts_with(' ')
+        || s.ends_with(' ');
+    if !needs_quotes {
+        buf.extend_from_slice(s.as_bytes());
+        return;
+    }
+    buf.push(b'"');
+    for part in s.split_inclusive('"') {
+        buf.extend_from_slice(part.as_bytes());
+        if part.ends_with('"') {
+            buf.push(b'"');
+        }
+    }
+    buf.push(b'"');
+}
+
+// ---------------------------------------------------------------- OFX
+
+async fn ofx<S: Sink>(
+    store: &dyn Store,
+    query: &TxQuery,
+    out: &mut Out<'_, S>,
+) -> Result<(), ExportError> {
+    let now = Utc::now();
+    let stamp = now.format("%Y%m%d%H%M%S").to_string();
+    ofx_header(&mut out.buf, &stamp);
+    let accounts: Vec<Account> = match query.account_id {
+        Some(id) => store.get_account(id).await?.into_iter().collect(),
+        None => store.list_accounts(query.connection_id).await?,
+    };
+    let include_void = query.status == Some(TxStatus::Void);
+    for account in accounts {
+        if query
+            .connection_id
+            .is_some_and(|c| c != account.connection_id)
+        {
+            continue;
+        }
+        let q = TxQuery {
+            account_id: Some(account.id),
+            ..query.clone()
+        };
+        let first = store
+            .query_transactions(&TxQuery {
+                limit: Some(1),
+                ..q.clone()
+            })
+            .await?;
+        let Some(first) = first.first() else { continue };
+        let dtstart = query.from.unwrap_or(first.booking_date);
+        let dtend = query.to.unwrap_or_else(|| now.date_naive()).max(dtstart);
+        ofx_statement_start(&mut out.buf, &account, dtstart, dtend);
+        let mut last_running: Option<(Decimal, NaiveDate)> = None;
+        let mut rows = store.stream_transactions(q);
+        while let Some(tx) = rows.next().await {
+            let tx = tx?;
+            if tx.status == TxStatus::Void && !include_void {
+                continue;
+            }
+            if let (Some(b), TxStatus::Booked) = (tx.running_balance, tx.status) {
+                last_running = Some((b, tx.booking_date));
+            }
+            ofx_transaction(&mut out.buf, &tx);
+            out.row_done().await?;
+        }
+        drop(rows);
+        let ledger = ledger_balance(store, account.id).await?.or(last_running);
+        ofx_statement_end(&mut out.buf, ledger);
+    }
+    out.buf.extend_from_slice(b"</BANKMSGSRSV1>\n</OFX>\n");
+    Ok(())
+}
+
+/// The newest booked (else available) balance snapshot of an account.
+async fn ledger_balance(
+    store: &dyn Store,
+    account_id: i64,
+) -> Result<Option<(Decimal, NaiveDate)>, StoreError> {
+    let balances = store.list_balances(account_id).await?;
+    let newest = |kind: BalanceKind| {
+        balances
+            .iter()
+            .filter(|b| b.balance.kind == kind)
+            .max_by_key(|b| (b.balance.reference_date, b.fetched_at))
+            .map(|b| (b.balance.amount, b.balance.reference_date))
+    };
+    Ok(newest(BalanceKind::ClosingBooked).or_else(|| newest(BalanceKind::Available)))
+}
+
+fn ofx_header(buf: &mut Vec<u8>, stamp: &str) {
+    let mut s = String::new();
+    s.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"no\"?>\n");
+    s.push_str(
+        "<?OFX OFXHEADER=\"200\" VERSION=\"220\" SECURITY=\"NONE\" OLDFILEUID=\"NONE\" NEWFILEUID=\"NONE\"?>\n",
+    );
+    s.push_str("<OFX>\n<SIGNONMSGSRSV1>\n<SONRS>\n");
+    s.push_str("<STATUS><CODE>0</CODE><SEVERITY>INFO</SEVERITY></STATUS>\n");
+    let _ = writeln!(s, "<DTSERVER>{stamp}</DTSERVER>");
+    s.push_str("<LANGUAGE>ENG</LANGUAGE>\n</SONRS>\n</SIGNONMSGSRSV1>\n<BANKMSGSRSV1>\n");
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn ofx_statement_start(buf: &mut Vec<u8>, account: &Account, dtstart: NaiveDate, dtend: NaiveDate) {
+    let acct_id = account
+        .iban
+        .as_ref()
+        .map(|i| i.as_str().to_owned())
+        .unwrap_or_else(|| account.provider_id.clone());
+    // The IBAN's bank identifier is the start of its BBAN (its length varies by country).
+    let bank_id = account
+        .iban
+        .as_ref()
+        .map(|i| i.as_str().chars().skip(4).take(4).collect::<String>())
+        .unwrap_or_else(|| "0".to_owned());
+    let kind = account.kind.as_deref().unwrap_or("").to_ascii_lowercase();
+    let acct_type = if kind.contains("saving") {
+        "SAVINGS"
+    } else if kind.contains("credit") {
+        "CREDITLINE"
+    } else {
+        "CHECKING"
+    };
+    let mut s = String::new();
+    s.push_str("<STMTTRNRS>\n");
+    let _ = writeln!(s, "<TRNUID>{}</TRNUID>", account.id);
+    s.push_str("<STATUS><CODE>0</CODE><SEVERITY>INFO</SEVERITY></STATUS>\n<STMTRS>\n");
+    let _ = writeln!(s, "<CURDEF>{}</CURDEF>", account.currency.as_str());
+    s.push_str("<BANKACCTFROM>\n");
+    let _ = writeln!(s, "<BANKID>{}</BANKID>", xml_escape(&bank_id, 9));
+    let _ = writeln!(s, "<ACCTID>{}</ACCTID>", xml_escape(&acct_id, 34));
+    let _ = writeln!(s, "<ACCTTYPE>{acct_type}</ACCTTYPE>");
+    s.push_str("</BANKACCTFROM>\n<BANKTRANLIST>\n");
+    let _ = writeln!(s, "<DTSTART>{}</DTSTART>", dtstart.format("%Y%m%d"));
+    let _ = writeln!(s, "<DTEND>{}</DTEND>", dtend.format("%Y%m%d"));
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn ofx_transaction(buf: &mut Vec<u8>, tx: &Transaction) {
+    let mut s = String::with_capacity(512);
+    s.push_str("<STMTTRN>\n");
+    let _ = writeln!(
+        s,
+        "<TRNTYPE>{}</TRNTYPE>",
+        if tx.amount.is_sign_negative() {
+            "DEBIT"
+        } else {
+            "CREDIT"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "<DTPOSTED>{}</DTPOSTED>",
+        tx.booking_date.format("%Y%m%d")
+    );
+    if let Some(d) = tx.transaction_date {
+        let _ = writeln!(s, "<DTUSER>{}</DTUSER>", d.format("%Y%m%d"));
+    }
+    if let Some(d) = tx.value_date {
+        let _ = writeln!(s, "<DTAVAIL>{}</DTAVAIL>", d.format("%Y%m%d"));
+    }
+    let _ = writeln!(s, "<TRNAMT>{}</TRNAMT>", tx.amount);
+    let _ = writeln!(s, "<FITID>{}</FITID>", xml_escape(&tx.provider_id, 255));
+    let name = tx
+        .counterparty_name
+        .as_deref()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or(&tx.label);
+    let name = xml_escape(name, 32);
+    if !name.is_empty() {
+        let _ = writeln!(s, "<NAME>{name}</NAME>");
+    }
+    let memo = match tx
+        .remittance_info
+        .as_deref()
+        .filter(|m| !m.trim().is_empty())
+    {
+        Some(m) => m,
+        None => &tx.label,
+    };
+    let memo = xml_escape(memo, 255);
+    if !memo.is_empty() {
+        let _ = writeln!(s, "<MEMO>{memo}</MEMO>");
+    }
+    s.push_str("</STMTTRN>\n");
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn ofx_statement_end(buf: &mut Vec<u8>, ledger: Option<(Decimal, NaiveDate)>) {
+    let mut s = String::from("</BANKTRANLIST>\n");
+    if let Some((amount, date)) = ledger {
+        let _ = writeln!(
+            s,
+            "<LEDGERBAL><BALAMT>{amount}</BALAMT><DTASOF>{}</DTASOF></LEDGERBAL>",
+            date.format("%Y%m%d")
+        );
+    }
+    s.push_str("</STMTRS>\n</STMTTRNRS>\n");
+    buf.extend_from_slice(s.as_bytes());
+}
+
+/// XML-escape `text` after cutting it to `max_chars` characters; control
+/// characters (invalid in XML) become spaces, surrounding space is trimmed.
+pub fn xml_escape(text: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max_chars * 2));
+    for c in text.trim().chars().take(max_chars) {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    let trimmed = out.trim_end().len();
+    out.truncate(trimmed);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_parsing() {
+        assert_eq!(Format::parse("CSV"), Some(Format::Csv));
+        assert_eq!("ofx".parse::<Format>().unwrap(), Format::Ofx);
+        assert!("xlsx".parse::<Format>().is_err());
+        assert_eq!(Format::Json.content_type(), "application/json");
+    }
+
+    #[test]
+    fn csv_quoting() {
+        let mut b = Vec::new();
+        csv_field(&mut b, "plain");
+        b.push(b'|');
+        csv_field(&mut b, "a,b");
+        b.push(b'|');
+        csv_field(&mut b, "say \"hi\"");
+        b.push(b'|');
+        csv_field(&mut b, "two\nlines");
+        assert_eq!(
+            String::from_utf8(b).unwrap(),
+            "plain|\"a,b\"|\"say \"\"hi\"\"\"|\"two\nlines\""
+        );
+    }
+
+    #[test]
+    fn xml_escaping_and_truncation() {
+        assert_eq!(
+            xml_escape("A&B <C> \"q\" 'x'", 100),
+            "A&amp;B &lt;C&gt; &quot;q&quot; &apos;x&apos;"
+        );
+        assert_eq!(
+            xml_escape("ÄÖÜ-abcdefghijklmnopqrstuvwxyz0123456789", 32)
+                .chars()
+                .count(),
+            32
+        );
+        assert_eq!(xml_escape("a\u{1}b\n", 10), "a b");
+        // Cut before escaping: an entity is never split.
+        assert_eq!(xml_escape("&&&&", 2), "&amp;&amp;");
+    }
+}

@@ -1,0 +1,222 @@
+//! Sync jobs: one background sync per connection at a time in this process.
+//!
+//! Both `POST /api/v1/connections/{id}/sync` and the scheduler go through
+//! [`AppState::start_sync`]. It creates a [`SyncJob`] row (`queued`), runs
+//! [`Syncer::sync`](bankbridge_sync::Syncer::sync) in a spawned task and moves
+//! the job to `running`, then `succeeded` (with the summary), `needs_user`
+//! (the bank asked for strong customer authentication) or `failed` (with the
+//! error text). A second request while a sync of the same connection runs
+//! gets the running job back instead of a new one. Across processes the
+//! syncer's database lease keeps two syncs of one connection apart.
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use bankbridge_core::ConnectorError;
+use bankbridge_store::{Connection, StoreError, SyncJob};
+use bankbridge_sync::{SyncError, SyncEvent};
+use chrono::Utc;
+
+use crate::AppState;
+
+/// Job status values.
+pub mod status {
+    pub const QUEUED: &str = "queued";
+    pub const RUNNING: &str = "running";
+    pub const SUCCEEDED: &str = "succeeded";
+    pub const FAILED: &str = "failed";
+    pub const NEEDS_USER: &str = "needs_user";
+}
+
+/// What [`AppState::start_sync`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SyncStart {
+    /// A new job was created and its sync started.
+    Started(SyncJob),
+    /// A sync of this connection was already running here: its job.
+    AlreadyRunning(SyncJob),
+}
+
+impl SyncStart {
+    pub fn job(&self) -> &SyncJob {
+        match self {
+            SyncStart::Started(j) | SyncStart::AlreadyRunning(j) => j,
+        }
+    }
+}
+
+/// Who asked for a sync (for the logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Api,
+    Scheduler,
+}
+
+impl Trigger {
+    fn as_str(&self) -> &'static str {
+        match self {
+            Trigger::Api => "api",
+            Trigger::Scheduler => "scheduler",
+        }
+    }
+}
+
+/// Connections syncing in this process, with their job ids.
+#[derive(Default)]
+pub(crate) struct SyncRegistry {
+    running: Mutex<HashMap<i64, i64>>,
+    /// Serialises "look up, create the job, register" so two requests never
+    /// both start a job for one connection.
+    start: tokio::sync::Mutex<()>,
+}
+
+impl SyncRegistry {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<i64, i64>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Removes the connection from the registry when its sync task ends, even by panic.
+struct Registered {
+    state: AppState,
+    connection_id: i64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.state.syncs.running().remove(&self.connection_id);
+    }
+}
+
+impl AppState {
+    /// The job id of the sync of `connection_id` running in this process, if any.
+    pub fn running_sync(&self, connection_id: i64) -> Option<i64> {
+        self.syncs.running().get(&connection_id).copied()
+    }
+
+    /// Start a background sync of `connection`, or return the job of the one
+    /// already running.
+    pub async fn start_sync(
+        &self,
+        connection: Connection,
+        trigger: Trigger,
+    ) -> Result<SyncStart, StoreError> {
+        let _serial = self.syncs.start.lock().await;
+        if let Some(job_id) = self.running_sync(connection.id) {
+            if let Some(job) = self.store.get_sync_job(job_id).await? {
+                return Ok(SyncStart::AlreadyRunning(job));
+            }
+        }
+        let job = self
+            .store
+            .create_sync_job(connection.id, Utc::now())
+            .await?;
+        self.syncs.running().insert(connection.id, job.id);
+        let registered = Registered {
+            state: self.clone(),
+            connection_id: connection.id,
+        };
+        tracing::info!(
+            connection = %connection.name,
+            job = job.id,
+            trigger = trigger.as_str(),
+            "sync started"
+        );
+        tokio::spawn(run_job(self.clone(), connection, job.clone(), registered));
+        Ok(SyncStart::Started(job))
+    }
+}
+
+async fn run_job(
+    state: AppState,
+    connection: Connection,
+    mut job: SyncJob,
+    registered: Registered,
+) {
+    job.status = status::RUNNING.to_owned();
+    job.started_at = Some(Utc::now());
+    save(&state, &job).await;
+
+    let syncer = state.syncer.clone();
+    let conn_name = connection.name.clone();
+    let name = connection.name.clone();
+    let task = tokio::spawn(async move {
+        let progress = move |event: SyncEvent| log_event(&name, &event);
+        syncer.sync(&connection, &progress).await
+    });
+    let name = &conn_name;
+    match task.await {
+        Ok(Ok(summary)) => {
+            tracing::info!(
+                connection = %name,
+                job = job.id,
+                accounts = summary.accounts,
+                windows = summary.windows,
+                inserted = summary.inserted,
+                updated = summary.updated,
+                unchanged = summary.unchanged,
+                voided = summary.voided,
+                "sync succeeded"
+            );
+            job.status = status::SUCCEEDED.to_owned();
+            job.summary = serde_json::to_value(&summary).ok();
+        }
+        Ok(Err(e)) => {
+            let needs_user = matches!(e, SyncError::Connector(ConnectorError::ScaRequired(_)));
+            job.status = if needs_user {
+                status::NEEDS_USER
+            } else {
+                status::FAILED
+            }
+            .to_owned();
+            job.error = Some(e.to_string());
+            tracing::warn!(connection = %name, job = job.id, error = %e, status = %job.status, "sync did not finish");
+        }
+        Err(join) => {
+            job.status = status::FAILED.to_owned();
+            job.error = Some(
+                "internal error: the sync task stopped unexpectedly; see the server log".to_owned(),
+            );
+            tracing::error!(connection = %name, job = job.id, error = %join, "sync task panicked");
+        }
+    }
+    job.finished_at = Some(Utc::now());
+    save(&state, &job).await;
+    drop(registered);
+}
+
+async fn save(state: &AppState, job: &SyncJob) {
+    if let Err(e) = state.store.update_sync_job(job).await {
+        tracing::error!(job = job.id, error = %e, "cannot save the sync job's state");
+    }
+}
+
+fn log_event(connection: &str, event: &SyncEvent) {
+    match event {
+        SyncEvent::Retrying {
+            what,
+            attempt,
+            delay,
+            reason,
+        } => tracing::info!(
+            connection,
+            what = %what,
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            reason = %reason,
+            "retrying a bank request"
+        ),
+        SyncEvent::WindowDone {
+            account,
+            window,
+            stats,
+        } => tracing::debug!(
+            connection,
+            account = %account,
+            window = %window,
+            inserted = stats.inserted,
+            updated = stats.updated,
+            "window synced"
+        ),
+        other => tracing::debug!(connection, event = ?other, "sync progress"),
+    }
+}
