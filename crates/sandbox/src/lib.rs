@@ -1,1 +1,254 @@
+//! Simulated banks for bankbridge: deterministic data from a seed, a sandbox
+//! clock, fault injection, and control routes that tell the truth the
+//! simulation holds, so a sync can be checked end to end with no real bank.
+//!
+//! Banks live in their own modules (today: [`fibank`]) and share one HTTP
+//! router: each bank answers under its own prefix (`/fibank/...`) and has its
+//! control routes under `/_sandbox/<bank>/...`.
+//!
+//! This crate is never a dependency of production code: only of tests,
+//! benchmarks and the `sandbox`/`demo` commands.
 #![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+pub mod fault;
+pub mod fibank;
+
+pub use fault::{FaultConfig, FaultKind};
+pub use fibank::{AccountTruth, SandboxCredentials};
+
+/// What a sandbox simulates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SandboxConfig {
+    /// Every generated account, transaction and name derives from it.
+    pub seed: u64,
+    /// Accounts of the one customer: the first in BGN, then EUR, USD, GBP, CHF, RON.
+    pub accounts: usize,
+    /// About this many booked transactions per account over `years`.
+    pub transactions: usize,
+    /// Length of the history that ends on `today`.
+    pub years: u32,
+    /// The sandbox day the clock starts on (default: today in Europe/Sofia).
+    pub today: NaiveDate,
+    /// Refuse statement requests spanning more days than this (both ends included).
+    pub max_range_days: Option<u32>,
+    pub fault: FaultConfig,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            seed: 0,
+            accounts: 3,
+            transactions: 2000,
+            years: 5,
+            today: sofia_today(),
+            max_range_days: None,
+            fault: FaultConfig::default(),
+        }
+    }
+}
+
+/// Today's date in Europe/Sofia, where Fibank keeps its books.
+pub fn sofia_today() -> NaiveDate {
+    chrono::Utc::now()
+        .with_timezone(&chrono_tz::Europe::Sofia)
+        .date_naive()
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("accounts must be between 1 and {max}, got {got}")]
+    Accounts { got: usize, max: usize },
+    #[error("transactions per account must be at most {max}, got {got}")]
+    Transactions { got: usize, max: usize },
+    #[error("years must be between 1 and 30, got {0}")]
+    Years(u32),
+    #[error("fault_rate must be a number from 0 to 1, got {0}")]
+    FaultRate(String),
+}
+
+impl SandboxConfig {
+    pub const MAX_ACCOUNTS: usize = 100;
+    pub const MAX_TRANSACTIONS: usize = 2_000_000;
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.accounts == 0 || self.accounts > Self::MAX_ACCOUNTS {
+            return Err(ConfigError::Accounts {
+                got: self.accounts,
+                max: Self::MAX_ACCOUNTS,
+            });
+        }
+        if self.transactions > Self::MAX_TRANSACTIONS {
+            return Err(ConfigError::Transactions {
+                got: self.transactions,
+                max: Self::MAX_TRANSACTIONS,
+            });
+        }
+        if self.years == 0 || self.years > 30 {
+            return Err(ConfigError::Years(self.years));
+        }
+        self.fault.validate()
+    }
+}
+
+/// The simulated banks behind one router. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SandboxState {
+    fibank: Arc<fibank::Fibank>,
+}
+
+impl SandboxState {
+    /// Generate every bank's data. CPU-bound (about a second for 3 × 100,000
+    /// transactions in a release build): call it off the async runtime.
+    pub fn new(config: SandboxConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(SandboxState {
+            fibank: Arc::new(fibank::Fibank::new(&config)),
+        })
+    }
+
+    pub fn fibank(&self) -> &fibank::Fibank {
+        &self.fibank
+    }
+
+    /// Tell the banks the absolute root URL they are served at
+    /// (`http://127.0.0.1:PORT`), for the credentials route.
+    pub fn set_root_url(&self, root: &str) {
+        self.fibank
+            .set_base_url(format!("{}{}", root.trim_end_matches('/'), fibank::PREFIX));
+    }
+}
+
+/// Every bank's routes and control routes.
+pub fn router(state: SandboxState) -> axum::Router {
+    axum::Router::new()
+        .merge(fibank::routes(state.fibank.clone()))
+        .fallback(|| async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                r#"{"errorCode":"NOT_FOUND","message":"no such sandbox route"}"#,
+            )
+        })
+}
+
+fn root_url(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        Ipv4Addr::LOCALHOST.into()
+    } else {
+        addr.ip()
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// Generate the data for `config` and serve it on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, config: SandboxConfig) -> io::Result<()> {
+    let state = tokio::task::spawn_blocking(move || SandboxState::new(config))
+        .await
+        .map_err(io::Error::other)?
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    serve_state(listener, state, std::future::pending()).await
+}
+
+/// Serve an existing state on `listener` until `shutdown` completes.
+pub async fn serve_state(
+    listener: tokio::net::TcpListener,
+    state: SandboxState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    state.set_root_url(&root_url(listener.local_addr()?));
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A sandbox running in the background on a loopback port.
+#[derive(Debug)]
+pub struct SandboxHandle {
+    addr: SocketAddr,
+    state: SandboxState,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<io::Result<()>>>,
+}
+
+/// Generate `config`'s data and serve it on `127.0.0.1` on a free port.
+pub async fn spawn(config: SandboxConfig) -> io::Result<SandboxHandle> {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    let state = tokio::task::spawn_blocking(move || SandboxState::new(config))
+        .await
+        .map_err(io::Error::other)?
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve_state(listener, state.clone(), async {
+        let _ = rx.await;
+    }));
+    Ok(SandboxHandle {
+        addr,
+        state,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}
+
+impl SandboxHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn root_url(&self) -> String {
+        root_url(self.addr)
+    }
+
+    /// The simulated Fibank's base URL: `http://127.0.0.1:PORT/fibank`.
+    pub fn base_url(&self) -> String {
+        format!("{}{}", self.root_url(), fibank::PREFIX)
+    }
+
+    pub fn state(&self) -> &SandboxState {
+        &self.state
+    }
+
+    pub fn fibank(&self) -> &fibank::Fibank {
+        self.state.fibank()
+    }
+
+    /// The simulated Fibank's login.
+    pub fn credentials(&self) -> SandboxCredentials {
+        self.state.fibank().credentials()
+    }
+
+    /// Booked totals per account at the sandbox day (same as `GET /_sandbox/fibank/truth`).
+    pub fn truth(&self) -> Vec<AccountTruth> {
+        self.state.fibank().truth()
+    }
+
+    /// Stop serving and wait for the server task to end.
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.map_err(io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for SandboxHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
