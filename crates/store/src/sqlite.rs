@@ -73,6 +73,32 @@ fn describe_open_error(location: &str, e: &sqlx::Error) -> String {
     e.to_string()
 }
 
+/// An existing, non-empty file must start with SQLite's magic header. SQLite
+/// itself would take a file shorter than one page for an empty database and
+/// overwrite it.
+fn check_header(path: &Path) -> std::result::Result<(), String> {
+    use std::io::Read;
+    const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read the file: {e}")),
+    };
+    let mut head = Vec::with_capacity(16);
+    file.by_ref()
+        .take(16)
+        .read_to_end(&mut head)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if head.is_empty() || head == MAGIC {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is not a bankbridge SQLite database: file is not a database \
+         (point to another file, or move this one away)",
+        path.display()
+    ))
+}
+
 impl SqliteStore {
     /// Open (creating it and its parent folders if needed) the database file
     /// at `path` and bring its schema up to date.
@@ -89,6 +115,7 @@ impl SqliteStore {
             std::fs::create_dir_all(parent)
                 .map_err(|e| open_err(format!("cannot create the folder {}: {e}", parent.display())))?;
         }
+        check_header(path).map_err(open_err)?;
         let base = SqliteConnectOptions::new()
             .filename(path)
             .foreign_keys(true)

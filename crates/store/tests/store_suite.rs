@@ -1,0 +1,1104 @@
+//! One test-suite for both store backends.
+//!
+//! Each test body is written once, as an async fn taking the store, and runs
+//! against (a) a SQLite file in a temporary folder and (b) PostgreSQL at
+//! `BANKBRIDGE_TEST_PG_URL` (an admin URL: each test creates its own fresh
+//! database there, so tests run in parallel, and drops it at the end).
+//!
+//! Without `BANKBRIDGE_TEST_PG_URL` the PostgreSQL tests print that they were
+//! skipped, except when `CI` is set: then they fail. Start a server with
+//! `export BANKBRIDGE_TEST_PG_URL="$(scripts/pg-throwaway.sh start)"`.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bankbridge_core::{Balance, BalanceKind, FetchedAccount, Iban, Transaction, TxStatus};
+use bankbridge_store::{
+    Checkpoint, Lease, NewConnection, PgStore, Scope, SqliteStore, Store, StoreError, SyncJob, TokenRecord, TxQuery,
+    TxWrite, WindowCommit,
+};
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use sqlx::Connection as _;
+use sqlx::Executor as _;
+
+type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+// ---------------------------------------------------------------- harness
+
+async fn run_sqlite(body: impl FnOnce(Arc<dyn Store>) -> BoxFut) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A nested path: the store creates missing parent folders.
+    let path = dir.path().join("nested").join("bankbridge.db");
+    let store = SqliteStore::open(&path).await.expect("open SQLite store");
+    body(Arc::new(store)).await;
+}
+
+async fn run_sqlite_location(body: impl FnOnce(String) -> BoxFut) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bankbridge.db");
+    body(path.display().to_string()).await;
+}
+
+fn pg_admin_url() -> Option<String> {
+    match std::env::var("BANKBRIDGE_TEST_PG_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+                panic!(
+                    "BANKBRIDGE_TEST_PG_URL is not set, and CI is: the PostgreSQL store tests must run in CI. \
+                     Start a server with `export BANKBRIDGE_TEST_PG_URL=\"$(scripts/pg-throwaway.sh start)\"`."
+                );
+            }
+            eprintln!(
+                "skipped: set BANKBRIDGE_TEST_PG_URL to run the PostgreSQL store tests \
+                 (e.g. export BANKBRIDGE_TEST_PG_URL=\"$(scripts/pg-throwaway.sh start)\")"
+            );
+            None
+        }
+    }
+}
+
+/// The same URL pointing at database `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.find('?') {
+        Some(i) => (&url[..i], &url[i..]),
+        None => (url, ""),
+    };
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    format!("{base}/{db}{query}")
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh database on the test server; dropped (best effort) by `drop_pg_database`.
+async fn create_pg_database(admin: &str) -> (sqlx::PgConnection, String, String) {
+    let mut conn = sqlx::PgConnection::connect(admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to BANKBRIDGE_TEST_PG_URL: {e}"));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let db = format!(
+        "bb_test_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    );
+    conn.execute(format!("CREATE DATABASE {db}").as_str()).await.expect("CREATE DATABASE");
+    let url = with_database(admin, &db);
+    (conn, db, url)
+}
+
+async fn drop_pg_database(mut conn: sqlx::PgConnection, db: &str) {
+    let _ = conn.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()).await;
+    let _ = conn.close().await;
+}
+
+/// Run the body in its own task so that a failing assertion still lets the
+/// database be dropped, then re-raise the failure.
+async fn finish(res: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = res {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+        panic!("test task failed: {e}");
+    }
+}
+
+async fn run_pg(body: impl FnOnce(Arc<dyn Store>) -> BoxFut) {
+    let Some(admin) = pg_admin_url() else { return };
+    let (conn, db, url) = create_pg_database(&admin).await;
+    let fut = match PgStore::connect(&url).await {
+        Ok(store) => {
+            let store = Arc::new(store);
+            let fut = body(store.clone());
+            let res = tokio::spawn(fut).await;
+            store.close().await;
+            res
+        }
+        Err(e) => {
+            drop_pg_database(conn, &db).await;
+            panic!("open PostgreSQL store: {e}");
+        }
+    };
+    drop_pg_database(conn, &db).await;
+    finish(fut).await;
+}
+
+async fn run_pg_location(body: impl FnOnce(String) -> BoxFut) {
+    let Some(admin) = pg_admin_url() else { return };
+    let (conn, db, url) = create_pg_database(&admin).await;
+    let res = tokio::spawn(body(url)).await;
+    drop_pg_database(conn, &db).await;
+    finish(res).await;
+}
+
+macro_rules! store_tests {
+    (store: [$($name:ident),* $(,)?], location: [$($lname:ident),* $(,)?] $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::run_sqlite(|s| Box::pin(crate::$name(s))).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $lname() {
+                    crate::run_sqlite_location(|l| Box::pin(crate::$lname(l))).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::run_pg(|s| Box::pin(crate::$name(s))).await
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $lname() {
+                    crate::run_pg_location(|l| Box::pin(crate::$lname(l))).await
+                }
+            )*
+        }
+    };
+}
+
+store_tests! {
+    store: [
+        connection_crud_and_cascade_delete,
+        lease_is_exclusive_and_expires,
+        concurrent_lease_has_one_winner,
+        account_upsert_is_idempotent,
+        commit_window_insert_update_void_touch,
+        commit_window_balances_written_only_on_change,
+        commit_window_is_atomic,
+        commit_window_upserts_a_row_that_moved_out_of_the_window,
+        amounts_are_exact,
+        query_filters_match_a_reference_filter,
+        keyset_pagination_sees_every_row_once,
+        text_search_is_case_insensitive_and_literal,
+        stream_equals_query,
+        token_lifecycle,
+        sync_jobs,
+    ],
+    location: [
+        migrations_are_idempotent,
+    ],
+}
+
+// ---------------------------------------------------------------- fixtures
+
+fn t(secs: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0).unwrap() + Duration::microseconds(123_456) + Duration::seconds(secs)
+}
+
+fn d(y: i32, m: u32, day: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, day).unwrap()
+}
+
+fn dec(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+fn new_connection(name: &str) -> NewConnection {
+    NewConnection {
+        name: name.to_owned(),
+        connector: "fibank".to_owned(),
+        settings: serde_json::json!({"base_url": "http://127.0.0.1:1", "username": "u", "window_days": 30}),
+        credentials_sealed: vec![1, 2, 3, 0, 255],
+    }
+}
+
+fn fetched_account(provider_id: &str) -> FetchedAccount {
+    FetchedAccount {
+        provider_id: provider_id.to_owned(),
+        iban: Some(Iban::from_parts("BG", "BNBG96611020345678").unwrap()),
+        currency: "BGN".parse().unwrap(),
+        name: Some("Current".to_owned()),
+        kind: Some("current".to_owned()),
+        raw: serde_json::json!({"id": provider_id, "z": 1, "a": [1, 2]}),
+    }
+}
+
+/// A connection with one account: (connection id, account id).
+async fn setup(s: &Arc<dyn Store>, name: &str) -> (i64, i64) {
+    let c = s.create_connection(&new_connection(name)).await.unwrap();
+    let a = s.upsert_account(c.id, &fetched_account(&format!("{name}-acc")), t(0)).await.unwrap();
+    (c.id, a.id)
+}
+
+fn tw(provider_id: &str, booking: NaiveDate, amount: &str) -> TxWrite {
+    TxWrite {
+        provider_id: provider_id.to_owned(),
+        pending_provider_id: None,
+        fingerprint: format!("fp-{provider_id}"),
+        status: TxStatus::Booked,
+        booking_date: booking,
+        value_date: Some(booking),
+        transaction_date: None,
+        amount: dec(amount),
+        currency: "BGN".to_owned(),
+        original_amount: None,
+        original_currency: None,
+        raw_label: format!("POS  PAYMENT {provider_id}"),
+        label: format!("POS PAYMENT {provider_id}"),
+        counterparty_name: Some("Shop Ltd".to_owned()),
+        counterparty_iban: None,
+        remittance_info: None,
+        bank_code: Some("POS/01".to_owned()),
+        running_balance: None,
+        raw: format!(r#"{{"id":"{provider_id}","amount":"{amount}"}}"#),
+    }
+}
+
+fn window(conn: i64, acc: i64, now: DateTime<Utc>) -> WindowCommit {
+    WindowCommit {
+        connection_id: conn,
+        account_id: acc,
+        now,
+        inserts: Vec::new(),
+        updates: Vec::new(),
+        voids: Vec::new(),
+        touch: Vec::new(),
+        balances: Vec::new(),
+        checkpoint: Checkpoint::default(),
+    }
+}
+
+fn balance(kind: BalanceKind, amount: &str, date: NaiveDate) -> Balance {
+    Balance { kind, amount: dec(amount), currency: "BGN".parse().unwrap(), reference_date: date }
+}
+
+async fn all_rows(s: &Arc<dyn Store>, acc: i64) -> Vec<Transaction> {
+    s.query_transactions(&TxQuery { account_id: Some(acc), ..Default::default() }).await.unwrap()
+}
+
+fn by_provider<'a>(rows: &'a [Transaction], p: &str) -> &'a Transaction {
+    rows.iter().find(|r| r.provider_id == p).unwrap_or_else(|| panic!("row {p} missing"))
+}
+
+// ---------------------------------------------------------------- tests
+
+async fn migrations_are_idempotent(location: String) {
+    let first = bankbridge_store::open(&location).await.expect("first open");
+    let c = first.create_connection(&new_connection("kept")).await.unwrap();
+    // A second store on the same database while the first is open, then a third after.
+    let second = bankbridge_store::open(&location).await.expect("second open runs no migration twice");
+    assert_eq!(second.get_connection(c.id).await.unwrap().unwrap().name, "kept");
+    drop(first);
+    drop(second);
+    let third = bankbridge_store::open(&location).await.expect("reopen");
+    assert_eq!(third.list_connections().await.unwrap().len(), 1);
+}
+
+async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
+    let a = s.create_connection(&new_connection("main")).await.unwrap();
+    assert_eq!(a.name, "main");
+    assert_eq!(a.connector, "fibank");
+    assert_eq!(a.last_sync_status, "never");
+    assert_eq!(a.credentials_sealed, vec![1, 2, 3, 0, 255]);
+    assert_eq!(a.settings["window_days"], 30);
+    assert!(a.session_sealed.is_none() && a.last_sync_at.is_none());
+    let debug = format!("{a:?}");
+    assert!(debug.contains("[sealed]") && !debug.contains("255"), "{debug}");
+
+    match s.create_connection(&new_connection("main")).await {
+        Err(StoreError::Conflict(m)) => assert!(m.contains("main"), "{m}"),
+        other => panic!("duplicate name: {other:?}"),
+    }
+    let b = s.create_connection(&new_connection("other")).await.unwrap();
+    assert_ne!(a.id, b.id);
+
+    assert_eq!(s.get_connection(a.id).await.unwrap().unwrap(), a);
+    assert_eq!(s.find_connection("main").await.unwrap().unwrap().id, a.id);
+    assert_eq!(s.find_connection(&a.id.to_string()).await.unwrap().unwrap().id, a.id);
+    assert!(s.find_connection("nope").await.unwrap().is_none());
+    assert!(s.get_connection(9_999).await.unwrap().is_none());
+    let names: Vec<String> = s.list_connections().await.unwrap().into_iter().map(|c| c.name).collect();
+    assert_eq!(names, vec!["main", "other"]);
+
+    s.save_session(a.id, Some(&[9, 9])).await.unwrap();
+    s.record_sync_result(a.id, t(5), "failed", Some("bank said no")).await.unwrap();
+    let got = s.get_connection(a.id).await.unwrap().unwrap();
+    assert_eq!(got.session_sealed.as_deref(), Some(&[9u8, 9][..]));
+    assert_eq!(got.last_sync_at, Some(t(5)));
+    assert_eq!(got.last_sync_status, "failed");
+    assert_eq!(got.last_sync_error.as_deref(), Some("bank said no"));
+    s.save_session(a.id, None).await.unwrap();
+    assert!(s.get_connection(a.id).await.unwrap().unwrap().session_sealed.is_none());
+    assert!(matches!(s.save_session(9_999, None).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(s.record_sync_result(9_999, t(0), "ok", None).await, Err(StoreError::NotFound(_))));
+
+    // Give `main` everything that hangs off a connection, and `other` one row.
+    let acc = s.upsert_account(a.id, &fetched_account("acc-1"), t(0)).await.unwrap();
+    let other_acc = s.upsert_account(b.id, &fetched_account("acc-1"), t(0)).await.unwrap();
+    let mut w = window(a.id, acc.id, t(1));
+    w.inserts = vec![tw("t1", d(2024, 4, 1), "-1.00"), tw("t2", d(2024, 4, 2), "2.00")];
+    w.balances = vec![balance(BalanceKind::ClosingBooked, "100.00", d(2024, 4, 2))];
+    w.checkpoint = Checkpoint { oldest_covered: Some(d(2024, 4, 1)), ..Default::default() };
+    s.commit_window(&w).await.unwrap();
+    let mut w2 = window(b.id, other_acc.id, t(1));
+    w2.inserts = vec![tw("t1", d(2024, 4, 1), "-1.00")];
+    s.commit_window(&w2).await.unwrap();
+    let job = s.create_sync_job(a.id, t(2)).await.unwrap();
+
+    assert!(s.delete_connection(a.id).await.unwrap());
+    assert!(!s.delete_connection(a.id).await.unwrap());
+    assert!(s.get_connection(a.id).await.unwrap().is_none());
+    assert!(s.get_account(acc.id).await.unwrap().is_none());
+    assert!(s.list_accounts(Some(a.id)).await.unwrap().is_empty());
+    assert!(all_rows(&s, acc.id).await.is_empty());
+    assert!(s.list_balances(acc.id).await.unwrap().is_empty());
+    assert_eq!(s.checkpoint(acc.id).await.unwrap(), Checkpoint::default());
+    assert!(s.get_sync_job(job.id).await.unwrap().is_none());
+    // The other connection is untouched.
+    assert_eq!(all_rows(&s, other_acc.id).await.len(), 1);
+    assert_eq!(s.list_accounts(None).await.unwrap().len(), 1);
+}
+
+async fn lease_is_exclusive_and_expires(s: Arc<dyn Store>) {
+    let c = s.create_connection(&new_connection("leased")).await.unwrap();
+    assert_eq!(s.acquire_sync_lease(c.id, "alpha", t(0), t(60)).await.unwrap(), Lease::Acquired);
+    assert_eq!(
+        s.acquire_sync_lease(c.id, "beta", t(10), t(70)).await.unwrap(),
+        Lease::Held { owner: "alpha".into(), until: t(60) }
+    );
+    // The holder renews.
+    assert_eq!(s.acquire_sync_lease(c.id, "alpha", t(20), t(120)).await.unwrap(), Lease::Acquired);
+    // Someone else's release does nothing.
+    s.release_sync_lease(c.id, "beta").await.unwrap();
+    assert_eq!(
+        s.acquire_sync_lease(c.id, "beta", t(30), t(90)).await.unwrap(),
+        Lease::Held { owner: "alpha".into(), until: t(120) }
+    );
+    // The holder's release frees it.
+    s.release_sync_lease(c.id, "alpha").await.unwrap();
+    assert_eq!(s.acquire_sync_lease(c.id, "beta", t(40), t(100)).await.unwrap(), Lease::Acquired);
+    // Expiry: after `until` another owner takes over.
+    assert!(matches!(s.acquire_sync_lease(c.id, "alpha", t(99), t(200)).await.unwrap(), Lease::Held { .. }));
+    assert_eq!(s.acquire_sync_lease(c.id, "alpha", t(101), t(200)).await.unwrap(), Lease::Acquired);
+    assert_eq!(
+        s.acquire_sync_lease(c.id, "beta", t(150), t(300)).await.unwrap(),
+        Lease::Held { owner: "alpha".into(), until: t(200) }
+    );
+    assert!(matches!(s.acquire_sync_lease(9_999, "alpha", t(0), t(1)).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(s.release_sync_lease(9_999, "alpha").await, Err(StoreError::NotFound(_))));
+}
+
+async fn concurrent_lease_has_one_winner(s: Arc<dyn Store>) {
+    let c = s.create_connection(&new_connection("contended")).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.acquire_sync_lease(c.id, &format!("owner-{i}"), t(0), t(60)).await.unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        if task.await.unwrap() == Lease::Acquired {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+}
+
+async fn account_upsert_is_idempotent(s: Arc<dyn Store>) {
+    let c = s.create_connection(&new_connection("acc")).await.unwrap();
+    let first = s.upsert_account(c.id, &fetched_account("A1"), t(0)).await.unwrap();
+    assert_eq!(first.first_seen, t(0));
+    assert_eq!(first.last_seen, t(0));
+    assert_eq!(first.iban.as_ref().unwrap().country(), "BG");
+    assert_eq!(first.currency.as_str(), "BGN");
+    let again = s.upsert_account(c.id, &fetched_account("A1"), t(100)).await.unwrap();
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.first_seen, t(0));
+    assert_eq!(again.last_seen, t(100));
+    let mut renamed = fetched_account("A1");
+    renamed.name = Some("Renamed".into());
+    renamed.iban = None;
+    let r = s.upsert_account(c.id, &renamed, t(200)).await.unwrap();
+    assert_eq!((r.id, r.name.as_deref(), r.iban.is_none()), (first.id, Some("Renamed"), true));
+    let second = s.upsert_account(c.id, &fetched_account("A2"), t(0)).await.unwrap();
+    assert_ne!(second.id, first.id);
+    let listed = s.list_accounts(Some(c.id)).await.unwrap();
+    assert_eq!(listed.iter().map(|a| a.id).collect::<Vec<_>>(), vec![first.id, second.id]);
+    assert_eq!(s.get_account(first.id).await.unwrap().unwrap(), r);
+    assert!(s.get_account(9_999).await.unwrap().is_none());
+    assert!(matches!(
+        s.upsert_account(9_999, &fetched_account("A1"), t(0)).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn commit_window_insert_update_void_touch(s: Arc<dyn Store>) {
+    let (conn, acc) = setup(&s, "w").await;
+    let mut pending = tw("p1", d(2024, 4, 3), "-7.50");
+    pending.status = TxStatus::Pending;
+    let mut fancy = tw("t3", d(2024, 4, 3), "-12.34");
+    fancy.original_amount = Some(dec("-6.31"));
+    fancy.original_currency = Some("EUR".into());
+    fancy.counterparty_iban = Some("BG80BNBG96611020345678".into());
+    fancy.remittance_info = Some("invoice 42".into());
+    fancy.transaction_date = Some(d(2024, 4, 2));
+    fancy.running_balance = Some(dec("987.66"));
+    fancy.pending_provider_id = Some("p0".into());
+    let mut w = window(conn, acc, t(10));
+    w.inserts = vec![tw("t2", d(2024, 4, 2), "1.00"), tw("t1", d(2024, 4, 1), "-2.00"), pending, fancy.clone()];
+    w.checkpoint = Checkpoint {
+        oldest_covered: Some(d(2024, 4, 1)),
+        newest_covered: Some(d(2024, 4, 30)),
+        backfill_done: false,
+        empty_streak: 2,
+    };
+    s.commit_window(&w).await.unwrap();
+    assert_eq!(s.checkpoint(acc).await.unwrap(), w.checkpoint);
+
+    let rows = s.load_window(acc, d(2024, 4, 1), d(2024, 4, 30)).await.unwrap();
+    let keys: Vec<(NaiveDate, i64)> = rows.iter().map(|r| (r.booking_date, r.id)).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "ordered by (booking_date, id)");
+    assert_eq!(rows.len(), 4);
+    for r in &rows {
+        assert_eq!((r.first_seen, r.last_seen, r.updated_at), (t(10), t(10), t(10)));
+        assert_eq!((r.connection_id, r.account_id), (conn, acc));
+    }
+    let f = by_provider(&rows, "t3");
+    assert_eq!(f.original_amount, Some(dec("-6.31")));
+    assert_eq!(f.original_currency.map(|c| c.to_string()).as_deref(), Some("EUR"));
+    assert_eq!(f.counterparty_iban.as_deref(), Some("BG80BNBG96611020345678"));
+    assert_eq!(f.remittance_info.as_deref(), Some("invoice 42"));
+    assert_eq!(f.transaction_date, Some(d(2024, 4, 2)));
+    assert_eq!(f.value_date, Some(d(2024, 4, 3)));
+    assert_eq!(f.running_balance, Some(dec("987.66")));
+    assert_eq!(f.pending_provider_id.as_deref(), Some("p0"));
+    assert_eq!(f.bank_code.as_deref(), Some("POS/01"));
+    assert_eq!(f.fingerprint, "fp-t3");
+    assert_eq!(f.raw_label, "POS  PAYMENT t3");
+    assert_eq!(f.raw, serde_json::json!({"id": "t3", "amount": "-12.34"}));
+    assert_eq!(by_provider(&rows, "p1").status, TxStatus::Pending);
+    // Narrower windows.
+    assert_eq!(s.load_window(acc, d(2024, 4, 2), d(2024, 4, 2)).await.unwrap().len(), 1);
+    assert!(s.load_window(acc, d(2024, 5, 1), d(2024, 5, 31)).await.unwrap().is_empty());
+
+    // Update t2, void p1, touch t1.
+    let (t1, t2, p1) = (by_provider(&rows, "t1").clone(), by_provider(&rows, "t2").clone(), by_provider(&rows, "p1").id);
+    let mut changed = tw("t2", d(2024, 4, 2), "1.50");
+    changed.label = "CHANGED".into();
+    changed.status = TxStatus::Booked;
+    let mut w = window(conn, acc, t(20));
+    w.updates = vec![(t2.id, changed)];
+    w.voids = vec![p1];
+    w.touch = vec![t1.id, t1.id];
+    s.commit_window(&w).await.unwrap();
+    let rows = all_rows(&s, acc).await;
+    let u = by_provider(&rows, "t2");
+    assert_eq!((u.id, u.label.as_str(), u.amount), (t2.id, "CHANGED", dec("1.50")));
+    assert_eq!((u.first_seen, u.last_seen, u.updated_at), (t(10), t(20), t(20)));
+    let v = by_provider(&rows, "p1");
+    assert_eq!((v.status, v.updated_at, v.last_seen), (TxStatus::Void, t(20), t(10)));
+    let touched = by_provider(&rows, "t1");
+    assert_eq!((touched.last_seen, touched.updated_at), (t(20), t(10)));
+    assert_eq!(touched.label, t1.label);
+    let untouched = by_provider(&rows, "t3");
+    assert_eq!((untouched.last_seen, untouched.updated_at), (t(10), t(10)));
+
+    // Updates, voids and touches of rows that are not this account's fail.
+    let (conn2, acc2) = setup(&s, "w2").await;
+    let mut w = window(conn2, acc2, t(30));
+    w.touch = vec![t1.id];
+    assert!(matches!(s.commit_window(&w).await, Err(StoreError::NotFound(_))));
+}
+
+async fn commit_window_balances_written_only_on_change(s: Arc<dyn Store>) {
+    let (conn, acc) = setup(&s, "bal").await;
+    let day = d(2024, 4, 30);
+    let mut w = window(conn, acc, t(0));
+    w.balances = vec![
+        balance(BalanceKind::ClosingBooked, "100.00", day),
+        balance(BalanceKind::Available, "150.00", day),
+    ];
+    assert_eq!(s.commit_window(&w).await.unwrap().balances_written, 2);
+    // Same values (even written with another scale): nothing written.
+    w.now = t(10);
+    w.balances = vec![
+        balance(BalanceKind::ClosingBooked, "100.0", day),
+        balance(BalanceKind::Available, "150.00", day),
+    ];
+    assert_eq!(s.commit_window(&w).await.unwrap().balances_written, 0);
+    // One changed, one new date.
+    w.now = t(20);
+    w.balances = vec![
+        balance(BalanceKind::ClosingBooked, "99.99", day),
+        balance(BalanceKind::ClosingBooked, "99.99", d(2024, 5, 1)),
+    ];
+    assert_eq!(s.commit_window(&w).await.unwrap().balances_written, 2);
+    let stored = s.list_balances(acc).await.unwrap();
+    assert_eq!(stored.len(), 3, "history: one row per (kind, date)");
+    let closing: Vec<_> = stored
+        .iter()
+        .filter(|b| b.balance.kind == BalanceKind::ClosingBooked && b.balance.reference_date == day)
+        .collect();
+    assert_eq!(closing.len(), 1);
+    assert_eq!(closing[0].balance.amount, dec("99.99"));
+    assert_eq!(closing[0].fetched_at, t(20));
+    let avail = stored.iter().find(|b| b.balance.kind == BalanceKind::Available).unwrap();
+    assert_eq!((avail.balance.amount.to_string().as_str(), avail.fetched_at), ("150.00", t(0)));
+    assert!(stored.iter().all(|b| b.account_id == acc));
+}
+
+async fn commit_window_is_atomic(s: Arc<dyn Store>) {
+    let (conn, acc) = setup(&s, "atomic").await;
+    let mut w = window(conn, acc, t(0));
+    w.inserts = vec![tw("keep", d(2024, 4, 1), "1.00"), tw("other", d(2024, 4, 2), "2.00")];
+    w.checkpoint = Checkpoint { oldest_covered: Some(d(2024, 4, 1)), ..Default::default() };
+    s.commit_window(&w).await.unwrap();
+    let before = all_rows(&s, acc).await;
+    let cp_before = s.checkpoint(acc).await.unwrap();
+    let other_id = by_provider(&before, "other").id;
+
+    let failing = |mut w: WindowCommit| {
+        w.now = t(50);
+        w.inserts = vec![tw("new-1", d(2024, 4, 5), "5.00"), tw("new-2", d(2024, 4, 6), "6.00")];
+        w.balances = vec![balance(BalanceKind::ClosingBooked, "1.00", d(2024, 4, 6))];
+        w.checkpoint = Checkpoint { oldest_covered: Some(d(2000, 1, 1)), backfill_done: true, ..Default::default() };
+        w
+    };
+    let assert_unchanged = |label: &'static str| {
+        let s = s.clone();
+        let before = before.clone();
+        let cp_before = cp_before.clone();
+        async move {
+            assert_eq!(all_rows(&s, acc).await, before, "{label}: rows changed");
+            assert_eq!(s.checkpoint(acc).await.unwrap(), cp_before, "{label}: checkpoint changed");
+            assert!(s.list_balances(acc).await.unwrap().is_empty(), "{label}: balance written");
+        }
+    };
+
+    // An update of a row that does not exist, after the inserts ran.
+    let mut w = failing(window(conn, acc, t(0)));
+    w.updates = vec![(9_999_999, tw("ghost", d(2024, 4, 1), "1.00"))];
+    assert!(matches!(s.commit_window(&w).await, Err(StoreError::NotFound(_))));
+    assert_unchanged("missing update").await;
+
+    // A void of a row that does not exist.
+    let mut w = failing(window(conn, acc, t(0)));
+    w.voids = vec![9_999_999];
+    assert!(matches!(s.commit_window(&w).await, Err(StoreError::NotFound(_))));
+    assert_unchanged("missing void").await;
+
+    // The database itself refuses a statement midway: the update gives `other`
+    // the provider id of `keep` (unique per account) after the inserts ran.
+    let mut w = failing(window(conn, acc, t(0)));
+    w.updates = vec![(other_id, tw("keep", d(2024, 4, 2), "2.00"))];
+    assert!(s.commit_window(&w).await.is_err());
+    assert_unchanged("unique violation").await;
+
+    // A provider id twice in one window's inserts.
+    let mut w = failing(window(conn, acc, t(0)));
+    w.inserts.push(tw("new-1", d(2024, 4, 7), "7.00"));
+    assert!(matches!(s.commit_window(&w).await, Err(StoreError::Conflict(_))));
+    assert_unchanged("duplicate insert").await;
+
+    // Bad input: a currency that is no currency, raw that is no JSON.
+    let mut w = failing(window(conn, acc, t(0)));
+    w.inserts[1].currency = "EURO".into();
+    assert!(s.commit_window(&w).await.is_err());
+    let mut w = failing(window(conn, acc, t(0)));
+    w.inserts[1].raw = "{not json".into();
+    assert!(s.commit_window(&w).await.is_err());
+    assert_unchanged("bad input").await;
+
+    // An account that does not exist, or is another connection's.
+    let w = failing(window(conn, 9_999_999, t(0)));
+    assert!(matches!(s.commit_window(&w).await, Err(StoreError::NotFound(_))));
+    let (_, other_acc) = setup(&s, "atomic-2").await;
+    let w = failing(window(conn, other_acc, t(0)));
+    assert!(matches!(s.commit_window(&w).await, Err(StoreError::Conflict(_))));
+    assert!(all_rows(&s, other_acc).await.is_empty());
+    assert_unchanged("wrong account").await;
+}
+
+async fn commit_window_upserts_a_row_that_moved_out_of_the_window(s: Arc<dyn Store>) {
+    let (conn, acc) = setup(&s, "moved").await;
+    let mut w = window(conn, acc, t(0));
+    w.inserts = vec![tw("m1", d(2024, 3, 31), "3.00")];
+    s.commit_window(&w).await.unwrap();
+    let id = all_rows(&s, acc).await[0].id;
+    // The bank now books it on 1 April; the engine loaded only April and inserts it again.
+    let mut w = window(conn, acc, t(10));
+    w.inserts = vec![tw("m1", d(2024, 4, 1), "3.00")];
+    s.commit_window(&w).await.unwrap();
+    let rows = all_rows(&s, acc).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].id, rows[0].booking_date), (id, d(2024, 4, 1)));
+    assert_eq!((rows[0].first_seen, rows[0].updated_at, rows[0].last_seen), (t(0), t(10), t(10)));
+}
+
+async fn amounts_are_exact(s: Arc<dyn Store>) {
+    let (conn, acc) = setup(&s, "exact").await;
+    let empty = s.account_totals(acc).await.unwrap();
+    assert_eq!((empty.booked_count, empty.booked_sum), (0, Decimal::ZERO));
+    let mut pending = tw("p", d(2024, 4, 1), "-1000.01");
+    pending.status = TxStatus::Pending;
+    let mut big = tw("big", d(2024, 4, 2), "12345678901.23");
+    big.running_balance = Some(dec("-98765432109.87"));
+    big.original_amount = Some(dec("0.001"));
+    big.original_currency = Some("KWD".into());
+    let mut w = window(conn, acc, t(0));
+    w.inserts = vec![
+        tw("a", d(2024, 4, 1), "0.10"),
+        tw("b", d(2024, 4, 1), "0.20"),
+        pending,
+        tw("c", d(2024, 4, 3), "5.00"),
+        tw("neg", d(2024, 4, 3), "-0.01"),
+    ];
+    s.commit_window(&w).await.unwrap();
+    let totals = s.account_totals(acc).await.unwrap();
+    assert_eq!(totals.booked_count, 4);
+    assert_eq!(totals.booked_sum.to_string(), "5.29");
+
+    let mut w = window(conn, acc, t(1));
+    w.inserts = vec![big];
+    s.commit_window(&w).await.unwrap();
+    let rows = all_rows(&s, acc).await;
+    let b = by_provider(&rows, "big");
+    assert_eq!(b.amount.to_string(), "12345678901.23");
+    assert_eq!(b.running_balance.unwrap().to_string(), "-98765432109.87");
+    assert_eq!(b.original_amount.unwrap().to_string(), "0.001");
+    // Scale is kept as written.
+    assert_eq!(by_provider(&rows, "c").amount.to_string(), "5.00");
+    assert_eq!(by_provider(&rows, "a").amount.to_string(), "0.10");
+    let totals = s.account_totals(acc).await.unwrap();
+    assert_eq!(totals.booked_count, 5);
+    assert_eq!(totals.booked_sum, dec("12345678906.52"));
+
+    // 0.10 + 0.20 is 0.30, not 0.30000000000000004.
+    let (conn2, acc2) = setup(&s, "exact-2").await;
+    let mut w = window(conn2, acc2, t(0));
+    w.inserts = vec![tw("x", d(2024, 4, 1), "0.10"), tw("y", d(2024, 4, 1), "0.20")];
+    s.commit_window(&w).await.unwrap();
+    assert_eq!(s.account_totals(acc2).await.unwrap().booked_sum.to_string(), "0.30");
+}
+
+/// A data set of 3 accounts over 2 connections, with varied dates, amounts,
+/// labels (ASCII, Cyrillic, LIKE wildcards), statuses and update times.
+async fn query_fixture(s: &Arc<dyn Store>) -> (Vec<(i64, i64)>, Vec<Transaction>) {
+    let c1 = s.create_connection(&new_connection("q1")).await.unwrap();
+    let c2 = s.create_connection(&new_connection("q2")).await.unwrap();
+    let mut accounts = Vec::new();
+    for (c, p) in [(c1.id, "A"), (c1.id, "B"), (c2.id, "C")] {
+        let a = s.upsert_account(c, &fetched_account(p), t(0)).await.unwrap();
+        accounts.push((c, a.id));
+    }
+    let labels = [
+        ("Coffee Shop", Some("Barista Ltd"), None),
+        ("ПЛАЩАНЕ С КАРТА", Some("Магазин Фантастико"), None),
+        ("Rent 50% off", None, Some("flat_rent april")),
+        ("under_score", None, None),
+        ("Salary ACME", Some("ACME Corp"), Some("SALARY 04/2024")),
+    ];
+    let amounts = ["-2.50", "-0.10", "0.10", "1500.00", "-650.00", "12.34", "-12.34", "0.00", "99.99", "-1000000.01"];
+    let mut seed: u64 = 42;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    for (k, &(conn, acc)) in accounts.iter().enumerate() {
+        // Three windows committed at different times, for `updated_since`.
+        for win in 0..3i64 {
+            let mut w = window(conn, acc, t(1000 * (win + 1)));
+            for i in 0..40 {
+                let day = d(2024, 1, 1) + Duration::days(next(60) as i64);
+                let mut x = tw(&format!("{k}-{win}-{i}"), day, amounts[next(amounts.len() as u64) as usize]);
+                let (label, cp, rem) = labels[next(labels.len() as u64) as usize];
+                x.label = label.to_owned();
+                x.raw_label = label.to_uppercase();
+                x.counterparty_name = cp.map(str::to_owned);
+                x.remittance_info = rem.map(str::to_owned);
+                x.status = match next(10) {
+                    0 => TxStatus::Pending,
+                    1 => TxStatus::Void,
+                    _ => TxStatus::Booked,
+                };
+                w.inserts.push(x);
+            }
+            s.commit_window(&w).await.unwrap();
+        }
+    }
+    let all = s.query_transactions(&TxQuery::default()).await.unwrap();
+    assert_eq!(all.len(), 3 * 3 * 40);
+    (accounts, all)
+}
+
+/// The reference semantics of a TxQuery, in plain Rust.
+fn reference(all: &[Transaction], q: &TxQuery) -> Vec<i64> {
+    let text = q.text.as_ref().map(|t| t.to_lowercase());
+    let mut rows: Vec<&Transaction> = all
+        .iter()
+        .filter(|r| q.account_id.is_none_or(|a| r.account_id == a))
+        .filter(|r| q.connection_id.is_none_or(|c| r.connection_id == c))
+        .filter(|r| q.from.is_none_or(|f| r.booking_date >= f))
+        .filter(|r| q.to.is_none_or(|f| r.booking_date <= f))
+        .filter(|r| q.min_amount.is_none_or(|m| r.amount >= m))
+        .filter(|r| q.max_amount.is_none_or(|m| r.amount <= m))
+        .filter(|r| q.status.is_none_or(|st| r.status == st))
+        .filter(|r| q.updated_since.is_none_or(|u| r.updated_at >= u))
+        .filter(|r| q.after.is_none_or(|a| (r.booking_date, r.id) > a))
+        .filter(|r| {
+            text.as_ref().is_none_or(|t| {
+                [Some(&r.label), Some(&r.raw_label), r.counterparty_name.as_ref(), r.remittance_info.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|f| f.to_lowercase().contains(t.as_str()))
+            })
+        })
+        .collect();
+    rows.sort_by_key(|r| (r.booking_date, r.id));
+    let mut ids: Vec<i64> = rows.into_iter().map(|r| r.id).collect();
+    if let Some(l) = q.limit {
+        ids.truncate(l as usize);
+    }
+    ids
+}
+
+async fn query_filters_match_a_reference_filter(s: Arc<dyn Store>) {
+    let (accounts, all) = query_fixture(&s).await;
+    let keys: Vec<(NaiveDate, i64)> = all.iter().map(|r| (r.booking_date, r.id)).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "unfiltered query ordered by (booking_date, id)");
+
+    let mid = all[all.len() / 2].clone();
+    let mut queries = vec![
+        TxQuery { account_id: Some(accounts[1].1), ..Default::default() },
+        TxQuery { connection_id: Some(accounts[0].0), ..Default::default() },
+        TxQuery { connection_id: Some(accounts[2].0), ..Default::default() },
+        TxQuery { from: Some(d(2024, 1, 15)), to: Some(d(2024, 1, 31)), ..Default::default() },
+        TxQuery { from: Some(d(2024, 2, 1)), ..Default::default() },
+        TxQuery { to: Some(d(2024, 1, 1)), ..Default::default() },
+        TxQuery { min_amount: Some(dec("0.10")), ..Default::default() },
+        TxQuery { max_amount: Some(dec("-0.10")), ..Default::default() },
+        TxQuery { min_amount: Some(dec("-12.34")), max_amount: Some(dec("12.34")), ..Default::default() },
+        TxQuery { min_amount: Some(dec("0.1")), max_amount: Some(dec("0.1")), ..Default::default() },
+        TxQuery { status: Some(TxStatus::Pending), ..Default::default() },
+        TxQuery { status: Some(TxStatus::Void), account_id: Some(accounts[0].1), ..Default::default() },
+        TxQuery { updated_since: Some(t(2000)), ..Default::default() },
+        TxQuery { updated_since: Some(t(3001)), ..Default::default() },
+        TxQuery { after: Some((mid.booking_date, mid.id)), ..Default::default() },
+        TxQuery { limit: Some(10), ..Default::default() },
+        TxQuery { limit: Some(0), ..Default::default() },
+        TxQuery { text: Some("coffee".into()), ..Default::default() },
+        TxQuery { text: Some("acme".into()), status: Some(TxStatus::Booked), ..Default::default() },
+        TxQuery { account_id: Some(9_999), ..Default::default() },
+    ];
+    // Random combinations.
+    let mut seed: u64 = 7;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    let texts = ["shop", "ПЛАЩАНЕ", "картa", "50%", "_", "rent", "barista ltd", "фантастико"];
+    for _ in 0..60 {
+        let pick = |next: &mut dyn FnMut(u64) -> u64| next(3) == 0;
+        let mut q = TxQuery::default();
+        if pick(&mut next) {
+            q.account_id = Some(accounts[next(3) as usize].1);
+        }
+        if pick(&mut next) {
+            q.connection_id = Some(accounts[next(3) as usize].0);
+        }
+        if pick(&mut next) {
+            q.from = Some(d(2024, 1, 1) + Duration::days(next(60) as i64));
+        }
+        if pick(&mut next) {
+            q.to = Some(d(2024, 1, 1) + Duration::days(next(60) as i64));
+        }
+        if pick(&mut next) {
+            q.min_amount = Some(dec(["-100", "-0.10", "0", "12.34"][next(4) as usize]));
+        }
+        if pick(&mut next) {
+            q.max_amount = Some(dec(["-2.5", "0", "99.99", "2000"][next(4) as usize]));
+        }
+        if pick(&mut next) {
+            q.text = Some(texts[next(texts.len() as u64) as usize].to_owned());
+        }
+        if pick(&mut next) {
+            q.status = Some([TxStatus::Pending, TxStatus::Booked, TxStatus::Void][next(3) as usize]);
+        }
+        if pick(&mut next) {
+            q.updated_since = Some(t(1000 * next(4) as i64));
+        }
+        if pick(&mut next) {
+            let r = &all[next(all.len() as u64) as usize];
+            q.after = Some((r.booking_date, r.id));
+        }
+        if pick(&mut next) {
+            q.limit = Some(next(50) as u32);
+        }
+        queries.push(q);
+    }
+    let mut non_empty = 0;
+    for q in &queries {
+        let got: Vec<i64> = s.query_transactions(q).await.unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(got, reference(&all, q), "query {q:?}");
+        if !got.is_empty() {
+            non_empty += 1;
+        }
+    }
+    assert!(non_empty > queries.len() / 2, "the fixture should make most queries match something");
+}
+
+async fn keyset_pagination_sees_every_row_once(s: Arc<dyn Store>) {
+    let (accounts, all) = query_fixture(&s).await;
+    for base in [
+        TxQuery::default(),
+        TxQuery { account_id: Some(accounts[0].1), ..Default::default() },
+        TxQuery { status: Some(TxStatus::Booked), min_amount: Some(dec("0")), ..Default::default() },
+    ] {
+        let expected = reference(&all, &base);
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = s.query_transactions(&TxQuery { after, limit: Some(7), ..base.clone() }).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 7);
+            pages += 1;
+            let last = page.last().unwrap();
+            after = Some((last.booking_date, last.id));
+            seen.extend(page.into_iter().map(|r| r.id));
+        }
+        let unique: HashSet<i64> = seen.iter().copied().collect();
+        assert_eq!(unique.len(), seen.len(), "a row came twice");
+        assert_eq!(seen, expected, "pages differ from one query");
+        assert_eq!(pages, expected.len().div_ceil(7));
+    }
+}
+
+async fn text_search_is_case_insensitive_and_literal(s: Arc<dyn Store>) {
+    let (conn, acc) = setup(&s, "text").await;
+    let mut w = window(conn, acc, t(0));
+    let specs = [
+        ("t-cyr", "ПЛАЩАНЕ С КАРТА", None, None),
+        ("t-pct", "Discount 50% today", None, None),
+        ("t-50", "Discount 500 today", None, None),
+        ("t-us", "a_b", None, None),
+        ("t-ab", "axb", None, None),
+        ("t-cp", "transfer", Some("Élodie Müller"), None),
+        ("t-rem", "transfer", None, Some("Invoice NO. 7")),
+    ];
+    for (p, label, cp, rem) in specs {
+        let mut x = tw(p, d(2024, 4, 1), "1.00");
+        x.label = label.to_owned();
+        x.raw_label = label.to_owned();
+        x.counterparty_name = cp.map(str::to_owned);
+        x.remittance_info = rem.map(str::to_owned);
+        w.inserts.push(x);
+    }
+    s.commit_window(&w).await.unwrap();
+    let find = |text: &str| {
+        let s = s.clone();
+        let q = TxQuery { text: Some(text.to_owned()), account_id: Some(acc), ..Default::default() };
+        async move {
+            let mut v: Vec<String> =
+                s.query_transactions(&q).await.unwrap().into_iter().map(|r| r.provider_id).collect();
+            v.sort();
+            v
+        }
+    };
+    assert_eq!(find("плащане").await, vec!["t-cyr"]);
+    assert_eq!(find("с карта").await, vec!["t-cyr"]);
+    assert_eq!(find("50%").await, vec!["t-pct"]);
+    assert_eq!(find("a_b").await, vec!["t-us"]);
+    assert_eq!(find("ÉLODIE").await, vec!["t-cp"]);
+    assert_eq!(find("invoice no").await, vec!["t-rem"]);
+    assert_eq!(find("DISCOUNT").await, vec!["t-50", "t-pct"]);
+    assert!(find("%%").await.is_empty());
+    assert!(find("zzz").await.is_empty());
+}
+
+async fn stream_equals_query(s: Arc<dyn Store>) {
+    let (accounts, all) = query_fixture(&s).await;
+    for q in [
+        TxQuery::default(),
+        TxQuery { account_id: Some(accounts[2].1), text: Some("acme".into()), ..Default::default() },
+        TxQuery { from: Some(d(2024, 2, 1)), limit: Some(5), ..Default::default() },
+        TxQuery { account_id: Some(9_999), ..Default::default() },
+    ] {
+        let listed = s.query_transactions(&q).await.unwrap();
+        let streamed: Vec<Transaction> =
+            s.stream_transactions(q.clone()).map(|r| r.unwrap()).collect::<Vec<_>>().await;
+        assert_eq!(streamed, listed, "query {q:?}");
+    }
+    // Dropping a stream early is fine, and the store still works after.
+    let first3: Vec<_> = s.stream_transactions(TxQuery::default()).take(3).collect::<Vec<_>>().await;
+    assert_eq!(first3.len(), 3);
+    drop(first3);
+    assert_eq!(s.query_transactions(&TxQuery::default()).await.unwrap().len(), all.len());
+}
+
+async fn token_lifecycle(s: Arc<dyn Store>) {
+    let rec = TokenRecord {
+        id: "abc123".into(),
+        name: "airtable".into(),
+        scope: Scope::Read,
+        hash: vec![0xAA; 32],
+        created_at: t(0),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    s.create_token(&rec).await.unwrap();
+    assert!(matches!(s.create_token(&rec).await, Err(StoreError::Conflict(_))));
+    let admin = TokenRecord { id: "def456".into(), name: "ops".into(), scope: Scope::Admin, created_at: t(1), ..rec.clone() };
+    s.create_token(&admin).await.unwrap();
+    assert_eq!(s.find_token("abc123").await.unwrap().unwrap(), rec);
+    assert!(s.find_token("nope").await.unwrap().is_none());
+    assert_eq!(s.list_tokens().await.unwrap(), vec![rec.clone(), admin.clone()]);
+
+    s.touch_token("abc123", t(5)).await.unwrap();
+    assert_eq!(s.find_token("abc123").await.unwrap().unwrap().last_used_at, Some(t(5)));
+    s.touch_token("nope", t(5)).await.unwrap();
+
+    assert!(s.revoke_token("airtable", t(10)).await.unwrap());
+    assert_eq!(s.find_token("abc123").await.unwrap().unwrap().revoked_at, Some(t(10)));
+    // Revoking again keeps the first revocation time.
+    assert!(s.revoke_token("abc123", t(20)).await.unwrap());
+    assert_eq!(s.find_token("abc123").await.unwrap().unwrap().revoked_at, Some(t(10)));
+    assert!(!s.revoke_token("nobody", t(20)).await.unwrap());
+    assert!(s.find_token("def456").await.unwrap().unwrap().revoked_at.is_none());
+    assert!(s.revoke_token("def456", t(30)).await.unwrap());
+    assert_eq!(s.find_token("def456").await.unwrap().unwrap().revoked_at, Some(t(30)));
+}
+
+async fn sync_jobs(s: Arc<dyn Store>) {
+    let c = s.create_connection(&new_connection("jobs")).await.unwrap();
+    let job = s.create_sync_job(c.id, t(0)).await.unwrap();
+    assert_eq!(
+        job,
+        SyncJob {
+            id: job.id,
+            connection_id: c.id,
+            status: "queued".into(),
+            created_at: t(0),
+            started_at: None,
+            finished_at: None,
+            summary: None,
+            error: None,
+        }
+    );
+    let done = SyncJob {
+        status: "succeeded".into(),
+        started_at: Some(t(1)),
+        finished_at: Some(t(9)),
+        summary: Some(serde_json::json!({"inserted": 12, "updated": 1, "windows": 3})),
+        ..job.clone()
+    };
+    s.update_sync_job(&done).await.unwrap();
+    assert_eq!(s.get_sync_job(job.id).await.unwrap().unwrap(), done);
+    let failed = SyncJob { status: "failed".into(), error: Some("bank timeout".into()), summary: None, ..done };
+    s.update_sync_job(&failed).await.unwrap();
+    assert_eq!(s.get_sync_job(job.id).await.unwrap().unwrap(), failed);
+    let second = s.create_sync_job(c.id, t(20)).await.unwrap();
+    assert_ne!(second.id, job.id);
+    assert!(s.get_sync_job(9_999).await.unwrap().is_none());
+    assert!(matches!(
+        s.update_sync_job(&SyncJob { id: 9_999, ..failed }).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(s.create_sync_job(9_999, t(0)).await, Err(StoreError::NotFound(_))));
+}
+
+// ---------------------------------------------------------------- backend-specific
+
+#[tokio::test]
+async fn sqlite_refuses_a_file_that_is_not_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "these are my notes, not a database\n".repeat(200)).unwrap();
+    match SqliteStore::open(&path).await {
+        Err(StoreError::Open { location, detail }) => {
+            assert!(location.contains("notes.txt"), "{location}");
+            assert!(detail.contains("is not a bankbridge SQLite database: file is not a database"), "{detail}");
+        }
+        other => panic!("expected StoreError::Open, got {other:?}"),
+    }
+    // The file is left as it was.
+    assert!(std::fs::read_to_string(&path).unwrap().starts_with("these are my notes"));
+
+    let short = dir.path().join("short.db");
+    std::fs::write(&short, "x").unwrap();
+    assert!(matches!(SqliteStore::open(&short).await, Err(StoreError::Open { .. })));
+
+    // A folder, and a path whose parent is a file.
+    assert!(matches!(SqliteStore::open(dir.path()).await, Err(StoreError::Open { .. })));
+    assert!(matches!(SqliteStore::open(&path.join("x.db")).await, Err(StoreError::Open { .. })));
+}
+
+#[tokio::test]
+async fn sqlite_refuses_another_programs_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        conn.execute("CREATE TABLE notes (body TEXT)").await.unwrap();
+        conn.close().await.unwrap();
+    }
+    match SqliteStore::open(&path).await {
+        Err(StoreError::Open { detail, .. }) => assert!(detail.contains("another program"), "{detail}"),
+        other => panic!("expected StoreError::Open, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sqlite_stores_money_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bb.db");
+    let s: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let (conn, acc) = setup(&s, "typeof").await;
+    let mut w = window(conn, acc, t(0));
+    w.inserts = vec![tw("a", d(2024, 4, 1), "100"), tw("b", d(2024, 4, 1), "0.30")];
+    s.commit_window(&w).await.unwrap();
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+    let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    let types: Vec<(String, String)> =
+        sqlx::query_as("SELECT typeof(amount), amount FROM transactions ORDER BY id").fetch_all(&mut c).await.unwrap();
+    assert_eq!(types, vec![("text".into(), "100".into()), ("text".into(), "0.30".into())]);
+}
+
+#[tokio::test]
+async fn postgres_connect_failure_is_an_open_error() {
+    let Some(admin) = pg_admin_url() else { return };
+    let url = with_database(&admin, "bb_test_this_database_does_not_exist");
+    match PgStore::connect(&url).await {
+        Err(StoreError::Open { location, detail }) => {
+            assert!(location.contains("bb_test_this_database_does_not_exist"), "{location}");
+            assert!(!detail.is_empty());
+        }
+        other => panic!("expected StoreError::Open, got {other:?}"),
+    }
+}
+
+#[test]
+fn with_database_keeps_the_rest_of_the_url() {
+    assert_eq!(with_database("postgres://u@h:1/postgres", "x"), "postgres://u@h:1/x");
+    assert_eq!(with_database("postgres://u@h:1/postgres?sslmode=disable", "x"), "postgres://u@h:1/x?sslmode=disable");
+    assert_eq!(with_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
+}
