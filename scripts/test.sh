@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Run every bankbridge test on this machine, installing what the tests need:
+# Debian packages (pkg-config, the PostgreSQL server if missing), Python's
+# `requests` for the client-fidelity test (from PyPI into a virtualenv when the
+# system Python lacks it), and a throwaway PostgreSQL on loopback that is
+# stopped and deleted at the end.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh -p bankbridge-store   # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "test.sh: $*" >&2; }
+
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    missing=()
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing ${missing[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    log "cargo not found: install Rust (https://rustup.rs) and run again"
+    exit 1
+fi
+
+# Python with `requests`, for the test that drives the simulated bank the way
+# the story author's Python connector does.
+if python3 -c 'import requests' >/dev/null 2>&1; then
+    export BANKBRIDGE_PYTHON="${BANKBRIDGE_PYTHON:-python3}"
+else
+    venv="target/test-venv"
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import requests' >/dev/null 2>&1; then
+        log "installing Python requests into $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet requests
+    fi
+    export BANKBRIDGE_PYTHON="$PWD/$venv/bin/python"
+fi
+
+# A throwaway PostgreSQL for the store suite and the end-to-end tests.
+export BANKBRIDGE_PG_STATE="${BANKBRIDGE_PG_STATE:-$(mktemp -u /tmp/bankbridge-pg-XXXXXX.env)}"
+BANKBRIDGE_TEST_PG_URL="$(scripts/pg-throwaway.sh start)"
+export BANKBRIDGE_TEST_PG_URL
+trap 'scripts/pg-throwaway.sh stop || true' EXIT
+
+cargo test --workspace "$@"
