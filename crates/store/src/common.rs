@@ -104,7 +104,9 @@ pub(crate) fn prepare_tx(account_id: i64, w: &TxWrite) -> Result<PreparedTx<'_>>
         None => None,
     };
     if w.provider_id.is_empty() {
-        return Err(invalid(format!("a transaction of account {account_id} has an empty provider id")));
+        return Err(invalid(format!(
+            "a transaction of account {account_id} has an empty provider id"
+        )));
     }
     if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&w.raw) {
         return Err(invalid(format!(
@@ -112,7 +114,12 @@ pub(crate) fn prepare_tx(account_id: i64, w: &TxWrite) -> Result<PreparedTx<'_>>
             w.provider_id
         )));
     }
-    Ok(PreparedTx { w, currency, original_currency, search_text: search_text(w) })
+    Ok(PreparedTx {
+        w,
+        currency,
+        original_currency,
+        search_text: search_text(w),
+    })
 }
 
 /// Everything about a window that can be checked without the database, so a
@@ -144,7 +151,11 @@ pub(crate) fn prepare_commit(c: &WindowCommit) -> Result<PreparedCommit<'_>> {
             )));
         }
     }
-    let inserts = c.inserts.iter().map(|w| prepare_tx(c.account_id, w)).collect::<Result<Vec<_>>>()?;
+    let inserts = c
+        .inserts
+        .iter()
+        .map(|w| prepare_tx(c.account_id, w))
+        .collect::<Result<Vec<_>>>()?;
     let updates = c
         .updates
         .iter()
@@ -168,7 +179,11 @@ pub(crate) fn dedup(ids: &[i64]) -> Vec<i64> {
 
 /// Largest power of two not above `n` (n > 0), capped at `cap` (a power of two).
 pub(crate) fn batch_len(n: usize, cap: usize) -> usize {
-    if n >= cap { cap } else { 1 << (usize::BITS - 1 - n.leading_zeros()) }
+    if n >= cap {
+        cap
+    } else {
+        1 << (usize::BITS - 1 - n.leading_zeros())
+    }
 }
 
 // ---------------------------------------------------------------- decoding
@@ -190,7 +205,8 @@ pub(crate) fn opt_currency(s: Option<&str>) -> Result<Option<Currency>> {
 }
 
 pub(crate) fn opt_iban(s: Option<&str>) -> Result<Option<Iban>> {
-    s.map(|s| Iban::parse(s).map_err(|e| corrupt(format!("account IBAN: {e}")))).transpose()
+    s.map(|s| Iban::parse(s).map_err(|e| corrupt(format!("account IBAN: {e}"))))
+        .transpose()
 }
 
 pub(crate) fn tx_status(s: &str) -> Result<bankbridge_core::TxStatus> {
@@ -285,10 +301,16 @@ pub(crate) fn tx_query_sql(q: &TxQuery, dialect: Dialect, columns: &str) -> (Str
         conds.push(format!("search_text LIKE {p} ESCAPE '\\'"));
     }
     if let Some(s) = q.status {
-        conds.push(format!("status = {}", ph(&mut args, Arg::Text(s.as_str().to_owned()))));
+        conds.push(format!(
+            "status = {}",
+            ph(&mut args, Arg::Text(s.as_str().to_owned()))
+        ));
     }
     if let Some(t) = q.updated_since {
-        conds.push(format!("updated_at >= {}", ph(&mut args, Arg::Time(micros(t)))));
+        conds.push(format!(
+            "updated_at >= {}",
+            ph(&mut args, Arg::Time(micros(t)))
+        ));
     }
     if let Some((d, id)) = q.after {
         let pd = ph(&mut args, Arg::Date(d));
@@ -310,11 +332,15 @@ pub(crate) fn tx_query_sql(q: &TxQuery, dialect: Dialect, columns: &str) -> (Str
 
 /// Hide the password of a database URL before it appears in an error.
 pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else { return url.to_owned() };
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
     let userinfo = &authority[..at];
     match userinfo.find(':') {
         Some(colon) => format!(
@@ -339,7 +365,10 @@ mod tests {
 
     #[test]
     fn redact_url_hides_password_only() {
-        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("postgres://h/db?x=@"), "postgres://h/db?x=@");
     }

@@ -52,7 +52,9 @@ pub async fn open(location: &str) -> Result<std::sync::Arc<dyn Store>> {
         Ok(std::sync::Arc::new(PgStore::connect(location).await?))
     } else {
         let path = location.strip_prefix("sqlite://").unwrap_or(location);
-        Ok(std::sync::Arc::new(SqliteStore::open(std::path::Path::new(path)).await?))
+        Ok(std::sync::Arc::new(
+            SqliteStore::open(std::path::Path::new(path)).await?,
+        ))
     }
 }
 
@@ -94,7 +96,10 @@ impl fmt::Debug for Connection {
             .field("connector", &self.connector)
             .field("settings", &self.settings)
             .field("credentials_sealed", &"[sealed]")
-            .field("session_sealed", &self.session_sealed.as_ref().map(|_| "[sealed]"))
+            .field(
+                "session_sealed",
+                &self.session_sealed.as_ref().map(|_| "[sealed]"),
+            )
             .field("last_sync_at", &self.last_sync_at)
             .field("last_sync_status", &self.last_sync_status)
             .finish()
@@ -106,7 +111,10 @@ impl fmt::Debug for Connection {
 pub enum Lease {
     Acquired,
     /// Someone else holds it until `until`.
-    Held { owner: String, until: DateTime<Utc> },
+    Held {
+        owner: String,
+        until: DateTime<Utc>,
+    },
 }
 
 // ---------------------------------------------------------------- sync state
@@ -327,7 +335,12 @@ pub trait Store: Send + Sync + 'static {
     // sync
     async fn checkpoint(&self, account_id: i64) -> Result<Checkpoint>;
     /// Stored rows of an account with booking date in `from..=to`.
-    async fn load_window(&self, account_id: i64, from: NaiveDate, to: NaiveDate) -> Result<Vec<Transaction>>;
+    async fn load_window(
+        &self,
+        account_id: i64,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<Transaction>>;
     async fn commit_window(&self, commit: &WindowCommit) -> Result<CommitStats>;
 
     // queries
@@ -359,7 +372,8 @@ pub mod codec {
     use crate::StoreError;
 
     pub fn currency(s: &str) -> Result<Currency, StoreError> {
-        s.parse().map_err(|_| StoreError::Corrupt(format!("currency {s:?}")))
+        s.parse()
+            .map_err(|_| StoreError::Corrupt(format!("currency {s:?}")))
     }
 
     pub fn decimal(s: &str) -> Result<Decimal, StoreError> {

@@ -18,12 +18,12 @@ use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Arguments, Row};
 
 use crate::common::{
-    self, Arg, Dialect, PreparedTx, corrupt, encode_err, is_foreign_key_violation, is_unique_violation, micros,
-    opt_micros,
+    self, Arg, Dialect, PreparedTx, corrupt, encode_err, is_foreign_key_violation,
+    is_unique_violation, micros, opt_micros,
 };
 use crate::{
-    AccountTotals, Checkpoint, CommitStats, Connection, Lease, NewConnection, Result, Scope, Store, StoreError,
-    StoredBalance, SyncJob, TokenRecord, TxQuery, WindowCommit, codec,
+    AccountTotals, Checkpoint, CommitStats, Connection, Lease, NewConnection, Result, Scope, Store,
+    StoreError, StoredBalance, SyncJob, TokenRecord, TxQuery, WindowCommit, codec,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -38,7 +38,9 @@ pub struct PgStore {
 
 impl fmt::Debug for PgStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgStore").field("location", &self.location).finish_non_exhaustive()
+        f.debug_struct("PgStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
     }
 }
 
@@ -54,7 +56,9 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Open {
                 location: location.clone(),
-                detail: format!("{e} (check the URL, that the server runs and that the database exists)"),
+                detail: format!(
+                    "{e} (check the URL, that the server runs and that the database exists)"
+                ),
             })?;
         if let Err(e) = MIGRATOR.run(&pool).await {
             pool.close().await;
@@ -89,7 +93,8 @@ fn connection_from_row(r: &PgRow) -> Result<Connection> {
     })
 }
 
-const ACCOUNT_COLUMNS: &str = "id, connection_id, provider_id, iban, currency, name, kind, first_seen, last_seen";
+const ACCOUNT_COLUMNS: &str =
+    "id, connection_id, provider_id, iban, currency, name, kind, first_seen, last_seen";
 
 fn account_from_row(r: &PgRow) -> Result<Account> {
     Ok(Account {
@@ -155,7 +160,8 @@ fn token_from_row(r: &PgRow) -> Result<TokenRecord> {
     })
 }
 
-const JOB_COLUMNS: &str = "id, connection_id, status, created_at, started_at, finished_at, summary::text, error";
+const JOB_COLUMNS: &str =
+    "id, connection_id, status, created_at, started_at, finished_at, summary::text, error";
 
 fn job_from_row(r: &PgRow) -> Result<SyncJob> {
     let summary: Option<&str> = r.try_get(6)?;
@@ -166,7 +172,9 @@ fn job_from_row(r: &PgRow) -> Result<SyncJob> {
         created_at: r.try_get(3)?,
         started_at: r.try_get(4)?,
         finished_at: r.try_get(5)?,
-        summary: summary.map(|s| common::json(s, "sync job summary")).transpose()?,
+        summary: summary
+            .map(|s| common::json(s, "sync job summary"))
+            .transpose()?,
         error: r.try_get(7)?,
     })
 }
@@ -217,7 +225,8 @@ impl<'a> Columns<'a> {
     fn push(&mut self, p: &'a PreparedTx<'a>) {
         let w = p.w;
         self.provider_id.push(&w.provider_id);
-        self.pending_provider_id.push(w.pending_provider_id.as_deref());
+        self.pending_provider_id
+            .push(w.pending_provider_id.as_deref());
         self.fingerprint.push(&w.fingerprint);
         self.status.push(w.status.as_str());
         self.booking_date.push(w.booking_date);
@@ -266,10 +275,14 @@ impl<'a> Columns<'a> {
 /// `UNNEST(...) AS u(...)` over the 20 field arrays, starting at parameter `$first`.
 fn unnest_fields(first: usize) -> String {
     let types = [
-        "text", "text", "text", "text", "date", "date", "date", "numeric", "text", "numeric", "text", "text", "text",
-        "text", "text", "text", "text", "numeric", "text", "text",
+        "text", "text", "text", "text", "date", "date", "date", "numeric", "text", "numeric",
+        "text", "text", "text", "text", "text", "text", "text", "numeric", "text", "text",
     ];
-    let params: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", first + i)).collect();
+    let params: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}[]", first + i))
+        .collect();
     format!(
         "UNNEST({}) AS u(provider_id, pending_provider_id, fingerprint, status, booking_date, value_date, \
          transaction_date, amount, currency, original_amount, original_currency, raw_label, label, \
@@ -311,7 +324,13 @@ fn update_sql() -> &'static str {
         let sets: Vec<String> = FIELD_LIST
             .split(',')
             .map(str::trim)
-            .map(|c| if c == "raw" { "raw = u.raw::json".into() } else { format!("{c} = u.{c}") })
+            .map(|c| {
+                if c == "raw" {
+                    "raw = u.raw::json".into()
+                } else {
+                    format!("{c} = u.{c}")
+                }
+            })
             .collect();
         // $1 now, $2 account, $3 row ids, then the 20 field arrays from $4,
         // all unnested side by side.
@@ -327,10 +346,15 @@ fn update_sql() -> &'static str {
 
 fn unnest_with_ids() -> String {
     let types = [
-        "bigint", "text", "text", "text", "text", "date", "date", "date", "numeric", "text", "numeric", "text", "text",
-        "text", "text", "text", "text", "text", "numeric", "text", "text",
+        "bigint", "text", "text", "text", "text", "date", "date", "date", "numeric", "text",
+        "numeric", "text", "text", "text", "text", "text", "text", "text", "numeric", "text",
+        "text",
     ];
-    let params: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", 3 + i)).collect();
+    let params: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}[]", 3 + i))
+        .collect();
     format!(
         "UNNEST({}) AS x(id, provider_id, pending_provider_id, fingerprint, status, booking_date, value_date, \
          transaction_date, amount, currency, original_amount, original_currency, raw_label, label, \
@@ -339,14 +363,23 @@ fn unnest_with_ids() -> String {
     )
 }
 
-async fn missing_ids(tx: &mut sqlx::PgConnection, account_id: i64, ids: &[i64]) -> Result<Vec<i64>> {
-    let found: Vec<i64> = sqlx::query_scalar("SELECT id FROM transactions WHERE account_id = $1 AND id = ANY($2)")
-        .bind(account_id)
-        .bind(ids)
-        .fetch_all(&mut *tx)
-        .await?;
+async fn missing_ids(
+    tx: &mut sqlx::PgConnection,
+    account_id: i64,
+    ids: &[i64],
+) -> Result<Vec<i64>> {
+    let found: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM transactions WHERE account_id = $1 AND id = ANY($2)")
+            .bind(account_id)
+            .bind(ids)
+            .fetch_all(&mut *tx)
+            .await?;
     let found: std::collections::HashSet<i64> = found.into_iter().collect();
-    Ok(ids.iter().copied().filter(|id| !found.contains(id)).collect())
+    Ok(ids
+        .iter()
+        .copied()
+        .filter(|id| !found.contains(id))
+        .collect())
 }
 
 async fn update_ids(
@@ -360,10 +393,17 @@ async fn update_ids(
     if ids.is_empty() {
         return Ok(());
     }
-    let done = sqlx::query(sql).bind(now).bind(account_id).bind(ids).execute(&mut *tx).await?;
+    let done = sqlx::query(sql)
+        .bind(now)
+        .bind(account_id)
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
     if done.rows_affected() != ids.len() as u64 {
         let missing = missing_ids(tx, account_id, ids).await?;
-        return Err(StoreError::NotFound(format!("{what} {missing:?} of account {account_id}")));
+        return Err(StoreError::NotFound(format!(
+            "{what} {missing:?} of account {account_id}"
+        )));
     }
     Ok(())
 }
@@ -377,8 +417,9 @@ impl Store for PgStore {
     // ------------------------------------------------------------ connections
 
     async fn create_connection(&self, new: &NewConnection) -> Result<Connection> {
-        let settings = serde_json::to_string(&new.settings)
-            .map_err(|e| StoreError::Conflict(format!("connection settings cannot be serialised: {e}")))?;
+        let settings = serde_json::to_string(&new.settings).map_err(|e| {
+            StoreError::Conflict(format!("connection settings cannot be serialised: {e}"))
+        })?;
         let row = sqlx::query(&format!(
             "INSERT INTO connections (name, connector, settings, credentials_sealed, created_at) \
              VALUES ($1, $2, $3::jsonb, $4, $5) RETURNING {CONNECTION_COLUMNS}"
@@ -401,17 +442,21 @@ impl Store for PgStore {
     }
 
     async fn list_connections(&self) -> Result<Vec<Connection>> {
-        let rows = sqlx::query(&format!("SELECT {CONNECTION_COLUMNS} FROM connections ORDER BY id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(connection_from_row).collect()
     }
 
     async fn get_connection(&self, id: i64) -> Result<Option<Connection>> {
-        let row = sqlx::query(&format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(connection_from_row).transpose()
     }
 
@@ -421,15 +466,20 @@ impl Store for PgStore {
         {
             return Ok(Some(c));
         }
-        let row = sqlx::query(&format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE name = $1"))
-            .bind(id_or_name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections WHERE name = $1"
+        ))
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(connection_from_row).transpose()
     }
 
     async fn delete_connection(&self, id: i64) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM connections WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM connections WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -497,7 +547,10 @@ impl Store for PgStore {
             match row {
                 None => return Err(StoreError::NotFound(format!("connection {connection_id}"))),
                 Some((Some(holder), Some(held_until))) if holder != owner && held_until >= now => {
-                    return Ok(Lease::Held { owner: holder, until: held_until });
+                    return Ok(Lease::Held {
+                        owner: holder,
+                        until: held_until,
+                    });
                 }
                 Some(_) => continue,
             }
@@ -516,10 +569,11 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM connections WHERE id = $1")
-                .bind(connection_id)
-                .fetch_optional(&self.pool)
-                .await?;
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM connections WHERE id = $1")
+                    .bind(connection_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
             if exists.is_none() {
                 return Err(StoreError::NotFound(format!("connection {connection_id}")));
             }
@@ -570,27 +624,32 @@ impl Store for PgStore {
     }
 
     async fn list_accounts(&self, connection_id: Option<i64>) -> Result<Vec<Account>> {
-        let rows = match connection_id {
-            Some(c) => {
-                sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE connection_id = $1 ORDER BY id"))
-                    .bind(c)
+        let rows =
+            match connection_id {
+                Some(c) => sqlx::query(&format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE connection_id = $1 ORDER BY id"
+                ))
+                .bind(c)
+                .fetch_all(&self.pool)
+                .await?,
+                None => {
+                    sqlx::query(&format!(
+                        "SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id"
+                    ))
                     .fetch_all(&self.pool)
                     .await?
-            }
-            None => {
-                sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id"))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
+                }
+            };
         rows.iter().map(account_from_row).collect()
     }
 
     async fn get_account(&self, id: i64) -> Result<Option<Account>> {
-        let row = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(account_from_row).transpose()
     }
 
@@ -608,7 +667,8 @@ impl Store for PgStore {
                 Ok(StoredBalance {
                     account_id: r.try_get(0)?,
                     balance: Balance {
-                        kind: BalanceKind::parse(kind).ok_or_else(|| corrupt(format!("balance kind {kind:?}")))?,
+                        kind: BalanceKind::parse(kind)
+                            .ok_or_else(|| corrupt(format!("balance kind {kind:?}")))?,
                         amount: r.try_get(2)?,
                         currency: codec::currency(r.try_get(3)?)?,
                         reference_date: r.try_get(4)?,
@@ -652,7 +712,12 @@ impl Store for PgStore {
         })
     }
 
-    async fn load_window(&self, account_id: i64, from: NaiveDate, to: NaiveDate) -> Result<Vec<Transaction>> {
+    async fn load_window(
+        &self,
+        account_id: i64,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<Transaction>> {
         let rows = sqlx::query(&format!(
             "SELECT {} FROM transactions WHERE account_id = $1 AND booking_date >= $2 AND booking_date <= $3 \
              ORDER BY booking_date, id",
@@ -672,10 +737,11 @@ impl Store for PgStore {
         let account_id = commit.account_id;
         let mut tx = self.pool.begin().await?;
 
-        let owner: Option<i64> = sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = $1")
-            .bind(account_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let owner: Option<i64> =
+            sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = $1")
+                .bind(account_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         match owner {
             None => return Err(StoreError::NotFound(format!("account {account_id}"))),
             Some(c) if c != commit.connection_id => {
@@ -697,7 +763,9 @@ impl Store for PgStore {
             args.add(account_id).map_err(encode_err)?;
             args.add(now).map_err(encode_err)?;
             cols.add_to(&mut args)?;
-            sqlx::query_with(insert_sql(), args).execute(&mut *tx).await?;
+            sqlx::query_with(insert_sql(), args)
+                .execute(&mut *tx)
+                .await?;
         }
 
         if !prepared.updates.is_empty() {
@@ -712,7 +780,9 @@ impl Store for PgStore {
             args.add(account_id).map_err(encode_err)?;
             args.add(&ids).map_err(encode_err)?;
             cols.add_to(&mut args)?;
-            let done = sqlx::query_with(update_sql(), args).execute(&mut *tx).await?;
+            let done = sqlx::query_with(update_sql(), args)
+                .execute(&mut *tx)
+                .await?;
             if done.rows_affected() != ids.len() as u64 {
                 let missing = missing_ids(&mut tx, account_id, &ids).await?;
                 return Err(StoreError::NotFound(format!(
@@ -783,7 +853,9 @@ impl Store for PgStore {
 
     async fn query_transactions(&self, query: &TxQuery) -> Result<Vec<Transaction>> {
         let (sql, args) = common::tx_query_sql(query, Dialect::Postgres, tx_columns());
-        let rows = sqlx::query_with(&sql, bind_args(args)?).fetch_all(&self.pool).await?;
+        let rows = sqlx::query_with(&sql, bind_args(args)?)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(tx_from_row).collect()
     }
 
@@ -809,7 +881,8 @@ impl Store for PgStore {
                 }
             }
         };
-        let producer = futures::stream::once(producer).filter_map(|()| futures::future::ready(None));
+        let producer =
+            futures::stream::once(producer).filter_map(|()| futures::future::ready(None));
         futures::stream::select(receiver, producer).boxed()
     }
 
@@ -843,17 +916,21 @@ impl Store for PgStore {
     }
 
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        let rows = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(token_from_row).collect()
     }
 
     async fn find_token(&self, id: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(token_from_row).transpose()
     }
 
@@ -904,7 +981,9 @@ impl Store for PgStore {
             .as_ref()
             .map(serde_json::to_string)
             .transpose()
-            .map_err(|e| StoreError::Conflict(format!("sync job summary cannot be serialised: {e}")))?;
+            .map_err(|e| {
+                StoreError::Conflict(format!("sync job summary cannot be serialised: {e}"))
+            })?;
         let done = sqlx::query(
             "UPDATE sync_jobs SET status = $1, started_at = $2, finished_at = $3, summary = $4::jsonb, error = $5 \
              WHERE id = $6",
@@ -924,10 +1003,12 @@ impl Store for PgStore {
     }
 
     async fn get_sync_job(&self, id: i64) -> Result<Option<SyncJob>> {
-        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM sync_jobs WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM sync_jobs WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(job_from_row).transpose()
     }
 }

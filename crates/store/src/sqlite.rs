@@ -21,18 +21,18 @@ use futures::stream::BoxStream;
 use futures::{SinkExt, StreamExt};
 use rust_decimal::Decimal;
 use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Arguments, Row};
 
 use crate::common::{
-    self, Arg, Dialect, PreparedTx, corrupt, encode_err, is_foreign_key_violation, is_unique_violation, micros,
-    opt_micros,
+    self, Arg, Dialect, PreparedTx, corrupt, encode_err, is_foreign_key_violation,
+    is_unique_violation, micros, opt_micros,
 };
 use crate::{
-    AccountTotals, Checkpoint, CommitStats, Connection, Lease, NewConnection, Result, Scope, Store, StoreError,
-    StoredBalance, SyncJob, TokenRecord, TxQuery, WindowCommit, codec,
+    AccountTotals, Checkpoint, CommitStats, Connection, Lease, NewConnection, Result, Scope, Store,
+    StoreError, StoredBalance, SyncJob, TokenRecord, TxQuery, WindowCommit, codec,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -52,7 +52,9 @@ pub struct SqliteStore {
 
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,16 +106,27 @@ impl SqliteStore {
     /// at `path` and bring its schema up to date.
     pub async fn open(path: &Path) -> Result<Self> {
         let location = path.display().to_string();
-        let open_err = |detail: String| StoreError::Open { location: location.clone(), detail };
+        let open_err = |detail: String| StoreError::Open {
+            location: location.clone(),
+            detail,
+        };
         if path.as_os_str().is_empty() {
-            return Err(open_err("the path is empty: give the file to keep the database in".into()));
+            return Err(open_err(
+                "the path is empty: give the file to keep the database in".into(),
+            ));
         }
         if path.is_dir() {
-            return Err(open_err("it is a folder: give a file path such as bankbridge.db".into()));
+            return Err(open_err(
+                "it is a folder: give a file path such as bankbridge.db".into(),
+            ));
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| open_err(format!("cannot create the folder {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|e| {
+                open_err(format!(
+                    "cannot create the folder {}: {e}",
+                    parent.display()
+                ))
+            })?;
         }
         check_header(path).map_err(open_err)?;
         let base = SqliteConnectOptions::new()
@@ -126,7 +139,11 @@ impl SqliteStore {
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(60))
-            .connect_with(base.clone().create_if_missing(true).journal_mode(SqliteJournalMode::Wal))
+            .connect_with(
+                base.clone()
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal),
+            )
             .await
             .map_err(|e| open_err(describe_open_error(&location, &e)))?;
 
@@ -155,7 +172,11 @@ impl SqliteStore {
             .connect_with(base)
             .await
             .map_err(|e| open_err(describe_open_error(&location, &e)))?;
-        Ok(Self { path: path.to_owned(), writer, reader })
+        Ok(Self {
+            path: path.to_owned(),
+            writer,
+            reader,
+        })
     }
 
     /// The database file.
@@ -194,7 +215,8 @@ fn connection_from_row(r: &SqliteRow) -> Result<Connection> {
     })
 }
 
-const ACCOUNT_COLUMNS: &str = "id, connection_id, provider_id, iban, currency, name, kind, first_seen, last_seen";
+const ACCOUNT_COLUMNS: &str =
+    "id, connection_id, provider_id, iban, currency, name, kind, first_seen, last_seen";
 
 fn account_from_row(r: &SqliteRow) -> Result<Account> {
     Ok(Account {
@@ -260,7 +282,8 @@ fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
     })
 }
 
-const JOB_COLUMNS: &str = "id, connection_id, status, created_at, started_at, finished_at, summary, error";
+const JOB_COLUMNS: &str =
+    "id, connection_id, status, created_at, started_at, finished_at, summary, error";
 
 fn job_from_row(r: &SqliteRow) -> Result<SyncJob> {
     let summary: Option<&str> = r.try_get(6)?;
@@ -271,7 +294,9 @@ fn job_from_row(r: &SqliteRow) -> Result<SyncJob> {
         created_at: r.try_get(3)?,
         started_at: r.try_get(4)?,
         finished_at: r.try_get(5)?,
-        summary: summary.map(|s| common::json(s, "sync job summary")).transpose()?,
+        summary: summary
+            .map(|s| common::json(s, "sync job summary"))
+            .transpose()?,
         error: r.try_get(7)?,
     })
 }
@@ -343,7 +368,8 @@ fn build_insert_sql(rows: usize) -> String {
 fn add_tx_values<'q>(args: &mut SqliteArguments<'q>, p: &'q PreparedTx<'q>) -> Result<()> {
     let w = p.w;
     args.add(w.provider_id.as_str()).map_err(encode_err)?;
-    args.add(w.pending_provider_id.as_deref()).map_err(encode_err)?;
+    args.add(w.pending_provider_id.as_deref())
+        .map_err(encode_err)?;
     args.add(w.fingerprint.as_str()).map_err(encode_err)?;
     args.add(w.status.as_str()).map_err(encode_err)?;
     args.add(w.booking_date).map_err(encode_err)?;
@@ -351,15 +377,19 @@ fn add_tx_values<'q>(args: &mut SqliteArguments<'q>, p: &'q PreparedTx<'q>) -> R
     args.add(w.transaction_date).map_err(encode_err)?;
     args.add(w.amount.to_string()).map_err(encode_err)?;
     args.add(p.currency.as_str()).map_err(encode_err)?;
-    args.add(w.original_amount.map(|d| d.to_string())).map_err(encode_err)?;
+    args.add(w.original_amount.map(|d| d.to_string()))
+        .map_err(encode_err)?;
     args.add(p.original_currency_str()).map_err(encode_err)?;
     args.add(w.raw_label.as_str()).map_err(encode_err)?;
     args.add(w.label.as_str()).map_err(encode_err)?;
-    args.add(w.counterparty_name.as_deref()).map_err(encode_err)?;
-    args.add(w.counterparty_iban.as_deref()).map_err(encode_err)?;
+    args.add(w.counterparty_name.as_deref())
+        .map_err(encode_err)?;
+    args.add(w.counterparty_iban.as_deref())
+        .map_err(encode_err)?;
     args.add(w.remittance_info.as_deref()).map_err(encode_err)?;
     args.add(w.bank_code.as_deref()).map_err(encode_err)?;
-    args.add(w.running_balance.map(|d| d.to_string())).map_err(encode_err)?;
+    args.add(w.running_balance.map(|d| d.to_string()))
+        .map_err(encode_err)?;
     args.add(w.raw.as_str()).map_err(encode_err)?;
     args.add(p.search_text.as_str()).map_err(encode_err)?;
     Ok(())
@@ -401,7 +431,11 @@ async fn missing_ids(
     .fetch_all(&mut *tx)
     .await?;
     let found: std::collections::HashSet<i64> = found.into_iter().collect();
-    Ok(ids.iter().copied().filter(|id| !found.contains(id)).collect())
+    Ok(ids
+        .iter()
+        .copied()
+        .filter(|id| !found.contains(id))
+        .collect())
 }
 
 async fn update_ids(
@@ -415,7 +449,12 @@ async fn update_ids(
     if ids.is_empty() {
         return Ok(());
     }
-    let done = sqlx::query(sql).bind(now).bind(account_id).bind(ids_json(ids)).execute(&mut *tx).await?;
+    let done = sqlx::query(sql)
+        .bind(now)
+        .bind(account_id)
+        .bind(ids_json(ids))
+        .execute(&mut *tx)
+        .await?;
     if done.rows_affected() != ids.len() as u64 {
         let missing = missing_ids(tx, account_id, ids).await?;
         return Err(not_in_account(what, &missing, account_id));
@@ -432,8 +471,9 @@ impl Store for SqliteStore {
     // ------------------------------------------------------------ connections
 
     async fn create_connection(&self, new: &NewConnection) -> Result<Connection> {
-        let settings = serde_json::to_string(&new.settings)
-            .map_err(|e| StoreError::Conflict(format!("connection settings cannot be serialised: {e}")))?;
+        let settings = serde_json::to_string(&new.settings).map_err(|e| {
+            StoreError::Conflict(format!("connection settings cannot be serialised: {e}"))
+        })?;
         let row = sqlx::query(&format!(
             "INSERT INTO connections (name, connector, settings, credentials_sealed, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5) RETURNING {CONNECTION_COLUMNS}"
@@ -456,17 +496,21 @@ impl Store for SqliteStore {
     }
 
     async fn list_connections(&self) -> Result<Vec<Connection>> {
-        let rows = sqlx::query(&format!("SELECT {CONNECTION_COLUMNS} FROM connections ORDER BY id"))
-            .fetch_all(&self.reader)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections ORDER BY id"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter().map(connection_from_row).collect()
     }
 
     async fn get_connection(&self, id: i64) -> Result<Option<Connection>> {
-        let row = sqlx::query(&format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = ?1"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
         row.as_ref().map(connection_from_row).transpose()
     }
 
@@ -476,15 +520,20 @@ impl Store for SqliteStore {
         {
             return Ok(Some(c));
         }
-        let row = sqlx::query(&format!("SELECT {CONNECTION_COLUMNS} FROM connections WHERE name = ?1"))
-            .bind(id_or_name)
-            .fetch_optional(&self.reader)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {CONNECTION_COLUMNS} FROM connections WHERE name = ?1"
+        ))
+        .bind(id_or_name)
+        .fetch_optional(&self.reader)
+        .await?;
         row.as_ref().map(connection_from_row).transpose()
     }
 
     async fn delete_connection(&self, id: i64) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM connections WHERE id = ?1").bind(id).execute(&self.writer).await?;
+        let done = sqlx::query("DELETE FROM connections WHERE id = ?1")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -553,7 +602,10 @@ impl Store for SqliteStore {
             match row {
                 None => return Err(StoreError::NotFound(format!("connection {connection_id}"))),
                 Some((Some(holder), Some(held_until))) if holder != owner && held_until >= now => {
-                    return Ok(Lease::Held { owner: holder, until: held_until });
+                    return Ok(Lease::Held {
+                        owner: holder,
+                        until: held_until,
+                    });
                 }
                 Some(_) => continue,
             }
@@ -572,10 +624,11 @@ impl Store for SqliteStore {
         .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM connections WHERE id = ?1")
-                .bind(connection_id)
-                .fetch_optional(&self.writer)
-                .await?;
+            let exists: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM connections WHERE id = ?1")
+                    .bind(connection_id)
+                    .fetch_optional(&self.writer)
+                    .await?;
             if exists.is_none() {
                 return Err(StoreError::NotFound(format!("connection {connection_id}")));
             }
@@ -625,27 +678,32 @@ impl Store for SqliteStore {
     }
 
     async fn list_accounts(&self, connection_id: Option<i64>) -> Result<Vec<Account>> {
-        let rows = match connection_id {
-            Some(c) => {
-                sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE connection_id = ?1 ORDER BY id"))
-                    .bind(c)
+        let rows =
+            match connection_id {
+                Some(c) => sqlx::query(&format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE connection_id = ?1 ORDER BY id"
+                ))
+                .bind(c)
+                .fetch_all(&self.reader)
+                .await?,
+                None => {
+                    sqlx::query(&format!(
+                        "SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id"
+                    ))
                     .fetch_all(&self.reader)
                     .await?
-            }
-            None => {
-                sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY id"))
-                    .fetch_all(&self.reader)
-                    .await?
-            }
-        };
+                }
+            };
         rows.iter().map(account_from_row).collect()
     }
 
     async fn get_account(&self, id: i64) -> Result<Option<Account>> {
-        let row = sqlx::query(&format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
         row.as_ref().map(account_from_row).transpose()
     }
 
@@ -663,7 +721,8 @@ impl Store for SqliteStore {
                 Ok(StoredBalance {
                     account_id: r.try_get(0)?,
                     balance: Balance {
-                        kind: BalanceKind::parse(kind).ok_or_else(|| corrupt(format!("balance kind {kind:?}")))?,
+                        kind: BalanceKind::parse(kind)
+                            .ok_or_else(|| corrupt(format!("balance kind {kind:?}")))?,
                         amount: codec::decimal(r.try_get(2)?)?,
                         currency: codec::currency(r.try_get(3)?)?,
                         reference_date: r.try_get(4)?,
@@ -685,12 +744,15 @@ impl Store for SqliteStore {
         let mut sum = Decimal::ZERO;
         while let Some(amount) = rows.next().await {
             let amount = codec::decimal(&amount?)?;
-            sum = sum
-                .checked_add(amount)
-                .ok_or_else(|| StoreError::Conflict(format!("the booked sum of account {account_id} overflows")))?;
+            sum = sum.checked_add(amount).ok_or_else(|| {
+                StoreError::Conflict(format!("the booked sum of account {account_id} overflows"))
+            })?;
             count += 1;
         }
-        Ok(AccountTotals { booked_count: count, booked_sum: sum })
+        Ok(AccountTotals {
+            booked_count: count,
+            booked_sum: sum,
+        })
     }
 
     // ------------------------------------------------------------ sync
@@ -713,7 +775,12 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn load_window(&self, account_id: i64, from: NaiveDate, to: NaiveDate) -> Result<Vec<Transaction>> {
+    async fn load_window(
+        &self,
+        account_id: i64,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<Transaction>> {
         let rows = sqlx::query(&format!(
             "SELECT {} FROM transactions WHERE account_id = ?1 AND booking_date >= ?2 AND booking_date <= ?3 \
              ORDER BY booking_date, id",
@@ -733,10 +800,11 @@ impl Store for SqliteStore {
         let account_id = commit.account_id;
         let mut tx = self.write_tx().await?;
 
-        let owner: Option<i64> = sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = ?1")
-            .bind(account_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let owner: Option<i64> =
+            sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = ?1")
+                .bind(account_id)
+                .fetch_optional(&mut *tx)
+                .await?;
         match owner {
             None => return Err(StoreError::NotFound(format!("account {account_id}"))),
             Some(c) if c != commit.connection_id => {
@@ -759,7 +827,9 @@ impl Store for SqliteStore {
             for p in chunk {
                 add_tx_values(&mut args, p)?;
             }
-            sqlx::query_with(insert_sql(n), args).execute(&mut *tx).await?;
+            sqlx::query_with(insert_sql(n), args)
+                .execute(&mut *tx)
+                .await?;
             rest = tail;
         }
 
@@ -853,7 +923,9 @@ impl Store for SqliteStore {
 
     async fn query_transactions(&self, query: &TxQuery) -> Result<Vec<Transaction>> {
         let (sql, args) = common::tx_query_sql(query, Dialect::Sqlite, tx_columns());
-        let rows = sqlx::query_with(&sql, bind_args(args)?).fetch_all(&self.reader).await?;
+        let rows = sqlx::query_with(&sql, bind_args(args)?)
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter().map(tx_from_row).collect()
     }
 
@@ -880,7 +952,8 @@ impl Store for SqliteStore {
                 }
             }
         };
-        let producer = futures::stream::once(producer).filter_map(|()| futures::future::ready(None));
+        let producer =
+            futures::stream::once(producer).filter_map(|()| futures::future::ready(None));
         futures::stream::select(receiver, producer).boxed()
     }
 
@@ -914,17 +987,21 @@ impl Store for SqliteStore {
     }
 
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
-        let rows = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"))
-            .fetch_all(&self.reader)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at, id"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
         rows.iter().map(token_from_row).collect()
     }
 
     async fn find_token(&self, id: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query(&format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?1"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
         row.as_ref().map(token_from_row).transpose()
     }
 
@@ -975,7 +1052,9 @@ impl Store for SqliteStore {
             .as_ref()
             .map(serde_json::to_string)
             .transpose()
-            .map_err(|e| StoreError::Conflict(format!("sync job summary cannot be serialised: {e}")))?;
+            .map_err(|e| {
+                StoreError::Conflict(format!("sync job summary cannot be serialised: {e}"))
+            })?;
         let done = sqlx::query(
             "UPDATE sync_jobs SET status = ?1, started_at = ?2, finished_at = ?3, summary = ?4, error = ?5 WHERE id = ?6",
         )
@@ -994,10 +1073,12 @@ impl Store for SqliteStore {
     }
 
     async fn get_sync_job(&self, id: i64) -> Result<Option<SyncJob>> {
-        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM sync_jobs WHERE id = ?1"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM sync_jobs WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
         row.as_ref().map(job_from_row).transpose()
     }
 }

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use bankbridge_core::{Balance, BalanceKind, FetchedAccount, Iban, Transaction, TxStatus};
 use bankbridge_store::{
-    Checkpoint, Lease, NewConnection, PgStore, Scope, SqliteStore, Store, StoreError, SyncJob, TokenRecord, TxQuery,
-    TxWrite, WindowCommit,
+    Checkpoint, Lease, NewConnection, PgStore, Scope, SqliteStore, Store, StoreError, SyncJob,
+    TokenRecord, TxQuery, TxWrite, WindowCommit,
 };
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use futures::StreamExt;
@@ -94,13 +94,17 @@ async fn create_pg_database(admin: &str) -> (sqlx::PgConnection, String, String)
         COUNTER.fetch_add(1, Ordering::Relaxed),
         nanos
     );
-    conn.execute(format!("CREATE DATABASE {db}").as_str()).await.expect("CREATE DATABASE");
+    conn.execute(format!("CREATE DATABASE {db}").as_str())
+        .await
+        .expect("CREATE DATABASE");
     let url = with_database(admin, &db);
     (conn, db, url)
 }
 
 async fn drop_pg_database(mut conn: sqlx::PgConnection, db: &str) {
-    let _ = conn.execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str()).await;
+    let _ = conn
+        .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
+        .await;
     let _ = conn.close().await;
 }
 
@@ -202,7 +206,9 @@ store_tests! {
 // ---------------------------------------------------------------- fixtures
 
 fn t(secs: i64) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0).unwrap() + Duration::microseconds(123_456) + Duration::seconds(secs)
+    Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0).unwrap()
+        + Duration::microseconds(123_456)
+        + Duration::seconds(secs)
 }
 
 fn d(y: i32, m: u32, day: u32) -> NaiveDate {
@@ -236,7 +242,10 @@ fn fetched_account(provider_id: &str) -> FetchedAccount {
 /// A connection with one account: (connection id, account id).
 async fn setup(s: &Arc<dyn Store>, name: &str) -> (i64, i64) {
     let c = s.create_connection(&new_connection(name)).await.unwrap();
-    let a = s.upsert_account(c.id, &fetched_account(&format!("{name}-acc")), t(0)).await.unwrap();
+    let a = s
+        .upsert_account(c.id, &fetched_account(&format!("{name}-acc")), t(0))
+        .await
+        .unwrap();
     (c.id, a.id)
 }
 
@@ -279,25 +288,45 @@ fn window(conn: i64, acc: i64, now: DateTime<Utc>) -> WindowCommit {
 }
 
 fn balance(kind: BalanceKind, amount: &str, date: NaiveDate) -> Balance {
-    Balance { kind, amount: dec(amount), currency: "BGN".parse().unwrap(), reference_date: date }
+    Balance {
+        kind,
+        amount: dec(amount),
+        currency: "BGN".parse().unwrap(),
+        reference_date: date,
+    }
 }
 
 async fn all_rows(s: &Arc<dyn Store>, acc: i64) -> Vec<Transaction> {
-    s.query_transactions(&TxQuery { account_id: Some(acc), ..Default::default() }).await.unwrap()
+    s.query_transactions(&TxQuery {
+        account_id: Some(acc),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
 }
 
 fn by_provider<'a>(rows: &'a [Transaction], p: &str) -> &'a Transaction {
-    rows.iter().find(|r| r.provider_id == p).unwrap_or_else(|| panic!("row {p} missing"))
+    rows.iter()
+        .find(|r| r.provider_id == p)
+        .unwrap_or_else(|| panic!("row {p} missing"))
 }
 
 // ---------------------------------------------------------------- tests
 
 async fn migrations_are_idempotent(location: String) {
     let first = bankbridge_store::open(&location).await.expect("first open");
-    let c = first.create_connection(&new_connection("kept")).await.unwrap();
+    let c = first
+        .create_connection(&new_connection("kept"))
+        .await
+        .unwrap();
     // A second store on the same database while the first is open, then a third after.
-    let second = bankbridge_store::open(&location).await.expect("second open runs no migration twice");
-    assert_eq!(second.get_connection(c.id).await.unwrap().unwrap().name, "kept");
+    let second = bankbridge_store::open(&location)
+        .await
+        .expect("second open runs no migration twice");
+    assert_eq!(
+        second.get_connection(c.id).await.unwrap().unwrap().name,
+        "kept"
+    );
     drop(first);
     drop(second);
     let third = bankbridge_store::open(&location).await.expect("reopen");
@@ -313,7 +342,10 @@ async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
     assert_eq!(a.settings["window_days"], 30);
     assert!(a.session_sealed.is_none() && a.last_sync_at.is_none());
     let debug = format!("{a:?}");
-    assert!(debug.contains("[sealed]") && !debug.contains("255"), "{debug}");
+    assert!(
+        debug.contains("[sealed]") && !debug.contains("255"),
+        "{debug}"
+    );
 
     match s.create_connection(&new_connection("main")).await {
         Err(StoreError::Conflict(m)) => assert!(m.contains("main"), "{m}"),
@@ -324,31 +356,71 @@ async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
 
     assert_eq!(s.get_connection(a.id).await.unwrap().unwrap(), a);
     assert_eq!(s.find_connection("main").await.unwrap().unwrap().id, a.id);
-    assert_eq!(s.find_connection(&a.id.to_string()).await.unwrap().unwrap().id, a.id);
+    assert_eq!(
+        s.find_connection(&a.id.to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        a.id
+    );
     assert!(s.find_connection("nope").await.unwrap().is_none());
     assert!(s.get_connection(9_999).await.unwrap().is_none());
-    let names: Vec<String> = s.list_connections().await.unwrap().into_iter().map(|c| c.name).collect();
+    let names: Vec<String> = s
+        .list_connections()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
     assert_eq!(names, vec!["main", "other"]);
 
     s.save_session(a.id, Some(&[9, 9])).await.unwrap();
-    s.record_sync_result(a.id, t(5), "failed", Some("bank said no")).await.unwrap();
+    s.record_sync_result(a.id, t(5), "failed", Some("bank said no"))
+        .await
+        .unwrap();
     let got = s.get_connection(a.id).await.unwrap().unwrap();
     assert_eq!(got.session_sealed.as_deref(), Some(&[9u8, 9][..]));
     assert_eq!(got.last_sync_at, Some(t(5)));
     assert_eq!(got.last_sync_status, "failed");
     assert_eq!(got.last_sync_error.as_deref(), Some("bank said no"));
     s.save_session(a.id, None).await.unwrap();
-    assert!(s.get_connection(a.id).await.unwrap().unwrap().session_sealed.is_none());
-    assert!(matches!(s.save_session(9_999, None).await, Err(StoreError::NotFound(_))));
-    assert!(matches!(s.record_sync_result(9_999, t(0), "ok", None).await, Err(StoreError::NotFound(_))));
+    assert!(
+        s.get_connection(a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .session_sealed
+            .is_none()
+    );
+    assert!(matches!(
+        s.save_session(9_999, None).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.record_sync_result(9_999, t(0), "ok", None).await,
+        Err(StoreError::NotFound(_))
+    ));
 
     // Give `main` everything that hangs off a connection, and `other` one row.
-    let acc = s.upsert_account(a.id, &fetched_account("acc-1"), t(0)).await.unwrap();
-    let other_acc = s.upsert_account(b.id, &fetched_account("acc-1"), t(0)).await.unwrap();
+    let acc = s
+        .upsert_account(a.id, &fetched_account("acc-1"), t(0))
+        .await
+        .unwrap();
+    let other_acc = s
+        .upsert_account(b.id, &fetched_account("acc-1"), t(0))
+        .await
+        .unwrap();
     let mut w = window(a.id, acc.id, t(1));
-    w.inserts = vec![tw("t1", d(2024, 4, 1), "-1.00"), tw("t2", d(2024, 4, 2), "2.00")];
+    w.inserts = vec![
+        tw("t1", d(2024, 4, 1), "-1.00"),
+        tw("t2", d(2024, 4, 2), "2.00"),
+    ];
     w.balances = vec![balance(BalanceKind::ClosingBooked, "100.00", d(2024, 4, 2))];
-    w.checkpoint = Checkpoint { oldest_covered: Some(d(2024, 4, 1)), ..Default::default() };
+    w.checkpoint = Checkpoint {
+        oldest_covered: Some(d(2024, 4, 1)),
+        ..Default::default()
+    };
     s.commit_window(&w).await.unwrap();
     let mut w2 = window(b.id, other_acc.id, t(1));
     w2.inserts = vec![tw("t1", d(2024, 4, 1), "-1.00")];
@@ -370,41 +442,95 @@ async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
 }
 
 async fn lease_is_exclusive_and_expires(s: Arc<dyn Store>) {
-    let c = s.create_connection(&new_connection("leased")).await.unwrap();
-    assert_eq!(s.acquire_sync_lease(c.id, "alpha", t(0), t(60)).await.unwrap(), Lease::Acquired);
+    let c = s
+        .create_connection(&new_connection("leased"))
+        .await
+        .unwrap();
     assert_eq!(
-        s.acquire_sync_lease(c.id, "beta", t(10), t(70)).await.unwrap(),
-        Lease::Held { owner: "alpha".into(), until: t(60) }
+        s.acquire_sync_lease(c.id, "alpha", t(0), t(60))
+            .await
+            .unwrap(),
+        Lease::Acquired
+    );
+    assert_eq!(
+        s.acquire_sync_lease(c.id, "beta", t(10), t(70))
+            .await
+            .unwrap(),
+        Lease::Held {
+            owner: "alpha".into(),
+            until: t(60)
+        }
     );
     // The holder renews.
-    assert_eq!(s.acquire_sync_lease(c.id, "alpha", t(20), t(120)).await.unwrap(), Lease::Acquired);
+    assert_eq!(
+        s.acquire_sync_lease(c.id, "alpha", t(20), t(120))
+            .await
+            .unwrap(),
+        Lease::Acquired
+    );
     // Someone else's release does nothing.
     s.release_sync_lease(c.id, "beta").await.unwrap();
     assert_eq!(
-        s.acquire_sync_lease(c.id, "beta", t(30), t(90)).await.unwrap(),
-        Lease::Held { owner: "alpha".into(), until: t(120) }
+        s.acquire_sync_lease(c.id, "beta", t(30), t(90))
+            .await
+            .unwrap(),
+        Lease::Held {
+            owner: "alpha".into(),
+            until: t(120)
+        }
     );
     // The holder's release frees it.
     s.release_sync_lease(c.id, "alpha").await.unwrap();
-    assert_eq!(s.acquire_sync_lease(c.id, "beta", t(40), t(100)).await.unwrap(), Lease::Acquired);
-    // Expiry: after `until` another owner takes over.
-    assert!(matches!(s.acquire_sync_lease(c.id, "alpha", t(99), t(200)).await.unwrap(), Lease::Held { .. }));
-    assert_eq!(s.acquire_sync_lease(c.id, "alpha", t(101), t(200)).await.unwrap(), Lease::Acquired);
     assert_eq!(
-        s.acquire_sync_lease(c.id, "beta", t(150), t(300)).await.unwrap(),
-        Lease::Held { owner: "alpha".into(), until: t(200) }
+        s.acquire_sync_lease(c.id, "beta", t(40), t(100))
+            .await
+            .unwrap(),
+        Lease::Acquired
     );
-    assert!(matches!(s.acquire_sync_lease(9_999, "alpha", t(0), t(1)).await, Err(StoreError::NotFound(_))));
-    assert!(matches!(s.release_sync_lease(9_999, "alpha").await, Err(StoreError::NotFound(_))));
+    // Expiry: after `until` another owner takes over.
+    assert!(matches!(
+        s.acquire_sync_lease(c.id, "alpha", t(99), t(200))
+            .await
+            .unwrap(),
+        Lease::Held { .. }
+    ));
+    assert_eq!(
+        s.acquire_sync_lease(c.id, "alpha", t(101), t(200))
+            .await
+            .unwrap(),
+        Lease::Acquired
+    );
+    assert_eq!(
+        s.acquire_sync_lease(c.id, "beta", t(150), t(300))
+            .await
+            .unwrap(),
+        Lease::Held {
+            owner: "alpha".into(),
+            until: t(200)
+        }
+    );
+    assert!(matches!(
+        s.acquire_sync_lease(9_999, "alpha", t(0), t(1)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.release_sync_lease(9_999, "alpha").await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 async fn concurrent_lease_has_one_winner(s: Arc<dyn Store>) {
-    let c = s.create_connection(&new_connection("contended")).await.unwrap();
+    let c = s
+        .create_connection(&new_connection("contended"))
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 0..8 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.acquire_sync_lease(c.id, &format!("owner-{i}"), t(0), t(60)).await.unwrap()
+            s.acquire_sync_lease(c.id, &format!("owner-{i}"), t(0), t(60))
+                .await
+                .unwrap()
         }));
     }
     let mut winners = 0;
@@ -418,12 +544,18 @@ async fn concurrent_lease_has_one_winner(s: Arc<dyn Store>) {
 
 async fn account_upsert_is_idempotent(s: Arc<dyn Store>) {
     let c = s.create_connection(&new_connection("acc")).await.unwrap();
-    let first = s.upsert_account(c.id, &fetched_account("A1"), t(0)).await.unwrap();
+    let first = s
+        .upsert_account(c.id, &fetched_account("A1"), t(0))
+        .await
+        .unwrap();
     assert_eq!(first.first_seen, t(0));
     assert_eq!(first.last_seen, t(0));
     assert_eq!(first.iban.as_ref().unwrap().country(), "BG");
     assert_eq!(first.currency.as_str(), "BGN");
-    let again = s.upsert_account(c.id, &fetched_account("A1"), t(100)).await.unwrap();
+    let again = s
+        .upsert_account(c.id, &fetched_account("A1"), t(100))
+        .await
+        .unwrap();
     assert_eq!(again.id, first.id);
     assert_eq!(again.first_seen, t(0));
     assert_eq!(again.last_seen, t(100));
@@ -431,11 +563,20 @@ async fn account_upsert_is_idempotent(s: Arc<dyn Store>) {
     renamed.name = Some("Renamed".into());
     renamed.iban = None;
     let r = s.upsert_account(c.id, &renamed, t(200)).await.unwrap();
-    assert_eq!((r.id, r.name.as_deref(), r.iban.is_none()), (first.id, Some("Renamed"), true));
-    let second = s.upsert_account(c.id, &fetched_account("A2"), t(0)).await.unwrap();
+    assert_eq!(
+        (r.id, r.name.as_deref(), r.iban.is_none()),
+        (first.id, Some("Renamed"), true)
+    );
+    let second = s
+        .upsert_account(c.id, &fetched_account("A2"), t(0))
+        .await
+        .unwrap();
     assert_ne!(second.id, first.id);
     let listed = s.list_accounts(Some(c.id)).await.unwrap();
-    assert_eq!(listed.iter().map(|a| a.id).collect::<Vec<_>>(), vec![first.id, second.id]);
+    assert_eq!(
+        listed.iter().map(|a| a.id).collect::<Vec<_>>(),
+        vec![first.id, second.id]
+    );
     assert_eq!(s.get_account(first.id).await.unwrap().unwrap(), r);
     assert!(s.get_account(9_999).await.unwrap().is_none());
     assert!(matches!(
@@ -457,7 +598,12 @@ async fn commit_window_insert_update_void_touch(s: Arc<dyn Store>) {
     fancy.running_balance = Some(dec("987.66"));
     fancy.pending_provider_id = Some("p0".into());
     let mut w = window(conn, acc, t(10));
-    w.inserts = vec![tw("t2", d(2024, 4, 2), "1.00"), tw("t1", d(2024, 4, 1), "-2.00"), pending, fancy.clone()];
+    w.inserts = vec![
+        tw("t2", d(2024, 4, 2), "1.00"),
+        tw("t1", d(2024, 4, 1), "-2.00"),
+        pending,
+        fancy.clone(),
+    ];
     w.checkpoint = Checkpoint {
         oldest_covered: Some(d(2024, 4, 1)),
         newest_covered: Some(d(2024, 4, 30)),
@@ -467,20 +613,32 @@ async fn commit_window_insert_update_void_touch(s: Arc<dyn Store>) {
     s.commit_window(&w).await.unwrap();
     assert_eq!(s.checkpoint(acc).await.unwrap(), w.checkpoint);
 
-    let rows = s.load_window(acc, d(2024, 4, 1), d(2024, 4, 30)).await.unwrap();
+    let rows = s
+        .load_window(acc, d(2024, 4, 1), d(2024, 4, 30))
+        .await
+        .unwrap();
     let keys: Vec<(NaiveDate, i64)> = rows.iter().map(|r| (r.booking_date, r.id)).collect();
     let mut sorted = keys.clone();
     sorted.sort();
     assert_eq!(keys, sorted, "ordered by (booking_date, id)");
     assert_eq!(rows.len(), 4);
     for r in &rows {
-        assert_eq!((r.first_seen, r.last_seen, r.updated_at), (t(10), t(10), t(10)));
+        assert_eq!(
+            (r.first_seen, r.last_seen, r.updated_at),
+            (t(10), t(10), t(10))
+        );
         assert_eq!((r.connection_id, r.account_id), (conn, acc));
     }
     let f = by_provider(&rows, "t3");
     assert_eq!(f.original_amount, Some(dec("-6.31")));
-    assert_eq!(f.original_currency.map(|c| c.to_string()).as_deref(), Some("EUR"));
-    assert_eq!(f.counterparty_iban.as_deref(), Some("BG80BNBG96611020345678"));
+    assert_eq!(
+        f.original_currency.map(|c| c.to_string()).as_deref(),
+        Some("EUR")
+    );
+    assert_eq!(
+        f.counterparty_iban.as_deref(),
+        Some("BG80BNBG96611020345678")
+    );
     assert_eq!(f.remittance_info.as_deref(), Some("invoice 42"));
     assert_eq!(f.transaction_date, Some(d(2024, 4, 2)));
     assert_eq!(f.value_date, Some(d(2024, 4, 3)));
@@ -492,11 +650,26 @@ async fn commit_window_insert_update_void_touch(s: Arc<dyn Store>) {
     assert_eq!(f.raw, serde_json::json!({"id": "t3", "amount": "-12.34"}));
     assert_eq!(by_provider(&rows, "p1").status, TxStatus::Pending);
     // Narrower windows.
-    assert_eq!(s.load_window(acc, d(2024, 4, 2), d(2024, 4, 2)).await.unwrap().len(), 1);
-    assert!(s.load_window(acc, d(2024, 5, 1), d(2024, 5, 31)).await.unwrap().is_empty());
+    assert_eq!(
+        s.load_window(acc, d(2024, 4, 2), d(2024, 4, 2))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        s.load_window(acc, d(2024, 5, 1), d(2024, 5, 31))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Update t2, void p1, touch t1.
-    let (t1, t2, p1) = (by_provider(&rows, "t1").clone(), by_provider(&rows, "t2").clone(), by_provider(&rows, "p1").id);
+    let (t1, t2, p1) = (
+        by_provider(&rows, "t1").clone(),
+        by_provider(&rows, "t2").clone(),
+        by_provider(&rows, "p1").id,
+    );
     let mut changed = tw("t2", d(2024, 4, 2), "1.50");
     changed.label = "CHANGED".into();
     changed.status = TxStatus::Booked;
@@ -507,10 +680,19 @@ async fn commit_window_insert_update_void_touch(s: Arc<dyn Store>) {
     s.commit_window(&w).await.unwrap();
     let rows = all_rows(&s, acc).await;
     let u = by_provider(&rows, "t2");
-    assert_eq!((u.id, u.label.as_str(), u.amount), (t2.id, "CHANGED", dec("1.50")));
-    assert_eq!((u.first_seen, u.last_seen, u.updated_at), (t(10), t(20), t(20)));
+    assert_eq!(
+        (u.id, u.label.as_str(), u.amount),
+        (t2.id, "CHANGED", dec("1.50"))
+    );
+    assert_eq!(
+        (u.first_seen, u.last_seen, u.updated_at),
+        (t(10), t(20), t(20))
+    );
     let v = by_provider(&rows, "p1");
-    assert_eq!((v.status, v.updated_at, v.last_seen), (TxStatus::Void, t(20), t(10)));
+    assert_eq!(
+        (v.status, v.updated_at, v.last_seen),
+        (TxStatus::Void, t(20), t(10))
+    );
     let touched = by_provider(&rows, "t1");
     assert_eq!((touched.last_seen, touched.updated_at), (t(20), t(10)));
     assert_eq!(touched.label, t1.label);
@@ -521,7 +703,10 @@ async fn commit_window_insert_update_void_touch(s: Arc<dyn Store>) {
     let (conn2, acc2) = setup(&s, "w2").await;
     let mut w = window(conn2, acc2, t(30));
     w.touch = vec![t1.id];
-    assert!(matches!(s.commit_window(&w).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.commit_window(&w).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 async fn commit_window_balances_written_only_on_change(s: Arc<dyn Store>) {
@@ -556,16 +741,28 @@ async fn commit_window_balances_written_only_on_change(s: Arc<dyn Store>) {
     assert_eq!(closing.len(), 1);
     assert_eq!(closing[0].balance.amount, dec("99.99"));
     assert_eq!(closing[0].fetched_at, t(20));
-    let avail = stored.iter().find(|b| b.balance.kind == BalanceKind::Available).unwrap();
-    assert_eq!((avail.balance.amount.to_string().as_str(), avail.fetched_at), ("150.00", t(0)));
+    let avail = stored
+        .iter()
+        .find(|b| b.balance.kind == BalanceKind::Available)
+        .unwrap();
+    assert_eq!(
+        (avail.balance.amount.to_string().as_str(), avail.fetched_at),
+        ("150.00", t(0))
+    );
     assert!(stored.iter().all(|b| b.account_id == acc));
 }
 
 async fn commit_window_is_atomic(s: Arc<dyn Store>) {
     let (conn, acc) = setup(&s, "atomic").await;
     let mut w = window(conn, acc, t(0));
-    w.inserts = vec![tw("keep", d(2024, 4, 1), "1.00"), tw("other", d(2024, 4, 2), "2.00")];
-    w.checkpoint = Checkpoint { oldest_covered: Some(d(2024, 4, 1)), ..Default::default() };
+    w.inserts = vec![
+        tw("keep", d(2024, 4, 1), "1.00"),
+        tw("other", d(2024, 4, 2), "2.00"),
+    ];
+    w.checkpoint = Checkpoint {
+        oldest_covered: Some(d(2024, 4, 1)),
+        ..Default::default()
+    };
     s.commit_window(&w).await.unwrap();
     let before = all_rows(&s, acc).await;
     let cp_before = s.checkpoint(acc).await.unwrap();
@@ -573,9 +770,16 @@ async fn commit_window_is_atomic(s: Arc<dyn Store>) {
 
     let failing = |mut w: WindowCommit| {
         w.now = t(50);
-        w.inserts = vec![tw("new-1", d(2024, 4, 5), "5.00"), tw("new-2", d(2024, 4, 6), "6.00")];
+        w.inserts = vec![
+            tw("new-1", d(2024, 4, 5), "5.00"),
+            tw("new-2", d(2024, 4, 6), "6.00"),
+        ];
         w.balances = vec![balance(BalanceKind::ClosingBooked, "1.00", d(2024, 4, 6))];
-        w.checkpoint = Checkpoint { oldest_covered: Some(d(2000, 1, 1)), backfill_done: true, ..Default::default() };
+        w.checkpoint = Checkpoint {
+            oldest_covered: Some(d(2000, 1, 1)),
+            backfill_done: true,
+            ..Default::default()
+        };
         w
     };
     let assert_unchanged = |label: &'static str| {
@@ -584,21 +788,34 @@ async fn commit_window_is_atomic(s: Arc<dyn Store>) {
         let cp_before = cp_before.clone();
         async move {
             assert_eq!(all_rows(&s, acc).await, before, "{label}: rows changed");
-            assert_eq!(s.checkpoint(acc).await.unwrap(), cp_before, "{label}: checkpoint changed");
-            assert!(s.list_balances(acc).await.unwrap().is_empty(), "{label}: balance written");
+            assert_eq!(
+                s.checkpoint(acc).await.unwrap(),
+                cp_before,
+                "{label}: checkpoint changed"
+            );
+            assert!(
+                s.list_balances(acc).await.unwrap().is_empty(),
+                "{label}: balance written"
+            );
         }
     };
 
     // An update of a row that does not exist, after the inserts ran.
     let mut w = failing(window(conn, acc, t(0)));
     w.updates = vec![(9_999_999, tw("ghost", d(2024, 4, 1), "1.00"))];
-    assert!(matches!(s.commit_window(&w).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.commit_window(&w).await,
+        Err(StoreError::NotFound(_))
+    ));
     assert_unchanged("missing update").await;
 
     // A void of a row that does not exist.
     let mut w = failing(window(conn, acc, t(0)));
     w.voids = vec![9_999_999];
-    assert!(matches!(s.commit_window(&w).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.commit_window(&w).await,
+        Err(StoreError::NotFound(_))
+    ));
     assert_unchanged("missing void").await;
 
     // The database itself refuses a statement midway: the update gives `other`
@@ -611,7 +828,10 @@ async fn commit_window_is_atomic(s: Arc<dyn Store>) {
     // A provider id twice in one window's inserts.
     let mut w = failing(window(conn, acc, t(0)));
     w.inserts.push(tw("new-1", d(2024, 4, 7), "7.00"));
-    assert!(matches!(s.commit_window(&w).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.commit_window(&w).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_unchanged("duplicate insert").await;
 
     // Bad input: a currency that is no currency, raw that is no JSON.
@@ -625,10 +845,16 @@ async fn commit_window_is_atomic(s: Arc<dyn Store>) {
 
     // An account that does not exist, or is another connection's.
     let w = failing(window(conn, 9_999_999, t(0)));
-    assert!(matches!(s.commit_window(&w).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.commit_window(&w).await,
+        Err(StoreError::NotFound(_))
+    ));
     let (_, other_acc) = setup(&s, "atomic-2").await;
     let w = failing(window(conn, other_acc, t(0)));
-    assert!(matches!(s.commit_window(&w).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.commit_window(&w).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert!(all_rows(&s, other_acc).await.is_empty());
     assert_unchanged("wrong account").await;
 }
@@ -646,7 +872,10 @@ async fn commit_window_upserts_a_row_that_moved_out_of_the_window(s: Arc<dyn Sto
     let rows = all_rows(&s, acc).await;
     assert_eq!(rows.len(), 1);
     assert_eq!((rows[0].id, rows[0].booking_date), (id, d(2024, 4, 1)));
-    assert_eq!((rows[0].first_seen, rows[0].updated_at, rows[0].last_seen), (t(0), t(10), t(10)));
+    assert_eq!(
+        (rows[0].first_seen, rows[0].updated_at, rows[0].last_seen),
+        (t(0), t(10), t(10))
+    );
 }
 
 async fn amounts_are_exact(s: Arc<dyn Store>) {
@@ -690,9 +919,15 @@ async fn amounts_are_exact(s: Arc<dyn Store>) {
     // 0.10 + 0.20 is 0.30, not 0.30000000000000004.
     let (conn2, acc2) = setup(&s, "exact-2").await;
     let mut w = window(conn2, acc2, t(0));
-    w.inserts = vec![tw("x", d(2024, 4, 1), "0.10"), tw("y", d(2024, 4, 1), "0.20")];
+    w.inserts = vec![
+        tw("x", d(2024, 4, 1), "0.10"),
+        tw("y", d(2024, 4, 1), "0.20"),
+    ];
     s.commit_window(&w).await.unwrap();
-    assert_eq!(s.account_totals(acc2).await.unwrap().booked_sum.to_string(), "0.30");
+    assert_eq!(
+        s.account_totals(acc2).await.unwrap().booked_sum.to_string(),
+        "0.30"
+    );
 }
 
 /// A data set of 3 accounts over 2 connections, with varied dates, amounts,
@@ -702,7 +937,10 @@ async fn query_fixture(s: &Arc<dyn Store>) -> (Vec<(i64, i64)>, Vec<Transaction>
     let c2 = s.create_connection(&new_connection("q2")).await.unwrap();
     let mut accounts = Vec::new();
     for (c, p) in [(c1.id, "A"), (c1.id, "B"), (c2.id, "C")] {
-        let a = s.upsert_account(c, &fetched_account(p), t(0)).await.unwrap();
+        let a = s
+            .upsert_account(c, &fetched_account(p), t(0))
+            .await
+            .unwrap();
         accounts.push((c, a.id));
     }
     let labels = [
@@ -712,10 +950,23 @@ async fn query_fixture(s: &Arc<dyn Store>) -> (Vec<(i64, i64)>, Vec<Transaction>
         ("under_score", None, None),
         ("Salary ACME", Some("ACME Corp"), Some("SALARY 04/2024")),
     ];
-    let amounts = ["-2.50", "-0.10", "0.10", "1500.00", "-650.00", "12.34", "-12.34", "0.00", "99.99", "-1000000.01"];
+    let amounts = [
+        "-2.50",
+        "-0.10",
+        "0.10",
+        "1500.00",
+        "-650.00",
+        "12.34",
+        "-12.34",
+        "0.00",
+        "99.99",
+        "-1000000.01",
+    ];
     let mut seed: u64 = 42;
     let mut next = move |n: u64| {
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (seed >> 33) % n
     };
     for (k, &(conn, acc)) in accounts.iter().enumerate() {
@@ -724,7 +975,11 @@ async fn query_fixture(s: &Arc<dyn Store>) -> (Vec<(i64, i64)>, Vec<Transaction>
             let mut w = window(conn, acc, t(1000 * (win + 1)));
             for i in 0..40 {
                 let day = d(2024, 1, 1) + Duration::days(next(60) as i64);
-                let mut x = tw(&format!("{k}-{win}-{i}"), day, amounts[next(amounts.len() as u64) as usize]);
+                let mut x = tw(
+                    &format!("{k}-{win}-{i}"),
+                    day,
+                    amounts[next(amounts.len() as u64) as usize],
+                );
                 let (label, cp, rem) = labels[next(labels.len() as u64) as usize];
                 x.label = label.to_owned();
                 x.raw_label = label.to_uppercase();
@@ -761,10 +1016,15 @@ fn reference(all: &[Transaction], q: &TxQuery) -> Vec<i64> {
         .filter(|r| q.after.is_none_or(|a| (r.booking_date, r.id) > a))
         .filter(|r| {
             text.as_ref().is_none_or(|t| {
-                [Some(&r.label), Some(&r.raw_label), r.counterparty_name.as_ref(), r.remittance_info.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .any(|f| f.to_lowercase().contains(t.as_str()))
+                [
+                    Some(&r.label),
+                    Some(&r.raw_label),
+                    r.counterparty_name.as_ref(),
+                    r.remittance_info.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
+                .any(|f| f.to_lowercase().contains(t.as_str()))
             })
         })
         .collect();
@@ -781,38 +1041,117 @@ async fn query_filters_match_a_reference_filter(s: Arc<dyn Store>) {
     let keys: Vec<(NaiveDate, i64)> = all.iter().map(|r| (r.booking_date, r.id)).collect();
     let mut sorted = keys.clone();
     sorted.sort();
-    assert_eq!(keys, sorted, "unfiltered query ordered by (booking_date, id)");
+    assert_eq!(
+        keys, sorted,
+        "unfiltered query ordered by (booking_date, id)"
+    );
 
     let mid = all[all.len() / 2].clone();
     let mut queries = vec![
-        TxQuery { account_id: Some(accounts[1].1), ..Default::default() },
-        TxQuery { connection_id: Some(accounts[0].0), ..Default::default() },
-        TxQuery { connection_id: Some(accounts[2].0), ..Default::default() },
-        TxQuery { from: Some(d(2024, 1, 15)), to: Some(d(2024, 1, 31)), ..Default::default() },
-        TxQuery { from: Some(d(2024, 2, 1)), ..Default::default() },
-        TxQuery { to: Some(d(2024, 1, 1)), ..Default::default() },
-        TxQuery { min_amount: Some(dec("0.10")), ..Default::default() },
-        TxQuery { max_amount: Some(dec("-0.10")), ..Default::default() },
-        TxQuery { min_amount: Some(dec("-12.34")), max_amount: Some(dec("12.34")), ..Default::default() },
-        TxQuery { min_amount: Some(dec("0.1")), max_amount: Some(dec("0.1")), ..Default::default() },
-        TxQuery { status: Some(TxStatus::Pending), ..Default::default() },
-        TxQuery { status: Some(TxStatus::Void), account_id: Some(accounts[0].1), ..Default::default() },
-        TxQuery { updated_since: Some(t(2000)), ..Default::default() },
-        TxQuery { updated_since: Some(t(3001)), ..Default::default() },
-        TxQuery { after: Some((mid.booking_date, mid.id)), ..Default::default() },
-        TxQuery { limit: Some(10), ..Default::default() },
-        TxQuery { limit: Some(0), ..Default::default() },
-        TxQuery { text: Some("coffee".into()), ..Default::default() },
-        TxQuery { text: Some("acme".into()), status: Some(TxStatus::Booked), ..Default::default() },
-        TxQuery { account_id: Some(9_999), ..Default::default() },
+        TxQuery {
+            account_id: Some(accounts[1].1),
+            ..Default::default()
+        },
+        TxQuery {
+            connection_id: Some(accounts[0].0),
+            ..Default::default()
+        },
+        TxQuery {
+            connection_id: Some(accounts[2].0),
+            ..Default::default()
+        },
+        TxQuery {
+            from: Some(d(2024, 1, 15)),
+            to: Some(d(2024, 1, 31)),
+            ..Default::default()
+        },
+        TxQuery {
+            from: Some(d(2024, 2, 1)),
+            ..Default::default()
+        },
+        TxQuery {
+            to: Some(d(2024, 1, 1)),
+            ..Default::default()
+        },
+        TxQuery {
+            min_amount: Some(dec("0.10")),
+            ..Default::default()
+        },
+        TxQuery {
+            max_amount: Some(dec("-0.10")),
+            ..Default::default()
+        },
+        TxQuery {
+            min_amount: Some(dec("-12.34")),
+            max_amount: Some(dec("12.34")),
+            ..Default::default()
+        },
+        TxQuery {
+            min_amount: Some(dec("0.1")),
+            max_amount: Some(dec("0.1")),
+            ..Default::default()
+        },
+        TxQuery {
+            status: Some(TxStatus::Pending),
+            ..Default::default()
+        },
+        TxQuery {
+            status: Some(TxStatus::Void),
+            account_id: Some(accounts[0].1),
+            ..Default::default()
+        },
+        TxQuery {
+            updated_since: Some(t(2000)),
+            ..Default::default()
+        },
+        TxQuery {
+            updated_since: Some(t(3001)),
+            ..Default::default()
+        },
+        TxQuery {
+            after: Some((mid.booking_date, mid.id)),
+            ..Default::default()
+        },
+        TxQuery {
+            limit: Some(10),
+            ..Default::default()
+        },
+        TxQuery {
+            limit: Some(0),
+            ..Default::default()
+        },
+        TxQuery {
+            text: Some("coffee".into()),
+            ..Default::default()
+        },
+        TxQuery {
+            text: Some("acme".into()),
+            status: Some(TxStatus::Booked),
+            ..Default::default()
+        },
+        TxQuery {
+            account_id: Some(9_999),
+            ..Default::default()
+        },
     ];
     // Random combinations.
     let mut seed: u64 = 7;
     let mut next = move |n: u64| {
-        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (seed >> 33) % n
     };
-    let texts = ["shop", "ПЛАЩАНЕ", "картa", "50%", "_", "rent", "barista ltd", "фантастико"];
+    let texts = [
+        "shop",
+        "ПЛАЩАНЕ",
+        "картa",
+        "50%",
+        "_",
+        "rent",
+        "barista ltd",
+        "фантастико",
+    ];
     for _ in 0..60 {
         let pick = |next: &mut dyn FnMut(u64) -> u64| next(3) == 0;
         let mut q = TxQuery::default();
@@ -838,7 +1177,8 @@ async fn query_filters_match_a_reference_filter(s: Arc<dyn Store>) {
             q.text = Some(texts[next(texts.len() as u64) as usize].to_owned());
         }
         if pick(&mut next) {
-            q.status = Some([TxStatus::Pending, TxStatus::Booked, TxStatus::Void][next(3) as usize]);
+            q.status =
+                Some([TxStatus::Pending, TxStatus::Booked, TxStatus::Void][next(3) as usize]);
         }
         if pick(&mut next) {
             q.updated_since = Some(t(1000 * next(4) as i64));
@@ -854,28 +1194,51 @@ async fn query_filters_match_a_reference_filter(s: Arc<dyn Store>) {
     }
     let mut non_empty = 0;
     for q in &queries {
-        let got: Vec<i64> = s.query_transactions(q).await.unwrap().into_iter().map(|r| r.id).collect();
+        let got: Vec<i64> = s
+            .query_transactions(q)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         assert_eq!(got, reference(&all, q), "query {q:?}");
         if !got.is_empty() {
             non_empty += 1;
         }
     }
-    assert!(non_empty > queries.len() / 2, "the fixture should make most queries match something");
+    assert!(
+        non_empty > queries.len() / 2,
+        "the fixture should make most queries match something"
+    );
 }
 
 async fn keyset_pagination_sees_every_row_once(s: Arc<dyn Store>) {
     let (accounts, all) = query_fixture(&s).await;
     for base in [
         TxQuery::default(),
-        TxQuery { account_id: Some(accounts[0].1), ..Default::default() },
-        TxQuery { status: Some(TxStatus::Booked), min_amount: Some(dec("0")), ..Default::default() },
+        TxQuery {
+            account_id: Some(accounts[0].1),
+            ..Default::default()
+        },
+        TxQuery {
+            status: Some(TxStatus::Booked),
+            min_amount: Some(dec("0")),
+            ..Default::default()
+        },
     ] {
         let expected = reference(&all, &base);
         let mut seen = Vec::new();
         let mut after = None;
         let mut pages = 0;
         loop {
-            let page = s.query_transactions(&TxQuery { after, limit: Some(7), ..base.clone() }).await.unwrap();
+            let page = s
+                .query_transactions(&TxQuery {
+                    after,
+                    limit: Some(7),
+                    ..base.clone()
+                })
+                .await
+                .unwrap();
             if page.is_empty() {
                 break;
             }
@@ -915,10 +1278,19 @@ async fn text_search_is_case_insensitive_and_literal(s: Arc<dyn Store>) {
     s.commit_window(&w).await.unwrap();
     let find = |text: &str| {
         let s = s.clone();
-        let q = TxQuery { text: Some(text.to_owned()), account_id: Some(acc), ..Default::default() };
+        let q = TxQuery {
+            text: Some(text.to_owned()),
+            account_id: Some(acc),
+            ..Default::default()
+        };
         async move {
-            let mut v: Vec<String> =
-                s.query_transactions(&q).await.unwrap().into_iter().map(|r| r.provider_id).collect();
+            let mut v: Vec<String> = s
+                .query_transactions(&q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.provider_id)
+                .collect();
             v.sort();
             v
         }
@@ -938,20 +1310,44 @@ async fn stream_equals_query(s: Arc<dyn Store>) {
     let (accounts, all) = query_fixture(&s).await;
     for q in [
         TxQuery::default(),
-        TxQuery { account_id: Some(accounts[2].1), text: Some("acme".into()), ..Default::default() },
-        TxQuery { from: Some(d(2024, 2, 1)), limit: Some(5), ..Default::default() },
-        TxQuery { account_id: Some(9_999), ..Default::default() },
+        TxQuery {
+            account_id: Some(accounts[2].1),
+            text: Some("acme".into()),
+            ..Default::default()
+        },
+        TxQuery {
+            from: Some(d(2024, 2, 1)),
+            limit: Some(5),
+            ..Default::default()
+        },
+        TxQuery {
+            account_id: Some(9_999),
+            ..Default::default()
+        },
     ] {
         let listed = s.query_transactions(&q).await.unwrap();
-        let streamed: Vec<Transaction> =
-            s.stream_transactions(q.clone()).map(|r| r.unwrap()).collect::<Vec<_>>().await;
+        let streamed: Vec<Transaction> = s
+            .stream_transactions(q.clone())
+            .map(|r| r.unwrap())
+            .collect::<Vec<_>>()
+            .await;
         assert_eq!(streamed, listed, "query {q:?}");
     }
     // Dropping a stream early is fine, and the store still works after.
-    let first3: Vec<_> = s.stream_transactions(TxQuery::default()).take(3).collect::<Vec<_>>().await;
+    let first3: Vec<_> = s
+        .stream_transactions(TxQuery::default())
+        .take(3)
+        .collect::<Vec<_>>()
+        .await;
     assert_eq!(first3.len(), 3);
     drop(first3);
-    assert_eq!(s.query_transactions(&TxQuery::default()).await.unwrap().len(), all.len());
+    assert_eq!(
+        s.query_transactions(&TxQuery::default())
+            .await
+            .unwrap()
+            .len(),
+        all.len()
+    );
 }
 
 async fn token_lifecycle(s: Arc<dyn Store>) {
@@ -965,26 +1361,57 @@ async fn token_lifecycle(s: Arc<dyn Store>) {
         revoked_at: None,
     };
     s.create_token(&rec).await.unwrap();
-    assert!(matches!(s.create_token(&rec).await, Err(StoreError::Conflict(_))));
-    let admin = TokenRecord { id: "def456".into(), name: "ops".into(), scope: Scope::Admin, created_at: t(1), ..rec.clone() };
+    assert!(matches!(
+        s.create_token(&rec).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let admin = TokenRecord {
+        id: "def456".into(),
+        name: "ops".into(),
+        scope: Scope::Admin,
+        created_at: t(1),
+        ..rec.clone()
+    };
     s.create_token(&admin).await.unwrap();
     assert_eq!(s.find_token("abc123").await.unwrap().unwrap(), rec);
     assert!(s.find_token("nope").await.unwrap().is_none());
-    assert_eq!(s.list_tokens().await.unwrap(), vec![rec.clone(), admin.clone()]);
+    assert_eq!(
+        s.list_tokens().await.unwrap(),
+        vec![rec.clone(), admin.clone()]
+    );
 
     s.touch_token("abc123", t(5)).await.unwrap();
-    assert_eq!(s.find_token("abc123").await.unwrap().unwrap().last_used_at, Some(t(5)));
+    assert_eq!(
+        s.find_token("abc123").await.unwrap().unwrap().last_used_at,
+        Some(t(5))
+    );
     s.touch_token("nope", t(5)).await.unwrap();
 
     assert!(s.revoke_token("airtable", t(10)).await.unwrap());
-    assert_eq!(s.find_token("abc123").await.unwrap().unwrap().revoked_at, Some(t(10)));
+    assert_eq!(
+        s.find_token("abc123").await.unwrap().unwrap().revoked_at,
+        Some(t(10))
+    );
     // Revoking again keeps the first revocation time.
     assert!(s.revoke_token("abc123", t(20)).await.unwrap());
-    assert_eq!(s.find_token("abc123").await.unwrap().unwrap().revoked_at, Some(t(10)));
+    assert_eq!(
+        s.find_token("abc123").await.unwrap().unwrap().revoked_at,
+        Some(t(10))
+    );
     assert!(!s.revoke_token("nobody", t(20)).await.unwrap());
-    assert!(s.find_token("def456").await.unwrap().unwrap().revoked_at.is_none());
+    assert!(
+        s.find_token("def456")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
     assert!(s.revoke_token("def456", t(30)).await.unwrap());
-    assert_eq!(s.find_token("def456").await.unwrap().unwrap().revoked_at, Some(t(30)));
+    assert_eq!(
+        s.find_token("def456").await.unwrap().unwrap().revoked_at,
+        Some(t(30))
+    );
 }
 
 async fn sync_jobs(s: Arc<dyn Store>) {
@@ -1012,17 +1439,29 @@ async fn sync_jobs(s: Arc<dyn Store>) {
     };
     s.update_sync_job(&done).await.unwrap();
     assert_eq!(s.get_sync_job(job.id).await.unwrap().unwrap(), done);
-    let failed = SyncJob { status: "failed".into(), error: Some("bank timeout".into()), summary: None, ..done };
+    let failed = SyncJob {
+        status: "failed".into(),
+        error: Some("bank timeout".into()),
+        summary: None,
+        ..done
+    };
     s.update_sync_job(&failed).await.unwrap();
     assert_eq!(s.get_sync_job(job.id).await.unwrap().unwrap(), failed);
     let second = s.create_sync_job(c.id, t(20)).await.unwrap();
     assert_ne!(second.id, job.id);
     assert!(s.get_sync_job(9_999).await.unwrap().is_none());
     assert!(matches!(
-        s.update_sync_job(&SyncJob { id: 9_999, ..failed }).await,
+        s.update_sync_job(&SyncJob {
+            id: 9_999,
+            ..failed
+        })
+        .await,
         Err(StoreError::NotFound(_))
     ));
-    assert!(matches!(s.create_sync_job(9_999, t(0)).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        s.create_sync_job(9_999, t(0)).await,
+        Err(StoreError::NotFound(_))
+    ));
 }
 
 // ---------------------------------------------------------------- backend-specific
@@ -1035,20 +1474,36 @@ async fn sqlite_refuses_a_file_that_is_not_a_database() {
     match SqliteStore::open(&path).await {
         Err(StoreError::Open { location, detail }) => {
             assert!(location.contains("notes.txt"), "{location}");
-            assert!(detail.contains("is not a bankbridge SQLite database: file is not a database"), "{detail}");
+            assert!(
+                detail.contains("is not a bankbridge SQLite database: file is not a database"),
+                "{detail}"
+            );
         }
         other => panic!("expected StoreError::Open, got {other:?}"),
     }
     // The file is left as it was.
-    assert!(std::fs::read_to_string(&path).unwrap().starts_with("these are my notes"));
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("these are my notes")
+    );
 
     let short = dir.path().join("short.db");
     std::fs::write(&short, "x").unwrap();
-    assert!(matches!(SqliteStore::open(&short).await, Err(StoreError::Open { .. })));
+    assert!(matches!(
+        SqliteStore::open(&short).await,
+        Err(StoreError::Open { .. })
+    ));
 
     // A folder, and a path whose parent is a file.
-    assert!(matches!(SqliteStore::open(dir.path()).await, Err(StoreError::Open { .. })));
-    assert!(matches!(SqliteStore::open(&path.join("x.db")).await, Err(StoreError::Open { .. })));
+    assert!(matches!(
+        SqliteStore::open(dir.path()).await,
+        Err(StoreError::Open { .. })
+    ));
+    assert!(matches!(
+        SqliteStore::open(&path.join("x.db")).await,
+        Err(StoreError::Open { .. })
+    ));
 }
 
 #[tokio::test]
@@ -1056,13 +1511,19 @@ async fn sqlite_refuses_another_programs_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other.db");
     {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
         let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
-        conn.execute("CREATE TABLE notes (body TEXT)").await.unwrap();
+        conn.execute("CREATE TABLE notes (body TEXT)")
+            .await
+            .unwrap();
         conn.close().await.unwrap();
     }
     match SqliteStore::open(&path).await {
-        Err(StoreError::Open { detail, .. }) => assert!(detail.contains("another program"), "{detail}"),
+        Err(StoreError::Open { detail, .. }) => {
+            assert!(detail.contains("another program"), "{detail}")
+        }
         other => panic!("expected StoreError::Open, got {other:?}"),
     }
 }
@@ -1074,13 +1535,25 @@ async fn sqlite_stores_money_as_text() {
     let s: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
     let (conn, acc) = setup(&s, "typeof").await;
     let mut w = window(conn, acc, t(0));
-    w.inserts = vec![tw("a", d(2024, 4, 1), "100"), tw("b", d(2024, 4, 1), "0.30")];
+    w.inserts = vec![
+        tw("a", d(2024, 4, 1), "100"),
+        tw("b", d(2024, 4, 1), "0.30"),
+    ];
     s.commit_window(&w).await.unwrap();
     let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
     let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
     let types: Vec<(String, String)> =
-        sqlx::query_as("SELECT typeof(amount), amount FROM transactions ORDER BY id").fetch_all(&mut c).await.unwrap();
-    assert_eq!(types, vec![("text".into(), "100".into()), ("text".into(), "0.30".into())]);
+        sqlx::query_as("SELECT typeof(amount), amount FROM transactions ORDER BY id")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(
+        types,
+        vec![
+            ("text".into(), "100".into()),
+            ("text".into(), "0.30".into())
+        ]
+    );
 }
 
 #[tokio::test]
@@ -1089,7 +1562,10 @@ async fn postgres_connect_failure_is_an_open_error() {
     let url = with_database(&admin, "bb_test_this_database_does_not_exist");
     match PgStore::connect(&url).await {
         Err(StoreError::Open { location, detail }) => {
-            assert!(location.contains("bb_test_this_database_does_not_exist"), "{location}");
+            assert!(
+                location.contains("bb_test_this_database_does_not_exist"),
+                "{location}"
+            );
             assert!(!detail.is_empty());
         }
         other => panic!("expected StoreError::Open, got {other:?}"),
@@ -1098,7 +1574,13 @@ async fn postgres_connect_failure_is_an_open_error() {
 
 #[test]
 fn with_database_keeps_the_rest_of_the_url() {
-    assert_eq!(with_database("postgres://u@h:1/postgres", "x"), "postgres://u@h:1/x");
-    assert_eq!(with_database("postgres://u@h:1/postgres?sslmode=disable", "x"), "postgres://u@h:1/x?sslmode=disable");
+    assert_eq!(
+        with_database("postgres://u@h:1/postgres", "x"),
+        "postgres://u@h:1/x"
+    );
+    assert_eq!(
+        with_database("postgres://u@h:1/postgres?sslmode=disable", "x"),
+        "postgres://u@h:1/x?sslmode=disable"
+    );
     assert_eq!(with_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
 }
