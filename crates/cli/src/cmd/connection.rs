@@ -1,0 +1,186 @@
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use bankbridge_core::{ConnectionSettings, Credentials, Secret};
+use chrono::NaiveDate;
+use clap::Subcommand;
+
+use crate::config::Config;
+
+#[derive(Subcommand, Debug)]
+pub enum ConnectionCommand {
+    /// Add a bank connection (the password is encrypted at rest).
+    #[command(after_help = "Example: echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h")]
+    Add(AddArgs),
+    /// List connections (never shows credentials).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a connection with all its accounts and transactions.
+    #[command(after_help = "Example: bankbridge connection remove my-fibank")]
+    Remove {
+        /// Name or id.
+        connection: String,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AddArgs {
+    #[arg(long)]
+    pub name: String,
+    /// Which bank API: fibank.
+    #[arg(long)]
+    pub connector: String,
+    /// The bank's base URL (e.g. https://my.fibank.bg, or a sandbox URL).
+    #[arg(long)]
+    pub base_url: String,
+    #[arg(long)]
+    pub username: String,
+    /// Read the password from standard input (first line) instead of a prompt.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Days per request (capped by the bank's own limit).
+    #[arg(long, default_value_t = 30)]
+    pub window_days: u32,
+    /// Days each incremental sync re-reads before the last synced day.
+    #[arg(long, default_value_t = 7)]
+    pub overlap_days: u32,
+    /// Oldest day to fetch (YYYY-MM-DD); default: as far back as the bank has data.
+    #[arg(long)]
+    pub since: Option<NaiveDate>,
+    /// Sync automatically in `serve` this often: 90s, 30m, 12h, 1d.
+    #[arg(long, value_parser = parse_interval)]
+    pub interval: Option<u64>,
+}
+
+/// `90s`, `30m`, `12h`, `1d`, or plain seconds.
+pub fn parse_interval(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 12h or 1d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use s, m, h or d")),
+    };
+    if n == 0 {
+        return Err("the interval must be more than zero".into());
+    }
+    Ok(n * mult)
+}
+
+pub async fn run(config: &Config, command: ConnectionCommand) -> Result<ExitCode> {
+    match command {
+        ConnectionCommand::Add(args) => add(config, args).await,
+        ConnectionCommand::List { json } => list(config, json).await,
+        ConnectionCommand::Remove { connection } => {
+            let store = config.store().await?;
+            let Some(c) = store.find_connection(&connection).await? else {
+                bail!("no connection named {connection:?}");
+            };
+            store.delete_connection(c.id).await?;
+            println!("removed connection {} (id {}) with its accounts and transactions", c.name, c.id);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn read_password(from_stdin: bool) -> Result<Secret<String>> {
+    if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+        let pw = line.trim_end_matches(['\n', '\r']).to_owned();
+        if pw.is_empty() {
+            bail!("the password on stdin is empty");
+        }
+        return Ok(Secret::new(pw));
+    }
+    Ok(Secret::new(rpassword::prompt_password("bank password: ").context("reading the password")?))
+}
+
+async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
+    if !bankbridge_connectors::KNOWN.contains(&args.connector.as_str()) {
+        bail!("unknown connector {:?}; known: {}", args.connector, bankbridge_connectors::KNOWN.join(", "));
+    }
+    let url = reqwest::Url::parse(&args.base_url).with_context(|| format!("--base-url {:?} is not a URL", args.base_url))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("--base-url must be http(s), got {}", url.scheme());
+    }
+    if args.window_days == 0 {
+        bail!("--window-days must be at least 1");
+    }
+    let password = read_password(args.password_stdin)?;
+    let (store, syncer) = super::open(config).await?;
+    let settings = ConnectionSettings {
+        window_days: args.window_days,
+        overlap_days: args.overlap_days,
+        since: args.since,
+        interval_secs: args.interval,
+        ..ConnectionSettings::new(args.base_url.trim_end_matches('/'), &args.username)
+    };
+    let c = bankbridge_sync::add_connection(
+        store.as_ref(),
+        &syncer.key,
+        &args.name,
+        &args.connector,
+        &settings,
+        &Credentials::with_password(password),
+    )
+    .await?;
+    println!("added connection {} (id {}); sync it with: bankbridge sync --connection {}", c.name, c.id, c.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(config: &Config, json: bool) -> Result<ExitCode> {
+    let store = config.store().await?;
+    let conns = store.list_connections().await?;
+    if json {
+        let items: Vec<_> = conns
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id, "name": c.name, "connector": c.connector, "settings": c.settings,
+                    "last_sync_at": c.last_sync_at, "last_sync_status": c.last_sync_status,
+                    "last_sync_error": c.last_sync_error,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = conns
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.to_string(),
+                c.name.clone(),
+                c.connector.clone(),
+                c.settings.get("base_url").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
+                c.last_sync_at.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "-".into()),
+                c.last_sync_status.clone(),
+            ]
+        })
+        .collect();
+    super::print_table(&["ID", "NAME", "CONNECTOR", "BASE URL", "LAST SYNC", "STATUS"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_interval;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("90s"), Ok(90));
+        assert_eq!(parse_interval("12h"), Ok(43200));
+        assert_eq!(parse_interval("1d"), Ok(86400));
+        assert_eq!(parse_interval("300"), Ok(300));
+        assert!(parse_interval("0m").is_err());
+        assert!(parse_interval("5w").is_err());
+        assert!(parse_interval("abc").is_err());
+    }
+}

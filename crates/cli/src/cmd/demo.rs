@@ -1,0 +1,86 @@
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bankbridge_core::{ConnectionSettings, Credentials, MasterKey, Secret};
+use bankbridge_server::AppState;
+use bankbridge_store::Scope;
+
+use super::sandbox::SandboxDataArgs;
+use crate::config::Config;
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Address of the API server.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    #[command(flatten)]
+    pub data: SandboxDataArgs,
+    /// Sync, print the curl line, and exit instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub no_serve: bool,
+}
+
+/// Sandbox + server on embedded SQLite in a throwaway data directory.
+pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+    let home = tempfile::Builder::new().prefix("bankbridge-demo-").tempdir()?;
+    let config = Config::for_home(home.path());
+    eprintln!("data directory: {} (deleted on exit)", home.path().display());
+
+    let sandbox_config = args.data.config();
+    sandbox_config.validate()?;
+    eprintln!(
+        "starting the simulated Fibank: {} accounts × {} transactions over {} years…",
+        sandbox_config.accounts, sandbox_config.transactions, sandbox_config.years
+    );
+    let sandbox = bankbridge_sandbox::spawn(sandbox_config).await.context("starting the sandbox")?;
+    let key = Arc::new(MasterKey::create_file(&config.key_file())?);
+    let store = config.store().await?;
+    let syncer = super::syncer(store.clone(), key.clone());
+
+    let creds = sandbox.credentials();
+    let settings = ConnectionSettings {
+        interval_secs: Some(3600),
+        ..ConnectionSettings::new(sandbox.base_url(), &creds.username)
+    };
+    let connection = bankbridge_sync::add_connection(
+        store.as_ref(),
+        &key,
+        "fibank-sandbox",
+        "fibank",
+        &settings,
+        &Credentials::with_password(Secret::new(creds.password.clone())),
+    )
+    .await?;
+    let summary = super::sync::sync_one(&syncer, &connection, false).await?;
+    eprintln!(
+        "synced {} transactions in {} accounts over {} windows",
+        summary.inserted, summary.accounts, summary.windows
+    );
+
+    let (token, record) = bankbridge_server::auth::new_token("demo-read", Scope::Read);
+    store.create_token(&record).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {} (pass --listen 127.0.0.1:PORT to pick another port)", args.listen))?;
+    let addr = listener.local_addr()?;
+
+    println!();
+    println!("bankbridge demo is up");
+    println!("  API:         http://{addr}/api/v1/  (OpenAPI: http://{addr}/api/v1/openapi.json)");
+    println!("  read token:  {}", token.expose());
+    println!("  sandbox:     {}  (truth: {}/_sandbox/fibank/truth)", sandbox.base_url(), sandbox.root_url());
+    println!("  try:");
+    println!("    curl -s -H 'Authorization: Bearer {}' 'http://{addr}/api/v1/transactions?limit=5'", token.expose());
+    println!();
+    if args.no_serve {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Ctrl-C stops the demo and deletes its data.");
+    let state = AppState::new(store, syncer, super::serve::known_connectors());
+    let scheduler = bankbridge_server::spawn_scheduler(state.clone());
+    bankbridge_server::serve(listener, state, super::serve::shutdown_signal()).await?;
+    scheduler.abort();
+    drop(sandbox);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,82 @@
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use bankbridge_sandbox::{FaultConfig, SandboxConfig, SandboxState};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SandboxArgs {
+    /// Address to serve the simulated banks on (loopback).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: String,
+    #[command(flatten)]
+    pub data: SandboxDataArgs,
+}
+
+/// What the simulated banks hold and how badly they behave.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SandboxDataArgs {
+    /// Seed of the generated data (same seed, same bank).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Accounts of the test customer.
+    #[arg(long, default_value_t = 3)]
+    pub accounts: usize,
+    /// Booked transactions per account.
+    #[arg(long, default_value_t = 2000)]
+    pub transactions: usize,
+    /// Years of history.
+    #[arg(long, default_value_t = 5)]
+    pub years: u32,
+    /// Share of bank API requests that fail (5xx, 429 with Retry-After, truncated JSON).
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_rate: f64,
+    /// Delay added to every bank request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Refuse statement requests longer than this many days.
+    #[arg(long)]
+    pub max_range_days: Option<u32>,
+    /// Access tokens expire after this many API requests.
+    #[arg(long)]
+    pub session_ttl_requests: Option<u32>,
+}
+
+impl SandboxDataArgs {
+    pub fn config(&self) -> SandboxConfig {
+        SandboxConfig {
+            seed: self.seed,
+            accounts: self.accounts,
+            transactions: self.transactions,
+            years: self.years,
+            max_range_days: self.max_range_days,
+            fault: FaultConfig {
+                fault_rate: self.fault_rate,
+                latency_ms: self.latency_ms,
+                session_ttl_requests: self.session_ttl_requests,
+                ..FaultConfig::default()
+            },
+            ..SandboxConfig::default()
+        }
+    }
+}
+
+pub async fn run(args: SandboxArgs) -> Result<ExitCode> {
+    let config = args.data.config();
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    eprintln!("generating {} accounts × {} transactions (seed {})…", config.accounts, config.transactions, config.seed);
+    let state = tokio::task::spawn_blocking(move || SandboxState::new(config)).await??;
+    let creds = state.fibank().credentials();
+    println!("simulated banks on http://{addr}");
+    println!("fibank   base URL http://{addr}/fibank   username {}   password {}", creds.username, creds.password);
+    println!("         truth    http://{addr}/_sandbox/fibank/truth");
+    println!(
+        "add it:  echo '{}' | bankbridge connection add --name fibank-sandbox --connector fibank --base-url http://{addr}/fibank --username {} --password-stdin",
+        creds.password, creds.username
+    );
+    bankbridge_sandbox::serve_state(listener, state, super::serve::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,55 @@
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bankbridge_server::{AppState, ServerConfig};
+
+use crate::config::Config;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "BANKBRIDGE_LISTEN")]
+    pub listen: Option<String>,
+    /// Seconds between scheduler checks for connections due a sync.
+    #[arg(long, default_value_t = 30)]
+    pub scheduler_tick: u64,
+}
+
+pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
+    let (store, syncer) = super::open(config).await?;
+    let listen = args.listen.or_else(|| config.file.listen.clone()).unwrap_or_else(|| "127.0.0.1:8080".into());
+    let server_config = ServerConfig { scheduler_tick: Duration::from_secs(args.scheduler_tick.max(1)), ..Default::default() };
+    let state = AppState::with_config(store, syncer, known_connectors(), server_config);
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving the bankbridge API");
+    eprintln!("bankbridge API on http://{addr}/api/v1/ (OpenAPI: http://{addr}/api/v1/openapi.json)");
+    let scheduler = bankbridge_server::spawn_scheduler(state.clone());
+    bankbridge_server::serve(listener, state, shutdown_signal()).await?;
+    scheduler.abort();
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn known_connectors() -> Vec<String> {
+    bankbridge_connectors::KNOWN.iter().map(|s| s.to_string()).collect()
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

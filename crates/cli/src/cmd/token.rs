@@ -1,0 +1,66 @@
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use bankbridge_store::Scope;
+use clap::Subcommand;
+
+use crate::config::Config;
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create an API token; it is printed once and stored only as a hash.
+    #[command(after_help = "Example: bankbridge token create --scope read --name airtable")]
+    Create {
+        /// read: GET data; write: also sync and manage connections; admin: everything.
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        scope: String,
+        /// A name to recognise the token by (unique).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List tokens (never their secret).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id or name.
+    Revoke { token: String },
+}
+
+pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
+    let store = config.store().await?;
+    match command {
+        TokenCommand::Create { scope, name } => {
+            let scope = Scope::parse(&scope).expect("clap restricts the values");
+            let name = name.unwrap_or_else(|| format!("{}-{}", scope.as_str(), chrono::Utc::now().format("%Y%m%d%H%M%S")));
+            let (plain, record) = bankbridge_server::auth::new_token(&name, scope);
+            store.create_token(&record).await?;
+            eprintln!("token {} ({}), shown once — keep it somewhere safe:", record.name, scope.as_str());
+            println!("{}", plain.expose());
+        }
+        TokenCommand::List { json } => {
+            let tokens = store.list_tokens().await?;
+            if json {
+                let v: Vec<_> = tokens
+                    .iter()
+                    .map(|t| serde_json::json!({"id": t.id, "name": t.name, "scope": t.scope.as_str(), "created_at": t.created_at, "last_used_at": t.last_used_at, "revoked_at": t.revoked_at}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let fmt = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "-".into());
+                let rows: Vec<Vec<String>> = tokens
+                    .iter()
+                    .map(|t| vec![t.id.clone(), t.name.clone(), t.scope.as_str().into(), fmt(Some(t.created_at)), fmt(t.last_used_at), fmt(t.revoked_at)])
+                    .collect();
+                super::print_table(&["ID", "NAME", "SCOPE", "CREATED", "LAST USED", "REVOKED"], &rows);
+            }
+        }
+        TokenCommand::Revoke { token } => {
+            if !store.revoke_token(&token, chrono::Utc::now()).await? {
+                bail!("no active token with id or name {token:?}");
+            }
+            println!("revoked {token}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,76 @@
+//! Logging set-up and the sync progress display.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bankbridge_sync::SyncEvent;
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing_subscriber::EnvFilter;
+
+/// Logs go to stderr; `BANKBRIDGE_LOG` (or `RUST_LOG`) sets the filter.
+/// One-shot commands log warnings only, so progress bars stay readable.
+pub fn init_logging(json: bool, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = std::env::var("BANKBRIDGE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// A progress line for one connection's sync: windows done, rows written.
+#[derive(Clone)]
+pub struct SyncProgress {
+    bar: ProgressBar,
+    inserted: Arc<AtomicU64>,
+    updated: Arc<AtomicU64>,
+}
+
+impl SyncProgress {
+    pub fn new(connection: &str, hidden: bool) -> Self {
+        let bar = if hidden { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner:.green} {prefix:.bold} [{elapsed_precise}] {pos} windows · {msg}")
+                .expect("valid template"),
+        );
+        bar.set_prefix(connection.to_owned());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Self { bar, inserted: Arc::default(), updated: Arc::default() }
+    }
+
+    pub fn on_event(&self, event: SyncEvent) {
+        match event {
+            SyncEvent::LoggedIn => self.bar.set_message("logged in"),
+            SyncEvent::Accounts { count } => self.bar.set_message(format!("{count} accounts")),
+            SyncEvent::Planned { .. } => {}
+            SyncEvent::WindowDone { account, window, stats } => {
+                let ins = self.inserted.fetch_add(stats.inserted, Ordering::Relaxed) + stats.inserted;
+                let upd = self.updated.fetch_add(stats.updated, Ordering::Relaxed) + stats.updated;
+                self.bar.inc(1);
+                self.bar.set_message(format!("{account} {window} · {ins} new, {upd} updated"));
+            }
+            SyncEvent::Retrying { what, attempt, delay, reason } => self.bar.println(format!(
+                "  retry {attempt} of {what} in {:.1}s: {reason}",
+                delay.as_secs_f64()
+            )),
+            SyncEvent::Relogin => self.bar.println("  the bank session expired; logged in again"),
+            SyncEvent::WindowShrunk { account, window, new_days } => self.bar.println(format!(
+                "  {account}: the bank refused {window}; fetching {new_days}-day windows"
+            )),
+        }
+    }
+
+    pub fn finish(&self, message: String) {
+        self.bar.finish_with_message(message);
+    }
+
+    pub fn abandon(&self, message: String) {
+        self.bar.abandon_with_message(message);
+    }
+}
