@@ -1,1 +1,37 @@
+//! Bank API connectors: one module per bank API, each implementing
+//! [`bankbridge_core::Connector`]. Connectors speak HTTP to the bank and map
+//! its answers to the domain types; they never write to the store and never
+//! retry (the sync engine does, from the errors' kinds).
 #![forbid(unsafe_code)]
+
+use bankbridge_core::{ConnectionSettings, Connector, Credentials};
+
+pub mod fibank;
+
+pub use fibank::FibankConnector;
+
+/// Names accepted by [`build`].
+pub const KNOWN: &[&str] = &["fibank"];
+
+/// Build the connector named `connector` for a connection.
+///
+/// ```
+/// use bankbridge_core::{ConnectionSettings, Credentials, Secret};
+/// let settings = ConnectionSettings::new("http://127.0.0.1:8080/fibank", "demo");
+/// let c = bankbridge_connectors::build("fibank", &settings, Credentials::with_password(Secret::from("pw"))).unwrap();
+/// assert_eq!(c.name(), "fibank");
+/// assert!(bankbridge_connectors::build("nope", &settings, Credentials::default()).is_err());
+/// ```
+pub fn build(
+    connector: &str,
+    settings: &ConnectionSettings,
+    credentials: Credentials,
+) -> Result<Box<dyn Connector>, String> {
+    match connector {
+        "fibank" => Ok(Box::new(FibankConnector::new(settings, credentials)?)),
+        other => Err(format!(
+            "unknown connector {other:?}: known connectors are {}",
+            KNOWN.join(", ")
+        )),
+    }
+}
