@@ -330,6 +330,21 @@ pub(crate) fn tx_query_sql(q: &TxQuery, dialect: Dialect, columns: &str) -> (Str
     (sql, args)
 }
 
+/// A migration failure, with the likely cause when the database is newer than this build.
+pub(crate) fn migrate_error(location: &str, e: &sqlx::migrate::MigrateError) -> StoreError {
+    use sqlx::migrate::MigrateError;
+    let hint = match e {
+        MigrateError::VersionMissing(_) => {
+            " (the database was written by a newer bankbridge: upgrade bankbridge to open it)"
+        }
+        MigrateError::VersionMismatch(_) => {
+            " (an applied migration differs from this build's: the database was written by another build)"
+        }
+        _ => "",
+    };
+    StoreError::Migrate(format!("{location}: {e}{hint}"))
+}
+
 /// Hide the password of a database URL before it appears in an error.
 pub(crate) fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {

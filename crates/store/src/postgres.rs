@@ -62,7 +62,7 @@ impl PgStore {
             })?;
         if let Err(e) = MIGRATOR.run(&pool).await {
             pool.close().await;
-            return Err(StoreError::Migrate(format!("{location}: {e}")));
+            return Err(common::migrate_error(&location, &e));
         }
         Ok(Self { location, pool })
     }

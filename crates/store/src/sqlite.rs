@@ -37,11 +37,14 @@ use crate::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Rows per multi-row INSERT of a full batch (20 bound values each, far
-/// under SQLite's 32,766-parameter limit). Smaller tails are cut into
-/// powers of two so only a handful of statement shapes ever get prepared.
-const INSERT_BATCH: usize = 512;
-const INSERT_PARAMS_PER_ROW: usize = 20;
+/// Rows per multi-row INSERT of a full batch: 25 bound values each, under
+/// SQLite's 32,766-parameter limit. Smaller tails are cut into powers of two
+/// so only a handful of statement shapes ever get prepared (and cached).
+///
+/// Parameters are anonymous (`?`): with numbered ones (`?NNN`) binding is
+/// quadratic in the parameter count (SQLite looks each name up in a list).
+const INSERT_BATCH: usize = 1024;
+const INSERT_PARAMS_PER_ROW: usize = 25;
 const READERS: u32 = 4;
 
 pub struct SqliteStore {
@@ -163,7 +166,7 @@ impl SqliteStore {
         }
         if let Err(e) = MIGRATOR.run(&writer).await {
             writer.close().await;
-            return Err(StoreError::Migrate(format!("{location}: {e}")));
+            return Err(common::migrate_error(&location, &e));
         }
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
@@ -322,8 +325,9 @@ const TX_WRITE_COLUMNS: &str = "provider_id, pending_provider_id, fingerprint, s
      transaction_date, amount, currency, original_amount, original_currency, raw_label, label, \
      counterparty_name, counterparty_iban, remittance_info, bank_code, running_balance, raw, search_text";
 
-/// The multi-row upsert for `rows` rows (a power of two up to INSERT_BATCH).
-/// `?1` connection, `?2` account, `?3` now, then 20 values per row.
+/// The multi-row upsert for `rows` rows (a power of two up to INSERT_BATCH):
+/// per row, connection, account, the 20 written fields, then now three times
+/// (first seen, last seen, updated).
 fn insert_sql(rows: usize) -> &'static str {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let all = SQL.get_or_init(|| {
@@ -341,17 +345,15 @@ fn insert_sql(rows: usize) -> &'static str {
 
 fn build_insert_sql(rows: usize) -> String {
     let mut sql = format!(
-        "INSERT INTO transactions (connection_id, account_id, {TX_WRITE_COLUMNS}, first_seen, last_seen, updated_at) VALUES "
+        "INSERT INTO transactions (connection_id, account_id, {TX_WRITE_COLUMNS}, first_seen, last_seen, updated_at) \
+         VALUES "
     );
+    let one_row = format!("({}?)", "?,".repeat(INSERT_PARAMS_PER_ROW - 1));
     for r in 0..rows {
         if r > 0 {
             sql.push(',');
         }
-        sql.push_str("(?1,?2");
-        for c in 0..INSERT_PARAMS_PER_ROW {
-            sql.push_str(&format!(",?{}", 4 + r * INSERT_PARAMS_PER_ROW + c));
-        }
-        sql.push_str(",?3,?3,?3)");
+        sql.push_str(&one_row);
     }
     sql.push_str(" ON CONFLICT (account_id, provider_id) DO UPDATE SET ");
     let sets: Vec<String> = TX_WRITE_COLUMNS
@@ -816,16 +818,20 @@ impl Store for SqliteStore {
             Some(_) => {}
         }
 
+        // Encoded once, as sqlx encodes a DateTime<Utc> for SQLite.
+        let now_text = now.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
         let mut rest = &prepared.inserts[..];
         while !rest.is_empty() {
             let n = common::batch_len(rest.len(), INSERT_BATCH);
             let (chunk, tail) = rest.split_at(n);
             let mut args = SqliteArguments::default();
-            args.add(commit.connection_id).map_err(encode_err)?;
-            args.add(account_id).map_err(encode_err)?;
-            args.add(now).map_err(encode_err)?;
             for p in chunk {
+                args.add(commit.connection_id).map_err(encode_err)?;
+                args.add(account_id).map_err(encode_err)?;
                 add_tx_values(&mut args, p)?;
+                for _ in 0..3 {
+                    args.add(now_text.as_str()).map_err(encode_err)?;
+                }
             }
             sqlx::query_with(insert_sql(n), args)
                 .execute(&mut *tx)

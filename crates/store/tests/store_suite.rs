@@ -190,6 +190,7 @@ store_tests! {
         commit_window_balances_written_only_on_change,
         commit_window_is_atomic,
         commit_window_upserts_a_row_that_moved_out_of_the_window,
+        large_window_round_trips_every_field,
         amounts_are_exact,
         query_filters_match_a_reference_filter,
         keyset_pagination_sees_every_row_once,
@@ -200,6 +201,7 @@ store_tests! {
     ],
     location: [
         migrations_are_idempotent,
+        a_newer_database_is_refused,
     ],
 }
 
@@ -331,6 +333,32 @@ async fn migrations_are_idempotent(location: String) {
     drop(second);
     let third = bankbridge_store::open(&location).await.expect("reopen");
     assert_eq!(third.list_connections().await.unwrap().len(), 1);
+}
+
+async fn a_newer_database_is_refused(location: String) {
+    let store = bankbridge_store::open(&location).await.expect("first open");
+    drop(store);
+    let sql = "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+               VALUES (9999, 'from the future', TRUE, ";
+    if location.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(&location).await.unwrap();
+        c.execute(format!("{sql} '\\x00'::bytea, 0)").as_str())
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+    } else {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&location);
+        let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        c.execute(format!("{sql} x'00', 0)").as_str())
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+    }
+    match bankbridge_store::open(&location).await {
+        Err(StoreError::Migrate(m)) => assert!(m.contains("newer bankbridge"), "{m}"),
+        Err(e) => panic!("expected StoreError::Migrate, got {e}"),
+        Ok(_) => panic!("expected StoreError::Migrate, got a store"),
+    }
 }
 
 async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
@@ -876,6 +904,80 @@ async fn commit_window_upserts_a_row_that_moved_out_of_the_window(s: Arc<dyn Sto
         (rows[0].first_seen, rows[0].updated_at, rows[0].last_seen),
         (t(0), t(10), t(10))
     );
+}
+
+async fn large_window_round_trips_every_field(s: Arc<dyn Store>) {
+    // More rows than one insert batch, with a ragged tail, every field varying.
+    let (conn, acc) = setup(&s, "large").await;
+    let n = 2_500;
+    let inserts: Vec<TxWrite> = (0..n)
+        .map(|i| {
+            let day = d(2023, 1, 1) + Duration::days(i as i64 % 365);
+            let mut x = tw(
+                &format!("L{i}"),
+                day,
+                &format!("{}.{:02}", i as i64 - 1_000, i % 100),
+            );
+            x.pending_provider_id = (i % 5 == 0).then(|| format!("P{i}"));
+            x.status = if i % 7 == 0 {
+                TxStatus::Pending
+            } else {
+                TxStatus::Booked
+            };
+            x.value_date = (i % 2 == 0).then(|| day + Duration::days(1));
+            x.transaction_date = (i % 3 == 0).then(|| day - Duration::days(1));
+            x.original_amount = (i % 4 == 0).then(|| Decimal::new(i as i64, 3));
+            x.original_currency = (i % 4 == 0).then(|| "EUR".to_owned());
+            x.raw_label = format!("RAW  {i}");
+            x.label = format!("label {i}");
+            x.counterparty_name = (i % 6 == 0).then(|| format!("cp {i}"));
+            x.counterparty_iban = (i % 8 == 0).then(|| format!("IBAN{i}"));
+            x.remittance_info = (i % 9 == 0).then(|| format!("rem {i}"));
+            x.bank_code = (i % 10 != 0).then(|| format!("code/{i}"));
+            x.running_balance = (i % 11 == 0).then(|| Decimal::new(i as i64 * 3, 2));
+            x.raw = format!(r#"{{"n":{i}}}"#);
+            x
+        })
+        .collect();
+    let mut w = window(conn, acc, t(0));
+    w.inserts = inserts.clone();
+    s.commit_window(&w).await.unwrap();
+    let rows = s
+        .load_window(acc, d(2000, 1, 1), d(2100, 1, 1))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), n);
+    for x in &inserts {
+        let r = by_provider(&rows, &x.provider_id);
+        let back = TxWrite {
+            provider_id: r.provider_id.clone(),
+            pending_provider_id: r.pending_provider_id.clone(),
+            fingerprint: r.fingerprint.clone(),
+            status: r.status,
+            booking_date: r.booking_date,
+            value_date: r.value_date,
+            transaction_date: r.transaction_date,
+            amount: r.amount,
+            currency: r.currency.to_string(),
+            original_amount: r.original_amount,
+            original_currency: r.original_currency.map(|c| c.to_string()),
+            raw_label: r.raw_label.clone(),
+            label: r.label.clone(),
+            counterparty_name: r.counterparty_name.clone(),
+            counterparty_iban: r.counterparty_iban.clone(),
+            remittance_info: r.remittance_info.clone(),
+            bank_code: r.bank_code.clone(),
+            running_balance: r.running_balance,
+            raw: r.raw.to_string(),
+        };
+        assert_eq!(&back, x);
+    }
+    // Ids follow the order of the inserts.
+    let mut by_id: Vec<&Transaction> = rows.iter().collect();
+    by_id.sort_by_key(|r| r.id);
+    let order: Vec<&str> = by_id.iter().map(|r| r.provider_id.as_str()).collect();
+    let expected: Vec<&str> = inserts.iter().map(|x| x.provider_id.as_str()).collect();
+    assert_eq!(order, expected);
 }
 
 async fn amounts_are_exact(s: Arc<dyn Store>) {
