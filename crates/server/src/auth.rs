@@ -157,7 +157,11 @@ mod tests {
             None
         );
         assert_eq!(
-            token_id("bb_0123456789ab_AAAAAAAAAAAAAAAAAAAAAAAA-_AAAAAAAAAAAAAAAAAAA"),
+            token_id(&format!(
+                "bb_0123456789ab_{}-_{}",
+                "A".repeat(20),
+                "A".repeat(21)
+            )),
             Some("0123456789ab")
         );
         // Secrets may contain '_': only the first one after the id separates.

@@ -71,10 +71,9 @@ impl TokenAuth {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&hash)
+            && hit.until > now
         {
-            if hit.until > now {
-                return Ok(hit.principal.clone());
-            }
+            return Ok(hit.principal.clone());
         }
         let id = auth::token_id(token).ok_or_else(|| refuse(TokenError::Malformed))?;
         let record = store

@@ -101,10 +101,10 @@ impl AppState {
         trigger: Trigger,
     ) -> Result<SyncStart, StoreError> {
         let _serial = self.syncs.start.lock().await;
-        if let Some(job_id) = self.running_sync(connection.id) {
-            if let Some(job) = self.store.get_sync_job(job_id).await? {
-                return Ok(SyncStart::AlreadyRunning(job));
-            }
+        if let Some(job_id) = self.running_sync(connection.id)
+            && let Some(job) = self.store.get_sync_job(job_id).await?
+        {
+            return Ok(SyncStart::AlreadyRunning(job));
         }
         let job = self
             .store
@@ -139,9 +139,15 @@ async fn run_job(
     let syncer = state.syncer.clone();
     let conn_name = connection.name.clone();
     let name = connection.name.clone();
-    let task = tokio::spawn(async move {
+    // `Syncer::sync`'s future is not `Send` today (the engine holds a
+    // `&dyn Connector` across an await), so it cannot go to `tokio::spawn`:
+    // it runs on a blocking-pool thread that drives it with the runtime's
+    // handle (its I/O still runs on the runtime). A panic inside ends up in
+    // the join error below either way.
+    let runtime = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || {
         let progress = move |event: SyncEvent| log_event(&name, &event);
-        syncer.sync(&connection, &progress).await
+        runtime.block_on(syncer.sync(&connection, &progress))
     });
     let name = &conn_name;
     match task.await {

@@ -60,21 +60,21 @@ pub fn apply_filter(q: &mut TxQuery, name: &str, value: &str) -> Result<bool, Ap
 
 /// Cross-parameter checks once every filter is applied.
 pub fn check_filters(q: &TxQuery) -> Result<(), ApiError> {
-    if let (Some(f), Some(t)) = (q.from, q.to) {
-        if f > t {
-            return Err(ApiError::invalid_parameter(
-                "to",
-                format!("to ({t}) is before from ({f})"),
-            ));
-        }
+    if let (Some(f), Some(t)) = (q.from, q.to)
+        && f > t
+    {
+        return Err(ApiError::invalid_parameter(
+            "to",
+            format!("to ({t}) is before from ({f})"),
+        ));
     }
-    if let (Some(lo), Some(hi)) = (q.min_amount, q.max_amount) {
-        if lo > hi {
-            return Err(ApiError::invalid_parameter(
-                "max_amount",
-                format!("max_amount ({hi}) is below min_amount ({lo})"),
-            ));
-        }
+    if let (Some(lo), Some(hi)) = (q.min_amount, q.max_amount)
+        && lo > hi
+    {
+        return Err(ApiError::invalid_parameter(
+            "max_amount",
+            format!("max_amount ({hi}) is below min_amount ({lo})"),
+        ));
     }
     Ok(())
 }

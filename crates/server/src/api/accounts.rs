@@ -7,7 +7,7 @@ use axum::routing::get;
 use bankbridge_store::Scope;
 use utoipa::OpenApi;
 
-use super::{ApiPath, List, guarded, json};
+use super::{List, PathId, guarded, json};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::params;
@@ -86,7 +86,7 @@ pub(crate) async fn list(
 )]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let account = state
         .store
@@ -109,7 +109,7 @@ pub(crate) async fn get_one(
 )]
 pub(crate) async fn balances(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     state
         .store

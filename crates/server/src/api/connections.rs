@@ -11,7 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
-use super::{ApiJson, ApiPath, List, guarded, json};
+use super::{ApiJson, List, PathId, guarded, json};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 
@@ -138,7 +138,7 @@ impl CreateConnection {
                 "name must be 1 to 64 letters, digits, '-', '_', '.' or spaces, and not only digits",
             ));
         }
-        if !connectors.iter().any(|c| *c == self.connector) {
+        if !connectors.contains(&self.connector) {
             return Err(ApiError::invalid_parameter(
                 "connector",
                 format!(
@@ -286,7 +286,7 @@ pub(crate) async fn create(
 )]
 pub(crate) async fn remove(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
+    PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
     if let Some(job) = state.running_sync(id) {
         return Err(ApiError::new(

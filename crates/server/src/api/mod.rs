@@ -3,7 +3,8 @@
 //! `Doc` merged into [`openapi`]. Handlers stay thin: parse, call the store,
 //! the syncer or a library module, answer.
 use axum::Router;
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -136,7 +137,23 @@ pub(crate) struct List<'a, T> {
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub(crate) struct ApiJson<T>(pub T);
 
-/// `axum::extract::Path` whose rejections are [`ApiError`]s.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub(crate) struct ApiPath<T>(pub T);
+/// The numeric `{id}` of a route's path; a bad one is `invalid_parameter` naming `id`.
+pub(crate) struct PathId(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(ApiError::internal)?;
+        let value = params
+            .iter()
+            .find_map(|(k, v)| (k == "id").then_some(v))
+            .ok_or_else(|| ApiError::internal("a route using PathId has no {id}"))?;
+        value
+            .parse::<i64>()
+            .map(PathId)
+            .map_err(|_| ApiError::invalid_parameter("id", "id must be a numeric id"))
+    }
+}

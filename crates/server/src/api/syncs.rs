@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use bankbridge_store::Scope;
 use utoipa::OpenApi;
 
-use super::{ApiPath, guarded, json};
+use super::{PathId, guarded, json};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::jobs::Trigger;
@@ -49,7 +49,7 @@ pub(crate) struct Doc;
 )]
 pub(crate) async fn start(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let connection = state
         .store
@@ -75,7 +75,7 @@ pub(crate) async fn start(
 )]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
+    PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let job = state
         .store

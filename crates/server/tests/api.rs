@@ -1,0 +1,680 @@
+//! The API over real loopback HTTP: auth, scopes, errors, limits,
+//! connections, sync jobs, OpenAPI.
+mod common;
+
+use std::time::Duration;
+
+use bankbridge_server::ServerConfig;
+use bankbridge_store::Scope;
+use chrono::Utc;
+use common::*;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn healthz_needs_no_token() {
+    let s = TestServer::start().await;
+    let res = s.client.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body, json!({"status": "ok", "database": "sqlite"}));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_and_wrong_tokens_are_401_json() {
+    let s = TestServer::start().await;
+    let res = s
+        .client
+        .get(s.url("/api/v1/accounts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    expect_error(res, 401, "unauthorized").await;
+
+    let res = s
+        .client
+        .get(s.url("/api/v1/accounts"))
+        .header("authorization", "Basic dTpw")
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 401, "unauthorized").await;
+
+    for bad in [
+        "nonsense",
+        "bb_0123456789ab_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
+        let res = s.get("/api/v1/accounts", bad).await;
+        assert!(
+            res.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("invalid_token")
+        );
+        expect_error(res, 401, "invalid_token").await;
+    }
+    // A real id with a wrong secret.
+    let good = s.token(Scope::Read).await;
+    let mut forged = good.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'x' { 'y' } else { 'x' });
+    expect_error(
+        s.get("/api/v1/accounts", &forged).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(s.get("/api/v1/accounts", &good).await.status(), 200);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn scopes_are_enforced() {
+    let s = TestServer::start().await;
+    let read = s.token(Scope::Read).await;
+    let write = s.token(Scope::Write).await;
+    let admin = s.token(Scope::Admin).await;
+    let conn = create_connection(&s, &write, "scoped", "fake").await;
+    let id = conn["id"].as_i64().unwrap();
+    let sync_path = format!("/api/v1/connections/{id}/sync");
+
+    for t in [&read, &write, &admin] {
+        for path in [
+            "/api/v1/accounts",
+            "/api/v1/transactions",
+            "/api/v1/connections",
+            "/api/v1/openapi.json",
+        ] {
+            assert_eq!(s.get(path, t).await.status(), 200, "{path}");
+        }
+    }
+    // read cannot POST a sync, create or delete a connection.
+    let res = s
+        .client
+        .post(s.url(&sync_path))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 403, "forbidden").await;
+    let res = s
+        .post_json(
+            "/api/v1/connections",
+            &read,
+            &connection_body("nope", "fake"),
+        )
+        .await;
+    expect_error(res, 403, "forbidden").await;
+    let res = s
+        .client
+        .delete(s.url(&format!("/api/v1/connections/{id}")))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 403, "forbidden").await;
+
+    // write and admin can.
+    let res = s
+        .client
+        .post(s.url(&sync_path))
+        .bearer_auth(&write)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let job: Value = res.json().await.unwrap();
+    wait_job(&s, &read, job["id"].as_i64().unwrap()).await;
+    let res = s
+        .client
+        .post(s.url(&sync_path))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let job: Value = res.json().await.unwrap();
+    wait_job(&s, &read, job["id"].as_i64().unwrap()).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn revoked_tokens_are_refused() {
+    // A short cache so a revocation takes effect quickly.
+    let s = TestServer::start_with(ServerConfig {
+        token_cache_ttl: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let used = s.token(Scope::Read).await;
+    let fresh = s.token(Scope::Read).await;
+    assert_eq!(s.get("/api/v1/accounts", &used).await.status(), 200);
+    let id_of = |t: &str| bankbridge_server::auth::token_id(t).unwrap().to_owned();
+    assert!(
+        s.store
+            .revoke_token(&id_of(&used), Utc::now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.store
+            .revoke_token(&id_of(&fresh), Utc::now())
+            .await
+            .unwrap()
+    );
+    // Never cached: refused at once.
+    let body = expect_error(
+        s.get("/api/v1/accounts", &fresh).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert!(
+        body["message"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
+    // Cached: refused once the cache entry expires.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    expect_error(s.get("/api/v1/accounts", &used).await, 401, "invalid_token").await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn last_used_is_recorded() {
+    let s = TestServer::start().await;
+    let t = s.token(Scope::Read).await;
+    let id = bankbridge_server::auth::token_id(&t).unwrap().to_owned();
+    for _ in 0..5 {
+        assert_eq!(s.get("/api/v1/accounts", &t).await.status(), 200);
+    }
+    let mut used = None;
+    for _ in 0..50 {
+        used = s.store.find_token(&id).await.unwrap().unwrap().last_used_at;
+        if used.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(used.is_some(), "last_used_at was never recorded");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let s = TestServer::start().await;
+    let t = s.token(Scope::Admin).await;
+    expect_error(s.get("/api/v1/nope", &t).await, 404, "not_found").await;
+    expect_error(
+        s.client.get(s.url("/nope")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(s.get("/api/v1/accounts/999999", &t).await, 404, "not_found").await;
+    expect_error(s.get("/api/v1/syncs/999999", &t).await, 404, "not_found").await;
+    let body = expect_error(
+        s.get("/api/v1/accounts/abc", &t).await,
+        400,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(body["parameter"], "id");
+    let res = s
+        .client
+        .put(s.url("/api/v1/accounts"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("allow").is_some());
+    expect_error(res, 405, "method_not_allowed").await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_are_capped_and_checked() {
+    let s = TestServer::start().await;
+    let t = s.token(Scope::Write).await;
+    // Oversized, with a Content-Length.
+    let big = json!({"name": "x".repeat(100 * 1024)});
+    expect_error(
+        s.post_json("/api/v1/connections", &t, &big).await,
+        413,
+        "payload_too_large",
+    )
+    .await;
+    // Oversized, chunked (no Content-Length).
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..100).map(|_| Ok(vec![b' '; 1024])).collect();
+    let res = s
+        .client
+        .post(s.url("/api/v1/connections"))
+        .bearer_auth(&t)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 413, "payload_too_large").await;
+    // Malformed JSON.
+    let res = s
+        .client
+        .post(s.url("/api/v1/connections"))
+        .bearer_auth(&t)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 400, "bad_request").await;
+    // Not JSON at all.
+    let res = s
+        .client
+        .post(s.url("/api/v1/connections"))
+        .bearer_auth(&t)
+        .body("name=x")
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 415, "unsupported_media_type").await;
+    // Wrong shape: names the field.
+    let mut body = connection_body("shape", "fake");
+    body["window_days"] = json!("thirty");
+    let err = expect_error(
+        s.post_json("/api/v1/connections", &t, &body).await,
+        400,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(err["parameter"], "window_days");
+    // Unknown fields are refused.
+    let mut body = connection_body("typo", "fake");
+    body["intervall_secs"] = json!(60);
+    let err = expect_error(
+        s.post_json("/api/v1/connections", &t, &body).await,
+        400,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(err["parameter"], "intervall_secs");
+    // A secret field of the wrong type is not quoted back.
+    let mut body = connection_body("secretshape", "fake");
+    body["password"] = json!(123456789);
+    let err = expect_error(
+        s.post_json("/api/v1/connections", &t, &body).await,
+        400,
+        "invalid_parameter",
+    )
+    .await;
+    assert!(!err.to_string().contains("123456789"), "{err}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_query_parameters_are_named() {
+    let s = TestServer::start().await;
+    let t = s.token(Scope::Read).await;
+    for (q, param) in [
+        ("limit=1001", "limit"),
+        ("from=2024-02-30", "from"),
+        ("min_amount=ten", "min_amount"),
+        ("status=done", "status"),
+        ("updated_since=yesterday", "updated_since"),
+        ("cursor=%21%21", "cursor"),
+        ("acount=1", "acount"),
+    ] {
+        let res = s.get(&format!("/api/v1/transactions?{q}"), &t).await;
+        let body = expect_error(res, 400, "invalid_parameter").await;
+        assert_eq!(body["parameter"], param, "{q}");
+    }
+    let body = expect_error(
+        s.get("/api/v1/export?format=xlsx", &t).await,
+        400,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(body["parameter"], "format");
+    s.shutdown().await;
+}
+
+fn connection_body(name: &str, connector: &str) -> Value {
+    json!({
+        "name": name,
+        "connector": connector,
+        "base_url": "http://127.0.0.1:9/api",
+        "username": "alice",
+        "password": FAKE_PASSWORD,
+        "window_days": 30,
+        "since": (Utc::now().date_naive() - chrono::Days::new(20)).to_string(),
+    })
+}
+
+async fn create_connection(s: &TestServer, token: &str, name: &str, connector: &str) -> Value {
+    let res = s
+        .post_json(
+            "/api/v1/connections",
+            token,
+            &connection_body(name, connector),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    res.json().await.unwrap()
+}
+
+/// Poll a job until it is no longer queued or running.
+async fn wait_job(s: &TestServer, token: &str, id: i64) -> Value {
+    for _ in 0..300 {
+        let job = s.get_json(&format!("/api/v1/syncs/{id}"), token).await;
+        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {id} did not finish");
+}
+
+#[tokio::test]
+async fn connections_never_echo_credentials() {
+    capture_logs();
+    let s = TestServer::start().await;
+    let t = s.token(Scope::Write).await;
+    let mut body = connection_body("main bank", "fake");
+    body["interval_secs"] = json!(3600);
+    let res = s.post_json("/api/v1/connections", &t, &body).await;
+    assert_eq!(res.status(), 201);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let created_text = res.text().await.unwrap();
+    let created: Value = serde_json::from_str(&created_text).unwrap();
+    assert_eq!(location, format!("/api/v1/connections/{}", created["id"]));
+    assert_eq!(created["name"], "main bank");
+    assert_eq!(created["connector"], "fake");
+    assert_eq!(created["settings"]["username"], "alice");
+    assert_eq!(created["settings"]["interval_secs"], 3600);
+    assert_eq!(created["settings"]["window_days"], 30);
+    assert_eq!(created["last_sync_status"], "never");
+
+    let list_text = s.get("/api/v1/connections", &t).await.text().await.unwrap();
+    let list: Value = serde_json::from_str(&list_text).unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+
+    // The same name again: conflict.
+    expect_error(
+        s.post_json("/api/v1/connections", &t, &body).await,
+        409,
+        "conflict",
+    )
+    .await;
+    // Validation names the field.
+    for (field, value) in [
+        ("connector", json!("nobank")),
+        ("base_url", json!("ftp://x")),
+        ("name", json!("1234")),
+        ("interval_secs", json!(5)),
+        ("password", json!("")),
+    ] {
+        let mut b = connection_body("valid-name", "fake");
+        b[field] = value;
+        let err = expect_error(
+            s.post_json("/api/v1/connections", &t, &b).await,
+            400,
+            "invalid_parameter",
+        )
+        .await;
+        assert_eq!(err["parameter"], field);
+    }
+
+    // A sync uses the sealed password (the fake bank refuses any other).
+    let id = created["id"].as_i64().unwrap();
+    let res = s
+        .client
+        .post(s.url(&format!("/api/v1/connections/{id}/sync")))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    let job: Value = res.json().await.unwrap();
+    let job = wait_job(&s, &t, job["id"].as_i64().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let conns = s.get_json("/api/v1/connections", &t).await;
+    assert_eq!(conns["data"][0]["last_sync_status"], "ok");
+
+    for text in [
+        &created_text,
+        &list_text,
+        &job.to_string(),
+        &conns.to_string(),
+    ] {
+        assert!(
+            !text.contains(FAKE_PASSWORD),
+            "the password leaked into a response: {text}"
+        );
+        assert!(!text.contains("credentials"), "{text}");
+    }
+    let logs = logs();
+    assert!(logs.contains("connection created"), "the capture works");
+    assert!(
+        !logs.contains(FAKE_PASSWORD),
+        "the password leaked into the logs"
+    );
+    assert!(!logs.contains(&t), "the token leaked into the logs");
+
+    // Delete.
+    let res = s
+        .client
+        .delete(s.url(&format!("/api/v1/connections/{id}")))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = s
+        .client
+        .delete(s.url(&format!("/api/v1/connections/{id}")))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 404, "not_found").await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn sync_job_lifecycle_and_one_sync_at_a_time() {
+    let s = TestServer::start().await;
+    let t = s.token(Scope::Write).await;
+    let conn = create_connection(&s, &t, "slowbank", "slow").await;
+    let id = conn["id"].as_i64().unwrap();
+    let path = format!("/api/v1/connections/{id}/sync");
+
+    let res = s
+        .client
+        .post(s.url(&path))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let first: Value = res.json().await.unwrap();
+    assert_eq!(location, format!("/api/v1/syncs/{}", first["id"]));
+    assert!(
+        matches!(first["status"].as_str(), Some("queued" | "running")),
+        "{first}"
+    );
+
+    // While it runs: the same job comes back, and the connection cannot be deleted.
+    let res = s
+        .client
+        .post(s.url(&path))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let second: Value = res.json().await.unwrap();
+    assert_eq!(second["id"], first["id"]);
+    let listed = s.get_json("/api/v1/connections", &t).await;
+    assert_eq!(listed["data"][0]["running_sync_job"], first["id"]);
+    let res = s
+        .client
+        .delete(s.url(&format!("/api/v1/connections/{id}")))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, 409, "sync_in_progress").await;
+
+    let done = wait_job(&s, &t, first["id"].as_i64().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(done["started_at"].is_string() && done["finished_at"].is_string());
+    assert_eq!(done["summary"]["inserted"], 3, "{done}");
+    assert_eq!(done["summary"]["connection"], "slowbank");
+
+    // The synced rows are served.
+    let txs = s.get_json("/api/v1/transactions", &t).await;
+    assert_eq!(txs["data"].as_array().unwrap().len(), 3);
+    let accounts = s.get_json("/api/v1/accounts", &t).await;
+    let iban = bankbridge_core::Iban::from_parts("BG", "BNBG96611020345678").unwrap();
+    assert_eq!(accounts["data"][0]["iban"], iban.as_str());
+
+    // Once finished, a new request starts a new job.
+    let res = s
+        .client
+        .post(s.url(&path))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    let third: Value = res.json().await.unwrap();
+    assert_ne!(third["id"], first["id"]);
+    let done = wait_job(&s, &t, third["id"].as_i64().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["summary"]["inserted"], 0, "{done}");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_sync_is_reported_on_the_job() {
+    let s = TestServer::start().await;
+    let t = s.token(Scope::Write).await;
+    let mut body = connection_body("wrongpw", "fake");
+    body["password"] = json!("not-the-password");
+    let res = s.post_json("/api/v1/connections", &t, &body).await;
+    let conn: Value = res.json().await.unwrap();
+    let res = s
+        .client
+        .post(s.url(&format!("/api/v1/connections/{}/sync", conn["id"])))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    let job: Value = res.json().await.unwrap();
+    let job = wait_job(&s, &t, job["id"].as_i64().unwrap()).await;
+    assert_eq!(job["status"], "failed");
+    assert!(
+        job["error"].as_str().unwrap().contains("refused the login"),
+        "{job}"
+    );
+    assert!(!job.to_string().contains("not-the-password"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn scheduler_syncs_due_connections_once() {
+    let s = TestServer::start().await;
+    let t = s.token(Scope::Write).await;
+    let mut body = connection_body("scheduled", "slow");
+    body["interval_secs"] = json!(3600);
+    let conn: Value = s
+        .post_json("/api/v1/connections", &t, &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    create_connection(&s, &t, "manual", "fake").await;
+
+    let started = bankbridge_server::scheduler::run_due(&s.state, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(started.len(), 1, "only the scheduled connection is due");
+    assert_eq!(started[0].connection_id, conn["id"].as_i64().unwrap());
+    // A second pass while it runs starts nothing.
+    let again = bankbridge_server::scheduler::run_due(&s.state, Utc::now())
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    let done = wait_job(&s, &t, started[0].id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // Synced just now: not due for an hour.
+    let later = bankbridge_server::scheduler::run_due(&s.state, Utc::now())
+        .await
+        .unwrap();
+    assert!(later.is_empty());
+    let in_an_hour = Utc::now() + chrono::Duration::seconds(3601);
+    let due = bankbridge_server::scheduler::run_due(&s.state, in_an_hour)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1);
+    wait_job(&s, &t, due[0].id).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn openapi_lists_every_path() {
+    let s = TestServer::start().await;
+    let t = s.token(Scope::Read).await;
+    let res = s.get("/api/v1/openapi.json", &t).await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let doc: Value = res.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/healthz",
+        "/api/v1/accounts",
+        "/api/v1/accounts/{id}",
+        "/api/v1/accounts/{id}/balances",
+        "/api/v1/transactions",
+        "/api/v1/connections",
+        "/api/v1/connections/{id}",
+        "/api/v1/connections/{id}/sync",
+        "/api/v1/syncs/{id}",
+        "/api/v1/export",
+        "/api/v1/openapi.json",
+    ] {
+        assert!(paths.contains_key(p), "missing {p}");
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let params: Vec<&str> = doc["paths"]["/api/v1/transactions"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in [
+        "account",
+        "from",
+        "to",
+        "min_amount",
+        "max_amount",
+        "text",
+        "status",
+        "updated_since",
+        "limit",
+        "cursor",
+    ] {
+        assert!(params.contains(&p), "transactions lacks {p}: {params:?}");
+    }
+    let pw = &doc["components"]["schemas"]["CreateConnection"]["properties"]["password"];
+    assert_eq!(pw["writeOnly"], true, "{pw}");
+    s.shutdown().await;
+}
