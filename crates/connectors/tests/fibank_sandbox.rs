@@ -361,3 +361,45 @@ async fn pending_items_book_under_new_ids_as_the_clock_moves() {
         "pending items booked after the clock moved"
     );
 }
+
+#[tokio::test]
+async fn slow_and_unreachable_banks_are_transient() {
+    let sb = sandbox(8).await;
+    let (c, account) = logged_in(&sb).await;
+    let mut c = c.with_timeout(Duration::from_millis(200));
+    // with_timeout builds a new client: the session (a bearer token) survives it.
+    sb.fibank()
+        .set_fault(FaultConfig {
+            latency_ms: 1_000,
+            ..FaultConfig::default()
+        })
+        .unwrap();
+    let e = c.window(&account, last_month()).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ConnectorError::Transient {
+                kind: TransientKind::Timeout,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+
+    // Nothing listens on the sandbox's port once it is shut down.
+    let settings = ConnectionSettings::new(sb.base_url(), "demo");
+    sb.shutdown().await.unwrap();
+    let mut gone =
+        FibankConnector::new(&settings, Credentials::with_password(Secret::from("x"))).unwrap();
+    let e = gone.login().await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ConnectorError::Transient {
+                kind: TransientKind::Network,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}

@@ -415,11 +415,14 @@ impl World {
             let n = acct.owed.floor().max(0.0);
             acct.owed -= n;
             let n = n as usize;
+            let salary_permille = ((self.rate * 1000.0 / 3.0) as i64).clamp(50, 1000);
             if a == 0 && is_salary_day(d) {
                 let employer = (mix(self.params.seed, 7, 0) % EMPLOYERS.len() as u64) as u16;
                 booked.push(Draft {
                     secs: rng.random_range(9 * 3600..11 * 3600),
-                    cents: acct.scale(rng.random_range(250_000..420_000)),
+                    // A sparse account gets a smaller salary so its balance
+                    // stays plausible (per mille of a full salary).
+                    cents: acct.scale(rng.random_range(250_000..420_000) * salary_permille / 1000),
                     what: What::Salary { employer },
                     value_date: d,
                 });
