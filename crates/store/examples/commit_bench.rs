@@ -154,6 +154,88 @@ async fn raw_sqlite(
     Ok(took)
 }
 
+/// Plain multi-row INSERTs on PostgreSQL, one transaction per window.
+async fn raw_pg(
+    url: &str,
+    conn_id: i64,
+    acc: i64,
+    rows: &[TxWrite],
+    window: usize,
+) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+    let mut c = sqlx::PgConnection::connect(url).await?;
+    let per_stmt = 60_000 / RAW_PER_ROW;
+    let now = Utc::now();
+    let mut sql_by_len: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
+    let started = Instant::now();
+    for win in rows.chunks(window) {
+        let mut tx = c.begin().await?;
+        for chunk in win.chunks(per_stmt) {
+            let sql = sql_by_len
+                .entry(chunk.len())
+                .or_insert_with(|| {
+                    let mut sql = format!("INSERT INTO transactions ({RAW_COLUMNS}) VALUES ");
+                    for r in 0..chunk.len() {
+                        let ps: Vec<String> = (1..=RAW_PER_ROW)
+                            .map(|k| {
+                                let n = r * RAW_PER_ROW + k;
+                                if k == 21 {
+                                    format!("${n}::json")
+                                } else {
+                                    format!("${n}")
+                                }
+                            })
+                            .collect();
+                        sql.push_str(if r == 0 { "(" } else { ",(" });
+                        sql.push_str(&ps.join(","));
+                        sql.push(')');
+                    }
+                    sql
+                })
+                .as_str();
+            let mut a = sqlx::postgres::PgArguments::default();
+            for w in chunk {
+                let search = lower(&format!(
+                    "{}\u{1f}{}\u{1f}{}\u{1f}{}",
+                    w.label,
+                    w.raw_label,
+                    w.counterparty_name.as_deref().unwrap_or(""),
+                    w.remittance_info.as_deref().unwrap_or("")
+                ));
+                a.add(conn_id)?;
+                a.add(acc)?;
+                a.add(w.provider_id.as_str())?;
+                a.add(w.pending_provider_id.as_deref())?;
+                a.add(w.fingerprint.as_str())?;
+                a.add(w.status.as_str())?;
+                a.add(w.booking_date)?;
+                a.add(w.value_date)?;
+                a.add(w.transaction_date)?;
+                a.add(w.amount)?;
+                a.add(w.currency.as_str())?;
+                a.add(w.original_amount)?;
+                a.add(w.original_currency.as_deref())?;
+                a.add(w.raw_label.as_str())?;
+                a.add(w.label.as_str())?;
+                a.add(w.counterparty_name.as_deref())?;
+                a.add(w.counterparty_iban.as_deref())?;
+                a.add(w.remittance_info.as_deref())?;
+                a.add(w.bank_code.as_deref())?;
+                a.add(w.running_balance)?;
+                a.add(w.raw.as_str())?;
+                a.add(search)?;
+                a.add(now)?;
+                a.add(now)?;
+                a.add(now)?;
+            }
+            sqlx::query_with(sql, a).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    }
+    let took = started.elapsed();
+    c.close().await?;
+    Ok(took)
+}
+
 async fn setup(
     store: &dyn Store,
     name: &str,
@@ -293,16 +375,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     if let Ok(url) = std::env::var("BANKBRIDGE_BENCH_PG_URL") {
         let pg: Arc<dyn Store> = bankbridge_store::open(&url).await?;
+        let name = format!("bench-raw-{}", std::process::id());
+        let (c, a) = setup(pg.as_ref(), &name).await?;
+        let raw = raw_pg(&url, c, a, &rows, window).await?;
+        pg.delete_connection(c).await?;
         let name = format!("bench-{}", std::process::id());
         let (c, a) = setup(pg.as_ref(), &name).await?;
         let d = via_commit_window(pg.as_ref(), c, a, &rows, window).await?;
-        println!(
-            "{:<44} {:>10.3} {:>16}",
-            "postgres commit_window",
-            d.as_secs_f64(),
-            rate(n, d)
-        );
         pg.delete_connection(c).await?;
+        for (name, d) in [
+            ("postgres raw multi-row INSERT", raw),
+            ("postgres commit_window", d),
+        ] {
+            println!(
+                "{:<44} {:>10.3} {:>16} {:>7.2}x",
+                name,
+                d.as_secs_f64(),
+                rate(n, d),
+                d.as_secs_f64() / raw.as_secs_f64().max(1e-9)
+            );
+        }
     }
     Ok(())
 }

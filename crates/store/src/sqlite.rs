@@ -9,6 +9,7 @@
 //! Money is stored as exact decimal TEXT, dates as `YYYY-MM-DD`, instants as
 //! RFC 3339 UTC text (which sorts correctly as text).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -328,7 +329,7 @@ const TX_WRITE_COLUMNS: &str = "provider_id, pending_provider_id, fingerprint, s
 /// The multi-row upsert for `rows` rows (a power of two up to INSERT_BATCH):
 /// per row, connection, account, the 20 written fields, then now three times
 /// (first seen, last seen, updated).
-fn insert_sql(rows: usize) -> &'static str {
+fn insert_sql(rows: usize) -> Cow<'static, str> {
     static SQL: OnceLock<Vec<String>> = OnceLock::new();
     let all = SQL.get_or_init(|| {
         let mut v = Vec::new();
@@ -339,8 +340,12 @@ fn insert_sql(rows: usize) -> &'static str {
         }
         v
     });
-    let idx = rows.trailing_zeros() as usize;
-    all.get(idx).map(String::as_str).unwrap_or("")
+    if rows.is_power_of_two()
+        && let Some(sql) = all.get(rows.trailing_zeros() as usize)
+    {
+        return Cow::Borrowed(sql.as_str());
+    }
+    Cow::Owned(build_insert_sql(rows))
 }
 
 fn build_insert_sql(rows: usize) -> String {
@@ -833,7 +838,7 @@ impl Store for SqliteStore {
                     args.add(now_text.as_str()).map_err(encode_err)?;
                 }
             }
-            sqlx::query_with(insert_sql(n), args)
+            sqlx::query_with(&insert_sql(n), args)
                 .execute(&mut *tx)
                 .await?;
             rest = tail;
