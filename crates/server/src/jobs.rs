@@ -185,6 +185,8 @@ async fn run_job(
             tracing::error!(connection = %name, job = job.id, error = %join, "sync task panicked");
         }
     }
+    // Before the job reads as finished: whoever polls it then reads fresh pages.
+    state.data_changed();
     job.finished_at = Some(Utc::now());
     save(&state, &job).await;
     drop(registered);

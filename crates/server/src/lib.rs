@@ -39,6 +39,7 @@ use tower_http::trace::TraceLayer;
 
 mod api;
 pub mod auth;
+mod cache;
 pub mod error;
 pub mod export;
 mod guard;
@@ -62,6 +63,11 @@ pub struct ServerConfig {
     pub token_cache_ttl: Duration,
     /// How often the scheduler looks for connections due a sync.
     pub scheduler_tick: Duration,
+    /// How long a serialised page of `/api/v1/transactions` may be served
+    /// again to an identical request. Changes made by this process drop the
+    /// cache at once; changes by another process show within this delay.
+    /// Zero disables the cache.
+    pub page_cache_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +76,7 @@ impl Default for ServerConfig {
             body_limit: 64 * 1024,
             token_cache_ttl: Duration::from_secs(5),
             scheduler_tick: Duration::from_secs(30),
+            page_cache_ttl: Duration::from_secs(1),
         }
     }
 }
@@ -86,6 +93,7 @@ pub struct AppInner {
     pub config: ServerConfig,
     pub(crate) auth: guard::TokenAuth,
     pub(crate) syncs: jobs::SyncRegistry,
+    pub(crate) pages: cache::PageCache,
     pub(crate) openapi_json: Bytes,
 }
 
@@ -97,6 +105,13 @@ impl Deref for AppState {
 }
 
 impl AppState {
+    /// Tell the server that bank data changed behind its back (e.g. after a
+    /// sync run by this process outside [`AppState::start_sync`]): cached
+    /// pages are dropped.
+    pub fn data_changed(&self) {
+        self.pages.invalidate();
+    }
+
     pub fn new(store: Arc<dyn Store>, syncer: Syncer, connectors: Vec<String>) -> Self {
         Self::with_config(store, syncer, connectors, ServerConfig::default())
     }
@@ -117,6 +132,7 @@ impl AppState {
             syncer,
             connectors,
             auth: guard::TokenAuth::new(config.token_cache_ttl),
+            pages: cache::PageCache::new(config.page_cache_ttl),
             config,
             syncs: jobs::SyncRegistry::default(),
             openapi_json,
@@ -127,14 +143,20 @@ impl AppState {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
-    api::routes(&state)
-        .fallback(api::not_found)
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(RequestBodyLimitLayer::new(limit))
+    with_layers(api::routes(&state).fallback(api::not_found), limit).with_state(state)
+}
+
+/// The layers around every route: body cap, panic catcher, JSON errors, tracing.
+fn with_layers<S: Clone + Send + Sync + 'static>(
+    routes: Router<S>,
+    body_limit: usize,
+) -> Router<S> {
+    routes
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::map_response(finish_response))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
 
 /// Serve `router(state)` on `listener` until `shutdown` completes, then finish
@@ -193,4 +215,49 @@ async fn finish_response(mut res: Response) -> Response {
         }
     }
     Response::from_parts(parts, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn call(app: Router, uri: &str) -> (StatusCode, serde_json::Value) {
+        let res = app
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    async fn boom() -> StatusCode {
+        panic!("secret detail")
+    }
+
+    #[tokio::test]
+    async fn panics_and_bare_errors_become_json() {
+        let app = with_layers(
+            Router::new()
+                .route("/boom", get(boom))
+                .route("/teapot", get(|| async { StatusCode::IM_A_TEAPOT })),
+            1024,
+        );
+        let (status, body) = call(app.clone(), "/boom").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["code"], "internal");
+        assert!(!body.to_string().contains("secret detail"));
+        let (status, body) = call(app, "/teapot").await;
+        assert_eq!(status, StatusCode::IM_A_TEAPOT);
+        assert_eq!(body["code"], "bad_request");
+    }
 }

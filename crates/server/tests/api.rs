@@ -485,6 +485,9 @@ async fn sync_job_lifecycle_and_one_sync_at_a_time() {
     let t = s.token(Scope::Write).await;
     let conn = create_connection(&s, &t, "slowbank", "slow").await;
     let id = conn["id"].as_i64().unwrap();
+    // An empty page, now in the page cache: the sync's end must drop it.
+    let before = s.get_json("/api/v1/transactions", &t).await;
+    assert_eq!(before["data"].as_array().unwrap().len(), 0);
     let path = format!("/api/v1/connections/{id}/sync");
 
     let res = s

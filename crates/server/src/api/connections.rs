@@ -261,6 +261,7 @@ pub(crate) async fn create(
         other => ApiError::internal(other),
     })?;
     tracing::info!(connection = %connection.name, connector = %connection.connector, "connection created");
+    state.data_changed();
     let mut res = json(
         StatusCode::CREATED,
         &ConnectionView::new(&state, &connection)?,
@@ -301,5 +302,6 @@ pub(crate) async fn remove(
         return Err(ApiError::not_found(format!("no connection with id {id}")));
     }
     tracing::info!(connection_id = id, "connection deleted");
+    state.data_changed();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,6 +3,7 @@
 //! `Doc` merged into [`openapi`]. Handlers stay thin: parse, call the store,
 //! the syncer or a library module, answer.
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -112,18 +113,30 @@ pub(crate) fn json<T: Serialize + ?Sized>(
     value: &T,
     size_hint: usize,
 ) -> Response {
-    let mut buf = Vec::with_capacity(size_hint.max(128));
-    match serde_json::to_writer(&mut buf, value) {
-        Ok(()) => {
-            let mut res = (status, buf).into_response();
-            res.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            res
-        }
-        Err(e) => ApiError::internal(format!("cannot serialise a response: {e}")).into_response(),
+    match to_json(value, size_hint) {
+        Ok(body) => json_bytes(status, body),
+        Err(e) => e.into_response(),
     }
+}
+
+pub(crate) fn to_json<T: Serialize + ?Sized>(
+    value: &T,
+    size_hint: usize,
+) -> Result<Bytes, ApiError> {
+    let mut buf = Vec::with_capacity(size_hint.max(128));
+    serde_json::to_writer(&mut buf, value)
+        .map_err(|e| ApiError::internal(format!("cannot serialise a response: {e}")))?;
+    Ok(Bytes::from(buf))
+}
+
+/// A response of already serialised JSON.
+pub(crate) fn json_bytes(status: StatusCode, body: Bytes) -> Response {
+    let mut res = (status, body).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
 }
 
 /// `{"data": [...]}`.

@@ -9,7 +9,7 @@ use bankbridge_store::Scope;
 use serde::Serialize;
 use utoipa::{IntoParams, OpenApi};
 
-use super::{guarded, json};
+use super::{guarded, json_bytes, to_json};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::params::{self, encode_cursor};
@@ -92,6 +92,11 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    let key = raw.as_deref().unwrap_or("");
+    if let Some(body) = state.pages.get(key) {
+        return Ok(json_bytes(StatusCode::OK, body));
+    }
+    let generation = state.pages.generation();
     let request = params::parse_page_request(raw.as_deref())?;
     let limit = request.limit as usize;
     let mut query = request.query;
@@ -104,9 +109,7 @@ pub(crate) async fn list(
     } else {
         None
     };
-    Ok(json(
-        StatusCode::OK,
-        &Page { data: &rows, next },
-        256 + rows.len() * 900,
-    ))
+    let body = to_json(&Page { data: &rows, next }, 256 + rows.len() * 900)?;
+    state.pages.put(key, &body, generation);
+    Ok(json_bytes(StatusCode::OK, body))
 }
