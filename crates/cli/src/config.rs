@@ -36,20 +36,30 @@ impl Config {
         let home = home_dir();
         let path = home.join("config.toml");
         let file: FileConfig = match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+            Ok(text) => {
+                toml::from_str(&text).with_context(|| format!("reading {}", path.display()))?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let db = db_flag
             .map(str::to_owned)
-            .or_else(|| std::env::var("BANKBRIDGE_DB").ok().filter(|s| !s.is_empty()))
+            .or_else(|| {
+                std::env::var("BANKBRIDGE_DB")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
             .or_else(|| file.db.clone())
             .unwrap_or_else(|| home.join("bankbridge.db").display().to_string());
         Ok(Self { home, db, file })
     }
 
     pub fn for_home(home: &Path) -> Self {
-        Self { home: home.to_owned(), db: home.join("bankbridge.db").display().to_string(), file: FileConfig::default() }
+        Self {
+            home: home.to_owned(),
+            db: home.join("bankbridge.db").display().to_string(),
+            file: FileConfig::default(),
+        }
     }
 
     pub fn key_file(&self) -> PathBuf {
@@ -72,7 +82,9 @@ pub fn home_dir() -> PathBuf {
     if let Some(h) = std::env::var_os("BANKBRIDGE_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h);
     }
-    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("bankbridge")
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("bankbridge")
 }
 
 /// Hide the password of a database URL before printing it.

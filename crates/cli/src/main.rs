@@ -15,8 +15,10 @@ use config::Config;
 /// through an authenticated JSON API, export them.
 #[derive(Parser, Debug)]
 #[command(name = "bankbridge", version, propagate_version = true)]
-#[command(after_help = "Start with `bankbridge demo` to see everything run against a simulated bank.\n\
-Data lives in $BANKBRIDGE_HOME (default ~/.local/share/bankbridge).")]
+#[command(
+    after_help = "Start with `bankbridge demo` to see everything run against a simulated bank.\n\
+Data lives in $BANKBRIDGE_HOME (default ~/.local/share/bankbridge)."
+)]
 struct Cli {
     /// Database: a SQLite file path or a postgres:// URL.
     #[arg(long, global = true, env = "BANKBRIDGE_DB", hide_env_values = true)]
@@ -40,7 +42,9 @@ enum Command {
     #[command(after_help = "Example: bankbridge demo --listen 127.0.0.1:8080")]
     Demo(cmd::demo::DemoArgs),
     /// Serve the simulated banks (and print their base URLs and test logins).
-    #[command(after_help = "Example: bankbridge sandbox --listen 127.0.0.1:9000 --transactions 100000 --fault-rate 0.1")]
+    #[command(
+        after_help = "Example: bankbridge sandbox --listen 127.0.0.1:9000 --transactions 100000 --fault-rate 0.1"
+    )]
     Sandbox(cmd::sandbox::SandboxArgs),
     /// Sync connections now.
     #[command(after_help = "Example: bankbridge sync --connection my-fibank --json")]
@@ -49,7 +53,9 @@ enum Command {
     #[command(subcommand)]
     Connection(cmd::connection::ConnectionCommand),
     /// List stored transactions.
-    #[command(after_help = "Example: bankbridge transactions --from 2024-01-01 --text coffee --limit 20")]
+    #[command(
+        after_help = "Example: bankbridge transactions --from 2024-01-01 --text coffee --limit 20"
+    )]
     Transactions(cmd::query::TransactionsArgs),
     /// Export transactions as CSV, JSON or OFX.
     #[command(after_help = "Example: bankbridge export --format ofx --output statement.ofx")]
@@ -64,16 +70,29 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = !matches!(cli.command, Command::Serve(_) | Command::Sandbox(_) | Command::Demo(_));
-    ui::init_logging(cli.log_json, quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let config = match Config::load(cli.db.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let quiet = !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Sandbox(_) | Command::Demo(_)
+    );
+    ui::init_logging(cli.log_json || config.file.log_json.unwrap_or(false), quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, config)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -82,8 +101,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(cli.db.as_deref())?;
+async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init => cmd::init::run(&config).await,
         Command::Serve(args) => cmd::serve::run(&config, args).await,

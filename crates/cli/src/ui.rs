@@ -16,7 +16,9 @@ pub fn init_logging(json: bool, quiet: bool) {
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -34,14 +36,24 @@ pub struct SyncProgress {
 
 impl SyncProgress {
     pub fn new(connection: &str, hidden: bool) -> Self {
-        let bar = if hidden { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+        let bar = if hidden {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new_spinner()
+        };
         bar.set_style(
-            ProgressStyle::with_template("{spinner:.green} {prefix:.bold} [{elapsed_precise}] {pos} windows · {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{spinner:.green} {prefix:.bold} [{elapsed_precise}] {pos} windows · {msg}",
+            )
+            .expect("valid template"),
         );
         bar.set_prefix(connection.to_owned());
         bar.enable_steady_tick(Duration::from_millis(120));
-        Self { bar, inserted: Arc::default(), updated: Arc::default() }
+        Self {
+            bar,
+            inserted: Arc::default(),
+            updated: Arc::default(),
+        }
     }
 
     pub fn on_event(&self, event: SyncEvent) {
@@ -49,18 +61,35 @@ impl SyncProgress {
             SyncEvent::LoggedIn => self.bar.set_message("logged in"),
             SyncEvent::Accounts { count } => self.bar.set_message(format!("{count} accounts")),
             SyncEvent::Planned { .. } => {}
-            SyncEvent::WindowDone { account, window, stats } => {
-                let ins = self.inserted.fetch_add(stats.inserted, Ordering::Relaxed) + stats.inserted;
+            SyncEvent::WindowDone {
+                account,
+                window,
+                stats,
+            } => {
+                let ins =
+                    self.inserted.fetch_add(stats.inserted, Ordering::Relaxed) + stats.inserted;
                 let upd = self.updated.fetch_add(stats.updated, Ordering::Relaxed) + stats.updated;
                 self.bar.inc(1);
-                self.bar.set_message(format!("{account} {window} · {ins} new, {upd} updated"));
+                self.bar
+                    .set_message(format!("{account} {window} · {ins} new, {upd} updated"));
             }
-            SyncEvent::Retrying { what, attempt, delay, reason } => self.bar.println(format!(
+            SyncEvent::Retrying {
+                what,
+                attempt,
+                delay,
+                reason,
+            } => self.bar.println(format!(
                 "  retry {attempt} of {what} in {:.1}s: {reason}",
                 delay.as_secs_f64()
             )),
-            SyncEvent::Relogin => self.bar.println("  the bank session expired; logged in again"),
-            SyncEvent::WindowShrunk { account, window, new_days } => self.bar.println(format!(
+            SyncEvent::Relogin => self
+                .bar
+                .println("  the bank session expired; logged in again"),
+            SyncEvent::WindowShrunk {
+                account,
+                window,
+                new_days,
+            } => self.bar.println(format!(
                 "  {account}: the bank refused {window}; fetching {new_days}-day windows"
             )),
         }

@@ -17,7 +17,10 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_bankbridge");
 
 fn tx_per_account() -> usize {
-    std::env::var("BB_E2E_TRANSACTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000)
+    std::env::var("BB_E2E_TRANSACTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000)
 }
 
 /// A data directory and database for one test.
@@ -40,16 +43,29 @@ impl Env {
                 panic!("BANKBRIDGE_TEST_PG_URL is not set in CI: scripts/test.sh starts PostgreSQL")
             }
             Err(_) => {
-                eprintln!("skipped: set BANKBRIDGE_TEST_PG_URL (scripts/test.sh does) to run the PostgreSQL case");
+                eprintln!(
+                    "skipped: set BANKBRIDGE_TEST_PG_URL (scripts/test.sh does) to run the PostgreSQL case"
+                );
                 return None;
             }
         };
-        let name = format!("bb_e2e_{}", std::process::id() as u64 * 1000 + rand_suffix());
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        let name = format!(
+            "bb_e2e_{}",
+            std::process::id() as u64 * 1000 + rand_suffix()
+        );
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         let mut url = reqwest::Url::parse(&admin).unwrap();
         url.set_path(&name);
-        Some(Env { home: tempfile::tempdir().unwrap(), db: url.to_string() })
+        Some(Env {
+            home: tempfile::tempdir().unwrap(),
+            db: url.to_string(),
+        })
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -83,8 +99,17 @@ impl Env {
         let creds = sandbox.credentials();
         let mut child = self
             .command(&[
-                "connection", "add", "--name", name, "--connector", "fibank", "--base-url",
-                &sandbox.base_url(), "--username", &creds.username, "--password-stdin",
+                "connection",
+                "add",
+                "--name",
+                name,
+                "--connector",
+                "fibank",
+                "--base-url",
+                &sandbox.base_url(),
+                "--username",
+                &creds.username,
+                "--password-stdin",
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -93,7 +118,11 @@ impl Env {
             .unwrap();
         writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `sync --json`: the summary object and whether the command succeeded.
@@ -101,8 +130,13 @@ impl Env {
         let out = self.run(&["sync", "--json"]);
         let stdout = String::from_utf8(out.stdout).unwrap();
         let line = stdout.lines().last().unwrap_or("{}");
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
-        (v, out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+        (
+            v,
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     async fn store(&self) -> Arc<dyn Store> {
@@ -111,7 +145,11 @@ impl Env {
 }
 
 fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 % 1000
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        % 1000
 }
 
 async fn sandbox(config: SandboxConfig) -> SandboxHandle {
@@ -119,7 +157,13 @@ async fn sandbox(config: SandboxConfig) -> SandboxHandle {
 }
 
 fn dataset() -> SandboxConfig {
-    SandboxConfig { seed: 7, accounts: 3, transactions: tx_per_account(), years: 5, ..SandboxConfig::default() }
+    SandboxConfig {
+        seed: 7,
+        accounts: 3,
+        transactions: tx_per_account(),
+        years: 5,
+        ..SandboxConfig::default()
+    }
 }
 
 /// Per IBAN: (booked count, booked sum) as stored.
@@ -136,13 +180,22 @@ fn truth(sandbox: &SandboxHandle) -> HashMap<String, (u64, Decimal)> {
     sandbox
         .truth()
         .into_iter()
-        .map(|t| (t.iban, (t.booked_count, t.booked_sum.parse::<Decimal>().unwrap())))
+        .map(|t| {
+            (
+                t.iban,
+                (t.booked_count, t.booked_sum.parse::<Decimal>().unwrap()),
+            )
+        })
         .collect()
 }
 
 async fn assert_matches_truth(env: &Env, sandbox: &SandboxHandle) {
     let store = env.store().await;
-    assert_eq!(stored_totals(store.as_ref()).await, truth(sandbox), "stored booked count/sum per IBAN differ from the bank's truth");
+    assert_eq!(
+        stored_totals(store.as_ref()).await,
+        truth(sandbox),
+        "stored booked count/sum per IBAN differ from the bank's truth"
+    );
 }
 
 async fn full_sync_then_noop(env: Env) {
@@ -151,18 +204,40 @@ async fn full_sync_then_noop(env: Env) {
     env.add_connection(&sb, "fibank", &sb.credentials().password);
     let (first, ok, err) = env.sync();
     assert!(ok, "first sync failed: {err}");
-    let expected: u64 = truth(&sb).values().map(|(n, _)| n).sum::<u64>() + sb.truth().iter().map(|t| t.pending_count).sum::<u64>();
+    let expected: u64 = truth(&sb).values().map(|(n, _)| n).sum::<u64>()
+        + sb.truth().iter().map(|t| t.pending_count).sum::<u64>();
     assert_eq!(first["inserted"].as_u64().unwrap(), expected, "{first}");
-    assert!(first["windows"].as_u64().unwrap() >= 3 * 61, "5 years in ≤30-day windows: {first}");
+    assert!(
+        first["windows"].as_u64().unwrap() >= 3 * 61,
+        "5 years in ≤30-day windows: {first}"
+    );
     assert_matches_truth(&env, &sb).await;
 
     let before = chrono::Utc::now();
     let (second, ok, err) = env.sync();
     assert!(ok, "second sync failed: {err}");
-    assert_eq!((second["inserted"].as_u64(), second["updated"].as_u64(), second["voided"].as_u64()), (Some(0), Some(0), Some(0)), "{second}");
+    assert_eq!(
+        (
+            second["inserted"].as_u64(),
+            second["updated"].as_u64(),
+            second["voided"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{second}"
+    );
     let store = env.store().await;
-    let touched = store.query_transactions(&TxQuery { updated_since: Some(before), limit: Some(10), ..Default::default() }).await.unwrap();
-    assert!(touched.is_empty(), "a sync over unchanged data rewrote rows: {touched:?}");
+    let touched = store
+        .query_transactions(&TxQuery {
+            updated_since: Some(before),
+            limit: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        touched.is_empty(),
+        "a sync over unchanged data rewrote rows: {touched:?}"
+    );
     assert_matches_truth(&env, &sb).await;
 }
 
@@ -188,21 +263,40 @@ async fn sync_killed_halfway_resumes_to_exactly_the_truth() {
     env.add_connection(&sb, "fibank", &sb.credentials().password);
     let total: u64 = truth(&sb).values().map(|(n, _)| n).sum();
 
-    let mut child = env.command(&["sync", "--json"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = env
+        .command(&["sync", "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let store = env.store().await;
     let started = Instant::now();
     loop {
-        let stored: u64 = stored_totals(store.as_ref()).await.values().map(|(n, _)| n).sum();
+        let stored: u64 = stored_totals(store.as_ref())
+            .await
+            .values()
+            .map(|(n, _)| n)
+            .sum();
         if stored >= total / 3 {
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "the sync ended before it could be killed");
-        assert!(started.elapsed() < Duration::from_secs(120), "sync made no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the sync ended before it could be killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "sync made no progress"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let stored: u64 = stored_totals(store.as_ref()).await.values().map(|(n, _)| n).sum();
+    let stored: u64 = stored_totals(store.as_ref())
+        .await
+        .values()
+        .map(|(n, _)| n)
+        .sum();
     assert!(stored < total, "killed too late to prove anything");
 
     let (summary, ok, err) = env.sync();
@@ -217,7 +311,11 @@ async fn sync_killed_halfway_resumes_to_exactly_the_truth() {
 async fn faults_retries_and_expiring_sessions_still_converge_to_the_truth() {
     let env = Env::sqlite();
     let mut config = dataset();
-    config.fault = FaultConfig { fault_rate: 0.1, session_ttl_requests: Some(40), ..FaultConfig::default() };
+    config.fault = FaultConfig {
+        fault_rate: 0.1,
+        session_ttl_requests: Some(40),
+        ..FaultConfig::default()
+    };
     let sb = sandbox(config).await;
     env.run_ok(&["init"]);
     env.add_connection(&sb, "fibank", &sb.credentials().password);
@@ -229,7 +327,11 @@ async fn faults_retries_and_expiring_sessions_still_converge_to_the_truth() {
 #[tokio::test(flavor = "multi_thread")]
 async fn refused_long_windows_are_fetched_in_smaller_ones() {
     let env = Env::sqlite();
-    let sb = sandbox(SandboxConfig { max_range_days: Some(10), ..dataset() }).await;
+    let sb = sandbox(SandboxConfig {
+        max_range_days: Some(10),
+        ..dataset()
+    })
+    .await;
     env.run_ok(&["init"]);
     env.add_connection(&sb, "fibank", &sb.credentials().password);
     let (summary, ok, err) = env.sync();
@@ -243,16 +345,27 @@ async fn refused_long_windows_are_fetched_in_smaller_ones() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pending_rows_book_in_place_and_vanished_ones_are_voided() {
     let env = Env::sqlite();
-    let sb = sandbox(SandboxConfig { transactions: 2000, ..dataset() }).await;
+    let sb = sandbox(SandboxConfig {
+        transactions: 2000,
+        ..dataset()
+    })
+    .await;
     env.run_ok(&["init"]);
     env.add_connection(&sb, "fibank", &sb.credentials().password);
     assert!(env.sync().1);
     let store = env.store().await;
     let pending_before = store
-        .query_transactions(&TxQuery { status: Some(TxStatus::Pending), limit: Some(1000), ..Default::default() })
+        .query_transactions(&TxQuery {
+            status: Some(TxStatus::Pending),
+            limit: Some(1000),
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert!(!pending_before.is_empty(), "the sandbox should show pending card payments");
+    assert!(
+        !pending_before.is_empty(),
+        "the sandbox should show pending card payments"
+    );
 
     let r = reqwest::Client::new()
         .post(format!("{}/_sandbox/fibank/advance", sb.root_url()))
@@ -268,43 +381,94 @@ async fn pending_rows_book_in_place_and_vanished_ones_are_voided() {
     let mut linked = 0;
     let mut voided = 0;
     for p in &pending_before {
-        let now = store.query_transactions(&TxQuery { account_id: Some(p.account_id), limit: Some(1000), from: Some(p.booking_date), ..Default::default() }).await.unwrap();
-        let row = now.iter().find(|t| t.id == p.id).expect("a pending row was deleted");
+        let now = store
+            .query_transactions(&TxQuery {
+                account_id: Some(p.account_id),
+                limit: Some(1000),
+                from: Some(p.booking_date),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let row = now
+            .iter()
+            .find(|t| t.id == p.id)
+            .expect("a pending row was deleted");
         match row.status {
             TxStatus::Booked => {
-                assert_eq!(row.pending_provider_id.as_deref(), Some(p.provider_id.as_str()));
+                assert_eq!(
+                    row.pending_provider_id.as_deref(),
+                    Some(p.provider_id.as_str())
+                );
                 linked += 1;
             }
             TxStatus::Void => voided += 1,
             TxStatus::Pending => {}
         }
     }
-    assert!(linked > 0, "no pending row booked in 5 sandbox days: {summary}");
+    assert!(
+        linked > 0,
+        "no pending row booked in 5 sandbox days: {summary}"
+    );
     assert_eq!(summary["voided"].as_u64().unwrap(), voided, "{summary}");
     // Booked rows equal the truth, so no booked row duplicates its pending one.
     let current_pending: u64 = sb.truth().iter().map(|t| t.pending_count).sum();
-    let stored_pending = store.query_transactions(&TxQuery { status: Some(TxStatus::Pending), limit: Some(1000), ..Default::default() }).await.unwrap();
+    let stored_pending = store
+        .query_transactions(&TxQuery {
+            status: Some(TxStatus::Pending),
+            limit: Some(1000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(stored_pending.len() as u64, current_pending);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_bank_input_gives_clear_errors_and_stores_nothing() {
     let cases: Vec<(&str, FaultConfig, &str)> = vec![
-        ("malformed JSON", FaultConfig::always(FaultKind::Malformed), "cannot read"),
-        ("truncated JSON", FaultConfig::always(FaultKind::Truncated), "truncated"),
-        ("invalid IBAN", FaultConfig::always(FaultKind::BadIban), "IBAN"),
+        (
+            "malformed JSON",
+            FaultConfig::always(FaultKind::Malformed),
+            "cannot read",
+        ),
+        (
+            "truncated JSON",
+            FaultConfig::always(FaultKind::Truncated),
+            "truncated",
+        ),
+        (
+            "invalid IBAN",
+            FaultConfig::always(FaultKind::BadIban),
+            "IBAN",
+        ),
     ];
     for (what, fault, needle) in cases {
         let env = Env::sqlite();
-        let sb = sandbox(SandboxConfig { transactions: 200, fault, ..dataset() }).await;
+        let sb = sandbox(SandboxConfig {
+            transactions: 200,
+            fault,
+            ..dataset()
+        })
+        .await;
         env.run_ok(&["init"]);
         env.add_connection(&sb, "fibank", &sb.credentials().password);
-        let out = env.command(&["sync"]).env("BANKBRIDGE_SYNC_MAX_ATTEMPTS", "3").output().unwrap();
+        let out = env
+            .command(&["sync"])
+            .env("BANKBRIDGE_SYNC_MAX_ATTEMPTS", "3")
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{what}: sync should fail");
         assert!(stderr.contains(needle), "{what}: unclear error: {stderr}");
         let store = env.store().await;
-        let rows = store.query_transactions(&TxQuery { limit: Some(1), ..Default::default() }).await.unwrap();
+        let rows = store
+            .query_transactions(&TxQuery {
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert!(rows.is_empty(), "{what}: partial rows were stored");
         let conns = store.list_connections().await.unwrap();
         assert_eq!(conns[0].last_sync_status, "failed", "{what}");
@@ -314,15 +478,36 @@ async fn bad_bank_input_gives_clear_errors_and_stores_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_password_is_refused_clearly_and_never_printed() {
     let env = Env::sqlite();
-    let sb = sandbox(SandboxConfig { transactions: 100, ..dataset() }).await;
+    let sb = sandbox(SandboxConfig {
+        transactions: 100,
+        ..dataset()
+    })
+    .await;
     env.run_ok(&["init"]);
     env.add_connection(&sb, "fibank", "not-the-password-42");
-    let out = env.command(&["sync"]).env("BANKBRIDGE_LOG", "trace").output().unwrap();
+    let out = env
+        .command(&["sync"])
+        .env("BANKBRIDGE_LOG", "trace")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("refused the login"), "{stderr}");
-    assert!(!stderr.contains("not-the-password-42"), "the password leaked into the output");
-    assert!(env.store().await.query_transactions(&TxQuery { limit: Some(1), ..Default::default() }).await.unwrap().is_empty());
+    assert!(
+        !stderr.contains("not-the-password-42"),
+        "the password leaked into the output"
+    );
+    assert!(
+        env.store()
+            .await
+            .query_transactions(&TxQuery {
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Sealed at rest: the database file never holds the password in clear.
     let bytes = std::fs::read(&env.db).unwrap();
     assert!(!bytes.windows(19).any(|w| w == b"not-the-password-42"));
@@ -331,25 +516,55 @@ async fn wrong_password_is_refused_clearly_and_never_printed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_file_that_is_not_a_database_is_refused_and_left_alone() {
     let env = Env::sqlite();
-    std::fs::write(&env.db, b"these are my holiday notes, not a database\n".repeat(100)).unwrap();
+    std::fs::write(
+        &env.db,
+        b"these are my holiday notes, not a database\n".repeat(100),
+    )
+    .unwrap();
     let before = std::fs::read(&env.db).unwrap();
     let out = env.run(&["transactions"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not a") && stderr.contains("database"), "{stderr}");
-    assert_eq!(std::fs::read(&env.db).unwrap(), before, "the file was modified");
+    assert!(
+        stderr.contains("not a") && stderr.contains("database"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&env.db).unwrap(),
+        before,
+        "the file was modified"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn export_writes_every_transaction() {
     let env = Env::sqlite();
-    let sb = sandbox(SandboxConfig { transactions: 500, ..dataset() }).await;
+    let sb = sandbox(SandboxConfig {
+        transactions: 500,
+        ..dataset()
+    })
+    .await;
     env.run_ok(&["init"]);
     env.add_connection(&sb, "fibank", &sb.credentials().password);
     assert!(env.sync().1);
-    let total: u64 = env.store().await.query_transactions(&TxQuery { limit: Some(100_000), ..Default::default() }).await.unwrap().len() as u64;
+    let total: u64 = env
+        .store()
+        .await
+        .query_transactions(&TxQuery {
+            limit: Some(100_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len() as u64;
     let csv = env.home.path().join("out.csv");
-    env.run_ok(&["export", "--format", "csv", "--output", csv.to_str().unwrap()]);
+    env.run_ok(&[
+        "export",
+        "--format",
+        "csv",
+        "--output",
+        csv.to_str().unwrap(),
+    ]);
     let mut reader = csv::Reader::from_path(&csv).unwrap();
     assert_eq!(reader.records().count() as u64, total);
     let json = env.run_ok(&["export", "--format", "json"]);
@@ -363,41 +578,83 @@ async fn export_writes_every_transaction() {
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_survives_bad_requests_and_serves_synced_data() {
     let env = Env::sqlite();
-    let sb = sandbox(SandboxConfig { transactions: 300, ..dataset() }).await;
+    let sb = sandbox(SandboxConfig {
+        transactions: 300,
+        ..dataset()
+    })
+    .await;
     env.run_ok(&["init"]);
-    let token = env.run_ok(&["token", "create", "--scope", "write", "--name", "t"]).trim().to_owned();
+    let token = env
+        .run_ok(&["token", "create", "--scope", "write", "--name", "t"])
+        .trim()
+        .to_owned();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut server = env
-        .command(&["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("BANKBRIDGE_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // The log goes to a file: a pipe nobody reads would fill up and block the server.
+    let log_path = env.home.path().join("serve.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let server = KillOnDrop(Some(
+        env.command(&["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("BANKBRIDGE_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap(),
+    ));
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let started = Instant::now();
     while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "serve did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "serve did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let auth = format!("Bearer {token}");
     let code = |v: Value| v["code"].as_str().unwrap_or_default().to_owned();
 
-    let r = http.get(format!("{base}/api/v1/transactions")).send().await.unwrap();
+    let r = http
+        .get(format!("{base}/api/v1/transactions"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(code(r.json().await.unwrap()), "unauthorized");
-    let r = http.get(format!("{base}/api/v1/transactions")).header("Authorization", "Bearer bb_nope_nope").send().await.unwrap();
+    let r = http
+        .get(format!("{base}/api/v1/transactions"))
+        .header("Authorization", "Bearer bb_nope_nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = http.get(format!("{base}/api/v1/nothing-here")).header("Authorization", &auth).send().await.unwrap();
+    let r = http
+        .get(format!("{base}/api/v1/nothing-here"))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(code(r.json().await.unwrap()), "not_found");
-    let r = http.post(format!("{base}/api/v1/connections")).header("Authorization", &auth).header("Content-Type", "application/json").body(vec![b' '; 2 << 20]).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/api/v1/connections"))
+        .header("Authorization", &auth)
+        .header("Content-Type", "application/json")
+        .body(vec![b' '; 100 << 10])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
-    let r = http.post(format!("{base}/api/v1/connections")).header("Authorization", &auth).header("Content-Type", "application/json").body("{not json").send().await.unwrap();
+    let r = http
+        .post(format!("{base}/api/v1/connections"))
+        .header("Authorization", &auth)
+        .header("Content-Type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 
     // A connection added and synced through the API.
@@ -411,28 +668,86 @@ async fn serve_survives_bad_requests_and_serves_synced_data() {
         .unwrap();
     assert_eq!(r.status(), 201);
     let created: Value = r.json().await.unwrap();
-    assert!(!created.to_string().contains(&creds.password), "the password came back");
+    assert!(
+        !created.to_string().contains(&creds.password),
+        "the password came back"
+    );
     let id = created["id"].as_i64().unwrap();
-    let job: Value = http.post(format!("{base}/api/v1/connections/{id}/sync")).header("Authorization", &auth).send().await.unwrap().json().await.unwrap();
+    let job: Value = http
+        .post(format!("{base}/api/v1/connections/{id}/sync"))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let job_id = job["id"].as_i64().unwrap();
     let started = Instant::now();
     let done = loop {
-        let j: Value = http.get(format!("{base}/api/v1/syncs/{job_id}")).header("Authorization", &auth).send().await.unwrap().json().await.unwrap();
+        let j: Value = http
+            .get(format!("{base}/api/v1/syncs/{job_id}"))
+            .header("Authorization", &auth)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if j["status"] == "succeeded" || j["status"] == "failed" {
             break j;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "sync job never finished: {j}");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "sync job never finished: {j}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(done["status"], "succeeded", "{done}");
-    let page: Value = http.get(format!("{base}/api/v1/transactions?limit=10")).header("Authorization", &auth).send().await.unwrap().json().await.unwrap();
+    let page: Value = http
+        .get(format!("{base}/api/v1/transactions?limit=10"))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["data"].as_array().unwrap().len(), 10);
     assert!(page["next"].is_string());
-    assert!(http.get(format!("{base}/healthz")).send().await.unwrap().status().is_success());
+    assert!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
 
-    server.kill().unwrap();
-    let out = server.wait_with_output().unwrap();
-    let logs = String::from_utf8_lossy(&out.stderr);
-    assert!(!logs.contains(&creds.password), "the bank password appears in the server log");
-    assert!(!logs.contains(&token), "the API token appears in the server log");
+    drop(server);
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logs.contains("sync succeeded"),
+        "the server log misses the sync"
+    );
+    assert!(
+        !logs.contains(&creds.password),
+        "the bank password appears in the server log"
+    );
+    assert!(
+        !logs.contains(&token),
+        "the API token appears in the server log"
+    );
+}
+
+/// A child process that dies with the test, even when an assertion fails.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

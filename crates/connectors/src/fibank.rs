@@ -75,6 +75,9 @@ pub struct FibankConnector {
     max_body: usize,
     device_id: String,
     session: Option<Session>,
+    /// Bank clock minus ours, in seconds, from the last `Date` header: "today"
+    /// is the bank's today, whatever the local clock says.
+    clock_skew_secs: std::sync::atomic::AtomicI64,
 }
 
 impl fmt::Debug for FibankConnector {
@@ -257,6 +260,7 @@ impl FibankConnector {
             max_body: DEFAULT_MAX_BODY_BYTES,
             device_id: device_id(&settings.username),
             session: None,
+            clock_skew_secs: Default::default(),
         })
     }
 
@@ -292,10 +296,22 @@ impl FibankConnector {
         what: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ConnectorError> {
-        req.header(header::ACCEPT_LANGUAGE, "bg")
+        let resp = req
+            .header(header::ACCEPT_LANGUAGE, "bg")
             .send()
             .await
-            .map_err(|e| transport(what, &e, false))
+            .map_err(|e| transport(what, &e, false))?;
+        if let Some(bank_now) = resp
+            .headers()
+            .get(header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
+        {
+            let skew = (bank_now.with_timezone(&Utc) - Utc::now()).num_seconds();
+            self.clock_skew_secs
+                .store(skew, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(resp)
     }
 
     /// Read a whole body, refusing more than `max_body` bytes.
@@ -892,7 +908,12 @@ impl Connector for FibankConnector {
     }
 
     fn today(&self) -> NaiveDate {
-        Utc::now().with_timezone(&Sofia).date_naive()
+        let skew = self
+            .clock_skew_secs
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (Utc::now() + chrono::Duration::seconds(skew))
+            .with_timezone(&Sofia)
+            .date_naive()
     }
 
     /// Reuse a live (or restored, unexpired) token; otherwise the whole dance.

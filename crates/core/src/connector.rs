@@ -78,7 +78,10 @@ pub enum ScaChallenge {
     /// An EMV-CAP signature code (mode 2) over the numbers the bank shows.
     CardReaderSign { numbers: Vec<String> },
     /// Approve on another device, then the connector polls.
-    Decoupled { message: String, poll_after_secs: u64 },
+    Decoupled {
+        message: String,
+        poll_after_secs: u64,
+    },
     /// Open a URL in a browser (redirect or OAuth SCA).
     Redirect { url: String },
     /// A BankID order to complete.
@@ -112,7 +115,11 @@ impl fmt::Display for TransientKind {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
     #[error("{what}: {kind}{}", retry_after.map(|d| format!(" (retry after {}s)", d.as_secs())).unwrap_or_default())]
-    Transient { what: String, kind: TransientKind, retry_after: Option<Duration> },
+    Transient {
+        what: String,
+        kind: TransientKind,
+        retry_after: Option<Duration>,
+    },
     #[error("the bank session expired; logging in again")]
     SessionExpired,
     #[error("the bank refused the login: {0}. Check the username and password of this connection")]
@@ -199,7 +206,10 @@ mod tests {
         };
         assert!(t.is_transient());
         assert_eq!(t.retry_after(), Some(Duration::from_secs(3)));
-        assert_eq!(t.to_string(), "GetCustBal: rate limited (429) (retry after 3s)");
+        assert_eq!(
+            t.to_string(),
+            "GetCustBal: rate limited (429) (retry after 3s)"
+        );
         assert!(!ConnectorError::SessionExpired.is_transient());
         assert!(!ConnectorError::InvalidCredentials("x".into()).is_transient());
     }

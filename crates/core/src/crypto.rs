@@ -22,9 +22,7 @@ const NONCE_LEN: usize = 24;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
-    #[error(
-        "no master key: set {MASTER_KEY_ENV} or run `bankbridge init` to create {0}"
-    )]
+    #[error("no master key: set {MASTER_KEY_ENV} or run `bankbridge init` to create {0}")]
     Missing(PathBuf),
     #[error("the master key in {0} is not 32 bytes of base64 or hex")]
     BadKey(String),
@@ -73,14 +71,20 @@ impl MasterKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Err(CryptoError::Missing(key_file.to_owned()))
             }
-            Err(e) => Err(CryptoError::Io { path: key_file.to_owned(), detail: e.to_string() }),
+            Err(e) => Err(CryptoError::Io {
+                path: key_file.to_owned(),
+                detail: e.to_string(),
+            }),
         }
     }
 
     /// Create `key_file` with a new key, readable by its owner only (mode 0600).
     /// Refuses to overwrite an existing file: that would orphan every sealed secret.
     pub fn create_file(key_file: &Path) -> Result<Self, CryptoError> {
-        let io = |e: std::io::Error| CryptoError::Io { path: key_file.to_owned(), detail: e.to_string() };
+        let io = |e: std::io::Error| CryptoError::Io {
+            path: key_file.to_owned(),
+            detail: e.to_string(),
+        };
         if let Some(dir) = key_file.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -110,7 +114,13 @@ impl MasterKey {
         rand::rng().fill_bytes(&mut nonce);
         let ct = self
             .cipher()
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad: purpose.as_bytes() })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: purpose.as_bytes(),
+                },
+            )
             .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
         let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
         out.push(VERSION);
@@ -125,7 +135,13 @@ impl MasterKey {
         }
         let (nonce, ct) = sealed[1..].split_at(NONCE_LEN);
         self.cipher()
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad: purpose.as_bytes() })
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ct,
+                    aad: purpose.as_bytes(),
+                },
+            )
             .map(Secret::new)
             .map_err(|_| CryptoError::Open)
     }
@@ -136,7 +152,9 @@ impl MasterKey {
 
     pub fn open_str(&self, sealed: &[u8], purpose: &str) -> Result<Secret<String>, CryptoError> {
         let bytes = self.open(sealed, purpose)?;
-        String::from_utf8(bytes.expose().clone()).map(Secret::new).map_err(|_| CryptoError::Open)
+        String::from_utf8(bytes.expose().clone())
+            .map(Secret::new)
+            .map_err(|_| CryptoError::Open)
     }
 }
 
@@ -149,7 +167,12 @@ mod tests {
         let k = MasterKey::generate();
         let sealed = k.seal(b"hunter2", "connection:1:credentials");
         assert!(!sealed.windows(7).any(|w| w == b"hunter2"));
-        assert_eq!(k.open(&sealed, "connection:1:credentials").unwrap().expose(), b"hunter2");
+        assert_eq!(
+            k.open(&sealed, "connection:1:credentials")
+                .unwrap()
+                .expose(),
+            b"hunter2"
+        );
         assert!(k.open(&sealed, "connection:2:credentials").is_err());
         let other = MasterKey::generate();
         assert!(other.open(&sealed, "connection:1:credentials").is_err());
@@ -174,7 +197,13 @@ mod tests {
         let reloaded = MasterKey::from_text(&text, "file").unwrap();
         let sealed = k.seal(b"x", "p");
         assert_eq!(reloaded.open(&sealed, "p").unwrap().expose(), b"x");
-        assert!(MasterKey::create_file(&path).is_err(), "must not overwrite a key");
-        assert!(matches!(MasterKey::from_text("short", "t"), Err(CryptoError::BadKey(_))));
+        assert!(
+            MasterKey::create_file(&path).is_err(),
+            "must not overwrite a key"
+        );
+        assert!(matches!(
+            MasterKey::from_text("short", "t"),
+            Err(CryptoError::BadKey(_))
+        ));
     }
 }

@@ -45,9 +45,18 @@ impl Iban {
     /// Build a valid IBAN from a country code and a BBAN by computing the
     /// check digits (used by simulators and tests).
     pub fn from_parts(country: &str, bban: &str) -> Result<Self, IbanError> {
-        let probe = format!("{}00{}", country.to_ascii_uppercase(), bban.to_ascii_uppercase());
+        let probe = format!(
+            "{}00{}",
+            country.to_ascii_uppercase(),
+            bban.to_ascii_uppercase()
+        );
         let check = 98 - mod97(&probe);
-        Iban::parse(&format!("{}{:02}{}", country.to_ascii_uppercase(), check, bban))
+        Iban::parse(&format!(
+            "{}{:02}{}",
+            country.to_ascii_uppercase(),
+            check,
+            bban
+        ))
     }
 
     pub fn as_str(&self) -> &str {
@@ -64,8 +73,16 @@ fn mod97(compact: &str) -> u32 {
     let rearranged = compact[4..].bytes().chain(compact[0..4].bytes());
     let mut rem: u32 = 0;
     for c in rearranged {
-        let v = if c.is_ascii_digit() { (c - b'0') as u32 } else { (c - b'A') as u32 + 10 };
-        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+        let v = if c.is_ascii_digit() {
+            (c - b'0') as u32
+        } else {
+            (c - b'A') as u32 + 10
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
     }
     rem
 }
@@ -117,15 +134,27 @@ mod tests {
         ] {
             assert!(Iban::parse(good).is_ok(), "{good}");
         }
-        assert_eq!(Iban::parse("GB82 WEST 1234 5698 7654 32").unwrap().as_str(), "GB82WEST12345698765432");
+        assert_eq!(
+            Iban::parse("GB82 WEST 1234 5698 7654 32").unwrap().as_str(),
+            "GB82WEST12345698765432"
+        );
     }
 
     #[test]
     fn bad_ibans_are_rejected_with_reason() {
-        assert!(matches!(Iban::parse("GB82WEST12345698765433"), Err(IbanError::Checksum(_))));
+        assert!(matches!(
+            Iban::parse("GB82WEST12345698765433"),
+            Err(IbanError::Checksum(_))
+        ));
         assert!(matches!(Iban::parse("GB82"), Err(IbanError::Length(_))));
-        assert!(matches!(Iban::parse("1282WEST12345698765432"), Err(IbanError::Format(_))));
-        assert!(matches!(Iban::parse("GB82WEST1234569876543-"), Err(IbanError::Format(_))));
+        assert!(matches!(
+            Iban::parse("1282WEST12345698765432"),
+            Err(IbanError::Format(_))
+        ));
+        assert!(matches!(
+            Iban::parse("GB82WEST1234569876543-"),
+            Err(IbanError::Format(_))
+        ));
     }
 
     proptest! {

@@ -14,12 +14,12 @@ pub mod secret;
 pub use connector::{
     Connector, ConnectorError, ConnectorLimits, DateWindow, ScaChallenge, TransientKind, WindowPage,
 };
-pub use iban::{Iban, IbanError};
-pub use model::{
-    Account, Balance, BalanceKind, ConnectionSettings, Credentials, FetchedAccount, FetchedTransaction,
-    Transaction, TxStatus,
-};
-pub use model::clean_label;
-pub use money::{Currency, CurrencyError, Money, parse_decimal};
 pub use crypto::{CryptoError, MasterKey};
+pub use iban::{Iban, IbanError};
+pub use model::clean_label;
+pub use model::{
+    Account, Balance, BalanceKind, ConnectionSettings, Credentials, FetchedAccount,
+    FetchedTransaction, Transaction, TxStatus,
+};
+pub use money::{Currency, CurrencyError, Money, parse_decimal};
 pub use secret::Secret;

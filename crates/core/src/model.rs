@@ -250,9 +250,18 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_trailing_zeros_but_not_label() {
-        assert_eq!(tx("COFFEE", "-2.50").content_fingerprint(), tx("COFFEE", "-2.5").content_fingerprint());
-        assert_ne!(tx("COFFEE", "-2.50").content_fingerprint(), tx("COFFEE ", "-2.50").content_fingerprint());
-        assert_ne!(tx("COFFEE", "-2.50").content_fingerprint(), tx("COFFEE", "2.50").content_fingerprint());
+        assert_eq!(
+            tx("COFFEE", "-2.50").content_fingerprint(),
+            tx("COFFEE", "-2.5").content_fingerprint()
+        );
+        assert_ne!(
+            tx("COFFEE", "-2.50").content_fingerprint(),
+            tx("COFFEE ", "-2.50").content_fingerprint()
+        );
+        assert_ne!(
+            tx("COFFEE", "-2.50").content_fingerprint(),
+            tx("COFFEE", "2.50").content_fingerprint()
+        );
     }
 
     #[test]
@@ -281,13 +290,17 @@ impl Credentials {
 
     /// The JSON form to seal. Exposes the secrets: only for `MasterKey::seal`.
     pub fn to_json_for_sealing(&self) -> zeroize::Zeroizing<String> {
-        let map: std::collections::BTreeMap<&str, &str> =
-            self.fields.iter().map(|(k, v)| (k.as_str(), v.expose().as_str())).collect();
+        let map: std::collections::BTreeMap<&str, &str> = self
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose().as_str()))
+            .collect();
         zeroize::Zeroizing::new(serde_json::to_string(&map).expect("string map serialises"))
     }
 
     pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
-        let fields: std::collections::BTreeMap<String, crate::Secret<String>> = serde_json::from_str(json)?;
+        let fields: std::collections::BTreeMap<String, crate::Secret<String>> =
+            serde_json::from_str(json)?;
         Ok(Self { fields })
     }
 }

@@ -76,7 +76,10 @@ mod tests {
             user: String,
             password: Secret<String>,
         }
-        let c = Creds { user: "alice".into(), password: "hunter2".into() };
+        let c = Creds {
+            user: "alice".into(),
+            password: "hunter2".into(),
+        };
         let printed = format!("{c:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(printed.contains("alice"));

@@ -139,15 +139,11 @@ async fn run_job(
     let syncer = state.syncer.clone();
     let conn_name = connection.name.clone();
     let name = connection.name.clone();
-    // `Syncer::sync`'s future is not `Send` today (the engine holds a
-    // `&dyn Connector` across an await), so it cannot go to `tokio::spawn`:
-    // it runs on a blocking-pool thread that drives it with the runtime's
-    // handle (its I/O still runs on the runtime). A panic inside ends up in
-    // the join error below either way.
-    let runtime = tokio::runtime::Handle::current();
-    let task = tokio::task::spawn_blocking(move || {
+    // A task of its own, so a panic inside the sync ends up in the join
+    // error below and the job is still marked finished.
+    let task = tokio::spawn(async move {
         let progress = move |event: SyncEvent| log_event(&name, &event);
-        runtime.block_on(syncer.sync(&connection, &progress))
+        syncer.sync(&connection, &progress).await
     });
     let name = &conn_name;
     match task.await {

@@ -3,7 +3,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bankbridge_core::{
-    BalanceKind, Connector, ConnectorError, ConnectionSettings, DateWindow, FetchedAccount, WindowPage,
+    BalanceKind, ConnectionSettings, Connector, ConnectorError, DateWindow, FetchedAccount,
+    WindowPage,
 };
 use bankbridge_store::{Checkpoint, Connection, Lease, WindowCommit};
 use chrono::Utc;
@@ -22,19 +23,34 @@ pub(crate) async fn sync_connection(
     let settings = Syncer::settings(connection)?;
     let credentials = syncer.credentials(connection)?;
     let mut connector = (syncer.factory)(connection, &settings, credentials).map_err(|detail| {
-        SyncError::Factory { connector: connection.connector.clone(), detail }
+        SyncError::Factory {
+            connector: connection.connector.clone(),
+            detail,
+        }
     })?;
     let mut lease = LeaseHolder::acquire(syncer, connection).await?;
-    let mut run = Run { syncer, connection, settings: &settings, progress, lease: &mut lease };
+    let mut run = Run {
+        syncer,
+        connection,
+        settings: &settings,
+        progress,
+        lease: &mut lease,
+    };
     let result = run.sync_all(connector.as_mut()).await;
     lease.release(syncer).await;
 
     let (status, error) = match &result {
         Ok(_) => ("ok", None),
-        Err(SyncError::Connector(ConnectorError::ScaRequired(_))) => ("needs_user", result.as_ref().err().map(|e| e.to_string())),
+        Err(SyncError::Connector(ConnectorError::ScaRequired(_))) => {
+            ("needs_user", result.as_ref().err().map(|e| e.to_string()))
+        }
         Err(e) => ("failed", Some(e.to_string())),
     };
-    if let Err(e) = syncer.store.record_sync_result(connection.id, Utc::now(), status, error.as_deref()).await {
+    if let Err(e) = syncer
+        .store
+        .record_sync_result(connection.id, Utc::now(), status, error.as_deref())
+        .await
+    {
         tracing::warn!(connection = %connection.name, error = %e, "could not record the sync result");
     }
     result
@@ -51,23 +67,43 @@ impl LeaseHolder {
         let o = &syncer.options;
         let now = Utc::now();
         let until = now + o.lease_ttl;
-        match syncer.store.acquire_sync_lease(connection.id, &o.owner, now, until).await? {
+        match syncer
+            .store
+            .acquire_sync_lease(connection.id, &o.owner, now, until)
+            .await?
+        {
             Lease::Acquired => {}
-            Lease::Held { owner, until: held_until } => {
+            Lease::Held {
+                owner,
+                until: held_until,
+            } => {
                 if !holder_is_dead(&owner) {
-                    return Err(SyncError::Busy { connection: connection.name.clone(), owner, until: held_until });
+                    return Err(SyncError::Busy {
+                        connection: connection.name.clone(),
+                        owner,
+                        until: held_until,
+                    });
                 }
                 // The holder was killed on this very machine: its lease is void.
                 tracing::warn!(connection = %connection.name, %owner, "taking over the lease of a sync that died");
                 let past_it = held_until + chrono::Duration::seconds(1);
-                if let Lease::Held { owner, until } =
-                    syncer.store.acquire_sync_lease(connection.id, &o.owner, past_it, until).await?
+                if let Lease::Held { owner, until } = syncer
+                    .store
+                    .acquire_sync_lease(connection.id, &o.owner, past_it, until)
+                    .await?
                 {
-                    return Err(SyncError::Busy { connection: connection.name.clone(), owner, until });
+                    return Err(SyncError::Busy {
+                        connection: connection.name.clone(),
+                        owner,
+                        until,
+                    });
                 }
             }
         }
-        Ok(Self { connection_id: connection.id, renewed: Instant::now() })
+        Ok(Self {
+            connection_id: connection.id,
+            renewed: Instant::now(),
+        })
     }
 
     async fn renew(&mut self, syncer: &Syncer) -> Result<(), SyncError> {
@@ -76,19 +112,29 @@ impl LeaseHolder {
         }
         let now = Utc::now();
         let o = &syncer.options;
-        match syncer.store.acquire_sync_lease(self.connection_id, &o.owner, now, now + o.lease_ttl).await? {
+        match syncer
+            .store
+            .acquire_sync_lease(self.connection_id, &o.owner, now, now + o.lease_ttl)
+            .await?
+        {
             Lease::Acquired => {
                 self.renewed = Instant::now();
                 Ok(())
             }
-            Lease::Held { owner, until } => {
-                Err(SyncError::Busy { connection: self.connection_id.to_string(), owner, until })
-            }
+            Lease::Held { owner, until } => Err(SyncError::Busy {
+                connection: self.connection_id.to_string(),
+                owner,
+                until,
+            }),
         }
     }
 
     async fn release(&self, syncer: &Syncer) {
-        if let Err(e) = syncer.store.release_sync_lease(self.connection_id, &syncer.options.owner).await {
+        if let Err(e) = syncer
+            .store
+            .release_sync_lease(self.connection_id, &syncer.options.owner)
+            .await
+        {
             tracing::warn!(error = %e, "could not release the sync lease; it expires by itself");
         }
     }
@@ -96,8 +142,12 @@ impl LeaseHolder {
 
 /// Owners are "pid N on HOST"; a holder on this host whose process is gone is dead.
 fn holder_is_dead(owner: &str) -> bool {
-    let Some(rest) = owner.strip_prefix("pid ") else { return false };
-    let Some((pid, host)) = rest.split_once(" on ") else { return false };
+    let Some(rest) = owner.strip_prefix("pid ") else {
+        return false;
+    };
+    let Some((pid, host)) = rest.split_once(" on ") else {
+        return false;
+    };
     let ours = crate::SyncOptions::default().owner;
     let our_host = ours.split_once(" on ").map(|(_, h)| h).unwrap_or_default();
     host == our_host
@@ -128,7 +178,10 @@ struct Run<'a> {
 
 impl Run<'_> {
     async fn sync_all(&mut self, connector: &mut dyn Connector) -> Result<SyncSummary, SyncError> {
-        let mut summary = SyncSummary { connection: self.connection.name.clone(), ..Default::default() };
+        let mut summary = SyncSummary {
+            connection: self.connection.name.clone(),
+            ..Default::default()
+        };
         if let Some(session) = self.syncer.open_session(self.connection) {
             connector.restore_session(session);
         }
@@ -139,20 +192,38 @@ impl Run<'_> {
         let Out::Accounts(accounts) = self.call(connector, Op::Accounts).await? else {
             unreachable!("Op::Accounts yields Out::Accounts")
         };
-        (self.progress)(SyncEvent::Accounts { count: accounts.len() });
+        (self.progress)(SyncEvent::Accounts {
+            count: accounts.len(),
+        });
         for fetched in &accounts {
-            let account = self.syncer.store.upsert_account(self.connection.id, fetched, Utc::now()).await?;
-            self.sync_account(connector, fetched, account.id, &mut summary).await?;
+            let account = self
+                .syncer
+                .store
+                .upsert_account(self.connection.id, fetched, Utc::now())
+                .await?;
+            self.sync_account(connector, fetched, account.id, &mut summary)
+                .await?;
             summary.accounts += 1;
         }
         self.save_session(connector).await;
         Ok(summary)
     }
 
-    async fn save_session(&self, connector: &dyn Connector) {
-        let Some(state) = connector.session_state() else { return };
-        let sealed = self.syncer.key.seal_str(&state, &session_purpose(&self.connection.name));
-        if let Err(e) = self.syncer.store.save_session(self.connection.id, Some(&sealed)).await {
+    async fn save_session(&self, connector: &mut dyn Connector) {
+        // Read the state before any await: `&dyn Connector` is not `Send`.
+        let Some(state) = connector.session_state() else {
+            return;
+        };
+        let sealed = self
+            .syncer
+            .key
+            .seal_str(&state, &session_purpose(&self.connection.name));
+        if let Err(e) = self
+            .syncer
+            .store
+            .save_session(self.connection.id, Some(&sealed))
+            .await
+        {
             tracing::warn!(connection = %self.connection.name, error = %e, "could not keep the bank session");
         }
     }
@@ -175,22 +246,45 @@ impl Run<'_> {
         );
         let mut window_days = bounds.window_days;
         let mut cp = store.checkpoint(account_id).await?;
-        let label = fetched.iban.as_ref().map_or(fetched.provider_id.clone(), |i| i.to_string());
-        let mut acc = AccountRun { account_id, seen: HashSet::new(), claimed: HashSet::new(), range: None };
+        let label = fetched
+            .iban
+            .as_ref()
+            .map_or(fetched.provider_id.clone(), |i| i.to_string());
+        let mut acc = AccountRun {
+            account_id,
+            seen: HashSet::new(),
+            claimed: HashSet::new(),
+            range: None,
+        };
 
         let forward = plan::forward_windows(&cp, &bounds, window_days);
-        (self.progress)(SyncEvent::Planned { account: label.clone(), windows: forward.len() });
+        (self.progress)(SyncEvent::Planned {
+            account: label.clone(),
+            windows: forward.len(),
+        });
         for w in forward {
-            let page = self.fetch_range(connector, fetched, w, &label, &mut window_days).await?;
+            let page = self
+                .fetch_range(connector, fetched, w, &label, &mut window_days)
+                .await?;
             let next = plan::after_forward(&cp, w);
-            self.commit(&mut acc, w, page, &cp, &next, &label, summary).await?;
+            self.commit(&mut acc, w, page, &cp, &next, &label, summary)
+                .await?;
             cp = next;
         }
         while let Some(w) = plan::next_backfill_window(&cp, &bounds, window_days) {
-            let page = self.fetch_range(connector, fetched, w, &label, &mut window_days).await?;
+            let page = self
+                .fetch_range(connector, fetched, w, &label, &mut window_days)
+                .await?;
             let empty = page.transactions.is_empty();
-            let next = plan::after_backfill(&cp, &bounds, w, empty, self.syncer.options.empty_streak_limit);
-            self.commit(&mut acc, w, page, &cp, &next, &label, summary).await?;
+            let next = plan::after_backfill(
+                &cp,
+                &bounds,
+                w,
+                empty,
+                self.syncer.options.empty_streak_limit,
+            );
+            self.commit(&mut acc, w, page, &cp, &next, &label, summary)
+                .await?;
             cp = next;
         }
 
@@ -232,7 +326,11 @@ impl Run<'_> {
         let store = &self.syncer.store;
         let now = Utc::now();
         let stored = store
-            .load_window(acc.account_id, plan::sub_days(w.from, LINK_TOLERANCE_DAYS as u32), w.to)
+            .load_window(
+                acc.account_id,
+                plan::sub_days(w.from, LINK_TOLERANCE_DAYS as u32),
+                w.to,
+            )
             .await?;
         let planned = reconcile::plan(&stored, &page.transactions, now, &mut acc.claimed);
         acc.seen.extend(planned.seen.iter().cloned());
@@ -241,8 +339,11 @@ impl Run<'_> {
             Some(r) => DateWindow::new(r.from.min(w.from), r.to.max(w.to)),
         });
         // Opening balances only check the window; closing and available ones are history.
-        let balances: Vec<_> =
-            page.balances.into_iter().filter(|b| b.kind != BalanceKind::OpeningBooked).collect();
+        let balances: Vec<_> = page
+            .balances
+            .into_iter()
+            .filter(|b| b.kind != BalanceKind::OpeningBooked)
+            .collect();
         summary.add(&planned.stats);
         summary.windows += 1;
         if !(planned.is_empty() && balances.is_empty() && cp == next) {
@@ -259,7 +360,11 @@ impl Run<'_> {
             };
             store.commit_window(&commit).await?;
         }
-        (self.progress)(SyncEvent::WindowDone { account: label.to_owned(), window: w, stats: planned.stats });
+        (self.progress)(SyncEvent::WindowDone {
+            account: label.to_owned(),
+            window: w,
+            stats: planned.stats,
+        });
         self.lease.renew(self.syncer).await
     }
 
@@ -282,11 +387,17 @@ impl Run<'_> {
                     page.balances.extend(p.balances);
                 }
                 Ok(_) => unreachable!("Op::Window yields Out::Page"),
-                Err(SyncError::Connector(ConnectorError::WindowRefused { window, message })) if part.days() > 1 => {
+                Err(SyncError::Connector(ConnectorError::WindowRefused { window, message }))
+                    if part.days() > 1 =>
+                {
                     let half = part.days() / 2;
                     *window_days = (*window_days).min(half).max(1);
                     tracing::warn!(account = label, %window, %message, new_days = half, "the bank refused the window; fetching it in halves");
-                    (self.progress)(SyncEvent::WindowShrunk { account: label.to_owned(), window, new_days: half });
+                    (self.progress)(SyncEvent::WindowShrunk {
+                        account: label.to_owned(),
+                        window,
+                        new_days: half,
+                    });
                     let mid = plan::add_days(part.from, half - 1);
                     // Pushed so the older half is fetched first.
                     pending.push(DateWindow::new(plan::add_days(mid, 1), part.to));
@@ -306,8 +417,14 @@ impl Run<'_> {
         let mut relogins = 0;
         loop {
             let (what, result) = match &op {
-                Op::Login => ("login".to_owned(), connector.login().await.map(|_| Out::Done)),
-                Op::Accounts => ("account list".to_owned(), connector.accounts().await.map(Out::Accounts)),
+                Op::Login => (
+                    "login".to_owned(),
+                    connector.login().await.map(|_| Out::Done),
+                ),
+                Op::Accounts => (
+                    "account list".to_owned(),
+                    connector.accounts().await.map(Out::Accounts),
+                ),
                 Op::Window(a, w) => (
                     format!("transactions of {} for {w}", a.provider_id),
                     connector.window(a, *w).await.map(Out::Page),
@@ -316,10 +433,18 @@ impl Run<'_> {
             match result {
                 Ok(out) => return Ok(out),
                 Err(e) if e.is_transient() && attempt < o.max_attempts => {
-                    let backoff = o.backoff_base.saturating_mul(1 << (attempt - 1).min(16)).min(o.backoff_max);
+                    let backoff = o
+                        .backoff_base
+                        .saturating_mul(1 << (attempt - 1).min(16))
+                        .min(o.backoff_max);
                     let delay = jitter(backoff).max(e.retry_after().unwrap_or_default());
                     tracing::info!(%what, attempt, delay_ms = delay.as_millis() as u64, reason = %e, "retrying");
-                    (self.progress)(SyncEvent::Retrying { what, attempt, delay, reason: e.to_string() });
+                    (self.progress)(SyncEvent::Retrying {
+                        what,
+                        attempt,
+                        delay,
+                        reason: e.to_string(),
+                    });
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bankbridge_core::{
-    Connector, ConnectorError, ConnectionSettings, Credentials, CryptoError, DateWindow, MasterKey,
+    ConnectionSettings, Connector, ConnectorError, Credentials, CryptoError, DateWindow, MasterKey,
     Secret,
 };
 use bankbridge_store::{Connection, NewConnection, Store, StoreError};
@@ -89,12 +89,30 @@ impl SyncSummary {
 #[derive(Clone, Debug)]
 pub enum SyncEvent {
     LoggedIn,
-    Accounts { count: usize },
-    Planned { account: String, windows: usize },
-    WindowDone { account: String, window: DateWindow, stats: reconcile::ReconcileStats },
-    Retrying { what: String, attempt: u32, delay: Duration, reason: String },
+    Accounts {
+        count: usize,
+    },
+    Planned {
+        account: String,
+        windows: usize,
+    },
+    WindowDone {
+        account: String,
+        window: DateWindow,
+        stats: reconcile::ReconcileStats,
+    },
+    Retrying {
+        what: String,
+        attempt: u32,
+        delay: Duration,
+        reason: String,
+    },
     Relogin,
-    WindowShrunk { account: String, window: DateWindow, new_days: u32 },
+    WindowShrunk {
+        account: String,
+        window: DateWindow,
+        new_days: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,8 +123,14 @@ pub enum SyncError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
-    #[error("connection {connection:?} is being synced by {owner} (lease until {until}); try again later")]
-    Busy { connection: String, owner: String, until: DateTime<Utc> },
+    #[error(
+        "connection {connection:?} is being synced by {owner} (lease until {until}); try again later"
+    )]
+    Busy {
+        connection: String,
+        owner: String,
+        until: DateTime<Utc>,
+    },
     #[error("connection {connection:?} has bad settings: {detail}")]
     Settings { connection: String, detail: String },
     #[error("cannot build the {connector} connector: {detail}")]
@@ -131,7 +155,10 @@ pub async fn add_connection(
     settings: &ConnectionSettings,
     credentials: &Credentials,
 ) -> Result<Connection, SyncError> {
-    let sealed = key.seal(credentials.to_json_for_sealing().as_bytes(), &credentials_purpose(name));
+    let sealed = key.seal(
+        credentials.to_json_for_sealing().as_bytes(),
+        &credentials_purpose(name),
+    );
     let new = NewConnection {
         name: name.to_owned(),
         connector: connector.to_owned(),
@@ -152,7 +179,12 @@ pub struct Syncer {
 
 impl Syncer {
     pub fn new(store: Arc<dyn Store>, key: Arc<MasterKey>, factory: ConnectorFactory) -> Self {
-        Self { store, key, factory, options: SyncOptions::default() }
+        Self {
+            store,
+            key,
+            factory,
+            options: SyncOptions::default(),
+        }
     }
 
     /// Sync one connection to the bank's present: takes the connection's
@@ -168,9 +200,10 @@ impl Syncer {
 
     /// Decrypt a connection's credentials.
     pub fn credentials(&self, connection: &Connection) -> Result<Credentials, SyncError> {
-        let json = self
-            .key
-            .open_str(&connection.credentials_sealed, &credentials_purpose(&connection.name))?;
+        let json = self.key.open_str(
+            &connection.credentials_sealed,
+            &credentials_purpose(&connection.name),
+        )?;
         Credentials::from_json(json.expose()).map_err(|e| SyncError::Settings {
             connection: connection.name.clone(),
             detail: format!("sealed credentials are not a JSON object: {e}"),
@@ -186,6 +219,19 @@ impl Syncer {
 
     pub(crate) fn open_session(&self, connection: &Connection) -> Option<Secret<String>> {
         let sealed = connection.session_sealed.as_ref()?;
-        self.key.open_str(sealed, &session_purpose(&connection.name)).ok()
+        self.key
+            .open_str(sealed, &session_purpose(&connection.name))
+            .ok()
+    }
+}
+
+#[cfg(test)]
+mod send_check {
+    /// The server runs syncs on tokio tasks: the future must be `Send`.
+    #[allow(dead_code)]
+    fn sync_future_is_send(s: &super::Syncer, c: &bankbridge_store::Connection) {
+        fn assert_send<T: Send>(_: &T) {}
+        let f = s.sync(c, &|_| {});
+        assert_send(&f);
     }
 }

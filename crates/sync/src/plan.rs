@@ -35,27 +35,38 @@ impl PlanBounds {
             None => window_days,
         }
         .max(1);
-        let history_floor = limits.max_history_days.map(|d| sub_days(today, d.saturating_sub(1)));
+        let history_floor = limits
+            .max_history_days
+            .map(|d| sub_days(today, d.saturating_sub(1)));
         let oldest = match (since, history_floor) {
             (Some(s), Some(h)) => Some(s.max(h)),
             (s, h) => s.or(h),
         };
-        Self { today, window_days, overlap_days, oldest }
+        Self {
+            today,
+            window_days,
+            overlap_days,
+            oldest,
+        }
     }
 }
 
 pub fn sub_days(d: NaiveDate, n: u32) -> NaiveDate {
-    d.checked_sub_days(Days::new(n as u64)).unwrap_or(NaiveDate::MIN)
+    d.checked_sub_days(Days::new(n as u64))
+        .unwrap_or(NaiveDate::MIN)
 }
 
 pub fn add_days(d: NaiveDate, n: u32) -> NaiveDate {
-    d.checked_add_days(Days::new(n as u64)).unwrap_or(NaiveDate::MAX)
+    d.checked_add_days(Days::new(n as u64))
+        .unwrap_or(NaiveDate::MAX)
 }
 
 /// The forward catch-up windows, oldest first: from `newest_covered -
 /// overlap` to today. Empty on a first sync (nothing covered yet).
 pub fn forward_windows(cp: &Checkpoint, b: &PlanBounds, window_days: u32) -> Vec<DateWindow> {
-    let Some(newest) = cp.newest_covered else { return vec![] };
+    let Some(newest) = cp.newest_covered else {
+        return vec![];
+    };
     let mut start = sub_days(newest, b.overlap_days);
     if let Some(oldest) = b.oldest {
         start = start.max(oldest);
@@ -75,7 +86,11 @@ pub fn forward_windows(cp: &Checkpoint, b: &PlanBounds, window_days: u32) -> Vec
 
 /// The next backfill window below the covered range, or `None` when the
 /// backfill is complete.
-pub fn next_backfill_window(cp: &Checkpoint, b: &PlanBounds, window_days: u32) -> Option<DateWindow> {
+pub fn next_backfill_window(
+    cp: &Checkpoint,
+    b: &PlanBounds,
+    window_days: u32,
+) -> Option<DateWindow> {
     if cp.backfill_done && !reopened(cp, b) {
         return None;
     }
@@ -99,7 +114,13 @@ fn reopened(cp: &Checkpoint, b: &PlanBounds) -> bool {
 }
 
 /// The checkpoint after committing backfill window `w` (`empty`: it held nothing).
-pub fn after_backfill(cp: &Checkpoint, b: &PlanBounds, w: DateWindow, empty: bool, empty_streak_limit: u32) -> Checkpoint {
+pub fn after_backfill(
+    cp: &Checkpoint,
+    b: &PlanBounds,
+    w: DateWindow,
+    empty: bool,
+    empty_streak_limit: u32,
+) -> Checkpoint {
     let empty_streak = if empty { cp.empty_streak + 1 } else { 0 };
     let reached_floor = b.oldest.is_some_and(|o| w.from <= o);
     // Without a known floor, a long run of empty windows means the account's
@@ -131,7 +152,10 @@ mod tests {
     }
 
     fn bounds(since: Option<NaiveDate>) -> PlanBounds {
-        let limits = ConnectorLimits { max_window_days: Some(30), ..Default::default() };
+        let limits = ConnectorLimits {
+            max_window_days: Some(30),
+            ..Default::default()
+        };
         PlanBounds::new(d(2024, 6, 30), &limits, 90, 7, since)
     }
 
@@ -155,7 +179,11 @@ mod tests {
         assert_eq!(covered.first().unwrap().to, d(2024, 6, 30));
         assert_eq!(covered.last().unwrap().from, d(2024, 1, 1));
         for pair in covered.windows(2) {
-            assert_eq!(pair[1].to.succ_opt().unwrap(), pair[0].from, "gap or overlap between windows");
+            assert_eq!(
+                pair[1].to.succ_opt().unwrap(),
+                pair[0].from,
+                "gap or overlap between windows"
+            );
         }
         assert_eq!(cp.oldest_covered, Some(d(2024, 1, 1)));
         assert_eq!(cp.newest_covered, Some(d(2024, 6, 30)));
@@ -175,7 +203,10 @@ mod tests {
 
     #[test]
     fn incremental_sync_overlaps_and_reaches_today() {
-        let b = PlanBounds { today: d(2024, 7, 20), ..bounds(Some(d(2024, 1, 1))) };
+        let b = PlanBounds {
+            today: d(2024, 7, 20),
+            ..bounds(Some(d(2024, 1, 1)))
+        };
         let cp = Checkpoint {
             oldest_covered: Some(d(2024, 1, 1)),
             newest_covered: Some(d(2024, 6, 30)),
@@ -197,12 +228,19 @@ mod tests {
             backfill_done: true,
             empty_streak: 0,
         };
-        assert_eq!(next_backfill_window(&cp, &b, 30).unwrap().to, d(2023, 12, 31));
+        assert_eq!(
+            next_backfill_window(&cp, &b, 30).unwrap().to,
+            d(2023, 12, 31)
+        );
     }
 
     #[test]
     fn history_limit_sets_the_floor() {
-        let limits = ConnectorLimits { max_window_days: Some(30), max_history_days: Some(90), ..Default::default() };
+        let limits = ConnectorLimits {
+            max_window_days: Some(30),
+            max_history_days: Some(90),
+            ..Default::default()
+        };
         let b = PlanBounds::new(d(2024, 6, 30), &limits, 30, 7, Some(d(2020, 1, 1)));
         assert_eq!(b.oldest, Some(d(2024, 4, 2)));
     }

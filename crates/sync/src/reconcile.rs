@@ -65,7 +65,12 @@ pub fn identify(incoming: &[FetchedTransaction]) -> Vec<(String, String)> {
         .collect()
 }
 
-pub fn to_write(tx: &FetchedTransaction, key: String, fingerprint: String, pending_id: Option<String>) -> TxWrite {
+pub fn to_write(
+    tx: &FetchedTransaction,
+    key: String,
+    fingerprint: String,
+    pending_id: Option<String>,
+) -> TxWrite {
     TxWrite {
         provider_id: key,
         pending_provider_id: pending_id,
@@ -121,20 +126,29 @@ pub fn plan(
     now: DateTime<Utc>,
     claimed: &mut HashSet<i64>,
 ) -> ReconcilePlan {
-    let by_key: HashMap<&str, &Transaction> = stored.iter().map(|t| (t.provider_id.as_str(), t)).collect();
-    let by_pending_key: HashSet<&str> =
-        stored.iter().filter_map(|t| t.pending_provider_id.as_deref()).collect();
+    let by_key: HashMap<&str, &Transaction> =
+        stored.iter().map(|t| (t.provider_id.as_str(), t)).collect();
+    let by_pending_key: HashSet<&str> = stored
+        .iter()
+        .filter_map(|t| t.pending_provider_id.as_deref())
+        .collect();
     let ids = identify(incoming);
     let incoming_keys: HashSet<&str> = ids.iter().map(|(k, _)| k.as_str()).collect();
 
     // Pending rows that could be settled by a booked row of this window: not
     // reported again under their own id, and not claimed yet.
-    let mut candidates: HashMap<(rust_decimal::Decimal, bankbridge_core::Currency), Vec<&Transaction>> = HashMap::new();
+    let mut candidates: HashMap<
+        (rust_decimal::Decimal, bankbridge_core::Currency),
+        Vec<&Transaction>,
+    > = HashMap::new();
     for t in stored {
         let open = t.status == TxStatus::Pending
             || (t.status == TxStatus::Void && t.pending_provider_id.is_none());
         if open && !incoming_keys.contains(t.provider_id.as_str()) && !claimed.contains(&t.id) {
-            candidates.entry((t.amount.normalize(), t.currency)).or_default().push(t);
+            candidates
+                .entry((t.amount.normalize(), t.currency))
+                .or_default()
+                .push(t);
         }
     }
 
@@ -159,13 +173,13 @@ pub fn plan(
             out.stats.unchanged += 1;
             continue;
         }
-        if tx.status == TxStatus::Booked {
-            if let Some(pending) = claim(&mut candidates, tx, claimed) {
-                out.stats.updated += 1;
-                let w = to_write(tx, key, fingerprint, Some(pending.provider_id.clone()));
-                out.updates.push((pending.id, w));
-                continue;
-            }
+        if tx.status == TxStatus::Booked
+            && let Some(pending) = claim(&mut candidates, tx, claimed)
+        {
+            out.stats.updated += 1;
+            let w = to_write(tx, key, fingerprint, Some(pending.provider_id.clone()));
+            out.updates.push((pending.id, w));
+            continue;
         }
         out.stats.inserted += 1;
         out.inserts.push(to_write(tx, key, fingerprint, None));
@@ -175,7 +189,10 @@ pub fn plan(
 
 /// The closest-dated open pending row a booked row settles, if any.
 fn claim<'a>(
-    candidates: &mut HashMap<(rust_decimal::Decimal, bankbridge_core::Currency), Vec<&'a Transaction>>,
+    candidates: &mut HashMap<
+        (rust_decimal::Decimal, bankbridge_core::Currency),
+        Vec<&'a Transaction>,
+    >,
     booked: &FetchedTransaction,
     claimed: &mut HashSet<i64>,
 ) -> Option<&'a Transaction> {
@@ -200,7 +217,11 @@ fn claim<'a>(
 
 /// Pending rows of `stored` that no window of this sync reported again and
 /// nothing claimed: the bank dropped them, so they become `void`.
-pub fn vanished_pending(stored: &[Transaction], seen: &HashSet<String>, claimed: &HashSet<i64>) -> Vec<i64> {
+pub fn vanished_pending(
+    stored: &[Transaction],
+    seen: &HashSet<String>,
+    claimed: &HashSet<i64>,
+) -> Vec<i64> {
     stored
         .iter()
         .filter(|t| t.status == TxStatus::Pending)
@@ -221,7 +242,13 @@ mod tests {
         NaiveDate::from_ymd_opt(2024, 5, day).unwrap()
     }
 
-    fn fetched(id: Option<&str>, status: TxStatus, day: u32, amount: &str, label: &str) -> FetchedTransaction {
+    fn fetched(
+        id: Option<&str>,
+        status: TxStatus,
+        day: u32,
+        amount: &str,
+        label: &str,
+    ) -> FetchedTransaction {
         FetchedTransaction {
             provider_id: id.map(str::to_owned),
             status,
@@ -244,7 +271,12 @@ mod tests {
     }
 
     /// Apply a plan to an in-memory table the way the store does.
-    fn apply(table: &mut Vec<Transaction>, plan: &ReconcilePlan, now: DateTime<Utc>, voids: &[i64]) {
+    fn apply(
+        table: &mut Vec<Transaction>,
+        plan: &ReconcilePlan,
+        now: DateTime<Utc>,
+        voids: &[i64],
+    ) {
         for (id, w) in &plan.updates {
             let t = table.iter_mut().find(|t| t.id == *id).unwrap();
             *t = row(t.id, w, t.first_seen, now);
@@ -297,11 +329,26 @@ mod tests {
         ];
         let mut table = vec![];
         let p = plan(&table, &incoming, now, &mut HashSet::new());
-        assert_eq!(p.stats, ReconcileStats { inserted: 2, ..Default::default() });
+        assert_eq!(
+            p.stats,
+            ReconcileStats {
+                inserted: 2,
+                ..Default::default()
+            }
+        );
         apply(&mut table, &p, now, &[]);
         let p2 = plan(&table, &incoming, now, &mut HashSet::new());
-        assert_eq!(p2.stats, ReconcileStats { unchanged: 2, ..Default::default() });
-        assert!(p2.is_empty(), "an unchanged re-sync must write nothing: {p2:?}");
+        assert_eq!(
+            p2.stats,
+            ReconcileStats {
+                unchanged: 2,
+                ..Default::default()
+            }
+        );
+        assert!(
+            p2.is_empty(),
+            "an unchanged re-sync must write nothing: {p2:?}"
+        );
     }
 
     #[test]
@@ -335,7 +382,13 @@ mod tests {
         let booked = vec![fetched(Some("B7"), TxStatus::Booked, 5, "-42", "SHOP LTD")];
         let mut claimed = HashSet::new();
         let p2 = plan(&table, &booked, now, &mut claimed);
-        assert_eq!(p2.stats, ReconcileStats { updated: 1, ..Default::default() });
+        assert_eq!(
+            p2.stats,
+            ReconcileStats {
+                updated: 1,
+                ..Default::default()
+            }
+        );
         apply(&mut table, &p2, now, &[]);
         assert_eq!(table.len(), 1);
         assert_eq!(table[0].status, TxStatus::Booked);
@@ -358,7 +411,10 @@ mod tests {
         apply(&mut table, &p0, now, &[]);
         let booked = vec![fetched(Some("B1"), TxStatus::Booked, 20, "-10", "A")];
         let p = plan(&table, &booked, now, &mut HashSet::new());
-        assert_eq!(p.stats.inserted, 1, "P1 is 19 days older, P2 has another amount");
+        assert_eq!(
+            p.stats.inserted, 1,
+            "P1 is 19 days older, P2 has another amount"
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use crate::config::Config;
 #[derive(Subcommand, Debug)]
 pub enum ConnectionCommand {
     /// Add a bank connection (the password is encrypted at rest).
-    #[command(after_help = "Example: echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h")]
+    #[command(
+        after_help = "Example: echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h"
+    )]
     Add(AddArgs),
     /// List connections (never shows credentials).
     List {
@@ -59,7 +61,9 @@ pub struct AddArgs {
 pub fn parse_interval(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 12h or 1d"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 12h or 1d"))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -83,7 +87,10 @@ pub async fn run(config: &Config, command: ConnectionCommand) -> Result<ExitCode
                 bail!("no connection named {connection:?}");
             };
             store.delete_connection(c.id).await?;
-            println!("removed connection {} (id {}) with its accounts and transactions", c.name, c.id);
+            println!(
+                "removed connection {} (id {}) with its accounts and transactions",
+                c.name, c.id
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -92,21 +99,31 @@ pub async fn run(config: &Config, command: ConnectionCommand) -> Result<ExitCode
 fn read_password(from_stdin: bool) -> Result<Secret<String>> {
     if from_stdin || !std::io::stdin().is_terminal() {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
         let pw = line.trim_end_matches(['\n', '\r']).to_owned();
         if pw.is_empty() {
             bail!("the password on stdin is empty");
         }
         return Ok(Secret::new(pw));
     }
-    Ok(Secret::new(rpassword::prompt_password("bank password: ").context("reading the password")?))
+    Ok(Secret::new(
+        rpassword::prompt_password("bank password: ").context("reading the password")?,
+    ))
 }
 
 async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
     if !bankbridge_connectors::KNOWN.contains(&args.connector.as_str()) {
-        bail!("unknown connector {:?}; known: {}", args.connector, bankbridge_connectors::KNOWN.join(", "));
+        bail!(
+            "unknown connector {:?}; known: {}",
+            args.connector,
+            bankbridge_connectors::KNOWN.join(", ")
+        );
     }
-    let url = reqwest::Url::parse(&args.base_url).with_context(|| format!("--base-url {:?} is not a URL", args.base_url))?;
+    let url = reqwest::Url::parse(&args.base_url)
+        .with_context(|| format!("--base-url {:?} is not a URL", args.base_url))?;
     if !matches!(url.scheme(), "http" | "https") {
         bail!("--base-url must be http(s), got {}", url.scheme());
     }
@@ -131,7 +148,10 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         &Credentials::with_password(password),
     )
     .await?;
-    println!("added connection {} (id {}); sync it with: bankbridge sync --connection {}", c.name, c.id, c.name);
+    println!(
+        "added connection {} (id {}); sync it with: bankbridge sync --connection {}",
+        c.name, c.id, c.name
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -159,13 +179,22 @@ async fn list(config: &Config, json: bool) -> Result<ExitCode> {
                 c.id.to_string(),
                 c.name.clone(),
                 c.connector.clone(),
-                c.settings.get("base_url").and_then(|v| v.as_str()).unwrap_or("").to_owned(),
-                c.last_sync_at.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "-".into()),
+                c.settings
+                    .get("base_url")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_owned(),
+                c.last_sync_at
+                    .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                    .unwrap_or_else(|| "-".into()),
                 c.last_sync_status.clone(),
             ]
         })
         .collect();
-    super::print_table(&["ID", "NAME", "CONNECTOR", "BASE URL", "LAST SYNC", "STATUS"], &rows);
+    super::print_table(
+        &["ID", "NAME", "CONNECTOR", "BASE URL", "LAST SYNC", "STATUS"],
+        &rows,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -23,9 +23,14 @@ pub struct DemoArgs {
 
 /// Sandbox + server on embedded SQLite in a throwaway data directory.
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
-    let home = tempfile::Builder::new().prefix("bankbridge-demo-").tempdir()?;
+    let home = tempfile::Builder::new()
+        .prefix("bankbridge-demo-")
+        .tempdir()?;
     let config = Config::for_home(home.path());
-    eprintln!("data directory: {} (deleted on exit)", home.path().display());
+    eprintln!(
+        "data directory: {} (deleted on exit)",
+        home.path().display()
+    );
 
     let sandbox_config = args.data.config();
     sandbox_config.validate()?;
@@ -33,7 +38,9 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         "starting the simulated Fibank: {} accounts × {} transactions over {} years…",
         sandbox_config.accounts, sandbox_config.transactions, sandbox_config.years
     );
-    let sandbox = bankbridge_sandbox::spawn(sandbox_config).await.context("starting the sandbox")?;
+    let sandbox = bankbridge_sandbox::spawn(sandbox_config)
+        .await
+        .context("starting the sandbox")?;
     let key = Arc::new(MasterKey::create_file(&config.key_file())?);
     let store = config.store().await?;
     let syncer = super::syncer(store.clone(), key.clone());
@@ -62,16 +69,28 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     store.create_token(&record).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
-        .with_context(|| format!("listening on {} (pass --listen 127.0.0.1:PORT to pick another port)", args.listen))?;
+        .with_context(|| {
+            format!(
+                "listening on {} (pass --listen 127.0.0.1:PORT to pick another port)",
+                args.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
 
     println!();
     println!("bankbridge demo is up");
     println!("  API:         http://{addr}/api/v1/  (OpenAPI: http://{addr}/api/v1/openapi.json)");
     println!("  read token:  {}", token.expose());
-    println!("  sandbox:     {}  (truth: {}/_sandbox/fibank/truth)", sandbox.base_url(), sandbox.root_url());
+    println!(
+        "  sandbox:     {}  (truth: {}/_sandbox/fibank/truth)",
+        sandbox.base_url(),
+        sandbox.root_url()
+    );
     println!("  try:");
-    println!("    curl -s -H 'Authorization: Bearer {}' 'http://{addr}/api/v1/transactions?limit=5'", token.expose());
+    println!(
+        "    curl -s -H 'Authorization: Bearer {}' 'http://{addr}/api/v1/transactions?limit=5'",
+        token.expose()
+    );
     println!();
     if args.no_serve {
         return Ok(ExitCode::SUCCESS);

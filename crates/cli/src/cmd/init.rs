@@ -11,16 +11,26 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
         .with_context(|| format!("creating the data directory {}", config.home.display()))?;
     let key_file = config.key_file();
     if std::env::var_os(bankbridge_core::crypto::MASTER_KEY_ENV).is_some() {
-        println!("master key: from {} (no key file written)", bankbridge_core::crypto::MASTER_KEY_ENV);
+        println!(
+            "master key: from {} (no key file written)",
+            bankbridge_core::crypto::MASTER_KEY_ENV
+        );
     } else if key_file.exists() {
         MasterKey::load(&key_file)?;
         println!("master key: {} (already there, kept)", key_file.display());
     } else {
         MasterKey::create_file(&key_file)?;
-        println!("master key: {} (created, mode 0600 — back it up: without it stored credentials cannot be read)", key_file.display());
+        println!(
+            "master key: {} (created, mode 0600 — back it up: without it stored credentials cannot be read)",
+            key_file.display()
+        );
     }
     let store = config.store().await?;
-    println!("database:   {} ({})", redact_url(&config.db), store.backend());
+    println!(
+        "database:   {} ({})",
+        redact_url(&config.db),
+        store.backend()
+    );
     println!("next:       bankbridge connection add --help");
     Ok(ExitCode::SUCCESS)
 }

@@ -92,7 +92,18 @@ pub async fn transactions(config: &Config, args: TransactionsArgs) -> Result<Exi
             ]
         })
         .collect();
-    super::print_table(&["ID", "DATE", "STATUS", "AMOUNT", "CCY", "COUNTERPARTY", "LABEL"], &table);
+    super::print_table(
+        &[
+            "ID",
+            "DATE",
+            "STATUS",
+            "AMOUNT",
+            "CCY",
+            "COUNTERPARTY",
+            "LABEL",
+        ],
+        &table,
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -118,29 +129,47 @@ pub struct ExportArgs {
 }
 
 pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
-    let Some(format) = Format::parse(&args.format) else { bail!("unknown format {}", args.format) };
+    let Some(format) = Format::parse(&args.format) else {
+        bail!("unknown format {}", args.format)
+    };
     let store = config.store().await?;
     let query = args.filters.query();
     let stats = match &args.output {
         Some(path) => {
             // Write beside the target and rename, so a failed export never leaves half a file.
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-            let tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a file in {}", dir.display()))?;
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let tmp = tempfile::NamedTempFile::new_in(dir)
+                .with_context(|| format!("creating a file in {}", dir.display()))?;
             let file = tokio::fs::File::from_std(tmp.reopen()?);
             let mut w = tokio::io::BufWriter::new(file);
-            let stats = bankbridge_server::export::export_to_writer(store.as_ref(), &query, format, &mut w).await?;
+            let stats =
+                bankbridge_server::export::export_to_writer(store.as_ref(), &query, format, &mut w)
+                    .await?;
             tokio::io::AsyncWriteExt::flush(&mut w).await?;
             w.into_inner().sync_all().await?;
-            tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
+            tmp.persist(path)
+                .with_context(|| format!("writing {}", path.display()))?;
             stats
         }
         None => {
             let mut out = tokio::io::stdout();
-            let stats = bankbridge_server::export::export_to_writer(store.as_ref(), &query, format, &mut out).await?;
+            let stats = bankbridge_server::export::export_to_writer(
+                store.as_ref(),
+                &query,
+                format,
+                &mut out,
+            )
+            .await?;
             tokio::io::AsyncWriteExt::flush(&mut out).await?;
             stats
         }
     };
-    eprintln!("exported {} transactions ({} bytes)", stats.rows, stats.bytes);
+    eprintln!(
+        "exported {} transactions ({} bytes)",
+        stats.rows, stats.bytes
+    );
     Ok(ExitCode::SUCCESS)
 }

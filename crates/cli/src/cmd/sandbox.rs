@@ -67,11 +67,17 @@ pub async fn run(args: SandboxArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    eprintln!("generating {} accounts × {} transactions (seed {})…", config.accounts, config.transactions, config.seed);
+    eprintln!(
+        "generating {} accounts × {} transactions (seed {})…",
+        config.accounts, config.transactions, config.seed
+    );
     let state = tokio::task::spawn_blocking(move || SandboxState::new(config)).await??;
     let creds = state.fibank().credentials();
     println!("simulated banks on http://{addr}");
-    println!("fibank   base URL http://{addr}/fibank   username {}   password {}", creds.username, creds.password);
+    println!(
+        "fibank   base URL http://{addr}/fibank   username {}   password {}",
+        creds.username, creds.password
+    );
     println!("         truth    http://{addr}/_sandbox/fibank/truth");
     println!(
         "add it:  echo '{}' | bankbridge connection add --name fibank-sandbox --connector fibank --base-url http://{addr}/fibank --username {} --password-stdin",

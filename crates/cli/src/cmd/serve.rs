@@ -18,13 +18,23 @@ pub struct ServeArgs {
 
 pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
     let (store, syncer) = super::open(config).await?;
-    let listen = args.listen.or_else(|| config.file.listen.clone()).unwrap_or_else(|| "127.0.0.1:8080".into());
-    let server_config = ServerConfig { scheduler_tick: Duration::from_secs(args.scheduler_tick.max(1)), ..Default::default() };
+    let listen = args
+        .listen
+        .or_else(|| config.file.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let server_config = ServerConfig {
+        scheduler_tick: Duration::from_secs(args.scheduler_tick.max(1)),
+        ..Default::default()
+    };
     let state = AppState::with_config(store, syncer, known_connectors(), server_config);
-    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving the bankbridge API");
-    eprintln!("bankbridge API on http://{addr}/api/v1/ (OpenAPI: http://{addr}/api/v1/openapi.json)");
+    eprintln!(
+        "bankbridge API on http://{addr}/api/v1/ (OpenAPI: http://{addr}/api/v1/openapi.json)"
+    );
     let scheduler = bankbridge_server::spawn_scheduler(state.clone());
     bankbridge_server::serve(listener, state, shutdown_signal()).await?;
     scheduler.abort();
@@ -32,7 +42,10 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
 }
 
 pub fn known_connectors() -> Vec<String> {
-    bankbridge_connectors::KNOWN.iter().map(|s| s.to_string()).collect()
+    bankbridge_connectors::KNOWN
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// Ctrl-C or SIGTERM.

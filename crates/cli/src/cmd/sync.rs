@@ -41,15 +41,23 @@ pub async fn run(config: &Config, args: SyncArgs) -> Result<ExitCode> {
                 } else {
                     println!(
                         "{}: {} inserted, {} updated, {} unchanged, {} voided over {} windows in {} accounts",
-                        summary.connection, summary.inserted, summary.updated, summary.unchanged,
-                        summary.voided, summary.windows, summary.accounts
+                        summary.connection,
+                        summary.inserted,
+                        summary.updated,
+                        summary.unchanged,
+                        summary.voided,
+                        summary.windows,
+                        summary.accounts
                     );
                 }
             }
             Err(e) => {
                 failed = true;
                 if args.json {
-                    let empty = SyncSummary { connection: connection.name.clone(), ..Default::default() };
+                    let empty = SyncSummary {
+                        connection: connection.name.clone(),
+                        ..Default::default()
+                    };
                     println!("{}", summary_json(&empty, Some(&e)));
                 } else {
                     eprintln!("{}: sync failed: {e}", connection.name);
@@ -57,16 +65,27 @@ pub async fn run(config: &Config, args: SyncArgs) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Sync one connection with a progress line on stderr.
-pub async fn sync_one(syncer: &Syncer, connection: &Connection, hidden: bool) -> Result<SyncSummary, bankbridge_sync::SyncError> {
+pub async fn sync_one(
+    syncer: &Syncer,
+    connection: &Connection,
+    hidden: bool,
+) -> Result<SyncSummary, bankbridge_sync::SyncError> {
     let progress = SyncProgress::new(&connection.name, hidden);
     let p = progress.clone();
     let result = syncer.sync(connection, &move |e| p.on_event(e)).await;
     match &result {
-        Ok(s) => progress.finish(format!("done · {} new, {} updated, {} voided", s.inserted, s.updated, s.voided)),
+        Ok(s) => progress.finish(format!(
+            "done · {} new, {} updated, {} voided",
+            s.inserted, s.updated, s.voided
+        )),
         Err(e) => progress.abandon(format!("failed: {e}")),
     }
     result
@@ -85,7 +104,10 @@ fn summary_json(s: &SyncSummary, error: Option<&bankbridge_sync::SyncError>) -> 
     });
     if let Some(e) = error {
         v["error"] = json!(e.to_string());
-        if matches!(e, bankbridge_sync::SyncError::Connector(bankbridge_core::ConnectorError::ScaRequired(_))) {
+        if matches!(
+            e,
+            bankbridge_sync::SyncError::Connector(bankbridge_core::ConnectorError::ScaRequired(_))
+        ) {
             v["status"] = json!("needs_user");
         }
     }

@@ -32,10 +32,20 @@ pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
     match command {
         TokenCommand::Create { scope, name } => {
             let scope = Scope::parse(&scope).expect("clap restricts the values");
-            let name = name.unwrap_or_else(|| format!("{}-{}", scope.as_str(), chrono::Utc::now().format("%Y%m%d%H%M%S")));
+            let name = name.unwrap_or_else(|| {
+                format!(
+                    "{}-{}",
+                    scope.as_str(),
+                    chrono::Utc::now().format("%Y%m%d%H%M%S")
+                )
+            });
             let (plain, record) = bankbridge_server::auth::new_token(&name, scope);
             store.create_token(&record).await?;
-            eprintln!("token {} ({}), shown once — keep it somewhere safe:", record.name, scope.as_str());
+            eprintln!(
+                "token {} ({}), shown once — keep it somewhere safe:",
+                record.name,
+                scope.as_str()
+            );
             println!("{}", plain.expose());
         }
         TokenCommand::List { json } => {
@@ -47,12 +57,27 @@ pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                let fmt = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "-".into());
+                let fmt = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                    t.map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+                        .unwrap_or_else(|| "-".into())
+                };
                 let rows: Vec<Vec<String>> = tokens
                     .iter()
-                    .map(|t| vec![t.id.clone(), t.name.clone(), t.scope.as_str().into(), fmt(Some(t.created_at)), fmt(t.last_used_at), fmt(t.revoked_at)])
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.name.clone(),
+                            t.scope.as_str().into(),
+                            fmt(Some(t.created_at)),
+                            fmt(t.last_used_at),
+                            fmt(t.revoked_at),
+                        ]
+                    })
                     .collect();
-                super::print_table(&["ID", "NAME", "SCOPE", "CREATED", "LAST USED", "REVOKED"], &rows);
+                super::print_table(
+                    &["ID", "NAME", "SCOPE", "CREATED", "LAST USED", "REVOKED"],
+                    &rows,
+                );
             }
         }
         TokenCommand::Revoke { token } => {

@@ -184,6 +184,15 @@ impl Fibank {
         read(&self.world).day
     }
 
+    /// The bank's wall clock: the sandbox day at the real time of day in Sofia.
+    /// Sent as the HTTP `Date` header, so clients that take "today" from the
+    /// bank follow the sandbox clock when it is advanced.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        let real = chrono::Utc::now().with_timezone(&chrono_tz::Europe::Sofia);
+        let shift = self.today() - real.date_naive();
+        (real + shift).with_timezone(&chrono::Utc)
+    }
+
     pub fn customer_id(&self) -> u64 {
         read(&self.world).customer_id
     }
@@ -520,10 +529,23 @@ pub fn routes(bank: Arc<Fibank>) -> Router {
         .route("/credentials", get(control_credentials))
         .route("/advance", post(control_advance))
         .route("/config", get(control_config).post(control_set_config));
+    let bank_routes = bank_routes.layer(axum::middleware::map_response_with_state(
+        bank.clone(),
+        bank_date_header,
+    ));
     Router::new()
         .nest(PREFIX, bank_routes)
         .nest("/_sandbox/fibank", control)
         .with_state(bank)
+}
+
+/// Stamp every bank answer with the sandbox clock (`Date`, IMF-fixdate).
+async fn bank_date_header(State(bank): Bank, mut response: Response) -> Response {
+    let stamp = bank.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&stamp) {
+        response.headers_mut().insert(axum::http::header::DATE, v);
+    }
+    response
 }
 
 type Bank = State<Arc<Fibank>>;
