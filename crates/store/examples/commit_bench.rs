@@ -12,75 +12,14 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bankbridge_core::{Balance, BalanceKind, FetchedAccount, TxStatus};
-use bankbridge_store::{Checkpoint, NewConnection, SqliteStore, Store, TxWrite, WindowCommit};
-use chrono::{NaiveDate, TimeZone, Utc};
+use bankbridge_core::{Balance, BalanceKind};
+use bankbridge_store::bench::{self, RAW_COLUMNS, RAW_PER_ROW, RawWindow};
+use bankbridge_store::{Checkpoint, SqliteStore, Store, TxWrite, WindowCommit};
+use chrono::{TimeZone, Utc};
 use rust_decimal::Decimal;
-use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{Arguments, Connection, Executor};
+use sqlx::{Arguments, Connection};
 
-fn synthetic_rows(n: usize) -> Vec<TxWrite> {
-    let start = NaiveDate::from_ymd_opt(2015, 1, 1).unwrap_or_default();
-    let labels = [
-        "POS PURCHASE  LIDL BULGARIA  SOFIA",
-        "ПЛАЩАНЕ С КАРТА  ФАНТАСТИКО  СОФИЯ",
-        "TRANSFER TO SAVINGS",
-        "SALARY ACME LTD 04/2024",
-        "ATM WITHDRAWAL  SOFIA CENTER",
-    ];
-    (0..n)
-        .map(|i| {
-            let day = start + chrono::Duration::days((i / 100) as i64);
-            let cents = ((i * 7919) % 200_000) as i64 - 100_000;
-            let amount = Decimal::new(cents, 2);
-            let raw_label = labels[i % labels.len()];
-            TxWrite {
-                provider_id: format!("TRN{i:010}"),
-                pending_provider_id: None,
-                fingerprint: format!("{:024x}", (i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-                status: TxStatus::Booked,
-                booking_date: day,
-                value_date: Some(day),
-                transaction_date: None,
-                amount,
-                currency: "BGN".into(),
-                original_amount: None,
-                original_currency: None,
-                raw_label: raw_label.to_owned(),
-                label: raw_label.split_whitespace().collect::<Vec<_>>().join(" "),
-                counterparty_name: (i % 3 == 0).then(|| "ACME Ltd".to_owned()),
-                counterparty_iban: None,
-                remittance_info: (i % 4 == 0).then(|| format!("invoice {i}")),
-                bank_code: Some("POS/17".into()),
-                running_balance: None,
-                raw: format!(
-                    r#"{{"id":"TRN{i:010}","dateTime":"{day}T10:00:00","amount":"{amount}","ccy":"BGN","descr":"{raw_label}","trnType":"POS","trnCode":"17"}}"#
-                ),
-            }
-        })
-        .collect()
-}
-
-fn lower(s: &str) -> String {
-    s.to_lowercase()
-}
-
-const RAW_COLUMNS: &str = "connection_id, account_id, provider_id, pending_provider_id, fingerprint, status, \
-     booking_date, value_date, transaction_date, amount, currency, original_amount, original_currency, \
-     raw_label, label, counterparty_name, counterparty_iban, remittance_info, bank_code, running_balance, raw, \
-     search_text, first_seen, last_seen, updated_at";
-const RAW_PER_ROW: usize = 25;
-
-fn raw_insert_sql(rows: usize) -> String {
-    let one = format!("({})", vec!["?"; RAW_PER_ROW].join(","));
-    format!(
-        "INSERT INTO transactions ({RAW_COLUMNS}) VALUES {}",
-        vec![one; rows].join(",")
-    )
-}
-
-/// Plain multi-row INSERTs (as many rows per statement as SQLite's parameter
-/// limit allows), one transaction per window.
+/// Plain multi-row INSERTs into a fresh SQLite file, one transaction per window.
 async fn raw_sqlite(
     path: &std::path::Path,
     conn_id: i64,
@@ -88,70 +27,15 @@ async fn raw_sqlite(
     rows: &[TxWrite],
     window: usize,
 ) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
-    let opts = SqliteConnectOptions::new()
-        .filename(path)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal);
-    let mut c = sqlx::SqliteConnection::connect_with(&opts).await?;
-    let per_stmt = 32_766 / RAW_PER_ROW;
-    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
-    let mut sql_by_len: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
-    let started = Instant::now();
-    for win in rows.chunks(window) {
-        let mut tx = c.begin().await?;
-        for chunk in win.chunks(per_stmt) {
-            let sql = sql_by_len
-                .entry(chunk.len())
-                .or_insert_with(|| raw_insert_sql(chunk.len()))
-                .as_str();
-            let mut a = SqliteArguments::default();
-            for w in chunk {
-                let search = lower(&format!(
-                    "{}\u{1f}{}\u{1f}{}\u{1f}{}",
-                    w.label,
-                    w.raw_label,
-                    w.counterparty_name.as_deref().unwrap_or(""),
-                    w.remittance_info.as_deref().unwrap_or("")
-                ));
-                a.add(conn_id)?;
-                a.add(acc)?;
-                a.add(w.provider_id.as_str())?;
-                a.add(w.pending_provider_id.as_deref())?;
-                a.add(w.fingerprint.as_str())?;
-                a.add(w.status.as_str())?;
-                a.add(w.booking_date)?;
-                a.add(w.value_date)?;
-                a.add(w.transaction_date)?;
-                a.add(w.amount.to_string())?;
-                a.add(w.currency.as_str())?;
-                a.add(w.original_amount.map(|d| d.to_string()))?;
-                a.add(w.original_currency.as_deref())?;
-                a.add(w.raw_label.as_str())?;
-                a.add(w.label.as_str())?;
-                a.add(w.counterparty_name.as_deref())?;
-                a.add(w.counterparty_iban.as_deref())?;
-                a.add(w.remittance_info.as_deref())?;
-                a.add(w.bank_code.as_deref())?;
-                a.add(w.running_balance.map(|d| d.to_string()))?;
-                a.add(w.raw.as_str())?;
-                a.add(search)?;
-                a.add(now.as_str())?;
-                a.add(now.as_str())?;
-                a.add(now.as_str())?;
-            }
-            sqlx::query_with(sql, a).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-    }
-    let took = started.elapsed();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM transactions WHERE account_id = ?")
-        .bind(acc)
-        .fetch_one(&mut c)
-        .await?;
-    assert_eq!(n as usize, rows.len());
-    c.execute("PRAGMA wal_checkpoint(TRUNCATE)").await?;
-    c.close().await?;
-    Ok(took)
+    let windows: Vec<RawWindow<'_>> = rows
+        .chunks(window)
+        .map(|rows| RawWindow {
+            connection_id: conn_id,
+            account_id: acc,
+            rows,
+        })
+        .collect();
+    Ok(bench::raw_sqlite_insert(path, &windows).await?)
 }
 
 /// Plain multi-row INSERTs on PostgreSQL, one transaction per window.
@@ -194,13 +78,7 @@ async fn raw_pg(
                 .as_str();
             let mut a = sqlx::postgres::PgArguments::default();
             for w in chunk {
-                let search = lower(&format!(
-                    "{}\u{1f}{}\u{1f}{}\u{1f}{}",
-                    w.label,
-                    w.raw_label,
-                    w.counterparty_name.as_deref().unwrap_or(""),
-                    w.remittance_info.as_deref().unwrap_or("")
-                ));
+                let search = bench::search_text(w);
                 a.add(conn_id)?;
                 a.add(acc)?;
                 a.add(w.provider_id.as_str())?;
@@ -240,29 +118,7 @@ async fn setup(
     store: &dyn Store,
     name: &str,
 ) -> Result<(i64, i64), Box<dyn std::error::Error + Send + Sync>> {
-    let c = store
-        .create_connection(&NewConnection {
-            name: name.into(),
-            connector: "bench".into(),
-            settings: serde_json::json!({}),
-            credentials_sealed: vec![0],
-        })
-        .await?;
-    let a = store
-        .upsert_account(
-            c.id,
-            &FetchedAccount {
-                provider_id: "ACC".into(),
-                iban: None,
-                currency: "BGN".parse()?,
-                name: None,
-                kind: None,
-                raw: serde_json::json!({}),
-            },
-            Utc::now(),
-        )
-        .await?;
-    Ok((c.id, a.id))
+    Ok(bench::bench_account(store, name).await?)
 }
 
 async fn via_commit_window(
@@ -330,7 +186,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .unwrap_or(200)
         .max(1);
     let window = n.div_ceil(windows).max(1);
-    let rows = synthetic_rows(n);
+    let rows = bench::synthetic_rows(0..n, 100);
     let dir = tempfile::tempdir()?;
     println!(
         "{n} rows in windows of {window} ({} windows)",

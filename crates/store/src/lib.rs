@@ -20,6 +20,7 @@ use futures::stream::BoxStream;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+pub mod bench;
 mod common;
 pub mod postgres;
 pub mod sqlite;
