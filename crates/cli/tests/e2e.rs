@@ -68,6 +68,14 @@ impl Env {
         })
     }
 
+    fn db_kind(&self) -> &'static str {
+        if self.db.starts_with("postgres") {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.args(args)
@@ -202,7 +210,9 @@ async fn full_sync_then_noop(env: Env) {
     let sb = sandbox(dataset()).await;
     env.run_ok(&["init"]);
     env.add_connection(&sb, "fibank", &sb.credentials().password);
+    let t0 = Instant::now();
     let (first, ok, err) = env.sync();
+    let full = t0.elapsed();
     assert!(ok, "first sync failed: {err}");
     let expected: u64 = truth(&sb).values().map(|(n, _)| n).sum::<u64>()
         + sb.truth().iter().map(|t| t.pending_count).sum::<u64>();
@@ -214,8 +224,17 @@ async fn full_sync_then_noop(env: Env) {
     assert_matches_truth(&env, &sb).await;
 
     let before = chrono::Utc::now();
+    let t1 = Instant::now();
     let (second, ok, err) = env.sync();
+    let noop = t1.elapsed();
     assert!(ok, "second sync failed: {err}");
+    eprintln!(
+        "[{}] full sync {:.1}s: {first}\n[{}] no-op re-sync {:.1}s: {second}",
+        env.db_kind(),
+        full.as_secs_f64(),
+        env.db_kind(),
+        noop.as_secs_f64()
+    );
     assert_eq!(
         (
             second["inserted"].as_u64(),
@@ -319,9 +338,15 @@ async fn faults_retries_and_expiring_sessions_still_converge_to_the_truth() {
     let sb = sandbox(config).await;
     env.run_ok(&["init"]);
     env.add_connection(&sb, "fibank", &sb.credentials().password);
+    let t0 = Instant::now();
     let (summary, ok, err) = env.sync();
     assert!(ok, "sync with faults failed: {err} {summary}");
     assert_matches_truth(&env, &sb).await;
+    let retries = err.matches("retry").count();
+    eprintln!(
+        "fault-rate 0.1 sync {:.1}s, {retries} retries shown: {summary}",
+        t0.elapsed().as_secs_f64()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -647,6 +672,11 @@ async fn serve_survives_bad_requests_and_serves_synced_data() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.headers()["connection"],
+        "close",
+        "a 413 must not leave the connection open for reuse"
+    );
     let r = http
         .post(format!("{base}/api/v1/connections"))
         .header("Authorization", &auth)

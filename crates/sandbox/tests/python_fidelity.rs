@@ -17,8 +17,14 @@ struct Totals {
     pending_sum: String,
 }
 
+/// `BANKBRIDGE_PYTHON` (set by scripts/test.sh when it installs `requests`
+/// into a virtualenv), else `python3`.
+fn python() -> String {
+    std::env::var("BANKBRIDGE_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
 fn requests_available() -> bool {
-    Command::new("python3")
+    Command::new(python())
         .args(["-c", "import requests"])
         .output()
         .map(|o| o.status.success())
@@ -51,7 +57,7 @@ async fn the_story_python_client_reads_the_truth() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python_client.py");
     let base = sb.base_url();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        Command::new(python())
             .arg(script)
             .args([&base, &creds.username, &creds.password])
             .output()

@@ -208,6 +208,11 @@ impl IntoResponse for ApiError {
         if let Some(v) = self.www_authenticate {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(v));
         }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body is never read, so the connection cannot
+            // carry another request: tell the client not to reuse it.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         res
     }
 }
