@@ -339,12 +339,26 @@ async fn faults_retries_and_expiring_sessions_still_converge_to_the_truth() {
     env.run_ok(&["init"]);
     env.add_connection(&sb, "fibank", &sb.credentials().password);
     let t0 = Instant::now();
-    let (summary, ok, err) = env.sync();
+    let out = env
+        .command(&["sync", "--json"])
+        .env("BANKBRIDGE_LOG", "bankbridge_sync=info")
+        .output()
+        .unwrap();
+    let (ok, err) = (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert!(ok, "sync with faults failed: {err} {summary}");
     assert_matches_truth(&env, &sb).await;
-    let retries = err.matches("retry").count();
+    let retries = err.matches("retrying").count();
+    let relogins = err.matches("logging in again").count();
+    assert!(
+        retries > 0 && relogins > 0,
+        "the faults were not exercised: {retries} retries, {relogins} re-logins"
+    );
     eprintln!(
-        "fault-rate 0.1 sync {:.1}s, {retries} retries shown: {summary}",
+        "fault-rate 0.1 sync {:.1}s, {retries} retries, {relogins} re-logins: {summary}",
         t0.elapsed().as_secs_f64()
     );
 }
