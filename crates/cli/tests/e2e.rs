@@ -273,8 +273,18 @@ async fn postgres_full_sync_matches_truth_and_resync_writes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sync_killed_halfway_resumes_to_exactly_the_truth() {
-    let env = Env::sqlite();
+async fn sqlite_sync_killed_halfway_resumes_to_exactly_the_truth() {
+    killed_then_resumed(Env::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_sync_killed_halfway_resumes_to_exactly_the_truth() {
+    if let Some(env) = Env::postgres().await {
+        killed_then_resumed(env).await;
+    }
+}
+
+async fn killed_then_resumed(env: Env) {
     let mut config = dataset();
     config.fault.latency_ms = 15;
     let sb = sandbox(config).await;
@@ -323,7 +333,10 @@ async fn sync_killed_halfway_resumes_to_exactly_the_truth() {
     assert_matches_truth(&env, &sb).await;
     let (again, _, _) = env.sync();
     assert_eq!(again["inserted"], 0, "{again}");
-    eprintln!("killed at {stored}/{total} booked rows; resume: {summary}");
+    eprintln!(
+        "[{}] killed at {stored}/{total} booked rows; resume: {summary}",
+        env.db_kind()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -379,6 +392,34 @@ async fn refused_long_windows_are_fetched_in_smaller_ones() {
     let (again, ok, _) = env.sync();
     assert!(ok);
     assert_eq!(again["inserted"], 0, "first {summary} then {again}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bank_refusing_even_one_day_gives_a_clear_error_and_no_rows() {
+    let env = Env::sqlite();
+    let sb = sandbox(SandboxConfig {
+        transactions: 200,
+        max_range_days: Some(0),
+        ..dataset()
+    })
+    .await;
+    env.run_ok(&["init"]);
+    env.add_connection(&sb, "fibank", &sb.credentials().password);
+    let out = env.run(&["sync"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("refused the window"), "{stderr}");
+    assert!(
+        env.store()
+            .await
+            .query_transactions(&TxQuery {
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
