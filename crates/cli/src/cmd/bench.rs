@@ -146,6 +146,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     if cfg!(debug_assertions) {
         eprintln!("bench: this is a debug build; use `cargo run --release -p bankbridge -- bench`");
     }
+    let load_at_start = load_average();
     let mut table = Table::default();
 
     let synced = sync_section(&args, dir.path(), &mut table).await;
@@ -167,15 +168,16 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
 
     println!();
     println!(
-        "bankbridge bench: {} accounts × {} transactions, {} cores, SQLite (WAL){}",
+        "bankbridge bench: {} accounts × {} transactions, {} cores, SQLite (WAL), {}; load average {} before the start",
         args.accounts,
         args.transactions,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         if cfg!(debug_assertions) {
-            ", DEBUG BUILD (not representative)"
+            "DEBUG BUILD (not representative)"
         } else {
-            ", release build"
-        }
+            "release build"
+        },
+        load_at_start,
     );
     table.print();
     Ok(if table.failed {
@@ -998,6 +1000,14 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 }
 
 // ------------------------------------------------------------------ formatting
+
+/// The 1-minute load average (other work on the machine skews every figure).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
 
 fn mark(ok: bool) -> &'static str {
     if ok { "✓" } else { "✗" }
