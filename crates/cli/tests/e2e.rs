@@ -650,6 +650,37 @@ async fn export_writes_every_transaction() {
     let json = env.run_ok(&["export", "--format", "json"]);
     let v: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v.as_array().unwrap().len() as u64, total);
+    // A pipe (like /dev/null) is written in place, never replaced by a file.
+    let fifo = env.home.path().join("out.fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    env.run_ok(&[
+        "export",
+        "--format",
+        "csv",
+        "--output",
+        fifo.to_str().unwrap(),
+    ]);
+    let through_pipe = reader.join().unwrap();
+    assert_eq!(
+        through_pipe,
+        std::fs::read(&csv).unwrap(),
+        "the pipe got another export than the file"
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::metadata(&fifo).unwrap().file_type().is_fifo(),
+        "the pipe was replaced"
+    );
     let table = env.run_ok(&["transactions", "--limit", "5"]);
     assert_eq!(table.lines().count(), 6, "{table}");
 }

@@ -135,6 +135,21 @@ pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
     let store = config.store().await?;
     let query = args.filters.query();
     let stats = match &args.output {
+        // A device or pipe (/dev/null, a FIFO) is written in place: renaming a
+        // temporary file over it would replace it.
+        Some(path) if path.exists() && !std::fs::metadata(path)?.is_file() => {
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .await
+                .with_context(|| format!("opening {}", path.display()))?;
+            let mut w = tokio::io::BufWriter::new(file);
+            let stats =
+                bankbridge_server::export::export_to_writer(store.as_ref(), &query, format, &mut w)
+                    .await?;
+            tokio::io::AsyncWriteExt::flush(&mut w).await?;
+            stats
+        }
         Some(path) => {
             // Write beside the target and rename, so a failed export never leaves half a file.
             let dir = path
