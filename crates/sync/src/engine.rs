@@ -290,17 +290,14 @@ impl Run<'_> {
 
         // Pending rows no window reported again, and no booked row settled, are void.
         if let Some(range) = acc.range {
-            // Only pending rows can vanish: ask for those, not the whole range.
-            let pending = store
-                .query_transactions(&bankbridge_store::TxQuery {
-                    account_id: Some(account_id),
-                    status: Some(bankbridge_core::TxStatus::Pending),
-                    from: Some(range.from),
-                    to: Some(range.to),
-                    ..Default::default()
-                })
-                .await?;
-            let voids = reconcile::vanished_pending(&pending, &acc.seen, &acc.claimed);
+            let voids = reconcile::find_vanished(
+                store.as_ref(),
+                account_id,
+                range,
+                &acc.seen,
+                &acc.claimed,
+            )
+            .await?;
             if !voids.is_empty() {
                 summary.voided += voids.len() as u64;
                 let commit = WindowCommit {

@@ -230,6 +230,27 @@ pub fn vanished_pending(
         .collect()
 }
 
+/// The pending rows of `account_id` dated in `range` that this sync's
+/// windows no longer reported and nothing claimed (only pending rows are read).
+pub async fn find_vanished(
+    store: &dyn bankbridge_store::Store,
+    account_id: i64,
+    range: bankbridge_core::DateWindow,
+    seen: &HashSet<String>,
+    claimed: &HashSet<i64>,
+) -> Result<Vec<i64>, bankbridge_store::StoreError> {
+    let pending = store
+        .query_transactions(&bankbridge_store::TxQuery {
+            account_id: Some(account_id),
+            status: Some(TxStatus::Pending),
+            from: Some(range.from),
+            to: Some(range.to),
+            ..Default::default()
+        })
+        .await?;
+    Ok(vanished_pending(&pending, seen, claimed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -605,8 +605,7 @@ async fn reconcile_run(
 
         let started = Instant::now();
         if let Some(r) = range {
-            let stored = store.load_window(account_id, r.from, r.to).await?;
-            let voids = reconcile::vanished_pending(&stored, &seen, &claimed);
+            let voids = reconcile::find_vanished(&store, account_id, r, &seen, &claimed).await?;
             stats.voided += voids.len() as u64;
         }
         void_time += started.elapsed();
