@@ -344,6 +344,9 @@ impl Run<'_> {
             None => w,
             Some(r) => DateWindow::new(r.from.min(w.from), r.to.max(w.to)),
         });
+        if let Some(gap) = balance_gap(&page) {
+            tracing::warn!(account = label, window = %w, %gap, "opening balance plus booked rows differs from the closing balance: the bank may have left rows out");
+        }
         // Opening balances only check the window; closing and available ones are history.
         let balances: Vec<_> = page
             .balances
@@ -474,6 +477,27 @@ impl Run<'_> {
     }
 }
 
+/// Closing minus (opening + booked amounts) of a window, when the bank gave
+/// both balances and they do not add up.
+fn balance_gap(page: &WindowPage) -> Option<rust_decimal::Decimal> {
+    let find = |kind| {
+        page.balances
+            .iter()
+            .find(|b| b.kind == kind)
+            .map(|b| b.amount)
+    };
+    let opening = find(BalanceKind::OpeningBooked)?;
+    let closing = find(BalanceKind::ClosingBooked)?;
+    let booked: rust_decimal::Decimal = page
+        .transactions
+        .iter()
+        .filter(|t| t.status == bankbridge_core::TxStatus::Booked)
+        .map(|t| t.amount)
+        .sum();
+    let gap = closing - (opening + booked);
+    (!gap.is_zero()).then_some(gap)
+}
+
 /// Spread retries of many clients: 75–125 % of the nominal delay.
 fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
@@ -493,4 +517,73 @@ struct AccountRun {
     claimed: HashSet<i64>,
     /// Days fetched in this sync.
     range: Option<DateWindow>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bankbridge_core::{Balance, FetchedTransaction, TxStatus};
+    use chrono::NaiveDate;
+    use rust_decimal::Decimal;
+
+    fn page(opening: i64, closing: i64, amounts: &[(i64, TxStatus)]) -> WindowPage {
+        let d = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
+        let bal = |kind, v| Balance {
+            kind,
+            amount: Decimal::new(v, 2),
+            currency: "EUR".parse().unwrap(),
+            reference_date: d,
+        };
+        let tx = |v: i64, status| FetchedTransaction {
+            provider_id: None,
+            status,
+            booking_date: d,
+            value_date: None,
+            transaction_date: None,
+            amount: Decimal::new(v, 2),
+            currency: "EUR".parse().unwrap(),
+            original_amount: None,
+            original_currency: None,
+            raw_label: String::new(),
+            label: String::new(),
+            counterparty_name: None,
+            counterparty_iban: None,
+            remittance_info: None,
+            bank_code: None,
+            running_balance: None,
+            raw: serde_json::Value::Null,
+        };
+        WindowPage {
+            transactions: amounts.iter().map(|(v, s)| tx(*v, *s)).collect(),
+            balances: vec![
+                bal(BalanceKind::OpeningBooked, opening),
+                bal(BalanceKind::ClosingBooked, closing),
+            ],
+        }
+    }
+
+    #[test]
+    fn balances_that_add_up_raise_nothing_and_a_missing_row_is_caught() {
+        let ok = page(
+            10_000,
+            9_000,
+            &[
+                (-1_500, TxStatus::Booked),
+                (500, TxStatus::Booked),
+                (-99_999, TxStatus::Pending),
+            ],
+        );
+        assert_eq!(
+            balance_gap(&ok),
+            None,
+            "pending rows are not in the booked balance"
+        );
+        let missing = page(10_000, 9_000, &[(-1_500, TxStatus::Booked)]);
+        assert_eq!(balance_gap(&missing), Some(Decimal::new(500, 2)));
+        let no_balances = WindowPage {
+            transactions: missing.transactions.clone(),
+            balances: vec![],
+        };
+        assert_eq!(balance_gap(&no_balances), None);
+    }
 }
