@@ -29,7 +29,6 @@ use bankbridge_core::{
     WindowPage,
 };
 use bankbridge_sandbox::{SandboxConfig, SandboxHandle};
-use bankbridge_server::{AppState, ServerConfig};
 use bankbridge_store::bench::{RawWindow, bench_account, raw_sqlite_insert, synthetic_rows};
 use bankbridge_store::{Checkpoint, Scope, SqliteStore, Store, TxWrite, WindowCommit};
 use bankbridge_sync::plan::{self, PlanBounds};
@@ -152,8 +151,8 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let synced = sync_section(&args, dir.path(), &mut table).await;
     if !args.skip_api {
         match &synced {
-            Some((store, syncer)) => {
-                api_section(args.wrk_seconds, store.clone(), syncer.clone(), &mut table).await
+            Some((store, _)) => {
+                api_section(args.wrk_seconds, store.clone(), dir.path(), &mut table).await
             }
             None => table.error(
                 format!("API GET {API_PATH}"),
@@ -616,37 +615,63 @@ async fn reconcile_run(
 
 // ------------------------------------------------------------------ API
 
-async fn api_section(secs: u64, store: Arc<dyn Store>, syncer: Syncer, table: &mut Table) {
+/// The API as users run it: `bankbridge serve` in a child process over the
+/// database the full sync just wrote, with its page cache on (the default)
+/// and off.
+async fn api_section(secs: u64, store: Arc<dyn Store>, dir: &Path, table: &mut Table) {
     let (token, record) = bankbridge_server::auth::new_token("bench-read", Scope::Read);
     if let Err(e) = store.create_token(&record).await {
         table.error(format!("API GET {API_PATH}"), &anyhow::Error::from(e));
         return;
     }
     let wrk = find_on_path("wrk");
-    let variants = [
-        ("page cache 1 s (default)", ServerConfig::default()),
-        (
-            "page cache off",
-            ServerConfig {
-                page_cache_ttl: Duration::ZERO,
-                ..ServerConfig::default()
-            },
-        ),
-    ];
-    for (label, config) in variants {
+    for (label, cache_ms) in [("page cache off (default)", 0u64), ("page cache 1 s", 1000)] {
         let measure = format!("API GET {API_PATH}, {label}");
-        let state =
-            AppState::with_config(store.clone(), syncer.clone(), vec!["fibank".into()], config);
         let result = async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("http://{}{API_PATH}", listener.local_addr()?);
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(bankbridge_server::serve(listener, state, async {
-                let _ = stopped.await;
-            }));
-            let result = api_load(&url, token.expose(), wrk.as_deref(), secs).await;
-            let _ = stop.send(());
-            let _ = server.await;
+            let home = dir.join("api-home");
+            let exe = std::env::current_exe().context("finding the bankbridge binary")?;
+            let db = dir.join("sync.db");
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+                l.local_addr()?.port()
+            };
+            let run = |args: &[&str]| {
+                let mut c = tokio::process::Command::new(&exe);
+                c.args(args)
+                    .env("BANKBRIDGE_HOME", &home)
+                    .env("BANKBRIDGE_DB", &db)
+                    .env("BANKBRIDGE_LOG", "warn")
+                    .env_remove("BANKBRIDGE_MASTER_KEY")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true);
+                c
+            };
+            if !home.join("master.key").exists() {
+                run(&["init"]).status().await.context("bankbridge init")?;
+            }
+            let listen = format!("127.0.0.1:{port}");
+            let cache = cache_ms.to_string();
+            let mut server = run(&["serve", "--listen", &listen, "--page-cache-ms", &cache])
+                .spawn()
+                .context("starting bankbridge serve")?;
+            let base = format!("http://{listen}");
+            let started = Instant::now();
+            while reqwest::get(format!("{base}/healthz")).await.is_err() {
+                if started.elapsed() > Duration::from_secs(30) {
+                    bail!("bankbridge serve did not answer /healthz within 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let result = api_load(
+                &format!("{base}{API_PATH}"),
+                token.expose(),
+                wrk.as_deref(),
+                secs,
+            )
+            .await;
+            let _ = server.kill().await;
             result
         }
         .await;
@@ -654,7 +679,7 @@ async fn api_section(secs: u64, store: Arc<dyn Store>, syncer: Syncer, table: &m
             Ok(Some(w)) => {
                 let ok = w.rps >= API_MIN_RPS && w.bad_responses == 0 && w.socket_errors.is_none();
                 let mut note = format!(
-                    "p50 {} ms, p99 {} ms, {} requests (wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, same machine)",
+                    "p50 {} ms, p99 {} ms, {} requests (`bankbridge serve` child, wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}, same machine)",
                     w.p50_ms.map_or("?".into(), |v| format!("{v:.2}")),
                     w.p99_ms.map_or("?".into(), |v| format!("{v:.2}")),
                     thousands(w.requests),
