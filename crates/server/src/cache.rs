@@ -3,7 +3,7 @@
 //! A page of transactions costs the store about a millisecond to read and
 //! decode; a dashboard or a spreadsheet refreshing the same page many times a
 //! second should not pay that each time. Responses are kept for
-//! `page_cache_ttl` (default off; `serve --page-cache-ms`), keyed by route and query string, and the
+//! `page_cache_ttl` (default 1 s; `serve --page-cache-ms`), keyed by route and query string, and the
 //! whole cache is dropped whenever this process changes bank data (a sync job
 //! ends, a connection is created or deleted). Writes by another process (a
 //! `bankbridge sync` run from the command line) show up within the TTL.

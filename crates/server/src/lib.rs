@@ -76,7 +76,7 @@ impl Default for ServerConfig {
             body_limit: 64 * 1024,
             token_cache_ttl: Duration::from_secs(5),
             scheduler_tick: Duration::from_secs(30),
-            page_cache_ttl: Duration::ZERO,
+            page_cache_ttl: Duration::from_secs(1),
         }
     }
 }

@@ -625,7 +625,7 @@ async fn api_section(secs: u64, store: Arc<dyn Store>, dir: &Path, table: &mut T
         return;
     }
     let wrk = find_on_path("wrk");
-    for (label, cache_ms) in [("page cache off (default)", 0u64), ("page cache 1 s", 1000)] {
+    for (label, cache_ms) in [("page cache 1 s (default)", 1000u64), ("page cache off", 0)] {
         let measure = format!("API GET {API_PATH}, {label}");
         let result = async {
             let home = dir.join("api-home");

@@ -14,10 +14,10 @@ pub struct ServeArgs {
     /// Seconds between scheduler checks for connections due a sync.
     #[arg(long, default_value_t = 30)]
     pub scheduler_tick: u64,
-    /// Serve `/api/v1/transactions` pages from memory for this many
-    /// milliseconds (default 0: off, every read is fresh). Local writes drop
-    /// the cache at once; syncs run by another process show after this long.
-    #[arg(long, default_value_t = 0)]
+    /// Serve identical `/api/v1/transactions` requests from memory for this
+    /// many milliseconds (0 turns it off). Local writes drop the cache at
+    /// once; syncs run by another process show after this long at most.
+    #[arg(long, default_value_t = 1000)]
     pub page_cache_ms: u64,
 }
 
