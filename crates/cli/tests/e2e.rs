@@ -133,6 +133,24 @@ impl Env {
         );
     }
 
+    /// `init` and a connection to the sandbox's Fibank with its real password.
+    fn init_with_fibank(&self, sandbox: &SandboxHandle) {
+        self.run_ok(&["init"]);
+        self.add_connection(sandbox, "fibank", &sandbox.credentials().password);
+    }
+
+    async fn has_no_transactions(&self) -> bool {
+        self.store()
+            .await
+            .query_transactions(&TxQuery {
+                limit: Some(1),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    }
+
     /// `sync --json`: the summary object and whether the command succeeded.
     fn sync(&self) -> (Value, bool, String) {
         let out = self.run(&["sync", "--json"]);
@@ -208,8 +226,7 @@ async fn assert_matches_truth(env: &Env, sandbox: &SandboxHandle) {
 
 async fn full_sync_then_noop(env: Env) {
     let sb = sandbox(dataset()).await;
-    env.run_ok(&["init"]);
-    env.add_connection(&sb, "fibank", &sb.credentials().password);
+    env.init_with_fibank(&sb);
     let t0 = Instant::now();
     let (first, ok, err) = env.sync();
     let full = t0.elapsed();
@@ -288,8 +305,7 @@ async fn killed_then_resumed(env: Env) {
     let mut config = dataset();
     config.fault.latency_ms = 15;
     let sb = sandbox(config).await;
-    env.run_ok(&["init"]);
-    env.add_connection(&sb, "fibank", &sb.credentials().password);
+    env.init_with_fibank(&sb);
     let total: u64 = truth(&sb).values().map(|(n, _)| n).sum();
 
     let mut child = env
@@ -349,8 +365,7 @@ async fn faults_retries_and_expiring_sessions_still_converge_to_the_truth() {
         ..FaultConfig::default()
     };
     let sb = sandbox(config).await;
-    env.run_ok(&["init"]);
-    env.add_connection(&sb, "fibank", &sb.credentials().password);
+    env.init_with_fibank(&sb);
     let t0 = Instant::now();
     let out = env
         .command(&["sync", "--json"])
@@ -384,8 +399,7 @@ async fn refused_long_windows_are_fetched_in_smaller_ones() {
         ..dataset()
     })
     .await;
-    env.run_ok(&["init"]);
-    env.add_connection(&sb, "fibank", &sb.credentials().password);
+    env.init_with_fibank(&sb);
     let (summary, ok, err) = env.sync();
     assert!(ok, "{err}");
     assert_matches_truth(&env, &sb).await;
@@ -403,23 +417,12 @@ async fn a_bank_refusing_even_one_day_gives_a_clear_error_and_no_rows() {
         ..dataset()
     })
     .await;
-    env.run_ok(&["init"]);
-    env.add_connection(&sb, "fibank", &sb.credentials().password);
+    env.init_with_fibank(&sb);
     let out = env.run(&["sync"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("refused the window"), "{stderr}");
-    assert!(
-        env.store()
-            .await
-            .query_transactions(&TxQuery {
-                limit: Some(1),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(env.has_no_transactions().await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -430,8 +433,7 @@ async fn pending_rows_book_in_place_and_vanished_ones_are_voided() {
         ..dataset()
     })
     .await;
-    env.run_ok(&["init"]);
-    env.add_connection(&sb, "fibank", &sb.credentials().password);
+    env.init_with_fibank(&sb);
     assert!(env.sync().1);
     let store = env.store().await;
     let pending_before = store
@@ -541,16 +543,11 @@ async fn bad_bank_input_gives_clear_errors_and_stores_nothing() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{what}: sync should fail");
         assert!(stderr.contains(needle), "{what}: unclear error: {stderr}");
-        let store = env.store().await;
-        let rows = store
-            .query_transactions(&TxQuery {
-                limit: Some(1),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert!(rows.is_empty(), "{what}: partial rows were stored");
-        let conns = store.list_connections().await.unwrap();
+        assert!(
+            env.has_no_transactions().await,
+            "{what}: partial rows were stored"
+        );
+        let conns = env.store().await.list_connections().await.unwrap();
         assert_eq!(conns[0].last_sync_status, "failed", "{what}");
     }
 }
@@ -577,17 +574,7 @@ async fn wrong_password_is_refused_clearly_and_never_printed() {
         !stderr.contains("not-the-password-42"),
         "the password leaked into the output"
     );
-    assert!(
-        env.store()
-            .await
-            .query_transactions(&TxQuery {
-                limit: Some(1),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(env.has_no_transactions().await);
     // Sealed at rest: the database file never holds the password in clear.
     let bytes = std::fs::read(&env.db).unwrap();
     assert!(!bytes.windows(19).any(|w| w == b"not-the-password-42"));
@@ -624,8 +611,7 @@ async fn export_writes_every_transaction() {
         ..dataset()
     })
     .await;
-    env.run_ok(&["init"]);
-    env.add_connection(&sb, "fibank", &sb.credentials().password);
+    env.init_with_fibank(&sb);
     assert!(env.sync().1);
     let total: u64 = env
         .store()

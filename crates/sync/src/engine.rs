@@ -148,9 +148,7 @@ fn holder_is_dead(owner: &str) -> bool {
     let Some((pid, host)) = rest.split_once(" on ") else {
         return false;
     };
-    let ours = crate::SyncOptions::default().owner;
-    let our_host = ours.split_once(" on ").map(|(_, h)| h).unwrap_or_default();
-    host == our_host
+    host == crate::hostname()
         && pid.parse::<u32>().is_ok_and(|p| p != std::process::id())
         && cfg!(target_os = "linux")
         && !std::path::Path::new(&format!("/proc/{pid}")).exists()
