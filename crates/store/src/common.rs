@@ -1,6 +1,6 @@
 //! Helpers shared by the SQLite and PostgreSQL backends: input checks done
-//! before anything is written, the text-search column, and the SQL of
-//! [`TxQuery`] filters.
+//! before anything is written, the text-search column, the SQL of
+//! [`TxQuery`] filters, and the SQL and checks of the card service's tables.
 
 use std::collections::HashSet;
 
@@ -8,7 +8,10 @@ use bankbridge_core::{Currency, Iban};
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use rust_decimal::Decimal;
 
-use crate::{Result, StoreError, TxQuery, TxWrite, WindowCommit};
+use crate::{
+    Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewCard,
+    NewInstitution, Result, StoreError, TxQuery, TxWrite, WindowCommit,
+};
 
 /// Instants are kept to the microsecond on both backends (PostgreSQL's
 /// precision), so a value reads back equal to what was written.
@@ -256,6 +259,9 @@ pub(crate) enum Arg {
     Text(String),
     Decimal(Decimal),
     Time(DateTime<Utc>),
+    I32(i32),
+    OptText(Option<String>),
+    Bytes(Vec<u8>),
 }
 
 /// `SELECT … FROM transactions WHERE … ORDER BY booking_date, id [LIMIT n]`.
@@ -366,6 +372,462 @@ pub(crate) fn redact_url(url: &str) -> String {
         ),
         None => url.to_owned(),
     }
+}
+
+// ---------------------------------------------------------------- cards
+//
+// The card service's SQL is the same text on both backends: sqlx's SQLite
+// driver binds `$N` parameters by their number, as PostgreSQL does.
+
+macro_rules! institution_columns {
+    () => {
+        "id, name, country, created_at"
+    };
+}
+
+macro_rules! card_columns {
+    () => {
+        "id, institution_id, label, account_reference, reader, pan_last4, psn, application, status, \
+         status_reason, pin_sealed, min_pin_tries, last_used_at, created_at, updated_at"
+    };
+}
+
+macro_rules! card_audit_columns {
+    () => {
+        "id, at, token_name, card_id, institution_id, mode, outcome, detail, atc, duration_ms"
+    };
+}
+
+pub(crate) const INSTITUTION_INSERT: &str = concat!(
+    "INSERT INTO institutions (id, name, country, created_at) VALUES ($1, $2, $3, $4) RETURNING ",
+    institution_columns!()
+);
+pub(crate) const INSTITUTION_LIST: &str = concat!(
+    "SELECT ",
+    institution_columns!(),
+    " FROM institutions ORDER BY name, id"
+);
+pub(crate) const INSTITUTION_GET: &str = concat!(
+    "SELECT ",
+    institution_columns!(),
+    " FROM institutions WHERE id = $1"
+);
+pub(crate) const INSTITUTION_EXISTS: &str = "SELECT id FROM institutions WHERE id = $1";
+pub(crate) const INSTITUTION_CARD_IDS: &str =
+    "SELECT id FROM cards WHERE institution_id = $1 ORDER BY id";
+pub(crate) const INSTITUTION_DELETE: &str = "DELETE FROM institutions WHERE id = $1";
+
+pub(crate) const CARD_INSERT: &str = concat!(
+    "INSERT INTO cards (id, institution_id, label, account_reference, reader, pan_last4, psn, \
+     application, status, status_reason, pin_sealed, min_pin_tries, last_used_at, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', NULL, $9, $10, NULL, $11, $11) RETURNING ",
+    card_columns!()
+);
+pub(crate) const CARD_LIST: &str =
+    concat!("SELECT ", card_columns!(), " FROM cards ORDER BY label, id");
+pub(crate) const CARD_LIST_OF_INSTITUTION: &str = concat!(
+    "SELECT ",
+    card_columns!(),
+    " FROM cards WHERE institution_id = $1 ORDER BY label, id"
+);
+pub(crate) const CARD_GET: &str = concat!("SELECT ", card_columns!(), " FROM cards WHERE id = $1");
+pub(crate) const CARD_BY_READER: &str =
+    concat!("SELECT ", card_columns!(), " FROM cards WHERE reader = $1");
+pub(crate) const CARD_EXISTS: &str = "SELECT id FROM cards WHERE id = $1";
+/// (id, label) of the card registered in a reader.
+pub(crate) const CARD_IN_READER: &str = "SELECT id, label FROM cards WHERE reader = $1";
+/// $1 status, $2 reason, $3 now, $4 id: only from `active`.
+pub(crate) const CARD_SET_STATUS: &str = "UPDATE cards SET status = $1, status_reason = $2, updated_at = $3 \
+     WHERE id = $4 AND status = 'active'";
+/// $1 at, $2 id. `last_used_at` never moves back (concurrent uses may finish out of order).
+pub(crate) const CARD_TOUCH: &str = "UPDATE cards SET last_used_at = CASE \
+     WHEN last_used_at IS NULL OR last_used_at < $1 THEN $1 ELSE last_used_at END WHERE id = $2";
+pub(crate) const CARD_DELETE: &str = "DELETE FROM cards WHERE id = $1";
+
+pub(crate) const CARD_AUDIT_INSERT: &str = "INSERT INTO card_audit (at, token_name, card_id, institution_id, \
+     mode, outcome, detail, atc, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct InstitutionRow {
+    id: String,
+    name: String,
+    country: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<InstitutionRow> for Institution {
+    fn from(r: InstitutionRow) -> Self {
+        Institution {
+            id: r.id,
+            name: r.name,
+            country: r.country,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct CardRow {
+    id: String,
+    institution_id: String,
+    label: String,
+    account_reference: String,
+    reader: String,
+    pan_last4: String,
+    psn: Option<String>,
+    application: Option<String>,
+    status: String,
+    status_reason: Option<String>,
+    pin_sealed: Vec<u8>,
+    min_pin_tries: i32,
+    last_used_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<CardRow> for Card {
+    type Error = StoreError;
+
+    fn try_from(r: CardRow) -> Result<Self> {
+        let status = CardStatus::parse(&r.status)
+            .ok_or_else(|| corrupt(format!("card {:?} has status {:?}", r.id, r.status)))?;
+        let min_pin_tries = u8::try_from(r.min_pin_tries).map_err(|_| {
+            corrupt(format!(
+                "card {:?} has min_pin_tries {}",
+                r.id, r.min_pin_tries
+            ))
+        })?;
+        Ok(Card {
+            id: r.id,
+            institution_id: r.institution_id,
+            label: r.label,
+            account_reference: r.account_reference,
+            reader: r.reader,
+            pan_last4: r.pan_last4,
+            psn: r.psn,
+            application: r.application,
+            status,
+            status_reason: r.status_reason,
+            pin_sealed: r.pin_sealed,
+            min_pin_tries,
+            last_used_at: r.last_used_at,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+pub(crate) fn cards(rows: Vec<CardRow>) -> Result<Vec<Card>> {
+    rows.into_iter().map(Card::try_from).collect()
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct CardAuditRow {
+    id: i64,
+    at: DateTime<Utc>,
+    token_name: String,
+    card_id: String,
+    institution_id: String,
+    mode: String,
+    outcome: String,
+    detail: Option<String>,
+    atc: Option<i64>,
+    duration_ms: i64,
+}
+
+impl TryFrom<CardAuditRow> for CardAuditEntry {
+    type Error = StoreError;
+
+    fn try_from(r: CardAuditRow) -> Result<Self> {
+        let atc = r
+            .atc
+            .map(|v| {
+                u32::try_from(v)
+                    .map_err(|_| corrupt(format!("card audit entry {} has atc {v}", r.id)))
+            })
+            .transpose()?;
+        let duration_ms = u64::try_from(r.duration_ms).map_err(|_| {
+            corrupt(format!(
+                "card audit entry {} has duration_ms {}",
+                r.id, r.duration_ms
+            ))
+        })?;
+        Ok(CardAuditEntry {
+            id: r.id,
+            at: r.at,
+            token_name: r.token_name,
+            card_id: r.card_id,
+            institution_id: r.institution_id,
+            mode: r.mode,
+            outcome: r.outcome,
+            detail: r.detail,
+            atc,
+            duration_ms,
+        })
+    }
+}
+
+// ------------------------------------------------ card checks, before any write
+
+fn blank(s: &str) -> bool {
+    s.trim().is_empty()
+}
+
+pub(crate) fn check_new_institution(n: &NewInstitution) -> Result<()> {
+    if blank(&n.id) {
+        return Err(invalid(format!(
+            "the institution named {:?} has an empty id",
+            n.name
+        )));
+    }
+    if blank(&n.name) {
+        return Err(invalid(format!("institution {:?} has an empty name", n.id)));
+    }
+    if let Some(c) = &n.country
+        && !(c.len() == 2 && c.bytes().all(|b| b.is_ascii_uppercase()))
+    {
+        return Err(invalid(format!(
+            "institution {:?}: country {c:?} is not an ISO 3166-1 alpha-2 code (two capital letters, e.g. \"BG\")",
+            n.id
+        )));
+    }
+    Ok(())
+}
+
+fn check_label(card_id: &str, label: &str) -> Result<()> {
+    if blank(label) {
+        return Err(invalid(format!("card {card_id:?}: the label is empty")));
+    }
+    Ok(())
+}
+
+fn check_pin_sealed(card_id: &str, pin_sealed: &[u8]) -> Result<()> {
+    if pin_sealed.is_empty() {
+        return Err(invalid(format!(
+            "card {card_id:?}: the sealed PIN is empty (expected the AEAD-sealed PIN)"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_new_card(c: &NewCard) -> Result<()> {
+    if blank(&c.id) {
+        return Err(invalid(format!(
+            "the card for reader {:?} has an empty id",
+            c.reader
+        )));
+    }
+    if blank(&c.institution_id) {
+        return Err(invalid(format!(
+            "card {:?}: the institution id is empty",
+            c.id
+        )));
+    }
+    if blank(&c.reader) {
+        return Err(invalid(format!("card {:?}: the reader is empty", c.id)));
+    }
+    check_label(&c.id, &c.label)?;
+    if !(c.pan_last4.len() == 4 && c.pan_last4.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(invalid(format!(
+            "card {:?}: pan_last4 {:?} is not the last four digits of a card number",
+            c.id, c.pan_last4
+        )));
+    }
+    if let Some(psn) = &c.psn
+        && !(psn.len() == 2 && psn.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(invalid(format!(
+            "card {:?}: PAN sequence number {psn:?} is not two hex digits",
+            c.id
+        )));
+    }
+    check_pin_sealed(&c.id, &c.pin_sealed)
+}
+
+pub(crate) fn check_card_update(id: &str, u: &CardUpdate) -> Result<()> {
+    if let Some(label) = &u.label {
+        check_label(id, label)?;
+    }
+    if let Some(pin) = &u.pin_sealed {
+        check_pin_sealed(id, pin)?;
+    }
+    Ok(())
+}
+
+/// The (atc, duration_ms) columns of an audit entry.
+pub(crate) fn audit_numbers(e: &CardAuditEntry) -> Result<(Option<i64>, i64)> {
+    let duration = i64::try_from(e.duration_ms).map_err(|_| {
+        invalid(format!(
+            "card {:?} audit entry: duration_ms {} is out of range",
+            e.card_id, e.duration_ms
+        ))
+    })?;
+    Ok((e.atc.map(i64::from), duration))
+}
+
+// ------------------------------------------------ card errors
+
+/// True when `e` violates the uniqueness of `table.column`: PostgreSQL names
+/// its default constraint (`{table}_{column}_key`, `{table}_pkey`), SQLite
+/// names the column in its message (`UNIQUE constraint failed: cards.reader`).
+pub(crate) fn unique_violation_on(e: &sqlx::Error, table: &str, column: &str) -> bool {
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    if !d.is_unique_violation() {
+        return false;
+    }
+    if let Some(c) = d.constraint() {
+        return c == format!("{table}_{column}_key")
+            || (column == "id" && c == format!("{table}_pkey"));
+    }
+    let wanted = format!("{table}.{column}");
+    d.message()
+        .rsplit_once(": ")
+        .is_some_and(|(_, cols)| cols.split(", ").any(|c| c == wanted))
+}
+
+pub(crate) fn institution_insert_error(e: sqlx::Error, n: &NewInstitution) -> StoreError {
+    if unique_violation_on(&e, "institutions", "name") {
+        StoreError::Conflict(format!("an institution named {:?} already exists", n.name))
+    } else if unique_violation_on(&e, "institutions", "id") {
+        StoreError::Conflict(format!("an institution with id {:?} already exists", n.id))
+    } else if is_unique_violation(&e) {
+        StoreError::Conflict(format!(
+            "an institution with id {:?} or name {:?} already exists",
+            n.id, n.name
+        ))
+    } else {
+        e.into()
+    }
+}
+
+pub(crate) fn institution_not_found(id: &str) -> StoreError {
+    StoreError::NotFound(format!("institution {id:?}"))
+}
+
+/// Refusal to delete an institution that still has cards (`card_ids`, maybe
+/// empty when only the database's foreign key noticed).
+pub(crate) fn institution_has_cards(id: &str, card_ids: &[String]) -> StoreError {
+    const SHOWN: usize = 5;
+    let list = match card_ids.len() {
+        0 => String::new(),
+        n if n <= SHOWN => format!(" ({})", card_ids.join(", ")),
+        n => format!(
+            " ({}, and {} more)",
+            card_ids[..SHOWN].join(", "),
+            n - SHOWN
+        ),
+    };
+    let count = match card_ids.len() {
+        0 => "cards".to_owned(),
+        1 => "1 card".to_owned(),
+        n => format!("{n} cards"),
+    };
+    StoreError::Conflict(format!(
+        "institution {id:?} still has {count}{list}: delete its cards first"
+    ))
+}
+
+pub(crate) fn reader_taken(reader: &str, holder: Option<(&str, &str)>) -> StoreError {
+    let by = match holder {
+        Some((id, label)) => format!("card {id:?} ({label:?})"),
+        None => "another card".to_owned(),
+    };
+    StoreError::Conflict(format!(
+        "reader {reader:?} already holds {by}: one card per reader (delete that card first, or choose another reader)"
+    ))
+}
+
+pub(crate) fn card_exists(id: &str) -> StoreError {
+    StoreError::Conflict(format!("a card with id {id:?} already exists"))
+}
+
+pub(crate) fn card_insert_error(e: sqlx::Error, c: &NewCard) -> StoreError {
+    if unique_violation_on(&e, "cards", "reader") {
+        reader_taken(&c.reader, None)
+    } else if unique_violation_on(&e, "cards", "id") {
+        card_exists(&c.id)
+    } else if is_unique_violation(&e) {
+        StoreError::Conflict(format!(
+            "card {:?} for reader {:?} conflicts with a registered card",
+            c.id, c.reader
+        ))
+    } else if is_foreign_key_violation(&e) {
+        institution_not_found(&c.institution_id)
+    } else {
+        e.into()
+    }
+}
+
+pub(crate) fn check_set_status(id: &str, status: CardStatus) -> Result<()> {
+    if status == CardStatus::Active {
+        return Err(invalid(format!(
+            "card {id:?}: set_card_status only takes an active card out of use (disabled or blocked); \
+             re-activate a card with update_card"
+        )));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------ card dynamic SQL
+
+/// `UPDATE cards SET … , updated_at = now WHERE id = … RETURNING …`: only the
+/// fields the update carries.
+pub(crate) fn card_update_sql(id: &str, u: &CardUpdate, now: DateTime<Utc>) -> (String, Vec<Arg>) {
+    let mut args: Vec<Arg> = Vec::new();
+    let mut sets: Vec<String> = Vec::new();
+    let mut set = |column: &str, a: Arg| {
+        args.push(a);
+        sets.push(format!("{column} = ${}", args.len()));
+    };
+    if let Some(v) = &u.label {
+        set("label", Arg::Text(v.clone()));
+    }
+    if let Some(v) = &u.account_reference {
+        set("account_reference", Arg::Text(v.clone()));
+    }
+    if let Some(v) = &u.pin_sealed {
+        set("pin_sealed", Arg::Bytes(v.clone()));
+    }
+    if let Some(v) = u.min_pin_tries {
+        set("min_pin_tries", Arg::I32(i32::from(v)));
+    }
+    if let Some((status, reason)) = &u.status {
+        set("status", Arg::Text(status.as_str().to_owned()));
+        set("status_reason", Arg::OptText(reason.clone()));
+    }
+    set("updated_at", Arg::Time(micros(now)));
+    args.push(Arg::Text(id.to_owned()));
+    let sql = format!(
+        "UPDATE cards SET {} WHERE id = ${} RETURNING {}",
+        sets.join(", "),
+        args.len(),
+        card_columns!()
+    );
+    (sql, args)
+}
+
+/// `SELECT … FROM card_audit WHERE … ORDER BY id DESC LIMIT n`.
+pub(crate) fn card_audit_query_sql(q: &CardAuditQuery) -> (String, Vec<Arg>) {
+    let mut args: Vec<Arg> = Vec::new();
+    let mut conds: Vec<String> = Vec::new();
+    if let Some(card) = &q.card_id {
+        args.push(Arg::Text(card.clone()));
+        conds.push(format!("card_id = ${}", args.len()));
+    }
+    if let Some(before) = q.before_id {
+        args.push(Arg::I64(before));
+        conds.push(format!("id < ${}", args.len()));
+    }
+    let mut sql = concat!("SELECT ", card_audit_columns!(), " FROM card_audit").to_owned();
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    args.push(Arg::I64(i64::from(q.limit)));
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", args.len()));
+    (sql, args)
 }
 
 #[cfg(test)]

@@ -9,6 +9,11 @@
 //! The sync engine is the only writer of bank data, through
 //! [`Store::commit_window`], which applies a whole window atomically together
 //! with its checkpoint.
+//!
+//! The store also keeps the records of the card-reader authentication
+//! service: [`Institution`]s, EMV-CAP [`Card`]s with their AEAD-sealed PIN
+//! (never plaintext here), and the audit of every card use
+//! ([`CardAuditEntry`]).
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -21,10 +26,15 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 pub mod bench;
+mod cards;
 mod common;
 pub mod postgres;
 pub mod sqlite;
 
+pub use cards::{
+    Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewCard,
+    NewInstitution,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -362,6 +372,61 @@ pub trait Store: Send + Sync + 'static {
     async fn create_sync_job(&self, connection_id: i64, at: DateTime<Utc>) -> Result<SyncJob>;
     async fn update_sync_job(&self, job: &SyncJob) -> Result<()>;
     async fn get_sync_job(&self, id: i64) -> Result<Option<SyncJob>>;
+
+    // card service: institutions
+    /// `Conflict` when the id or the name is taken, or a field is malformed
+    /// (empty id or name, country not an upper-case ISO 3166-1 alpha-2 code).
+    async fn create_institution(&self, new: &NewInstitution) -> Result<Institution>;
+    /// Ordered by name.
+    async fn list_institutions(&self) -> Result<Vec<Institution>>;
+    async fn get_institution(&self, id: &str) -> Result<Option<Institution>>;
+    /// False when there was no such institution; `Conflict` (naming its
+    /// cards) while it still has cards.
+    async fn delete_institution(&self, id: &str) -> Result<bool>;
+
+    // card service: cards
+    /// The card starts `active`. `NotFound` for an unknown institution;
+    /// `Conflict` when the reader already holds a card (naming it), the id is
+    /// taken, or a field is malformed (empty id, reader or label; `pan_last4`
+    /// not four digits; `psn` not two hex digits; empty sealed PIN).
+    async fn create_card(&self, new: &NewCard) -> Result<Card>;
+    /// All cards, or one institution's; ordered by label, then id.
+    async fn list_cards(&self, institution_id: Option<&str>) -> Result<Vec<Card>>;
+    async fn get_card(&self, id: &str) -> Result<Option<Card>>;
+    async fn find_card_by_reader(&self, reader: &str) -> Result<Option<Card>>;
+    /// Changes the fields `update` carries and sets `updated_at` to `now`;
+    /// `None` when there is no such card.
+    async fn update_card(
+        &self,
+        id: &str,
+        update: &CardUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Card>>;
+    /// Take a card out of use (`Disabled` or `Blocked`) only if it is still
+    /// active: an atomic compare-and-set, so that of two requests racing on a
+    /// wrong PIN only one sees `true` (and both stop using the card). False
+    /// when the card was no longer active or no longer exists; `Conflict`
+    /// when `status` is `Active` (re-activate with [`Store::update_card`]).
+    async fn set_card_status(
+        &self,
+        id: &str,
+        status: CardStatus,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Record a use: `last_used_at` moves to `at` (never backwards). A card
+    /// deleted meanwhile is no error (like [`Store::touch_token`]): the use
+    /// itself succeeded.
+    async fn touch_card(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+    /// False when there was no such card. Its audit entries are kept.
+    async fn delete_card(&self, id: &str) -> Result<bool>;
+
+    // card service: audit
+    /// Appends the entry (its `id` is ignored) and returns the id it got.
+    /// Ids are handed out in increasing order; pages are keyed on them.
+    async fn record_card_audit(&self, entry: &CardAuditEntry) -> Result<i64>;
+    /// Newest first (by id), at most `query.limit` entries.
+    async fn list_card_audit(&self, query: &CardAuditQuery) -> Result<Vec<CardAuditEntry>>;
 }
 
 /// Helpers shared by both backends.

@@ -31,9 +31,11 @@ use crate::common::{
     self, Arg, Dialect, PreparedTx, corrupt, encode_err, is_foreign_key_violation,
     is_unique_violation, micros, opt_micros,
 };
+use crate::common::{CardAuditRow, CardRow, InstitutionRow};
 use crate::{
-    AccountTotals, Checkpoint, CommitStats, Connection, Lease, NewConnection, Result, Scope, Store,
-    StoreError, StoredBalance, SyncJob, TokenRecord, TxQuery, WindowCommit, codec,
+    AccountTotals, Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Checkpoint,
+    CommitStats, Connection, Institution, Lease, NewCard, NewConnection, NewInstitution, Result,
+    Scope, Store, StoreError, StoredBalance, SyncJob, TokenRecord, TxQuery, WindowCommit, codec,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -314,6 +316,9 @@ fn bind_args(args: Vec<Arg>) -> Result<SqliteArguments<'static>> {
             Arg::Text(v) => out.add(v),
             Arg::Decimal(v) => out.add(v.to_string()),
             Arg::Time(v) => out.add(v),
+            Arg::I32(v) => out.add(v),
+            Arg::OptText(v) => out.add(v),
+            Arg::Bytes(v) => out.add(v),
         }
         .map_err(encode_err)?;
     }
@@ -1091,5 +1096,210 @@ impl Store for SqliteStore {
         .fetch_optional(&self.reader)
         .await?;
         row.as_ref().map(job_from_row).transpose()
+    }
+
+    // ------------------------------------------------------------ card service
+
+    async fn create_institution(&self, new: &NewInstitution) -> Result<Institution> {
+        common::check_new_institution(new)?;
+        let row: InstitutionRow = sqlx::query_as(common::INSTITUTION_INSERT)
+            .bind(&new.id)
+            .bind(&new.name)
+            .bind(new.country.as_deref())
+            .bind(micros(Utc::now()))
+            .fetch_one(&self.writer)
+            .await
+            .map_err(|e| common::institution_insert_error(e, new))?;
+        Ok(row.into())
+    }
+
+    async fn list_institutions(&self) -> Result<Vec<Institution>> {
+        let rows: Vec<InstitutionRow> = sqlx::query_as(common::INSTITUTION_LIST)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.into_iter().map(Institution::from).collect())
+    }
+
+    async fn get_institution(&self, id: &str) -> Result<Option<Institution>> {
+        let row: Option<InstitutionRow> = sqlx::query_as(common::INSTITUTION_GET)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(Institution::from))
+    }
+
+    async fn delete_institution(&self, id: &str) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let cards: Vec<String> = sqlx::query_scalar(common::INSTITUTION_CARD_IDS)
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+        if !cards.is_empty() {
+            return Err(common::institution_has_cards(id, &cards));
+        }
+        let done = sqlx::query(common::INSTITUTION_DELETE)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_foreign_key_violation(&e) {
+                    common::institution_has_cards(id, &[])
+                } else {
+                    e.into()
+                }
+            })?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn create_card(&self, new: &NewCard) -> Result<Card> {
+        common::check_new_card(new)?;
+        let mut tx = self.write_tx().await?;
+        let institution: Option<String> = sqlx::query_scalar(common::INSTITUTION_EXISTS)
+            .bind(&new.institution_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if institution.is_none() {
+            return Err(common::institution_not_found(&new.institution_id));
+        }
+        let holder: Option<(String, String)> = sqlx::query_as(common::CARD_IN_READER)
+            .bind(&new.reader)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some((card, label)) = &holder {
+            return Err(common::reader_taken(&new.reader, Some((card, label))));
+        }
+        let existing: Option<String> = sqlx::query_scalar(common::CARD_EXISTS)
+            .bind(&new.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if existing.is_some() {
+            return Err(common::card_exists(&new.id));
+        }
+        let row: CardRow = sqlx::query_as(common::CARD_INSERT)
+            .bind(&new.id)
+            .bind(&new.institution_id)
+            .bind(&new.label)
+            .bind(&new.account_reference)
+            .bind(&new.reader)
+            .bind(&new.pan_last4)
+            .bind(new.psn.as_deref())
+            .bind(new.application.as_deref())
+            .bind(&new.pin_sealed)
+            .bind(i32::from(new.min_pin_tries))
+            .bind(micros(new.created_at))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(|e| common::card_insert_error(e, new))?;
+        let card = Card::try_from(row)?;
+        tx.commit().await?;
+        Ok(card)
+    }
+
+    async fn list_cards(&self, institution_id: Option<&str>) -> Result<Vec<Card>> {
+        let rows: Vec<CardRow> = match institution_id {
+            Some(i) => {
+                sqlx::query_as(common::CARD_LIST_OF_INSTITUTION)
+                    .bind(i)
+                    .fetch_all(&self.reader)
+                    .await?
+            }
+            None => {
+                sqlx::query_as(common::CARD_LIST)
+                    .fetch_all(&self.reader)
+                    .await?
+            }
+        };
+        common::cards(rows)
+    }
+
+    async fn get_card(&self, id: &str) -> Result<Option<Card>> {
+        let row: Option<CardRow> = sqlx::query_as(common::CARD_GET)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(Card::try_from).transpose()
+    }
+
+    async fn find_card_by_reader(&self, reader: &str) -> Result<Option<Card>> {
+        let row: Option<CardRow> = sqlx::query_as(common::CARD_BY_READER)
+            .bind(reader)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(Card::try_from).transpose()
+    }
+
+    async fn update_card(
+        &self,
+        id: &str,
+        update: &CardUpdate,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Card>> {
+        common::check_card_update(id, update)?;
+        let (sql, args) = common::card_update_sql(id, update, now);
+        let row: Option<CardRow> = sqlx::query_as_with(&sql, bind_args(args)?)
+            .fetch_optional(&self.writer)
+            .await?;
+        row.map(Card::try_from).transpose()
+    }
+
+    async fn set_card_status(
+        &self,
+        id: &str,
+        status: CardStatus,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        common::check_set_status(id, status)?;
+        let done = sqlx::query(common::CARD_SET_STATUS)
+            .bind(status.as_str())
+            .bind(reason)
+            .bind(micros(now))
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn touch_card(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        sqlx::query(common::CARD_TOUCH)
+            .bind(micros(at))
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_card(&self, id: &str) -> Result<bool> {
+        let done = sqlx::query(common::CARD_DELETE)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn record_card_audit(&self, entry: &CardAuditEntry) -> Result<i64> {
+        let (atc, duration_ms) = common::audit_numbers(entry)?;
+        let id: i64 = sqlx::query_scalar(common::CARD_AUDIT_INSERT)
+            .bind(micros(entry.at))
+            .bind(&entry.token_name)
+            .bind(&entry.card_id)
+            .bind(&entry.institution_id)
+            .bind(&entry.mode)
+            .bind(&entry.outcome)
+            .bind(entry.detail.as_deref())
+            .bind(atc)
+            .bind(duration_ms)
+            .fetch_one(&self.writer)
+            .await?;
+        Ok(id)
+    }
+
+    async fn list_card_audit(&self, query: &CardAuditQuery) -> Result<Vec<CardAuditEntry>> {
+        let (sql, args) = common::card_audit_query_sql(query);
+        let rows: Vec<CardAuditRow> = sqlx::query_as_with(&sql, bind_args(args)?)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(CardAuditEntry::try_from).collect()
     }
 }

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use bankbridge_core::{Balance, BalanceKind, FetchedAccount, Iban, Transaction, TxStatus};
 use bankbridge_store::{
-    Checkpoint, Lease, NewConnection, PgStore, Scope, SqliteStore, Store, StoreError, SyncJob,
+    Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Checkpoint, Lease, NewCard,
+    NewConnection, NewInstitution, PgStore, Scope, SqliteStore, Store, StoreError, SyncJob,
     TokenRecord, TxQuery, TxWrite, WindowCommit,
 };
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
@@ -198,10 +199,19 @@ store_tests! {
         stream_equals_query,
         token_lifecycle,
         sync_jobs,
+        institution_crud,
+        card_crud,
+        one_card_per_reader,
+        institution_with_cards_is_not_deleted,
+        update_card_changes_only_given_fields,
+        set_card_status_is_compare_and_set,
+        card_audit_newest_first_with_keyset_paging,
+        card_debug_hides_the_sealed_pin,
     ],
     location: [
         migrations_are_idempotent,
         a_newer_database_is_refused,
+        upgrade_from_0001_keeps_data,
     ],
 }
 
@@ -329,10 +339,32 @@ async fn migrations_are_idempotent(location: String) {
         second.get_connection(c.id).await.unwrap().unwrap().name,
         "kept"
     );
+    first
+        .create_institution(&new_institution("fi_kept", "Kept Bank"))
+        .await
+        .unwrap();
+    first
+        .create_card(&new_card("card_kept", "fi_kept", "Reader 0", "Kept"))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.get_card("card_kept").await.unwrap().unwrap().reader,
+        "Reader 0"
+    );
     drop(first);
     drop(second);
     let third = bankbridge_store::open(&location).await.expect("reopen");
     assert_eq!(third.list_connections().await.unwrap().len(), 1);
+    assert_eq!(third.list_institutions().await.unwrap().len(), 1);
+    assert_eq!(
+        third
+            .get_card("card_kept")
+            .await
+            .unwrap()
+            .unwrap()
+            .pin_sealed,
+        PIN.to_vec()
+    );
 }
 
 async fn a_newer_database_is_refused(location: String) {
@@ -1564,6 +1596,689 @@ async fn sync_jobs(s: Arc<dyn Store>) {
         s.create_sync_job(9_999, t(0)).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+// ---------------------------------------------------------------- card service
+
+const PIN: [u8; 6] = [0xDE, 0xAD, 0xBE, 0xEF, 0x2A, 0x2B];
+
+fn new_institution(id: &str, name: &str) -> NewInstitution {
+    NewInstitution {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        country: Some("BG".to_owned()),
+    }
+}
+
+fn new_card(id: &str, institution_id: &str, reader: &str, label: &str) -> NewCard {
+    NewCard {
+        id: id.to_owned(),
+        institution_id: institution_id.to_owned(),
+        label: label.to_owned(),
+        account_reference: "BG80BNBG96611020345678".to_owned(),
+        reader: reader.to_owned(),
+        pan_last4: "1234".to_owned(),
+        psn: Some("01".to_owned()),
+        application: Some("CAP".to_owned()),
+        pin_sealed: PIN.to_vec(),
+        min_pin_tries: 2,
+        created_at: t(0),
+    }
+}
+
+fn conflict_message<T: std::fmt::Debug>(r: Result<T, StoreError>) -> String {
+    match r {
+        Err(StoreError::Conflict(m)) => m,
+        other => panic!("expected StoreError::Conflict, got {other:?}"),
+    }
+}
+
+async fn upgrade_from_0001_keeps_data(location: String) {
+    // A database as the previous release left it: migration 1 only.
+    let folder = if location.starts_with("postgres") {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(folder);
+    let mut old = sqlx::migrate::Migrator::new(path).await.unwrap();
+    old.migrations = old
+        .migrations
+        .iter()
+        .filter(|m| m.version == 1)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    assert_eq!(old.migrations.len(), 1);
+    if location.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(&location).await.unwrap();
+        old.run_direct(&mut c).await.unwrap();
+        c.execute(
+            "INSERT INTO connections (name, connector, settings, credentials_sealed, created_at) \
+                   VALUES ('old', 'fibank', '{}', '\\x01'::bytea, now())",
+        )
+        .await
+        .unwrap();
+        c.close().await.unwrap();
+    } else {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&location)
+            .create_if_missing(true);
+        let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        old.run_direct(&mut c).await.unwrap();
+        c.execute(
+            "INSERT INTO connections (name, connector, settings, credentials_sealed, created_at) \
+                   VALUES ('old', 'fibank', '{}', x'01', '2024-05-01T10:00:00+00:00')",
+        )
+        .await
+        .unwrap();
+        c.close().await.unwrap();
+    }
+    let s = bankbridge_store::open(&location)
+        .await
+        .expect("open upgrades");
+    let conns = s.list_connections().await.unwrap();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].name, "old");
+    s.create_institution(&new_institution("fi_1", "First Bank"))
+        .await
+        .unwrap();
+    s.create_card(&new_card("card_1", "fi_1", "reader 0", "Ops"))
+        .await
+        .unwrap();
+    assert_eq!(s.list_cards(None).await.unwrap().len(), 1);
+}
+
+async fn institution_crud(s: Arc<dyn Store>) {
+    let b = s
+        .create_institution(&new_institution("fi_b", "Bravo Bank"))
+        .await
+        .unwrap();
+    assert_eq!(b.id, "fi_b");
+    assert_eq!(b.name, "Bravo Bank");
+    assert_eq!(b.country.as_deref(), Some("BG"));
+    let a = s
+        .create_institution(&NewInstitution {
+            id: "fi_a".into(),
+            name: "Alpha Bank".into(),
+            country: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(a.country, None);
+    // By name, not by id or creation.
+    assert_eq!(
+        s.list_institutions().await.unwrap(),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(s.get_institution("fi_b").await.unwrap(), Some(b.clone()));
+    assert_eq!(s.get_institution("fi_none").await.unwrap(), None);
+
+    let m = conflict_message(
+        s.create_institution(&new_institution("fi_c", "Bravo Bank"))
+            .await,
+    );
+    assert!(m.contains("named \"Bravo Bank\""), "{m}");
+    let m = conflict_message(
+        s.create_institution(&new_institution("fi_b", "Charlie Bank"))
+            .await,
+    );
+    assert!(m.contains("id \"fi_b\""), "{m}");
+    let m = conflict_message(
+        s.create_institution(&NewInstitution {
+            country: Some("bg".into()),
+            ..new_institution("fi_c", "Charlie Bank")
+        })
+        .await,
+    );
+    assert!(m.contains("ISO 3166"), "{m}");
+    conflict_message(s.create_institution(&new_institution("fi_c", " ")).await);
+    conflict_message(s.create_institution(&new_institution("", "Charlie")).await);
+    assert_eq!(s.list_institutions().await.unwrap().len(), 2);
+
+    assert!(s.delete_institution("fi_a").await.unwrap());
+    assert!(!s.delete_institution("fi_a").await.unwrap());
+    assert_eq!(s.list_institutions().await.unwrap(), vec![b]);
+}
+
+async fn card_crud(s: Arc<dyn Store>) {
+    s.create_institution(&new_institution("fi_1", "First"))
+        .await
+        .unwrap();
+    s.create_institution(&new_institution("fi_2", "Second"))
+        .await
+        .unwrap();
+    let new = new_card("card_b", "fi_1", "Reader A 00 00", "Payroll");
+    let card = s.create_card(&new).await.unwrap();
+    assert_eq!(
+        card,
+        Card {
+            id: "card_b".into(),
+            institution_id: "fi_1".into(),
+            label: "Payroll".into(),
+            account_reference: "BG80BNBG96611020345678".into(),
+            reader: "Reader A 00 00".into(),
+            pan_last4: "1234".into(),
+            psn: Some("01".into()),
+            application: Some("CAP".into()),
+            status: CardStatus::Active,
+            status_reason: None,
+            pin_sealed: PIN.to_vec(),
+            min_pin_tries: 2,
+            last_used_at: None,
+            created_at: t(0),
+            updated_at: t(0),
+        }
+    );
+    let other = s
+        .create_card(&NewCard {
+            psn: None,
+            application: None,
+            min_pin_tries: 0,
+            ..new_card("card_a", "fi_2", "Reader B", "Payroll")
+        })
+        .await
+        .unwrap();
+    assert_eq!((other.psn.as_deref(), other.min_pin_tries), (None, 0));
+    let third = s
+        .create_card(&new_card("card_c", "fi_1", "Reader C", "Expenses"))
+        .await
+        .unwrap();
+
+    assert_eq!(s.get_card("card_b").await.unwrap(), Some(card.clone()));
+    assert_eq!(s.get_card("card_none").await.unwrap(), None);
+    assert_eq!(
+        s.find_card_by_reader("Reader A 00 00").await.unwrap(),
+        Some(card.clone())
+    );
+    assert_eq!(s.find_card_by_reader("Reader Z").await.unwrap(), None);
+    // By label, then id.
+    assert_eq!(
+        s.list_cards(None).await.unwrap(),
+        vec![third.clone(), other.clone(), card.clone()]
+    );
+    assert_eq!(
+        s.list_cards(Some("fi_1")).await.unwrap(),
+        vec![third.clone(), card.clone()]
+    );
+    assert!(s.list_cards(Some("fi_none")).await.unwrap().is_empty());
+
+    // Unknown institution, malformed fields: refused, nothing written.
+    match s
+        .create_card(&new_card("card_x", "fi_none", "Reader X", "X"))
+        .await
+    {
+        Err(StoreError::NotFound(m)) => assert!(m.contains("institution \"fi_none\""), "{m}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    let m = conflict_message(
+        s.create_card(&NewCard {
+            pan_last4: "12a4".into(),
+            ..new_card("card_x", "fi_1", "Reader X", "X")
+        })
+        .await,
+    );
+    assert!(m.contains("pan_last4"), "{m}");
+    let m = conflict_message(
+        s.create_card(&NewCard {
+            psn: Some("1".into()),
+            ..new_card("card_x", "fi_1", "Reader X", "X")
+        })
+        .await,
+    );
+    assert!(m.contains("PAN sequence number"), "{m}");
+    let m = conflict_message(
+        s.create_card(&NewCard {
+            pin_sealed: Vec::new(),
+            ..new_card("card_x", "fi_1", "Reader X", "X")
+        })
+        .await,
+    );
+    assert!(m.contains("sealed PIN"), "{m}");
+    conflict_message(s.create_card(&new_card("card_x", "fi_1", "", "X")).await);
+    conflict_message(
+        s.create_card(&new_card("card_x", "fi_1", "Reader X", ""))
+            .await,
+    );
+    assert_eq!(s.list_cards(None).await.unwrap().len(), 3);
+    assert_eq!(s.find_card_by_reader("Reader X").await.unwrap(), None);
+
+    assert!(s.delete_card("card_b").await.unwrap());
+    assert!(!s.delete_card("card_b").await.unwrap());
+    assert_eq!(s.get_card("card_b").await.unwrap(), None);
+    assert_eq!(s.find_card_by_reader("Reader A 00 00").await.unwrap(), None);
+    assert_eq!(s.list_cards(None).await.unwrap(), vec![third, other]);
+}
+
+async fn one_card_per_reader(s: Arc<dyn Store>) {
+    s.create_institution(&new_institution("fi_1", "First"))
+        .await
+        .unwrap();
+    let first = s
+        .create_card(&new_card("card_1", "fi_1", "Gemalto USB 0", "Main"))
+        .await
+        .unwrap();
+    let m = conflict_message(
+        s.create_card(&new_card("card_2", "fi_1", "Gemalto USB 0", "Second"))
+            .await,
+    );
+    assert!(m.contains("reader \"Gemalto USB 0\""), "{m}");
+    assert!(m.contains("card_1"), "{m}");
+    // The same id in another reader.
+    let m = conflict_message(
+        s.create_card(&new_card("card_1", "fi_1", "Gemalto USB 1", "Other"))
+            .await,
+    );
+    assert!(m.contains("card_1"), "{m}");
+    assert_eq!(s.list_cards(None).await.unwrap(), vec![first]);
+    assert_eq!(s.find_card_by_reader("Gemalto USB 1").await.unwrap(), None);
+
+    // Freed by deleting the card.
+    assert!(s.delete_card("card_1").await.unwrap());
+    s.create_card(&new_card("card_2", "fi_1", "Gemalto USB 0", "Second"))
+        .await
+        .unwrap();
+
+    // Racing registrations of one reader: exactly one wins.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.create_card(&new_card(&format!("race_{i}"), "fi_1", "Race reader", "R"))
+                .await
+        }));
+    }
+    let mut won = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(StoreError::Conflict(m)) => assert!(m.contains("Race reader"), "{m}"),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+async fn institution_with_cards_is_not_deleted(s: Arc<dyn Store>) {
+    s.create_institution(&new_institution("fi_1", "First"))
+        .await
+        .unwrap();
+    s.create_card(&new_card("card_1", "fi_1", "R1", "One"))
+        .await
+        .unwrap();
+    s.create_card(&new_card("card_2", "fi_1", "R2", "Two"))
+        .await
+        .unwrap();
+    let m = conflict_message(s.delete_institution("fi_1").await);
+    assert!(m.contains("institution \"fi_1\""), "{m}");
+    assert!(m.contains("2 cards"), "{m}");
+    assert!(m.contains("card_1") && m.contains("card_2"), "{m}");
+    assert!(s.get_institution("fi_1").await.unwrap().is_some());
+    assert_eq!(s.list_cards(Some("fi_1")).await.unwrap().len(), 2);
+
+    assert!(s.delete_card("card_1").await.unwrap());
+    assert!(s.delete_card("card_2").await.unwrap());
+    assert!(s.delete_institution("fi_1").await.unwrap());
+    assert!(s.get_institution("fi_1").await.unwrap().is_none());
+}
+
+async fn update_card_changes_only_given_fields(s: Arc<dyn Store>) {
+    s.create_institution(&new_institution("fi_1", "First"))
+        .await
+        .unwrap();
+    let card = s
+        .create_card(&new_card("card_1", "fi_1", "R1", "One"))
+        .await
+        .unwrap();
+
+    let after = s
+        .update_card(
+            "card_1",
+            &CardUpdate {
+                label: Some("Renamed".into()),
+                ..Default::default()
+            },
+            t(10),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let expected = Card {
+        label: "Renamed".into(),
+        updated_at: t(10),
+        ..card.clone()
+    };
+    assert_eq!(after, expected);
+    assert_eq!(s.get_card("card_1").await.unwrap(), Some(expected.clone()));
+
+    let after = s
+        .update_card(
+            "card_1",
+            &CardUpdate {
+                account_reference: Some("BG18RZBB91550123456789".into()),
+                pin_sealed: Some(vec![9, 8, 7]),
+                min_pin_tries: Some(3),
+                status: Some((CardStatus::Disabled, Some("lost".into()))),
+                ..Default::default()
+            },
+            t(20),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let expected = Card {
+        account_reference: "BG18RZBB91550123456789".into(),
+        pin_sealed: vec![9, 8, 7],
+        min_pin_tries: 3,
+        status: CardStatus::Disabled,
+        status_reason: Some("lost".into()),
+        updated_at: t(20),
+        ..expected
+    };
+    assert_eq!(after, expected);
+
+    // Re-activating clears the reason when none is given.
+    let after = s
+        .update_card(
+            "card_1",
+            &CardUpdate {
+                status: Some((CardStatus::Active, None)),
+                ..Default::default()
+            },
+            t(30),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after.status, after.status_reason),
+        (CardStatus::Active, None)
+    );
+    assert_eq!(after.label, "Renamed");
+    assert_eq!(after.pin_sealed, vec![9, 8, 7]);
+
+    // An empty update only moves updated_at.
+    let after = s
+        .update_card("card_1", &CardUpdate::default(), t(40))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.updated_at, t(40));
+    assert_eq!(after.created_at, t(0));
+
+    assert_eq!(
+        s.update_card("card_none", &CardUpdate::default(), t(50))
+            .await
+            .unwrap(),
+        None
+    );
+    conflict_message(
+        s.update_card(
+            "card_1",
+            &CardUpdate {
+                label: Some(String::new()),
+                min_pin_tries: Some(9),
+                ..Default::default()
+            },
+            t(50),
+        )
+        .await,
+    );
+    conflict_message(
+        s.update_card(
+            "card_1",
+            &CardUpdate {
+                pin_sealed: Some(Vec::new()),
+                ..Default::default()
+            },
+            t(50),
+        )
+        .await,
+    );
+    let now = s.get_card("card_1").await.unwrap().unwrap();
+    assert_eq!((now.min_pin_tries, now.updated_at), (3, t(40)));
+}
+
+async fn set_card_status_is_compare_and_set(s: Arc<dyn Store>) {
+    s.create_institution(&new_institution("fi_1", "First"))
+        .await
+        .unwrap();
+    s.create_card(&new_card("card_1", "fi_1", "R1", "One"))
+        .await
+        .unwrap();
+    assert!(
+        s.set_card_status("card_1", CardStatus::Disabled, Some("wrong PIN"), t(5))
+            .await
+            .unwrap()
+    );
+    let c = s.get_card("card_1").await.unwrap().unwrap();
+    assert_eq!(
+        (c.status, c.status_reason.as_deref(), c.updated_at),
+        (CardStatus::Disabled, Some("wrong PIN"), t(5))
+    );
+    // No longer active: nothing changes, the first reason stays.
+    assert!(
+        !s.set_card_status("card_1", CardStatus::Blocked, Some("later"), t(6))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.get_card("card_1").await.unwrap().unwrap(), c);
+    assert!(
+        !s.set_card_status("card_none", CardStatus::Disabled, None, t(6))
+            .await
+            .unwrap()
+    );
+    let m = conflict_message(
+        s.set_card_status("card_1", CardStatus::Active, None, t(6))
+            .await,
+    );
+    assert!(m.contains("update_card"), "{m}");
+
+    // Racing wrong-PIN reports: exactly one disables the card.
+    s.create_card(&new_card("card_2", "fi_1", "R2", "Two"))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.set_card_status(
+                "card_2",
+                CardStatus::Blocked,
+                Some(&format!("request {i}")),
+                t(100 + i),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        if task.await.unwrap() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+    assert_eq!(
+        s.get_card("card_2").await.unwrap().unwrap().status,
+        CardStatus::Blocked
+    );
+
+    // touch_card: last_used_at only, never backwards.
+    let before = s.get_card("card_2").await.unwrap().unwrap();
+    s.touch_card("card_2", t(500)).await.unwrap();
+    s.touch_card("card_2", t(400)).await.unwrap();
+    let after = s.get_card("card_2").await.unwrap().unwrap();
+    assert_eq!(
+        after,
+        Card {
+            last_used_at: Some(t(500)),
+            ..before
+        }
+    );
+    s.touch_card("card_none", t(1)).await.unwrap();
+    assert!(s.get_card("card_none").await.unwrap().is_none());
+}
+
+fn audit(card: &str, i: i64) -> CardAuditEntry {
+    CardAuditEntry {
+        id: 0,
+        at: t(i),
+        token_name: format!("token-{}", i % 2),
+        card_id: card.to_owned(),
+        institution_id: "fi_1".to_owned(),
+        mode: if i % 3 == 0 { "m1" } else { "m2" }.to_owned(),
+        outcome: if i == 4 { "wrong_pin" } else { "ok" }.to_owned(),
+        detail: (i == 4).then(|| "PIN tries left: 2".to_owned()),
+        atc: (i != 4).then_some(if i == 5 { u32::MAX } else { 100 + i as u32 }),
+        duration_ms: 1_000 + i as u64,
+    }
+}
+
+async fn card_audit_newest_first_with_keyset_paging(s: Arc<dyn Store>) {
+    s.create_institution(&new_institution("fi_1", "First"))
+        .await
+        .unwrap();
+    s.create_card(&new_card("card_a", "fi_1", "R1", "A"))
+        .await
+        .unwrap();
+    let mut recorded = Vec::new();
+    for i in 0..10 {
+        let card = if i % 3 == 2 { "card_b" } else { "card_a" };
+        let mut e = audit(card, i);
+        e.id = 12_345; // ignored
+        let id = s.record_card_audit(&e).await.unwrap();
+        recorded.push(CardAuditEntry { id, ..e });
+    }
+    let ids: Vec<i64> = recorded.iter().map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+
+    let all = s
+        .list_card_audit(&CardAuditQuery {
+            card_id: None,
+            limit: 100,
+            before_id: None,
+        })
+        .await
+        .unwrap();
+    let newest_first: Vec<CardAuditEntry> = recorded.iter().rev().cloned().collect();
+    assert_eq!(all, newest_first);
+
+    // Pages of 3, each after the last id of the one before.
+    let mut seen = Vec::new();
+    let mut before_id = None;
+    loop {
+        let page = s
+            .list_card_audit(&CardAuditQuery {
+                card_id: None,
+                limit: 3,
+                before_id,
+            })
+            .await
+            .unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        before_id = Some(last.id);
+        seen.extend(page);
+    }
+    assert_eq!(seen, newest_first);
+
+    // One card's entries, paged.
+    let a: Vec<CardAuditEntry> = newest_first
+        .iter()
+        .filter(|e| e.card_id == "card_a")
+        .cloned()
+        .collect();
+    assert_eq!(a.len(), 7);
+    let page = s
+        .list_card_audit(&CardAuditQuery {
+            card_id: Some("card_a".into()),
+            limit: 4,
+            before_id: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page, a[..4]);
+    let page = s
+        .list_card_audit(&CardAuditQuery {
+            card_id: Some("card_a".into()),
+            limit: 4,
+            before_id: Some(page[3].id),
+        })
+        .await
+        .unwrap();
+    assert_eq!(page, a[4..]);
+    assert!(
+        s.list_card_audit(&CardAuditQuery {
+            card_id: Some("card_none".into()),
+            limit: 10,
+            before_id: None,
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    assert!(
+        s.list_card_audit(&CardAuditQuery {
+            card_id: None,
+            limit: 0,
+            before_id: None,
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+
+    // The audit outlives the card.
+    assert!(s.delete_card("card_a").await.unwrap());
+    assert_eq!(
+        s.list_card_audit(&CardAuditQuery {
+            card_id: Some("card_a".into()),
+            limit: 100,
+            before_id: None,
+        })
+        .await
+        .unwrap(),
+        a
+    );
+
+    let m = conflict_message(
+        s.record_card_audit(&CardAuditEntry {
+            duration_ms: u64::MAX,
+            ..audit("card_a", 1)
+        })
+        .await,
+    );
+    assert!(m.contains("duration_ms"), "{m}");
+}
+
+async fn card_debug_hides_the_sealed_pin(s: Arc<dyn Store>) {
+    s.create_institution(&new_institution("fi_1", "First"))
+        .await
+        .unwrap();
+    let new = new_card("card_1", "fi_1", "R1", "One");
+    let card = s.create_card(&new).await.unwrap();
+    let update = CardUpdate {
+        pin_sealed: Some(PIN.to_vec()),
+        ..Default::default()
+    };
+    let pin_dec = format!("{:?}", PIN.to_vec());
+    let pin_hex = format!("{:x?}", PIN.to_vec());
+    for text in [
+        format!("{card:?}"),
+        format!("{card:#?}"),
+        format!("{:?}", Some(card.clone())),
+        format!("{new:?}"),
+        format!("{update:?}"),
+    ] {
+        assert!(text.contains("[sealed]"), "{text}");
+        assert!(!text.contains(&pin_dec[1..10]), "{text}");
+        assert!(!text.contains(&pin_hex[1..10]), "{text}");
+        assert!(!text.contains("222"), "{text}");
+    }
+    assert!(format!("{card:?}").contains("card_1"));
 }
 
 // ---------------------------------------------------------------- backend-specific
