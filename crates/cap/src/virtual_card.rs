@@ -626,7 +626,7 @@ fn len_byte(n: usize) -> u16 {
 }
 
 /// The APDU as hex, with a VERIFY's data (the PIN block) masked.
-fn masked_hex(capdu: &[u8]) -> String {
+pub(crate) fn masked_hex(capdu: &[u8]) -> String {
     if capdu.len() > 5 && capdu.get(1) == Some(&0x20) {
         format!(
             "{}{}",
