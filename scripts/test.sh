@@ -2,8 +2,9 @@
 # Run every bankbridge test on this machine, installing what the tests need:
 # Debian packages (pkg-config, the PostgreSQL server if missing), Python's
 # `requests` for the client-fidelity test (from PyPI into a virtualenv when the
-# system Python lacks it), and a throwaway PostgreSQL on loopback that is
-# stopped and deleted at the end.
+# system Python lacks it), a throwaway PostgreSQL on loopback that is
+# stopped and deleted at the end, and pcscd with vsmartcard's vpcd driver for
+# the card tests (scripts/pcscd.sh; stopped at the end if started here).
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh -p bankbridge-store   # extra arguments go to `cargo test`
@@ -47,5 +48,16 @@ export BANKBRIDGE_PG_STATE="${BANKBRIDGE_PG_STATE:-$(mktemp -u /tmp/bankbridge-p
 BANKBRIDGE_TEST_PG_URL="$(scripts/pg-throwaway.sh start)"
 export BANKBRIDGE_TEST_PG_URL
 trap 'scripts/pg-throwaway.sh stop || true' EXIT
+
+# pcscd with the vpcd driver for the card tests (virtual cards on loopback).
+# One already running is used and left running; one started here is stopped.
+if scripts/pcscd.sh status; then
+    export BANKBRIDGE_TEST_PCSCD=1
+elif scripts/pcscd.sh start; then
+    export BANKBRIDGE_TEST_PCSCD=1
+    trap 'scripts/pg-throwaway.sh stop || true; scripts/pcscd.sh stop || true' EXIT
+else
+    log "pcscd could not be started: the card tests through pcscd will skip (or fail under CI)"
+fi
 
 cargo test --workspace "$@"

@@ -157,9 +157,50 @@ impl CardTransport for PcscSession {
                 reader: self.reader.clone(),
             })?;
         let mut buffer = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
-        card.transmit(capdu, &mut buffer)
-            .map(<[u8]>::to_vec)
-            .map_err(|e| map_error(e, &self.reader))
+        match card.transmit(capdu, &mut buffer) {
+            Ok(answer) if answer.len() >= 2 => Ok(answer.to_vec()),
+            Ok(answer) => Err(broken_exchange(
+                card,
+                &self.reader,
+                &format!("the card answered {} byte(s), no status word", answer.len()),
+            )),
+            Err(
+                error @ (pcsc::Error::NotTransacted
+                | pcsc::Error::CommError
+                | pcsc::Error::UnresponsiveCard),
+            ) => Err(broken_exchange(card, &self.reader, &error.to_string())),
+            Err(error) => Err(map_error(error, &self.reader)),
+        }
+    }
+}
+
+/// How long pcscd may take to notice a removed card: it polls readers
+/// without card-event support every 400 ms.
+const REMOVAL_NOTICE: Duration = Duration::from_millis(1500);
+
+/// A failed exchange usually means the card left the reader before pcscd
+/// noticed: wait for pcscd to say so, so callers get
+/// [`TransportError::CardRemoved`] rather than a communication error.
+fn broken_exchange(card: &pcsc::Card, reader: &str, what: &str) -> TransportError {
+    let deadline = Instant::now() + REMOVAL_NOTICE;
+    loop {
+        match card.status2_owned() {
+            Err(pcsc::Error::RemovedCard | pcsc::Error::ResetCard | pcsc::Error::NoSmartcard) => {
+                return TransportError::CardRemoved {
+                    reader: reader.to_owned(),
+                };
+            }
+            Ok(status) if !status.status().contains(pcsc::Status::PRESENT) => {
+                return TransportError::CardRemoved {
+                    reader: reader.to_owned(),
+                };
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return TransportError::Reader(format!("{reader}: {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
