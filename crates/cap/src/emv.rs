@@ -46,21 +46,81 @@ struct KnownAid {
 }
 
 const KNOWN_AIDS: &[KnownAid] = &[
-    KnownAid { aid: "A0000000038002", name: "VisaRemAuthen", mode: Some(CapMode::Dpa) },
-    KnownAid { aid: "A0000000048002", name: "SecureCode Aut", mode: Some(CapMode::Cap) },
-    KnownAid { aid: "D056000666111010", name: "BANCONTACT", mode: Some(CapMode::Bancontact) },
-    KnownAid { aid: "A0000000032010", name: "VISA Electron", mode: Some(CapMode::Visa) },
-    KnownAid { aid: "A0000000031010", name: "VISA credit", mode: Some(CapMode::Visa) },
-    KnownAid { aid: "A0000000041010", name: "MasterCard", mode: Some(CapMode::Mastercard) },
-    KnownAid { aid: "A0000000043060", name: "Maestro", mode: Some(CapMode::Maestro) },
-    KnownAid { aid: "A0000000032020", name: "V PAY", mode: None },
-    KnownAid { aid: "A0000000033010", name: "Interlink", mode: None },
-    KnownAid { aid: "A0000000038010", name: "Visa Plus", mode: None },
-    KnownAid { aid: "A0000000046000", name: "Cirrus", mode: None },
-    KnownAid { aid: "A00000002501", name: "American Express", mode: None },
-    KnownAid { aid: "A0000000291010", name: "LINK", mode: None },
-    KnownAid { aid: "A0000002771010", name: "Interac", mode: None },
-    KnownAid { aid: "A0000000421010", name: "CB", mode: None },
+    KnownAid {
+        aid: "A0000000038002",
+        name: "VisaRemAuthen",
+        mode: Some(CapMode::Dpa),
+    },
+    KnownAid {
+        aid: "A0000000048002",
+        name: "SecureCode Aut",
+        mode: Some(CapMode::Cap),
+    },
+    KnownAid {
+        aid: "D056000666111010",
+        name: "BANCONTACT",
+        mode: Some(CapMode::Bancontact),
+    },
+    KnownAid {
+        aid: "A0000000032010",
+        name: "VISA Electron",
+        mode: Some(CapMode::Visa),
+    },
+    KnownAid {
+        aid: "A0000000031010",
+        name: "VISA credit",
+        mode: Some(CapMode::Visa),
+    },
+    KnownAid {
+        aid: "A0000000041010",
+        name: "MasterCard",
+        mode: Some(CapMode::Mastercard),
+    },
+    KnownAid {
+        aid: "A0000000043060",
+        name: "Maestro",
+        mode: Some(CapMode::Maestro),
+    },
+    KnownAid {
+        aid: "A0000000032020",
+        name: "V PAY",
+        mode: None,
+    },
+    KnownAid {
+        aid: "A0000000033010",
+        name: "Interlink",
+        mode: None,
+    },
+    KnownAid {
+        aid: "A0000000038010",
+        name: "Visa Plus",
+        mode: None,
+    },
+    KnownAid {
+        aid: "A0000000046000",
+        name: "Cirrus",
+        mode: None,
+    },
+    KnownAid {
+        aid: "A00000002501",
+        name: "American Express",
+        mode: None,
+    },
+    KnownAid {
+        aid: "A0000000291010",
+        name: "LINK",
+        mode: None,
+    },
+    KnownAid {
+        aid: "A0000002771010",
+        name: "Interac",
+        mode: None,
+    },
+    KnownAid {
+        aid: "A0000000421010",
+        name: "CB",
+        mode: None,
+    },
 ];
 
 /// The IPB Visa cards without one are read with.
@@ -156,8 +216,7 @@ pub struct CardIdentity {
 impl CardIdentity {
     /// Whether this is the card registered as `expected` (PAN last 4 and PSN).
     pub fn matches(&self, expected: &ExpectedCard) -> bool {
-        self.pan_last4 == expected.pan_last4
-            && (expected.psn.is_none() || self.psn == expected.psn)
+        self.pan_last4 == expected.pan_last4 && (expected.psn.is_none() || self.psn == expected.psn)
     }
 }
 
@@ -320,6 +379,14 @@ pub fn run(
             found_psn: identity.psn.unwrap_or_else(|| "none".into()),
         });
     }
+    // Fill the terminal data now: a challenge the card cannot take is
+    // refused before the PIN goes anywhere.
+    let challenge = match request {
+        CapRequest::Login { challenge } => challenge.as_deref(),
+        CapRequest::Sign { .. } => None,
+    };
+    let cdol1 = fill_dol(&data.cdol1, &data, challenge)?;
+    let cdol2 = fill_dol(&data.cdol2, &data, challenge)?;
     let tries = read_try_counter(card)?.ok_or(CapError::TryCounterUnavailable)?;
     if tries < policy.min_tries {
         return Err(if tries == 0 {
@@ -333,13 +400,7 @@ pub fn run(
     }
     verify_pin(card, pin_block.expose())?;
 
-    let challenge = match request {
-        CapRequest::Login { challenge } => challenge.as_deref(),
-        CapRequest::Sign { .. } => None,
-    };
-    let cdol1 = fill_dol(&data.cdol1, &data, challenge)?;
     let arqc = generate_ac(card, 0x80, &cdol1)?;
-    let cdol2 = fill_dol(&data.cdol2, &data, challenge)?;
     // The AAC only closes the transaction; the code comes from the ARQC.
     match generate_ac(card, 0x00, &cdol2) {
         Ok(_) => {}
@@ -393,9 +454,12 @@ fn read_card(card: &mut dyn CardTransport) -> Result<CardData, CapError> {
         .transpose()
         .map_err(malformed("SELECT"))?
         .unwrap_or_default();
-    let fci_iaf = tlv::find_path(&fci, &[0x6F, 0xA5, 0xBF0C, 0x9F55]).map_err(malformed("SELECT"))?;
-    let nationality = tlv::find_path(&fci, &[0x6F, 0xA5, 0xBF0C, 0x5F2C]).map_err(malformed("SELECT"))?;
-    let banksys = tlv::find_path(&fci, &[0x6F, 0xA5, 0xBF0C, 0xDF07]).map_err(malformed("SELECT"))?;
+    let fci_iaf =
+        tlv::find_path(&fci, &[0x6F, 0xA5, 0xBF0C, 0x9F55]).map_err(malformed("SELECT"))?;
+    let nationality =
+        tlv::find_path(&fci, &[0x6F, 0xA5, 0xBF0C, 0x5F2C]).map_err(malformed("SELECT"))?;
+    let banksys =
+        tlv::find_path(&fci, &[0x6F, 0xA5, 0xBF0C, 0xDF07]).map_err(malformed("SELECT"))?;
     let belgian = nationality == Some(&[0x00, 0x56][..])
         && banksys.is_some_and(|id| id.starts_with(b"BKS056"));
 
@@ -442,8 +506,12 @@ fn read_card(card: &mut dyn CardTransport) -> Result<CardData, CapError> {
                     0x5F34 => data.psn = obj.value.first().copied(),
                     0x9F55 => data.iaf = obj.value.first().copied().unwrap_or(0),
                     0x9F56 => data.ipb = Some(obj.value.to_vec()),
-                    0x8C => data.cdol1 = tlv::parse_dol(obj.value).map_err(malformed("READ RECORD"))?,
-                    0x8D => data.cdol2 = tlv::parse_dol(obj.value).map_err(malformed("READ RECORD"))?,
+                    0x8C => {
+                        data.cdol1 = tlv::parse_dol(obj.value).map_err(malformed("READ RECORD"))?
+                    }
+                    0x8D => {
+                        data.cdol2 = tlv::parse_dol(obj.value).map_err(malformed("READ RECORD"))?
+                    }
                     _ => {}
                 }
             }
@@ -604,28 +672,47 @@ fn verify_pin(card: &mut dyn CardTransport, block: &[u8]) -> Result<(), CapError
                 })
             }
         }
-        s => Err(CapError::Card { step: "VERIFY", sw: s }),
+        s => Err(CapError::Card {
+            step: "VERIFY",
+            sw: s,
+        }),
     }
 }
 
 /// The terminal data a CAP reader puts in a DOL.
-fn fill_dol(dol: &[DolEntry], card: &CardData, challenge: Option<&str>) -> Result<Vec<u8>, CapError> {
+fn fill_dol(
+    dol: &[DolEntry],
+    card: &CardData,
+    challenge: Option<&str>,
+) -> Result<Vec<u8>, CapError> {
     let mut out = Vec::with_capacity(tlv::dol_data_len(dol));
     let cap_like = matches!(card.mode, CapMode::Cap | CapMode::Dpa);
     for entry in dol {
         let value: Vec<u8> = match entry.tag {
-            0x8A => if card.belgian_debit() { b"Z1".to_vec() } else { b"Z3".to_vec() },
-            0x95 => hex_bytes(if card.belgian_debit() { "8000000800" } else { "8000000000" }),
+            0x8A => {
+                if card.belgian_debit() {
+                    b"Z1".to_vec()
+                } else {
+                    b"Z3".to_vec()
+                }
+            }
+            0x95 => hex_bytes(if card.belgian_debit() {
+                "8000000800"
+            } else {
+                "8000000000"
+            }),
             0x9A if card.mode == CapMode::Dpa || (card.mode == CapMode::Visa && !card.belgian) => {
                 hex_bytes("010101")
             }
             0x9F33 => hex_bytes("208000"),
             0x9F34 if cap_like => hex_bytes("010002"),
-            0x9F35 => vec![if cap_like || (card.mode == CapMode::Maestro && !card.belgian) {
-                0x34
-            } else {
-                0x37
-            }],
+            0x9F35 => vec![
+                if cap_like || (card.mode == CapMode::Maestro && !card.belgian) {
+                    0x34
+                } else {
+                    0x37
+                },
+            ],
             0x9F37 => match challenge {
                 Some(c) => bcd_number(c, entry.len).ok_or_else(|| {
                     CapError::BadInput(format!(
@@ -674,7 +761,10 @@ struct Cryptogram {
 
 fn generate_ac(card: &mut dyn CardTransport, p1: u8, data: &[u8]) -> Result<Cryptogram, CapError> {
     const STEP: &str = "GENERATE AC";
-    let r = expect_ok(STEP, apdu::exchange(card, &apdu::command(0x80, 0xAE, p1, 0x00, data)?)?)?;
+    let r = expect_ok(
+        STEP,
+        apdu::exchange(card, &apdu::command(0x80, 0xAE, p1, 0x00, data)?)?,
+    )?;
     let objects = tlv::parse(&r.data).map_err(malformed(STEP))?;
     let bad = |detail: &str| CapError::Malformed {
         step: STEP,
@@ -727,7 +817,10 @@ mod tests {
         let b = pin_block(&Secret::new("123456789012".into())).unwrap();
         assert_eq!(hex::encode_upper(b.expose()), "2C123456789012FF");
         for bad in ["123", "1234567890123", "12a4", ""] {
-            assert!(matches!(pin_block(&Secret::new(bad.into())), Err(CapError::BadPin)), "{bad}");
+            assert!(
+                matches!(pin_block(&Secret::new(bad.into())), Err(CapError::BadPin)),
+                "{bad}"
+            );
         }
     }
 
@@ -740,11 +833,15 @@ mod tests {
 
     #[test]
     fn requests_are_validated() {
-        let login = |c: &str| CapRequest::Login { challenge: Some(c.into()) };
+        let login = |c: &str| CapRequest::Login {
+            challenge: Some(c.into()),
+        };
         assert!(login("123456").validate().is_ok());
         assert!(login("12a").validate().is_err());
         assert!(login("").validate().is_err());
-        let sign = |n: &[&str]| CapRequest::Sign { numbers: n.iter().map(|s| s.to_string()).collect() };
+        let sign = |n: &[&str]| CapRequest::Sign {
+            numbers: n.iter().map(|s| s.to_string()).collect(),
+        };
         assert!(sign(&["1000", "123456"]).validate().is_ok());
         assert!(sign(&[]).validate().is_err());
         assert!(sign(&["12345678901"]).validate().is_err());

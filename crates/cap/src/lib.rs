@@ -25,6 +25,7 @@ pub mod pcsc;
 pub mod replay;
 pub mod tlv;
 pub mod transport;
+pub mod verify;
 pub mod virtual_card;
 pub mod vpcd;
 

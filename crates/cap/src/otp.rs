@@ -66,7 +66,7 @@ pub fn mix_sign_data(ac: &[u8; 8], numbers: &[String]) -> [u8; 8] {
     }
     let mut bytes: Vec<u8> = nibbles.chunks(2).map(|p| (p[0] << 4) | p[1]).collect();
     bytes.push(0x80);
-    while bytes.len() % 8 != 0 {
+    while !bytes.len().is_multiple_of(8) {
         bytes.push(0);
     }
     let cipher = Des::new(GenericArray::from_slice(ac));

@@ -85,7 +85,10 @@ fn read_length(bytes: &[u8], at: usize) -> Result<(usize, usize), TlvError> {
     let raw = bytes
         .get(at + 1..at + 1 + n)
         .ok_or(TlvError::TruncatedLength(at))?;
-    Ok((raw.iter().fold(0, |acc, b| (acc << 8) | usize::from(*b)), 1 + n))
+    Ok((
+        raw.iter().fold(0, |acc, b| (acc << 8) | usize::from(*b)),
+        1 + n,
+    ))
 }
 
 /// Every top-level object in `bytes`. Padding bytes `00` / `FF` between
@@ -136,7 +139,7 @@ pub fn find_path<'a>(bytes: &'a [u8], path: &[Tag]) -> Result<Option<&'a [u8]>, 
 }
 
 /// The first value with `tag` anywhere in `bytes`, depth first.
-pub fn find<'a>(bytes: &'a [u8], tag: Tag) -> Result<Option<&'a [u8]>, TlvError> {
+pub fn find(bytes: &[u8], tag: Tag) -> Result<Option<&[u8]>, TlvError> {
     for tlv in parse(bytes)? {
         if tlv.tag == tag {
             return Ok(Some(tlv.value));
@@ -237,7 +240,13 @@ mod tests {
         let cdol1 = h("9F02069F03069F1A0295055F2A029A039C019F37049F4C029F3403");
         let dol = parse_dol(&cdol1).unwrap();
         assert_eq!(dol.len(), 10);
-        assert_eq!(dol[0], DolEntry { tag: 0x9F02, len: 6 });
+        assert_eq!(
+            dol[0],
+            DolEntry {
+                tag: 0x9F02,
+                len: 6
+            }
+        );
         assert_eq!(dol[3], DolEntry { tag: 0x95, len: 5 });
         assert_eq!(dol_data_len(&dol), 0x22);
     }
@@ -254,7 +263,10 @@ mod tests {
         ));
         assert!(matches!(parse(&h("9F")), Err(TlvError::TruncatedTag(0))));
         assert!(matches!(parse(&h("5A84")), Err(TlvError::BadLength { .. })));
-        assert!(matches!(parse(&h("DFFFFFFF0100")), Err(TlvError::LongTag(0))));
+        assert!(matches!(
+            parse(&h("DFFFFFFF0100")),
+            Err(TlvError::LongTag(0))
+        ));
         // Padding between objects.
         assert_eq!(parse(&h("00 5A0112 FF")).unwrap().len(), 1);
     }

@@ -63,6 +63,9 @@ enum Command {
     /// Create, list or revoke API tokens.
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),
+    /// EMV-CAP codes from a bank card in a reader (M1 login, M2 sign), and a virtual card.
+    #[command(subcommand)]
+    Card(cmd::card::CardCommand),
     /// Measure sync, reconcile, API and export speed (prints tables).
     #[command(after_help = "Example: bankbridge bench --transactions 100000")]
     Bench(cmd::bench::BenchArgs),
@@ -79,7 +82,10 @@ fn main() -> ExitCode {
     };
     let quiet = !matches!(
         cli.command,
-        Command::Serve(_) | Command::Sandbox(_) | Command::Demo(_)
+        Command::Serve(_)
+            | Command::Sandbox(_)
+            | Command::Demo(_)
+            | Command::Card(cmd::card::CardCommand::Virtual(_))
     );
     ui::init_logging(cli.log_json || config.file.log_json.unwrap_or(false), quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -112,6 +118,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Transactions(args) => cmd::query::transactions(&config, args).await,
         Command::Export(args) => cmd::query::export(&config, args).await,
         Command::Token(c) => cmd::token::run(&config, c).await,
+        Command::Card(c) => cmd::card::run(&config, c).await,
         Command::Bench(args) => cmd::bench::run(args).await,
     }
 }

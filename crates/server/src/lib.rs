@@ -40,6 +40,7 @@ use tower_http::trace::TraceLayer;
 mod api;
 pub mod auth;
 mod cache;
+pub mod cards;
 pub mod error;
 pub mod export;
 mod guard;
@@ -68,6 +69,8 @@ pub struct ServerConfig {
     /// cache at once; changes by another process show within this delay.
     /// Zero disables the cache.
     pub page_cache_ttl: Duration,
+    /// How long a card request waits for its reader before `reader_busy`.
+    pub reader_wait: Duration,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             token_cache_ttl: Duration::from_secs(5),
             scheduler_tick: Duration::from_secs(30),
             page_cache_ttl: Duration::from_secs(1),
+            reader_wait: Duration::from_secs(30),
         }
     }
 }
@@ -91,6 +95,8 @@ pub struct AppInner {
     /// Connector names a connection may use (`POST /api/v1/connections` checks it).
     pub connectors: Vec<String>,
     pub config: ServerConfig,
+    /// Bank cards in readers (EMV-CAP logins and signs).
+    pub cards: cards::CardService,
     pub(crate) auth: guard::TokenAuth,
     pub(crate) syncs: jobs::SyncRegistry,
     pub(crate) pages: cache::PageCache,
@@ -116,18 +122,43 @@ impl AppState {
         Self::with_config(store, syncer, connectors, ServerConfig::default())
     }
 
+    /// With this machine's PC/SC card readers.
     pub fn with_config(
         store: Arc<dyn Store>,
         syncer: Syncer,
         connectors: Vec<String>,
         config: ServerConfig,
     ) -> Self {
+        Self::with_readers(
+            store,
+            syncer,
+            connectors,
+            config,
+            Arc::new(bankbridge_cap::pcsc::PcscReaders::new()),
+        )
+    }
+
+    /// With the card readers `readers` (PC/SC, in-process virtual cards, or both).
+    pub fn with_readers(
+        store: Arc<dyn Store>,
+        syncer: Syncer,
+        connectors: Vec<String>,
+        config: ServerConfig,
+        readers: Arc<dyn bankbridge_cap::Readers>,
+    ) -> Self {
         let openapi_json = Bytes::from(
             openapi()
                 .to_json()
                 .expect("the OpenAPI document serialises"),
         );
+        let cards = cards::CardService::new(
+            store.clone(),
+            syncer.key.clone(),
+            readers,
+            config.reader_wait,
+        );
         AppState(Arc::new(AppInner {
+            cards,
             store,
             syncer,
             connectors,

@@ -9,6 +9,7 @@ use bankbridge_sync::{ConnectorFactory, Syncer};
 use crate::config::Config;
 
 pub mod bench;
+pub mod card;
 pub mod connection;
 pub mod demo;
 pub mod init;

@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::{AppState, guard};
 
 mod accounts;
+mod cards;
 mod connections;
 mod export;
 pub(crate) mod schema;
@@ -35,6 +36,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .merge(connections::routes(state))
         .merge(syncs::routes(state))
         .merge(export::routes(state))
+        .merge(cards::routes(state))
 }
 
 /// `method_router`, reachable only with a token whose scope allows `scope`.
@@ -83,7 +85,7 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("bb_<id>_<secret>")
                     .description(Some(
-                        "Scopes: read (GET routes), write (also syncs and connections), admin (all).",
+                        "Scopes: read (GET routes), write (also syncs, connections and card logins/signs), admin (all, including card registration, card readers and the card audit).",
                     ))
                     .build(),
             ),
@@ -101,6 +103,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         connections::Doc::openapi(),
         syncs::Doc::openapi(),
         export::Doc::openapi(),
+        cards::Doc::openapi(),
     ] {
         doc.merge(part);
     }

@@ -191,6 +191,14 @@ impl TestServer {
     }
 
     pub async fn start_with(config: ServerConfig) -> Self {
+        Self::start_with_readers(config, None).await
+    }
+
+    /// With card readers `readers` (this machine's PC/SC readers when `None`).
+    pub async fn start_with_readers(
+        config: ServerConfig,
+        readers: Option<Arc<dyn bankbridge_cap::Readers>>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db_path = dir.path().join("bankbridge.sqlite");
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db_path).await.unwrap());
@@ -199,12 +207,13 @@ impl TestServer {
             Arc::new(MasterKey::generate()),
             fake_factory(),
         );
-        let state = AppState::with_config(
-            store.clone(),
-            syncer,
-            vec!["fake".into(), "slow".into()],
-            config,
-        );
+        let connectors = vec!["fake".into(), "slow".into()];
+        let state = match readers {
+            Some(readers) => {
+                AppState::with_readers(store.clone(), syncer, connectors, config, readers)
+            }
+            None => AppState::with_config(store.clone(), syncer, connectors, config),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -11,7 +11,12 @@
 //! 4. `GET /api/v1/transactions?limit=100` under `wrk`, with and without the
 //!    server's page cache;
 //! 5. exports run as child processes (`bankbridge export`), their peak RSS
-//!    measured, at two sizes, to show memory does not grow with the rows.
+//!    measured, at two sizes, to show memory does not grow with the rows;
+//! 6. card service logins ([`cards`]): per-login latency over HTTP with a
+//!    virtual card in an in-process reader and behind a real pcscd, at 1 and
+//!    16 clients, against the direct algorithm time.
+//!
+//! `--only cards` (or sync, api, export; repeatable) runs just those parts.
 //!
 //! Progress goes to stderr, the table to stdout. A step that fails prints an
 //! error row and the others still run; the exit status is then 1. Missed
@@ -34,6 +39,8 @@ use bankbridge_store::{Checkpoint, Scope, SqliteStore, Store, TxWrite, WindowCom
 use bankbridge_sync::plan::{self, PlanBounds};
 use bankbridge_sync::reconcile::{self, LINK_TOLERANCE_DAYS};
 use bankbridge_sync::{SyncOptions, SyncSummary, Syncer};
+
+mod cards;
 use rust_decimal::Decimal;
 
 #[derive(clap::Args, Debug)]
@@ -56,6 +63,42 @@ pub struct BenchArgs {
     /// Leave out the export measurements.
     #[arg(long)]
     pub skip_export: bool,
+    /// Leave out the card service measurements.
+    #[arg(long)]
+    pub skip_cards: bool,
+    /// Run only these sections (repeatable): sync, api, export, cards.
+    #[arg(long, value_enum)]
+    pub only: Vec<Section>,
+}
+
+/// The parts of the benchmark.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    /// Full sync, no-op re-sync, reconcile vs raw insert.
+    Sync,
+    /// `/api/v1/transactions` under wrk (needs the sync section's database).
+    Api,
+    /// CSV/JSON/OFX exports and their peak memory.
+    Export,
+    /// Card service logins (in-process virtual card and real pcscd).
+    Cards,
+}
+
+impl BenchArgs {
+    fn wants(&self, section: Section) -> bool {
+        let skipped = match section {
+            Section::Sync => false,
+            Section::Api => self.skip_api,
+            Section::Export => self.skip_export,
+            Section::Cards => self.skip_cards,
+        };
+        if self.only.is_empty() {
+            !skipped
+        } else {
+            self.only.contains(&section)
+                || (section == Section::Sync && self.only.contains(&Section::Api))
+        }
+    }
 }
 
 /// Targets from the issue.
@@ -148,8 +191,12 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let load_at_start = load_average();
     let mut table = Table::default();
 
-    let synced = sync_section(&args, dir.path(), &mut table).await;
-    if !args.skip_api {
+    let synced = if args.wants(Section::Sync) {
+        sync_section(&args, dir.path(), &mut table).await
+    } else {
+        None
+    };
+    if args.wants(Section::Api) {
         match &synced {
             Some((store, _)) => {
                 api_section(args.wrk_seconds, store.clone(), dir.path(), &mut table).await
@@ -161,8 +208,11 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         }
     }
     drop(synced);
-    if !args.skip_export {
+    if args.wants(Section::Export) {
         export_section(args.export_rows, dir.path(), &mut table).await;
+    }
+    if args.wants(Section::Cards) {
+        cards::cards_section(dir.path(), &mut table).await;
     }
 
     println!();

@@ -1,0 +1,254 @@
+//! The card service's overhead per login: HTTP + reader queue + the APDU
+//! exchange, with a virtual card in an in-process reader and with the same
+//! card behind a real pcscd (vsmartcard's vpcd reader), at 1 and 16
+//! concurrent clients. The direct `emv::run` time (no HTTP, no queue) is the
+//! baseline the overhead is read against.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bankbridge_cap::emv::{self, CapRequest, PinPolicy};
+use bankbridge_cap::pcsc::{self, PcscReaders};
+use bankbridge_cap::transport::{Readers, VirtualReaders};
+use bankbridge_cap::virtual_card::{Profile, VirtualCard, VirtualCardConfig};
+use bankbridge_cap::vpcd;
+use bankbridge_core::{MasterKey, Secret};
+use bankbridge_server::{AppState, ServerConfig};
+use bankbridge_store::{Scope, SqliteStore, Store};
+use serde_json::json;
+
+use super::{Table, thousands};
+
+const PIN: &str = "1234";
+const LOGINS_PER_RUN: usize = 200;
+const VPCD_READER: &str = "Virtual PCD 00 00";
+
+pub(super) async fn cards_section(dir: &std::path::Path, table: &mut Table) {
+    let measure = "card login, direct emv::run (no HTTP, no queue)";
+    match direct_baseline() {
+        Ok(lat) => push_latencies(table, measure, &lat, "in-process virtual cap-be card"),
+        Err(e) => table.error(measure, &e),
+    }
+
+    let readers = VirtualReaders::new();
+    readers.insert(
+        "bench reader",
+        Box::new(
+            VirtualCard::new(VirtualCardConfig::new(Profile::CapBe, PIN)).expect("valid card"),
+        ),
+    );
+    for clients in [1usize, 16] {
+        let measure = format!("card login over HTTP, in-process reader, {clients} client(s)");
+        match service_run(dir, Arc::new(readers.clone()), "bench reader", clients).await {
+            Ok(lat) => push_latencies(
+                table,
+                &measure,
+                &lat,
+                "one virtual card; queue + HTTP + APDUs",
+            ),
+            Err(e) => table.error(measure, &e),
+        }
+    }
+
+    // The same card behind pcscd.
+    let pcscd = PcscReaders::new();
+    let reachable = tokio::task::spawn_blocking(move || pcscd.list()).await;
+    if !matches!(reachable, Ok(Ok(_))) {
+        table.push(
+            "card login over HTTP, real pcscd + vpcd",
+            "",
+            None,
+            "",
+            "",
+            "pcscd not running (scripts/pcscd.sh start)",
+        );
+        return;
+    }
+    let card = VirtualCard::new(VirtualCardConfig::new(Profile::CapBe, PIN)).expect("valid card");
+    let mut vpcd = vpcd::serve(
+        std::net::SocketAddr::from(([127, 0, 0, 1], vpcd::VPCD_DEFAULT_PORT)),
+        Box::new(card),
+    );
+    let ready =
+        tokio::task::spawn_blocking(|| pcsc::wait_for_card(VPCD_READER, Duration::from_secs(10)))
+            .await;
+    match ready {
+        Ok(Ok(reader)) => {
+            for clients in [1usize, 16] {
+                let measure =
+                    format!("card login over HTTP, real pcscd + vpcd, {clients} client(s)");
+                match service_run(dir, Arc::new(PcscReaders::new()), &reader, clients).await {
+                    Ok(lat) => push_latencies(
+                        table,
+                        &measure,
+                        &lat,
+                        "virtual card served to pcscd over vpcd (loopback)",
+                    ),
+                    Err(e) => table.error(measure, &e),
+                }
+            }
+        }
+        Ok(Err(e)) => table.error("card login, real pcscd", &anyhow::Error::from(e)),
+        Err(e) => table.error("card login, real pcscd", &anyhow::Error::from(e)),
+    }
+    vpcd.stop();
+}
+
+fn push_latencies(table: &mut Table, measure: &str, lat: &Latencies, note: &str) {
+    table.push(
+        measure,
+        thousands(lat.count as u64),
+        Some(lat.total),
+        format!("{:.0} logins/s", lat.count as f64 / lat.total.as_secs_f64()),
+        "",
+        format!("p50 {:.2} ms, p99 {:.2} ms; {note}", lat.p50_ms, lat.p99_ms),
+    );
+}
+
+struct Latencies {
+    count: usize,
+    total: Duration,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn summarise(mut samples: Vec<Duration>, total: Duration) -> Latencies {
+    samples.sort();
+    let pick = |q: f64| {
+        let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+        samples[i].as_secs_f64() * 1000.0
+    };
+    Latencies {
+        count: samples.len(),
+        total,
+        p50_ms: pick(0.50),
+        p99_ms: pick(0.99),
+    }
+}
+
+fn direct_baseline() -> Result<Latencies> {
+    let readers = VirtualReaders::new();
+    readers.insert(
+        "direct",
+        Box::new(VirtualCard::new(VirtualCardConfig::new(
+            Profile::CapBe,
+            PIN,
+        ))?),
+    );
+    let pin = Secret::new(PIN.to_owned());
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(LOGINS_PER_RUN);
+    for i in 0..LOGINS_PER_RUN {
+        let t = Instant::now();
+        let mut session = readers.connect("direct")?;
+        let request = CapRequest::Login {
+            challenge: Some(format!("{}", 1000 + i)),
+        };
+        emv::run(session.as_mut(), &request, &pin, None, PinPolicy::default())?;
+        samples.push(t.elapsed());
+    }
+    Ok(summarise(samples, started.elapsed()))
+}
+
+/// A server over `readers` on loopback; register `reader`'s card, then
+/// `LOGINS_PER_RUN` logins from `clients` concurrent clients.
+async fn service_run(
+    dir: &std::path::Path,
+    readers: Arc<dyn Readers>,
+    reader: &str,
+    clients: usize,
+) -> Result<Latencies> {
+    let db = dir.join(format!("cards-{}.db", rand_suffix()));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).await?);
+    let key = Arc::new(MasterKey::generate());
+    let syncer =
+        bankbridge_sync::Syncer::new(store.clone(), key, super::super::connector_factory());
+    let state = AppState::with_readers(
+        store.clone(),
+        syncer,
+        vec![],
+        ServerConfig {
+            reader_wait: Duration::from_secs(120),
+            ..Default::default()
+        },
+        readers,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bankbridge_server::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let result = async {
+        let (admin, admin_rec) = bankbridge_server::auth::new_token("bench-admin", Scope::Admin);
+        let (write, write_rec) = bankbridge_server::auth::new_token("bench", Scope::Write);
+        store.create_token(&admin_rec).await?;
+        store.create_token(&write_rec).await?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(clients)
+            .build()?;
+        let fi: serde_json::Value = client
+            .post(format!("{base}/api/v1/financial-institutions"))
+            .bearer_auth(admin.expose())
+            .json(&json!({"name": "Bench Bank"}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let fi = fi["id"].as_str().context("institution id")?.to_owned();
+        let res = client
+            .post(format!("{base}/api/v1/financial-institutions/{fi}/cards"))
+            .bearer_auth(admin.expose())
+            .json(&json!({"reader": reader, "label": "bench", "account_reference": "bench", "pin": PIN}))
+            .send()
+            .await?;
+        if !res.status().is_success() {
+            bail!("registering the card: {}", res.text().await?);
+        }
+        let card: serde_json::Value = res.json().await?;
+        let url = format!(
+            "{base}/api/v1/financial-institutions/{fi}/cards/{}/logins",
+            card["id"].as_str().context("card id")?
+        );
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let (client, url, token) = (client.clone(), url.clone(), write.expose().clone());
+            let share = LOGINS_PER_RUN / clients + usize::from(c < LOGINS_PER_RUN % clients);
+            tasks.push(tokio::spawn(async move {
+                let mut samples = Vec::with_capacity(share);
+                for i in 0..share {
+                    let t = Instant::now();
+                    let res = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({"challenge": format!("{}", c * 1000 + i)}))
+                        .send()
+                        .await?;
+                    if !res.status().is_success() {
+                        bail!("login answered {}: {}", res.status(), res.text().await?);
+                    }
+                    res.bytes().await?;
+                    samples.push(t.elapsed());
+                }
+                Ok(samples)
+            }));
+        }
+        let mut samples = Vec::with_capacity(LOGINS_PER_RUN);
+        for t in tasks {
+            samples.extend(t.await??);
+        }
+        Ok(summarise(samples, started.elapsed()))
+    }
+    .await;
+    let _ = stop.send(());
+    let _ = server.await;
+    result
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

@@ -1,0 +1,768 @@
+//! The card service's routes (the Digibot paths): institutions, the cards
+//! they hold, logins (M1) and signs (M2), readers and the audit trail. The
+//! logic lives in [`crate::cards`]; these handlers parse and answer.
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use bankbridge_cap::emv::{CapError, CapRequest, CapResponse};
+use bankbridge_cap::transport::TransportError;
+use bankbridge_core::Secret;
+use bankbridge_store::{
+    Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewInstitution,
+    Scope,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::{ApiJson, List, guarded, json};
+use crate::cards::{CardRegistration, CardUseError, new_id};
+use crate::error::{ApiError, ErrorBody};
+use crate::{AppState, Principal};
+
+pub(crate) fn routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/financial-institutions",
+            guarded(state, Scope::Read, get(list_institutions)).merge(guarded(
+                state,
+                Scope::Admin,
+                post(create_institution),
+            )),
+        )
+        .route(
+            "/api/v1/financial-institutions/{institution}",
+            guarded(state, Scope::Read, get(get_institution)).merge(guarded(
+                state,
+                Scope::Admin,
+                axum::routing::delete(delete_institution),
+            )),
+        )
+        .route(
+            "/api/v1/financial-institutions/{institution}/cards",
+            guarded(state, Scope::Read, get(list_cards)).merge(guarded(
+                state,
+                Scope::Admin,
+                post(register_card),
+            )),
+        )
+        .route(
+            "/api/v1/financial-institutions/{institution}/cards/{card}",
+            guarded(state, Scope::Read, get(get_card))
+                .merge(guarded(
+                    state,
+                    Scope::Admin,
+                    axum::routing::patch(update_card),
+                ))
+                .merge(guarded(
+                    state,
+                    Scope::Admin,
+                    axum::routing::delete(delete_card),
+                )),
+        )
+        .route(
+            "/api/v1/financial-institutions/{institution}/cards/{card}/logins",
+            guarded(state, Scope::Write, post(login)),
+        )
+        .route(
+            "/api/v1/financial-institutions/{institution}/cards/{card}/signs",
+            guarded(state, Scope::Write, post(sign)),
+        )
+        .route(
+            "/api/v1/card-readers",
+            guarded(state, Scope::Admin, get(list_readers)),
+        )
+        .route(
+            "/api/v1/cards/audit",
+            guarded(state, Scope::Admin, get(audit)),
+        )
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(
+        list_institutions,
+        create_institution,
+        get_institution,
+        delete_institution,
+        list_cards,
+        register_card,
+        get_card,
+        update_card,
+        delete_card,
+        login,
+        sign,
+        list_readers,
+        audit
+    ),
+    components(schemas(
+        InstitutionView,
+        CreateInstitution,
+        CardView,
+        RegisterCard,
+        UpdateCard,
+        LoginBody,
+        SignBody,
+        CodeView,
+        ReaderView,
+        AuditView
+    ))
+)]
+pub(crate) struct Doc;
+
+/// A financial institution whose cards this service holds.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct InstitutionView {
+    #[schema(example = "fi_1a2b3c4d")]
+    id: String,
+    name: String,
+    /// ISO 3166 alpha-2 country code.
+    country: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<Institution> for InstitutionView {
+    fn from(i: Institution) -> Self {
+        Self {
+            id: i.id,
+            name: i.name,
+            country: i.country,
+            created_at: i.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateInstitution {
+    #[schema(example = "KBC")]
+    name: String,
+    #[schema(example = "BE")]
+    country: Option<String>,
+}
+
+/// A card in a reader. Never its PIN.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct CardView {
+    #[schema(example = "card_5e6f7a8b")]
+    id: String,
+    institution_id: String,
+    label: String,
+    /// The account the card belongs to, as the bank names it.
+    account_reference: String,
+    /// The card number with all but the last four digits hidden.
+    #[schema(example = "**** **** **** 6789")]
+    masked_pan: String,
+    /// PAN sequence number (two hex digits).
+    psn: Option<String>,
+    /// The EMV application used, e.g. `SecureCode Aut`.
+    application: Option<String>,
+    reader: String,
+    /// `active`, `disabled` (e.g. after a refused PIN) or `blocked`.
+    status: String,
+    status_reason: Option<String>,
+    /// VERIFY is refused when the card has fewer PIN tries left than this.
+    min_pin_tries: u8,
+    last_used_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<&Card> for CardView {
+    fn from(c: &Card) -> Self {
+        Self {
+            id: c.id.clone(),
+            institution_id: c.institution_id.clone(),
+            label: c.label.clone(),
+            account_reference: c.account_reference.clone(),
+            masked_pan: format!("**** **** **** {}", c.pan_last4),
+            psn: c.psn.clone(),
+            application: c.application.clone(),
+            reader: c.reader.clone(),
+            status: c.status.as_str().to_owned(),
+            status_reason: c.status_reason.clone(),
+            min_pin_tries: c.min_pin_tries,
+            last_used_at: c.last_used_at,
+            created_at: c.created_at,
+        }
+    }
+}
+
+/// Register the card that sits in a reader. The card number and PSN are read
+/// from the card (no PIN is sent); `pin` is write-only and sealed at once.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RegisterCard {
+    /// Reader name, index, or a unique part of its name (see `/api/v1/card-readers`).
+    #[schema(example = "Virtual PCD 00 00")]
+    reader: String,
+    label: String,
+    account_reference: String,
+    #[schema(value_type = String, format = Password, write_only)]
+    pin: Secret<String>,
+    /// Default 3: with fewer tries left, no PIN is sent.
+    min_pin_tries: Option<u8>,
+}
+
+/// Change a card. `status: "active"` enables a disabled card again (after
+/// fixing its PIN, say); a blocked card must be unblocked at the bank first.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateCard {
+    label: Option<String>,
+    account_reference: Option<String>,
+    #[schema(value_type = Option<String>, format = Password, write_only)]
+    pin: Option<Secret<String>>,
+    min_pin_tries: Option<u8>,
+    /// `active` or `disabled`.
+    status: Option<String>,
+}
+
+/// M1: a login code, optionally over a challenge the bank shows.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoginBody {
+    #[schema(example = "123456")]
+    challenge: Option<String>,
+}
+
+/// M2: the numbers the bank asks to type, in order.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignBody {
+    #[schema(example = json!(["1000", "123456"]))]
+    challenges: Vec<String>,
+}
+
+/// The code to give the bank.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct CodeView {
+    /// As a CAP reader shows it.
+    #[schema(example = "23580039")]
+    response: String,
+    /// The same, zero-padded to at least 8 digits.
+    response_padded: String,
+    /// The card's transaction counter for this code.
+    atc: u16,
+}
+
+impl From<CapResponse> for CodeView {
+    fn from(r: CapResponse) -> Self {
+        Self {
+            response: r.response,
+            response_padded: r.response_padded,
+            atc: r.atc,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ReaderView {
+    name: String,
+    card_present: bool,
+    atr: Option<String>,
+    /// The registered card in this reader, if any.
+    card_id: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AuditView {
+    id: i64,
+    at: DateTime<Utc>,
+    /// The name of the API token that asked.
+    token_name: String,
+    card_id: String,
+    institution_id: String,
+    /// `m1`, `m2` or `register`.
+    mode: String,
+    /// `ok`, `wrong_pin`, `blocked`, `pin_tries_low`, `wrong_card`, `busy`, `card_removed`, ...
+    outcome: String,
+    detail: Option<String>,
+    atc: Option<u32>,
+    duration_ms: u64,
+}
+
+impl From<CardAuditEntry> for AuditView {
+    fn from(e: CardAuditEntry) -> Self {
+        Self {
+            id: e.id,
+            at: e.at,
+            token_name: e.token_name,
+            card_id: e.card_id,
+            institution_id: e.institution_id,
+            mode: e.mode,
+            outcome: e.outcome,
+            detail: e.detail,
+            atc: e.atc,
+            duration_ms: e.duration_ms,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditParams {
+    /// Only this card's entries.
+    card: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<u32>,
+    /// The `next` of the previous page.
+    cursor: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct AuditPage<'a> {
+    data: &'a [AuditView],
+    next: Option<String>,
+}
+
+/// Map a card service failure to the API's stable codes.
+impl From<CardUseError> for ApiError {
+    fn from(e: CardUseError) -> Self {
+        let msg = e.to_string();
+        match e {
+            CardUseError::NotFound(_) => ApiError::not_found(msg),
+            CardUseError::Disabled { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "card_disabled", msg)
+            }
+            CardUseError::Blocked { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "card_blocked", msg)
+            }
+            CardUseError::Busy { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "reader_busy", msg)
+            }
+            CardUseError::Invalid(_) => ApiError::bad_request(msg),
+            CardUseError::Store(e) => ApiError::from(e),
+            CardUseError::Internal(detail) => ApiError::internal(detail),
+            CardUseError::Cap(cap) => match cap {
+                CapError::WrongPin { .. } => ApiError::new(StatusCode::CONFLICT, "wrong_pin", msg),
+                CapError::Blocked => ApiError::new(StatusCode::CONFLICT, "card_blocked", msg),
+                CapError::TooFewTries { .. } => {
+                    ApiError::new(StatusCode::CONFLICT, "pin_tries_low", msg)
+                }
+                CapError::WrongCard { .. } => {
+                    ApiError::new(StatusCode::CONFLICT, "wrong_card", msg)
+                }
+                CapError::BadInput(_) | CapError::BadPin => ApiError::bad_request(msg),
+                CapError::Transport(t) => match t {
+                    TransportError::CardRemoved { .. } => {
+                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "card_removed", msg)
+                    }
+                    TransportError::NoCard { .. } => {
+                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_card", msg)
+                    }
+                    TransportError::Busy { .. } => {
+                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "reader_busy", msg)
+                    }
+                    TransportError::ReaderNotFound { .. }
+                    | TransportError::AmbiguousReader { .. }
+                    | TransportError::NoReaders => {
+                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "reader_unavailable", msg)
+                    }
+                    TransportError::Service(_) | TransportError::Reader(_) => {
+                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "reader_unavailable", msg)
+                    }
+                },
+                _ => ApiError::new(StatusCode::BAD_GATEWAY, "card_error", msg),
+            },
+        }
+    }
+}
+
+async fn institution(state: &AppState, id: &str) -> Result<Institution, ApiError> {
+    state
+        .store
+        .get_institution(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no financial institution {id}")))
+}
+
+async fn card_of(state: &AppState, institution: &str, card: &str) -> Result<Card, ApiError> {
+    state
+        .store
+        .get_card(card)
+        .await?
+        .filter(|c| c.institution_id == institution)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no card {card} in financial institution {institution}"
+            ))
+        })
+}
+
+/// Every financial institution.
+#[utoipa::path(get, path = "/api/v1/financial-institutions", tag = "cards",
+    responses((status = 200, body = [InstitutionView]), (status = 401, body = ErrorBody)))]
+pub(crate) async fn list_institutions(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let views: Vec<InstitutionView> = state
+        .store
+        .list_institutions()
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &List { data: &views },
+        views.len() * 120,
+    ))
+}
+
+/// Add a financial institution. Needs scope `admin`.
+#[utoipa::path(post, path = "/api/v1/financial-institutions", tag = "cards", request_body = CreateInstitution,
+    responses((status = 201, body = InstitutionView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn create_institution(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateInstitution>,
+) -> Result<Response, ApiError> {
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::invalid_parameter(
+            "name",
+            "name must be 1 to 100 characters",
+        ));
+    }
+    let country = match body.country.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(c) if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            Some(c.to_ascii_uppercase())
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_parameter(
+                "country",
+                "country must be an ISO 3166 alpha-2 code such as BE",
+            ));
+        }
+    };
+    let created = state
+        .store
+        .create_institution(&NewInstitution {
+            id: new_id("fi"),
+            name: name.to_owned(),
+            country,
+        })
+        .await?;
+    let mut res = json(
+        StatusCode::CREATED,
+        &InstitutionView::from(created.clone()),
+        200,
+    );
+    if let Ok(loc) =
+        HeaderValue::from_str(&format!("/api/v1/financial-institutions/{}", created.id))
+    {
+        res.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(res)
+}
+
+/// One financial institution.
+#[utoipa::path(get, path = "/api/v1/financial-institutions/{institution}", tag = "cards",
+    params(("institution" = String, Path)),
+    responses((status = 200, body = InstitutionView), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_institution(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(json(
+        StatusCode::OK,
+        &InstitutionView::from(institution(&state, &id).await?),
+        200,
+    ))
+}
+
+/// Delete a financial institution that holds no card. Needs scope `admin`.
+#[utoipa::path(delete, path = "/api/v1/financial-institutions/{institution}", tag = "cards",
+    params(("institution" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(crate) async fn delete_institution(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if !state.store.delete_institution(&id).await? {
+        return Err(ApiError::not_found(format!(
+            "no financial institution {id}"
+        )));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The cards of a financial institution (account reference, masked card
+/// number, label, reader, status; never the PIN).
+#[utoipa::path(get, path = "/api/v1/financial-institutions/{institution}/cards", tag = "cards",
+    params(("institution" = String, Path)),
+    responses((status = 200, body = [CardView]), (status = 404, body = ErrorBody)))]
+pub(crate) async fn list_cards(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    institution(&state, &id).await?;
+    let cards = state.store.list_cards(Some(&id)).await?;
+    let views: Vec<CardView> = cards.iter().map(CardView::from).collect();
+    Ok(json(
+        StatusCode::OK,
+        &List { data: &views },
+        views.len() * 400,
+    ))
+}
+
+/// Register the card in a reader. Needs scope `admin`.
+#[utoipa::path(post, path = "/api/v1/financial-institutions/{institution}/cards", tag = "cards",
+    params(("institution" = String, Path)), request_body = RegisterCard,
+    responses((status = 201, body = CardView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The reader already holds a registered card", body = ErrorBody),
+        (status = 503, description = "No such reader, no card in it, or the reader is busy", body = ErrorBody)))]
+pub(crate) async fn register_card(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Extension(who): Extension<Arc<Principal>>,
+    ApiJson(body): ApiJson<RegisterCard>,
+) -> Result<Response, ApiError> {
+    let institution = institution(&state, &id).await?;
+    for (field, value) in [
+        ("label", &body.label),
+        ("account_reference", &body.account_reference),
+    ] {
+        if value.trim().is_empty() || value.chars().count() > 200 {
+            return Err(ApiError::invalid_parameter(
+                field,
+                format!("{field} must be 1 to 200 characters"),
+            ));
+        }
+    }
+    let card = state
+        .cards
+        .register(
+            &institution,
+            CardRegistration {
+                reader: body.reader,
+                label: body.label.trim().to_owned(),
+                account_reference: body.account_reference.trim().to_owned(),
+                pin: body.pin,
+                min_pin_tries: body.min_pin_tries,
+            },
+            &who.token_name,
+        )
+        .await?;
+    tracing::info!(card = %card.id, reader = %card.reader, "card registered");
+    let mut res = json(StatusCode::CREATED, &CardView::from(&card), 400);
+    if let Ok(loc) = HeaderValue::from_str(&format!(
+        "/api/v1/financial-institutions/{id}/cards/{}",
+        card.id
+    )) {
+        res.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(res)
+}
+
+/// One card.
+#[utoipa::path(get, path = "/api/v1/financial-institutions/{institution}/cards/{card}", tag = "cards",
+    params(("institution" = String, Path), ("card" = String, Path)),
+    responses((status = 200, body = CardView), (status = 404, body = ErrorBody)))]
+pub(crate) async fn get_card(
+    State(state): State<AppState>,
+    Path((institution, card)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(json(
+        StatusCode::OK,
+        &CardView::from(&card_of(&state, &institution, &card).await?),
+        400,
+    ))
+}
+
+/// Change a card's label, account reference, PIN, minimum tries or status. Needs scope `admin`.
+#[utoipa::path(patch, path = "/api/v1/financial-institutions/{institution}/cards/{card}", tag = "cards",
+    params(("institution" = String, Path), ("card" = String, Path)), request_body = UpdateCard,
+    responses((status = 200, body = CardView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "A blocked card cannot be enabled", body = ErrorBody)))]
+pub(crate) async fn update_card(
+    State(state): State<AppState>,
+    Path((institution, card_id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<UpdateCard>,
+) -> Result<Response, ApiError> {
+    let card = card_of(&state, &institution, &card_id).await?;
+    let status = match body.status.as_deref() {
+        None => None,
+        Some("active") if card.status == CardStatus::Blocked => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "card_blocked",
+                "the card's PIN is blocked on the card itself; unblock it at the bank, then register it again",
+            ));
+        }
+        Some("active") => Some((CardStatus::Active, None)),
+        Some("disabled") => Some((
+            CardStatus::Disabled,
+            Some("disabled by an administrator".to_owned()),
+        )),
+        Some(_) => {
+            return Err(ApiError::invalid_parameter(
+                "status",
+                "status must be active or disabled",
+            ));
+        }
+    };
+    let pin_sealed = match &body.pin {
+        None => None,
+        Some(pin) => {
+            let p = pin.expose();
+            if !(4..=12).contains(&p.len()) || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ApiError::invalid_parameter(
+                    "pin",
+                    "the PIN must be 4 to 12 digits",
+                ));
+            }
+            Some(
+                state
+                    .syncer
+                    .key
+                    .seal_str(pin, &crate::cards::pin_purpose(&card.id)),
+            )
+        }
+    };
+    if body.min_pin_tries.is_some_and(|n| !(1..=15).contains(&n)) {
+        return Err(ApiError::invalid_parameter(
+            "min_pin_tries",
+            "min_pin_tries must be between 1 and 15",
+        ));
+    }
+    let update = CardUpdate {
+        label: body.label.map(|s| s.trim().to_owned()),
+        account_reference: body.account_reference.map(|s| s.trim().to_owned()),
+        pin_sealed,
+        min_pin_tries: body.min_pin_tries,
+        status,
+    };
+    let updated = state
+        .store
+        .update_card(&card.id, &update, Utc::now())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no card {card_id}")))?;
+    tracing::info!(card = %updated.id, status = updated.status.as_str(), "card updated");
+    Ok(json(StatusCode::OK, &CardView::from(&updated), 400))
+}
+
+/// Forget a card (its audit trail stays). Needs scope `admin`.
+#[utoipa::path(delete, path = "/api/v1/financial-institutions/{institution}/cards/{card}", tag = "cards",
+    params(("institution" = String, Path), ("card" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub(crate) async fn delete_card(
+    State(state): State<AppState>,
+    Path((institution, card)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    card_of(&state, &institution, &card).await?;
+    state.store.delete_card(&card).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// M1: a login code from the card (with the bank's challenge, if it shows
+/// one). Needs scope `write`.
+#[utoipa::path(post, path = "/api/v1/financial-institutions/{institution}/cards/{card}/logins", tag = "cards",
+    params(("institution" = String, Path), ("card" = String, Path)), request_body = LoginBody,
+    responses((status = 200, body = CodeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "`card_disabled`, `card_blocked`, `wrong_pin`, `pin_tries_low`, `wrong_card`", body = ErrorBody),
+        (status = 503, description = "`reader_busy`, `no_card`, `card_removed`, `reader_unavailable`", body = ErrorBody)))]
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    Path((institution, card)): Path<(String, String)>,
+    Extension(who): Extension<Arc<Principal>>,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Result<Response, ApiError> {
+    let request = CapRequest::Login {
+        challenge: body.challenge,
+    };
+    let code = state
+        .cards
+        .compute(&institution, &card, request, &who.token_name)
+        .await?;
+    Ok(json(StatusCode::OK, &CodeView::from(code), 100))
+}
+
+/// M2: a sign code over the numbers the bank asks for. Needs scope `write`.
+#[utoipa::path(post, path = "/api/v1/financial-institutions/{institution}/cards/{card}/signs", tag = "cards",
+    params(("institution" = String, Path), ("card" = String, Path)), request_body = SignBody,
+    responses((status = 200, body = CodeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn sign(
+    State(state): State<AppState>,
+    Path((institution, card)): Path<(String, String)>,
+    Extension(who): Extension<Arc<Principal>>,
+    ApiJson(body): ApiJson<SignBody>,
+) -> Result<Response, ApiError> {
+    let request = CapRequest::Sign {
+        numbers: body.challenges,
+    };
+    let code = state
+        .cards
+        .compute(&institution, &card, request, &who.token_name)
+        .await?;
+    Ok(json(StatusCode::OK, &CodeView::from(code), 100))
+}
+
+/// The card readers this server sees. Needs scope `admin`.
+#[utoipa::path(get, path = "/api/v1/card-readers", tag = "cards",
+    responses((status = 200, body = [ReaderView]), (status = 503, body = ErrorBody)))]
+pub(crate) async fn list_readers(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let readers = state.cards.list_readers().await?;
+    let mut views = Vec::with_capacity(readers.len());
+    for r in readers {
+        let card_id = state
+            .store
+            .find_card_by_reader(&r.name)
+            .await?
+            .map(|c| c.id);
+        views.push(ReaderView {
+            name: r.name,
+            card_present: r.card_present,
+            atr: r.atr,
+            card_id,
+        });
+    }
+    Ok(json(
+        StatusCode::OK,
+        &List { data: &views },
+        views.len() * 150,
+    ))
+}
+
+/// Every use of every card, newest first. Needs scope `admin`.
+#[utoipa::path(get, path = "/api/v1/cards/audit", tag = "cards", params(AuditParams),
+    responses((status = 200, body = [AuditView]), (status = 400, body = ErrorBody)))]
+pub(crate) async fn audit(
+    State(state): State<AppState>,
+    Query(params): Query<AuditParams>,
+) -> Result<Response, ApiError> {
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid_parameter(
+            "limit",
+            "limit must be 1 to 1000",
+        ));
+    }
+    let entries = state
+        .store
+        .list_card_audit(&CardAuditQuery {
+            card_id: params.card,
+            limit: limit + 1,
+            before_id: params.cursor,
+        })
+        .await?;
+    let more = entries.len() > limit as usize;
+    let views: Vec<AuditView> = entries
+        .into_iter()
+        .take(limit as usize)
+        .map(Into::into)
+        .collect();
+    let next = if more {
+        views.last().map(|v| v.id.to_string())
+    } else {
+        None
+    };
+    Ok(json(
+        StatusCode::OK,
+        &AuditPage { data: &views, next },
+        views.len() * 250,
+    ))
+}

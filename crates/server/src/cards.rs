@@ -1,0 +1,431 @@
+//! The card service, without HTTP: bank cards kept in readers compute CAP
+//! codes for callers who never see the PIN.
+//!
+//! Rules it keeps:
+//! - one operation per reader at a time, in arrival order (a fair queue per
+//!   reader); a caller waits at most `wait`, then gets [`CardUseError::Busy`];
+//!   different readers work in parallel;
+//! - each operation runs in its own task to the end, whoever still waits for
+//!   it: a caller who hangs up can neither let a second operation start on a
+//!   card mid-operation nor skip the status change and audit that follow;
+//!   the reader's turn is released only after the card's status is written;
+//! - the card's status is read again once the reader is ours: a request that
+//!   queued behind a wrong-PIN failure does not try the PIN again;
+//! - a refused PIN disables the card at once (never retried); a blocked card
+//!   is marked blocked; `bankbridge_cap::emv` checks the card's identity and
+//!   try counter before any VERIFY;
+//! - every use is audited; neither the PIN nor a code is ever logged.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bankbridge_cap::emv::{self, CapError, CapRequest, CapResponse, ExpectedCard, PinPolicy};
+use bankbridge_cap::transport::{Readers, TransportError, resolve_reader};
+use bankbridge_core::Secret;
+use bankbridge_core::crypto::MasterKey;
+use bankbridge_store::{Card, CardAuditEntry, CardStatus, Institution, NewCard, Store, StoreError};
+use chrono::Utc;
+use rand::RngCore;
+
+/// The sealing purpose of a card's PIN (binds the blob to its card).
+pub fn pin_purpose(card_id: &str) -> String {
+    format!("card-pin:{card_id}")
+}
+
+/// Why a card could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CardUseError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("card {card} is disabled: {reason}")]
+    Disabled { card: String, reason: String },
+    #[error("card {card} is blocked: {reason}")]
+    Blocked { card: String, reason: String },
+    #[error("reader {reader:?} stayed busy for {waited:?}; try again later")]
+    Busy { reader: String, waited: Duration },
+    #[error(transparent)]
+    Cap(#[from] CapError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CardUseError {
+    /// The audit outcome of this failure.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            CardUseError::NotFound(_) => "not_found",
+            CardUseError::Disabled { .. } => "disabled",
+            CardUseError::Blocked { .. } => "blocked",
+            CardUseError::Busy { .. } => "busy",
+            CardUseError::Cap(e) => match e {
+                CapError::WrongPin { .. } => "wrong_pin",
+                CapError::Blocked => "blocked",
+                CapError::TooFewTries { .. } => "pin_tries_low",
+                CapError::WrongCard { .. } => "wrong_card",
+                CapError::Transport(TransportError::CardRemoved { .. }) => "card_removed",
+                CapError::Transport(TransportError::NoCard { .. }) => "no_card",
+                CapError::Transport(_) => "reader_error",
+                CapError::BadInput(_) | CapError::BadPin => "bad_input",
+                _ => "card_error",
+            },
+            CardUseError::Invalid(_) => "bad_input",
+            CardUseError::Store(_) | CardUseError::Internal(_) => "error",
+        }
+    }
+}
+
+/// What an admin gives to register a card; the rest is read from the card.
+pub struct CardRegistration {
+    /// A reader name, index or unique part of a name.
+    pub reader: String,
+    pub label: String,
+    pub account_reference: String,
+    pub pin: Secret<String>,
+    pub min_pin_tries: Option<u8>,
+}
+
+/// Cards in readers, shared by every request of a server. Cheap to clone.
+#[derive(Clone)]
+pub struct CardService(Arc<Inner>);
+
+struct Inner {
+    store: Arc<dyn Store>,
+    key: Arc<MasterKey>,
+    readers: Arc<dyn Readers>,
+    wait: Duration,
+    queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl CardService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        key: Arc<MasterKey>,
+        readers: Arc<dyn Readers>,
+        wait: Duration,
+    ) -> Self {
+        Self(Arc::new(Inner {
+            store,
+            key,
+            readers,
+            wait,
+            queues: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn readers(&self) -> &Arc<dyn Readers> {
+        &self.0.readers
+    }
+
+    /// The readers this server sees.
+    pub async fn list_readers(&self) -> Result<Vec<bankbridge_cap::ReaderInfo>, CardUseError> {
+        self.0.list_readers().await
+    }
+
+    /// Register the card that sits in `reg.reader` under `institution`: its
+    /// card number (last 4) and PSN are read from the card, without a PIN.
+    pub async fn register(
+        &self,
+        institution: &Institution,
+        reg: CardRegistration,
+        who: &str,
+    ) -> Result<Card, CardUseError> {
+        let (this, institution, who) = (self.0.clone(), institution.clone(), who.to_owned());
+        tokio::spawn(async move { this.register(&institution, reg, &who).await })
+            .await
+            .map_err(|e| CardUseError::Internal(e.to_string()))?
+    }
+
+    /// Compute a code with card `card_id` of `institution_id` for the
+    /// caller `who` (a token name). Audited whatever the outcome.
+    pub async fn compute(
+        &self,
+        institution_id: &str,
+        card_id: &str,
+        request: CapRequest,
+        who: &str,
+    ) -> Result<CapResponse, CardUseError> {
+        let this = self.0.clone();
+        let (institution_id, card_id, who) = (
+            institution_id.to_owned(),
+            card_id.to_owned(),
+            who.to_owned(),
+        );
+        tokio::spawn(async move { this.compute(&institution_id, &card_id, request, &who).await })
+            .await
+            .map_err(|e| CardUseError::Internal(e.to_string()))?
+    }
+}
+
+impl Inner {
+    /// The readers this server sees (blocking PC/SC work off the runtime).
+    async fn list_readers(&self) -> Result<Vec<bankbridge_cap::ReaderInfo>, CardUseError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.list())
+            .await
+            .map_err(|e| CardUseError::Internal(e.to_string()))?
+            .map_err(|e| CardUseError::Cap(CapError::Transport(e)))
+    }
+
+    /// Wait for `reader`'s turn, at most `self.wait`.
+    async fn take_turn(
+        &self,
+        reader: &str,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, CardUseError> {
+        let queue = self
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reader.to_owned())
+            .or_default()
+            .clone();
+        tokio::time::timeout(self.wait, queue.lock_owned())
+            .await
+            .map_err(|_| CardUseError::Busy {
+                reader: reader.to_owned(),
+                waited: self.wait,
+            })
+    }
+
+    async fn register(
+        &self,
+        institution: &Institution,
+        reg: CardRegistration,
+        who: &str,
+    ) -> Result<Card, CardUseError> {
+        let CardRegistration {
+            reader,
+            label,
+            account_reference,
+            pin,
+            min_pin_tries,
+        } = reg;
+        let pin_ok = (4..=12).contains(&pin.expose().len())
+            && pin.expose().bytes().all(|b| b.is_ascii_digit());
+        if !pin_ok {
+            return Err(CardUseError::Invalid(
+                "the PIN must be 4 to 12 digits".into(),
+            ));
+        }
+        let min_pin_tries = min_pin_tries.unwrap_or(PinPolicy::default().min_tries);
+        if !(1..=15).contains(&min_pin_tries) {
+            return Err(CardUseError::Invalid(
+                "min_pin_tries must be between 1 and 15".into(),
+            ));
+        }
+        let list = self.list_readers().await?;
+        let reader = resolve_reader(&list, &reader).map_err(|e| CardUseError::Cap(e.into()))?;
+        if let Some(existing) = self.store.find_card_by_reader(&reader).await? {
+            return Err(CardUseError::Store(StoreError::Conflict(format!(
+                "reader {reader:?} already holds registered card {}; delete it first",
+                existing.id
+            ))));
+        }
+        let started = Instant::now();
+        let _turn = self.take_turn(&reader).await?;
+        let readers = self.readers.clone();
+        let name = reader.clone();
+        let identity = tokio::task::spawn_blocking(move || {
+            let mut session = readers.connect(&name)?;
+            emv::identify(session.as_mut())
+        })
+        .await
+        .map_err(|e| CardUseError::Internal(e.to_string()))?;
+        let id = new_id("card");
+        let audit = |outcome: &str, detail: Option<String>| CardAuditEntry {
+            id: 0,
+            at: Utc::now(),
+            token_name: who.to_owned(),
+            card_id: id.clone(),
+            institution_id: institution.id.clone(),
+            mode: "register".into(),
+            outcome: outcome.to_owned(),
+            detail,
+            atc: None,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        let identity = match identity {
+            Ok(identity) => identity,
+            Err(e) => {
+                let e = CardUseError::Cap(e);
+                self.store
+                    .record_card_audit(&audit(e.outcome(), Some(e.to_string())))
+                    .await?;
+                return Err(e);
+            }
+        };
+        let now = Utc::now();
+        let card = self
+            .store
+            .create_card(&NewCard {
+                id: id.clone(),
+                institution_id: institution.id.clone(),
+                label,
+                account_reference,
+                reader,
+                pan_last4: identity.pan_last4.clone(),
+                psn: identity.psn.clone(),
+                application: Some(identity.application.clone()),
+                pin_sealed: self.key.seal_str(&pin, &pin_purpose(&id)),
+                min_pin_tries,
+                created_at: now,
+            })
+            .await?;
+        self.store
+            .record_card_audit(&audit(
+                "ok",
+                Some(format!(
+                    "{} card …{}, {} PIN tries left",
+                    identity.application,
+                    identity.pan_last4,
+                    identity
+                        .pin_tries_left
+                        .map_or_else(|| "unknown".to_owned(), |n| n.to_string())
+                )),
+            ))
+            .await?;
+        Ok(card)
+    }
+
+    async fn compute(
+        &self,
+        institution_id: &str,
+        card_id: &str,
+        request: CapRequest,
+        who: &str,
+    ) -> Result<CapResponse, CardUseError> {
+        let started = Instant::now();
+        let card = self
+            .store
+            .get_card(card_id)
+            .await?
+            .filter(|c| c.institution_id == institution_id)
+            .ok_or_else(|| {
+                CardUseError::NotFound(format!("card {card_id} of institution {institution_id}"))
+            })?;
+        let result = self.compute_with(&card, &request).await;
+        let (outcome, detail, atc) = match &result {
+            Ok(r) => ("ok", None, Some(u32::from(r.atc))),
+            Err(e) => (e.outcome(), Some(e.to_string()), None),
+        };
+        let audit = CardAuditEntry {
+            id: 0,
+            at: Utc::now(),
+            token_name: who.to_owned(),
+            card_id: card.id.clone(),
+            institution_id: card.institution_id.clone(),
+            mode: request.mode_name().to_owned(),
+            outcome: outcome.to_owned(),
+            detail,
+            atc,
+            duration_ms: started.elapsed().as_millis() as u64,
+        };
+        if let Err(e) = self.store.record_card_audit(&audit).await {
+            // The code was computed; losing the audit line must not hide it,
+            // but it must be loud.
+            tracing::error!(card = %card.id, error = %e, "cannot write the card audit entry");
+        }
+        tracing::info!(card = %card.id, mode = request.mode_name(), outcome, who, "card used");
+        result
+    }
+
+    async fn compute_with(
+        &self,
+        card: &Card,
+        request: &CapRequest,
+    ) -> Result<CapResponse, CardUseError> {
+        request.validate()?;
+        usable(card)?;
+        let turn = self.take_turn(&card.reader).await?;
+        // Another request may have disabled the card while this one queued.
+        let card = self
+            .store
+            .get_card(&card.id)
+            .await?
+            .ok_or_else(|| CardUseError::NotFound(format!("card {}", card.id)))?;
+        usable(&card)?;
+        let pin = self
+            .key
+            .open_str(&card.pin_sealed, &pin_purpose(&card.id))
+            .map_err(|e| {
+                CardUseError::Internal(format!("cannot open card {}'s PIN: {e}", card.id))
+            })?;
+        let expected = ExpectedCard {
+            pan_last4: card.pan_last4.clone(),
+            psn: card.psn.clone(),
+        };
+        let policy = PinPolicy {
+            min_tries: card.min_pin_tries,
+        };
+        let readers = self.readers.clone();
+        let reader = card.reader.clone();
+        let request = request.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut session = readers.connect(&reader)?;
+            emv::run(session.as_mut(), &request, &pin, Some(&expected), policy)
+        })
+        .await
+        .map_err(|e| CardUseError::Internal(e.to_string()))?;
+        let now = Utc::now();
+        let outcome = match result {
+            Ok(response) => {
+                self.store.touch_card(&card.id, now).await?;
+                Ok(response)
+            }
+            Err(e) => {
+                match &e {
+                    CapError::WrongPin { tries_left } => {
+                        let reason = format!(
+                            "the card refused the stored PIN ({} tries left); it was not retried. \
+                             Set the right PIN and enable the card again",
+                            tries_left.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
+                        );
+                        self.store
+                            .set_card_status(&card.id, CardStatus::Disabled, Some(&reason), now)
+                            .await?;
+                    }
+                    CapError::Blocked => {
+                        self.store
+                            .set_card_status(
+                                &card.id,
+                                CardStatus::Blocked,
+                                Some("the card's PIN is blocked; unblock it at the bank or an ATM"),
+                                now,
+                            )
+                            .await?;
+                    }
+                    _ => {}
+                }
+                Err(e.into())
+            }
+        };
+        // The next request in this reader's queue reads the status written above.
+        drop(turn);
+        outcome
+    }
+}
+
+fn usable(card: &Card) -> Result<(), CardUseError> {
+    let reason = || card.status_reason.clone().unwrap_or_default();
+    match card.status {
+        CardStatus::Active => Ok(()),
+        CardStatus::Disabled => Err(CardUseError::Disabled {
+            card: card.id.clone(),
+            reason: reason(),
+        }),
+        CardStatus::Blocked => Err(CardUseError::Blocked {
+            card: card.id.clone(),
+            reason: reason(),
+        }),
+    }
+}
+
+/// A new public id: `prefix_` and 8 random hex digits.
+pub fn new_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 4];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}_{}", hex::encode(bytes))
+}
