@@ -108,7 +108,11 @@ pub fn exchange(card: &mut dyn CardTransport, cmd: &[u8]) -> Result<Response, Ap
         data.extend_from_slice(&response.data);
         response.data = data;
     }
-    tracing::trace!(sw = format_args!("{:04X}", response.sw), len = response.data.len(), "card answered");
+    tracing::trace!(
+        sw = format_args!("{:04X}", response.sw),
+        len = response.data.len(),
+        "card answered"
+    );
     Ok(response)
 }
 
@@ -160,7 +164,13 @@ mod tests {
             sent: vec![],
         };
         let r = exchange(&mut card, &h("80A8000003830134")).unwrap();
-        assert_eq!(r, Response { data: h("AABB"), sw: 0x9000 });
+        assert_eq!(
+            r,
+            Response {
+                data: h("AABB"),
+                sw: 0x9000
+            }
+        );
         assert_eq!(card.sent, vec![h("80A8000003830134"), h("00C0000010")]);
 
         let mut card = Scripted {
@@ -184,7 +194,10 @@ mod tests {
         exchange(&mut card, &h("0020008008241234FFFFFFFFFF")).unwrap();
         assert_eq!(
             card.sent,
-            vec![h("00A4040007A000000004800200"), h("0020008008241234FFFFFFFFFF")]
+            vec![
+                h("00A4040007A000000004800200"),
+                h("0020008008241234FFFFFFFFFF")
+            ]
         );
     }
 

@@ -66,7 +66,10 @@ pub enum TransportError {
     #[error("no card reader is connected")]
     NoReaders,
     #[error("no reader matches {spec:?}; readers: {}", list_or_none(.available))]
-    ReaderNotFound { spec: String, available: Vec<String> },
+    ReaderNotFound {
+        spec: String,
+        available: Vec<String>,
+    },
     #[error("{spec:?} matches several readers ({}); give more of the name or an index", .matches.join(", "))]
     AmbiguousReader { spec: String, matches: Vec<String> },
     #[error("reader {reader:?} has no card in it")]
