@@ -85,11 +85,17 @@ cmd_start() {
     local pid bin logfile
     pid="$(running_pcscd)"
     if [ -n "$pid" ]; then
+        # It may be starting still (a package install can launch it).
+        local waited=0
+        while ! listening "$VPCD_PORT" && [ "$waited" -lt 50 ]; do
+            sleep 0.1
+            waited=$((waited + 1))
+        done
         if listening "$VPCD_PORT"; then
             log "using the running pcscd (pid $pid)"
             return 0
         fi
-        die "pcscd (pid $pid) runs without the vpcd driver (no listener on port $VPCD_PORT): install vsmartcard-vpcd and restart pcscd"
+        die "pcscd (pid $pid) runs without the vpcd driver (nothing listens on port $VPCD_PORT): install vsmartcard-vpcd, then restart pcscd (/etc/init.d/pcscd restart, or stop it and run $0 start)"
     fi
     cmd_install || die "cannot install what pcscd needs"
     [ -f /etc/reader.conf.d/vpcd ] || die "/etc/reader.conf.d/vpcd is missing: reinstall vsmartcard-vpcd"
