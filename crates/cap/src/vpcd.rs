@@ -362,6 +362,37 @@ pub struct SlotsLock {
 }
 
 impl SlotsLock {
+    /// For tests that need pcscd's vpcd reader: the slots, empty and ours;
+    /// or `None` (the test should return) when pcscd or its vpcd reader is
+    /// missing and nothing requires them. With `CI` or
+    /// `BANKBRIDGE_TEST_PCSCD` set, a missing pcscd panics instead
+    /// (`scripts/pcscd.sh start` runs one).
+    pub fn for_tests() -> Option<SlotsLock> {
+        const WAIT: Duration = Duration::from_secs(10);
+        let lock = SlotsLock::acquire(Duration::from_secs(300)).expect("vpcd slots lock");
+        let why = match crate::transport::Readers::list(&crate::pcsc::PcscReaders::new()) {
+            Ok(list) if list.iter().any(|r| r.name.contains("Virtual PCD")) => {
+                // A card a previous test served may not be noticed gone yet.
+                crate::pcsc::wait_for_removal("Virtual PCD", WAIT).expect("vpcd slots free");
+                return Some(lock);
+            }
+            Ok(list) => format!(
+                "pcscd has no vpcd reader (readers: {:?})",
+                list.iter().map(|r| &r.name).collect::<Vec<_>>()
+            ),
+            Err(e) => e.to_string(),
+        };
+        let required = ["BANKBRIDGE_TEST_PCSCD", "CI"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+        assert!(
+            !required,
+            "pcscd with vsmartcard-vpcd is required here (CI or BANKBRIDGE_TEST_PCSCD is set): {why}. Start it with scripts/pcscd.sh start"
+        );
+        eprintln!("skipping: {why} (scripts/pcscd.sh start runs pcscd with vpcd)");
+        None
+    }
+
     /// Wait up to `timeout` for the slots.
     pub fn acquire(timeout: Duration) -> io::Result<SlotsLock> {
         let deadline = Instant::now() + timeout;

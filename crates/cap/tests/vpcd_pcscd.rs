@@ -24,32 +24,8 @@ fn slot_addr(slot: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], VPCD_DEFAULT_PORT + slot))
 }
 
-/// The vpcd slots, empty, or `None` to skip when pcscd is not there and
-/// nothing requires it.
 fn pcscd() -> Option<SlotsLock> {
-    let lock = SlotsLock::acquire(Duration::from_secs(300)).expect("vpcd slots lock");
-    let why = match PcscReaders::new().list() {
-        Ok(list) if list.iter().any(|r| r.name.contains(SLOT0)) => {
-            // A card a previous test served may not be noticed gone yet.
-            wait_for_removal("Virtual PCD", WAIT).expect("vpcd slots free");
-            return Some(lock);
-        }
-        Ok(list) => format!(
-            "pcscd has no vpcd reader (readers: {:?})",
-            list.iter().map(|r| &r.name).collect::<Vec<_>>()
-        ),
-        Err(e) => e.to_string(),
-    };
-    let required = ["BANKBRIDGE_TEST_PCSCD", "CI"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
-    if required {
-        panic!(
-            "pcscd with vsmartcard-vpcd is required here (CI or BANKBRIDGE_TEST_PCSCD is set): {why}. Start it with scripts/pcscd.sh start"
-        );
-    }
-    eprintln!("skipping: {why} (scripts/pcscd.sh start runs pcscd with vpcd)");
-    None
+    SlotsLock::for_tests()
 }
 
 fn h(s: &str) -> Vec<u8> {

@@ -4,8 +4,7 @@
 //! Dataset size per account: `BB_E2E_TRANSACTIONS` (default 3000; the issue's
 //! measurements use 100000).
 use std::collections::HashMap;
-use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bankbridge_core::TxStatus;
@@ -14,168 +13,15 @@ use bankbridge_store::{Store, TxQuery};
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bankbridge");
+mod common;
+
+use common::*;
 
 fn tx_per_account() -> usize {
     std::env::var("BB_E2E_TRANSACTIONS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3000)
-}
-
-/// A data directory and database for one test.
-struct Env {
-    home: tempfile::TempDir,
-    db: String,
-}
-
-impl Env {
-    fn sqlite() -> Env {
-        let home = tempfile::tempdir().unwrap();
-        let db = home.path().join("bb.db").display().to_string();
-        Env { home, db }
-    }
-
-    async fn postgres() -> Option<Env> {
-        let admin = match std::env::var("BANKBRIDGE_TEST_PG_URL") {
-            Ok(u) => u,
-            Err(_) if std::env::var_os("CI").is_some() => {
-                panic!("BANKBRIDGE_TEST_PG_URL is not set in CI: scripts/test.sh starts PostgreSQL")
-            }
-            Err(_) => {
-                eprintln!(
-                    "skipped: set BANKBRIDGE_TEST_PG_URL (scripts/test.sh does) to run the PostgreSQL case"
-                );
-                return None;
-            }
-        };
-        let name = format!(
-            "bb_e2e_{}",
-            std::process::id() as u64 * 1000 + rand_suffix()
-        );
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
-            .await
-            .unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let mut url = reqwest::Url::parse(&admin).unwrap();
-        url.set_path(&name);
-        Some(Env {
-            home: tempfile::tempdir().unwrap(),
-            db: url.to_string(),
-        })
-    }
-
-    fn db_kind(&self) -> &'static str {
-        if self.db.starts_with("postgres") {
-            "postgres"
-        } else {
-            "sqlite"
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env("BANKBRIDGE_HOME", self.home.path())
-            .env("BANKBRIDGE_DB", &self.db)
-            .env("BANKBRIDGE_SYNC_BACKOFF_MS", "20")
-            .env_remove("BANKBRIDGE_MASTER_KEY")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    fn run_ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "bankbridge {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn add_connection(&self, sandbox: &SandboxHandle, name: &str, password: &str) {
-        use std::io::Write;
-        let creds = sandbox.credentials();
-        let mut child = self
-            .command(&[
-                "connection",
-                "add",
-                "--name",
-                name,
-                "--connector",
-                "fibank",
-                "--base-url",
-                &sandbox.base_url(),
-                "--username",
-                &creds.username,
-                "--password-stdin",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// `init` and a connection to the sandbox's Fibank with its real password.
-    fn init_with_fibank(&self, sandbox: &SandboxHandle) {
-        self.run_ok(&["init"]);
-        self.add_connection(sandbox, "fibank", &sandbox.credentials().password);
-    }
-
-    async fn has_no_transactions(&self) -> bool {
-        self.store()
-            .await
-            .query_transactions(&TxQuery {
-                limit: Some(1),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .is_empty()
-    }
-
-    /// `sync --json`: the summary object and whether the command succeeded.
-    fn sync(&self) -> (Value, bool, String) {
-        let out = self.run(&["sync", "--json"]);
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        let line = stdout.lines().last().unwrap_or("{}");
-        let v: Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
-        (
-            v,
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    async fn store(&self) -> Arc<dyn Store> {
-        bankbridge_store::open(&self.db).await.unwrap()
-    }
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-        % 1000
 }
 
 async fn sandbox(config: SandboxConfig) -> SandboxHandle {
@@ -685,31 +531,8 @@ async fn serve_survives_bad_requests_and_serves_synced_data() {
         .run_ok(&["token", "create", "--scope", "write", "--name", "t"])
         .trim()
         .to_owned();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    // The log goes to a file: a pipe nobody reads would fill up and block the server.
-    let log_path = env.home.path().join("serve.log");
-    let log_file = std::fs::File::create(&log_path).unwrap();
-    let server = KillOnDrop(Some(
-        env.command(&["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("BANKBRIDGE_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap(),
-    ));
-    let base = format!("http://127.0.0.1:{port}");
+    let (server, base, log_path) = env.serve().await;
     let http = reqwest::Client::new();
-    let started = Instant::now();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "serve did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let auth = format!("Bearer {token}");
     let code = |v: Value| v["code"].as_str().unwrap_or_default().to_owned();
 
@@ -840,16 +663,4 @@ async fn serve_survives_bad_requests_and_serves_synced_data() {
         !logs.contains(&token),
         "the API token appears in the server log"
     );
-}
-
-/// A child process that dies with the test, even when an assertion fails.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }

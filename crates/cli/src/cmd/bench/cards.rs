@@ -64,6 +64,11 @@ pub(super) async fn cards_section(dir: &std::path::Path, table: &mut Table) {
         );
         return;
     }
+    // The vpcd slots are machine-wide: take turns with tests and other benches.
+    let _slots = match vpcd::SlotsLock::acquire(Duration::from_secs(120)) {
+        Ok(lock) => lock,
+        Err(e) => return table.error("card login, real pcscd", &anyhow::Error::from(e)),
+    };
     let card = VirtualCard::new(VirtualCardConfig::new(Profile::CapBe, PIN)).expect("valid card");
     let mut vpcd = vpcd::serve(
         std::net::SocketAddr::from(([127, 0, 0, 1], vpcd::VPCD_DEFAULT_PORT)),
