@@ -664,3 +664,87 @@ async fn serve_survives_bad_requests_and_serves_synced_data() {
         "the API token appears in the server log"
     );
 }
+
+/// The demo's printed `curl` lines work: transactions with the read token,
+/// a card login with the card token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_working_curl_lines() {
+    use std::io::BufRead;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = KillOnDrop(Some(
+        Command::new(BIN)
+            .args([
+                "demo",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--transactions",
+                "300",
+            ])
+            .env_remove("BANKBRIDGE_MASTER_KEY")
+            .env_remove("BANKBRIDGE_DB")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let stdout = child.0.as_mut().unwrap().stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    })
+    .await
+    .unwrap();
+    let curl = |marker: &str| -> Vec<String> {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(marker))
+            .unwrap_or_else(|| panic!("no {marker:?} line in {lines:#?}"));
+        line.split('\'').map(str::to_owned).collect()
+    };
+    // `curl -s -H 'Authorization: Bearer T' 'URL'`
+    let tx = curl("/api/v1/transactions?limit=5");
+    let http = reqwest::Client::new();
+    let page: Value = http
+        .get(&tx[3])
+        .header("authorization", tx[1].trim_start_matches("Authorization: "))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["data"].as_array().unwrap().len(), 5, "{page}");
+    // `curl -s -X POST -H 'Authorization: Bearer T' -H '…' -d '{…}' 'URL'`
+    let login = curl("/logins");
+    let res = http
+        .post(&login[7])
+        .header(
+            "authorization",
+            login[1].trim_start_matches("Authorization: "),
+        )
+        .header("content-type", "application/json")
+        .body(login[5].clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let code: Value = res.json().await.unwrap();
+    assert!(
+        code["response"]
+            .as_str()
+            .is_some_and(|r| r.bytes().all(|b| b.is_ascii_digit())),
+        "{code}"
+    );
+}

@@ -2,9 +2,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use bankbridge_cap::pcsc::PcscReaders;
+use bankbridge_cap::transport::{ChainedReaders, VirtualReaders};
+use bankbridge_cap::virtual_card::{Profile, VirtualCard, VirtualCardConfig};
 use bankbridge_core::{ConnectionSettings, Credentials, MasterKey, Secret};
-use bankbridge_server::AppState;
-use bankbridge_store::Scope;
+use bankbridge_server::cards::{CardRegistration, new_id};
+use bankbridge_server::{AppState, ServerConfig};
+use bankbridge_store::{NewInstitution, Scope};
 
 use super::sandbox::SandboxDataArgs;
 use crate::config::Config;
@@ -20,6 +24,10 @@ pub struct DemoArgs {
     #[arg(long)]
     pub no_serve: bool,
 }
+
+/// The demo's virtual card: its reader and PIN.
+const DEMO_READER: &str = "bankbridge demo virtual reader";
+const DEMO_PIN: &str = "1234";
 
 /// Sandbox + server on embedded SQLite in a throwaway data directory.
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
@@ -67,6 +75,52 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
 
     let (token, record) = bankbridge_server::auth::new_token("demo-read", Scope::Read);
     store.create_token(&record).await?;
+
+    // A virtual bank card in an in-process reader (beside any real PC/SC
+    // readers), registered with the card service.
+    let virtual_readers = VirtualReaders::new();
+    virtual_readers.insert(
+        DEMO_READER,
+        Box::new(VirtualCard::new(VirtualCardConfig::new(
+            Profile::CapBe,
+            DEMO_PIN,
+        ))?),
+    );
+    let readers = Arc::new(ChainedReaders(vec![
+        Box::new(virtual_readers),
+        Box::new(PcscReaders::new()),
+    ]));
+    let state = AppState::with_readers(
+        store.clone(),
+        syncer,
+        super::serve::known_connectors(),
+        ServerConfig::default(),
+        readers,
+    );
+    let institution = store
+        .create_institution(&NewInstitution {
+            id: new_id("fi"),
+            name: "Demo Bank (simulated)".into(),
+            country: Some("BE".into()),
+        })
+        .await?;
+    let card = state
+        .cards
+        .register(
+            &institution,
+            CardRegistration {
+                reader: DEMO_READER.into(),
+                label: "demo card".into(),
+                account_reference: "BE68 5390 0754 7034".into(),
+                pin: Secret::new(DEMO_PIN.into()),
+                min_pin_tries: None,
+            },
+            "demo",
+        )
+        .await
+        .context("registering the demo's virtual card")?;
+    let (card_token, record) = bankbridge_server::auth::new_token("demo-cards", Scope::Write);
+    store.create_token(&record).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| {
@@ -91,12 +145,17 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         "    curl -s -H 'Authorization: Bearer {}' 'http://{addr}/api/v1/transactions?limit=5'",
         token.expose()
     );
+    println!(
+        "  card login:  curl -s -X POST -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' -d '{{\"challenge\": \"123456\"}}' 'http://{addr}/api/v1/financial-institutions/{}/cards/{}/logins'",
+        card_token.expose(),
+        institution.id,
+        card.id
+    );
     println!();
     if args.no_serve {
         return Ok(ExitCode::SUCCESS);
     }
     println!("Ctrl-C stops the demo and deletes its data.");
-    let state = AppState::new(store, syncer, super::serve::known_connectors());
     let scheduler = bankbridge_server::spawn_scheduler(state.clone());
     bankbridge_server::serve(listener, state, super::serve::shutdown_signal()).await?;
     scheduler.abort();
