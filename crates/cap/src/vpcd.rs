@@ -273,6 +273,7 @@ fn serve_connection(stream: &TcpStream, card: &mut dyn SmartCard) -> Ended {
     let mut reader = stream;
     let mut writer = stream;
     loop {
+        quick_ack(stream);
         let message = match read_frame(&mut reader) {
             Ok(message) => message,
             Err(error) => return Ended::Closed(error),
@@ -319,6 +320,17 @@ fn serve_connection(stream: &TcpStream, card: &mut dyn SmartCard) -> Ended {
             return Ended::Closed(error);
         }
     }
+}
+
+/// Acknowledge vpcd's segments at once. vpcd writes a frame's length and its
+/// payload in two sends with Nagle's algorithm on, so the payload waits for
+/// our ACK of the length; a delayed ACK (40 ms on Linux) would add that much
+/// to every APDU. Quick-ACK mode is not sticky: set it before every read.
+fn quick_ack(stream: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    let _ = socket2::SockRef::from(stream).set_tcp_quickack(true);
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
 }
 
 fn read_frame(reader: &mut impl Read) -> io::Result<Vec<u8>> {
