@@ -19,6 +19,10 @@ pub struct ServeArgs {
     /// once; syncs run by another process show after this long at most.
     #[arg(long, default_value_t = 1000)]
     pub page_cache_ms: u64,
+    /// Seconds a card login/sign waits for its reader (one operation per
+    /// reader at a time) before answering 503 `reader_busy`.
+    #[arg(long, default_value_t = 30)]
+    pub reader_wait: u64,
 }
 
 pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
@@ -29,6 +33,8 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
         .unwrap_or_else(|| "127.0.0.1:8080".into());
     let server_config = ServerConfig {
         scheduler_tick: Duration::from_secs(args.scheduler_tick.max(1)),
+        page_cache_ttl: Duration::from_millis(args.page_cache_ms),
+        reader_wait: Duration::from_secs(args.reader_wait.max(1)),
         ..Default::default()
     };
     let state = AppState::with_config(store, syncer, known_connectors(), server_config);
