@@ -6,6 +6,11 @@
 //! router: each bank answers under its own prefix (`/fibank/...`) and has its
 //! control routes under `/_sandbox/<bank>/...`.
 //!
+//! The BankID simulator ([`bankid`]) is the exception that proves the rule:
+//! the RP API needs mutual TLS, so it serves on its own HTTPS port, started
+//! with the sandbox when [`SandboxConfig::bankid`] is set; its simulated
+//! user is driven through `/_sandbox/bankid/...` on the plain-HTTP router.
+//!
 //! This crate is never a dependency of production code: only of tests,
 //! benchmarks and the `sandbox`/`demo` commands.
 #![forbid(unsafe_code)]
@@ -13,11 +18,13 @@
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
+pub mod bankid;
 pub mod fault;
 pub mod fibank;
 
@@ -41,6 +48,43 @@ pub struct SandboxConfig {
     /// Refuse statement requests spanning more days than this (both ends included).
     pub max_range_days: Option<u32>,
     pub fault: FaultConfig,
+    /// Also run the BankID RP API simulator (HTTPS, its own port).
+    pub bankid: Option<BankIdSandboxConfig>,
+}
+
+/// The BankID simulator of a sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BankIdSandboxConfig {
+    /// Where its PEM files live (made on first run, reused after): `ca.pem`,
+    /// `rp-cert.pem`, `rp-key.pem`, … The CLI uses
+    /// `$BANKBRIDGE_HOME/sandbox/bankid/`.
+    pub cert_dir: PathBuf,
+    /// HTTPS port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    pub sim: bankid::BankIdSimConfig,
+}
+
+impl Default for BankIdSandboxConfig {
+    fn default() -> Self {
+        BankIdSandboxConfig {
+            cert_dir: std::env::temp_dir().join("bankbridge-sandbox-bankid"),
+            port: 0,
+            sim: bankid::BankIdSimConfig::default(),
+        }
+    }
+}
+
+/// How to reach a running BankID simulator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BankIdEndpoint {
+    /// `https://127.0.0.1:PORT/rp/v6.0/`
+    pub base_url: String,
+    /// The CA to trust for the server certificate.
+    pub ca_cert: PathBuf,
+    /// The RP client certificate and key (PEM).
+    pub rp_cert: PathBuf,
+    pub rp_key: PathBuf,
 }
 
 impl Default for SandboxConfig {
@@ -53,6 +97,7 @@ impl Default for SandboxConfig {
             today: sofia_today(),
             max_range_days: None,
             fault: FaultConfig::default(),
+            bankid: None,
         }
     }
 }
@@ -74,6 +119,8 @@ pub enum ConfigError {
     Years(u32),
     #[error("fault_rate must be a number from 0 to 1, got {0}")]
     FaultRate(String),
+    #[error("{0}")]
+    BankId(String),
 }
 
 impl SandboxConfig {
@@ -104,16 +151,70 @@ impl SandboxConfig {
 #[derive(Clone, Debug)]
 pub struct SandboxState {
     fibank: Arc<fibank::Fibank>,
+    bankid: Option<Arc<EmbeddedBankId>>,
+}
+
+/// The BankID simulator inside a sandbox and its HTTPS server once started.
+#[derive(Debug)]
+struct EmbeddedBankId {
+    sim: Arc<bankid::BankIdSim>,
+    port: u16,
+    server: tokio::sync::Mutex<Option<bankid::BankIdSimHandle>>,
 }
 
 impl SandboxState {
     /// Generate every bank's data. CPU-bound (about a second for 3 × 100,000
     /// transactions in a release build): call it off the async runtime.
+    ///
+    /// With a BankID section it also loads (or makes) the simulator's
+    /// certificates; [`SandboxState::start_bankid`] (called by
+    /// [`serve_state`] and [`spawn`]) starts its HTTPS server.
     pub fn new(config: SandboxConfig) -> Result<Self, ConfigError> {
         config.validate()?;
+        let bankid = match &config.bankid {
+            None => None,
+            Some(b) => Some(Arc::new(EmbeddedBankId {
+                sim: bankid::BankIdSim::new(&b.cert_dir, b.sim.clone(), bankid::SimClock::new())
+                    .map_err(|e| ConfigError::BankId(e.to_string()))?,
+                port: b.port,
+                server: tokio::sync::Mutex::new(None),
+            })),
+        };
         Ok(SandboxState {
             fibank: Arc::new(fibank::Fibank::new(&config)),
+            bankid,
         })
+    }
+
+    /// The BankID simulator, when the sandbox has one.
+    pub fn bankid(&self) -> Option<&Arc<bankid::BankIdSim>> {
+        self.bankid.as_ref().map(|b| &b.sim)
+    }
+
+    /// Start the BankID simulator's HTTPS server if the sandbox has one and
+    /// it is not running yet; returns its base URL.
+    pub async fn start_bankid(&self) -> io::Result<Option<String>> {
+        let Some(b) = &self.bankid else {
+            return Ok(None);
+        };
+        let mut server = b.server.lock().await;
+        if server.is_none() {
+            let handle = bankid::start_server(b.sim.clone(), b.port)
+                .await
+                .map_err(io::Error::other)?;
+            tracing::info!(base_url = %handle.base_url(), "BankID simulator listening");
+            *server = Some(handle);
+        }
+        Ok(server.as_ref().map(|h| h.base_url()))
+    }
+
+    /// Stop the BankID simulator's HTTPS server, if running.
+    pub async fn stop_bankid(&self) {
+        if let Some(b) = &self.bankid
+            && let Some(handle) = b.server.lock().await.take()
+        {
+            handle.shutdown().await;
+        }
     }
 
     pub fn fibank(&self) -> &fibank::Fibank {
@@ -130,15 +231,17 @@ impl SandboxState {
 
 /// Every bank's routes and control routes.
 pub fn router(state: SandboxState) -> axum::Router {
-    axum::Router::new()
-        .merge(fibank::routes(state.fibank.clone()))
-        .fallback(|| async {
-            (
-                axum::http::StatusCode::NOT_FOUND,
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                r#"{"errorCode":"NOT_FOUND","message":"no such sandbox route"}"#,
-            )
-        })
+    let mut router = axum::Router::new().merge(fibank::routes(state.fibank.clone()));
+    if let Some(b) = &state.bankid {
+        router = router.merge(bankid::control::routes(b.sim.clone()));
+    }
+    router.fallback(|| async {
+        (
+            axum::http::StatusCode::NOT_FOUND,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            r#"{"errorCode":"NOT_FOUND","message":"no such sandbox route"}"#,
+        )
+    })
 }
 
 fn root_url(addr: SocketAddr) -> String {
@@ -159,16 +262,20 @@ pub async fn serve(listener: tokio::net::TcpListener, config: SandboxConfig) -> 
     serve_state(listener, state, std::future::pending()).await
 }
 
-/// Serve an existing state on `listener` until `shutdown` completes.
+/// Serve an existing state on `listener` until `shutdown` completes (with
+/// the BankID simulator's HTTPS server beside it, when configured).
 pub async fn serve_state(
     listener: tokio::net::TcpListener,
     state: SandboxState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     state.set_root_url(&root_url(listener.local_addr()?));
-    axum::serve(listener, router(state))
+    state.start_bankid().await?;
+    let served = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    state.stop_bankid().await;
+    served
 }
 
 /// A sandbox running in the background on a loopback port.
@@ -188,6 +295,7 @@ pub async fn spawn(config: SandboxConfig) -> io::Result<SandboxHandle> {
         .await
         .map_err(io::Error::other)?
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    state.start_bankid().await?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve_state(listener, state.clone(), async {
         let _ = rx.await;
@@ -226,6 +334,23 @@ impl SandboxHandle {
     /// The simulated Fibank's login.
     pub fn credentials(&self) -> SandboxCredentials {
         self.state.fibank().credentials()
+    }
+
+    /// The BankID simulator's URL and PEM paths, when the sandbox has one.
+    pub fn bankid(&self) -> Option<BankIdEndpoint> {
+        let sim = self.state.bankid()?;
+        let paths = sim.paths();
+        Some(BankIdEndpoint {
+            base_url: sim.base_url()?.to_owned(),
+            ca_cert: paths.ca_cert.clone(),
+            rp_cert: paths.rp_cert.clone(),
+            rp_key: paths.rp_key.clone(),
+        })
+    }
+
+    /// The BankID simulator itself (its clock, its simulated user).
+    pub fn bankid_sim(&self) -> Option<&Arc<bankid::BankIdSim>> {
+        self.state.bankid()
     }
 
     /// Booked totals per account at the sandbox day (same as `GET /_sandbox/fibank/truth`).
