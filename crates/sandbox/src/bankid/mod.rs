@@ -423,10 +423,10 @@ impl BankIdSim {
     fn lookup_error(&self, r: Uuid, e: Lookup) -> ApiError {
         match e {
             Lookup::Unknown => ApiError::invalid_parameters(format!(
-                "no such order: {r} (unknown orderRef, or forgotten after its collect window)"
+                "no such order: orderRef {r} is unknown (never started here, or forgotten after its collect window)"
             )),
             Lookup::TooOld => ApiError::invalid_parameters(format!(
-                "order {r} is too old: completed orders can be collected for {} s and failed ones for {} s",
+                "orderRef {r} is too old: completed orders can be collected for {} s and failed ones for {} s",
                 self.config.complete_retention_secs, self.config.failed_retention_secs
             )),
         }
