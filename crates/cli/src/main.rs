@@ -66,6 +66,9 @@ enum Command {
     /// EMV-CAP codes from a bank card in a reader (M1 login, M2 sign), and a virtual card.
     #[command(subcommand)]
     Card(cmd::card::CardCommand),
+    /// BankID as a relying party (auth, sign, phone orders, collect, cancel), and the sandbox's simulated user.
+    #[command(subcommand)]
+    Bankid(cmd::bankid::BankIdCommand),
     /// Measure sync, reconcile, API and export speed (prints tables).
     #[command(after_help = "Example: bankbridge bench --transactions 100000")]
     Bench(cmd::bench::BenchArgs),
@@ -119,6 +122,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Export(args) => cmd::query::export(&config, args).await,
         Command::Token(c) => cmd::token::run(&config, c).await,
         Command::Card(c) => cmd::card::run(&config, c).await,
+        Command::Bankid(c) => cmd::bankid::run(c).await,
         Command::Bench(args) => cmd::bench::run(args).await,
     }
 }

@@ -39,6 +39,7 @@ use tower_http::trace::TraceLayer;
 
 mod api;
 pub mod auth;
+pub mod bankid_gateway;
 mod cache;
 pub mod cards;
 pub mod error;
@@ -71,6 +72,9 @@ pub struct ServerConfig {
     pub page_cache_ttl: Duration,
     /// How long a card request waits for its reader before `reader_busy`.
     pub reader_wait: Duration,
+    /// Proxies whose `X-Forwarded-For` names the end user (BankID needs the
+    /// end user's IP address).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +85,7 @@ impl Default for ServerConfig {
             scheduler_tick: Duration::from_secs(30),
             page_cache_ttl: Duration::from_secs(1),
             reader_wait: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -97,6 +102,8 @@ pub struct AppInner {
     pub config: ServerConfig,
     /// Bank cards in readers (EMV-CAP logins and signs).
     pub cards: cards::CardService,
+    /// The BankID gateway, once configured with [`AppState::set_bankid`].
+    pub bankid: std::sync::OnceLock<bankid_gateway::BankIdGateway>,
     pub(crate) auth: guard::TokenAuth,
     pub(crate) syncs: jobs::SyncRegistry,
     pub(crate) pages: cache::PageCache,
@@ -116,6 +123,11 @@ impl AppState {
     /// pages are dropped.
     pub fn data_changed(&self) {
         self.pages.invalidate();
+    }
+
+    /// Serve the BankID gateway with `gateway`. Only once: false if it was set.
+    pub fn set_bankid(&self, gateway: bankid_gateway::BankIdGateway) -> bool {
+        self.bankid.set(gateway).is_ok()
     }
 
     pub fn new(store: Arc<dyn Store>, syncer: Syncer, connectors: Vec<String>) -> Self {
@@ -158,6 +170,7 @@ impl AppState {
             config.reader_wait,
         );
         AppState(Arc::new(AppInner {
+            bankid: std::sync::OnceLock::new(),
             cards,
             store,
             syncer,
@@ -208,9 +221,13 @@ where
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address reaches handlers that need the end user's IP (BankID).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -8,6 +8,7 @@ use bankbridge_sync::{ConnectorFactory, Syncer};
 
 use crate::config::Config;
 
+pub mod bankid;
 pub mod bench;
 pub mod card;
 pub mod connection;

@@ -23,6 +23,27 @@ pub struct ServeArgs {
     /// reader at a time) before answering 503 `reader_busy`.
     #[arg(long, default_value_t = 30)]
     pub reader_wait: u64,
+    /// BankID gateway: the simulated BankID of a running `bankbridge sandbox` (its URL).
+    #[arg(long)]
+    pub bankid_sandbox: Option<String>,
+    /// BankID gateway: the RP API base URL (…/rp/v6.0/).
+    #[arg(long, env = "BANKBRIDGE_BANKID_URL")]
+    pub bankid_url: Option<url::Url>,
+    /// BankID gateway: RP certificate (PEM).
+    #[arg(long, env = "BANKBRIDGE_BANKID_CERT")]
+    pub bankid_cert: Option<std::path::PathBuf>,
+    /// BankID gateway: RP key (PEM).
+    #[arg(long, env = "BANKBRIDGE_BANKID_KEY")]
+    pub bankid_key: Option<std::path::PathBuf>,
+    /// BankID gateway: RP certificate and key as PKCS#12 (password from BANKBRIDGE_BANKID_P12_PASSWORD).
+    #[arg(long, env = "BANKBRIDGE_BANKID_P12")]
+    pub bankid_p12: Option<std::path::PathBuf>,
+    /// BankID gateway: the server CA to pin (PEM).
+    #[arg(long, env = "BANKBRIDGE_BANKID_CA")]
+    pub bankid_ca: Option<std::path::PathBuf>,
+    /// A reverse proxy whose X-Forwarded-For names the end user (repeatable).
+    #[arg(long)]
+    pub trusted_proxy: Vec<std::net::IpAddr>,
 }
 
 pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
@@ -35,9 +56,29 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
         scheduler_tick: Duration::from_secs(args.scheduler_tick.max(1)),
         page_cache_ttl: Duration::from_millis(args.page_cache_ms),
         reader_wait: Duration::from_secs(args.reader_wait.max(1)),
+        trusted_proxies: args.trusted_proxy.clone(),
         ..Default::default()
     };
     let state = AppState::with_config(store, syncer, known_connectors(), server_config);
+    let bankid = super::bankid::Connection {
+        sandbox: args.bankid_sandbox.clone(),
+        url: args.bankid_url.clone(),
+        cert: args.bankid_cert.clone(),
+        key: args.bankid_key.clone(),
+        p12: args.bankid_p12.clone(),
+        ca: args.bankid_ca.clone(),
+        ..Default::default()
+    };
+    if bankid.is_set() {
+        let client = bankid
+            .client()
+            .await
+            .context("setting up the BankID gateway")?;
+        eprintln!("BankID gateway: orders go to {}", client.base_url());
+        state.set_bankid(bankbridge_server::bankid_gateway::BankIdGateway::new(
+            client,
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;

@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::{AppState, guard};
 
 mod accounts;
+mod bankid;
 mod cards;
 mod connections;
 mod export;
@@ -37,6 +38,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .merge(syncs::routes(state))
         .merge(export::routes(state))
         .merge(cards::routes(state))
+        .merge(bankid::routes(state))
 }
 
 /// `method_router`, reachable only with a token whose scope allows `scope`.
@@ -104,6 +106,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         syncs::Doc::openapi(),
         export::Doc::openapi(),
         cards::Doc::openapi(),
+        bankid::Doc::openapi(),
     ] {
         doc.merge(part);
     }
