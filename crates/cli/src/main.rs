@@ -115,7 +115,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Init => cmd::init::run(&config).await,
         Command::Serve(args) => cmd::serve::run(&config, args).await,
         Command::Demo(args) => cmd::demo::run(args).await,
-        Command::Sandbox(args) => cmd::sandbox::run(args).await,
+        Command::Sandbox(args) => cmd::sandbox::run(&config, args).await,
         Command::Sync(args) => cmd::sync::run(&config, args).await,
         Command::Connection(c) => cmd::connection::run(&config, c).await,
         Command::Transactions(args) => cmd::query::transactions(&config, args).await,

@@ -72,10 +72,10 @@ async fn sandbox_info(sandbox: &str) -> Result<SandboxInfo> {
             .with_context(|| format!("{url} has no {name}: {info}"))
     };
     Ok(SandboxInfo {
-        base_url: field("/base_url")?,
-        ca: field("/files/ca")?.into(),
-        cert: field("/files/rp_cert")?.into(),
-        key: field("/files/rp_key")?.into(),
+        base_url: field("/baseUrl")?,
+        ca: field("/caCertPath")?.into(),
+        cert: field("/rpCertPath")?.into(),
+        key: field("/rpKeyPath")?.into(),
     })
 }
 

@@ -1,7 +1,9 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use bankbridge_sandbox::{FaultConfig, SandboxConfig, SandboxState};
+use bankbridge_sandbox::{BankIdSandboxConfig, FaultConfig, SandboxConfig, SandboxState};
+
+use crate::config::Config;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SandboxArgs {
@@ -10,6 +12,12 @@ pub struct SandboxArgs {
     pub listen: String,
     #[command(flatten)]
     pub data: SandboxDataArgs,
+    /// HTTPS port of the simulated BankID RP API on 127.0.0.1 (0 picks one).
+    #[arg(long, default_value_t = 9443)]
+    pub bankid_port: u16,
+    /// Leave the BankID simulator out.
+    #[arg(long)]
+    pub no_bankid: bool,
 }
 
 /// What the simulated banks hold and how badly they behave.
@@ -60,8 +68,17 @@ impl SandboxDataArgs {
     }
 }
 
-pub async fn run(args: SandboxArgs) -> Result<ExitCode> {
-    let config = args.data.config();
+pub async fn run(config_dir: &Config, args: SandboxArgs) -> Result<ExitCode> {
+    let mut config = args.data.config();
+    if !args.no_bankid {
+        // The simulator's CA and RP certificate live with the data so that
+        // clients configured once keep working across restarts.
+        config.bankid = Some(BankIdSandboxConfig {
+            cert_dir: config_dir.home.join("sandbox").join("bankid"),
+            port: args.bankid_port,
+            ..BankIdSandboxConfig::default()
+        });
+    }
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -83,6 +100,25 @@ pub async fn run(args: SandboxArgs) -> Result<ExitCode> {
         "add it:  echo '{}' | bankbridge connection add --name fibank-sandbox --connector fibank --base-url http://{addr}/fibank --username {} --password-stdin",
         creds.password, creds.username
     );
+    if let Some(sim) = state.bankid() {
+        let base = state
+            .start_bankid()
+            .await
+            .context("starting the BankID simulator (is its port free? --bankid-port)")?
+            .unwrap_or_default();
+        let paths = sim.paths();
+        println!("bankid   RP API   {base}   (mutual TLS)");
+        println!(
+            "         CA {}   RP cert {}   RP key {}",
+            paths.ca_cert.display(),
+            paths.rp_cert.display(),
+            paths.rp_key.display()
+        );
+        println!("         info     http://{addr}/_sandbox/bankid/info");
+        println!(
+            "try it:  bankbridge bankid auth --sandbox http://{addr}   (then: bankbridge bankid user scan QRDATA --sandbox http://{addr})"
+        );
+    }
     bankbridge_sandbox::serve_state(listener, state, super::serve::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
