@@ -1,0 +1,360 @@
+//! End to end: `bankbridge sandbox` serves the BankID simulator over mutual
+//! TLS; `bankbridge bankid auth` follows an order while the simulated user
+//! (`bankbridge bankid user …`) scans its QR and approves; and the gateway in
+//! `bankbridge serve` streams an order's events to a web app.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+const PERSON: &str = "199001011239";
+
+/// `bankbridge sandbox` with BankID on ephemeral ports; returns the child and
+/// the sandbox root URL once it prints its addresses.
+fn sandbox(env: &Env) -> (KillOnDrop, String) {
+    let port = free_port();
+    let mut child = env
+        .command(&[
+            "sandbox",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--bankid-port",
+            "0",
+            "--transactions",
+            "10",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let child = KillOnDrop(Some(child));
+    for line in out.lines() {
+        if line.unwrap().starts_with("try it:") {
+            return (child, format!("http://127.0.0.1:{port}"));
+        }
+    }
+    panic!("the sandbox ended before printing its BankID address");
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Lines of a child's stderr, as they come.
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in err.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line starting {prefix:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn cli_auth_with_the_simulated_user_scanning_and_approving() {
+    let env = Env::sqlite();
+    let (_sandbox, root) = sandbox(&env);
+    let mut auth = env
+        .command(&[
+            "bankid",
+            "auth",
+            "--sandbox",
+            &root,
+            "--personal-number",
+            PERSON,
+            "--no-qr",
+            "--poll",
+            "1",
+            "--deadline",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut auth);
+    let started = wait_line(&lines, "order ");
+    let order_ref = started.split_whitespace().nth(1).unwrap().to_owned();
+    let qr = wait_line(&lines, "qr: ")
+        .trim_start_matches("qr: ")
+        .to_owned();
+    assert!(qr.starts_with("bankid."), "{qr}");
+    // A forged QR is refused by the simulated app.
+    let forged = format!("{}0", &qr[..qr.len() - 1]);
+    let out = env.run(&["bankid", "user", "scan", &forged, "--sandbox", &root]);
+    assert!(!out.status.success(), "a forged QR was accepted");
+    // The real one, fresh: scan it, then approve.
+    let qr = wait_line(&lines, "qr: ")
+        .trim_start_matches("qr: ")
+        .to_owned();
+    env.run_ok(&["bankid", "user", "scan", &qr, "--sandbox", &root]);
+    env.run_ok(&[
+        "bankid",
+        "user",
+        "approve",
+        &order_ref,
+        "--personal-number",
+        PERSON,
+        "--sandbox",
+        &root,
+    ]);
+    let out = auth.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let completion: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(completion["user"]["personalNumber"], PERSON);
+    assert!(
+        completion["signature"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+    );
+}
+
+#[test]
+fn cli_collect_and_cancel() {
+    let env = Env::sqlite();
+    let (_sandbox, root) = sandbox(&env);
+    let mut auth = env
+        .command(&["bankid", "auth", "--sandbox", &root, "--no-qr"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut auth);
+    let order_ref = wait_line(&lines, "order ")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let collected: Value = serde_json::from_str(&env.run_ok(&[
+        "bankid",
+        "collect",
+        &order_ref,
+        "--sandbox",
+        &root,
+    ]))
+    .unwrap();
+    assert_eq!(collected["status"], "pending");
+    assert_eq!(collected["hintCode"], "outstandingTransaction");
+    env.run_ok(&["bankid", "cancel", &order_ref, "--sandbox", &root]);
+    // The following `auth` sees the order gone and stops with an error.
+    let out = auth.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    // Cancelling twice is refused by BankID (invalidParameters), clearly.
+    let out = env.run(&["bankid", "cancel", &order_ref, "--sandbox", &root]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalidParameters"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_streams_an_order_to_completion_and_refuses_bad_input() {
+    let env = Env::sqlite();
+    let (_sandbox, root) = sandbox(&env);
+    env.run_ok(&["init"]);
+    let token = env
+        .run_ok(&["token", "create", "--scope", "write", "--name", "webapp"])
+        .trim()
+        .to_owned();
+    let port = free_port();
+    let log = std::fs::File::create(env.home.path().join("serve.log")).unwrap();
+    let _server = KillOnDrop(Some(
+        env.command(&[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--bankid-sandbox",
+            &root,
+            "--trusted-proxy",
+            "127.0.0.1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap(),
+    ));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let orders = format!("{base}/api/v1/bankid/orders");
+
+    // Bad input: the documented errors, never a 500.
+    for (body, status) in [
+        (json!({"type": "auth", "personal_number": "199001011238"}), 400),
+        (json!({"type": "sign"}), 400),
+        (json!({"type": "sign", "user_visible_data": "x".repeat(40_000)}), 400),
+        (json!({"type": "hug"}), 400),
+        (json!({"type": "auth", "colour": "red"}), 400),
+    ] {
+        let res = http
+            .post(&orders)
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), status, "{body}");
+        let err: Value = res.json().await.unwrap();
+        assert!(err["code"].is_string(), "{err}");
+    }
+    let res = http
+        .post(&orders)
+        .bearer_auth(&token)
+        .header("content-type", "text/plain")
+        .body("type=auth")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+    let res = http
+        .get(format!("{base}/api/v1/bankid/orders/0000/events"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    // A sign order for a user behind a trusted proxy.
+    let res = http
+        .post(&orders)
+        .bearer_auth(&token)
+        .header("x-forwarded-for", "203.0.113.9")
+        .json(&json!({"type": "sign", "user_visible_data": "Pay 100 SEK to Alice", "personal_number": PERSON}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let order: Value = res.json().await.unwrap();
+    let events_url = format!("{base}{}", order["events_url"].as_str().unwrap());
+    // The browser's way: the events URL alone, no token.
+    let res = http.get(&events_url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut stream = res.bytes_stream();
+    let mut buf = String::new();
+    let mut scanned = false;
+    let mut approved = false;
+    let control = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let completion: Value = loop {
+        assert!(Instant::now() < deadline, "no completion; events so far:\n{buf}");
+        let chunk = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("an event within 30 s")
+            .expect("the stream goes on")
+            .unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        let mut done = None;
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let name = event
+                .lines()
+                .find_map(|l| l.strip_prefix("event:"))
+                .map(str::trim)
+                .unwrap_or("");
+            let data: String = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim)
+                .collect();
+            match name {
+                "qr" if !scanned => {
+                    let r = control
+                        .post(format!("{root}/_sandbox/bankid/scan"))
+                        .json(&json!({"qrData": data}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+                    scanned = true;
+                }
+                "hint" if scanned && !approved && data.contains("userSign") => {
+                    let r = control
+                        .post(format!(
+                            "{root}/_sandbox/bankid/orders/{}/approve",
+                            order["order_ref"].as_str().unwrap()
+                        ))
+                        .json(&json!({"personalNumber": PERSON}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+                    approved = true;
+                }
+                "complete" => done = Some(serde_json::from_str(&data).unwrap()),
+                "failed" | "error" | "cancelled" => panic!("{name}: {data}"),
+                _ => {}
+            }
+        }
+        if let Some(c) = done {
+            break c;
+        }
+    };
+    assert_eq!(completion["user"]["personalNumber"], PERSON);
+    assert_eq!(completion["device"]["ipAddress"], "203.0.113.9");
+
+    // Cancel: the events end with `cancelled`.
+    let res = http
+        .post(&orders)
+        .bearer_auth(&token)
+        .json(&json!({"type": "auth"}))
+        .send()
+        .await
+        .unwrap();
+    let order: Value = res.json().await.unwrap();
+    let res = http
+        .post(format!("{base}{}", order["cancel_url"].as_str().unwrap()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let text = tokio::time::timeout(
+        Duration::from_secs(30),
+        http.get(format!("{base}{}", order["events_url"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap()
+            .text(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(text.contains("event: cancelled"), "{text}");
+    // A wrong events key and no token: 401.
+    let res = http
+        .get(format!(
+            "{base}/api/v1/bankid/orders/{}/events?key=nope",
+            order["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}
