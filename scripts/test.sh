@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Run every bankbridge test on this machine, installing what the tests need:
 # Debian packages (pkg-config, the PostgreSQL server if missing), Python's
-# `requests` for the client-fidelity test (from PyPI into a virtualenv when the
-# system Python lacks it), a throwaway PostgreSQL on loopback that is
-# stopped and deleted at the end, and pcscd with vsmartcard's vpcd driver for
-# the card tests (scripts/pcscd.sh; stopped at the end if started here).
+# `requests` (the client-fidelity test) and `pybankid` (the BankID simulator's
+# interoperability test) from PyPI into a virtualenv, a throwaway PostgreSQL
+# on loopback that is stopped and deleted at the end, and pcscd with
+# vsmartcard's vpcd driver for the card tests (scripts/pcscd.sh; stopped at
+# the end if started here).
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh -p bankbridge-store   # extra arguments go to `cargo test`
@@ -16,7 +17,11 @@ log() { echo "test.sh: $*" >&2; }
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     missing=()
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-    command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+    if ! command -v python3 >/dev/null 2>&1; then
+        missing+=(python3 python3-venv)
+    elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        missing+=(python3-venv)
+    fi
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -29,19 +34,17 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# Python with `requests`, for the test that drives the simulated bank the way
-# the story author's Python connector does.
-if python3 -c 'import requests' >/dev/null 2>&1; then
-    export BANKBRIDGE_PYTHON="${BANKBRIDGE_PYTHON:-python3}"
-else
-    venv="target/test-venv"
-    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import requests' >/dev/null 2>&1; then
-        log "installing Python requests into $venv"
-        python3 -m venv "$venv"
-        "$venv/bin/pip" install --quiet requests
-    fi
-    export BANKBRIDGE_PYTHON="$PWD/$venv/bin/python"
+# Python for the tests that act as the users' own Python code: `requests`
+# drives the simulated bank the way the story author's connector does, and
+# pybankid (unmodified, from PyPI) talks to the BankID simulator. Always the
+# test virtualenv's interpreter, made anew when it is missing or lacks either.
+venv="target/test-venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import requests, bankid' >/dev/null 2>&1; then
+    log "installing Python requests and pybankid into $venv"
+    python3 -m venv --clear "$venv"
+    "$venv/bin/pip" install --quiet requests pybankid
 fi
+export BANKBRIDGE_PYTHON="$PWD/$venv/bin/python"
 
 # A throwaway PostgreSQL for the store suite and the end-to-end tests.
 export BANKBRIDGE_PG_STATE="${BANKBRIDGE_PG_STATE:-$(mktemp -u /tmp/bankbridge-pg-XXXXXX.env)}"

@@ -1124,7 +1124,47 @@ fn check_signature(cd: &Value, visible: Option<&str>, func_id: &str) -> String {
     );
     assert_eq!(single[1].raw, &[0x80, 0], "certStatus good");
     openssl_reads_ocsp(&ocsp);
+    xmlsec_verifies(&xml, &certs[2]);
     xml
+}
+
+/// When xmlsec1 is installed, it must verify the signature document as
+/// XML-DSig (its own C14N, the references, the signature and the
+/// certificate chain up to the simulator's root).
+fn xmlsec_verifies(xml: &str, root_der: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let sig = dir.path().join("sig.xml");
+    let root = dir.path().join("root.pem");
+    std::fs::write(&sig, xml).unwrap();
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        B64.encode(root_der)
+    );
+    std::fs::write(&root, pem).unwrap();
+    let Ok(out) = Command::new("xmlsec1")
+        .args([
+            "--verify",
+            "--id-attr:Id",
+            "bankIdSignedData",
+            "--id-attr:Id",
+            "KeyInfo",
+            "--trusted-pem",
+        ])
+        .arg(&root)
+        .arg(&sig)
+        .output()
+    else {
+        eprintln!(
+            "xmlsec1 not found: signature checked by this test's own digest and ECDSA checks only"
+        );
+        return;
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "xmlsec1 refused the signature:\n{err}"
+    );
+    assert!(err.contains("SignedInfo References (ok/all): 2/2"), "{err}");
 }
 
 /// When openssl is installed, it must parse the response too.

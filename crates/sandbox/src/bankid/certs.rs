@@ -104,6 +104,10 @@ fn random_serial() -> SerialNumber {
 
 fn validity(params: &mut CertificateParams, from: NaiveDate, years: i32) {
     let to = NaiveDate::from_ymd_opt(from.year() + years, from.month(), 1).unwrap_or(from);
+    validity_between(params, from, to);
+}
+
+fn validity_between(params: &mut CertificateParams, from: NaiveDate, to: NaiveDate) {
     params.not_before = rcgen::date_time_ymd(from.year(), from.month() as u8, from.day() as u8);
     params.not_after = rcgen::date_time_ymd(to.year(), to.month() as u8, to.day() as u8);
 }
@@ -343,7 +347,12 @@ impl Pki {
         let serial = random_serial();
         p.serial_number = Some(serial.clone());
         p.use_authority_key_identifier_extension = true;
-        validity(&mut p, user.issue_date, 4);
+        // From the BankID's issue date; still valid today (an expired
+        // certificate would fail every verifier), whatever the issue date.
+        let to = NaiveDate::from_ymd_opt(user.issue_date.year() + 4, user.issue_date.month(), 1)
+            .unwrap_or(user.issue_date)
+            .max(yesterday() + chrono::Days::new(2 * 365));
+        validity_between(&mut p, user.issue_date, to);
         let cert = p.signed_by(&key, &*self.customer_ca)?;
         let signer = EcdsaKeyPair::from_pkcs8(
             &ECDSA_P256_SHA256_FIXED_SIGNING,

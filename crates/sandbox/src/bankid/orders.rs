@@ -267,6 +267,10 @@ impl Orders {
         self.map.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     pub fn insert(&mut self, order: Order) {
         if let Some(p) = &order.request.personal_number {
             self.by_person.insert(p.clone(), order.order_ref);

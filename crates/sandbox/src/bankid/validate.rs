@@ -232,7 +232,7 @@ fn luhn_ok(digits: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn personal_number(obj: &Obj<'_>, key: &str) -> Result<Option<String>, ApiError> {
@@ -489,7 +489,7 @@ fn user_visible_transaction(obj: &Obj<'_>, strict: bool) -> Result<String, ApiEr
                 && int.bytes().all(|b| b.is_ascii_digit())
                 && frac.len() <= 2
                 && frac.bytes().all(|b| b.is_ascii_digit())
-                && (frac.is_empty() == !amount.contains(','))
+                && (frac.is_empty() != amount.contains(','))
         };
         if !ok_amount {
             return Err(invalid(format!(
