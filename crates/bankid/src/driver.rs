@@ -430,3 +430,413 @@ async fn wait_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Device, User};
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const TOKEN: &str = "67df3917-fa0d-44e5-b327-edcc928297f8";
+    const SECRET: &str = "d28db9a7-4cde-429e-a983-359be676944c";
+
+    /// Answers collects from a script; the last answer repeats.
+    struct Scripted {
+        script: Mutex<VecDeque<Result<CollectResponse, BankIdError>>>,
+        last: Mutex<Option<CollectResponse>>,
+        collects: AtomicUsize,
+        cancels: AtomicUsize,
+        delay: Duration,
+    }
+
+    impl Scripted {
+        fn new(script: Vec<Result<CollectResponse, BankIdError>>) -> Self {
+            Self {
+                script: Mutex::new(script.into()),
+                last: Mutex::new(None),
+                collects: AtomicUsize::new(0),
+                cancels: AtomicUsize::new(0),
+                delay: Duration::ZERO,
+            }
+        }
+    }
+
+    impl OrderApi for Scripted {
+        fn collect(
+            &self,
+            _order_ref: &str,
+        ) -> impl Future<Output = Result<CollectResponse, BankIdError>> + Send {
+            self.collects.fetch_add(1, Ordering::SeqCst);
+            let next = self.script.lock().unwrap().pop_front();
+            let answer = match next {
+                Some(Ok(r)) => {
+                    *self.last.lock().unwrap() = Some(r.clone());
+                    Ok(r)
+                }
+                Some(Err(e)) => Err(e),
+                None => Ok(self
+                    .last
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .unwrap_or_else(|| pending("outstandingTransaction"))),
+            };
+            let delay = self.delay;
+            async move {
+                tokio::time::sleep(delay).await;
+                answer
+            }
+        }
+
+        fn cancel(&self, _order_ref: &str) -> impl Future<Output = Result<(), BankIdError>> + Send {
+            self.cancels.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(Ok(()))
+        }
+    }
+
+    fn pending(hint: &str) -> CollectResponse {
+        CollectResponse {
+            order_ref: "o".into(),
+            status: Status::Pending,
+            hint_code: Some(HintCode::parse(hint)),
+            completion_data: None,
+        }
+    }
+
+    fn failed(hint: &str) -> CollectResponse {
+        CollectResponse {
+            status: Status::Failed,
+            ..pending(hint)
+        }
+    }
+
+    fn completion() -> CompletionData {
+        CompletionData {
+            user: User {
+                personal_number: "199001011239".into(),
+                name: "Karl Karlsson".into(),
+                given_name: "Karl".into(),
+                surname: "Karlsson".into(),
+            },
+            device: Device {
+                ip_address: "192.0.2.1".into(),
+                uhi: None,
+            },
+            bank_id_issue_date: "2020-02-01".into(),
+            step_up: None,
+            signature: "c2ln".into(),
+            ocsp_response: "b2NzcA==".into(),
+            risk: None,
+        }
+    }
+
+    fn complete() -> CollectResponse {
+        CollectResponse {
+            order_ref: "o".into(),
+            status: Status::Complete,
+            hint_code: None,
+            completion_data: Some(completion()),
+        }
+    }
+
+    fn qr_order() -> StartedOrder {
+        StartedOrder {
+            order_ref: "o".into(),
+            qr: Some(QrCode::new(TOKEN, SECRET)),
+        }
+    }
+
+    fn fast() -> DriveOptions {
+        DriveOptions::default().with_poll_interval(MIN_POLL_INTERVAL)
+    }
+
+    fn describe(events: &[OrderEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                OrderEvent::Qr(d) => format!("qr{}", crate::qr::parse_qr_data(d).unwrap().1),
+                OrderEvent::Hint(h) => format!("hint:{h}"),
+                OrderEvent::Complete(_) => "complete".into(),
+                OrderEvent::Failed(h) => format!("failed:{h}"),
+                OrderEvent::Cancelled => "cancelled".into(),
+                OrderEvent::DeadlineExceeded => "deadline".into(),
+                OrderEvent::Error(_) => "error".into(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn hints_are_reported_once_per_change_and_complete_ends() {
+        let api = Scripted::new(vec![
+            Ok(pending("outstandingTransaction")),
+            Ok(pending("outstandingTransaction")),
+            Ok(pending("userSign")),
+            Ok(pending("userSign")),
+            Ok(complete()),
+        ]);
+        let mut events = Vec::new();
+        let outcome = drive_with(&api, StartedOrder::phone("o"), fast(), |e| events.push(e))
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Complete(completion()));
+        assert_eq!(
+            describe(&events),
+            ["hint:outstandingTransaction", "hint:userSign", "complete"]
+        );
+        assert_eq!(api.collects.load(Ordering::SeqCst), 5);
+        assert_eq!(api.cancels.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn failed_ends_with_its_hint() {
+        let api = Scripted::new(vec![Ok(pending("started")), Ok(failed("userCancel"))]);
+        let mut events = Vec::new();
+        let outcome = drive_with(&api, StartedOrder::phone("o"), fast(), |e| events.push(e))
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Failed(HintCode::UserCancel));
+        assert_eq!(describe(&events), ["hint:started", "failed:userCancel"]);
+    }
+
+    #[tokio::test]
+    async fn qr_codes_come_every_second_while_pending() {
+        // Pending for 3 collects (about 2 s), then complete.
+        let api = Scripted::new(vec![
+            Ok(pending("outstandingTransaction")),
+            Ok(pending("outstandingTransaction")),
+            Ok(pending("outstandingTransaction")),
+            Ok(complete()),
+        ]);
+        let mut events = Vec::new();
+        drive_with(&api, qr_order(), fast(), |e| events.push(e))
+            .await
+            .unwrap();
+        let d = describe(&events);
+        let qrs: Vec<&String> = d.iter().filter(|s| s.starts_with("qr")).collect();
+        // t = 0 at the start, then one per whole second until the end (~3 s).
+        assert!((3..=5).contains(&qrs.len()), "{d:?}");
+        for (i, q) in qrs.iter().enumerate() {
+            assert_eq!(**q, format!("qr{i}"), "{d:?}");
+        }
+        assert_eq!(d.last().unwrap(), "complete");
+        assert!(
+            !d.iter()
+                .skip_while(|s| *s != "complete")
+                .skip(1)
+                .any(|s| s.starts_with("qr"))
+        );
+    }
+
+    #[tokio::test]
+    async fn phone_orders_have_no_qr() {
+        let api = Scripted::new(vec![Ok(pending("userCallConfirm")), Ok(complete())]);
+        let mut events = Vec::new();
+        drive_with(&api, StartedOrder::phone("o"), fast(), |e| events.push(e))
+            .await
+            .unwrap();
+        assert_eq!(describe(&events), ["hint:userCallConfirm", "complete"]);
+    }
+
+    #[tokio::test]
+    async fn qr_stops_after_scan_when_asked() {
+        let api = Scripted::new(vec![
+            Ok(pending("outstandingTransaction")),
+            Ok(pending("userSign")),
+            Ok(pending("userSign")),
+            Ok(pending("userSign")),
+            Ok(complete()),
+        ]);
+        let mut events = Vec::new();
+        let options = DriveOptions {
+            qr_until_scanned: true,
+            ..fast()
+        };
+        drive_with(&api, qr_order(), options, |e| events.push(e))
+            .await
+            .unwrap();
+        let d = describe(&events);
+        let after_sign = d.iter().skip_while(|s| *s != "hint:userSign");
+        assert!(!after_sign.clone().any(|s| s.starts_with("qr")), "{d:?}");
+    }
+
+    #[tokio::test]
+    async fn poll_interval_is_clamped_to_one_second() {
+        let api = Scripted::new(vec![]);
+        let options = DriveOptions::default()
+            .with_poll_interval(Duration::from_millis(50))
+            .with_deadline(Duration::from_millis(2500));
+        assert_eq!(options.effective_poll_interval(), MIN_POLL_INTERVAL);
+        let outcome = drive_with(&api, StartedOrder::phone("o"), options, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::DeadlineExceeded);
+        // Collects at 0, 1 and 2 s: not 50 of them.
+        assert_eq!(api.collects.load(Ordering::SeqCst), 3);
+        assert_eq!(api.cancels.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn cancellation_cancels_the_order_even_mid_collect() {
+        let mut api = Scripted::new(vec![]);
+        api.delay = Duration::from_secs(30);
+        let token = CancellationToken::new();
+        let canceller = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            canceller.cancel();
+        });
+        let mut events = Vec::new();
+        let started = std::time::Instant::now();
+        let outcome = drive_with(&api, qr_order(), fast().with_cancel(token), |e| {
+            events.push(e)
+        })
+        .await
+        .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(outcome, Outcome::Cancelled);
+        assert_eq!(api.cancels.load(Ordering::SeqCst), 1);
+        assert_eq!(describe(&events), ["qr0", "cancelled"]);
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_then_fatal() {
+        let maintenance = || BankIdError::Api {
+            endpoint: "collect",
+            status: 503,
+            code: crate::types::ErrorCode::Maintenance,
+            details: String::new(),
+        };
+        let api = Scripted::new(vec![
+            Err(maintenance()),
+            Ok(pending("started")),
+            Ok(complete()),
+        ]);
+        let mut events = Vec::new();
+        let outcome = drive_with(&api, StartedOrder::phone("o"), fast(), |e| events.push(e))
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Complete(completion()));
+        assert_eq!(describe(&events), ["error", "hint:started", "complete"]);
+
+        let api = Scripted::new(vec![Err(maintenance()), Err(maintenance())]);
+        let options = DriveOptions {
+            max_transient_errors: 1,
+            ..fast()
+        };
+        let err = drive_with(&api, StartedOrder::phone("o"), options, |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(&crate::types::ErrorCode::Maintenance));
+
+        // A refusal is fatal at once.
+        let refused = BankIdError::Api {
+            endpoint: "collect",
+            status: 400,
+            code: crate::types::ErrorCode::InvalidParameters,
+            details: "No such order".into(),
+        };
+        let api = Scripted::new(vec![Err(refused)]);
+        let err = drive_with(&api, StartedOrder::phone("o"), fast(), |_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&crate::types::ErrorCode::InvalidParameters)
+        );
+        assert_eq!(api.collects.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn complete_without_data_is_a_decode_error() {
+        let mut broken = complete();
+        broken.completion_data = None;
+        let api = Scripted::new(vec![Ok(broken)]);
+        let err = drive_with(&api, StartedOrder::phone("o"), fast(), |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BankIdError::Decode { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn spawned_drive_sends_events_on_a_channel() {
+        let api = Scripted::new(vec![Ok(pending("userSign")), Ok(complete())]);
+        let mut handle = spawn_drive_with(api, StartedOrder::phone("o"), fast());
+        let mut events = Vec::new();
+        while let Some(e) = handle.events.recv().await {
+            events.push(e);
+        }
+        assert_eq!(describe(&events), ["hint:userSign", "complete"]);
+        assert_eq!(
+            handle.task.await.unwrap().unwrap(),
+            Outcome::Complete(completion())
+        );
+    }
+
+    /// Ten thousand orders on one current-thread runtime: each is pending for
+    /// two collects and completes on the third, with QR codes every second.
+    /// Counts, not timings, are asserted.
+    #[tokio::test]
+    async fn ten_thousand_drivers_share_one_thread() {
+        use std::sync::Arc;
+        const N: usize = 10_000;
+        struct PerOrder {
+            step: AtomicUsize,
+            total: Arc<AtomicUsize>,
+        }
+        impl OrderApi for PerOrder {
+            fn collect(
+                &self,
+                _: &str,
+            ) -> impl Future<Output = Result<CollectResponse, BankIdError>> + Send {
+                self.total.fetch_add(1, Ordering::Relaxed);
+                let step = self.step.fetch_add(1, Ordering::Relaxed);
+                std::future::ready(Ok(if step < 2 {
+                    pending("outstandingTransaction")
+                } else {
+                    complete()
+                }))
+            }
+            fn cancel(&self, _: &str) -> impl Future<Output = Result<(), BankIdError>> + Send {
+                std::future::ready(Ok(()))
+            }
+        }
+        let collects = Arc::new(AtomicUsize::new(0));
+        let qrs = Arc::new(AtomicUsize::new(0));
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..N {
+            let api = PerOrder {
+                step: AtomicUsize::new(0),
+                total: collects.clone(),
+            };
+            let qrs = qrs.clone();
+            let order = StartedOrder {
+                order_ref: format!("order-{i}"),
+                qr: Some(QrCode::new(TOKEN, SECRET)),
+            };
+            set.spawn(async move {
+                drive_with(&api, order, fast(), |e| {
+                    if matches!(e, OrderEvent::Qr(_)) {
+                        qrs.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .await
+            });
+        }
+        let mut completes = 0;
+        while let Some(done) = set.join_next().await {
+            if matches!(done.unwrap(), Ok(Outcome::Complete(_))) {
+                completes += 1;
+            }
+        }
+        assert_eq!(completes, N);
+        assert_eq!(collects.load(Ordering::Relaxed), 3 * N);
+        // t = 0, 1 and usually 2 for each order.
+        assert!(
+            qrs.load(Ordering::Relaxed) >= 2 * N,
+            "{}",
+            qrs.load(Ordering::Relaxed)
+        );
+    }
+}

@@ -348,6 +348,46 @@ mod tests {
         assert_ne!(text, render_terminal(&qr_data(TOKEN, SECRET, 1)));
     }
 
+    /// Read a terminal rendering back as pixels (as a camera would) and
+    /// decode it: the code must carry the data.
+    fn decode_terminal(text: &str, background: TerminalBackground) -> String {
+        const SCALE: usize = 4;
+        let rows: Vec<Vec<char>> = text.lines().map(|l| l.chars().collect()).collect();
+        let width = rows[0].len();
+        let height = rows.len() * 2;
+        // A drawn cell is light on a dark terminal and dark on a light one.
+        let ink_is_dark = background == TerminalBackground::Light;
+        let module_dark = |x: usize, y: usize| -> bool {
+            let c = rows[y / 2][x];
+            let drawn = matches!(
+                (c, y % 2),
+                ('\u{2588}', _) | ('\u{2580}', 0) | ('\u{2584}', 1)
+            );
+            drawn == ink_is_dark
+        };
+        let mut img =
+            rqrr::PreparedImage::prepare_from_greyscale(width * SCALE, height * SCALE, |x, y| {
+                if module_dark(x / SCALE, y / SCALE) {
+                    0
+                } else {
+                    255
+                }
+            });
+        let grids = img.detect_grids();
+        assert_eq!(grids.len(), 1, "one QR code expected");
+        grids[0].decode().expect("decodable").1
+    }
+
+    #[test]
+    fn terminal_rendering_decodes_back_to_the_data() {
+        let data = qr_data(TOKEN, SECRET, 42);
+        for bg in [TerminalBackground::Dark, TerminalBackground::Light] {
+            // On a light background the quiet zone is the terminal's own
+            // light colour; the decoder sees the blank cells as light.
+            assert_eq!(decode_terminal(&render_terminal_for(&data, bg), bg), data);
+        }
+    }
+
     #[test]
     fn svg_rendering_is_an_svg_document() {
         let svg = render_svg(&qr_data(TOKEN, SECRET, 0));
