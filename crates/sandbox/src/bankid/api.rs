@@ -43,11 +43,15 @@ impl ApiError {
     pub fn invalid_parameters(details: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalidParameters", details)
     }
-    pub fn already_in_progress() -> Self {
+    pub fn already_in_progress(existing_cancelled: bool) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
             "alreadyInProgress",
-            "an order for this personal number is already in progress; it has been cancelled and no new order was created",
+            if existing_cancelled {
+                "an order for this personal number was already in progress: it has been cancelled, and no new order was created"
+            } else {
+                "an order for this personal number is already in progress: no new order was created"
+            },
         )
     }
     pub fn maintenance(details: impl Into<String>) -> Self {

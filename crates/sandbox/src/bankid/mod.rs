@@ -376,10 +376,10 @@ impl BankIdSim {
             match cfg.already_in_progress {
                 AlreadyInProgressPolicy::RefuseAndCancelExisting => {
                     orders.finish(existing, cancel_existing());
-                    return Err(ApiError::already_in_progress());
+                    return Err(ApiError::already_in_progress(true));
                 }
                 AlreadyInProgressPolicy::RefuseOnly => {
-                    return Err(ApiError::already_in_progress());
+                    return Err(ApiError::already_in_progress(false));
                 }
                 AlreadyInProgressPolicy::ReplaceExisting => {
                     orders.finish(existing, cancel_existing());

@@ -190,6 +190,10 @@ impl Order {
 
     /// A debugging view for the control API (never the qrStartSecret).
     pub fn view(&self, now: Duration, cfg: &BankIdSimConfig) -> OrderView {
+        self.view_with(now, cfg, true)
+    }
+
+    fn view_with(&self, now: Duration, cfg: &BankIdSimConfig, full: bool) -> OrderView {
         let (status, hint_code) = match &self.state {
             State::Pending(stage) => ("pending", Some(self.pending_hint(stage, now, cfg))),
             State::Complete { .. } => ("complete", None),
@@ -213,7 +217,7 @@ impl Order {
             auto_start_token: self.tokens.as_ref().map(|t| t.auto_start_token),
             mrtd: self.request.requirement.mrtd,
             completion_data: match &self.state {
-                State::Complete { data, .. } => Some(data.as_ref().clone()),
+                State::Complete { data, .. } if full => Some(data.as_ref().clone()),
                 _ => None,
             },
         }
@@ -386,7 +390,9 @@ impl Orders {
     pub fn views(&self, now: Duration, cfg: &BankIdSimConfig) -> Vec<OrderView> {
         let mut v: Vec<&Order> = self.map.values().collect();
         v.sort_by_key(|o| o.created);
-        v.into_iter().map(|o| o.view(now, cfg)).collect()
+        v.into_iter()
+            .map(|o| o.view_with(now, cfg, false))
+            .collect()
     }
 }
 
