@@ -248,6 +248,17 @@ mod tests {
         assert_eq!(unsigned_integer(&[]), vec![2, 1, 0]);
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes never make the reader panic.
+        #[test]
+        fn any_bytes_are_read_or_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = read(&bytes);
+            let _ = children(&bytes);
+            let _ = cert_fields(&bytes);
+            let _ = name_to_string(&bytes);
+        }
+    }
+
     #[test]
     fn reader_round_trips_and_refuses_truncation() {
         let v = seq(&[&tlv(INTEGER, &[7]), &tlv(OCTET_STRING, &[0u8; 200])]);

@@ -832,6 +832,64 @@ mod tests {
         assert_eq!(ok.transaction_type.as_deref(), Some("card"));
     }
 
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "[ -~]{0,20}".prop_map(Value::String),
+            // Values that pass the first checks, to reach deeper ones.
+            Just(json!("192.0.2.1")),
+            Just(json!("199001011239")),
+            Just(json!("SGVq")),
+            Just(json!("user")),
+            Just(json!("card")),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            let keys = prop_oneof![
+                Just("endUserIp".to_owned()),
+                Just("requirement".to_owned()),
+                Just("personalNumber".to_owned()),
+                Just("callInitiator".to_owned()),
+                Just("userVisibleData".to_owned()),
+                Just("userVisibleTransaction".to_owned()),
+                Just("recipient".to_owned()),
+                Just("money".to_owned()),
+                Just("web".to_owned()),
+                Just("app".to_owned()),
+                Just("certificatePolicies".to_owned()),
+                Just("riskFlags".to_owned()),
+                Just("orderRef".to_owned()),
+                "[a-zA-Z]{1,8}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(keys, inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Any JSON gives a request or an invalidParameters, never a panic.
+        #[test]
+        fn any_json_is_answered(body in arb_json(), strict in proptest::bool::ANY) {
+            for kind in [OrderKind::Auth, OrderKind::Sign, OrderKind::Payment, OrderKind::PhoneAuth, OrderKind::PhoneSign] {
+                if let Err(e) = start_request(kind, &body, strict) {
+                    proptest::prop_assert_eq!(e.code, "invalidParameters");
+                    proptest::prop_assert!(!e.details.is_empty());
+                }
+            }
+            let _ = order_ref(&body, strict);
+        }
+
+        #[test]
+        fn any_personal_number_is_answered(s in "[0-9]{0,14}|\\PC{0,14}") {
+            let _ = check_personal_number(&s);
+        }
+    }
+
     #[test]
     fn order_refs() {
         let u = uuid::Uuid::new_v4();
