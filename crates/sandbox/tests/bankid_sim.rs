@@ -1308,6 +1308,32 @@ async fn certificates_are_made_once_and_reused() {
     b.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulators_starting_together_share_one_certificate_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = tokio::join!(
+        bankid::spawn(dir.path(), BankIdSimConfig::default()),
+        bankid::spawn(dir.path(), BankIdSimConfig::default()),
+        bankid::spawn(dir.path(), BankIdSimConfig::default()),
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert_eq!(a.ca_pem(), b.ca_pem());
+    assert_eq!(a.ca_pem(), c.ca_pem());
+    assert!(!dir.path().join(".generating").exists());
+    // A set mixed from two generations is refused with a clear error.
+    let other = tempfile::tempdir().unwrap();
+    bankid::spawn(other.path(), BankIdSimConfig::default())
+        .await
+        .unwrap();
+    std::fs::copy(other.path().join("ca.pem"), dir.path().join("ca.pem")).unwrap();
+    let err = bankid::spawn(dir.path(), BankIdSimConfig::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("was not issued by ca.pem"), "{err}");
+    assert!(err.contains("delete the directory"), "{err}");
+}
+
 #[tokio::test]
 async fn ten_thousand_pending_orders() {
     let dir = tempfile::tempdir().unwrap();

@@ -216,6 +216,40 @@ fn write_file(path: &Path, text: &str, secret: bool) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
+/// `.generating` in the directory, held while one process makes the set.
+struct GenerationLock(PathBuf);
+
+impl GenerationLock {
+    /// Wait for another maker to finish (a lock older than 30 s is taken to
+    /// be left over from a crash).
+    fn take(dir: &Path) -> io::Result<GenerationLock> {
+        let path = dir.join(".generating");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(_) => return Ok(GenerationLock(path)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if std::time::Instant::now() > deadline {
+                        let _ = fs::remove_file(&path);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for GenerationLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
 /// The loaded PKI of a running simulator.
 pub struct Pki {
     pub paths: CertPaths,
@@ -248,19 +282,26 @@ impl Pki {
             dir: dir.to_path_buf(),
             source,
         };
-        let missing: Vec<&PathBuf> = paths.all().into_iter().filter(|p| !p.exists()).collect();
-        if !missing.is_empty() {
-            if missing.len() < paths.all().len() {
-                tracing::warn!(
-                    dir = %dir.display(),
-                    "BankID simulator: some certificate files are missing; making a new set"
-                );
-            }
+        let missing = |paths: &CertPaths| paths.all().into_iter().filter(|p| !p.exists()).count();
+        if missing(&paths) > 0 {
             fs::create_dir_all(dir).map_err(io_err)?;
-            for (path, text, secret) in generate(&paths)?.files {
-                write_file(&path, &text, secret).map_err(io_err)?;
+            // Two simulators starting on one empty directory (parallel
+            // tests, two sandboxes) must not interleave two sets: one makes
+            // them, the other waits.
+            let _guard = GenerationLock::take(dir).map_err(io_err)?;
+            let n = missing(&paths);
+            if n > 0 {
+                if n < paths.all().len() {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        "BankID simulator: some certificate files are missing; making a new set"
+                    );
+                }
+                for (path, text, secret) in generate(&paths)?.files {
+                    write_file(&path, &text, secret).map_err(io_err)?;
+                }
+                tracing::info!(dir = %dir.display(), "BankID simulator: made a CA, a server and an RP certificate");
             }
-            tracing::info!(dir = %dir.display(), "BankID simulator: made a CA, a server and an RP certificate");
         }
         let read = |p: &Path| fs::read_to_string(p).map_err(io_err);
         let unusable = |what: String| PkiError::Unusable {
@@ -276,6 +317,24 @@ impl Pki {
             .map_err(|e| unusable(format!("server-cert.pem: {e}")))?;
         let server_key = PrivateKeyDer::from_pem_slice(read(&paths.server_key)?.as_bytes())
             .map_err(|e| unusable(format!("server-key.pem: {e}")))?;
+        let rp_der = CertificateDer::from_pem_slice(read(&paths.rp_cert)?.as_bytes())
+            .map_err(|e| unusable(format!("rp-cert.pem: {e}")))?;
+        // A set mixed from two generations would fail every handshake with
+        // an obscure error: check each signature against the CA here.
+        let ca_key = super::der::cert_fields(&ca_der)
+            .map(|f| f.public_key.to_vec())
+            .ok_or_else(|| unusable("ca.pem: unreadable certificate".into()))?;
+        let ca_key = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            ca_key,
+        );
+        for (name, der) in [("server-cert.pem", &server_der), ("rp-cert.pem", &rp_der)] {
+            let signed_by_ca = super::der::cert_signed_parts(der)
+                .is_some_and(|(tbs, sig)| ca_key.verify(tbs, sig).is_ok());
+            if !signed_by_ca {
+                return Err(unusable(format!("{name} was not issued by ca.pem")));
+            }
+        }
         let server_config = server_config(ca_der.clone(), server_der, server_key)
             .map_err(|e| unusable(format!("TLS set-up: {e}")))?;
 

@@ -197,6 +197,18 @@ pub fn cert_fields(cert: &[u8]) -> Option<CertFields<'_>> {
     })
 }
 
+/// A certificate's signed part (tbsCertificate, whole TLV) and its
+/// signature's bytes (the BIT STRING without its unused-bits byte).
+pub fn cert_signed_parts(cert: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (outer, _) = read(cert)?;
+    let parts = children(outer.content)?;
+    let (tbs, sig) = (parts.first()?, parts.get(2)?);
+    if sig.tag != BIT_STRING || sig.content.is_empty() {
+        return None;
+    }
+    Some((tbs.raw, &sig.content[1..]))
+}
+
 /// `CN=…, O=…` from a DER Name, for the attributes a BankID RP certificate
 /// carries; others are skipped.
 pub fn name_to_string(name: &[u8]) -> Option<String> {
