@@ -293,15 +293,9 @@ impl Orders {
                 self.by_qr_token.remove(&t.qr_start_token);
                 self.by_autostart.remove(&t.auto_start_token);
             }
-            self.unindex_person(&o);
-        }
-    }
-
-    fn unindex_person(&mut self, o: &Order) {
-        if let Some(p) = &o.request.personal_number
-            && self.by_person.get(p) == Some(&o.order_ref)
-        {
-            self.by_person.remove(p);
+            if let Some(p) = &o.request.personal_number {
+                self.unindex_person(order_ref, p);
+            }
         }
     }
 
@@ -317,24 +311,23 @@ impl Orders {
             return Err(Lookup::Unknown);
         };
         let keep = order.settle(now, cfg);
-        let pending = order.is_pending();
+        let person = (!order.is_pending())
+            .then(|| order.request.personal_number.clone())
+            .flatten();
         if !keep {
             self.remove(order_ref);
             return Err(Lookup::TooOld);
         }
-        if !pending {
-            // Left pending while settling: free the person for new orders.
-            let o = self.map[&order_ref].clone_index_key();
-            self.unindex_key(o);
+        if let Some(p) = person {
+            // No longer pending (maybe just now): free the person.
+            self.unindex_person(order_ref, &p);
         }
         self.map.get_mut(&order_ref).ok_or(Lookup::Unknown)
     }
 
-    fn unindex_key(&mut self, key: (Uuid, Option<String>)) {
-        if let (r, Some(p)) = key
-            && self.by_person.get(&p) == Some(&r)
-        {
-            self.by_person.remove(&p);
+    fn unindex_person(&mut self, order_ref: Uuid, person: &str) {
+        if self.by_person.get(person) == Some(&order_ref) {
+            self.by_person.remove(person);
         }
     }
 
@@ -349,9 +342,7 @@ impl Orders {
         match self.get_mut(r, now, cfg) {
             Ok(o) if o.is_pending() => Some(r),
             _ => {
-                if self.by_person.get(person) == Some(&r) {
-                    self.by_person.remove(person);
-                }
+                self.unindex_person(r, person);
                 None
             }
         }
@@ -361,8 +352,9 @@ impl Orders {
     pub fn finish(&mut self, order_ref: Uuid, state: State) {
         if let Some(o) = self.map.get_mut(&order_ref) {
             o.state = state;
-            let key = o.clone_index_key();
-            self.unindex_key(key);
+            if let Some(p) = o.request.personal_number.clone() {
+                self.unindex_person(order_ref, &p);
+            }
         }
     }
 
@@ -393,11 +385,5 @@ impl Orders {
         v.into_iter()
             .map(|o| o.view_with(now, cfg, false))
             .collect()
-    }
-}
-
-impl Order {
-    fn clone_index_key(&self) -> (Uuid, Option<String>) {
-        (self.order_ref, self.request.personal_number.clone())
     }
 }
