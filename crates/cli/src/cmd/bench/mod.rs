@@ -16,7 +16,11 @@
 //!    virtual card in an in-process reader and behind a real pcscd, at 1 and
 //!    16 clients, against the direct algorithm time.
 //!
-//! `--only cards` (or sync, api, export; repeatable) runs just those parts.
+//! 7. BankID ([`bankid`]): the simulator's capacity (orders started and
+//!    collects per second) and 10,000 pending orders driven at once, with
+//!    memory printed for the drivers and the simulator.
+//!
+//! `--only cards` (or sync, api, export, bankid; repeatable) runs just those parts.
 //!
 //! Progress goes to stderr, the table to stdout. A step that fails prints an
 //! error row and the others still run; the exit status is then 1. Missed
@@ -40,6 +44,7 @@ use bankbridge_sync::plan::{self, PlanBounds};
 use bankbridge_sync::reconcile::{self, LINK_TOLERANCE_DAYS};
 use bankbridge_sync::{SyncOptions, SyncSummary, Syncer};
 
+mod bankid;
 mod cards;
 use rust_decimal::Decimal;
 
@@ -66,7 +71,10 @@ pub struct BenchArgs {
     /// Leave out the card service measurements.
     #[arg(long)]
     pub skip_cards: bool,
-    /// Run only these sections (repeatable): sync, api, export, cards.
+    /// Leave out the BankID measurements.
+    #[arg(long)]
+    pub skip_bankid: bool,
+    /// Run only these sections (repeatable): sync, api, export, cards, bankid.
     #[arg(long, value_enum)]
     pub only: Vec<Section>,
 }
@@ -82,6 +90,8 @@ pub enum Section {
     Export,
     /// Card service logins (in-process virtual card and real pcscd).
     Cards,
+    /// BankID simulator capacity and 10,000 driven orders.
+    Bankid,
 }
 
 impl BenchArgs {
@@ -91,6 +101,7 @@ impl BenchArgs {
             Section::Api => self.skip_api,
             Section::Export => self.skip_export,
             Section::Cards => self.skip_cards,
+            Section::Bankid => self.skip_bankid,
         };
         if self.only.is_empty() {
             !skipped
@@ -213,6 +224,9 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     if args.wants(Section::Cards) {
         cards::cards_section(dir.path(), &mut table).await;
+    }
+    if args.wants(Section::Bankid) {
+        bankid::bankid_section(dir.path(), &mut table).await;
     }
 
     println!();
@@ -1068,8 +1082,18 @@ fn parse_export_stderr(s: &str) -> Option<(u64, u64)> {
 
 /// Peak resident set of a running process, from /proc (Linux).
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// Resident memory of a process now.
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/PID/status` field in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
