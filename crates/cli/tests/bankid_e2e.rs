@@ -149,14 +149,9 @@ fn cli_collect_and_cancel() {
         .nth(1)
         .unwrap()
         .to_owned();
-    let collected: Value = serde_json::from_str(&env.run_ok(&[
-        "bankid",
-        "collect",
-        &order_ref,
-        "--sandbox",
-        &root,
-    ]))
-    .unwrap();
+    let collected: Value =
+        serde_json::from_str(&env.run_ok(&["bankid", "collect", &order_ref, "--sandbox", &root]))
+            .unwrap();
     assert_eq!(collected["status"], "pending");
     assert_eq!(collected["hintCode"], "outstandingTransaction");
     env.run_ok(&["bankid", "cancel", &order_ref, "--sandbox", &root]);
@@ -207,9 +202,15 @@ async fn gateway_streams_an_order_to_completion_and_refuses_bad_input() {
 
     // Bad input: the documented errors, never a 500.
     for (body, status) in [
-        (json!({"type": "auth", "personal_number": "199001011238"}), 400),
+        (
+            json!({"type": "auth", "personal_number": "199001011238"}),
+            400,
+        ),
         (json!({"type": "sign"}), 400),
-        (json!({"type": "sign", "user_visible_data": "x".repeat(40_000)}), 400),
+        (
+            json!({"type": "sign", "user_visible_data": "x".repeat(40_000)}),
+            400,
+        ),
         (json!({"type": "hug"}), 400),
         (json!({"type": "auth", "colour": "red"}), 400),
     ] {
@@ -263,7 +264,10 @@ async fn gateway_streams_an_order_to_completion_and_refuses_bad_input() {
     let control = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     let completion: Value = loop {
-        assert!(Instant::now() < deadline, "no completion; events so far:\n{buf}");
+        assert!(
+            Instant::now() < deadline,
+            "no completion; events so far:\n{buf}"
+        );
         let chunk = tokio::time::timeout(Duration::from_secs(30), stream.next())
             .await
             .expect("an event within 30 s")
