@@ -19,7 +19,7 @@ pub use iban::{Iban, IbanError};
 pub use model::clean_label;
 pub use model::{
     Account, Balance, BalanceKind, ConnectionSettings, Credentials, FetchedAccount,
-    FetchedTransaction, Transaction, TxStatus,
+    FetchedTransaction, RawJson, Transaction, TxStatus,
 };
 pub use money::{Currency, CurrencyError, Money, parse_decimal};
 pub use secret::Secret;

@@ -1,4 +1,6 @@
 //! The bank data model: what connectors fetch and what the store keeps.
+use std::fmt;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -158,6 +160,51 @@ pub fn clean_label(raw: &str) -> String {
     raw.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// JSON text kept verbatim: a stored record's `raw` is served exactly as it
+/// was stored, without parsing it into a tree and writing it out again (most
+/// of a transaction page's bytes are its raw records). Equality is textual;
+/// the text is the canonical form `serde_json` wrote when the row was stored.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// Check that `text` is JSON and keep it as it is.
+    pub fn from_string(text: String) -> Result<Self, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(RawJson)
+    }
+
+    /// The JSON text of a value.
+    pub fn from_value(value: &serde_json::Value) -> Self {
+        // A `Value` always serialises; its text is valid JSON.
+        RawJson(
+            serde_json::value::to_raw_value(value)
+                .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
+        )
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Parse into a tree (for callers that look inside).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A stored transaction.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Transaction {
@@ -187,7 +234,7 @@ pub struct Transaction {
     pub bank_code: Option<String>,
     #[serde(with = "rust_decimal::serde::str_option")]
     pub running_balance: Option<Decimal>,
-    pub raw: serde_json::Value,
+    pub raw: RawJson,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

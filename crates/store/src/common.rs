@@ -199,6 +199,12 @@ pub(crate) fn json(text: &str, what: &str) -> Result<serde_json::Value> {
     serde_json::from_str(text).map_err(|e| corrupt(format!("{what} is not valid JSON: {e}")))
 }
 
+/// Stored JSON kept as text (checked, not parsed into a tree).
+pub(crate) fn raw_json(text: String, what: &str) -> Result<bankbridge_core::RawJson> {
+    bankbridge_core::RawJson::from_string(text)
+        .map_err(|e| corrupt(format!("{what} is not valid JSON: {e}")))
+}
+
 pub(crate) fn opt_decimal(s: Option<&str>) -> Result<Option<Decimal>> {
     s.map(crate::codec::decimal).transpose()
 }

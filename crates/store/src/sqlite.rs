@@ -266,7 +266,7 @@ fn tx_from_row(r: &SqliteRow) -> Result<Transaction> {
         remittance_info: r.try_get(18)?,
         bank_code: r.try_get(19)?,
         running_balance: common::opt_decimal(r.try_get(20)?)?,
-        raw: common::json(r.try_get(21)?, "transaction raw")?,
+        raw: common::raw_json(r.try_get(21)?, "transaction raw")?,
         first_seen: r.try_get(22)?,
         last_seen: r.try_get(23)?,
         updated_at: r.try_get(24)?,

@@ -707,7 +707,10 @@ async fn commit_window_insert_update_void_touch(s: Arc<dyn Store>) {
     assert_eq!(f.bank_code.as_deref(), Some("POS/01"));
     assert_eq!(f.fingerprint, "fp-t3");
     assert_eq!(f.raw_label, "POS  PAYMENT t3");
-    assert_eq!(f.raw, serde_json::json!({"id": "t3", "amount": "-12.34"}));
+    assert_eq!(
+        f.raw.to_value(),
+        serde_json::json!({"id": "t3", "amount": "-12.34"})
+    );
     assert_eq!(by_provider(&rows, "p1").status, TxStatus::Pending);
     // Narrower windows.
     assert_eq!(
@@ -1000,7 +1003,7 @@ async fn large_window_round_trips_every_field(s: Arc<dyn Store>) {
             remittance_info: r.remittance_info.clone(),
             bank_code: r.bank_code.clone(),
             running_balance: r.running_balance,
-            raw: r.raw.to_string(),
+            raw: r.raw.as_str().to_owned(),
         };
         assert_eq!(&back, x);
     }

@@ -95,7 +95,7 @@ pub fn to_write(
 }
 
 /// Does the stored row already say everything the incoming one says?
-fn same_content(stored: &Transaction, w: &TxWrite, incoming: &FetchedTransaction) -> bool {
+fn same_content(stored: &Transaction, w: &TxWrite) -> bool {
     stored.status == w.status
         && stored.booking_date == w.booking_date
         && stored.value_date == w.value_date
@@ -111,7 +111,7 @@ fn same_content(stored: &Transaction, w: &TxWrite, incoming: &FetchedTransaction
         && stored.remittance_info == w.remittance_info
         && stored.bank_code == w.bank_code
         && stored.running_balance == w.running_balance
-        && stored.raw == incoming.raw
+        && stored.raw.as_str() == w.raw
 }
 
 /// Plan the writes for one window.
@@ -157,7 +157,7 @@ pub fn plan(
         out.seen.push(key.clone());
         if let Some(existing) = by_key.get(key.as_str()) {
             let w = to_write(tx, key, fingerprint, existing.pending_provider_id.clone());
-            if same_content(existing, &w, tx) {
+            if same_content(existing, &w) {
                 out.stats.unchanged += 1;
                 if now - existing.last_seen >= TOUCH_AFTER {
                     out.touch.push(existing.id);

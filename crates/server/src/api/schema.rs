@@ -186,7 +186,7 @@ mod tests {
             remittance_info: None,
             bank_code: None,
             running_balance: None,
-            raw: serde_json::json!({}),
+            raw: bankbridge_core::RawJson::from_value(&serde_json::json!({})),
             first_seen: Utc::now(),
             last_seen: Utc::now(),
             updated_at: Utc::now(),
