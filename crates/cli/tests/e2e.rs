@@ -747,4 +747,20 @@ async fn demo_prints_working_curl_lines() {
             .is_some_and(|r| r.bytes().all(|b| b.is_ascii_digit())),
         "{code}"
     );
+    // `curl -s -X POST -H 'Authorization: …' -H '…' -d '{"type": "auth"}' 'URL'`
+    let bankid = curl("/api/v1/bankid/orders");
+    let res = http
+        .post(&bankid[7])
+        .header(
+            "authorization",
+            bankid[1].trim_start_matches("Authorization: "),
+        )
+        .header("content-type", "application/json")
+        .body(bankid[5].clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let order: Value = res.json().await.unwrap();
+    assert!(order["events_url"].as_str().is_some(), "{order}");
 }

@@ -2,10 +2,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use bankbridge_bankid::{BankIdClient, Environment};
 use bankbridge_cap::pcsc::PcscReaders;
 use bankbridge_cap::transport::{ChainedReaders, VirtualReaders};
 use bankbridge_cap::virtual_card::{Profile, VirtualCard, VirtualCardConfig};
 use bankbridge_core::{ConnectionSettings, Credentials, MasterKey, Secret};
+use bankbridge_server::bankid_gateway::BankIdGateway;
 use bankbridge_server::cards::{CardRegistration, new_id};
 use bankbridge_server::{AppState, ServerConfig};
 use bankbridge_store::{NewInstitution, Scope};
@@ -40,7 +42,13 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         home.path().display()
     );
 
-    let sandbox_config = args.data.config();
+    let mut sandbox_config = args.data.config();
+    // The sandbox's BankID simulator too, with certificates in the demo's data dir.
+    sandbox_config.bankid = Some(bankbridge_sandbox::BankIdSandboxConfig {
+        cert_dir: home.path().join("sandbox").join("bankid"),
+        port: 0,
+        ..Default::default()
+    });
     sandbox_config.validate()?;
     eprintln!(
         "starting the simulated Fibank: {} accounts × {} transactions over {} years…",
@@ -121,6 +129,19 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         .context("registering the demo's virtual card")?;
     let (card_token, record) = bankbridge_server::auth::new_token("demo-cards", Scope::Write);
     store.create_token(&record).await?;
+
+    // The BankID gateway, speaking mutual TLS to the sandbox's simulator.
+    if let Some(endpoint) = sandbox.bankid() {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+        };
+        let client = BankIdClient::builder()
+            .environment(Environment::Custom(endpoint.base_url.parse()?))
+            .identity_pem(read(&endpoint.rp_cert)?, read(&endpoint.rp_key)?)
+            .server_ca_pem(read(&endpoint.ca_cert)?)
+            .build()?;
+        state.set_bankid(BankIdGateway::new(client));
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| {
@@ -151,6 +172,16 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         institution.id,
         card.id
     );
+    if sandbox.bankid().is_some() {
+        println!(
+            "  BankID:      curl -s -X POST -H 'Authorization: Bearer {}' -H 'Content-Type: application/json' -d '{{\"type\": \"auth\"}}' 'http://{addr}/api/v1/bankid/orders'",
+            card_token.expose()
+        );
+        println!(
+            "               then follow its events_url, and play the user: bankbridge bankid user scan QRDATA --sandbox {}",
+            sandbox.root_url()
+        );
+    }
     println!();
     if args.no_serve {
         return Ok(ExitCode::SUCCESS);
