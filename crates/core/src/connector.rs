@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
-use crate::{Balance, FetchedAccount, FetchedTransaction, Secret};
+pub use crate::sca::ScaChallenge;
+use crate::sca::{ScaAnswer, ScaProgress};
+use crate::{Balance, DocumentContent, FetchedAccount, FetchedDocument, FetchedTransaction, Secret};
 
 /// What a bank API allows, declared by its connector.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,27 +69,6 @@ pub struct WindowPage {
     pub balances: Vec<Balance>,
 }
 
-/// Strong customer authentication the bank demands before it goes on.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ScaChallenge {
-    /// A one-time code sent to the user (SMS, e-mail, app).
-    Otp { prompt: String },
-    /// An EMV-CAP login code (mode 1), optionally over a bank challenge.
-    CardReaderLogin { challenge: Option<String> },
-    /// An EMV-CAP signature code (mode 2) over the numbers the bank shows.
-    CardReaderSign { numbers: Vec<String> },
-    /// Approve on another device, then the connector polls.
-    Decoupled {
-        message: String,
-        poll_after_secs: u64,
-    },
-    /// Open a URL in a browser (redirect or OAuth SCA).
-    Redirect { url: String },
-    /// A BankID order to complete.
-    BankId { auto_start_token: String },
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TransientKind {
     Timeout,
@@ -128,8 +109,17 @@ pub enum ConnectorError {
     WindowRefused { window: DateWindow, message: String },
     #[error("the bank sent a response bankbridge cannot read ({what}): {detail}")]
     Malformed { what: String, detail: String },
-    #[error("the bank needs strong customer authentication: {0:?}")]
+    #[error("the bank needs strong customer authentication: {0}")]
     ScaRequired(ScaChallenge),
+    /// The bank or the user turned the authentication down, or it expired.
+    #[error("strong customer authentication did not succeed: {0}")]
+    ScaFailed(String),
+    /// A capability this connector does not have (documents, SCA answers, …).
+    #[error("the {connector} connector does not support {what}")]
+    Unsupported {
+        connector: &'static str,
+        what: &'static str,
+    },
     #[error("the daily request budget for this bank ({0} requests) is spent; sync again tomorrow")]
     BudgetExhausted(u32),
     #[error("{0}")]
@@ -152,6 +142,16 @@ impl ConnectorError {
 }
 
 /// One bank API. Implementations hold their own HTTP client and session.
+///
+/// What is already stored reaches the connector through the windows the
+/// engine asks for: the engine keeps each account's covered range contiguous
+/// and asks forward windows from inside it and backfill windows right below
+/// it, so every day below a forward window's `from` is stored and every day
+/// above a backfill window's `to` is. A bank that pages newest-first without
+/// a date filter (the keypad bank) stops paging once a page reaches a row
+/// older than the window: that row, and everything older, is already stored
+/// or will be asked for by the next backfill window. Windows are whole days,
+/// so fingerprint occurrence counters of identical twins stay stable.
 #[async_trait]
 pub trait Connector: Send {
     /// Short machine name, e.g. `fibank`.
@@ -183,6 +183,36 @@ pub trait Connector: Send {
         account: &FetchedAccount,
         window: DateWindow,
     ) -> Result<WindowPage, ConnectorError>;
+
+    /// Go on after a solver answered the challenge of the last
+    /// [`ConnectorError::ScaRequired`]. [`ScaProgress::Pending`] while the
+    /// bank still waits (the engine polls again after the pause);
+    /// [`ScaProgress::Done`] once the request that asked may be retried;
+    /// [`ConnectorError::ScaFailed`] when the bank or the user refused or the
+    /// request expired.
+    async fn resume_sca(&mut self, _answer: &ScaAnswer) -> Result<ScaProgress, ConnectorError> {
+        Err(ConnectorError::Unsupported {
+            connector: self.name(),
+            what: "strong customer authentication",
+        })
+    }
+
+    /// The documents capability: statements and notices the bank offers
+    /// (metadata only). Default: not supported.
+    async fn documents(&mut self) -> Result<Vec<FetchedDocument>, ConnectorError> {
+        Err(ConnectorError::Unsupported {
+            connector: self.name(),
+            what: "documents",
+        })
+    }
+
+    /// The bytes of one document [`Connector::documents`] listed.
+    async fn download(&mut self, _doc: &FetchedDocument) -> Result<DocumentContent, ConnectorError> {
+        Err(ConnectorError::Unsupported {
+            connector: self.name(),
+            what: "documents",
+        })
+    }
 }
 
 #[cfg(test)]

@@ -9,17 +9,21 @@ pub mod crypto;
 pub mod iban;
 pub mod model;
 pub mod money;
+pub mod sca;
 pub mod secret;
 
 pub use connector::{
-    Connector, ConnectorError, ConnectorLimits, DateWindow, ScaChallenge, TransientKind, WindowPage,
+    Connector, ConnectorError, ConnectorLimits, DateWindow, TransientKind, WindowPage,
+};
+pub use sca::{
+    ScaAnswer, ScaChallenge, ScaProgress, ScaSolver, ScaSolverError, Unattended,
 };
 pub use crypto::{CryptoError, MasterKey};
 pub use iban::{Iban, IbanError};
 pub use model::clean_label;
 pub use model::{
-    Account, Balance, BalanceKind, ConnectionSettings, Credentials, FetchedAccount,
-    FetchedTransaction, RawJson, Transaction, TxStatus,
+    Account, Balance, BalanceKind, ConnectionSettings, Credentials, Document, DocumentContent,
+    FetchedAccount, FetchedDocument, FetchedTransaction, RawJson, Transaction, TxStatus,
 };
 pub use money::{Currency, CurrencyError, Money, parse_decimal};
 pub use secret::Secret;

@@ -240,6 +240,65 @@ pub struct Transaction {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A document (account statement, notice, …) as a connector lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FetchedDocument {
+    /// The connector's stable key for the document within the connection:
+    /// the same document listed again (in a later sync, in another list of
+    /// the bank) has the same key, so it is neither downloaded nor stored twice.
+    pub provider_id: String,
+    /// The account it belongs to ([`FetchedAccount::provider_id`]), when the bank says.
+    pub account: Option<String>,
+    /// What it is, lower case: `statement`, `document`, `notice`, …
+    pub kind: String,
+    /// The bank's own category (code or label), if any.
+    pub category: Option<String>,
+    pub title: String,
+    /// The date the bank gives the document (production or period date).
+    pub date: Option<NaiveDate>,
+    /// What the connector needs to download it (a download token, a URL):
+    /// kept by the connector for [`crate::Connector::download`], never stored.
+    pub locator: crate::Secret<String>,
+}
+
+/// The bytes of a document and their media type.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DocumentContent {
+    /// `application/pdf`, … (as the bank labelled it, checked by the connector).
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+impl fmt::Debug for DocumentContent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DocumentContent")
+            .field("content_type", &self.content_type)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// A stored document. Its bytes are kept once per SHA-256, however many
+/// documents (of any connection) share them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Document {
+    pub id: i64,
+    pub connection_id: i64,
+    pub account_id: Option<i64>,
+    /// The connector's key of the document (see [`FetchedDocument::provider_id`]).
+    pub provider_id: String,
+    pub kind: String,
+    pub category: Option<String>,
+    pub title: String,
+    pub date: Option<NaiveDate>,
+    pub content_type: String,
+    /// Lower-case hex SHA-256 of the bytes.
+    pub sha256: String,
+    /// Size of the bytes.
+    pub size: u64,
+    pub first_seen: DateTime<Utc>,
+}
+
 /// What a connection needs to log in and sync, apart from its secret credentials.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConnectionSettings {

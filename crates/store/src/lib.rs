@@ -19,7 +19,7 @@
 use std::fmt;
 
 use async_trait::async_trait;
-use bankbridge_core::{Account, Balance, FetchedAccount, Transaction, TxStatus};
+use bankbridge_core::{Account, Balance, Document, FetchedAccount, Transaction, TxStatus};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::stream::BoxStream;
 use rust_decimal::Decimal;
@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub mod bench;
 mod cards;
 mod common;
+pub mod documents;
 pub mod postgres;
 pub mod sqlite;
 
@@ -35,6 +36,7 @@ pub use cards::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewCard,
     NewInstitution,
 };
+pub use documents::{DocumentQuery, NewDocument, SavedDocument, sha256_hex};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -309,7 +311,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_connection(&self, id: i64) -> Result<Option<Connection>>;
     /// By numeric id or by name.
     async fn find_connection(&self, id_or_name: &str) -> Result<Option<Connection>>;
-    /// Deletes the connection with its accounts, transactions, balances and checkpoints.
+    /// Deletes the connection with its accounts, transactions, balances,
+    /// checkpoints and documents (and the document bytes no other document shares).
     async fn delete_connection(&self, id: i64) -> Result<bool>;
     async fn save_session(&self, connection_id: i64, session_sealed: Option<&[u8]>) -> Result<()>;
     async fn record_sync_result(
@@ -359,6 +362,22 @@ pub trait Store: Send + Sync + 'static {
     async fn query_transactions(&self, query: &TxQuery) -> Result<Vec<Transaction>>;
     /// The same rows as a stream, for exports in constant memory.
     fn stream_transactions(&self, query: TxQuery) -> BoxStream<'_, Result<Transaction>>;
+
+    // documents
+    /// Provider keys of the documents a connection already has (a sync skips them).
+    async fn document_keys(&self, connection_id: i64) -> Result<std::collections::HashSet<String>>;
+    /// Store a document and its bytes in one transaction: the bytes once per
+    /// SHA-256 (computed here), the document once per (connection, provider
+    /// key). A document already stored is returned unchanged (`inserted`
+    /// false), whatever bytes came with it. `NotFound` for an unknown
+    /// connection or account; `Conflict` for an empty key, kind, title or
+    /// content type.
+    async fn save_document(&self, doc: &NewDocument, content: &[u8]) -> Result<SavedDocument>;
+    /// Ordered by date (undated last), then id.
+    async fn list_documents(&self, query: &DocumentQuery) -> Result<Vec<Document>>;
+    async fn get_document(&self, id: i64) -> Result<Option<Document>>;
+    /// A document with its bytes (checked against its SHA-256).
+    async fn document_content(&self, id: i64) -> Result<Option<(Document, Vec<u8>)>>;
 
     // API tokens
     async fn create_token(&self, record: &TokenRecord) -> Result<()>;

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bankbridge_core::{Account, Balance, BalanceKind, FetchedAccount, Transaction};
+use bankbridge_core::{Account, Balance, BalanceKind, Document, FetchedAccount, Transaction};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::stream::BoxStream;
 use futures::{SinkExt, StreamExt};
@@ -22,6 +22,7 @@ use crate::common::{
     is_unique_violation, micros, opt_micros,
 };
 use crate::common::{CardAuditRow, CardRow, InstitutionRow};
+use crate::documents::{self, DocumentQuery, NewDocument, SavedDocument};
 use crate::{
     AccountTotals, Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Checkpoint,
     CommitStats, Connection, Institution, Lease, NewCard, NewConnection, NewInstitution, Result,
@@ -481,10 +482,15 @@ impl Store for PgStore {
     }
 
     async fn delete_connection(&self, id: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM connections WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query(documents::ORPHAN_BLOBS_DELETE)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -1015,6 +1021,123 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(job_from_row).transpose()
+    }
+
+    // ------------------------------------------------------------ documents
+
+    async fn document_keys(&self, connection_id: i64) -> Result<std::collections::HashSet<String>> {
+        let keys: Vec<String> = sqlx::query_scalar(documents::DOCUMENT_KEYS)
+            .bind(connection_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(keys.into_iter().collect())
+    }
+
+    async fn save_document(&self, doc: &NewDocument, content: &[u8]) -> Result<SavedDocument> {
+        documents::check_new_document(doc)?;
+        let sha256 = documents::sha256_hex(content);
+        let size = i64::try_from(content.len())
+            .map_err(|_| StoreError::Conflict("a document larger than 2^63 bytes".into()))?;
+        let now = micros(doc.now);
+        let mut tx = self.pool.begin().await?;
+        if let Some(account_id) = doc.account_id {
+            let owner: Option<i64> =
+                sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = $1")
+                    .bind(account_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if owner != Some(doc.connection_id) {
+                return Err(StoreError::NotFound(format!(
+                    "account {account_id} of connection {}",
+                    doc.connection_id
+                )));
+            }
+        }
+        let blob = sqlx::query(documents::BLOB_INSERT)
+            .bind(&sha256)
+            .bind(size)
+            .bind(content)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let row: Option<documents::DocumentRow> = sqlx::query_as(documents::DOCUMENT_INSERT)
+            .bind(doc.connection_id)
+            .bind(doc.account_id)
+            .bind(&doc.provider_id)
+            .bind(&doc.kind)
+            .bind(doc.category.as_deref())
+            .bind(&doc.title)
+            .bind(doc.date)
+            .bind(&doc.content_type)
+            .bind(&sha256)
+            .bind(size)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_foreign_key_violation(&e) {
+                    StoreError::NotFound(format!("connection {}", doc.connection_id))
+                } else {
+                    e.into()
+                }
+            })?;
+        let (row, inserted) = match row {
+            Some(r) => (r, true),
+            None => {
+                let existing: documents::DocumentRow = sqlx::query_as(documents::DOCUMENT_BY_KEY)
+                    .bind(doc.connection_id)
+                    .bind(&doc.provider_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                (existing, false)
+            }
+        };
+        // Bytes only this call brought and no document keeps are not kept.
+        let blob_inserted = blob.rows_affected() == 1 && inserted;
+        if blob.rows_affected() == 1 && !inserted {
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(SavedDocument {
+            document: row.try_into()?,
+            inserted,
+            blob_inserted,
+        })
+    }
+
+    async fn list_documents(&self, query: &DocumentQuery) -> Result<Vec<Document>> {
+        let (sql, args) = documents::list_sql(query);
+        let rows: Vec<documents::DocumentRow> = sqlx::query_as_with(&sql, bind_args(args)?)
+            .fetch_all(&self.pool)
+            .await?;
+        documents::documents(rows)
+    }
+
+    async fn get_document(&self, id: i64) -> Result<Option<Document>> {
+        let row: Option<documents::DocumentRow> = sqlx::query_as(documents::DOCUMENT_GET)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(Document::try_from).transpose()
+    }
+
+    async fn document_content(&self, id: i64) -> Result<Option<(Document, Vec<u8>)>> {
+        let Some(doc) = self.get_document(id).await? else {
+            return Ok(None);
+        };
+        let content: Option<Vec<u8>> = sqlx::query_scalar(documents::BLOB_CONTENT)
+            .bind(&doc.sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        let content = content.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "document {} has no bytes (sha256 {})",
+                doc.id, doc.sha256
+            ))
+        })?;
+        documents::check_content(&doc, &content)?;
+        Ok(Some((doc, content)))
     }
 
     // ------------------------------------------------------------ card service

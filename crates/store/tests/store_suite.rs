@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use bankbridge_core::{Balance, BalanceKind, FetchedAccount, Iban, Transaction, TxStatus};
 use bankbridge_store::{
-    Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Checkpoint, Lease, NewCard,
-    NewConnection, NewInstitution, PgStore, Scope, SqliteStore, Store, StoreError, SyncJob,
-    TokenRecord, TxQuery, TxWrite, WindowCommit,
+    Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Checkpoint, DocumentQuery, Lease,
+    NewCard, NewConnection, NewDocument, NewInstitution, PgStore, Scope, SqliteStore, Store,
+    StoreError, SyncJob, TokenRecord, TxQuery, TxWrite, WindowCommit, sha256_hex,
 };
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use futures::StreamExt;
@@ -207,11 +207,15 @@ store_tests! {
         set_card_status_is_compare_and_set,
         card_audit_newest_first_with_keyset_paging,
         card_debug_hides_the_sealed_pin,
+        documents_are_stored_once_per_key_and_bytes_once_per_hash,
+        documents_list_filters_and_order,
+        documents_refuse_bad_input,
     ],
     location: [
         migrations_are_idempotent,
         a_newer_database_is_refused,
         upgrade_from_0001_keeps_data,
+        document_bytes_go_with_their_last_connection,
     ],
 }
 
@@ -2403,4 +2407,279 @@ fn with_database_keeps_the_rest_of_the_url() {
         "postgres://u@h:1/x?sslmode=disable"
     );
     assert_eq!(with_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
+}
+
+// ---------------------------------------------------------------- documents
+
+fn new_document(conn: i64, key: &str, date: Option<NaiveDate>) -> NewDocument {
+    NewDocument {
+        connection_id: conn,
+        account_id: None,
+        provider_id: key.to_owned(),
+        kind: "statement".to_owned(),
+        category: Some("AST".to_owned()),
+        title: format!("Relevé de compte {key}"),
+        date,
+        content_type: "application/pdf".to_owned(),
+        now: t(0),
+    }
+}
+
+async fn documents_are_stored_once_per_key_and_bytes_once_per_hash(s: Arc<dyn Store>) {
+    let (conn, acc) = setup(&s, "docs").await;
+    let pdf = b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n%%EOF\n".to_vec();
+    let a = s
+        .save_document(
+            &NewDocument {
+                account_id: Some(acc),
+                ..new_document(conn, "k-a", Some(d(2024, 1, 31)))
+            },
+            &pdf,
+        )
+        .await
+        .unwrap();
+    assert!(a.inserted && a.blob_inserted);
+    assert_eq!(a.document.sha256, sha256_hex(&pdf));
+    assert_eq!(a.document.size, pdf.len() as u64);
+    assert_eq!(a.document.account_id, Some(acc));
+    assert_eq!(a.document.title, "Relevé de compte k-a");
+    assert_eq!(a.document.date, Some(d(2024, 1, 31)));
+    assert_eq!(a.document.first_seen, t(0));
+
+    // The same key again (a re-sync): nothing new, even with other bytes or a later time.
+    let again = s
+        .save_document(
+            &NewDocument {
+                now: t(60),
+                ..new_document(conn, "k-a", Some(d(2024, 1, 31)))
+            },
+            b"other bytes",
+        )
+        .await
+        .unwrap();
+    assert!(!again.inserted && !again.blob_inserted);
+    assert_eq!(again.document, a.document);
+
+    // Another document with the same bytes shares them.
+    let b = s
+        .save_document(&new_document(conn, "k-b", None), &pdf)
+        .await
+        .unwrap();
+    assert!(b.inserted && !b.blob_inserted);
+    assert_eq!(b.document.sha256, a.document.sha256);
+    assert_ne!(b.document.id, a.document.id);
+
+    let keys = s.document_keys(conn).await.unwrap();
+    assert_eq!(keys, HashSet::from(["k-a".to_owned(), "k-b".to_owned()]));
+    let (doc, bytes) = s.document_content(b.document.id).await.unwrap().unwrap();
+    assert_eq!(doc, b.document);
+    assert_eq!(bytes, pdf);
+    assert_eq!(
+        s.get_document(a.document.id).await.unwrap(),
+        Some(a.document.clone())
+    );
+    assert_eq!(s.get_document(999_999).await.unwrap(), None);
+    assert!(s.document_content(999_999).await.unwrap().is_none());
+
+    // Empty bytes are a document too.
+    let empty = s
+        .save_document(&new_document(conn, "k-empty", None), b"")
+        .await
+        .unwrap();
+    assert_eq!(empty.document.size, 0);
+    let (_, bytes) = s
+        .document_content(empty.document.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(bytes.is_empty());
+
+    // Deleting the connection takes its documents along.
+    assert!(s.delete_connection(conn).await.unwrap());
+    assert!(s.get_document(a.document.id).await.unwrap().is_none());
+    assert!(s.document_keys(conn).await.unwrap().is_empty());
+}
+
+async fn documents_list_filters_and_order(s: Arc<dyn Store>) {
+    let (c1, acc1) = setup(&s, "docs-1").await;
+    let (c2, _) = setup(&s, "docs-2").await;
+    let save = |doc: NewDocument, bytes: &'static [u8]| {
+        let s = s.clone();
+        async move { s.save_document(&doc, bytes).await.unwrap().document }
+    };
+    let undated = save(new_document(c1, "u", None), b"u").await;
+    let march = save(
+        NewDocument {
+            account_id: Some(acc1),
+            ..new_document(c1, "m", Some(d(2024, 3, 31)))
+        },
+        b"m",
+    )
+    .await;
+    let jan = save(new_document(c1, "j", Some(d(2024, 1, 31))), b"j").await;
+    let other = save(new_document(c2, "j", Some(d(2024, 2, 29))), b"j").await;
+
+    let ids =
+        |docs: Vec<bankbridge_core::Document>| docs.into_iter().map(|d| d.id).collect::<Vec<_>>();
+    let all = s.list_documents(&DocumentQuery::default()).await.unwrap();
+    assert_eq!(
+        ids(all),
+        vec![jan.id, other.id, march.id, undated.id],
+        "by date, undated last"
+    );
+    let q = |f: fn(&mut DocumentQuery)| {
+        let mut q = DocumentQuery::default();
+        f(&mut q);
+        q
+    };
+    assert_eq!(
+        ids(s
+            .list_documents(&DocumentQuery {
+                connection_id: Some(c1),
+                ..Default::default()
+            })
+            .await
+            .unwrap()),
+        vec![jan.id, march.id, undated.id]
+    );
+    assert_eq!(
+        ids(s
+            .list_documents(&DocumentQuery {
+                account_id: Some(acc1),
+                ..Default::default()
+            })
+            .await
+            .unwrap()),
+        vec![march.id]
+    );
+    assert_eq!(
+        ids(s
+            .list_documents(&q(
+                |q| q.from = Some(NaiveDate::from_ymd_opt(2024, 2, 1).unwrap())
+            ))
+            .await
+            .unwrap()),
+        vec![other.id, march.id]
+    );
+    assert_eq!(
+        ids(s
+            .list_documents(&q(|q| {
+                q.from = Some(NaiveDate::from_ymd_opt(2024, 1, 31).unwrap());
+                q.to = Some(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap());
+            }))
+            .await
+            .unwrap()),
+        vec![jan.id, other.id]
+    );
+    assert_eq!(
+        ids(s.list_documents(&q(|q| q.limit = Some(1))).await.unwrap()),
+        vec![jan.id]
+    );
+    // Keys are per connection: "j" is in both.
+    assert!(s.document_keys(c2).await.unwrap().contains("j"));
+}
+
+async fn documents_refuse_bad_input(s: Arc<dyn Store>) {
+    let (conn, _) = setup(&s, "docs-bad").await;
+    let (_, other_acc) = setup(&s, "docs-other").await;
+    for bad in [
+        NewDocument {
+            provider_id: " ".into(),
+            ..new_document(conn, "x", None)
+        },
+        NewDocument {
+            title: String::new(),
+            ..new_document(conn, "x", None)
+        },
+        NewDocument {
+            kind: String::new(),
+            ..new_document(conn, "x", None)
+        },
+        NewDocument {
+            content_type: "text/html\r\nX-Evil: 1".into(),
+            ..new_document(conn, "x", None)
+        },
+    ] {
+        conflict_message(s.save_document(&bad, b"x").await);
+    }
+    match s
+        .save_document(
+            &NewDocument {
+                account_id: Some(other_acc),
+                ..new_document(conn, "x", None)
+            },
+            b"x",
+        )
+        .await
+    {
+        Err(StoreError::NotFound(m)) => assert!(m.contains("account"), "{m}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    match s
+        .save_document(&new_document(987_654, "x", None), b"x")
+        .await
+    {
+        Err(StoreError::NotFound(m)) => assert!(m.contains("connection"), "{m}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // Nothing of the refused attempts was kept.
+    assert!(s.document_keys(conn).await.unwrap().is_empty());
+}
+
+async fn blob_count(location: &str) -> i64 {
+    let sql = "SELECT COUNT(*) FROM document_blobs";
+    if location.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(location).await.unwrap();
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap();
+        c.close().await.unwrap();
+        n
+    } else {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(location);
+        let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap();
+        c.close().await.unwrap();
+        n
+    }
+}
+
+async fn document_bytes_go_with_their_last_connection(location: String) {
+    let s = bankbridge_store::open(&location).await.unwrap();
+    let c1 = s
+        .create_connection(&new_connection("one"))
+        .await
+        .unwrap()
+        .id;
+    let c2 = s
+        .create_connection(&new_connection("two"))
+        .await
+        .unwrap()
+        .id;
+    s.save_document(&new_document(c1, "a", None), b"shared")
+        .await
+        .unwrap();
+    s.save_document(&new_document(c1, "b", None), b"only one")
+        .await
+        .unwrap();
+    s.save_document(&new_document(c2, "a", None), b"shared")
+        .await
+        .unwrap();
+    assert_eq!(
+        blob_count(&location).await,
+        2,
+        "the shared bytes are kept once"
+    );
+    s.delete_connection(c1).await.unwrap();
+    assert_eq!(
+        blob_count(&location).await,
+        1,
+        "bytes only the deleted connection used are gone"
+    );
+    let (_, bytes) = s
+        .document_content(s.list_documents(&DocumentQuery::default()).await.unwrap()[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bytes, b"shared");
+    s.delete_connection(c2).await.unwrap();
+    assert_eq!(blob_count(&location).await, 0);
 }
