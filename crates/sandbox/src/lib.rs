@@ -2,9 +2,9 @@
 //! clock, fault injection, and control routes that tell the truth the
 //! simulation holds, so a sync can be checked end to end with no real bank.
 //!
-//! Banks live in their own modules (today: [`fibank`]) and share one HTTP
-//! router: each bank answers under its own prefix (`/fibank/...`) and has its
-//! control routes under `/_sandbox/<bank>/...`.
+//! Banks live in their own modules ([`fibank`], [`keypad`]) and share one
+//! HTTP router: each bank answers under its own prefix (`/fibank/...`,
+//! `/keypad/...`) and has its control routes under `/_sandbox/<bank>/...`.
 //!
 //! The BankID simulator ([`bankid`]) is the exception that proves the rule:
 //! the RP API needs mutual TLS, so it serves on its own HTTPS port, started
@@ -27,9 +27,11 @@ use serde::{Deserialize, Serialize};
 pub mod bankid;
 pub mod fault;
 pub mod fibank;
+pub mod keypad;
 
 pub use fault::{FaultConfig, FaultKind};
 pub use fibank::{AccountTruth, SandboxCredentials};
+pub use keypad::{KeypadAccountTruth, KeypadConfig, KeypadCredentials};
 
 /// What a sandbox simulates.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -37,7 +39,8 @@ pub use fibank::{AccountTruth, SandboxCredentials};
 pub struct SandboxConfig {
     /// Every generated account, transaction and name derives from it.
     pub seed: u64,
-    /// Accounts of the one customer: the first in BGN, then EUR, USD, GBP, CHF, RON.
+    /// Accounts of the one customer. Fibank: the first in BGN, then EUR, USD,
+    /// GBP, CHF, RON; the keypad bank: EUR current accounts over 1–2 contracts.
     pub accounts: usize,
     /// About this many booked transactions per account over `years`.
     pub transactions: usize,
@@ -50,6 +53,8 @@ pub struct SandboxConfig {
     pub fault: FaultConfig,
     /// Also run the BankID RP API simulator (HTTPS, its own port).
     pub bankid: Option<BankIdSandboxConfig>,
+    /// The keypad bank's own settings (its data follows the fields above).
+    pub keypad: KeypadConfig,
 }
 
 /// The BankID simulator of a sandbox.
@@ -98,6 +103,7 @@ impl Default for SandboxConfig {
             max_range_days: None,
             fault: FaultConfig::default(),
             bankid: None,
+            keypad: KeypadConfig::default(),
         }
     }
 }
@@ -151,6 +157,7 @@ impl SandboxConfig {
 #[derive(Clone, Debug)]
 pub struct SandboxState {
     fibank: Arc<fibank::Fibank>,
+    keypad: Arc<keypad::KeypadBank>,
     bankid: Option<Arc<EmbeddedBankId>>,
 }
 
@@ -164,7 +171,8 @@ struct EmbeddedBankId {
 
 impl SandboxState {
     /// Generate every bank's data. CPU-bound (about a second for 3 × 100,000
-    /// transactions in a release build): call it off the async runtime.
+    /// transactions in a release build; the banks are generated on two
+    /// threads): call it off the async runtime.
     ///
     /// With a BankID section it also loads (or makes) the simulator's
     /// certificates; [`SandboxState::start_bankid`] (called by
@@ -180,8 +188,17 @@ impl SandboxState {
                 server: tokio::sync::Mutex::new(None),
             })),
         };
+        let (fibank, keypad) = std::thread::scope(|s| {
+            let keypad = s.spawn(|| keypad::KeypadBank::new(&config));
+            let fibank = fibank::Fibank::new(&config);
+            let keypad = keypad
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (fibank, keypad)
+        });
         Ok(SandboxState {
-            fibank: Arc::new(fibank::Fibank::new(&config)),
+            fibank: Arc::new(fibank),
+            keypad: Arc::new(keypad),
             bankid,
         })
     }
@@ -221,17 +238,26 @@ impl SandboxState {
         &self.fibank
     }
 
+    pub fn keypad(&self) -> &keypad::KeypadBank {
+        &self.keypad
+    }
+
     /// Tell the banks the absolute root URL they are served at
-    /// (`http://127.0.0.1:PORT`), for the credentials route.
+    /// (`http://127.0.0.1:PORT`), for the credentials routes.
     pub fn set_root_url(&self, root: &str) {
+        let root = root.trim_end_matches('/');
         self.fibank
-            .set_base_url(format!("{}{}", root.trim_end_matches('/'), fibank::PREFIX));
+            .set_base_url(format!("{root}{}", fibank::PREFIX));
+        self.keypad
+            .set_base_url(format!("{root}{}", keypad::PREFIX));
     }
 }
 
 /// Every bank's routes and control routes.
 pub fn router(state: SandboxState) -> axum::Router {
-    let mut router = axum::Router::new().merge(fibank::routes(state.fibank.clone()));
+    let mut router = axum::Router::new()
+        .merge(fibank::routes(state.fibank.clone()))
+        .merge(keypad::routes(state.keypad.clone()));
     if let Some(b) = &state.bankid {
         router = router.merge(bankid::control::routes(b.sim.clone()));
     }
@@ -321,6 +347,16 @@ impl SandboxHandle {
     /// The simulated Fibank's base URL: `http://127.0.0.1:PORT/fibank`.
     pub fn base_url(&self) -> String {
         format!("{}{}", self.root_url(), fibank::PREFIX)
+    }
+
+    /// The simulated keypad bank's base URL: `http://127.0.0.1:PORT/keypad`.
+    pub fn keypad_base_url(&self) -> String {
+        format!("{}{}", self.root_url(), keypad::PREFIX)
+    }
+
+    /// The simulated keypad bank (its credentials, truth, clock, 2FA requests).
+    pub fn keypad(&self) -> &keypad::KeypadBank {
+        self.state.keypad()
     }
 
     pub fn state(&self) -> &SandboxState {

@@ -255,7 +255,7 @@ pub struct World {
 }
 
 /// One stream of the seed: SplitMix64 over the seed and two coordinates.
-fn mix(seed: u64, a: u64, b: u64) -> u64 {
+pub(crate) fn mix(seed: u64, a: u64, b: u64) -> u64 {
     let mut z = seed
         ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F).rotate_left(29);
@@ -264,7 +264,7 @@ fn mix(seed: u64, a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn rng_for(seed: u64, a: u64, b: u64) -> ChaCha8Rng {
+pub(crate) fn rng_for(seed: u64, a: u64, b: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(mix(seed, a, b))
 }
 
