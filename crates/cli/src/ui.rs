@@ -92,7 +92,40 @@ impl SyncProgress {
             } => self.bar.println(format!(
                 "  {account}: the bank refused {window}; fetching {new_days}-day windows"
             )),
+            SyncEvent::ScaRequired { challenge } => self.bar.set_message(format!(
+                "strong customer authentication: {}",
+                challenge.kind()
+            )),
+            SyncEvent::ScaDone => self
+                .bar
+                .println("  strong customer authentication done; going on"),
+            SyncEvent::ScaStopped {
+                account,
+                oldest_stored,
+            } => self.bar.println(format!(
+                "  {account}: stopped where the bank asks for strong customer authentication{}",
+                oldest_stored
+                    .map(|d| format!(" (stored from {d} on)"))
+                    .unwrap_or_default()
+            )),
+            SyncEvent::Documents { listed, stored } => self
+                .bar
+                .set_message(format!("{listed} documents listed, {stored} new")),
         }
+    }
+
+    /// A line above the progress bar.
+    pub fn println(&self, line: impl AsRef<str>) {
+        if self.bar.is_hidden() {
+            eprintln!("{}", line.as_ref());
+        } else {
+            self.bar.println(line);
+        }
+    }
+
+    /// Run `f` with the progress bar out of the way (for a prompt).
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.bar.suspend(f)
     }
 
     pub fn finish(&self, message: String) {

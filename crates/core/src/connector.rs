@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::sca::ScaChallenge;
 use crate::sca::{ScaAnswer, ScaProgress};
-use crate::{Balance, DocumentContent, FetchedAccount, FetchedDocument, FetchedTransaction, Secret};
+use crate::{
+    Balance, DocumentContent, FetchedAccount, FetchedDocument, FetchedTransaction, Secret,
+};
 
 /// What a bank API allows, declared by its connector.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,7 +209,10 @@ pub trait Connector: Send {
     }
 
     /// The bytes of one document [`Connector::documents`] listed.
-    async fn download(&mut self, _doc: &FetchedDocument) -> Result<DocumentContent, ConnectorError> {
+    async fn download(
+        &mut self,
+        _doc: &FetchedDocument,
+    ) -> Result<DocumentContent, ConnectorError> {
         Err(ConnectorError::Unsupported {
             connector: self.name(),
             what: "documents",

@@ -170,10 +170,9 @@ mod tests {
         assert_eq!(c.to_string(), "approve on your trusted device");
         assert_eq!(c.poll_interval(), Duration::from_secs(2));
         // An older serialisation without the new fields still reads.
-        let old: ScaChallenge = serde_json::from_str(
-            r#"{"kind":"decoupled","message":"m","poll_after_secs":0}"#,
-        )
-        .unwrap();
+        let old: ScaChallenge =
+            serde_json::from_str(r#"{"kind":"decoupled","message":"m","poll_after_secs":0}"#)
+                .unwrap();
         assert_eq!(old.poll_interval(), Duration::from_secs(1));
     }
 
@@ -185,7 +184,9 @@ mod tests {
 
     #[tokio::test]
     async fn unattended_never_answers() {
-        let c = ScaChallenge::Otp { prompt: "SMS".into() };
+        let c = ScaChallenge::Otp {
+            prompt: "SMS".into(),
+        };
         assert_eq!(Unattended.solve(&c).await.unwrap(), ScaAnswer::NotNow);
     }
 }

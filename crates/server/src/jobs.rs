@@ -4,16 +4,16 @@
 //! [`AppState::start_sync`]. It creates a [`SyncJob`] row (`queued`), runs
 //! [`Syncer::sync`](bankbridge_sync::Syncer::sync) in a spawned task and moves
 //! the job to `running`, then `succeeded` (with the summary), `needs_user`
-//! (the bank asked for strong customer authentication) or `failed` (with the
-//! error text). A second request while a sync of the same connection runs
+//! (the bank asked for strong customer authentication: jobs run unattended,
+//! so the sync stops at that point, with what it committed before in the
+//! summary) or `failed` (with the error text). A second request while a sync of the same connection runs
 //! gets the running job back instead of a new one. Across processes the
 //! syncer's database lease keeps two syncs of one connection apart.
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use bankbridge_core::ConnectorError;
 use bankbridge_store::{Connection, StoreError, SyncJob};
-use bankbridge_sync::{SyncError, SyncEvent};
+use bankbridge_sync::SyncEvent;
 use chrono::Utc;
 
 use crate::AppState;
@@ -163,13 +163,16 @@ async fn run_job(
             job.summary = serde_json::to_value(&summary).ok();
         }
         Ok(Err(e)) => {
-            let needs_user = matches!(e, SyncError::Connector(ConnectorError::ScaRequired(_)));
-            job.status = if needs_user {
+            job.status = if e.needs_user() {
                 status::NEEDS_USER
             } else {
                 status::FAILED
             }
             .to_owned();
+            // A sync that stopped for a person committed what came before: say what.
+            job.summary = e
+                .partial_summary()
+                .and_then(|s| serde_json::to_value(s).ok());
             job.error = Some(e.to_string());
             tracing::warn!(connection = %name, job = job.id, error = %e, status = %job.status, "sync did not finish");
         }

@@ -6,8 +6,10 @@
 //!
 //! A connection whose last sync ended in `needs_user` is left alone: the bank
 //! wants a person (strong customer authentication), and retrying on a clock
-//! would only pester the bank. A manual sync that succeeds puts it back on
-//! schedule.
+//! would only pester the bank. So is one whose credentials the bank refused:
+//! each retry would count another failed login, and banks lock the customer
+//! after a few (the keypad bank after 3 wrong PINs). A manual sync that
+//! succeeds puts it back on schedule.
 use bankbridge_store::{Connection, StoreError, SyncJob};
 use bankbridge_sync::Syncer;
 use chrono::{DateTime, Utc};
@@ -63,6 +65,14 @@ pub fn is_due(connection: &Connection, now: DateTime<Utc>) -> bool {
     if connection.last_sync_status == "needs_user" {
         return false;
     }
+    if connection.last_sync_status == "failed"
+        && connection
+            .last_sync_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(bankbridge_sync::CREDENTIALS_REFUSED))
+    {
+        return false;
+    }
     match connection.last_sync_at {
         None => true,
         Some(last) => (now - last).num_seconds() >= i64::try_from(interval).unwrap_or(i64::MAX),
@@ -104,6 +114,17 @@ mod tests {
         assert!(is_due(&conn(Some(3600), ago(3600), "ok"), now));
         assert!(is_due(&conn(Some(60), ago(61), "failed"), now));
         assert!(!is_due(&conn(Some(60), ago(61), "needs_user"), now));
+        let mut refused = conn(Some(60), ago(61), "failed");
+        refused.last_sync_error = Some(
+            bankbridge_sync::SyncError::Connector(
+                bankbridge_core::ConnectorError::InvalidCredentials("wrong PIN".into()),
+            )
+            .to_string(),
+        );
+        assert!(
+            !is_due(&refused, now),
+            "a refused PIN is not tried again on a clock"
+        );
         let mut bad = conn(Some(60), None, "never");
         bad.settings = serde_json::json!({"nonsense": true});
         assert!(!is_due(&bad, now));

@@ -1,13 +1,14 @@
-//! Orchestration of one sync: lease, login, accounts, windows, retries.
-use std::collections::HashSet;
+//! Orchestration of one sync: lease, login, accounts, windows, retries,
+//! strong customer authentication, documents.
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bankbridge_core::{
-    BalanceKind, ConnectionSettings, Connector, ConnectorError, DateWindow, FetchedAccount,
-    WindowPage,
+    BalanceKind, ConnectionSettings, Connector, ConnectorError, DateWindow, DocumentContent,
+    FetchedAccount, FetchedDocument, ScaAnswer, ScaChallenge, ScaProgress, ScaSolver, WindowPage,
 };
-use bankbridge_store::{Checkpoint, Connection, Lease, WindowCommit};
-use chrono::Utc;
+use bankbridge_store::{Checkpoint, Connection, Lease, NewDocument, WindowCommit};
+use chrono::{NaiveDate, Utc};
 
 use crate::plan::{self, PlanBounds};
 use crate::reconcile::{self, LINK_TOLERANCE_DAYS};
@@ -19,6 +20,7 @@ pub(crate) async fn sync_connection(
     syncer: &Syncer,
     connection: &Connection,
     progress: Progress<'_>,
+    solver: &dyn ScaSolver,
 ) -> Result<SyncSummary, SyncError> {
     let settings = Syncer::settings(connection)?;
     let credentials = syncer.credentials(connection)?;
@@ -35,15 +37,33 @@ pub(crate) async fn sync_connection(
         settings: &settings,
         progress,
         lease: &mut lease,
+        solver,
+        summary: SyncSummary {
+            connection: connection.name.clone(),
+            ..Default::default()
+        },
+        stopped: None,
     };
-    let result = run.sync_all(connector.as_mut()).await;
+    let mut result = run.sync_all(connector.as_mut()).await;
+    if result.is_err() {
+        // Tokens refreshed during the run must outlive it (a bank may
+        // invalidate the old refresh token), whatever stopped the run.
+        run.save_session(connector.as_mut()).await;
+    }
+    if let Err(SyncError::Connector(ConnectorError::ScaRequired(challenge))) = &result {
+        // SCA outside a window (at login, on the account list): nothing to resume from.
+        result = Err(SyncError::NeedsUser {
+            connection: connection.name.clone(),
+            challenge: challenge.clone(),
+            stored_from: None,
+            summary: Box::new(run.summary.clone()),
+        });
+    }
     lease.release(syncer).await;
 
     let (status, error) = match &result {
         Ok(_) => ("ok", None),
-        Err(SyncError::Connector(ConnectorError::ScaRequired(_))) => {
-            ("needs_user", result.as_ref().err().map(|e| e.to_string()))
-        }
+        Err(e) if e.needs_user() => ("needs_user", Some(e.to_string())),
         Err(e) => ("failed", Some(e.to_string())),
     };
     if let Err(e) = syncer
@@ -158,12 +178,22 @@ enum Op<'a> {
     Login,
     Accounts,
     Window(&'a FetchedAccount, DateWindow),
+    Documents,
+    Download(&'a FetchedDocument),
 }
 
 enum Out {
     Done,
     Accounts(Vec<FetchedAccount>),
     Page(WindowPage),
+    Documents(Vec<FetchedDocument>),
+    Content(DocumentContent),
+}
+
+/// Where a sync stopped for want of a person.
+struct Stopped {
+    challenge: ScaChallenge,
+    stored_from: Option<NaiveDate>,
 }
 
 struct Run<'a> {
@@ -172,14 +202,15 @@ struct Run<'a> {
     settings: &'a ConnectionSettings,
     progress: Progress<'a>,
     lease: &'a mut LeaseHolder,
+    solver: &'a dyn ScaSolver,
+    summary: SyncSummary,
+    /// Set once strong customer authentication went unanswered in this run:
+    /// later accounts stop at the boundary without asking the bank again.
+    stopped: Option<Stopped>,
 }
 
 impl Run<'_> {
     async fn sync_all(&mut self, connector: &mut dyn Connector) -> Result<SyncSummary, SyncError> {
-        let mut summary = SyncSummary {
-            connection: self.connection.name.clone(),
-            ..Default::default()
-        };
         if let Some(session) = self.syncer.open_session(self.connection) {
             connector.restore_session(session);
         }
@@ -193,18 +224,80 @@ impl Run<'_> {
         (self.progress)(SyncEvent::Accounts {
             count: accounts.len(),
         });
+        let mut account_ids = HashMap::new();
         for fetched in &accounts {
             let account = self
                 .syncer
                 .store
                 .upsert_account(self.connection.id, fetched, Utc::now())
                 .await?;
-            self.sync_account(connector, fetched, account.id, &mut summary)
-                .await?;
-            summary.accounts += 1;
+            account_ids.insert(fetched.provider_id.clone(), account.id);
+            self.sync_account(connector, fetched, account.id).await?;
+            self.summary.accounts += 1;
         }
+        // Documents need no SCA at the banks we know: fetched even when the
+        // transactions stopped at the boundary.
+        self.sync_documents(connector, &account_ids).await?;
         self.save_session(connector).await;
-        Ok(summary)
+        if let Some(stopped) = self.stopped.take() {
+            return Err(SyncError::NeedsUser {
+                connection: self.connection.name.clone(),
+                challenge: stopped.challenge,
+                stored_from: stopped.stored_from,
+                summary: Box::new(self.summary.clone()),
+            });
+        }
+        Ok(self.summary.clone())
+    }
+
+    /// New documents: listed, the ones already stored skipped, the others
+    /// downloaded and stored (bytes once per SHA-256).
+    async fn sync_documents(
+        &mut self,
+        connector: &mut dyn Connector,
+        account_ids: &HashMap<String, i64>,
+    ) -> Result<(), SyncError> {
+        let listed = match self.call(connector, Op::Documents).await {
+            Ok(Out::Documents(d)) => d,
+            Ok(_) => unreachable!("Op::Documents yields Out::Documents"),
+            Err(SyncError::Connector(ConnectorError::Unsupported { .. })) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let store = &self.syncer.store;
+        let mut known = store.document_keys(self.connection.id).await?;
+        let mut stored = 0;
+        for doc in &listed {
+            if !known.insert(doc.provider_id.clone()) {
+                continue;
+            }
+            let Out::Content(content) = self.call(connector, Op::Download(doc)).await? else {
+                unreachable!("Op::Download yields Out::Content")
+            };
+            let new = NewDocument {
+                connection_id: self.connection.id,
+                account_id: doc
+                    .account
+                    .as_ref()
+                    .and_then(|a| account_ids.get(a).copied()),
+                provider_id: doc.provider_id.clone(),
+                kind: doc.kind.clone(),
+                category: doc.category.clone(),
+                title: doc.title.clone(),
+                date: doc.date,
+                content_type: content.content_type.clone(),
+                now: Utc::now(),
+            };
+            if store.save_document(&new, &content.bytes).await?.inserted {
+                stored += 1;
+            }
+            self.lease.renew(self.syncer).await?;
+        }
+        self.summary.documents += stored;
+        (self.progress)(SyncEvent::Documents {
+            listed: listed.len(),
+            stored,
+        });
+        Ok(())
     }
 
     async fn save_session(&self, connector: &mut dyn Connector) {
@@ -231,7 +324,6 @@ impl Run<'_> {
         connector: &mut dyn Connector,
         fetched: &FetchedAccount,
         account_id: i64,
-        summary: &mut SyncSummary,
     ) -> Result<(), SyncError> {
         let store = &self.syncer.store;
         let limits = connector.limits();
@@ -260,19 +352,32 @@ impl Run<'_> {
             account: label.clone(),
             windows: forward.len(),
         });
+        let mut halted = false;
         for w in forward {
-            let page = self
-                .fetch_range(connector, fetched, w, &label, &mut window_days)
-                .await?;
+            let page = match self
+                .fetch_or_stop(connector, fetched, w, &bounds, &label, &mut window_days)
+                .await?
+            {
+                Some(page) => page,
+                None => {
+                    // The covered range must stay contiguous: nothing newer
+                    // is committed above a gap.
+                    halted = true;
+                    break;
+                }
+            };
             let next = plan::after_forward(&cp, w);
-            self.commit(&mut acc, w, page, &cp, &next, &label, summary)
-                .await?;
+            self.commit(&mut acc, w, page, &cp, &next, &label).await?;
             cp = next;
         }
-        while let Some(w) = plan::next_backfill_window(&cp, &bounds, window_days) {
-            let page = self
-                .fetch_range(connector, fetched, w, &label, &mut window_days)
-                .await?;
+        while !halted && let Some(w) = plan::next_backfill_window(&cp, &bounds, window_days) {
+            let Some(page) = self
+                .fetch_or_stop(connector, fetched, w, &bounds, &label, &mut window_days)
+                .await?
+            else {
+                halted = true;
+                break;
+            };
             let empty = page.transactions.is_empty();
             let next = plan::after_backfill(
                 &cp,
@@ -281,9 +386,20 @@ impl Run<'_> {
                 empty,
                 self.syncer.options.empty_streak_limit,
             );
-            self.commit(&mut acc, w, page, &cp, &next, &label, summary)
-                .await?;
+            self.commit(&mut acc, w, page, &cp, &next, &label).await?;
             cp = next;
+        }
+        if halted {
+            tracing::info!(connection = %self.connection.name, account = %label, oldest_stored = ?cp.oldest_covered, "strong customer authentication unanswered: this account stops at the boundary");
+            (self.progress)(SyncEvent::ScaStopped {
+                account: label.clone(),
+                oldest_stored: cp.oldest_covered,
+            });
+            if let Some(s) = self.stopped.as_mut()
+                && s.stored_from.is_none()
+            {
+                s.stored_from = cp.oldest_covered;
+            }
         }
 
         // Pending rows no window reported again, and no booked row settled, are void.
@@ -297,7 +413,7 @@ impl Run<'_> {
             )
             .await?;
             if !voids.is_empty() {
-                summary.voided += voids.len() as u64;
+                self.summary.voided += voids.len() as u64;
                 let commit = WindowCommit {
                     connection_id: self.connection.id,
                     account_id,
@@ -315,8 +431,41 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Fetch a window, or `None` when it needs strong customer
+    /// authentication nobody answered (in this call, or earlier in the run
+    /// for a window the connector's limits put behind the SCA boundary).
+    async fn fetch_or_stop(
+        &mut self,
+        connector: &mut dyn Connector,
+        account: &FetchedAccount,
+        w: DateWindow,
+        bounds: &PlanBounds,
+        label: &str,
+        window_days: &mut u32,
+    ) -> Result<Option<WindowPage>, SyncError> {
+        if self.stopped.is_some() && bounds.needs_sca(w) {
+            // Asking the bank again would only start another approval nobody answers.
+            return Ok(None);
+        }
+        match self
+            .fetch_range(connector, account, w, label, window_days)
+            .await
+        {
+            Ok(page) => Ok(Some(page)),
+            Err(SyncError::Connector(ConnectorError::ScaRequired(challenge))) => {
+                if self.stopped.is_none() {
+                    self.stopped = Some(Stopped {
+                        challenge,
+                        stored_from: None,
+                    });
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reconcile one fetched window and commit it atomically with `next`.
-    #[allow(clippy::too_many_arguments)]
     async fn commit(
         &mut self,
         acc: &mut AccountRun,
@@ -325,7 +474,6 @@ impl Run<'_> {
         cp: &Checkpoint,
         next: &Checkpoint,
         label: &str,
-        summary: &mut SyncSummary,
     ) -> Result<(), SyncError> {
         let store = &self.syncer.store;
         let now = Utc::now();
@@ -351,8 +499,8 @@ impl Run<'_> {
             .into_iter()
             .filter(|b| b.kind != BalanceKind::OpeningBooked)
             .collect();
-        summary.add(&planned.stats);
-        summary.windows += 1;
+        self.summary.add(&planned.stats);
+        self.summary.windows += 1;
         if !(planned.is_empty() && balances.is_empty() && cp == next) {
             let commit = WindowCommit {
                 connection_id: self.connection.id,
@@ -417,11 +565,13 @@ impl Run<'_> {
     }
 
     /// One connector call with retries of transient faults (exponential
-    /// backoff, `Retry-After` honoured) and a fresh login when the session expired.
+    /// backoff, `Retry-After` honoured), a fresh login when the session
+    /// expired, and strong customer authentication through the solver.
     async fn call(&self, connector: &mut dyn Connector, op: Op<'_>) -> Result<Out, SyncError> {
         let o = &self.syncer.options;
         let mut attempt = 1;
         let mut relogins = 0;
+        let mut sca_rounds = 0;
         loop {
             let (what, result) = match &op {
                 Op::Login => (
@@ -435,6 +585,14 @@ impl Run<'_> {
                 Op::Window(a, w) => (
                     format!("transactions of {} for {w}", a.provider_id),
                     connector.window(a, *w).await.map(Out::Page),
+                ),
+                Op::Documents => (
+                    "document list".to_owned(),
+                    connector.documents().await.map(Out::Documents),
+                ),
+                Op::Download(d) => (
+                    format!("document {:?}", d.title),
+                    connector.download(d).await.map(Out::Content),
                 ),
             };
             match result {
@@ -462,6 +620,18 @@ impl Run<'_> {
                     Box::pin(self.call(connector, Op::Login)).await?;
                     self.save_session(connector).await;
                 }
+                Err(ConnectorError::ScaRequired(challenge)) => {
+                    sca_rounds += 1;
+                    if sca_rounds > 2 {
+                        return Err(ConnectorError::ScaFailed(format!(
+                            "the bank asked again for {what} after the authentication went through"
+                        ))
+                        .into());
+                    }
+                    tracing::info!(%what, kind = challenge.kind(), "the bank asks for strong customer authentication");
+                    self.authenticate(connector, challenge).await?;
+                    self.save_session(connector).await;
+                }
                 Err(e) => {
                     if e.is_transient() {
                         return Err(SyncError::Connector(ConnectorError::Other(format!(
@@ -470,6 +640,88 @@ impl Run<'_> {
                     }
                     return Err(e.into());
                 }
+            }
+        }
+    }
+}
+
+impl Run<'_> {
+    /// Ask the solver, hand its answer to the connector and poll until the
+    /// bank accepts. An unanswered challenge comes back as
+    /// [`ConnectorError::ScaRequired`] (the caller stops in `needs_user`).
+    async fn authenticate(
+        &self,
+        connector: &mut dyn Connector,
+        challenge: ScaChallenge,
+    ) -> Result<(), SyncError> {
+        (self.progress)(SyncEvent::ScaRequired {
+            challenge: challenge.clone(),
+        });
+        let answer = self
+            .solver
+            .solve(&challenge)
+            .await
+            .map_err(|e| SyncError::Solver(e.to_string()))?;
+        match answer {
+            ScaAnswer::NotNow => {
+                return Err(ConnectorError::ScaRequired(challenge).into());
+            }
+            ScaAnswer::Declined => {
+                // Tell the bank when the connector can; the refusal stands anyway.
+                if let Err(e) = connector.resume_sca(&ScaAnswer::Declined).await {
+                    tracing::debug!(error = %e, "the connector could not pass the refusal on");
+                }
+                return Err(ConnectorError::ScaFailed("declined".into()).into());
+            }
+            ScaAnswer::Approved | ScaAnswer::Code(_) => {}
+        }
+        let o = &self.syncer.options;
+        let deadline = challenge
+            .expires_at()
+            .and_then(|t| (t - Utc::now()).to_std().ok())
+            .map_or(o.sca_timeout, |left| left.min(o.sca_timeout));
+        let started = Instant::now();
+        let mut attempt = 1;
+        loop {
+            match connector.resume_sca(&answer).await {
+                Ok(ScaProgress::Done) => {
+                    tracing::info!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "strong customer authentication done"
+                    );
+                    (self.progress)(SyncEvent::ScaDone);
+                    return Ok(());
+                }
+                Ok(ScaProgress::Pending { poll_after }) => {
+                    let waited = started.elapsed();
+                    if waited >= deadline {
+                        return Err(ConnectorError::ScaFailed(format!(
+                            "not approved within {}s; sync again to start a new request",
+                            deadline.as_secs()
+                        ))
+                        .into());
+                    }
+                    let pause = poll_after
+                        .max(Duration::from_millis(50))
+                        .min(deadline - waited);
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) if e.is_transient() && attempt < o.max_attempts => {
+                    let backoff = o
+                        .backoff_base
+                        .saturating_mul(1 << (attempt - 1).min(16))
+                        .min(o.backoff_max);
+                    let delay = jitter(backoff).max(e.retry_after().unwrap_or_default());
+                    (self.progress)(SyncEvent::Retrying {
+                        what: "authentication status".to_owned(),
+                        attempt,
+                        delay,
+                        reason: e.to_string(),
+                    });
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use bankbridge_core::{
     ConnectionSettings, Connector, ConnectorError, Credentials, CryptoError, DateWindow, MasterKey,
-    Secret,
+    ScaChallenge, ScaSolver, Secret, Unattended,
 };
 use bankbridge_store::{Connection, NewConnection, Store, StoreError};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod engine;
@@ -43,6 +43,9 @@ pub struct SyncOptions {
     pub empty_streak_limit: u32,
     /// Who holds the lease (shown to a second sync that has to wait).
     pub owner: String,
+    /// Longest wait for a strong customer authentication the bank did not
+    /// give an expiry for (a decoupled approval, a code).
+    pub sca_timeout: Duration,
 }
 
 impl Default for SyncOptions {
@@ -54,6 +57,7 @@ impl Default for SyncOptions {
             lease_ttl: Duration::from_secs(120),
             empty_streak_limit: 12,
             owner: format!("pid {} on {}", std::process::id(), hostname()),
+            sca_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -74,6 +78,9 @@ pub struct SyncSummary {
     pub voided: u64,
     pub windows: u64,
     pub accounts: u64,
+    /// Documents (statements) stored by this run; already stored ones are not counted.
+    #[serde(default)]
+    pub documents: u64,
 }
 
 impl SyncSummary {
@@ -113,6 +120,23 @@ pub enum SyncEvent {
         window: DateWindow,
         new_days: u32,
     },
+    /// The bank asked for strong customer authentication; the solver is asked.
+    ScaRequired {
+        challenge: ScaChallenge,
+    },
+    /// The authentication went through; the sync goes on.
+    ScaDone,
+    /// Nobody could answer: this account's sync stops at the boundary (what
+    /// came before is committed).
+    ScaStopped {
+        account: String,
+        oldest_stored: Option<NaiveDate>,
+    },
+    /// Documents listed by the bank and how many of them were new and stored.
+    Documents {
+        listed: usize,
+        stored: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +159,84 @@ pub enum SyncError {
     Settings { connection: String, detail: String },
     #[error("cannot build the {connector} connector: {detail}")]
     Factory { connector: String, detail: String },
+    /// The bank wants a person (strong customer authentication) and none
+    /// answered: everything fetched before that point is committed.
+    #[error(
+        "the bank needs strong customer authentication to go on ({challenge}); the sync stopped there{}. \
+         Sync again where someone can approve, e.g. `bankbridge sync --connection {connection}` in a terminal",
+        stored_from.map(|d| format!(" with every transaction from {d} on stored")).unwrap_or_default()
+    )]
+    NeedsUser {
+        connection: String,
+        challenge: ScaChallenge,
+        /// The oldest day stored of the account that stopped, when known.
+        stored_from: Option<NaiveDate>,
+        /// What the run did before it stopped.
+        summary: Box<SyncSummary>,
+    },
+    #[error("the strong customer authentication could not be answered: {0}")]
+    Solver(String),
+}
+
+impl SyncError {
+    /// The bank waits for a person: `needs_user`, not a failure.
+    pub fn needs_user(&self) -> bool {
+        matches!(
+            self,
+            SyncError::NeedsUser { .. } | SyncError::Connector(ConnectorError::ScaRequired(_))
+        )
+    }
+
+    /// The bank refused the connection's credentials: syncing again on a
+    /// clock would only count more failed logins (banks lock after a few).
+    pub fn credentials_refused(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Connector(ConnectorError::InvalidCredentials(_))
+        )
+    }
+
+    /// What a run that stopped for a person had done.
+    pub fn partial_summary(&self) -> Option<&SyncSummary> {
+        match self {
+            SyncError::NeedsUser { summary, .. } => Some(summary),
+            _ => None,
+        }
+    }
+}
+
+/// How `last_sync_error` starts when the bank refused the credentials (the
+/// text of [`ConnectorError::InvalidCredentials`]): the scheduler leaves such
+/// connections alone until someone syncs by hand, so a wrong PIN is not
+/// tried again on a clock until the bank locks the customer.
+pub const CREDENTIALS_REFUSED: &str = "the bank refused the login: ";
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn refused_credentials_are_recognisable_in_the_stored_error() {
+        let e = SyncError::Connector(ConnectorError::InvalidCredentials("wrong PIN".into()));
+        assert!(e.credentials_refused());
+        assert!(e.to_string().starts_with(CREDENTIALS_REFUSED), "{e}");
+        let n = SyncError::NeedsUser {
+            connection: "bank".into(),
+            challenge: ScaChallenge::Decoupled {
+                message: "approve on your trusted device".into(),
+                poll_after_secs: 2,
+                reference: None,
+                expires_at: None,
+            },
+            stored_from: NaiveDate::from_ymd_opt(2024, 4, 1),
+            summary: Box::default(),
+        };
+        assert!(n.needs_user());
+        let text = n.to_string();
+        assert!(text.contains("approve on your trusted device"), "{text}");
+        assert!(text.contains("from 2024-04-01 on stored"), "{text}");
+        assert!(text.contains("bankbridge sync --connection bank"), "{text}");
+    }
 }
 
 /// The sealing purpose of a connection's credentials (binds the blob to its row).
@@ -187,15 +289,28 @@ impl Syncer {
         }
     }
 
-    /// Sync one connection to the bank's present: takes the connection's
-    /// lease, logs in (reusing a kept session), syncs every account, keeps the
-    /// session and records the outcome on the connection.
+    /// Sync one connection to the bank's present, unattended: takes the
+    /// connection's lease, logs in (reusing a kept session), syncs every
+    /// account and its documents, keeps the session and records the outcome
+    /// on the connection. Strong customer authentication stops it in
+    /// [`SyncError::NeedsUser`] with everything before it committed.
     pub async fn sync(
         &self,
         connection: &Connection,
         progress: &(dyn Fn(SyncEvent) + Send + Sync),
     ) -> Result<SyncSummary, SyncError> {
-        engine::sync_connection(self, connection, progress).await
+        engine::sync_connection(self, connection, progress, &Unattended).await
+    }
+
+    /// [`Syncer::sync`] with someone (or something) to answer strong
+    /// customer authentication: the sync asks `solver` and goes on.
+    pub async fn sync_with_solver(
+        &self,
+        connection: &Connection,
+        progress: &(dyn Fn(SyncEvent) + Send + Sync),
+        solver: &dyn ScaSolver,
+    ) -> Result<SyncSummary, SyncError> {
+        engine::sync_connection(self, connection, progress, solver).await
     }
 
     /// Decrypt a connection's credentials.

@@ -20,6 +20,11 @@ pub struct PlanBounds {
     pub overlap_days: u32,
     /// Oldest day worth fetching, when known.
     pub oldest: Option<NaiveDate>,
+    /// Oldest day the bank serves without strong customer authentication
+    /// (from [`ConnectorLimits::sca_after_days`]). No window straddles it, so
+    /// everything newer is fetched and committed even when nobody is there
+    /// to approve the older history.
+    pub sca_from: Option<NaiveDate>,
 }
 
 impl PlanBounds {
@@ -47,7 +52,14 @@ impl PlanBounds {
             window_days,
             overlap_days,
             oldest,
+            sca_from: limits.sca_after_days.map(|d| sub_days(today, d)),
         }
+    }
+
+    /// The window lies wholly below the SCA boundary: the bank will ask for
+    /// strong customer authentication (unless it was given recently).
+    pub fn needs_sca(&self, w: DateWindow) -> bool {
+        self.sca_from.is_some_and(|s| w.to < s)
     }
 }
 
@@ -77,7 +89,14 @@ pub fn forward_windows(cp: &Checkpoint, b: &PlanBounds, window_days: u32) -> Vec
     }
     let mut out = vec![];
     while start <= b.today {
-        let end = add_days(start, window_days - 1).min(b.today);
+        let mut end = add_days(start, window_days - 1).min(b.today);
+        if let Some(s) = b.sca_from
+            && start < s
+            && end >= s
+        {
+            // End below the SCA boundary, so the next window starts on it.
+            end = s.pred_opt().unwrap_or(s);
+        }
         out.push(DateWindow::new(start, end));
         start = add_days(end, 1);
     }
@@ -104,6 +123,12 @@ pub fn next_backfill_window(
             return None;
         }
         from = from.max(oldest);
+    }
+    if let Some(s) = b.sca_from
+        && upper >= s
+    {
+        // Stop on the SCA boundary: the next window lies wholly below it.
+        from = from.max(s);
     }
     Some(DateWindow::new(from, upper))
 }
@@ -232,6 +257,50 @@ mod tests {
             next_backfill_window(&cp, &b, 30).unwrap().to,
             d(2023, 12, 31)
         );
+    }
+
+    #[test]
+    fn no_window_straddles_the_sca_boundary() {
+        let limits = ConnectorLimits {
+            sca_after_days: Some(90),
+            ..Default::default()
+        };
+        let today = d(2024, 6, 30);
+        let b = PlanBounds::new(today, &limits, 30, 7, Some(d(2023, 1, 1)));
+        let s = b.sca_from.unwrap();
+        assert_eq!(s, d(2024, 4, 1), "90 days before today is still free");
+        let mut cp = Checkpoint::default();
+        let mut ws = vec![];
+        while let Some(w) = next_backfill_window(&cp, &b, b.window_days) {
+            assert!(w.to < s || w.from >= s, "{w} straddles {s}");
+            ws.push(w);
+            cp = after_backfill(&cp, &b, w, false, 12);
+        }
+        assert!(
+            ws.iter().any(|w| w.from == s),
+            "a window starts on the boundary"
+        );
+        assert!(ws.iter().any(|w| w.to == s.pred_opt().unwrap()));
+        assert!(!b.needs_sca(DateWindow::new(s, today)));
+        assert!(b.needs_sca(DateWindow::new(d(2024, 3, 1), s.pred_opt().unwrap())));
+        for pair in ws.windows(2) {
+            assert_eq!(pair[1].to.succ_opt().unwrap(), pair[0].from);
+        }
+
+        // An incremental sync after a long pause also stops below the boundary.
+        let cp = Checkpoint {
+            oldest_covered: Some(d(2023, 1, 1)),
+            newest_covered: Some(d(2024, 3, 20)),
+            backfill_done: true,
+            empty_streak: 0,
+        };
+        let fw = forward_windows(&cp, &b, 30);
+        assert!(fw.iter().all(|w| w.to < s || w.from >= s), "{fw:?}");
+        assert_eq!(fw.first().unwrap().from, d(2024, 3, 13));
+        assert_eq!(fw.last().unwrap().to, today);
+        for pair in fw.windows(2) {
+            assert_eq!(pair[0].to.succ_opt().unwrap(), pair[1].from);
+        }
     }
 
     #[test]

@@ -2,14 +2,25 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
+use async_trait::async_trait;
+use bankbridge_core::{ScaAnswer, ScaChallenge, ScaSolver, ScaSolverError, Secret};
 use bankbridge_store::Connection;
-use bankbridge_sync::{SyncSummary, Syncer};
+use bankbridge_sync::{SyncError, SyncSummary, Syncer};
 use serde_json::json;
 
 use crate::config::Config;
 use crate::ui::SyncProgress;
 
+/// Exit status of a sync that stopped because the bank wants a person.
+pub const EXIT_NEEDS_USER: u8 = 2;
+
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Strong customer authentication (e.g. the keypad bank's 2FA for history \
+older than 90 days): in a terminal the sync asks you to approve on your trusted device and waits; \
+without one (scripts, cron, `--json` into a pipe) it stops at that point with everything before it \
+stored, prints status needs_user and exits with status 2. Sync again in a terminal to go on."
+)]
 pub struct SyncArgs {
     /// Sync only this connection (name or id); default: all.
     #[arg(long)]
@@ -17,6 +28,18 @@ pub struct SyncArgs {
     /// Print one JSON summary per connection instead of text.
     #[arg(long)]
     pub json: bool,
+    /// When the bank asks for strong customer authentication: `auto` waits
+    /// for you when stdin and stderr are a terminal, `wait` always waits for
+    /// a decoupled approval (approve it elsewhere), `never` stops in needs_user.
+    #[arg(long, value_enum, default_value_t = ScaMode::Auto)]
+    pub sca: ScaMode,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScaMode {
+    Auto,
+    Wait,
+    Never,
 }
 
 pub async fn run(config: &Config, args: SyncArgs) -> Result<ExitCode> {
@@ -31,34 +54,38 @@ pub async fn run(config: &Config, args: SyncArgs) -> Result<ExitCode> {
     if connections.is_empty() {
         bail!("no connections yet; add one with `bankbridge connection add`");
     }
-    let mut failed = false;
+    let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let interactive = match args.sca {
+        ScaMode::Auto => terminal,
+        ScaMode::Wait => true,
+        ScaMode::Never => false,
+    };
+    let (mut failed, mut needs_user) = (false, false);
     for connection in &connections {
         let hidden = args.json || !std::io::stderr().is_terminal();
-        match sync_one(&syncer, connection, hidden).await {
+        match sync_one_with(&syncer, connection, hidden, interactive, terminal).await {
             Ok(summary) => {
                 if args.json {
                     println!("{}", summary_json(&summary, None));
                 } else {
-                    println!(
-                        "{}: {} inserted, {} updated, {} unchanged, {} voided over {} windows in {} accounts",
-                        summary.connection,
-                        summary.inserted,
-                        summary.updated,
-                        summary.unchanged,
-                        summary.voided,
-                        summary.windows,
-                        summary.accounts
-                    );
+                    println!("{}: {}", summary.connection, counts(&summary));
                 }
             }
             Err(e) => {
-                failed = true;
+                let summary = e.partial_summary().cloned().unwrap_or_else(|| SyncSummary {
+                    connection: connection.name.clone(),
+                    ..Default::default()
+                });
+                if e.needs_user() {
+                    needs_user = true;
+                } else {
+                    failed = true;
+                }
                 if args.json {
-                    let empty = SyncSummary {
-                        connection: connection.name.clone(),
-                        ..Default::default()
-                    };
-                    println!("{}", summary_json(&empty, Some(&e)));
+                    println!("{}", summary_json(&summary, Some(&e)));
+                } else if e.needs_user() {
+                    eprintln!("{}: needs you: {e}", connection.name);
+                    println!("{}: {}", connection.name, counts(&summary));
                 } else {
                     eprintln!("{}: sync failed: {e}", connection.name);
                 }
@@ -67,31 +94,114 @@ pub async fn run(config: &Config, args: SyncArgs) -> Result<ExitCode> {
     }
     Ok(if failed {
         ExitCode::FAILURE
+    } else if needs_user {
+        ExitCode::from(EXIT_NEEDS_USER)
     } else {
         ExitCode::SUCCESS
     })
 }
 
-/// Sync one connection with a progress line on stderr.
+fn counts(s: &SyncSummary) -> String {
+    format!(
+        "{} inserted, {} updated, {} unchanged, {} voided over {} windows in {} accounts; {} new documents",
+        s.inserted, s.updated, s.unchanged, s.voided, s.windows, s.accounts, s.documents
+    )
+}
+
+/// Sync one connection with a progress line on stderr, unattended.
 pub async fn sync_one(
     syncer: &Syncer,
     connection: &Connection,
     hidden: bool,
-) -> Result<SyncSummary, bankbridge_sync::SyncError> {
+) -> Result<SyncSummary, SyncError> {
+    sync_one_with(syncer, connection, hidden, false, false).await
+}
+
+/// Sync one connection; with `interactive`, strong customer authentication
+/// is answered at this terminal (codes are only asked when `can_prompt`).
+pub async fn sync_one_with(
+    syncer: &Syncer,
+    connection: &Connection,
+    hidden: bool,
+    interactive: bool,
+    can_prompt: bool,
+) -> Result<SyncSummary, SyncError> {
     let progress = SyncProgress::new(&connection.name, hidden);
     let p = progress.clone();
-    let result = syncer.sync(connection, &move |e| p.on_event(e)).await;
+    let on_event = move |e| p.on_event(e);
+    let result = if interactive {
+        let solver = TerminalSolver {
+            connection: connection.name.clone(),
+            progress: progress.clone(),
+            can_prompt,
+        };
+        syncer
+            .sync_with_solver(connection, &on_event, &solver)
+            .await
+    } else {
+        syncer.sync(connection, &on_event).await
+    };
     match &result {
         Ok(s) => progress.finish(format!(
-            "done · {} new, {} updated, {} voided",
-            s.inserted, s.updated, s.voided
+            "done · {} new, {} updated, {} voided, {} new documents",
+            s.inserted, s.updated, s.voided, s.documents
         )),
+        Err(e) if e.needs_user() => progress.abandon("stopped: the bank needs you".to_owned()),
         Err(e) => progress.abandon(format!("failed: {e}")),
     }
     result
 }
 
-fn summary_json(s: &SyncSummary, error: Option<&bankbridge_sync::SyncError>) -> serde_json::Value {
+/// Strong customer authentication answered by the person at this terminal.
+struct TerminalSolver {
+    connection: String,
+    progress: SyncProgress,
+    can_prompt: bool,
+}
+
+#[async_trait]
+impl ScaSolver for TerminalSolver {
+    async fn solve(&self, challenge: &ScaChallenge) -> Result<ScaAnswer, ScaSolverError> {
+        let name = &self.connection;
+        match challenge {
+            ScaChallenge::Decoupled {
+                message,
+                expires_at,
+                ..
+            } => {
+                let until = expires_at
+                    .map(|t| format!(" (the request expires at {})", t.format("%H:%M:%S UTC")))
+                    .unwrap_or_default();
+                self.progress.println(format!(
+                    "  {name}: {message}; approve on your trusted device, waiting…{until}"
+                ));
+                Ok(ScaAnswer::Approved)
+            }
+            ScaChallenge::Otp { prompt } if self.can_prompt => {
+                let question =
+                    format!("  {name}: the bank sent a one-time code ({prompt}); code: ");
+                let code = tokio::task::block_in_place(|| {
+                    self.progress
+                        .suspend(|| rpassword::prompt_password(&question))
+                })
+                .map_err(|e| ScaSolverError(format!("cannot read the code: {e}")))?;
+                let code = code.trim().to_owned();
+                if code.is_empty() {
+                    return Ok(ScaAnswer::Declined);
+                }
+                Ok(ScaAnswer::Code(Secret::new(code)))
+            }
+            other => {
+                self.progress.println(format!(
+                    "  {name}: the bank asks for {other}, which this terminal cannot answer yet"
+                ));
+                Ok(ScaAnswer::NotNow)
+            }
+        }
+    }
+}
+
+fn summary_json(s: &SyncSummary, error: Option<&SyncError>) -> serde_json::Value {
     let mut v = json!({
         "connection": s.connection,
         "inserted": s.inserted,
@@ -100,15 +210,23 @@ fn summary_json(s: &SyncSummary, error: Option<&bankbridge_sync::SyncError>) -> 
         "voided": s.voided,
         "windows": s.windows,
         "accounts": s.accounts,
+        "documents": s.documents,
         "status": if error.is_some() { "failed" } else { "ok" },
     });
     if let Some(e) = error {
         v["error"] = json!(e.to_string());
-        if matches!(
-            e,
-            bankbridge_sync::SyncError::Connector(bankbridge_core::ConnectorError::ScaRequired(_))
-        ) {
+        if e.needs_user() {
             v["status"] = json!("needs_user");
+            v["message"] = json!(e.to_string());
+            if let SyncError::NeedsUser {
+                challenge,
+                stored_from,
+                ..
+            } = e
+            {
+                v["challenge"] = json!(challenge);
+                v["stored_from"] = json!(stored_from);
+            }
         }
     }
     v

@@ -22,6 +22,7 @@ mod accounts;
 mod bankid;
 mod cards;
 mod connections;
+mod documents;
 mod export;
 pub(crate) mod schema;
 mod syncs;
@@ -36,6 +37,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .merge(transactions::routes(state))
         .merge(connections::routes(state))
         .merge(syncs::routes(state))
+        .merge(documents::routes(state))
         .merge(export::routes(state))
         .merge(cards::routes(state))
         .merge(bankid::routes(state))
@@ -104,6 +106,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         transactions::Doc::openapi(),
         connections::Doc::openapi(),
         syncs::Doc::openapi(),
+        documents::Doc::openapi(),
         export::Doc::openapi(),
         cards::Doc::openapi(),
         bankid::Doc::openapi(),

@@ -114,9 +114,41 @@ pub struct SyncSummary {
     pub voided: u64,
     pub windows: u64,
     pub accounts: u64,
+    /// New documents (statements) stored by the sync.
+    pub documents: u64,
 }
 
-/// A sync run, pollable until `status` is `succeeded`, `failed` or `needs_user`.
+/// A document (statement, notice) synced from a bank. Its bytes are at
+/// `/api/v1/documents/{id}/content`.
+#[derive(ToSchema)]
+pub struct Document {
+    pub id: i64,
+    pub connection_id: i64,
+    pub account_id: Option<i64>,
+    /// The connector's stable key of the document.
+    pub provider_id: String,
+    /// `statement`, `document`, …
+    pub kind: String,
+    /// The bank's own category.
+    pub category: Option<String>,
+    pub title: String,
+    pub date: Option<NaiveDate>,
+    #[schema(example = "application/pdf")]
+    pub content_type: String,
+    /// Lower-case hex SHA-256 of the bytes.
+    pub sha256: String,
+    pub size: u64,
+    pub first_seen: DateTime<Utc>,
+}
+
+#[derive(ToSchema)]
+pub struct DocumentList {
+    pub data: Vec<Document>,
+}
+
+/// A sync run, pollable until `status` is `succeeded`, `failed` or `needs_user`
+/// (the bank asked for strong customer authentication: the unattended sync
+/// stopped there; `summary` says what it stored before, `error` what to do).
 #[derive(ToSchema)]
 pub struct SyncJob {
     pub id: i64,
@@ -230,5 +262,20 @@ mod tests {
             schema_fields("SyncSummary"),
             keys(&bankbridge_sync::SyncSummary::default())
         );
+        let doc = bankbridge_core::Document {
+            id: 1,
+            connection_id: 1,
+            account_id: None,
+            provider_id: "k".into(),
+            kind: "statement".into(),
+            category: None,
+            title: "t".into(),
+            date: None,
+            content_type: "application/pdf".into(),
+            sha256: "0".repeat(64),
+            size: 1,
+            first_seen: Utc::now(),
+        };
+        assert_eq!(schema_fields("Document"), keys(&doc));
     }
 }
