@@ -18,6 +18,10 @@ pub struct SandboxArgs {
     /// Leave the BankID simulator out.
     #[arg(long)]
     pub no_bankid: bool,
+    /// The keypad bank approves every 2FA request at once (no
+    /// `POST /_sandbox/keypad/approve` needed to read past 90 days).
+    #[arg(long)]
+    pub auto_approve: bool,
 }
 
 /// What the simulated banks hold and how badly they behave.
@@ -70,6 +74,7 @@ impl SandboxDataArgs {
 
 pub async fn run(config_dir: &Config, args: SandboxArgs) -> Result<ExitCode> {
     let mut config = args.data.config();
+    config.keypad.auto_approve = args.auto_approve;
     if !args.no_bankid {
         // The simulator's CA and RP certificate live with the data so that
         // clients configured once keep working across restarts.
@@ -99,6 +104,19 @@ pub async fn run(config_dir: &Config, args: SandboxArgs) -> Result<ExitCode> {
     println!(
         "add it:  echo '{}' | bankbridge connection add --name fibank-sandbox --connector fibank --base-url http://{addr}/fibank --username {} --password-stdin",
         creds.password, creds.username
+    );
+    let keypad = state.keypad().credentials();
+    println!(
+        "keypad   base URL http://{addr}/keypad   identifier {}   PIN {}",
+        keypad.identifier, keypad.pin
+    );
+    println!(
+        "         truth    http://{addr}/_sandbox/keypad/truth   2FA {}",
+        if args.auto_approve {
+            "approved at once (--auto-approve)".to_owned()
+        } else {
+            format!("approve with: curl -X POST http://{addr}/_sandbox/keypad/approve")
+        }
     );
     if let Some(sim) = state.bankid() {
         let base = state
