@@ -500,7 +500,7 @@ impl KeypadBank {
         Ok(ids)
     }
 
-    /// A new keypad: (field, seed) — the seed is kept for [`KEYPAD_SECS`].
+    /// A new keypad field; its seed and keys are kept for [`KEYPAD_SECS`].
     pub(crate) fn issue_keypad(&self) -> String {
         let now = self.now_secs();
         let (seed, keys) = codec::new_keypad(&mut rand::rng());
