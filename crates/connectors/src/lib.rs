@@ -1,4 +1,5 @@
-//! Bank API connectors: one module per bank API, each implementing
+//! Bank API connectors: one module per bank API (`fibank`: Fibank's web API;
+//! `keypad`: the French keypad bank's web API), each implementing
 //! [`bankbridge_core::Connector`]. Connectors speak HTTP to the bank and map
 //! its answers to the domain types; they never write to the store and never
 //! retry (the sync engine does, from the errors' kinds).
@@ -7,11 +8,13 @@
 use bankbridge_core::{ConnectionSettings, Connector, Credentials};
 
 pub mod fibank;
+pub mod keypad;
 
 pub use fibank::FibankConnector;
+pub use keypad::KeypadConnector;
 
 /// Names accepted by [`build`].
-pub const KNOWN: &[&str] = &["fibank"];
+pub const KNOWN: &[&str] = &["fibank", "keypad"];
 
 /// Build the connector named `connector` for a connection.
 ///
@@ -29,6 +32,7 @@ pub fn build(
 ) -> Result<Box<dyn Connector>, String> {
     match connector {
         "fibank" => Ok(Box::new(FibankConnector::new(settings, credentials)?)),
+        "keypad" => Ok(Box::new(KeypadConnector::new(settings, credentials)?)),
         other => Err(format!(
             "unknown connector {other:?}: known connectors are {}",
             KNOWN.join(", ")
