@@ -57,6 +57,9 @@ enum Command {
         after_help = "Example: bankbridge transactions --from 2024-01-01 --text coffee --limit 20"
     )]
     Transactions(cmd::query::TransactionsArgs),
+    /// List synced documents (bank statements) or write one to a file.
+    #[command(subcommand, after_help = "Example: bankbridge documents list --json")]
+    Documents(cmd::documents::DocumentsCommand),
     /// Export transactions as CSV, JSON or OFX.
     #[command(after_help = "Example: bankbridge export --format ofx --output statement.ofx")]
     Export(cmd::query::ExportArgs),
@@ -120,6 +123,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Connection(c) => cmd::connection::run(&config, c).await,
         Command::Transactions(args) => cmd::query::transactions(&config, args).await,
         Command::Export(args) => cmd::query::export(&config, args).await,
+        Command::Documents(c) => cmd::documents::run(&config, c).await,
         Command::Token(c) => cmd::token::run(&config, c).await,
         Command::Card(c) => cmd::card::run(&config, c).await,
         Command::Bankid(c) => cmd::bankid::run(c).await,

@@ -121,7 +121,7 @@ fn obfuscate(chars: impl Iterator<Item = u8>) -> String {
 pub fn decode_keypad(field: &str) -> Result<(String, [u8; 10]), KeypadError> {
     let field = field.trim();
     let rev: Vec<u8> = field.bytes().rev().collect();
-    if rev.is_empty() || rev.len() % 2 != 0 || !rev.iter().all(u8::is_ascii_hexdigit) {
+    if rev.is_empty() || !rev.len().is_multiple_of(2) || !rev.iter().all(u8::is_ascii_hexdigit) {
         return Err(KeypadError::NotHex);
     }
     let mut chars = Vec::with_capacity(rev.len() / 2);

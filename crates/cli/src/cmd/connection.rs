@@ -10,9 +10,9 @@ use crate::config::Config;
 
 #[derive(Subcommand, Debug)]
 pub enum ConnectionCommand {
-    /// Add a bank connection (the password is encrypted at rest).
+    /// Add a bank connection (the password or PIN is encrypted at rest).
     #[command(
-        after_help = "Example: echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h"
+        after_help = "Examples:\n  echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h\n  echo \"$PIN\" | bankbridge connection add --name my-bank --connector keypad \\\n    --base-url http://127.0.0.1:9000/keypad --username 12345678901 --password-stdin\n\nkeypad: the username is the customer number, the password the 6-digit PIN."
     )]
     Add(AddArgs),
     /// List connections (never shows credentials).
@@ -32,7 +32,7 @@ pub enum ConnectionCommand {
 pub struct AddArgs {
     #[arg(long)]
     pub name: String,
-    /// Which bank API: fibank.
+    /// Which bank API: fibank, keypad.
     #[arg(long)]
     pub connector: String,
     /// The bank's base URL (e.g. https://my.fibank.bg, or a sandbox URL).
@@ -96,7 +96,7 @@ pub async fn run(config: &Config, command: ConnectionCommand) -> Result<ExitCode
     }
 }
 
-fn read_password(from_stdin: bool) -> Result<Secret<String>> {
+fn read_password(from_stdin: bool, prompt: &str) -> Result<Secret<String>> {
     if from_stdin || !std::io::stdin().is_terminal() {
         let mut line = String::new();
         std::io::stdin()
@@ -110,7 +110,7 @@ fn read_password(from_stdin: bool) -> Result<Secret<String>> {
         return Ok(Secret::new(pw));
     }
     Ok(Secret::new(
-        rpassword::prompt_password("bank password: ").context("reading the password")?,
+        rpassword::prompt_password(prompt).context("reading the password")?,
     ))
 }
 
@@ -130,8 +130,11 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
     if args.window_days == 0 {
         bail!("--window-days must be at least 1");
     }
-    let password = read_password(args.password_stdin)?;
-    let (store, syncer) = super::open(config).await?;
+    let prompt = match args.connector.as_str() {
+        "keypad" => "bank PIN: ",
+        _ => "bank password: ",
+    };
+    let password = read_password(args.password_stdin, prompt)?;
     let settings = ConnectionSettings {
         window_days: args.window_days,
         overlap_days: args.overlap_days,
@@ -139,6 +142,15 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         interval_secs: args.interval,
         ..ConnectionSettings::new(args.base_url.trim_end_matches('/'), &args.username)
     };
+    // The connector checks what it can without the bank (URL, PIN shape).
+    if let Err(e) = bankbridge_connectors::build(
+        &args.connector,
+        &settings,
+        Credentials::with_password(password.clone()),
+    ) {
+        bail!("{e}");
+    }
+    let (store, syncer) = super::open(config).await?;
     let c = bankbridge_sync::add_connection(
         store.as_ref(),
         &syncer.key,

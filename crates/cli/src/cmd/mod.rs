@@ -13,6 +13,7 @@ pub mod bench;
 pub mod card;
 pub mod connection;
 pub mod demo;
+pub mod documents;
 pub mod init;
 pub mod query;
 pub mod sandbox;

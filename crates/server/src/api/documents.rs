@@ -89,7 +89,11 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     let query = parse_query(raw.as_deref())?;
     let docs = state.store.list_documents(&query).await?;
-    Ok(json(StatusCode::OK, &List { data: &docs }, docs.len() * 350))
+    Ok(json(
+        StatusCode::OK,
+        &List { data: &docs },
+        docs.len() * 350,
+    ))
 }
 
 /// One document's metadata.
@@ -279,7 +283,10 @@ mod tests {
             "{cd}"
         );
         assert!(!cd.contains('/'), "{cd}");
-        assert!(cd.contains("filename*=UTF-8''2020-12-02-Relev%C3%A9%20de%20compte"), "{cd}");
+        assert!(
+            cd.contains("filename*=UTF-8''2020-12-02-Relev%C3%A9%20de%20compte"),
+            "{cd}"
+        );
         assert!(HeaderValue::from_str(&cd).is_ok());
         let odd = content_disposition(&Document {
             date: None,
