@@ -241,6 +241,10 @@ async fn the_whole_story(env: Env) {
     let approver = approve_as_they_come(sb.state().clone());
     let (v, code, err) = sync(&env, &["--sca", "wait"]).await;
     let approvals = approver.finish().await;
+    assert!(
+        err.contains("Waiting for the approval"),
+        "the user is told: {err}"
+    );
     assert_eq!((v["status"].as_str(), code), (Some("ok"), 0), "{v}\n{err}");
     // The first run's request expired unapproved or was approved here: at most one extra.
     assert!(
@@ -285,6 +289,12 @@ async fn the_whole_story(env: Env) {
         .iter()
         .find(|d| d["kind"] == "statement")
         .expect("a statement");
+    assert!(
+        docs.iter()
+            .filter(|d| d["kind"] == "statement")
+            .all(|d| d["account_id"].is_i64()),
+        "statements name their account's IBAN: linked to it"
+    );
     let out = env.home.path().join("statement.pdf");
     env.run_ok(&[
         "documents",

@@ -173,7 +173,7 @@ impl ScaSolver for TerminalSolver {
                     .map(|t| format!(" (the request expires at {})", t.format("%H:%M:%S UTC")))
                     .unwrap_or_default();
                 self.progress.println(format!(
-                    "  {name}: {message}; approve on your trusted device, waiting…{until}"
+                    "  {name}: {message}. Waiting for the approval…{until}"
                 ));
                 Ok(ScaAnswer::Approved)
             }
