@@ -7,8 +7,8 @@
 //! `needs_user` with every row up to it stored; `sync --sca wait` with the
 //! simulated user approving completes exactly the bank's truth without a
 //! duplicate; statements are stored byte for byte and once; later syncs reuse
-//! the kept tokens (no PIN), a revoked token costs one PIN login, a token
-//! close to expiry is refreshed. A wrong PIN is sent once. The server's sync
+//! the kept tokens (no PIN), a revoked or expired token costs one PIN login,
+//! a token close to expiry is refreshed. A wrong PIN is sent once. The server's sync
 //! jobs say `needs_user` too, and serve the documents.
 use std::collections::HashMap;
 use std::io::Write;
