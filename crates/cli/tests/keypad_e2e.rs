@@ -354,6 +354,17 @@ async fn the_whole_story(env: Env) {
         truth(&sb),
         "after 15 days"
     );
+
+    // 7. Twenty-two days without a sync: the tokens expired; one PIN login.
+    sb.keypad().advance(22);
+    let (v, code, err) = sync(&env, &[]).await;
+    assert_eq!((v["status"].as_str(), code), (Some("ok"), 0), "{v}\n{err}");
+    assert_eq!(pin_logins(&err), 1, "{err}");
+    assert_eq!(
+        stored(store.as_ref(), None).await,
+        truth(&sb),
+        "after 22 more days"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
