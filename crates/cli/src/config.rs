@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// Log as JSON lines instead of human text.
     pub log_json: Option<bool>,
+    /// Category rules applied at import (a TOML file; relative to the data directory).
+    pub categories: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]

@@ -72,6 +72,9 @@ enum Command {
     /// BankID as a relying party (auth, sign, phone orders, collect, cancel), and the sandbox's simulated user.
     #[command(subcommand)]
     Bankid(cmd::bankid::BankIdCommand),
+    /// Apply category rules (TOML, first match wins) to stored transactions.
+    #[command(after_help = "Example: bankbridge categorize --rules categories.toml --dry-run")]
+    Categorize(cmd::categorize::CategorizeArgs),
     /// Measure sync, reconcile, API and export speed (prints tables).
     #[command(after_help = "Example: bankbridge bench --transactions 100000")]
     Bench(cmd::bench::BenchArgs),
@@ -127,6 +130,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Token(c) => cmd::token::run(&config, c).await,
         Command::Card(c) => cmd::card::run(&config, c).await,
         Command::Bankid(c) => cmd::bankid::run(c).await,
+        Command::Categorize(args) => cmd::categorize::run(&config, args).await,
         Command::Bench(args) => cmd::bench::run(args).await,
     }
 }

@@ -764,3 +764,126 @@ async fn demo_prints_working_curl_lines() {
     let order: Value = res.json().await.unwrap();
     assert!(order["events_url"].as_str().is_some(), "{order}");
 }
+
+/// Category rules at import (`BANKBRIDGE_CATEGORIES`), as an API filter, and
+/// re-applied by `bankbridge categorize`; the raw label never changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn categories_at_import_in_the_api_and_reapplied() {
+    let env = Env::sqlite();
+    let sb = sandbox(SandboxConfig {
+        transactions: 200,
+        ..dataset()
+    })
+    .await;
+    env.init_with_fibank(&sb);
+    let rules = env.home.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\ncategory = \"income\"\nmin_amount = \"0.01\"\n\n[[rule]]\ncategory = \"spending\"\nmax_amount = \"-0.01\"\n",
+    )
+    .unwrap();
+    let out = env
+        .command(&["sync", "--json"])
+        .env("BANKBRIDGE_CATEGORIES", &rules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = env.store().await;
+    let rows = store.query_transactions(&TxQuery::default()).await.unwrap();
+    assert!(!rows.is_empty());
+    for r in &rows {
+        let expected = if r.amount.is_sign_positive() && !r.amount.is_zero() {
+            Some("income")
+        } else if r.amount.is_sign_negative() {
+            Some("spending")
+        } else {
+            None
+        };
+        assert_eq!(r.category.as_deref(), expected, "{r:?}");
+    }
+    let before: Vec<String> = rows.iter().map(|r| r.raw_label.clone()).collect();
+
+    // The API filters by category.
+    let token = env
+        .run_ok(&["token", "create", "--scope", "read", "--name", "t"])
+        .trim()
+        .to_owned();
+    let (_server, base, _) = env.serve().await;
+    let page: Value = reqwest::Client::new()
+        .get(format!(
+            "{base}/api/v1/transactions?category=income&limit=1000"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data = page["data"].as_array().unwrap();
+    assert_eq!(
+        data.len(),
+        rows.iter()
+            .filter(|r| r.category.as_deref() == Some("income"))
+            .count()
+    );
+    assert!(data.iter().all(|t| t["category"] == "income"));
+
+    // Re-applied with other rules: a dry run changes nothing, a real run does.
+    let other = env.home.path().join("other.toml");
+    std::fs::write(
+        &other,
+        "[[rule]]\ncategory = \"everything\"\nlabel = \".\"\n",
+    )
+    .unwrap();
+    let dry: Value = serde_json::from_str(
+        env.run_ok(&[
+            "categorize",
+            "--rules",
+            other.to_str().unwrap(),
+            "--dry-run",
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(dry["changed"], rows.len() as u64);
+    let rows_now = store.query_transactions(&TxQuery::default()).await.unwrap();
+    assert!(
+        rows_now
+            .iter()
+            .all(|r| r.category.as_deref() != Some("everything"))
+    );
+    let done: Value = serde_json::from_str(
+        env.run_ok(&["categorize", "--rules", other.to_str().unwrap(), "--json"])
+            .trim(),
+    )
+    .unwrap();
+    assert_eq!(done["changed"], rows.len() as u64);
+    let after = store.query_transactions(&TxQuery::default()).await.unwrap();
+    assert!(
+        after
+            .iter()
+            .all(|r| r.category.as_deref() == Some("everything"))
+    );
+    assert_eq!(
+        after
+            .iter()
+            .map(|r| r.raw_label.clone())
+            .collect::<Vec<_>>(),
+        before
+    );
+    // A broken rules file names the file, rule and field.
+    std::fs::write(&other, "[[rule]]\ncategory = \"x\"\nlabel = \"(\"\n").unwrap();
+    let out = env.run(&["categorize", "--rules", other.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("other.toml") && err.contains("rule 1") && err.contains("label"),
+        "{err}"
+    );
+}

@@ -4,6 +4,7 @@
 //! reconciles them, the store persists them and the server serialises them.
 #![forbid(unsafe_code)]
 
+pub mod categories;
 pub mod connector;
 pub mod crypto;
 pub mod iban;
@@ -15,9 +16,6 @@ pub mod secret;
 pub use connector::{
     Connector, ConnectorError, ConnectorLimits, DateWindow, TransientKind, WindowPage,
 };
-pub use sca::{
-    ScaAnswer, ScaChallenge, ScaProgress, ScaSolver, ScaSolverError, Unattended,
-};
 pub use crypto::{CryptoError, MasterKey};
 pub use iban::{Iban, IbanError};
 pub use model::clean_label;
@@ -26,4 +24,5 @@ pub use model::{
     FetchedAccount, FetchedDocument, FetchedTransaction, RawJson, Transaction, TxStatus,
 };
 pub use money::{Currency, CurrencyError, Money, parse_decimal};
+pub use sca::{ScaAnswer, ScaChallenge, ScaProgress, ScaSolver, ScaSolverError, Unattended};
 pub use secret::Secret;

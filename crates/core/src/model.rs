@@ -235,6 +235,8 @@ pub struct Transaction {
     #[serde(with = "rust_decimal::serde::str_option")]
     pub running_balance: Option<Decimal>,
     pub raw: RawJson,
+    /// Set by category rules; `None` when no rule matched (or none ran).
+    pub category: Option<String>,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

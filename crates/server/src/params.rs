@@ -53,6 +53,16 @@ pub fn apply_filter(q: &mut TxQuery, name: &str, value: &str) -> Result<bool, Ap
             })?)
         }
         "updated_since" => q.updated_since = Some(parse_timestamp("updated_since", value)?),
+        "category" => {
+            let c = value.trim();
+            if c.is_empty() || c.chars().count() > MAX_TEXT {
+                return Err(ApiError::invalid_parameter(
+                    "category",
+                    format!("category must be 1 to {MAX_TEXT} characters"),
+                ));
+            }
+            q.category = Some(c.to_owned());
+        }
         _ => return Ok(false),
     }
     Ok(true)
@@ -101,6 +111,7 @@ pub const TRANSACTION_PARAMS: &[&str] = &[
     "text",
     "status",
     "updated_since",
+    "category",
     "limit",
     "cursor",
 ];

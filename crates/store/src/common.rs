@@ -248,7 +248,7 @@ pub(crate) fn tx_columns(raw: &str) -> String {
         "id, connection_id, account_id, provider_id, pending_provider_id, fingerprint, status, \
          booking_date, value_date, transaction_date, amount, currency, original_amount, \
          original_currency, raw_label, label, counterparty_name, counterparty_iban, \
-         remittance_info, bank_code, running_balance, {raw}, first_seen, last_seen, updated_at"
+         remittance_info, bank_code, running_balance, {raw}, first_seen, last_seen, updated_at, category"
     )
 }
 
@@ -311,6 +311,12 @@ pub(crate) fn tx_query_sql(q: &TxQuery, dialect: Dialect, columns: &str) -> (Str
     if let Some(t) = q.text.as_deref().filter(|t| !t.is_empty()) {
         let p = ph(&mut args, Arg::Text(like_pattern(t)));
         conds.push(format!("search_text LIKE {p} ESCAPE '\\'"));
+    }
+    if let Some(c) = q.category.as_deref() {
+        conds.push(format!(
+            "category = {}",
+            ph(&mut args, Arg::Text(c.to_owned()))
+        ));
     }
     if let Some(s) = q.status {
         conds.push(format!(

@@ -209,6 +209,8 @@ pub struct TxQuery {
     pub text: Option<String>,
     pub status: Option<TxStatus>,
     pub updated_since: Option<DateTime<Utc>>,
+    /// Only rows of this category.
+    pub category: Option<String>,
     /// Keyset position: rows strictly after (booking_date, id).
     pub after: Option<(NaiveDate, i64)>,
     /// `None` for streams (export); pages are capped by the caller.
@@ -391,6 +393,15 @@ pub trait Store: Send + Sync + 'static {
     async fn create_sync_job(&self, connection_id: i64, at: DateTime<Utc>) -> Result<SyncJob>;
     async fn update_sync_job(&self, job: &SyncJob) -> Result<()>;
     async fn get_sync_job(&self, id: i64) -> Result<Option<SyncJob>>;
+
+    // categories
+    /// Set the category of rows by id (one transaction); rows whose category
+    /// is already the wanted one are not touched. Returns the rows changed.
+    async fn set_categories(
+        &self,
+        changes: &[(i64, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> Result<u64>;
 
     // card service: institutions
     /// `Conflict` when the id or the name is taken, or a field is malformed

@@ -145,6 +145,7 @@ fn tx_from_row(r: &PgRow) -> Result<Transaction> {
         first_seen: r.try_get(22)?,
         last_seen: r.try_get(23)?,
         updated_at: r.try_get(24)?,
+        category: r.try_get(25)?,
     })
 }
 
@@ -1021,6 +1022,30 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(job_from_row).transpose()
+    }
+
+    // ------------------------------------------------------------ categories
+
+    async fn set_categories(
+        &self,
+        changes: &[(i64, Option<String>)],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let mut changed = 0;
+        for (id, category) in changes {
+            changed += sqlx::query(
+                "UPDATE transactions SET category = $1, updated_at = $2 WHERE id = $3 AND category IS DISTINCT FROM $1",
+            )
+            .bind(category.as_deref())
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(changed)
     }
 
     // ------------------------------------------------------------ documents

@@ -196,6 +196,7 @@ store_tests! {
         query_filters_match_a_reference_filter,
         keyset_pagination_sees_every_row_once,
         text_search_is_case_insensitive_and_literal,
+        categories_are_set_compared_and_filtered,
         stream_equals_query,
         token_lifecycle,
         sync_jobs,
@@ -1394,6 +1395,48 @@ async fn keyset_pagination_sees_every_row_once(s: Arc<dyn Store>) {
         assert_eq!(seen, expected, "pages differ from one query");
         assert_eq!(pages, expected.len().div_ceil(7));
     }
+}
+
+async fn categories_are_set_compared_and_filtered(s: Arc<dyn Store>) {
+    let (conn, acc) = setup(&s, "cats").await;
+    let mut w = window(conn, acc, t(0));
+    for p in ["c1", "c2", "c3"] {
+        w.inserts.push(tw(p, d(2024, 5, 1), "-3.00"));
+    }
+    s.commit_window(&w).await.unwrap();
+    let rows = all_rows(&s, acc).await;
+    assert!(rows.iter().all(|r| r.category.is_none()));
+    let id = |p: &str| by_provider(&rows, p).id;
+    let changes = vec![
+        (id("c1"), Some("food".to_owned())),
+        (id("c2"), Some("food".to_owned())),
+        (id("c3"), None),
+    ];
+    // c3 is already uncategorised: only two rows change, once.
+    assert_eq!(s.set_categories(&changes, t(10)).await.unwrap(), 2);
+    assert_eq!(s.set_categories(&changes, t(20)).await.unwrap(), 0);
+    let food = s
+        .query_transactions(&TxQuery {
+            category: Some("food".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(food.len(), 2);
+    assert!(
+        food.iter().all(|r| r.updated_at == t(10)
+            && r.raw_label == by_provider(&rows, &r.provider_id).raw_label)
+    );
+    // A changed category is visible to incremental pulls.
+    let since = s
+        .query_transactions(&TxQuery {
+            updated_since: Some(t(5)),
+            account_id: Some(acc),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(since.len(), 2);
 }
 
 async fn text_search_is_case_insensitive_and_literal(s: Arc<dyn Store>) {

@@ -46,6 +46,8 @@ pub struct SyncOptions {
     /// Longest wait for a strong customer authentication the bank did not
     /// give an expiry for (a decoupled approval, a code).
     pub sca_timeout: Duration,
+    /// Category rules applied to the rows each sync writes (first match wins).
+    pub categories: Option<std::sync::Arc<bankbridge_core::categories::Rules>>,
 }
 
 impl Default for SyncOptions {
@@ -58,6 +60,7 @@ impl Default for SyncOptions {
             empty_streak_limit: 12,
             owner: format!("pid {} on {}", std::process::id(), hostname()),
             sca_timeout: Duration::from_secs(600),
+            categories: None,
         }
     }
 }
@@ -299,7 +302,8 @@ impl Syncer {
         connection: &Connection,
         progress: &(dyn Fn(SyncEvent) + Send + Sync),
     ) -> Result<SyncSummary, SyncError> {
-        engine::sync_connection(self, connection, progress, &Unattended).await
+        self.sync_with_solver(connection, progress, &Unattended)
+            .await
     }
 
     /// [`Syncer::sync`] with someone (or something) to answer strong
@@ -310,7 +314,56 @@ impl Syncer {
         progress: &(dyn Fn(SyncEvent) + Send + Sync),
         solver: &dyn ScaSolver,
     ) -> Result<SyncSummary, SyncError> {
-        engine::sync_connection(self, connection, progress, solver).await
+        let started = chrono::Utc::now();
+        let result = engine::sync_connection(self, connection, progress, solver).await;
+        // Rows this sync wrote get their category, also when it stopped for
+        // the user: what it stored is as final as after a full run. A crash
+        // in between leaves rows for `bankbridge categorize` to finish.
+        if matches!(&result, Ok(_) | Err(SyncError::NeedsUser { .. }))
+            && let Err(e) = self.categorize_since(connection.id, started).await
+        {
+            tracing::warn!(connection = %connection.name, error = %e, "cannot apply category rules");
+        }
+        result
+    }
+
+    /// Apply the category rules to the rows of `connection_id` written since `since`.
+    async fn categorize_since(
+        &self,
+        connection_id: i64,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, bankbridge_store::StoreError> {
+        use futures::TryStreamExt;
+        let Some(rules) = self.options.categories.clone() else {
+            return Ok(0);
+        };
+        let mut changes = Vec::new();
+        {
+            let mut rows = self.store.stream_transactions(bankbridge_store::TxQuery {
+                connection_id: Some(connection_id),
+                updated_since: Some(since),
+                ..Default::default()
+            });
+            while let Some(tx) = rows.try_next().await? {
+                let category = rules
+                    .categorize(&bankbridge_core::categories::Subject {
+                        label: &tx.label,
+                        raw_label: &tx.raw_label,
+                        counterparty_name: tx.counterparty_name.as_deref(),
+                        counterparty_iban: tx.counterparty_iban.as_deref(),
+                        amount: tx.amount,
+                    })
+                    .map(str::to_owned);
+                if category.is_some() && category != tx.category {
+                    changes.push((tx.id, category));
+                }
+            }
+        }
+        let mut changed = 0;
+        for batch in changes.chunks(1000) {
+            changed += self.store.set_categories(batch, chrono::Utc::now()).await?;
+        }
+        Ok(changed)
     }
 
     /// Decrypt a connection's credentials.

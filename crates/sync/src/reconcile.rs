@@ -338,6 +338,7 @@ mod tests {
             first_seen,
             last_seen: now,
             updated_at: now,
+            category: None,
         }
     }
 

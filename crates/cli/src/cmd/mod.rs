@@ -1,7 +1,7 @@
 //! One module per command.
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bankbridge_core::MasterKey;
 use bankbridge_store::Store;
 use bankbridge_sync::{ConnectorFactory, Syncer};
@@ -11,6 +11,7 @@ use crate::config::Config;
 pub mod bankid;
 pub mod bench;
 pub mod card;
+pub mod categorize;
 pub mod connection;
 pub mod demo;
 pub mod documents;
@@ -46,7 +47,27 @@ pub fn syncer(store: Arc<dyn Store>, key: Arc<MasterKey>) -> Syncer {
 pub async fn open(config: &Config) -> Result<(Arc<dyn Store>, Syncer)> {
     let key = config.master_key()?;
     let store = config.store().await?;
-    Ok((store.clone(), syncer(store, key)))
+    let mut syncer = syncer(store.clone(), key);
+    syncer.options.categories = category_rules(config)?.map(Arc::new);
+    Ok((store, syncer))
+}
+
+/// The category rules applied at import: `BANKBRIDGE_CATEGORIES` or
+/// `categories` in config.toml (a path relative to the data directory).
+pub fn category_rules(config: &Config) -> Result<Option<bankbridge_core::categories::Rules>> {
+    let path = match std::env::var_os("BANKBRIDGE_CATEGORIES") {
+        Some(p) if !p.is_empty() => std::path::PathBuf::from(p),
+        _ => match &config.file.categories {
+            Some(p) => config.home.join(p),
+            None => return Ok(None),
+        },
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the category rules {}", path.display()))?;
+    Ok(Some(bankbridge_core::categories::Rules::parse(
+        &text,
+        &path.display().to_string(),
+    )?))
 }
 
 /// Print rows as an aligned text table.

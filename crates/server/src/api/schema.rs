@@ -50,6 +50,8 @@ pub struct Transaction {
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Set by category rules (`bankbridge categorize`, or at import).
+    pub category: Option<String>,
 }
 
 /// A page of transactions.
@@ -222,6 +224,7 @@ mod tests {
             first_seen: Utc::now(),
             last_seen: Utc::now(),
             updated_at: Utc::now(),
+            category: None,
         };
         assert_eq!(schema_fields("Transaction"), keys(&tx));
         let acc = Account {

@@ -55,6 +55,8 @@ pub(crate) struct FilterParams {
     text: Option<String>,
     /// `pending`, `booked` or `void`.
     status: Option<super::schema::TxStatus>,
+    /// Only rows of this category (set by category rules).
+    category: Option<String>,
     /// Only rows changed at or after this instant (RFC 3339).
     updated_since: Option<chrono::DateTime<chrono::Utc>>,
 }
