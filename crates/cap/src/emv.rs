@@ -641,11 +641,16 @@ fn read_try_counter(card: &mut dyn CardTransport) -> Result<Option<u8>, CapError
 }
 
 /// ISO 9564 format 2 plaintext PIN block: `2L` then the digits, `F` padded to 8 bytes.
+/// Whether `pin` has the shape a card accepts: 4 to 12 decimal digits.
+pub fn is_valid_pin(pin: &str) -> bool {
+    (4..=12).contains(&pin.len()) && pin.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn pin_block(pin: &Secret<String>) -> Result<Secret<Vec<u8>>, CapError> {
-    let digits = pin.expose().as_bytes();
-    if !(4..=12).contains(&digits.len()) || !digits.iter().all(u8::is_ascii_digit) {
+    if !is_valid_pin(pin.expose()) {
         return Err(CapError::BadPin);
     }
+    let digits = pin.expose().as_bytes();
     let mut nibbles = vec![0x2, digits.len() as u8];
     nibbles.extend(digits.iter().map(|d| d - b'0'));
     nibbles.resize(16, 0xF);

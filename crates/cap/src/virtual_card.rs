@@ -219,7 +219,7 @@ impl VirtualCardConfig {
     }
 
     fn check(&self) -> Result<(), VirtualCardError> {
-        if !(4..=12).contains(&self.pin.len()) || !self.pin.bytes().all(|b| b.is_ascii_digit()) {
+        if !crate::emv::is_valid_pin(&self.pin) {
             return Err(VirtualCardError::BadPin);
         }
         if !(12..=19).contains(&self.pan.len()) || !self.pan.bytes().all(|b| b.is_ascii_digit()) {

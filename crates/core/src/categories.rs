@@ -31,6 +31,18 @@ pub struct Subject<'a> {
     pub amount: Decimal,
 }
 
+impl<'a> From<&'a crate::Transaction> for Subject<'a> {
+    fn from(tx: &'a crate::Transaction) -> Self {
+        Subject {
+            label: &tx.label,
+            raw_label: &tx.raw_label,
+            counterparty_name: tx.counterparty_name.as_deref(),
+            counterparty_iban: tx.counterparty_iban.as_deref(),
+            amount: tx.amount,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
     #[error("{source_name}: {message}")]

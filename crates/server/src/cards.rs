@@ -203,9 +203,7 @@ impl Inner {
             pin,
             min_pin_tries,
         } = reg;
-        let pin_ok = (4..=12).contains(&pin.expose().len())
-            && pin.expose().bytes().all(|b| b.is_ascii_digit());
-        if !pin_ok {
+        if !emv::is_valid_pin(pin.expose()) {
             return Err(CardUseError::Invalid(
                 "the PIN must be 4 to 12 digits".into(),
             ));

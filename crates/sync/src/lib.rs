@@ -345,15 +345,7 @@ impl Syncer {
                 ..Default::default()
             });
             while let Some(tx) = rows.try_next().await? {
-                let category = rules
-                    .categorize(&bankbridge_core::categories::Subject {
-                        label: &tx.label,
-                        raw_label: &tx.raw_label,
-                        counterparty_name: tx.counterparty_name.as_deref(),
-                        counterparty_iban: tx.counterparty_iban.as_deref(),
-                        amount: tx.amount,
-                    })
-                    .map(str::to_owned);
+                let category = rules.categorize(&(&tx).into()).map(str::to_owned);
                 if category.is_some() && category != tx.category {
                     changes.push((tx.id, category));
                 }

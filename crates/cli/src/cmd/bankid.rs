@@ -79,8 +79,29 @@ async fn sandbox_info(sandbox: &str) -> Result<SandboxInfo> {
     })
 }
 
-fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
+fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+}
+
+/// A client of the BankID RP API at `base_url`, with the RP certificate and
+/// key and the pinned server CA read from PEM files.
+pub(crate) fn client_from_pem_files(
+    base_url: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+) -> Result<BankIdClient> {
+    Ok(BankIdClient::builder()
+        .environment(Environment::Custom(base_url.parse()?))
+        .identity_pem(read(cert, "RP certificate")?, read(key, "RP key")?)
+        .server_ca_pem(read(ca, "server CA")?)
+        .build()?)
+}
+
+/// A client of the simulated BankID of the sandbox at `sandbox` (its root URL).
+pub(crate) async fn sandbox_client(sandbox: &str) -> Result<BankIdClient> {
+    let info = sandbox_info(sandbox).await?;
+    client_from_pem_files(&info.base_url, &info.cert, &info.key, &info.ca)
 }
 
 impl Connection {

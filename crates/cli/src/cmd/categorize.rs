@@ -41,15 +41,7 @@ pub async fn run(config: &Config, args: CategorizeArgs) -> Result<ExitCode> {
         let mut rows = store.stream_transactions(TxQuery::default());
         while let Some(tx) = rows.try_next().await? {
             examined += 1;
-            let category = rules
-                .categorize(&Subject {
-                    label: &tx.label,
-                    raw_label: &tx.raw_label,
-                    counterparty_name: tx.counterparty_name.as_deref(),
-                    counterparty_iban: tx.counterparty_iban.as_deref(),
-                    amount: tx.amount,
-                })
-                .map(str::to_owned);
+            let category = rules.categorize(&Subject::from(&tx)).map(str::to_owned);
             let wanted = match category {
                 Some(c) => Some(c),
                 None if args.clear_unmatched => None,

@@ -2,7 +2,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use bankbridge_bankid::{BankIdClient, Environment};
 use bankbridge_cap::pcsc::PcscReaders;
 use bankbridge_cap::transport::{ChainedReaders, VirtualReaders};
 use bankbridge_cap::virtual_card::{Profile, VirtualCard, VirtualCardConfig};
@@ -132,14 +131,12 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
 
     // The BankID gateway, speaking mutual TLS to the sandbox's simulator.
     if let Some(endpoint) = sandbox.bankid() {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).with_context(|| format!("reading {}", p.display()))
-        };
-        let client = BankIdClient::builder()
-            .environment(Environment::Custom(endpoint.base_url.parse()?))
-            .identity_pem(read(&endpoint.rp_cert)?, read(&endpoint.rp_key)?)
-            .server_ca_pem(read(&endpoint.ca_cert)?)
-            .build()?;
+        let client = super::bankid::client_from_pem_files(
+            &endpoint.base_url,
+            &endpoint.rp_cert,
+            &endpoint.rp_key,
+            &endpoint.ca_cert,
+        )?;
         state.set_bankid(BankIdGateway::new(client));
     }
     let listener = tokio::net::TcpListener::bind(&args.listen)

@@ -607,8 +607,7 @@ pub(crate) async fn update_card(
     let pin_sealed = match &body.pin {
         None => None,
         Some(pin) => {
-            let p = pin.expose();
-            if !(4..=12).contains(&p.len()) || !p.bytes().all(|b| b.is_ascii_digit()) {
+            if !bankbridge_cap::emv::is_valid_pin(pin.expose()) {
                 return Err(ApiError::invalid_parameter(
                     "pin",
                     "the PIN must be 4 to 12 digits",

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bankbridge_bankid::BankIdClient;
 use bankbridge_bankid::driver::{DriveOptions, OrderApi, OrderEvent, StartedOrder, drive_with};
 use bankbridge_bankid::types::AuthRequest;
-use bankbridge_bankid::{BankIdClient, Environment};
 use bankbridge_bankid::{BankIdError, CollectResponse};
 use tokio::io::AsyncBufReadExt;
 use tokio_util::sync::CancellationToken;
@@ -63,25 +63,7 @@ async fn start_simulator(dir: &std::path::Path) -> Result<Simulator> {
             None => bail!("the sandbox ended before serving BankID"),
         }
     }
-    let info: serde_json::Value =
-        reqwest::get(format!("http://127.0.0.1:{port}/_sandbox/bankid/info"))
-            .await?
-            .json()
-            .await?;
-    let text = |k: &str| -> Result<String> {
-        info[k]
-            .as_str()
-            .map(str::to_owned)
-            .with_context(|| format!("info has no {k}"))
-    };
-    let client = BankIdClient::builder()
-        .environment(Environment::Custom(text("baseUrl")?.parse()?))
-        .identity_pem(
-            std::fs::read(text("rpCertPath")?)?,
-            std::fs::read(text("rpKeyPath")?)?,
-        )
-        .server_ca_pem(std::fs::read(text("caCertPath")?)?)
-        .build()?;
+    let client = super::super::bankid::sandbox_client(&format!("http://127.0.0.1:{port}")).await?;
     Ok(Simulator { child, client })
 }
 
