@@ -28,6 +28,7 @@ pub mod bankid;
 pub mod fault;
 pub mod fibank;
 pub mod keypad;
+pub mod receivers;
 
 pub use fault::{FaultConfig, FaultKind};
 pub use fibank::{AccountTruth, SandboxCredentials};
