@@ -29,6 +29,7 @@ pub mod fault;
 pub mod fibank;
 pub mod keypad;
 pub mod receivers;
+pub mod xs2a_playground;
 
 pub use fault::{FaultConfig, FaultKind};
 pub use fibank::{AccountTruth, SandboxCredentials};
@@ -159,6 +160,7 @@ impl SandboxConfig {
 pub struct SandboxState {
     fibank: Arc<fibank::Fibank>,
     keypad: Arc<keypad::KeypadBank>,
+    xs2a: Arc<xs2a_playground::Playground>,
     bankid: Option<Arc<EmbeddedBankId>>,
 }
 
@@ -200,6 +202,7 @@ impl SandboxState {
         Ok(SandboxState {
             fibank: Arc::new(fibank),
             keypad: Arc::new(keypad),
+            xs2a: Arc::new(xs2a_playground::Playground::new()),
             bankid,
         })
     }
@@ -243,6 +246,11 @@ impl SandboxState {
         &self.keypad
     }
 
+    /// The Klarna-like XS2A playground (its API token, accounts, failure plan).
+    pub fn xs2a_playground(&self) -> &xs2a_playground::Playground {
+        &self.xs2a
+    }
+
     /// Tell the banks the absolute root URL they are served at
     /// (`http://127.0.0.1:PORT`), for the credentials routes.
     pub fn set_root_url(&self, root: &str) {
@@ -258,7 +266,8 @@ impl SandboxState {
 pub fn router(state: SandboxState) -> axum::Router {
     let mut router = axum::Router::new()
         .merge(fibank::routes(state.fibank.clone()))
-        .merge(keypad::routes(state.keypad.clone()));
+        .merge(keypad::routes(state.keypad.clone()))
+        .merge(xs2a_playground::routes(state.xs2a.clone()));
     if let Some(b) = &state.bankid {
         router = router.merge(bankid::control::routes(b.sim.clone()));
     }

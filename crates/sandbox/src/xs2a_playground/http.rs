@@ -1,0 +1,394 @@
+//! The playground's HTTP routes (under [`PREFIX`]) and its control routes
+//! (under [`CONTROL_PREFIX`]).
+//!
+//! Bodies and paths are parsed by hand so every bad input gets a JSON
+//! `{"error": {"code", "message"}}` rather than an extractor's plain text.
+//! Successful answers are `{"data": …}`, as the real playground's are.
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde_json::{Map, Value, json};
+
+use super::flow::ConsentCall;
+use super::{CONTROL_PREFIX, PREFIX, Playground, Refusal, Step};
+
+type Pg = State<Arc<Playground>>;
+type IdPath = Result<Path<String>, PathRejection>;
+
+/// Routes of the playground and its control routes.
+pub fn routes(pg: Arc<Playground>) -> Router {
+    let api = Router::new()
+        .route("/xs2a/v1/sessions", put(start_session))
+        .route(
+            "/xs2a/v1/sessions/{session_id}/flows/account-details",
+            put(start_flow),
+        )
+        .route(
+            "/xs2a/v1/sessions/{session_id}/consent/get",
+            post(get_consent),
+        )
+        .route(
+            "/branded/xs2a/v1/wizard/{flow_id}",
+            get(get_flow).post(post_wizard),
+        )
+        .route(
+            "/branded/xs2a/v1/wizard/{flow_id}/forms/{form_id}",
+            post(submit_form),
+        )
+        .route(
+            "/xs2a/v1/consents/{consent_id}/accounts",
+            post(consent_accounts),
+        )
+        .route(
+            "/xs2a/v1/consents/{consent_id}/account-details",
+            post(consent_details),
+        )
+        .route(
+            "/xs2a/v1/consents/{consent_id}/balances",
+            post(consent_balances),
+        )
+        .route("/testbank/authorize", get(testbank_page))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    let control = Router::new()
+        .route("/credentials", get(control_credentials))
+        .route("/fail", get(control_get_fail).post(control_set_fail))
+        .route("/stats", get(control_stats))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    Router::new()
+        .nest(PREFIX, api)
+        .nest(CONTROL_PREFIX, control)
+        .with_state(pg)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// `{"data": …}` or the refusal, counted in the stats.
+fn answer(pg: &Playground, result: Result<Value, Refusal>) -> Response {
+    match result {
+        Ok(data) => json_response(StatusCode::OK, &json!({ "data": data })),
+        Err(r) => {
+            pg.count_refusal(&r);
+            json_response(r.status, &r.body())
+        }
+    }
+}
+
+fn refusal_response(r: Refusal) -> Response {
+    json_response(r.status, &r.body())
+}
+
+async fn not_found() -> Response {
+    refusal_response(Refusal::new(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "no such playground route",
+    ))
+}
+
+async fn method_not_allowed() -> Response {
+    refusal_response(Refusal::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "this route does not take that method",
+    ))
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()
+}
+
+/// `http://host[:port]` from the request, so the URLs handed out work on
+/// whatever address the client reached the sandbox at.
+fn root(headers: &HeaderMap, uri: &Uri) -> Result<String, Refusal> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .ok_or_else(|| Refusal::bad("missing Host header: the answers' URLs are built from it"))?;
+    let sane = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b));
+    if !sane {
+        return Err(Refusal::bad("the Host header is not host[:port]"));
+    }
+    let scheme = match headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    Ok(format!("{scheme}://{host}"))
+}
+
+fn id(path: IdPath) -> Result<String, Refusal> {
+    path.map(|Path(id)| id)
+        .map_err(|e| Refusal::bad(format!("bad path: {e}")))
+}
+
+fn object(body: &[u8]) -> Result<Map<String, Value>, Refusal> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Refusal::bad("the body must be a JSON object")),
+        Err(e) => Err(Refusal::bad(format!("the body is not JSON: {e}"))),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string())
+}
+
+async fn start_session(
+    State(pg): Pg,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Response {
+    pg.count(Step::StartSession);
+    let result = (|| {
+        pg.check_token(authorization(&headers))?;
+        let root = root(&headers, &uri)?;
+        pg.start_session(&root, &object(&body)?)
+    })();
+    answer(&pg, result)
+}
+
+async fn start_flow(State(pg): Pg, path: IdPath, headers: HeaderMap, body: Bytes) -> Response {
+    pg.count(Step::StartFlow);
+    let result = (|| {
+        pg.check_token(authorization(&headers))?;
+        pg.start_flow(&id(path)?, &object(&body)?)
+    })();
+    answer(&pg, result)
+}
+
+/// Request 3 (`bank_code`) or 7 (`redirect_id`), told apart by the body.
+async fn post_wizard(
+    State(pg): Pg,
+    path: IdPath,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let obj = object(&body)?;
+        let step = if obj.contains_key("redirect_id") {
+            Step::CompleteFlow
+        } else {
+            Step::SelectBank
+        };
+        pg.count(step);
+        pg.check_token(authorization(&headers))?;
+        let root = root(&headers, &uri)?;
+        let flow_id = id(path)?;
+        let key = pg.key().await?;
+        match step {
+            Step::CompleteFlow => pg.complete_flow(&root, &key, &flow_id, &obj),
+            _ => pg.select_bank(&root, &key, &flow_id, &obj),
+        }
+    }
+    .await;
+    answer(&pg, result)
+}
+
+async fn get_flow(
+    State(pg): Pg,
+    path: IdPath,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+) -> Response {
+    pg.count(Step::GetFlow);
+    let result = (|| {
+        pg.check_token(authorization(&headers))?;
+        pg.get_flow(&root(&headers, &uri)?, &id(path)?)
+    })();
+    answer(&pg, result)
+}
+
+/// Requests 5, 6 and 8: an encrypted form posted to a `next` URL. No API
+/// token is checked here (the real playground's clients send
+/// `Token undefined`): the flow id in the URL is the capability.
+async fn submit_form(
+    State(pg): Pg,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Response {
+    let result = async {
+        let Path((flow_id, form_id)) = path.map_err(|e| Refusal::bad(format!("bad path: {e}")))?;
+        let root = root(&headers, &uri)?;
+        let kind = pg.pending_form(&flow_id, &form_id).inspect_err(|r| {
+            if let Some(step) = r.injected {
+                pg.count(step);
+            }
+        })?;
+        pg.count(kind.step());
+        let envelope: Value = serde_json::from_slice(&body).map_err(|e| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_ENVELOPE",
+                format!("the body is not JSON {{\"ct\", \"iv\", \"ek\"}}: {e}"),
+            )
+        })?;
+        let key = pg.key().await?;
+        let opener = key.clone();
+        let form = tokio::task::spawn_blocking(move || opener.open(&envelope))
+            .await
+            .map_err(internal)?
+            .map_err(|e| {
+                Refusal::new(StatusCode::BAD_REQUEST, "INVALID_ENVELOPE", e.to_string())
+            })?;
+        pg.answer_form(&root, &key, &flow_id, &form_id, &form)
+    }
+    .await;
+    answer(&pg, result)
+}
+
+async fn get_consent(
+    State(pg): Pg,
+    path: IdPath,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Response {
+    pg.count(Step::GetConsent);
+    let result = (|| {
+        pg.check_token(authorization(&headers))?;
+        let root = root(&headers, &uri)?;
+        pg.get_consent(&root, &id(path)?, &object(&body)?)
+    })();
+    answer(&pg, result)
+}
+
+fn consent(
+    pg: &Playground,
+    path: IdPath,
+    headers: &HeaderMap,
+    body: &[u8],
+    call: ConsentCall,
+) -> Response {
+    if let Some(step) = call.step() {
+        pg.count(step);
+    }
+    let result = (|| {
+        pg.check_token(authorization(headers))?;
+        pg.consent_call(&id(path)?, call, &object(body)?)
+    })();
+    answer(pg, result)
+}
+
+async fn consent_accounts(
+    State(pg): Pg,
+    path: IdPath,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    consent(&pg, path, &headers, &body, ConsentCall::Accounts)
+}
+
+async fn consent_details(State(pg): Pg, path: IdPath, headers: HeaderMap, body: Bytes) -> Response {
+    consent(&pg, path, &headers, &body, ConsentCall::AccountDetails)
+}
+
+async fn consent_balances(
+    State(pg): Pg,
+    path: IdPath,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    consent(&pg, path, &headers, &body, ConsentCall::Balances)
+}
+
+/// Where the redirect URL points: the bank's login page in real life. The
+/// simulated PSU needs no page; this only tells a human what to do next.
+async fn testbank_page() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        "<!doctype html><title>Test bank</title><p>The simulated PSU has authorized. \
+         Complete the flow: POST /branded/xs2a/v1/wizard/{flow_id} with redirect_id and \
+         return_url = this URL + <code>&amp;result=success</code>.</p>",
+    )
+        .into_response()
+}
+
+async fn control_credentials(
+    State(pg): Pg,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+) -> Response {
+    let mut body = serde_json::to_value(pg.credentials()).unwrap_or_default();
+    let base = root(&headers, &uri)
+        .map(|r| format!("{r}{PREFIX}"))
+        .unwrap_or_else(|_| PREFIX.to_owned());
+    body["base_url"] = json!(base);
+    body["accounts"] = json!(
+        pg.accounts()
+            .iter()
+            .map(|a| json!({"id": a.id, "iban": a.iban, "available": a.available}))
+            .collect::<Vec<_>>()
+    );
+    json_response(StatusCode::OK, &body)
+}
+
+async fn control_get_fail(State(pg): Pg) -> Response {
+    json_response(StatusCode::OK, &json!({ "plan": pg.fail_plan() }))
+}
+
+/// `{"request": N, "runs"?: K, "persist"?: bool}`; `{"request": 0}` clears.
+async fn control_set_fail(State(pg): Pg, body: Bytes) -> Response {
+    let result = (|| {
+        let obj = object(&body)?;
+        let request = match obj.get("request") {
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .and_then(|n| u8::try_from(n).ok())
+                .ok_or_else(|| Refusal::bad("request must be 0 (clear) or 1..=11"))?,
+            _ => {
+                return Err(Refusal::bad(
+                    "request must be a number: 0 (clear) or 1..=11",
+                ));
+            }
+        };
+        let runs = match obj.get("runs") {
+            None | Some(Value::Null) => 1,
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                .ok_or_else(|| Refusal::bad("runs must be a positive integer"))?,
+            Some(_) => return Err(Refusal::bad("runs must be a positive integer")),
+        };
+        let persist = match obj.get("persist") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(Refusal::bad("persist must be true or false")),
+        };
+        let plan = pg.set_fail(request, runs, persist).map_err(Refusal::bad)?;
+        Ok(json!({ "plan": plan }))
+    })();
+    match result {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(r) => refusal_response(r),
+    }
+}
+
+async fn control_stats(State(pg): Pg) -> Response {
+    json_response(StatusCode::OK, &pg.stats())
+}
