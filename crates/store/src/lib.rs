@@ -14,6 +14,10 @@
 //! service: [`Institution`]s, EMV-CAP [`Card`]s with their AEAD-sealed PIN
 //! (never plaintext here), and the audit of every card use
 //! ([`CardAuditEntry`]).
+//!
+//! And the results of flow checks: each [`CheckRun`] with its [`CheckStep`]s,
+//! and the scheduler's per-check state, so history and alerting survive a
+//! restart.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -27,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod bench;
 mod cards;
+pub mod checks;
 mod common;
 pub mod documents;
 pub mod postgres;
@@ -36,6 +41,7 @@ pub use cards::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewCard,
     NewInstitution,
 };
+pub use checks::{CheckRun, CheckRunQuery, CheckStep, NewCheckRun, NewCheckStep};
 pub use documents::{DocumentQuery, NewDocument, SavedDocument, sha256_hex};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -457,6 +463,34 @@ pub trait Store: Send + Sync + 'static {
     async fn record_card_audit(&self, entry: &CardAuditEntry) -> Result<i64>;
     /// Newest first (by id), at most `query.limit` entries.
     async fn list_card_audit(&self, query: &CardAuditQuery) -> Result<Vec<CardAuditEntry>>;
+
+    // flow checks
+    /// One database transaction: the run row and all its step rows, or
+    /// nothing. `Conflict` (nothing written) for an empty check id, location
+    /// or round id, an unknown trigger or outcome, a negative duration or
+    /// index, attempts below 1, two steps with one index, or a step detail
+    /// that is not valid JSON.
+    async fn save_check_run(&self, run: &NewCheckRun) -> Result<CheckRun>;
+    /// Newest first (id descending), filtered; `before_id` pages backwards.
+    async fn list_check_runs(&self, query: &CheckRunQuery) -> Result<Vec<CheckRun>>;
+    /// The run with its steps in index order.
+    async fn get_check_run(&self, id: i64) -> Result<Option<(CheckRun, Vec<CheckStep>)>>;
+    /// Retention: delete runs (and their steps) that started before
+    /// `older_than`, except the newest `keep_latest` runs of each check id
+    /// (so a check that stopped running keeps its last results). Returns how
+    /// many runs were deleted.
+    async fn prune_check_runs(&self, older_than: DateTime<Utc>, keep_latest: u32) -> Result<u64>;
+    /// The scheduler's per-check state (health, streaks, last alerts) as JSON
+    /// text, so a restart resumes without re-alerting. Replaces the check's
+    /// previous state; `Conflict` for an empty check id or invalid JSON.
+    async fn put_check_state(
+        &self,
+        check_id: &str,
+        state_json: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Every check's state as (check id, state JSON), ordered by check id.
+    async fn check_states(&self) -> Result<Vec<(String, String)>>;
 }
 
 /// Helpers shared by both backends.

@@ -17,6 +17,7 @@ use rust_decimal::Decimal;
 use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Arguments, Row};
 
+use crate::checks::{self, CheckRun, CheckRunQuery, CheckStep, NewCheckRun};
 use crate::common::{
     self, Arg, Dialect, PreparedTx, corrupt, encode_err, is_foreign_key_violation,
     is_unique_violation, micros, opt_micros,
@@ -1368,5 +1369,107 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(CardAuditEntry::try_from).collect()
+    }
+
+    // ------------------------------------------------------------ flow checks
+
+    async fn save_check_run(&self, run: &NewCheckRun) -> Result<CheckRun> {
+        checks::check_new_run(run)?;
+        let mut tx = self.pool.begin().await?;
+        let row: checks::CheckRunRow = sqlx::query_as(checks::RUN_INSERT)
+            .bind(&run.check_id)
+            .bind(&run.check_name)
+            .bind(&run.location)
+            .bind(&run.round_id)
+            .bind(&run.trigger)
+            .bind(micros(run.started_at))
+            .bind(micros(run.finished_at))
+            .bind(run.duration_ms)
+            .bind(&run.outcome)
+            .bind(run.attempts)
+            .bind(run.failed_step.as_deref())
+            .bind(run.error.as_deref())
+            .fetch_one(&mut *tx)
+            .await?;
+        let saved = CheckRun::from(row);
+        for step in &run.steps {
+            sqlx::query(checks::step_insert(Dialect::Postgres))
+                .bind(saved.id)
+                .bind(step.index)
+                .bind(&step.name)
+                .bind(&step.kind)
+                .bind(&step.outcome)
+                .bind(step.duration_ms)
+                .bind(&step.detail)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(saved)
+    }
+
+    async fn list_check_runs(&self, query: &CheckRunQuery) -> Result<Vec<CheckRun>> {
+        let (sql, args) = checks::list_sql(query);
+        let rows: Vec<checks::CheckRunRow> = sqlx::query_as_with(&sql, bind_args(args)?)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(CheckRun::from).collect())
+    }
+
+    async fn get_check_run(&self, id: i64) -> Result<Option<(CheckRun, Vec<CheckStep>)>> {
+        // One snapshot for both reads: a run pruned between them would
+        // otherwise come back without its steps.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let row: Option<checks::CheckRunRow> = sqlx::query_as(checks::RUN_GET)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let steps: Vec<checks::CheckStepRow> =
+            sqlx::query_as(checks::steps_of_run(Dialect::Postgres))
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(Some((
+            row.into(),
+            steps.into_iter().map(CheckStep::from).collect(),
+        )))
+    }
+
+    async fn prune_check_runs(&self, older_than: DateTime<Utc>, keep_latest: u32) -> Result<u64> {
+        let done = sqlx::query(checks::RUNS_PRUNE)
+            .bind(micros(older_than))
+            .bind(i64::from(keep_latest))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn put_check_state(
+        &self,
+        check_id: &str,
+        state_json: &str,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        checks::check_state(check_id, state_json)?;
+        sqlx::query(checks::state_upsert(Dialect::Postgres))
+            .bind(check_id)
+            .bind(state_json)
+            .bind(micros(at))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn check_states(&self) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(checks::states_list(Dialect::Postgres))
+            .fetch_all(&self.pool)
+            .await?)
     }
 }

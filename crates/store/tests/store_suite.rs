@@ -18,9 +18,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use bankbridge_core::{Balance, BalanceKind, FetchedAccount, Iban, Transaction, TxStatus};
 use bankbridge_store::{
-    Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Checkpoint, DocumentQuery, Lease,
-    NewCard, NewConnection, NewDocument, NewInstitution, PgStore, Scope, SqliteStore, Store,
-    StoreError, SyncJob, TokenRecord, TxQuery, TxWrite, WindowCommit, sha256_hex,
+    Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, CheckRun, CheckRunQuery,
+    CheckStep, Checkpoint, DocumentQuery, Lease, NewCard, NewCheckRun, NewCheckStep, NewConnection,
+    NewDocument, NewInstitution, PgStore, Scope, SqliteStore, Store, StoreError, SyncJob,
+    TokenRecord, TxQuery, TxWrite, WindowCommit, sha256_hex,
 };
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use futures::StreamExt;
@@ -211,12 +212,19 @@ store_tests! {
         documents_are_stored_once_per_key_and_bytes_once_per_hash,
         documents_list_filters_and_order,
         documents_refuse_bad_input,
+        check_run_round_trips_every_field,
+        check_run_with_a_bad_step_leaves_nothing,
+        check_runs_filter_and_page_newest_first,
+        check_runs_pruned_except_the_latest_of_each_check,
+        check_state_is_upserted_per_check,
     ],
     location: [
         migrations_are_idempotent,
         a_newer_database_is_refused,
         upgrade_from_0001_keeps_data,
         document_bytes_go_with_their_last_connection,
+        check_run_failing_in_the_database_midway_leaves_nothing,
+        pruned_check_runs_take_their_steps,
     ],
 }
 
@@ -2725,4 +2733,472 @@ async fn document_bytes_go_with_their_last_connection(location: String) {
     assert_eq!(bytes, b"shared");
     s.delete_connection(c2).await.unwrap();
     assert_eq!(blob_count(&location).await, 0);
+}
+
+// ---------------------------------------------------------------- flow checks
+
+fn new_step(index: i32, outcome: &str, detail: &str) -> NewCheckStep {
+    NewCheckStep {
+        index,
+        name: format!("step {index}"),
+        kind: ["http", "encrypted_form", "wait_until"][index as usize % 3].to_owned(),
+        outcome: outcome.to_owned(),
+        duration_ms: 10 * i64::from(index) + 7,
+        detail: detail.to_owned(),
+    }
+}
+
+fn new_run(check: &str, location: &str, round: &str, started: DateTime<Utc>) -> NewCheckRun {
+    NewCheckRun {
+        check_id: check.to_owned(),
+        check_name: format!("Flow {check}"),
+        location: location.to_owned(),
+        round_id: round.to_owned(),
+        trigger: "schedule".to_owned(),
+        started_at: started,
+        finished_at: started + Duration::milliseconds(1_500),
+        duration_ms: 1_500,
+        outcome: "passed".to_owned(),
+        attempts: 1,
+        failed_step: None,
+        error: None,
+        steps: vec![new_step(0, "passed", "{}"), new_step(1, "passed", "[]")],
+    }
+}
+
+/// What a stored run must read back as.
+fn stored(id: i64, n: &NewCheckRun) -> CheckRun {
+    CheckRun {
+        id,
+        check_id: n.check_id.clone(),
+        check_name: n.check_name.clone(),
+        location: n.location.clone(),
+        round_id: n.round_id.clone(),
+        trigger: n.trigger.clone(),
+        started_at: n.started_at,
+        finished_at: n.finished_at,
+        duration_ms: n.duration_ms,
+        outcome: n.outcome.clone(),
+        attempts: n.attempts,
+        failed_step: n.failed_step.clone(),
+        error: n.error.clone(),
+    }
+}
+
+fn all_runs() -> CheckRunQuery {
+    CheckRunQuery {
+        limit: 1_000,
+        ..CheckRunQuery::default()
+    }
+}
+
+async fn check_run_round_trips_every_field(s: Arc<dyn Store>) {
+    // Details kept byte for byte: spacing, key order, escapes, non-ASCII.
+    let detail_0 = r#"{"request": {"method": "POST", "url": "https://bank.test/login"},  "z": 1, "a": "[REDACTED]"}"#;
+    let detail_1 =
+        "{\"asserts\":[{\"ok\":false,\"msg\":\"status 502 \\u2260 200\"}],\"body\":\"Грешка\"}";
+    let detail_2 = "null";
+    let run = NewCheckRun {
+        check_id: "klarna-xs2a".into(),
+        check_name: "Klarna XS2A — playground".into(),
+        location: "eu-west".into(),
+        round_id: "round-2024-05-01T10:00".into(),
+        trigger: "manual".into(),
+        started_at: t(0),
+        finished_at: t(3) + Duration::microseconds(7),
+        duration_ms: 3_000,
+        outcome: "failed".into(),
+        attempts: 3,
+        failed_step: Some("step 1".into()),
+        error: Some("step 1: expected status 200, got 502".into()),
+        // Given out of order: read back by index.
+        steps: vec![
+            new_step(2, "skipped", detail_2),
+            new_step(0, "passed", detail_0),
+            new_step(1, "failed", detail_1),
+        ],
+    };
+    let saved = s.save_check_run(&run).await.unwrap();
+    assert_eq!(saved, stored(saved.id, &run));
+    let (got, steps) = s.get_check_run(saved.id).await.unwrap().expect("the run");
+    assert_eq!(got, saved);
+    let want: Vec<CheckStep> = [1, 2, 0]
+        .map(|i| {
+            let n = &run.steps[i];
+            CheckStep {
+                run_id: saved.id,
+                index: n.index,
+                name: n.name.clone(),
+                kind: n.kind.clone(),
+                outcome: n.outcome.clone(),
+                duration_ms: n.duration_ms,
+                detail: n.detail.clone(),
+            }
+        })
+        .to_vec();
+    assert_eq!(steps, want);
+    assert_eq!(steps[0].detail, detail_0);
+    assert_eq!(steps[1].detail, detail_1);
+
+    // A run without steps (it failed before the first one), and a degraded one.
+    let bare = NewCheckRun {
+        steps: Vec::new(),
+        outcome: "degraded".into(),
+        ..new_run("other", "local", "r2", t(10))
+    };
+    let bare_saved = s.save_check_run(&bare).await.unwrap();
+    assert!(bare_saved.id > saved.id, "ids grow");
+    assert_eq!(
+        s.get_check_run(bare_saved.id).await.unwrap(),
+        Some((stored(bare_saved.id, &bare), Vec::new()))
+    );
+    assert_eq!(s.get_check_run(bare_saved.id + 100).await.unwrap(), None);
+    assert_eq!(
+        s.list_check_runs(&all_runs()).await.unwrap(),
+        vec![bare_saved, saved]
+    );
+}
+
+async fn check_run_with_a_bad_step_leaves_nothing(s: Arc<dyn Store>) {
+    let good = new_run("flow", "local", "r1", t(0));
+    let with_step = |i: usize, f: &dyn Fn(&mut NewCheckStep)| {
+        let mut r = good.clone();
+        r.steps.push(new_step(2, "passed", "{}"));
+        f(&mut r.steps[i]);
+        r
+    };
+    let cases: Vec<(NewCheckRun, &str)> = vec![
+        (
+            with_step(2, &|st| st.detail = "{\"truncated\": \"abc".into()),
+            "not valid JSON",
+        ),
+        (
+            with_step(2, &|st| st.detail = String::new()),
+            "not valid JSON",
+        ),
+        (with_step(1, &|st| st.outcome = "ok".into()), "\"ok\""),
+        (with_step(2, &|st| st.index = 0), "same index"),
+        (with_step(2, &|st| st.index = -1), "negative"),
+        (with_step(0, &|st| st.kind = " ".into()), "kind"),
+        (with_step(2, &|st| st.duration_ms = -5), "duration_ms"),
+        (
+            NewCheckRun {
+                check_id: "".into(),
+                ..good.clone()
+            },
+            "check id",
+        ),
+        (
+            NewCheckRun {
+                location: " ".into(),
+                ..good.clone()
+            },
+            "location",
+        ),
+        (
+            NewCheckRun {
+                round_id: "".into(),
+                ..good.clone()
+            },
+            "round id",
+        ),
+        (
+            NewCheckRun {
+                outcome: "skipped".into(),
+                ..good.clone()
+            },
+            "\"skipped\"",
+        ),
+        (
+            NewCheckRun {
+                trigger: "cron".into(),
+                ..good.clone()
+            },
+            "\"cron\"",
+        ),
+        (
+            NewCheckRun {
+                attempts: 0,
+                ..good.clone()
+            },
+            "attempts",
+        ),
+        (
+            NewCheckRun {
+                duration_ms: -1,
+                ..good.clone()
+            },
+            "duration_ms",
+        ),
+    ];
+    for (bad, needle) in cases {
+        let m = conflict_message(s.save_check_run(&bad).await);
+        assert!(m.contains(needle), "{needle:?} not in {m:?}");
+    }
+    assert!(s.list_check_runs(&all_runs()).await.unwrap().is_empty());
+    // The good one still goes in, whole.
+    let saved = s.save_check_run(&good).await.unwrap();
+    assert_eq!(s.get_check_run(saved.id).await.unwrap().unwrap().1.len(), 2);
+}
+
+async fn check_runs_filter_and_page_newest_first(s: Arc<dyn Store>) {
+    let mut all = Vec::new();
+    for i in 0..12_i64 {
+        let check = ["alpha", "beta", "gamma"][(i % 3) as usize];
+        let location = if i % 2 == 0 { "local" } else { "eu" };
+        let round = format!("r{}", i / 4);
+        let run = new_run(check, location, &round, t(i * 60));
+        let saved = s.save_check_run(&run).await.unwrap();
+        all.push(saved);
+    }
+    all.reverse(); // newest first
+    let opts = |v: &[&str]| -> Vec<Option<String>> {
+        std::iter::once(None)
+            .chain(v.iter().map(|s| Some((*s).to_owned())))
+            .collect()
+    };
+    for check_id in opts(&["alpha", "gamma", "nope"]) {
+        for location in opts(&["local", "eu"]) {
+            for round_id in opts(&["r0", "r2"]) {
+                let q = CheckRunQuery {
+                    check_id: check_id.clone(),
+                    location: location.clone(),
+                    round_id: round_id.clone(),
+                    ..all_runs()
+                };
+                let want: Vec<CheckRun> = all
+                    .iter()
+                    .filter(|r| check_id.as_ref().is_none_or(|c| &r.check_id == c))
+                    .filter(|r| location.as_ref().is_none_or(|l| &r.location == l))
+                    .filter(|r| round_id.as_ref().is_none_or(|x| &r.round_id == x))
+                    .cloned()
+                    .collect();
+                assert_eq!(s.list_check_runs(&q).await.unwrap(), want, "{q:?}");
+            }
+        }
+    }
+    // Every location's run of one round.
+    let round: Vec<i64> = s
+        .list_check_runs(&CheckRunQuery {
+            round_id: Some("r1".into()),
+            ..CheckRunQuery::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(round.len(), 4);
+
+    // Pages of 5 backwards, each before the last id of the one before.
+    let mut seen = Vec::new();
+    let mut before_id = None;
+    loop {
+        let page = s
+            .list_check_runs(&CheckRunQuery {
+                before_id,
+                limit: 5,
+                ..CheckRunQuery::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.len() <= 5);
+        let Some(last) = page.last() else { break };
+        before_id = Some(last.id);
+        seen.extend(page);
+    }
+    assert_eq!(seen, all);
+    // Paging within a filter.
+    let alpha: Vec<CheckRun> = all
+        .iter()
+        .filter(|r| r.check_id == "alpha")
+        .cloned()
+        .collect();
+    let page = s
+        .list_check_runs(&CheckRunQuery {
+            check_id: Some("alpha".into()),
+            before_id: Some(alpha[1].id),
+            limit: 2,
+            ..CheckRunQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page, alpha[2..4]);
+    assert!(
+        s.list_check_runs(&CheckRunQuery {
+            limit: 0,
+            ..CheckRunQuery::default()
+        })
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    assert_eq!(CheckRunQuery::default().limit, 50);
+}
+
+async fn check_runs_pruned_except_the_latest_of_each_check(s: Arc<dyn Store>) {
+    let mut ids: std::collections::HashMap<&str, Vec<i64>> = Default::default();
+    // alpha: 5 old runs; beta: 2 old runs; gamma: 1 old run then 2 new ones.
+    for (check, started) in [
+        ("alpha", t(0)),
+        ("beta", t(1)),
+        ("alpha", t(2)),
+        ("gamma", t(3)),
+        ("alpha", t(4)),
+        ("alpha", t(5)),
+        ("beta", t(6)),
+        ("alpha", t(7)),
+        ("gamma", t(500)),
+        ("gamma", t(600)),
+    ] {
+        let id = s
+            .save_check_run(&new_run(check, "local", "r", started))
+            .await
+            .unwrap()
+            .id;
+        ids.entry(check).or_default().push(id);
+    }
+    let remaining = |s: Arc<dyn Store>| async move {
+        let mut v: Vec<i64> = s
+            .list_check_runs(&all_runs())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let cutoff = t(100);
+    // Keep the latest 2 of each check: alpha loses its 3 oldest; beta keeps
+    // both; gamma's old run is not among its latest 2, so it goes.
+    assert_eq!(s.prune_check_runs(cutoff, 2).await.unwrap(), 4);
+    let mut want: Vec<i64> = [&ids["alpha"][3..], &ids["beta"][..], &ids["gamma"][1..]].concat();
+    want.sort_unstable();
+    assert_eq!(remaining(s.clone()).await, want);
+    assert_eq!(s.get_check_run(ids["alpha"][0]).await.unwrap(), None);
+    assert_eq!(
+        s.get_check_run(ids["alpha"][4])
+            .await
+            .unwrap()
+            .unwrap()
+            .1
+            .len(),
+        2,
+        "a kept run keeps its steps"
+    );
+    // Again: nothing more to do.
+    assert_eq!(s.prune_check_runs(cutoff, 2).await.unwrap(), 0);
+    // Runs that started at the cutoff are not older than it.
+    assert_eq!(s.prune_check_runs(t(500), 0).await.unwrap(), 4);
+    assert_eq!(remaining(s.clone()).await, ids["gamma"][1..].to_vec());
+    assert_eq!(s.prune_check_runs(t(10_000), 1).await.unwrap(), 1);
+    assert_eq!(remaining(s.clone()).await, vec![ids["gamma"][2]]);
+}
+
+async fn check_state_is_upserted_per_check(s: Arc<dyn Store>) {
+    assert!(s.check_states().await.unwrap().is_empty());
+    let a1 = r#"{"health": "up",  "streak": 3, "last_alert": null}"#;
+    let a2 = r#"{"health":"down","streak":1,"last_alert":"2024-05-01T10:00:00Z"}"#;
+    let b = r#"{"health": "degraded"}"#;
+    s.put_check_state("beta", b, t(0)).await.unwrap();
+    s.put_check_state("alpha", a1, t(1)).await.unwrap();
+    assert_eq!(
+        s.check_states().await.unwrap(),
+        vec![("alpha".into(), a1.into()), ("beta".into(), b.into())]
+    );
+    s.put_check_state("alpha", a2, t(2)).await.unwrap();
+    let m = conflict_message(s.put_check_state("alpha", "{\"health\":", t(3)).await);
+    assert!(m.contains("not valid JSON") && m.contains("alpha"), "{m}");
+    let m = conflict_message(s.put_check_state(" ", "{}", t(3)).await);
+    assert!(m.contains("check id"), "{m}");
+    assert_eq!(
+        s.check_states().await.unwrap(),
+        vec![("alpha".into(), a2.into()), ("beta".into(), b.into())]
+    );
+}
+
+/// Runs `sql` on a connection of its own, beside the store's.
+async fn raw_execute(location: &str, sql: &str) {
+    if location.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(location).await.unwrap();
+        c.execute(sql).await.unwrap();
+        c.close().await.unwrap();
+    } else {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(location);
+        let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        c.execute(sql).await.unwrap();
+        c.close().await.unwrap();
+    }
+}
+
+async fn raw_count(location: &str, sql: &str) -> i64 {
+    if location.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(location).await.unwrap();
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap();
+        c.close().await.unwrap();
+        n
+    } else {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(location);
+        let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap();
+        c.close().await.unwrap();
+        n
+    }
+}
+
+async fn check_run_failing_in_the_database_midway_leaves_nothing(location: String) {
+    let s = bankbridge_store::open(&location).await.unwrap();
+    // A step the checks before the transaction accept but the database
+    // refuses, after the run row and the first step went in.
+    if location.starts_with("postgres") {
+        raw_execute(
+            &location,
+            "ALTER TABLE check_steps ADD CONSTRAINT test_no_boom CHECK (name <> 'boom')",
+        )
+        .await;
+    } else {
+        raw_execute(
+            &location,
+            "CREATE TRIGGER test_no_boom BEFORE INSERT ON check_steps WHEN NEW.name = 'boom' \
+             BEGIN SELECT RAISE(ABORT, 'boom refused'); END",
+        )
+        .await;
+    }
+    let mut run = new_run("flow", "local", "r1", t(0));
+    run.steps.push(NewCheckStep {
+        name: "boom".into(),
+        ..new_step(2, "failed", "{}")
+    });
+    assert!(matches!(
+        s.save_check_run(&run).await,
+        Err(StoreError::Database(_))
+    ));
+    assert_eq!(
+        raw_count(&location, "SELECT COUNT(*) FROM check_runs").await,
+        0
+    );
+    assert_eq!(
+        raw_count(&location, "SELECT COUNT(*) FROM check_steps").await,
+        0
+    );
+    assert!(s.list_check_runs(&all_runs()).await.unwrap().is_empty());
+}
+
+async fn pruned_check_runs_take_their_steps(location: String) {
+    let s = bankbridge_store::open(&location).await.unwrap();
+    for i in 0..3 {
+        s.save_check_run(&new_run("flow", "local", "r", t(i)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        raw_count(&location, "SELECT COUNT(*) FROM check_steps").await,
+        6
+    );
+    assert_eq!(s.prune_check_runs(t(100), 1).await.unwrap(), 2);
+    assert_eq!(
+        raw_count(&location, "SELECT COUNT(*) FROM check_steps").await,
+        2
+    );
 }
