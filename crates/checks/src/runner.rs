@@ -551,7 +551,49 @@ async fn run_step(
         _ => total_request_time.as_millis() as u64,
     };
 
-    // Captures first (asserts may compare with them), then asserts.
+    // The status first: an error answer fails as such, not as a capture
+    // that found nothing in it. Then captures (asserts may compare with
+    // them), then the other asserts.
+    let json = x.json.clone();
+    let (status_asserts, other_asserts): (Vec<Assert>, Vec<Assert>) = step
+        .asserts
+        .iter()
+        .cloned()
+        .partition(|a| matches!(a.subject, Subject::Status));
+    let mut results = if status_asserts.is_empty() {
+        vec![AssertResult {
+            assertion: "status is 2xx".into(),
+            passed: (200..300).contains(&x.status),
+            actual: Some(x.status.to_string()),
+        }]
+    } else {
+        check_asserts(&status_asserts, &x, scope)
+    };
+    if results.iter().any(|r| !r.passed) {
+        let body = String::from_utf8_lossy(&x.body);
+        let snippet: String = body.chars().take(300).collect();
+        let expected: Vec<String> = results
+            .iter()
+            .map(|r| {
+                let a = r.assertion.as_str();
+                a.strip_prefix("status is ")
+                    .or_else(|| a.strip_prefix("status == "))
+                    .or_else(|| a.strip_prefix("status in "))
+                    .unwrap_or(a)
+                    .to_string()
+            })
+            .collect();
+        let message = format!(
+            "answered status {} (expected {}): {}",
+            x.status,
+            expected.join(" or "),
+            snippet.trim()
+        );
+        report.asserts = results;
+        let (mut r, _, n) = fail(report, message, false, t0);
+        r.duration_ms = total_request_time.as_millis() as u64;
+        return (r, json, n);
+    }
     for capture in &step.captures {
         match capture_value(&capture.source, &x) {
             Ok(value) => {
@@ -567,7 +609,7 @@ async fn run_step(
                 scope.set(capture.name.clone(), value);
             }
             Err(e) => {
-                let json = x.json.clone();
+                report.asserts = results;
                 let (mut r, _, n) = fail(
                     report,
                     format!("capture `{}`: {e}", capture.name),
@@ -579,20 +621,7 @@ async fn run_step(
             }
         }
     }
-    let mut results = Vec::new();
-    if !step
-        .asserts
-        .iter()
-        .any(|a| matches!(a.subject, Subject::Status))
-    {
-        // No status assert: any 2xx (after redirects) is expected.
-        results.push(AssertResult {
-            assertion: "status is 2xx".into(),
-            passed: (200..300).contains(&x.status),
-            actual: Some(x.status.to_string()),
-        });
-    }
-    results.extend(check_asserts(&step.asserts, &x, scope));
+    results.extend(check_asserts(&other_asserts, &x, scope));
     let broken: Vec<String> = results
         .iter()
         .filter(|r| !r.passed)
@@ -602,7 +631,6 @@ async fn run_step(
         })
         .collect();
     report.asserts = results;
-    let json = x.json.clone();
     if !broken.is_empty() {
         let (mut r, _, n) = fail(
             report,

@@ -75,6 +75,9 @@ enum Command {
     /// Apply category rules (TOML, first match wins) to stored transactions.
     #[command(after_help = "Example: bankbridge categorize --rules categories.toml --dry-run")]
     Categorize(cmd::categorize::CategorizeArgs),
+    /// Flow checks: run or validate multi-step API flow files, or serve a location as an agent.
+    #[command(subcommand)]
+    Check(cmd::check::CheckCommand),
     /// Measure sync, reconcile, API and export speed (prints tables).
     #[command(after_help = "Example: bankbridge bench --transactions 100000")]
     Bench(cmd::bench::BenchArgs),
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
             | Command::Sandbox(_)
             | Command::Demo(_)
             | Command::Card(cmd::card::CardCommand::Virtual(_))
+            | Command::Check(cmd::check::CheckCommand::Agent(_))
     );
     ui::init_logging(cli.log_json || config.file.log_json.unwrap_or(false), quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -131,6 +135,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Card(c) => cmd::card::run(&config, c).await,
         Command::Bankid(c) => cmd::bankid::run(c).await,
         Command::Categorize(args) => cmd::categorize::run(&config, args).await,
+        Command::Check(c) => cmd::check::run(c).await,
         Command::Bench(args) => cmd::bench::run(args).await,
     }
 }

@@ -42,10 +42,12 @@ pub mod auth;
 pub mod bankid_gateway;
 mod cache;
 pub mod cards;
+pub mod checks;
 pub mod error;
 pub mod export;
 mod guard;
 pub mod jobs;
+pub mod metrics;
 pub mod params;
 pub mod scheduler;
 
@@ -104,6 +106,10 @@ pub struct AppInner {
     pub cards: cards::CardService,
     /// The BankID gateway, once configured with [`AppState::set_bankid`].
     pub bankid: std::sync::OnceLock<bankid_gateway::BankIdGateway>,
+    /// The flow-check scheduler, once configured with [`AppState::set_checks`].
+    pub checks: std::sync::OnceLock<checks::ChecksService>,
+    /// Prometheus metrics (`/metrics`).
+    pub metrics: Arc<metrics::Metrics>,
     pub(crate) auth: guard::TokenAuth,
     pub(crate) syncs: jobs::SyncRegistry,
     pub(crate) pages: cache::PageCache,
@@ -128,6 +134,20 @@ impl AppState {
     /// Serve the BankID gateway with `gateway`. Only once: false if it was set.
     pub fn set_bankid(&self, gateway: bankid_gateway::BankIdGateway) -> bool {
         self.bankid.set(gateway).is_ok()
+    }
+
+    /// Run flow checks from `config.dir`: starts the scheduler (aborted
+    /// when the returned handle is). Only once: None if it was set.
+    pub fn set_checks(&self, config: checks::ChecksConfig) -> Option<tokio::task::JoinHandle<()>> {
+        let service = checks::ChecksService::new(config, self.store.clone(), self.metrics.clone());
+        let handle = service.spawn();
+        match self.checks.set(service) {
+            Ok(()) => Some(handle),
+            Err(_) => {
+                handle.abort();
+                None
+            }
+        }
     }
 
     pub fn new(store: Arc<dyn Store>, syncer: Syncer, connectors: Vec<String>) -> Self {
@@ -171,6 +191,8 @@ impl AppState {
         );
         AppState(Arc::new(AppInner {
             bankid: std::sync::OnceLock::new(),
+            checks: std::sync::OnceLock::new(),
+            metrics: Arc::new(metrics::Metrics::new()),
             cards,
             store,
             syncer,

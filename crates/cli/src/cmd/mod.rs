@@ -12,6 +12,8 @@ pub mod bankid;
 pub mod bench;
 pub mod card;
 pub mod categorize;
+pub mod check;
+pub mod check_agent;
 pub mod connection;
 pub mod demo;
 pub mod documents;

@@ -44,6 +44,17 @@ pub struct ServeArgs {
     /// A reverse proxy whose X-Forwarded-For names the end user (repeatable).
     #[arg(long)]
     pub trusted_proxy: Vec<std::net::IpAddr>,
+    /// Run the flow checks of this folder (*.toml flows and channels.toml)
+    /// on their schedules; the folder is reloaded when it changes.
+    #[arg(long, env = "BANKBRIDGE_CHECKS")]
+    pub checks: Option<std::path::PathBuf>,
+    /// This server's own location name: flows listing it run here, the
+    /// other locations are left to `bankbridge check agent`s.
+    #[arg(long, default_value = "local")]
+    pub checks_location: String,
+    /// Keep check results this many days (each check's newest 100 runs are always kept).
+    #[arg(long, default_value_t = 30)]
+    pub checks_retention_days: u64,
 }
 
 pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
@@ -87,9 +98,29 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
     eprintln!(
         "bankbridge API on http://{addr}/api/v1/ (OpenAPI: http://{addr}/api/v1/openapi.json)"
     );
+    let checks = match &args.checks {
+        Some(dir) => {
+            if !dir.is_dir() {
+                anyhow::bail!("--checks {}: not a folder of flow files", dir.display());
+            }
+            let mut cfg = bankbridge_server::checks::ChecksConfig::new(dir);
+            cfg.location = args.checks_location.clone();
+            cfg.retention = Duration::from_secs(args.checks_retention_days.max(1) * 24 * 3600);
+            eprintln!(
+                "flow checks: {} (location {:?}; results at /api/v1/checks, metrics at /metrics)",
+                dir.display(),
+                cfg.location
+            );
+            state.set_checks(cfg)
+        }
+        None => None,
+    };
     let scheduler = bankbridge_server::spawn_scheduler(state.clone());
     bankbridge_server::serve(listener, state, shutdown_signal()).await?;
     scheduler.abort();
+    if let Some(checks) = checks {
+        checks.abort();
+    }
     Ok(ExitCode::SUCCESS)
 }
 

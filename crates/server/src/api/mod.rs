@@ -21,6 +21,7 @@ use crate::{AppState, guard};
 mod accounts;
 mod bankid;
 mod cards;
+mod checks;
 mod connections;
 mod documents;
 mod export;
@@ -41,6 +42,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .merge(export::routes(state))
         .merge(cards::routes(state))
         .merge(bankid::routes(state))
+        .merge(checks::routes(state))
 }
 
 /// `method_router`, reachable only with a token whose scope allows `scope`.

@@ -1,0 +1,207 @@
+//! Flow checks: the checks and their state, their runs, one run's steps, a
+//! run started by hand, the agents' job queue, and `/metrics`. The logic
+//! lives in [`crate::checks`].
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bankbridge_checks::runner::RunReport;
+use bankbridge_store::{CheckRunQuery, Scope};
+use serde::Deserialize;
+
+use super::{ApiJson, PathId, guarded, json};
+use crate::AppState;
+use crate::checks::ChecksService;
+use crate::error::ApiError;
+
+pub(crate) fn routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/checks", guarded(state, Scope::Read, get(list)))
+        .route(
+            "/api/v1/checks/{id}",
+            guarded(state, Scope::Read, get(show)),
+        )
+        .route(
+            "/api/v1/checks/{id}/runs",
+            guarded(state, Scope::Read, get(runs)),
+        )
+        .route(
+            "/api/v1/checks/{id}/run",
+            guarded(state, Scope::Write, post(run_now)),
+        )
+        .route("/api/v1/runs/{id}", guarded(state, Scope::Read, get(run)))
+        .route(
+            "/api/v1/agent/jobs",
+            guarded(state, Scope::Write, get(agent_jobs)),
+        )
+        .route(
+            "/api/v1/agent/results",
+            guarded(state, Scope::Write, post(agent_result)),
+        )
+        .route("/metrics", guarded(state, Scope::Read, get(metrics)))
+}
+
+fn service(state: &AppState) -> Result<&ChecksService, ApiError> {
+    state.checks.get().ok_or_else(|| {
+        ApiError::unavailable("flow checks are off: start `bankbridge serve --checks DIR`")
+    })
+}
+
+/// Every check with its health and last round, and the flow files that
+/// failed to load (each error names its file, line and field).
+async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let (checks, invalid) = service(&state)?.summaries();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "data": checks, "invalid": invalid }),
+        4096,
+    ))
+}
+
+async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let check = service(&state)?
+        .summary(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no check {id:?}")))?;
+    Ok(json(StatusCode::OK, &check, 1024))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunsParams {
+    location: Option<String>,
+    limit: Option<u32>,
+    /// Runs with an id below this one (paging backwards).
+    before: Option<i64>,
+}
+
+/// A check's runs, newest first (one per location per round).
+async fn runs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<RunsParams>,
+) -> Result<Response, ApiError> {
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid_parameter("limit", "between 1 and 500"));
+    }
+    let rows = state
+        .store
+        .list_check_runs(&CheckRunQuery {
+            check_id: Some(id),
+            location: params.location,
+            round_id: None,
+            before_id: params.before,
+            limit,
+        })
+        .await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "data": rows }),
+        8192,
+    ))
+}
+
+/// One run with its steps: timing, outcome, and the request and answer as
+/// recorded (secrets masked, bodies cut).
+async fn run(State(state): State<AppState>, PathId(id): PathId) -> Result<Response, ApiError> {
+    let (run, steps) = state
+        .store
+        .get_check_run(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    let steps: Vec<serde_json::Value> = steps
+        .into_iter()
+        .map(|s| {
+            serde_json::json!({
+                "index": s.index,
+                "name": s.name,
+                "kind": s.kind,
+                "outcome": s.outcome,
+                "duration_ms": s.duration_ms,
+                "detail": serde_json::from_str::<serde_json::Value>(&s.detail).unwrap_or(serde_json::Value::Null),
+            })
+        })
+        .collect();
+    let mut body = serde_json::to_value(&run).map_err(ApiError::internal)?;
+    body["steps"] = serde_json::Value::Array(steps);
+    Ok(json(StatusCode::OK, &body, 16 * 1024))
+}
+
+/// Start a round of the check now (all its locations, or the next one in
+/// rotation), besides its schedule.
+async fn run_now(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let round = service(&state)?
+        .start_round(&id, "manual")
+        .ok_or_else(|| ApiError::not_found(format!("no check {id:?}")))?;
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({ "round_id": round }),
+        128,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsParams {
+    location: String,
+    /// Long-poll: wait up to this many milliseconds for a job (max 30 000).
+    wait_ms: Option<u64>,
+}
+
+/// The jobs waiting for an agent's location (long-polled).
+async fn agent_jobs(
+    State(state): State<AppState>,
+    Query(params): Query<JobsParams>,
+) -> Result<Response, ApiError> {
+    if params.location.trim().is_empty() {
+        return Err(ApiError::invalid_parameter("location", "a location name"));
+    }
+    let wait = Duration::from_millis(params.wait_ms.unwrap_or(0).min(30_000));
+    let jobs = service(&state)?.take_jobs(&params.location, wait).await;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "data": jobs }),
+        4096,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobResult {
+    job_id: String,
+    location: String,
+    report: RunReport,
+}
+
+/// An agent's result for a job it took.
+async fn agent_result(
+    State(state): State<AppState>,
+    ApiJson(result): ApiJson<JobResult>,
+) -> Result<Response, ApiError> {
+    let accepted = service(&state)?
+        .report_job(&result.job_id, &result.location, result.report)
+        .await;
+    if !accepted {
+        return Err(ApiError::conflict(format!(
+            "job {:?} is unknown, already answered, or its round closed",
+            result.job_id
+        )));
+    }
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut res = state.metrics.encode().into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    res
+}

@@ -1,0 +1,906 @@
+//! The flow-check scheduler of `serve`: flows loaded from a folder (and
+//! reloaded when it changes), rounds started on each flow's cadence with
+//! jitter, runs executed here (location `local`) or handed to agents at
+//! other locations, a round's verdict from its locations' results (quorum),
+//! the check's health moved by thresholds, alerts sent on each change (and
+//! as reminders), results stored with retention, and the TLS certificates
+//! of the flows' hosts watched.
+//!
+//! No HTTP here: `api::checks` exposes it. The pure rules (cadence, retries,
+//! quorum, thresholds, maintenance) live in `bankbridge_checks::schedule`.
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bankbridge_checks::alerts::{
+    Alert, AlertKind, CertificateInfo, ChannelConfig, LocationOutcome, Notifier,
+};
+use bankbridge_checks::flow::{self, Flow, FlowError, SecretSource};
+use bankbridge_checks::runner::{RunOptions, RunReport, Runner};
+use bankbridge_checks::schedule::{
+    CheckState, Health, Outcome, Transition, in_maintenance, locations_for_round, round_verdict,
+};
+use bankbridge_store::{NewCheckRun, NewCheckStep, Store};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::metrics::Metrics;
+
+/// Settings of the checks scheduler.
+#[derive(Clone, Debug)]
+pub struct ChecksConfig {
+    /// The project folder: `*.toml` flows and an optional `channels.toml`.
+    pub dir: PathBuf,
+    /// This server's own location name (flows listing it run here).
+    pub location: String,
+    /// How often the scheduler wakes to start due rounds.
+    pub tick: Duration,
+    /// How often the folder is looked at for changes.
+    pub reload_every: Duration,
+    /// Results older than this are deleted...
+    pub retention: Duration,
+    /// ...except each check's newest this many runs.
+    pub keep_latest: u32,
+    /// How long after a round's flow timeout a missing location counts as failed.
+    pub round_grace: Duration,
+    /// How often the certificates of the flows' https hosts are read.
+    pub certificate_every: Duration,
+}
+
+impl ChecksConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            location: "local".into(),
+            tick: Duration::from_millis(100),
+            reload_every: Duration::from_secs(2),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            keep_latest: 100,
+            round_grace: Duration::from_secs(30),
+            certificate_every: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+/// Work for an agent: one flow to run at its location for one round.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Job {
+    pub job_id: String,
+    pub round_id: String,
+    pub flow_id: String,
+    /// The flow file's name and text: the agent parses the same file.
+    pub file: String,
+    pub source: String,
+    /// Values of the flow's `{ secret = .. }` entries the server knows.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// What `GET /api/v1/checks` shows of one check.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckSummary {
+    pub id: String,
+    pub name: String,
+    pub file: String,
+    pub health: Health,
+    pub health_since: DateTime<Utc>,
+    pub every_seconds: u64,
+    pub locations: Vec<String>,
+    pub alerts: Vec<String>,
+    pub next_run_at: DateTime<Utc>,
+    pub in_maintenance: bool,
+    pub last_round: Option<RoundSummary>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RoundSummary {
+    pub round_id: String,
+    pub at: DateTime<Utc>,
+    pub outcome: Outcome,
+    pub failed: Vec<String>,
+    pub degraded: Vec<String>,
+    pub missing: Vec<String>,
+}
+
+struct Entry {
+    flow: Arc<Flow>,
+    source: String,
+    /// The cadence slot and the jittered time it fires at.
+    slot: DateTime<Utc>,
+    fire_at: DateTime<Utc>,
+    round_no: u64,
+    state: CheckState,
+    last_round: Option<RoundSummary>,
+}
+
+struct Round {
+    flow_id: String,
+    expected: Vec<String>,
+    results: Vec<(String, RunReport, Option<i64>)>,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    flows: BTreeMap<String, Entry>,
+    channels: Vec<ChannelConfig>,
+    errors: Vec<String>,
+    fingerprint: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    rounds: HashMap<String, Round>,
+    /// The job ids handed out and not yet answered: job id → (round, location).
+    jobs_out: HashMap<String, (String, String)>,
+    /// host:port → the day a certificate alert last went out.
+    certificate_alerted: HashMap<String, chrono::NaiveDate>,
+}
+
+/// The scheduler; cheap to clone.
+#[derive(Clone)]
+pub struct ChecksService(Arc<Inner>);
+
+struct Inner {
+    config: ChecksConfig,
+    store: Arc<dyn Store>,
+    runner: Runner,
+    notifier: Notifier,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+    queues: Mutex<HashMap<String, VecDeque<Job>>>,
+    job_ready: Notify,
+}
+
+impl ChecksService {
+    pub fn new(config: ChecksConfig, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        ChecksService(Arc::new(Inner {
+            config,
+            store,
+            runner: Runner::new(),
+            notifier: Notifier::new(),
+            metrics,
+            state: Mutex::new(State::default()),
+            queues: Mutex::new(HashMap::new()),
+            job_ready: Notify::new(),
+        }))
+    }
+
+    pub fn config(&self) -> &ChecksConfig {
+        &self.0.config
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere must not stop the scheduler: the state stays usable.
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the folder and the stored health of each check, then runs the
+    /// scheduler until the task is aborted.
+    pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move { this.run_forever().await })
+    }
+
+    async fn run_forever(self) {
+        let stored: HashMap<String, CheckState> = match self.0.store.check_states().await {
+            Ok(rows) => rows
+                .into_iter()
+                .filter_map(|(id, json)| serde_json::from_str(&json).ok().map(|s| (id, s)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "checks: could not load the stored check states");
+                HashMap::new()
+            }
+        };
+        self.reload(Some(&stored));
+        let mut last_reload = Instant::now();
+        let mut last_prune: Option<Instant> = None;
+        let mut last_certificates: Option<Instant> = None;
+        let mut tick = tokio::time::interval(self.0.config.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if last_reload.elapsed() >= self.0.config.reload_every {
+                last_reload = Instant::now();
+                self.reload(None);
+            }
+            self.start_due_rounds(Utc::now());
+            self.finish_overdue_rounds().await;
+            if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+                last_prune = Some(Instant::now());
+                let this = self.clone();
+                tokio::spawn(async move { this.prune().await });
+            }
+            if last_certificates.is_none_or(|t| t.elapsed() >= self.0.config.certificate_every) {
+                last_certificates = Some(Instant::now());
+                let this = self.clone();
+                tokio::spawn(async move { this.check_certificates().await });
+            }
+        }
+    }
+
+    /// Re-reads the folder when a file changed (name, size or mtime). Flows
+    /// keep their health and cadence across reloads; an invalid file leaves
+    /// the last good version of that flow running and is reported.
+    pub fn reload(&self, stored: Option<&HashMap<String, CheckState>>) {
+        let dir = &self.0.config.dir;
+        let fingerprint = fingerprint(dir);
+        if stored.is_none() && self.state().fingerprint == fingerprint {
+            return;
+        }
+        let (flows, errors) = flow::load_dir(dir);
+        let mut messages: Vec<String> = errors.iter().map(FlowError::to_string).collect();
+        let channels_path = dir.join(flow::CHANNELS_FILE);
+        let channels = match std::fs::read_to_string(&channels_path) {
+            Ok(text) => match bankbridge_checks::alerts::parse_channels(&text) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    messages.push(format!("{}: {e}", channels_path.display()));
+                    None
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
+            Err(e) => {
+                messages.push(format!("{}: {e}", channels_path.display()));
+                None
+            }
+        };
+        let now = Utc::now();
+        let mut rng = rand::rng();
+        let mut state = self.state();
+        if let Some(channels) = channels {
+            state.channels = channels;
+        }
+        let known_channels: Vec<String> = state.channels.iter().map(|c| c.name.clone()).collect();
+        let failed_ids: Vec<String> = errors
+            .iter()
+            .filter_map(|e| {
+                std::path::Path::new(&e.file)
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(str::to_string)
+            })
+            .collect();
+        let mut next: BTreeMap<String, Entry> = BTreeMap::new();
+        for flow in flows {
+            for name in &flow.alerts {
+                if !known_channels.contains(name) {
+                    messages.push(format!(
+                        "{}: alerts: no channel named {name:?} in {}",
+                        flow.file,
+                        flow::CHANNELS_FILE
+                    ));
+                }
+            }
+            let source = std::fs::read_to_string(&flow.file).unwrap_or_default();
+            let id = flow.id.clone();
+            let entry = match state.flows.remove(&id) {
+                Some(mut old) => {
+                    if old.flow.schedule != flow.schedule {
+                        old.slot = flow.schedule.first_due(now, &mut rng);
+                        old.fire_at = old.slot;
+                    }
+                    old.flow = Arc::new(flow);
+                    old.source = source;
+                    old
+                }
+                None => {
+                    let slot = flow.schedule.first_due(now, &mut rng);
+                    let state = stored
+                        .and_then(|s| s.get(&id).cloned())
+                        .unwrap_or_else(|| CheckState::new(now));
+                    Entry {
+                        flow: Arc::new(flow),
+                        source,
+                        slot,
+                        fire_at: slot,
+                        round_no: 0,
+                        state,
+                        last_round: None,
+                    }
+                }
+            };
+            next.insert(id, entry);
+        }
+        // A file that no longer parses keeps its last good flow running.
+        for id in failed_ids {
+            if let Some(old) = state.flows.remove(&id) {
+                next.insert(id, old);
+            }
+        }
+        for e in &messages {
+            tracing::warn!("checks: {e}");
+        }
+        tracing::info!(flows = next.len(), invalid = errors.len(), dir = %dir.display(), "checks: flows loaded");
+        state.flows = next;
+        state.errors = messages;
+        state.fingerprint = fingerprint;
+    }
+
+    fn start_due_rounds(&self, now: DateTime<Utc>) {
+        let mut due: Vec<String> = Vec::new();
+        {
+            let mut state = self.state();
+            let mut rng = rand::rng();
+            for (id, entry) in state.flows.iter_mut() {
+                if entry.fire_at > now {
+                    continue;
+                }
+                let lateness = (now - entry.fire_at).to_std().unwrap_or_default();
+                entry.slot = entry.flow.schedule.next_slot(entry.slot, now);
+                entry.fire_at = entry.flow.schedule.fire_at(entry.slot, &mut rng);
+                if in_maintenance(&entry.flow.maintenance, now) {
+                    tracing::debug!(check = %id, "checks: in a maintenance window, round skipped");
+                    continue;
+                }
+                self.0.metrics.observe_lateness(lateness);
+                due.push(id.clone());
+            }
+        }
+        for id in due {
+            self.start_round(&id, "schedule");
+        }
+    }
+
+    /// Starts a round of `check_id` now; its id, or None for an unknown check.
+    pub fn start_round(&self, check_id: &str, trigger: &'static str) -> Option<String> {
+        let round_id = uuid::Uuid::new_v4().to_string();
+        let (flow, source, locations) = {
+            let mut state = self.state();
+            let entry = state.flows.get_mut(check_id)?;
+            let locations = locations_for_round(
+                entry.flow.locations.mode,
+                &entry.flow.locations.names,
+                entry.round_no,
+            );
+            entry.round_no += 1;
+            let flow = entry.flow.clone();
+            let source = entry.source.clone();
+            let worst_case = flow.timeout
+                + flow
+                    .retry
+                    .max_duration
+                    .unwrap_or(flow.timeout * (flow.retry.max_retries + 1))
+                + self.0.config.round_grace;
+            state.rounds.insert(
+                round_id.clone(),
+                Round {
+                    flow_id: check_id.to_string(),
+                    expected: locations.clone(),
+                    results: Vec::new(),
+                    deadline: Instant::now() + worst_case,
+                },
+            );
+            (flow, source, locations)
+        };
+        for location in locations {
+            if location == self.0.config.location {
+                let this = self.clone();
+                let flow = flow.clone();
+                let round = round_id.clone();
+                tokio::spawn(async move {
+                    let opts = this.run_options(&flow, &location);
+                    let report = this.0.runner.run_with_retries(&flow, &opts).await;
+                    this.complete(&round, report, trigger).await;
+                });
+            } else {
+                let job = Job {
+                    job_id: uuid::Uuid::new_v4().to_string(),
+                    round_id: round_id.clone(),
+                    flow_id: flow.id.clone(),
+                    file: std::path::Path::new(&flow.file)
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("flow.toml")
+                        .to_string(),
+                    source: source.clone(),
+                    secrets: BTreeMap::new(),
+                };
+                self.state()
+                    .jobs_out
+                    .insert(job.job_id.clone(), (round_id.clone(), location.clone()));
+                self.0
+                    .queues
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(location)
+                    .or_default()
+                    .push_back(job);
+                self.0.job_ready.notify_waiters();
+            }
+        }
+        Some(round_id)
+    }
+
+    fn run_options(&self, _flow: &Flow, location: &str) -> RunOptions {
+        RunOptions {
+            location: location.to_string(),
+            secrets: Arc::new(|source| match source {
+                SecretSource::Env(name) => std::env::var(name).ok(),
+                // The server's secret store is not wired to checks yet.
+                SecretSource::Store(_) => None,
+            }),
+            ..RunOptions::default()
+        }
+    }
+
+    /// Jobs waiting for `location`, waiting up to `wait` for one to appear.
+    pub async fn take_jobs(&self, location: &str, wait: Duration) -> Vec<Job> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.0.job_ready.notified();
+            {
+                let mut queues = self.0.queues.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(q) = queues.get_mut(location)
+                    && !q.is_empty()
+                {
+                    return q.drain(..).collect();
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                return Vec::new();
+            }
+        }
+    }
+
+    /// An agent's result for a job; false when the job is unknown (or
+    /// already answered, or its round already closed).
+    pub async fn report_job(&self, job_id: &str, location: &str, mut report: RunReport) -> bool {
+        let Some((round, expected_location)) = self.state().jobs_out.remove(job_id) else {
+            return false;
+        };
+        // The location is the one the job was for, whatever the agent says.
+        if expected_location != location {
+            tracing::warn!(job = %job_id, %location, expected = %expected_location, "checks: an agent answered a job of another location");
+        }
+        report.location = expected_location;
+        self.complete(&round, report, "schedule").await;
+        true
+    }
+
+    /// Stores one location's result and closes the round when it is whole.
+    async fn complete(&self, round_id: &str, report: RunReport, trigger: &str) {
+        self.0.metrics.observe_run(&report);
+        let run = to_new_run(round_id, trigger, &report);
+        let run_id = match self.0.store.save_check_run(&run).await {
+            Ok(saved) => Some(saved.id),
+            Err(e) => {
+                tracing::error!(check = %report.flow_id, error = %e, "checks: could not store a run");
+                None
+            }
+        };
+        let finished = {
+            let mut state = self.state();
+            let Some(round) = state.rounds.get_mut(round_id) else {
+                return;
+            };
+            round
+                .results
+                .push((report.location.clone(), report, run_id));
+            let all_in = round
+                .expected
+                .iter()
+                .all(|l| round.results.iter().any(|(loc, _, _)| loc == l));
+            if all_in {
+                state.rounds.remove(round_id)
+            } else {
+                None
+            }
+        };
+        if let Some(round) = finished {
+            self.finish_round(round_id, round).await;
+        }
+    }
+
+    async fn finish_overdue_rounds(&self) {
+        let overdue: Vec<(String, Round)> = {
+            let mut state = self.state();
+            let now = Instant::now();
+            let ids: Vec<String> = state
+                .rounds
+                .iter()
+                .filter(|(_, r)| r.deadline <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let rounds: Vec<(String, Round)> = ids
+                .into_iter()
+                .filter_map(|id| state.rounds.remove(&id).map(|r| (id, r)))
+                .collect();
+            state
+                .jobs_out
+                .retain(|_, (round, _)| !rounds.iter().any(|(id, _)| id == round));
+            rounds
+        };
+        for (id, round) in overdue {
+            // Jobs nobody took are dropped with their round.
+            {
+                let mut queues = self.0.queues.lock().unwrap_or_else(|p| p.into_inner());
+                for q in queues.values_mut() {
+                    q.retain(|j| j.round_id != id);
+                }
+            }
+            self.finish_round(&id, round).await;
+        }
+    }
+
+    async fn finish_round(&self, round_id: &str, round: Round) {
+        let now = Utc::now();
+        let outcomes: Vec<(String, Outcome)> = round
+            .results
+            .iter()
+            .map(|(l, r, _)| (l.clone(), r.outcome))
+            .collect();
+        let (alerts, state_json) = {
+            let mut state = self.state();
+            let channels = state.channels.clone();
+            let Some(entry) = state.flows.get_mut(&round.flow_id) else {
+                return;
+            };
+            let verdict = round_verdict(
+                &round.expected,
+                &outcomes,
+                entry.flow.locations.failure_share,
+            );
+            let transition = entry
+                .state
+                .observe(verdict.outcome, &entry.flow.thresholds, now);
+            entry.last_round = Some(RoundSummary {
+                round_id: round_id.to_string(),
+                at: now,
+                outcome: verdict.outcome,
+                failed: verdict.failed.clone(),
+                degraded: verdict.degraded.clone(),
+                missing: verdict.missing.clone(),
+            });
+            self.0
+                .metrics
+                .set_health(&entry.flow.id, entry.state.health);
+
+            // The worst location's report explains the round.
+            let worst = round
+                .results
+                .iter()
+                .max_by_key(|(_, r, _)| r.outcome)
+                .map(|(_, r, id)| (r, *id));
+            let mut locations: Vec<LocationOutcome> = round
+                .results
+                .iter()
+                .map(|(l, r, _)| LocationOutcome {
+                    location: l.clone(),
+                    outcome: outcome_text(r.outcome).into(),
+                })
+                .collect();
+            for missing in &verdict.missing {
+                locations.push(LocationOutcome {
+                    location: missing.clone(),
+                    outcome: "no result".into(),
+                });
+            }
+            let mut alerts = Vec::new();
+            for name in &entry.flow.alerts {
+                let Some(channel) = channels.iter().find(|c| &c.name == name) else {
+                    continue;
+                };
+                let (kind, reminder) = match transition {
+                    Some(Transition::Failing) => (AlertKind::Failure, false),
+                    Some(Transition::Degraded) => (AlertKind::Degraded, false),
+                    Some(Transition::Recovered) => (AlertKind::Recovery, false),
+                    None if entry.state.reminder_due(name, channel.reminder(), now) => {
+                        match entry.state.health {
+                            Health::Failing => (AlertKind::Failure, true),
+                            Health::Degraded => (AlertKind::Degraded, true),
+                            Health::Passing => continue,
+                        }
+                    }
+                    None => continue,
+                };
+                let mut alert = Alert::new(
+                    kind,
+                    entry.flow.id.clone(),
+                    entry.flow.name.clone(),
+                    summary(
+                        kind,
+                        &entry.flow.name,
+                        &verdict.failed,
+                        &verdict.missing,
+                        &round.expected,
+                        worst.map(|w| w.0),
+                    ),
+                    now,
+                );
+                alert.reminder = reminder;
+                alert.locations = locations.clone();
+                if kind != AlertKind::Recovery
+                    && let Some((r, id)) = worst
+                {
+                    alert.failed_step = r.failed_step.clone();
+                    alert.error = r.error.clone();
+                    alert.run_id = id;
+                }
+                if channel.wants(&alert) {
+                    entry.state.notified(name, now);
+                    alerts.push((channel.clone(), alert));
+                }
+            }
+            let json = serde_json::to_string(&entry.state).unwrap_or_default();
+            (alerts, (entry.flow.id.clone(), json))
+        };
+        if let Err(e) = self
+            .0
+            .store
+            .put_check_state(&state_json.0, &state_json.1, now)
+            .await
+        {
+            tracing::error!(check = %state_json.0, error = %e, "checks: could not store the check state");
+        }
+        self.send_alerts(alerts);
+    }
+
+    fn send_alerts(&self, alerts: Vec<(ChannelConfig, Alert)>) {
+        for (channel, alert) in alerts {
+            let notifier = self.0.notifier.clone();
+            let metrics = self.0.metrics.clone();
+            tokio::spawn(async move {
+                match notifier.send(&channel, &alert).await {
+                    Ok(()) => {
+                        metrics.alert_sent(&channel.name, alert.kind, true);
+                        tracing::info!(channel = %channel.name, check = %alert.check_id, kind = ?alert.kind, reminder = alert.reminder, "checks: alert sent");
+                    }
+                    Err(e) => {
+                        metrics.alert_sent(&channel.name, alert.kind, false);
+                        tracing::warn!(channel = %channel.name, check = %alert.check_id, error = %e, "checks: alert not delivered");
+                    }
+                }
+            });
+        }
+    }
+
+    async fn prune(&self) {
+        let older = Utc::now()
+            - chrono::Duration::from_std(self.0.config.retention)
+                .unwrap_or(chrono::Duration::days(30));
+        match self
+            .0
+            .store
+            .prune_check_runs(older, self.0.config.keep_latest)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(runs = n, "checks: old results deleted"),
+            Err(e) => tracing::warn!(error = %e, "checks: pruning old results failed"),
+        }
+    }
+
+    /// Reads the certificate of every https host the flows call (URLs whose
+    /// host is fixed by variables, not by captured values) and alerts the
+    /// channels that asked for it when one expires within their threshold.
+    pub async fn check_certificates(&self) {
+        let (targets, channels) = {
+            let state = self.state();
+            let mut targets: BTreeMap<(String, u16), Vec<Arc<Flow>>> = BTreeMap::new();
+            for entry in state.flows.values() {
+                if !entry.flow.certificate_check {
+                    continue;
+                }
+                for url in static_urls(&entry.flow) {
+                    for host in bankbridge_checks::tls::hosts_of([url.as_str()]) {
+                        targets.entry(host).or_default().push(entry.flow.clone());
+                    }
+                }
+            }
+            (targets, state.channels.clone())
+        };
+        for ((host, port), flows) in targets {
+            let expiry = match bankbridge_checks::tls::certificate_expiry(
+                &host,
+                port,
+                Duration::from_secs(10),
+            )
+            .await
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(%host, port, error = %e, "checks: could not read a certificate");
+                    continue;
+                }
+            };
+            self.0
+                .metrics
+                .set_certificate(&host, port, expiry.days_left);
+            let today = Utc::now().date_naive();
+            let key = format!("{host}:{port}");
+            if self.state().certificate_alerted.get(&key) == Some(&today) {
+                continue;
+            }
+            let mut alerts = Vec::new();
+            for flow in &flows {
+                for name in &flow.alerts {
+                    let Some(channel) = channels.iter().find(|c| &c.name == name) else {
+                        continue;
+                    };
+                    let mut alert = Alert::new(
+                        AlertKind::CertificateExpiry,
+                        flow.id.clone(),
+                        flow.name.clone(),
+                        format!(
+                            "the TLS certificate of {host}:{port} expires on {} ({} days left)",
+                            expiry.not_after.format("%Y-%m-%d"),
+                            expiry.days_left
+                        ),
+                        Utc::now(),
+                    );
+                    alert.certificate = Some(CertificateInfo {
+                        host: key.clone(),
+                        expires_at: expiry.not_after,
+                        days_left: expiry.days_left,
+                    });
+                    if channel.wants(&alert)
+                        && !alerts
+                            .iter()
+                            .any(|(c, _): &(ChannelConfig, Alert)| c.name == channel.name)
+                    {
+                        alerts.push((channel.clone(), alert));
+                    }
+                }
+            }
+            if !alerts.is_empty() {
+                self.state().certificate_alerted.insert(key, today);
+                self.send_alerts(alerts);
+            }
+        }
+    }
+
+    /// Every check, for the API.
+    pub fn summaries(&self) -> (Vec<CheckSummary>, Vec<String>) {
+        let state = self.state();
+        let now = Utc::now();
+        let list = state.flows.values().map(|e| summary_of(e, now)).collect();
+        (list, state.errors.clone())
+    }
+
+    pub fn summary(&self, id: &str) -> Option<CheckSummary> {
+        let state = self.state();
+        state.flows.get(id).map(|e| summary_of(e, Utc::now()))
+    }
+
+    /// Check ids and names, for the metrics' labels.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+}
+
+fn summary_of(e: &Entry, now: DateTime<Utc>) -> CheckSummary {
+    CheckSummary {
+        id: e.flow.id.clone(),
+        name: e.flow.name.clone(),
+        file: e.flow.file.clone(),
+        health: e.state.health,
+        health_since: e.state.since,
+        every_seconds: e.flow.schedule.every().as_secs(),
+        locations: e.flow.locations.names.clone(),
+        alerts: e.flow.alerts.clone(),
+        next_run_at: e.fire_at,
+        in_maintenance: in_maintenance(&e.flow.maintenance, now),
+        last_round: e.last_round.clone(),
+    }
+}
+
+fn outcome_text(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Passed => "passed",
+        Outcome::Degraded => "degraded",
+        Outcome::Failed => "failed",
+    }
+}
+
+fn summary(
+    kind: AlertKind,
+    name: &str,
+    failed: &[String],
+    missing: &[String],
+    expected: &[String],
+    worst: Option<&RunReport>,
+) -> String {
+    let bad = failed.len() + missing.len();
+    let share = if expected.len() > 1 {
+        format!(" ({bad} of {} locations)", expected.len())
+    } else {
+        String::new()
+    };
+    match kind {
+        AlertKind::Recovery => format!("{name} passes again"),
+        AlertKind::Degraded => match worst.and_then(|r| {
+            r.steps.iter().find(|s| s.note.is_some()).map(|s| {
+                format!(
+                    "{name} is degraded: step {:?} {}",
+                    s.name,
+                    s.note.as_deref().unwrap_or("")
+                )
+            })
+        }) {
+            Some(text) => text,
+            None => format!("{name} is degraded{share}"),
+        },
+        _ => match worst.and_then(|r| r.failed_step.clone()) {
+            Some(step) => format!("{name} fails at step {step:?}{share}"),
+            None => format!(
+                "{name} fails{share}: {}",
+                worst
+                    .and_then(|r| r.error.clone())
+                    .unwrap_or_else(|| "no result".into())
+            ),
+        },
+    }
+}
+
+/// URLs of the flow whose templates use only variables (so the host is
+/// known before a run).
+fn static_urls(flow: &Flow) -> Vec<String> {
+    let mut scope = bankbridge_checks::template::Scope::new();
+    for (name, source) in &flow.vars {
+        if let flow::VarSource::Value(v) = source {
+            scope.set(name.clone(), v.clone());
+        }
+    }
+    flow.steps
+        .iter()
+        .filter_map(|s| s.url.as_ref())
+        .filter_map(|u| scope.render(u).ok())
+        .collect()
+}
+
+/// `(path, mtime, size)` of every file of the folder: a change reloads.
+fn fingerprint(dir: &std::path::Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let meta = e.metadata().ok()?;
+                    Some((e.path(), meta.modified().ok(), meta.len()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// A run as the store keeps it: details already redacted by the runner.
+pub fn to_new_run(round_id: &str, trigger: &str, r: &RunReport) -> NewCheckRun {
+    let finished_at = r.started_at + chrono::Duration::milliseconds(r.duration_ms as i64);
+    NewCheckRun {
+        check_id: r.flow_id.clone(),
+        check_name: r.flow_name.clone(),
+        location: r.location.clone(),
+        round_id: round_id.to_string(),
+        trigger: trigger.to_string(),
+        started_at: r.started_at,
+        finished_at,
+        duration_ms: r.duration_ms as i64,
+        outcome: outcome_text(r.outcome).to_string(),
+        attempts: r.attempts as i32,
+        failed_step: r.failed_step.clone(),
+        error: r.error.clone(),
+        steps: r
+            .steps
+            .iter()
+            .map(|s| NewCheckStep {
+                index: s.index as i32,
+                name: s.name.clone(),
+                kind: s.kind.clone(),
+                outcome: s.outcome.as_str().to_string(),
+                duration_ms: s.duration_ms as i64,
+                detail: serde_json::json!({
+                    "requests": s.requests,
+                    "request": s.request,
+                    "response": s.response,
+                    "captures": s.captures,
+                    "asserts": s.asserts,
+                    "error": s.error,
+                    "note": s.note,
+                })
+                .to_string(),
+            })
+            .collect(),
+    }
+}
