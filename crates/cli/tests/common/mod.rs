@@ -158,6 +158,15 @@ impl Env {
     /// a file (a pipe nobody reads would fill up and block the server).
     /// Returns once `/healthz` answers: the child, the base URL, the log path.
     pub async fn serve(&self) -> (KillOnDrop, String, std::path::PathBuf) {
+        self.serve_with(&[], &[]).await
+    }
+
+    /// `serve` with extra arguments and environment variables.
+    pub async fn serve_with(
+        &self,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> (KillOnDrop, String, std::path::PathBuf) {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -165,7 +174,8 @@ impl Env {
         let log_path = self.home.path().join(format!("serve-{port}.log"));
         let log_file = std::fs::File::create(&log_path).unwrap();
         let server = KillOnDrop(Some(
-            self.command(&["serve", "--listen", &format!("127.0.0.1:{port}")])
+            self.command(&[&["serve", "--listen", &format!("127.0.0.1:{port}")], extra].concat())
+                .envs(envs.iter().copied())
                 .env("BANKBRIDGE_LOG", "debug")
                 .stdout(Stdio::null())
                 .stderr(log_file)

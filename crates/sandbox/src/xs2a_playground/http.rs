@@ -55,11 +55,13 @@ pub fn routes(pg: Arc<Playground>) -> Router {
         )
         .route("/testbank/authorize", get(testbank_page))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed);
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(pg.clone(), slow_down));
     let control = Router::new()
         .route("/credentials", get(control_credentials))
         .route("/fail", get(control_get_fail).post(control_set_fail))
         .route("/stats", get(control_stats))
+        .route("/latency", post(control_set_latency))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
@@ -382,6 +384,36 @@ async fn control_set_fail(State(pg): Pg, body: Bytes) -> Response {
         };
         let plan = pg.set_fail(request, runs, persist).map_err(Refusal::bad)?;
         Ok(json!({ "plan": plan }))
+    })();
+    match result {
+        Ok(body) => json_response(StatusCode::OK, &body),
+        Err(r) => refusal_response(r),
+    }
+}
+
+/// Injected latency before every playground answer (a slow bank).
+async fn slow_down(
+    State(pg): Pg,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let delay = pg.latency();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    next.run(request).await
+}
+
+/// `{"ms": N}`: delay every playground answer by N ms (0 turns it off).
+async fn control_set_latency(State(pg): Pg, body: Bytes) -> Response {
+    let result = (|| {
+        let obj = object(&body)?;
+        let ms = obj
+            .get("ms")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| Refusal::bad("ms must be a number of milliseconds (0 turns it off)"))?;
+        pg.set_latency(ms);
+        Ok(json!({ "latency_ms": pg.latency().as_millis() as u64 }))
     })();
     match result {
         Ok(body) => json_response(StatusCode::OK, &body),

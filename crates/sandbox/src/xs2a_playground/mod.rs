@@ -236,6 +236,9 @@ pub struct Playground {
     accounts: Vec<Account>,
     inner: Mutex<flow::Inner>,
     stats: Stats,
+    /// Injected latency (ms) before every playground answer, for testing
+    /// slow-bank (degraded) alerts; 0 = none.
+    latency_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Playground {
@@ -294,7 +297,17 @@ impl Playground {
             accounts,
             inner: Mutex::new(flow::Inner::default()),
             stats: Stats::default(),
+            latency_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Delay every playground answer by `ms` milliseconds (0 turns it off).
+    pub fn set_latency(&self, ms: u64) {
+        self.latency_ms.store(ms.min(60_000), Ordering::Relaxed);
+    }
+
+    pub fn latency(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.latency_ms.load(Ordering::Relaxed))
     }
 
     pub fn credentials(&self) -> Xs2aCredentials {
