@@ -237,7 +237,7 @@ impl fmt::Display for Assert {
 }
 
 fn is_class(codes: &[u16]) -> bool {
-    codes.len() == 100 && codes[0] % 100 == 0
+    codes.len() == 100 && codes[0].is_multiple_of(100)
 }
 
 fn status_class(class: u16) -> Vec<u16> {
@@ -802,7 +802,8 @@ fn check_templates(
     i: usize,
     raw: &StepFile,
 ) -> Result<(), Problem> {
-    let mut used: Vec<(Vec<Seg>, Result<Vec<String>, template::TemplateError>)> = Vec::new();
+    type Names = Result<Vec<String>, template::TemplateError>;
+    let mut used: Vec<(Vec<Seg>, Names)> = Vec::new();
     let at = |k: &str| vec![key("steps"), Seg::Index(i), key(k)];
     let owned = |r: Result<Vec<&str>, template::TemplateError>| {
         r.map(|v| v.into_iter().map(str::to_string).collect::<Vec<_>>())

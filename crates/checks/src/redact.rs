@@ -105,7 +105,7 @@ impl Redactor {
             ),
             Value::Number(n) => {
                 let text = n.to_string();
-                if self.needles.iter().any(|s| *s == text) {
+                if self.needles.contains(&text) {
                     Value::String(MASK.into())
                 } else {
                     value.clone()

@@ -114,6 +114,9 @@ pub struct AssertResult {
 /// Finds a secret's value for a run.
 pub type SecretLookup = Arc<dyn Fn(&SecretSource) -> Option<String> + Send + Sync>;
 
+/// Reads an environment variable for a run.
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct RunOptions {
     /// The location name reported with the run.
@@ -123,7 +126,7 @@ pub struct RunOptions {
     /// Where `{ env = .. }` / `{ secret = .. }` values come from.
     pub secrets: SecretLookup,
     /// Looks up `{ env = .. }` variables and `BANKBRIDGE_VAR_<name>` overrides.
-    pub env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub env: EnvLookup,
     /// Bodies kept in reports are cut at this many bytes.
     pub body_limit: usize,
 }
