@@ -20,7 +20,12 @@
 //!    collects per second) and 10,000 pending orders driven at once, with
 //!    memory printed for the drivers and the simulator.
 //!
-//! `--only cards` (or sync, api, export, bankid; repeatable) runs just those parts.
+//! 8. flow checks ([`checks`]): runs per second of the example Klarna XS2A
+//!    flow against the sandbox at 1 and 32 concurrent runs, and the
+//!    scheduler with 1,000 flows due every second: round start lateness,
+//!    rounds per second and memory per scheduled flow.
+//!
+//! `--only cards` (or sync, api, export, bankid, checks; repeatable) runs just those parts.
 //!
 //! Progress goes to stderr, the table to stdout. A step that fails prints an
 //! error row and the others still run; the exit status is then 1. Missed
@@ -46,6 +51,7 @@ use bankbridge_sync::{SyncOptions, SyncSummary, Syncer};
 
 mod bankid;
 mod cards;
+mod checks;
 use rust_decimal::Decimal;
 
 #[derive(clap::Args, Debug)]
@@ -74,7 +80,10 @@ pub struct BenchArgs {
     /// Leave out the BankID measurements.
     #[arg(long)]
     pub skip_bankid: bool,
-    /// Run only these sections (repeatable): sync, api, export, cards, bankid.
+    /// Leave out the flow-check measurements.
+    #[arg(long)]
+    pub skip_checks: bool,
+    /// Run only these sections (repeatable): sync, api, export, cards, bankid, checks.
     #[arg(long, value_enum)]
     pub only: Vec<Section>,
 }
@@ -92,6 +101,8 @@ pub enum Section {
     Cards,
     /// BankID simulator capacity and 10,000 driven orders.
     Bankid,
+    /// Flow-check runs per second and the scheduler with 1,000 flows.
+    Checks,
 }
 
 impl BenchArgs {
@@ -102,6 +113,7 @@ impl BenchArgs {
             Section::Export => self.skip_export,
             Section::Cards => self.skip_cards,
             Section::Bankid => self.skip_bankid,
+            Section::Checks => self.skip_checks,
         };
         if self.only.is_empty() {
             !skipped
@@ -227,6 +239,9 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     if args.wants(Section::Bankid) {
         bankid::bankid_section(dir.path(), &mut table).await;
+    }
+    if args.wants(Section::Checks) {
+        checks::checks_section(dir.path(), &mut table).await;
     }
 
     println!();
