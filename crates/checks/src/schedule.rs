@@ -855,6 +855,17 @@ pub enum Outcome {
     Failed,
 }
 
+impl Outcome {
+    /// The word stored, sent in alerts and used as a metric label (as serde writes it).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Degraded => "degraded",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
 /// A round's result across its locations.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoundVerdict {

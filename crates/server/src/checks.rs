@@ -566,7 +566,7 @@ impl ChecksService {
                 .iter()
                 .map(|(l, r, _)| LocationOutcome {
                     location: l.clone(),
-                    outcome: outcome_text(r.outcome).into(),
+                    outcome: r.outcome.as_str().into(),
                 })
                 .collect();
             for missing in &verdict.missing {
@@ -784,14 +784,6 @@ fn summary_of(e: &Entry, now: DateTime<Utc>) -> CheckSummary {
     }
 }
 
-fn outcome_text(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Passed => "passed",
-        Outcome::Degraded => "degraded",
-        Outcome::Failed => "failed",
-    }
-}
-
 fn summary(
     kind: AlertKind,
     name: &str,
@@ -877,7 +869,7 @@ pub fn to_new_run(round_id: &str, trigger: &str, r: &RunReport) -> NewCheckRun {
         started_at: r.started_at,
         finished_at,
         duration_ms: r.duration_ms as i64,
-        outcome: outcome_text(r.outcome).to_string(),
+        outcome: r.outcome.as_str().to_string(),
         attempts: r.attempts as i32,
         failed_step: r.failed_step.clone(),
         error: r.error.clone(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bankbridge_checks::alerts::AlertKind;
 use bankbridge_checks::runner::{RunReport, StepOutcome};
-use bankbridge_checks::schedule::{Health, Outcome};
+use bankbridge_checks::schedule::Health;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -128,12 +128,7 @@ impl Metrics {
         let labels = RunLabels {
             check: report.flow_id.clone(),
             location: report.location.clone(),
-            outcome: match report.outcome {
-                Outcome::Passed => "passed",
-                Outcome::Degraded => "degraded",
-                Outcome::Failed => "failed",
-            }
-            .into(),
+            outcome: report.outcome.as_str().into(),
         };
         self.runs.get_or_create(&labels).inc();
         self.run_seconds
