@@ -206,6 +206,31 @@ pub(crate) fn check_state(check_id: &str, state_json: &str) -> Result<()> {
     Ok(())
 }
 
+/// A stored flow secret as listed: its name and when it last changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSecretInfo {
+    pub name: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a flow file may write in `{ secret = "name" }`.
+pub fn valid_secret_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+pub(crate) fn check_secret_name(name: &str) -> Result<()> {
+    if valid_secret_name(name) {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict(format!(
+            "secret name {name:?}: use 1 to 100 of A-Z a-z 0-9 _ - ."
+        )))
+    }
+}
+
 // ---------------------------------------------------------------- SQL
 //
 // `$N` parameters on both backends (sqlx's SQLite driver binds them by
@@ -274,6 +299,15 @@ pub(crate) fn state_upsert(dialect: Dialect) -> &'static str {
         }
     }
 }
+
+/// Insert or replace; answers whether the row is new (`xmax = 0` on
+/// PostgreSQL, no previous row on SQLite, asked by the caller).
+pub(crate) const SECRET_UPSERT: &str = "INSERT INTO check_secrets (name, sealed, updated_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at";
+pub(crate) const SECRET_EXISTS: &str = "SELECT 1 FROM check_secrets WHERE name = $1";
+pub(crate) const SECRET_GET: &str = "SELECT sealed FROM check_secrets WHERE name = $1";
+pub(crate) const SECRET_LIST: &str = "SELECT name, updated_at FROM check_secrets ORDER BY name";
+pub(crate) const SECRET_DELETE: &str = "DELETE FROM check_secrets WHERE name = $1";
 
 pub(crate) fn states_list(dialect: Dialect) -> &'static str {
     match dialect {

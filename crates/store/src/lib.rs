@@ -41,7 +41,7 @@ pub use cards::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewCard,
     NewInstitution,
 };
-pub use checks::{CheckRun, CheckRunQuery, CheckStep, NewCheckRun, NewCheckStep};
+pub use checks::{CheckRun, CheckRunQuery, CheckSecretInfo, CheckStep, NewCheckRun, NewCheckStep};
 pub use documents::{DocumentQuery, NewDocument, SavedDocument, sha256_hex};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -491,6 +491,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// Every check's state as (check id, state JSON), ordered by check id.
     async fn check_states(&self) -> Result<Vec<(String, String)>>;
+    /// Stores a flow secret, already sealed by the caller (replacing one of
+    /// the same name); true when it is new. `Conflict` for a name that is
+    /// not 1–100 of `A-Z a-z 0-9 _ - .`.
+    async fn put_check_secret(&self, name: &str, sealed: &[u8], at: DateTime<Utc>)
+    -> Result<bool>;
+    /// The sealed value of a flow secret.
+    async fn get_check_secret(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Names and change times of the flow secrets (never their values).
+    async fn list_check_secrets(&self) -> Result<Vec<CheckSecretInfo>>;
+    async fn delete_check_secret(&self, name: &str) -> Result<bool>;
 }
 
 /// Helpers shared by both backends.

@@ -1472,4 +1472,47 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?)
     }
+
+    async fn put_check_secret(&self, name: &str, sealed: &[u8], at: DateTime<Utc>) -> Result<bool> {
+        checks::check_secret_name(name)?;
+        let mut tx = self.pool.begin().await?;
+        let existed = sqlx::query(checks::SECRET_EXISTS)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        sqlx::query(checks::SECRET_UPSERT)
+            .bind(name)
+            .bind(sealed)
+            .bind(micros(at))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(!existed)
+    }
+
+    async fn get_check_secret(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar(checks::SECRET_GET)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn list_check_secrets(&self) -> Result<Vec<checks::CheckSecretInfo>> {
+        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(checks::SECRET_LIST)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, updated_at)| checks::CheckSecretInfo { name, updated_at })
+            .collect())
+    }
+
+    async fn delete_check_secret(&self, name: &str) -> Result<bool> {
+        let done = sqlx::query(checks::SECRET_DELETE)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
 }

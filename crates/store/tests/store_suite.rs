@@ -217,6 +217,7 @@ store_tests! {
         check_runs_filter_and_page_newest_first,
         check_runs_pruned_except_the_latest_of_each_check,
         check_state_is_upserted_per_check,
+        check_secrets_keep_sealed_bytes_and_list_only_names,
     ],
     location: [
         migrations_are_idempotent,
@@ -3116,6 +3117,36 @@ async fn check_state_is_upserted_per_check(s: Arc<dyn Store>) {
         s.check_states().await.unwrap(),
         vec![("alpha".into(), a2.into()), ("beta".into(), b.into())]
     );
+}
+
+async fn check_secrets_keep_sealed_bytes_and_list_only_names(s: Arc<dyn Store>) {
+    assert!(s.list_check_secrets().await.unwrap().is_empty());
+    let sealed: Vec<u8> = (0..=255u8).collect();
+    assert!(s.put_check_secret("xs2a.api-token_1", &sealed, t(0)).await.unwrap());
+    assert!(s.put_check_secret("b", b"\x00\x01", t(1)).await.unwrap());
+    assert_eq!(
+        s.get_check_secret("xs2a.api-token_1").await.unwrap().as_deref(),
+        Some(&sealed[..])
+    );
+    // Replacing answers "not new" and keeps one row.
+    assert!(!s.put_check_secret("b", b"\x02", t(2)).await.unwrap());
+    assert_eq!(s.get_check_secret("b").await.unwrap().as_deref(), Some(&b"\x02"[..]));
+    let listed = s.list_check_secrets().await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|i| (i.name.as_str(), i.updated_at))
+            .collect::<Vec<_>>(),
+        vec![("b", t(2)), ("xs2a.api-token_1", t(0))]
+    );
+    for bad in ["", "with space", "ä", &"x".repeat(101)] {
+        let m = conflict_message(s.put_check_secret(bad, b"v", t(3)).await);
+        assert!(m.contains("secret name"), "{bad:?}: {m}");
+    }
+    assert!(s.delete_check_secret("b").await.unwrap());
+    assert!(!s.delete_check_secret("b").await.unwrap());
+    assert_eq!(s.get_check_secret("b").await.unwrap(), None);
+    assert_eq!(s.list_check_secrets().await.unwrap().len(), 1);
 }
 
 /// Runs `sql` on a connection of its own, beside the store's.
