@@ -650,9 +650,40 @@ async fn openapi_lists_every_path() {
         "/api/v1/syncs/{id}",
         "/api/v1/export",
         "/api/v1/openapi.json",
+        "/api/v1/checks",
+        "/api/v1/checks/{id}",
+        "/api/v1/checks/{id}/runs",
+        "/api/v1/checks/{id}/run",
+        "/api/v1/runs/{id}",
+        "/api/v1/agent/jobs",
+        "/api/v1/agent/results",
+        "/metrics",
     ] {
         assert!(paths.contains_key(p), "missing {p}");
     }
+    for (path, method) in [
+        ("/api/v1/checks/{id}/run", "post"),
+        ("/api/v1/agent/results", "post"),
+    ] {
+        assert!(
+            doc["paths"][path][method]["responses"]["202"].is_object(),
+            "{method} {path} lacks its 202"
+        );
+    }
+    let run_params: Vec<&str> = doc["paths"]["/api/v1/checks/{id}/runs"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in ["id", "location", "limit", "before"] {
+        assert!(
+            run_params.contains(&p),
+            "check runs lack {p}: {run_params:?}"
+        );
+    }
+    let job = &doc["components"]["schemas"]["AgentJob"]["properties"];
+    assert!(job["secrets"].is_object(), "{job}");
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"

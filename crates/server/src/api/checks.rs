@@ -11,11 +11,16 @@ use axum::routing::{get, post};
 use bankbridge_checks::runner::RunReport;
 use bankbridge_store::{CheckRunQuery, Scope};
 use serde::Deserialize;
+use utoipa::{IntoParams, OpenApi};
 
+use super::schema::{
+    AgentJobList, AgentResult, CheckList, CheckRoundStarted, CheckRunDetail, CheckRunList,
+    CheckSummary,
+};
 use super::{ApiJson, PathId, guarded, json};
 use crate::AppState;
 use crate::checks::ChecksService;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 pub(crate) fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
@@ -44,6 +49,38 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .route("/metrics", guarded(state, Scope::Read, get(metrics)))
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    paths(list, show, runs, run_now, run, agent_jobs, agent_result, metrics),
+    components(schemas(
+        super::schema::CheckHealth,
+        super::schema::CheckOutcome,
+        super::schema::CheckStepOutcome,
+        super::schema::CheckRoundSummary,
+        CheckSummary,
+        CheckList,
+        CheckRoundStarted,
+        super::schema::CheckRun,
+        CheckRunList,
+        super::schema::CheckRequestRecord,
+        super::schema::CheckResponseRecord,
+        super::schema::CheckAssertResult,
+        super::schema::CheckStepDetail,
+        super::schema::CheckStep,
+        CheckRunDetail,
+        super::schema::AgentJob,
+        AgentJobList,
+        super::schema::AgentStepReport,
+        super::schema::AgentRunReport,
+        AgentResult,
+    )),
+    tags(
+        (name = "checks", description = "Flow checks (`bankbridge serve --checks DIR`): scheduled runs of flow files against bank APIs, their health, runs and steps."),
+        (name = "agents", description = "The job queue of check agents at other locations. Jobs carry secret values: admin tokens only."),
+    )
+)]
+pub(crate) struct Doc;
+
 fn service(state: &AppState) -> Result<&ChecksService, ApiError> {
     state.checks.get().ok_or_else(|| {
         ApiError::unavailable("flow checks are off: start `bankbridge serve --checks DIR`")
@@ -51,8 +88,18 @@ fn service(state: &AppState) -> Result<&ChecksService, ApiError> {
 }
 
 /// Every check with its health and last round, and the flow files that
-/// failed to load (each error names its file, line and field).
-async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// failed to load (each error names its file, line and field). Needs scope `read`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/checks",
+    tag = "checks",
+    responses(
+        (status = 200, body = CheckList),
+        (status = 401, body = ErrorBody),
+        (status = 503, description = "`unavailable`: flow checks are off (start `bankbridge serve --checks DIR`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (checks, invalid) = service(&state)?.summaries();
     Ok(json(
         StatusCode::OK,
@@ -61,24 +108,56 @@ async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     ))
 }
 
-async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// One check with its health and last round. Needs scope `read`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/checks/{id}",
+    tag = "checks",
+    params(("id" = String, Path, description = "Check id (the flow file's stem)")),
+    responses(
+        (status = 200, body = CheckSummary),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "No such check", body = ErrorBody),
+        (status = 503, description = "`unavailable`: flow checks are off (start `bankbridge serve --checks DIR`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let check = service(&state)?
         .summary(&id)
         .ok_or_else(|| ApiError::not_found(format!("no check {id:?}")))?;
     Ok(json(StatusCode::OK, &check, 1024))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct RunsParams {
+pub(crate) struct RunsParams {
+    /// Only the runs at this location (`local` or an agent's location name).
     location: Option<String>,
+    /// Runs per page, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<u32>,
-    /// Runs with an id below this one (paging backwards).
+    /// Runs with an id below this one (paging backwards: the last id of the previous page).
     before: Option<i64>,
 }
 
-/// A check's runs, newest first (one per location per round).
-async fn runs(
+/// A check's runs, newest first (one per location per round). Runs stay
+/// stored after their check's flow file is removed. Needs scope `read`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/checks/{id}/runs",
+    tag = "checks",
+    params(("id" = String, Path, description = "Check id (the flow file's stem)"), RunsParams),
+    responses(
+        (status = 200, body = CheckRunList),
+        (status = 400, description = "A bad query parameter, named in `parameter`", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    )
+)]
+pub(crate) async fn runs(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(params): Query<RunsParams>,
@@ -105,8 +184,23 @@ async fn runs(
 }
 
 /// One run with its steps: timing, outcome, and the request and answer as
-/// recorded (secrets masked, bodies cut).
-async fn run(State(state): State<AppState>, PathId(id): PathId) -> Result<Response, ApiError> {
+/// recorded (secrets masked, bodies cut). Needs scope `read`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/runs/{id}",
+    tag = "checks",
+    params(("id" = i64, Path, description = "Run id")),
+    responses(
+        (status = 200, body = CheckRunDetail),
+        (status = 400, description = "`id` is not numeric", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "No such run (or pruned)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn run(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+) -> Result<Response, ApiError> {
     let (run, steps) = state
         .store
         .get_check_run(id)
@@ -131,8 +225,22 @@ async fn run(State(state): State<AppState>, PathId(id): PathId) -> Result<Respon
 }
 
 /// Start a round of the check now (all its locations, or the next one in
-/// rotation), besides its schedule.
-async fn run_now(
+/// rotation), besides its schedule. Its runs appear under the check's runs
+/// with this `round_id` and trigger `manual`. Needs scope `write`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/checks/{id}/run",
+    tag = "checks",
+    params(("id" = String, Path, description = "Check id (the flow file's stem)")),
+    responses(
+        (status = 202, description = "The round started", body = CheckRoundStarted),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, description = "No such check", body = ErrorBody),
+        (status = 503, description = "`unavailable`: flow checks are off (start `bankbridge serve --checks DIR`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn run_now(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -146,16 +254,34 @@ async fn run_now(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct JobsParams {
+pub(crate) struct JobsParams {
+    /// The agent's location name.
     location: String,
-    /// Long-poll: wait up to this many milliseconds for a job (max 30 000).
+    /// Long-poll: wait up to this many milliseconds for a job (default 0;
+    /// more than 30 000 counts as 30 000).
+    #[param(minimum = 0, maximum = 30000, default = 0)]
     wait_ms: Option<u64>,
 }
 
-/// The jobs waiting for an agent's location (long-polled).
-async fn agent_jobs(
+/// The jobs waiting for an agent's location (long-polled); each is handed
+/// out once. Jobs carry the flow's secret values. Needs scope `admin`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agent/jobs",
+    tag = "agents",
+    params(JobsParams),
+    responses(
+        (status = 200, description = "The jobs taken (empty when none came within `wait_ms`)", body = AgentJobList),
+        (status = 400, description = "A bad query parameter, named in `parameter`", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 503, description = "`unavailable`: flow checks are off (start `bankbridge serve --checks DIR`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn agent_jobs(
     State(state): State<AppState>,
     Query(params): Query<JobsParams>,
 ) -> Result<Response, ApiError> {
@@ -173,14 +299,28 @@ async fn agent_jobs(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JobResult {
+pub(crate) struct JobResult {
     job_id: String,
     location: String,
     report: RunReport,
 }
 
-/// An agent's result for a job it took.
-async fn agent_result(
+/// An agent's result for a job it took. Needs scope `admin`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agent/results",
+    tag = "agents",
+    request_body = AgentResult,
+    responses(
+        (status = 202, description = "Recorded for the job's round"),
+        (status = 400, description = "A malformed body", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 409, description = "`conflict`: the job is unknown, already answered, or its round closed", body = ErrorBody),
+        (status = 503, description = "`unavailable`: flow checks are off (start `bankbridge serve --checks DIR`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn agent_result(
     State(state): State<AppState>,
     ApiJson(result): ApiJson<JobResult>,
 ) -> Result<Response, ApiError> {
@@ -196,8 +336,21 @@ async fn agent_result(
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
-/// Prometheus text format.
-async fn metrics(State(state): State<AppState>) -> Response {
+/// Metrics of the flow checks in the OpenMetrics text format (Prometheus
+/// scrapes it): run outcomes per check and location, step latencies, each
+/// check's health, certificate days left, alerts sent, scheduler lateness.
+/// Needs scope `read`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "checks",
+    responses(
+        (status = 200, description = "OpenMetrics text", body = String,
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 401, body = ErrorBody),
+    )
+)]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let mut res = state.metrics.encode().into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -91,7 +91,7 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("bb_<id>_<secret>")
                     .description(Some(
-                        "Scopes: read (GET routes), write (also syncs, connections and card logins/signs), admin (all, including card registration, card readers and the card audit).",
+                        "Scopes: read (GET routes, but the check agents' jobs), write (also syncs, connections, card logins/signs and check runs started by hand), admin (all, including card registration, card readers, the card audit and the check agents' routes).",
                     ))
                     .build(),
             ),
@@ -112,6 +112,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         export::Doc::openapi(),
         cards::Doc::openapi(),
         bankid::Doc::openapi(),
+        checks::Doc::openapi(),
     ] {
         doc.merge(part);
     }
