@@ -1,0 +1,546 @@
+//! The flow-check scheduler of `serve --checks`, in process: a real
+//! `AppState` with `set_checks` over a temporary flows folder, a SQLite
+//! store in a temporary directory, and every target, webhook and TLS host a
+//! real socket on 127.0.0.1.
+//!
+//! - A `[[maintenance]]` window covering now skips every round (no run
+//!   stored, no request sent) while its twin without the window runs, and
+//!   the API reports `in_maintenance`.
+//! - A certificate expiring within a webhook's `ssl_expiry_threshold_days`
+//!   alerts exactly once per day however many certificate passes run; one
+//!   expiring later than the threshold does not alert.
+//! - Retention keeps each check's newest `keep_latest` runs, and exactly
+//!   those.
+//! - Round-robin locations alternate: each round runs in one location (this
+//!   server's `local`, then an agent's `eu-west` served over the agent
+//!   routes), and the stored runs are tagged with it.
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bankbridge_checks::flow;
+use bankbridge_checks::runner::{RunOptions, Runner};
+use bankbridge_sandbox::receivers::HttpReceiver;
+use bankbridge_server::checks::ChecksConfig;
+use bankbridge_store::{CheckRun, CheckRunQuery, Scope, Store};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+mod common;
+
+use common::TestServer;
+
+/// A scheduler over `dir` that wakes often, so a test takes seconds.
+fn fast_config(dir: &Path) -> ChecksConfig {
+    let mut config = ChecksConfig::new(dir);
+    config.tick = Duration::from_millis(50);
+    config.reload_every = Duration::from_millis(200);
+    config
+}
+
+/// Polls `probe` every 50 ms until it answers, or fails naming `what`.
+async fn until<T>(what: &str, limit: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every stored run of `check`, oldest first.
+async fn runs_of(store: &dyn Store, check: &str) -> Vec<CheckRun> {
+    let mut runs = store
+        .list_check_runs(&CheckRunQuery {
+            check_id: Some(check.into()),
+            limit: 500,
+            ..CheckRunQuery::default()
+        })
+        .await
+        .unwrap();
+    runs.reverse();
+    runs
+}
+
+/// Paths of the POSTs `receiver` took, in order.
+fn paths(receiver: &HttpReceiver) -> Vec<String> {
+    receiver.requests().into_iter().map(|r| r.path).collect()
+}
+
+/// A one-step flow POSTing to `url` (a template over `vars`), expecting 200.
+fn one_step_flow(name: &str, every: &str, vars: &str, url: &str, extra: &str) -> String {
+    format!(
+        r#"name = "{name}"
+{extra}
+
+[schedule]
+every = "{every}"
+
+[vars]
+{vars}
+
+[[steps]]
+name = "Ping"
+method = "POST"
+url = "{url}"
+assert = [{{ status = 200 }}]
+"#
+    )
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    std::fs::write(dir.join(file), text).unwrap();
+}
+
+// ---------------------------------------------------------------- maintenance
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maintenance_window_skips_every_round_while_its_twin_runs() {
+    let server = TestServer::start().await;
+    let target = HttpReceiver::start().await.unwrap();
+    let flows = tempfile::tempdir().unwrap();
+    let vars = format!("target = \"{}\"", target.url());
+    let now = Utc::now();
+    let window = format!(
+        "\n[[maintenance]]\nfrom = \"{}\"\nuntil = \"{}\"\n",
+        (now - TimeDelta::hours(1)).to_rfc3339(),
+        (now + TimeDelta::hours(1)).to_rfc3339()
+    );
+    write(
+        flows.path(),
+        "in-window.toml",
+        &(one_step_flow("In window", "1s", &vars, "{{ target }}/in-window", "") + &window),
+    );
+    write(
+        flows.path(),
+        "twin.toml",
+        &one_step_flow("Twin", "1s", &vars, "{{ target }}/twin", ""),
+    );
+    let scheduler = server.state.set_checks(fast_config(flows.path())).unwrap();
+    let store = server.store.clone();
+
+    // The twin runs on its 1 s cadence: wait for three of its rounds, each
+    // stored and each one request at the target.
+    let (twin_runs, sent) = until(
+        "three rounds of the twin",
+        Duration::from_secs(8),
+        async || {
+            let sent = paths(&target);
+            let runs = runs_of(store.as_ref(), "twin").await;
+            let twin_sent = sent.iter().filter(|p| *p == "/twin").count();
+            (runs.len() >= 3 && twin_sent == runs.len()).then_some((runs, sent))
+        },
+    )
+    .await;
+    for run in &twin_runs {
+        assert_eq!(
+            (
+                run.outcome.as_str(),
+                run.location.as_str(),
+                run.trigger.as_str()
+            ),
+            ("passed", "local", "schedule"),
+            "{run:?}"
+        );
+    }
+
+    // Three twin rounds span at least two cadence periods, in which the
+    // flow in its window was due at least twice: nothing ran.
+    assert_eq!(runs_of(store.as_ref(), "in-window").await, vec![]);
+    assert!(sent.iter().all(|p| p == "/twin"), "{sent:?}");
+    assert!(
+        paths(&target).iter().all(|p| p == "/twin"),
+        "{:?}",
+        paths(&target)
+    );
+
+    // The API says why.
+    let token = server.token(Scope::Read).await;
+    let body = server.get_json("/api/v1/checks", &token).await;
+    let checks = body["data"].as_array().unwrap();
+    assert_eq!(checks.len(), 2, "{body}");
+    let check = |id: &str| checks.iter().find(|c| c["id"] == id).unwrap().clone();
+    let in_window = check("in-window");
+    assert_eq!(in_window["in_maintenance"], true, "{in_window}");
+    assert_eq!(in_window["last_round"], Value::Null, "{in_window}");
+    let twin = check("twin");
+    assert_eq!(twin["in_maintenance"], false, "{twin}");
+    assert_eq!(twin["last_round"]["outcome"], "passed", "{twin}");
+    let one = server.get_json("/api/v1/checks/in-window", &token).await;
+    assert_eq!(one["in_maintenance"], true, "{one}");
+    assert_eq!(body["invalid"], json!([]), "{body}");
+
+    scheduler.abort();
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------- certificates
+
+/// Serves TLS on 127.0.0.1 with a fresh self-signed certificate valid until
+/// `not_after`; returns the port and the number of connections taken so far.
+async fn serve_tls(not_after: DateTime<Utc>) -> (u16, Arc<AtomicUsize>) {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    let since_epoch = |t: DateTime<Utc>| Duration::from_secs(u64::try_from(t.timestamp()).unwrap());
+    params.not_before = epoch + since_epoch(Utc::now() - TimeDelta::days(1));
+    params.not_after = epoch + since_epoch(not_after);
+    let cert = params.self_signed(&key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let taken = Arc::new(AtomicUsize::new(0));
+    let count = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // The probe hangs up after the handshake; errors are expected.
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    (port, taken)
+}
+
+/// A whole second, `days` days (and an hour, so whole days stay whole
+/// during the test) from now.
+fn in_days(days: i64) -> DateTime<Utc> {
+    let t = Utc::now() + TimeDelta::days(days) + TimeDelta::hours(1);
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_certificate_alerts_once_a_day_and_a_later_one_not_at_all() {
+    let server = TestServer::start().await;
+    let hook = HttpReceiver::start().await.unwrap();
+    let soon = in_days(5);
+    let later = in_days(60);
+    let (soon_port, soon_probes) = serve_tls(soon).await;
+    let (later_port, later_probes) = serve_tls(later).await;
+    let flows = tempfile::tempdir().unwrap();
+    // Only certificate alerts: the flows' own rounds (a week away) could
+    // not alert anyway.
+    write(
+        flows.path(),
+        "channels.toml",
+        &format!(
+            r#"[[channel]]
+name = "ops"
+type = "webhook"
+url = "{}/hook"
+send_failure = false
+send_recovery = false
+ssl_expiry = true
+ssl_expiry_threshold_days = 14
+"#,
+            hook.url()
+        ),
+    );
+    let alerts = "alerts = [\"ops\"]";
+    write(
+        flows.path(),
+        "soon.toml",
+        &one_step_flow(
+            "Bank soon",
+            "7days",
+            &format!("base = \"https://127.0.0.1:{soon_port}\""),
+            "{{ base }}/login",
+            alerts,
+        ),
+    );
+    write(
+        flows.path(),
+        "later.toml",
+        &one_step_flow(
+            "Bank later",
+            "7days",
+            &format!("base = \"https://127.0.0.1:{later_port}\""),
+            "{{ base }}/login",
+            alerts,
+        ),
+    );
+    let mut config = fast_config(flows.path());
+    config.certificate_every = Duration::from_millis(150);
+    let scheduler = server.state.set_checks(config).unwrap();
+
+    let first = hook.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    // Then at least three more passes over both hosts (the first pass may
+    // have read one host before the other).
+    let soon_then = soon_probes.load(Ordering::SeqCst);
+    let later_then = later_probes.load(Ordering::SeqCst);
+    until(
+        "three more certificate passes",
+        Duration::from_secs(10),
+        async || {
+            (soon_probes.load(Ordering::SeqCst) >= soon_then + 3
+                && later_probes.load(Ordering::SeqCst) >= later_then + 3)
+                .then_some(())
+        },
+    )
+    .await;
+    // A delivery still on its way would land within this.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let received = hook.requests();
+    assert_eq!(received.len(), 1, "{received:#?}");
+    assert_eq!(received[0], first[0]);
+    let alert = &received[0].body;
+    assert_eq!(received[0].path, "/hook");
+    assert_eq!(alert["channel"], "ops", "{alert}");
+    assert_eq!(alert["kind"], "certificate_expiry", "{alert}");
+    assert_eq!(alert["check_id"], "soon", "{alert}");
+    assert_eq!(alert["reminder"], false, "{alert}");
+    let host = format!("127.0.0.1:{soon_port}");
+    assert_eq!(
+        alert["certificate"],
+        json!({ "host": host, "expires_at": soon, "days_left": 5 }),
+        "{alert}"
+    );
+    let summary = alert["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&host) && summary.contains("(5 days left)"),
+        "{summary}"
+    );
+
+    scheduler.abort();
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------- retention
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_newest_runs_of_each_check() {
+    let server = TestServer::start().await;
+    let target = HttpReceiver::start().await.unwrap();
+    let flows = tempfile::tempdir().unwrap();
+    // Rounds are started by hand (the API's "run now"): its schedule is a
+    // week away.
+    write(
+        flows.path(),
+        "kept.toml",
+        &one_step_flow(
+            "Kept",
+            "7days",
+            &format!("target = \"{}\"", target.url()),
+            "{{ target }}/kept",
+            "",
+        ),
+    );
+    let mut config = fast_config(flows.path());
+    config.retention = Duration::from_millis(1);
+    config.keep_latest = 3;
+    config.prune_every = Duration::from_millis(100);
+    let scheduler = server.state.set_checks(config).unwrap();
+    let store = server.store.clone();
+    let token = server.token(Scope::Write).await;
+    until("the flow loaded", Duration::from_secs(5), async || {
+        server.state.checks.get()?.summary("kept")
+    })
+    .await;
+
+    // Six rounds, one after the other; each run is the newest when stored,
+    // so pruning never takes it before it is seen.
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let res = server
+            .post_json("/api/v1/checks/kept/run", &token, &json!({}))
+            .await;
+        assert_eq!(res.status().as_u16(), 202);
+        let round: Value = res.json().await.unwrap();
+        let round = round["round_id"].as_str().unwrap().to_owned();
+        let run = until("the round's run", Duration::from_secs(5), async || {
+            let runs = store
+                .list_check_runs(&CheckRunQuery {
+                    round_id: Some(round.clone()),
+                    ..CheckRunQuery::default()
+                })
+                .await
+                .unwrap();
+            runs.into_iter().next()
+        })
+        .await;
+        assert_eq!(
+            (
+                run.check_id.as_str(),
+                run.trigger.as_str(),
+                run.outcome.as_str()
+            ),
+            ("kept", "manual", "passed")
+        );
+        ids.push(run.id);
+    }
+    assert_eq!(paths(&target).len(), 6);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+
+    let newest: Vec<i64> = ids[3..].to_vec();
+    until(
+        "the older runs pruned",
+        Duration::from_secs(5),
+        async || {
+            let left: Vec<i64> = runs_of(store.as_ref(), "kept")
+                .await
+                .iter()
+                .map(|r| r.id)
+                .collect();
+            (left.len() <= 3).then_some(())
+        },
+    )
+    .await;
+    // Several more passes delete nothing more.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let left: Vec<i64> = runs_of(store.as_ref(), "kept")
+        .await
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, newest);
+    for old in &ids[..3] {
+        assert_eq!(store.get_check_run(*old).await.unwrap(), None, "run {old}");
+    }
+    let (_, steps) = store.get_check_run(newest[0]).await.unwrap().unwrap();
+    assert_eq!(steps.len(), 1);
+
+    scheduler.abort();
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------- round robin
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_rounds_alternate_between_the_server_and_an_agent() {
+    let server = TestServer::start().await;
+    let target = HttpReceiver::start().await.unwrap();
+    let flows = tempfile::tempdir().unwrap();
+    // `who` names the runner in the request path: the agent overrides it.
+    write(
+        flows.path(),
+        "rotating.toml",
+        &(one_step_flow(
+            "Rotating",
+            "1s",
+            &format!("target = \"{}\"\nwho = \"local\"", target.url()),
+            "{{ target }}/probe/{{ who }}",
+            "",
+        ) + "\n[locations]\nnames = [\"local\", \"eu-west\"]\nmode = \"round_robin\"\n"),
+    );
+    let scheduler = server.state.set_checks(fast_config(flows.path())).unwrap();
+    let store = server.store.clone();
+
+    // An agent at eu-west, as `bankbridge check agent` does it, over HTTP
+    // with an admin token (enough whether the routes want write or admin).
+    let token = server.token(Scope::Admin).await;
+    let agent = {
+        let client = server.client.clone();
+        let base = server.base.clone();
+        tokio::spawn(async move {
+            let runner = Runner::new();
+            loop {
+                let res = client
+                    .get(format!("{base}/api/v1/agent/jobs"))
+                    .query(&[("location", "eu-west"), ("wait_ms", "500")])
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status().as_u16(), 200);
+                let jobs: Value = res.json().await.unwrap();
+                for job in jobs["data"].as_array().unwrap() {
+                    let text = |k: &str| job[k].as_str().unwrap().to_owned();
+                    let flow =
+                        flow::parse(&text("flow_id"), &text("file"), &text("source")).unwrap();
+                    let opts = RunOptions {
+                        location: "eu-west".into(),
+                        overrides: [("who".to_owned(), "eu-west".to_owned())].into(),
+                        ..RunOptions::default()
+                    };
+                    let report = runner.run_with_retries(&flow, &opts).await;
+                    let res = client
+                        .post(format!("{base}/api/v1/agent/results"))
+                        .bearer_auth(&token)
+                        .json(&json!({ "job_id": job["job_id"], "location": "eu-west", "report": report }))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(res.status().as_u16(), 202);
+                }
+            }
+        })
+    };
+
+    let runs = until("four rounds", Duration::from_secs(10), async || {
+        let runs = runs_of(store.as_ref(), "rotating").await;
+        (runs.len() >= 4).then_some(runs)
+    })
+    .await;
+    assert!(!agent.is_finished(), "the agent stopped");
+    let runs = &runs[..4];
+    let locations: Vec<&str> = runs.iter().map(|r| r.location.as_str()).collect();
+    assert_eq!(locations, ["local", "eu-west", "local", "eu-west"]);
+    for run in runs {
+        assert_eq!(
+            (run.outcome.as_str(), run.trigger.as_str()),
+            ("passed", "schedule"),
+            "{run:?}"
+        );
+        // One location per round: the round holds this run only.
+        let in_round = store
+            .list_check_runs(&CheckRunQuery {
+                round_id: Some(run.round_id.clone()),
+                ..CheckRunQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(in_round, vec![run.clone()]);
+    }
+    let rounds: std::collections::HashSet<&str> =
+        runs.iter().map(|r| r.round_id.as_str()).collect();
+    assert_eq!(rounds.len(), 4);
+    // Each run was made where it says: the agent's requests carry its name.
+    assert_eq!(
+        paths(&target)[..4],
+        [
+            "/probe/local",
+            "/probe/eu-west",
+            "/probe/local",
+            "/probe/eu-west"
+        ]
+    );
+    let summary = server
+        .state
+        .checks
+        .get()
+        .unwrap()
+        .summary("rotating")
+        .unwrap();
+    let last = summary.last_round.unwrap();
+    assert!(
+        last.missing.is_empty() && last.failed.is_empty(),
+        "{last:?}"
+    );
+
+    agent.abort();
+    scheduler.abort();
+    server.shutdown().await;
+}
