@@ -114,6 +114,16 @@ pub struct AssertResult {
 /// Finds a secret's value for a run.
 pub type SecretLookup = Arc<dyn Fn(&SecretSource) -> Option<String> + Send + Sync>;
 
+/// The usual lookup: `{ env = .. }` from this process's environment,
+/// `{ secret = .. }` from `stored` (secret name → value, as the server's
+/// store gives them, or as they come with an agent's job).
+pub fn env_and_stored_secrets(stored: BTreeMap<String, String>) -> SecretLookup {
+    Arc::new(move |source| match source {
+        SecretSource::Env(name) => std::env::var(name).ok(),
+        SecretSource::Store(name) => stored.get(name).cloned(),
+    })
+}
+
 /// Reads an environment variable for a run.
 pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -136,10 +146,7 @@ impl Default for RunOptions {
         Self {
             location: "local".into(),
             overrides: BTreeMap::new(),
-            secrets: Arc::new(|source| match source {
-                SecretSource::Env(name) => std::env::var(name).ok(),
-                SecretSource::Store(_) => None,
-            }),
+            secrets: env_and_stored_secrets(BTreeMap::new()),
             env: Arc::new(|name| std::env::var(name).ok()),
             body_limit: 8 * 1024,
         }
@@ -288,7 +295,9 @@ impl Runner {
                 let hint = match source {
                     SecretSource::Env(env) => format!("set the environment variable {env}"),
                     SecretSource::Store(key) => {
-                        format!("store the secret {key:?} on the server (or pass --var {name}=...)")
+                        format!(
+                            "store it with `bankbridge check secret set {key}` (or pass --var {name}=...)"
+                        )
                     }
                 };
                 return setup_failure(

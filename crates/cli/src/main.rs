@@ -135,7 +135,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Card(c) => cmd::card::run(&config, c).await,
         Command::Bankid(c) => cmd::bankid::run(c).await,
         Command::Categorize(args) => cmd::categorize::run(&config, args).await,
-        Command::Check(c) => cmd::check::run(c).await,
+        Command::Check(c) => cmd::check::run(&config, c).await,
         Command::Bench(args) => cmd::bench::run(args).await,
     }
 }

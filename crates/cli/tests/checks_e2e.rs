@@ -232,6 +232,44 @@ async fn check_run_passes_and_names_each_injected_failure() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+
+    // `{ secret = .. }` reads this data directory's secret store: named
+    // while it is missing, used once `check secret set` stored it.
+    env.run_ok(&["init"]);
+    let stored_flow = env.home.path().join("stored-secret.toml");
+    std::fs::write(
+        &stored_flow,
+        std::fs::read_to_string(EXAMPLE).unwrap().replace(
+            "password = { env = \"XS2A_PASSWORD\" }",
+            "password = { secret = \"xs2a-password\" }",
+        ),
+    )
+    .unwrap();
+    let run_stored = || {
+        env.command(&["check", "run", stored_flow.to_str().unwrap(), "--var", &var])
+            .env("XS2A_API_TOKEN", &token)
+            .env_remove("XS2A_PASSWORD")
+            .output()
+            .unwrap()
+    };
+    let out = run_stored();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("check secret set xs2a-password"),
+        "{stdout}"
+    );
+    set_secret(&env, "xs2a-password", PASSWORD);
+    let out = run_stored();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_no_secret("check run with a stored secret", &stdout, &token);
+    assert!(
+        !env.run_ok(&["check", "secret", "list"]).contains(PASSWORD)
+            && env
+                .run_ok(&["check", "secret", "list"])
+                .contains("xs2a-password")
+    );
 }
 
 #[test]
@@ -452,15 +490,26 @@ async fn agents_at_two_locations_report_to_a_postgres_server() {
         return;
     };
     env.run_ok(&["init"]);
+    // Agents take jobs that carry stored secrets: they need the admin scope.
     let write = env
-        .run_ok(&["token", "create", "--scope", "write", "--name", "agents"])
+        .run_ok(&["token", "create", "--scope", "write", "--name", "reader"])
         .trim()
         .to_owned();
+    let admin = env
+        .run_ok(&["token", "create", "--scope", "admin", "--name", "agents"])
+        .trim()
+        .to_owned();
+    // The password comes from the server's secret store, not the agents' environment.
+    set_secret(&env, "xs2a-password", PASSWORD);
     let (_sb, base, token) = sandbox().await;
     let dir = env.home.path().join("flows");
     std::fs::create_dir(&dir).unwrap();
     let write_flow = |share: &str| {
         let text = test_flow("1s", &[], "")
+            .replace(
+                "password = { env = \"XS2A_PASSWORD\" }",
+                "password = { secret = \"xs2a-password\" }",
+            )
             .replace("names = [\"local\"]", "names = [\"eu-west\", \"us-east\"]")
             .replace(
                 "mode = \"parallel\"",
@@ -486,12 +535,11 @@ async fn agents_at_two_locations_report_to_a_postgres_server() {
                 "--server",
                 &server,
                 "--token",
-                &write,
+                &admin,
                 "--var",
                 &format!("base_url={base_url}"),
             ])
             .env("XS2A_API_TOKEN", &token)
-            .env("XS2A_PASSWORD", PASSWORD)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -549,4 +597,41 @@ async fn agents_at_two_locations_report_to_a_postgres_server() {
         .unwrap();
     assert!(!stored.is_empty() && stored.iter().all(|r| r.outcome == "failed"));
     assert!(Path::new(&env.db).to_str().unwrap().starts_with("postgres"));
+
+    // A write token can neither take jobs (they carry secret values) nor list secrets.
+    let http = reqwest::Client::new();
+    for path in [
+        "/api/v1/agent/jobs?location=eu-west",
+        "/api/v1/check-secrets",
+    ] {
+        let res = http
+            .get(format!("{server}{path}"))
+            .bearer_auth(&write)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{path}");
+    }
+    let listed = api(&server, &admin, "/api/v1/check-secrets").await;
+    assert_eq!(listed["data"][0]["name"], "xs2a-password");
+    assert!(!listed.to_string().contains(PASSWORD), "{listed}");
+}
+
+/// `bankbridge check secret set NAME --stdin`, the value on standard input.
+fn set_secret(env: &Env, name: &str, value: &str) {
+    use std::io::Write;
+    let mut child = env
+        .command(&["check", "secret", "set", name, "--stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{value}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bankbridge_checks::alerts::{
     Alert, AlertKind, CertificateInfo, ChannelConfig, LocationOutcome, Notifier,
 };
-use bankbridge_checks::flow::{self, Flow, FlowError, SecretSource};
-use bankbridge_checks::runner::{RunOptions, RunReport, Runner};
+use bankbridge_checks::flow::{self, Flow, FlowError};
+use bankbridge_checks::runner::{RunOptions, RunReport, Runner, env_and_stored_secrets};
 use bankbridge_checks::schedule::{
     CheckState, Health, Outcome, Transition, in_maintenance, locations_for_round, round_verdict,
 };
@@ -26,6 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::check_secrets::CheckSecrets;
 use crate::metrics::Metrics;
 
 /// Settings of the checks scheduler.
@@ -43,6 +44,8 @@ pub struct ChecksConfig {
     pub retention: Duration,
     /// ...except each check's newest this many runs.
     pub keep_latest: u32,
+    /// How often results past the retention are deleted.
+    pub prune_every: Duration,
     /// How long after a round's flow timeout a missing location counts as failed.
     pub round_grace: Duration,
     /// How often the certificates of the flows' https hosts are read.
@@ -58,6 +61,7 @@ impl ChecksConfig {
             reload_every: Duration::from_secs(2),
             retention: Duration::from_secs(30 * 24 * 3600),
             keep_latest: 100,
+            prune_every: Duration::from_secs(3600),
             round_grace: Duration::from_secs(30),
             certificate_every: Duration::from_secs(12 * 3600),
         }
@@ -73,7 +77,8 @@ pub struct Job {
     /// The flow file's name and text: the agent parses the same file.
     pub file: String,
     pub source: String,
-    /// Values of the flow's `{ secret = .. }` entries the server knows.
+    /// The values of the `{ secret = .. }` entries the flow names, by secret
+    /// name (those the server's store holds).
     pub secrets: BTreeMap<String, String>,
 }
 
@@ -116,6 +121,8 @@ struct Entry {
 
 struct Round {
     flow_id: String,
+    /// What started it (`schedule` or `manual`), recorded with each run.
+    trigger: &'static str,
     expected: Vec<String>,
     results: Vec<(String, RunReport, Option<i64>)>,
     deadline: Instant,
@@ -144,19 +151,26 @@ struct Inner {
     runner: Runner,
     notifier: Notifier,
     metrics: Arc<Metrics>,
+    secrets: CheckSecrets,
     state: Mutex<State>,
     queues: Mutex<HashMap<String, VecDeque<Job>>>,
     job_ready: Notify,
 }
 
 impl ChecksService {
-    pub fn new(config: ChecksConfig, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: ChecksConfig,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        secrets: CheckSecrets,
+    ) -> Self {
         ChecksService(Arc::new(Inner {
             config,
             store,
             runner: Runner::new(),
             notifier: Notifier::new(),
             metrics,
+            secrets,
             state: Mutex::new(State::default()),
             queues: Mutex::new(HashMap::new()),
             job_ready: Notify::new(),
@@ -204,7 +218,7 @@ impl ChecksService {
             }
             self.start_due_rounds(Utc::now());
             self.finish_overdue_rounds().await;
-            if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
+            if last_prune.is_none_or(|t| t.elapsed() >= self.0.config.prune_every) {
                 last_prune = Some(Instant::now());
                 let this = self.clone();
                 tokio::spawn(async move { this.prune().await });
@@ -364,6 +378,7 @@ impl ChecksService {
                 round_id.clone(),
                 Round {
                     flow_id: check_id.to_string(),
+                    trigger,
                     expected: locations.clone(),
                     results: Vec::new(),
                     deadline: Instant::now() + worst_case,
@@ -371,55 +386,66 @@ impl ChecksService {
             );
             (flow, source, locations)
         };
-        for location in locations {
-            if location == self.0.config.location {
-                let this = self.clone();
-                let flow = flow.clone();
-                let round = round_id.clone();
-                tokio::spawn(async move {
-                    let opts = this.run_options(&flow, &location);
-                    let report = this.0.runner.run_with_retries(&flow, &opts).await;
-                    this.complete(&round, report, trigger).await;
-                });
-            } else {
-                let job = Job {
-                    job_id: uuid::Uuid::new_v4().to_string(),
-                    round_id: round_id.clone(),
-                    flow_id: flow.id.clone(),
-                    file: std::path::Path::new(&flow.file)
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .unwrap_or("flow.toml")
-                        .to_string(),
-                    source: source.clone(),
-                    secrets: BTreeMap::new(),
-                };
-                self.state()
-                    .jobs_out
-                    .insert(job.job_id.clone(), (round_id.clone(), location.clone()));
-                self.0
-                    .queues
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(location)
-                    .or_default()
-                    .push_back(job);
-                self.0.job_ready.notify_waiters();
+        // Secrets are read from the store once per round, off the scheduler's tick.
+        let this = self.clone();
+        let round = round_id.clone();
+        tokio::spawn(async move {
+            let stored = this.0.secrets.for_flow(&flow).await;
+            for location in locations {
+                if location == this.0.config.location {
+                    let this = this.clone();
+                    let flow = flow.clone();
+                    let round = round.clone();
+                    let opts = RunOptions {
+                        location,
+                        secrets: env_and_stored_secrets(stored.clone()),
+                        ..RunOptions::default()
+                    };
+                    tokio::spawn(async move {
+                        let report = this.0.runner.run_with_retries(&flow, &opts).await;
+                        this.complete(&round, report, trigger).await;
+                    });
+                } else {
+                    this.queue_job(
+                        Job {
+                            job_id: uuid::Uuid::new_v4().to_string(),
+                            round_id: round.clone(),
+                            flow_id: flow.id.clone(),
+                            file: std::path::Path::new(&flow.file)
+                                .file_name()
+                                .and_then(|n| n.to_str())
+                                .unwrap_or("flow.toml")
+                                .to_string(),
+                            source: source.clone(),
+                            secrets: stored.clone(),
+                        },
+                        location,
+                    );
+                }
             }
-        }
+        });
         Some(round_id)
     }
 
-    fn run_options(&self, _flow: &Flow, location: &str) -> RunOptions {
-        RunOptions {
-            location: location.to_string(),
-            secrets: Arc::new(|source| match source {
-                SecretSource::Env(name) => std::env::var(name).ok(),
-                // The server's secret store is not wired to checks yet.
-                SecretSource::Store(_) => None,
-            }),
-            ..RunOptions::default()
+    /// Hands `job` to the agents of `location`, unless its round already closed.
+    fn queue_job(&self, job: Job, location: String) {
+        {
+            let mut state = self.state();
+            if !state.rounds.contains_key(&job.round_id) {
+                return;
+            }
+            state
+                .jobs_out
+                .insert(job.job_id.clone(), (job.round_id.clone(), location.clone()));
         }
+        self.0
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(location)
+            .or_default()
+            .push_back(job);
+        self.0.job_ready.notify_waiters();
     }
 
     /// Jobs waiting for `location`, waiting up to `wait` for one to appear.
@@ -453,7 +479,12 @@ impl ChecksService {
             tracing::warn!(job = %job_id, %location, expected = %expected_location, "checks: an agent answered a job of another location");
         }
         report.location = expected_location;
-        self.complete(&round, report, "schedule").await;
+        let trigger = self
+            .state()
+            .rounds
+            .get(&round)
+            .map_or("schedule", |r| r.trigger);
+        self.complete(&round, report, trigger).await;
         true
     }
 
@@ -708,9 +739,6 @@ impl ChecksService {
                 .set_certificate(&host, port, expiry.days_left);
             let today = Utc::now().date_naive();
             let key = format!("{host}:{port}");
-            if self.state().certificate_alerted.get(&key) == Some(&today) {
-                continue;
-            }
             let mut alerts = Vec::new();
             for flow in &flows {
                 for name in &flow.alerts {
@@ -742,8 +770,11 @@ impl ChecksService {
                     }
                 }
             }
-            if !alerts.is_empty() {
-                self.state().certificate_alerted.insert(key, today);
+            // Checked and marked under one lock: two overlapping passes
+            // cannot both alert for a host on the same day.
+            if !alerts.is_empty()
+                && self.state().certificate_alerted.insert(key, today) != Some(today)
+            {
                 self.send_alerts(alerts);
             }
         }

@@ -42,6 +42,7 @@ pub mod auth;
 pub mod bankid_gateway;
 mod cache;
 pub mod cards;
+pub mod check_secrets;
 pub mod checks;
 pub mod error;
 pub mod export;
@@ -108,6 +109,8 @@ pub struct AppInner {
     pub bankid: std::sync::OnceLock<bankid_gateway::BankIdGateway>,
     /// The flow-check scheduler, once configured with [`AppState::set_checks`].
     pub checks: std::sync::OnceLock<checks::ChecksService>,
+    /// Secrets that flows name with `{ secret = .. }` (write-only via the API).
+    pub check_secrets: check_secrets::CheckSecrets,
     /// Prometheus metrics (`/metrics`).
     pub metrics: Arc<metrics::Metrics>,
     pub(crate) auth: guard::TokenAuth,
@@ -139,7 +142,12 @@ impl AppState {
     /// Run flow checks from `config.dir`: starts the scheduler (aborted
     /// when the returned handle is). Only once: None if it was set.
     pub fn set_checks(&self, config: checks::ChecksConfig) -> Option<tokio::task::JoinHandle<()>> {
-        let service = checks::ChecksService::new(config, self.store.clone(), self.metrics.clone());
+        let service = checks::ChecksService::new(
+            config,
+            self.store.clone(),
+            self.metrics.clone(),
+            self.check_secrets.clone(),
+        );
         let handle = service.spawn();
         match self.checks.set(service) {
             Ok(()) => Some(handle),
@@ -192,6 +200,7 @@ impl AppState {
         AppState(Arc::new(AppInner {
             bankid: std::sync::OnceLock::new(),
             checks: std::sync::OnceLock::new(),
+            check_secrets: check_secrets::CheckSecrets::new(store.clone(), syncer.key.clone()),
             metrics: Arc::new(metrics::Metrics::new()),
             cards,
             store,

@@ -494,8 +494,7 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a flow secret, already sealed by the caller (replacing one of
     /// the same name); true when it is new. `Conflict` for a name that is
     /// not 1–100 of `A-Z a-z 0-9 _ - .`.
-    async fn put_check_secret(&self, name: &str, sealed: &[u8], at: DateTime<Utc>)
-    -> Result<bool>;
+    async fn put_check_secret(&self, name: &str, sealed: &[u8], at: DateTime<Utc>) -> Result<bool>;
     /// The sealed value of a flow secret.
     async fn get_check_secret(&self, name: &str) -> Result<Option<Vec<u8>>>;
     /// Names and change times of the flow secrets (never their values).

@@ -3122,15 +3122,25 @@ async fn check_state_is_upserted_per_check(s: Arc<dyn Store>) {
 async fn check_secrets_keep_sealed_bytes_and_list_only_names(s: Arc<dyn Store>) {
     assert!(s.list_check_secrets().await.unwrap().is_empty());
     let sealed: Vec<u8> = (0..=255u8).collect();
-    assert!(s.put_check_secret("xs2a.api-token_1", &sealed, t(0)).await.unwrap());
+    assert!(
+        s.put_check_secret("xs2a.api-token_1", &sealed, t(0))
+            .await
+            .unwrap()
+    );
     assert!(s.put_check_secret("b", b"\x00\x01", t(1)).await.unwrap());
     assert_eq!(
-        s.get_check_secret("xs2a.api-token_1").await.unwrap().as_deref(),
+        s.get_check_secret("xs2a.api-token_1")
+            .await
+            .unwrap()
+            .as_deref(),
         Some(&sealed[..])
     );
     // Replacing answers "not new" and keeps one row.
     assert!(!s.put_check_secret("b", b"\x02", t(2)).await.unwrap());
-    assert_eq!(s.get_check_secret("b").await.unwrap().as_deref(), Some(&b"\x02"[..]));
+    assert_eq!(
+        s.get_check_secret("b").await.unwrap().as_deref(),
+        Some(&b"\x02"[..])
+    );
     let listed = s.list_check_secrets().await.unwrap();
     assert_eq!(
         listed

@@ -9,11 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use bankbridge_checks::flow::{self, Flow};
+use bankbridge_checks::flow::{self, Flow, SecretSource};
 use bankbridge_checks::report::{self, Format};
-use bankbridge_checks::runner::{RunOptions, RunReport, Runner};
+use bankbridge_checks::runner::{RunOptions, RunReport, Runner, env_and_stored_secrets};
 use bankbridge_checks::schedule::Outcome;
+use bankbridge_server::check_secrets::CheckSecrets;
 use clap::Subcommand;
+
+use crate::config::Config;
 
 #[derive(Subcommand, Debug)]
 pub enum CheckCommand {
@@ -30,6 +33,9 @@ pub enum CheckCommand {
         after_help = "Example: bankbridge check agent --location eu-west --server http://checks.internal:8080 --token bb_..."
     )]
     Agent(super::check_agent::AgentArgs),
+    /// Store, list or delete the secrets flows name with `{ secret = "name" }`.
+    #[command(subcommand)]
+    Secret(super::check_secret::SecretCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -60,11 +66,12 @@ pub struct ValidateArgs {
     pub flows: Vec<PathBuf>,
 }
 
-pub async fn run(command: CheckCommand) -> Result<ExitCode> {
+pub async fn run(config: &Config, command: CheckCommand) -> Result<ExitCode> {
     match command {
-        CheckCommand::Run(args) => run_flows(args).await,
+        CheckCommand::Run(args) => run_flows(config, args).await,
         CheckCommand::Validate(args) => validate(args),
         CheckCommand::Agent(args) => super::check_agent::run(args).await,
+        CheckCommand::Secret(c) => super::check_secret::run(config, c).await,
     }
 }
 
@@ -106,6 +113,44 @@ fn validate(args: ValidateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `{ secret = .. }` values the flows need (and `--var` doesn't give),
+/// from this data directory's database. Without one, the run names each
+/// missing secret.
+async fn stored_secrets(
+    config: &Config,
+    flows: &[Flow],
+    overrides: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let needed = flows.iter().any(|f| {
+        f.secrets
+            .iter()
+            .any(|(name, s)| matches!(s, SecretSource::Store(_)) && !overrides.contains_key(name))
+    });
+    if !needed {
+        return BTreeMap::new();
+    }
+    let opened = async {
+        anyhow::Ok(CheckSecrets::new(
+            config.store().await?,
+            config.master_key()?,
+        ))
+    }
+    .await;
+    match opened {
+        Ok(secrets) => {
+            let mut out = BTreeMap::new();
+            for flow in flows {
+                out.extend(secrets.for_flow(flow).await);
+            }
+            out
+        }
+        Err(e) => {
+            eprintln!("warning: stored secrets are unavailable: {e:#}");
+            BTreeMap::new()
+        }
+    }
+}
+
 pub fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>> {
     vars.iter()
         .map(|v| {
@@ -117,7 +162,7 @@ pub fn parse_vars(vars: &[String]) -> Result<BTreeMap<String, String>> {
         .collect()
 }
 
-async fn run_flows(args: RunArgs) -> Result<ExitCode> {
+async fn run_flows(config: &Config, args: RunArgs) -> Result<ExitCode> {
     let reports: Vec<(Format, PathBuf)> = args
         .report
         .chunks(2)
@@ -137,6 +182,7 @@ async fn run_flows(args: RunArgs) -> Result<ExitCode> {
     let runner = Runner::new();
     let opts = RunOptions {
         location: args.location.clone(),
+        secrets: env_and_stored_secrets(stored_secrets(config, &flows, &overrides).await),
         overrides,
         ..RunOptions::default()
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bankbridge_checks::flow;
-use bankbridge_checks::runner::{RunOptions, Runner};
+use bankbridge_checks::runner::{RunOptions, Runner, env_and_stored_secrets};
 use serde::Deserialize;
 
 #[derive(clap::Args, Debug)]
@@ -20,7 +20,7 @@ pub struct AgentArgs {
     /// The bankbridge server, e.g. http://127.0.0.1:8080
     #[arg(long, env = "BANKBRIDGE_SERVER")]
     pub server: url::Url,
-    /// An API token with the write scope.
+    /// An API token with the admin scope (jobs carry the flows' stored secrets).
     #[arg(long, env = "BANKBRIDGE_TOKEN", hide_env_values = true)]
     pub token: String,
     /// Set a variable (or secret) for every flow run here: NAME=VALUE. Repeatable.
@@ -74,7 +74,7 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode> {
                     || r.status() == reqwest::StatusCode::FORBIDDEN =>
             {
                 anyhow::bail!(
-                    "the server refused the token ({}): it needs the write scope",
+                    "the server refused the token ({}): an agent needs a token with the admin scope (jobs carry the flows' stored secrets)",
                     r.status()
                 );
             }
@@ -98,7 +98,7 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode> {
             let base = base.clone();
             let auth = auth.clone();
             let location = args.location.clone();
-            let mut overrides = overrides.clone();
+            let overrides = overrides.clone();
             tokio::spawn(async move {
                 let flow = match flow::parse(&job.flow_id, &job.file, &job.source) {
                     Ok(f) => f,
@@ -107,12 +107,12 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode> {
                         return;
                     }
                 };
-                for (k, v) in job.secrets {
-                    overrides.entry(k).or_insert(v);
-                }
+                // `{ secret = .. }` values come with the job; `{ env = .. }`
+                // ones from this agent's own environment.
                 let opts = RunOptions {
                     location: location.clone(),
                     overrides,
+                    secrets: env_and_stored_secrets(job.secrets),
                     ..RunOptions::default()
                 };
                 let report = runner.run_with_retries(&flow, &opts).await;

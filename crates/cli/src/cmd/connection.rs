@@ -96,21 +96,21 @@ pub async fn run(config: &Config, command: ConnectionCommand) -> Result<ExitCode
     }
 }
 
-fn read_password(from_stdin: bool, prompt: &str) -> Result<Secret<String>> {
+pub(crate) fn read_password(from_stdin: bool, prompt: &str) -> Result<Secret<String>> {
     if from_stdin || !std::io::stdin().is_terminal() {
         let mut line = String::new();
         std::io::stdin()
             .lock()
             .read_line(&mut line)
-            .context("reading the password from stdin")?;
+            .context("reading standard input")?;
         let pw = line.trim_end_matches(['\n', '\r']).to_owned();
         if pw.is_empty() {
-            bail!("the password on stdin is empty");
+            bail!("nothing on standard input (one line expected)");
         }
         return Ok(Secret::new(pw));
     }
     Ok(Secret::new(
-        rpassword::prompt_password(prompt).context("reading the password")?,
+        rpassword::prompt_password(prompt).context("reading from the terminal")?,
     ))
 }
 

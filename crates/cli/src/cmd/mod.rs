@@ -14,6 +14,7 @@ pub mod card;
 pub mod categorize;
 pub mod check;
 pub mod check_agent;
+pub mod check_secret;
 pub mod connection;
 pub mod demo;
 pub mod documents;

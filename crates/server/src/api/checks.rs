@@ -40,11 +40,12 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .route("/api/v1/runs/{id}", guarded(state, Scope::Read, get(run)))
         .route(
             "/api/v1/agent/jobs",
-            guarded(state, Scope::Write, get(agent_jobs)),
+            // Jobs carry the flows' stored secrets: admin only, like writing them.
+            guarded(state, Scope::Admin, get(agent_jobs)),
         )
         .route(
             "/api/v1/agent/results",
-            guarded(state, Scope::Write, post(agent_result)),
+            guarded(state, Scope::Admin, post(agent_result)),
         )
         .route("/metrics", guarded(state, Scope::Read, get(metrics)))
 }

@@ -21,6 +21,7 @@ use crate::{AppState, guard};
 mod accounts;
 mod bankid;
 mod cards;
+mod check_secrets;
 mod checks;
 mod connections;
 mod documents;
@@ -43,6 +44,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .merge(cards::routes(state))
         .merge(bankid::routes(state))
         .merge(checks::routes(state))
+        .merge(check_secrets::routes(state))
 }
 
 /// `method_router`, reachable only with a token whose scope allows `scope`.
@@ -113,6 +115,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         cards::Doc::openapi(),
         bankid::Doc::openapi(),
         checks::Doc::openapi(),
+        check_secrets::Doc::openapi(),
     ] {
         doc.merge(part);
     }

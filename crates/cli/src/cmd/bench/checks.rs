@@ -16,7 +16,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use bankbridge_checks::flow::{self, Flow};
 use bankbridge_checks::runner::{RunOptions, Runner};
 use bankbridge_checks::schedule::Outcome;
+use bankbridge_core::MasterKey;
 use bankbridge_sandbox::{SandboxConfig, SandboxHandle};
+use bankbridge_server::check_secrets::CheckSecrets;
 use bankbridge_server::checks::{ChecksConfig, ChecksService};
 use bankbridge_server::metrics::Metrics;
 use bankbridge_store::{CheckRun, CheckRunQuery, Store};
@@ -384,6 +386,7 @@ async fn scheduled(sandbox: &SandboxHandle, dir: &Path) -> Result<Scheduled> {
         ChecksConfig::new(&flows_dir),
         store.clone(),
         metrics.clone(),
+        CheckSecrets::new(store.clone(), Arc::new(MasterKey::generate())),
     );
     eprintln!(
         "bench: checks: the scheduler with {SCHEDULED_FLOWS} flows for {} s…",
