@@ -69,7 +69,7 @@ impl ChecksConfig {
 }
 
 /// Work for an agent: one flow to run at its location for one round.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Job {
     pub job_id: String,
     pub round_id: String,
@@ -80,6 +80,19 @@ pub struct Job {
     /// The values of the `{ secret = .. }` entries the flow names, by secret
     /// name (those the server's store holds).
     pub secrets: BTreeMap<String, String>,
+}
+
+/// Secret values never reach a log: Debug shows their names only.
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("job_id", &self.job_id)
+            .field("round_id", &self.round_id)
+            .field("flow_id", &self.flow_id)
+            .field("file", &self.file)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What `GET /api/v1/checks` shows of one check.
@@ -925,5 +938,25 @@ pub fn to_new_run(round_id: &str, trigger: &str, r: &RunReport) -> NewCheckRun {
                 .to_string(),
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jobs_debug_names_its_secrets_but_not_their_values() {
+        let job = Job {
+            job_id: "j".into(),
+            round_id: "r".into(),
+            flow_id: "f".into(),
+            file: "f.toml".into(),
+            source: String::new(),
+            secrets: BTreeMap::from([("xs2a-password".into(), "s3cr3t-v4lue".into())]),
+        };
+        let shown = format!("{job:?}");
+        assert!(shown.contains("xs2a-password"), "{shown}");
+        assert!(!shown.contains("s3cr3t-v4lue"), "{shown}");
     }
 }
