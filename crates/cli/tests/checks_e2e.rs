@@ -490,15 +490,16 @@ async fn agents_at_two_locations_report_to_a_postgres_server() {
         return;
     };
     env.run_ok(&["init"]);
-    // Agents take jobs that carry stored secrets: they need the admin scope.
-    let write = env
-        .run_ok(&["token", "create", "--scope", "write", "--name", "reader"])
-        .trim()
-        .to_owned();
-    let admin = env
-        .run_ok(&["token", "create", "--scope", "admin", "--name", "agents"])
-        .trim()
-        .to_owned();
+    // Agents take jobs that carry stored secrets: their tokens have the
+    // agent scope, which allows nothing else.
+    let token_of = |scope: &str| {
+        env.run_ok(&["token", "create", "--scope", scope, "--name", scope])
+            .trim()
+            .to_owned()
+    };
+    let write = token_of("write");
+    let admin = token_of("admin");
+    let agent_token = token_of("agent");
     // The password comes from the server's secret store, not the agents' environment.
     set_secret(&env, "xs2a-password", PASSWORD);
     let (_sb, base, token) = sandbox().await;
@@ -535,7 +536,7 @@ async fn agents_at_two_locations_report_to_a_postgres_server() {
                 "--server",
                 &server,
                 "--token",
-                &admin,
+                &agent_token,
                 "--var",
                 &format!("base_url={base_url}"),
             ])
@@ -598,15 +599,19 @@ async fn agents_at_two_locations_report_to_a_postgres_server() {
     assert!(!stored.is_empty() && stored.iter().all(|r| r.outcome == "failed"));
     assert!(Path::new(&env.db).to_str().unwrap().starts_with("postgres"));
 
-    // A write token can neither take jobs (they carry secret values) nor list secrets.
+    // A write token can neither take jobs (they carry secret values) nor
+    // list secrets; the agent token can do nothing but the agent routes.
     let http = reqwest::Client::new();
-    for path in [
-        "/api/v1/agent/jobs?location=eu-west",
-        "/api/v1/check-secrets",
+    for (token, path) in [
+        (&write, "/api/v1/agent/jobs?location=eu-west"),
+        (&write, "/api/v1/check-secrets"),
+        (&agent_token, "/api/v1/check-secrets"),
+        (&agent_token, "/api/v1/checks"),
+        (&agent_token, "/api/v1/accounts"),
     ] {
         let res = http
             .get(format!("{server}{path}"))
-            .bearer_auth(&write)
+            .bearer_auth(token)
             .send()
             .await
             .unwrap();

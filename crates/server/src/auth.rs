@@ -126,6 +126,21 @@ mod tests {
     }
 
     #[test]
+    fn scopes_form_a_ladder_with_agent_beside_it() {
+        use Scope::*;
+        let all = [Read, Write, Admin, Agent];
+        let allowed =
+            |have: Scope| -> Vec<Scope> { all.into_iter().filter(|n| have.allows(*n)).collect() };
+        assert_eq!(allowed(Read), [Read]);
+        assert_eq!(allowed(Write), [Read, Write]);
+        assert_eq!(allowed(Admin), [Read, Write, Admin, Agent]);
+        assert_eq!(allowed(Agent), [Agent]);
+        for s in all {
+            assert_eq!(Scope::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
     fn wrong_tokens_fail() {
         let (plain, rec) = new_token("x", Scope::Write);
         let t = plain.expose();

@@ -449,8 +449,8 @@ async fn round_robin_rounds_alternate_between_the_server_and_an_agent() {
     let store = server.store.clone();
 
     // An agent at eu-west, as `bankbridge check agent` does it, over HTTP
-    // with an admin token (enough whether the routes want write or admin).
-    let token = server.token(Scope::Admin).await;
+    // with an agent token.
+    let token = server.token(Scope::Agent).await;
     let agent = {
         let client = server.client.clone();
         let base = server.base.clone();

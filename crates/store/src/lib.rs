@@ -228,6 +228,9 @@ pub enum Scope {
     Read,
     Write,
     Admin,
+    /// A flow-check agent: the agent routes only (their jobs carry stored
+    /// secrets), so a remote agent's token can do nothing else.
+    Agent,
 }
 
 impl Scope {
@@ -236,6 +239,7 @@ impl Scope {
             Scope::Read => "read",
             Scope::Write => "write",
             Scope::Admin => "admin",
+            Scope::Agent => "agent",
         }
     }
 
@@ -244,13 +248,19 @@ impl Scope {
             "read" => Scope::Read,
             "write" => Scope::Write,
             "admin" => Scope::Admin,
+            "agent" => Scope::Agent,
             _ => return None,
         })
     }
 
-    /// Admin may do what write may, write what read may.
+    /// Admin may do what write may, write what read may; agent stands
+    /// apart: it may do only what needs agent, which admin may do too.
     pub fn allows(&self, needed: Scope) -> bool {
-        self.rank() >= needed.rank()
+        match (*self, needed) {
+            (Scope::Agent, needed) => needed == Scope::Agent,
+            (have, Scope::Agent) => have == Scope::Admin,
+            (have, needed) => have.rank() >= needed.rank(),
+        }
     }
 
     fn rank(&self) -> u8 {
@@ -258,6 +268,8 @@ impl Scope {
             Scope::Read => 0,
             Scope::Write => 1,
             Scope::Admin => 2,
+            // Not on the ladder: `allows` settles agent before comparing ranks.
+            Scope::Agent => 0,
         }
     }
 }

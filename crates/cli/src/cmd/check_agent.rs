@@ -20,7 +20,8 @@ pub struct AgentArgs {
     /// The bankbridge server, e.g. http://127.0.0.1:8080
     #[arg(long, env = "BANKBRIDGE_SERVER")]
     pub server: url::Url,
-    /// An API token with the admin scope (jobs carry the flows' stored secrets).
+    /// An API token with the agent scope (`bankbridge token create --scope agent`);
+    /// jobs carry the flows' stored secrets, so read and write tokens are refused.
     #[arg(long, env = "BANKBRIDGE_TOKEN", hide_env_values = true)]
     pub token: String,
     /// Set a variable (or secret) for every flow run here: NAME=VALUE. Repeatable.
@@ -74,7 +75,7 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode> {
                     || r.status() == reqwest::StatusCode::FORBIDDEN =>
             {
                 anyhow::bail!(
-                    "the server refused the token ({}): an agent needs a token with the admin scope (jobs carry the flows' stored secrets)",
+                    "the server refused the token ({}): an agent needs a token of scope agent (`bankbridge token create --scope agent`)",
                     r.status()
                 );
             }

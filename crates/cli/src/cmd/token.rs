@@ -11,8 +11,9 @@ pub enum TokenCommand {
     /// Create an API token; it is printed once and stored only as a hash.
     #[command(after_help = "Example: bankbridge token create --scope read --name airtable")]
     Create {
-        /// read: GET data; write: also sync and manage connections; admin: everything.
-        #[arg(long, value_parser = ["read", "write", "admin"])]
+        /// read: GET data; write: also sync and manage connections; admin: everything;
+        /// agent: only what a flow-check agent does (take jobs, report results).
+        #[arg(long, value_parser = ["read", "write", "admin", "agent"])]
         scope: String,
         /// A name to recognise the token by (unique).
         #[arg(long)]

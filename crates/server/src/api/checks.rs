@@ -40,12 +40,12 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .route("/api/v1/runs/{id}", guarded(state, Scope::Read, get(run)))
         .route(
             "/api/v1/agent/jobs",
-            // Jobs carry the flows' stored secrets: admin only, like writing them.
-            guarded(state, Scope::Admin, get(agent_jobs)),
+            // Jobs carry the flows' stored secrets: agent (or admin) tokens only.
+            guarded(state, Scope::Agent, get(agent_jobs)),
         )
         .route(
             "/api/v1/agent/results",
-            guarded(state, Scope::Admin, post(agent_result)),
+            guarded(state, Scope::Agent, post(agent_result)),
         )
         .route("/metrics", guarded(state, Scope::Read, get(metrics)))
 }
@@ -77,7 +77,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
     )),
     tags(
         (name = "checks", description = "Flow checks (`bankbridge serve --checks DIR`): scheduled runs of flow files against bank APIs, their health, runs and steps."),
-        (name = "agents", description = "The job queue of check agents at other locations. Jobs carry secret values: admin tokens only."),
+        (name = "agents", description = "The job queue of check agents at other locations. Jobs carry secret values: tokens of scope `agent` (which may do nothing else) or `admin` only."),
     )
 )]
 pub(crate) struct Doc;
@@ -268,7 +268,7 @@ pub(crate) struct JobsParams {
 }
 
 /// The jobs waiting for an agent's location (long-polled); each is handed
-/// out once. Jobs carry the flow's secret values. Needs scope `admin`.
+/// out once. Jobs carry the flow's secret values. Needs scope `agent` (or `admin`).
 #[utoipa::path(
     get,
     path = "/api/v1/agent/jobs",
@@ -306,7 +306,7 @@ pub(crate) struct JobResult {
     report: RunReport,
 }
 
-/// An agent's result for a job it took. Needs scope `admin`.
+/// An agent's result for a job it took. Needs scope `agent` (or `admin`).
 #[utoipa::path(
     post,
     path = "/api/v1/agent/results",

@@ -93,7 +93,7 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("bb_<id>_<secret>")
                     .description(Some(
-                        "Scopes: read (GET routes, but the check agents' jobs), write (also syncs, connections, card logins/signs and check runs started by hand), admin (all, including card registration, card readers, the card audit and the check agents' routes).",
+                        "Scopes: read (GET routes, but the check agents' jobs), write (also syncs, connections, card logins/signs and check runs started by hand), admin (all, including card registration, card readers, the card audit, check secrets and the check agents' routes); agent (only the check agents' routes: their jobs carry stored secrets).",
                     ))
                     .build(),
             ),
