@@ -43,7 +43,7 @@ use serde_json_path::JsonPath;
 
 use crate::schedule::{
     LocationsConfig, MaintenanceWindow, RetryConfig, RetryPolicy, Schedule, ScheduleConfig,
-    Thresholds,
+    Scheduling, Thresholds,
 };
 use crate::template;
 
@@ -478,11 +478,20 @@ fn build(id: &str, file: &str, raw: FlowFile) -> Result<Flow, Problem> {
         path: parse_path(&e.field),
         message: e.message,
     };
-    let schedule = raw.schedule.validate().map_err(sched)?;
-    let retry = raw.retry.validate().map_err(sched)?;
-    raw.thresholds.validate().map_err(sched)?;
-    raw.locations.validate().map_err(sched)?;
-    crate::schedule::validate_maintenance(&raw.maintenance).map_err(sched)?;
+    let Scheduling {
+        schedule,
+        retry,
+        thresholds,
+        locations,
+        maintenance,
+    } = Scheduling::new(
+        &raw.schedule,
+        &raw.retry,
+        &raw.thresholds,
+        &raw.locations,
+        &raw.maintenance,
+    )
+    .map_err(sched)?;
     let timeout = duration(
         raw.timeout.as_deref(),
         Duration::from_secs(120),
@@ -684,14 +693,13 @@ fn build(id: &str, file: &str, raw: FlowFile) -> Result<Flow, Problem> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         headers.extend(s.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-        for (name, value) in &headers {
+        for (name, _) in &headers {
             if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(problem(
                     vec![key("steps"), Seg::Index(i), key("headers"), key(name)],
                     format!("{name:?} is not a valid header name"),
                 ));
             }
-            let _ = value;
         }
         let query: Vec<(String, String)> = s.query.clone().into_iter().collect();
 
@@ -768,9 +776,9 @@ fn build(id: &str, file: &str, raw: FlowFile) -> Result<Flow, Problem> {
         description: raw.description,
         schedule,
         retry,
-        thresholds: raw.thresholds,
-        locations: raw.locations,
-        maintenance: raw.maintenance,
+        thresholds,
+        locations,
+        maintenance,
         alerts: raw.alerts,
         timeout,
         cookies: raw.cookies,

@@ -129,27 +129,13 @@ pub fn json(runs: &[RunReport]) -> String {
 /// The runs as JUnit XML: one test suite per run, one test case per step.
 pub fn junit(runs: &[RunReport]) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let failures: usize = runs
-        .iter()
-        .map(|r| {
-            r.steps
-                .iter()
-                .filter(|s| s.outcome == StepOutcome::Failed)
-                .count()
-                + usize::from(r.steps.is_empty() && r.outcome == Outcome::Failed)
-        })
-        .sum();
+    let failures: usize = runs.iter().map(failed_cases).sum();
     let tests: usize = runs.iter().map(|r| r.steps.len().max(1)).sum();
     let _ = writeln!(
         out,
         "<testsuites name=\"bankbridge checks\" tests=\"{tests}\" failures=\"{failures}\">"
     );
     for run in runs {
-        let steps_failed = run
-            .steps
-            .iter()
-            .filter(|s| s.outcome == StepOutcome::Failed)
-            .count();
         let skipped = run
             .steps
             .iter()
@@ -160,9 +146,7 @@ pub fn junit(runs: &[RunReport]) -> String {
             "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{:.3}\" timestamp=\"{}\" hostname=\"{}\">",
             xml(&run.flow_name),
             run.steps.len().max(1),
-            steps_failed.max(usize::from(
-                run.steps.is_empty() && run.outcome == Outcome::Failed
-            )),
+            failed_cases(run),
             skipped,
             run.duration_ms as f64 / 1000.0,
             run.started_at.format("%Y-%m-%dT%H:%M:%S"),
@@ -229,6 +213,17 @@ pub fn junit(runs: &[RunReport]) -> String {
     }
     out.push_str("</testsuites>\n");
     out
+}
+
+/// A run's failed test cases: its failed steps, or its setup when it failed
+/// before any step.
+fn failed_cases(run: &RunReport) -> usize {
+    let steps_failed = run
+        .steps
+        .iter()
+        .filter(|s| s.outcome == StepOutcome::Failed)
+        .count();
+    steps_failed + usize::from(run.steps.is_empty() && run.outcome == Outcome::Failed)
 }
 
 /// Escapes text for XML attributes and content (and drops the control

@@ -416,15 +416,9 @@ fn skipped(index: usize, step: &Step) -> StepReport {
 fn redact_step(s: &mut StepReport, r: &Redactor, limit: usize) {
     let cut = |text: &str| -> (String, bool) {
         let masked = r.text(text);
-        if masked.len() <= limit {
-            (masked, false)
-        } else {
-            let mut end = limit;
-            while !masked.is_char_boundary(end) {
-                end -= 1;
-            }
-            (masked[..end].to_string(), true)
-        }
+        let kept = prefix_within(&masked, limit);
+        let truncated = kept.len() < masked.len();
+        (kept.to_string(), truncated)
     };
     if let Some(req) = &mut s.request {
         req.url = r.text(&req.url);
@@ -462,6 +456,19 @@ fn redact_step(s: &mut StepReport, r: &Redactor, limit: usize) {
     }
 }
 
+/// The longest prefix of `text` that is at most `max` bytes and ends on a
+/// character boundary.
+fn prefix_within(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// What one HTTP exchange gave.
 struct Exchange {
     status: u16,
@@ -477,7 +484,6 @@ enum Failure {
     Network(String),
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_step(
     http: &reqwest::Client,
     index: usize,
@@ -567,10 +573,15 @@ async fn run_step(
     // that found nothing in it. Then captures (asserts may compare with
     // them), then the other asserts.
     let json = x.json.clone();
-    let (status_asserts, other_asserts): (Vec<Assert>, Vec<Assert>) = step
+    // A failure from here on is the answer's: the step took the request's time.
+    let failed_answer = |report: StepReport, error: String| {
+        let (mut r, _, _) = fail(report, error, false, t0);
+        r.duration_ms = total_request_time.as_millis() as u64;
+        r
+    };
+    let (status_asserts, other_asserts): (Vec<&Assert>, Vec<&Assert>) = step
         .asserts
         .iter()
-        .cloned()
         .partition(|a| matches!(a.subject, Subject::Status));
     let mut results = if status_asserts.is_empty() {
         vec![AssertResult {
@@ -579,7 +590,7 @@ async fn run_step(
             actual: Some(x.status.to_string()),
         }]
     } else {
-        check_asserts(&status_asserts, &x, scope)
+        check_asserts(status_asserts, &x, scope)
     };
     if results.iter().any(|r| !r.passed) {
         let body = String::from_utf8_lossy(&x.body);
@@ -602,38 +613,29 @@ async fn run_step(
             snippet.trim()
         );
         report.asserts = results;
-        let (mut r, _, n) = fail(report, message, false, t0);
-        r.duration_ms = total_request_time.as_millis() as u64;
-        return (r, json, n);
+        return (failed_answer(report, message), json, false);
     }
     for capture in &step.captures {
         match capture_value(&capture.source, &x) {
             Ok(value) => {
-                if capture.redact {
-                    redactor.add(&as_text(&value));
-                }
+                let text = as_text(&value);
                 let shown = if capture.redact {
+                    redactor.add(&text);
                     crate::redact::MASK.to_string()
                 } else {
-                    as_text(&value)
+                    text
                 };
                 report.captures.insert(capture.name.clone(), shown);
                 scope.set(capture.name.clone(), value);
             }
             Err(e) => {
                 report.asserts = results;
-                let (mut r, _, n) = fail(
-                    report,
-                    format!("capture `{}`: {e}", capture.name),
-                    false,
-                    t0,
-                );
-                r.duration_ms = total_request_time.as_millis() as u64;
-                return (r, json, n);
+                let error = format!("capture `{}`: {e}", capture.name);
+                return (failed_answer(report, error), json, false);
             }
         }
     }
-    results.extend(check_asserts(&other_asserts, &x, scope));
+    results.extend(check_asserts(other_asserts, &x, scope));
     let broken: Vec<String> = results
         .iter()
         .filter(|r| !r.passed)
@@ -644,14 +646,8 @@ async fn run_step(
         .collect();
     report.asserts = results;
     if !broken.is_empty() {
-        let (mut r, _, n) = fail(
-            report,
-            format!("assert failed: {}", broken.join("; ")),
-            false,
-            t0,
-        );
-        r.duration_ms = total_request_time.as_millis() as u64;
-        return (r, json, n);
+        let error = format!("assert failed: {}", broken.join("; "));
+        return (failed_answer(report, error), json, false);
     }
 
     let ms = report.duration_ms;
@@ -773,15 +769,7 @@ fn build_request(
     let record = RequestRecord {
         method: step.method.to_string(),
         url: url.to_string(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: header_pairs(&headers),
         body: body
             .as_ref()
             .map(|b| String::from_utf8_lossy(b).into_owned()),
@@ -873,19 +861,23 @@ async fn send(req: &BuiltRequest, timeout: Duration) -> Result<Exchange, Failure
     })
 }
 
+/// Header names and values as text, for the reports.
+fn header_pairs(headers: &reqwest::header::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 fn record_response(x: &Exchange) -> ResponseRecord {
     ResponseRecord {
         status: x.status,
-        headers: x
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: header_pairs(&x.headers),
         body: (!x.body.is_empty()).then(|| String::from_utf8_lossy(&x.body).into_owned()),
         size: x.body.len(),
         truncated: false,
@@ -928,8 +920,15 @@ fn capture_value(source: &CaptureSource, x: &Exchange) -> Result<Value, String> 
     }
 }
 
-fn check_asserts(asserts: &[Assert], x: &Exchange, scope: &Scope) -> Vec<AssertResult> {
-    asserts.iter().map(|a| check_assert(a, x, scope)).collect()
+fn check_asserts<'a>(
+    asserts: impl IntoIterator<Item = &'a Assert>,
+    x: &Exchange,
+    scope: &Scope,
+) -> Vec<AssertResult> {
+    asserts
+        .into_iter()
+        .map(|a| check_assert(a, x, scope))
+        .collect()
 }
 
 fn check_assert(a: &Assert, x: &Exchange, scope: &Scope) -> AssertResult {
@@ -960,12 +959,9 @@ fn check_assert(a: &Assert, x: &Exchange, scope: &Scope) -> AssertResult {
     };
     let shown = value.as_ref().map(|v| {
         let t = as_text(v);
-        if t.len() > 200 {
-            let mut end = 200;
-            while !t.is_char_boundary(end) {
-                end -= 1;
-            }
-            format!("{}…", &t[..end])
+        let kept = prefix_within(&t, 200);
+        if kept.len() < t.len() {
+            format!("{kept}…")
         } else {
             t
         }
