@@ -1735,57 +1735,33 @@ mod tests {
     fn round_verdict_quorum() {
         use Outcome::*;
         let three = names(&["fra", "lon", "nyc"]);
-        let v = round_verdict(
-            &three,
-            &results(&[("fra", Passed), ("lon", Passed), ("nyc", Passed)]),
-            0.5,
-        );
-        assert_eq!(v.outcome, Passed);
+        let verdict =
+            |list: &[(&str, Outcome)], share: f64| round_verdict(&three, &results(list), share);
+        let all_passed = [("fra", Passed), ("lon", Passed), ("nyc", Passed)];
+        let one_failed = [("fra", Failed), ("lon", Passed), ("nyc", Passed)];
+        assert_eq!(verdict(&all_passed, 0.5).outcome, Passed);
         // One of three failing: degraded, not failed.
-        let v = round_verdict(
-            &three,
-            &results(&[("fra", Failed), ("lon", Passed), ("nyc", Passed)]),
-            0.5,
-        );
+        let v = verdict(&one_failed, 0.5);
         assert_eq!((v.outcome, v.failed.clone()), (Degraded, names(&["fra"])));
         // Two of three (one failed, one silent): failed.
-        let v = round_verdict(&three, &results(&[("fra", Failed), ("lon", Passed)]), 0.5);
+        let v = verdict(&[("fra", Failed), ("lon", Passed)], 0.5);
         assert_eq!(v.outcome, Failed);
         assert_eq!(v.missing, names(&["nyc"]));
         assert_eq!(v.failed_count(), 2);
         // Degraded locations alone never fail a round.
-        let v = round_verdict(
-            &three,
-            &results(&[("fra", Degraded), ("lon", Degraded), ("nyc", Degraded)]),
+        let v = verdict(
+            &[("fra", Degraded), ("lon", Degraded), ("nyc", Degraded)],
             0.5,
         );
         assert_eq!((v.outcome, v.degraded.len()), (Degraded, 3));
         // failure_share = 1: all must fail.
-        let v = round_verdict(
-            &three,
-            &results(&[("fra", Failed), ("lon", Failed), ("nyc", Passed)]),
-            1.0,
-        );
-        assert_eq!(v.outcome, Degraded);
-        let v = round_verdict(
-            &three,
-            &results(&[("fra", Failed), ("lon", Failed), ("nyc", Failed)]),
-            1.0,
-        );
-        assert_eq!(v.outcome, Failed);
+        let two_failed = [("fra", Failed), ("lon", Failed), ("nyc", Passed)];
+        assert_eq!(verdict(&two_failed, 1.0).outcome, Degraded);
+        let all_failed = [("fra", Failed), ("lon", Failed), ("nyc", Failed)];
+        assert_eq!(verdict(&all_failed, 1.0).outcome, Failed);
         // A tiny share still needs one failure.
-        let v = round_verdict(
-            &three,
-            &results(&[("fra", Passed), ("lon", Passed), ("nyc", Passed)]),
-            0.01,
-        );
-        assert_eq!(v.outcome, Passed);
-        let v = round_verdict(
-            &three,
-            &results(&[("fra", Failed), ("lon", Passed), ("nyc", Passed)]),
-            0.01,
-        );
-        assert_eq!(v.outcome, Failed);
+        assert_eq!(verdict(&all_passed, 0.01).outcome, Passed);
+        assert_eq!(verdict(&one_failed, 0.01).outcome, Failed);
     }
 
     #[test]
