@@ -24,17 +24,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bankbridge_core::{
     Balance, BalanceKind, ConnectionSettings, Connector, ConnectorError, ConnectorLimits,
-    Credentials, Currency, DateWindow, FetchedAccount, FetchedTransaction, Iban, Secret,
-    TransientKind, TxStatus, WindowPage, clean_label, parse_decimal,
+    Credentials, Currency, DateWindow, FetchedAccount, FetchedTransaction, Iban, Secret, TxStatus,
+    WindowPage, clean_label, parse_decimal,
 };
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use chrono_tz::Europe::Sofia;
-use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode};
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use url::Url;
+
+use crate::common::{clock_skew_secs, malformed, status_error, text, transport};
+pub use crate::common::{parse_json, parse_retry_after};
 
 /// The real bank.
 pub const DEFAULT_BASE_URL: &str = "https://my.fibank.bg";
@@ -101,74 +104,6 @@ fn http_client(timeout: Duration) -> Result<reqwest::Client, ConnectorError> {
         .user_agent(USER_AGENT)
         .build()
         .map_err(|e| ConnectorError::Other(format!("cannot set up the HTTP client: {e}")))
-}
-
-fn transient(what: &str, kind: TransientKind, retry_after: Option<Duration>) -> ConnectorError {
-    ConnectorError::Transient {
-        what: what.to_owned(),
-        kind,
-        retry_after,
-    }
-}
-
-fn malformed(what: &str, detail: impl Into<String>) -> ConnectorError {
-    ConnectorError::Malformed {
-        what: what.to_owned(),
-        detail: detail.into(),
-    }
-}
-
-/// A failure to send or to receive the answer.
-fn transport(what: &str, e: &reqwest::Error, reading_body: bool) -> ConnectorError {
-    let kind = if e.is_timeout() {
-        TransientKind::Timeout
-    } else if reading_body {
-        TransientKind::Truncated
-    } else {
-        TransientKind::Network
-    };
-    tracing::debug!(what, error = %e, "fibank transport error");
-    transient(what, kind, None)
-}
-
-/// `Retry-After` as seconds or as an HTTP date.
-pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let v = value.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
-    Some((when - now).to_std().unwrap_or(Duration::ZERO))
-}
-
-/// Map the statuses every Fibank request can meet to errors.
-fn status_error(what: &str, status: StatusCode, headers: &HeaderMap) -> Option<ConnectorError> {
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        let retry_after = headers
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, Utc::now()));
-        return Some(transient(what, TransientKind::RateLimited, retry_after));
-    }
-    if status.is_server_error() {
-        return Some(transient(
-            what,
-            TransientKind::Server(status.as_u16()),
-            None,
-        ));
-    }
-    None
-}
-
-/// Parse a complete JSON body; one that stops early is a transient fault.
-pub fn parse_json(what: &str, body: &[u8]) -> Result<Value, ConnectorError> {
-    serde_json::from_slice(body).map_err(|e| {
-        if e.is_eof() {
-            transient(what, TransientKind::Truncated, None)
-        } else {
-            malformed(what, format!("not JSON: {e}"))
-        }
-    })
 }
 
 /// The value of the `content` attribute on the first line of `html` that
@@ -300,14 +235,8 @@ impl FibankConnector {
             .header(header::ACCEPT_LANGUAGE, "bg")
             .send()
             .await
-            .map_err(|e| transport(what, &e, false))?;
-        if let Some(bank_now) = resp
-            .headers()
-            .get(header::DATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
-        {
-            let skew = (bank_now.with_timezone(&Utc) - Utc::now()).num_seconds();
+            .map_err(|e| transport("fibank", what, &e, false))?;
+        if let Some(skew) = clock_skew_secs(resp.headers()) {
             self.clock_skew_secs
                 .store(skew, std::sync::atomic::Ordering::Relaxed);
         }
@@ -333,7 +262,11 @@ impl FibankConnector {
             return Err(too_big());
         }
         let mut buf = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| transport(what, &e, true))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| transport("fibank", what, &e, true))?
+        {
             if buf.len() + chunk.len() > self.max_body {
                 return Err(too_big());
             }
@@ -647,13 +580,6 @@ fn is_window_refusal(body: &Value) -> bool {
     let code = body.get("errorCode").and_then(Value::as_str).unwrap_or("");
     code.to_ascii_uppercase().contains("PERIOD")
         || error_message(body).to_lowercase().contains("период")
-}
-
-fn text<'a>(line: &'a Map<String, Value>, field: &str) -> Option<&'a str> {
-    line.get(field)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
 }
 
 /// A JSON number or string as an exact decimal (`None` when absent or null).
@@ -1004,6 +930,7 @@ impl Connector for FibankConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bankbridge_core::TransientKind;
     use serde_json::json;
 
     fn account() -> FetchedAccount {

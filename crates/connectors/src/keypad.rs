@@ -52,9 +52,13 @@ use reqwest::{Method, StatusCode};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use url::Url;
+
+use crate::common::{
+    clock_skew_secs, malformed, parse_json, status_error, text, transient, transport,
+};
 
 /// Rows per transactions call (the bank's maximum).
 pub const PAGE_ROWS: u32 = 100;
@@ -192,52 +196,6 @@ pub fn short_contract_id(id: &str) -> String {
 
 // ---------------------------------------------------------------- errors
 
-fn transient(what: &str, kind: TransientKind, retry_after: Option<Duration>) -> ConnectorError {
-    ConnectorError::Transient {
-        what: what.to_owned(),
-        kind,
-        retry_after,
-    }
-}
-
-fn malformed(what: &str, detail: impl Into<String>) -> ConnectorError {
-    ConnectorError::Malformed {
-        what: what.to_owned(),
-        detail: detail.into(),
-    }
-}
-
-fn transport(what: &str, e: &reqwest::Error, reading_body: bool) -> ConnectorError {
-    let kind = if e.is_timeout() {
-        TransientKind::Timeout
-    } else if reading_body {
-        TransientKind::Truncated
-    } else {
-        TransientKind::Network
-    };
-    tracing::debug!(what, error = %e, "keypad: transport error");
-    transient(what, kind, None)
-}
-
-/// 429 and 5xx: worth retrying.
-fn status_error(what: &str, status: StatusCode, headers: &HeaderMap) -> Option<ConnectorError> {
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        let retry_after = headers
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| crate::fibank::parse_retry_after(v, Utc::now()));
-        return Some(transient(what, TransientKind::RateLimited, retry_after));
-    }
-    if status.is_server_error() {
-        return Some(transient(
-            what,
-            TransientKind::Server(status.as_u16()),
-            None,
-        ));
-    }
-    None
-}
-
 /// `code` and `message` of the bank's JSON error body.
 fn error_parts(body: &[u8]) -> (String, String) {
     match serde_json::from_slice::<Value>(body) {
@@ -270,24 +228,7 @@ fn rejected(what: &str, status: StatusCode, body: &[u8]) -> ConnectorError {
     ))
 }
 
-fn parse_json(what: &str, body: &[u8]) -> Result<Value, ConnectorError> {
-    serde_json::from_slice(body).map_err(|e| {
-        if e.is_eof() {
-            transient(what, TransientKind::Truncated, None)
-        } else {
-            malformed(what, format!("not JSON: {e}"))
-        }
-    })
-}
-
 // ---------------------------------------------------------------- mapping
-
-fn text<'a>(obj: &'a Map<String, Value>, field: &str) -> Option<&'a str> {
-    obj.get(field)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-}
 
 /// The Paris calendar day of a bank timestamp (`2023-08-25T00:00:00.000Z`,
 /// `2023-08-25T22:45:46.892+0200`) or date (`2023-08-25`).
@@ -842,14 +783,8 @@ impl KeypadConnector {
             .header(header::ACCEPT_LANGUAGE, "fr-FR,fr;q=0.9")
             .send()
             .await
-            .map_err(|e| transport(what, &e, false))?;
-        if let Some(bank_now) = resp
-            .headers()
-            .get(header::DATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
-        {
-            let skew = (bank_now.with_timezone(&Utc) - Utc::now()).num_seconds();
+            .map_err(|e| transport("keypad", what, &e, false))?;
+        if let Some(skew) = clock_skew_secs(resp.headers()) {
             self.skew_secs.store(skew, Ordering::Relaxed);
         }
         let status = resp.status();
@@ -858,7 +793,11 @@ impl KeypadConnector {
             return Err(malformed(what, format!("answer larger than {max} bytes")));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| transport(what, &e, true))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| transport("keypad", what, &e, true))?
+        {
             if body.len() + chunk.len() > max {
                 return Err(malformed(what, format!("answer larger than {max} bytes")));
             }

@@ -7,6 +7,7 @@
 
 use bankbridge_core::{ConnectionSettings, Connector, Credentials};
 
+mod common;
 pub mod fibank;
 pub mod keypad;
 

@@ -1,0 +1,107 @@
+//! Error mapping and JSON helpers every connector shares.
+use std::time::Duration;
+
+use bankbridge_core::{ConnectorError, TransientKind};
+use chrono::{DateTime, Utc};
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap};
+use serde_json::{Map, Value};
+
+pub(crate) fn transient(
+    what: &str,
+    kind: TransientKind,
+    retry_after: Option<Duration>,
+) -> ConnectorError {
+    ConnectorError::Transient {
+        what: what.to_owned(),
+        kind,
+        retry_after,
+    }
+}
+
+pub(crate) fn malformed(what: &str, detail: impl Into<String>) -> ConnectorError {
+    ConnectorError::Malformed {
+        what: what.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+/// A failure to send or to receive the answer; `bank` names the connector in
+/// the debug log.
+pub(crate) fn transport(
+    bank: &str,
+    what: &str,
+    e: &reqwest::Error,
+    reading_body: bool,
+) -> ConnectorError {
+    let kind = if e.is_timeout() {
+        TransientKind::Timeout
+    } else if reading_body {
+        TransientKind::Truncated
+    } else {
+        TransientKind::Network
+    };
+    tracing::debug!(what, error = %e, "{bank} transport error");
+    transient(what, kind, None)
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&Utc);
+    Some((when - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// 429 and 5xx: worth retrying.
+pub(crate) fn status_error(
+    what: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Option<ConnectorError> {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, Utc::now()));
+        return Some(transient(what, TransientKind::RateLimited, retry_after));
+    }
+    if status.is_server_error() {
+        return Some(transient(
+            what,
+            TransientKind::Server(status.as_u16()),
+            None,
+        ));
+    }
+    None
+}
+
+/// Parse a complete JSON body; one that stops early is a transient fault.
+pub fn parse_json(what: &str, body: &[u8]) -> Result<Value, ConnectorError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_eof() {
+            transient(what, TransientKind::Truncated, None)
+        } else {
+            malformed(what, format!("not JSON: {e}"))
+        }
+    })
+}
+
+/// A trimmed, non-empty string field.
+pub(crate) fn text<'a>(obj: &'a Map<String, Value>, field: &str) -> Option<&'a str> {
+    obj.get(field)
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// Seconds the bank's clock is ahead of ours, from an answer's `Date` header.
+pub(crate) fn clock_skew_secs(headers: &HeaderMap) -> Option<i64> {
+    let bank_now = headers
+        .get(header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| DateTime::parse_from_rfc2822(v).ok())?;
+    Some((bank_now.with_timezone(&Utc) - Utc::now()).num_seconds())
+}
