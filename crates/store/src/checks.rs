@@ -300,8 +300,8 @@ pub(crate) fn state_upsert(dialect: Dialect) -> &'static str {
     }
 }
 
-/// Insert or replace; answers whether the row is new (`xmax = 0` on
-/// PostgreSQL, no previous row on SQLite, asked by the caller).
+/// Insert or replace; whether the row is new the caller asks first
+/// ([`SECRET_EXISTS`], in the same transaction).
 pub(crate) const SECRET_UPSERT: &str = "INSERT INTO check_secrets (name, sealed, updated_at) VALUES ($1, $2, $3) \
      ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at";
 pub(crate) const SECRET_EXISTS: &str = "SELECT 1 FROM check_secrets WHERE name = $1";

@@ -258,6 +258,19 @@ pub(crate) enum Dialect {
     Postgres,
 }
 
+/// `$1` category, `$2` updated_at, `$3` id: sets a row's category unless it
+/// already is that one (NULL counting as a value).
+pub(crate) fn category_update(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "UPDATE transactions SET category = $1, updated_at = $2 WHERE id = $3 AND category IS NOT $1"
+        }
+        Dialect::Postgres => {
+            "UPDATE transactions SET category = $1, updated_at = $2 WHERE id = $3 AND category IS DISTINCT FROM $1"
+        }
+    }
+}
+
 /// A bound value of a [`TxQuery`].
 pub(crate) enum Arg {
     I64(i64),

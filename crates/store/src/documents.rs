@@ -74,6 +74,31 @@ pub(crate) fn check_new_document(d: &NewDocument) -> Result<()> {
     Ok(())
 }
 
+/// The bytes' size as stored (a BIGINT).
+pub(crate) fn stored_size(content: &[u8]) -> Result<i64> {
+    i64::try_from(content.len())
+        .map_err(|_| StoreError::Conflict("a document larger than 2^63 bytes".into()))
+}
+
+/// `$1` account id: the connection the account belongs to.
+pub(crate) const ACCOUNT_OWNER: &str = "SELECT connection_id FROM accounts WHERE id = $1";
+
+/// A document's account must belong to its connection (`owner` is what
+/// [`ACCOUNT_OWNER`] found, None for no such account).
+pub(crate) fn check_account_owner(
+    d: &NewDocument,
+    account_id: i64,
+    owner: Option<i64>,
+) -> Result<()> {
+    if owner != Some(d.connection_id) {
+        return Err(StoreError::NotFound(format!(
+            "account {account_id} of connection {}",
+            d.connection_id
+        )));
+    }
+    Ok(())
+}
+
 macro_rules! document_columns {
     () => {
         "id, connection_id, account_id, provider_id, kind, category, title, date, content_type, \
@@ -186,15 +211,21 @@ pub(crate) fn documents(rows: Vec<DocumentRow>) -> Result<Vec<Document>> {
     rows.into_iter().map(Document::try_from).collect()
 }
 
-/// The content read back must be the bytes its key names.
-pub(crate) fn check_content(doc: &Document, content: &[u8]) -> Result<()> {
-    if sha256_hex(content) != doc.sha256 {
+/// The content read back ([`BLOB_CONTENT`]) must exist and be the bytes its key names.
+pub(crate) fn with_content(doc: Document, content: Option<Vec<u8>>) -> Result<(Document, Vec<u8>)> {
+    let content = content.ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "document {} has no bytes (sha256 {})",
+            doc.id, doc.sha256
+        ))
+    })?;
+    if sha256_hex(&content) != doc.sha256 {
         return Err(StoreError::Corrupt(format!(
             "the stored bytes of document {} do not hash to its sha256 {}",
             doc.id, doc.sha256
         )));
     }
-    Ok(())
+    Ok((doc, content))
 }
 
 #[cfg(test)]

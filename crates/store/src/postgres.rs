@@ -1035,15 +1035,13 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let mut changed = 0;
         for (id, category) in changes {
-            changed += sqlx::query(
-                "UPDATE transactions SET category = $1, updated_at = $2 WHERE id = $3 AND category IS DISTINCT FROM $1",
-            )
-            .bind(category.as_deref())
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            changed += sqlx::query(common::category_update(Dialect::Postgres))
+                .bind(category.as_deref())
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
         tx.commit().await?;
         Ok(changed)
@@ -1062,22 +1060,15 @@ impl Store for PgStore {
     async fn save_document(&self, doc: &NewDocument, content: &[u8]) -> Result<SavedDocument> {
         documents::check_new_document(doc)?;
         let sha256 = documents::sha256_hex(content);
-        let size = i64::try_from(content.len())
-            .map_err(|_| StoreError::Conflict("a document larger than 2^63 bytes".into()))?;
+        let size = documents::stored_size(content)?;
         let now = micros(doc.now);
         let mut tx = self.pool.begin().await?;
         if let Some(account_id) = doc.account_id {
-            let owner: Option<i64> =
-                sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = $1")
-                    .bind(account_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if owner != Some(doc.connection_id) {
-                return Err(StoreError::NotFound(format!(
-                    "account {account_id} of connection {}",
-                    doc.connection_id
-                )));
-            }
+            let owner: Option<i64> = sqlx::query_scalar(documents::ACCOUNT_OWNER)
+                .bind(account_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            documents::check_account_owner(doc, account_id, owner)?;
         }
         let blob = sqlx::query(documents::BLOB_INSERT)
             .bind(&sha256)
@@ -1156,14 +1147,7 @@ impl Store for PgStore {
             .bind(&doc.sha256)
             .fetch_optional(&self.pool)
             .await?;
-        let content = content.ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "document {} has no bytes (sha256 {})",
-                doc.id, doc.sha256
-            ))
-        })?;
-        documents::check_content(&doc, &content)?;
-        Ok(Some((doc, content)))
+        documents::with_content(doc, content).map(Some)
     }
 
     // ------------------------------------------------------------ card service

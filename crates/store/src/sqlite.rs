@@ -1116,15 +1116,13 @@ impl Store for SqliteStore {
         let mut tx = self.write_tx().await?;
         let mut changed = 0;
         for (id, category) in changes {
-            changed += sqlx::query(
-                "UPDATE transactions SET category = ?1, updated_at = ?2 WHERE id = ?3 AND category IS NOT ?1",
-            )
-            .bind(category.as_deref())
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            changed += sqlx::query(common::category_update(Dialect::Sqlite))
+                .bind(category.as_deref())
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
         tx.commit().await?;
         Ok(changed)
@@ -1143,22 +1141,15 @@ impl Store for SqliteStore {
     async fn save_document(&self, doc: &NewDocument, content: &[u8]) -> Result<SavedDocument> {
         documents::check_new_document(doc)?;
         let sha256 = documents::sha256_hex(content);
-        let size = i64::try_from(content.len())
-            .map_err(|_| StoreError::Conflict("a document larger than 2^63 bytes".into()))?;
+        let size = documents::stored_size(content)?;
         let now = micros(doc.now);
         let mut tx = self.write_tx().await?;
         if let Some(account_id) = doc.account_id {
-            let owner: Option<i64> =
-                sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = $1")
-                    .bind(account_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if owner != Some(doc.connection_id) {
-                return Err(StoreError::NotFound(format!(
-                    "account {account_id} of connection {}",
-                    doc.connection_id
-                )));
-            }
+            let owner: Option<i64> = sqlx::query_scalar(documents::ACCOUNT_OWNER)
+                .bind(account_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            documents::check_account_owner(doc, account_id, owner)?;
         }
         let blob = sqlx::query(documents::BLOB_INSERT)
             .bind(&sha256)
@@ -1237,14 +1228,7 @@ impl Store for SqliteStore {
             .bind(&doc.sha256)
             .fetch_optional(&self.reader)
             .await?;
-        let content = content.ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "document {} has no bytes (sha256 {})",
-                doc.id, doc.sha256
-            ))
-        })?;
-        documents::check_content(&doc, &content)?;
-        Ok(Some((doc, content)))
+        documents::with_content(doc, content).map(Some)
     }
 
     // ------------------------------------------------------------ card service
@@ -1553,7 +1537,7 @@ impl Store for SqliteStore {
 
     async fn put_check_secret(&self, name: &str, sealed: &[u8], at: DateTime<Utc>) -> Result<bool> {
         checks::check_secret_name(name)?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.write_tx().await?;
         let existed = sqlx::query(checks::SECRET_EXISTS)
             .bind(name)
             .fetch_optional(&mut *tx)
