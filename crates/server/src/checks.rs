@@ -190,10 +190,6 @@ impl ChecksService {
         }))
     }
 
-    pub fn config(&self) -> &ChecksConfig {
-        &self.0.config
-    }
-
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic elsewhere must not stop the scheduler: the state stays usable.
         self.0.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -484,19 +480,19 @@ impl ChecksService {
     /// An agent's result for a job; false when the job is unknown (or
     /// already answered, or its round already closed).
     pub async fn report_job(&self, job_id: &str, location: &str, mut report: RunReport) -> bool {
-        let Some((round, expected_location)) = self.state().jobs_out.remove(job_id) else {
-            return false;
+        let (round, expected_location, trigger) = {
+            let mut state = self.state();
+            let Some((round, expected_location)) = state.jobs_out.remove(job_id) else {
+                return false;
+            };
+            let trigger = state.rounds.get(&round).map_or("schedule", |r| r.trigger);
+            (round, expected_location, trigger)
         };
         // The location is the one the job was for, whatever the agent says.
         if expected_location != location {
             tracing::warn!(job = %job_id, %location, expected = %expected_location, "checks: an agent answered a job of another location");
         }
         report.location = expected_location;
-        let trigger = self
-            .state()
-            .rounds
-            .get(&round)
-            .map_or("schedule", |r| r.trigger);
         self.complete(&round, report, trigger).await;
         true
     }
@@ -804,11 +800,6 @@ impl ChecksService {
     pub fn summary(&self, id: &str) -> Option<CheckSummary> {
         let state = self.state();
         state.flows.get(id).map(|e| summary_of(e, Utc::now()))
-    }
-
-    /// Check ids and names, for the metrics' labels.
-    pub fn metrics(&self) -> &Metrics {
-        &self.0.metrics
     }
 }
 
