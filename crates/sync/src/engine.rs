@@ -12,7 +12,7 @@ use chrono::{NaiveDate, Utc};
 
 use crate::plan::{self, PlanBounds};
 use crate::reconcile::{self, LINK_TOLERANCE_DAYS};
-use crate::{SyncError, SyncEvent, SyncSummary, Syncer, session_purpose};
+use crate::{SyncError, SyncEvent, SyncOptions, SyncSummary, Syncer, session_purpose};
 
 type Progress<'a> = &'a (dyn Fn(SyncEvent) + Send + Sync);
 
@@ -354,17 +354,14 @@ impl Run<'_> {
         });
         let mut halted = false;
         for w in forward {
-            let page = match self
+            let Some(page) = self
                 .fetch_or_stop(connector, fetched, w, &bounds, &label, &mut window_days)
                 .await?
-            {
-                Some(page) => page,
-                None => {
-                    // The covered range must stay contiguous: nothing newer
-                    // is committed above a gap.
-                    halted = true;
-                    break;
-                }
+            else {
+                // The covered range must stay contiguous: nothing newer is
+                // committed above a gap.
+                halted = true;
+                break;
             };
             let next = plan::after_forward(&cp, w);
             self.commit(&mut acc, w, page, &cp, &next, &label).await?;
@@ -598,11 +595,7 @@ impl Run<'_> {
             match result {
                 Ok(out) => return Ok(out),
                 Err(e) if e.is_transient() && attempt < o.max_attempts => {
-                    let backoff = o
-                        .backoff_base
-                        .saturating_mul(1 << (attempt - 1).min(16))
-                        .min(o.backoff_max);
-                    let delay = jitter(backoff).max(e.retry_after().unwrap_or_default());
+                    let delay = retry_delay(o, attempt, &e);
                     tracing::info!(%what, attempt, delay_ms = delay.as_millis() as u64, reason = %e, "retrying");
                     (self.progress)(SyncEvent::Retrying {
                         what,
@@ -707,11 +700,7 @@ impl Run<'_> {
                     tokio::time::sleep(pause).await;
                 }
                 Err(e) if e.is_transient() && attempt < o.max_attempts => {
-                    let backoff = o
-                        .backoff_base
-                        .saturating_mul(1 << (attempt - 1).min(16))
-                        .min(o.backoff_max);
-                    let delay = jitter(backoff).max(e.retry_after().unwrap_or_default());
+                    let delay = retry_delay(o, attempt, &e);
                     (self.progress)(SyncEvent::Retrying {
                         what: "authentication status".to_owned(),
                         attempt,
@@ -749,6 +738,16 @@ fn balance_gap(page: &WindowPage) -> Option<rust_decimal::Decimal> {
 }
 
 /// Spread retries of many clients: 75–125 % of the nominal delay.
+/// The pause before retry `attempt` of a transient fault: exponential
+/// backoff with jitter, never shorter than the bank's `Retry-After`.
+fn retry_delay(o: &SyncOptions, attempt: u32, e: &ConnectorError) -> Duration {
+    let backoff = o
+        .backoff_base
+        .saturating_mul(1 << (attempt - 1).min(16))
+        .min(o.backoff_max);
+    jitter(backoff).max(e.retry_after().unwrap_or_default())
+}
+
 fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
