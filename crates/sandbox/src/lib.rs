@@ -29,6 +29,7 @@ pub mod fault;
 pub mod fibank;
 pub mod keypad;
 pub mod receivers;
+mod util;
 pub mod xs2a_playground;
 
 pub use fault::{FaultConfig, FaultKind};

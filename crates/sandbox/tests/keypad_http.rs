@@ -109,6 +109,12 @@ impl Client {
         (r.status(), r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST api/login/refresh` with `refresh` as the refresh token.
+    async fn refresh(&self, refresh: &Value) -> (StatusCode, Value) {
+        self.post("api/login/refresh", None, &json!({"refreshToken": refresh}))
+            .await
+    }
+
     async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
         let r = self
             .http
@@ -542,13 +548,7 @@ async fn ninety_day_gate_and_manual_2fa() {
     assert!(booking_date(&body["accountTransactions"][0]) < limit);
 
     // Tokens refreshed from it keep the right; a new login does not have it.
-    let (status, refreshed) = c
-        .post(
-            "api/login/refresh",
-            None,
-            &json!({"refreshToken": ct["refreshToken"]}),
-        )
-        .await;
+    let (status, refreshed) = c.refresh(&ct["refreshToken"]).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = c
         .rows(s(&refreshed["accessToken"]), &acct, &format!("{k}-{k}"))
@@ -625,35 +625,17 @@ async fn refresh_expiry_and_revocation() {
     let (ct, contract_id) = c.contract(&sb, 0).await;
 
     // Refresh: a new pair; the old refresh token is spent.
-    let (status, fresh) = c
-        .post(
-            "api/login/refresh",
-            None,
-            &json!({"refreshToken": ct["refreshToken"]}),
-        )
-        .await;
+    let (status, fresh) = c.refresh(&ct["refreshToken"]).await;
     assert_eq!(status, StatusCode::OK, "{fresh}");
     assert_ne!(fresh["accessToken"], ct["accessToken"]);
     assert!(fresh["expiresAt"].as_i64().unwrap() >= ct["expiresAt"].as_i64().unwrap());
-    let (status, body) = c
-        .post(
-            "api/login/refresh",
-            None,
-            &json!({"refreshToken": ct["refreshToken"]}),
-        )
-        .await;
+    let (status, body) = c.refresh(&ct["refreshToken"]).await;
     assert_eq!(
         (status, s(&body["code"])),
         (StatusCode::UNAUTHORIZED, "TOKEN_INVALID")
     );
     // An access token is no refresh token, and the other way round.
-    let (status, _) = c
-        .post(
-            "api/login/refresh",
-            None,
-            &json!({"refreshToken": fresh["accessToken"]}),
-        )
-        .await;
+    let (status, _) = c.refresh(&fresh["accessToken"]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, body) = c
         .get("api/user/documents/documents", s(&fresh["refreshToken"]))
@@ -688,13 +670,7 @@ async fn refresh_expiry_and_revocation() {
         (status, s(&body["code"])),
         (StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED")
     );
-    let (status, body) = c
-        .post(
-            "api/login/refresh",
-            None,
-            &json!({"refreshToken": fresh["refreshToken"]}),
-        )
-        .await;
+    let (status, body) = c.refresh(&fresh["refreshToken"]).await;
     assert_eq!(
         (status, s(&body["code"])),
         (StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED")
@@ -712,13 +688,7 @@ async fn refresh_expiry_and_revocation() {
         (status, s(&body["code"])),
         (StatusCode::UNAUTHORIZED, "TOKEN_INVALID")
     );
-    let (status, _) = c
-        .post(
-            "api/login/refresh",
-            None,
-            &json!({"refreshToken": ct["refreshToken"]}),
-        )
-        .await;
+    let (status, _) = c.refresh(&ct["refreshToken"]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     c.contract(&sb, 0).await;
     sb.shutdown().await.unwrap();

@@ -14,7 +14,7 @@
 //! client with base URL `http://127.0.0.1:PORT/fibank` works unchanged.
 //! Control routes live under `/_sandbox/fibank/`.
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -28,6 +28,7 @@ use chrono_tz::Europe::Sofia;
 use serde::{Deserialize, Serialize};
 
 use crate::fault::{self, FaultConfig, FaultKind};
+use crate::util::{lock, read, write};
 use crate::{ConfigError, SandboxConfig};
 
 pub mod data;
@@ -121,18 +122,6 @@ impl std::fmt::Debug for Fibank {
             .field("username", &self.username)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 fn random_hex(bytes: usize) -> String {

@@ -20,6 +20,7 @@ use super::{
     TokenError, Tokens, TwoFaError, docs, short_contract_id,
 };
 use crate::fibank::render::money_string;
+use crate::util::json_response;
 
 type Bank = State<Arc<KeypadBank>>;
 type Answer = Result<Response, Fail>;
@@ -73,15 +74,6 @@ async fn date_header(State(bank): Bank, mut response: Response) -> Response {
         response.headers_mut().insert(header::DATE, v);
     }
     response
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
 }
 
 fn ok(body: Value) -> Answer {

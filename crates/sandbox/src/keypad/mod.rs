@@ -9,7 +9,7 @@
 //! new days and ageing tokens, keypads and 2FA requests.
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::SandboxConfig;
 use crate::fibank::render::money_string;
+use crate::util::{lock, read, write};
 
 pub mod codec;
 pub mod data;
@@ -239,18 +240,6 @@ impl std::fmt::Debug for KeypadBank {
             .field("today", &self.today())
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 fn random_token() -> String {

@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::flow::ConsentCall;
 use super::{CONTROL_PREFIX, PREFIX, Playground, Refusal, Step};
+use crate::util::json_response;
 
 type Pg = State<Arc<Playground>>;
 type IdPath = Result<Path<String>, PathRejection>;
@@ -68,15 +69,6 @@ pub fn routes(pg: Arc<Playground>) -> Router {
         .nest(PREFIX, api)
         .nest(CONTROL_PREFIX, control)
         .with_state(pg)
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
 }
 
 /// `{"data": …}` or the refusal, counted in the stats.
