@@ -174,6 +174,18 @@ fn truth(sb: &SandboxHandle) -> HashMap<String, (u64, Decimal)> {
         .collect()
 }
 
+/// GET `url` with the `Authorization` header `auth` and read its JSON answer.
+async fn get_json(http: &reqwest::Client, auth: &str, url: String) -> Value {
+    http.get(url)
+        .header("Authorization", auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn pin_logins(stderr: &str) -> usize {
     stderr.matches("keypad: logged in with the PIN").count()
 }
@@ -465,15 +477,7 @@ async fn serve_reports_needs_user_and_serves_documents() {
     let id = job["id"].as_i64().unwrap();
     let mut job = job;
     for _ in 0..600 {
-        job = http
-            .get(format!("{base}/api/v1/syncs/{id}"))
-            .header("Authorization", &auth)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        job = get_json(&http, &auth, format!("{base}/api/v1/syncs/{id}")).await;
         if !matches!(job["status"].as_str(), Some("queued" | "running")) {
             break;
         }
@@ -485,31 +489,18 @@ async fn serve_reports_needs_user_and_serves_documents() {
         job["error"].as_str().unwrap().contains("trusted device"),
         "{job}"
     );
-    let conns: Value = http
-        .get(format!("{base}/api/v1/connections"))
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conns = get_json(&http, &auth, format!("{base}/api/v1/connections")).await;
     assert_eq!(
         conns["data"][0]["last_sync_status"], "needs_user",
         "{conns}"
     );
 
-    let docs: Value = http
-        .get(format!(
-            "{base}/api/v1/documents?connection=1&from=2024-01-01"
-        ))
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let docs = get_json(
+        &http,
+        &auth,
+        format!("{base}/api/v1/documents?connection=1&from=2024-01-01"),
+    )
+    .await;
     let docs = docs["data"].as_array().unwrap();
     assert!(!docs.is_empty());
     assert!(
@@ -551,15 +542,7 @@ async fn serve_reports_needs_user_and_serves_documents() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let spec: Value = http
-        .get(format!("{base}/api/v1/openapi.json"))
-        .header("Authorization", &auth)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let spec = get_json(&http, &auth, format!("{base}/api/v1/openapi.json")).await;
     for path in [
         "/api/v1/documents",
         "/api/v1/documents/{id}",
