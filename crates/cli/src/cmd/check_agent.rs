@@ -63,13 +63,13 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode> {
             .send()
             .await;
         let jobs = match answer {
-            Ok(r) if r.status().is_success() => match r.json::<Jobs>().await {
+            Ok(r) if r.status().is_success() => Some(match r.json::<Jobs>().await {
                 Ok(j) => j.data,
                 Err(e) => {
                     tracing::warn!(error = %e, "check agent: the server's answer is not a job list");
                     Vec::new()
                 }
-            },
+            }),
             Ok(r)
                 if r.status() == reqwest::StatusCode::UNAUTHORIZED
                     || r.status() == reqwest::StatusCode::FORBIDDEN =>
@@ -81,16 +81,17 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode> {
             }
             Ok(r) => {
                 tracing::warn!(status = %r.status(), "check agent: the server refused the job request; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
+                None
             }
             Err(e) => {
                 tracing::warn!(error = %e, "check agent: cannot reach the server; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
+                None
             }
+        };
+        let Some(jobs) = jobs else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            continue;
         };
         backoff = Duration::from_secs(1);
         for job in jobs {
