@@ -78,6 +78,9 @@ pub struct Flow {
     /// The file stem: stable across renames of `name`, used in the API and the store.
     pub id: String,
     pub file: String,
+    /// The file's text as parsed: what an agent is sent, so it runs
+    /// exactly the flow the server loaded.
+    pub source: String,
     pub name: String,
     pub description: Option<String>,
     pub schedule: Schedule,
@@ -402,7 +405,7 @@ pub fn parse(id: &str, file: &str, text: &str) -> Result<Flow, FlowError> {
             message: e.message().trim().to_string(),
         }
     })?;
-    build(id, file, raw).map_err(|p| {
+    build(id, file, text, raw).map_err(|p| {
         let (line, column) = locate(text, &p.path)
             .map(|offset| line_col(text, offset))
             .unwrap_or((0, 0));
@@ -463,7 +466,7 @@ fn duration(value: Option<&str>, default: Duration, path: Vec<Seg>) -> Result<Du
     }
 }
 
-fn build(id: &str, file: &str, raw: FlowFile) -> Result<Flow, Problem> {
+fn build(id: &str, file: &str, text: &str, raw: FlowFile) -> Result<Flow, Problem> {
     let problem = |path: Vec<Seg>, message: String| Problem { path, message };
     if raw.name.trim().is_empty() {
         return Err(problem(vec![key("name")], "must not be empty".into()));
@@ -772,6 +775,7 @@ fn build(id: &str, file: &str, raw: FlowFile) -> Result<Flow, Problem> {
     Ok(Flow {
         id: id.to_string(),
         file: file.to_string(),
+        source: text.to_string(),
         name: raw.name,
         description: raw.description,
         schedule,

@@ -123,7 +123,6 @@ pub struct RoundSummary {
 
 struct Entry {
     flow: Arc<Flow>,
-    source: String,
     /// The cadence slot and the jittered time it fires at.
     slot: DateTime<Utc>,
     fire_at: DateTime<Utc>,
@@ -293,7 +292,6 @@ impl ChecksService {
                     ));
                 }
             }
-            let source = std::fs::read_to_string(&flow.file).unwrap_or_default();
             let id = flow.id.clone();
             let entry = match state.flows.remove(&id) {
                 Some(mut old) => {
@@ -302,7 +300,6 @@ impl ChecksService {
                         old.fire_at = old.slot;
                     }
                     old.flow = Arc::new(flow);
-                    old.source = source;
                     old
                 }
                 None => {
@@ -312,7 +309,6 @@ impl ChecksService {
                         .unwrap_or_else(|| CheckState::new(now));
                     Entry {
                         flow: Arc::new(flow),
-                        source,
                         slot,
                         fire_at: slot,
                         round_no: 0,
@@ -366,7 +362,7 @@ impl ChecksService {
     /// Starts a round of `check_id` now; its id, or None for an unknown check.
     pub fn start_round(&self, check_id: &str, trigger: &'static str) -> Option<String> {
         let round_id = uuid::Uuid::new_v4().to_string();
-        let (flow, source, locations) = {
+        let (flow, locations) = {
             let mut state = self.state();
             let entry = state.flows.get_mut(check_id)?;
             let locations = locations_for_round(
@@ -376,7 +372,6 @@ impl ChecksService {
             );
             entry.round_no += 1;
             let flow = entry.flow.clone();
-            let source = entry.source.clone();
             let worst_case = flow.timeout
                 + flow
                     .retry
@@ -393,7 +388,7 @@ impl ChecksService {
                     deadline: Instant::now() + worst_case,
                 },
             );
-            (flow, source, locations)
+            (flow, locations)
         };
         // Secrets are read from the store once per round, off the scheduler's tick.
         let this = self.clone();
@@ -425,7 +420,7 @@ impl ChecksService {
                                 .and_then(|n| n.to_str())
                                 .unwrap_or("flow.toml")
                                 .to_string(),
-                            source: source.clone(),
+                            source: flow.source.clone(),
                             secrets: stored.clone(),
                         },
                         location,
