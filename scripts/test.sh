@@ -5,8 +5,7 @@
 # interoperability test) from PyPI into a virtualenv, a throwaway PostgreSQL
 # on loopback that is stopped and deleted at the end, and pcscd with
 # vsmartcard's vpcd driver for the card tests (scripts/pcscd.sh; stopped at
-# the end if started here). Then the user story's Playwright spec runs
-# against the sandbox (npm packages from the npm registry, pinned).
+# the end if started here).
 #
 #   scripts/test.sh            # everything
 #   scripts/test.sh -p bankbridge-store   # extra arguments go to `cargo test`
@@ -19,7 +18,6 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     missing=()
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
-    command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
     if ! command -v python3 >/dev/null 2>&1; then
         missing+=(python3 python3-venv)
     elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -67,30 +65,3 @@ else
 fi
 
 cargo test --workspace "$@"
-
-# The user story's own Playwright spec against the sandbox's XS2A playground
-# (tests/xs2a-playwright; npm packages pinned by its lockfile, no browser).
-# Only with the whole suite: extra arguments select Rust tests.
-if [ "$#" -eq 0 ]; then
-    if ! command -v npm >/dev/null 2>&1; then
-        if [ -n "${CI:-}" ]; then log "npm is missing: the Playwright spec must run in CI"; exit 1; fi
-        log "npm not found: the story's Playwright spec is skipped"
-        exit 0
-    fi
-    sb_dir="$(mktemp -d /tmp/bankbridge-xs2a-XXXXXX)"
-    sb_port=$((20000 + RANDOM % 20000))
-    target/debug/bankbridge sandbox --listen "127.0.0.1:$sb_port" --no-bankid \
-        --db "$sb_dir/sandbox.db" --transactions 10 >"$sb_dir/sandbox.log" 2>&1 &
-    sb_pid=$!
-    for _ in $(seq 100); do
-        curl -fsS -o /dev/null "http://127.0.0.1:$sb_port/_sandbox/xs2a-playground/credentials" 2>/dev/null && break
-        sleep 0.1
-    done
-    status=0
-    SANDBOX_URL="http://127.0.0.1:$sb_port" tests/xs2a-playwright/run.sh || status=$?
-    kill "$sb_pid" 2>/dev/null || true
-    wait "$sb_pid" 2>/dev/null || true
-    [ "$status" -eq 0 ] || { log "the story's Playwright spec failed (sandbox log: $sb_dir/sandbox.log)"; exit "$status"; }
-    rm -rf "$sb_dir"
-    log "the story's Playwright spec passed against the sandbox"
-fi

@@ -79,12 +79,27 @@ fn split(rapdu: Vec<u8>) -> Result<Response, ApduError> {
     })
 }
 
-/// Send `cmd` (short form) and return the complete answer.
+/// Send `cmd` once and return the card's answer as it came: no GET RESPONSE,
+/// no resend with a corrected Le. For VERIFY, where a second command could
+/// cost a PIN try.
+pub fn transmit_once(card: &mut dyn CardTransport, cmd: &[u8]) -> Result<Response, ApduError> {
+    log_command(cmd);
+    let response = split(card.transmit(cmd)?)?;
+    tracing::trace!(sw = format_args!("{:04X}", response.sw), "card answered");
+    Ok(response)
+}
+
+/// Send `cmd` (short form) and return the complete answer, following
+/// `61xx` with GET RESPONSE and `6Cxx` with a resend. VERIFY goes through
+/// [`transmit_once`] instead, never followed up.
 pub fn exchange(card: &mut dyn CardTransport, cmd: &[u8]) -> Result<Response, ApduError> {
+    if cmd.get(1) == Some(&INS_VERIFY) {
+        return transmit_once(card, cmd);
+    }
     let mut wire = cmd.to_vec();
     match card.protocol() {
         Protocol::T0 if wire.len() == 4 => wire.push(0x00),
-        Protocol::T1 if cmd.get(1) != Some(&INS_VERIFY) => wire.push(0x00),
+        Protocol::T1 => wire.push(0x00),
         _ => {}
     }
     log_command(&wire);

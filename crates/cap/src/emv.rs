@@ -2,10 +2,14 @@
 //!
 //! 1. Select the payment application: the PSE directory, then a fixed list
 //!    of AIDs in order; the first one a CAP reader can use wins.
-//! 2. GET PROCESSING OPTIONS (PDOL filled), READ RECORD over the AFL: PAN,
-//!    PSN, the issuer's bitmap (IPB) and flags (IAF), CDOL1 and CDOL2.
-//! 3. Check the card is the one expected (PAN last 4, PSN), read the PIN try
-//!    counter, refuse below the policy's minimum, VERIFY the PIN once.
+//! 2. GET PROCESSING OPTIONS (PDOL filled), READ RECORD over the AFL: PAN
+//!    and PSN when the application has them (CAP-only applications often do
+//!    not), the issuer's bitmap (IPB) and flags (IAF), CDOL1 and CDOL2.
+//! 3. Check the card is the one expected ([`CardIdentity::matches`]), read
+//!    the PIN try counter, refuse below the policy's minimum, VERIFY the PIN
+//!    once. VERIFY is sent exactly once and never followed up or repeated:
+//!    an answer other than `9000`, or none, is reported as a PIN that may
+//!    have been refused ([`CapError::pin_possibly_refused`]).
 //! 4. GENERATE AC twice: an ARQC over CDOL1 (the M1 challenge goes into the
 //!    unpredictable number), then an AAC over CDOL2 that closes the
 //!    transaction.
@@ -16,6 +20,7 @@
 //! exclusive and drops it afterwards, which resets the card.
 use bankbridge_core::Secret;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::apdu::{self, ApduError, Response, sw};
 use crate::otp::{self, OtpError};
@@ -205,26 +210,74 @@ pub struct CardIdentity {
     pub aid: String,
     pub application: String,
     pub mode: CapMode,
-    /// The last four digits of the card number.
-    pub pan_last4: String,
+    /// The last four digits of the card number, when the application's
+    /// records carry one (`5A`); CAP-only applications often do not.
+    pub pan_last4: Option<String>,
     /// PAN sequence number, two hex digits, when the card has one.
     pub psn: Option<String>,
+    /// SHA-256 (hex) over the AID and the static records the application
+    /// lists, without the data elements that carry the card number or the
+    /// holder's name ([`CARD_NUMBER_TAGS`]): stable for a card, safe to store.
+    pub records_digest: String,
     /// PIN tries left, when the card tells.
     pub pin_tries_left: Option<u8>,
 }
 
+/// Data elements left out of [`CardIdentity::records_digest`], so that a
+/// stored digest says nothing about the card number: PAN, track 1 and 2
+/// data (and their discretionary parts), the holder's name.
+pub const CARD_NUMBER_TAGS: &[Tag] = &[
+    0x5A, 0x56, 0x57, 0x5F20, 0x9F0B, 0x9F1F, 0x9F20, 0x9F6B,
+];
+
 impl CardIdentity {
-    /// Whether this is the card registered as `expected` (PAN last 4 and PSN).
+    /// Whether this is the card registered as `expected`: everything the
+    /// registration recorded must be found again (PAN last 4 and PSN where
+    /// the card had them, the records digest where one was stored), and a
+    /// card number may neither appear nor vanish. An expectation with no PAN
+    /// and no digest matches nothing.
     pub fn matches(&self, expected: &ExpectedCard) -> bool {
-        self.pan_last4 == expected.pan_last4 && (expected.psn.is_none() || self.psn == expected.psn)
+        if expected.pan_last4.is_none() && expected.records_digest.is_none() {
+            return false;
+        }
+        self.pan_last4 == expected.pan_last4
+            && self.psn == expected.psn
+            && expected
+                .records_digest
+                .as_ref()
+                .is_none_or(|d| d.eq_ignore_ascii_case(&self.records_digest))
+    }
+
+    /// How an operator tells this card apart: `…1234` (with `/01` for a
+    /// PSN), or the first digits of the records digest for a card without
+    /// a number.
+    pub fn describe(&self) -> String {
+        describe_card(
+            self.pan_last4.as_deref(),
+            self.psn.as_deref(),
+            Some(&self.records_digest),
+        )
+    }
+}
+
+/// `…1234/01`, or `records ab12cd34` for a card without a number.
+pub fn describe_card(pan_last4: Option<&str>, psn: Option<&str>, digest: Option<&str>) -> String {
+    let psn = psn.map(|p| format!("/{p}")).unwrap_or_default();
+    match (pan_last4, digest) {
+        (Some(last4), _) => format!("…{last4}{psn}"),
+        (None, Some(d)) => format!("records {}{psn}", &d[..d.len().min(8)]),
+        (None, None) => format!("unknown card{psn}"),
     }
 }
 
 /// The card a reader must hold before it may receive a PIN.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExpectedCard {
-    pub pan_last4: String,
+    pub pan_last4: Option<String>,
     pub psn: Option<String>,
+    /// `None` for cards registered before digests were kept: then the PAN
+    /// and PSN alone decide, as they did.
+    pub records_digest: Option<String>,
 }
 
 /// A computed code.
@@ -253,13 +306,8 @@ pub enum CapError {
     UnsupportedDolTag(Tag),
     #[error("the card has no issuer bitmap (IPB) and is not of a kind with a known default")]
     NoBitmap,
-    #[error(
-        "the card in the reader is not the registered one (found PAN …{found_last4}, PSN {found_psn}); no PIN was sent"
-    )]
-    WrongCard {
-        found_last4: String,
-        found_psn: String,
-    },
+    #[error("the card in the reader is not the registered one (found {found}); no PIN was sent")]
+    WrongCard { found: String },
     #[error("the card does not tell its PIN try counter; refusing to risk a PIN without it")]
     TryCounterUnavailable,
     #[error(
@@ -269,14 +317,41 @@ pub enum CapError {
     TooFewTries { left: u8, min: u8 },
     #[error("the card refused the PIN{}", match .tries_left { Some(n) => format!(" ({n} tr{} left)", if *n == 1 { "y" } else { "ies" }), None => String::new() })]
     WrongPin { tries_left: Option<u8> },
+    /// The try counter read before VERIFY was zero: no PIN was sent.
     #[error("the card's PIN is blocked")]
     Blocked,
+    /// VERIFY was answered "blocked": the PIN sent may have used the last try.
+    #[error("the card answered VERIFY with status {sw:04X}: its PIN is blocked now")]
+    VerifyBlocked { sw: u16 },
+    #[error(
+        "the card answered VERIFY with status {sw:04X}; the PIN may have been refused and was not retried"
+    )]
+    PinRefused { sw: u16 },
+    #[error(
+        "the PIN was sent but the card's answer was lost ({cause}); it may have been refused and was not retried"
+    )]
+    PinOutcomeUnknown { cause: TransportError },
     #[error("the PIN must be 4 to 12 digits")]
     BadPin,
     #[error("{0}")]
     BadInput(String),
     #[error(transparent)]
     Otp(#[from] OtpError),
+}
+
+impl CapError {
+    /// Whether the card may have counted a wrong PIN: VERIFY went out and no
+    /// `9000` came back. Such a PIN must not reach the card again until a
+    /// person sets it anew.
+    pub fn pin_possibly_refused(&self) -> bool {
+        matches!(
+            self,
+            CapError::WrongPin { .. }
+                | CapError::VerifyBlocked { .. }
+                | CapError::PinRefused { .. }
+                | CapError::PinOutcomeUnknown { .. }
+        )
+    }
 }
 
 fn found_list(found: &[String]) -> String {
@@ -322,6 +397,8 @@ struct CardData {
     belgian: bool,
     pan: Option<String>,
     psn: Option<u8>,
+    /// Running digest of the AID and the records (see [`CardIdentity::records_digest`]).
+    digest: Sha256,
     iaf: u8,
     ipb: Option<Vec<u8>>,
     cdol1: Vec<DolEntry>,
@@ -330,13 +407,16 @@ struct CardData {
 
 impl CardData {
     fn identity(&self, pin_tries_left: Option<u8>) -> CardIdentity {
-        let pan = self.pan.as_deref().unwrap_or("");
         CardIdentity {
             aid: hex::encode_upper(&self.aid),
             application: self.application.clone(),
             mode: self.mode,
-            pan_last4: pan[pan.len().saturating_sub(4)..].to_owned(),
+            pan_last4: self
+                .pan
+                .as_deref()
+                .map(|pan| pan[pan.len().saturating_sub(4)..].to_owned()),
             psn: self.psn.map(|p| format!("{p:02X}")),
+            records_digest: hex::encode(self.digest.clone().finalize()),
             pin_tries_left,
         }
     }
@@ -375,8 +455,7 @@ pub fn run(
         && !identity.matches(expected)
     {
         return Err(CapError::WrongCard {
-            found_last4: identity.pan_last4,
-            found_psn: identity.psn.unwrap_or_else(|| "none".into()),
+            found: identity.describe(),
         });
     }
     // Fill the terminal data now: a challenge the card cannot take is
@@ -463,6 +542,10 @@ fn read_card(card: &mut dyn CardTransport) -> Result<CardData, CapError> {
     let belgian = nationality == Some(&[0x00, 0x56][..])
         && banksys.is_some_and(|id| id.starts_with(b"BKS056"));
 
+    let mut digest = Sha256::new();
+    digest.update(b"bankbridge card records v1\0");
+    digest.update([aid.len() as u8]);
+    digest.update(&aid);
     let mut data = CardData {
         aid,
         application: known.name.to_owned(),
@@ -470,6 +553,7 @@ fn read_card(card: &mut dyn CardTransport) -> Result<CardData, CapError> {
         belgian,
         pan: None,
         psn: None,
+        digest,
         iaf: fci_iaf.and_then(|v| v.first().copied()).unwrap_or(0),
         ipb: None,
         cdol1: Vec::new(),
@@ -500,7 +584,13 @@ fn read_card(card: &mut dyn CardTransport) -> Result<CardData, CapError> {
                     step: "READ RECORD",
                     detail: "no record template (70)".into(),
                 })?;
+            data.digest.update([sfi, record]);
             for obj in tlv::parse(template).map_err(malformed("READ RECORD"))? {
+                if !CARD_NUMBER_TAGS.contains(&obj.tag) {
+                    data.digest.update(obj.tag.to_be_bytes());
+                    data.digest.update((obj.value.len() as u32).to_be_bytes());
+                    data.digest.update(obj.value);
+                }
                 match obj.tag {
                     0x5A => data.pan = Some(bcd_digits(obj.value)),
                     0x5F34 => data.psn = obj.value.first().copied(),
@@ -529,12 +619,6 @@ fn read_card(card: &mut dyn CardTransport) -> Result<CardData, CapError> {
         } else {
             return Err(CapError::NoBitmap);
         }
-    }
-    if data.pan.is_none() {
-        return Err(CapError::Malformed {
-            step: "READ RECORD",
-            detail: "the card's records hold no card number (5A)".into(),
-        });
     }
     Ok(data)
 }
@@ -659,28 +743,35 @@ fn pin_block(pin: &Secret<String>) -> Result<Secret<Vec<u8>>, CapError> {
     Ok(Secret::new(block))
 }
 
+/// Send VERIFY once. No follow-up command of any kind goes out after it:
+/// an answer other than `9000`, or a lost one, is an error the caller must
+/// treat as a possibly refused PIN.
 fn verify_pin(card: &mut dyn CardTransport, block: &[u8]) -> Result<(), CapError> {
     let mut cmd = apdu::command(0x00, 0x20, 0x00, 0x80, block)?;
-    let r = apdu::exchange(card, &cmd);
+    let r = apdu::transmit_once(card, &cmd);
     cmd.fill(0);
-    let r = r?;
+    let r = match r {
+        Ok(r) => r,
+        Err(ApduError::Transport(cause)) => return Err(CapError::PinOutcomeUnknown { cause }),
+        // The card answered something unparseable: it did get the PIN.
+        Err(_) => return Err(CapError::PinRefused { sw: 0 }),
+    };
     match r.sw {
         sw::OK => Ok(()),
-        sw::PIN_BLOCKED | sw::REFERENCE_DATA_INVALIDATED => Err(CapError::Blocked),
+        sw::PIN_BLOCKED | sw::REFERENCE_DATA_INVALIDATED => Err(CapError::VerifyBlocked { sw: r.sw }),
+        // "Verification failed" without a counter.
+        0x6300 => Err(CapError::WrongPin { tries_left: None }),
         s if s & 0xFFF0 == 0x63C0 => {
             let left = (s & 0x0F) as u8;
             if left == 0 {
-                Err(CapError::Blocked)
+                Err(CapError::VerifyBlocked { sw: s })
             } else {
                 Err(CapError::WrongPin {
                     tries_left: Some(left),
                 })
             }
         }
-        s => Err(CapError::Card {
-            step: "VERIFY",
-            sw: s,
-        }),
+        s => Err(CapError::PinRefused { sw: s }),
     }
 }
 

@@ -8,17 +8,19 @@
 //! blocks at zero, no cryptogram without a verified PIN, an application
 //! transaction counter (ATC) that only goes up.
 //!
-//! Four [`Profile`]s cover the host's paths: a Belgian CAP card on T=0 that
+//! Five [`Profile`]s cover the host's paths: a Belgian CAP card on T=0 that
 //! answers `61xx` / `6Cxx` (so GET RESPONSE and Le retries are exercised), a
-//! Bancontact card without an issuer bitmap, a Visa DPA card, and a CAP card
-//! on T=1 answering in EMV response format 1.
+//! Bancontact card without an issuer bitmap, a Visa DPA card, a CAP card on
+//! T=1 answering in EMV response format 1, and a UK-style CAP-only
+//! application whose one record holds no card number.
 //!
 //! The cryptogram is a retail MAC ([`application_cryptogram`]) under a test
 //! key: deterministic, so tests can predict codes, and meaningless to a bank.
 //!
 //! A [`CardHandle`] watches and steers the card while something else owns it
-//! (VERIFY count, PIN tries, ATC, an APDU log with PIN blocks masked, and a
-//! simulated removal).
+//! (VERIFY count, PIN tries, ATC, an APDU log with PIN blocks masked, a
+//! simulated removal, and [`VerifyFault`]s: a forced answer to VERIFY, or a
+//! removal right after the card took a VERIFY).
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,14 +48,20 @@ pub enum Profile {
     /// A CAP card on T=1 whose OTP data starts with the PSN (IAF 0x40),
     /// answering GET PROCESSING OPTIONS and GENERATE AC in format 1.
     CapT1,
+    /// A UK-style MasterCard CAP-only application (A0000000048002) on T=0:
+    /// no PDOL, and one record holding only CDOL1, CDOL2, the IPB and the
+    /// IAF: no card number (`5A`) and no PSN, so the host must identify the
+    /// card by its records. The configured PAN is not on the card.
+    CapUk,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 4] = [
+    pub const ALL: [Profile; 5] = [
         Profile::CapBe,
         Profile::Bancontact,
         Profile::VisaDpa,
         Profile::CapT1,
+        Profile::CapUk,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,13 +70,19 @@ impl Profile {
             Profile::Bancontact => "bancontact",
             Profile::VisaDpa => "visa-dpa",
             Profile::CapT1 => "cap-t1",
+            Profile::CapUk => "cap-uk",
         }
+    }
+
+    /// Whether the card's records carry its number (`5A`) and PSN.
+    pub fn has_pan(self) -> bool {
+        self != Profile::CapUk
     }
 
     /// The card's answer to reset.
     pub fn atr(self) -> Vec<u8> {
         match self {
-            Profile::CapBe | Profile::VisaDpa => h("3B67000000000000009000"),
+            Profile::CapBe | Profile::VisaDpa | Profile::CapUk => h("3B67000000000000009000"),
             // TA1 TB1 TC1, no TD1: T=0.
             Profile::Bancontact => h("3B701100FF"),
             // TD1 = 81 (T=1), TD2 = 31 (T=1, IFSC FE, BWI/CWI 45), then
@@ -85,7 +99,7 @@ impl Profile {
     /// The application identifier the card answers SELECT for.
     pub fn aid(self) -> Vec<u8> {
         match self {
-            Profile::CapBe | Profile::CapT1 => h("A0000000048002"),
+            Profile::CapBe | Profile::CapT1 | Profile::CapUk => h("A0000000048002"),
             Profile::Bancontact => h("D056000666111010"),
             Profile::VisaDpa => h("A0000000038002"),
         }
@@ -93,7 +107,7 @@ impl Profile {
 
     fn style(self) -> Style {
         match self {
-            Profile::CapBe => Style::T0Strict,
+            Profile::CapBe | Profile::CapUk => Style::T0Strict,
             Profile::Bancontact | Profile::VisaDpa => Style::T0Lenient,
             Profile::CapT1 => Style::T1,
         }
@@ -106,6 +120,8 @@ impl Profile {
             Profile::Bancontact => "6703990000000002027",
             Profile::VisaDpa => "4999990000000007",
             Profile::CapT1 => "5299990000000001",
+            // Not on the card: the application has no card number.
+            Profile::CapUk => "5299990000000019",
         }
     }
 }
@@ -130,7 +146,7 @@ impl FromStr for Profile {
 /// A virtual card's configuration is impossible.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VirtualCardError {
-    #[error("unknown card profile {0:?}; known profiles: cap-be, bancontact, visa-dpa, cap-t1")]
+    #[error("unknown card profile {0:?}; known profiles: cap-be, bancontact, visa-dpa, cap-t1, cap-uk")]
     UnknownProfile(String),
     #[error("a card PIN is 4 to 12 digits")]
     BadPin,
@@ -326,6 +342,9 @@ const IPB_BE: &str = "0000FF000000000003FFFF";
 /// With the PSN in front (IAF 0x40): its low nibble, ATC low byte, 1 bit
 /// of AC[5], AC[6], AC[7].
 const IPB_T1: &str = "0F0000FF000000000001FFFF";
+/// CID bit, ATC low byte, the last bit of AC[5], AC[6] and AC[7]: the
+/// UK reading of the cryptogram.
+const IPB_UK: &str = "8000FF000000000001FFFF";
 
 fn h(text: &str) -> Vec<u8> {
     let clean: String = text.chars().filter(|c| !c.is_whitespace()).collect();
@@ -520,6 +539,34 @@ impl CardData {
                 iad_arqc: h("06010A03A40000"),
                 iad_aac: h("06010A0325A000"),
             },
+            Profile::CapUk => CardData {
+                atr: profile.atr(),
+                fci: c(
+                    0x6F,
+                    &[e(0x84, &aid), c(0xA5, &[e(0x50, b"SecureCode Aut")])],
+                ),
+                aid,
+                style: profile.style(),
+                pdol_len: 0,
+                gpo: gpo2("1000", "08010100"),
+                records: vec![(
+                    (1, 1),
+                    c(
+                        0x70,
+                        &[
+                            e(0x8C, &h(CDOL1_BE)),
+                            e(0x8D, &h(CDOL2_BE)),
+                            e(0x9F56, &h(IPB_UK)),
+                            e(0x9F55, &[0x00]),
+                        ],
+                    ),
+                )],
+                cdol1_len: dol_len(CDOL1_BE),
+                cdol2_len: dol_len(CDOL2_BE),
+                format1: false,
+                iad_arqc: h("0110A00003220000000000000000000000FF"),
+                iad_aac: h("0110250003220000000000000000000000FF"),
+            },
         }
     }
 
@@ -658,6 +705,20 @@ struct CardState {
     verify_count: u32,
     log: Vec<LoggedApdu>,
     remove_after: Option<u32>,
+    verify_fault: Option<VerifyFault>,
+    /// Set by a [`VerifyFault::RemoveAfter`] VERIFY: the answer is lost.
+    removed_by_verify: bool,
+}
+
+/// Something going wrong at VERIFY, as real cards and readers do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyFault {
+    /// VERIFY is answered with this status word whatever the PIN (the
+    /// counter is not touched): `6300`, `63C2`, `6983`, …
+    Answer(u16),
+    /// The card takes the VERIFY (and counts it) but is pulled out before
+    /// its answer leaves: the host sees the card removed.
+    RemoveAfter,
 }
 
 impl CardState {
@@ -815,6 +876,14 @@ impl CardState {
 
     fn verify(&mut self, cmd: &Command<'_>) -> Reply {
         self.verify_count = self.verify_count.saturating_add(1);
+        match self.verify_fault {
+            Some(VerifyFault::Answer(sw)) => {
+                self.pin_verified = false;
+                return Reply::Sw(sw);
+            }
+            Some(VerifyFault::RemoveAfter) => self.removed_by_verify = true,
+            None => {}
+        }
         if !self.selected {
             return Reply::Sw(SW_CONDITIONS);
         }
@@ -948,6 +1017,8 @@ impl VirtualCard {
                 verify_count: 0,
                 log: Vec::new(),
                 remove_after: None,
+                verify_fault: None,
+                removed_by_verify: false,
             })),
         })
     }
@@ -1004,6 +1075,13 @@ impl SmartCard for VirtualCard {
             None => {}
         }
         let answer = state.answer(capdu);
+        if std::mem::take(&mut state.removed_by_verify) {
+            state.reset();
+            tracing::debug!("virtual card: pulled out right after a VERIFY");
+            let session = state.session;
+            state.log.push((session, masked_hex(capdu), "(removed)".into()));
+            return None;
+        }
         let sw = hex::encode_upper(&answer[answer.len().saturating_sub(2)..]);
         let command = masked_hex(capdu);
         tracing::trace!(session = state.session, %command, %sw, "virtual card APDU");
@@ -1059,6 +1137,11 @@ impl CardHandle {
     /// [`SmartCard::process`] returns `None`. `None` cancels.
     pub fn set_remove_after(&self, n: Option<u32>) {
         lock(&self.state).remove_after = n;
+    }
+
+    /// Make every VERIFY go wrong this way; `None` makes the card behave.
+    pub fn set_verify_fault(&self, fault: Option<VerifyFault>) {
+        lock(&self.state).verify_fault = fault;
     }
 }
 
@@ -1349,6 +1432,7 @@ mod tests {
                 Profile::CapBe | Profile::Bancontact => (vec![(1, 1), (1, 4)], "00B2020C00"),
                 Profile::VisaDpa => (vec![(1, 1), (2, 2)], "00B2011400"),
                 Profile::CapT1 => (vec![(1, 1), (1, 2)], "00B2030C00"),
+                Profile::CapUk => (vec![(1, 1)], "00B2020C00"),
             };
             let mut all = Vec::new();
             for (sfi, rec) in sfi_rec {
@@ -1360,9 +1444,15 @@ mod tests {
             assert_eq!(sw(&ask(&mut card, "00B2011C00")), "6A82", "{p}");
             assert_eq!(sw(&ask(&mut card, "00B2010800")), "6A86", "{p}");
             let config = VirtualCardConfig::new(p, "1234");
-            let pan = tlv::find(&all, 0x5A).unwrap().unwrap();
-            assert!(hex::encode_upper(pan).starts_with(&config.pan), "{p}");
-            assert_eq!(tlv::find(&all, 0x5F34).unwrap(), Some(&[1u8][..]));
+            if p.has_pan() {
+                let pan = tlv::find(&all, 0x5A).unwrap().unwrap();
+                assert!(hex::encode_upper(pan).starts_with(&config.pan), "{p}");
+                assert_eq!(tlv::find(&all, 0x5F34).unwrap(), Some(&[1u8][..]));
+            } else {
+                assert_eq!(tlv::find(&all, 0x5A).unwrap(), None, "{p}");
+                assert_eq!(tlv::find(&all, 0x5F34).unwrap(), None, "{p}");
+                assert_eq!(tlv::find(&all, 0x57).unwrap(), None, "{p}");
+            }
             assert!(tlv::find(&all, 0x8C).unwrap().is_some());
             assert!(tlv::find(&all, 0x8D).unwrap().is_some());
             let ipb = tlv::find(&all, 0x9F56).unwrap();

@@ -140,12 +140,7 @@ fn virtual_cap_card_code_matches_the_issuer_computation() {
 
 #[test]
 fn every_profile_gives_codes_the_issuer_accepts() {
-    for profile in [
-        Profile::CapBe,
-        Profile::Bancontact,
-        Profile::VisaDpa,
-        Profile::CapT1,
-    ] {
+    for profile in Profile::ALL {
         let config = VirtualCardConfig::new(profile, "4321");
         let (readers, handle) = virtual_card(config.clone());
         for request in [m1(None), m1(Some("98765432")), m2(&["1000", "123456"])] {
@@ -206,8 +201,9 @@ fn wrong_pin_is_sent_once_and_never_retried() {
 fn a_swapped_card_never_receives_the_pin() {
     let (readers, handle) = virtual_card(VirtualCardConfig::new(Profile::CapBe, "1234"));
     let expected = ExpectedCard {
-        pan_last4: "9999".into(),
+        pan_last4: Some("9999".into()),
         psn: Some("01".into()),
+        records_digest: None,
     };
     let err = run_on(&readers, &m1(None), "1234", Some(&expected)).unwrap_err();
     assert!(matches!(err, CapError::WrongCard { .. }), "{err}");
@@ -215,11 +211,121 @@ fn a_swapped_card_never_receives_the_pin() {
     // The right identity passes.
     let config = VirtualCardConfig::new(Profile::CapBe, "1234");
     let right = ExpectedCard {
-        pan_last4: config.pan[config.pan.len() - 4..].to_owned(),
+        pan_last4: Some(config.pan[config.pan.len() - 4..].to_owned()),
         psn: Some(format!("{:02X}", config.psn)),
+        records_digest: None,
     };
     run_on(&readers, &m1(None), "1234", Some(&right)).unwrap();
     assert_eq!(handle.verify_count(), 1);
+}
+
+#[test]
+fn a_cap_only_card_without_a_card_number_computes_codes() {
+    // A UK-style CAP application: one record with CDOL1, CDOL2, the IPB and
+    // the IAF, no 5A and no 5F34.
+    let config = VirtualCardConfig::new(Profile::CapUk, "1234");
+    let (readers, handle) = virtual_card(config.clone());
+    let r = run_on(&readers, &m1(Some("12345678")), "1234", None).unwrap();
+    assert_eq!(r.card.pan_last4, None);
+    assert_eq!(r.card.psn, None);
+    assert_eq!(r.card.records_digest.len(), 64);
+    assert_eq!(r.card.application, "SecureCode Aut");
+    // The code by hand: the UK bitmap keeps the CID bit, the ATC's low byte,
+    // the last bit of AC[5], AC[6] and AC[7].
+    let cdol1 = hex::decode(
+        [
+            "000000000000",
+            "000000000000",
+            "0000",
+            "8000000000",
+            "0000",
+            "000000",
+            "00",
+            "12345678",
+            "0000",
+            "010002",
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let ac = application_cryptogram(&config.key, &cdol1, r.atc);
+    let value = (1u64 << 25)
+        | (u64::from(r.atc as u8) << 17)
+        | (u64::from(ac[5] & 1) << 16)
+        | (u64::from(ac[6]) << 8)
+        | u64::from(ac[7]);
+    assert_eq!(r.response, value.to_string());
+    let sign = m2(&["1000", "123456"]);
+    let signed = run_on(&readers, &sign, "1234", None).unwrap();
+    assert_eq!(
+        verify::verify_code(&config, &sign, &signed.response, signed.atc - 1, 1),
+        Some(signed.atc)
+    );
+    assert_eq!(handle.verify_count(), 2);
+}
+
+#[test]
+fn a_card_without_a_number_is_recognised_by_its_records() {
+    let (uk, uk_handle) = virtual_card(VirtualCardConfig::new(Profile::CapUk, "1234"));
+    let identity = {
+        let mut session = uk.connect("v").unwrap();
+        emv::identify(session.as_mut()).unwrap()
+    };
+    assert_eq!(identity.pan_last4, None);
+    let expected = ExpectedCard {
+        pan_last4: None,
+        psn: None,
+        records_digest: Some(identity.records_digest.clone()),
+    };
+    run_on(&uk, &m1(None), "1234", Some(&expected)).unwrap();
+    assert_eq!(uk_handle.verify_count(), 1);
+
+    // Any other card in that reader is refused before the PIN: one with a
+    // card number, or a CAP-only one whose records differ.
+    let (be, be_handle) = virtual_card(VirtualCardConfig::new(Profile::CapBe, "1234"));
+    let err = run_on(&be, &m1(None), "1234", Some(&expected)).unwrap_err();
+    assert!(matches!(err, CapError::WrongCard { .. }), "{err}");
+    assert_eq!(be_handle.verify_count(), 0);
+    let (t1, t1_handle) = virtual_card(VirtualCardConfig::new(Profile::CapT1, "1234"));
+    let mut digest_only = expected.clone();
+    digest_only.records_digest = Some("00".repeat(32));
+    let err = run_on(&t1, &m1(None), "1234", Some(&digest_only)).unwrap_err();
+    assert!(matches!(err, CapError::WrongCard { .. }), "{err}");
+    assert_eq!(t1_handle.verify_count(), 0);
+    // An expectation naming nothing matches nothing.
+    let empty = ExpectedCard {
+        pan_last4: None,
+        psn: None,
+        records_digest: None,
+    };
+    let err = run_on(&uk, &m1(None), "1234", Some(&empty)).unwrap_err();
+    assert!(matches!(err, CapError::WrongCard { .. }), "{err}");
+    assert_eq!(uk_handle.verify_count(), 1);
+}
+
+#[test]
+fn the_records_digest_is_stable_and_leaves_the_card_number_out() {
+    let identify = |config: VirtualCardConfig| {
+        let (readers, _) = virtual_card(config);
+        let mut session = readers.connect("v").unwrap();
+        emv::identify(session.as_mut()).unwrap()
+    };
+    let a = identify(VirtualCardConfig::new(Profile::CapBe, "1234"));
+    let b = identify(VirtualCardConfig::new(Profile::CapBe, "9876"));
+    // Same card data, another PIN: the same digest, read twice.
+    assert_eq!(a.records_digest, b.records_digest);
+    // Another card number only (5A and track 2): the digest does not move,
+    // so a stored digest says nothing about the number; the PAN check
+    // tells the cards apart.
+    let mut other = VirtualCardConfig::new(Profile::CapBe, "1234");
+    other.pan = "6703990000000009999".into();
+    let c = identify(other);
+    assert_eq!(c.records_digest, a.records_digest);
+    assert_ne!(c.pan_last4, a.pan_last4);
+    // Another PSN is in the digest.
+    let mut other = VirtualCardConfig::new(Profile::CapBe, "1234");
+    other.psn = 2;
+    assert_ne!(identify(other).records_digest, a.records_digest);
 }
 
 #[test]

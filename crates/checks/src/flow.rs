@@ -12,7 +12,7 @@
 //! [vars]
 //! base_url = "http://127.0.0.1:8080/xs2a-playground"
 //! [secrets]
-//! api_token = { env = "XS2A_API_TOKEN" }   # or { secret = "name" } from the server's store
+//! api_token = { env = "BANKBRIDGE_CHECK_XS2A_API_TOKEN" }   # or { secret = "name" } from the server's store
 //!
 //! [defaults]                          # merged into every step
 //! headers = { Authorization = "Token {{ api_token }}" }
@@ -95,6 +95,11 @@ pub struct Flow {
     pub cookies: bool,
     /// Check the TLS certificate expiry of the flow's https hosts.
     pub certificate_check: bool,
+    /// Mask the values of credential-looking fields (`*token*`, `*secret*`,
+    /// `password`, `authorization`, `consent*`, …) in the request and
+    /// response bodies, URLs and forms a run keeps (default true;
+    /// `mask_credential_fields = false` keeps them as sent).
+    pub mask_credential_fields: bool,
     pub vars: BTreeMap<String, VarSource>,
     pub secrets: BTreeMap<String, SecretSource>,
     pub steps: Vec<Step>,
@@ -270,6 +275,7 @@ struct FlowFile {
     #[serde(default)]
     cookies: bool,
     certificate_check: Option<bool>,
+    mask_credential_fields: Option<bool>,
     #[serde(default)]
     vars: BTreeMap<String, toml::Value>,
     #[serde(default)]
@@ -787,6 +793,7 @@ fn build(id: &str, file: &str, text: &str, raw: FlowFile) -> Result<Flow, Proble
         timeout,
         cookies: raw.cookies,
         certificate_check: raw.certificate_check.unwrap_or(true),
+        mask_credential_fields: raw.mask_credential_fields.unwrap_or(true),
         vars,
         secrets,
         steps,

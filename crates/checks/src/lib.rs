@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alerts;
+pub mod env;
 pub mod envelope;
 pub mod flow;
 pub mod redact;

@@ -116,9 +116,126 @@ impl Redactor {
     }
 }
 
+/// Whether a field named `key` holds a credential by its name: `*token*`,
+/// `*secret*`, `*password*`/`*passwd*`, `pin`, `*authorization*`,
+/// `consent*`, `*api_key*`/`*apikey*`. Such values are masked in what a run
+/// keeps even when the flow does not know them as secrets (a token the bank
+/// minted, a consent id).
+pub fn is_credential_field(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["token", "secret", "password", "passwd", "authorization", "api_key", "apikey"]
+        .iter()
+        .any(|p| k.contains(p))
+        || k == "pin"
+        || k.starts_with("consent")
+}
+
+/// `text` (a JSON document, a form or a query string) with the values of
+/// credential fields ([`is_credential_field`]) masked; other text as it is.
+pub fn mask_credential_fields(text: &str) -> String {
+    let trimmed = text.trim_start();
+    if (trimmed.starts_with('{') || trimmed.starts_with('['))
+        && let Ok(mut v) = serde_json::from_str::<serde_json::Value>(text)
+    {
+        if mask_json_fields(&mut v) {
+            return serde_json::to_string(&v).unwrap_or_else(|_| text.to_owned());
+        }
+        return text.to_owned();
+    }
+    if text.contains('=') && !text.contains(char::is_whitespace) {
+        return mask_pairs(text);
+    }
+    text.to_owned()
+}
+
+/// Masks credential fields inside `v`; true when something was masked.
+fn mask_json_fields(v: &mut serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            let mut changed = false;
+            for (k, value) in map.iter_mut() {
+                if is_credential_field(k) && !value.is_null() && !value.is_object() && !value.is_array() {
+                    *value = Value::String(MASK.into());
+                    changed = true;
+                } else {
+                    changed |= mask_json_fields(value);
+                }
+            }
+            changed
+        }
+        Value::Array(items) => items.iter_mut().fold(false, |c, i| mask_json_fields(i) | c),
+        _ => false,
+    }
+}
+
+/// `a=1&token=x` → `a=1&token=***`: each pair kept as written unless its
+/// (decoded) key is a credential field.
+fn mask_pairs(text: &str) -> String {
+    text.split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !v.is_empty() => {
+                let key: String = url::form_urlencoded::parse(k.as_bytes())
+                    .map(|(k, _)| k.into_owned())
+                    .next()
+                    .unwrap_or_default();
+                if is_credential_field(&key) {
+                    format!("{k}={MASK}")
+                } else {
+                    pair.to_owned()
+                }
+            }
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A URL with the values of credential query parameters masked.
+pub fn mask_url_query(url: &str) -> String {
+    match url.split_once('?') {
+        Some((head, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, Some(f)),
+                None => (query, None),
+            };
+            let mut out = format!("{head}?{}", mask_pairs(query));
+            if let Some(f) = fragment {
+                out.push('#');
+                out.push_str(&mask_pairs(f));
+            }
+            out
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_fields_are_masked_in_json_forms_and_queries() {
+        let body = r#"{"consent_token":"abc","data":{"accessToken":"t1","name":"x","n":[{"client_secret":7}]},"Password":null,"consentId":"c-9"}"#;
+        let masked: serde_json::Value =
+            serde_json::from_str(&mask_credential_fields(body)).unwrap();
+        assert_eq!(
+            masked,
+            serde_json::json!({"consent_token":"***","data":{"accessToken":"***","name":"x","n":[{"client_secret":"***"}]},"Password":null,"consentId":"***"})
+        );
+        assert_eq!(
+            mask_credential_fields("user=jo&password=s%20x&pin=1234&x=1"),
+            "user=jo&password=***&pin=***&x=1"
+        );
+        assert_eq!(
+            mask_url_query("https://b.example/a?access_token=z&page=2#id_token=q&s=1"),
+            "https://b.example/a?access_token=***&page=2#id_token=***&s=1"
+        );
+        // Text that is neither is left alone; so is JSON without such fields.
+        assert_eq!(mask_credential_fields("hello token=1 world"), "hello token=1 world");
+        assert_eq!(mask_credential_fields(r#"{"a": 1}"#), r#"{"a": 1}"#);
+        assert!(!is_credential_field("tokenizer_version") || is_credential_field("token"));
+    }
 
     #[test]
     fn masks_every_form_of_a_secret() {

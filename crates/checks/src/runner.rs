@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::env::{EnvPolicy, VAR_PREFIX};
 use crate::envelope;
 use crate::flow::{
     Assert, Body, CaptureSource, Flow, Predicate, SecretSource, Step, StepKind, Subject, VarSource,
@@ -111,21 +112,17 @@ pub struct AssertResult {
     pub actual: Option<String>,
 }
 
-/// Finds a secret's value for a run.
-pub type SecretLookup = Arc<dyn Fn(&SecretSource) -> Option<String> + Send + Sync>;
+/// Finds a stored secret's value (`{ secret = "name" }`) for a run.
+pub type SecretLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
-/// The usual lookup: `{ env = .. }` from this process's environment,
-/// `{ secret = .. }` from `stored` (secret name → value, as the server's
-/// store gives them, or as they come with an agent's job).
-pub fn env_and_stored_secrets(stored: BTreeMap<String, String>) -> SecretLookup {
-    Arc::new(move |source| match source {
-        SecretSource::Env(name) => std::env::var(name).ok(),
-        SecretSource::Store(name) => stored.get(name).cloned(),
-    })
+/// `{ secret = .. }` values from `stored` (secret name → value, as the
+/// server's store gives them, or as they come with an agent's job).
+pub fn stored_secrets(stored: BTreeMap<String, String>) -> SecretLookup {
+    Arc::new(move |name| stored.get(name).cloned())
 }
 
 /// Reads an environment variable for a run.
-pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+pub type EnvLookup = crate::env::EnvSource;
 
 #[derive(Clone)]
 pub struct RunOptions {
@@ -133,10 +130,13 @@ pub struct RunOptions {
     pub location: String,
     /// `--var NAME=VALUE`: replaces a variable's value (or a secret's, which stays secret).
     pub overrides: BTreeMap<String, String>,
-    /// Where `{ env = .. }` / `{ secret = .. }` values come from.
+    /// Where `{ secret = .. }` values come from.
     pub secrets: SecretLookup,
-    /// Looks up `{ env = .. }` variables and `BANKBRIDGE_VAR_<name>` overrides.
+    /// Looks up `{ env = .. }` variables and secrets and `BANKBRIDGE_VAR_<name>`
+    /// overrides, for the names `env_policy` allows.
     pub env: EnvLookup,
+    /// Which environment variables the flow may read.
+    pub env_policy: Arc<EnvPolicy>,
     /// Bodies kept in reports are cut at this many bytes.
     pub body_limit: usize,
 }
@@ -146,8 +146,9 @@ impl Default for RunOptions {
         Self {
             location: "local".into(),
             overrides: BTreeMap::new(),
-            secrets: env_and_stored_secrets(BTreeMap::new()),
-            env: Arc::new(|name| std::env::var(name).ok()),
+            secrets: stored_secrets(BTreeMap::new()),
+            env: crate::env::process_env(),
+            env_policy: Arc::default(),
             body_limit: 8 * 1024,
         }
     }
@@ -160,6 +161,15 @@ impl std::fmt::Debug for RunOptions {
             .field("overrides", &self.overrides.keys().collect::<Vec<_>>())
             .field("body_limit", &self.body_limit)
             .finish_non_exhaustive()
+    }
+}
+
+/// An environment variable the run's policy allows, if set.
+fn read_env(opts: &RunOptions, name: &str) -> Option<String> {
+    if opts.env_policy.allows(name) {
+        (opts.env)(name)
+    } else {
+        None
     }
 }
 
@@ -262,12 +272,20 @@ impl Runner {
         for (name, source) in &flow.vars {
             let value = if let Some(v) = opts.overrides.get(name) {
                 Value::String(v.clone())
-            } else if let Some(v) = (opts.env)(&format!("BANKBRIDGE_VAR_{name}")) {
+            } else if let Some(v) = read_env(opts, &format!("{VAR_PREFIX}{name}")) {
                 Value::String(v)
             } else {
                 match source {
                     VarSource::Value(v) => v.clone(),
-                    VarSource::Env { env, default } => match ((opts.env)(env), default) {
+                    VarSource::Env { env, .. } if !opts.env_policy.allows(env) => {
+                        return setup_failure(
+                            flow,
+                            opts,
+                            started_at,
+                            format!("variable `{name}`: {}", opts.env_policy.refusal(env)),
+                        );
+                    }
+                    VarSource::Env { env, default } => match (read_env(opts, env), default) {
                         (Some(v), _) => Value::String(v),
                         (None, Some(d)) => d.clone(),
                         (None, None) => {
@@ -286,11 +304,25 @@ impl Runner {
             scope.set(name.clone(), value);
         }
         for (name, source) in &flow.secrets {
+            if let SecretSource::Env(env) = source
+                && !opts.overrides.contains_key(name)
+                && !opts.env_policy.allows(env)
+            {
+                return setup_failure(
+                    flow,
+                    opts,
+                    started_at,
+                    format!("secret `{name}`: {}", opts.env_policy.refusal(env)),
+                );
+            }
             let value = opts
                 .overrides
                 .get(name)
                 .cloned()
-                .or_else(|| (opts.secrets)(source));
+                .or_else(|| match source {
+                    SecretSource::Env(env) => read_env(opts, env),
+                    SecretSource::Store(key) => (opts.secrets)(key),
+                });
             let Some(value) = value else {
                 let hint = match source {
                     SecretSource::Env(env) => format!("set the environment variable {env}"),
@@ -367,7 +399,7 @@ impl Runner {
         // Mask at the end too: a value captured with `redact = true` may
         // have appeared in an earlier step's answer.
         for s in &mut steps {
-            redact_step(s, &redactor, opts.body_limit);
+            redact_step(s, &redactor, opts.body_limit, flow.mask_credential_fields);
         }
         let outcome = if failed.is_some() {
             Outcome::Failed
@@ -413,15 +445,25 @@ fn skipped(index: usize, step: &Step) -> StepReport {
     }
 }
 
-fn redact_step(s: &mut StepReport, r: &Redactor, limit: usize) {
+fn redact_step(s: &mut StepReport, r: &Redactor, limit: usize, mask_fields: bool) {
+    let fields = |text: &str| {
+        if mask_fields {
+            crate::redact::mask_credential_fields(text)
+        } else {
+            text.to_owned()
+        }
+    };
     let cut = |text: &str| -> (String, bool) {
-        let masked = r.text(text);
+        let masked = r.text(&fields(text));
         let kept = prefix_within(&masked, limit);
         let truncated = kept.len() < masked.len();
         (kept.to_string(), truncated)
     };
     if let Some(req) = &mut s.request {
         req.url = r.text(&req.url);
+        if mask_fields {
+            req.url = crate::redact::mask_url_query(&req.url);
+        }
         for (k, v) in &mut req.headers {
             *v = r.header(k, v);
         }

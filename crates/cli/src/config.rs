@@ -72,6 +72,30 @@ impl Config {
         Ok(Arc::new(MasterKey::load(&self.key_file())?))
     }
 
+    /// The master key and the database it seals secrets for, checked to
+    /// belong together before anything is sealed (see
+    /// [`bankbridge_sync::check_master_key`]).
+    pub async fn keyed_store(&self) -> Result<(Arc<MasterKey>, Arc<dyn Store>)> {
+        let key = self.master_key()?;
+        let store = self.store().await?;
+        bankbridge_sync::check_master_key(store.as_ref(), &key).await?;
+        Ok((key, store))
+    }
+
+    /// Create the data directory, readable by its owner only.
+    pub fn create_home(&self) -> Result<()> {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder
+            .create(&self.home)
+            .with_context(|| format!("creating the data directory {}", self.home.display()))
+    }
+
     pub async fn store(&self) -> Result<Arc<dyn Store>> {
         bankbridge_store::open(&self.db)
             .await

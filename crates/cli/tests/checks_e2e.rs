@@ -103,8 +103,8 @@ fn test_flow(every: &str, alerts: &[&str], extra: &str) -> String {
 
 fn check_run(env: &Env, token: &str, args: &[&str]) -> std::process::Output {
     env.command(&[&["check", "run"], args].concat())
-        .env("XS2A_API_TOKEN", token)
-        .env("XS2A_PASSWORD", PASSWORD)
+        .env("BANKBRIDGE_CHECK_XS2A_API_TOKEN", token)
+        .env("BANKBRIDGE_CHECK_XS2A_PASSWORD", PASSWORD)
         .output()
         .unwrap()
 }
@@ -222,13 +222,13 @@ async fn check_run_passes_and_names_each_injected_failure() {
     // A missing secret is a clear setup failure, not a request sent without it.
     let out = env
         .command(&["check", "run", EXAMPLE, "--var", &var])
-        .env_remove("XS2A_API_TOKEN")
-        .env_remove("XS2A_PASSWORD")
+        .env_remove("BANKBRIDGE_CHECK_XS2A_API_TOKEN")
+        .env_remove("BANKBRIDGE_CHECK_XS2A_PASSWORD")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("XS2A_API_TOKEN"),
+        String::from_utf8_lossy(&out.stdout).contains("BANKBRIDGE_CHECK_XS2A_API_TOKEN"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
@@ -240,15 +240,15 @@ async fn check_run_passes_and_names_each_injected_failure() {
     std::fs::write(
         &stored_flow,
         std::fs::read_to_string(EXAMPLE).unwrap().replace(
-            "password = { env = \"XS2A_PASSWORD\" }",
+            "password = { env = \"BANKBRIDGE_CHECK_XS2A_PASSWORD\" }",
             "password = { secret = \"xs2a-password\" }",
         ),
     )
     .unwrap();
     let run_stored = || {
         env.command(&["check", "run", stored_flow.to_str().unwrap(), "--var", &var])
-            .env("XS2A_API_TOKEN", &token)
-            .env_remove("XS2A_PASSWORD")
+            .env("BANKBRIDGE_CHECK_XS2A_API_TOKEN", &token)
+            .env_remove("BANKBRIDGE_CHECK_XS2A_PASSWORD")
             .output()
             .unwrap()
     };
@@ -373,8 +373,8 @@ async fn the_scheduler_alerts_once_per_change_of_health() {
         .serve_with(
             &["--checks", dir.to_str().unwrap()],
             &[
-                ("XS2A_API_TOKEN", &token),
-                ("XS2A_PASSWORD", PASSWORD),
+                ("BANKBRIDGE_CHECK_XS2A_API_TOKEN", &token),
+                ("BANKBRIDGE_CHECK_XS2A_PASSWORD", PASSWORD),
                 ("BANKBRIDGE_VAR_base_url", &base),
             ],
         )
@@ -499,7 +499,17 @@ async fn agents_at_two_locations_report_to_a_postgres_server() {
     };
     let write = token_of("write");
     let admin = token_of("admin");
-    let agent_token = token_of("agent");
+    // An agent token serves the one location it was made for.
+    let agent_of = |location: &str| {
+        env.run_ok(&[
+            "token", "create", "--scope", "agent", "--name", location, "--location", location,
+        ])
+        .trim()
+        .to_owned()
+    };
+    let eu_token = agent_of("eu-west");
+    let us_token = agent_of("us-east");
+    let agent_token = eu_token.clone();
     // The password comes from the server's secret store, not the agents' environment.
     set_secret(&env, "xs2a-password", PASSWORD);
     let (_sb, base, token) = sandbox().await;
@@ -508,7 +518,7 @@ async fn agents_at_two_locations_report_to_a_postgres_server() {
     let write_flow = |share: &str| {
         let text = test_flow("1s", &[], "")
             .replace(
-                "password = { env = \"XS2A_PASSWORD\" }",
+                "password = { env = \"BANKBRIDGE_CHECK_XS2A_PASSWORD\" }",
                 "password = { secret = \"xs2a-password\" }",
             )
             .replace("names = [\"local\"]", "names = [\"eu-west\", \"us-east\"]")
@@ -526,7 +536,7 @@ async fn agents_at_two_locations_report_to_a_postgres_server() {
     let (_server, server, _log) = env
         .serve_with(&["--checks", dir.to_str().unwrap()], &[])
         .await;
-    let agent = |location: &str, base_url: &str| {
+    let agent = |location: &str, agent_tok: &str, base_url: &str| {
         KillOnDrop(Some(
             env.command(&[
                 "check",
@@ -536,11 +546,11 @@ async fn agents_at_two_locations_report_to_a_postgres_server() {
                 "--server",
                 &server,
                 "--token",
-                &agent_token,
+                agent_tok,
                 "--var",
                 &format!("base_url={base_url}"),
             ])
-            .env("XS2A_API_TOKEN", &token)
+            .env("BANKBRIDGE_CHECK_XS2A_API_TOKEN", &token)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -548,8 +558,8 @@ async fn agents_at_two_locations_report_to_a_postgres_server() {
         ))
     };
     // us-east cannot reach the bank (a closed loopback port).
-    let _eu = agent("eu-west", &base);
-    let _us = agent("us-east", "http://127.0.0.1:9/xs2a-playground");
+    let _eu = agent("eu-west", &eu_token, &base);
+    let _us = agent("us-east", &us_token, "http://127.0.0.1:9/xs2a-playground");
     let limit = Duration::from_secs(60);
 
     let round_outcome = |want: &'static str| {
@@ -604,6 +614,7 @@ async fn agents_at_two_locations_report_to_a_postgres_server() {
     let http = reqwest::Client::new();
     for (token, path) in [
         (&write, "/api/v1/agent/jobs?location=eu-west"),
+        (&eu_token, "/api/v1/agent/jobs?location=us-east"),
         (&write, "/api/v1/check-secrets"),
         (&agent_token, "/api/v1/check-secrets"),
         (&agent_token, "/api/v1/checks"),

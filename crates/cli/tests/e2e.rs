@@ -394,7 +394,11 @@ async fn bad_bank_input_gives_clear_errors_and_stores_nothing() {
             "{what}: partial rows were stored"
         );
         let conns = env.store().await.list_connections().await.unwrap();
-        assert_eq!(conns[0].last_sync_status, "failed", "{what}");
+        assert_eq!(
+            conns[0].last_sync_status,
+            bankbridge_store::SyncOutcome::Failed,
+            "{what}"
+        );
     }
 }
 

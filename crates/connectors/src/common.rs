@@ -89,6 +89,37 @@ pub fn parse_json(what: &str, body: &[u8]) -> Result<Value, ConnectorError> {
     })
 }
 
+/// Longest piece of a bank's own text quoted in an error.
+const EXCERPT_CHARS: usize = 120;
+
+/// A short, one-line excerpt of text a bank sent, for an error message: at
+/// most [`EXCERPT_CHARS`] characters, control characters and runs of
+/// whitespace folded into one space, `…` where it was cut. Bodies can be
+/// long, multi-line and carry anything; errors are stored and shown.
+pub(crate) fn excerpt(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = 0;
+    let mut space = false;
+    for c in text.trim().chars() {
+        if c.is_whitespace() || c.is_control() {
+            space = true;
+            continue;
+        }
+        if chars == EXCERPT_CHARS {
+            out.push('…');
+            return out;
+        }
+        if space && !out.is_empty() {
+            out.push(' ');
+            chars += 1;
+        }
+        space = false;
+        out.push(c);
+        chars += 1;
+    }
+    out
+}
+
 /// A trimmed, non-empty string field.
 pub(crate) fn text<'a>(obj: &'a Map<String, Value>, field: &str) -> Option<&'a str> {
     obj.get(field)
@@ -104,4 +135,20 @@ pub(crate) fn clock_skew_secs(headers: &HeaderMap) -> Option<i64> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| DateTime::parse_from_rfc2822(v).ok())?;
     Some((bank_now.with_timezone(&Utc) - Utc::now()).num_seconds())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_are_short_single_lines() {
+        assert_eq!(excerpt("  Грешка:\n\tневалиден\r\n  вход  "), "Грешка: невалиден вход");
+        let long = "x".repeat(500);
+        let e = excerpt(&long);
+        assert_eq!(e.chars().count(), EXCERPT_CHARS + 1);
+        assert!(e.ends_with('…'));
+        assert_eq!(excerpt("a\u{0}b\u{1b}[31mc"), "a b [31mc");
+        assert_eq!(excerpt(""), "");
+    }
 }

@@ -16,8 +16,10 @@
 //! The API under `/EBank/api/v1/` then takes `Authorization: Bearer`. The
 //! customer id (`getCustQuery`) goes into `EBank-Cust-Id`; accounts come from
 //! `getFilteredAccounts`; a window of one account from `GetCustBal`, whose
-//! `stmt` mixes transactions with summary lines (`OP`/`CL` balances, `DT`/`CT`
-//! turnovers).
+//! `stmt` mixes booked transactions with summary lines (`OP`/`CL` balances,
+//! `DT`/`CT` turnovers). Card holds not booked yet are not statement lines:
+//! they come from `getBlockedAmounts` (read once per account and connector
+//! run), and each window gets the holds dated inside it as pending rows.
 use std::fmt;
 use std::time::Duration;
 
@@ -36,7 +38,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use crate::common::{clock_skew_secs, malformed, status_error, text, transport};
+use crate::common::{clock_skew_secs, excerpt, malformed, status_error, text, transport};
 pub use crate::common::{parse_json, parse_retry_after};
 
 /// The real bank.
@@ -78,6 +80,9 @@ pub struct FibankConnector {
     max_body: usize,
     device_id: String,
     session: Option<Session>,
+    /// Card holds per account IBAN, read once per run: the list is the bank's
+    /// current state, not a function of the window asked for.
+    blocked: std::collections::HashMap<String, Vec<FetchedTransaction>>,
     /// Bank clock minus ours, in seconds, from the last `Date` header: "today"
     /// is the bank's today, whatever the local clock says.
     clock_skew_secs: std::sync::atomic::AtomicI64,
@@ -179,12 +184,7 @@ impl FibankConnector {
         } else {
             settings.base_url.trim()
         };
-        let parsed = Url::parse(base).map_err(|e| format!("bad fibank base URL {base:?}: {e}"))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(format!(
-                "bad fibank base URL {base:?}: only http and https are supported"
-            ));
-        }
+        bankbridge_core::net::secure_url(base, "the fibank base URL")?;
         let http = http_client(DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
         Ok(FibankConnector {
             base: base.trim_end_matches('/').to_owned(),
@@ -195,6 +195,7 @@ impl FibankConnector {
             max_body: DEFAULT_MAX_BODY_BYTES,
             device_id: device_id(&settings.username),
             session: None,
+            blocked: Default::default(),
             clock_skew_secs: Default::default(),
         })
     }
@@ -315,8 +316,21 @@ impl FibankConnector {
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| malformed(what, format!("HTTP {status} without a Location header")))?;
-        base.join(location)
-            .map_err(|e| malformed(what, format!("bad Location {location:?}: {e}")))
+        let target = base
+            .join(location)
+            .map_err(|e| malformed(what, format!("bad Location {location:?}: {e}")))?;
+        // The dance never leaves the bank: a redirect elsewhere would carry
+        // the session (and the token in its fragment) to another host.
+        if target.origin() != base.origin() {
+            return Err(malformed(
+                what,
+                format!(
+                    "redirected to another host ({}); refusing to follow",
+                    target.origin().ascii_serialization()
+                ),
+            ));
+        }
+        Ok(target)
     }
 
     /// The whole login dance, from a fresh cookie jar.
@@ -553,13 +567,10 @@ fn error_message(body: &Value) -> String {
     ["message", "error_description", "errorMessage", "error"]
         .iter()
         .find_map(|k| body.get(k).and_then(Value::as_str))
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            let s = body
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| body.to_string());
-            s.chars().take(300).collect()
+        .map(excerpt)
+        .unwrap_or_else(|| match body.as_str() {
+            Some(s) => excerpt(s),
+            None => excerpt(&body.to_string()),
         })
 }
 
@@ -717,19 +728,13 @@ fn map_line(
         );
     }
     let trn_type = text(obj, "trnType").unwrap_or("");
-    let pending =
-        trn_type == "BL" || text(obj, "status").is_some_and(|s| s.eq_ignore_ascii_case("PENDING"));
     let bank_code = match (trn_type, text(obj, "trnCode").unwrap_or("")) {
         ("", "") => None,
         (t, c) => Some(format!("{t}/{c}")),
     };
     Ok(FetchedTransaction {
         provider_id: Some(id),
-        status: if pending {
-            TxStatus::Pending
-        } else {
-            TxStatus::Booked
-        },
+        status: TxStatus::Booked,
         booking_date,
         value_date,
         transaction_date: None,
@@ -749,13 +754,79 @@ fn map_line(
             Some(remarks.join("\n"))
         },
         bank_code,
-        running_balance: if pending {
-            None
-        } else {
-            decimal(what, obj, "acBal")?
-        },
+        running_balance: decimal(what, obj, "acBal")?,
         raw: raw.clone(),
     })
+}
+
+/// Map the `getBlockedAmounts` answer: each hold becomes a pending row keyed
+/// `block:<blockId>` (its own id space, never an `acEntrySrNo`).
+pub fn map_blocked(answer: &Value, currency: Currency) -> Result<Vec<FetchedTransaction>, ConnectorError> {
+    let what = "getBlockedAmounts";
+    let list = match answer.get("blockedAmounts") {
+        Some(Value::Array(list)) => list,
+        // No holds: some answers leave the list out or null.
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(other) => {
+            return Err(malformed(
+                what,
+                format!("blockedAmounts is {}, not an array", kind_of(other)),
+            ));
+        }
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let obj = raw
+                .as_object()
+                .ok_or_else(|| malformed(what, format!("blockedAmounts[{i}] is not an object")))?;
+            let id = match obj.get("blockId") {
+                Some(Value::Number(n)) => n.to_string(),
+                Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
+                _ => return Err(malformed(what, format!("blockedAmounts[{i}] has no blockId"))),
+            };
+            let amount = signed_amount(what, obj)?;
+            let stamp = text(obj, "dateTime")
+                .ok_or_else(|| malformed(what, format!("hold {id} has no dateTime")))?;
+            let date = bank_date(stamp)
+                .ok_or_else(|| malformed(what, format!("hold {id} has dateTime {stamp:?}")))?;
+            let currency = match text(obj, "ccy") {
+                Some(c) => c
+                    .parse()
+                    .map_err(|e| malformed(what, format!("hold {id} has currency {c:?}: {e}")))?,
+                None => currency,
+            };
+            let raw_label = text(obj, "trname").unwrap_or("").to_owned();
+            let counterparty_name = text(obj, "contragent").map(str::to_owned);
+            let remarks: Vec<&str> = ["remI", "remIi", "remIii"]
+                .iter()
+                .filter_map(|k| text(obj, k))
+                .collect();
+            let mut label = clean_label(&raw_label);
+            if label.is_empty() {
+                label = clean_label(counterparty_name.as_deref().unwrap_or(""));
+            }
+            Ok(FetchedTransaction {
+                provider_id: Some(format!("block:{id}")),
+                status: TxStatus::Pending,
+                booking_date: date,
+                value_date: None,
+                transaction_date: Some(date),
+                amount,
+                currency,
+                original_amount: None,
+                original_currency: None,
+                raw_label,
+                label,
+                counterparty_name,
+                counterparty_iban: None,
+                remittance_info: (!remarks.is_empty()).then(|| remarks.join("\n")),
+                bank_code: text(obj, "trnType").map(str::to_owned),
+                running_balance: None,
+                raw: raw.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Map the `getFilteredAccounts` answer.
@@ -909,21 +980,41 @@ impl Connector for FibankConnector {
             ("StmtType", "T".to_owned()),
             ("isAccountFromPSD2", "false".to_owned()),
         ];
-        match self
+        let mut page = match self
             .api_raw(what, "sywsquery/sywsquery/GetCustBal", &query, true)
             .await?
         {
-            Ok(v) => map_statement(account, window, &v),
+            Ok(v) => map_statement(account, window, &v)?,
             Err((status, body))
                 if status == StatusCode::BAD_REQUEST && is_window_refusal(&body) =>
             {
-                Err(ConnectorError::WindowRefused {
+                return Err(ConnectorError::WindowRefused {
                     window,
                     message: error_message(&body),
-                })
+                });
             }
-            Err((status, body)) => Err(rejected(what, status, &body)),
+            Err((status, body)) => return Err(rejected(what, status, &body)),
+        };
+        let iban = query[2].1.clone();
+        if !self.blocked.contains_key(&iban) {
+            let v = self
+                .api(
+                    "getBlockedAmounts",
+                    "sywsquery/sywsquery/getBlockedAmounts",
+                    &[("Iban", iban.clone())],
+                    true,
+                )
+                .await?;
+            self.blocked
+                .insert(iban.clone(), map_blocked(&v, account.currency)?);
         }
+        page.transactions.extend(
+            self.blocked[&iban]
+                .iter()
+                .filter(|t| window.from <= t.booking_date && t.booking_date <= window.to)
+                .cloned(),
+        );
+        Ok(page)
     }
 }
 
@@ -1015,8 +1106,8 @@ mod tests {
              "valueDt": "2024-01-01T00:00:00+0200", "amount": 12.3, "dtkt": "D", "acBal": "88.20",
              "trnType": "PO", "trnCode": "205", "trname": "Плащане  ПОС  SHOP", "contragent": "SHOP",
              "benOrderParty": "", "trnAccount": "BG80BNBG96611020345678", "remI": "SHOP SOFIA", "remIi": "", "remIii": "Авт.код 1"},
-            {"acEntrySrNo": "900000000001", "dateTime": "2024-01-03T10:00:00+0200", "amount": "0,10", "dtkt": "D",
-             "acBal": null, "trnType": "BL", "status": "PENDING", "trname": "", "contragent": "", "benOrderParty": "CAFE",
+            {"acEntrySrNo": "310000002", "dateTime": "2024-01-03T10:00:00+0200", "amount": "0,10", "dtkt": "D",
+             "acBal": null, "trnType": "PO", "trname": "", "contragent": "", "benOrderParty": "CAFE",
              "trnAccount": "not an iban"},
             {"trnType": "DT", "amount": 12.3, "dtkt": "D"},
             {"trnType": "CT", "amount": 0, "dtkt": "K"},
@@ -1051,12 +1142,48 @@ mod tests {
             Some("88.20")
         );
         assert_eq!(t.raw, answer["acc"][0]["stmt"][1]);
-        assert_eq!(p.status, TxStatus::Pending);
+        // A thin line (a string id, a comma decimal, a null balance) still maps.
+        assert_eq!(p.status, TxStatus::Booked);
+        assert_eq!(p.provider_id.as_deref(), Some("310000002"));
         assert_eq!(p.amount.to_string(), "-0.10");
         assert_eq!(p.counterparty_name.as_deref(), Some("CAFE"));
         assert_eq!(p.label, "CAFE");
         assert_eq!(p.counterparty_iban, None);
         assert_eq!(p.running_balance, None);
+    }
+
+    #[test]
+    fn blocked_amounts_become_pending_rows_in_their_own_id_space() {
+        let bgn: Currency = "BGN".parse().unwrap();
+        let answer = json!({"iban": "BG80BNBG96611020345678", "ccy": "BGN", "blockedAmounts": [
+            {"blockId": 900000000001u64, "dateTime": "2024-01-03T10:00:00+0200", "amount": 4.5, "dtkt": "D",
+             "ccy": "BGN", "trnType": "PO", "trname": "Плащане ПОС CAFE", "contragent": "CAFE", "remI": "CAFE SOFIA"},
+            {"blockId": "900000000002", "dateTime": "2024-01-04T00:10:00+0200", "amount": "1.00", "dtkt": "K"}
+        ]});
+        let rows = map_blocked(&answer, bgn).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].provider_id.as_deref(), Some("block:900000000001"));
+        assert_eq!(rows[0].status, TxStatus::Pending);
+        assert_eq!(rows[0].amount.to_string(), "-4.5");
+        assert_eq!(rows[0].booking_date, d(2024, 1, 3));
+        assert_eq!(rows[0].label, "Плащане ПОС CAFE");
+        assert_eq!(rows[0].remittance_info.as_deref(), Some("CAFE SOFIA"));
+        assert_eq!(rows[1].amount.to_string(), "1.00");
+        assert_eq!(rows[1].label, "");
+        // No holds at all, in either spelling.
+        assert!(map_blocked(&json!({"blockedAmounts": []}), bgn).unwrap().is_empty());
+        assert!(map_blocked(&json!({"iban": "x"}), bgn).unwrap().is_empty());
+        // A hold without an amount or an id is malformed, not a panic.
+        for bad in [
+            json!({"blockedAmounts": [{"amount": null}]}),
+            json!({"blockedAmounts": [{"blockId": 1, "dtkt": "D", "amount": 1}]}),
+            json!({"blockedAmounts": {"x": 1}}),
+        ] {
+            assert!(matches!(
+                map_blocked(&bad, bgn),
+                Err(ConnectorError::Malformed { .. })
+            ));
+        }
     }
 
     #[test]

@@ -57,7 +57,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::common::{
-    clock_skew_secs, malformed, parse_json, status_error, text, transient, transport,
+    clock_skew_secs, excerpt, malformed, parse_json, status_error, text, transient, transport,
 };
 
 /// Rows per transactions call (the bank's maximum).
@@ -206,13 +206,10 @@ fn error_parts(body: &[u8]) -> (String, String) {
                 .to_owned(),
             v.get("message")
                 .and_then(Value::as_str)
-                .map(str::to_owned)
-                .unwrap_or_else(|| v.to_string().chars().take(300).collect()),
+                .map(excerpt)
+                .unwrap_or_else(|| excerpt(&v.to_string())),
         ),
-        Err(_) => (
-            String::new(),
-            String::from_utf8_lossy(body).chars().take(300).collect(),
-        ),
+        Err(_) => (String::new(), excerpt(&String::from_utf8_lossy(body))),
     }
 }
 
@@ -721,12 +718,7 @@ impl KeypadConnector {
                 "the keypad connector needs the bank's web API base URL (--base-url)".into(),
             );
         }
-        let mut url = Url::parse(base).map_err(|e| format!("bad keypad base URL {base:?}: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!(
-                "bad keypad base URL {base:?}: only http and https are supported"
-            ));
-        }
+        let mut url = bankbridge_core::net::secure_url(base, "the keypad base URL")?;
         if !url.path().ends_with('/') {
             let path = format!("{}/", url.path());
             url.set_path(&path);

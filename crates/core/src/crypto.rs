@@ -85,8 +85,15 @@ impl MasterKey {
             path: key_file.to_owned(),
             detail: e.to_string(),
         };
-        if let Some(dir) = key_file.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+        if let Some(dir) = key_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                builder.mode(0o700);
+            }
+            builder.create(dir).map_err(io)?;
         }
         let key = Self::generate();
         let mut opts = std::fs::OpenOptions::new();
@@ -102,6 +109,18 @@ impl MasterKey {
         f.write_all(b"\n").map_err(io)?;
         f.sync_all().map_err(io)?;
         Ok(key)
+    }
+
+    /// A short public fingerprint of the key (16 hex digits): stored beside
+    /// the data it seals, so that starting with another key fails at once
+    /// instead of sealing new secrets under it. A one-way hash: it tells
+    /// nothing about the key.
+    pub fn check_value(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"bankbridge master key check value v1\0");
+        h.update(self.0.expose());
+        hex::encode(&h.finalize()[..8])
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {
@@ -161,6 +180,16 @@ impl MasterKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_values_tell_keys_apart_and_stay_put() {
+        let a = MasterKey::from_text(&"11".repeat(32), "test").unwrap();
+        let b = MasterKey::from_text(&"12".repeat(32), "test").unwrap();
+        assert_eq!(a.check_value(), a.check_value());
+        assert_eq!(a.check_value().len(), 16);
+        assert_ne!(a.check_value(), b.check_value());
+        assert!(!a.check_value().contains(&"11".repeat(4)));
+    }
 
     #[test]
     fn seal_open_roundtrip_and_purpose_binding() {

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod iban;
 pub mod model;
 pub mod money;
+pub mod net;
 pub mod sca;
 pub mod secret;
 

@@ -269,6 +269,119 @@ async fn wrong_password_or_csrf_lands_on_the_login_error_page() {
     assert_eq!(r.headers()[LOCATION], "/fibank/oauth2-server/login?error");
 }
 
+/// One booked statement line as a client with one typed column per field
+/// the reference lists stores it: every field present, none null.
+#[derive(Debug, serde::Deserialize)]
+#[allow(non_snake_case, dead_code)] // field names as the bank spells them
+struct StrictLine {
+    acEntrySrNo: u64,
+    reference: String,
+    acBal: serde_json::Number,
+    amount: serde_json::Number,
+    dtkt: String,
+    dateTime: String,
+    valueDt: String,
+    contragent: String,
+    benOrderParty: String,
+    trname: String,
+    trnAccount: String,
+    trnType: String,
+    trnCode: String,
+    isEbankOper: String,
+    isPayment: String,
+    loadAsNew: String,
+    remI: String,
+    remIi: String,
+    remIii: String,
+}
+
+/// Parse `body` strictly; `Err` names the first line and field that break it.
+fn parse_strictly(body: &Value) -> Result<Vec<StrictLine>, String> {
+    let mut rows = Vec::new();
+    for (i, line) in stmt_lines(body).iter().enumerate() {
+        if ["OP", "CL", "DT", "CT"].contains(&line["trnType"].as_str().unwrap_or("")) {
+            continue;
+        }
+        let row: StrictLine =
+            serde_json::from_value(line.clone()).map_err(|e| format!("stmt[{i}]: {e}"))?;
+        for (field, stamp) in [("dateTime", &row.dateTime), ("valueDt", &row.valueDt)] {
+            chrono::DateTime::parse_from_str(stamp, "%Y-%m-%dT%H:%M:%S%z")
+                .map_err(|e| format!("stmt[{i}].{field} {stamp:?}: {e}"))?;
+        }
+        for (field, n) in [("acBal", &row.acBal), ("amount", &row.amount)] {
+            let text = n.to_string();
+            let decimals = text.split_once('.').map_or(0, |(_, f)| f.len());
+            if decimals > 2 || n.as_f64().is_none_or(|f| f.abs() >= 1e9) {
+                return Err(format!("stmt[{i}].{field} {text} does not fit DECIMAL(11,2)"));
+            }
+        }
+        if !["D", "K"].contains(&row.dtkt.as_str()) {
+            return Err(format!("stmt[{i}].dtkt is {:?}", row.dtkt));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+#[tokio::test]
+async fn every_booked_line_parses_strictly_while_holds_are_open() {
+    let sb = bankbridge_sandbox::spawn(small(11)).await.unwrap();
+    let (c, token) = dance(&sb).await;
+    let mut ids = HashSet::new();
+    let mut holds = 0;
+    for t in sb.truth() {
+        holds += t.pending_count;
+        let from = "1993-02-27T00:00:00%2B0200";
+        let body: Value = api(
+            &c,
+            &sb,
+            &token,
+            &format!(
+                "sywsquery/sywsquery/GetCustBal?FromDate={from}&ToDate=2024-06-15T23:59:59%2B0300&Iban={}&StmtType=T&isAccountFromPSD2=false",
+                t.iban
+            ),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        let rows = parse_strictly(&body).unwrap_or_else(|e| panic!("{}: {e}", t.iban));
+        assert_eq!(rows.len() as u64, t.booked_count, "{}", t.iban);
+        for r in rows {
+            assert!(ids.insert(r.acEntrySrNo), "acEntrySrNo {} twice", r.acEntrySrNo);
+        }
+    }
+    assert!(holds > 0, "the sandbox day has open card holds");
+    sb.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_strict_parse_refuses_what_would_crash_a_typed_client() {
+    let good = json!({"acEntrySrNo": 1, "reference": "FT1", "acBal": 1.5, "amount": 2.25, "dtkt": "D",
+        "dateTime": "2024-01-02T10:00:00+0200", "valueDt": "2024-01-02T00:00:00+0200", "contragent": "",
+        "benOrderParty": "", "trname": "x", "trnAccount": "", "trnType": "PO", "trnCode": "205",
+        "isEbankOper": "N", "isPayment": "N", "loadAsNew": "N", "remI": "", "remIi": "", "remIii": ""});
+    let wrap = |l: Value| json!({"acc": [{"stmt": [l]}]});
+    assert!(parse_strictly(&wrap(good.clone())).is_ok());
+    for (field, value) in [
+        ("acBal", Value::Null),
+        ("amount", json!("2.25")),
+        ("dateTime", json!("2024-01-02")),
+        ("valueDt", json!("2024-01-02T00:00:00+02:00")),
+        ("trnAccount", Value::Null),
+        ("acEntrySrNo", json!("1")),
+        ("dtkt", json!("X")),
+        ("amount", json!(1.234)),
+    ] {
+        let mut bad = good.clone();
+        bad[field] = value.clone();
+        assert!(parse_strictly(&wrap(bad)).is_err(), "{field} = {value}");
+    }
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("loadAsNew");
+    assert!(parse_strictly(&wrap(missing)).is_err());
+}
+
 fn stmt_lines(body: &Value) -> &Vec<Value> {
     let acc = body["acc"].as_array().unwrap();
     assert_eq!(acc.len(), 1);
@@ -424,26 +537,31 @@ async fn control_routes_tell_the_truth() {
             )
             .unwrap();
         let v: Value = serde_json::from_str(&body).unwrap();
+        let cents_of = |l: &Value| {
+            let raw = l["amount"].to_string();
+            let (units, frac) = raw.split_once('.').unwrap_or((&raw, "0"));
+            let abs =
+                units.parse::<i64>().unwrap() * 100 + format!("{frac:0<2}").parse::<i64>().unwrap();
+            if l["dtkt"] == "D" { -abs } else { abs }
+        };
         let (mut n, mut cents) = (0u64, 0i64);
-        let (mut pn, mut pcents) = (0u64, 0i64);
         for l in stmt_lines(&v) {
             let ty = l["trnType"].as_str().unwrap();
             if ["OP", "CL", "DT", "CT"].contains(&ty) {
                 continue;
             }
-            let raw = l["amount"].to_string();
-            let (units, frac) = raw.split_once('.').unwrap_or((&raw, "0"));
-            let abs =
-                units.parse::<i64>().unwrap() * 100 + format!("{frac:0<2}").parse::<i64>().unwrap();
-            let signed = if l["dtkt"] == "D" { -abs } else { abs };
-            if l["status"] == "PENDING" {
-                pn += 1;
-                pcents += signed;
-            } else {
-                n += 1;
-                cents += signed;
-            }
+            n += 1;
+            cents += cents_of(l);
         }
+        // Holds not booked yet are never statement lines: they are the
+        // blocked amounts, a query of their own.
+        let blocked: Value =
+            serde_json::from_str(&sb.fibank().blocked_json(&t.iban).unwrap()).unwrap();
+        let holds = blocked["blockedAmounts"].as_array().unwrap();
+        let (pn, pcents) = (
+            holds.len() as u64,
+            holds.iter().map(cents_of).sum::<i64>(),
+        );
         let money = |c: i64| {
             format!(
                 "{}{}.{:02}",

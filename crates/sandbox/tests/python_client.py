@@ -8,9 +8,19 @@ line by line, asks GetCustBal for everything from a fixed "genesis" date with a
 literal %2B0200 in FromDate (which requests encodes once more), skips the
 OP/CL/DT/CT summary lines, and keys rows on acEntrySrNo.
 
+Every other statement line is parsed strictly, the way a model with one typed
+column per field stores it: each field the reference lists must be present
+with its type (acEntrySrNo an integer; acBal and amount numbers that fit a
+DECIMAL(11,2); dateTime and valueDt in %Y-%m-%dT%H:%M:%S%z; the texts strings,
+never null). A line that breaks this stops the client with the reason, as it
+would crash the story's connector.
+
+Card holds not booked yet come from getBlockedAmounts (the sandbox's modelled
+view of the site's blocked amounts), read separately.
+
 Usage: python_client.py BASE_URL USERNAME PASSWORD
 Prints {"<iban>": {"count": N, "sum": "...", "pending_count": P, "pending_sum": "..."}}
-where count/sum cover booked rows and pending_* the rows marked PENDING.
+where count/sum cover booked statement rows and pending_* the blocked amounts.
 """
 import datetime
 import json
@@ -22,6 +32,40 @@ from urllib.parse import parse_qs, urlparse
 import requests
 
 SUMMARY_TYPES = {"OP", "CL", "DT", "CT"}
+STAMP = "%Y-%m-%dT%H:%M:%S%z"
+TEXT_FIELDS = (
+    "reference", "dtkt", "contragent", "benOrderParty", "trname", "trnAccount",
+    "trnType", "trnCode", "isEbankOper", "isPayment", "loadAsNew", "remI", "remIi", "remIii",
+)
+
+
+def decimal_11_2(line, field):
+    value = line[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s is %r, not a number (entry %r)" % (field, value, line.get("acEntrySrNo")))
+    d = Decimal(str(value))
+    if d != d.quantize(Decimal("0.01")) or abs(d) >= Decimal(10) ** 9:
+        raise ValueError("%s %s does not fit DECIMAL(11,2)" % (field, d))
+    return d
+
+
+def strict_row(line):
+    """The row a typed model stores for one statement line, or an exception."""
+    key = line["acEntrySrNo"]
+    if isinstance(key, bool) or not isinstance(key, int):
+        raise TypeError("acEntrySrNo is %r, not an integer" % (key,))
+    row = {"acEntrySrNo": key}
+    for field in TEXT_FIELDS:
+        if not isinstance(line[field], str):
+            raise TypeError("%s is %r, not a string (entry %d)" % (field, line[field], key))
+        row[field] = line[field]
+    if row["dtkt"] not in ("D", "K"):
+        raise ValueError("dtkt %r is neither D nor K (entry %d)" % (row["dtkt"], key))
+    row["acBal"] = decimal_11_2(line, "acBal")
+    row["amount"] = decimal_11_2(line, "amount")
+    row["dateTime"] = datetime.datetime.strptime(line["dateTime"], STAMP)
+    row["valueDt"] = datetime.datetime.strptime(line["valueDt"], STAMP)
+    return row
 GENESIS = "1993-02-27T00:00:00%2B0200"
 
 
@@ -119,13 +163,23 @@ def main():
         for line in acc[0]["stmt"]:
             if line["trnType"] in SUMMARY_TYPES:
                 continue
-            key = line["acEntrySrNo"]
+            row = strict_row(line)
+            key = row["acEntrySrNo"]
+            # The story keys rows on acEntrySrNo across the whole table.
             if key in rows:
-                continue
-            amount = Decimal(str(line["amount"]))
-            if line["dtkt"] == "D":
+                raise ValueError("acEntrySrNo %d appears twice" % key)
+            amount = -row["amount"] if row["dtkt"] == "D" else row["amount"]
+            rows[key] = (iban, amount, False)
+
+        r = s.get(
+            api + "sywsquery/sywsquery/getBlockedAmounts", headers=headers, params={"Iban": iban}
+        )
+        r.raise_for_status()
+        for hold in r.json()["blockedAmounts"]:
+            amount = Decimal(str(hold["amount"]))
+            if hold["dtkt"] == "D":
                 amount = -amount
-            rows[key] = (iban, amount, line.get("status") == "PENDING")
+            rows[("block", hold["blockId"])] = (iban, amount, True)
 
     out = {iban: {"count": 0, "sum": Decimal(0), "pending_count": 0, "pending_sum": Decimal(0)} for iban, _ in accounts}
     for iban, amount, pending in rows.values():

@@ -1,7 +1,8 @@
 //! Fidelity: an independent Python client written in the manner of the user
 //! story's connector (requests, redirects followed, token from the second
-//! redirect, a literal `%2B0200` in FromDate, summary lines skipped) must read
-//! exactly the sandbox's truth.
+//! redirect, a literal `%2B0200` in FromDate, summary lines skipped, every
+//! other statement line parsed strictly into typed fields) must read exactly
+//! the sandbox's truth.
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -89,5 +90,9 @@ async fn the_story_python_client_reads_the_truth() {
         );
         assert!(t.booked_count > 300, "{t:?}");
     }
+    assert!(
+        truth.iter().any(|t| t.pending_count > 0),
+        "the sandbox day has open card holds, so the strict parse meets them"
+    );
     sb.shutdown().await.unwrap();
 }

@@ -43,6 +43,7 @@ pub fn new_token(name: &str, scope: Scope) -> (Secret<String>, TokenRecord) {
         created_at: Utc::now(),
         last_used_at: None,
         revoked_at: None,
+        location: None,
     };
     (plaintext, record)
 }

@@ -11,11 +11,15 @@
 //!   the reader's turn is released only after the card's status is written;
 //! - the card's status is read again once the reader is ours: a request that
 //!   queued behind a wrong-PIN failure does not try the PIN again;
-//! - a refused PIN disables the card at once (never retried); a blocked card
-//!   is marked blocked; `bankbridge_cap::emv` checks the card's identity and
-//!   try counter before any VERIFY;
+//! - a PIN the card may have refused (any answer to VERIFY but `9000`, or a
+//!   failure once VERIFY went out: transport error, card removed, timeout)
+//!   takes the card out of use before the reader's turn is released, and
+//!   only a new PIN brings it back; if the store cannot record that, the
+//!   card is held out of use in memory and the turn is kept until the write
+//!   lands; a blocked card is marked blocked; `bankbridge_cap::emv` checks
+//!   the card's identity and try counter before any VERIFY;
 //! - every use is audited; neither the PIN nor a code is ever logged.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,8 +66,9 @@ impl CardUseError {
             CardUseError::Blocked { .. } => "blocked",
             CardUseError::Busy { .. } => "busy",
             CardUseError::Cap(e) => match e {
-                CapError::WrongPin { .. } => "wrong_pin",
-                CapError::Blocked => "blocked",
+                CapError::WrongPin { .. } | CapError::PinRefused { .. } => "wrong_pin",
+                CapError::PinOutcomeUnknown { .. } => "pin_unknown",
+                CapError::Blocked | CapError::VerifyBlocked { .. } => "blocked",
                 CapError::TooFewTries { .. } => "pin_tries_low",
                 CapError::WrongCard { .. } => "wrong_card",
                 CapError::Transport(TransportError::CardRemoved { .. }) => "card_removed",
@@ -98,6 +103,9 @@ struct Inner {
     readers: Arc<dyn Readers>,
     wait: Duration,
     queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Cards that may have refused their PIN and whose store record does not
+    /// say so yet: never used, whatever the store reads.
+    refused: Mutex<HashSet<String>>,
 }
 
 impl CardService {
@@ -113,6 +121,7 @@ impl CardService {
             readers,
             wait,
             queues: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -126,7 +135,8 @@ impl CardService {
     }
 
     /// Register the card that sits in `reg.reader` under `institution`: its
-    /// card number (last 4) and PSN are read from the card, without a PIN.
+    /// identity (card number last 4 and PSN where it has them, the digest of
+    /// its records) is read from the card, without a PIN.
     pub async fn register(
         &self,
         institution: &Institution,
@@ -266,6 +276,7 @@ impl Inner {
                 reader,
                 pan_last4: identity.pan_last4.clone(),
                 psn: identity.psn.clone(),
+                records_digest: Some(identity.records_digest.clone()),
                 application: Some(identity.application.clone()),
                 pin_sealed: self.key.seal_str(&pin, &pin_purpose(&id)),
                 min_pin_tries,
@@ -276,9 +287,9 @@ impl Inner {
             .record_card_audit(&audit(
                 "ok",
                 Some(format!(
-                    "{} card …{}, {} PIN tries left",
+                    "{} card {}, {} PIN tries left",
                     identity.application,
-                    identity.pan_last4,
+                    identity.describe(),
                     identity
                         .pin_tries_left
                         .map_or_else(|| "unknown".to_owned(), |n| n.to_string())
@@ -336,7 +347,7 @@ impl Inner {
         request: &CapRequest,
     ) -> Result<CapResponse, CardUseError> {
         request.validate()?;
-        usable(card)?;
+        self.usable(card)?;
         let turn = self.take_turn(&card.reader).await?;
         // Another request may have disabled the card while this one queued.
         let card = self
@@ -344,7 +355,7 @@ impl Inner {
             .get_card(&card.id)
             .await?
             .ok_or_else(|| CardUseError::NotFound(format!("card {}", card.id)))?;
-        usable(&card)?;
+        self.usable(&card)?;
         let pin = self
             .key
             .open_str(&card.pin_sealed, &pin_purpose(&card.id))
@@ -354,6 +365,7 @@ impl Inner {
         let expected = ExpectedCard {
             pan_last4: card.pan_last4.clone(),
             psn: card.psn.clone(),
+            records_digest: card.records_digest.clone(),
         };
         let policy = PinPolicy {
             min_tries: card.min_pin_tries,
@@ -373,29 +385,21 @@ impl Inner {
                 self.store.touch_card(&card.id, now).await?;
                 Ok(response)
             }
+            Err(e) if e.pin_possibly_refused() => {
+                let blocked = matches!(e, CapError::VerifyBlocked { .. });
+                self.hold_out_of_use(&card.id, &e, blocked).await;
+                Err(e.into())
+            }
             Err(e) => {
-                match &e {
-                    CapError::WrongPin { tries_left } => {
-                        let reason = format!(
-                            "the card refused the stored PIN ({} tries left); it was not retried. \
-                             Set the right PIN and enable the card again",
-                            tries_left.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
-                        );
-                        self.store
-                            .set_card_status(&card.id, CardStatus::Disabled, Some(&reason), now)
-                            .await?;
-                    }
-                    CapError::Blocked => {
-                        self.store
-                            .set_card_status(
-                                &card.id,
-                                CardStatus::Blocked,
-                                Some("the card's PIN is blocked; unblock it at the bank or an ATM"),
-                                now,
-                            )
-                            .await?;
-                    }
-                    _ => {}
+                if let CapError::Blocked = e {
+                    self.store
+                        .set_card_status(
+                            &card.id,
+                            CardStatus::Blocked,
+                            Some("the card's PIN is blocked; unblock it at the bank or an ATM"),
+                            now,
+                        )
+                        .await?;
                 }
                 Err(e.into())
             }
@@ -403,6 +407,50 @@ impl Inner {
         // The next request in this reader's queue reads the status written above.
         drop(turn);
         outcome
+    }
+
+    /// A card that may have counted a wrong PIN: out of use in memory at
+    /// once, then in the store, retried until the write lands (the caller
+    /// keeps the reader's turn meanwhile, so nothing else reaches the card).
+    async fn hold_out_of_use(&self, card_id: &str, cause: &CapError, blocked: bool) {
+        self.refused_cards().insert(card_id.to_owned());
+        let reason = format!(
+            "{cause}. The card may have counted a wrong PIN, so the stored PIN is not sent again: \
+             set the right PIN to enable the card"
+        );
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self
+                .store
+                .mark_card_pin_refused(card_id, &reason, blocked, Utc::now())
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(card = %card_id, error = %e,
+                        "cannot record that the card may have refused its PIN; holding its reader and retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.refused_cards().remove(card_id);
+    }
+
+    fn refused_cards(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `card` may be used: active in the store, and not held out of
+    /// use in memory.
+    fn usable(&self, card: &Card) -> Result<(), CardUseError> {
+        if self.refused_cards().contains(&card.id) {
+            return Err(CardUseError::Disabled {
+                card: card.id.clone(),
+                reason: "the card may have refused its PIN (not yet recorded in the store)".into(),
+            });
+        }
+        usable(card)
     }
 }
 

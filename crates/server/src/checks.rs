@@ -17,7 +17,8 @@ use bankbridge_checks::alerts::{
     Alert, AlertKind, CertificateInfo, ChannelConfig, LocationOutcome, Notifier,
 };
 use bankbridge_checks::flow::{self, Flow, FlowError};
-use bankbridge_checks::runner::{RunOptions, RunReport, Runner, env_and_stored_secrets};
+use bankbridge_checks::env::EnvPolicy;
+use bankbridge_checks::runner::{RunOptions, RunReport, Runner, stored_secrets};
 use bankbridge_checks::schedule::{
     CheckState, Health, Outcome, Transition, in_maintenance, locations_for_round, round_verdict,
 };
@@ -50,6 +51,8 @@ pub struct ChecksConfig {
     pub round_grace: Duration,
     /// How often the certificates of the flows' https hosts are read.
     pub certificate_every: Duration,
+    /// Which environment variables local runs of flows may read.
+    pub env_policy: Arc<EnvPolicy>,
 }
 
 impl ChecksConfig {
@@ -64,6 +67,7 @@ impl ChecksConfig {
             prune_every: Duration::from_secs(3600),
             round_grace: Duration::from_secs(30),
             certificate_every: Duration::from_secs(12 * 3600),
+            env_policy: Arc::default(),
         }
     }
 }
@@ -402,7 +406,8 @@ impl ChecksService {
                     let round = round.clone();
                     let opts = RunOptions {
                         location,
-                        secrets: env_and_stored_secrets(stored.clone()),
+                        secrets: stored_secrets(stored.clone()),
+                        env_policy: this.0.config.env_policy.clone(),
                         ..RunOptions::default()
                     };
                     tokio::spawn(async move {

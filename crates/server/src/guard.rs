@@ -31,6 +31,20 @@ pub struct Principal {
     pub token_id: String,
     pub token_name: String,
     pub scope: Scope,
+    /// The check location an `agent` token serves.
+    pub location: Option<String>,
+}
+
+impl Principal {
+    /// Whether this caller may take and report jobs of check `location`:
+    /// admin tokens for any, an agent token for its own only.
+    pub fn serves_location(&self, location: &str) -> bool {
+        match self.scope {
+            Scope::Admin => true,
+            Scope::Agent => self.location.as_deref() == Some(location),
+            _ => false,
+        }
+    }
 }
 
 const CACHE_MAX: usize = 10_000;
@@ -85,6 +99,7 @@ impl TokenAuth {
             token_id: record.id.clone(),
             token_name: record.name.clone(),
             scope,
+            location: record.location.clone(),
         });
         if !self.ttl.is_zero() {
             let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());

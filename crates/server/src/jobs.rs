@@ -48,6 +48,8 @@ impl SyncStart {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
     Api,
+    /// An admin's sync that sends credentials the bank refused once more.
+    ApiForced,
     Scheduler,
 }
 
@@ -55,6 +57,7 @@ impl Trigger {
     fn as_str(&self) -> &'static str {
         match self {
             Trigger::Api => "api",
+            Trigger::ApiForced => "api (forced)",
             Trigger::Scheduler => "scheduler",
         }
     }
@@ -121,7 +124,13 @@ impl AppState {
             trigger = trigger.as_str(),
             "sync started"
         );
-        tokio::spawn(run_job(self.clone(), connection, job.clone(), registered));
+        tokio::spawn(run_job(
+            self.clone(),
+            connection,
+            job.clone(),
+            registered,
+            trigger == Trigger::ApiForced,
+        ));
         Ok(SyncStart::Started(job))
     }
 }
@@ -131,12 +140,17 @@ async fn run_job(
     connection: Connection,
     mut job: SyncJob,
     registered: Registered,
+    force: bool,
 ) {
     job.status = status::RUNNING.to_owned();
     job.started_at = Some(Utc::now());
     save(&state, &job).await;
 
-    let syncer = state.syncer.clone();
+    let syncer = if force {
+        state.syncer.forcing_refused_credentials()
+    } else {
+        state.syncer.clone()
+    };
     let conn_name = connection.name.clone();
     let name = connection.name.clone();
     // A task of its own, so a panic inside the sync ends up in the join

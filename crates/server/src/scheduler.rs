@@ -6,11 +6,12 @@
 //!
 //! A connection whose last sync ended in `needs_user` is left alone: the bank
 //! wants a person (strong customer authentication), and retrying on a clock
-//! would only pester the bank. So is one whose credentials the bank refused:
-//! each retry would count another failed login, and banks lock the customer
-//! after a few (the keypad bank after 3 wrong PINs). A manual sync that
-//! succeeds puts it back on schedule.
-use bankbridge_store::{Connection, StoreError, SyncJob};
+//! would only pester the bank; a sync that succeeds puts it back on schedule.
+//! So is one whose credentials the bank refused: each retry would count
+//! another failed login, and banks lock the customer after a few (the keypad
+//! bank after 3 wrong PINs). The sync engine itself refuses to send those
+//! credentials again, whoever asks, until they change or an admin forces it.
+use bankbridge_store::{Connection, StoreError, SyncJob, SyncOutcome};
 use bankbridge_sync::Syncer;
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
@@ -62,15 +63,7 @@ pub fn is_due(connection: &Connection, now: DateTime<Utc>) -> bool {
     let Some(interval) = settings.interval_secs.filter(|i| *i > 0) else {
         return false;
     };
-    if connection.last_sync_status == "needs_user" {
-        return false;
-    }
-    if connection.last_sync_status == "failed"
-        && connection
-            .last_sync_error
-            .as_deref()
-            .is_some_and(|e| e.starts_with(bankbridge_sync::CREDENTIALS_REFUSED))
-    {
+    if connection.last_sync_status == SyncOutcome::NeedsUser || connection.credentials_refused() {
         return false;
     }
     match connection.last_sync_at {
@@ -84,7 +77,7 @@ mod tests {
     use super::*;
     use bankbridge_core::ConnectionSettings;
 
-    fn conn(interval: Option<u64>, last: Option<DateTime<Utc>>, status: &str) -> Connection {
+    fn conn(interval: Option<u64>, last: Option<DateTime<Utc>>, status: SyncOutcome) -> Connection {
         let mut s = ConnectionSettings::new("http://127.0.0.1:1", "u");
         s.interval_secs = interval;
         Connection {
@@ -96,8 +89,10 @@ mod tests {
             session_sealed: None,
             created_at: Utc::now(),
             last_sync_at: last,
-            last_sync_status: status.into(),
+            last_sync_status: status,
             last_sync_error: None,
+            credentials_version: 1,
+            last_sync_credentials_version: last.map(|_| 1),
         }
     }
 
@@ -105,27 +100,21 @@ mod tests {
     fn due_by_interval() {
         let now = Utc::now();
         let ago = |s| Some(now - chrono::Duration::seconds(s));
-        assert!(!is_due(&conn(None, None, "never"), now), "manual only");
-        assert!(
-            is_due(&conn(Some(3600), None, "never"), now),
-            "never synced"
-        );
-        assert!(!is_due(&conn(Some(3600), ago(100), "ok"), now));
-        assert!(is_due(&conn(Some(3600), ago(3600), "ok"), now));
-        assert!(is_due(&conn(Some(60), ago(61), "failed"), now));
-        assert!(!is_due(&conn(Some(60), ago(61), "needs_user"), now));
-        let mut refused = conn(Some(60), ago(61), "failed");
-        refused.last_sync_error = Some(
-            bankbridge_sync::SyncError::Connector(
-                bankbridge_core::ConnectorError::InvalidCredentials("wrong PIN".into()),
-            )
-            .to_string(),
-        );
+        use SyncOutcome::*;
+        assert!(!is_due(&conn(None, None, Never), now), "manual only");
+        assert!(is_due(&conn(Some(3600), None, Never), now), "never synced");
+        assert!(!is_due(&conn(Some(3600), ago(100), Ok), now));
+        assert!(is_due(&conn(Some(3600), ago(3600), Ok), now));
+        assert!(is_due(&conn(Some(60), ago(61), Failed), now));
+        assert!(!is_due(&conn(Some(60), ago(61), NeedsUser), now));
+        let mut refused = conn(Some(60), ago(61), CredentialsRefused);
         assert!(
             !is_due(&refused, now),
             "a refused PIN is not tried again on a clock"
         );
-        let mut bad = conn(Some(60), None, "never");
+        refused.credentials_version = 2;
+        assert!(is_due(&refused, now), "new credentials are tried");
+        let mut bad = conn(Some(60), None, Never);
         bad.settings = serde_json::json!({"nonsense": true});
         assert!(!is_due(&bad, now));
     }

@@ -450,7 +450,7 @@ async fn round_robin_rounds_alternate_between_the_server_and_an_agent() {
 
     // An agent at eu-west, as `bankbridge check agent` does it, over HTTP
     // with an agent token.
-    let token = server.token(Scope::Agent).await;
+    let token = server.token_at(Scope::Agent, Some("eu-west")).await;
     let agent = {
         let client = server.client.clone();
         let base = server.base.clone();

@@ -75,10 +75,16 @@ pub struct NewCard {
     pub account_reference: String,
     /// The reader the card sits in; one card per reader.
     pub reader: String,
-    /// Last four digits of the card number.
-    pub pan_last4: String,
+    /// Last four digits of the card number, when the card's application
+    /// carries one (CAP-only applications may not).
+    pub pan_last4: Option<String>,
     /// PAN sequence number, two hex digits.
     pub psn: Option<String>,
+    /// SHA-256 (64 hex digits) of the application's AID and static records
+    /// without card-number data: the identity of a card without a number,
+    /// and a second check for one with. At least one of `pan_last4` and
+    /// `records_digest` is present.
+    pub records_digest: Option<String>,
     /// The EMV application label or mode (e.g. `CAP`).
     pub application: Option<String>,
     /// AEAD-sealed PIN.
@@ -98,6 +104,7 @@ impl fmt::Debug for NewCard {
             .field("reader", &self.reader)
             .field("pan_last4", &self.pan_last4)
             .field("psn", &self.psn)
+            .field("records_digest", &self.records_digest)
             .field("application", &self.application)
             .field("pin_sealed", &"[sealed]")
             .field("min_pin_tries", &self.min_pin_tries)
@@ -114,12 +121,16 @@ pub struct Card {
     pub label: String,
     pub account_reference: String,
     pub reader: String,
-    pub pan_last4: String,
+    pub pan_last4: Option<String>,
     pub psn: Option<String>,
+    pub records_digest: Option<String>,
     pub application: Option<String>,
     pub status: CardStatus,
     /// Why the card is not active (or was re-activated), for operators.
     pub status_reason: Option<String>,
+    /// The card may have counted a wrong PIN (VERIFY went out and no `9000`
+    /// came back): it stays out of use until a new PIN is set.
+    pub pin_refused: bool,
     /// AEAD-sealed PIN.
     pub pin_sealed: Vec<u8>,
     pub min_pin_tries: u8,
@@ -138,9 +149,11 @@ impl fmt::Debug for Card {
             .field("reader", &self.reader)
             .field("pan_last4", &self.pan_last4)
             .field("psn", &self.psn)
+            .field("records_digest", &self.records_digest)
             .field("application", &self.application)
             .field("status", &self.status)
             .field("status_reason", &self.status_reason)
+            .field("pin_refused", &self.pin_refused)
             .field("pin_sealed", &"[sealed]")
             .field("min_pin_tries", &self.min_pin_tries)
             .field("last_used_at", &self.last_used_at)
@@ -155,7 +168,7 @@ impl fmt::Debug for Card {
 pub struct CardUpdate {
     pub label: Option<String>,
     pub account_reference: Option<String>,
-    /// A new AEAD-sealed PIN.
+    /// A new AEAD-sealed PIN; it clears [`Card::pin_refused`].
     pub pin_sealed: Option<Vec<u8>>,
     pub min_pin_tries: Option<u8>,
     /// New status and its reason (`None` clears the reason).

@@ -10,7 +10,8 @@ use rust_decimal::Decimal;
 
 use crate::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewCard,
-    NewInstitution, Result, StoreError, TxQuery, TxWrite, WindowCommit,
+    ConnectionUpdate, NewInstitution, Result, StoreError, SyncOutcome, TxQuery, TxWrite,
+    WindowCommit,
 };
 
 /// Instants are kept to the microsecond on both backends (PostgreSQL's
@@ -84,6 +85,25 @@ impl PreparedTx<'_> {
     pub fn original_currency_str(&self) -> Option<&str> {
         self.original_currency.as_ref().map(Currency::as_str)
     }
+}
+
+/// A stored `last_sync_status`.
+pub(crate) fn sync_outcome(text: String) -> Result<SyncOutcome> {
+    SyncOutcome::parse(&text)
+        .ok_or_else(|| corrupt(format!("a connection has last_sync_status {text:?}")))
+}
+
+/// The new settings of `update` as JSON text, if it carries some.
+pub(crate) fn settings_text(update: &ConnectionUpdate) -> Result<Option<String>> {
+    update
+        .settings
+        .as_ref()
+        .map(|v| {
+            serde_json::to_string(v).map_err(|e| {
+                StoreError::Conflict(format!("connection settings cannot be serialised: {e}"))
+            })
+        })
+        .transpose()
 }
 
 fn invalid(what: String) -> StoreError {
@@ -412,8 +432,8 @@ macro_rules! institution_columns {
 
 macro_rules! card_columns {
     () => {
-        "id, institution_id, label, account_reference, reader, pan_last4, psn, application, status, \
-         status_reason, pin_sealed, min_pin_tries, last_used_at, created_at, updated_at"
+        "id, institution_id, label, account_reference, reader, pan_last4, psn, records_digest, application, \
+         status, status_reason, pin_refused, pin_sealed, min_pin_tries, last_used_at, created_at, updated_at"
     };
 }
 
@@ -444,8 +464,9 @@ pub(crate) const INSTITUTION_DELETE: &str = "DELETE FROM institutions WHERE id =
 
 pub(crate) const CARD_INSERT: &str = concat!(
     "INSERT INTO cards (id, institution_id, label, account_reference, reader, pan_last4, psn, \
-     application, status, status_reason, pin_sealed, min_pin_tries, last_used_at, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', NULL, $9, $10, NULL, $11, $11) RETURNING ",
+     records_digest, application, status, status_reason, pin_refused, pin_sealed, min_pin_tries, \
+     last_used_at, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', NULL, FALSE, $10, $11, NULL, $12, $12) RETURNING ",
     card_columns!()
 );
 pub(crate) const CARD_LIST: &str =
@@ -464,6 +485,12 @@ pub(crate) const CARD_IN_READER: &str = "SELECT id, label FROM cards WHERE reade
 /// $1 status, $2 reason, $3 now, $4 id: only from `active`.
 pub(crate) const CARD_SET_STATUS: &str = "UPDATE cards SET status = $1, status_reason = $2, updated_at = $3 \
      WHERE id = $4 AND status = 'active'";
+/// $1 blocked, $2 reason, $3 now, $4 id: out of use whatever the status was
+/// (a blocked card stays blocked), until a new PIN is set. Idempotent.
+pub(crate) const CARD_MARK_PIN_REFUSED: &str = "UPDATE cards SET pin_refused = TRUE, \
+     status = CASE WHEN $1 OR status = 'blocked' THEN 'blocked' ELSE 'disabled' END, \
+     status_reason = $2, updated_at = $3 WHERE id = $4";
+pub(crate) const CARD_PIN_REFUSED: &str = "SELECT pin_refused FROM cards WHERE id = $1";
 /// $1 at, $2 id. `last_used_at` never moves back (concurrent uses may finish out of order).
 pub(crate) const CARD_TOUCH: &str = "UPDATE cards SET last_used_at = CASE \
      WHEN last_used_at IS NULL OR last_used_at < $1 THEN $1 ELSE last_used_at END WHERE id = $2";
@@ -498,11 +525,13 @@ pub(crate) struct CardRow {
     label: String,
     account_reference: String,
     reader: String,
-    pan_last4: String,
+    pan_last4: Option<String>,
     psn: Option<String>,
+    records_digest: Option<String>,
     application: Option<String>,
     status: String,
     status_reason: Option<String>,
+    pin_refused: bool,
     pin_sealed: Vec<u8>,
     min_pin_tries: i32,
     last_used_at: Option<DateTime<Utc>>,
@@ -530,9 +559,11 @@ impl TryFrom<CardRow> for Card {
             reader: r.reader,
             pan_last4: r.pan_last4,
             psn: r.psn,
+            records_digest: r.records_digest,
             application: r.application,
             status,
             status_reason: r.status_reason,
+            pin_refused: r.pin_refused,
             pin_sealed: r.pin_sealed,
             min_pin_tries,
             last_used_at: r.last_used_at,
@@ -652,10 +683,26 @@ pub(crate) fn check_new_card(c: &NewCard) -> Result<()> {
         return Err(invalid(format!("card {:?}: the reader is empty", c.id)));
     }
     check_label(&c.id, &c.label)?;
-    if !(c.pan_last4.len() == 4 && c.pan_last4.bytes().all(|b| b.is_ascii_digit())) {
+    if let Some(last4) = &c.pan_last4
+        && !(last4.len() == 4 && last4.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err(invalid(format!(
-            "card {:?}: pan_last4 {:?} is not the last four digits of a card number",
-            c.id, c.pan_last4
+            "card {:?}: pan_last4 {last4:?} is not the last four digits of a card number",
+            c.id
+        )));
+    }
+    if let Some(d) = &c.records_digest
+        && !(d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(invalid(format!(
+            "card {:?}: records_digest {d:?} is not a SHA-256 in hex",
+            c.id
+        )));
+    }
+    if c.pan_last4.is_none() && c.records_digest.is_none() {
+        return Err(invalid(format!(
+            "card {:?}: neither a card number nor a records digest identifies it",
+            c.id
         )));
     }
     if let Some(psn) = &c.psn
@@ -823,14 +870,36 @@ pub(crate) fn card_update_sql(id: &str, u: &CardUpdate, now: DateTime<Utc>) -> (
         set("status_reason", Arg::OptText(reason.clone()));
     }
     set("updated_at", Arg::Time(micros(now)));
+    if u.pin_sealed.is_some() {
+        sets.push("pin_refused = FALSE".to_owned());
+    }
     args.push(Arg::Text(id.to_owned()));
+    // A card that may have refused its PIN comes back only with a new one.
+    let guard = if activates_without_pin(u) {
+        " AND NOT pin_refused"
+    } else {
+        ""
+    };
     let sql = format!(
-        "UPDATE cards SET {} WHERE id = ${} RETURNING {}",
+        "UPDATE cards SET {} WHERE id = ${}{guard} RETURNING {}",
         sets.join(", "),
         args.len(),
         card_columns!()
     );
     (sql, args)
+}
+
+/// Whether `u` enables a card again without giving it a new PIN.
+pub(crate) fn activates_without_pin(u: &CardUpdate) -> bool {
+    matches!(u.status, Some((CardStatus::Active, _))) && u.pin_sealed.is_none()
+}
+
+/// The error for enabling a card that may have refused its PIN, without a new PIN.
+pub(crate) fn pin_refused_needs_new_pin(id: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "card {id} was taken out of use because it may have refused its stored PIN; \
+         set the right PIN (\"pin\") to enable it again"
+    ))
 }
 
 /// `SELECT … FROM card_audit WHERE … ORDER BY id DESC LIMIT n`.

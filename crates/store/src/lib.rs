@@ -102,9 +102,92 @@ pub struct Connection {
     pub session_sealed: Option<Vec<u8>>,
     pub created_at: DateTime<Utc>,
     pub last_sync_at: Option<DateTime<Utc>>,
-    /// `ok`, `failed`, `needs_user` or `never`.
-    pub last_sync_status: String,
+    pub last_sync_status: SyncOutcome,
+    /// Our own summary of why the last sync did not succeed.
     pub last_sync_error: Option<String>,
+    /// Goes up each time the credentials change.
+    pub credentials_version: i64,
+    /// The `credentials_version` the last sync used.
+    pub last_sync_credentials_version: Option<i64>,
+}
+
+impl Connection {
+    /// The bank refused these very credentials (not ones replaced since):
+    /// sending them again would count another failed login, and banks lock
+    /// the customer after a few.
+    pub fn credentials_refused(&self) -> bool {
+        self.last_sync_status == SyncOutcome::CredentialsRefused
+            && self.last_sync_credentials_version == Some(self.credentials_version)
+    }
+}
+
+/// How the last sync of a connection ended, stored as its snake_case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncOutcome {
+    /// Not synced yet.
+    Never,
+    Ok,
+    /// The bank wants a person (strong customer authentication).
+    NeedsUser,
+    /// The bank refused the login: not tried again until the credentials
+    /// change or an admin forces it.
+    CredentialsRefused,
+    Failed,
+}
+
+impl SyncOutcome {
+    pub const ALL: [SyncOutcome; 5] = [
+        SyncOutcome::Never,
+        SyncOutcome::Ok,
+        SyncOutcome::NeedsUser,
+        SyncOutcome::CredentialsRefused,
+        SyncOutcome::Failed,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SyncOutcome::Never => "never",
+            SyncOutcome::Ok => "ok",
+            SyncOutcome::NeedsUser => "needs_user",
+            SyncOutcome::CredentialsRefused => "credentials_refused",
+            SyncOutcome::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SyncOutcome> {
+        SyncOutcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+impl fmt::Display for SyncOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What [`Store::update_connection`] changes; `None` leaves a field as it is.
+#[derive(Clone, Default, PartialEq)]
+pub struct ConnectionUpdate {
+    /// New `ConnectionSettings` as JSON.
+    pub settings: Option<serde_json::Value>,
+    /// New AEAD-sealed credentials: `credentials_version` goes up.
+    pub credentials_sealed: Option<Vec<u8>>,
+    /// Forget the kept bank session (the login it came from no longer holds).
+    pub clear_session: bool,
+}
+
+impl fmt::Debug for ConnectionUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionUpdate")
+            .field("settings", &self.settings)
+            .field(
+                "credentials_sealed",
+                &self.credentials_sealed.as_ref().map(|_| "[sealed]"),
+            )
+            .field("clear_session", &self.clear_session)
+            .finish()
+    }
 }
 
 impl fmt::Debug for Connection {
@@ -121,6 +204,7 @@ impl fmt::Debug for Connection {
             )
             .field("last_sync_at", &self.last_sync_at)
             .field("last_sync_status", &self.last_sync_status)
+            .field("credentials_version", &self.credentials_version)
             .finish()
     }
 }
@@ -286,6 +370,8 @@ pub struct TokenRecord {
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// An `agent` token serves this check location only.
+    pub location: Option<String>,
 }
 
 /// A sync run requested through the API, pollable at `/api/v1/syncs/{id}`.
@@ -335,12 +421,27 @@ pub trait Store: Send + Sync + 'static {
     /// checkpoints and documents (and the document bytes no other document shares).
     async fn delete_connection(&self, id: i64) -> Result<bool>;
     async fn save_session(&self, connection_id: i64, session_sealed: Option<&[u8]>) -> Result<()>;
+    /// A fact about the database (see migration 0010), if recorded.
+    async fn meta(&self, name: &str) -> Result<Option<String>>;
+    /// Record `value` under `name` unless something is recorded already;
+    /// returns what is recorded now (atomic: of two racing callers, both
+    /// get the first value).
+    async fn init_meta(&self, name: &str, value: &str) -> Result<String>;
+    /// Changes what `update` carries. `None` when there is no such connection.
+    async fn update_connection(
+        &self,
+        id: i64,
+        update: &ConnectionUpdate,
+    ) -> Result<Option<Connection>>;
+    /// The outcome of a sync that used the credentials of version
+    /// `credentials_version`.
     async fn record_sync_result(
         &self,
         connection_id: i64,
         at: DateTime<Utc>,
-        status: &str,
+        outcome: SyncOutcome,
         error: Option<&str>,
+        credentials_version: i64,
     ) -> Result<()>;
     /// Take (or renew) the right to sync a connection until `until`. Atomic
     /// across processes sharing the database.
@@ -436,14 +537,16 @@ pub trait Store: Send + Sync + 'static {
     /// The card starts `active`. `NotFound` for an unknown institution;
     /// `Conflict` when the reader already holds a card (naming it), the id is
     /// taken, or a field is malformed (empty id, reader or label; `pan_last4`
-    /// not four digits; `psn` not two hex digits; empty sealed PIN).
+    /// not four digits; `psn` not two hex digits; `records_digest` not 64 hex
+    /// digits; neither of those two; empty sealed PIN).
     async fn create_card(&self, new: &NewCard) -> Result<Card>;
     /// All cards, or one institution's; ordered by label, then id.
     async fn list_cards(&self, institution_id: Option<&str>) -> Result<Vec<Card>>;
     async fn get_card(&self, id: &str) -> Result<Option<Card>>;
     async fn find_card_by_reader(&self, reader: &str) -> Result<Option<Card>>;
     /// Changes the fields `update` carries and sets `updated_at` to `now`;
-    /// `None` when there is no such card.
+    /// `None` when there is no such card. A new PIN clears `pin_refused`;
+    /// enabling a `pin_refused` card without a new PIN is a `Conflict`.
     async fn update_card(
         &self,
         id: &str,
@@ -460,6 +563,17 @@ pub trait Store: Send + Sync + 'static {
         id: &str,
         status: CardStatus,
         reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Take a card out of use because it may have counted a wrong PIN:
+    /// `pin_refused`, and `blocked` (when `blocked` or already so) or else
+    /// `disabled`, whatever its status was. Idempotent (the card service
+    /// retries it until it lands). False when there is no such card.
+    async fn mark_card_pin_refused(
+        &self,
+        id: &str,
+        reason: &str,
+        blocked: bool,
         now: DateTime<Utc>,
     ) -> Result<bool>;
     /// Record a use: `last_used_at` moves to `at` (never backwards). A card

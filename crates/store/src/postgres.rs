@@ -26,8 +26,8 @@ use crate::common::{CardAuditRow, CardRow, InstitutionRow};
 use crate::documents::{self, DocumentQuery, NewDocument, SavedDocument};
 use crate::{
     AccountTotals, Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Checkpoint,
-    CommitStats, Connection, Institution, Lease, NewCard, NewConnection, NewInstitution, Result,
-    Scope, Store, StoreError, StoredBalance, SyncJob, TokenRecord, TxQuery, WindowCommit, codec,
+    CommitStats, Connection, ConnectionUpdate, Institution, Lease, NewCard, NewConnection, NewInstitution, Result,
+    Scope, Store, StoreError, StoredBalance, SyncJob, SyncOutcome, TokenRecord, TxQuery, WindowCommit, codec,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -80,7 +80,8 @@ impl PgStore {
 // ---------------------------------------------------------------- decoding
 
 const CONNECTION_COLUMNS: &str = "id, name, connector, settings::text, credentials_sealed, session_sealed, \
-     created_at, last_sync_at, last_sync_status, last_sync_error";
+     created_at, last_sync_at, last_sync_status, last_sync_error, credentials_version, \
+     last_sync_credentials_version";
 
 fn connection_from_row(r: &PgRow) -> Result<Connection> {
     Ok(Connection {
@@ -92,8 +93,10 @@ fn connection_from_row(r: &PgRow) -> Result<Connection> {
         session_sealed: r.try_get(5)?,
         created_at: r.try_get(6)?,
         last_sync_at: r.try_get(7)?,
-        last_sync_status: r.try_get(8)?,
+        last_sync_status: common::sync_outcome(r.try_get(8)?)?,
         last_sync_error: r.try_get(9)?,
+        credentials_version: r.try_get(10)?,
+        last_sync_credentials_version: r.try_get(11)?,
     })
 }
 
@@ -150,7 +153,7 @@ fn tx_from_row(r: &PgRow) -> Result<Transaction> {
     })
 }
 
-const TOKEN_COLUMNS: &str = "id, name, scope, hash, created_at, last_used_at, revoked_at";
+const TOKEN_COLUMNS: &str = "id, name, scope, hash, created_at, last_used_at, revoked_at, location";
 
 fn token_from_row(r: &PgRow) -> Result<TokenRecord> {
     let scope: &str = r.try_get(2)?;
@@ -162,6 +165,7 @@ fn token_from_row(r: &PgRow) -> Result<TokenRecord> {
         created_at: r.try_get(4)?,
         last_used_at: r.try_get(5)?,
         revoked_at: r.try_get(6)?,
+        location: r.try_get(7)?,
     })
 }
 
@@ -508,19 +512,63 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn meta(&self, name: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn init_meta(&self, name: &str, value: &str) -> Result<String> {
+        sqlx::query("INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn update_connection(
+        &self,
+        id: i64,
+        update: &ConnectionUpdate,
+    ) -> Result<Option<Connection>> {
+        let settings = common::settings_text(update)?;
+        let row = sqlx::query(&format!(
+            "UPDATE connections SET settings = COALESCE($1::jsonb, settings), \
+             credentials_sealed = COALESCE($2, credentials_sealed), \
+             credentials_version = credentials_version + (CASE WHEN $2::bytea IS NULL THEN 0 ELSE 1 END), \
+             session_sealed = CASE WHEN $3 THEN NULL ELSE session_sealed END \
+             WHERE id = $4 RETURNING {CONNECTION_COLUMNS}"
+        ))
+        .bind(settings)
+        .bind(update.credentials_sealed.as_deref())
+        .bind(update.clear_session)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(connection_from_row).transpose()
+    }
+
     async fn record_sync_result(
         &self,
         connection_id: i64,
         at: DateTime<Utc>,
-        status: &str,
+        outcome: SyncOutcome,
         error: Option<&str>,
+        credentials_version: i64,
     ) -> Result<()> {
         let done = sqlx::query(
-            "UPDATE connections SET last_sync_at = $1, last_sync_status = $2, last_sync_error = $3 WHERE id = $4",
+            "UPDATE connections SET last_sync_at = $1, last_sync_status = $2, last_sync_error = $3, \
+             last_sync_credentials_version = $4 WHERE id = $5",
         )
         .bind(micros(at))
-        .bind(status)
+        .bind(outcome.as_str())
         .bind(error)
+        .bind(credentials_version)
         .bind(connection_id)
         .execute(&self.pool)
         .await?;
@@ -903,8 +951,8 @@ impl Store for PgStore {
 
     async fn create_token(&self, record: &TokenRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, scope, hash, created_at, last_used_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO api_tokens (id, name, scope, hash, created_at, last_used_at, revoked_at, location) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&record.id)
         .bind(&record.name)
@@ -913,6 +961,7 @@ impl Store for PgStore {
         .bind(micros(record.created_at))
         .bind(opt_micros(record.last_used_at))
         .bind(opt_micros(record.revoked_at))
+        .bind(record.location.as_deref())
         .execute(&self.pool)
         .await
         .map_err(|e| {
@@ -1234,8 +1283,9 @@ impl Store for PgStore {
             .bind(&new.label)
             .bind(&new.account_reference)
             .bind(&new.reader)
-            .bind(&new.pan_last4)
+            .bind(new.pan_last4.as_deref())
             .bind(new.psn.as_deref())
+            .bind(new.records_digest.as_deref())
             .bind(new.application.as_deref())
             .bind(&new.pin_sealed)
             .bind(i32::from(new.min_pin_tries))
@@ -1292,7 +1342,33 @@ impl Store for PgStore {
         let row: Option<CardRow> = sqlx::query_as_with(&sql, bind_args(args)?)
             .fetch_optional(&self.pool)
             .await?;
+        if row.is_none() && common::activates_without_pin(update) {
+            let refused: Option<bool> = sqlx::query_scalar(common::CARD_PIN_REFUSED)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if refused == Some(true) {
+                return Err(common::pin_refused_needs_new_pin(id));
+            }
+        }
         row.map(Card::try_from).transpose()
+    }
+
+    async fn mark_card_pin_refused(
+        &self,
+        id: &str,
+        reason: &str,
+        blocked: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(common::CARD_MARK_PIN_REFUSED)
+            .bind(blocked)
+            .bind(reason)
+            .bind(micros(now))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn set_card_status(

@@ -36,8 +36,8 @@ use crate::common::{CardAuditRow, CardRow, InstitutionRow};
 use crate::documents::{self, DocumentQuery, NewDocument, SavedDocument};
 use crate::{
     AccountTotals, Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Checkpoint,
-    CommitStats, Connection, Institution, Lease, NewCard, NewConnection, NewInstitution, Result,
-    Scope, Store, StoreError, StoredBalance, SyncJob, TokenRecord, TxQuery, WindowCommit, codec,
+    CommitStats, Connection, ConnectionUpdate, Institution, Lease, NewCard, NewConnection, NewInstitution, Result,
+    Scope, Store, StoreError, StoredBalance, SyncJob, SyncOutcome, TokenRecord, TxQuery, WindowCommit, codec,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -109,6 +109,55 @@ fn check_header(path: &Path) -> std::result::Result<(), String> {
     ))
 }
 
+/// Create `dir` (and its parents) readable by its owner only; an existing
+/// folder is left as it is.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+/// Create the database file with mode 0600 when missing (SQLite opens an
+/// empty file as an empty database).
+fn new_private_file(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    match opts.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Drop group and other permissions of `path`, if it exists.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = match std::fs::metadata(path) {
+            Ok(m) => m.permissions().mode(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 impl SqliteStore {
     /// Open (creating it and its parent folders if needed) the database file
     /// at `path` and bring its schema up to date.
@@ -129,7 +178,7 @@ impl SqliteStore {
             ));
         }
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
+            private_dir(parent).map_err(|e| {
                 open_err(format!(
                     "cannot create the folder {}: {e}",
                     parent.display()
@@ -137,6 +186,7 @@ impl SqliteStore {
             })?;
         }
         check_header(path).map_err(open_err)?;
+        new_private_file(path).map_err(|e| open_err(format!("cannot create the file: {e}")))?;
         let base = SqliteConnectOptions::new()
             .filename(path)
             .foreign_keys(true)
@@ -173,6 +223,16 @@ impl SqliteStore {
             writer.close().await;
             return Err(common::migrate_error(&location, &e));
         }
+        // Ours now: bank data is for its owner only. SQLite gives -wal and
+        // -shm the database file's mode; files an older version left may
+        // be wider.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            if let Err(e) = owner_only(Path::new(&side)) {
+                tracing::warn!(file = ?side, error = %e, "cannot make the file private");
+            }
+        }
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .min_connections(0)
@@ -206,7 +266,7 @@ impl SqliteStore {
 // ---------------------------------------------------------------- decoding
 
 const CONNECTION_COLUMNS: &str = "id, name, connector, settings, credentials_sealed, session_sealed, created_at, \
-     last_sync_at, last_sync_status, last_sync_error";
+     last_sync_at, last_sync_status, last_sync_error, credentials_version, last_sync_credentials_version";
 
 fn connection_from_row(r: &SqliteRow) -> Result<Connection> {
     Ok(Connection {
@@ -218,8 +278,10 @@ fn connection_from_row(r: &SqliteRow) -> Result<Connection> {
         session_sealed: r.try_get(5)?,
         created_at: r.try_get(6)?,
         last_sync_at: r.try_get(7)?,
-        last_sync_status: r.try_get(8)?,
+        last_sync_status: common::sync_outcome(r.try_get(8)?)?,
         last_sync_error: r.try_get(9)?,
+        credentials_version: r.try_get(10)?,
+        last_sync_credentials_version: r.try_get(11)?,
     })
 }
 
@@ -276,7 +338,7 @@ fn tx_from_row(r: &SqliteRow) -> Result<Transaction> {
     })
 }
 
-const TOKEN_COLUMNS: &str = "id, name, scope, hash, created_at, last_used_at, revoked_at";
+const TOKEN_COLUMNS: &str = "id, name, scope, hash, created_at, last_used_at, revoked_at, location";
 
 fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
     let scope: &str = r.try_get(2)?;
@@ -288,6 +350,7 @@ fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
         created_at: r.try_get(4)?,
         last_used_at: r.try_get(5)?,
         revoked_at: r.try_get(6)?,
+        location: r.try_get(7)?,
     })
 }
 
@@ -569,19 +632,63 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn meta(&self, name: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.writer)
+            .await?)
+    }
+
+    async fn init_meta(&self, name: &str, value: &str) -> Result<String> {
+        sqlx::query("INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(value)
+            .execute(&self.writer)
+            .await?;
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.writer)
+            .await?)
+    }
+
+    async fn update_connection(
+        &self,
+        id: i64,
+        update: &ConnectionUpdate,
+    ) -> Result<Option<Connection>> {
+        let settings = common::settings_text(update)?;
+        let row = sqlx::query(&format!(
+            "UPDATE connections SET settings = COALESCE(?1, settings), \
+             credentials_sealed = COALESCE(?2, credentials_sealed), \
+             credentials_version = credentials_version + (CASE WHEN ?2 IS NULL THEN 0 ELSE 1 END), \
+             session_sealed = CASE WHEN ?3 THEN NULL ELSE session_sealed END \
+             WHERE id = ?4 RETURNING {CONNECTION_COLUMNS}"
+        ))
+        .bind(settings)
+        .bind(update.credentials_sealed.as_deref())
+        .bind(update.clear_session)
+        .bind(id)
+        .fetch_optional(&self.writer)
+        .await?;
+        row.as_ref().map(connection_from_row).transpose()
+    }
+
     async fn record_sync_result(
         &self,
         connection_id: i64,
         at: DateTime<Utc>,
-        status: &str,
+        outcome: SyncOutcome,
         error: Option<&str>,
+        credentials_version: i64,
     ) -> Result<()> {
         let done = sqlx::query(
-            "UPDATE connections SET last_sync_at = ?1, last_sync_status = ?2, last_sync_error = ?3 WHERE id = ?4",
+            "UPDATE connections SET last_sync_at = ?1, last_sync_status = ?2, last_sync_error = ?3, \
+             last_sync_credentials_version = ?4 WHERE id = ?5",
         )
         .bind(micros(at))
-        .bind(status)
+        .bind(outcome.as_str())
         .bind(error)
+        .bind(credentials_version)
         .bind(connection_id)
         .execute(&self.writer)
         .await?;
@@ -985,8 +1092,8 @@ impl Store for SqliteStore {
 
     async fn create_token(&self, record: &TokenRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, scope, hash, created_at, last_used_at, revoked_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO api_tokens (id, name, scope, hash, created_at, last_used_at, revoked_at, location) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .bind(&record.id)
         .bind(&record.name)
@@ -995,6 +1102,7 @@ impl Store for SqliteStore {
         .bind(micros(record.created_at))
         .bind(opt_micros(record.last_used_at))
         .bind(opt_micros(record.revoked_at))
+        .bind(record.location.as_deref())
         .execute(&self.writer)
         .await
         .map_err(|e| {
@@ -1315,8 +1423,9 @@ impl Store for SqliteStore {
             .bind(&new.label)
             .bind(&new.account_reference)
             .bind(&new.reader)
-            .bind(&new.pan_last4)
+            .bind(new.pan_last4.as_deref())
             .bind(new.psn.as_deref())
+            .bind(new.records_digest.as_deref())
             .bind(new.application.as_deref())
             .bind(&new.pin_sealed)
             .bind(i32::from(new.min_pin_tries))
@@ -1373,7 +1482,33 @@ impl Store for SqliteStore {
         let row: Option<CardRow> = sqlx::query_as_with(&sql, bind_args(args)?)
             .fetch_optional(&self.writer)
             .await?;
+        if row.is_none() && common::activates_without_pin(update) {
+            let refused: Option<bool> = sqlx::query_scalar(common::CARD_PIN_REFUSED)
+                .bind(id)
+                .fetch_optional(&self.writer)
+                .await?;
+            if refused == Some(true) {
+                return Err(common::pin_refused_needs_new_pin(id));
+            }
+        }
         row.map(Card::try_from).transpose()
+    }
+
+    async fn mark_card_pin_refused(
+        &self,
+        id: &str,
+        reason: &str,
+        blocked: bool,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        let done = sqlx::query(common::CARD_MARK_PIN_REFUSED)
+            .bind(blocked)
+            .bind(reason)
+            .bind(micros(now))
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn set_card_status(

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use bankbridge_core::{Balance, BalanceKind, FetchedAccount, Iban, Transaction, TxStatus};
 use bankbridge_store::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, CheckRun, CheckRunQuery,
-    CheckStep, Checkpoint, DocumentQuery, Lease, NewCard, NewCheckRun, NewCheckStep, NewConnection,
-    NewDocument, NewInstitution, PgStore, Scope, SqliteStore, Store, StoreError, SyncJob,
+    CheckStep, Checkpoint, ConnectionUpdate, DocumentQuery, Lease, NewCard, NewCheckRun, NewCheckStep, NewConnection,
+    NewDocument, NewInstitution, PgStore, Scope, SqliteStore, Store, StoreError, SyncJob, SyncOutcome,
     TokenRecord, TxQuery, TxWrite, WindowCommit, sha256_hex,
 };
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
@@ -185,6 +185,8 @@ macro_rules! store_tests {
 store_tests! {
     store: [
         connection_crud_and_cascade_delete,
+        a_refused_login_holds_until_the_credentials_change,
+        the_database_remembers_facts_once,
         lease_is_exclusive_and_expires,
         concurrent_lease_has_one_winner,
         account_upsert_is_idempotent,
@@ -207,6 +209,7 @@ store_tests! {
         institution_with_cards_is_not_deleted,
         update_card_changes_only_given_fields,
         set_card_status_is_compare_and_set,
+        a_card_that_may_have_refused_its_pin_needs_a_new_one,
         card_audit_newest_first_with_keyset_paging,
         card_debug_hides_the_sealed_pin,
         documents_are_stored_once_per_key_and_bytes_once_per_hash,
@@ -407,11 +410,100 @@ async fn a_newer_database_is_refused(location: String) {
     }
 }
 
+async fn a_refused_login_holds_until_the_credentials_change(s: Arc<dyn Store>) {
+    let c = s.create_connection(&new_connection("bank")).await.unwrap();
+    s.save_session(c.id, Some(&[7])).await.unwrap();
+    s.record_sync_result(
+        c.id,
+        t(1),
+        SyncOutcome::CredentialsRefused,
+        Some("wrong PIN"),
+        c.credentials_version,
+    )
+    .await
+    .unwrap();
+    let refused = s.get_connection(c.id).await.unwrap().unwrap();
+    assert!(refused.credentials_refused());
+
+    // Settings alone change nothing about the refusal, nor the session.
+    let mut settings = refused.settings.clone();
+    settings["interval_secs"] = serde_json::json!(3600);
+    let moved = s
+        .update_connection(
+            c.id,
+            &ConnectionUpdate {
+                settings: Some(settings.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.settings, settings);
+    assert!(moved.credentials_refused());
+    assert_eq!(moved.session_sealed.as_deref(), Some(&[7u8][..]));
+    assert_eq!(moved.credentials_version, 1);
+
+    // New credentials: a new version, the session forgotten, the block lifted.
+    let renewed = s
+        .update_connection(
+            c.id,
+            &ConnectionUpdate {
+                credentials_sealed: Some(vec![4, 4]),
+                clear_session: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.credentials_sealed, vec![4, 4]);
+    assert_eq!(renewed.credentials_version, 2);
+    assert_eq!(renewed.session_sealed, None);
+    assert_eq!(renewed.last_sync_status, SyncOutcome::CredentialsRefused);
+    assert!(!renewed.credentials_refused());
+    assert_eq!(renewed.settings, settings);
+
+    // A refusal recorded by a sync that used the old credentials does not
+    // block the new ones.
+    s.record_sync_result(c.id, t(2), SyncOutcome::CredentialsRefused, None, 1)
+        .await
+        .unwrap();
+    assert!(!s.get_connection(c.id).await.unwrap().unwrap().credentials_refused());
+    assert_eq!(
+        s.update_connection(9_999, &ConnectionUpdate::default())
+            .await
+            .unwrap(),
+        None
+    );
+    // Every outcome reads back as itself.
+    for outcome in SyncOutcome::ALL {
+        s.record_sync_result(c.id, t(3), outcome, None, 2).await.unwrap();
+        assert_eq!(
+            s.get_connection(c.id).await.unwrap().unwrap().last_sync_status,
+            outcome
+        );
+    }
+}
+
+async fn the_database_remembers_facts_once(s: Arc<dyn Store>) {
+    assert_eq!(s.meta("master_key_check").await.unwrap(), None);
+    assert_eq!(s.init_meta("master_key_check", "aa").await.unwrap(), "aa");
+    // The first value stays.
+    assert_eq!(s.init_meta("master_key_check", "bb").await.unwrap(), "aa");
+    assert_eq!(
+        s.meta("master_key_check").await.unwrap().as_deref(),
+        Some("aa")
+    );
+}
+
 async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
     let a = s.create_connection(&new_connection("main")).await.unwrap();
     assert_eq!(a.name, "main");
     assert_eq!(a.connector, "fibank");
-    assert_eq!(a.last_sync_status, "never");
+    assert_eq!(a.last_sync_status, SyncOutcome::Never);
+    assert_eq!(a.credentials_version, 1);
+    assert!(!a.credentials_refused());
     assert_eq!(a.credentials_sealed, vec![1, 2, 3, 0, 255]);
     assert_eq!(a.settings["window_days"], 30);
     assert!(a.session_sealed.is_none() && a.last_sync_at.is_none());
@@ -450,14 +542,15 @@ async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
     assert_eq!(names, vec!["main", "other"]);
 
     s.save_session(a.id, Some(&[9, 9])).await.unwrap();
-    s.record_sync_result(a.id, t(5), "failed", Some("bank said no"))
+    s.record_sync_result(a.id, t(5), SyncOutcome::Failed, Some("bank said no"), 1)
         .await
         .unwrap();
     let got = s.get_connection(a.id).await.unwrap().unwrap();
     assert_eq!(got.session_sealed.as_deref(), Some(&[9u8, 9][..]));
     assert_eq!(got.last_sync_at, Some(t(5)));
-    assert_eq!(got.last_sync_status, "failed");
+    assert_eq!(got.last_sync_status, SyncOutcome::Failed);
     assert_eq!(got.last_sync_error.as_deref(), Some("bank said no"));
+    assert_eq!(got.last_sync_credentials_version, Some(1));
     s.save_session(a.id, None).await.unwrap();
     assert!(
         s.get_connection(a.id)
@@ -472,7 +565,7 @@ async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        s.record_sync_result(9_999, t(0), "ok", None).await,
+        s.record_sync_result(9_999, t(0), SyncOutcome::Ok, None, 1).await,
         Err(StoreError::NotFound(_))
     ));
 
@@ -1552,6 +1645,7 @@ async fn token_lifecycle(s: Arc<dyn Store>) {
         created_at: t(0),
         last_used_at: None,
         revoked_at: None,
+        location: None,
     };
     s.create_token(&rec).await.unwrap();
     assert!(matches!(
@@ -1676,8 +1770,9 @@ fn new_card(id: &str, institution_id: &str, reader: &str, label: &str) -> NewCar
         label: label.to_owned(),
         account_reference: "BG80BNBG96611020345678".to_owned(),
         reader: reader.to_owned(),
-        pan_last4: "1234".to_owned(),
+        pan_last4: Some("1234".to_owned()),
         psn: Some("01".to_owned()),
+        records_digest: Some("ab".repeat(32)),
         application: Some("CAP".to_owned()),
         pin_sealed: PIN.to_vec(),
         min_pin_tries: 2,
@@ -1819,11 +1914,13 @@ async fn card_crud(s: Arc<dyn Store>) {
             label: "Payroll".into(),
             account_reference: "BG80BNBG96611020345678".into(),
             reader: "Reader A 00 00".into(),
-            pan_last4: "1234".into(),
+            pan_last4: Some("1234".into()),
             psn: Some("01".into()),
+            records_digest: Some("ab".repeat(32)),
             application: Some("CAP".into()),
             status: CardStatus::Active,
             status_reason: None,
+            pin_refused: false,
             pin_sealed: PIN.to_vec(),
             min_pin_tries: 2,
             last_used_at: None,
@@ -1841,6 +1938,18 @@ async fn card_crud(s: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!((other.psn.as_deref(), other.min_pin_tries), (None, 0));
+    // A CAP-only card: no card number, its records digest is its identity.
+    let numberless = s
+        .create_card(&NewCard {
+            pan_last4: None,
+            psn: None,
+            ..new_card("card_n", "fi_2", "Reader N", "UK")
+        })
+        .await
+        .unwrap();
+    assert_eq!(numberless.pan_last4, None);
+    assert_eq!(numberless.records_digest, Some("ab".repeat(32)));
+    assert!(s.delete_card("card_n").await.unwrap());
     let third = s
         .create_card(&new_card("card_c", "fi_1", "Reader C", "Expenses"))
         .await
@@ -1874,12 +1983,29 @@ async fn card_crud(s: Arc<dyn Store>) {
     }
     let m = conflict_message(
         s.create_card(&NewCard {
-            pan_last4: "12a4".into(),
+            pan_last4: Some("12a4".into()),
             ..new_card("card_x", "fi_1", "Reader X", "X")
         })
         .await,
     );
     assert!(m.contains("pan_last4"), "{m}");
+    let m = conflict_message(
+        s.create_card(&NewCard {
+            records_digest: Some("not hex".into()),
+            ..new_card("card_x", "fi_1", "Reader X", "X")
+        })
+        .await,
+    );
+    assert!(m.contains("records_digest"), "{m}");
+    let m = conflict_message(
+        s.create_card(&NewCard {
+            pan_last4: None,
+            records_digest: None,
+            ..new_card("card_x", "fi_1", "Reader X", "X")
+        })
+        .await,
+    );
+    assert!(m.contains("identifies"), "{m}");
     let m = conflict_message(
         s.create_card(&NewCard {
             psn: Some("1".into()),
@@ -2179,6 +2305,93 @@ async fn set_card_status_is_compare_and_set(s: Arc<dyn Store>) {
     );
     s.touch_card("card_none", t(1)).await.unwrap();
     assert!(s.get_card("card_none").await.unwrap().is_none());
+}
+
+async fn a_card_that_may_have_refused_its_pin_needs_a_new_one(s: Arc<dyn Store>) {
+    s.create_institution(&new_institution("fi_1", "First"))
+        .await
+        .unwrap();
+    for (id, reader) in [("card_1", "R1"), ("card_2", "R2")] {
+        s.create_card(&new_card(id, "fi_1", reader, id))
+            .await
+            .unwrap();
+    }
+    // Whatever the status was (an operator disabled it meanwhile), and twice
+    // (the service retries): out of use, pin_refused.
+    s.set_card_status("card_1", CardStatus::Disabled, Some("operator"), t(1))
+        .await
+        .unwrap();
+    for at in [2, 3] {
+        assert!(
+            s.mark_card_pin_refused("card_1", "63C2 at VERIFY", false, t(at))
+                .await
+                .unwrap()
+        );
+    }
+    let c = s.get_card("card_1").await.unwrap().unwrap();
+    assert_eq!(
+        (c.status, c.pin_refused, c.status_reason.as_deref()),
+        (CardStatus::Disabled, true, Some("63C2 at VERIFY"))
+    );
+    assert!(
+        !s.mark_card_pin_refused("card_none", "x", false, t(3))
+            .await
+            .unwrap()
+    );
+    // A blocked answer leaves the card blocked.
+    s.mark_card_pin_refused("card_2", "6983 at VERIFY", true, t(4))
+        .await
+        .unwrap();
+    let c2 = s.get_card("card_2").await.unwrap().unwrap();
+    assert_eq!((c2.status, c2.pin_refused), (CardStatus::Blocked, true));
+
+    // Enabling without a new PIN is refused and changes nothing.
+    let m = conflict_message(
+        s.update_card(
+            "card_1",
+            &CardUpdate {
+                status: Some((CardStatus::Active, None)),
+                label: Some("renamed".into()),
+                ..Default::default()
+            },
+            t(5),
+        )
+        .await,
+    );
+    assert!(m.contains("new PIN") || m.contains("PIN"), "{m}");
+    assert_eq!(s.get_card("card_1").await.unwrap().unwrap(), c);
+    // Other changes pass and keep the flag.
+    let renamed = s
+        .update_card(
+            "card_1",
+            &CardUpdate {
+                label: Some("renamed".into()),
+                ..Default::default()
+            },
+            t(6),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(renamed.pin_refused);
+    // A new PIN clears it and may enable the card.
+    let back = s
+        .update_card(
+            "card_1",
+            &CardUpdate {
+                pin_sealed: Some(vec![4, 5, 6]),
+                status: Some((CardStatus::Active, None)),
+                ..Default::default()
+            },
+            t(7),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (back.status, back.pin_refused, back.pin_sealed),
+        (CardStatus::Active, false, vec![4, 5, 6])
+    );
 }
 
 fn audit(card: &str, i: i64) -> CardAuditEntry {

@@ -22,6 +22,76 @@ pub(crate) async fn sync_connection(
     progress: Progress<'_>,
     solver: &dyn ScaSolver,
 ) -> Result<SyncSummary, SyncError> {
+    let mut lease = LeaseHolder::acquire(syncer, connection).await?;
+    // Read the connection again under the lease: a sync that just ended may
+    // have recorded a refused login, or someone changed the credentials.
+    let connection = match syncer.store.get_connection(connection.id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            lease.release(syncer).await;
+            return Err(SyncError::Store(bankbridge_store::StoreError::NotFound(
+                format!("connection {:?}", connection.name),
+            )));
+        }
+        Err(e) => {
+            lease.release(syncer).await;
+            return Err(e.into());
+        }
+    };
+    if connection.credentials_refused() && !syncer.options.retry_refused_credentials {
+        lease.release(syncer).await;
+        return Err(SyncError::CredentialsRefusedBefore {
+            connection: connection.name.clone(),
+            at: connection.last_sync_at,
+        });
+    }
+    let result = run_under_lease(syncer, &connection, &mut lease, progress, solver).await;
+    lease.release(syncer).await;
+
+    let outcome = SyncError::outcome_of(&result);
+    let error = result.as_ref().err().map(stored_error);
+    if let Err(e) = syncer
+        .store
+        .record_sync_result(
+            connection.id,
+            Utc::now(),
+            outcome,
+            error.as_deref(),
+            connection.credentials_version,
+        )
+        .await
+    {
+        tracing::warn!(connection = %connection.name, error = %e, "could not record the sync result");
+    }
+    result
+}
+
+/// Longest `last_sync_error` kept: our own summary, with at most a short
+/// excerpt of what a bank said.
+const STORED_ERROR_CHARS: usize = 400;
+
+/// The text kept as `last_sync_error`: one line, control characters out,
+/// cut at [`STORED_ERROR_CHARS`].
+fn stored_error(e: &SyncError) -> String {
+    let text = e.to_string();
+    let mut out = String::with_capacity(text.len().min(STORED_ERROR_CHARS + 3));
+    for (i, c) in text.chars().enumerate() {
+        if i == STORED_ERROR_CHARS {
+            out.push('…');
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    out
+}
+
+async fn run_under_lease(
+    syncer: &Syncer,
+    connection: &Connection,
+    lease: &mut LeaseHolder,
+    progress: Progress<'_>,
+    solver: &dyn ScaSolver,
+) -> Result<SyncSummary, SyncError> {
     let settings = Syncer::settings(connection)?;
     let credentials = syncer.credentials(connection)?;
     let mut connector = (syncer.factory)(connection, &settings, credentials).map_err(|detail| {
@@ -30,13 +100,12 @@ pub(crate) async fn sync_connection(
             detail,
         }
     })?;
-    let mut lease = LeaseHolder::acquire(syncer, connection).await?;
     let mut run = Run {
         syncer,
         connection,
         settings: &settings,
         progress,
-        lease: &mut lease,
+        lease,
         solver,
         summary: SyncSummary {
             connection: connection.name.clone(),
@@ -58,20 +127,6 @@ pub(crate) async fn sync_connection(
             stored_from: None,
             summary: Box::new(run.summary.clone()),
         });
-    }
-    lease.release(syncer).await;
-
-    let (status, error) = match &result {
-        Ok(_) => ("ok", None),
-        Err(e) if e.needs_user() => ("needs_user", Some(e.to_string())),
-        Err(e) => ("failed", Some(e.to_string())),
-    };
-    if let Err(e) = syncer
-        .store
-        .record_sync_result(connection.id, Utc::now(), status, error.as_deref())
-        .await
-    {
-        tracing::warn!(connection = %connection.name, error = %e, "could not record the sync result");
     }
     result
 }

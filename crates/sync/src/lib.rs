@@ -13,13 +13,19 @@ use bankbridge_core::{
     ConnectionSettings, Connector, ConnectorError, Credentials, CryptoError, DateWindow, MasterKey,
     ScaChallenge, ScaSolver, Secret, Unattended,
 };
-use bankbridge_store::{Connection, NewConnection, Store, StoreError};
+use bankbridge_store::{Connection, Store, StoreError, SyncOutcome};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+pub mod connections;
 pub mod engine;
 pub mod plan;
 pub mod reconcile;
+
+pub use connections::{
+    ConnectionChange, add_connection, check_master_key, check_settings, credentials_purpose,
+    session_purpose, update_connection,
+};
 
 /// Builds the connector a connection names. Given by the binary (which knows
 /// every connector) so this crate depends on no bank.
@@ -48,6 +54,9 @@ pub struct SyncOptions {
     pub sca_timeout: Duration,
     /// Category rules applied to the rows each sync writes (first match wins).
     pub categories: Option<std::sync::Arc<bankbridge_core::categories::Rules>>,
+    /// Send credentials the bank refused before (an admin's explicit
+    /// choice); otherwise such a connection is not synced until they change.
+    pub retry_refused_credentials: bool,
 }
 
 impl Default for SyncOptions {
@@ -61,6 +70,7 @@ impl Default for SyncOptions {
             owner: format!("pid {} on {}", std::process::id(), hostname()),
             sca_timeout: Duration::from_secs(600),
             categories: None,
+            retry_refused_credentials: false,
         }
     }
 }
@@ -160,6 +170,16 @@ pub enum SyncError {
     },
     #[error("connection {connection:?} has bad settings: {detail}")]
     Settings { connection: String, detail: String },
+    /// The master key is not the one this database's secrets are sealed with.
+    #[error(
+        "the master key in use (check value {given}) is not the one this database's secrets are sealed \
+         with (check value {recorded}). Set BANKBRIDGE_MASTER_KEY or the master.key file to the key the \
+         database was created with; nothing was sealed under the wrong key"
+    )]
+    WrongMasterKey { recorded: String, given: String },
+    /// A connection setting or credential given is not acceptable.
+    #[error("{field}: {message}")]
+    InvalidField { field: &'static str, message: String },
     #[error("cannot build the {connector} connector: {detail}")]
     Factory { connector: String, detail: String },
     /// The bank wants a person (strong customer authentication) and none
@@ -179,6 +199,18 @@ pub enum SyncError {
     },
     #[error("the strong customer authentication could not be answered: {0}")]
     Solver(String),
+    /// The bank refused these credentials before: they are not sent again.
+    #[error(
+        "the bank refused the credentials of connection {connection:?}{}; they are not sent again \
+         (banks lock the customer after a few failed logins). Change them with \
+         `bankbridge connection update {connection} --password-stdin`, or force one more try \
+         with `bankbridge sync --connection {connection} --force`",
+        at.map(|t| format!(" at {}", t.format("%Y-%m-%d %H:%M UTC"))).unwrap_or_default()
+    )]
+    CredentialsRefusedBefore {
+        connection: String,
+        at: Option<DateTime<Utc>>,
+    },
 }
 
 impl SyncError {
@@ -196,7 +228,24 @@ impl SyncError {
         matches!(
             self,
             SyncError::Connector(ConnectorError::InvalidCredentials(_))
+                | SyncError::CredentialsRefusedBefore { .. }
         )
+    }
+
+    /// How a sync that ended this way is recorded on its connection.
+    pub fn outcome_of<T>(result: &Result<T, SyncError>) -> SyncOutcome {
+        result.as_ref().err().map_or(SyncOutcome::Ok, SyncError::outcome)
+    }
+
+    /// How a sync that failed this way is recorded.
+    pub fn outcome(&self) -> SyncOutcome {
+        if self.needs_user() {
+            SyncOutcome::NeedsUser
+        } else if self.credentials_refused() {
+            SyncOutcome::CredentialsRefused
+        } else {
+            SyncOutcome::Failed
+        }
     }
 
     /// What a run that stopped for a person had done.
@@ -208,21 +257,23 @@ impl SyncError {
     }
 }
 
-/// How `last_sync_error` starts when the bank refused the credentials (the
-/// text of [`ConnectorError::InvalidCredentials`]): the scheduler leaves such
-/// connections alone until someone syncs by hand, so a wrong PIN is not
-/// tried again on a clock until the bank locks the customer.
-pub const CREDENTIALS_REFUSED: &str = "the bank refused the login: ";
-
 #[cfg(test)]
 mod error_tests {
     use super::*;
 
     #[test]
-    fn refused_credentials_are_recognisable_in_the_stored_error() {
+    fn refused_credentials_have_their_own_outcome() {
         let e = SyncError::Connector(ConnectorError::InvalidCredentials("wrong PIN".into()));
         assert!(e.credentials_refused());
-        assert!(e.to_string().starts_with(CREDENTIALS_REFUSED), "{e}");
+        assert_eq!(
+            SyncError::outcome_of::<()>(&Err(e)),
+            SyncOutcome::CredentialsRefused
+        );
+        let again = SyncError::CredentialsRefusedBefore {
+            connection: "bank".into(),
+            at: None,
+        };
+        assert!(again.to_string().contains("connection update bank"), "{again}");
         let n = SyncError::NeedsUser {
             connection: "bank".into(),
             challenge: ScaChallenge::Decoupled {
@@ -240,37 +291,6 @@ mod error_tests {
         assert!(text.contains("from 2024-04-01 on stored"), "{text}");
         assert!(text.contains("bankbridge sync --connection bank"), "{text}");
     }
-}
-
-/// The sealing purpose of a connection's credentials (binds the blob to its row).
-pub fn credentials_purpose(connection_name: &str) -> String {
-    format!("bankbridge/connection/{connection_name}/credentials")
-}
-
-pub fn session_purpose(connection_name: &str) -> String {
-    format!("bankbridge/connection/{connection_name}/session")
-}
-
-/// Seal credentials and create a connection.
-pub async fn add_connection(
-    store: &dyn Store,
-    key: &MasterKey,
-    name: &str,
-    connector: &str,
-    settings: &ConnectionSettings,
-    credentials: &Credentials,
-) -> Result<Connection, SyncError> {
-    let sealed = key.seal(
-        credentials.to_json_for_sealing().as_bytes(),
-        &credentials_purpose(name),
-    );
-    let new = NewConnection {
-        name: name.to_owned(),
-        connector: connector.to_owned(),
-        settings: serde_json::to_value(settings).expect("settings serialise"),
-        credentials_sealed: sealed,
-    };
-    Ok(store.create_connection(&new).await?)
 }
 
 /// Runs syncs: owns the store, the master key and the connector factory.
@@ -356,6 +376,14 @@ impl Syncer {
             changed += self.store.set_categories(batch, chrono::Utc::now()).await?;
         }
         Ok(changed)
+    }
+
+    /// This syncer, sending credentials the bank refused before once more
+    /// (an admin forcing a sync).
+    pub fn forcing_refused_credentials(&self) -> Syncer {
+        let mut forced = self.clone();
+        forced.options.retry_refused_credentials = true;
+        forced
     }
 
     /// Decrypt a connection's credentials.

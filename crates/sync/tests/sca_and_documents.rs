@@ -324,7 +324,7 @@ async fn unattended_sync_stops_at_the_boundary_then_an_approved_one_completes() 
         .count();
     assert_eq!(stops, 2, "both accounts stopped at the boundary");
     let conn = f.store.find_connection("gate").await.unwrap().unwrap();
-    assert_eq!(conn.last_sync_status, "needs_user");
+    assert_eq!(conn.last_sync_status, bankbridge_store::SyncOutcome::NeedsUser);
     assert!(
         conn.last_sync_error
             .as_deref()
@@ -377,7 +377,7 @@ async fn unattended_sync_stops_at_the_boundary_then_an_approved_one_completes() 
     assert_eq!(keys.len(), all.len());
     assert!(all.iter().all(|t| t.provider_id.starts_with("fp:")));
     let conn = f.store.find_connection("gate").await.unwrap().unwrap();
-    assert_eq!(conn.last_sync_status, "ok");
+    assert_eq!(conn.last_sync_status, bankbridge_store::SyncOutcome::Ok);
     for a in f.store.list_accounts(None).await.unwrap() {
         assert!(f.store.checkpoint(a.id).await.unwrap().backfill_done);
     }
@@ -404,7 +404,7 @@ async fn a_declined_approval_fails_the_sync_and_keeps_what_was_committed() {
     assert!(!err.needs_user());
     assert_eq!(stored(&f.store).await.len(), expected("A", sca_from()));
     let conn = f.store.find_connection("gate").await.unwrap().unwrap();
-    assert_eq!(conn.last_sync_status, "failed");
+    assert_eq!(conn.last_sync_status, bankbridge_store::SyncOutcome::Failed);
 }
 
 #[tokio::test]

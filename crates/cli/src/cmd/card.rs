@@ -70,7 +70,8 @@ pub struct CardArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct VirtualArgs {
-    /// Card profile: cap-be, bancontact, visa-dpa or cap-t1.
+    /// Card profile: cap-be, bancontact, visa-dpa, cap-t1 or cap-uk (a
+    /// CAP-only application with no card number on it).
     #[arg(long, default_value = "cap-be")]
     profile: Profile,
     /// vpcd's address (pcscd's virtual reader slot 0 listens on port 35963).
@@ -199,8 +200,7 @@ async fn registered_card(
     if !config.key_file().exists() && std::env::var_os("BANKBRIDGE_MASTER_KEY").is_none() {
         return Ok(None);
     }
-    let key = config.master_key()?;
-    let store = config.store().await?;
+    let (key, store) = config.keyed_store().await?;
     let Some(card) = store.find_card_by_reader(reader).await? else {
         return Ok(None);
     };
@@ -252,11 +252,15 @@ async fn virtual_card(args: VirtualArgs) -> Result<ExitCode> {
                 config.pan = pan.clone();
             }
             config.pin_tries_left = args.pin_tries;
-            let last4 = config.pan[config.pan.len().saturating_sub(4)..].to_owned();
+            let number = if args.profile.has_pan() {
+                format!("…{}", &config.pan[config.pan.len().saturating_sub(4)..])
+            } else {
+                "without a card number".to_owned()
+            };
             let card = VirtualCard::new(config).context("building the virtual card")?;
             (
                 Box::new(card),
-                format!("virtual {} card …{last4}", args.profile),
+                format!("virtual {} card {number}", args.profile),
             )
         }
     };

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use bankbridge_checks::flow::{self, Flow, SecretSource};
 use bankbridge_checks::report::{self, Format};
-use bankbridge_checks::runner::{RunOptions, RunReport, Runner, env_and_stored_secrets};
+use bankbridge_checks::env::EnvPolicy;
+use bankbridge_checks::runner::{RunOptions, RunReport, Runner};
 use bankbridge_checks::schedule::Outcome;
 use bankbridge_server::check_secrets::CheckSecrets;
 use clap::Subcommand;
@@ -21,8 +22,9 @@ use crate::config::Config;
 #[derive(Subcommand, Debug)]
 pub enum CheckCommand {
     /// Run flow files (or folders of them) now and print each step.
-    #[command(after_help = "Example: XS2A_API_TOKEN=... XS2A_PASSWORD=123456 \\\n  \
+    #[command(after_help = "Example: BANKBRIDGE_CHECK_XS2A_API_TOKEN=... BANKBRIDGE_CHECK_XS2A_PASSWORD=123456 \\\n  \
         bankbridge check run examples/flows/klarna-xs2a.toml --var base_url=http://127.0.0.1:8080/xs2a-playground --report junit results.xml\n\n\
+        A flow's { env = \"NAME\" } reads only BANKBRIDGE_CHECK_* variables and those given with --allow-env.\n\
         Exit status: 0 when every flow passed (or was only degraded), 1 when one failed, 2 when a file is invalid.")]
     Run(RunArgs),
     /// Parse flow files (or folders) and report every error with its file, line and field.
@@ -58,6 +60,17 @@ pub struct RunArgs {
     /// Print the results as JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Let flows read this environment variable with `{ env = .. }`, beside
+    /// the BANKBRIDGE_CHECK_* ones. Repeatable.
+    #[arg(long = "allow-env", value_name = "NAME")]
+    pub allow_env: Vec<String>,
+}
+
+/// The environment flows may read: `BANKBRIDGE_CHECK_*` and `names`.
+pub fn env_policy(names: &[String]) -> Result<std::sync::Arc<EnvPolicy>> {
+    Ok(std::sync::Arc::new(
+        EnvPolicy::with_allowed(names.iter().cloned()).map_err(|e| anyhow::anyhow!("--allow-env: {e}"))?,
+    ))
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,10 +143,8 @@ async fn stored_secrets(
         return BTreeMap::new();
     }
     let opened = async {
-        anyhow::Ok(CheckSecrets::new(
-            config.store().await?,
-            config.master_key()?,
-        ))
+        let (key, store) = config.keyed_store().await?;
+        anyhow::Ok(CheckSecrets::new(store, key))
     }
     .await;
     match opened {
@@ -182,8 +193,11 @@ async fn run_flows(config: &Config, args: RunArgs) -> Result<ExitCode> {
     let runner = Runner::new();
     let opts = RunOptions {
         location: args.location.clone(),
-        secrets: env_and_stored_secrets(stored_secrets(config, &flows, &overrides).await),
+        secrets: bankbridge_checks::runner::stored_secrets(
+            stored_secrets(config, &flows, &overrides).await,
+        ),
         overrides,
+        env_policy: env_policy(&args.allow_env)?,
         ..RunOptions::default()
     };
     let mut results: Vec<RunReport> = Vec::new();

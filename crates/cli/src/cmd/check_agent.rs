@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bankbridge_checks::flow;
-use bankbridge_checks::runner::{RunOptions, Runner, env_and_stored_secrets};
+use bankbridge_checks::runner::{RunOptions, Runner, stored_secrets};
 use serde::Deserialize;
 
 #[derive(clap::Args, Debug)]
@@ -17,9 +17,11 @@ pub struct AgentArgs {
     /// The location this agent serves (as named in the flows' [locations]).
     #[arg(long)]
     pub location: String,
-    /// The bankbridge server, e.g. http://127.0.0.1:8080
+    /// The bankbridge server: https, or http to this machine
+    /// (e.g. http://127.0.0.1:8080); the token and the jobs' secrets travel
+    /// over it.
     #[arg(long, env = "BANKBRIDGE_SERVER")]
-    pub server: url::Url,
+    pub server: String,
     /// An API token with the agent scope (`bankbridge token create --scope agent`);
     /// jobs carry the flows' stored secrets, so read and write tokens are refused.
     #[arg(long, env = "BANKBRIDGE_TOKEN", hide_env_values = true)]
@@ -27,6 +29,10 @@ pub struct AgentArgs {
     /// Set a variable (or secret) for every flow run here: NAME=VALUE. Repeatable.
     #[arg(long = "var", value_name = "NAME=VALUE")]
     pub vars: Vec<String>,
+    /// Let flows read this environment variable with `{ env = .. }`, beside
+    /// the BANKBRIDGE_CHECK_* ones. Repeatable.
+    #[arg(long = "allow-env", value_name = "NAME")]
+    pub allow_env: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -46,11 +52,14 @@ struct Job {
 
 pub async fn run(args: AgentArgs) -> Result<ExitCode> {
     let overrides = super::check::parse_vars(&args.vars)?;
+    let env_policy = super::check::env_policy(&args.allow_env)?;
+    let server = bankbridge_core::net::secure_url(&args.server, "--server")
+        .map_err(anyhow::Error::msg)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
         .context("building the HTTP client")?;
-    let base = args.server.as_str().trim_end_matches('/').to_string();
+    let base = server.as_str().trim_end_matches('/').to_string();
     let runner = Runner::new();
     let auth = format!("Bearer {}", args.token);
     eprintln!("check agent: location {:?}, server {base}", args.location);
@@ -101,6 +110,7 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode> {
             let auth = auth.clone();
             let location = args.location.clone();
             let overrides = overrides.clone();
+            let env_policy = env_policy.clone();
             tokio::spawn(async move {
                 let flow = match flow::parse(&job.flow_id, &job.file, &job.source) {
                     Ok(f) => f,
@@ -114,7 +124,8 @@ pub async fn run(args: AgentArgs) -> Result<ExitCode> {
                 let opts = RunOptions {
                     location: location.clone(),
                     overrides,
-                    secrets: env_and_stored_secrets(job.secrets),
+                    secrets: stored_secrets(job.secrets),
+                    env_policy,
                     ..RunOptions::default()
                 };
                 let report = runner.run_with_retries(&flow, &opts).await;

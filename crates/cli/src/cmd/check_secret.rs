@@ -32,7 +32,8 @@ pub enum SecretCommand {
 }
 
 pub async fn run(config: &Config, command: SecretCommand) -> Result<ExitCode> {
-    let secrets = CheckSecrets::new(config.store().await?, config.master_key()?);
+    let (key, store) = config.keyed_store().await?;
+    let secrets = CheckSecrets::new(store, key);
     match command {
         SecretCommand::Set { name, stdin } => {
             if !bankbridge_store::checks::valid_secret_name(&name) {

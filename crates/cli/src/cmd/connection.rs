@@ -20,6 +20,13 @@ pub enum ConnectionCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change a connection's password or PIN, base URL, username or sync
+    /// settings. New credentials let a connection whose login the bank
+    /// refused sync again.
+    #[command(
+        after_help = "Examples:\n  echo \"$NEW_PIN\" | bankbridge connection update my-bank --password-stdin\n  bankbridge connection update my-fibank --interval 6h --overlap-days 10\n  bankbridge connection update my-fibank --no-interval\n\nA new --base-url or --username needs the password too (--password-stdin, or a prompt)."
+    )]
+    Update(UpdateArgs),
     /// Remove a connection with all its accounts and transactions.
     #[command(after_help = "Example: bankbridge connection remove my-fibank")]
     Remove {
@@ -57,6 +64,38 @@ pub struct AddArgs {
     pub interval: Option<u64>,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct UpdateArgs {
+    /// Name or id.
+    pub connection: String,
+    #[arg(long)]
+    pub base_url: Option<String>,
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Read the new password or PIN from standard input (first line).
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Ask for the new password or PIN at the terminal.
+    #[arg(long, conflicts_with = "password_stdin")]
+    pub password: bool,
+    #[arg(long)]
+    pub window_days: Option<u32>,
+    #[arg(long)]
+    pub overlap_days: Option<u32>,
+    /// Oldest day to fetch (YYYY-MM-DD).
+    #[arg(long, conflicts_with = "no_since")]
+    pub since: Option<NaiveDate>,
+    /// Fetch as far back as the bank has data.
+    #[arg(long)]
+    pub no_since: bool,
+    /// Sync automatically in `serve` this often: 90s, 30m, 12h, 1d.
+    #[arg(long, value_parser = parse_interval, conflicts_with = "no_interval")]
+    pub interval: Option<u64>,
+    /// Sync only when asked.
+    #[arg(long)]
+    pub no_interval: bool,
+}
+
 /// `90s`, `30m`, `12h`, `1d`, or plain seconds.
 pub fn parse_interval(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -81,6 +120,7 @@ pub async fn run(config: &Config, command: ConnectionCommand) -> Result<ExitCode
     match command {
         ConnectionCommand::Add(args) => add(config, args).await,
         ConnectionCommand::List { json } => list(config, json).await,
+        ConnectionCommand::Update(args) => update(config, args).await,
         ConnectionCommand::Remove { connection } => {
             let store = config.store().await?;
             let Some(c) = store.find_connection(&connection).await? else {
@@ -122,19 +162,6 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
             bankbridge_connectors::KNOWN.join(", ")
         );
     }
-    let url = reqwest::Url::parse(&args.base_url)
-        .with_context(|| format!("--base-url {:?} is not a URL", args.base_url))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        bail!("--base-url must be http(s), got {}", url.scheme());
-    }
-    if args.window_days == 0 {
-        bail!("--window-days must be at least 1");
-    }
-    let prompt = match args.connector.as_str() {
-        "keypad" => "bank PIN: ",
-        _ => "bank password: ",
-    };
-    let password = read_password(args.password_stdin, prompt)?;
     let settings = ConnectionSettings {
         window_days: args.window_days,
         overlap_days: args.overlap_days,
@@ -142,6 +169,12 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         interval_secs: args.interval,
         ..ConnectionSettings::new(args.base_url.trim_end_matches('/'), &args.username)
     };
+    bankbridge_sync::check_settings(&settings).map_err(flag_error)?;
+    let prompt = match args.connector.as_str() {
+        "keypad" => "bank PIN: ",
+        _ => "bank password: ",
+    };
+    let password = read_password(args.password_stdin, prompt)?;
     // The connector checks what it can without the bank (URL, PIN shape).
     if let Err(e) = bankbridge_connectors::build(
         &args.connector,
@@ -167,6 +200,96 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A refused setting, named as its command-line flag.
+fn flag_error(e: bankbridge_sync::SyncError) -> anyhow::Error {
+    match e {
+        bankbridge_sync::SyncError::InvalidField { field, message } => {
+            anyhow::anyhow!("--{}: {message}", field.replace('_', "-").replace("-secs", ""))
+        }
+        other => other.into(),
+    }
+}
+
+async fn update(config: &Config, args: UpdateArgs) -> Result<ExitCode> {
+    let (store, syncer) = super::open(config).await?;
+    let Some(connection) = store.find_connection(&args.connection).await? else {
+        bail!(
+            "no connection named {:?}; see `bankbridge connection list`",
+            args.connection
+        );
+    };
+    let password = if args.password_stdin || args.password {
+        let prompt = match connection.connector.as_str() {
+            "keypad" => "new bank PIN: ",
+            _ => "new bank password: ",
+        };
+        Some(read_password(args.password_stdin, prompt)?)
+    } else {
+        None
+    };
+    let change = bankbridge_sync::ConnectionChange {
+        base_url: args.base_url,
+        username: args.username,
+        password,
+        window_days: args.window_days,
+        overlap_days: args.overlap_days,
+        since: if args.no_since {
+            Some(None)
+        } else {
+            args.since.map(Some)
+        },
+        interval_secs: if args.no_interval {
+            Some(None)
+        } else {
+            args.interval.map(Some)
+        },
+    };
+    let settings = bankbridge_sync::Syncer::settings(&connection)?;
+    // The connector checks what it can without the bank (URL, PIN shape).
+    if change.password.is_some() {
+        let mut next = settings.clone();
+        if let Some(url) = &change.base_url {
+            next.base_url = url.trim_end_matches('/').to_owned();
+        }
+        if let Some(user) = &change.username {
+            next.username = user.clone();
+        }
+        if let Err(e) = bankbridge_connectors::build(
+            &connection.connector,
+            &next,
+            Credentials::with_password(change.password.clone().expect("checked")),
+        ) {
+            bail!("{e}");
+        }
+    }
+    let Some(updated) =
+        bankbridge_sync::update_connection(store.as_ref(), &syncer.key, &connection, &change)
+            .await
+            .map_err(flag_error)?
+    else {
+        bail!("connection {:?} was removed meanwhile", connection.name);
+    };
+    let mut what = Vec::new();
+    if change.password.is_some() {
+        what.push("credentials");
+    }
+    if updated.settings != connection.settings {
+        what.push("settings");
+    }
+    if what.is_empty() {
+        println!("connection {}: nothing to change", updated.name);
+    } else {
+        println!("updated the {} of connection {}", what.join(" and "), updated.name);
+        if connection.credentials_refused() && change.password.is_some() {
+            println!(
+                "its refused login no longer blocks it: sync it with `bankbridge sync --connection {}`",
+                updated.name
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn list(config: &Config, json: bool) -> Result<ExitCode> {
     let store = config.store().await?;
     let conns = store.list_connections().await?;
@@ -177,7 +300,7 @@ async fn list(config: &Config, json: bool) -> Result<ExitCode> {
                 serde_json::json!({
                     "id": c.id, "name": c.name, "connector": c.connector, "settings": c.settings,
                     "last_sync_at": c.last_sync_at, "last_sync_status": c.last_sync_status,
-                    "last_sync_error": c.last_sync_error,
+                    "last_sync_error": c.last_sync_error, "credentials_refused": c.credentials_refused(),
                 })
             })
             .collect();
@@ -199,7 +322,7 @@ async fn list(config: &Config, json: bool) -> Result<ExitCode> {
                 c.last_sync_at
                     .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
                     .unwrap_or_else(|| "-".into()),
-                c.last_sync_status.clone(),
+                c.last_sync_status.to_string(),
             ]
         })
         .collect();

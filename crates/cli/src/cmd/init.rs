@@ -7,8 +7,7 @@ use crate::config::{Config, redact_url};
 
 /// Create the data directory, the master key file and the database.
 pub async fn run(config: &Config) -> Result<ExitCode> {
-    std::fs::create_dir_all(&config.home)
-        .with_context(|| format!("creating the data directory {}", config.home.display()))?;
+    config.create_home()?;
     let key_file = config.key_file();
     if std::env::var_os(bankbridge_core::crypto::MASTER_KEY_ENV).is_some() {
         println!(
@@ -25,11 +24,14 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
             key_file.display()
         );
     }
-    let store = config.store().await?;
+    let (key, store) = config.keyed_store().await.context(
+        "the master key and the database do not belong together; nothing was changed",
+    )?;
     println!(
-        "database:   {} ({})",
+        "database:   {} ({}); master key check value {}",
         redact_url(&config.db),
-        store.backend()
+        store.backend(),
+        key.check_value()
     );
     println!("next:       bankbridge connection add --help");
     Ok(ExitCode::SUCCESS)

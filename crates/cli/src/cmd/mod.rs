@@ -48,8 +48,7 @@ pub fn syncer(store: Arc<dyn Store>, key: Arc<MasterKey>) -> Syncer {
 
 /// Store and syncer of a configured data directory.
 pub async fn open(config: &Config) -> Result<(Arc<dyn Store>, Syncer)> {
-    let key = config.master_key()?;
-    let store = config.store().await?;
+    let (key, store) = config.keyed_store().await?;
     let mut syncer = syncer(store.clone(), key);
     syncer.options.categories = category_rules(config)?.map(Arc::new);
     Ok((store, syncer))

@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// Keep check results this many days (each check's newest 100 runs are always kept).
     #[arg(long, default_value_t = 30)]
     pub checks_retention_days: u64,
+    /// Let flows read this environment variable with `{ env = .. }`, beside
+    /// the BANKBRIDGE_CHECK_* ones. Repeatable.
+    #[arg(long = "checks-allow-env", value_name = "NAME")]
+    pub checks_allow_env: Vec<String>,
 }
 
 pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
@@ -106,6 +110,7 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
             let mut cfg = bankbridge_server::checks::ChecksConfig::new(dir);
             cfg.location = args.checks_location.clone();
             cfg.retention = Duration::from_secs(args.checks_retention_days.max(1) * 24 * 3600);
+            cfg.env_policy = super::check::env_policy(&args.checks_allow_env)?;
             eprintln!(
                 "flow checks: {} (location {:?}; results at /api/v1/checks, metrics at /metrics)",
                 dir.display(),

@@ -33,6 +33,12 @@ pub struct SyncArgs {
     /// a decoupled approval (approve it elsewhere), `never` stops in needs_user.
     #[arg(long, value_enum, default_value_t = ScaMode::Auto)]
     pub sca: ScaMode,
+    /// Send credentials the bank refused before once more. Without it, a
+    /// connection whose login was refused is skipped until its credentials
+    /// change (`bankbridge connection update`): banks lock the customer
+    /// after a few failed logins.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +50,11 @@ pub enum ScaMode {
 
 pub async fn run(config: &Config, args: SyncArgs) -> Result<ExitCode> {
     let (store, syncer) = super::open(config).await?;
+    let syncer = if args.force {
+        syncer.forcing_refused_credentials()
+    } else {
+        syncer
+    };
     let connections = match &args.connection {
         Some(name) => match store.find_connection(name).await? {
             Some(c) => vec![c],
@@ -211,7 +222,7 @@ fn summary_json(s: &SyncSummary, error: Option<&SyncError>) -> serde_json::Value
         "windows": s.windows,
         "accounts": s.accounts,
         "documents": s.documents,
-        "status": if error.is_some() { "failed" } else { "ok" },
+        "status": error.map_or(bankbridge_store::SyncOutcome::Ok, SyncError::outcome).as_str(),
     });
     if let Some(e) = error {
         v["error"] = json!(e.to_string());

@@ -9,15 +9,21 @@ use crate::config::Config;
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
     /// Create an API token; it is printed once and stored only as a hash.
-    #[command(after_help = "Example: bankbridge token create --scope read --name airtable")]
+    #[command(
+        after_help = "Examples:\n  bankbridge token create --scope read --name airtable\n  bankbridge token create --scope agent --location eu-west"
+    )]
     Create {
-        /// read: GET data; write: also sync and manage connections; admin: everything;
-        /// agent: only what a flow-check agent does (take jobs, report results).
+        /// read: GET data; write: also sync and add connections; admin: everything;
+        /// agent: only what a flow-check agent of one location does (take jobs, report results).
         #[arg(long, value_parser = ["read", "write", "admin", "agent"])]
         scope: String,
         /// A name to recognise the token by (unique).
         #[arg(long)]
         name: Option<String>,
+        /// The check location an agent token serves (required with --scope agent):
+        /// it may take and report that location's jobs only.
+        #[arg(long)]
+        location: Option<String>,
     },
     /// List tokens (never their secret).
     List {
@@ -31,8 +37,21 @@ pub enum TokenCommand {
 pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
     let store = config.store().await?;
     match command {
-        TokenCommand::Create { scope, name } => {
+        TokenCommand::Create {
+            scope,
+            name,
+            location,
+        } => {
             let scope = Scope::parse(&scope).expect("clap restricts the values");
+            match (scope, &location) {
+                (Scope::Agent, None) => bail!(
+                    "an agent token serves one check location: add --location NAME (as in the flows' [locations])"
+                ),
+                (Scope::Agent, Some(l)) if l.trim().is_empty() => bail!("--location is empty"),
+                (Scope::Agent, Some(_)) => {}
+                (_, Some(_)) => bail!("--location is for agent tokens only"),
+                (_, None) => {}
+            }
             let name = name.unwrap_or_else(|| {
                 format!(
                     "{}-{}",
@@ -40,7 +59,8 @@ pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
                     chrono::Utc::now().format("%Y%m%d%H%M%S")
                 )
             });
-            let (plain, record) = bankbridge_server::auth::new_token(&name, scope);
+            let (plain, mut record) = bankbridge_server::auth::new_token(&name, scope);
+            record.location = location.map(|l| l.trim().to_owned());
             store.create_token(&record).await?;
             eprintln!(
                 "token {} ({}), shown once — keep it somewhere safe:",
@@ -54,7 +74,7 @@ pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
             if json {
                 let v: Vec<_> = tokens
                     .iter()
-                    .map(|t| serde_json::json!({"id": t.id, "name": t.name, "scope": t.scope.as_str(), "created_at": t.created_at, "last_used_at": t.last_used_at, "revoked_at": t.revoked_at}))
+                    .map(|t| serde_json::json!({"id": t.id, "name": t.name, "scope": t.scope.as_str(), "location": t.location, "created_at": t.created_at, "last_used_at": t.last_used_at, "revoked_at": t.revoked_at}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {

@@ -584,18 +584,6 @@ impl World {
         }
     }
 
-    /// Pending authorisations of account `a` dated within `from..=to`.
-    pub fn pending_in(
-        &self,
-        a: usize,
-        from: NaiveDate,
-        to: NaiveDate,
-    ) -> impl Iterator<Item = &Auth> {
-        self.pending
-            .iter()
-            .filter(move |p| p.account == a && from <= p.date && p.date <= to)
-    }
-
     pub fn account_by_iban(&self, iban: &str) -> Option<usize> {
         let wanted: String = iban
             .chars()

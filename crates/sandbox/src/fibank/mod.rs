@@ -1,18 +1,43 @@
 //! A simulated Fibank web API (`my.fibank.bg`), faithful to what the web
-//! client and the Python connector of the user story rely on:
+//! client and the Python connector of the user story rely on.
+//!
+//! Everything answers under [`PREFIX`]; redirects carry the prefix so a
+//! client with base URL `http://127.0.0.1:PORT/fibank` works unchanged.
+//! Control routes live under `/_sandbox/fibank/`.
+//!
+//! # Observed (from the reference: the story's connector and its article)
 //!
 //! * the login dance: an OAuth2 implicit flow mixed with a server session
 //!   (`JSESSIONID` cookie, a CSRF token bound to the session, the authorize
 //!   request saved in the session and replayed after the login form, the
 //!   access token in the fragment of the second redirect);
-//! * the API under `/EBank/api/v1/` behind `Authorization: Bearer`;
-//! * `GetCustBal` statements with `OP`/`CL`/`DT`/`CT` summary lines, bank-wide
-//!   unique `acEntrySrNo`, running balances, Sofia-offset timestamps, and the
-//!   three spellings of the `+` in `FromDate`/`ToDate` that real clients send.
+//! * the API under `/EBank/api/v1/` behind `Authorization: Bearer`, with the
+//!   `EBank-Cust-Id` header from `getCustQuery`'s `customer[0].ibCustomerId`;
+//! * `getFilteredAccounts` as a bare array with `ibanAcNo` and `ccy`;
+//! * `GetCustBal` answering `acc[0].stmt`: `OP`/`CL`/`DT`/`CT` summary lines
+//!   the client skips, and booked lines each carrying `acEntrySrNo` (a number,
+//!   unique bank-wide), `reference`, `acBal` (running balance), `amount`,
+//!   `dtkt`, `dateTime` and `valueDt` (`%Y-%m-%dT%H:%M:%S%z`), `contragent`,
+//!   `benOrderParty`, `trname`, `trnAccount`, `trnType`, `trnCode`,
+//!   `isEbankOper`, `isPayment`, `loadAsNew` and `remI`/`remIi`/`remIii`,
+//!   every one present on every booked line; the three spellings of the `+`
+//!   in `FromDate`/`ToDate` that real clients send; the 30-day range limit of
+//!   the web UI (a knob, off by default, as the story's code never hit it).
 //!
-//! Everything answers under [`PREFIX`]; redirects carry the prefix so a
-//! client with base URL `http://127.0.0.1:PORT/fibank` works unchanged.
-//! Control routes live under `/_sandbox/fibank/`.
+//! # Our modelling (not in the reference)
+//!
+//! * Values: strings are never `null` (an empty string where a bank would
+//!   have nothing), money is a JSON number with two decimals, `dtkt` is `D`
+//!   or `K`, `isEbankOper`/`isPayment`/`loadAsNew` are `Y`/`N`, and
+//!   `trnType`/`trnCode` values are our own codes.
+//! * Card holds not yet booked are **not** statement lines: a statement holds
+//!   booked entries only, so a client that stores every line keeps working.
+//!   They come from `sywsquery/sywsquery/getBlockedAmounts?Iban=…` (as the
+//!   site's "blocked amounts" view most plausibly does), with their own id
+//!   space (`blockId`); a hold books later under a new `acEntrySrNo`, or
+//!   lapses and vanishes.
+//! * Error bodies (`{"errorCode", "message"}` in Bulgarian), the `Date`
+//!   header as the bank's clock, token lifetimes and the fault knobs.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -228,6 +253,13 @@ impl Fibank {
         let w = read(&self.world);
         let a = w.account_by_iban(iban)?;
         Some(render::cust_bal(&w, a, from, to))
+    }
+
+    /// The blocked-amounts body for `iban`, as served (no faults).
+    pub fn blocked_json(&self, iban: &str) -> Option<String> {
+        let w = read(&self.world);
+        let a = w.account_by_iban(iban)?;
+        Some(render::blocked_amounts(&w, a))
     }
 
     pub fn fault(&self) -> FaultConfig {
@@ -497,6 +529,10 @@ pub fn routes(bank: Arc<Fibank>) -> Router {
             get(filtered_accounts),
         )
         .route("/sywsquery/sywsquery/GetCustBal", get(cust_bal))
+        .route(
+            "/sywsquery/sywsquery/getBlockedAmounts",
+            get(blocked_amounts),
+        )
         .fallback(|| async {
             bank_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Няма такъв ресурс")
         });
@@ -654,6 +690,7 @@ enum Endpoint {
     CustQuery,
     Accounts,
     CustBal,
+    Blocked,
 }
 
 /// Common path of every API request: latency, bearer token, fault roll, the
@@ -711,6 +748,7 @@ async fn api(
             Endpoint::CustBal => {
                 r#"{"acc":[{"stmt":[{"trnType":"PO","amount":"много","dtkt":"?"}]}]}"#.to_owned()
             }
+            Endpoint::Blocked => r#"{"blockedAmounts":[{"amount":null}]}"#.to_owned(),
         },
         _ => body,
     };
@@ -825,6 +863,33 @@ async fn cust_bal(
             ));
         };
         Ok(render::cust_bal(&world, a, from, to))
+    })
+    .await
+}
+
+/// Card holds not yet booked, apart from the statement (see
+/// [`render::blocked_line`] for what is modelled).
+async fn blocked_amounts(
+    State(bank): Bank,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    api(&bank, &headers, Endpoint::Blocked, |bank, _| {
+        check_cust_id(bank, &headers)?;
+        let Some(iban) = q.get("Iban") else {
+            return Err(Reject::bad(
+                "INVALID_PARAMETERS",
+                "Липсва задължителен параметър Iban",
+            ));
+        };
+        let world = read(&bank.world);
+        let Some(a) = world.account_by_iban(iban) else {
+            return Err(Reject::bad(
+                "ACCOUNT_NOT_FOUND",
+                "Няма достъп до сметка с този IBAN",
+            ));
+        };
+        Ok(render::blocked_amounts(&world, a))
     })
     .await
 }

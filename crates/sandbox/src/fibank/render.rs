@@ -323,29 +323,55 @@ pub fn booked_line(out: &mut String, world: &World, acct: &AccountData, b: &Book
     o.end();
 }
 
-/// One pending `stmt` line.
+/// One blocked amount: a card authorisation the bank holds against the
+/// account but has not booked.
 ///
-/// The reference material does not say how Fibank shows card authorisations
-/// that have not booked yet. This is our modelling: a `trnType` of `BL`
-/// (blocked amount), a `status` of `PENDING`, ids from a separate id space, no
-/// running balance (`acBal` is null: pending items do not move the booked
-/// balance). The booked line that follows later has a new id and reference.
-pub fn pending_line(out: &mut String, world: &World, acct: &AccountData, p: &Auth) {
+/// Our modelling (the reference shows no such answer): Fibank's site lists
+/// held card payments apart from the statement, under "blocked amounts", so
+/// the sandbox serves them from their own query and never mixes them into
+/// `GetCustBal`'s `stmt`. A hold has its own id space (`blockId`), the
+/// authorisation's time, amount with a `dtkt` flag, the merchant's texts and
+/// the day the hold lapses. The booked line that follows later has a new
+/// `acEntrySrNo` and reference.
+pub fn blocked_line(out: &mut String, world: &World, acct: &AccountData, p: &Auth) {
     let t = texts(world, p.date, p.what);
     let mut o = Obj::new(out);
-    o.int("acEntrySrNo", p.id)
+    o.int("blockId", p.id)
         .str("reference", &reference("BL", p.date, p.id))
         .str("dateTime", &sofia_stamp(p.date, p.secs))
-        .str("valueDt", &sofia_stamp(p.date, 0))
+        .str("expiryDt", &sofia_stamp(p.date + chrono::Days::new(BLOCK_LAPSES_DAYS), 0))
         .money("amount", p.cents.abs())
         .str("dtkt", dtkt(p.cents))
-        .null("acBal")
         .str("ccy", acct.currency)
-        .str("trnType", "BL")
-        .str("status", "PENDING");
+        .str("trnType", t.trn_type);
     write_texts(&mut o, &t);
-    o.str("loadAsNew", "Y");
     o.end();
+}
+
+/// Days after which a hold the merchant never claimed lapses, as printed in
+/// `expiryDt` (our modelling; card schemes commonly use about a month).
+pub const BLOCK_LAPSES_DAYS: u64 = 30;
+
+/// The blocked-amounts answer for one account: every hold still open at the
+/// sandbox day, oldest first.
+pub fn blocked_amounts(world: &World, a: usize) -> String {
+    let acct = &world.accounts[a];
+    let mut out = String::with_capacity(64 + world.pending.len() * 400);
+    out.push_str("{\"iban\":");
+    push_str(&mut out, acct.iban.as_str());
+    out.push_str(",\"ccy\":");
+    push_str(&mut out, acct.currency);
+    out.push_str(",\"blockedAmounts\":[");
+    let mut first = true;
+    for p in world.pending.iter().filter(|p| p.account == a) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        blocked_line(&mut out, world, acct, p);
+    }
+    out.push_str("]}");
+    out
 }
 
 /// A summary line: `OP`/`CL` (balance), `DT`/`CT` (turnover).
@@ -421,10 +447,6 @@ pub fn cust_bal(world: &World, a: usize, from: NaiveDate, to: NaiveDate) -> Stri
         for b in entries {
             buf.push(',');
             booked_line(buf, world, acct, b);
-        }
-        for p in world.pending_in(a, from, to) {
-            buf.push(',');
-            pending_line(buf, world, acct, p);
         }
         buf.push(',');
         summary_line(buf, acct, "DT", to, 86_399, debit, None);

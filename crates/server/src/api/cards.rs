@@ -154,17 +154,25 @@ pub(crate) struct CardView {
     label: String,
     /// The account the card belongs to, as the bank names it.
     account_reference: String,
-    /// The card number with all but the last four digits hidden.
+    /// The card number with all but the last four digits hidden; null for a
+    /// card whose CAP application carries no card number.
     #[schema(example = "**** **** **** 6789")]
-    masked_pan: String,
+    masked_pan: Option<String>,
     /// PAN sequence number (two hex digits).
     psn: Option<String>,
+    /// SHA-256 (hex) of the application's AID and static records without
+    /// card-number data: checked, with the card number, before any PIN is
+    /// sent. Null for cards registered before it was kept.
+    records_digest: Option<String>,
     /// The EMV application used, e.g. `SecureCode Aut`.
     application: Option<String>,
     reader: String,
     /// `active`, `disabled` (e.g. after a refused PIN) or `blocked`.
     status: String,
     status_reason: Option<String>,
+    /// The card may have counted a wrong PIN: it is enabled again only
+    /// together with a new `pin`.
+    pin_refused: bool,
     /// VERIFY is refused when the card has fewer PIN tries left than this.
     min_pin_tries: u8,
     last_used_at: Option<DateTime<Utc>>,
@@ -178,12 +186,14 @@ impl From<&Card> for CardView {
             institution_id: c.institution_id.clone(),
             label: c.label.clone(),
             account_reference: c.account_reference.clone(),
-            masked_pan: format!("**** **** **** {}", c.pan_last4),
+            masked_pan: c.pan_last4.as_ref().map(|l| format!("**** **** **** {l}")),
             psn: c.psn.clone(),
+            records_digest: c.records_digest.clone(),
             application: c.application.clone(),
             reader: c.reader.clone(),
             status: c.status.as_str().to_owned(),
             status_reason: c.status_reason.clone(),
+            pin_refused: c.pin_refused,
             min_pin_tries: c.min_pin_tries,
             last_used_at: c.last_used_at,
             created_at: c.created_at,
@@ -207,8 +217,9 @@ pub(crate) struct RegisterCard {
     min_pin_tries: Option<u8>,
 }
 
-/// Change a card. `status: "active"` enables a disabled card again (after
-/// fixing its PIN, say); a blocked card must be unblocked at the bank first.
+/// Change a card. `status: "active"` enables a disabled card again; a card
+/// that may have refused its PIN (`pin_refused`) only together with a new
+/// `pin`; a blocked card must be unblocked at the bank first.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateCard {
@@ -338,8 +349,15 @@ impl From<CardUseError> for ApiError {
             CardUseError::Store(e) => ApiError::from(e),
             CardUseError::Internal(detail) => ApiError::internal(detail),
             CardUseError::Cap(cap) => match cap {
-                CapError::WrongPin { .. } => ApiError::new(StatusCode::CONFLICT, "wrong_pin", msg),
-                CapError::Blocked => ApiError::new(StatusCode::CONFLICT, "card_blocked", msg),
+                CapError::WrongPin { .. } | CapError::PinRefused { .. } => {
+                    ApiError::new(StatusCode::CONFLICT, "wrong_pin", msg)
+                }
+                CapError::PinOutcomeUnknown { .. } => {
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "pin_outcome_unknown", msg)
+                }
+                CapError::Blocked | CapError::VerifyBlocked { .. } => {
+                    ApiError::new(StatusCode::CONFLICT, "card_blocked", msg)
+                }
                 CapError::TooFewTries { .. } => {
                     ApiError::new(StatusCode::CONFLICT, "pin_tries_low", msg)
                 }
@@ -576,7 +594,7 @@ pub(crate) async fn get_card(
 #[utoipa::path(patch, path = "/api/v1/financial-institutions/{institution}/cards/{card}", tag = "cards",
     params(("institution" = String, Path), ("card" = String, Path)), request_body = UpdateCard,
     responses((status = 200, body = CardView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "A blocked card cannot be enabled", body = ErrorBody)))]
+        (status = 409, description = "A blocked card cannot be enabled; a card that may have refused its PIN needs a new `pin` to be enabled", body = ErrorBody)))]
 pub(crate) async fn update_card(
     State(state): State<AppState>,
     Path((institution, card_id)): Path<(String, String)>,
@@ -590,6 +608,14 @@ pub(crate) async fn update_card(
                 StatusCode::CONFLICT,
                 "card_blocked",
                 "the card's PIN is blocked on the card itself; unblock it at the bank, then register it again",
+            ));
+        }
+        Some("active") if card.pin_refused && body.pin.is_none() => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "new_pin_required",
+                "the card may have refused its stored PIN, so that PIN is never sent again; \
+                 give the right PIN (\"pin\") together with \"status\": \"active\"",
             ));
         }
         Some("active") => Some((CardStatus::Active, None)),
@@ -662,7 +688,7 @@ pub(crate) async fn delete_card(
     params(("institution" = String, Path), ("card" = String, Path)), request_body = LoginBody,
     responses((status = 200, body = CodeView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "`card_disabled`, `card_blocked`, `wrong_pin`, `pin_tries_low`, `wrong_card`", body = ErrorBody),
-        (status = 503, description = "`reader_busy`, `no_card`, `card_removed`, `reader_unavailable`", body = ErrorBody)))]
+        (status = 503, description = "`reader_busy`, `no_card`, `card_removed`, `reader_unavailable`, `pin_outcome_unknown` (the PIN went out and the answer was lost: the card is disabled until a new PIN is set)", body = ErrorBody)))]
 pub(crate) async fn login(
     State(state): State<AppState>,
     Path((institution, card)): Path<(String, String)>,

@@ -1,10 +1,11 @@
 //! Flow checks: the checks and their state, their runs, one run's steps, a
 //! run started by hand, the agents' job queue, and `/metrics`. The logic
 //! lives in [`crate::checks`].
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,8 +19,8 @@ use super::schema::{
     CheckSummary,
 };
 use super::{ApiJson, PathId, guarded, json};
-use crate::AppState;
 use crate::checks::ChecksService;
+use crate::{AppState, Principal};
 use crate::error::{ApiError, ErrorBody};
 
 pub(crate) fn routes(state: &AppState) -> Router<AppState> {
@@ -185,7 +186,9 @@ pub(crate) async fn runs(
 }
 
 /// One run with its steps: timing, outcome, and the request and answer as
-/// recorded (secrets masked, bodies cut). Needs scope `read`.
+/// recorded (secrets and credential-looking fields masked, bodies cut).
+/// Needs scope `read`; request and answer bodies come to `write` and
+/// `admin` tokens only (null for `read`).
 #[utoipa::path(
     get,
     path = "/api/v1/runs/{id}",
@@ -200,6 +203,7 @@ pub(crate) async fn runs(
 )]
 pub(crate) async fn run(
     State(state): State<AppState>,
+    Extension(who): Extension<Arc<Principal>>,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let (run, steps) = state
@@ -207,16 +211,32 @@ pub(crate) async fn run(
         .get_check_run(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    // Bodies may still hold what a bank sent about an account: a read
+    // token (a dashboard, a spreadsheet) sees timings and outcomes only.
+    let bodies = who.scope.allows(Scope::Write);
     let steps: Vec<serde_json::Value> = steps
         .into_iter()
         .map(|s| {
+            let mut detail = serde_json::from_str::<serde_json::Value>(&s.detail)
+                .unwrap_or(serde_json::Value::Null);
+            if !bodies {
+                for (part, fields) in [("request", &["body", "form"][..]), ("response", &["body"][..])] {
+                    if let Some(obj) = detail.get_mut(part).and_then(|p| p.as_object_mut()) {
+                        for f in fields {
+                            if obj.contains_key(*f) {
+                                obj.insert((*f).to_owned(), serde_json::Value::Null);
+                            }
+                        }
+                    }
+                }
+            }
             serde_json::json!({
                 "index": s.index,
                 "name": s.name,
                 "kind": s.kind,
                 "outcome": s.outcome,
                 "duration_ms": s.duration_ms,
-                "detail": serde_json::from_str::<serde_json::Value>(&s.detail).unwrap_or(serde_json::Value::Null),
+                "detail": detail,
             })
         })
         .collect();
@@ -284,11 +304,13 @@ pub(crate) struct JobsParams {
 )]
 pub(crate) async fn agent_jobs(
     State(state): State<AppState>,
+    Extension(who): Extension<Arc<Principal>>,
     Query(params): Query<JobsParams>,
 ) -> Result<Response, ApiError> {
     if params.location.trim().is_empty() {
         return Err(ApiError::invalid_parameter("location", "a location name"));
     }
+    check_location(&who, &params.location)?;
     let wait = Duration::from_millis(params.wait_ms.unwrap_or(0).min(30_000));
     let jobs = service(&state)?.take_jobs(&params.location, wait).await;
     Ok(json(
@@ -323,8 +345,10 @@ pub(crate) struct JobResult {
 )]
 pub(crate) async fn agent_result(
     State(state): State<AppState>,
+    Extension(who): Extension<Arc<Principal>>,
     ApiJson(result): ApiJson<JobResult>,
 ) -> Result<Response, ApiError> {
+    check_location(&who, &result.location)?;
     let accepted = service(&state)?
         .report_job(&result.job_id, &result.location, result.report)
         .await;
@@ -335,6 +359,27 @@ pub(crate) async fn agent_result(
         )));
     }
     Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// An agent token serves the location it was created for, and no other.
+fn check_location(who: &Principal, location: &str) -> Result<(), ApiError> {
+    if who.serves_location(location) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        match &who.location {
+            Some(own) => format!(
+                "this agent token serves location {own:?}, not {location:?}; create one with \
+                 `bankbridge token create --scope agent --location {location}`"
+            ),
+            None => format!(
+                "this token is bound to no location; agents need \
+                 `bankbridge token create --scope agent --location {location}`"
+            ),
+        },
+    ))
 }
 
 /// Metrics of the flow checks in the OpenMetrics text format (Prometheus

@@ -1,19 +1,25 @@
-//! Connections: list, create (credentials are write-only), delete.
-use axum::Router;
-use axum::extract::State;
+//! Connections: list, create and change (credentials are write-only),
+//! delete. Bank usernames show to admin tokens only; changing and deleting
+//! a connection need admin.
+use std::sync::Arc;
+
+use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
+use axum::Router;
 use bankbridge_core::{ConnectionSettings, Credentials, Secret};
-use bankbridge_store::{Connection, Scope};
-use bankbridge_sync::{SyncError, Syncer, add_connection};
+use bankbridge_store::{Connection, Scope, SyncOutcome};
+use bankbridge_sync::{
+    ConnectionChange, SyncError, Syncer, add_connection, check_settings, update_connection,
+};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 use super::{ApiJson, List, PathId, guarded, json};
-use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
+use crate::{AppState, Principal};
 
 pub(crate) fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
@@ -27,14 +33,25 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         )
         .route(
             "/api/v1/connections/{id}",
-            guarded(state, Scope::Write, delete(remove)),
+            guarded(
+                state,
+                Scope::Admin,
+                axum::routing::patch(update).delete(remove),
+            ),
         )
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(list, create, remove),
-    components(schemas(ConnectionView, ConnectionList, SettingsView, CreateConnection))
+    paths(list, create, update, remove),
+    components(schemas(
+        ConnectionView,
+        ConnectionList,
+        SettingsView,
+        CreateConnection,
+        UpdateConnection,
+        super::schema::SyncOutcome
+    ))
 )]
 pub(crate) struct Doc;
 
@@ -48,9 +65,13 @@ pub(crate) struct ConnectionView {
     settings: SettingsView,
     created_at: DateTime<Utc>,
     last_sync_at: Option<DateTime<Utc>>,
-    /// `ok`, `failed`, `needs_user` or `never`.
-    last_sync_status: String,
+    #[schema(value_type = super::schema::SyncOutcome)]
+    last_sync_status: SyncOutcome,
+    /// Why the last sync did not succeed, in our words.
     last_sync_error: Option<String>,
+    /// The bank refused the current credentials: no sync sends them again
+    /// until they change (`PATCH`) or an admin forces one (`?force=true`).
+    credentials_refused: bool,
     /// The job of the sync running now in this server, if any.
     running_sync_job: Option<i64>,
 }
@@ -59,7 +80,8 @@ pub(crate) struct ConnectionView {
 #[derive(Serialize, ToSchema)]
 pub(crate) struct SettingsView {
     base_url: String,
-    username: String,
+    /// The bank login name; shown to admin tokens only (null otherwise).
+    username: Option<String>,
     window_days: u32,
     overlap_days: u32,
     since: Option<NaiveDate>,
@@ -73,7 +95,7 @@ pub(crate) struct ConnectionList {
 }
 
 impl ConnectionView {
-    fn new(state: &AppState, c: &Connection) -> Result<Self, ApiError> {
+    fn new(state: &AppState, c: &Connection, who: &Principal) -> Result<Self, ApiError> {
         let s = Syncer::settings(c).map_err(ApiError::internal)?;
         Ok(ConnectionView {
             id: c.id,
@@ -81,7 +103,7 @@ impl ConnectionView {
             connector: c.connector.clone(),
             settings: SettingsView {
                 base_url: s.base_url,
-                username: s.username,
+                username: who.scope.allows(Scope::Admin).then_some(s.username),
                 window_days: s.window_days,
                 overlap_days: s.overlap_days,
                 since: s.since,
@@ -89,8 +111,9 @@ impl ConnectionView {
             },
             created_at: c.created_at,
             last_sync_at: c.last_sync_at,
-            last_sync_status: c.last_sync_status.clone(),
+            last_sync_status: c.last_sync_status,
             last_sync_error: c.last_sync_error.clone(),
+            credentials_refused: c.credentials_refused(),
             running_sync_job: state.running_sync(c.id),
         })
     }
@@ -122,8 +145,6 @@ pub(crate) struct CreateConnection {
     interval_secs: Option<u64>,
 }
 
-const MIN_INTERVAL_SECS: u64 = 60;
-
 impl CreateConnection {
     fn settings(&self, connectors: &[String]) -> Result<ConnectionSettings, ApiError> {
         let name = self.name.trim();
@@ -148,20 +169,6 @@ impl CreateConnection {
                 ),
             ));
         }
-        let url_ok = url::Url::parse(self.base_url.trim())
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-        if !url_ok {
-            return Err(ApiError::invalid_parameter(
-                "base_url",
-                "base_url must be an http or https URL such as https://bank.example/api",
-            ));
-        }
-        if self.username.trim().is_empty() || self.username.len() > 256 {
-            return Err(ApiError::invalid_parameter(
-                "username",
-                "username must be 1 to 256 characters",
-            ));
-        }
         if self.password.expose().is_empty() || self.password.expose().len() > 1024 {
             return Err(ApiError::invalid_parameter(
                 "password",
@@ -170,36 +177,24 @@ impl CreateConnection {
         }
         let mut s = ConnectionSettings::new(self.base_url.trim(), self.username.trim());
         if let Some(w) = self.window_days {
-            if !(1..=366).contains(&w) {
-                return Err(ApiError::invalid_parameter(
-                    "window_days",
-                    "window_days must be 1 to 366",
-                ));
-            }
             s.window_days = w;
         }
         if let Some(o) = self.overlap_days {
-            if o > 365 {
-                return Err(ApiError::invalid_parameter(
-                    "overlap_days",
-                    "overlap_days must be 0 to 365",
-                ));
-            }
             s.overlap_days = o;
         }
         s.since = self.since;
-        if let Some(i) = self.interval_secs {
-            if i < MIN_INTERVAL_SECS {
-                return Err(ApiError::invalid_parameter(
-                    "interval_secs",
-                    format!(
-                        "interval_secs must be at least {MIN_INTERVAL_SECS} (banks do not like being polled)"
-                    ),
-                ));
-            }
-            s.interval_secs = Some(i);
-        }
+        s.interval_secs = self.interval_secs;
+        check_settings(&s).map_err(field_error)?;
         Ok(s)
+    }
+}
+
+/// A refused field as the API's `invalid_parameter` error.
+fn field_error(e: SyncError) -> ApiError {
+    match e {
+        SyncError::InvalidField { field, message } => ApiError::invalid_parameter(field, message),
+        SyncError::Store(e) => ApiError::from(e),
+        other => ApiError::internal(other),
     }
 }
 
@@ -210,13 +205,16 @@ impl CreateConnection {
     tag = "connections",
     responses((status = 200, body = ConnectionList), (status = 401, body = ErrorBody))
 )]
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    Extension(who): Extension<Arc<Principal>>,
+) -> Result<Response, ApiError> {
     let views = state
         .store
         .list_connections()
         .await?
         .iter()
-        .map(|c| ConnectionView::new(&state, c))
+        .map(|c| ConnectionView::new(&state, c, &who))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(json(
         StatusCode::OK,
@@ -242,6 +240,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Response, ApiE
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    Extension(who): Extension<Arc<Principal>>,
     ApiJson(body): ApiJson<CreateConnection>,
 ) -> Result<Response, ApiError> {
     let settings = body.settings(&state.connectors)?;
@@ -256,15 +255,12 @@ pub(crate) async fn create(
         &credentials,
     )
     .await
-    .map_err(|e| match e {
-        SyncError::Store(e) => ApiError::from(e),
-        other => ApiError::internal(other),
-    })?;
+    .map_err(field_error)?;
     tracing::info!(connection = %connection.name, connector = %connection.connector, "connection created");
     state.data_changed();
     let mut res = json(
         StatusCode::CREATED,
-        &ConnectionView::new(&state, &connection)?,
+        &ConnectionView::new(&state, &connection, &who)?,
         400,
     );
     if let Ok(loc) = HeaderValue::from_str(&format!("/api/v1/connections/{}", connection.id)) {
@@ -273,7 +269,7 @@ pub(crate) async fn create(
     Ok(res)
 }
 
-/// Delete a connection with its accounts, transactions and balances. Needs scope `write`.
+/// Delete a connection with its accounts, transactions and balances. Needs scope `admin`.
 #[utoipa::path(
     delete,
     path = "/api/v1/connections/{id}",
@@ -281,6 +277,9 @@ pub(crate) async fn create(
     params(("id" = i64, Path, description = "Connection id")),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 409, description = "`sync_in_progress`: wait for the running sync", body = ErrorBody),
     )
@@ -304,4 +303,93 @@ pub(crate) async fn remove(
     tracing::info!(connection_id = id, "connection deleted");
     state.data_changed();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// What to change on a connection; absent fields stay. `password` is
+/// write-only. A new `base_url` or `username` needs a new `password` in the
+/// same request: stored credentials never go to another bank or account.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateConnection {
+    /// The bank API's base URL: https, or http to a loopback address.
+    base_url: Option<String>,
+    username: Option<String>,
+    #[schema(value_type = Option<String>, format = Password, write_only)]
+    password: Option<Secret<String>>,
+    /// 1 to 366.
+    window_days: Option<u32>,
+    /// 0 to 365.
+    overlap_days: Option<u32>,
+    /// Oldest day to backfill to (YYYY-MM-DD).
+    since: Option<NaiveDate>,
+    /// At least 60; `0` turns scheduled syncs off.
+    interval_secs: Option<u64>,
+}
+
+/// Change a connection's credentials or settings. Needs scope `admin`.
+///
+/// New credentials lift the block a refused login put on the connection.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/connections/{id}",
+    tag = "connections",
+    params(("id" = i64, Path, description = "Connection id")),
+    request_body = UpdateConnection,
+    responses(
+        (status = 200, body = ConnectionView),
+        (status = 400, description = "A bad field, named in `parameter`", body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "`sync_in_progress`: wait for the running sync", body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 415, body = ErrorBody),
+    )
+)]
+pub(crate) async fn update(
+    State(state): State<AppState>,
+    Extension(who): Extension<Arc<Principal>>,
+    PathId(id): PathId,
+    ApiJson(body): ApiJson<UpdateConnection>,
+) -> Result<Response, ApiError> {
+    let connection = state
+        .store
+        .get_connection(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no connection with id {id}")))?;
+    if let Some(job) = state.running_sync(id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "sync_in_progress",
+            format!("connection {id} is syncing (job {job}); change it once that sync has finished"),
+        ));
+    }
+    let change = ConnectionChange {
+        base_url: body.base_url,
+        username: body.username,
+        password: body.password,
+        window_days: body.window_days,
+        overlap_days: body.overlap_days,
+        since: body.since.map(Some),
+        interval_secs: body.interval_secs.map(|i| (i > 0).then_some(i)),
+    };
+    let updated = update_connection(
+        state.store.as_ref(),
+        &state.syncer.key,
+        &connection,
+        &change,
+    )
+    .await
+    .map_err(field_error)?
+    .ok_or_else(|| ApiError::not_found(format!("no connection with id {id}")))?;
+    tracing::info!(
+        connection = %updated.name,
+        credentials_changed = change.password.is_some(),
+        "connection updated"
+    );
+    Ok(json(
+        StatusCode::OK,
+        &ConnectionView::new(&state, &updated, &who)?,
+        400,
+    ))
 }

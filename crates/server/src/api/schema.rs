@@ -16,6 +16,20 @@ pub enum TxStatus {
     Void,
 }
 
+/// How the last sync of a connection ended: `never` (not synced yet), `ok`,
+/// `needs_user` (the bank wants a person), `credentials_refused` (the bank
+/// refused the login; not tried again until the credentials change or an
+/// admin forces it) or `failed`.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum SyncOutcome {
+    Never,
+    Ok,
+    NeedsUser,
+    CredentialsRefused,
+    Failed,
+}
+
 /// A stored transaction. Amounts are decimal strings; debits are negative.
 #[derive(ToSchema)]
 pub struct Transaction {

@@ -1,16 +1,19 @@
 //! Sync jobs: start one for a connection, poll it.
+use std::sync::Arc;
+
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
 use bankbridge_store::Scope;
-use utoipa::OpenApi;
+use serde::Deserialize;
+use utoipa::{IntoParams, OpenApi};
 
 use super::{PathId, guarded, json};
-use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::jobs::Trigger;
+use crate::{AppState, Principal};
 
 pub(crate) fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
@@ -31,32 +34,69 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
 )]
 pub(crate) struct Doc;
 
+/// Options of a manual sync.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct StartParams {
+    /// Send credentials the bank refused before once more (scope `admin`).
+    force: Option<bool>,
+}
+
 /// Start a sync of a connection in the background. Needs scope `write`.
 ///
 /// Answers 202 with the job to poll at `Location`. While a sync of this
 /// connection is already running in this server, the answer is that running
-/// job (also 202), not a second sync.
+/// job (also 202), not a second sync. A connection whose credentials the bank
+/// refused is not synced (409 `credentials_refused`) until they change
+/// (`PATCH /api/v1/connections/{id}`) or an admin forces it (`force=true`):
+/// each try would count another failed login at the bank.
 #[utoipa::path(
     post,
     path = "/api/v1/connections/{id}/sync",
     tag = "syncs",
-    params(("id" = i64, Path, description = "Connection id")),
+    params(("id" = i64, Path, description = "Connection id"), StartParams),
     responses(
         (status = 202, description = "The new (or already running) job", body = super::schema::SyncJob),
-        (status = 403, body = ErrorBody),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "`force` needs scope `admin`", body = ErrorBody),
         (status = 404, body = ErrorBody),
+        (status = 409, description = "`credentials_refused`: change the credentials first", body = ErrorBody),
     )
 )]
 pub(crate) async fn start(
     State(state): State<AppState>,
+    Extension(who): Extension<Arc<Principal>>,
     PathId(id): PathId,
+    Query(params): Query<StartParams>,
 ) -> Result<Response, ApiError> {
+    let force = params.force.unwrap_or(false);
+    if force && !who.scope.allows(Scope::Admin) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "force=true sends credentials the bank refused once more: it needs an admin token",
+        ));
+    }
     let connection = state
         .store
         .get_connection(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no connection with id {id}")))?;
-    let started = state.start_sync(connection, Trigger::Api).await?;
+    if connection.credentials_refused() && !force {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "credentials_refused",
+            bankbridge_sync::SyncError::CredentialsRefusedBefore {
+                connection: connection.name.clone(),
+                at: connection.last_sync_at,
+            }
+            .to_string(),
+        ));
+    }
+    let trigger = if force { Trigger::ApiForced } else { Trigger::Api };
+    let started = state.start_sync(connection, trigger).await?;
     let job = started.job();
     let mut res = json(StatusCode::ACCEPTED, job, 256);
     if let Ok(loc) = HeaderValue::from_str(&format!("/api/v1/syncs/{}", job.id)) {

@@ -246,9 +246,16 @@ impl TestServer {
 
     /// A new token of `scope`, stored; returns its plaintext.
     pub async fn token(&self, scope: Scope) -> String {
+        self.token_at(scope, None).await
+    }
+
+    /// A token of `scope`; an agent token serves `location`.
+    pub async fn token_at(&self, scope: Scope, location: Option<&str>) -> String {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (plain, record) = auth::new_token(&format!("test-{}-{n}", scope.as_str()), scope);
+        let (plain, mut record) =
+            auth::new_token(&format!("test-{}-{n}", scope.as_str()), scope);
+        record.location = location.map(str::to_owned);
         self.store.create_token(&record).await.unwrap();
         plain.expose().clone()
     }

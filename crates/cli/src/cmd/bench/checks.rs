@@ -90,7 +90,7 @@ async fn example_flow(sandbox: &SandboxHandle, table: &mut Table) {
         overrides,
         // Nothing from this process's environment (BANKBRIDGE_VAR_*).
         env: Arc::new(|_| None),
-        secrets: Arc::new(|_| None),
+        secrets: Arc::new(|_: &str| None),
         ..RunOptions::default()
     };
     let runner = Runner::new();
