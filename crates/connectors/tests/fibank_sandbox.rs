@@ -255,10 +255,11 @@ async fn injected_faults_map_to_typed_errors() {
 #[tokio::test]
 async fn an_expired_token_is_session_expired_and_login_again_works() {
     let sb = sandbox(4).await;
-    // getCustQuery during login and getFilteredAccounts use up the token.
+    // getCustQuery during login, getFilteredAccounts and GetCustBal use up
+    // the token: the window's blocked-amounts query meets it expired.
     sb.fibank()
         .set_fault(FaultConfig {
-            session_ttl_requests: Some(2),
+            session_ttl_requests: Some(3),
             ..FaultConfig::default()
         })
         .unwrap();
@@ -333,6 +334,8 @@ async fn pending_items_book_under_new_ids_as_the_clock_moves() {
     assert!(!pending.is_empty(), "recent card payments are pending");
 
     sb.fibank().advance(6);
+    // A later sync: a connector reads the holds once per run.
+    let (mut c, account) = logged_in(&sb).await;
     let w2 = DateWindow::new(w.from, w.to.checked_add_days(Days::new(6)).unwrap());
     let after = c.window(&account, w2).await.unwrap();
     let ids: HashSet<_> = after

@@ -367,7 +367,7 @@ fn the_strict_parse_refuses_what_would_crash_a_typed_client() {
         ("acBal", Value::Null),
         ("amount", json!("2.25")),
         ("dateTime", json!("2024-01-02")),
-        ("valueDt", json!("2024-01-02T00:00:00+02:00")),
+        ("valueDt", json!("2024-01-02 00:00:00+0200")),
         ("trnAccount", Value::Null),
         ("acEntrySrNo", json!("1")),
         ("dtkt", json!("X")),

@@ -389,7 +389,11 @@ async fn connections_never_echo_credentials() {
     assert_eq!(location, format!("/api/v1/connections/{}", created["id"]));
     assert_eq!(created["name"], "main bank");
     assert_eq!(created["connector"], "fake");
-    assert_eq!(created["settings"]["username"], "alice");
+    // The bank username shows to admin tokens only.
+    assert_eq!(created["settings"]["username"], Value::Null);
+    let admin = s.token(Scope::Admin).await;
+    let as_admin = s.get_json("/api/v1/connections", &admin).await;
+    assert_eq!(as_admin["data"][0]["settings"]["username"], "alice");
     assert_eq!(created["settings"]["interval_secs"], 3600);
     assert_eq!(created["settings"]["window_days"], 30);
     assert_eq!(created["last_sync_status"], "never");
@@ -449,7 +453,10 @@ async fn connections_never_echo_credentials() {
             !text.contains(FAKE_PASSWORD),
             "the password leaked into a response: {text}"
         );
-        assert!(!text.contains("credentials"), "{text}");
+        assert!(
+            !text.contains("\"credentials\"") && !text.contains("credentials_sealed"),
+            "{text}"
+        );
     }
     let logs = logs();
     assert!(logs.contains("connection created"), "the capture works");
@@ -459,11 +466,11 @@ async fn connections_never_echo_credentials() {
     );
     assert!(!logs.contains(&t), "the token leaked into the logs");
 
-    // Delete.
+    // Delete (an admin's job).
     let res = s
         .client
         .delete(s.url(&format!("/api/v1/connections/{id}")))
-        .bearer_auth(&t)
+        .bearer_auth(&admin)
         .send()
         .await
         .unwrap();
@@ -471,7 +478,7 @@ async fn connections_never_echo_credentials() {
     let res = s
         .client
         .delete(s.url(&format!("/api/v1/connections/{id}")))
-        .bearer_auth(&t)
+        .bearer_auth(&admin)
         .send()
         .await
         .unwrap();
@@ -519,14 +526,18 @@ async fn sync_job_lifecycle_and_one_sync_at_a_time() {
     assert_eq!(second["id"], first["id"]);
     let listed = s.get_json("/api/v1/connections", &t).await;
     assert_eq!(listed["data"][0]["running_sync_job"], first["id"]);
-    let res = s
-        .client
-        .delete(s.url(&format!("/api/v1/connections/{id}")))
-        .bearer_auth(&t)
-        .send()
-        .await
-        .unwrap();
-    expect_error(res, 409, "sync_in_progress").await;
+    // Deleting needs admin; and not while the sync runs.
+    let delete = async |token: &str| {
+        s.client
+            .delete(s.url(&format!("/api/v1/connections/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    };
+    expect_error(delete(&t).await, 403, "forbidden").await;
+    let admin = s.token(Scope::Admin).await;
+    expect_error(delete(&admin).await, 409, "sync_in_progress").await;
 
     let done = wait_job(&s, &t, first["id"].as_i64().unwrap()).await;
     assert_eq!(done["status"], "succeeded", "{done}");
@@ -580,6 +591,95 @@ async fn failed_sync_is_reported_on_the_job() {
         "{job}"
     );
     assert!(!job.to_string().contains("not-the-password"));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_credentials_are_not_sent_again_until_they_change() {
+    let s = TestServer::start().await;
+    let write = s.token(Scope::Write).await;
+    let admin = s.token(Scope::Admin).await;
+    let mut body = connection_body("lockable", "fake");
+    body["password"] = json!("not-the-password");
+    let conn: Value = s
+        .post_json("/api/v1/connections", &write, &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = conn["id"].as_i64().unwrap();
+    let sync = async |token: &str, query: &str| {
+        s.client
+            .post(s.url(&format!("/api/v1/connections/{id}/sync{query}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    };
+    let job: Value = sync(&write, "").await.json().await.unwrap();
+    let job = wait_job(&s, &write, job["id"].as_i64().unwrap()).await;
+    assert_eq!(job["status"], "failed");
+    let listed = s.get_json("/api/v1/connections", &write).await;
+    assert_eq!(listed["data"][0]["last_sync_status"], "credentials_refused");
+    assert_eq!(listed["data"][0]["credentials_refused"], true);
+
+    // Asking again sends nothing to the bank: 409, and no new job.
+    for _ in 0..3 {
+        let err = expect_error(sync(&write, "").await, 409, "credentials_refused").await;
+        assert!(
+            err["message"].as_str().unwrap().contains("connection update"),
+            "{err}"
+        );
+    }
+    // Forcing is an admin's decision.
+    expect_error(sync(&write, "?force=true").await, 403, "forbidden").await;
+    let forced: Value = sync(&admin, "?force=true").await.json().await.unwrap();
+    let forced = wait_job(&s, &admin, forced["id"].as_i64().unwrap()).await;
+    assert_eq!(forced["status"], "failed", "the password is still wrong");
+
+    // New credentials lift the block (admin only; write-only as ever).
+    let patch = async |token: &str, body: Value| {
+        s.client
+            .patch(s.url(&format!("/api/v1/connections/{id}")))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    };
+    expect_error(
+        patch(&write, json!({"password": FAKE_PASSWORD})).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    // Moving the login elsewhere needs the password with it.
+    let err = expect_error(
+        patch(&admin, json!({"base_url": "https://elsewhere.example"})).await,
+        400,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(err["parameter"], "password");
+    let err = expect_error(
+        patch(&admin, json!({"base_url": "http://bank.example", "password": "x"})).await,
+        400,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(err["parameter"], "base_url");
+    let res = patch(&admin, json!({"password": FAKE_PASSWORD, "interval_secs": 7200})).await;
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    assert!(!text.contains(FAKE_PASSWORD), "{text}");
+    let updated: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(updated["credentials_refused"], false);
+    assert_eq!(updated["settings"]["interval_secs"], 7200);
+    let job: Value = sync(&write, "").await.json().await.unwrap();
+    let job = wait_job(&s, &write, job["id"].as_i64().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let listed = s.get_json("/api/v1/connections", &write).await;
+    assert_eq!(listed["data"][0]["last_sync_status"], "ok");
     s.shutdown().await;
 }
 
