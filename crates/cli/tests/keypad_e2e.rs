@@ -391,8 +391,9 @@ async fn postgres_keypad_gate_approval_documents_and_tokens() {
     }
 }
 
-/// A wrong PIN reaches the bank once: the error says so, and the bank's
-/// own counter shows one attempt used.
+/// A wrong PIN reaches the bank once, however often someone asks for a
+/// sync: the error says so, the bank counts one login, and new credentials
+/// (or an explicit --force) are what sends a PIN again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_pin_is_tried_once_and_the_error_is_clear() {
     let env = Env::sqlite();
@@ -408,7 +409,7 @@ async fn a_wrong_pin_is_tried_once_and_the_error_is_clear() {
     let (v, code, err) = sync(&env, &[]).await;
     assert_eq!(
         (v["status"].as_str(), code),
-        (Some("failed"), 1),
+        (Some("credentials_refused"), 1),
         "{v}\n{err}"
     );
     let e = v["error"].as_str().unwrap();
@@ -419,6 +420,23 @@ async fn a_wrong_pin_is_tried_once_and_the_error_is_clear() {
         !e.contains(wrong) && !err.contains(wrong),
         "the PIN leaked: {e}\n{err}"
     );
+    // Nine more manual syncs: none sends the PIN.
+    for _ in 0..9 {
+        let (v, code, _) = sync(&env, &[]).await;
+        assert_eq!((v["status"].as_str(), code), (Some("credentials_refused"), 1), "{v}");
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains("not sent again"), "{e}");
+        assert!(e.contains("connection update bank"), "{e}");
+    }
+    assert_eq!(
+        sb.keypad().pin_logins(),
+        (1, 1),
+        "10 manual syncs with a wrong PIN: the bank saw one login"
+    );
+    let list: Value =
+        serde_json::from_str(&env.run_ok(&["connection", "list", "--json"])).unwrap();
+    assert_eq!(list[0]["last_sync_status"], "credentials_refused");
+    assert_eq!(list[0]["credentials_refused"], true);
 
     // Ask the bank how many attempts are left: one more wrong PIN leaves 1.
     let http = reqwest::Client::new();
@@ -449,6 +467,33 @@ async fn a_wrong_pin_is_tried_once_and_the_error_is_clear() {
         "the sync used exactly one attempt: {body}"
     );
     sb.keypad().unlock();
+
+    // --force sends the stored (still wrong) PIN once more; a new PIN
+    // through `connection update` lifts the block and syncs.
+    let (v, _, _) = sync(&env, &["--force"]).await;
+    assert_eq!(v["status"], "credentials_refused", "{v}");
+    assert_eq!(sb.keypad().pin_logins(), (3, 3));
+    let out = env
+        .command(&["connection", "update", "bank", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            writeln!(child.stdin.take().unwrap(), "{}", real.pin)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("updated the credentials"));
+    let (v, _, err) = sync(&env, &[]).await;
+    // Logged in (the bank may still want its 2FA for old history).
+    assert!(
+        matches!(v["status"].as_str(), Some("ok" | "needs_user")),
+        "{v}\n{err}"
+    );
+    assert_eq!(sb.keypad().pin_logins(), (4, 3));
 }
 
 /// Through `serve`: a sync job stops in `needs_user` (jobs are unattended),

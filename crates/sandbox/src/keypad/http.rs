@@ -58,6 +58,7 @@ pub fn routes(bank: Arc<KeypadBank>) -> Router {
         .route("/advance", post(control_advance))
         .route("/revoke", post(control_revoke))
         .route("/unlock", post(control_unlock))
+        .route("/stats", get(control_stats))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
@@ -651,6 +652,11 @@ async fn control_advance(State(bank): Bank, body: Bytes) -> Answer {
 
 async fn control_revoke(State(bank): Bank) -> Answer {
     ok(json!({"revokedTokens": bank.revoke_all()}))
+}
+
+async fn control_stats(State(bank): Bank) -> Answer {
+    let (pin_logins, wrong_pins) = bank.pin_logins();
+    ok(json!({"pinLogins": pin_logins, "wrongPins": wrong_pins}))
 }
 
 async fn control_unlock(State(bank): Bank) -> Answer {

@@ -191,6 +191,11 @@ struct AuthState {
     tokens: HashMap<String, TokenEntry>,
     requests: HashMap<String, TwoFa>,
     next_session: u64,
+    /// PIN logins checked (right or wrong), for tests to count what a
+    /// client sent.
+    pin_logins: u64,
+    /// Of those, the refused ones.
+    wrong_pins: u64,
 }
 
 /// The outcome of `POST api/login`'s credential check.
@@ -425,6 +430,12 @@ impl KeypadBank {
         n
     }
 
+    /// PIN logins the bank checked since it started: (all, refused).
+    pub fn pin_logins(&self) -> (u64, u64) {
+        let auth = lock(&self.auth);
+        (auth.pin_logins, auth.wrong_pins)
+    }
+
     /// Forget wrong-PIN counts: locked identifiers can log in again.
     pub fn unlock(&self) {
         lock(&self.auth).failures.clear();
@@ -532,6 +543,7 @@ impl KeypadBank {
             }
         };
         let pin = codec::unmangle(&mangled, &keys).unwrap_or_default();
+        auth.pin_logins += 1;
         if identifier == real_id && pin == real_pin {
             auth.failures.remove(identifier);
             let session = new_session(&mut auth, None);
@@ -540,6 +552,7 @@ impl KeypadBank {
         if auth.failures.len() >= MAX_ENTRIES {
             auth.failures.retain(|_, n| *n >= MAX_ATTEMPTS);
         }
+        auth.wrong_pins += 1;
         let n = auth.failures.entry(identifier.to_owned()).or_insert(0);
         *n += 1;
         if *n >= MAX_ATTEMPTS {
