@@ -226,9 +226,7 @@ pub struct CardIdentity {
 /// Data elements left out of [`CardIdentity::records_digest`], so that a
 /// stored digest says nothing about the card number: PAN, track 1 and 2
 /// data (and their discretionary parts), the holder's name.
-pub const CARD_NUMBER_TAGS: &[Tag] = &[
-    0x5A, 0x56, 0x57, 0x5F20, 0x9F0B, 0x9F1F, 0x9F20, 0x9F6B,
-];
+pub const CARD_NUMBER_TAGS: &[Tag] = &[0x5A, 0x56, 0x57, 0x5F20, 0x9F0B, 0x9F1F, 0x9F20, 0x9F6B];
 
 impl CardIdentity {
     /// Whether this is the card registered as `expected`: everything the
@@ -758,7 +756,9 @@ fn verify_pin(card: &mut dyn CardTransport, block: &[u8]) -> Result<(), CapError
     };
     match r.sw {
         sw::OK => Ok(()),
-        sw::PIN_BLOCKED | sw::REFERENCE_DATA_INVALIDATED => Err(CapError::VerifyBlocked { sw: r.sw }),
+        sw::PIN_BLOCKED | sw::REFERENCE_DATA_INVALIDATED => {
+            Err(CapError::VerifyBlocked { sw: r.sw })
+        }
         // "Verification failed" without a counter.
         0x6300 => Err(CapError::WrongPin { tries_left: None }),
         s if s & 0xFFF0 == 0x63C0 => {

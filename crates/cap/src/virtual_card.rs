@@ -146,7 +146,9 @@ impl FromStr for Profile {
 /// A virtual card's configuration is impossible.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VirtualCardError {
-    #[error("unknown card profile {0:?}; known profiles: cap-be, bancontact, visa-dpa, cap-t1, cap-uk")]
+    #[error(
+        "unknown card profile {0:?}; known profiles: cap-be, bancontact, visa-dpa, cap-t1, cap-uk"
+    )]
     UnknownProfile(String),
     #[error("a card PIN is 4 to 12 digits")]
     BadPin,
@@ -1079,7 +1081,9 @@ impl SmartCard for VirtualCard {
             state.reset();
             tracing::debug!("virtual card: pulled out right after a VERIFY");
             let session = state.session;
-            state.log.push((session, masked_hex(capdu), "(removed)".into()));
+            state
+                .log
+                .push((session, masked_hex(capdu), "(removed)".into()));
             return None;
         }
         let sw = hex::encode_upper(&answer[answer.len().saturating_sub(2)..]);

@@ -118,7 +118,12 @@ mod tests {
         assert!(p.allows("XS2A_PASSWORD"));
         assert!(!p.allows("XS2A_API_TOKEN"));
         assert!(!p.allows("HOME"));
-        for own in ["BANKBRIDGE_MASTER_KEY", "BANKBRIDGE_DB", "BANKBRIDGE_HOME", "PGPASSWORD"] {
+        for own in [
+            "BANKBRIDGE_MASTER_KEY",
+            "BANKBRIDGE_DB",
+            "BANKBRIDGE_HOME",
+            "PGPASSWORD",
+        ] {
             assert!(!p.allows(own), "{own}");
             assert!(EnvPolicy::with_allowed([own]).is_err(), "{own}");
         }

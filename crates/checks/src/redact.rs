@@ -123,9 +123,17 @@ impl Redactor {
 /// minted, a consent id).
 pub fn is_credential_field(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["token", "secret", "password", "passwd", "authorization", "api_key", "apikey"]
-        .iter()
-        .any(|p| k.contains(p))
+    [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "authorization",
+        "api_key",
+        "apikey",
+    ]
+    .iter()
+    .any(|p| k.contains(p))
         || k == "pin"
         || k.starts_with("consent")
 }
@@ -155,7 +163,11 @@ fn mask_json_fields(v: &mut serde_json::Value) -> bool {
         Value::Object(map) => {
             let mut changed = false;
             for (k, value) in map.iter_mut() {
-                if is_credential_field(k) && !value.is_null() && !value.is_object() && !value.is_array() {
+                if is_credential_field(k)
+                    && !value.is_null()
+                    && !value.is_object()
+                    && !value.is_array()
+                {
                     *value = Value::String(MASK.into());
                     changed = true;
                 } else {
@@ -232,7 +244,10 @@ mod tests {
             "https://b.example/a?access_token=***&page=2#id_token=***&s=1"
         );
         // Text that is neither is left alone; so is JSON without such fields.
-        assert_eq!(mask_credential_fields("hello token=1 world"), "hello token=1 world");
+        assert_eq!(
+            mask_credential_fields("hello token=1 world"),
+            "hello token=1 world"
+        );
         assert_eq!(mask_credential_fields(r#"{"a": 1}"#), r#"{"a": 1}"#);
         assert!(!is_credential_field("tokenizer_version") || is_credential_field("token"));
     }

@@ -315,14 +315,10 @@ impl Runner {
                     format!("secret `{name}`: {}", opts.env_policy.refusal(env)),
                 );
             }
-            let value = opts
-                .overrides
-                .get(name)
-                .cloned()
-                .or_else(|| match source {
-                    SecretSource::Env(env) => read_env(opts, env),
-                    SecretSource::Store(key) => (opts.secrets)(key),
-                });
+            let value = opts.overrides.get(name).cloned().or_else(|| match source {
+                SecretSource::Env(env) => read_env(opts, env),
+                SecretSource::Store(key) => (opts.secrets)(key),
+            });
             let Some(value) = value else {
                 let hint = match source {
                     SecretSource::Env(env) => format!("set the environment variable {env}"),

@@ -502,7 +502,14 @@ async fn agents_at_two_locations_report_to_a_postgres_server() {
     // An agent token serves the one location it was made for.
     let agent_of = |location: &str| {
         env.run_ok(&[
-            "token", "create", "--scope", "agent", "--name", location, "--location", location,
+            "token",
+            "create",
+            "--scope",
+            "agent",
+            "--name",
+            location,
+            "--location",
+            location,
         ])
         .trim()
         .to_owned()

@@ -423,7 +423,11 @@ async fn a_wrong_pin_is_tried_once_and_the_error_is_clear() {
     // Nine more manual syncs: none sends the PIN.
     for _ in 0..9 {
         let (v, code, _) = sync(&env, &[]).await;
-        assert_eq!((v["status"].as_str(), code), (Some("credentials_refused"), 1), "{v}");
+        assert_eq!(
+            (v["status"].as_str(), code),
+            (Some("credentials_refused"), 1),
+            "{v}"
+        );
         let e = v["error"].as_str().unwrap();
         assert!(e.contains("not sent again"), "{e}");
         assert!(e.contains("connection update bank"), "{e}");
@@ -433,8 +437,7 @@ async fn a_wrong_pin_is_tried_once_and_the_error_is_clear() {
         (1, 1),
         "10 manual syncs with a wrong PIN: the bank saw one login"
     );
-    let list: Value =
-        serde_json::from_str(&env.run_ok(&["connection", "list", "--json"])).unwrap();
+    let list: Value = serde_json::from_str(&env.run_ok(&["connection", "list", "--json"])).unwrap();
     assert_eq!(list[0]["last_sync_status"], "credentials_refused");
     assert_eq!(list[0]["credentials_refused"], true);
 
@@ -485,7 +488,11 @@ async fn a_wrong_pin_is_tried_once_and_the_error_is_clear() {
             child.wait_with_output()
         })
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("updated the credentials"));
     let (v, _, err) = sync(&env, &[]).await;
     // Logged in (the bank may still want its 2FA for old history).

@@ -143,7 +143,10 @@ mod tests {
 
     #[test]
     fn excerpts_are_short_single_lines() {
-        assert_eq!(excerpt("  Грешка:\n\tневалиден\r\n  вход  "), "Грешка: невалиден вход");
+        assert_eq!(
+            excerpt("  Грешка:\n\tневалиден\r\n  вход  "),
+            "Грешка: невалиден вход"
+        );
         let long = "x".repeat(500);
         let e = excerpt(&long);
         assert_eq!(e.chars().count(), EXCERPT_CHARS + 1);

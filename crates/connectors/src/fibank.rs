@@ -761,7 +761,10 @@ fn map_line(
 
 /// Map the `getBlockedAmounts` answer: each hold becomes a pending row keyed
 /// `block:<blockId>` (its own id space, never an `acEntrySrNo`).
-pub fn map_blocked(answer: &Value, currency: Currency) -> Result<Vec<FetchedTransaction>, ConnectorError> {
+pub fn map_blocked(
+    answer: &Value,
+    currency: Currency,
+) -> Result<Vec<FetchedTransaction>, ConnectorError> {
     let what = "getBlockedAmounts";
     let list = match answer.get("blockedAmounts") {
         Some(Value::Array(list)) => list,
@@ -783,7 +786,12 @@ pub fn map_blocked(answer: &Value, currency: Currency) -> Result<Vec<FetchedTran
             let id = match obj.get("blockId") {
                 Some(Value::Number(n)) => n.to_string(),
                 Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_owned(),
-                _ => return Err(malformed(what, format!("blockedAmounts[{i}] has no blockId"))),
+                _ => {
+                    return Err(malformed(
+                        what,
+                        format!("blockedAmounts[{i}] has no blockId"),
+                    ));
+                }
             };
             let amount = signed_amount(what, obj)?;
             let stamp = text(obj, "dateTime")
@@ -1171,7 +1179,11 @@ mod tests {
         assert_eq!(rows[1].amount.to_string(), "1.00");
         assert_eq!(rows[1].label, "");
         // No holds at all, in either spelling.
-        assert!(map_blocked(&json!({"blockedAmounts": []}), bgn).unwrap().is_empty());
+        assert!(
+            map_blocked(&json!({"blockedAmounts": []}), bgn)
+                .unwrap()
+                .is_empty()
+        );
         assert!(map_blocked(&json!({"iban": "x"}), bgn).unwrap().is_empty());
         // A hold without an amount or an id is malformed, not a panic.
         for bad in [

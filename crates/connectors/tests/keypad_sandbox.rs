@@ -175,7 +175,10 @@ async fn unattended_stops_at_90_days_then_one_approval_per_contract_completes_th
     // One 2FA request for the run, left pending (nobody approved it).
     assert_eq!(w.pending_requests().len(), 1);
     let conn = env.store.find_connection("keypad").await.unwrap().unwrap();
-    assert_eq!(conn.last_sync_status, bankbridge_store::SyncOutcome::NeedsUser);
+    assert_eq!(
+        conn.last_sync_status,
+        bankbridge_store::SyncOutcome::NeedsUser
+    );
 
     // With someone to approve: one approval per contract, then the whole history.
     let solver = approver(&sb);

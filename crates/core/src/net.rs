@@ -38,7 +38,9 @@ pub fn secure_url(raw: &str, what: &str) -> Result<Url, String> {
             "{what} {raw:?} is plain http to another machine: use https (plain http is accepted \
              only for 127.0.0.1, ::1 or localhost)"
         )),
-        other => Err(format!("{what} {raw:?} uses {other}: only https is accepted")),
+        other => Err(format!(
+            "{what} {raw:?} uses {other}: only https is accepted"
+        )),
     }
 }
 

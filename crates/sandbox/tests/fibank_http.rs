@@ -312,7 +312,9 @@ fn parse_strictly(body: &Value) -> Result<Vec<StrictLine>, String> {
             let text = n.to_string();
             let decimals = text.split_once('.').map_or(0, |(_, f)| f.len());
             if decimals > 2 || n.as_f64().is_none_or(|f| f.abs() >= 1e9) {
-                return Err(format!("stmt[{i}].{field} {text} does not fit DECIMAL(11,2)"));
+                return Err(format!(
+                    "stmt[{i}].{field} {text} does not fit DECIMAL(11,2)"
+                ));
             }
         }
         if !["D", "K"].contains(&row.dtkt.as_str()) {
@@ -348,7 +350,11 @@ async fn every_booked_line_parses_strictly_while_holds_are_open() {
         let rows = parse_strictly(&body).unwrap_or_else(|e| panic!("{}: {e}", t.iban));
         assert_eq!(rows.len() as u64, t.booked_count, "{}", t.iban);
         for r in rows {
-            assert!(ids.insert(r.acEntrySrNo), "acEntrySrNo {} twice", r.acEntrySrNo);
+            assert!(
+                ids.insert(r.acEntrySrNo),
+                "acEntrySrNo {} twice",
+                r.acEntrySrNo
+            );
         }
     }
     assert!(holds > 0, "the sandbox day has open card holds");
@@ -558,10 +564,7 @@ async fn control_routes_tell_the_truth() {
         let blocked: Value =
             serde_json::from_str(&sb.fibank().blocked_json(&t.iban).unwrap()).unwrap();
         let holds = blocked["blockedAmounts"].as_array().unwrap();
-        let (pn, pcents) = (
-            holds.len() as u64,
-            holds.iter().map(cents_of).sum::<i64>(),
-        );
+        let (pn, pcents) = (holds.len() as u64, holds.iter().map(cents_of).sum::<i64>());
         let money = |c: i64| {
             format!(
                 "{}{}.{:02}",

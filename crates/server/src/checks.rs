@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bankbridge_checks::alerts::{
     Alert, AlertKind, CertificateInfo, ChannelConfig, LocationOutcome, Notifier,
 };
-use bankbridge_checks::flow::{self, Flow, FlowError};
 use bankbridge_checks::env::EnvPolicy;
+use bankbridge_checks::flow::{self, Flow, FlowError};
 use bankbridge_checks::runner::{RunOptions, RunReport, Runner, stored_secrets};
 use bankbridge_checks::schedule::{
     CheckState, Health, Outcome, Transition, in_maintenance, locations_for_round, round_verdict,

@@ -627,7 +627,10 @@ async fn refused_credentials_are_not_sent_again_until_they_change() {
     for _ in 0..3 {
         let err = expect_error(sync(&write, "").await, 409, "credentials_refused").await;
         assert!(
-            err["message"].as_str().unwrap().contains("connection update"),
+            err["message"]
+                .as_str()
+                .unwrap()
+                .contains("connection update"),
             "{err}"
         );
     }
@@ -662,13 +665,21 @@ async fn refused_credentials_are_not_sent_again_until_they_change() {
     .await;
     assert_eq!(err["parameter"], "password");
     let err = expect_error(
-        patch(&admin, json!({"base_url": "http://bank.example", "password": "x"})).await,
+        patch(
+            &admin,
+            json!({"base_url": "http://bank.example", "password": "x"}),
+        )
+        .await,
         400,
         "invalid_parameter",
     )
     .await;
     assert_eq!(err["parameter"], "base_url");
-    let res = patch(&admin, json!({"password": FAKE_PASSWORD, "interval_secs": 7200})).await;
+    let res = patch(
+        &admin,
+        json!({"password": FAKE_PASSWORD, "interval_secs": 7200}),
+    )
+    .await;
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     assert!(!text.contains(FAKE_PASSWORD), "{text}");

@@ -565,3 +565,104 @@ async fn busy_reader_removed_card_and_bad_requests_get_clear_codes() {
     expect_error(res, 409, "conflict").await;
     rig.server.shutdown().await;
 }
+
+/// The store cannot record that a card may have refused its PIN (another
+/// process holds the database's write lock): the card is held out of use in
+/// memory, the reader's turn is kept until the write lands, and no second
+/// VERIFY reaches the card.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refusal_the_store_cannot_record_yet_is_held_in_memory() {
+    use sqlx::Connection as _;
+    let rig = Rig::start(Duration::from_secs(60)).await;
+    let handle = rig.insert("Reader L", config_for(11, "1234"), Duration::ZERO);
+    let card = rig.register("Reader L", "0000").await;
+    let id = card["id"].as_str().unwrap().to_owned();
+
+    // Another process takes the write lock of the SQLite file.
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&rig.server.db_path);
+    let mut blocker = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    let first = {
+        let (base, path, token, client) = (
+            rig.server.base.clone(),
+            rig.card_path(&id, "logins"),
+            rig.write.clone(),
+            rig.server.client.clone(),
+        );
+        tokio::spawn(async move {
+            let res = client
+                .post(format!("{base}{path}"))
+                .bearer_auth(token)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap();
+            (status, body["code"].as_str().unwrap_or("ok").to_owned())
+        })
+    };
+    let started = std::time::Instant::now();
+    while handle.verify_count() == 0 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(handle.verify_count(), 1);
+    // Past two of the store's 5 s busy timeouts (the request's token touch
+    // waits one out first): the card's first write failed and is retried.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert!(
+        !first.is_finished(),
+        "the turn is held until the write lands"
+    );
+    let in_store = rig.server.store.get_card(&id).await.unwrap().unwrap();
+    assert_eq!(in_store.status.as_str(), "active", "not recorded yet");
+    // Another request is refused from memory, without a VERIFY.
+    let second = tokio::spawn({
+        let (base, path, token, client) = (
+            rig.server.base.clone(),
+            rig.card_path(&id, "logins"),
+            rig.write.clone(),
+            rig.server.client.clone(),
+        );
+        async move {
+            let res = client
+                .post(format!("{base}{path}"))
+                .bearer_auth(token)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let body: Value = res.json().await.unwrap();
+            (
+                body["code"].as_str().unwrap_or("ok").to_owned(),
+                body["message"].clone(),
+            )
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    blocker.close().await.unwrap();
+
+    assert_eq!(first.await.unwrap(), (409, "wrong_pin".to_owned()));
+    let (code, message) = second.await.unwrap();
+    assert_eq!(code, "card_disabled", "{message}");
+    assert_eq!(handle.verify_count(), 1, "exactly one VERIFY");
+    let card = rig.server.store.get_card(&id).await.unwrap().unwrap();
+    assert_eq!(card.status.as_str(), "disabled");
+    assert!(card.pin_refused);
+    let logs = logs();
+    assert!(
+        logs.contains("holding its reader and retrying"),
+        "{}",
+        logs.lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    rig.server.shutdown().await;
+}

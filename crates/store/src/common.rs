@@ -9,9 +9,8 @@ use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use rust_decimal::Decimal;
 
 use crate::{
-    Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewCard,
-    ConnectionUpdate, NewInstitution, Result, StoreError, SyncOutcome, TxQuery, TxWrite,
-    WindowCommit,
+    Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, ConnectionUpdate, Institution,
+    NewCard, NewInstitution, Result, StoreError, SyncOutcome, TxQuery, TxWrite, WindowCommit,
 };
 
 /// Instants are kept to the microsecond on both backends (PostgreSQL's

@@ -26,8 +26,9 @@ use crate::common::{CardAuditRow, CardRow, InstitutionRow};
 use crate::documents::{self, DocumentQuery, NewDocument, SavedDocument};
 use crate::{
     AccountTotals, Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Checkpoint,
-    CommitStats, Connection, ConnectionUpdate, Institution, Lease, NewCard, NewConnection, NewInstitution, Result,
-    Scope, Store, StoreError, StoredBalance, SyncJob, SyncOutcome, TokenRecord, TxQuery, WindowCommit, codec,
+    CommitStats, Connection, ConnectionUpdate, Institution, Lease, NewCard, NewConnection,
+    NewInstitution, Result, Scope, Store, StoreError, StoredBalance, SyncJob, SyncOutcome,
+    TokenRecord, TxQuery, WindowCommit, codec,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use bankbridge_core::{Balance, BalanceKind, FetchedAccount, Iban, Transaction, TxStatus};
 use bankbridge_store::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, CheckRun, CheckRunQuery,
-    CheckStep, Checkpoint, ConnectionUpdate, DocumentQuery, Lease, NewCard, NewCheckRun, NewCheckStep, NewConnection,
-    NewDocument, NewInstitution, PgStore, Scope, SqliteStore, Store, StoreError, SyncJob, SyncOutcome,
-    TokenRecord, TxQuery, TxWrite, WindowCommit, sha256_hex,
+    CheckStep, Checkpoint, ConnectionUpdate, DocumentQuery, Lease, NewCard, NewCheckRun,
+    NewCheckStep, NewConnection, NewDocument, NewInstitution, PgStore, Scope, SqliteStore, Store,
+    StoreError, SyncJob, SyncOutcome, TokenRecord, TxQuery, TxWrite, WindowCommit, sha256_hex,
 };
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use futures::StreamExt;
@@ -469,7 +469,13 @@ async fn a_refused_login_holds_until_the_credentials_change(s: Arc<dyn Store>) {
     s.record_sync_result(c.id, t(2), SyncOutcome::CredentialsRefused, None, 1)
         .await
         .unwrap();
-    assert!(!s.get_connection(c.id).await.unwrap().unwrap().credentials_refused());
+    assert!(
+        !s.get_connection(c.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .credentials_refused()
+    );
     assert_eq!(
         s.update_connection(9_999, &ConnectionUpdate::default())
             .await
@@ -478,9 +484,15 @@ async fn a_refused_login_holds_until_the_credentials_change(s: Arc<dyn Store>) {
     );
     // Every outcome reads back as itself.
     for outcome in SyncOutcome::ALL {
-        s.record_sync_result(c.id, t(3), outcome, None, 2).await.unwrap();
+        s.record_sync_result(c.id, t(3), outcome, None, 2)
+            .await
+            .unwrap();
         assert_eq!(
-            s.get_connection(c.id).await.unwrap().unwrap().last_sync_status,
+            s.get_connection(c.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_sync_status,
             outcome
         );
     }
@@ -565,7 +577,8 @@ async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        s.record_sync_result(9_999, t(0), SyncOutcome::Ok, None, 1).await,
+        s.record_sync_result(9_999, t(0), SyncOutcome::Ok, None, 1)
+            .await,
         Err(StoreError::NotFound(_))
     ));
 

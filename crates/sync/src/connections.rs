@@ -83,7 +83,9 @@ pub fn check_settings(s: &ConnectionSettings) -> Result<(), SyncError> {
     if s.interval_secs.is_some_and(|i| i < MIN_INTERVAL_SECS) {
         return Err(invalid(
             "interval_secs",
-            format!("the interval must be at least {MIN_INTERVAL_SECS} seconds (banks do not like being polled)"),
+            format!(
+                "the interval must be at least {MIN_INTERVAL_SECS} seconds (banks do not like being polled)"
+            ),
         ));
     }
     Ok(())
@@ -193,10 +195,10 @@ pub async fn update_connection(
             check_password(password)?;
             let mut credentials = Credentials::from_json(
                 key.open_str(
-                        &connection.credentials_sealed,
-                        &credentials_purpose(&connection.name),
-                    )?
-                    .expose(),
+                    &connection.credentials_sealed,
+                    &credentials_purpose(&connection.name),
+                )?
+                .expose(),
             )
             .map_err(|e| SyncError::Settings {
                 connection: connection.name.clone(),

@@ -179,7 +179,10 @@ pub enum SyncError {
     WrongMasterKey { recorded: String, given: String },
     /// A connection setting or credential given is not acceptable.
     #[error("{field}: {message}")]
-    InvalidField { field: &'static str, message: String },
+    InvalidField {
+        field: &'static str,
+        message: String,
+    },
     #[error("cannot build the {connector} connector: {detail}")]
     Factory { connector: String, detail: String },
     /// The bank wants a person (strong customer authentication) and none
@@ -234,7 +237,10 @@ impl SyncError {
 
     /// How a sync that ended this way is recorded on its connection.
     pub fn outcome_of<T>(result: &Result<T, SyncError>) -> SyncOutcome {
-        result.as_ref().err().map_or(SyncOutcome::Ok, SyncError::outcome)
+        result
+            .as_ref()
+            .err()
+            .map_or(SyncOutcome::Ok, SyncError::outcome)
     }
 
     /// How a sync that failed this way is recorded.
@@ -273,7 +279,10 @@ mod error_tests {
             connection: "bank".into(),
             at: None,
         };
-        assert!(again.to_string().contains("connection update bank"), "{again}");
+        assert!(
+            again.to_string().contains("connection update bank"),
+            "{again}"
+        );
         let n = SyncError::NeedsUser {
             connection: "bank".into(),
             challenge: ScaChallenge::Decoupled {

@@ -324,7 +324,10 @@ async fn unattended_sync_stops_at_the_boundary_then_an_approved_one_completes() 
         .count();
     assert_eq!(stops, 2, "both accounts stopped at the boundary");
     let conn = f.store.find_connection("gate").await.unwrap().unwrap();
-    assert_eq!(conn.last_sync_status, bankbridge_store::SyncOutcome::NeedsUser);
+    assert_eq!(
+        conn.last_sync_status,
+        bankbridge_store::SyncOutcome::NeedsUser
+    );
     assert!(
         conn.last_sync_error
             .as_deref()

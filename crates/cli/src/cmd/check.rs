@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
+use bankbridge_checks::env::EnvPolicy;
 use bankbridge_checks::flow::{self, Flow, SecretSource};
 use bankbridge_checks::report::{self, Format};
-use bankbridge_checks::env::EnvPolicy;
 use bankbridge_checks::runner::{RunOptions, RunReport, Runner};
 use bankbridge_checks::schedule::Outcome;
 use bankbridge_server::check_secrets::CheckSecrets;
@@ -22,10 +22,12 @@ use crate::config::Config;
 #[derive(Subcommand, Debug)]
 pub enum CheckCommand {
     /// Run flow files (or folders of them) now and print each step.
-    #[command(after_help = "Example: BANKBRIDGE_CHECK_XS2A_API_TOKEN=... BANKBRIDGE_CHECK_XS2A_PASSWORD=123456 \\\n  \
+    #[command(
+        after_help = "Example: BANKBRIDGE_CHECK_XS2A_API_TOKEN=... BANKBRIDGE_CHECK_XS2A_PASSWORD=123456 \\\n  \
         bankbridge check run examples/flows/klarna-xs2a.toml --var base_url=http://127.0.0.1:8080/xs2a-playground --report junit results.xml\n\n\
         A flow's { env = \"NAME\" } reads only BANKBRIDGE_CHECK_* variables and those given with --allow-env.\n\
-        Exit status: 0 when every flow passed (or was only degraded), 1 when one failed, 2 when a file is invalid.")]
+        Exit status: 0 when every flow passed (or was only degraded), 1 when one failed, 2 when a file is invalid."
+    )]
     Run(RunArgs),
     /// Parse flow files (or folders) and report every error with its file, line and field.
     #[command(after_help = "Example: bankbridge check validate examples/flows/")]
@@ -69,7 +71,8 @@ pub struct RunArgs {
 /// The environment flows may read: `BANKBRIDGE_CHECK_*` and `names`.
 pub fn env_policy(names: &[String]) -> Result<std::sync::Arc<EnvPolicy>> {
     Ok(std::sync::Arc::new(
-        EnvPolicy::with_allowed(names.iter().cloned()).map_err(|e| anyhow::anyhow!("--allow-env: {e}"))?,
+        EnvPolicy::with_allowed(names.iter().cloned())
+            .map_err(|e| anyhow::anyhow!("--allow-env: {e}"))?,
     ))
 }
 

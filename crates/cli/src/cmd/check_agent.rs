@@ -53,8 +53,8 @@ struct Job {
 pub async fn run(args: AgentArgs) -> Result<ExitCode> {
     let overrides = super::check::parse_vars(&args.vars)?;
     let env_policy = super::check::env_policy(&args.allow_env)?;
-    let server = bankbridge_core::net::secure_url(&args.server, "--server")
-        .map_err(anyhow::Error::msg)?;
+    let server =
+        bankbridge_core::net::secure_url(&args.server, "--server").map_err(anyhow::Error::msg)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()

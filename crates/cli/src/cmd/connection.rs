@@ -204,7 +204,10 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
 fn flag_error(e: bankbridge_sync::SyncError) -> anyhow::Error {
     match e {
         bankbridge_sync::SyncError::InvalidField { field, message } => {
-            anyhow::anyhow!("--{}: {message}", field.replace('_', "-").replace("-secs", ""))
+            anyhow::anyhow!(
+                "--{}: {message}",
+                field.replace('_', "-").replace("-secs", "")
+            )
         }
         other => other.into(),
     }
@@ -279,7 +282,11 @@ async fn update(config: &Config, args: UpdateArgs) -> Result<ExitCode> {
     if what.is_empty() {
         println!("connection {}: nothing to change", updated.name);
     } else {
-        println!("updated the {} of connection {}", what.join(" and "), updated.name);
+        println!(
+            "updated the {} of connection {}",
+            what.join(" and "),
+            updated.name
+        );
         if connection.credentials_refused() && change.password.is_some() {
             println!(
                 "its refused login no longer blocks it: sync it with `bankbridge sync --connection {}`",

@@ -24,9 +24,10 @@ pub async fn run(config: &Config) -> Result<ExitCode> {
             key_file.display()
         );
     }
-    let (key, store) = config.keyed_store().await.context(
-        "the master key and the database do not belong together; nothing was changed",
-    )?;
+    let (key, store) = config
+        .keyed_store()
+        .await
+        .context("the master key and the database do not belong together; nothing was changed")?;
     println!(
         "database:   {} ({}); master key check value {}",
         redact_url(&config.db),

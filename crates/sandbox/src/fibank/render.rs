@@ -339,7 +339,10 @@ pub fn blocked_line(out: &mut String, world: &World, acct: &AccountData, p: &Aut
     o.int("blockId", p.id)
         .str("reference", &reference("BL", p.date, p.id))
         .str("dateTime", &sofia_stamp(p.date, p.secs))
-        .str("expiryDt", &sofia_stamp(p.date + chrono::Days::new(BLOCK_LAPSES_DAYS), 0))
+        .str(
+            "expiryDt",
+            &sofia_stamp(p.date + chrono::Days::new(BLOCK_LAPSES_DAYS), 0),
+        )
         .money("amount", p.cents.abs())
         .str("dtkt", dtkt(p.cents))
         .str("ccy", acct.currency)

@@ -20,8 +20,8 @@ use super::schema::{
 };
 use super::{ApiJson, PathId, guarded, json};
 use crate::checks::ChecksService;
-use crate::{AppState, Principal};
 use crate::error::{ApiError, ErrorBody};
+use crate::{AppState, Principal};
 
 pub(crate) fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
@@ -220,7 +220,10 @@ pub(crate) async fn run(
             let mut detail = serde_json::from_str::<serde_json::Value>(&s.detail)
                 .unwrap_or(serde_json::Value::Null);
             if !bodies {
-                for (part, fields) in [("request", &["body", "form"][..]), ("response", &["body"][..])] {
+                for (part, fields) in [
+                    ("request", &["body", "form"][..]),
+                    ("response", &["body"][..]),
+                ] {
                     if let Some(obj) = detail.get_mut(part).and_then(|p| p.as_object_mut()) {
                         for f in fields {
                             if obj.contains_key(*f) {

@@ -3,11 +3,11 @@
 //! a connection need admin.
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::Router;
 use bankbridge_core::{ConnectionSettings, Credentials, Secret};
 use bankbridge_store::{Connection, Scope, SyncOutcome};
 use bankbridge_sync::{
@@ -361,7 +361,9 @@ pub(crate) async fn update(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "sync_in_progress",
-            format!("connection {id} is syncing (job {job}); change it once that sync has finished"),
+            format!(
+                "connection {id} is syncing (job {job}); change it once that sync has finished"
+            ),
         ));
     }
     let change = ConnectionChange {

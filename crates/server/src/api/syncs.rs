@@ -95,7 +95,11 @@ pub(crate) async fn start(
             .to_string(),
         ));
     }
-    let trigger = if force { Trigger::ApiForced } else { Trigger::Api };
+    let trigger = if force {
+        Trigger::ApiForced
+    } else {
+        Trigger::Api
+    };
     let started = state.start_sync(connection, trigger).await?;
     let job = started.job();
     let mut res = json(StatusCode::ACCEPTED, job, 256);

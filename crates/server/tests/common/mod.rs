@@ -253,8 +253,7 @@ impl TestServer {
     pub async fn token_at(&self, scope: Scope, location: Option<&str>) -> String {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (plain, mut record) =
-            auth::new_token(&format!("test-{}-{n}", scope.as_str()), scope);
+        let (plain, mut record) = auth::new_token(&format!("test-{}-{n}", scope.as_str()), scope);
         record.location = location.map(str::to_owned);
         self.store.create_token(&record).await.unwrap();
         plain.expose().clone()
