@@ -286,3 +286,60 @@ async fn card_service_through_pcscd_gives_codes_the_issuer_verifies() {
         );
     }
 }
+
+/// A CAP-only application without a card number (the UK kind): `card m1`
+/// and `card m2` compute its codes through pcscd.
+#[test]
+fn a_card_without_a_number_gives_codes_from_the_command_line() {
+    let Some(_slots) = SlotsLock::for_tests() else {
+        return;
+    };
+    let env = Env::sqlite();
+    let mut config = VirtualCardConfig::new(Profile::CapUk, "4321");
+    config.key = CardKey::derive("uk card");
+    let card = insert_card(
+        &env,
+        &[
+            "--profile",
+            "cap-uk",
+            "--pin",
+            "4321",
+            "--key-seed",
+            "uk card",
+        ],
+    );
+    let cases = [
+        CapRequest::Login {
+            challenge: Some("12345678".into()),
+        },
+        CapRequest::Sign {
+            numbers: vec!["100".into(), "12345678".into()],
+        },
+    ];
+    for request in cases {
+        let args: Vec<String> = match &request {
+            CapRequest::Login { challenge } => {
+                vec!["m1".into(), challenge.clone().unwrap()]
+            }
+            CapRequest::Sign { numbers } => {
+                let mut a = vec!["m2".to_owned()];
+                a.extend(numbers.iter().cloned());
+                a
+            }
+        };
+        let mut full: Vec<&str> = args.iter().map(String::as_str).collect();
+        full.extend_from_slice(&["--reader", "0", "--json"]);
+        let (ok, stdout, stderr) = card_cli(&env, &full, Some("4321"));
+        assert!(ok, "{request:?}: {stderr}");
+        let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+        let atc = v["atc"].as_u64().unwrap() as u16;
+        assert_eq!(
+            v["response"],
+            verify::expected_code(&config, &request, atc)
+                .unwrap()
+                .response,
+            "{request:?}"
+        );
+    }
+    remove_card(card);
+}
