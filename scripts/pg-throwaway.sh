@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL server for tests, on loopback only, trust auth.
+# It also speaks TLS, with a certificate made on the fly for 127.0.0.1 and
+# localhost by a CA of its own (openssl), so clients can test sslmode=require,
+# verify-ca and verify-full against it.
 #
 #   scripts/pg-throwaway.sh start   # prints the admin URL on stdout
 #   scripts/pg-throwaway.sh url     # prints it again
+#   scripts/pg-throwaway.sh ca      # prints the path of the CA certificate (PEM)
 #   scripts/pg-throwaway.sh stop    # stops the server and deletes its data
 #
 # Typical use:
@@ -36,6 +40,12 @@ find_bin() {
 }
 
 ensure_postgres() {
+    if ! command -v openssl >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "openssl not found: installing Debian's openssl package"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >&2
+    fi
+    command -v openssl >/dev/null 2>&1 || die "openssl not found: install it (apt-get install openssl)"
     if find_bin initdb >/dev/null && find_bin pg_ctl >/dev/null; then
         return 0
     fi
@@ -63,6 +73,23 @@ port_busy() {
 }
 
 url_for() { echo "postgres://postgres@127.0.0.1:$1/postgres"; }
+
+# A CA and a server certificate for 127.0.0.1 and localhost, in $1; the
+# server's key belongs to the postgres user, mode 0600 (the server insists).
+make_certificates() {
+    local dir="$1"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bankbridge throwaway CA" \
+        -keyout "$dir/ca.key" -out "$dir/ca.crt" >/dev/null 2>&1 || die "openssl: cannot make the CA"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$dir/data/server.key" -out "$dir/server.csr" >/dev/null 2>&1 || die "openssl: cannot make the key"
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$dir/server.ext"
+    openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+        -days 2 -extfile "$dir/server.ext" -out "$dir/data/server.crt" >/dev/null 2>&1 ||
+        die "openssl: cannot sign the server certificate"
+    chmod 600 "$dir/data/server.key"
+    chmod 644 "$dir/ca.crt"
+    if [ "$(id -u)" -eq 0 ]; then chown postgres "$dir/data/server.key" "$dir/data/server.crt"; fi
+}
 
 load_state() {
     [ -f "$STATE" ] || return 1
@@ -101,10 +128,14 @@ cmd_start() {
     fi
     as_pg "$initdb" -D "$dir/data" -U postgres --auth=trust --encoding=UTF8 --no-sync >"$dir/initdb.log" 2>&1 ||
         { cat "$dir/initdb.log" >&2; rm -rf "$dir"; die "initdb failed"; }
+    make_certificates "$dir"
     cat >>"$dir/data/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$dir/socket'
+ssl = on
+ssl_cert_file = '$dir/data/server.crt'
+ssl_key_file = '$dir/data/server.key'
 max_connections = 200
 fsync = off
 synchronous_commit = off
@@ -148,12 +179,18 @@ cmd_url() {
     url_for "$PG_PORT"
 }
 
+cmd_ca() {
+    running || die "not running: start it with $0 start"
+    echo "$PG_DIR/ca.crt"
+}
+
 case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     url) cmd_url ;;
+    ca) cmd_ca ;;
     *)
-        echo "usage: $0 start|stop|url" >&2
+        echo "usage: $0 start|stop|url|ca" >&2
         exit 2
         ;;
 esac

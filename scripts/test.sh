@@ -51,6 +51,9 @@ export BANKBRIDGE_PYTHON="$PWD/$venv/bin/python"
 export BANKBRIDGE_PG_STATE="${BANKBRIDGE_PG_STATE:-$(mktemp -u /tmp/bankbridge-pg-XXXXXX.env)}"
 BANKBRIDGE_TEST_PG_URL="$(scripts/pg-throwaway.sh start)"
 export BANKBRIDGE_TEST_PG_URL
+# Its CA, for the test that connects over TLS with sslmode=verify-full.
+BANKBRIDGE_TEST_PG_CA="$(scripts/pg-throwaway.sh ca)"
+export BANKBRIDGE_TEST_PG_CA
 trap 'scripts/pg-throwaway.sh stop || true' EXIT
 
 # pcscd with the vpcd driver for the card tests (virtual cards on loopback).

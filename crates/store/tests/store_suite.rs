@@ -3469,3 +3469,98 @@ async fn pruned_check_runs_take_their_steps(location: String) {
         2
     );
 }
+
+// ---------------------------------------------------------------- TLS
+
+/// The throwaway server's CA (`scripts/pg-throwaway.sh ca`), which test.sh
+/// exports as `BANKBRIDGE_TEST_PG_CA`.
+fn pg_ca() -> Option<String> {
+    match std::env::var("BANKBRIDGE_TEST_PG_CA") {
+        Ok(path) if !path.trim().is_empty() => Some(path),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none_or(|v| v.is_empty()),
+                "BANKBRIDGE_TEST_PG_CA is not set, and CI is: export it with \
+                 BANKBRIDGE_TEST_PG_CA=\"$(scripts/pg-throwaway.sh ca)\""
+            );
+            eprintln!("skipped: set BANKBRIDGE_TEST_PG_CA to test PostgreSQL over TLS");
+            None
+        }
+    }
+}
+
+/// `url` with host `host` and `params` added to its query.
+fn tls_url(url: &str, host: &str, params: &str) -> String {
+    let url = url.replacen("@127.0.0.1:", &format!("@{host}:"), 1);
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}
+
+/// Whether the store's own connection runs over TLS, as the server sees it.
+async fn server_sees_tls(url: &str) -> bool {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    ssl
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_in_every_sslmode() {
+    let (Some(admin), Some(ca)) = (pg_admin_url(), pg_ca()) else {
+        return;
+    };
+    let (conn, db, url) = create_pg_database(&admin).await;
+    let outcome = tokio::spawn({
+        let url = url.clone();
+        async move {
+            // require: encrypted, the certificate not checked; verify-ca: a
+            // certificate of our CA; verify-full: and the host's name on it.
+            for (i, (host, params)) in [
+                ("127.0.0.1", "sslmode=require".to_owned()),
+                ("127.0.0.1", format!("sslmode=verify-ca&sslrootcert={ca}")),
+                ("localhost", format!("sslmode=verify-full&sslrootcert={ca}")),
+                ("127.0.0.1", format!("sslmode=verify-full&sslrootcert={ca}")),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let tls = tls_url(&url, host, &params);
+                let store = PgStore::connect(&tls)
+                    .await
+                    .unwrap_or_else(|e| panic!("{params}: {e}"));
+                let c = store
+                    .create_connection(&new_connection(&format!("over tls {i}")))
+                    .await
+                    .unwrap();
+                assert!(store.get_connection(c.id).await.unwrap().is_some());
+                store.close().await;
+                assert!(server_sees_tls(&tls).await, "{params}: not encrypted");
+            }
+            // Another CA's certificate is refused, with the reason.
+            let dir = tempfile::tempdir().unwrap();
+            let other = dir.path().join("other-ca.crt");
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            std::fs::write(&other, params.self_signed(&key).unwrap().pem()).unwrap();
+            let wrong = tls_url(
+                &url,
+                "localhost",
+                &format!("sslmode=verify-full&sslrootcert={}", other.display()),
+            );
+            match PgStore::connect(&wrong).await {
+                Err(StoreError::Open { detail, .. }) => {
+                    assert!(detail.to_lowercase().contains("certificate"), "{detail}")
+                }
+                Err(e) => panic!("expected an open error, got {e}"),
+                Ok(_) => panic!("a certificate of another CA was accepted"),
+            }
+        }
+    })
+    .await;
+    drop_pg_database(conn, &db).await;
+    finish(outcome).await;
+}
