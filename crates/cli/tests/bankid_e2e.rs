@@ -362,3 +362,107 @@ async fn gateway_streams_an_order_to_completion_and_refuses_bad_input() {
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+
+/// Bounded work: the gateway holds at most `--bankid-max-pending` orders
+/// pending (429 past it, a place again once one ends) and at most
+/// `--max-event-streams` event streams open (503 past it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_caps_pending_orders_and_event_streams() {
+    let env = Env::sqlite();
+    let (_sandbox, root) = sandbox(&env);
+    env.run_ok(&["init"]);
+    let token = env
+        .run_ok(&["token", "create", "--scope", "write", "--name", "webapp"])
+        .trim()
+        .to_owned();
+    let port = free_port();
+    let _server = KillOnDrop(Some(
+        env.command(&[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--bankid-sandbox",
+            &root,
+            "--bankid-max-pending",
+            "3",
+            "--max-event-streams",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    ));
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let orders = format!("{base}/api/v1/bankid/orders");
+    let start = || {
+        http.post(&orders)
+            .bearer_auth(&token)
+            .json(&json!({"type": "auth"}))
+            .send()
+    };
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        let res = start().await.unwrap();
+        assert_eq!(res.status(), 201);
+        made.push(res.json::<Value>().await.unwrap());
+    }
+    let res = start().await.unwrap();
+    assert_eq!(res.status(), 429);
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["code"], "bankid_too_many_orders", "{err}");
+
+    // Two event streams open; a third is refused until one closes.
+    let events = |o: &Value| format!("{base}{}", o["events_url"].as_str().unwrap());
+    let first = http.get(events(&made[0])).send().await.unwrap();
+    let second = http.get(events(&made[1])).send().await.unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let res = http.get(events(&made[2])).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["code"], "too_many_streams", "{err}");
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = http.get(events(&made[2])).send().await.unwrap();
+        if res.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A cancelled order frees its place.
+    let res = http
+        .post(format!("{base}{}", made[0]["cancel_url"].as_str().unwrap()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = start().await.unwrap();
+        if res.status() == 201 {
+            break;
+        }
+        assert_eq!(res.status(), 429);
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled order's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -8,6 +8,7 @@
 //! orders stay readable for [`RETENTION`], then are dropped.
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,6 +89,11 @@ pub enum GatewayError {
     BankId(#[from] BankIdError),
     #[error("too many BankID orders in progress; try again shortly")]
     Full,
+    /// The server's cap on orders pending at once is reached.
+    #[error(
+        "{max} BankID orders are pending already (this server's limit); try again once one ends"
+    )]
+    TooManyPending { max: usize },
 }
 
 /// BankID orders of one server.
@@ -96,6 +102,21 @@ pub struct BankIdGateway {
     client: BankIdClient,
     orders: Arc<Mutex<HashMap<String, Arc<GatewayOrder>>>>,
     poll_interval: Duration,
+    /// Orders being started or driven now, against `max_pending`.
+    pending: Arc<AtomicUsize>,
+    max_pending: usize,
+}
+
+/// Orders pending at once by default: each holds a driver polling BankID.
+pub const DEFAULT_MAX_PENDING: usize = 100;
+
+/// One pending order's place under the cap, given back on drop.
+struct PendingSlot(Arc<AtomicUsize>);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl BankIdGateway {
@@ -104,7 +125,33 @@ impl BankIdGateway {
             client,
             orders: Arc::default(),
             poll_interval: Duration::from_secs(2),
+            pending: Arc::default(),
+            max_pending: DEFAULT_MAX_PENDING,
         }
+    }
+
+    /// Hold at most `max` orders pending at once (at least 1); more get
+    /// [`GatewayError::TooManyPending`].
+    pub fn with_max_pending(mut self, max: usize) -> Self {
+        self.max_pending = max.max(1);
+        self
+    }
+
+    /// Orders pending now.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// A place under the pending cap, or the refusal.
+    fn reserve(&self) -> Result<PendingSlot, GatewayError> {
+        let before = self.pending.fetch_add(1, Ordering::AcqRel);
+        let slot = PendingSlot(self.pending.clone());
+        if before >= self.max_pending {
+            return Err(GatewayError::TooManyPending {
+                max: self.max_pending,
+            });
+        }
+        Ok(slot)
     }
 
     /// Collect more or less often than every 2 s (never below 1 s).
@@ -127,6 +174,7 @@ impl BankIdGateway {
         if self.len() >= MAX_ORDERS {
             return Err(GatewayError::Full);
         }
+        let slot = self.reserve()?;
         let ip = end_user_ip.to_string();
         let personal_number = params
             .personal_number
@@ -207,6 +255,7 @@ impl BankIdGateway {
             .with_cancel(cancel);
         let client = self.client.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let result = driver::drive(&client, order, options, |event| {
                 tx.send_modify(|s| match event {
                     OrderEvent::Qr(data) => s.qr = Some(data),
@@ -314,12 +363,16 @@ fn random_hex(bytes: usize) -> String {
 
 /// The end user's address: the TCP peer, or — when the peer is a trusted
 /// proxy — the right-most address in `X-Forwarded-For` that is not one.
-pub fn end_user_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+/// `forwarded_for` holds the header's lines in the order they came: a list
+/// split over several lines is one list (RFC 9110, section 5.3), so the
+/// right-most hop is the last line's last entry.
+pub fn end_user_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[IpAddr]) -> IpAddr {
     if !trusted.contains(&peer) {
         return peer;
     }
     forwarded_for
-        .into_iter()
+        .iter()
+        .rev()
         .flat_map(|h| h.split(',').rev())
         .filter_map(|part| part.trim().parse::<IpAddr>().ok())
         .find(|ip| !trusted.contains(ip))
@@ -336,17 +389,31 @@ mod tests {
         let client: IpAddr = "203.0.113.7".parse().unwrap();
         let other: IpAddr = "198.51.100.1".parse().unwrap();
         // An untrusted peer cannot claim another address.
-        assert_eq!(end_user_ip(other, Some("203.0.113.7"), &[proxy]), other);
+        assert_eq!(end_user_ip(other, &["203.0.113.7"], &[proxy]), other);
         // Behind a trusted proxy: the right-most untrusted hop.
         assert_eq!(
-            end_user_ip(proxy, Some("10.9.9.9, 203.0.113.7"), &[proxy]),
+            end_user_ip(proxy, &["10.9.9.9, 203.0.113.7"], &[proxy]),
             client
         );
         assert_eq!(
-            end_user_ip(proxy, Some("203.0.113.7, 127.0.0.1"), &[proxy]),
+            end_user_ip(proxy, &["203.0.113.7, 127.0.0.1"], &[proxy]),
             client
         );
-        assert_eq!(end_user_ip(proxy, Some("garbage"), &[proxy]), proxy);
-        assert_eq!(end_user_ip(proxy, None, &[proxy]), proxy);
+        assert_eq!(end_user_ip(proxy, &["garbage"], &[proxy]), proxy);
+        assert_eq!(end_user_ip(proxy, &[], &[proxy]), proxy);
+        // Several header lines are one list, in order: a client's forged
+        // first line cannot hide the address the proxy appended last.
+        assert_eq!(
+            end_user_ip(proxy, &["10.9.9.9", "203.0.113.7"], &[proxy]),
+            client
+        );
+        assert_eq!(
+            end_user_ip(
+                proxy,
+                &["198.51.100.1, 10.9.9.9", "203.0.113.7, 127.0.0.1"],
+                &[proxy]
+            ),
+            client
+        );
     }
 }

@@ -19,8 +19,14 @@ use axum::body::Bytes;
 
 /// Largest response kept.
 const MAX_ENTRY: usize = 512 * 1024;
-/// Most bytes kept in all.
+/// Longest key (route and query string) kept.
+const MAX_KEY: usize = 4 * 1024;
+/// Most bytes kept in all: keys, bodies and a per-entry overhead.
 const MAX_TOTAL: usize = 32 * 1024 * 1024;
+/// Most entries kept: many tiny distinct pages must not grow the map without end.
+const MAX_ENTRIES: usize = 10_000;
+/// What an entry costs beside its key and body (map slot, `Entry`, `String`).
+const ENTRY_OVERHEAD: usize = 96;
 
 struct Entry {
     until: Instant,
@@ -30,7 +36,21 @@ struct Entry {
 #[derive(Default)]
 struct Inner {
     entries: HashMap<String, Entry>,
+    /// Bytes the entries cost ([`cost`]).
     bytes: usize,
+    /// Expired entries are dropped at the first put after this.
+    next_sweep: Option<Instant>,
+}
+
+fn cost(key: &str, body: &Bytes) -> usize {
+    key.len() + body.len() + ENTRY_OVERHEAD
+}
+
+impl Inner {
+    fn sweep(&mut self, now: Instant) {
+        self.entries.retain(|_, e| e.until > now);
+        self.bytes = self.entries.iter().map(|(k, e)| cost(k, &e.body)).sum();
+    }
 }
 
 pub(crate) struct PageCache {
@@ -67,7 +87,7 @@ impl PageCache {
 
     /// Keep `body` under `key`, unless the data changed since `generation` was read.
     pub(crate) fn put(&self, key: &str, body: &Bytes, generation: u64) {
-        if self.ttl.is_zero() || body.len() > MAX_ENTRY {
+        if self.ttl.is_zero() || body.len() > MAX_ENTRY || key.len() > MAX_KEY {
             return;
         }
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
@@ -75,10 +95,15 @@ impl PageCache {
             return;
         }
         let now = Instant::now();
-        if inner.bytes + body.len() > MAX_TOTAL {
-            inner.entries.retain(|_, e| e.until > now);
-            inner.bytes = inner.entries.values().map(|e| e.body.len()).sum();
-            if inner.bytes + body.len() > MAX_TOTAL {
+        if inner.next_sweep.is_none_or(|t| now >= t) {
+            inner.sweep(now);
+            inner.next_sweep = Some(now + self.ttl);
+        }
+        let added = cost(key, body);
+        let full = |i: &Inner| i.bytes + added > MAX_TOTAL || i.entries.len() >= MAX_ENTRIES;
+        if full(&inner) {
+            inner.sweep(now);
+            if full(&inner) {
                 inner.entries.clear();
                 inner.bytes = 0;
             }
@@ -88,9 +113,16 @@ impl PageCache {
             body: body.clone(),
         };
         if let Some(old) = inner.entries.insert(key.to_owned(), entry) {
-            inner.bytes -= old.body.len();
+            inner.bytes -= cost(key, &old.body);
         }
-        inner.bytes += body.len();
+        inner.bytes += added;
+    }
+
+    /// (entries, bytes) held now.
+    #[cfg(test)]
+    fn usage(&self) -> (usize, usize) {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        (inner.entries.len(), inner.bytes)
     }
 
     /// Forget everything: bank data changed.
@@ -118,6 +150,40 @@ mod tests {
         assert_eq!(c.get("k"), None);
         c.put("k", &body, g);
         assert_eq!(c.get("k"), None, "computed before the invalidation");
+    }
+
+    #[test]
+    fn keys_count_entries_are_capped_and_expired_ones_go() {
+        let c = PageCache::new(Duration::from_secs(60));
+        let body = Bytes::from_static(b"{}");
+        // Many distinct tiny pages: the map never holds more than the cap.
+        for i in 0..(MAX_ENTRIES + 500) {
+            c.put(
+                &format!("/api/v1/transactions?cursor={i}"),
+                &body,
+                c.generation(),
+            );
+        }
+        let (entries, bytes) = c.usage();
+        assert!(entries <= MAX_ENTRIES, "{entries}");
+        assert!(
+            bytes >= entries * (body.len() + ENTRY_OVERHEAD),
+            "keys and overhead count"
+        );
+        // A key past the limit is not kept.
+        let long = format!("/api/v1/transactions?text={}", "x".repeat(MAX_KEY));
+        c.put(&long, &body, c.generation());
+        assert_eq!(c.get(&long), None);
+
+        // Expired entries leave at the next put after a TTL, not only when full.
+        let c = PageCache::new(Duration::from_millis(20));
+        for i in 0..100 {
+            c.put(&format!("k{i}"), &body, c.generation());
+        }
+        std::thread::sleep(Duration::from_millis(40));
+        c.put("fresh", &body, c.generation());
+        assert_eq!(c.usage().0, 1);
+        assert_eq!(c.usage().1, cost("fresh", &body));
     }
 
     #[test]

@@ -135,6 +135,15 @@ struct Entry {
     last_round: Option<RoundSummary>,
 }
 
+/// What [`ChecksService::run_now`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunNow {
+    Started(String),
+    /// A round of the check is open: its id.
+    InFlight(String),
+    Unknown,
+}
+
 struct Round {
     flow_id: String,
     /// What started it (`schedule` or `manual`), recorded with each run.
@@ -360,6 +369,25 @@ impl ChecksService {
         }
         for id in due {
             self.start_round(&id, "schedule");
+        }
+    }
+
+    /// Starts a round of `check_id` now, unless one of its rounds is still
+    /// open: a person's "run now" waits for the round in flight (what it
+    /// would show is on its way), so repeated clicks cannot pile up runs.
+    pub fn run_now(&self, check_id: &str) -> RunNow {
+        if let Some(open) = self
+            .state()
+            .rounds
+            .iter()
+            .find(|(_, r)| r.flow_id == check_id)
+            .map(|(id, _)| id.clone())
+        {
+            return RunNow::InFlight(open);
+        }
+        match self.start_round(check_id, "manual") {
+            Some(id) => RunNow::Started(id),
+            None => RunNow::Unknown,
         }
     }
 

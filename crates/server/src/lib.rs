@@ -30,7 +30,6 @@ use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
 use bankbridge_store::Store;
 use bankbridge_sync::Syncer;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -78,6 +77,12 @@ pub struct ServerConfig {
     /// Proxies whose `X-Forwarded-For` names the end user (BankID needs the
     /// end user's IP address).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// A client must send a request's headers within this time, and its
+    /// body within it again, or the connection is closed (408 for a body).
+    pub read_timeout: Duration,
+    /// Server-sent event streams open at once (BankID order events); more
+    /// get 503 `too_many_streams`.
+    pub max_event_streams: usize,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +94,8 @@ impl Default for ServerConfig {
             page_cache_ttl: Duration::from_secs(1),
             reader_wait: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            read_timeout: Duration::from_secs(15),
+            max_event_streams: 1_000,
         }
     }
 }
@@ -117,6 +124,8 @@ pub struct AppInner {
     pub(crate) syncs: jobs::SyncRegistry,
     pub(crate) pages: cache::PageCache,
     pub(crate) openapi_json: Bytes,
+    /// Permits for open server-sent event streams.
+    pub(crate) event_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Deref for AppState {
@@ -208,6 +217,7 @@ impl AppState {
             connectors,
             auth: guard::TokenAuth::new(config.token_cache_ttl),
             pages: cache::PageCache::new(config.page_cache_ttl),
+            event_streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),
             config,
             syncs: jobs::SyncRegistry::default(),
             openapi_json,
@@ -218,25 +228,89 @@ impl AppState {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
-    with_layers(api::routes(&state).fallback(api::not_found), limit).with_state(state)
+    let read_timeout = state.config.read_timeout;
+    with_layers(
+        api::routes(&state).fallback(api::not_found),
+        limit,
+        read_timeout,
+    )
+    .with_state(state)
 }
 
-/// The layers around every route: body cap, panic catcher, JSON errors, tracing.
+/// The layers around every route: body cap and deadline, panic catcher,
+/// JSON errors, tracing.
 fn with_layers<S: Clone + Send + Sync + 'static>(
     routes: Router<S>,
     body_limit: usize,
+    read_timeout: Duration,
 ) -> Router<S> {
     routes
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            read_body_within(read_timeout, req, next)
+        }))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::map_response(finish_response))
         .layer(TraceLayer::new_for_http())
 }
 
+/// Read the whole request body (already capped in size) within `deadline`,
+/// or answer 408: a client dripping its body cannot hold a connection and a
+/// handler's memory for long. Requests without a body pass untouched.
+async fn read_body_within(
+    deadline: Duration,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::StatusCode;
+    use http_body::Body as _;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(deadline, axum::body::to_bytes(body, usize::MAX)).await {
+        Ok(Ok(bytes)) => bytes,
+        // Past the size cap (the limit layer's error) or a broken stream.
+        Ok(Err(e)) => {
+            let too_long =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.is::<http_body_util::LengthLimitError>());
+            let status = if too_long {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return ApiError::for_status(status).into_response();
+        }
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    deadline.as_secs()
+                ),
+            )
+            .into_response();
+        }
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
 /// Serve `router(state)` on `listener` until `shutdown` completes, then finish
 /// the requests in flight. Sync jobs running in the background are not waited for
 /// (their database lease expires; the next sync resumes from the checkpoint).
+///
+/// A client must send its request headers within `read_timeout` (HTTP/1;
+/// the connection is closed otherwise), so idle half-open requests cannot
+/// pile up; the body has its own deadline (see [`ServerConfig::read_timeout`]).
 pub async fn serve<F>(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -245,20 +319,57 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt as _;
+
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, database = state.store.backend(), "bankbridge API listening");
     }
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.read_timeout);
     let app = router(state);
-    let listener = listener.tap_io(|tcp| {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
         let _ = tcp.set_nodelay(true);
-    });
-    // The peer address reaches handlers that need the end user's IP (BankID).
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+        // The peer address reaches handlers that need the end user's IP (BankID).
+        let service =
+            app.clone()
+                .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    req.map(axum::body::Body::new)
+                });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(service))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -330,6 +441,7 @@ mod tests {
                 .route("/boom", get(boom))
                 .route("/teapot", get(|| async { StatusCode::IM_A_TEAPOT })),
             1024,
+            Duration::from_secs(15),
         );
         let (status, body) = call(app.clone(), "/boom").await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);

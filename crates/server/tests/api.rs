@@ -823,3 +823,49 @@ async fn openapi_lists_every_path() {
     assert_eq!(pw["writeOnly"], true, "{pw}");
     s.shutdown().await;
 }
+
+/// A client that sends its headers, or its body, too slowly is cut off: it
+/// cannot hold a connection (and a handler) open by dripping bytes.
+#[tokio::test]
+async fn slow_headers_and_bodies_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(ServerConfig {
+        read_timeout: Duration::from_millis(500),
+        ..Default::default()
+    })
+    .await;
+    let t = s.token(Scope::Write).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+
+    // Half the headers, then nothing: the server closes the connection.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    c.write_all(b"GET /api/v1/accounts HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf))
+        .await
+        .expect("the server closes a connection whose headers stall");
+    assert!(read.is_ok());
+
+    // Headers on time, the body dripping: 408 with a JSON error.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/connections HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"name\":"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf))
+        .await
+        .expect("an answer once the body's deadline passes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"code\":\"request_timeout\""), "{text}");
+
+    // A request on time is served as ever.
+    let res = s.get("/api/v1/accounts", &t).await;
+    assert_eq!(res.status(), 200);
+    s.shutdown().await;
+}

@@ -364,9 +364,14 @@ async fn retention_keeps_the_newest_runs_of_each_check() {
     // so pruning never takes it before it is seen.
     let mut ids = Vec::new();
     for _ in 0..6 {
-        let res = server
-            .post_json("/api/v1/checks/kept/run", &token, &json!({}))
-            .await;
+        // The previous round closes just after its run is stored.
+        let res = until("a round started", Duration::from_secs(5), async || {
+            let res = server
+                .post_json("/api/v1/checks/kept/run", &token, &json!({}))
+                .await;
+            (res.status().as_u16() != 409).then_some(res)
+        })
+        .await;
         assert_eq!(res.status().as_u16(), 202);
         let round: Value = res.json().await.unwrap();
         let round = round["round_id"].as_str().unwrap().to_owned();
@@ -543,4 +548,68 @@ async fn round_robin_rounds_alternate_between_the_server_and_an_agent() {
     agent.abort();
     scheduler.abort();
     server.shutdown().await;
+}
+
+// ---------------------------------------------------------------- run now
+
+/// "Run now" while a round of the check is in flight answers 409: repeated
+/// clicks cannot pile up runs against a bank.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_now_waits_for_the_round_in_flight() {
+    // A host that takes connections and never answers: a run stays in flight
+    // until the flow's 2 s deadline.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let server = TestServer::start().await;
+    let flows = tempfile::tempdir().unwrap();
+    write(
+        flows.path(),
+        "slow.toml",
+        &one_step_flow(
+            "Slow",
+            "7days",
+            &format!("target = \"http://{addr}\""),
+            "{{ target }}/slow",
+            "timeout = \"2s\"",
+        ),
+    );
+    let _scheduler = server.state.set_checks(fast_config(flows.path())).unwrap();
+    let token = server.token(Scope::Write).await;
+    until("the flow loaded", Duration::from_secs(5), async || {
+        server.state.checks.get()?.summary("slow")
+    })
+    .await;
+    let run_now = async || {
+        server
+            .post_json("/api/v1/checks/slow/run", &token, &json!({}))
+            .await
+    };
+    let res = run_now().await;
+    assert_eq!(res.status().as_u16(), 202);
+    let round: Value = res.json().await.unwrap();
+    for _ in 0..3 {
+        let body = common::expect_error(run_now().await, 409, "run_in_flight").await;
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains(round["round_id"].as_str().unwrap()),
+            "{body}"
+        );
+    }
+    // Once the round ends (the run failed on its deadline), a new one starts.
+    until("a new round", Duration::from_secs(15), async || {
+        let res = run_now().await;
+        (res.status().as_u16() == 202).then_some(())
+    })
+    .await;
+    let runs = runs_of(server.store.as_ref(), "slow").await;
+    assert_eq!(runs.len(), 1, "one run for the first round");
+    assert_eq!(runs[0].outcome, "failed");
 }

@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// BankID gateway: the server CA to pin (PEM).
     #[arg(long, env = "BANKBRIDGE_BANKID_CA")]
     pub bankid_ca: Option<std::path::PathBuf>,
+    /// BankID gateway: most orders pending at once (each keeps a driver
+    /// polling BankID); more get 429 bankid_too_many_orders.
+    #[arg(long, default_value_t = bankbridge_server::bankid_gateway::DEFAULT_MAX_PENDING)]
+    pub bankid_max_pending: usize,
     /// A reverse proxy whose X-Forwarded-For names the end user (repeatable).
     #[arg(long)]
     pub trusted_proxy: Vec<std::net::IpAddr>,
@@ -59,6 +63,12 @@ pub struct ServeArgs {
     /// the BANKBRIDGE_CHECK_* ones. Repeatable.
     #[arg(long = "checks-allow-env", value_name = "NAME")]
     pub checks_allow_env: Vec<String>,
+    /// Seconds a client has to send a request's headers, and again its body.
+    #[arg(long, default_value_t = 15)]
+    pub read_timeout: u64,
+    /// Server-sent event streams open at once (BankID order events).
+    #[arg(long, default_value_t = 1_000)]
+    pub max_event_streams: usize,
 }
 
 pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
@@ -72,6 +82,8 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
         page_cache_ttl: Duration::from_millis(args.page_cache_ms),
         reader_wait: Duration::from_secs(args.reader_wait.max(1)),
         trusted_proxies: args.trusted_proxy.clone(),
+        read_timeout: Duration::from_secs(args.read_timeout.max(1)),
+        max_event_streams: args.max_event_streams,
         ..Default::default()
     };
     let state = AppState::with_config(store, syncer, known_connectors(), server_config);
@@ -90,9 +102,10 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
             .await
             .context("setting up the BankID gateway")?;
         eprintln!("BankID gateway: orders go to {}", client.base_url());
-        state.set_bankid(bankbridge_server::bankid_gateway::BankIdGateway::new(
-            client,
-        ));
+        state.set_bankid(
+            bankbridge_server::bankid_gateway::BankIdGateway::new(client)
+                .with_max_pending(args.bankid_max_pending),
+        );
     }
     let listener = tokio::net::TcpListener::bind(&listen)
         .await

@@ -118,6 +118,9 @@ impl From<GatewayError> for ApiError {
             GatewayError::Full => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "bankid_busy", msg)
             }
+            GatewayError::TooManyPending { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "bankid_too_many_orders", msg)
+            }
             GatewayError::BankId(b) => match b.status() {
                 Some(400) => ApiError::new(StatusCode::BAD_REQUEST, "bankid_refused", msg),
                 _ if matches!(b, bankbridge_bankid::BankIdError::InvalidRequest(_)) => {
@@ -132,8 +135,9 @@ impl From<GatewayError> for ApiError {
 /// Start an auth or sign order. Needs scope `write`.
 #[utoipa::path(post, path = "/api/v1/bankid/orders", tag = "bankid", request_body = CreateOrder,
     responses((status = 201, body = OrderView), (status = 400, body = ErrorBody),
+        (status = 429, description = "`bankid_too_many_orders`: the server's cap on pending orders (`serve --bankid-max-pending`)", body = ErrorBody),
         (status = 502, description = "BankID did not answer", body = ErrorBody),
-        (status = 503, description = "`bankid_not_configured`", body = ErrorBody)))]
+        (status = 503, description = "`bankid_not_configured`, `bankid_busy`", body = ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     Extension(who): Extension<std::sync::Arc<crate::Principal>>,
@@ -168,8 +172,12 @@ pub(crate) async fn create(
             let peer = peer
                 .map(|Extension(ConnectInfo(addr))| addr.ip())
                 .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-            let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-            end_user_ip(peer, forwarded, &state.config.trusted_proxies)
+            let forwarded: Vec<&str> = headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            end_user_ip(peer, &forwarded, &state.config.trusted_proxies)
         }
     };
     let started = gw
@@ -258,7 +266,8 @@ pub(crate) struct EventsParams {
 #[utoipa::path(get, path = "/api/v1/bankid/orders/{id}/events", tag = "bankid",
     params(("id" = String, Path), EventsParams),
     responses((status = 200, description = "text/event-stream"), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 503, description = "`too_many_streams`: the server's cap on open event streams", body = ErrorBody)))]
 pub(crate) async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -279,23 +288,44 @@ pub(crate) async fn events(
         }
     }
     let rx = gw.subscribe(&id).ok_or_else(|| not_found(&id))?;
-    Ok(Sse::new(event_stream(rx))
+    let permit = state
+        .event_streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_streams",
+                format!(
+                    "{} event streams are open already (this server's limit); poll \
+                 GET /api/v1/bankid/orders/{id} instead, or try again shortly",
+                    state.config.max_event_streams
+                ),
+            )
+        })?;
+    Ok(Sse::new(event_stream(rx, permit))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
 
-/// The order's changes as SSE events, ending after the outcome.
-fn event_stream(rx: watch::Receiver<OrderState>) -> impl Stream<Item = Result<Event, Infallible>> {
+/// The order's changes as SSE events, ending after the outcome. The stream
+/// holds its `permit` (a place under the server's cap) until it ends.
+fn event_stream(
+    rx: watch::Receiver<OrderState>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> impl Stream<Item = Result<Event, Infallible>> {
     struct Cursor {
         rx: watch::Receiver<OrderState>,
         last: Option<OrderState>,
         done: bool,
+        _permit: tokio::sync::OwnedSemaphorePermit,
     }
     futures::stream::unfold(
         Cursor {
             rx,
             last: None,
             done: false,
+            _permit: permit,
         },
         |mut c| async move {
             if c.done {

@@ -19,7 +19,7 @@ use super::schema::{
     CheckSummary,
 };
 use super::{ApiJson, PathId, guarded, json};
-use crate::checks::ChecksService;
+use crate::checks::{ChecksService, RunNow};
 use crate::error::{ApiError, ErrorBody};
 use crate::{AppState, Principal};
 
@@ -261,6 +261,7 @@ pub(crate) async fn run(
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
         (status = 404, description = "No such check", body = ErrorBody),
+        (status = 409, description = "`run_in_flight`: a round of this check is still running", body = ErrorBody),
         (status = 503, description = "`unavailable`: flow checks are off (start `bankbridge serve --checks DIR`)", body = ErrorBody),
     )
 )]
@@ -268,9 +269,20 @@ pub(crate) async fn run_now(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let round = service(&state)?
-        .start_round(&id, "manual")
-        .ok_or_else(|| ApiError::not_found(format!("no check {id:?}")))?;
+    let round = match service(&state)?.run_now(&id) {
+        RunNow::Started(round) => round,
+        RunNow::InFlight(round) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "run_in_flight",
+                format!(
+                    "round {round} of check {id:?} is still running; its runs show under \
+                     /api/v1/checks/{id}/runs when it ends"
+                ),
+            ));
+        }
+        RunNow::Unknown => return Err(ApiError::not_found(format!("no check {id:?}"))),
+    };
     Ok(json(
         StatusCode::ACCEPTED,
         &serde_json::json!({ "round_id": round }),
