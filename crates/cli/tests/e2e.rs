@@ -891,3 +891,141 @@ async fn categories_at_import_in_the_api_and_reapplied() {
         "{err}"
     );
 }
+
+/// At rest: a new data folder is the owner's only (0700), the database and
+/// its -wal/-shm files too (0600); and the database remembers its master
+/// key, so starting with another key fails before anything is sealed.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_at_rest_is_private_and_bound_to_its_master_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::sqlite();
+    let home = env.home.path().join("fresh").join("bankbridge");
+    let db = home.join("bankbridge.db");
+    let run = |args: &[&str], key: Option<&str>| {
+        let mut c = env.command(args);
+        c.env("BANKBRIDGE_HOME", &home).env("BANKBRIDGE_DB", &db);
+        if let Some(k) = key {
+            c.env("BANKBRIDGE_MASTER_KEY", k);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&["init"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("check value"));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&home), 0o700, "the data folder");
+    assert_eq!(mode(&home.join("master.key")), 0o600);
+    // A write makes the WAL files; all three are private.
+    let out = run(&["token", "create", "--scope", "read", "--name", "t"], None);
+    assert!(out.status.success());
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        } else {
+            assert_eq!(suffix, "-wal", "{} is missing", p.display());
+        }
+    }
+    // A database file left group-readable by an older version is tightened.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(run(&["token", "list"], None).status.success());
+    assert_eq!(mode(&db), 0o600);
+
+    // Another master key: refused at once, naming both check values, and
+    // nothing is sealed under it.
+    let other = "22".repeat(32);
+    let before = std::fs::read(&db).unwrap();
+    for args in [
+        &["init"][..],
+        &["sync"][..],
+        &["check", "secret", "list"][..],
+    ] {
+        let out = run(args, Some(&other));
+        assert!(!out.status.success(), "{args:?} ran with another key");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("check value"), "{args:?}: {stderr}");
+        assert!(stderr.contains("BANKBRIDGE_MASTER_KEY"), "{stderr}");
+    }
+    let echo = std::process::Command::new(env!("CARGO_BIN_EXE_bankbridge"))
+        .args([
+            "connection",
+            "add",
+            "--name",
+            "x",
+            "--connector",
+            "fibank",
+            "--base-url",
+        ])
+        .args([
+            "https://my.fibank.bg",
+            "--username",
+            "u",
+            "--password-stdin",
+        ])
+        .env("BANKBRIDGE_HOME", &home)
+        .env("BANKBRIDGE_DB", &db)
+        .env("BANKBRIDGE_MASTER_KEY", &other)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            writeln!(child.stdin.take().unwrap(), "secret-pw")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(!echo.status.success());
+    let store = bankbridge_store::open(db.to_str().unwrap()).await.unwrap();
+    assert!(
+        store.list_connections().await.unwrap().is_empty(),
+        "nothing sealed"
+    );
+    drop(before);
+}
+
+/// Secrets go only where they belong: a connection's base URL is https (or
+/// this machine), and so is an agent's server.
+#[test]
+fn secrets_are_sent_over_tls_or_not_at_all() {
+    let env = Env::sqlite();
+    env.run_ok(&["init"]);
+    let out = env.run(&[
+        "connection",
+        "add",
+        "--name",
+        "plain",
+        "--connector",
+        "fibank",
+        "--base-url",
+        "http://my.fibank.bg",
+        "--username",
+        "u",
+        "--password-stdin",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--base-url") && stderr.contains("https"),
+        "{stderr}"
+    );
+    let out = env.run(&[
+        "check",
+        "agent",
+        "--location",
+        "eu",
+        "--server",
+        "http://checks.example:8080",
+        "--token",
+        "bb_x",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("https"), "{stderr}");
+}

@@ -406,3 +406,86 @@ async fn slow_and_unreachable_banks_are_transient() {
         "{e:?}"
     );
 }
+
+/// A bank (or whatever answers at its address) that sends the login form
+/// somewhere else: the connector refuses to follow, so the session and the
+/// token in the redirect never reach another host. A minimal HTTP/1 server
+/// on loopback plays the bank; the redirect names 127.0.0.2, another host.
+#[tokio::test]
+async fn a_redirect_to_another_host_is_not_followed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let line = head.lines().next().unwrap_or("").to_owned();
+                log.lock().unwrap().push(line.clone());
+                let answer = if line.starts_with("POST /oauth2-server/login") {
+                    "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.2:9/oauth2-server/oauth/authorize?x=1\r\n\
+                     Content-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_owned()
+                } else {
+                    let body =
+                        "<html><head>\n<meta name=\"_csrf\" content=\"c-1\" />\n</head></html>";
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let settings = ConnectionSettings::new(format!("http://127.0.0.1:{port}"), "jdoe");
+    let mut c = FibankConnector::new(
+        &settings,
+        Credentials::with_password(Secret::new("pw".to_owned())),
+    )
+    .unwrap()
+    .with_timeout(Duration::from_secs(5));
+    let err = c.login().await.unwrap_err();
+    assert!(
+        matches!(&err, ConnectorError::Malformed { detail, .. } if detail.contains("another host")),
+        "{err:?}"
+    );
+    let lines = served.lock().unwrap().clone();
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .starts_with("POST /oauth2-server/login"),
+        "nothing followed the redirect: {lines:?}"
+    );
+}
+
+#[test]
+fn only_https_or_loopback_base_urls() {
+    let creds = || Credentials::with_password(Secret::new("pw".to_owned()));
+    for url in [
+        "http://my.fibank.bg",
+        "http://10.1.2.3:8080",
+        "ftp://127.0.0.1",
+    ] {
+        let err = FibankConnector::new(&ConnectionSettings::new(url, "jdoe"), creds()).unwrap_err();
+        assert!(
+            err.contains("https") || err.contains("only"),
+            "{url}: {err}"
+        );
+    }
+    for url in [
+        "https://my.fibank.bg",
+        "http://127.0.0.1:9000/fibank",
+        "http://[::1]:9",
+    ] {
+        FibankConnector::new(&ConnectionSettings::new(url, "jdoe"), creds())
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+}

@@ -613,3 +613,69 @@ async fn run_now_waits_for_the_round_in_flight() {
     assert_eq!(runs.len(), 1, "one run for the first round");
     assert_eq!(runs[0].outcome, "failed");
 }
+
+/// A stored run keeps credential-looking fields masked, and its bodies go
+/// to write and admin tokens only: a read token sees timings and outcomes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_bodies_are_masked_and_kept_from_read_tokens() {
+    let target = HttpReceiver::start().await.unwrap();
+    target.set_response_body(r#"{"access_token":"minted-by-bank","balance":"12.30"}"#);
+    let server = TestServer::start().await;
+    let flows = tempfile::tempdir().unwrap();
+    write(
+        flows.path(),
+        "bodies.toml",
+        &format!(
+            r#"name = "Bodies"
+
+[schedule]
+every = "7days"
+
+[[steps]]
+name = "Login"
+method = "POST"
+url = "{}/login"
+form = {{ username = "jo", password = "hunter2" }}
+"#,
+            target.url().trim_end_matches('/')
+        ),
+    );
+    let _scheduler = server.state.set_checks(fast_config(flows.path())).unwrap();
+    let write_token = server.token(Scope::Write).await;
+    let read_token = server.token(Scope::Read).await;
+    until("the flow loaded", Duration::from_secs(5), async || {
+        server.state.checks.get()?.summary("bodies")
+    })
+    .await;
+    let res = server
+        .post_json("/api/v1/checks/bodies/run", &write_token, &json!({}))
+        .await;
+    assert_eq!(res.status().as_u16(), 202);
+    let run = until("the run", Duration::from_secs(5), async || {
+        runs_of(server.store.as_ref(), "bodies").await.pop()
+    })
+    .await;
+    let path = format!("/api/v1/runs/{}", run.id);
+    let full = server.get_json(&path, &write_token).await;
+    let detail = &full["steps"][0]["detail"];
+    let sent = detail["request"]["body"].as_str().unwrap();
+    assert!(
+        sent.contains("username=jo") && sent.contains("password=***"),
+        "{sent}"
+    );
+    let answer = detail["response"]["body"].as_str().unwrap();
+    assert!(answer.contains(r#""access_token":"***""#), "{answer}");
+    assert!(answer.contains("12.30"), "{answer}");
+    let text = full.to_string();
+    assert!(
+        !text.contains("hunter2") && !text.contains("minted-by-bank"),
+        "{text}"
+    );
+
+    let read = server.get_json(&path, &read_token).await;
+    let detail = &read["steps"][0]["detail"];
+    assert_eq!(detail["request"]["body"], Value::Null);
+    assert_eq!(detail["response"]["body"], Value::Null);
+    assert_eq!(detail["response"]["status"], 200, "the rest stays");
+    assert_eq!(read["outcome"], "passed");
+}

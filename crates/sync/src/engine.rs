@@ -827,6 +827,22 @@ struct AccountRun {
 mod tests {
     use super::*;
     use bankbridge_core::{Balance, FetchedTransaction, TxStatus};
+
+    #[test]
+    fn a_stored_error_is_one_short_line() {
+        let e = SyncError::Connector(ConnectorError::Other(format!(
+            "GetCustBal: the bank rejected the request: {}\n<html>\u{1b}[31m{}",
+            "x".repeat(300),
+            "y".repeat(300)
+        )));
+        let stored = stored_error(&e);
+        assert!(stored.chars().count() <= STORED_ERROR_CHARS + 1, "{stored}");
+        assert!(stored.ends_with('…'));
+        assert!(!stored.chars().any(char::is_control), "{stored:?}");
+        assert!(stored.starts_with("GetCustBal: the bank rejected the request"));
+        let short = SyncError::Connector(ConnectorError::SessionExpired);
+        assert_eq!(stored_error(&short), short.to_string());
+    }
     use chrono::NaiveDate;
     use rust_decimal::Decimal;
 
