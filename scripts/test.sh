@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run every bankbridge test on this machine, installing what the tests need:
 # Debian packages (pkg-config, the PostgreSQL server if missing), Python's
-# `requests` (the client-fidelity test) and `pybankid` (the BankID simulator's
-# interoperability test) from PyPI into a virtualenv, a throwaway PostgreSQL
+# `requests` (the client-fidelity test), `pybankid` (the BankID simulator's
+# interoperability test) and `schemathesis` (the API contract check,
+# scripts/api-contract.sh) from PyPI into a virtualenv, a throwaway PostgreSQL
 # on loopback that is stopped and deleted at the end, and pcscd with
 # vsmartcard's vpcd driver for the card tests (scripts/pcscd.sh; stopped at
 # the end if started here).
@@ -36,14 +37,17 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # Python for the tests that act as the users' own Python code: `requests`
-# drives the simulated bank the way the story author's connector does, and
-# pybankid (unmodified, from PyPI) talks to the BankID simulator. Always the
+# drives the simulated bank the way the story author's connector does,
+# pybankid (unmodified, from PyPI) talks to the BankID simulator, and
+# schemathesis fuzzes the API against its OpenAPI document. Always the
 # test virtualenv's interpreter, made anew when it is missing or lacks either.
 venv="target/test-venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import requests, bankid' >/dev/null 2>&1; then
-    log "installing Python requests and pybankid into $venv"
+schemathesis_version="4.32.5"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import requests, bankid' >/dev/null 2>&1 ||
+    [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $schemathesis_version" ]; then
+    log "installing Python requests, pybankid and schemathesis $schemathesis_version into $venv"
     python3 -m venv --clear "$venv"
-    "$venv/bin/pip" install --quiet requests pybankid
+    "$venv/bin/pip" install --quiet requests pybankid "schemathesis==$schemathesis_version"
 fi
 export BANKBRIDGE_PYTHON="$PWD/$venv/bin/python"
 
@@ -68,3 +72,11 @@ else
 fi
 
 cargo test --workspace "$@"
+
+# The API contract, from outside: schemathesis against a live `serve` with
+# synced data, a card, flow checks and the BankID gateway (only with the
+# whole suite: extra arguments select Rust tests).
+if [ "$#" -eq 0 ]; then
+    cargo build -p bankbridge --quiet
+    scripts/api-contract.sh
+fi

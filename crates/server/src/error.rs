@@ -12,12 +12,23 @@
 //! | `forbidden` | 403 | the token's scope does not allow the route |
 //! | `not_found` | 404 | unknown route or resource |
 //! | `method_not_allowed` | 405 | known route, other method |
+//! | `request_timeout` | 408 | the request body did not arrive within the read timeout |
 //! | `conflict` | 409 | e.g. a connection name already taken |
-//! | `sync_in_progress` | 409 | deleting a connection while it syncs |
+//! | `sync_in_progress` | 409 | changing or deleting a connection while it syncs |
+//! | `credentials_refused` | 409 | a sync of a connection whose credentials the bank refused |
+//! | `run_in_flight` | 409 | "run now" while a round of the check is open |
+//! | `new_pin_required` | 409 | enabling a card that may have refused its PIN, without a new one |
 //! | `payload_too_large` | 413 | request body over the cap |
 //! | `unsupported_media_type` | 415 | body without `Content-Type: application/json` |
+//! | `unprocessable` | 422 | well-formed, but a rule the schema cannot say refuses it (e.g. a personal number's check digit) |
+//! | `bankid_too_many_orders` | 429 | the BankID gateway's cap on pending orders |
 //! | `internal` | 500 | anything else; the detail is logged, never sent |
 //! | `unavailable` | 503 | the database does not answer |
+//! | `too_many_streams` | 503 | the cap on open event streams |
+//!
+//! Card, BankID and check routes add their own (`wrong_pin`, `card_blocked`,
+//! `pin_outcome_unknown`, `reader_busy`, `bankid_refused`, …), listed on the
+//! routes in the OpenAPI document.
 use std::borrow::Cow;
 use std::fmt;
 
@@ -274,6 +285,22 @@ fn json_data_error(r: &JsonRejection) -> ApiError {
             ApiError::invalid_parameter(f, format!("the request body does not fit: {detail}"))
         }
         None => ApiError::bad_request(format!("the request body does not fit: {detail}")),
+    }
+}
+
+/// A body field that does not fit (`path` as serde_path_to_error writes
+/// it, `.` when the body as a whole does not). The message never repeats
+/// the value of a secret field.
+pub(crate) fn body_field_error(path: &str, e: &serde_json::Error) -> ApiError {
+    match path {
+        "" | "." => ApiError::bad_request(format!("the request body does not fit: {e}")),
+        f if is_secret_field(f) => {
+            ApiError::invalid_parameter(f.to_owned(), format!("{f}: must be a string"))
+        }
+        f => ApiError::invalid_parameter(
+            f.to_owned(),
+            format!("the request body does not fit: {f}: {e}"),
+        ),
     }
 }
 

@@ -195,11 +195,7 @@ impl AppState {
         config: ServerConfig,
         readers: Arc<dyn bankbridge_cap::Readers>,
     ) -> Self {
-        let openapi_json = Bytes::from(
-            openapi()
-                .to_json()
-                .expect("the OpenAPI document serialises"),
-        );
+        let openapi_json = Bytes::from(api::document_for(&connectors));
         let cards = cards::CardService::new(
             store.clone(),
             syncer.key.clone(),

@@ -48,6 +48,8 @@ pub async fn check_master_key(store: &dyn Store, key: &MasterKey) -> Result<(), 
 
 /// Shortest interval between scheduled syncs: banks do not like being polled.
 pub const MIN_INTERVAL_SECS: u64 = 60;
+/// Longest interval between scheduled syncs: 366 days.
+pub const MAX_INTERVAL_SECS: u64 = 366 * 24 * 3600;
 
 /// The sealing purpose of a connection's credentials (binds the blob to its row).
 pub fn credentials_purpose(connection_name: &str) -> String {
@@ -65,13 +67,34 @@ fn invalid(field: &'static str, message: impl Into<String>) -> SyncError {
     }
 }
 
+/// What a connection's name is: an ASCII letter, then up to 63 letters,
+/// digits, spaces, `.`, `_` or `-` (never only digits: a name must not
+/// read as an id). As a regular expression, for the API document.
+pub const NAME_PATTERN: &str = "^[A-Za-z][A-Za-z0-9 ._-]{0,63}$";
+
+/// Check a new connection's name against [`NAME_PATTERN`].
+pub fn check_name(name: &str) -> Result<(), SyncError> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "name",
+            "name must start with a letter and hold up to 64 letters, digits, spaces, '.', '_' or '-'",
+        ))
+    }
+}
+
 /// The rules every connection's settings keep: a base URL secrets may go to
 /// (https, or http to this machine), a username, window and overlap in
 /// range, no interval shorter than [`MIN_INTERVAL_SECS`].
 pub fn check_settings(s: &ConnectionSettings) -> Result<(), SyncError> {
     bankbridge_core::net::secure_url(&s.base_url, "base_url")
         .map_err(|m| invalid("base_url", m))?;
-    if s.username.trim().is_empty() || s.username.len() > 256 {
+    if s.username.is_empty() || s.username.chars().count() > 256 {
         return Err(invalid("username", "username must be 1 to 256 characters"));
     }
     if !(1..=366).contains(&s.window_days) {
@@ -88,11 +111,17 @@ pub fn check_settings(s: &ConnectionSettings) -> Result<(), SyncError> {
             ),
         ));
     }
+    if s.interval_secs.is_some_and(|i| i > MAX_INTERVAL_SECS) {
+        return Err(invalid(
+            "interval_secs",
+            format!("the interval must be at most {MAX_INTERVAL_SECS} seconds (366 days)"),
+        ));
+    }
     Ok(())
 }
 
-fn check_password(password: &Secret<String>) -> Result<(), SyncError> {
-    let len = password.expose().len();
+pub fn check_password(password: &Secret<String>) -> Result<(), SyncError> {
+    let len = password.expose().chars().count();
     if len == 0 || len > 1024 {
         return Err(invalid("password", "password must be 1 to 1024 characters"));
     }
@@ -139,22 +168,16 @@ pub struct ConnectionChange {
 }
 
 impl ConnectionChange {
-    /// Whether the change points the stored login at another bank or account.
-    fn moves(&self, current: &ConnectionSettings) -> bool {
-        let trimmed = |s: &str| s.trim().trim_end_matches('/').to_owned();
-        self.base_url
-            .as_deref()
-            .is_some_and(|u| trimmed(u) != trimmed(&current.base_url))
-            || self
-                .username
-                .as_deref()
-                .is_some_and(|u| u.trim() != current.username)
+    /// Whether the change names the login's place or account: that comes
+    /// with the password, always.
+    fn moves(&self) -> bool {
+        self.base_url.is_some() || self.username.is_some()
     }
 }
 
-/// Change `connection`'s settings and credentials. A new base URL or
-/// username needs the password in the same change: stored credentials never
-/// go to another bank or account unasked. New credentials or a move also
+/// Change `connection`'s settings and credentials. A base URL or username
+/// comes with the password in the same change: stored credentials never go
+/// to another bank or account unasked. New credentials or a move also
 /// forget the kept bank session. `Ok(None)` when the connection is gone.
 pub async fn update_connection(
     store: &dyn Store,
@@ -163,19 +186,19 @@ pub async fn update_connection(
     change: &ConnectionChange,
 ) -> Result<Option<Connection>, SyncError> {
     let mut settings = Syncer::settings(connection)?;
-    let moves = change.moves(&settings);
+    let moves = change.moves();
     if moves && change.password.is_none() {
         return Err(invalid(
             "password",
-            "a new base URL or username needs the password in the same change \
+            "a base URL or username comes with the password in the same change \
              (stored credentials are not sent to another bank or account)",
         ));
     }
     if let Some(url) = &change.base_url {
-        settings.base_url = url.trim().trim_end_matches('/').to_owned();
+        settings.base_url = url.clone();
     }
     if let Some(username) = &change.username {
-        settings.username = username.trim().to_owned();
+        settings.username = username.clone();
     }
     if let Some(w) = change.window_days {
         settings.window_days = w;

@@ -23,8 +23,8 @@ pub mod plan;
 pub mod reconcile;
 
 pub use connections::{
-    ConnectionChange, add_connection, check_master_key, check_settings, credentials_purpose,
-    session_purpose, update_connection,
+    ConnectionChange, add_connection, check_master_key, check_name, check_password, check_settings,
+    credentials_purpose, session_purpose, update_connection,
 };
 
 /// Builds the connector a connection names. Given by the binary (which knows

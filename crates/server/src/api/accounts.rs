@@ -43,7 +43,7 @@ pub(crate) struct Doc;
     get,
     path = "/api/v1/accounts",
     tag = "accounts",
-    params(("connection" = Option<i64>, Query, description = "Only the accounts of this connection id")),
+    params(("connection" = Option<i64>, Query, minimum = 1, description = "Only the accounts of this connection id")),
     responses(
         (status = 200, body = super::schema::AccountList),
         (status = 400, body = ErrorBody),

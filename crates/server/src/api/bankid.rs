@@ -56,8 +56,11 @@ pub(crate) struct Doc;
 pub(crate) struct CreateOrder {
     /// `auth` or `sign`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^(auth|sign)$")]
     kind: String,
-    /// Only this person may complete the order (12 digits).
+    /// Only this person may complete the order: 12 digits, YYYYMMDDNNNC
+    /// (a date and check digit that do not hold get 422).
+    #[schema(pattern = "^[0-9]{12}$")]
     personal_number: Option<String>,
     /// Text shown to the user (plain text, or simple Markdown with `markdown: true`); required to sign.
     user_visible_data: Option<String>,
@@ -114,7 +117,12 @@ impl From<GatewayError> for ApiError {
     fn from(e: GatewayError) -> Self {
         let msg = e.to_string();
         match e {
-            GatewayError::Invalid(_) => ApiError::bad_request(msg),
+            // The request has the documented shape but says something
+            // BankID's rules refuse (a check digit, text too long once
+            // encoded, sign without text).
+            GatewayError::Invalid(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", msg)
+            }
             GatewayError::Full => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "bankid_busy", msg)
             }
@@ -124,7 +132,7 @@ impl From<GatewayError> for ApiError {
             GatewayError::BankId(b) => match b.status() {
                 Some(400) => ApiError::new(StatusCode::BAD_REQUEST, "bankid_refused", msg),
                 _ if matches!(b, bankbridge_bankid::BankIdError::InvalidRequest(_)) => {
-                    ApiError::bad_request(msg)
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", msg)
                 }
                 _ => ApiError::new(StatusCode::BAD_GATEWAY, "bankid_unavailable", msg),
             },
@@ -135,6 +143,7 @@ impl From<GatewayError> for ApiError {
 /// Start an auth or sign order. Needs scope `write`.
 #[utoipa::path(post, path = "/api/v1/bankid/orders", tag = "bankid", request_body = CreateOrder,
     responses((status = 201, body = OrderView), (status = 400, body = ErrorBody),
+        (status = 422, description = "`unprocessable`: BankID's rules refuse what the request says (a personal number's date or check digit, text too long once encoded, a sign order without text, an end_user_ip that is not an address)", body = ErrorBody),
         (status = 429, description = "`bankid_too_many_orders`: the server's cap on pending orders (`serve --bankid-max-pending`)", body = ErrorBody),
         (status = 502, description = "BankID did not answer", body = ErrorBody),
         (status = 503, description = "`bankid_not_configured`, `bankid_busy`", body = ErrorBody)))]
@@ -156,10 +165,19 @@ pub(crate) async fn create(
             ));
         }
     };
+    if let Some(pn) = &body.personal_number
+        && !(pn.len() == 12 && pn.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(ApiError::invalid_parameter(
+            "personal_number",
+            "personal_number must be 12 digits (YYYYMMDDNNNC)",
+        ));
+    }
     let ip = match &body.end_user_ip {
         Some(given) if who.scope.allows(Scope::Admin) => given.parse().map_err(|_| {
-            ApiError::invalid_parameter(
-                "end_user_ip",
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unprocessable",
                 "end_user_ip must be an IPv4 or IPv6 address",
             )
         })?,

@@ -109,10 +109,45 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         SignBody,
         CodeView,
         ReaderView,
-        AuditView
+        AuditView,
+        InstitutionList,
+        CardList,
+        ReaderList,
+        AuditPageDoc
     ))
 )]
 pub(crate) struct Doc;
+
+/// `{"data": [...]}` of institutions.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct InstitutionList {
+    data: Vec<InstitutionView>,
+}
+
+/// `{"data": [...]}` of cards.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct CardList {
+    data: Vec<CardView>,
+}
+
+/// `{"data": [...]}` of readers.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ReaderList {
+    data: Vec<ReaderView>,
+}
+
+/// A page of the card audit, newest first.
+#[derive(ToSchema)]
+#[schema(as = AuditPage)]
+#[allow(dead_code)]
+pub(crate) struct AuditPageDoc {
+    data: Vec<AuditView>,
+    /// Pass as `cursor` for the next page; null on the last one.
+    next: Option<String>,
+}
 
 /// A financial institution whose cards this service holds.
 #[derive(Serialize, ToSchema)]
@@ -139,9 +174,11 @@ impl From<Institution> for InstitutionView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateInstitution {
-    #[schema(example = "KBC")]
+    /// 1 to 100 characters.
+    #[schema(example = "KBC", min_length = 1, max_length = 100)]
     name: String,
-    #[schema(example = "BE")]
+    /// ISO 3166-1 alpha-2 (either case; stored in capitals).
+    #[schema(example = "BE", pattern = "^[A-Za-z]{2}$")]
     country: Option<String>,
 }
 
@@ -207,13 +244,17 @@ impl From<&Card> for CardView {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegisterCard {
     /// Reader name, index, or a unique part of its name (see `/api/v1/card-readers`).
-    #[schema(example = "Virtual PCD 00 00")]
+    #[schema(example = "Virtual PCD 00 00", min_length = 1, max_length = 256)]
     reader: String,
+    #[schema(min_length = 1, max_length = 200)]
     label: String,
+    #[schema(min_length = 1, max_length = 200)]
     account_reference: String,
-    #[schema(value_type = String, format = Password, write_only)]
+    /// 4 to 12 digits.
+    #[schema(value_type = String, format = Password, write_only, pattern = "^[0-9]{4,12}$")]
     pin: Secret<String>,
-    /// Default 3: with fewer tries left, no PIN is sent.
+    /// 1 to 15 (default 3): with fewer tries left, no PIN is sent.
+    #[schema(minimum = 1, maximum = 15)]
     min_pin_tries: Option<u8>,
 }
 
@@ -223,12 +264,18 @@ pub(crate) struct RegisterCard {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateCard {
+    #[schema(min_length = 1, max_length = 200)]
     label: Option<String>,
+    #[schema(min_length = 1, max_length = 200)]
     account_reference: Option<String>,
-    #[schema(value_type = Option<String>, format = Password, write_only)]
+    /// 4 to 12 digits.
+    #[schema(value_type = Option<String>, format = Password, write_only, pattern = "^[0-9]{4,12}$")]
     pin: Option<Secret<String>>,
+    /// 1 to 15.
+    #[schema(minimum = 1, maximum = 15)]
     min_pin_tries: Option<u8>,
     /// `active` or `disabled`.
+    #[schema(pattern = "^(active|disabled)$")]
     status: Option<String>,
 }
 
@@ -236,7 +283,8 @@ pub(crate) struct UpdateCard {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoginBody {
-    #[schema(example = "123456")]
+    /// 1 to 16 digits.
+    #[schema(example = "123456", pattern = "^[0-9]{1,16}$")]
     challenge: Option<String>,
 }
 
@@ -244,9 +292,16 @@ pub(crate) struct LoginBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SignBody {
-    #[schema(example = json!(["1000", "123456"]))]
-    challenges: Vec<String>,
+    /// 1 to 10 numbers of 1 to 10 digits each.
+    #[schema(example = json!(["1000", "123456"]), min_items = 1, max_items = 10, inline)]
+    challenges: Vec<SignNumber>,
 }
+
+/// One number to sign: 1 to 10 digits.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = String, pattern = "^[0-9]{1,10}$")]
+pub(crate) struct SignNumber(String);
 
 /// The code to give the bank.
 #[derive(Serialize, ToSchema)]
@@ -319,6 +374,7 @@ pub(crate) struct AuditParams {
     /// Only this card's entries.
     card: Option<String>,
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
     /// The `next` of the previous page.
     cursor: Option<i64>,
@@ -413,7 +469,7 @@ async fn card_of(state: &AppState, institution: &str, card: &str) -> Result<Card
 
 /// Every financial institution.
 #[utoipa::path(get, path = "/api/v1/financial-institutions", tag = "cards",
-    responses((status = 200, body = [InstitutionView]), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = InstitutionList), (status = 401, body = ErrorBody)))]
 pub(crate) async fn list_institutions(State(state): State<AppState>) -> Result<Response, ApiError> {
     let views: Vec<InstitutionView> = state
         .store
@@ -436,15 +492,16 @@ pub(crate) async fn create_institution(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateInstitution>,
 ) -> Result<Response, ApiError> {
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
+    if body.name.is_empty() || body.name.chars().count() > 100 {
         return Err(ApiError::invalid_parameter(
             "name",
             "name must be 1 to 100 characters",
         ));
     }
-    let country = match body.country.as_deref().map(str::trim) {
-        None | Some("") => None,
+    // Blank after trimming: the store refuses it (409).
+    let name = body.name.trim();
+    let country = match body.country.as_deref() {
+        None => None,
         Some(c) if c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) => {
             Some(c.to_ascii_uppercase())
         }
@@ -511,7 +568,7 @@ pub(crate) async fn delete_institution(
 /// number, label, reader, status; never the PIN).
 #[utoipa::path(get, path = "/api/v1/financial-institutions/{institution}/cards", tag = "cards",
     params(("institution" = String, Path)),
-    responses((status = 200, body = [CardView]), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = CardList), (status = 404, body = ErrorBody)))]
 pub(crate) async fn list_cards(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -530,8 +587,8 @@ pub(crate) async fn list_cards(
 #[utoipa::path(post, path = "/api/v1/financial-institutions/{institution}/cards", tag = "cards",
     params(("institution" = String, Path)), request_body = RegisterCard,
     responses((status = 201, body = CardView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "The reader already holds a registered card", body = ErrorBody),
-        (status = 503, description = "No such reader, no card in it, or the reader is busy", body = ErrorBody)))]
+        (status = 409, description = "`conflict`: the reader holds a registered card; `reader_not_found`: no reader (or several) matches `reader`; `no_card`: the reader is empty", body = ErrorBody),
+        (status = 503, description = "`reader_busy`, `reader_unavailable` (the card service cannot reach its readers)", body = ErrorBody)))]
 pub(crate) async fn register_card(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -539,31 +596,31 @@ pub(crate) async fn register_card(
     ApiJson(body): ApiJson<RegisterCard>,
 ) -> Result<Response, ApiError> {
     let institution = institution(&state, &id).await?;
-    for (field, value) in [
-        ("label", &body.label),
-        ("account_reference", &body.account_reference),
-    ] {
-        if value.trim().is_empty() || value.chars().count() > 200 {
-            return Err(ApiError::invalid_parameter(
-                field,
-                format!("{field} must be 1 to 200 characters"),
-            ));
-        }
+    if body.reader.is_empty() || body.reader.chars().count() > 256 {
+        return Err(ApiError::invalid_parameter(
+            "reader",
+            "reader must be 1 to 256 characters: a name, an index or a unique part of a name",
+        ));
     }
+    check_texts([
+        ("label", Some(&body.label)),
+        ("account_reference", Some(&body.account_reference)),
+    ])?;
     let card = state
         .cards
         .register(
             &institution,
             CardRegistration {
                 reader: body.reader,
-                label: body.label.trim().to_owned(),
-                account_reference: body.account_reference.trim().to_owned(),
+                label: body.label,
+                account_reference: body.account_reference,
                 pin: body.pin,
                 min_pin_tries: body.min_pin_tries,
             },
             &who.token_name,
         )
-        .await?;
+        .await
+        .map_err(registration_error)?;
     tracing::info!(card = %card.id, reader = %card.reader, "card registered");
     let mut res = json(StatusCode::CREATED, &CardView::from(&card), 400);
     if let Ok(loc) = HeaderValue::from_str(&format!(
@@ -653,9 +710,13 @@ pub(crate) async fn update_card(
             "min_pin_tries must be between 1 and 15",
         ));
     }
+    check_texts([
+        ("label", body.label.as_ref()),
+        ("account_reference", body.account_reference.as_ref()),
+    ])?;
     let update = CardUpdate {
-        label: body.label.map(|s| s.trim().to_owned()),
-        account_reference: body.account_reference.map(|s| s.trim().to_owned()),
+        label: body.label,
+        account_reference: body.account_reference,
         pin_sealed,
         min_pin_tries: body.min_pin_tries,
         status,
@@ -667,6 +728,36 @@ pub(crate) async fn update_card(
         .ok_or_else(|| ApiError::not_found(format!("no card {card_id}")))?;
     tracing::info!(card = %updated.id, status = updated.status.as_str(), "card updated");
     Ok(json(StatusCode::OK, &CardView::from(&updated), 400))
+}
+
+/// A registration names its reader: one that is not there (or an empty
+/// one) is the request's matter (409), not the server failing (503).
+fn registration_error(e: CardUseError) -> ApiError {
+    let msg = e.to_string();
+    match &e {
+        CardUseError::Cap(CapError::Transport(
+            TransportError::ReaderNotFound { .. } | TransportError::AmbiguousReader { .. },
+        )) => ApiError::new(StatusCode::CONFLICT, "reader_not_found", msg),
+        CardUseError::Cap(CapError::Transport(TransportError::NoCard { .. })) => {
+            ApiError::new(StatusCode::CONFLICT, "no_card", msg)
+        }
+        _ => ApiError::from(e),
+    }
+}
+
+/// Labels and account references: 1 to 200 characters, kept as given.
+fn check_texts(fields: [(&str, Option<&String>); 2]) -> Result<(), ApiError> {
+    for (field, value) in fields {
+        if let Some(v) = value
+            && (v.is_empty() || v.chars().count() > 200)
+        {
+            return Err(ApiError::invalid_parameter(
+                field.to_owned(),
+                format!("{field} must be 1 to 200 characters"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Forget a card (its audit trail stays). Needs scope `admin`.
@@ -717,7 +808,7 @@ pub(crate) async fn sign(
     ApiJson(body): ApiJson<SignBody>,
 ) -> Result<Response, ApiError> {
     let request = CapRequest::Sign {
-        numbers: body.challenges,
+        numbers: body.challenges.into_iter().map(|n| n.0).collect(),
     };
     let code = state
         .cards
@@ -728,7 +819,7 @@ pub(crate) async fn sign(
 
 /// The card readers this server sees. Needs scope `admin`.
 #[utoipa::path(get, path = "/api/v1/card-readers", tag = "cards",
-    responses((status = 200, body = [ReaderView]), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = ReaderList), (status = 503, body = ErrorBody)))]
 pub(crate) async fn list_readers(State(state): State<AppState>) -> Result<Response, ApiError> {
     let readers = state.cards.list_readers().await?;
     let mut views = Vec::with_capacity(readers.len());
@@ -754,7 +845,7 @@ pub(crate) async fn list_readers(State(state): State<AppState>) -> Result<Respon
 
 /// Every use of every card, newest first. Needs scope `admin`.
 #[utoipa::path(get, path = "/api/v1/cards/audit", tag = "cards", params(AuditParams),
-    responses((status = 200, body = [AuditView]), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = AuditPageDoc), (status = 400, body = ErrorBody)))]
 pub(crate) async fn audit(
     State(state): State<AppState>,
     Query(params): Query<AuditParams>,

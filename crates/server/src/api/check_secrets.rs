@@ -18,7 +18,8 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 
 /// The longest value accepted (a token or a password, not a file).
-const MAX_VALUE_BYTES: usize = 16 * 1024;
+/// Longest value, in characters.
+const MAX_VALUE_CHARS: usize = 16 * 1024;
 
 pub(crate) fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
@@ -55,8 +56,8 @@ pub(crate) struct SecretList {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SetSecret {
-    /// Up to 16 KiB; never shown again.
-    #[schema(value_type = String)]
+    /// 1 to 16,384 characters; never shown again.
+    #[schema(value_type = String, min_length = 1, max_length = 16384)]
     value: Secret<String>,
 }
 
@@ -91,7 +92,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Result<Response, ApiE
     put,
     path = "/api/v1/check-secrets/{name}",
     tag = "checks",
-    params(("name" = String, Path, description = "1 to 100 of A-Z a-z 0-9 _ - .")),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,100}$", description = "1 to 100 of A-Z a-z 0-9 _ - .")),
     request_body = SetSecret,
     responses(
         (status = 201, description = "Stored under a new name", body = SecretView),
@@ -111,11 +112,11 @@ pub(crate) async fn set(
             "1 to 100 of A-Z a-z 0-9 _ - .",
         ));
     }
-    let len = body.value.expose().len();
-    if len == 0 || len > MAX_VALUE_BYTES {
+    let len = body.value.expose().chars().count();
+    if len == 0 || len > MAX_VALUE_CHARS {
         return Err(ApiError::invalid_parameter(
             "value",
-            "a non-empty string of at most 16 KiB",
+            "a non-empty string of at most 16,384 characters",
         ));
     }
     let (created, updated_at) = state.check_secrets.put(&name, &body.value).await?;
@@ -134,7 +135,7 @@ pub(crate) async fn set(
     delete,
     path = "/api/v1/check-secrets/{name}",
     tag = "checks",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9_.-]{1,100}$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 403, body = ErrorBody),

@@ -295,12 +295,16 @@ pub(crate) async fn run_now(
 #[serde(deny_unknown_fields)]
 pub(crate) struct JobsParams {
     /// The agent's location name.
+    #[param(min_length = 1, max_length = 100, pattern = r"\S")]
     location: String,
-    /// Long-poll: wait up to this many milliseconds for a job (default 0;
-    /// more than 30 000 counts as 30 000).
+    /// Long-poll: wait up to this many milliseconds for a job (0 to 30 000,
+    /// default 0).
     #[param(minimum = 0, maximum = 30000, default = 0)]
     wait_ms: Option<u64>,
 }
+
+/// Longest long-poll of an agent's job request.
+const MAX_WAIT_MS: u64 = 30_000;
 
 /// The jobs waiting for an agent's location (long-polled); each is handed
 /// out once. Jobs carry the flow's secret values. Needs scope `agent` (or `admin`).
@@ -322,11 +326,21 @@ pub(crate) async fn agent_jobs(
     Extension(who): Extension<Arc<Principal>>,
     Query(params): Query<JobsParams>,
 ) -> Result<Response, ApiError> {
-    if params.location.trim().is_empty() {
-        return Err(ApiError::invalid_parameter("location", "a location name"));
+    if params.location.trim().is_empty() || params.location.chars().count() > 100 {
+        return Err(ApiError::invalid_parameter(
+            "location",
+            "location must be a name of 1 to 100 characters",
+        ));
     }
     check_location(&who, &params.location)?;
-    let wait = Duration::from_millis(params.wait_ms.unwrap_or(0).min(30_000));
+    let wait_ms = params.wait_ms.unwrap_or(0);
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::invalid_parameter(
+            "wait_ms",
+            format!("wait_ms must be 0 to {MAX_WAIT_MS}"),
+        ));
+    }
+    let wait = Duration::from_millis(wait_ms);
     let jobs = service(&state)?.take_jobs(&params.location, wait).await;
     Ok(json(
         StatusCode::OK,

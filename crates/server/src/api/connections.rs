@@ -11,13 +11,14 @@ use axum::routing::{get, post};
 use bankbridge_core::{ConnectionSettings, Credentials, Secret};
 use bankbridge_store::{Connection, Scope, SyncOutcome};
 use bankbridge_sync::{
-    ConnectionChange, SyncError, Syncer, add_connection, check_settings, update_connection,
+    ConnectionChange, SyncError, Syncer, add_connection, check_name, check_password,
+    check_settings, update_connection,
 };
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
-use super::{ApiJson, List, PathId, guarded, json};
+use super::{ApiJson, List, PathId, de, guarded, json};
 use crate::error::{ApiError, ErrorBody};
 use crate::{AppState, Principal};
 
@@ -50,6 +51,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         SettingsView,
         CreateConnection,
         UpdateConnection,
+        UpdateLogin,
         super::schema::SyncOutcome
     ))
 )]
@@ -124,41 +126,35 @@ impl ConnectionView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateConnection {
-    /// Unique name (letters, digits, `-`, `_`, `.`, spaces; not only digits).
+    /// Unique name: a letter, then up to 63 letters, digits, spaces, `.`, `_` or `-`.
     #[schema(example = "fibank-main")]
     name: String,
     /// One of the connectors this server knows.
     #[schema(example = "fibank")]
     connector: String,
-    /// The bank API's base URL (http or https).
+    /// The bank API's base URL: https, or http to this machine.
+    #[schema(example = "https://my.fibank.bg", max_length = 2048)]
     base_url: String,
+    #[schema(min_length = 1, max_length = 256)]
     username: String,
-    #[schema(value_type = String, format = Password, write_only)]
+    #[schema(value_type = String, format = Password, write_only, min_length = 1, max_length = 1024)]
     password: Secret<String>,
     /// Longest window to ask the bank for, 1 to 366 days (default 30).
+    #[schema(minimum = 1, maximum = 366)]
     window_days: Option<u32>,
     /// Days re-read before the last synced day, 0 to 365 (default 7).
+    #[schema(minimum = 0, maximum = 365)]
     overlap_days: Option<u32>,
     /// Oldest day to backfill to (YYYY-MM-DD).
     since: Option<NaiveDate>,
-    /// Sync on this interval in `serve` (at least 60 seconds); absent means manual only.
+    /// Sync on this interval in `serve` (at least 60 seconds); absent or null means manual only.
+    #[schema(minimum = 60, maximum = 31_622_400)]
     interval_secs: Option<u64>,
 }
 
 impl CreateConnection {
     fn settings(&self, connectors: &[String]) -> Result<ConnectionSettings, ApiError> {
-        let name = self.name.trim();
-        let name_ok = (1..=64).contains(&name.chars().count())
-            && name
-                .chars()
-                .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | ' '))
-            && !name.chars().all(|c| c.is_ascii_digit());
-        if !name_ok {
-            return Err(ApiError::invalid_parameter(
-                "name",
-                "name must be 1 to 64 letters, digits, '-', '_', '.' or spaces, and not only digits",
-            ));
-        }
+        check_name(&self.name).map_err(field_error)?;
         if !connectors.contains(&self.connector) {
             return Err(ApiError::invalid_parameter(
                 "connector",
@@ -169,13 +165,8 @@ impl CreateConnection {
                 ),
             ));
         }
-        if self.password.expose().is_empty() || self.password.expose().len() > 1024 {
-            return Err(ApiError::invalid_parameter(
-                "password",
-                "password must be 1 to 1024 characters",
-            ));
-        }
-        let mut s = ConnectionSettings::new(self.base_url.trim(), self.username.trim());
+        check_password(&self.password).map_err(field_error)?;
+        let mut s = ConnectionSettings::new(self.base_url.clone(), self.username.clone());
         if let Some(w) = self.window_days {
             s.window_days = w;
         }
@@ -305,25 +296,42 @@ pub(crate) async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// What to change on a connection; absent fields stay. `password` is
-/// write-only. A new `base_url` or `username` needs a new `password` in the
-/// same request: stored credentials never go to another bank or account.
+/// What to change on a connection; absent fields stay, `null` clears `since`
+/// and `interval_secs`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateConnection {
-    /// The bank API's base URL: https, or http to a loopback address.
-    base_url: Option<String>,
-    username: Option<String>,
-    #[schema(value_type = Option<String>, format = Password, write_only)]
-    password: Option<Secret<String>>,
+    /// New credentials, and where they go.
+    login: Option<UpdateLogin>,
     /// 1 to 366.
+    #[schema(minimum = 1, maximum = 366)]
     window_days: Option<u32>,
     /// 0 to 365.
+    #[schema(minimum = 0, maximum = 365)]
     overlap_days: Option<u32>,
-    /// Oldest day to backfill to (YYYY-MM-DD).
-    since: Option<NaiveDate>,
-    /// At least 60; `0` turns scheduled syncs off.
-    interval_secs: Option<u64>,
+    /// Oldest day to backfill to (YYYY-MM-DD); null: as far back as the bank goes.
+    #[schema(value_type = Option<NaiveDate>)]
+    #[serde(default, deserialize_with = "de::patch")]
+    since: Option<Option<NaiveDate>>,
+    /// Seconds between scheduled syncs (at least 60); null: manual only.
+    #[schema(value_type = Option<u64>, minimum = 60, maximum = 31_622_400)]
+    #[serde(default, deserialize_with = "de::patch")]
+    interval_secs: Option<Option<u64>>,
+}
+
+/// The login: the password always, and where and as whom it is used when
+/// that changes too. Stored credentials never go to another bank or
+/// account without the password given anew.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpdateLogin {
+    #[schema(value_type = String, format = Password, write_only, min_length = 1, max_length = 1024)]
+    password: Secret<String>,
+    /// The bank API's base URL: https, or http to this machine.
+    #[schema(max_length = 2048)]
+    base_url: Option<String>,
+    #[schema(min_length = 1, max_length = 256)]
+    username: Option<String>,
 }
 
 /// Change a connection's credentials or settings. Needs scope `admin`.
@@ -366,14 +374,18 @@ pub(crate) async fn update(
             ),
         ));
     }
+    let (password, base_url, username) = match body.login {
+        Some(l) => (Some(l.password), l.base_url, l.username),
+        None => (None, None, None),
+    };
     let change = ConnectionChange {
-        base_url: body.base_url,
-        username: body.username,
-        password: body.password,
+        base_url,
+        username,
+        password,
         window_days: body.window_days,
         overlap_days: body.overlap_days,
-        since: body.since.map(Some),
-        interval_secs: body.interval_secs.map(|i| (i > 0).then_some(i)),
+        since: body.since,
+        interval_secs: body.interval_secs,
     };
     let updated = update_connection(
         state.store.as_ref(),

@@ -43,7 +43,7 @@ const EXPORT_PARAMS: &[&str] = &[
 #[allow(dead_code)]
 struct FormatParam {
     /// `csv` (default), `json` (one array) or `ofx` (OFX 2.2 XML, one statement per account).
-    #[param(default = "csv")]
+    #[param(default = "csv", pattern = "^(csv|json|ofx)$")]
     format: Option<String>,
 }
 
@@ -71,14 +71,16 @@ pub(crate) async fn export(
     let mut query = TxQuery::default();
     for (name, value) in params::pairs(raw.as_deref()) {
         if name == "format" {
-            format = Format::parse(&value).ok_or_else(|| {
-                ApiError::invalid_parameter("format", "format must be csv, json or ofx")
-            })?;
+            format = Format::ALL
+                .into_iter()
+                .find(|f| f.as_str() == value)
+                .ok_or_else(|| {
+                    ApiError::invalid_parameter("format", "format must be csv, json or ofx")
+                })?;
         } else if !params::apply_filter(&mut query, &name, &value)? {
             return Err(params::unknown(&name, EXPORT_PARAMS));
         }
     }
-    params::check_filters(&query)?;
     let filename = format!(
         "bankbridge-transactions-{}.{}",
         Utc::now().format("%Y%m%d"),

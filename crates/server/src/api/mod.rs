@@ -24,6 +24,7 @@ mod cards;
 mod check_secrets;
 mod checks;
 mod connections;
+mod de;
 mod documents;
 mod export;
 pub(crate) mod schema;
@@ -119,7 +120,128 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ] {
         doc.merge(part);
     }
+    standard_responses(&mut doc);
     doc
+}
+
+/// The OpenAPI document this server serves: [`openapi`] with the values
+/// known only at run time or kept as constants elsewhere written in (the
+/// connectors this server knows, the patterns of names and URLs), so the
+/// document says exactly what the server accepts.
+pub(crate) fn document_for(connectors: &[String]) -> String {
+    let mut doc = serde_json::to_value(openapi()).expect("the OpenAPI document serialises");
+    // Every request body is read with unknown fields refused: say so.
+    let mut bodies: Vec<String> = vec!["UpdateLogin".into()];
+    if let Some(paths) = doc["paths"].as_object() {
+        for item in paths.values() {
+            for op in item.as_object().into_iter().flat_map(|o| o.values()) {
+                if let Some(name) =
+                    op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                        .as_str()
+                        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+                {
+                    bodies.push(name.to_owned());
+                }
+            }
+        }
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    for name in bodies {
+        schemas[name.as_str()]["additionalProperties"] = serde_json::json!(false);
+    }
+    for (schema, field) in [
+        ("CreateConnection", "base_url"),
+        ("UpdateLogin", "base_url"),
+    ] {
+        schemas[schema]["properties"][field]["pattern"] =
+            serde_json::json!(bankbridge_core::net::SECURE_URL_PATTERN);
+    }
+    schemas["CreateConnection"]["properties"]["connector"]["enum"] = serde_json::json!(connectors);
+    schemas["CreateConnection"]["properties"]["name"]["pattern"] =
+        serde_json::json!(bankbridge_sync::connections::NAME_PATTERN);
+    // `[name, value]` pairs are tuples of two; a status is a u16.
+    for record in ["CheckRequestRecord", "CheckResponseRecord"] {
+        let items = &mut schemas[record]["properties"]["headers"]["items"];
+        items["minItems"] = serde_json::json!(2);
+        items["maxItems"] = serde_json::json!(2);
+    }
+    schemas["CheckResponseRecord"]["properties"]["status"]["maximum"] = serde_json::json!(65535);
+    serde_json::to_string(&doc).expect("the OpenAPI document serialises")
+}
+
+/// Answers every route may give, added where a route does not name them
+/// itself: 401/403 on guarded routes, 400/413/415 on routes with a body,
+/// 400 on routes with parameters, 404 on routes with a path parameter. The
+/// document is a contract: each status a client can meet is in it.
+fn standard_responses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let has_path_param = path.contains('{');
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let public = op.security.as_ref().is_some_and(|reqs| {
+                reqs.iter()
+                    .all(|r| serde_json::to_value(r).is_ok_and(|v| v == serde_json::json!({})))
+            });
+            let mut add = |code: &str, description: &str| {
+                op.responses
+                    .responses
+                    .entry(code.to_owned())
+                    .or_insert_with(|| error(description));
+            };
+            if !public {
+                add(
+                    "401",
+                    "`unauthorized`: no token, or one that is unknown, malformed or revoked",
+                );
+                add(
+                    "403",
+                    "`forbidden`: the token's scope does not allow this route",
+                );
+            }
+            let has_body = op.request_body.is_some();
+            let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            if has_body || has_params || has_path_param {
+                add(
+                    "400",
+                    "A bad parameter or body (`invalid_parameter` names it)",
+                );
+            }
+            if has_body {
+                add(
+                    "413",
+                    "`payload_too_large`: the body is over the server's limit",
+                );
+                add(
+                    "415",
+                    "`unsupported_media_type`: the body is not `application/json`",
+                );
+                add("408", "`request_timeout`: the body did not arrive in time");
+            }
+            if has_path_param {
+                add("404", "`not_found`: nothing has this id");
+            }
+        }
+    }
 }
 
 /// A JSON response, serialised into a buffer of about `size_hint` bytes.
@@ -160,10 +282,49 @@ pub(crate) struct List<'a, T> {
     pub data: &'a [T],
 }
 
-/// `axum::Json` whose rejections are [`ApiError`]s.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON object body (`Content-Type: application/json`), read into `T`;
+/// rejections are [`ApiError`]s. Anything but an object is refused: serde
+/// would read a struct from an array too (`[null, null]`), which no route
+/// documents.
 pub(crate) struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<mime::Mime>().ok())
+            .is_some_and(|m| {
+                m.type_() == "application"
+                    && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json"))
+            });
+        if !is_json {
+            return Err(ApiError::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::for_status(e.status()))?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object ({ ... })",
+            ));
+        }
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?;
+        de::whole_numbers(&mut value);
+        serde_path_to_error::deserialize(value)
+            .map(ApiJson)
+            .map_err(|e| crate::error::body_field_error(&e.path().to_string(), e.inner()))
+    }
+}
 
 /// The numeric `{id}` of a route's path; a bad one is `invalid_parameter` naming `id`.
 pub(crate) struct PathId(pub i64);

@@ -39,23 +39,29 @@ pub(crate) struct Doc;
 #[allow(dead_code)]
 pub(crate) struct FilterParams {
     /// Only this account (id).
+    #[param(minimum = 1)]
     account: Option<i64>,
     /// Only this connection (id).
+    #[param(minimum = 1)]
     connection: Option<i64>,
     /// Booking date on or after (YYYY-MM-DD).
     from: Option<chrono::NaiveDate>,
     /// Booking date on or before (YYYY-MM-DD).
     to: Option<chrono::NaiveDate>,
     /// Amount at least this (decimal string; debits are negative).
-    #[param(example = "-100.00")]
+    #[param(example = "-100.00", pattern = r"^-?[0-9]{1,15}(\.[0-9]{1,6})?$")]
     min_amount: Option<String>,
     /// Amount at most this (decimal string).
+    #[param(pattern = r"^-?[0-9]{1,15}(\.[0-9]{1,6})?$")]
     max_amount: Option<String>,
-    /// Case-insensitive substring of the label, raw label, counterparty or remittance information.
+    /// Case-insensitive substring of the label, raw label, counterparty or
+    /// remittance information (1 to 200 characters, not only spaces).
+    #[param(min_length = 1, max_length = 200, pattern = r"\S")]
     text: Option<String>,
     /// `pending`, `booked` or `void`.
     status: Option<super::schema::TxStatus>,
     /// Only rows of this category (set by category rules).
+    #[param(min_length = 1, max_length = 200, pattern = r"\S")]
     category: Option<String>,
     /// Only rows changed at or after this instant (RFC 3339).
     updated_since: Option<chrono::DateTime<chrono::Utc>>,
@@ -69,6 +75,7 @@ pub(crate) struct PageParams {
     #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<u32>,
     /// The `next` value of the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{16}$")]
     cursor: Option<String>,
 }
 
