@@ -162,6 +162,7 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
             bankbridge_connectors::KNOWN.join(", ")
         );
     }
+    bankbridge_sync::check_name(&args.name).map_err(flag_error)?;
     let settings = ConnectionSettings {
         window_days: args.window_days,
         overlap_days: args.overlap_days,
