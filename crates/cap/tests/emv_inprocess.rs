@@ -96,6 +96,28 @@ fn run_on(
     )
 }
 
+/// The CDOL1 data a CAP reader sends for a login over `challenge` (8 hex
+/// digits): 9F02 amount, 9F03, 9F1A, 95 TVR, 5F2A, 9A date, 9C, 9F37 the
+/// challenge, 9F4C, 9F34 CVM results, as the recorded card's reader sent them.
+fn cdol1_data(challenge: &str) -> Vec<u8> {
+    hex::decode(
+        [
+            "000000000000",
+            "000000000000",
+            "0000",
+            "8000000000",
+            "0000",
+            "000000",
+            "00",
+            challenge,
+            "0000",
+            "010002",
+        ]
+        .concat(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn virtual_cap_card_code_matches_the_issuer_computation() {
     // Recompute by hand what the issuer would: the MAC over the CDOL1 data a
@@ -105,24 +127,7 @@ fn virtual_cap_card_code_matches_the_issuer_computation() {
     let r = run_on(&readers, &m1(Some("1234")), "1234", None).unwrap();
     assert_eq!(r.atc, config.atc + 1);
     assert_eq!(handle.atc(), r.atc);
-    // 9F02 amount, 9F03, 9F1A, 95 TVR, 5F2A, 9A date, 9C, 9F37 challenge,
-    // 9F4C, 9F34 CVM results — as the recorded card's reader sent them.
-    let cdol1 = hex::decode(
-        [
-            "000000000000",
-            "000000000000",
-            "0000",
-            "8000000000",
-            "0000",
-            "000000",
-            "00",
-            "00001234",
-            "0000",
-            "010002",
-        ]
-        .concat(),
-    )
-    .unwrap();
+    let cdol1 = cdol1_data("00001234");
     let ac = application_cryptogram(&config.key, &cdol1, r.atc);
     let mut data = vec![0x80];
     data.extend_from_slice(&r.atc.to_be_bytes());
@@ -232,22 +237,7 @@ fn a_cap_only_card_without_a_card_number_computes_codes() {
     assert_eq!(r.card.application, "SecureCode Aut");
     // The code by hand: the UK bitmap keeps the CID bit, the ATC's low byte,
     // the last bit of AC[5], AC[6] and AC[7].
-    let cdol1 = hex::decode(
-        [
-            "000000000000",
-            "000000000000",
-            "0000",
-            "8000000000",
-            "0000",
-            "000000",
-            "00",
-            "12345678",
-            "0000",
-            "010002",
-        ]
-        .concat(),
-    )
-    .unwrap();
+    let cdol1 = cdol1_data("12345678");
     let ac = application_cryptogram(&config.key, &cdol1, r.atc);
     let value = (1u64 << 25)
         | (u64::from(r.atc as u8) << 17)

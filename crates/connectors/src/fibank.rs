@@ -706,27 +706,12 @@ fn map_line(
     let booking_date = bank_date(date_time)
         .ok_or_else(|| malformed(what, format!("entry {id} has dateTime {date_time:?}")))?;
     let value_date = text(obj, "valueDt").and_then(bank_date);
-    let raw_label = obj
-        .get("trname")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let remarks: Vec<&str> = ["remI", "remIi", "remIii"]
-        .iter()
-        .filter_map(|k| text(obj, k))
-        .collect();
-    let counterparty_name = text(obj, "contragent")
-        .or_else(|| text(obj, "benOrderParty"))
-        .map(str::to_owned);
-    let mut label = clean_label(&raw_label);
-    if label.is_empty() {
-        label = clean_label(
-            counterparty_name
-                .as_deref()
-                .or(remarks.first().copied())
-                .unwrap_or(""),
-        );
-    }
+    let LineTexts {
+        raw_label,
+        label,
+        counterparty_name,
+        remittance_info,
+    } = line_texts(obj);
     let trn_type = text(obj, "trnType").unwrap_or("");
     let bank_code = match (trn_type, text(obj, "trnCode").unwrap_or("")) {
         ("", "") => None,
@@ -748,15 +733,52 @@ fn map_line(
         counterparty_iban: text(obj, "trnAccount")
             .and_then(|s| Iban::parse(s).ok())
             .map(String::from),
-        remittance_info: if remarks.is_empty() {
-            None
-        } else {
-            Some(remarks.join("\n"))
-        },
+        remittance_info,
         bank_code,
         running_balance: decimal(what, obj, "acBal")?,
         raw: raw.clone(),
     })
+}
+
+/// The texts of a statement line or a hold.
+struct LineTexts {
+    /// `trname` as the bank sent it.
+    raw_label: String,
+    /// Cleaned; the counterparty or the first remark when `trname` is empty.
+    label: String,
+    counterparty_name: Option<String>,
+    /// `remI`/`remIi`/`remIii`, one per line.
+    remittance_info: Option<String>,
+}
+
+fn line_texts(obj: &Map<String, Value>) -> LineTexts {
+    let raw_label = obj
+        .get("trname")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let remarks: Vec<&str> = ["remI", "remIi", "remIii"]
+        .iter()
+        .filter_map(|k| text(obj, k))
+        .collect();
+    let counterparty_name = text(obj, "contragent")
+        .or_else(|| text(obj, "benOrderParty"))
+        .map(str::to_owned);
+    let mut label = clean_label(&raw_label);
+    if label.is_empty() {
+        label = clean_label(
+            counterparty_name
+                .as_deref()
+                .or(remarks.first().copied())
+                .unwrap_or(""),
+        );
+    }
+    LineTexts {
+        raw_label,
+        label,
+        counterparty_name,
+        remittance_info: (!remarks.is_empty()).then(|| remarks.join("\n")),
+    }
 }
 
 /// Map the `getBlockedAmounts` answer: each hold becomes a pending row keyed
@@ -804,16 +826,12 @@ pub fn map_blocked(
                     .map_err(|e| malformed(what, format!("hold {id} has currency {c:?}: {e}")))?,
                 None => currency,
             };
-            let raw_label = text(obj, "trname").unwrap_or("").to_owned();
-            let counterparty_name = text(obj, "contragent").map(str::to_owned);
-            let remarks: Vec<&str> = ["remI", "remIi", "remIii"]
-                .iter()
-                .filter_map(|k| text(obj, k))
-                .collect();
-            let mut label = clean_label(&raw_label);
-            if label.is_empty() {
-                label = clean_label(counterparty_name.as_deref().unwrap_or(""));
-            }
+            let LineTexts {
+                raw_label,
+                label,
+                counterparty_name,
+                remittance_info,
+            } = line_texts(obj);
             Ok(FetchedTransaction {
                 provider_id: Some(format!("block:{id}")),
                 status: TxStatus::Pending,
@@ -828,7 +846,7 @@ pub fn map_blocked(
                 label,
                 counterparty_name,
                 counterparty_iban: None,
-                remittance_info: (!remarks.is_empty()).then(|| remarks.join("\n")),
+                remittance_info,
                 bank_code: text(obj, "trnType").map(str::to_owned),
                 running_balance: None,
                 raw: raw.clone(),

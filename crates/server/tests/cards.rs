@@ -152,6 +152,29 @@ impl Rig {
         )
     }
 
+    /// A login without a challenge in a task of its own: (status, code),
+    /// the code `ok` for a success.
+    fn spawn_login(&self, card: &str) -> tokio::task::JoinHandle<(u16, String)> {
+        let (base, path, token, client) = (
+            self.server.base.clone(),
+            self.card_path(card, "logins"),
+            self.write.clone(),
+            self.server.client.clone(),
+        );
+        tokio::spawn(async move {
+            let res = client
+                .post(format!("{base}{path}"))
+                .bearer_auth(token)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap();
+            (status, body["code"].as_str().unwrap_or("ok").to_owned())
+        })
+    }
+
     async fn login(&self, card: &str, challenge: Option<&str>) -> reqwest::Response {
         let body = match challenge {
             Some(c) => json!({"challenge": c}),
@@ -348,24 +371,7 @@ async fn a_wrong_stored_pin_is_tried_exactly_once() {
     // Five developers ask at once: one VERIFY reaches the card, ever.
     let mut tasks = Vec::new();
     for _ in 0..5 {
-        let (base, path, token, client) = (
-            rig.server.base.clone(),
-            rig.card_path(id, "logins"),
-            rig.write.clone(),
-            rig.server.client.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let res = client
-                .post(format!("{base}{path}"))
-                .bearer_auth(token)
-                .json(&json!({}))
-                .send()
-                .await
-                .unwrap();
-            let status = res.status().as_u16();
-            let body: Value = res.json().await.unwrap();
-            (status, body["code"].as_str().unwrap_or("").to_owned())
-        }));
+        tasks.push(rig.spawn_login(id));
     }
     let mut outcomes = Vec::new();
     for t in tasks {
@@ -586,26 +592,7 @@ async fn a_refusal_the_store_cannot_record_yet_is_held_in_memory() {
         .await
         .unwrap();
 
-    let first = {
-        let (base, path, token, client) = (
-            rig.server.base.clone(),
-            rig.card_path(&id, "logins"),
-            rig.write.clone(),
-            rig.server.client.clone(),
-        );
-        tokio::spawn(async move {
-            let res = client
-                .post(format!("{base}{path}"))
-                .bearer_auth(token)
-                .json(&json!({}))
-                .send()
-                .await
-                .unwrap();
-            let status = res.status().as_u16();
-            let body: Value = res.json().await.unwrap();
-            (status, body["code"].as_str().unwrap_or("ok").to_owned())
-        })
-    };
+    let first = rig.spawn_login(&id);
     let started = std::time::Instant::now();
     while handle.verify_count() == 0 && started.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -621,35 +608,13 @@ async fn a_refusal_the_store_cannot_record_yet_is_held_in_memory() {
     let in_store = rig.server.store.get_card(&id).await.unwrap().unwrap();
     assert_eq!(in_store.status.as_str(), "active", "not recorded yet");
     // Another request is refused from memory, without a VERIFY.
-    let second = tokio::spawn({
-        let (base, path, token, client) = (
-            rig.server.base.clone(),
-            rig.card_path(&id, "logins"),
-            rig.write.clone(),
-            rig.server.client.clone(),
-        );
-        async move {
-            let res = client
-                .post(format!("{base}{path}"))
-                .bearer_auth(token)
-                .json(&json!({}))
-                .send()
-                .await
-                .unwrap();
-            let body: Value = res.json().await.unwrap();
-            (
-                body["code"].as_str().unwrap_or("ok").to_owned(),
-                body["message"].clone(),
-            )
-        }
-    });
+    let second = rig.spawn_login(&id);
     tokio::time::sleep(Duration::from_millis(300)).await;
     sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
     blocker.close().await.unwrap();
 
     assert_eq!(first.await.unwrap(), (409, "wrong_pin".to_owned()));
-    let (code, message) = second.await.unwrap();
-    assert_eq!(code, "card_disabled", "{message}");
+    assert_eq!(second.await.unwrap(), (409, "card_disabled".to_owned()));
     assert_eq!(handle.verify_count(), 1, "exactly one VERIFY");
     let card = rig.server.store.get_card(&id).await.unwrap().unwrap();
     assert_eq!(card.status.as_str(), "disabled");
