@@ -483,24 +483,7 @@ async fn busy_reader_removed_card_and_bad_requests_get_clear_codes() {
     let id = card["id"].as_str().unwrap().to_owned();
     let mut tasks = Vec::new();
     for _ in 0..3 {
-        let (base, path, token, client) = (
-            rig.server.base.clone(),
-            rig.card_path(&id, "logins"),
-            rig.write.clone(),
-            rig.server.client.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let res = client
-                .post(format!("{base}{path}"))
-                .bearer_auth(token)
-                .json(&json!({}))
-                .send()
-                .await
-                .unwrap();
-            let status = res.status().as_u16();
-            let body: Value = res.json().await.unwrap();
-            (status, body["code"].as_str().unwrap_or("ok").to_owned())
-        }));
+        tasks.push(rig.spawn_login(&id));
     }
     let mut outcomes = Vec::new();
     for t in tasks {
