@@ -1,6 +1,6 @@
-//! A Klarna-like XS2A playground: the open-banking flow a Checkly
-//! multi-step check drives (`../shared/reference/monitoring.md` §1.7), so a
-//! flow monitor can be run, timed and broken on purpose with no real bank.
+//! A Klarna-like XS2A playground: the open-banking flow a multi-step
+//! monitoring check drives against Klarna's public playground, so a flow
+//! monitor can be run, timed and broken on purpose with no real bank.
 //!
 //! One run is 8 steps and 11 requests ([`Step`]): start a session, start an
 //! account-details flow, select the German test bank, read the wizard's
