@@ -71,7 +71,8 @@ else
     log "pcscd could not be started: the card tests through pcscd will skip (or fail under CI)"
 fi
 
-cargo test --workspace "$@"
+# --no-fail-fast: one red test binary must not hide the others' results.
+cargo test --workspace --no-fail-fast "$@"
 
 # The API contract, from outside: schemathesis against a live `serve` with
 # synced data, a card, flow checks and the BankID gateway (only with the

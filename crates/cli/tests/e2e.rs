@@ -919,19 +919,24 @@ async fn data_at_rest_is_private_and_bound_to_its_master_key() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&home), 0o700, "the data folder");
     assert_eq!(mode(&home.join("master.key")), 0o600);
-    // A write makes the WAL files; all three are private.
+    // While the database is open the WAL files exist (SQLite removes them
+    // when the last connection closes); all three are private.
     let out = run(&["token", "create", "--scope", "read", "--name", "t"], None);
     assert!(out.status.success());
+    let open = bankbridge_store::open(db.to_str().unwrap()).await.unwrap();
+    open.list_connections().await.unwrap();
     for suffix in ["", "-wal", "-shm"] {
         let mut p = db.as_os_str().to_owned();
         p.push(suffix);
         let p = std::path::PathBuf::from(p);
-        if p.exists() {
-            assert_eq!(mode(&p), 0o600, "{}", p.display());
-        } else {
-            assert_eq!(suffix, "-wal", "{} is missing", p.display());
-        }
+        assert!(
+            p.exists(),
+            "{} is missing while the database is open",
+            p.display()
+        );
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
     }
+    drop(open);
     // A database file left group-readable by an older version is tightened.
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
     assert!(run(&["token", "list"], None).status.success());
