@@ -52,6 +52,9 @@ enum Command {
     /// Add, list or remove bank connections.
     #[command(subcommand)]
     Connection(cmd::connection::ConnectionCommand),
+    /// List accounts with their IBAN, currency, balance now and last sync.
+    #[command(after_help = "Example: bankbridge accounts --connection my-fibank")]
+    Accounts(cmd::accounts::AccountsArgs),
     /// List stored transactions.
     #[command(
         after_help = "Example: bankbridge transactions --from 2024-01-01 --text coffee --limit 20"
@@ -100,6 +103,13 @@ fn main() -> ExitCode {
             | Command::Card(cmd::card::CardCommand::Virtual(_))
             | Command::Check(cmd::check::CheckCommand::Agent(_))
     );
+    if quiet {
+        // One-shot commands end quietly when their reader goes away
+        // (`bankbridge transactions | head -1`), as Unix tools do, instead of
+        // panicking on a failed print. Servers keep Rust's default: a peer
+        // closing a socket must not kill them.
+        sigpipe::reset();
+    }
     ui::init_logging(cli.log_json || config.file.log_json.unwrap_or(false), quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,6 +138,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Sandbox(args) => cmd::sandbox::run(&config, args).await,
         Command::Sync(args) => cmd::sync::run(&config, args).await,
         Command::Connection(c) => cmd::connection::run(&config, c).await,
+        Command::Accounts(args) => cmd::accounts::run(&config, args).await,
         Command::Transactions(args) => cmd::query::transactions(&config, args).await,
         Command::Export(args) => cmd::query::export(&config, args).await,
         Command::Documents(c) => cmd::documents::run(&config, c).await,

@@ -18,6 +18,7 @@ pub fn init_logging(json: bool, quiet: bool) {
         .unwrap_or_else(|| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -26,7 +27,15 @@ pub fn init_logging(json: bool, quiet: bool) {
     }
 }
 
-/// A progress line for one connection's sync: windows done, rows written.
+/// Colour only on a terminal, and never with `NO_COLOR` set (no-color.org):
+/// logs redirected to a file hold no escape codes.
+pub fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// A progress line for one connection's sync: windows done, rows written;
+/// once an account's windows are planned, its percentage and an ETA.
 #[derive(Clone)]
 pub struct SyncProgress {
     bar: ProgressBar,
@@ -60,7 +69,14 @@ impl SyncProgress {
         match event {
             SyncEvent::LoggedIn => self.bar.set_message("logged in"),
             SyncEvent::Accounts { count } => self.bar.set_message(format!("{count} accounts")),
-            SyncEvent::Planned { .. } => {}
+            SyncEvent::Planned { account, windows } => {
+                self.bar.set_style(planned_style());
+                self.bar.set_length(windows as u64);
+                self.bar.set_position(0);
+                self.bar.reset_eta();
+                self.bar
+                    .set_message(format!("{account}: {windows} windows to fetch"));
+            }
             SyncEvent::WindowDone {
                 account,
                 window,
@@ -135,4 +151,12 @@ impl SyncProgress {
     pub fn abandon(&self, message: String) {
         self.bar.abandon_with_message(message);
     }
+}
+
+/// The bar once an account's windows are counted.
+fn planned_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{spinner:.green} {prefix:.bold} [{elapsed_precise}] {bar:20} {pos}/{len} windows {percent}% · ETA {eta} · {msg}",
+    )
+    .expect("valid template")
 }

@@ -42,7 +42,34 @@ pub(crate) fn transport(
         TransientKind::Network
     };
     tracing::debug!(what, error = %e, "{bank} transport error");
-    transient(what, kind, None)
+    // Name where and why, so a wrong base URL reads as one: "login
+    // (connection refused at http://127.0.0.1:9): network error".
+    let place = e
+        .url()
+        .map(|u| format!(" at {}", u.origin().ascii_serialization()))
+        .unwrap_or_default();
+    transient(&format!("{what} ({}{place})", root_cause(e)), kind, None)
+}
+
+/// The innermost cause of a transport error, in a few words.
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        if let Some(io) = next.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+                std::io::ErrorKind::TimedOut => "timed out".into(),
+                _ => excerpt(&io.to_string()),
+            };
+        }
+        cause = next;
+    }
+    if e.is_timeout() {
+        "timed out".into()
+    } else {
+        excerpt(&cause.to_string())
+    }
 }
 
 /// `Retry-After` as seconds or as an HTTP date.

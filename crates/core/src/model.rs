@@ -35,6 +35,18 @@ pub struct Account {
     pub last_seen: DateTime<Utc>,
 }
 
+impl Account {
+    /// The account as a person names it: its name at the bank, else its
+    /// IBAN, else the bank's id.
+    pub fn display_name(&self) -> String {
+        self.name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .or_else(|| self.iban.as_ref().map(|i| i.as_str().to_owned()))
+            .unwrap_or_else(|| self.provider_id.clone())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BalanceKind {
@@ -73,6 +85,14 @@ pub struct Balance {
     pub amount: Decimal,
     pub currency: Currency,
     pub reference_date: NaiveDate,
+}
+
+impl Balance {
+    /// The amount with its currency's minor units.
+    pub fn as_money(mut self) -> Self {
+        self.amount = self.currency.money(self.amount);
+        self
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -240,6 +260,18 @@ pub struct Transaction {
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Transaction {
+    /// Amounts with their currency's minor units (see [`Currency::money`]),
+    /// the way every output writes them.
+    pub fn as_money(mut self) -> Self {
+        self.amount = self.currency.money(self.amount);
+        self.running_balance = self.running_balance.map(|b| self.currency.money(b));
+        let original = self.original_currency.unwrap_or(self.currency);
+        self.original_amount = self.original_amount.map(|a| original.money(a));
+        self
+    }
 }
 
 /// A document (account statement, notice, …) as a connector lists it.

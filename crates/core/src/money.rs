@@ -20,13 +20,28 @@ impl Currency {
         std::str::from_utf8(&self.0).unwrap_or("???")
     }
 
-    /// Decimal places of the currency's minor unit, for the common cases.
+    /// Decimal places of the currency's minor unit (ISO 4217's list of
+    /// currencies that do not use two).
     pub fn minor_units(&self) -> u32 {
         match self.as_str() {
-            "JPY" | "KRW" | "ISK" | "CLP" | "VND" | "XOF" | "XAF" => 0,
-            "BHD" | "KWD" | "OMR" | "JOD" | "TND" | "LYD" | "IQD" => 3,
+            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF"
+            | "UGX" | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+            "BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND" => 3,
+            "CLF" | "UYW" => 4,
             _ => 2,
         }
+    }
+
+    /// `amount` written with this currency's minor units: `-8` becomes
+    /// `-8.00` in EUR, `1500.00` becomes `1500` in JPY. Never rounds: an
+    /// amount with more places than the currency has keeps them.
+    pub fn money(&self, amount: Decimal) -> Decimal {
+        let mut a = amount.normalize();
+        let places = self.minor_units();
+        if a.scale() < places {
+            a.rescale(places);
+        }
+        a
     }
 }
 
@@ -120,6 +135,17 @@ mod tests {
         assert!("EURO".parse::<Currency>().is_err());
         assert!("E1R".parse::<Currency>().is_err());
         assert_eq!("JPY".parse::<Currency>().unwrap().minor_units(), 0);
+        let eur: Currency = "EUR".parse().unwrap();
+        let jpy: Currency = "JPY".parse().unwrap();
+        let kwd: Currency = "KWD".parse().unwrap();
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        assert_eq!(eur.money(d("-8")).to_string(), "-8.00");
+        assert_eq!(eur.money(d("-1.0")).to_string(), "-1.00");
+        assert_eq!(eur.money(d("12.5000")).to_string(), "12.50");
+        assert_eq!(eur.money(d("0.125")).to_string(), "0.125", "never rounded");
+        assert_eq!(jpy.money(d("1500.00")).to_string(), "1500");
+        assert_eq!(kwd.money(d("2.5")).to_string(), "2.500");
+        assert_eq!(eur.money(d("0")).to_string(), "0.00");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! | `method_not_allowed` | 405 | known route, other method |
 //! | `request_timeout` | 408 | the request body did not arrive within the read timeout |
 //! | `conflict` | 409 | e.g. a connection name already taken |
-//! | `sync_in_progress` | 409 | changing or deleting a connection while it syncs |
+//! | `sync_in_progress` | 409 | changing or deleting a connection while it syncs; starting a sync while another process syncs it |
 //! | `credentials_refused` | 409 | a sync of a connection whose credentials the bank refused |
 //! | `run_in_flight` | 409 | "run now" while a round of the check is open |
 //! | `new_pin_required` | 409 | enabling a card that may have refused its PIN, without a new one |

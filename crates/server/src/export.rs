@@ -10,9 +10,16 @@
 //! - JSON: one JSON array written incrementally, one transaction object per
 //!   line, in the same shape as `/api/v1/transactions`.
 //! - OFX 2.2 (XML): one `STMTTRNRS` per account that has matching rows, each
-//!   streamed by its own per-account query. Void rows are left out (an OFX
-//!   statement has no place for a payment that never happened) unless the
-//!   query asks for `status=void`.
+//!   streamed by its own per-account query. A statement holds what booked:
+//!   void rows are left out (a payment that never happened) unless the query
+//!   asks for `status=void`, and so are pending rows unless
+//!   [`ExportOptions::include_pending`] (or `status=pending`) asks for them.
+//!   Accounting tools (GnuCash, Firefly III, Actual) import each `FITID`
+//!   once: a pending row exported today and booked tomorrow would be
+//!   imported twice. A booked row's `FITID` is its bank id, the same in every
+//!   export, also when it was pending before; an included pending row's is
+//!   `pending-<bank id>` and its memo starts with `PENDING:`.
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -20,7 +27,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Bytes;
-use bankbridge_core::{Account, BalanceKind, Transaction, TxStatus};
+use bankbridge_core::{Account, Transaction, TxStatus};
 use bankbridge_store::{Store, StoreError, TxQuery};
 use chrono::{NaiveDate, Utc};
 use futures::{Stream, StreamExt};
@@ -94,6 +101,13 @@ pub enum ExportError {
     Closed,
 }
 
+/// Choices beyond the rows' filter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExportOptions {
+    /// OFX: add pending rows (marked), which are left out by default.
+    pub include_pending: bool,
+}
+
 /// What an export wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExportStats {
@@ -107,10 +121,11 @@ pub async fn export_to_writer<W: AsyncWrite + Unpin + Send>(
     store: &dyn Store,
     query: &TxQuery,
     format: Format,
+    options: ExportOptions,
     out: W,
 ) -> Result<ExportStats, ExportError> {
     let mut sink = WriterSink(out);
-    let stats = run(store, query, format, &mut sink).await?;
+    let stats = run(store, query, format, options, &mut sink).await?;
     sink.0.flush().await?;
     Ok(stats)
 }
@@ -118,11 +133,16 @@ pub async fn export_to_writer<W: AsyncWrite + Unpin + Send>(
 /// The export as a stream of byte chunks, produced by a background task that
 /// stops as soon as the stream is dropped. Memory stays bounded: the task
 /// waits while a few chunks are unread.
-pub fn export_stream(store: Arc<dyn Store>, query: TxQuery, format: Format) -> ExportStream {
+pub fn export_stream(
+    store: Arc<dyn Store>,
+    query: TxQuery,
+    format: Format,
+    options: ExportOptions,
+) -> ExportStream {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let mut sink = ChannelSink(tx.clone());
-        match run(store.as_ref(), &query, format, &mut sink).await {
+        match run(store.as_ref(), &query, format, options, &mut sink).await {
             Ok(stats) => {
                 tracing::debug!(rows = stats.rows, bytes = stats.bytes, %format, "export done")
             }
@@ -210,15 +230,23 @@ async fn run<S: Sink>(
     store: &dyn Store,
     query: &TxQuery,
     format: Format,
+    options: ExportOptions,
     sink: &mut S,
 ) -> Result<ExportStats, ExportError> {
     let mut out = Out::new(sink);
     match format {
         Format::Csv => {
             csv_header(&mut out.buf);
+            let accounts: HashMap<i64, Account> = store
+                .list_accounts(query.connection_id)
+                .await?
+                .into_iter()
+                .map(|a| (a.id, a))
+                .collect();
             let mut rows = store.stream_transactions(query.clone());
             while let Some(tx) = rows.next().await {
-                csv_row(&mut out.buf, &tx?);
+                let tx = tx?;
+                csv_row(&mut out.buf, &tx, accounts.get(&tx.account_id));
                 out.row_done().await?;
             }
         }
@@ -236,7 +264,7 @@ async fn run<S: Sink>(
             out.buf
                 .extend_from_slice(if first { b"]\n" } else { b"\n]\n" });
         }
-        Format::Ofx => ofx(store, query, &mut out).await?,
+        Format::Ofx => ofx(store, query, options, &mut out).await?,
     }
     out.flush().await?;
     Ok(out.stats)
@@ -245,7 +273,8 @@ async fn run<S: Sink>(
 // ---------------------------------------------------------------- CSV
 
 /// CSV columns, in order.
-pub const CSV_COLUMNS: [&str; 14] = [
+/// New columns go at the end, so scripts that read by position keep working.
+pub const CSV_COLUMNS: [&str; 17] = [
     "id",
     "account_id",
     "status",
@@ -260,6 +289,9 @@ pub const CSV_COLUMNS: [&str; 14] = [
     "bank_code",
     "provider_id",
     "running_balance",
+    "category",
+    "account_name",
+    "account_iban",
 ];
 
 fn csv_header(buf: &mut Vec<u8>) {
@@ -267,10 +299,10 @@ fn csv_header(buf: &mut Vec<u8>) {
     buf.extend_from_slice(b"\r\n");
 }
 
-fn csv_row(buf: &mut Vec<u8>, tx: &Transaction) {
+fn csv_row(buf: &mut Vec<u8>, tx: &Transaction, account: Option<&Account>) {
     let opt_date = |d: Option<NaiveDate>| d.map(|d| d.to_string()).unwrap_or_default();
     let opt_dec = |d: Option<Decimal>| d.map(|d| d.to_string()).unwrap_or_default();
-    let fields: [&str; 14] = [
+    let fields: [&str; 17] = [
         &tx.id.to_string(),
         &tx.account_id.to_string(),
         tx.status.as_str(),
@@ -285,6 +317,12 @@ fn csv_row(buf: &mut Vec<u8>, tx: &Transaction) {
         tx.bank_code.as_deref().unwrap_or(""),
         &tx.provider_id,
         &opt_dec(tx.running_balance),
+        tx.category.as_deref().unwrap_or(""),
+        &account.map(Account::display_name).unwrap_or_default(),
+        account
+            .and_then(|a| a.iban.as_ref())
+            .map(|i| i.as_str())
+            .unwrap_or(""),
     ];
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {
@@ -320,6 +358,7 @@ fn csv_field(buf: &mut Vec<u8>, s: &str) {
 async fn ofx<S: Sink>(
     store: &dyn Store,
     query: &TxQuery,
+    options: ExportOptions,
     out: &mut Out<'_, S>,
 ) -> Result<(), ExportError> {
     let now = Utc::now();
@@ -330,6 +369,7 @@ async fn ofx<S: Sink>(
         None => store.list_accounts(query.connection_id).await?,
     };
     let include_void = query.status == Some(TxStatus::Void);
+    let include_pending = options.include_pending || query.status == Some(TxStatus::Pending);
     for account in accounts {
         if query
             .connection_id
@@ -355,8 +395,10 @@ async fn ofx<S: Sink>(
         let mut rows = store.stream_transactions(q);
         while let Some(tx) = rows.next().await {
             let tx = tx?;
-            if tx.status == TxStatus::Void && !include_void {
-                continue;
+            match tx.status {
+                TxStatus::Void if !include_void => continue,
+                TxStatus::Pending if !include_pending => continue,
+                _ => {}
             }
             if let (Some(b), TxStatus::Booked) = (tx.running_balance, tx.status) {
                 last_running = Some((b, tx.booking_date));
@@ -378,14 +420,8 @@ async fn ledger_balance(
     account_id: i64,
 ) -> Result<Option<(Decimal, NaiveDate)>, StoreError> {
     let balances = store.list_balances(account_id).await?;
-    let newest = |kind: BalanceKind| {
-        balances
-            .iter()
-            .filter(|b| b.balance.kind == kind)
-            .max_by_key(|b| (b.balance.reference_date, b.fetched_at))
-            .map(|b| (b.balance.amount, b.balance.reference_date))
-    };
-    Ok(newest(BalanceKind::ClosingBooked).or_else(|| newest(BalanceKind::Available)))
+    Ok(bankbridge_store::current_balance(&balances)
+        .map(|b| (b.balance.amount, b.balance.reference_date)))
 }
 
 fn ofx_header(buf: &mut Vec<u8>, stamp: &str) {
@@ -460,7 +496,13 @@ fn ofx_transaction(buf: &mut Vec<u8>, tx: &Transaction) {
         let _ = writeln!(s, "<DTAVAIL>{}</DTAVAIL>", d.format("%Y%m%d"));
     }
     let _ = writeln!(s, "<TRNAMT>{}</TRNAMT>", tx.amount);
-    let _ = writeln!(s, "<FITID>{}</FITID>", xml_escape(&tx.provider_id, 255));
+    let pending = tx.status == TxStatus::Pending;
+    let fitid = if pending {
+        format!("pending-{}", tx.provider_id)
+    } else {
+        tx.provider_id.clone()
+    };
+    let _ = writeln!(s, "<FITID>{}</FITID>", xml_escape(&fitid, 255));
     let name = tx
         .counterparty_name
         .as_deref()
@@ -478,7 +520,11 @@ fn ofx_transaction(buf: &mut Vec<u8>, tx: &Transaction) {
         Some(m) => m,
         None => &tx.label,
     };
-    let memo = xml_escape(memo, 255);
+    let memo = if pending {
+        xml_escape(&format!("PENDING: {memo}"), 255)
+    } else {
+        xml_escape(memo, 255)
+    };
     if !memo.is_empty() {
         let _ = writeln!(s, "<MEMO>{memo}</MEMO>");
     }

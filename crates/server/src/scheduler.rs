@@ -93,6 +93,8 @@ mod tests {
             last_sync_error: None,
             credentials_version: 1,
             last_sync_credentials_version: last.map(|_| 1),
+            lease_owner: None,
+            lease_until: None,
         }
     }
 

@@ -162,6 +162,23 @@ async fn accounts_and_balances() {
         .await;
     assert_eq!(one["provider_id"], "ACC-0");
     assert_eq!(one["currency"], "EUR");
+    // The balance now comes with the account, in the list too.
+    assert_eq!(one["balance"]["amount"], "1234.56", "{one}");
+    assert_eq!(one["balance"]["kind"], "closing_booked");
+    let listed = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == accounts[0])
+        .unwrap();
+    assert_eq!(listed["balance"], one["balance"]);
+    assert!(
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a.get("balance").is_some())
+    );
     let balances = s
         .get_json(&format!("/api/v1/accounts/{}/balances", accounts[0]), &t)
         .await;
@@ -228,6 +245,8 @@ async fn exports_parse_back() {
             row["remittance_info"].as_str().unwrap_or("")
         );
         assert_eq!(get("status"), row["status"].as_str().unwrap());
+        assert_eq!(get("category"), row["category"].as_str().unwrap_or(""));
+        assert!(!get("account_name").is_empty());
     }
 
     // JSON: the same rows as the API.
@@ -250,21 +269,40 @@ async fn exports_parse_back() {
         Vec::<Value>::new()
     );
 
-    // OFX: every non-void FITID, one statement per account, escaped text.
+    // OFX: what booked, one statement per account, escaped text. Pending
+    // rows are left out by default: an accounting tool would import them
+    // again under their booked FITID.
     let (ct, cd, text) = download(&s, &t, "format=ofx").await;
     assert_eq!(ct, "application/x-ofx");
     assert!(cd.ends_with(".ofx\""));
     assert!(text.starts_with("<?xml version=\"1.0\""));
     assert!(text.contains("<?OFX OFXHEADER=\"200\" VERSION=\"220\""));
     assert_eq!(text.matches("<STMTTRNRS>").count(), 2);
-    assert_eq!(
-        text.matches("<STMTTRN>").count(),
-        all.iter().filter(|r| r["status"] != "void").count()
-    );
+    let booked = all.iter().filter(|r| r["status"] == "booked").count();
+    assert!(booked > 0 && booked < all.len());
+    assert_eq!(text.matches("<STMTTRN>").count(), booked);
     for row in &all {
         let fitid = format!("<FITID>{}</FITID>", row["provider_id"].as_str().unwrap());
-        assert_eq!(text.contains(&fitid), row["status"] != "void", "{fitid}");
+        assert_eq!(text.contains(&fitid), row["status"] == "booked", "{fitid}");
     }
+    assert!(!text.contains("PENDING:"));
+    // Asked for, pending rows come marked, under a FITID of their own.
+    let (_, _, with_pending) = download(&s, &t, "format=ofx&include_pending=true").await;
+    for row in &all {
+        let id = row["provider_id"].as_str().unwrap();
+        let (fitid, present) = match row["status"].as_str().unwrap() {
+            "pending" => (format!("<FITID>pending-{id}</FITID>"), true),
+            "booked" => (format!("<FITID>{id}</FITID>"), true),
+            _ => (format!("<FITID>{id}</FITID>"), false),
+        };
+        assert_eq!(with_pending.contains(&fitid), present, "{fitid}");
+    }
+    let pending = all.iter().filter(|r| r["status"] == "pending").count();
+    assert_eq!(with_pending.matches("<MEMO>PENDING: ").count(), pending);
+    let res = s
+        .get("/api/v1/export?format=ofx&include_pending=yes", &t)
+        .await;
+    assert_eq!(res.status(), 400);
     assert!(text.contains("&amp;") && text.contains("&lt;Co&gt;"));
     assert!(!text.contains("<Co>"));
     assert!(
@@ -314,10 +352,15 @@ async fn export_to_writer_matches_the_http_export() {
     seed(s.store.as_ref(), 120).await;
     for format in Format::ALL {
         let mut buf: Vec<u8> = Vec::new();
-        let stats =
-            export::export_to_writer(s.store.as_ref(), &TxQuery::default(), format, &mut buf)
-                .await
-                .unwrap();
+        let stats = export::export_to_writer(
+            s.store.as_ref(),
+            &TxQuery::default(),
+            format,
+            export::ExportOptions::default(),
+            &mut buf,
+        )
+        .await
+        .unwrap();
         assert_eq!(stats.bytes as usize, buf.len());
         let (_, _, http) = download(&s, &t, &format!("format={format}")).await;
         let strip = |t: &str| {

@@ -23,7 +23,9 @@
 use std::fmt;
 
 use async_trait::async_trait;
-use bankbridge_core::{Account, Balance, Document, FetchedAccount, Transaction, TxStatus};
+use bankbridge_core::{
+    Account, Balance, BalanceKind, Document, FetchedAccount, Transaction, TxStatus,
+};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::stream::BoxStream;
 use rust_decimal::Decimal;
@@ -109,6 +111,10 @@ pub struct Connection {
     pub credentials_version: i64,
     /// The `credentials_version` the last sync used.
     pub last_sync_credentials_version: Option<i64>,
+    /// Who holds the sync lease ("pid N on HOST"), while a sync runs or
+    /// after one was killed before it could let go.
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
 }
 
 impl Connection {
@@ -398,6 +404,27 @@ pub struct StoredBalance {
     pub fetched_at: DateTime<Utc>,
 }
 
+/// An account's balance now, as a person asks for it: the newest booked
+/// (closing) balance, else the newest available one.
+pub fn current_balance(balances: &[StoredBalance]) -> Option<&StoredBalance> {
+    let newest = |kind: BalanceKind| {
+        balances
+            .iter()
+            .filter(|b| b.balance.kind == kind)
+            .max_by_key(|b| (b.balance.reference_date, b.fetched_at))
+    };
+    newest(BalanceKind::ClosingBooked).or_else(|| newest(BalanceKind::Available))
+}
+
+/// What deleting a connection deletes with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionFootprint {
+    pub accounts: u64,
+    /// Every row: booked, pending and void.
+    pub transactions: u64,
+    pub documents: u64,
+}
+
 /// Count and sum of booked transactions of one account (to check against a bank's truth).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountTotals {
@@ -420,6 +447,9 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the connection with its accounts, transactions, balances,
     /// checkpoints and documents (and the document bytes no other document shares).
     async fn delete_connection(&self, id: i64) -> Result<bool>;
+    /// How many accounts, transactions and documents the connection holds
+    /// (`None`: no such connection).
+    async fn connection_footprint(&self, id: i64) -> Result<Option<ConnectionFootprint>>;
     async fn save_session(&self, connection_id: i64, session_sealed: Option<&[u8]>) -> Result<()>;
     /// A fact about the database (see migration 0010), if recorded.
     async fn meta(&self, name: &str) -> Result<Option<String>>;

@@ -36,9 +36,9 @@ use crate::common::{CardAuditRow, CardRow, InstitutionRow};
 use crate::documents::{self, DocumentQuery, NewDocument, SavedDocument};
 use crate::{
     AccountTotals, Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Checkpoint,
-    CommitStats, Connection, ConnectionUpdate, Institution, Lease, NewCard, NewConnection,
-    NewInstitution, Result, Scope, Store, StoreError, StoredBalance, SyncJob, SyncOutcome,
-    TokenRecord, TxQuery, WindowCommit, codec,
+    CommitStats, Connection, ConnectionFootprint, ConnectionUpdate, Institution, Lease, NewCard,
+    NewConnection, NewInstitution, Result, Scope, Store, StoreError, StoredBalance, SyncJob,
+    SyncOutcome, TokenRecord, TxQuery, WindowCommit, codec,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -267,7 +267,7 @@ impl SqliteStore {
 // ---------------------------------------------------------------- decoding
 
 const CONNECTION_COLUMNS: &str = "id, name, connector, settings, credentials_sealed, session_sealed, created_at, \
-     last_sync_at, last_sync_status, last_sync_error, credentials_version, last_sync_credentials_version";
+     last_sync_at, last_sync_status, last_sync_error, credentials_version, last_sync_credentials_version, lease_owner, lease_until";
 
 fn connection_from_row(r: &SqliteRow) -> Result<Connection> {
     Ok(Connection {
@@ -283,6 +283,8 @@ fn connection_from_row(r: &SqliteRow) -> Result<Connection> {
         last_sync_error: r.try_get(9)?,
         credentials_version: r.try_get(10)?,
         last_sync_credentials_version: r.try_get(11)?,
+        lease_owner: r.try_get(12)?,
+        lease_until: r.try_get(13)?,
     })
 }
 
@@ -336,7 +338,8 @@ fn tx_from_row(r: &SqliteRow) -> Result<Transaction> {
         last_seen: r.try_get(23)?,
         updated_at: r.try_get(24)?,
         category: r.try_get(25)?,
-    })
+    }
+    .as_money())
 }
 
 const TOKEN_COLUMNS: &str = "id, name, scope, hash, created_at, last_used_at, revoked_at, location";
@@ -621,6 +624,26 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn connection_footprint(&self, id: i64) -> Result<Option<ConnectionFootprint>> {
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM accounts WHERE connection_id = c.id), \
+                    (SELECT COUNT(*) FROM transactions t JOIN accounts a ON a.id = t.account_id \
+                      WHERE a.connection_id = c.id), \
+                    (SELECT COUNT(*) FROM documents WHERE connection_id = c.id) \
+             FROM connections c WHERE c.id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(
+            row.map(|(accounts, transactions, documents)| ConnectionFootprint {
+                accounts: accounts as u64,
+                transactions: transactions as u64,
+                documents: documents as u64,
+            }),
+        )
+    }
+
     async fn save_session(&self, connection_id: i64, session_sealed: Option<&[u8]>) -> Result<()> {
         let done = sqlx::query("UPDATE connections SET session_sealed = ?1 WHERE id = ?2")
             .bind(session_sealed)
@@ -854,7 +877,8 @@ impl Store for SqliteStore {
                         amount: codec::decimal(r.try_get(2)?)?,
                         currency: codec::currency(r.try_get(3)?)?,
                         reference_date: r.try_get(4)?,
-                    },
+                    }
+                    .as_money(),
                     fetched_at: r.try_get(5)?,
                 })
             })

@@ -151,6 +151,26 @@ pub async fn add_connection(
     Ok(store.create_connection(&new).await?)
 }
 
+/// An existing connection that logs into the same place as the same person:
+/// same connector, base URL (trailing slashes and letter case aside) and
+/// username. Two of them double every request to the bank, and banks lock
+/// a customer whose logins fail from two places.
+pub fn same_login<'a>(
+    existing: &'a [Connection],
+    connector: &str,
+    settings: &ConnectionSettings,
+) -> Option<&'a Connection> {
+    let url = |u: &str| u.trim_end_matches('/').to_ascii_lowercase();
+    existing.iter().find(|c| {
+        let Ok(theirs) = serde_json::from_value::<ConnectionSettings>(c.settings.clone()) else {
+            return false;
+        };
+        c.connector == connector
+            && url(&theirs.base_url) == url(&settings.base_url)
+            && theirs.username.trim() == settings.username.trim()
+    })
+}
+
 /// What to change on a connection; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default)]
 pub struct ConnectionChange {

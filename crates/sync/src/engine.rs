@@ -8,7 +8,7 @@ use bankbridge_core::{
     FetchedAccount, FetchedDocument, ScaAnswer, ScaChallenge, ScaProgress, ScaSolver, WindowPage,
 };
 use bankbridge_store::{Checkpoint, Connection, Lease, NewDocument, WindowCommit};
-use chrono::{NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::plan::{self, PlanBounds};
 use crate::reconcile::{self, LINK_TOLERANCE_DAYS};
@@ -211,6 +211,29 @@ impl LeaseHolder {
             .await
         {
             tracing::warn!(error = %e, "could not release the sync lease; it expires by itself");
+        }
+    }
+}
+
+/// What a connection's sync is doing, as far as its lease tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncActivity {
+    Idle,
+    /// A live process holds the lease.
+    Running,
+    /// A sync took the lease and never let go: it was killed (Ctrl-C, a
+    /// crash, a reboot). The next sync resumes where it stopped.
+    Interrupted,
+}
+
+impl SyncActivity {
+    pub fn of(connection: &Connection, now: DateTime<Utc>) -> SyncActivity {
+        match (&connection.lease_owner, connection.lease_until) {
+            (Some(owner), Some(until)) if until >= now && !holder_is_dead(owner) => {
+                SyncActivity::Running
+            }
+            (Some(_), _) => SyncActivity::Interrupted,
+            _ => SyncActivity::Idle,
         }
     }
 }

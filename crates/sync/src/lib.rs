@@ -22,9 +22,11 @@ pub mod engine;
 pub mod plan;
 pub mod reconcile;
 
+pub use engine::SyncActivity;
+
 pub use connections::{
     ConnectionChange, add_connection, check_master_key, check_name, check_password, check_settings,
-    credentials_purpose, session_purpose, update_connection,
+    credentials_purpose, same_login, session_purpose, update_connection,
 };
 
 /// Builds the connector a connection names. Given by the binary (which knows

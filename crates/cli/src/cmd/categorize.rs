@@ -10,6 +10,9 @@ use futures::TryStreamExt;
 
 use crate::config::Config;
 
+/// How rows without a category are listed.
+const UNCATEGORIZED: &str = "(none)";
+
 #[derive(clap::Args, Debug)]
 pub struct CategorizeArgs {
     /// The rules file (TOML; `[[rule]]` tables, first match wins).
@@ -18,16 +21,30 @@ pub struct CategorizeArgs {
     /// Also clear the category of rows no rule matches (default: leave them).
     #[arg(long)]
     clear_unmatched: bool,
-    /// Say what would change without writing.
+    /// Write nothing: show per category how many rows it would hold and
+    /// change, with examples.
     #[arg(long)]
     dry_run: bool,
-    /// Print `{"examined":N,"changed":N}`.
+    /// Print `{"examined":N,"changed":N,"categories":{…}}`.
     #[arg(long)]
     json: bool,
 }
 
 /// Rows written per database transaction.
 const BATCH: usize = 1000;
+
+/// Examples shown per category in a dry run.
+const EXAMPLES: usize = 3;
+
+/// What the rules make of one category.
+#[derive(Default, serde::Serialize)]
+struct Tally {
+    /// Rows the category holds after the rules ran.
+    rows: u64,
+    /// Of them, rows whose category changes.
+    changes: u64,
+    examples: Vec<String>,
+}
 
 pub async fn run(config: &Config, args: CategorizeArgs) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.rules)
@@ -37,6 +54,7 @@ pub async fn run(config: &Config, args: CategorizeArgs) -> Result<ExitCode> {
     let mut examined = 0u64;
     let mut changes: Vec<(i64, Option<String>)> = Vec::new();
     let mut changed = 0u64;
+    let mut tallies: std::collections::BTreeMap<String, Tally> = Default::default();
     {
         let mut rows = store.stream_transactions(TxQuery::default());
         while let Some(tx) = rows.try_next().await? {
@@ -45,9 +63,23 @@ pub async fn run(config: &Config, args: CategorizeArgs) -> Result<ExitCode> {
             let wanted = match category {
                 Some(c) => Some(c),
                 None if args.clear_unmatched => None,
-                None => continue,
+                None => tx.category.clone(),
             };
+            let tally = tallies
+                .entry(wanted.clone().unwrap_or_else(|| UNCATEGORIZED.into()))
+                .or_default();
+            tally.rows += 1;
             if wanted != tx.category {
+                tally.changes += 1;
+                if tally.examples.len() < EXAMPLES {
+                    tally.examples.push(format!(
+                        "{} {} {} {}",
+                        tx.booking_date,
+                        tx.amount,
+                        tx.currency,
+                        super::truncate(&tx.label, 40)
+                    ));
+                }
                 changes.push((tx.id, wanted));
             }
         }
@@ -62,9 +94,30 @@ pub async fn run(config: &Config, args: CategorizeArgs) -> Result<ExitCode> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"examined": examined, "changed": changed, "dry_run": args.dry_run})
+            serde_json::json!({
+                "examined": examined, "changed": changed, "dry_run": args.dry_run,
+                "categories": tallies,
+            })
         );
     } else {
+        if args.dry_run {
+            let rows: Vec<Vec<String>> = tallies
+                .iter()
+                .map(|(name, t)| {
+                    vec![
+                        name.clone(),
+                        t.rows.to_string(),
+                        t.changes.to_string(),
+                        t.examples.join("; "),
+                    ]
+                })
+                .collect();
+            super::print_table_aligned(
+                &["CATEGORY", "ROWS", "WOULD CHANGE", "EXAMPLES OF CHANGES"],
+                &rows,
+                &[1, 2],
+            );
+        }
         eprintln!(
             "{examined} transactions examined, {changed} {} ({} rules)",
             if args.dry_run {

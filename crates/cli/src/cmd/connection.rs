@@ -27,11 +27,16 @@ pub enum ConnectionCommand {
         after_help = "Examples:\n  echo \"$NEW_PIN\" | bankbridge connection update my-bank --password-stdin\n  bankbridge connection update my-fibank --interval 6h --overlap-days 10\n  bankbridge connection update my-fibank --no-interval\n\nA new --base-url or --username needs the password too (--password-stdin, or a prompt)."
     )]
     Update(UpdateArgs),
-    /// Remove a connection with all its accounts and transactions.
-    #[command(after_help = "Example: bankbridge connection remove my-fibank")]
+    /// Remove a connection with all its accounts, transactions and documents.
+    #[command(
+        after_help = "Examples:\n  bankbridge connection remove my-fibank        # asks first\n  bankbridge connection remove my-fibank --yes  # scripts\n\nIt says how many rows go before it asks; without a terminal it needs --yes."
+    )]
     Remove {
         /// Name or id.
         connection: String,
+        /// Do not ask: remove at once (for scripts).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -62,6 +67,12 @@ pub struct AddArgs {
     /// Sync automatically in `serve` this often: 90s, 30m, 12h, 1d.
     #[arg(long, value_parser = parse_interval)]
     pub interval: Option<u64>,
+    /// Store the connection without logging in to the bank first.
+    #[arg(long)]
+    pub no_check: bool,
+    /// Add it even if another connection logs in with the same URL and username.
+    #[arg(long)]
+    pub allow_duplicate: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -121,19 +132,52 @@ pub async fn run(config: &Config, command: ConnectionCommand) -> Result<ExitCode
         ConnectionCommand::Add(args) => add(config, args).await,
         ConnectionCommand::List { json } => list(config, json).await,
         ConnectionCommand::Update(args) => update(config, args).await,
-        ConnectionCommand::Remove { connection } => {
-            let store = config.store().await?;
-            let Some(c) = store.find_connection(&connection).await? else {
-                bail!("no connection named {connection:?}");
-            };
-            store.delete_connection(c.id).await?;
-            println!(
-                "removed connection {} (id {}) with its accounts and transactions",
-                c.name, c.id
+        ConnectionCommand::Remove { connection, yes } => remove(config, &connection, yes).await,
+    }
+}
+
+/// Like cargo and apt: ask in a terminal, refuse to guess without one.
+async fn remove(config: &Config, connection: &str, yes: bool) -> Result<ExitCode> {
+    let store = config.store().await?;
+    let Some(c) = store.find_connection(connection).await? else {
+        bail!("no connection named {connection:?}; see `bankbridge connection list`");
+    };
+    let Some(footprint) = store.connection_footprint(c.id).await? else {
+        bail!("connection {:?} was removed meanwhile", c.name);
+    };
+    let what = format!(
+        "{} account(s), {} transaction(s) and {} document(s)",
+        footprint.accounts, footprint.transactions, footprint.documents
+    );
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "removing connection {} deletes {what}: pass --yes to confirm (standard input is not a terminal)",
+                c.name
             );
-            Ok(ExitCode::SUCCESS)
+        }
+        eprint!(
+            "Remove connection {} (id {}) and delete {what}? [y/N] ",
+            c.name, c.id
+        );
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .context("reading the answer")?;
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            eprintln!("nothing removed");
+            return Ok(ExitCode::FAILURE);
         }
     }
+    if !store.delete_connection(c.id).await? {
+        bail!("connection {:?} was removed meanwhile", c.name);
+    }
+    println!(
+        "removed connection {} (id {}): deleted {what}",
+        c.name, c.id
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn read_password(from_stdin: bool, prompt: &str) -> Result<Secret<String>> {
@@ -175,16 +219,35 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         "keypad" => "bank PIN: ",
         _ => "bank password: ",
     };
+    let (store, syncer) = super::open(config).await?;
+    if !args.allow_duplicate {
+        let existing = store.list_connections().await?;
+        if let Some(twin) = bankbridge_sync::same_login(&existing, &args.connector, &settings) {
+            bail!(
+                "connection {} (id {}) already logs in to {} as {}: two would double the bank's requests \
+                 (and its failed logins). Update it with `bankbridge connection update {}`, or pass --allow-duplicate",
+                twin.name,
+                twin.id,
+                settings.base_url,
+                settings.username,
+                twin.name
+            );
+        }
+    }
     let password = read_password(args.password_stdin, prompt)?;
     // The connector checks what it can without the bank (URL, PIN shape).
-    if let Err(e) = bankbridge_connectors::build(
+    let mut connector = match bankbridge_connectors::build(
         &args.connector,
         &settings,
         Credentials::with_password(password.clone()),
     ) {
-        bail!("{e}");
+        Ok(c) => c,
+        Err(e) => bail!("{e}"),
+    };
+    if !args.no_check {
+        check_login(connector.as_mut(), &settings).await?;
     }
-    let (store, syncer) = super::open(config).await?;
+    drop(connector);
     let c = bankbridge_sync::add_connection(
         store.as_ref(),
         &syncer.key,
@@ -199,6 +262,32 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         c.name, c.id, c.name
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Log in once before anything is stored: a typo in the URL or the
+/// password shows now, not at the first sync. A login that goes on to ask
+/// for the user's approval counts as a working one (the sync asks again).
+async fn check_login(
+    connector: &mut dyn bankbridge_core::Connector,
+    settings: &ConnectionSettings,
+) -> Result<()> {
+    use bankbridge_core::ConnectorError;
+    eprintln!("logging in to {} to check the login…", settings.base_url);
+    match connector.login().await {
+        Ok(()) | Err(ConnectorError::ScaRequired(_)) => {
+            eprintln!("login ok");
+            Ok(())
+        }
+        Err(e @ ConnectorError::Transient { .. }) => bail!(
+            "cannot reach the bank: {e}. Is --base-url right? Nothing was stored (--no-check stores it anyway)"
+        ),
+        Err(e @ ConnectorError::InvalidCredentials(_)) => {
+            bail!("{e}. Nothing was stored")
+        }
+        Err(e) => {
+            bail!("the test login failed: {e}. Nothing was stored (--no-check stores it anyway)")
+        }
+    }
 }
 
 /// A refused setting, named as its command-line flag.
@@ -301,6 +390,13 @@ async fn update(config: &Config, args: UpdateArgs) -> Result<ExitCode> {
 async fn list(config: &Config, json: bool) -> Result<ExitCode> {
     let store = config.store().await?;
     let conns = store.list_connections().await?;
+    let now = chrono::Utc::now();
+    let activity =
+        |c: &bankbridge_store::Connection| match bankbridge_sync::SyncActivity::of(c, now) {
+            bankbridge_sync::SyncActivity::Idle => None,
+            bankbridge_sync::SyncActivity::Running => Some("running"),
+            bankbridge_sync::SyncActivity::Interrupted => Some("interrupted"),
+        };
     if json {
         let items: Vec<_> = conns
             .iter()
@@ -309,6 +405,7 @@ async fn list(config: &Config, json: bool) -> Result<ExitCode> {
                     "id": c.id, "name": c.name, "connector": c.connector, "settings": c.settings,
                     "last_sync_at": c.last_sync_at, "last_sync_status": c.last_sync_status,
                     "last_sync_error": c.last_sync_error, "credentials_refused": c.credentials_refused(),
+                    "activity": activity(c).unwrap_or("idle"),
                 })
             })
             .collect();
@@ -330,12 +427,30 @@ async fn list(config: &Config, json: bool) -> Result<ExitCode> {
                 c.last_sync_at
                     .map(|t| t.format("%Y-%m-%d %H:%M").to_string())
                     .unwrap_or_else(|| "-".into()),
-                c.last_sync_status.to_string(),
+                // A killed sync is what the user needs to know first: the
+                // outcome stored before it is stale.
+                activity(c)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| c.last_sync_status.to_string()),
+                match activity(c) {
+                    Some("interrupted") => {
+                        "stopped before it ended: run sync again to resume".into()
+                    }
+                    _ => super::truncate(c.last_sync_error.as_deref().unwrap_or(""), 70),
+                },
             ]
         })
         .collect();
     super::print_table(
-        &["ID", "NAME", "CONNECTOR", "BASE URL", "LAST SYNC", "STATUS"],
+        &[
+            "ID",
+            "NAME",
+            "CONNECTOR",
+            "BASE URL",
+            "LAST SYNC",
+            "STATUS",
+            "WHY",
+        ],
         &rows,
     );
     Ok(ExitCode::SUCCESS)

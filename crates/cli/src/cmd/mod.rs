@@ -8,6 +8,7 @@ use bankbridge_sync::{ConnectorFactory, Syncer};
 
 use crate::config::Config;
 
+pub mod accounts;
 pub mod bankid;
 pub mod bench;
 pub mod card;
@@ -74,6 +75,12 @@ pub fn category_rules(config: &Config) -> Result<Option<bankbridge_core::categor
 
 /// Print rows as an aligned text table.
 pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    print_table_aligned(headers, rows, &[]);
+}
+
+/// Print rows as a text table whose `right` columns (numbers, amounts) are
+/// right-aligned.
+pub fn print_table_aligned(headers: &[&str], rows: &[Vec<String>], right: &[usize]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -84,12 +91,30 @@ pub fn print_table(headers: &[&str], rows: &[Vec<String>]) {
         let parts: Vec<String> = cells
             .iter()
             .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}", w = *w))
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if right.contains(&i) {
+                    format!("{c:>w$}", w = *w)
+                } else {
+                    format!("{c:<w$}", w = *w)
+                }
+            })
             .collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(headers.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// `s` cut to `max` characters, an ellipsis marking the cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+        out.push('…');
+        out
     }
 }

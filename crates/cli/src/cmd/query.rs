@@ -2,9 +2,10 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
+use bankbridge_core::Account;
 use bankbridge_core::TxStatus;
 use bankbridge_server::export::Format;
-use bankbridge_store::TxQuery;
+use bankbridge_store::{Store, TxQuery};
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 
@@ -32,11 +33,21 @@ pub struct Filters {
     pub min_amount: Option<Decimal>,
     #[arg(long, value_parser = Decimal::from_str, allow_hyphen_values = true)]
     pub max_amount: Option<Decimal>,
+    /// Only rows of this category (as set by `bankbridge categorize`).
+    #[arg(long)]
+    pub category: Option<String>,
 }
 
 impl Filters {
-    fn query(&self) -> TxQuery {
-        TxQuery {
+    /// The store query; an `--account` that does not exist is an error (an
+    /// empty table would read as "no transactions").
+    async fn query(&self, store: &dyn Store) -> Result<TxQuery> {
+        if let Some(id) = self.account
+            && store.get_account(id).await?.is_none()
+        {
+            bail!("no account with id {id}; see `bankbridge accounts`");
+        }
+        Ok(TxQuery {
             account_id: self.account,
             from: self.from,
             to: self.to,
@@ -44,8 +55,9 @@ impl Filters {
             status: self.status.as_deref().and_then(TxStatus::parse),
             min_amount: self.min_amount,
             max_amount: self.max_amount,
+            category: self.category.clone(),
             ..Default::default()
-        }
+        })
     }
 }
 
@@ -66,7 +78,14 @@ pub async fn transactions(config: &Config, args: TransactionsArgs) -> Result<Exi
     let store = config.store().await?;
     // Rows come oldest first; keep only the newest `limit` while streaming.
     let mut rows = std::collections::VecDeque::new();
-    let mut stream = store.stream_transactions(args.filters.query());
+    let query = args.filters.query(store.as_ref()).await?;
+    let accounts: std::collections::HashMap<i64, Account> = store
+        .list_accounts(None)
+        .await?
+        .into_iter()
+        .map(|a| (a.id, a))
+        .collect();
+    let mut stream = store.stream_transactions(query);
     while let Some(tx) = stream.try_next().await? {
         rows.push_back(tx);
         if args.limit > 0 && rows.len() > args.limit {
@@ -81,40 +100,41 @@ pub async fn transactions(config: &Config, args: TransactionsArgs) -> Result<Exi
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|t| {
+            let account = accounts.get(&t.account_id);
             vec![
                 t.id.to_string(),
                 t.booking_date.to_string(),
                 t.status.as_str().to_owned(),
-                format!("{:>12}", t.amount.to_string()),
+                t.amount.to_string(),
                 t.currency.to_string(),
-                truncate(t.counterparty_name.as_deref().unwrap_or(""), 24),
-                truncate(&t.label, 40),
+                super::truncate(&account.map(Account::display_name).unwrap_or_default(), 20),
+                account
+                    .and_then(|a| a.iban.as_ref())
+                    .map(|i| i.as_str().to_owned())
+                    .unwrap_or_default(),
+                t.category.clone().unwrap_or_default(),
+                super::truncate(t.counterparty_name.as_deref().unwrap_or(""), 20),
+                super::truncate(&t.label, 32),
             ]
         })
         .collect();
-    super::print_table(
+    super::print_table_aligned(
         &[
             "ID",
             "DATE",
             "STATUS",
             "AMOUNT",
             "CCY",
+            "ACCOUNT",
+            "IBAN",
+            "CATEGORY",
             "COUNTERPARTY",
             "LABEL",
         ],
         &table,
+        &[0, 3],
     );
     Ok(ExitCode::SUCCESS)
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_owned()
-    } else {
-        let mut out: String = s.chars().take(max - 1).collect();
-        out.push('…');
-        out
-    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -124,6 +144,11 @@ pub struct ExportArgs {
     /// Output file (default: standard output).
     #[arg(long, short)]
     pub output: Option<std::path::PathBuf>,
+    /// OFX: add pending rows, marked (FITID pending-…, memo PENDING:). Left
+    /// out by default: accounting tools would import them a second time once
+    /// they book.
+    #[arg(long)]
+    pub include_pending: bool,
     #[command(flatten)]
     pub filters: Filters,
 }
@@ -133,7 +158,10 @@ pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
         bail!("unknown format {}", args.format)
     };
     let store = config.store().await?;
-    let query = args.filters.query();
+    let query = args.filters.query(store.as_ref()).await?;
+    let options = bankbridge_server::export::ExportOptions {
+        include_pending: args.include_pending,
+    };
     let stats = match &args.output {
         // A device or pipe (/dev/null, a FIFO) is written in place: renaming a
         // temporary file over it would replace it.
@@ -144,9 +172,14 @@ pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
                 .await
                 .with_context(|| format!("opening {}", path.display()))?;
             let mut w = tokio::io::BufWriter::new(file);
-            let stats =
-                bankbridge_server::export::export_to_writer(store.as_ref(), &query, format, &mut w)
-                    .await?;
+            let stats = bankbridge_server::export::export_to_writer(
+                store.as_ref(),
+                &query,
+                format,
+                options,
+                &mut w,
+            )
+            .await?;
             tokio::io::AsyncWriteExt::flush(&mut w).await?;
             stats
         }
@@ -160,9 +193,14 @@ pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
                 .with_context(|| format!("creating a file in {}", dir.display()))?;
             let file = tokio::fs::File::from_std(tmp.reopen()?);
             let mut w = tokio::io::BufWriter::new(file);
-            let stats =
-                bankbridge_server::export::export_to_writer(store.as_ref(), &query, format, &mut w)
-                    .await?;
+            let stats = bankbridge_server::export::export_to_writer(
+                store.as_ref(),
+                &query,
+                format,
+                options,
+                &mut w,
+            )
+            .await?;
             tokio::io::AsyncWriteExt::flush(&mut w).await?;
             w.into_inner().sync_all().await?;
             tmp.persist(path)
@@ -175,6 +213,7 @@ pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
                 store.as_ref(),
                 &query,
                 format,
+                options,
                 &mut out,
             )
             .await?;

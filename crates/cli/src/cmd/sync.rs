@@ -13,13 +13,22 @@ use crate::ui::SyncProgress;
 
 /// Exit status of a sync that stopped because the bank wants a person.
 pub const EXIT_NEEDS_USER: u8 = 2;
+/// Exit status when another process was syncing a connection: nothing
+/// failed, try again later.
+pub const EXIT_BUSY: u8 = 3;
+/// Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Strong customer authentication (e.g. the keypad bank's 2FA for history \
 older than 90 days): in a terminal the sync asks you to approve on your trusted device and waits; \
 without one (scripts, cron, `--json` into a pipe) it stops at that point with everything before it \
-stored, prints status needs_user and exits with status 2. Sync again in a terminal to go on."
+stored, prints status needs_user and exits with status 2. Sync again in a terminal to go on.
+
+Exit status: 0 all synced, 1 a sync failed, 2 the bank needs you, 3 busy (another process is \
+syncing a connection: nothing failed, try again later), 130 interrupted (Ctrl-C: what was \
+fetched is stored; run sync again to resume)."
 )]
 pub struct SyncArgs {
     /// Sync only this connection (name or id); default: all.
@@ -71,10 +80,19 @@ pub async fn run(config: &Config, args: SyncArgs) -> Result<ExitCode> {
         ScaMode::Wait => true,
         ScaMode::Never => false,
     };
-    let (mut failed, mut needs_user) = (false, false);
+    let (mut failed, mut needs_user, mut busy) = (false, false, false);
     for connection in &connections {
         let hidden = args.json || !std::io::stderr().is_terminal();
-        match sync_one_with(&syncer, connection, hidden, interactive, terminal).await {
+        let outcome = tokio::select! {
+            r = sync_one_with(&syncer, connection, hidden, interactive, terminal) => r,
+            _ = tokio::signal::ctrl_c() => {
+                // Every finished window is committed; the next sync takes
+                // the lease of this dead process over and goes on from there.
+                eprintln!("\n{}: interrupted: run sync again to resume", connection.name);
+                return Ok(ExitCode::from(EXIT_INTERRUPTED));
+            }
+        };
+        match outcome {
             Ok(summary) => {
                 if args.json {
                     println!("{}", summary_json(&summary, None));
@@ -87,13 +105,18 @@ pub async fn run(config: &Config, args: SyncArgs) -> Result<ExitCode> {
                     connection: connection.name.clone(),
                     ..Default::default()
                 });
+                let is_busy = matches!(e, SyncError::Busy { .. });
                 if e.needs_user() {
                     needs_user = true;
+                } else if is_busy {
+                    busy = true;
                 } else {
                     failed = true;
                 }
                 if args.json {
                     println!("{}", summary_json(&summary, Some(&e)));
+                } else if is_busy {
+                    eprintln!("{}: busy: {e}", connection.name);
                 } else if e.needs_user() {
                     eprintln!("{}: needs you: {e}", connection.name);
                     println!("{}: {}", connection.name, counts(&summary));
@@ -107,6 +130,8 @@ pub async fn run(config: &Config, args: SyncArgs) -> Result<ExitCode> {
         ExitCode::FAILURE
     } else if needs_user {
         ExitCode::from(EXIT_NEEDS_USER)
+    } else if busy {
+        ExitCode::from(EXIT_BUSY)
     } else {
         ExitCode::SUCCESS
     })
@@ -158,6 +183,7 @@ pub async fn sync_one_with(
             s.inserted, s.updated, s.voided, s.documents
         )),
         Err(e) if e.needs_user() => progress.abandon("stopped: the bank needs you".to_owned()),
+        Err(SyncError::Busy { .. }) => progress.abandon("busy: another sync runs".to_owned()),
         Err(e) => progress.abandon(format!("failed: {e}")),
     }
     result
@@ -226,6 +252,9 @@ fn summary_json(s: &SyncSummary, error: Option<&SyncError>) -> serde_json::Value
     });
     if let Some(e) = error {
         v["error"] = json!(e.to_string());
+        if matches!(e, SyncError::Busy { .. }) {
+            v["status"] = json!("busy");
+        }
         if e.needs_user() {
             v["status"] = json!("needs_user");
             v["message"] = json!(e.to_string());

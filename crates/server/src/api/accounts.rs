@@ -66,10 +66,22 @@ pub(crate) async fn list(
         }
     }
     let accounts = state.store.list_accounts(connection).await?;
+    let mut balances = Vec::with_capacity(accounts.len());
+    for a in &accounts {
+        balances.push(state.store.list_balances(a.id).await?);
+    }
+    let data: Vec<AccountView> = accounts
+        .iter()
+        .zip(&balances)
+        .map(|(account, b)| AccountView {
+            account,
+            balance: bankbridge_store::current_balance(b),
+        })
+        .collect();
     Ok(json(
         StatusCode::OK,
-        &List { data: &accounts },
-        accounts.len() * 300,
+        &List { data: &data },
+        data.len() * 450,
     ))
 }
 
@@ -93,7 +105,12 @@ pub(crate) async fn get_one(
         .get_account(id)
         .await?
         .ok_or_else(|| no_account(id))?;
-    Ok(json(StatusCode::OK, &account, 300))
+    let balances = state.store.list_balances(id).await?;
+    let view = AccountView {
+        account: &account,
+        balance: bankbridge_store::current_balance(&balances),
+    };
+    Ok(json(StatusCode::OK, &view, 450))
 }
 
 /// The balance history of an account.
@@ -122,6 +139,14 @@ pub(crate) async fn balances(
         &List { data: &balances },
         balances.len() * 150,
     ))
+}
+
+/// An account with its balance now (see [`bankbridge_store::current_balance`]).
+#[derive(serde::Serialize)]
+struct AccountView<'a> {
+    #[serde(flatten)]
+    account: &'a bankbridge_core::Account,
+    balance: Option<&'a bankbridge_store::StoredBalance>,
 }
 
 fn no_account(id: i64) -> ApiError {

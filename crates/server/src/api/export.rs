@@ -14,7 +14,7 @@ use super::guarded;
 use super::transactions::FilterParams;
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::export::{Format, export_stream};
+use crate::export::{ExportOptions, Format, export_stream};
 use crate::params;
 
 pub(crate) fn routes(state: &AppState) -> Router<AppState> {
@@ -27,6 +27,7 @@ pub(crate) struct Doc;
 
 const EXPORT_PARAMS: &[&str] = &[
     "format",
+    "include_pending",
     "account",
     "connection",
     "from",
@@ -45,6 +46,11 @@ struct FormatParam {
     /// `csv` (default), `json` (one array) or `ofx` (OFX 2.2 XML, one statement per account).
     #[param(default = "csv", pattern = "^(csv|json|ofx)$")]
     format: Option<String>,
+    /// OFX only: add pending rows (`FITID` `pending-<id>`, memo `PENDING:`).
+    /// Left out by default: accounting tools would import them again once
+    /// they book under their own `FITID`.
+    #[param(default = false)]
+    include_pending: Option<bool>,
 }
 
 /// Every matching transaction (no paging), streamed in constant memory.
@@ -69,8 +75,20 @@ pub(crate) async fn export(
 ) -> Result<Response, ApiError> {
     let mut format = Format::Csv;
     let mut query = TxQuery::default();
+    let mut options = ExportOptions::default();
     for (name, value) in params::pairs(raw.as_deref()) {
-        if name == "format" {
+        if name == "include_pending" {
+            options.include_pending = match value.as_ref() {
+                "true" => true,
+                "false" => false,
+                _ => {
+                    return Err(ApiError::invalid_parameter(
+                        "include_pending",
+                        "include_pending must be true or false",
+                    ));
+                }
+            };
+        } else if name == "format" {
             format = Format::ALL
                 .into_iter()
                 .find(|f| f.as_str() == value)
@@ -86,7 +104,7 @@ pub(crate) async fn export(
         Utc::now().format("%Y%m%d"),
         format.extension()
     );
-    let body = Body::from_stream(export_stream(state.store.clone(), query, format));
+    let body = Body::from_stream(export_stream(state.store.clone(), query, format, options));
     let mut res = Response::new(body);
     let h = res.headers_mut();
     h.insert(

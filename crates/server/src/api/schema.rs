@@ -88,6 +88,9 @@ pub struct Account {
     pub kind: Option<String>,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
+    /// The balance now: the newest booked (closing) balance, else the newest
+    /// available one; null until a sync reported one.
+    pub balance: Option<Balance>,
 }
 
 #[derive(ToSchema)]

@@ -62,7 +62,7 @@ pub(crate) struct StartParams {
         (status = 401, body = ErrorBody),
         (status = 403, description = "`force` needs scope `admin`", body = ErrorBody),
         (status = 404, body = ErrorBody),
-        (status = 409, description = "`credentials_refused`: change the credentials first", body = ErrorBody),
+        (status = 409, description = "`credentials_refused`: change the credentials first; `sync_in_progress`: another process syncs this connection now", body = ErrorBody),
     )
 )]
 pub(crate) async fn start(
@@ -93,6 +93,26 @@ pub(crate) async fn start(
                 at: connection.last_sync_at,
             }
             .to_string(),
+        ));
+    }
+    // A sync in another process (a CLI `sync`, another server) holds the
+    // connection: a job queued now would only fail. Our own running job is
+    // answered by `start_sync` below.
+    if bankbridge_sync::SyncActivity::of(&connection, chrono::Utc::now())
+        == bankbridge_sync::SyncActivity::Running
+        && connection.lease_owner.as_deref() != Some(state.syncer.options.owner.as_str())
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "sync_in_progress",
+            format!(
+                "connection {} is being synced by {}; try again when it ends",
+                connection.name,
+                connection
+                    .lease_owner
+                    .as_deref()
+                    .unwrap_or("another process")
+            ),
         ));
     }
     let trigger = if force {

@@ -324,7 +324,11 @@ async fn full_and_noop_sync(
     table: &mut Table,
 ) -> Result<(Arc<dyn Store>, Syncer)> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("sync.db")).await?);
-    let key = Arc::new(MasterKey::generate());
+    // In the key file the API section's `serve` reads: the database is bound
+    // to the key that sealed its credentials.
+    let key = Arc::new(MasterKey::create_file(
+        &dir.join(API_HOME).join("master.key"),
+    )?);
     let syncer = super::syncer(store.clone(), key.clone());
     let creds = sandbox.credentials();
     let settings = ConnectionSettings::new(sandbox.base_url(), &creds.username);
@@ -694,6 +698,9 @@ async fn reconcile_run(
 
 // ------------------------------------------------------------------ API
 
+/// The data folder of the API section's `serve`.
+const API_HOME: &str = "api-home";
+
 /// The API as users run it: `bankbridge serve` in a child process over the
 /// database the full sync just wrote, with its page cache on (the default)
 /// and off.
@@ -707,7 +714,7 @@ async fn api_section(secs: u64, store: Arc<dyn Store>, dir: &Path, table: &mut T
     for (label, cache_ms) in [("page cache 1 s (default)", 1000u64), ("page cache off", 0)] {
         let measure = format!("API GET {API_PATH}, {label}");
         let result = async {
-            let home = dir.join("api-home");
+            let home = dir.join(API_HOME);
             let exe = std::env::current_exe().context("finding the bankbridge binary")?;
             let db = dir.join("sync.db");
             let port = {
