@@ -189,6 +189,14 @@ async fn killed_then_resumed(env: Env) {
         .map(|(n, _)| n)
         .sum();
     assert!(stored < total, "killed too late to prove anything");
+    // The killed sync is what `connection list` tells first.
+    let list = env.run_ok(&["connection", "list"]);
+    assert!(
+        list.contains("interrupted") && list.contains("run sync again to resume"),
+        "{list}"
+    );
+    let json: Value = serde_json::from_str(&env.run_ok(&["connection", "list", "--json"])).unwrap();
+    assert_eq!(json[0]["activity"], "interrupted");
 
     let (summary, ok, err) = env.sync();
     assert!(ok, "resumed sync failed: {err}");
@@ -380,7 +388,10 @@ async fn bad_bank_input_gives_clear_errors_and_stores_nothing() {
         })
         .await;
         env.run_ok(&["init"]);
-        env.add_connection(&sb, "fibank", &sb.credentials().password);
+        // The bank's faults may already hit the test login of `add`.
+        let added =
+            env.try_add_connection(&sb, "fibank", &sb.credentials().password, &["--no-check"]);
+        assert!(added.status.success());
         let out = env
             .command(&["sync"])
             .env("BANKBRIDGE_SYNC_MAX_ATTEMPTS", "3")
@@ -411,7 +422,27 @@ async fn wrong_password_is_refused_clearly_and_never_printed() {
     })
     .await;
     env.run_ok(&["init"]);
-    env.add_connection(&sb, "fibank", "not-the-password-42");
+    // `connection add` logs in first: the wrong password is refused there,
+    // clearly, and nothing is stored.
+    let refused = env.try_add_connection(&sb, "fibank", "not-the-password-42", &[]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("refused the login") && stderr.contains("Nothing was stored"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-password-42"));
+    assert!(
+        env.store()
+            .await
+            .list_connections()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Stored without the check, the sync says the same.
+    let added = env.try_add_connection(&sb, "fibank", "not-the-password-42", &["--no-check"]);
+    assert!(added.status.success());
     let out = env
         .command(&["sync"])
         .env("BANKBRIDGE_LOG", "trace")

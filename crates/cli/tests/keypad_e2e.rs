@@ -51,22 +51,25 @@ async fn keypad_sandbox(accounts: usize) -> SandboxHandle {
     .unwrap()
 }
 
-fn add_keypad(env: &Env, sb: &SandboxHandle, name: &str, pin: &str) {
+fn add_keypad(env: &Env, sb: &SandboxHandle, name: &str, pin: &str, extra: &[&str]) {
     let creds = sb.keypad().credentials();
+    let base_url = sb.keypad_base_url();
+    let mut args = vec![
+        "connection",
+        "add",
+        "--name",
+        name,
+        "--connector",
+        "keypad",
+        "--base-url",
+        &base_url,
+        "--username",
+        &creds.identifier,
+        "--password-stdin",
+    ];
+    args.extend_from_slice(extra);
     let mut child = env
-        .command(&[
-            "connection",
-            "add",
-            "--name",
-            name,
-            "--connector",
-            "keypad",
-            "--base-url",
-            &sb.keypad_base_url(),
-            "--username",
-            &creds.identifier,
-            "--password-stdin",
-        ])
+        .command(&args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -194,7 +197,7 @@ async fn the_whole_story(env: Env) {
     let sb = keypad_sandbox(3).await;
     let creds = sb.keypad().credentials();
     env.run_ok(&["init"]);
-    add_keypad(&env, &sb, "bank", &creds.pin);
+    add_keypad(&env, &sb, "bank", &creds.pin, &[]);
     let store = env.store().await;
     let contracts: std::collections::HashSet<String> = sb
         .keypad()
@@ -405,7 +408,8 @@ async fn a_wrong_pin_is_tried_once_and_the_error_is_clear() {
         "000000"
     };
     env.run_ok(&["init"]);
-    add_keypad(&env, &sb, "bank", wrong);
+    // Stored unchecked: this test counts what the syncs send.
+    add_keypad(&env, &sb, "bank", wrong, &["--no-check"]);
     let (v, code, err) = sync(&env, &[]).await;
     assert_eq!(
         (v["status"].as_str(), code),
@@ -510,7 +514,7 @@ async fn serve_reports_needs_user_and_serves_documents() {
     let env = Env::sqlite();
     let sb = keypad_sandbox(1).await;
     env.run_ok(&["init"]);
-    add_keypad(&env, &sb, "bank", &sb.keypad().credentials().pin);
+    add_keypad(&env, &sb, "bank", &sb.keypad().credentials().pin, &[]);
     let token = env
         .run_ok(&["token", "create", "--scope", "write", "--name", "t"])
         .trim()

@@ -9,7 +9,7 @@ use bankbridge_core::Secret;
 use bankbridge_store::{Scope, TokenRecord};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -44,6 +44,7 @@ pub fn new_token(name: &str, scope: Scope) -> (Secret<String>, TokenRecord) {
         last_used_at: None,
         revoked_at: None,
         location: None,
+        expires_at: None,
     };
     (plaintext, record)
 }
@@ -82,7 +83,7 @@ pub fn verify_hash(record: &TokenRecord, presented_hash: &[u8; 32]) -> bool {
 }
 
 /// Why a presented token is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("the token is not a bankbridge token (expected bb_<id>_<secret>)")]
     Malformed,
@@ -90,16 +91,29 @@ pub enum TokenError {
     Unknown,
     #[error("the token was revoked; create a new one with `bankbridge token create`")]
     Revoked,
+    #[error("the token expired at {0}; create a new one with `bankbridge token create`")]
+    Expired(String),
 }
 
-/// Full check of a presented token against the record its id names: hash
-/// (constant time) and revocation. Returns the token's scope.
-pub fn check(record: &TokenRecord, presented_hash: &[u8; 32]) -> Result<Scope, TokenError> {
+/// Full check of a presented token against the record its id names at
+/// `now`: hash (constant time), revocation, expiry. Returns the token's scope.
+pub fn check(
+    record: &TokenRecord,
+    presented_hash: &[u8; 32],
+    now: DateTime<Utc>,
+) -> Result<Scope, TokenError> {
     if !verify_hash(record, presented_hash) {
         return Err(TokenError::Unknown);
     }
     if record.revoked_at.is_some() {
         return Err(TokenError::Revoked);
+    }
+    if let Some(at) = record.expires_at
+        && at <= now
+    {
+        return Err(TokenError::Expired(
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ));
     }
     Ok(record.scope)
 }
@@ -149,11 +163,29 @@ mod tests {
         let last = other.pop().unwrap();
         other.push(if last == 'A' { 'B' } else { 'A' });
         assert!(!verify(&rec, &other));
-        assert_eq!(check(&rec, &hash_token(&other)), Err(TokenError::Unknown));
-        assert_eq!(check(&rec, &hash_token(t)), Ok(Scope::Write));
+        let now = Utc::now();
+        assert_eq!(
+            check(&rec, &hash_token(&other), now),
+            Err(TokenError::Unknown)
+        );
+        assert_eq!(check(&rec, &hash_token(t), now), Ok(Scope::Write));
         let mut revoked = rec.clone();
-        revoked.revoked_at = Some(Utc::now());
-        assert_eq!(check(&revoked, &hash_token(t)), Err(TokenError::Revoked));
+        revoked.revoked_at = Some(now);
+        assert_eq!(
+            check(&revoked, &hash_token(t), now),
+            Err(TokenError::Revoked)
+        );
+        // Good until the second it expires, refused from then on.
+        let mut expiring = rec.clone();
+        expiring.expires_at = Some(now + chrono::Duration::days(90));
+        assert_eq!(
+            check(&expiring, &hash_token(t), now + chrono::Duration::days(89)),
+            Ok(Scope::Write)
+        );
+        assert!(matches!(
+            check(&expiring, &hash_token(t), now + chrono::Duration::days(90)),
+            Err(TokenError::Expired(_))
+        ));
         let mut short = rec.clone();
         short.hash.truncate(16);
         assert!(!verify(&short, t));

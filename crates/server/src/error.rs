@@ -99,6 +99,13 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 
+    /// 401 `unauthorized` with a message fitted to what the client sent.
+    pub fn unauthorized_because(message: impl Into<Cow<'static, str>>) -> Self {
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        e.www_authenticate = Some("Bearer");
+        e
+    }
+
     pub fn unauthorized() -> Self {
         let mut e = Self::new(
             StatusCode::UNAUTHORIZED,

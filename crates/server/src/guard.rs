@@ -94,7 +94,7 @@ impl TokenAuth {
             .find_token(id)
             .await?
             .ok_or_else(|| refuse(TokenError::Unknown))?;
-        let scope = auth::check(&record, &hash).map_err(refuse)?;
+        let scope = auth::check(&record, &hash, Utc::now()).map_err(refuse)?;
         let principal = Arc::new(Principal {
             token_id: record.id.clone(),
             token_name: record.name.clone(),
@@ -109,11 +109,16 @@ impl TokenAuth {
                     cache.clear();
                 }
             }
+            // Never trusted past its expiry.
+            let left = record
+                .expires_at
+                .and_then(|at| (at - Utc::now()).to_std().ok())
+                .unwrap_or(self.ttl);
             cache.insert(
                 hash,
                 Cached {
                     principal: principal.clone(),
-                    until: now + self.ttl,
+                    until: now + self.ttl.min(left),
                 },
             );
         }
@@ -156,9 +161,17 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         return Err(ApiError::unauthorized());
     };
     let value = value.to_str().map_err(|_| refuse(TokenError::Malformed))?;
-    let (scheme, token) = value.split_once(' ').ok_or_else(ApiError::unauthorized)?;
+    let Some((scheme, token)) = value.trim().split_once(' ') else {
+        // The usual slip: the token alone, without its scheme.
+        return Err(ApiError::unauthorized_because(
+            "the Authorization header holds no scheme: send `Authorization: Bearer <token>`, \
+             the word Bearer, a space, then the token",
+        ));
+    };
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(ApiError::unauthorized());
+        return Err(ApiError::unauthorized_because(format!(
+            "this API takes bearer tokens, not {scheme}: send `Authorization: Bearer <token>`"
+        )));
     }
     let token = token.trim();
     if token.is_empty() {
@@ -214,5 +227,16 @@ mod tests {
             bearer(&headers("Bearer ")).unwrap_err().code,
             "unauthorized"
         );
+        // A token without its scheme, or under another, says what to send.
+        let bare = bearer(&headers("bb_abc_def")).unwrap_err();
+        assert_eq!(bare.code, "unauthorized");
+        assert!(
+            bare.message.contains("Authorization: Bearer <token>"),
+            "{}",
+            bare.message
+        );
+        assert!(bare.message.contains("no scheme"), "{}", bare.message);
+        let basic = bearer(&headers("Basic dTpw")).unwrap_err();
+        assert!(basic.message.contains("not Basic"), "{}", basic.message);
     }
 }

@@ -93,6 +93,7 @@ pub const TRANSACTION_PARAMS: &[&str] = &[
     "category",
     "limit",
     "cursor",
+    "order",
 ];
 
 /// A page request of `GET /api/v1/transactions`.
@@ -119,6 +120,20 @@ pub fn parse_page_request(raw: Option<&str>) -> Result<PageRequest, ApiError> {
         match name.as_ref() {
             "limit" => limit = parse_limit(&value)?,
             "cursor" => query.after = Some(decode_cursor(&value)?),
+            // A cursor is a position: it pages on in whichever order the
+            // request names (a client passes `order` along with it).
+            "order" => {
+                query.newest_first = match value.as_ref() {
+                    "asc" => false,
+                    "desc" => true,
+                    _ => {
+                        return Err(ApiError::invalid_parameter(
+                            "order",
+                            "order must be asc (oldest first, the default) or desc (newest first)",
+                        ));
+                    }
+                }
+            }
             other => {
                 if !apply_filter(&mut query, other, &value)? {
                     return Err(unknown(other, TRANSACTION_PARAMS));
@@ -129,7 +144,7 @@ pub fn parse_page_request(raw: Option<&str>) -> Result<PageRequest, ApiError> {
     Ok(PageRequest { query, limit })
 }
 
-fn parse_limit(value: &str) -> Result<u32, ApiError> {
+pub fn parse_limit(value: &str) -> Result<u32, ApiError> {
     let bad = || {
         ApiError::invalid_parameter(
             "limit",

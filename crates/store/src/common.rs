@@ -302,7 +302,8 @@ pub(crate) enum Arg {
     Bytes(Vec<u8>),
 }
 
-/// `SELECT … FROM transactions WHERE … ORDER BY booking_date, id [LIMIT n]`.
+/// `SELECT … FROM transactions WHERE … ORDER BY booking_date, id [LIMIT n]`
+/// (both descending for [`TxQuery::newest_first`]).
 pub(crate) fn tx_query_sql(q: &TxQuery, dialect: Dialect, columns: &str) -> (String, Vec<Arg>) {
     let mut args: Vec<Arg> = Vec::new();
     let mut conds: Vec<String> = Vec::new();
@@ -365,14 +366,19 @@ pub(crate) fn tx_query_sql(q: &TxQuery, dialect: Dialect, columns: &str) -> (Str
     if let Some((d, id)) = q.after {
         let pd = ph(&mut args, Arg::Date(d));
         let pi = ph(&mut args, Arg::I64(id));
-        conds.push(format!("(booking_date, id) > ({pd}, {pi})"));
+        let op = if q.newest_first { "<" } else { ">" };
+        conds.push(format!("(booking_date, id) {op} ({pd}, {pi})"));
     }
     let mut sql = format!("SELECT {columns} FROM transactions");
     if !conds.is_empty() {
         sql.push_str(" WHERE ");
         sql.push_str(&conds.join(" AND "));
     }
-    sql.push_str(" ORDER BY booking_date, id");
+    sql.push_str(if q.newest_first {
+        " ORDER BY booking_date DESC, id DESC"
+    } else {
+        " ORDER BY booking_date, id"
+    });
     if let Some(l) = q.limit {
         let p = ph(&mut args, Arg::I64(i64::from(l)));
         sql.push_str(&format!(" LIMIT {p}"));

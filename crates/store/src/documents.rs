@@ -44,6 +44,9 @@ pub struct DocumentQuery {
     pub account_id: Option<i64>,
     pub from: Option<NaiveDate>,
     pub to: Option<NaiveDate>,
+    /// Keyset position: documents strictly after (date, id) in the list's
+    /// order (dated ones by date, then the undated ones; then id).
+    pub after: Option<(Option<NaiveDate>, i64)>,
     pub limit: Option<u32>,
 }
 
@@ -156,6 +159,22 @@ pub(crate) fn list_sql(q: &DocumentQuery) -> (String, Vec<Arg>) {
         args.push(Arg::Date(t));
         conds.push(format!("date <= ${}", args.len()));
     }
+    match q.after {
+        Some((Some(d), id)) => {
+            args.push(Arg::Date(d));
+            let pd = args.len();
+            args.push(Arg::I64(id));
+            let pi = args.len();
+            conds.push(format!(
+                "(date IS NULL OR date > ${pd} OR (date = ${pd} AND id > ${pi}))"
+            ));
+        }
+        Some((None, id)) => {
+            args.push(Arg::I64(id));
+            conds.push(format!("(date IS NULL AND id > ${})", args.len()));
+        }
+        None => {}
+    }
     let mut sql = concat!("SELECT ", document_columns!(), " FROM documents").to_owned();
     if !conds.is_empty() {
         sql.push_str(" WHERE ");
@@ -247,10 +266,16 @@ mod tests {
             account_id: None,
             from: Some(NaiveDate::from_ymd_opt(2024, 1, 1).unwrap()),
             to: None,
+            after: Some((NaiveDate::from_ymd_opt(2024, 2, 1), 7)),
             limit: Some(5),
         });
         assert!(sql.contains("connection_id = $1 AND date >= $2"), "{sql}");
-        assert!(sql.ends_with("LIMIT $3"), "{sql}");
-        assert_eq!(args.len(), 3);
+        // The cursor's date is one parameter, used twice.
+        assert!(
+            sql.contains("(date IS NULL OR date > $3 OR (date = $3 AND id > $4))"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("LIMIT $5"), "{sql}");
+        assert_eq!(args.len(), 5);
     }
 }

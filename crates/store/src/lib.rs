@@ -307,8 +307,11 @@ pub struct TxQuery {
     pub updated_since: Option<DateTime<Utc>>,
     /// Only rows of this category.
     pub category: Option<String>,
-    /// Keyset position: rows strictly after (booking_date, id).
+    /// Keyset position: rows strictly after (booking_date, id) in the
+    /// query's order (before it when `newest_first`).
     pub after: Option<(NaiveDate, i64)>,
+    /// Newest first: booking date, then id, both descending.
+    pub newest_first: bool,
     /// `None` for streams (export); pages are capped by the caller.
     pub limit: Option<u32>,
 }
@@ -378,6 +381,8 @@ pub struct TokenRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// An `agent` token serves this check location only.
     pub location: Option<String>,
+    /// When the token stops working; `None`: never.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// A sync run requested through the API, pollable at `/api/v1/syncs/{id}`.

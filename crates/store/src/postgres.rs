@@ -157,7 +157,8 @@ fn tx_from_row(r: &PgRow) -> Result<Transaction> {
     .as_money())
 }
 
-const TOKEN_COLUMNS: &str = "id, name, scope, hash, created_at, last_used_at, revoked_at, location";
+const TOKEN_COLUMNS: &str =
+    "id, name, scope, hash, created_at, last_used_at, revoked_at, location, expires_at";
 
 fn token_from_row(r: &PgRow) -> Result<TokenRecord> {
     let scope: &str = r.try_get(2)?;
@@ -170,6 +171,7 @@ fn token_from_row(r: &PgRow) -> Result<TokenRecord> {
         last_used_at: r.try_get(5)?,
         revoked_at: r.try_get(6)?,
         location: r.try_get(7)?,
+        expires_at: r.try_get(8)?,
     })
 }
 
@@ -976,8 +978,8 @@ impl Store for PgStore {
 
     async fn create_token(&self, record: &TokenRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, scope, hash, created_at, last_used_at, revoked_at, location) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO api_tokens (id, name, scope, hash, created_at, last_used_at, revoked_at, location, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&record.id)
         .bind(&record.name)
@@ -987,6 +989,7 @@ impl Store for PgStore {
         .bind(opt_micros(record.last_used_at))
         .bind(opt_micros(record.revoked_at))
         .bind(record.location.as_deref())
+        .bind(opt_micros(record.expires_at))
         .execute(&self.pool)
         .await
         .map_err(|e| {

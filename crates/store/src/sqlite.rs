@@ -342,7 +342,8 @@ fn tx_from_row(r: &SqliteRow) -> Result<Transaction> {
     .as_money())
 }
 
-const TOKEN_COLUMNS: &str = "id, name, scope, hash, created_at, last_used_at, revoked_at, location";
+const TOKEN_COLUMNS: &str =
+    "id, name, scope, hash, created_at, last_used_at, revoked_at, location, expires_at";
 
 fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
     let scope: &str = r.try_get(2)?;
@@ -355,6 +356,7 @@ fn token_from_row(r: &SqliteRow) -> Result<TokenRecord> {
         last_used_at: r.try_get(5)?,
         revoked_at: r.try_get(6)?,
         location: r.try_get(7)?,
+        expires_at: r.try_get(8)?,
     })
 }
 
@@ -1117,8 +1119,8 @@ impl Store for SqliteStore {
 
     async fn create_token(&self, record: &TokenRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_tokens (id, name, scope, hash, created_at, last_used_at, revoked_at, location) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO api_tokens (id, name, scope, hash, created_at, last_used_at, revoked_at, location, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .bind(&record.id)
         .bind(&record.name)
@@ -1128,6 +1130,7 @@ impl Store for SqliteStore {
         .bind(opt_micros(record.last_used_at))
         .bind(opt_micros(record.revoked_at))
         .bind(record.location.as_deref())
+        .bind(opt_micros(record.expires_at))
         .execute(&self.writer)
         .await
         .map_err(|e| {

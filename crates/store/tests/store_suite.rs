@@ -1659,6 +1659,7 @@ async fn token_lifecycle(s: Arc<dyn Store>) {
         last_used_at: None,
         revoked_at: None,
         location: None,
+        expires_at: None,
     };
     s.create_token(&rec).await.unwrap();
     assert!(matches!(
@@ -1670,6 +1671,8 @@ async fn token_lifecycle(s: Arc<dyn Store>) {
         name: "ops".into(),
         scope: Scope::Admin,
         created_at: t(1),
+        // The expiry is kept to the microsecond, like every time.
+        expires_at: Some(t(90 * 86_400)),
         ..rec.clone()
     };
     s.create_token(&admin).await.unwrap();
@@ -2853,6 +2856,26 @@ async fn documents_list_filters_and_order(s: Arc<dyn Store>) {
         ids(s.list_documents(&q(|q| q.limit = Some(1))).await.unwrap()),
         vec![jan.id]
     );
+    // Pages of one, each after the last one seen: the whole list, dated
+    // ones first, then the undated one, nothing twice.
+    let all = s.list_documents(&q(|_| {})).await.unwrap();
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .list_documents(&DocumentQuery {
+                limit: Some(1),
+                after,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.date, last.id));
+        paged.extend(page);
+        assert!(paged.len() <= all.len(), "paging never ends");
+    }
+    assert_eq!(ids(paged), ids(all));
     // Keys are per connection: "j" is in both.
     assert!(s.document_keys(c2).await.unwrap().contains("j"));
 }

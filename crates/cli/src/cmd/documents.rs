@@ -81,6 +81,7 @@ async fn list(config: &Config, args: ListArgs) -> Result<ExitCode> {
             account_id: args.account,
             from: args.from,
             to: args.to,
+            after: None,
             limit: None,
         })
         .await?;

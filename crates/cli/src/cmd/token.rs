@@ -10,7 +10,7 @@ use crate::config::Config;
 pub enum TokenCommand {
     /// Create an API token; it is printed once and stored only as a hash.
     #[command(
-        after_help = "Examples:\n  bankbridge token create --scope read --name airtable\n  bankbridge token create --scope agent --location eu-west"
+        after_help = "Examples:\n  bankbridge token create --scope read --name airtable --expires 90d\n  bankbridge token create --scope agent --location eu-west"
     )]
     Create {
         /// read: GET data; write: also sync and add connections; admin: everything;
@@ -24,6 +24,9 @@ pub enum TokenCommand {
         /// it may take and report that location's jobs only.
         #[arg(long)]
         location: Option<String>,
+        /// Stop working after this long: 90d, 12h, 30m (default: never).
+        #[arg(long, value_parser = super::connection::parse_interval)]
+        expires: Option<u64>,
     },
     /// List tokens (never their secret).
     List {
@@ -41,6 +44,7 @@ pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
             scope,
             name,
             location,
+            expires,
         } => {
             let scope = Scope::parse(&scope).expect("clap restricts the values");
             match (scope, &location) {
@@ -61,9 +65,23 @@ pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
             });
             let (plain, mut record) = bankbridge_server::auth::new_token(&name, scope);
             record.location = location.map(|l| l.trim().to_owned());
+            record.expires_at = match expires {
+                Some(secs) => Some(
+                    i64::try_from(secs)
+                        .ok()
+                        .and_then(chrono::TimeDelta::try_seconds)
+                        .and_then(|d| record.created_at.checked_add_signed(d))
+                        .ok_or_else(|| anyhow::anyhow!("--expires is too far in the future"))?,
+                ),
+                None => None,
+            };
             store.create_token(&record).await?;
+            let until = record
+                .expires_at
+                .map(|t| format!(", expires {}", t.format("%Y-%m-%d %H:%M UTC")))
+                .unwrap_or_default();
             eprintln!(
-                "token {} ({}), shown once — keep it somewhere safe:",
+                "token {} ({}{until}), shown once — keep it somewhere safe:",
                 record.name,
                 scope.as_str()
             );
@@ -74,7 +92,7 @@ pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
             if json {
                 let v: Vec<_> = tokens
                     .iter()
-                    .map(|t| serde_json::json!({"id": t.id, "name": t.name, "scope": t.scope.as_str(), "location": t.location, "created_at": t.created_at, "last_used_at": t.last_used_at, "revoked_at": t.revoked_at}))
+                    .map(|t| serde_json::json!({"id": t.id, "name": t.name, "scope": t.scope.as_str(), "location": t.location, "created_at": t.created_at, "last_used_at": t.last_used_at, "revoked_at": t.revoked_at, "expires_at": t.expires_at}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -92,11 +110,20 @@ pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
                             fmt(Some(t.created_at)),
                             fmt(t.last_used_at),
                             fmt(t.revoked_at),
+                            fmt(t.expires_at),
                         ]
                     })
                     .collect();
                 super::print_table(
-                    &["ID", "NAME", "SCOPE", "CREATED", "LAST USED", "REVOKED"],
+                    &[
+                        "ID",
+                        "NAME",
+                        "SCOPE",
+                        "CREATED",
+                        "LAST USED",
+                        "REVOKED",
+                        "EXPIRES",
+                    ],
                     &rows,
                 );
             }

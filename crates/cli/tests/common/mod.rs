@@ -91,35 +91,51 @@ impl Env {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `connection add` of the sandbox's Fibank (it logs in first), which must succeed.
     pub fn add_connection(&self, sandbox: &SandboxHandle, name: &str, password: &str) {
+        let out = self.try_add_connection(sandbox, name, password, &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `connection add` of the sandbox's Fibank with `extra` flags
+    /// (`--no-check` for a password the test wants refused at sync).
+    pub fn try_add_connection(
+        &self,
+        sandbox: &SandboxHandle,
+        name: &str,
+        password: &str,
+        extra: &[&str],
+    ) -> Output {
         use std::io::Write;
         let creds = sandbox.credentials();
+        let base_url = sandbox.base_url();
+        let mut args = vec![
+            "connection",
+            "add",
+            "--name",
+            name,
+            "--connector",
+            "fibank",
+            "--base-url",
+            &base_url,
+            "--username",
+            &creds.username,
+            "--password-stdin",
+        ];
+        args.extend_from_slice(extra);
         let mut child = self
-            .command(&[
-                "connection",
-                "add",
-                "--name",
-                name,
-                "--connector",
-                "fibank",
-                "--base-url",
-                &sandbox.base_url(),
-                "--username",
-                &creds.username,
-                "--password-stdin",
-            ])
+            .command(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        child.wait_with_output().unwrap()
     }
 
     /// `init` and a connection to the sandbox's Fibank with its real password.

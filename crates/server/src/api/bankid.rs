@@ -84,8 +84,10 @@ pub(crate) struct OrderView {
     auto_start_token: String,
     /// Opens the BankID app on this device.
     autostart_url: String,
-    /// Server-sent events of this order; usable by a browser as is (it carries the order's key).
+    /// Server-sent events of this order, an absolute URL; usable by a
+    /// browser as is (it carries the order's key).
     events_url: String,
+    /// Absolute URL.
     cancel_url: String,
 }
 
@@ -173,6 +175,7 @@ pub(crate) async fn create(
             "personal_number must be 12 digits (YYYYMMDDNNNC)",
         ));
     }
+    let peer_ip = peer.as_ref().map(|Extension(ConnectInfo(addr))| addr.ip());
     let ip = match &body.end_user_ip {
         Some(given) if who.scope.allows(Scope::Admin) => given.parse().map_err(|_| {
             ApiError::new(
@@ -187,9 +190,7 @@ pub(crate) async fn create(
             ));
         }
         None => {
-            let peer = peer
-                .map(|Extension(ConnectInfo(addr))| addr.ip())
-                .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+            let peer = peer_ip.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
             let forwarded: Vec<&str> = headers
                 .get_all("x-forwarded-for")
                 .iter()
@@ -212,12 +213,13 @@ pub(crate) async fn create(
         )
         .await?;
     tracing::info!(order = %started.id, sign, "BankID order started");
+    let origin = super::origin(&state, peer_ip, &headers);
     let view = OrderView {
         events_url: format!(
-            "/api/v1/bankid/orders/{}/events?key={}",
+            "{origin}/api/v1/bankid/orders/{}/events?key={}",
             started.id, started.events_key
         ),
-        cancel_url: format!("/api/v1/bankid/orders/{}/cancel", started.id),
+        cancel_url: format!("{origin}/api/v1/bankid/orders/{}/cancel", started.id),
         id: started.id,
         order_ref: started.order_ref,
         auto_start_token: started.auto_start_token,

@@ -7,9 +7,10 @@ use axum::response::Response;
 use axum::routing::get;
 use bankbridge_core::Document;
 use bankbridge_store::{DocumentQuery, Scope, TxQuery};
+use chrono::NaiveDate;
 use utoipa::{IntoParams, OpenApi};
 
-use super::{List, PathId, guarded, json};
+use super::{PathId, guarded, json};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::params;
@@ -49,30 +50,51 @@ pub(crate) struct DocumentParams {
     from: Option<chrono::NaiveDate>,
     /// Document date on or before (YYYY-MM-DD); undated documents are left out.
     to: Option<chrono::NaiveDate>,
+    /// Documents per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// The `next` value of the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{16}$")]
+    cursor: Option<String>,
 }
 
-const LIST_PARAMS: &[&str] = &["connection", "account", "from", "to"];
+const LIST_PARAMS: &[&str] = &["connection", "account", "from", "to", "limit", "cursor"];
+
+/// Documents per page unless `limit` says.
+const DEFAULT_LIMIT: u32 = 100;
 
 /// Parse the query string of `GET /api/v1/documents`.
 fn parse_query(raw: Option<&str>) -> Result<DocumentQuery, ApiError> {
     // The transaction filters parse ids and dates with errors naming the parameter.
     let mut q = TxQuery::default();
+    let mut limit = DEFAULT_LIMIT;
+    let mut after = None;
     for (name, value) in params::pairs(raw) {
-        if !LIST_PARAMS.contains(&name.as_ref()) {
-            return Err(params::unknown(&name, LIST_PARAMS));
+        match name.as_ref() {
+            "limit" => limit = params::parse_limit(&value)?,
+            // Undated documents come last: their position is the latest day.
+            "cursor" => {
+                let (day, id) = params::decode_cursor(&value)?;
+                after = Some(((day != NaiveDate::MAX).then_some(day), id));
+            }
+            other if LIST_PARAMS.contains(&other) => {
+                params::apply_filter(&mut q, other, &value)?;
+            }
+            other => return Err(params::unknown(other, LIST_PARAMS)),
         }
-        params::apply_filter(&mut q, &name, &value)?;
     }
     Ok(DocumentQuery {
         connection_id: q.connection_id,
         account_id: q.account_id,
         from: q.from,
         to: q.to,
-        limit: None,
+        after,
+        limit: Some(limit),
     })
 }
 
-/// Documents, ordered by date (undated last), then id. Unknown parameters are refused.
+/// Documents, ordered by date (undated last), then id, a page at a time
+/// like transactions. Unknown parameters are refused.
 #[utoipa::path(
     get,
     path = "/api/v1/documents",
@@ -88,13 +110,29 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = parse_query(raw.as_deref())?;
-    let docs = state.store.list_documents(&query).await?;
+    let mut query = parse_query(raw.as_deref())?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT) as usize;
+    // One more than asked tells whether another page follows.
+    query.limit = Some(limit as u32 + 1);
+    let mut docs = state.store.list_documents(&query).await?;
+    let next = if docs.len() > limit {
+        docs.truncate(limit);
+        docs.last()
+            .map(|d| params::encode_cursor(d.date.unwrap_or(NaiveDate::MAX), d.id))
+    } else {
+        None
+    };
     Ok(json(
         StatusCode::OK,
-        &List { data: &docs },
-        docs.len() * 350,
+        &DocumentPage { data: &docs, next },
+        docs.len() * 350 + 64,
     ))
+}
+
+#[derive(serde::Serialize)]
+struct DocumentPage<'a> {
+    data: &'a [Document],
+    next: Option<String>,
 }
 
 /// One document's metadata.

@@ -60,6 +60,39 @@ pub(crate) fn guarded(
     ))
 }
 
+/// Where clients reach this server, for absolute links: the request's
+/// `Host`, or behind a trusted proxy its `X-Forwarded-Host` and
+/// `X-Forwarded-Proto` (`serve` itself speaks plain HTTP).
+pub(crate) fn origin(
+    state: &AppState,
+    peer: Option<std::net::IpAddr>,
+    headers: &axum::http::HeaderMap,
+) -> String {
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let via_proxy = peer.is_some_and(|p| state.config.trusted_proxies.contains(&p));
+    let host = via_proxy
+        .then(|| first("x-forwarded-host"))
+        .flatten()
+        .or_else(|| first("host"))
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or("localhost");
+    let scheme = match via_proxy.then(|| first("x-forwarded-proto")).flatten() {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{host}")
+}
+
 /// Fallback for unknown routes.
 pub(crate) async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!(

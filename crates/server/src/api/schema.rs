@@ -163,6 +163,8 @@ pub struct Document {
 #[derive(ToSchema)]
 pub struct DocumentList {
     pub data: Vec<Document>,
+    /// The cursor of the next page; null on the last.
+    pub next: Option<String>,
 }
 
 /// A sync run, pollable until `status` is `succeeded`, `failed` or `needs_user`

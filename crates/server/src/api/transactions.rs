@@ -77,6 +77,10 @@ pub(crate) struct PageParams {
     /// The `next` value of the previous page.
     #[param(pattern = "^[A-Za-z0-9_-]{16}$")]
     cursor: Option<String>,
+    /// `asc` (oldest first, the default) or `desc` (newest first); send the
+    /// same with each page's cursor.
+    #[param(pattern = "^(asc|desc)$", default = "asc")]
+    order: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -85,7 +89,8 @@ struct Page<'a> {
     next: Option<String>,
 }
 
-/// Transactions ordered by booking date, then id. Unknown parameters are refused.
+/// Transactions ordered by booking date, then id (newest first with
+/// `order=desc`). Unknown parameters are refused.
 #[utoipa::path(
     get,
     path = "/api/v1/transactions",
