@@ -4,10 +4,50 @@
 //! The redactor knows each secret's value (the flow's secrets, and values
 //! captured with `redact = true`, such as consent tokens) and replaces every
 //! occurrence, also in its URL-encoded and JSON-escaped forms, with `***`.
+//! A secret shorter than [`SHORT_SECRET`] characters is masked only where
+//! it stands as a whole word ([`mask_secret`]): masking "ab" inside "table"
+//! would garble the text and tell a reader where the secret appears.
 //! Headers that carry credentials by nature are masked whatever their value.
 
 /// What replaces a secret value.
 pub const MASK: &str = "***";
+
+/// Secrets with fewer characters than this are masked only as whole words.
+pub const SHORT_SECRET: usize = 4;
+
+/// `text` with `secret` replaced by `mask`. A secret of [`SHORT_SECRET`] or
+/// more characters is replaced wherever it appears; a shorter one only where
+/// it is a whole token: the characters on both sides (if any) are not
+/// letters or digits. An empty secret changes nothing.
+pub fn mask_secret(text: &str, secret: &str, mask: &str) -> String {
+    if secret.is_empty() || !text.contains(secret) {
+        return text.to_owned();
+    }
+    if secret.chars().count() >= SHORT_SECRET {
+        return text.replace(secret, mask);
+    }
+    mask_whole_tokens(text, secret, mask)
+}
+
+/// Replaces the occurrences of `needle` not touching a letter or digit.
+fn mask_whole_tokens(text: &str, needle: &str, mask: &str) -> String {
+    let free = |c: Option<char>| c.is_none_or(|c| !c.is_alphanumeric());
+    let mut out = String::with_capacity(text.len());
+    let mut done = 0;
+    while let Some(found) = text[done..].find(needle) {
+        let start = done + found;
+        let end = start + needle.len();
+        out.push_str(&text[done..start]);
+        if free(text[..start].chars().next_back()) && free(text[end..].chars().next()) {
+            out.push_str(mask);
+        } else {
+            out.push_str(needle);
+        }
+        done = end;
+    }
+    out.push_str(&text[done..]);
+    out
+}
 
 /// Header names whose values are credentials whatever they hold.
 const SENSITIVE_HEADERS: &[&str] = &[
@@ -21,8 +61,9 @@ const SENSITIVE_HEADERS: &[&str] = &[
 #[derive(Clone, Default)]
 pub struct Redactor {
     /// Every form of every secret, longest first so a secret that contains
-    /// another is masked whole.
-    needles: Vec<String>,
+    /// another is masked whole; with whether its secret is short (masked
+    /// only as a whole word, whatever the length of this form).
+    needles: Vec<(String, bool)>,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -48,12 +89,19 @@ impl Redactor {
                 .map(|s| s[1..s.len() - 1].to_string())
                 .unwrap_or_default(),
         ];
+        let short = secret.chars().count() < SHORT_SECRET;
         for form in forms {
-            if !form.is_empty() && !self.needles.contains(&form) {
-                self.needles.push(form);
+            if form.is_empty() {
+                continue;
+            }
+            match self.needles.iter_mut().find(|(n, _)| *n == form) {
+                // A long secret with the same form as a short one wins.
+                Some((_, was_short)) => *was_short &= short,
+                None => self.needles.push((form, short)),
             }
         }
-        self.needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        self.needles
+            .sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -63,10 +111,15 @@ impl Redactor {
     /// The text with every secret masked.
     pub fn text(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for needle in &self.needles {
-            if out.contains(needle.as_str()) {
-                out = out.replace(needle.as_str(), MASK);
+        for (needle, short) in &self.needles {
+            if !out.contains(needle.as_str()) {
+                continue;
             }
+            out = if *short {
+                mask_whole_tokens(&out, needle, MASK)
+            } else {
+                out.replace(needle.as_str(), MASK)
+            };
         }
         out
     }
@@ -105,7 +158,7 @@ impl Redactor {
             ),
             Value::Number(n) => {
                 let text = n.to_string();
-                if self.needles.contains(&text) {
+                if self.needles.iter().any(|(n, _)| *n == text) {
                     Value::String(MASK.into())
                 } else {
                     value.clone()
@@ -267,6 +320,48 @@ mod tests {
         r.add("abc");
         r.add("abcdef");
         assert_eq!(r.text("xabcdefx abc"), "x***x ***");
+    }
+
+    #[test]
+    fn short_secrets_are_masked_only_as_whole_words() {
+        let mut r = Redactor::new();
+        r.add("ab");
+        // Inside a word: left alone, at either end or in the middle.
+        assert_eq!(r.text("table abc cab xaby"), "table abc cab xaby");
+        // Standing alone, or between non-alphanumerics: masked.
+        assert_eq!(r.text("ab"), "***");
+        assert_eq!(
+            r.text("pin=ab&x=1 (ab) \"ab\" ab-ab"),
+            "pin=***&x=1 (***) \"***\" ***-***"
+        );
+        // Letters of any script count as part of a word.
+        assert_eq!(r.text("éab abé"), "éab abé");
+        // In JSON: the key and the values only when whole.
+        let v = serde_json::json!({"ab": "ab", "table": ["cab", "ab"], "n": 1});
+        assert_eq!(
+            r.json(&v),
+            serde_json::json!({"***": "***", "table": ["cab", "***"], "n": 1})
+        );
+        // A short number is masked as a whole JSON number, not inside others.
+        let mut r = Redactor::new();
+        r.add("42");
+        assert_eq!(
+            r.json(&serde_json::json!({"a": 42, "b": 1421, "c": "id 42", "d": "x421"})),
+            serde_json::json!({"a": "***", "b": 1421, "c": "id ***", "d": "x421"})
+        );
+    }
+
+    #[test]
+    fn four_characters_and_more_are_masked_anywhere() {
+        let mut r = Redactor::new();
+        r.add("abcd");
+        assert_eq!(r.text("xabcdx abcd"), "x***x ***");
+        assert_eq!(mask_secret("xabcdx", "abcd", "#"), "x#x");
+        assert_eq!(mask_secret("table", "abl", "#"), "table");
+        assert_eq!(mask_secret("t abl e", "abl", "#"), "t # e");
+        assert_eq!(mask_secret("tabl", "", "#"), "tabl");
+        // Counted in characters, not bytes: "äö" is short although 4 bytes.
+        assert_eq!(mask_secret("xäöx äö", "äö", "#"), "xäöx #");
     }
 
     #[test]
