@@ -282,8 +282,9 @@ struct FlowFile {
     secrets: BTreeMap<String, toml::Value>,
     #[serde(default)]
     defaults: Defaults,
-    #[serde(default)]
-    steps: Vec<StepFile>,
+    /// Read one by one from the document (see [`parse_all_errors`]).
+    #[serde(default, rename = "steps")]
+    _steps: Vec<serde::de::IgnoredAny>,
 }
 
 #[derive(Default, Deserialize)]
@@ -379,25 +380,40 @@ fn path_text(path: &[Seg]) -> String {
 
 /// Reads and parses one flow file.
 pub fn load(path: &Path) -> Result<Flow, FlowError> {
+    load_all_errors(path).map_err(|mut errors| errors.remove(0))
+}
+
+/// Reads one flow file and reports every problem of it (never an empty list).
+pub fn load_all_errors(path: &Path) -> Result<Flow, Vec<FlowError>> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| FlowError {
-        file: file.clone(),
-        line: 0,
-        column: 0,
-        field: String::new(),
-        message: format!("cannot read the file: {e}"),
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![FlowError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }]
     })?;
     let id = path
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("flow")
         .to_string();
-    parse(&id, &file, &text)
+    parse_all_errors(&id, &file, &text)
 }
 
 /// Parses a flow from its text; `file` is only used in error messages.
+/// The first problem (in file order) only: [`parse_all_errors`] gives all.
 pub fn parse(id: &str, file: &str, text: &str) -> Result<Flow, FlowError> {
-    let raw: FlowFile = toml::from_str(text).map_err(|e| {
+    parse_all_errors(id, file, text).map_err(|mut errors| errors.remove(0))
+}
+
+/// Parses a flow and reports every problem of it (never an empty list), in
+/// file order: each step's, each variable's and each section's, not only
+/// the first.
+pub fn parse_all_errors(id: &str, file: &str, text: &str) -> Result<Flow, Vec<FlowError>> {
+    let toml_error = |e: &toml::de::Error| {
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
         let field = e
             .span()
@@ -410,23 +426,82 @@ pub fn parse(id: &str, file: &str, text: &str) -> Result<Flow, FlowError> {
             field,
             message: e.message().trim().to_string(),
         }
-    })?;
-    build(id, file, text, raw).map_err(|p| {
-        let (line, column) = locate(text, &p.path)
-            .map(|offset| line_col(text, offset))
-            .unwrap_or((0, 0));
-        FlowError {
-            file: file.to_string(),
-            line,
-            column,
-            field: path_text(&p.path),
-            message: p.message,
+    };
+    let (root, syntax) = toml::de::DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        return Err(syntax.iter().map(toml_error).collect());
+    }
+    let mut errors = Vec::new();
+    // Each step on its own, so one step's unknown field hides no other's.
+    let mut steps = Vec::new();
+    if let Some((_, list)) = root
+        .get_ref()
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == "steps")
+        && let toml::de::DeValue::Array(items) = list.get_ref()
+    {
+        for item in items.iter() {
+            match StepFile::deserialize(toml::de::ValueDeserializer::from(item.clone())) {
+                Ok(step) => steps.push(Ok(step)),
+                Err(e) => {
+                    errors.push(toml_error(&e));
+                    steps.push(Err(capture_names(item)));
+                }
+            }
         }
-    })
+    }
+    let raw: Option<FlowFile> = match toml::from_str(text) {
+        Ok(raw) => Some(raw),
+        Err(e) => {
+            errors.push(toml_error(&e));
+            None
+        }
+    };
+    if let Some(raw) = raw {
+        match build(id, file, text, raw, steps) {
+            Ok(flow) if errors.is_empty() => return Ok(flow),
+            Ok(_) => {}
+            Err(problems) => errors.extend(problems.into_iter().map(|p| {
+                let (line, column) = locate(text, &p.path)
+                    .map(|offset| line_col(text, offset))
+                    .unwrap_or((0, 0));
+                FlowError {
+                    file: file.to_string(),
+                    line,
+                    column,
+                    field: path_text(&p.path),
+                    message: p.message,
+                }
+            })),
+        }
+    }
+    errors.sort_by_key(|e| (e.line == 0, e.line, e.column));
+    errors.dedup();
+    Err(errors)
+}
+
+/// The capture names of a step that did not deserialize, so later steps
+/// using them are not reported too.
+fn capture_names(item: &toml::Spanned<toml::de::DeValue>) -> Vec<String> {
+    item.get_ref()
+        .as_table()
+        .and_then(|t| {
+            t.iter()
+                .find(|(k, _)| k.get_ref().as_ref() == "capture")
+                .and_then(|(_, v)| v.get_ref().as_table())
+        })
+        .map(|captures| {
+            captures
+                .iter()
+                .map(|(k, _)| k.get_ref().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Every `*.toml` flow of a project folder (not `channels.toml`), sorted by
-/// file name; each file that fails to parse is reported, the rest still load.
+/// file name; every problem of each file that fails to parse is reported,
+/// the rest still load.
 pub fn load_dir(dir: &Path) -> (Vec<Flow>, Vec<FlowError>) {
     let mut flows = Vec::new();
     let mut errors = Vec::new();
@@ -451,9 +526,9 @@ pub fn load_dir(dir: &Path) -> (Vec<Flow>, Vec<FlowError>) {
     };
     paths.sort();
     for path in paths {
-        match load(&path) {
+        match load_all_errors(&path) {
             Ok(flow) => flows.push(flow),
-            Err(e) => errors.push(e),
+            Err(e) => errors.extend(e),
         }
     }
     (flows, errors)
@@ -472,13 +547,38 @@ fn duration(value: Option<&str>, default: Duration, path: Vec<Seg>) -> Result<Du
     }
 }
 
-fn build(id: &str, file: &str, text: &str, raw: FlowFile) -> Result<Flow, Problem> {
+/// The methods a step may use.
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// `r`'s value, or None with its problem noted.
+fn keep<T>(problems: &mut Vec<Problem>, r: Result<T, Problem>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(p) => {
+            problems.push(p);
+            None
+        }
+    }
+}
+
+/// A step as written: deserialized, or the capture names of one that
+/// did not deserialize (its problem is already reported).
+type RawStep = Result<StepFile, Vec<String>>;
+
+fn build(
+    id: &str,
+    file: &str,
+    text: &str,
+    raw: FlowFile,
+    raw_steps: Vec<RawStep>,
+) -> Result<Flow, Vec<Problem>> {
+    let mut problems = Vec::new();
     let problem = |path: Vec<Seg>, message: String| Problem { path, message };
     if raw.name.trim().is_empty() {
-        return Err(problem(vec![key("name")], "must not be empty".into()));
+        problems.push(problem(vec![key("name")], "must not be empty".into()));
     }
-    if raw.steps.is_empty() {
-        return Err(problem(
+    if raw_steps.is_empty() {
+        problems.push(problem(
             vec![key("steps")],
             "a flow needs at least one [[steps]] table".into(),
         ));
@@ -487,297 +587,138 @@ fn build(id: &str, file: &str, text: &str, raw: FlowFile) -> Result<Flow, Proble
         path: parse_path(&e.field),
         message: e.message,
     };
+    let scheduling = keep(
+        &mut problems,
+        Scheduling::new(
+            &raw.schedule,
+            &raw.retry,
+            &raw.thresholds,
+            &raw.locations,
+            &raw.maintenance,
+        )
+        .map_err(sched),
+    );
+    let timeout = keep(
+        &mut problems,
+        duration(
+            raw.timeout.as_deref(),
+            Duration::from_secs(120),
+            vec![key("timeout")],
+        ),
+    );
+
+    // A name is known even when its definition has a problem, so its uses
+    // are not reported as well.
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    let mut vars = BTreeMap::new();
+    for (name, value) in raw.vars {
+        known.insert(name.clone());
+        let path = vec![key("vars"), key(&name)];
+        let source = (|| {
+            check_name(&name, &path)?;
+            Ok(match value {
+                toml::Value::Table(t) if t.contains_key("env") => {
+                    let env = t.get("env").and_then(|v| v.as_str()).ok_or_else(|| {
+                        problem(
+                            path.clone(),
+                            "`env` must name an environment variable".into(),
+                        )
+                    })?;
+                    if let Some(k) = t.keys().find(|k| *k != "env" && *k != "default") {
+                        return Err(problem(
+                            path.clone(),
+                            format!("unknown key `{k}` (expected `env` and an optional `default`)"),
+                        ));
+                    }
+                    VarSource::Env {
+                        env: env.to_string(),
+                        default: t.get("default").map(toml_to_json),
+                    }
+                }
+                other => VarSource::Value(toml_to_json(&other)),
+            })
+        })();
+        if let Some(source) = keep(&mut problems, source) {
+            vars.insert(name, source);
+        }
+    }
+    let mut secrets = BTreeMap::new();
+    for (name, value) in raw.secrets {
+        let path = vec![key("secrets"), key(&name)];
+        let source = (|| {
+            check_name(&name, &path)?;
+            if known.contains(&name) {
+                return Err(problem(
+                    path.clone(),
+                    format!("`{name}` is also a variable"),
+                ));
+            }
+            match value.as_table() {
+                Some(t) if t.len() == 1 && t.get("env").is_some_and(|v| v.is_str()) => Ok(
+                    SecretSource::Env(t["env"].as_str().unwrap_or_default().to_string()),
+                ),
+                Some(t) if t.len() == 1 && t.get("secret").is_some_and(|v| v.is_str()) => Ok(
+                    SecretSource::Store(t["secret"].as_str().unwrap_or_default().to_string()),
+                ),
+                _ => Err(problem(
+                    path.clone(),
+                    "a secret is `{ env = \"NAME\" }` or `{ secret = \"name\" }`; its value never goes in the flow file".into(),
+                )),
+            }
+        })();
+        known.insert(name.clone());
+        if let Some(source) = keep(&mut problems, source) {
+            secrets.insert(name, source);
+        }
+    }
+
+    let defaults = raw.defaults;
+    let default_timeout = keep(
+        &mut problems,
+        duration(
+            defaults.timeout.as_deref(),
+            Duration::from_secs(30),
+            vec![key("defaults"), key("timeout")],
+        ),
+    )
+    .unwrap_or(Duration::from_secs(30));
+    let mut steps = Vec::with_capacity(raw_steps.len());
+    let mut step_names = BTreeSet::new();
+    for (i, s) in raw_steps.into_iter().enumerate() {
+        let s = match s {
+            Ok(s) => s,
+            Err(captures) => {
+                known.extend(captures);
+                continue;
+            }
+        };
+        let before = problems.len();
+        let step = build_step(
+            i,
+            &s,
+            &defaults,
+            default_timeout,
+            &known,
+            &mut step_names,
+            &mut problems,
+        );
+        // Later steps may use this step's captures whether or not it is valid.
+        known.extend(s.capture.keys().cloned());
+        if problems.len() == before {
+            steps.extend(step);
+        }
+    }
+
+    let (Some(scheduling), Some(timeout), true) = (scheduling, timeout, problems.is_empty()) else {
+        return Err(problems);
+    };
     let Scheduling {
         schedule,
         retry,
         thresholds,
         locations,
         maintenance,
-    } = Scheduling::new(
-        &raw.schedule,
-        &raw.retry,
-        &raw.thresholds,
-        &raw.locations,
-        &raw.maintenance,
-    )
-    .map_err(sched)?;
-    let timeout = duration(
-        raw.timeout.as_deref(),
-        Duration::from_secs(120),
-        vec![key("timeout")],
-    )?;
-
-    let mut known: BTreeSet<String> = BTreeSet::new();
-    let mut vars = BTreeMap::new();
-    for (name, value) in raw.vars {
-        let path = vec![key("vars"), key(&name)];
-        check_name(&name, &path)?;
-        let source = match value {
-            toml::Value::Table(t) if t.contains_key("env") => {
-                let env = t.get("env").and_then(|v| v.as_str()).ok_or_else(|| {
-                    problem(
-                        path.clone(),
-                        "`env` must name an environment variable".into(),
-                    )
-                })?;
-                if let Some(k) = t.keys().find(|k| *k != "env" && *k != "default") {
-                    return Err(problem(
-                        path,
-                        format!("unknown key `{k}` (expected `env` and an optional `default`)"),
-                    ));
-                }
-                VarSource::Env {
-                    env: env.to_string(),
-                    default: t.get("default").map(toml_to_json),
-                }
-            }
-            other => VarSource::Value(toml_to_json(&other)),
-        };
-        known.insert(name.clone());
-        vars.insert(name, source);
-    }
-    let mut secrets = BTreeMap::new();
-    for (name, value) in raw.secrets {
-        let path = vec![key("secrets"), key(&name)];
-        check_name(&name, &path)?;
-        if known.contains(&name) {
-            return Err(problem(path, format!("`{name}` is also a variable")));
-        }
-        let source = match value.as_table() {
-            Some(t) if t.len() == 1 && t.get("env").is_some_and(|v| v.is_str()) => {
-                SecretSource::Env(t["env"].as_str().unwrap_or_default().to_string())
-            }
-            Some(t) if t.len() == 1 && t.get("secret").is_some_and(|v| v.is_str()) => {
-                SecretSource::Store(t["secret"].as_str().unwrap_or_default().to_string())
-            }
-            _ => {
-                return Err(problem(
-                    path,
-                    "a secret is `{ env = \"NAME\" }` or `{ secret = \"name\" }`; its value never goes in the flow file".into(),
-                ));
-            }
-        };
-        known.insert(name.clone());
-        secrets.insert(name, source);
-    }
-
-    let defaults = raw.defaults;
-    let default_timeout = duration(
-        defaults.timeout.as_deref(),
-        Duration::from_secs(30),
-        vec![key("defaults"), key("timeout")],
-    )?;
-    let mut steps = Vec::with_capacity(raw.steps.len());
-    let mut step_names = BTreeSet::new();
-    for (i, s) in raw.steps.into_iter().enumerate() {
-        let at = |k: &str| vec![key("steps"), Seg::Index(i), key(k)];
-        if s.name.trim().is_empty() {
-            return Err(problem(at("name"), "must not be empty".into()));
-        }
-        if !step_names.insert(s.name.clone()) {
-            return Err(problem(
-                at("name"),
-                format!("two steps are named {:?}", s.name),
-            ));
-        }
-        let kind = match s.kind.as_deref() {
-            None | Some("http") => StepKind::Http,
-            Some("encrypted_form") => StepKind::EncryptedForm,
-            Some("wait_until") => StepKind::WaitUntil,
-            Some(other) => {
-                return Err(problem(
-                    at("kind"),
-                    format!(
-                        "unknown step kind {other:?} (expected http, encrypted_form or wait_until)"
-                    ),
-                ));
-            }
-        };
-        let method_text = s.method.clone().unwrap_or_else(|| {
-            if kind == StepKind::EncryptedForm {
-                "POST"
-            } else {
-                "GET"
-            }
-            .to_string()
-        });
-        let method = reqwest::Method::from_bytes(method_text.to_ascii_uppercase().as_bytes())
-            .map_err(|_| {
-                problem(
-                    at("method"),
-                    format!("{method_text:?} is not an HTTP method"),
-                )
-            })?;
-        if s.url.is_none() && kind != StepKind::EncryptedForm {
-            return Err(problem(at("url"), "a step needs a `url`".into()));
-        }
-        let bodies = [
-            s.json.is_some(),
-            s.body.is_some(),
-            s.form.is_some() && kind != StepKind::EncryptedForm,
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if bodies > 1 {
-            return Err(problem(
-                at("json"),
-                "give at most one of `json`, `form` and `body`".into(),
-            ));
-        }
-        let (body, form) = match kind {
-            StepKind::EncryptedForm => {
-                if s.json.is_some() || s.body.is_some() {
-                    return Err(problem(
-                        at("json"),
-                        "an encrypted_form step sends its `form` (the form answer); `json` and `body` don't apply".into(),
-                    ));
-                }
-                let form = s.form.as_ref().map(toml_to_json).ok_or_else(|| {
-                    problem(
-                        at("form"),
-                        "an encrypted_form step needs the `form` answer to encrypt".into(),
-                    )
-                })?;
-                (Body::None, Some(form))
-            }
-            _ => {
-                let body = if let Some(j) = &s.json {
-                    Body::Json(toml_to_json(j))
-                } else if let Some(f) = &s.form {
-                    let table = f.as_table().ok_or_else(|| {
-                        problem(at("form"), "`form` is a table of field = \"value\"".into())
-                    })?;
-                    let mut fields = Vec::new();
-                    for (k, v) in table {
-                        let v = match v {
-                            toml::Value::String(s) => s.clone(),
-                            toml::Value::Integer(_)
-                            | toml::Value::Float(_)
-                            | toml::Value::Boolean(_) => v.to_string(),
-                            _ => {
-                                return Err(problem(
-                                    vec![key("steps"), Seg::Index(i), key("form"), key(k)],
-                                    "form fields are strings, numbers or booleans".into(),
-                                ));
-                            }
-                        };
-                        fields.push((k.clone(), v));
-                    }
-                    Body::Form(fields)
-                } else if let Some(b) = &s.body {
-                    Body::Text(b.clone())
-                } else {
-                    Body::None
-                };
-                (body, None)
-            }
-        };
-        if kind != StepKind::EncryptedForm && s.key.is_some() {
-            return Err(problem(
-                at("key"),
-                "`key` only applies to encrypted_form steps".into(),
-            ));
-        }
-        if kind != StepKind::WaitUntil
-            && (!s.until.is_empty() || s.interval.is_some() || s.deadline.is_some())
-        {
-            return Err(problem(
-                at("until"),
-                "`until`, `interval` and `deadline` only apply to wait_until steps".into(),
-            ));
-        }
-        if kind == StepKind::WaitUntil && s.until.is_empty() {
-            return Err(problem(
-                at("until"),
-                "a wait_until step needs `until` conditions".into(),
-            ));
-        }
-
-        // Headers: the defaults, then the step's own (same name replaces).
-        let mut headers: Vec<(String, String)> = defaults
-            .headers
-            .iter()
-            .filter(|(k, _)| !s.headers.keys().any(|h| h.eq_ignore_ascii_case(k)))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        headers.extend(s.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-        for (name, _) in &headers {
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(problem(
-                    vec![key("steps"), Seg::Index(i), key("headers"), key(name)],
-                    format!("{name:?} is not a valid header name"),
-                ));
-            }
-        }
-        let query: Vec<(String, String)> = s.query.clone().into_iter().collect();
-
-        let mut captures = Vec::new();
-        for (name, def) in &s.capture {
-            let path = vec![key("steps"), Seg::Index(i), key("capture"), key(name)];
-            check_name(name, &path)?;
-            captures.push(parse_capture(name, def).map_err(|m| problem(path, m))?);
-        }
-        let asserts = parse_asserts(&s.assert).map_err(|(j, m)| {
-            problem(
-                vec![key("steps"), Seg::Index(i), key("assert"), Seg::Index(j)],
-                m,
-            )
-        })?;
-        let until = parse_asserts(&s.until).map_err(|(j, m)| {
-            problem(
-                vec![key("steps"), Seg::Index(i), key("until"), Seg::Index(j)],
-                m,
-            )
-        })?;
-        let step = Step {
-            name: s.name.clone(),
-            kind,
-            method,
-            url: s.url.clone(),
-            headers,
-            query,
-            body,
-            form,
-            key: s.key.clone(),
-            captures,
-            asserts,
-            until,
-            interval: duration(
-                s.interval.as_deref(),
-                Duration::from_secs(1),
-                at("interval"),
-            )?,
-            deadline: duration(
-                s.deadline.as_deref(),
-                Duration::from_secs(30),
-                at("deadline"),
-            )?,
-            timeout: duration(s.timeout.as_deref(), default_timeout, at("timeout"))?,
-            degraded_ms: s.degraded_ms.or(defaults.degraded_ms),
-            max_ms: s.max_ms.or(defaults.max_ms),
-            always_run: s.always_run,
-            follow_redirects: s
-                .follow_redirects
-                .or(defaults.follow_redirects)
-                .unwrap_or(true),
-        };
-        if let (Some(d), Some(m)) = (step.degraded_ms, step.max_ms)
-            && d > m
-        {
-            return Err(problem(
-                at("degraded_ms"),
-                format!("degraded_ms ({d}) is above max_ms ({m})"),
-            ));
-        }
-        // Every name a template uses must exist by the time the step runs.
-        check_templates(&step, &known, i, &s)?;
-        for c in &step.captures {
-            known.insert(c.name.clone());
-        }
-        steps.push(step);
-    }
-
+    } = scheduling;
     Ok(Flow {
         id: id.to_string(),
         file: file.to_string(),
@@ -800,6 +741,241 @@ fn build(id: &str, file: &str, text: &str, raw: FlowFile) -> Result<Flow, Proble
     })
 }
 
+/// One step, every problem of it noted in `problems` (the step is only
+/// meaningful when none was).
+fn build_step(
+    i: usize,
+    s: &StepFile,
+    defaults: &Defaults,
+    default_timeout: Duration,
+    known: &BTreeSet<String>,
+    step_names: &mut BTreeSet<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<Step> {
+    let at = |k: &str| vec![key("steps"), Seg::Index(i), key(k)];
+    let mut problem = |path: Vec<Seg>, message: String| problems.push(Problem { path, message });
+    if s.name.trim().is_empty() {
+        problem(at("name"), "must not be empty".into());
+    }
+    if !step_names.insert(s.name.clone()) {
+        problem(at("name"), format!("two steps are named {:?}", s.name));
+    }
+    let kind = match s.kind.as_deref() {
+        None | Some("http") => StepKind::Http,
+        Some("encrypted_form") => StepKind::EncryptedForm,
+        Some("wait_until") => StepKind::WaitUntil,
+        Some(other) => {
+            // The rest of the step's rules depend on its kind.
+            problem(
+                at("kind"),
+                format!(
+                    "unknown step kind {other:?} (expected http, encrypted_form or wait_until)"
+                ),
+            );
+            return None;
+        }
+    };
+    let method_text = s.method.clone().unwrap_or_else(|| {
+        if kind == StepKind::EncryptedForm {
+            "POST"
+        } else {
+            "GET"
+        }
+        .to_string()
+    });
+    // Only the methods an HTTP API answers: a typo such as "PSOT" is a
+    // valid extension method to HTTP, but never what the author meant.
+    let upper = method_text.to_ascii_uppercase();
+    let method = if METHODS.contains(&upper.as_str()) {
+        reqwest::Method::from_bytes(upper.as_bytes()).unwrap_or(reqwest::Method::GET)
+    } else {
+        problem(
+            at("method"),
+            format!(
+                "{method_text:?} is not an HTTP method (expected one of {})",
+                METHODS.join(", ")
+            ),
+        );
+        reqwest::Method::GET
+    };
+    if s.url.is_none() && kind != StepKind::EncryptedForm {
+        problem(at("url"), "a step needs a `url`".into());
+    }
+    let bodies = [
+        s.json.is_some(),
+        s.body.is_some(),
+        s.form.is_some() && kind != StepKind::EncryptedForm,
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if bodies > 1 {
+        problem(
+            at("json"),
+            "give at most one of `json`, `form` and `body`".into(),
+        );
+    }
+    let (body, form) = match kind {
+        StepKind::EncryptedForm => {
+            if s.json.is_some() || s.body.is_some() {
+                problem(
+                    at("json"),
+                    "an encrypted_form step sends its `form` (the form answer); `json` and `body` don't apply".into(),
+                );
+            }
+            let form = s.form.as_ref().map(toml_to_json);
+            if form.is_none() {
+                problem(
+                    at("form"),
+                    "an encrypted_form step needs the `form` answer to encrypt".into(),
+                );
+            }
+            (Body::None, form)
+        }
+        _ => {
+            let body = if let Some(j) = &s.json {
+                Body::Json(toml_to_json(j))
+            } else if let Some(f) = &s.form {
+                match f.as_table() {
+                    None => {
+                        problem(at("form"), "`form` is a table of field = \"value\"".into());
+                        Body::None
+                    }
+                    Some(table) => {
+                        let mut fields = Vec::new();
+                        for (k, v) in table {
+                            match v {
+                                toml::Value::String(s) => fields.push((k.clone(), s.clone())),
+                                toml::Value::Integer(_)
+                                | toml::Value::Float(_)
+                                | toml::Value::Boolean(_) => {
+                                    fields.push((k.clone(), v.to_string()))
+                                }
+                                _ => problem(
+                                    vec![key("steps"), Seg::Index(i), key("form"), key(k)],
+                                    "form fields are strings, numbers or booleans".into(),
+                                ),
+                            }
+                        }
+                        Body::Form(fields)
+                    }
+                }
+            } else if let Some(b) = &s.body {
+                Body::Text(b.clone())
+            } else {
+                Body::None
+            };
+            (body, None)
+        }
+    };
+    if kind != StepKind::EncryptedForm && s.key.is_some() {
+        problem(
+            at("key"),
+            "`key` only applies to encrypted_form steps".into(),
+        );
+    }
+    if kind != StepKind::WaitUntil
+        && (!s.until.is_empty() || s.interval.is_some() || s.deadline.is_some())
+    {
+        problem(
+            at("until"),
+            "`until`, `interval` and `deadline` only apply to wait_until steps".into(),
+        );
+    }
+    if kind == StepKind::WaitUntil && s.until.is_empty() {
+        problem(
+            at("until"),
+            "a wait_until step needs `until` conditions".into(),
+        );
+    }
+
+    // Headers: the defaults, then the step's own (same name replaces).
+    let mut headers: Vec<(String, String)> = defaults
+        .headers
+        .iter()
+        .filter(|(k, _)| !s.headers.keys().any(|h| h.eq_ignore_ascii_case(k)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    headers.extend(s.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (name, _) in &headers {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problem(
+                vec![key("steps"), Seg::Index(i), key("headers"), key(name)],
+                format!("{name:?} is not a valid header name"),
+            );
+        }
+    }
+    let query: Vec<(String, String)> = s.query.clone().into_iter().collect();
+
+    let mut captures = Vec::new();
+    for (name, def) in &s.capture {
+        let path = vec![key("steps"), Seg::Index(i), key("capture"), key(name)];
+        if let Err(p) = check_name(name, &path) {
+            problem(p.path, p.message);
+            continue;
+        }
+        match parse_capture(name, def) {
+            Ok(c) => captures.push(c),
+            Err(m) => problem(path, m),
+        }
+    }
+    let mut asserts_of = |which: &str, tables: &[toml::Table]| {
+        let (ok, bad) = parse_asserts(tables);
+        for (j, m) in bad {
+            problem(
+                vec![key("steps"), Seg::Index(i), key(which), Seg::Index(j)],
+                m,
+            );
+        }
+        ok
+    };
+    let asserts = asserts_of("assert", &s.assert);
+    let until = asserts_of("until", &s.until);
+    let mut duration_at = |value: Option<&str>, default: Duration, field: &str| {
+        duration(value, default, at(field)).unwrap_or_else(|p| {
+            problem(p.path, p.message);
+            default
+        })
+    };
+    let interval = duration_at(s.interval.as_deref(), Duration::from_secs(1), "interval");
+    let deadline = duration_at(s.deadline.as_deref(), Duration::from_secs(30), "deadline");
+    let timeout = duration_at(s.timeout.as_deref(), default_timeout, "timeout");
+    let step = Step {
+        name: s.name.clone(),
+        kind,
+        method,
+        url: s.url.clone(),
+        headers,
+        query,
+        body,
+        form,
+        key: s.key.clone(),
+        captures,
+        asserts,
+        until,
+        interval,
+        deadline,
+        timeout,
+        degraded_ms: s.degraded_ms.or(defaults.degraded_ms),
+        max_ms: s.max_ms.or(defaults.max_ms),
+        always_run: s.always_run,
+        follow_redirects: s
+            .follow_redirects
+            .or(defaults.follow_redirects)
+            .unwrap_or(true),
+    };
+    if let (Some(d), Some(m)) = (step.degraded_ms, step.max_ms)
+        && d > m
+    {
+        problem(
+            at("degraded_ms"),
+            format!("degraded_ms ({d}) is above max_ms ({m})"),
+        );
+    }
+    // Every name a template uses must exist by the time the step runs.
+    check_templates(&step, known, i, s, problems);
+    Some(step)
+}
 fn check_name(name: &str, path: &[Seg]) -> Result<(), Problem> {
     let ok = !name.is_empty()
         && name
@@ -820,7 +996,8 @@ fn check_templates(
     known: &BTreeSet<String>,
     i: usize,
     raw: &StepFile,
-) -> Result<(), Problem> {
+    problems: &mut Vec<Problem>,
+) {
     type Names = Result<Vec<String>, template::TemplateError>;
     let mut used: Vec<(Vec<Seg>, Names)> = Vec::new();
     let at = |k: &str| vec![key("steps"), Seg::Index(i), key(k)];
@@ -883,12 +1060,18 @@ fn check_templates(
         }
     }
     for (path, names) in used {
-        let names = names.map_err(|e| Problem {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let names = match names {
+            Ok(names) => names,
+            Err(e) => {
+                problems.push(Problem {
+                    path,
+                    message: e.to_string(),
+                });
+                continue;
+            }
+        };
         if let Some(missing) = names.iter().find(|n| !known.contains(n.as_str())) {
-            return Err(Problem {
+            problems.push(Problem {
                 path,
                 message: format!(
                     "`{{{{ {missing} }}}}` is not a variable, a secret, or a value captured by an earlier step"
@@ -896,7 +1079,6 @@ fn check_templates(
             });
         }
     }
-    Ok(())
 }
 
 fn parse_jsonpath(text: &str) -> Result<JsonPath, String> {
@@ -958,12 +1140,17 @@ fn parse_capture(name: &str, def: &toml::Value) -> Result<Capture, String> {
     })
 }
 
-fn parse_asserts(tables: &[toml::Table]) -> Result<Vec<Assert>, (usize, String)> {
-    tables
-        .iter()
-        .enumerate()
-        .map(|(j, t)| parse_assert(t).map_err(|m| (j, m)))
-        .collect()
+/// The asserts that parse, and the problem of each that does not.
+fn parse_asserts(tables: &[toml::Table]) -> (Vec<Assert>, Vec<(usize, String)>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for (j, t) in tables.iter().enumerate() {
+        match parse_assert(t) {
+            Ok(a) => ok.push(a),
+            Err(m) => bad.push((j, m)),
+        }
+    }
+    (ok, bad)
 }
 
 const PREDICATES: &[&str] = &[
@@ -1289,6 +1476,93 @@ max_ms = 20
         assert_eq!(e.field, "steps[0].kind", "{e}");
         let e = err(&OK.replace("degraded_ms = 10", "degraded_ms = 30"));
         assert!(e.message.contains("above max_ms"), "{e}");
+    }
+
+    fn all(text: &str) -> Vec<FlowError> {
+        parse_all_errors("x", "x.toml", text).unwrap_err()
+    }
+
+    #[test]
+    fn methods_are_the_usual_ones_in_any_case() {
+        for (written, method) in [
+            ("get", reqwest::Method::GET),
+            ("Head", reqwest::Method::HEAD),
+            ("POST", reqwest::Method::POST),
+            ("patch", reqwest::Method::PATCH),
+            ("delete", reqwest::Method::DELETE),
+            ("OPTIONS", reqwest::Method::OPTIONS),
+        ] {
+            let flow = parse(
+                "x",
+                "x.toml",
+                &OK.replace("\"put\"", &format!("{written:?}")),
+            )
+            .unwrap();
+            assert_eq!(flow.steps[0].method, method);
+        }
+        for bad in ["PSOT", "TRACE", "CONNECT", "FETCH", "G ET"] {
+            let text = OK.replace("\"put\"", &format!("{bad:?}"));
+            let e = err(&text);
+            assert_eq!(e.field, "steps[0].method", "{e}");
+            assert!(
+                e.message.contains("is not an HTTP method") && e.message.contains("PATCH"),
+                "{e}"
+            );
+            let line = text.lines().position(|l| l.starts_with("method")).unwrap() + 1;
+            assert_eq!((e.file.as_str(), e.line), ("x.toml", line), "{e}");
+        }
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported() {
+        let text = OK
+            .replace("method = \"put\"", "method = \"PSOT\"")
+            .replace("\"$.data.id\", exists", "\"$.data[\", exists")
+            .replace("degraded_ms = 10", "degraded_ms = 30\nmethod = \"FETCH\"")
+            + "\n[[steps]]\nname = \"third\"\nurl = \"{{ nope }}\"\ncolour = 1\n\n[[steps]]\nname = \"fourth\"\nurl = \"{{ missing }}/{{ sid }}\"\n";
+        let errors = all(&text);
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "steps[0].method",
+                "steps[0].assert[1]",
+                "steps[1].degraded_ms",
+                "steps[1].method",
+                "steps[2].colour",
+                "steps[3].url",
+            ],
+            "{errors:#?}"
+        );
+        // In file order, each at its own line.
+        let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+        assert!(lines.windows(2).all(|w| w[0] < w[1]), "{errors:#?}");
+        assert!(errors[5].message.contains("missing"), "{errors:#?}");
+        // The first is what `parse` reports.
+        assert_eq!(err(&text), errors[0]);
+    }
+
+    #[test]
+    fn sections_report_their_problems_side_by_side() {
+        let text = OK
+            .replace("name = \"demo\"", "name = \"demo\"\ntimeout = \"soon\"")
+            .replace(
+                "base = \"http://127.0.0.1:1\"",
+                "base = \"http://127.0.0.1:1\"\n\"b a d\" = 1",
+            )
+            .replace("token = { env = \"DEMO_TOKEN\" }", "token = \"hunter2\"");
+        let errors = all(&text);
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["timeout", "vars.b a d", "secrets.token"],
+            "{errors:#?}"
+        );
+        // A secret with a problem is still known: its uses are not errors too.
+        assert!(
+            !errors.iter().any(|e| e.message.contains("token }}")),
+            "{errors:#?}"
+        );
     }
 
     #[test]
