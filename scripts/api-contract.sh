@@ -52,7 +52,7 @@ export BANKBRIDGE_LOG=warn
 # The simulated banks and BankID.
 sb_port="$(free_port)"
 bankid_port="$(free_port)"
-"$BIN" sandbox --listen "127.0.0.1:$sb_port" --bankid-port "$bankid_port" --db "$work/sandbox.db" \
+"$BIN" sandbox --listen "127.0.0.1:$sb_port" --bankid-port "$bankid_port" \
     --transactions 60 --years 1 >"$work/sandbox.log" 2>&1 &
 pids+=($!)
 sandbox="http://127.0.0.1:$sb_port"

@@ -20,9 +20,6 @@ use config::Config;
 Data lives in $BANKBRIDGE_HOME (default ~/.local/share/bankbridge)."
 )]
 struct Cli {
-    /// Database: a SQLite file path or a postgres:// URL.
-    #[arg(long, global = true, env = "BANKBRIDGE_DB", hide_env_values = true)]
-    db: Option<String>,
     /// Log as JSON lines (for log collectors) instead of human text.
     #[arg(long, global = true)]
     log_json: bool,
@@ -86,9 +83,53 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
 }
 
+/// Commands that never open the database: their help shows no `--db`.
+const WITHOUT_DATABASE: [&str; 4] = ["bankid", "sandbox", "demo", "bench"];
+
+/// The command line: `--db` is added to (and shared down from) every
+/// command that opens the database, and only to those.
+fn command_line() -> clap::Command {
+    use clap::CommandFactory;
+    let names: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .filter(|n| !WITHOUT_DATABASE.contains(&n.as_str()))
+        .collect();
+    names.into_iter().fold(Cli::command(), |cmd, name| {
+        cmd.mut_subcommand(name, |c| {
+            c.arg(
+                clap::Arg::new("db")
+                    .long("db")
+                    .env("BANKBRIDGE_DB")
+                    .hide_env_values(true)
+                    .global(true)
+                    .value_name("DB")
+                    .help("Database: a SQLite file path or a postgres:// URL"),
+            )
+        })
+    })
+}
+
+/// `--db` (or `BANKBRIDGE_DB`) wherever on the command line it was given.
+fn database_arg(matches: &clap::ArgMatches) -> Option<String> {
+    let mut m = matches;
+    loop {
+        if let Ok(Some(db)) = m.try_get_one::<String>("db") {
+            return Some(db.clone());
+        }
+        m = m.subcommand()?.1;
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let config = match Config::load(cli.db.as_deref()) {
+    use clap::FromArgMatches;
+    let matches = command_line().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let db = database_arg(&matches);
+    let config = match Config::load(db.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -148,5 +189,59 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Categorize(args) => cmd::categorize::run(&config, args).await,
         Command::Check(c) => cmd::check::run(&config, c).await,
         Command::Bench(args) => cmd::bench::run(args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command with its path, depth first.
+    fn all(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        for sub in cmd.get_subcommands() {
+            let p = format!("{path} {}", sub.get_name());
+            out.push((p.clone(), sub.clone()));
+            all(sub, p, out);
+        }
+    }
+
+    #[test]
+    fn every_argument_is_described_and_db_only_where_used() {
+        let mut cmd = command_line();
+        cmd.build();
+        let mut commands = Vec::new();
+        all(&cmd, "bankbridge".into(), &mut commands);
+        assert!(commands.len() > 40, "{}", commands.len());
+        let mut undescribed = Vec::new();
+        for (path, c) in commands
+            .iter()
+            .filter(|(p, _)| !p.split(' ').any(|w| w == "help"))
+        {
+            for arg in c.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().or(arg.get_long_help()).is_none() {
+                    undescribed.push(format!("`{path}` {id}"));
+                }
+                // An unset variable is not shown as `[env: NAME=]`.
+                if arg.get_env().is_some() {
+                    assert!(arg.is_hide_env_values_set(), "`{path}`: --{id}");
+                }
+            }
+            let top = path.split(' ').nth(1).unwrap_or("");
+            let has_db = c.get_arguments().any(|a| a.get_id() == "db");
+            assert_eq!(
+                has_db,
+                !WITHOUT_DATABASE.contains(&top),
+                "`{path}`: --db where it is not used, or missing"
+            );
+        }
+        assert!(
+            undescribed.is_empty(),
+            "arguments without a description:\n{}",
+            undescribed.join("\n")
+        );
     }
 }

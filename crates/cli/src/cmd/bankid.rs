@@ -22,10 +22,10 @@ pub struct Connection {
     /// Use the simulated BankID of a running `bankbridge sandbox` (its base
     /// URL, e.g. http://127.0.0.1:9000): the RP API address and certificates
     /// are read from its `/_sandbox/bankid/info`.
-    #[arg(long, env = "BANKBRIDGE_SANDBOX_URL")]
+    #[arg(long, env = "BANKBRIDGE_SANDBOX_URL", hide_env_values = true)]
     pub(crate) sandbox: Option<String>,
     /// RP API base URL (ends with /rp/v6.0/); or --test / --production.
-    #[arg(long, env = "BANKBRIDGE_BANKID_URL", conflicts_with_all = ["test", "production"])]
+    #[arg(long, env = "BANKBRIDGE_BANKID_URL", hide_env_values = true, conflicts_with_all = ["test", "production"])]
     pub(crate) url: Option<url::Url>,
     /// BankID's test service (appapi2.test.bankid.com).
     #[arg(long, conflicts_with = "production")]
@@ -34,17 +34,27 @@ pub struct Connection {
     #[arg(long)]
     pub(crate) production: bool,
     /// RP certificate (PEM, with its chain).
-    #[arg(long, env = "BANKBRIDGE_BANKID_CERT", requires = "key")]
+    #[arg(
+        long,
+        env = "BANKBRIDGE_BANKID_CERT",
+        hide_env_values = true,
+        requires = "key"
+    )]
     pub(crate) cert: Option<PathBuf>,
     /// RP private key (PEM).
-    #[arg(long, env = "BANKBRIDGE_BANKID_KEY")]
+    #[arg(long, env = "BANKBRIDGE_BANKID_KEY", hide_env_values = true)]
     pub(crate) key: Option<PathBuf>,
     /// RP certificate and key as PKCS#12; its password from
     /// BANKBRIDGE_BANKID_P12_PASSWORD.
-    #[arg(long, env = "BANKBRIDGE_BANKID_P12", conflicts_with = "cert")]
+    #[arg(
+        long,
+        env = "BANKBRIDGE_BANKID_P12",
+        hide_env_values = true,
+        conflicts_with = "cert"
+    )]
     pub(crate) p12: Option<PathBuf>,
     /// The server CA to pin (PEM).
-    #[arg(long, env = "BANKBRIDGE_BANKID_CA")]
+    #[arg(long, env = "BANKBRIDGE_BANKID_CA", hide_env_values = true)]
     pub(crate) ca: Option<PathBuf>,
 }
 
@@ -193,6 +203,7 @@ pub enum BankIdCommand {
     PhoneSign {
         #[command(flatten)]
         phone: PhoneArgs,
+        /// What the user sees and signs.
         #[arg(long)]
         text: String,
     },
@@ -201,6 +212,7 @@ pub enum BankIdCommand {
         after_help = "Example: bankbridge bankid collect 131daac9-16c6-4618-beb0-365768f37288 --sandbox http://127.0.0.1:9000"
     )]
     Collect {
+        /// The order's orderRef, as its start printed it.
         order_ref: String,
         #[command(flatten)]
         conn: Connection,
@@ -210,6 +222,7 @@ pub enum BankIdCommand {
         after_help = "Example: bankbridge bankid cancel 131daac9-16c6-4618-beb0-365768f37288 --sandbox http://127.0.0.1:9000"
     )]
     Cancel {
+        /// The order's orderRef, as its start printed it.
         order_ref: String,
         #[command(flatten)]
         conn: Connection,
@@ -223,13 +236,16 @@ pub enum BankIdCommand {
 pub struct PhoneArgs {
     #[command(flatten)]
     conn: Connection,
+    /// The person on the phone (12 digits, YYYYMMDDNNNN).
     #[arg(long)]
     personal_number: String,
     /// Who called: `user` (they called you) or `RP` (you called them).
     #[arg(long)]
     call_initiator: String,
+    /// Give up (and cancel the order) after this many seconds.
     #[arg(long)]
     deadline: Option<u64>,
+    /// Seconds between collects (at least 1).
     #[arg(long, default_value_t = 2)]
     poll: u64,
 }
@@ -241,8 +257,10 @@ pub enum UserCommand {
         after_help = "Example: bankbridge bankid user scan 'bankid.67df…' --sandbox http://127.0.0.1:9000"
     )]
     Scan {
+        /// The QR code's text (`bankid.…`), as `bankid auth` prints it.
         qr_data: String,
-        #[arg(long, env = "BANKBRIDGE_SANDBOX_URL")]
+        /// The running sandbox's base URL.
+        #[arg(long, env = "BANKBRIDGE_SANDBOX_URL", hide_env_values = true)]
         sandbox: String,
     },
     /// Approve an order as this person.
@@ -250,10 +268,13 @@ pub enum UserCommand {
         after_help = "Example: bankbridge bankid user approve ORDER_REF --personal-number 199001011239 --sandbox http://127.0.0.1:9000"
     )]
     Approve {
+        /// The order's orderRef.
         order_ref: String,
+        /// Who approves (12 digits, YYYYMMDDNNNN).
         #[arg(long)]
         personal_number: String,
-        #[arg(long, env = "BANKBRIDGE_SANDBOX_URL")]
+        /// The running sandbox's base URL.
+        #[arg(long, env = "BANKBRIDGE_SANDBOX_URL", hide_env_values = true)]
         sandbox: String,
     },
     /// Decline an order (the user presses Cancel).
@@ -261,8 +282,10 @@ pub enum UserCommand {
         after_help = "Example: bankbridge bankid user decline ORDER_REF --sandbox http://127.0.0.1:9000"
     )]
     Decline {
+        /// The order's orderRef.
         order_ref: String,
-        #[arg(long, env = "BANKBRIDGE_SANDBOX_URL")]
+        /// The running sandbox's base URL.
+        #[arg(long, env = "BANKBRIDGE_SANDBOX_URL", hide_env_values = true)]
         sandbox: String,
     },
 }

@@ -22,6 +22,7 @@ pub enum CardCommand {
     /// List the card readers pcscd sees, and whether a card is in each.
     #[command(after_help = "Example: bankbridge card readers --json")]
     Readers {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -38,6 +39,7 @@ pub enum CardCommand {
         after_help = "Example: bankbridge card m2 1000 123456 --reader \"Virtual PCD 00 00\" --json"
     )]
     M2 {
+        /// The numbers the bank shows (amount, account digits, …), in its order.
         #[arg(required = true)]
         numbers: Vec<String>,
         #[command(flatten)]

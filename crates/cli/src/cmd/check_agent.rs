@@ -20,7 +20,7 @@ pub struct AgentArgs {
     /// The bankbridge server: https, or http to this machine
     /// (e.g. http://127.0.0.1:8080); the token and the jobs' secrets travel
     /// over it.
-    #[arg(long, env = "BANKBRIDGE_SERVER")]
+    #[arg(long, env = "BANKBRIDGE_SERVER", hide_env_values = true)]
     pub server: String,
     /// An API token with the agent scope (`bankbridge token create --scope agent`);
     /// jobs carry the flows' stored secrets, so read and write tokens are refused.

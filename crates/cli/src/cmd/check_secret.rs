@@ -24,11 +24,15 @@ pub enum SecretCommand {
     },
     /// List the stored secrets' names (never their values).
     List {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Delete a secret.
-    Delete { name: String },
+    Delete {
+        /// The secret's name.
+        name: String,
+    },
 }
 
 pub async fn run(config: &Config, command: SecretCommand) -> Result<ExitCode> {

@@ -17,6 +17,7 @@ pub enum ConnectionCommand {
     Add(AddArgs),
     /// List connections (never shows credentials).
     List {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -42,6 +43,7 @@ pub enum ConnectionCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct AddArgs {
+    /// A name to refer to it by (letters, digits, `-`, `_`, `.`).
     #[arg(long)]
     pub name: String,
     /// Which bank API: fibank, keypad.
@@ -50,6 +52,7 @@ pub struct AddArgs {
     /// The bank's base URL (e.g. https://my.fibank.bg, or a sandbox URL).
     #[arg(long)]
     pub base_url: String,
+    /// Your login at the bank (for keypad: the customer number).
     #[arg(long)]
     pub username: String,
     /// Read the password from standard input (first line) instead of a prompt.
@@ -79,8 +82,10 @@ pub struct AddArgs {
 pub struct UpdateArgs {
     /// Name or id.
     pub connection: String,
+    /// The bank's new base URL (needs the password too).
     #[arg(long)]
     pub base_url: Option<String>,
+    /// The new login at the bank (needs the password too).
     #[arg(long)]
     pub username: Option<String>,
     /// Read the new password or PIN from standard input (first line).
@@ -89,8 +94,10 @@ pub struct UpdateArgs {
     /// Ask for the new password or PIN at the terminal.
     #[arg(long, conflicts_with = "password_stdin")]
     pub password: bool,
+    /// Days per request (capped by the bank's own limit).
     #[arg(long)]
     pub window_days: Option<u32>,
+    /// Days each incremental sync re-reads before the last synced day.
     #[arg(long)]
     pub overlap_days: Option<u32>,
     /// Oldest day to fetch (YYYY-MM-DD).

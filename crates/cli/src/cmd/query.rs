@@ -29,8 +29,10 @@ pub struct Filters {
     /// pending, booked or void.
     #[arg(long, value_parser = ["pending", "booked", "void"])]
     pub status: Option<String>,
+    /// Smallest amount (debits are negative: --min-amount -100).
     #[arg(long, value_parser = Decimal::from_str, allow_hyphen_values = true)]
     pub min_amount: Option<Decimal>,
+    /// Largest amount (--max-amount 0: debits only).
     #[arg(long, value_parser = Decimal::from_str, allow_hyphen_values = true)]
     pub max_amount: Option<Decimal>,
     /// Only rows of this category (as set by `bankbridge categorize`).
@@ -139,6 +141,7 @@ pub async fn transactions(config: &Config, args: TransactionsArgs) -> Result<Exi
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
+    /// csv (a header row, amounts as money), json (one array) or ofx (OFX 2.2, for accounting tools).
     #[arg(long, value_parser = ["csv", "json", "ofx"])]
     pub format: String,
     /// Output file (default: standard output).

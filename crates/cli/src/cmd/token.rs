@@ -30,11 +30,15 @@ pub enum TokenCommand {
     },
     /// List tokens (never their secret).
     List {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Revoke a token by id or name.
-    Revoke { token: String },
+    Revoke {
+        /// The token's id or name (as `token list` shows).
+        token: String,
+    },
 }
 
 pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {

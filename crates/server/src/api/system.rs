@@ -104,7 +104,8 @@ const RESOURCES: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-/// The resources this API has, with links. Needs scope `read`.
+/// The resources this server offers, with links (flow checks and the BankID
+/// gateway only when they are on). Needs scope `read`.
 #[utoipa::path(
     get,
     path = "/api/v1",
@@ -127,6 +128,13 @@ pub(crate) async fn index(
         openapi: format!("{origin}/api/v1/openapi.json"),
         resources: RESOURCES
             .iter()
+            // Only what this server runs: checks and the BankID gateway are
+            // switched on by `serve --checks` and `--bankid-*`.
+            .filter(|(name, ..)| match *name {
+                "checks" => state.checks.get().is_some(),
+                "bankid" => state.bankid.get().is_some(),
+                _ => true,
+            })
             .map(|&(name, path, scope, description)| Resource {
                 name,
                 href: format!("{origin}{path}"),
