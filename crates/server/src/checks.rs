@@ -9,7 +9,7 @@
 //! No HTTP here: `api::checks` exposes it. The pure rules (cadence, retries,
 //! quorum, thresholds, maintenance) live in `bankbridge_checks::schedule`.
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,7 +22,7 @@ use bankbridge_checks::runner::{RunOptions, RunReport, Runner, stored_secrets};
 use bankbridge_checks::schedule::{
     CheckState, Health, Outcome, Transition, in_maintenance, locations_for_round, round_verdict,
 };
-use bankbridge_store::{NewCheckRun, NewCheckStep, Store};
+use bankbridge_store::{CheckRunQuery, NewCheckRun, NewCheckStep, Store};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -226,6 +226,7 @@ impl ChecksService {
             }
         };
         self.reload(Some(&stored));
+        self.warn_of_unhealthy_checks().await;
         let mut last_reload = Instant::now();
         let mut last_prune: Option<Instant> = None;
         let mut last_certificates: Option<Instant> = None;
@@ -252,6 +253,55 @@ impl ChecksService {
         }
     }
 
+    /// Says once, at start, which checks the store found failing or
+    /// degraded: a restart must not make a standing failure silent until
+    /// its next change of health.
+    async fn warn_of_unhealthy_checks(&self) {
+        let unhealthy: Vec<(String, String, Health, DateTime<Utc>)> = self
+            .state()
+            .flows
+            .values()
+            .filter(|e| e.state.health != Health::Passing)
+            .map(|e| {
+                (
+                    e.flow.id.clone(),
+                    e.flow.name.clone(),
+                    e.state.health,
+                    e.state.since,
+                )
+            })
+            .collect();
+        for (id, name, health, since) in unhealthy {
+            // The newest run that did not pass says where and why.
+            let runs = self
+                .0
+                .store
+                .list_check_runs(&CheckRunQuery {
+                    check_id: Some(id.clone()),
+                    limit: 20,
+                    ..CheckRunQuery::default()
+                })
+                .await
+                .unwrap_or_default();
+            let last_bad = runs.into_iter().find(|r| r.outcome != "passed");
+            let step = last_bad.as_ref().and_then(|r| r.failed_step.clone());
+            let error = last_bad
+                .as_ref()
+                .and_then(|r| r.error.as_deref())
+                .map(short_error);
+            tracing::warn!(
+                check = %id,
+                name = %name,
+                health = %health_word(health),
+                since = %since.to_rfc3339(),
+                step = %step.as_deref().unwrap_or("-"),
+                error = %error.as_deref().unwrap_or("-"),
+                "checks: {} at start",
+                health_word(health)
+            );
+        }
+    }
+
     /// Re-reads the folder when a file changed (name, size or mtime). Flows
     /// keep their health and cadence across reloads; an invalid file leaves
     /// the last good version of that flow running and is reported.
@@ -263,18 +313,12 @@ impl ChecksService {
         }
         let (flows, errors) = flow::load_dir(dir);
         let mut messages: Vec<String> = errors.iter().map(FlowError::to_string).collect();
-        let channels_path = dir.join(flow::CHANNELS_FILE);
-        let channels = match std::fs::read_to_string(&channels_path) {
-            Ok(text) => match bankbridge_checks::alerts::parse_channels(&text) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    messages.push(format!("{}: {e}", channels_path.display()));
-                    None
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Vec::new()),
-            Err(e) => {
-                messages.push(format!("{}: {e}", channels_path.display()));
+        // An invalid channels file keeps the last good channels (serve
+        // refuses to start on one, so there always were some).
+        let channels = match load_channels(dir) {
+            Ok(c) => Some(c),
+            Err(problems) => {
+                messages.extend(problems);
                 None
             }
         };
@@ -608,6 +652,7 @@ impl ChecksService {
                 &outcomes,
                 entry.flow.locations.failure_share,
             );
+            let before = entry.state.health;
             let transition = entry
                 .state
                 .observe(verdict.outcome, &entry.flow.thresholds, now);
@@ -642,6 +687,13 @@ impl ChecksService {
                     location: missing.clone(),
                     outcome: "no result".into(),
                 });
+            }
+            if transition.is_some() {
+                let (step, error) = match worst {
+                    Some((r, _)) => (r.failed_step.as_deref(), r.error.as_deref()),
+                    None => (None, None),
+                };
+                log_health_change(&entry.flow, before, entry.state.health, step, error);
             }
             let mut alerts = Vec::new();
             for name in &entry.flow.alerts {
@@ -831,6 +883,85 @@ impl ChecksService {
     }
 }
 
+/// The project's `channels.toml` (none is no channels). An invalid one is
+/// every problem of it, each as `FILE:LINE:COLUMN: message`.
+pub fn load_channels(dir: &Path) -> Result<Vec<ChannelConfig>, Vec<String>> {
+    let path = dir.join(flow::CHANNELS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(vec![format!("{}: {e}", path.display())]),
+    };
+    bankbridge_checks::alerts::read_channels(&text).map_err(|problems| {
+        problems
+            .iter()
+            .map(|p| match p.line {
+                0 => format!("{}: {}", path.display(), p.message()),
+                line => format!("{}:{line}:{}: {}", path.display(), p.column, p.message()),
+            })
+            .collect()
+    })
+}
+
+/// How loud a change of health is logged: any change to failing or
+/// degraded is a warning (someone should look), a recovery is news.
+pub fn health_change_level(before: Health, after: Health) -> tracing::Level {
+    match (before, after) {
+        (_, Health::Passing) => tracing::Level::INFO,
+        _ => tracing::Level::WARN,
+    }
+}
+
+fn health_word(health: Health) -> &'static str {
+    match health {
+        Health::Passing => "passing",
+        Health::Degraded => "degraded",
+        Health::Failing => "failing",
+    }
+}
+
+/// One line, at most 200 characters: enough to recognise the error in a
+/// log, the run itself has the rest.
+fn short_error(error: &str) -> String {
+    let line: String = error
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let line = line.trim();
+    if line.chars().count() <= 200 {
+        return line.to_owned();
+    }
+    let mut cut: String = line.chars().take(199).collect();
+    cut.push('…');
+    cut
+}
+
+fn log_health_change(
+    flow: &Flow,
+    before: Health,
+    after: Health,
+    step: Option<&str>,
+    error: Option<&str>,
+) {
+    let error = error.map(short_error);
+    let (step, error) = match after {
+        // A recovery has no step or error to tell.
+        Health::Passing => ("-", "-".to_owned()),
+        _ => (step.unwrap_or("-"), error.unwrap_or_else(|| "-".into())),
+    };
+    let (id, name, from, to) = (
+        &flow.id,
+        &flow.name,
+        health_word(before),
+        health_word(after),
+    );
+    if health_change_level(before, after) == tracing::Level::WARN {
+        tracing::warn!(check = %id, name = %name, health = %to, from = %from, step = %step, error = %error, "checks: {id} is now {to}");
+    } else {
+        tracing::info!(check = %id, name = %name, health = %to, from = %from, "checks: {id} is now {to}");
+    }
+}
+
 fn summary_of(e: &Entry, now: DateTime<Utc>) -> CheckSummary {
     CheckSummary {
         id: e.flow.id.clone(),
@@ -963,6 +1094,33 @@ pub fn to_new_run(round_id: &str, trigger: &str, r: &RunReport) -> NewCheckRun {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_to_failing_or_degraded_is_a_warning() {
+        use Health::*;
+        use tracing::Level;
+        for (before, after, level) in [
+            (Passing, Failing, Level::WARN),
+            (Passing, Degraded, Level::WARN),
+            (Degraded, Failing, Level::WARN),
+            (Failing, Degraded, Level::WARN),
+            (Failing, Passing, Level::INFO),
+            (Degraded, Passing, Level::INFO),
+        ] {
+            assert_eq!(
+                health_change_level(before, after),
+                level,
+                "{before:?} -> {after:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_are_shortened_to_one_line() {
+        assert_eq!(short_error("a\nb\tc "), "a b c");
+        let long = "x".repeat(500);
+        assert_eq!(short_error(&long).chars().count(), 200);
+    }
 
     #[test]
     fn a_jobs_debug_names_its_secrets_but_not_their_values() {

@@ -14,6 +14,9 @@
 //! - Round-robin locations alternate: each round runs in one location (this
 //!   server's `local`, then an agent's `eu-west` served over the agent
 //!   routes), and the stored runs are tagged with it.
+//! - A change of health to failing is logged at WARN (check, name, step,
+//!   error), a recovery at INFO, and a check the store knows as failing is
+//!   warned about once at start.
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -678,4 +681,147 @@ form = {{ username = "jo", password = "hunter2" }}
     assert_eq!(detail["response"]["body"], Value::Null);
     assert_eq!(detail["response"]["status"], 200, "the rest stays");
     assert_eq!(read["outcome"], "passed");
+}
+
+// ---------------------------------------------------------------- health in the log
+
+/// The first line of `logs` holding every one of `parts`.
+fn log_line(parts: &[&str]) -> Option<String> {
+    common::logs()
+        .lines()
+        .find(|l| parts.iter().all(|p| l.contains(p)))
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_health_and_failures_found_at_start_are_logged() {
+    common::capture_logs();
+    let server = TestServer::start().await;
+    let target = HttpReceiver::start_with_status(500).await.unwrap();
+    target.set_response_body("bank down");
+    let flows = tempfile::tempdir().unwrap();
+    let vars = format!("target = \"{}\"", target.url());
+    write(
+        flows.path(),
+        "log-breaks.toml",
+        &one_step_flow("Log breaks", "1s", &vars, "{{ target }}/breaks", ""),
+    );
+    write(
+        flows.path(),
+        "log-was-down.toml",
+        &one_step_flow("Log was down", "7days", &vars, "{{ target }}/down", ""),
+    );
+    // The store knows `log-was-down` as failing since a run an hour ago.
+    let then = Utc::now() - TimeDelta::hours(1);
+    let mut state = bankbridge_checks::schedule::CheckState::new(then);
+    state.health = bankbridge_checks::schedule::Health::Failing;
+    server
+        .store
+        .put_check_state(
+            "log-was-down",
+            &serde_json::to_string(&state).unwrap(),
+            then,
+        )
+        .await
+        .unwrap();
+    server
+        .store
+        .save_check_run(&bankbridge_store::NewCheckRun {
+            check_id: "log-was-down".into(),
+            check_name: "Log was down".into(),
+            location: "local".into(),
+            round_id: "r-before".into(),
+            trigger: "schedule".into(),
+            started_at: then,
+            finished_at: then,
+            duration_ms: 5,
+            outcome: "failed".into(),
+            attempts: 1,
+            failed_step: Some("Login".into()),
+            error: Some("status 503\nbank down".into()),
+            steps: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let scheduler = server.state.set_checks(fast_config(flows.path())).unwrap();
+
+    let at_start = until("the start warning", Duration::from_secs(10), async || {
+        log_line(&["check=log-was-down", "failing at start"])
+    })
+    .await;
+    for part in [
+        " WARN ",
+        "name=Log was down",
+        "health=failing",
+        "step=Login",
+        "error=status 503 bank down",
+    ] {
+        assert!(at_start.contains(part), "{part:?} not in {at_start}");
+    }
+
+    // Two failed rounds (the default threshold) make `log-breaks` failing.
+    let failing = until(
+        "the change to failing",
+        Duration::from_secs(20),
+        async || log_line(&["check=log-breaks", "health=failing"]),
+    )
+    .await;
+    for part in [
+        " WARN ",
+        "name=Log breaks",
+        "from=passing",
+        "step=Ping",
+        "error=answered status 500",
+        "log-breaks is now failing",
+    ] {
+        assert!(failing.contains(part), "{part:?} not in {failing}");
+    }
+
+    target.set_status(200);
+    let recovered = until("the recovery", Duration::from_secs(20), async || {
+        log_line(&["check=log-breaks", "health=passing"])
+    })
+    .await;
+    assert!(recovered.contains(" INFO "), "{recovered}");
+    assert!(recovered.contains("from=failing"), "{recovered}");
+    // Said once: the start warning is not repeated by later reloads.
+    let starts = common::logs()
+        .lines()
+        .filter(|l| l.contains("check=log-was-down") && l.contains("at start"))
+        .count();
+    assert_eq!(starts, 1);
+    scheduler.abort();
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------- channels.toml
+
+/// What `serve --checks` checks before it starts: every problem of the
+/// channels file, each as `FILE:LINE:COLUMN: message`; no file is no channels.
+#[test]
+fn load_channels_names_the_file_and_line_of_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        bankbridge_server::checks::load_channels(dir.path())
+            .unwrap()
+            .is_empty()
+    );
+    write(
+        dir.path(),
+        "channels.toml",
+        "[[channel]]\nname = \"a\"\ntype = \"sms\"\n\n[[channel]]\nname = \"b\"\ntype = \"telegram\"\nchat_id = 1\n",
+    );
+    let problems = bankbridge_server::checks::load_channels(dir.path()).unwrap_err();
+    let file = dir.path().join("channels.toml").display().to_string();
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(
+        problems[0].starts_with(&format!(
+            "{file}:3:1: channel \"a\": unknown channel type \"sms\""
+        )),
+        "{problems:#?}"
+    );
+    assert_eq!(
+        problems[1],
+        format!("{file}:5:1: channel \"b\": a telegram channel needs `bot_token`")
+    );
 }
