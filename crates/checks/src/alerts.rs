@@ -877,7 +877,7 @@ impl<E: Fn(&str) -> Option<String>> Checker<'_, E> {
 }
 
 fn build_channel<E: Fn(&str) -> Option<String>>(
-    raw: RawChannel,
+    mut raw: RawChannel,
     c: &mut Checker<'_, E>,
 ) -> Option<ChannelConfig> {
     if raw.name.trim().is_empty() || raw.name.chars().any(char::is_control) {
@@ -909,144 +909,7 @@ fn build_channel<E: Fn(&str) -> Option<String>>(
         }
     }
 
-    let built = match kind {
-        RawKind::Webhook => {
-            let url = c.required(raw.url, kind, "url");
-            let url = url.and_then(|u| c.url("url", &u));
-            let mut headers = Vec::new();
-            for (header, source) in raw.headers.unwrap_or_default() {
-                if HeaderName::from_bytes(header.as_bytes()).is_err() {
-                    c.invalid(
-                        Some("headers"),
-                        format!("headers: {header:?} is not a header name"),
-                    );
-                    continue;
-                }
-                let label = format!("headers.{header}");
-                let Some(value) = c.secret("headers", &label, source) else {
-                    continue;
-                };
-                if HeaderValue::from_str(value.expose()).is_err() {
-                    c.invalid(
-                        Some("headers"),
-                        format!("{label}: the value is not a valid header value"),
-                    );
-                    continue;
-                }
-                headers.push((header, value));
-            }
-            url.map(|url| ChannelKind::Webhook { url, headers })
-        }
-        RawKind::Slack => c
-            .secret_url(raw.webhook_url, kind, "webhook_url")
-            .map(|webhook_url| ChannelKind::Slack { webhook_url }),
-        RawKind::Teams => c
-            .secret_url(raw.webhook_url, kind, "webhook_url")
-            .map(|webhook_url| ChannelKind::Teams { webhook_url }),
-        RawKind::Discord => c
-            .secret_url(raw.webhook_url, kind, "webhook_url")
-            .map(|webhook_url| ChannelKind::Discord { webhook_url }),
-        RawKind::Email => build_email(&raw, c).map(ChannelKind::Email),
-        RawKind::PagerDuty => {
-            let routing_key = c.required_secret(raw.routing_key, kind, "routing_key");
-            let events_url = raw.events_url.as_deref().unwrap_or(PAGERDUTY_EVENTS_URL);
-            let events_url = c.url("events_url", events_url);
-            Some(ChannelKind::PagerDuty {
-                routing_key: routing_key?,
-                events_url: events_url?,
-            })
-        }
-        RawKind::Telegram => {
-            let bot_token = c.required_secret(raw.bot_token, kind, "bot_token");
-            // The token goes into the URL's path: no character may change it.
-            let bot_token = bot_token.filter(|t| {
-                let ok = t
-                    .expose()
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, ':' | '_' | '-'));
-                if !ok {
-                    c.invalid(
-                        Some("bot_token"),
-                        "bot_token: not a bot token (letters, digits, `:`, `_`, `-`)".into(),
-                    );
-                }
-                ok
-            });
-            let chat_id = match c.required(raw.chat_id, kind, "chat_id") {
-                Some(toml::Value::Integer(n)) => Some(n.to_string()),
-                Some(toml::Value::String(s))
-                    if !s.trim().is_empty() && !s.chars().any(char::is_control) =>
-                {
-                    Some(s)
-                }
-                Some(_) => {
-                    c.invalid(
-                        Some("chat_id"),
-                        "chat_id: a chat number (-1001234567890) or \"@channelname\"".into(),
-                    );
-                    None
-                }
-                None => None,
-            };
-            let api_url = c.url(
-                "api_url",
-                raw.api_url.as_deref().unwrap_or(TELEGRAM_API_URL),
-            );
-            Some(ChannelKind::Telegram {
-                bot_token: bot_token?,
-                chat_id: chat_id?,
-                api_url: api_url?,
-            })
-        }
-        RawKind::Ntfy => {
-            let server_url = c.required(raw.server_url, kind, "server_url");
-            let server_url = server_url.and_then(|u| c.url("server_url", &u));
-            // ntfy's own rule for topic names; on a public server the name
-            // is the password, so it is never quoted.
-            let topic = c.required_secret(raw.topic, kind, "topic").filter(|t| {
-                let t = t.expose();
-                let ok = t.len() <= 64
-                    && t.chars()
-                        .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-'));
-                if !ok {
-                    c.invalid(
-                        Some("topic"),
-                        "topic: at most 64 letters, digits, `_` or `-`".into(),
-                    );
-                }
-                ok
-            });
-            let token = match raw.token {
-                None => Some(None),
-                Some(source) => c.header_secret(Some(source), kind, "token").map(Some),
-            };
-            Some(ChannelKind::Ntfy {
-                server_url: server_url?,
-                topic: topic?,
-                token: token?,
-            })
-        }
-        RawKind::Gotify => {
-            let server_url = c.required(raw.server_url, kind, "server_url");
-            let server_url = server_url.and_then(|u| c.url("server_url", &u));
-            let app_token = c.header_secret(raw.app_token, kind, "app_token");
-            Some(ChannelKind::Gotify {
-                server_url: server_url?,
-                app_token: app_token?,
-            })
-        }
-        RawKind::Opsgenie => {
-            let api_key = c.header_secret(raw.api_key, kind, "api_key");
-            let api_url = c.url(
-                "api_url",
-                raw.api_url.as_deref().unwrap_or(OPSGENIE_API_URL),
-            );
-            Some(ChannelKind::Opsgenie {
-                api_key: api_key?,
-                api_url: api_url?,
-            })
-        }
-    };
+    let built = build_kind(kind, &mut raw, c);
 
     let ssl_expiry_threshold_days = raw.ssl_expiry_threshold_days.unwrap_or(30);
     if !(1..=365).contains(&ssl_expiry_threshold_days) {
@@ -1091,6 +954,156 @@ fn build_channel<E: Fn(&str) -> Option<String>>(
         ssl_expiry_threshold_days,
         reminder,
     })
+}
+
+/// The kind-specific part of a channel; None when it has a problem (noted
+/// in `c`). Its own function so that `?` leaves only it, not the checks of
+/// the fields every channel has.
+fn build_kind<E: Fn(&str) -> Option<String>>(
+    kind: RawKind,
+    raw: &mut RawChannel,
+    c: &mut Checker<'_, E>,
+) -> Option<ChannelKind> {
+    match kind {
+        RawKind::Webhook => {
+            let url = c.required(raw.url.take(), kind, "url");
+            let url = url.and_then(|u| c.url("url", &u));
+            let mut headers = Vec::new();
+            for (header, source) in raw.headers.take().unwrap_or_default() {
+                if HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    c.invalid(
+                        Some("headers"),
+                        format!("headers: {header:?} is not a header name"),
+                    );
+                    continue;
+                }
+                let label = format!("headers.{header}");
+                let Some(value) = c.secret("headers", &label, source) else {
+                    continue;
+                };
+                if HeaderValue::from_str(value.expose()).is_err() {
+                    c.invalid(
+                        Some("headers"),
+                        format!("{label}: the value is not a valid header value"),
+                    );
+                    continue;
+                }
+                headers.push((header, value));
+            }
+            url.map(|url| ChannelKind::Webhook { url, headers })
+        }
+        RawKind::Slack => c
+            .secret_url(raw.webhook_url.take(), kind, "webhook_url")
+            .map(|webhook_url| ChannelKind::Slack { webhook_url }),
+        RawKind::Teams => c
+            .secret_url(raw.webhook_url.take(), kind, "webhook_url")
+            .map(|webhook_url| ChannelKind::Teams { webhook_url }),
+        RawKind::Discord => c
+            .secret_url(raw.webhook_url.take(), kind, "webhook_url")
+            .map(|webhook_url| ChannelKind::Discord { webhook_url }),
+        RawKind::Email => build_email(raw, c).map(ChannelKind::Email),
+        RawKind::PagerDuty => {
+            let routing_key = c.required_secret(raw.routing_key.take(), kind, "routing_key");
+            let events_url = raw.events_url.as_deref().unwrap_or(PAGERDUTY_EVENTS_URL);
+            let events_url = c.url("events_url", events_url);
+            Some(ChannelKind::PagerDuty {
+                routing_key: routing_key?,
+                events_url: events_url?,
+            })
+        }
+        RawKind::Telegram => {
+            let bot_token = c.required_secret(raw.bot_token.take(), kind, "bot_token");
+            // The token goes into the URL's path: no character may change it.
+            let bot_token = bot_token.filter(|t| {
+                let ok = t
+                    .expose()
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, ':' | '_' | '-'));
+                if !ok {
+                    c.invalid(
+                        Some("bot_token"),
+                        "bot_token: not a bot token (letters, digits, `:`, `_`, `-`)".into(),
+                    );
+                }
+                ok
+            });
+            let chat_id = match c.required(raw.chat_id.take(), kind, "chat_id") {
+                Some(toml::Value::Integer(n)) => Some(n.to_string()),
+                Some(toml::Value::String(s))
+                    if !s.trim().is_empty() && !s.chars().any(char::is_control) =>
+                {
+                    Some(s)
+                }
+                Some(_) => {
+                    c.invalid(
+                        Some("chat_id"),
+                        "chat_id: a chat number (-1001234567890) or \"@channelname\"".into(),
+                    );
+                    None
+                }
+                None => None,
+            };
+            let api_url = c.url(
+                "api_url",
+                raw.api_url.as_deref().unwrap_or(TELEGRAM_API_URL),
+            );
+            Some(ChannelKind::Telegram {
+                bot_token: bot_token?,
+                chat_id: chat_id?,
+                api_url: api_url?,
+            })
+        }
+        RawKind::Ntfy => {
+            let server_url = c.required(raw.server_url.take(), kind, "server_url");
+            let server_url = server_url.and_then(|u| c.url("server_url", &u));
+            // ntfy's own rule for topic names; on a public server the name
+            // is the password, so it is never quoted.
+            let topic = c
+                .required_secret(raw.topic.take(), kind, "topic")
+                .filter(|t| {
+                    let t = t.expose();
+                    let ok = t.len() <= 64
+                        && t.chars()
+                            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-'));
+                    if !ok {
+                        c.invalid(
+                            Some("topic"),
+                            "topic: at most 64 letters, digits, `_` or `-`".into(),
+                        );
+                    }
+                    ok
+                });
+            let token = match raw.token.take() {
+                None => Some(None),
+                Some(source) => c.header_secret(Some(source), kind, "token").map(Some),
+            };
+            Some(ChannelKind::Ntfy {
+                server_url: server_url?,
+                topic: topic?,
+                token: token?,
+            })
+        }
+        RawKind::Gotify => {
+            let server_url = c.required(raw.server_url.take(), kind, "server_url");
+            let server_url = server_url.and_then(|u| c.url("server_url", &u));
+            let app_token = c.header_secret(raw.app_token.take(), kind, "app_token");
+            Some(ChannelKind::Gotify {
+                server_url: server_url?,
+                app_token: app_token?,
+            })
+        }
+        RawKind::Opsgenie => {
+            let api_key = c.header_secret(raw.api_key.take(), kind, "api_key");
+            let api_url = c.url(
+                "api_url",
+                raw.api_url.as_deref().unwrap_or(OPSGENIE_API_URL),
+            );
+            Some(ChannelKind::Opsgenie {
+                api_key: api_key?,
+                api_url: api_url?,
+            })
+        }
+    }
 }
 
 fn build_email<E: Fn(&str) -> Option<String>>(
@@ -2211,11 +2224,16 @@ type = \"gotify\"
     #[test]
     fn a_missing_variable_is_its_own_kind_of_problem() {
         let problems = read_channels_with_env(
-            "[[channel]]\nname = \"o\"\ntype = \"opsgenie\"\napi_key = { env = \"OG_KEY\" }\napi_url = \"nope\"\n",
+            "[[channel]]\nname = \"o\"\ntype = \"opsgenie\"\napi_key = { env = \"OG_KEY\" }\napi_url = \"nope\"\nreminder = \"5s\"\n",
             no_env,
         )
         .unwrap_err();
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        // The unset variable hides none of the channel's other problems.
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[2].line == 6 && problems[2].message().contains("at least 1m"),
+            "{problems:?}"
+        );
         assert!(
             problems[0].is_missing_env() && problems[0].line == 4,
             "{problems:?}"

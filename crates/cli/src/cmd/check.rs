@@ -1,10 +1,11 @@
 //! `bankbridge check run|validate|agent`: flow checks from the command line.
 //!
 //! `run` executes flow files now and prints a per-step table (exit 1 when a
-//! flow fails); `validate` only parses them (exit 2 on an error, which names
-//! the file, line and field); `agent` runs the flows a server assigns to a
-//! location and reports the results back.
-use std::collections::BTreeMap;
+//! flow fails); `validate` only parses them, and a folder's `channels.toml`
+//! with them (exit 2 on an error; every error of every file is printed, each
+//! naming the file, line and field); `agent` runs the flows a server assigns
+//! to a location and reports the results back.
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -29,8 +30,10 @@ pub enum CheckCommand {
         Exit status: 0 when every flow passed (or was only degraded), 1 when one failed, 2 when a file is invalid."
     )]
     Run(RunArgs),
-    /// Parse flow files (or folders) and report every error with its file, line and field.
-    #[command(after_help = "Example: bankbridge check validate examples/flows/")]
+    /// Parse flow files (or folders, with their channels.toml) and report every error with its file, line and field.
+    #[command(after_help = "Example: bankbridge check validate examples/flows/\n\n\
+        A folder's channels.toml is checked too (or name a channels.toml itself); an unset { env = .. } variable there is a warning.\n\
+        Exit status: 0 when everything is valid, 2 when something is not.")]
     Validate(ValidateArgs),
     /// Run the flows a server assigns to this location and report the results to it.
     #[command(
@@ -91,8 +94,8 @@ pub async fn run(config: &Config, command: CheckCommand) -> Result<ExitCode> {
     }
 }
 
-/// Loads every flow the paths name; errors are printed, not fatal, so one
-/// bad file doesn't hide the others' problems.
+/// Loads every flow the paths name; errors are printed (every one of each
+/// file), not fatal, so one bad file doesn't hide the others' problems.
 fn load_all(paths: &[PathBuf]) -> (Vec<Flow>, usize) {
     let mut flows = Vec::new();
     let mut errors = 0;
@@ -100,9 +103,9 @@ fn load_all(paths: &[PathBuf]) -> (Vec<Flow>, usize) {
         let (loaded, errs) = if path.is_dir() {
             flow::load_dir(path)
         } else {
-            match flow::load(path) {
+            match flow::load_all_errors(path) {
                 Ok(f) => (vec![f], vec![]),
-                Err(e) => (vec![], vec![e]),
+                Err(e) => (vec![], e),
             }
         };
         for e in &errs {
@@ -114,19 +117,150 @@ fn load_all(paths: &[PathBuf]) -> (Vec<Flow>, usize) {
     (flows, errors)
 }
 
-fn validate(args: ValidateArgs) -> Result<ExitCode> {
-    let (flows, errors) = load_all(&args.flows);
-    for f in &flows {
-        println!("ok: {} ({:?}, {} steps)", f.file, f.name, f.steps.len());
+/// What `validate` found so far.
+#[derive(Default)]
+struct Findings {
+    errors: usize,
+    bad_files: BTreeSet<String>,
+    flows: usize,
+    channel_files: usize,
+}
+
+impl Findings {
+    fn error(&mut self, file: &str, text: impl std::fmt::Display) {
+        eprintln!("error: {text}");
+        self.errors += 1;
+        self.bad_files.insert(file.to_owned());
     }
-    if errors > 0 {
-        eprintln!("{errors} invalid flow file(s)");
+}
+
+fn validate(args: ValidateArgs) -> Result<ExitCode> {
+    let mut found = Findings::default();
+    for path in &args.flows {
+        if path.file_name().is_some_and(|n| n == flow::CHANNELS_FILE) && path.is_file() {
+            validate_channels(path, &mut found);
+            continue;
+        }
+        let (flows, errors) = if path.is_dir() {
+            flow::load_dir(path)
+        } else {
+            match flow::load_all_errors(path) {
+                Ok(f) => (vec![f], vec![]),
+                Err(e) => (vec![], e),
+            }
+        };
+        for e in &errors {
+            found.error(&e.file, e);
+        }
+        for f in &flows {
+            println!("ok: {} ({:?}, {} steps)", f.file, f.name, f.steps.len());
+        }
+        found.flows += flows.len();
+        if !path.is_dir() {
+            continue;
+        }
+        // A folder is a project: its channels, and the flows' use of them.
+        let channels_path = path.join(flow::CHANNELS_FILE);
+        let names = if channels_path.is_file() {
+            validate_channels(&channels_path, &mut found)
+        } else {
+            Vec::new()
+        };
+        for f in &flows {
+            for name in f.alerts.iter().filter(|n| !names.contains(n)) {
+                let line = f
+                    .source
+                    .lines()
+                    .position(|l| {
+                        l.trim_start()
+                            .strip_prefix("alerts")
+                            .is_some_and(|rest| rest.trim_start().starts_with('='))
+                    })
+                    .map_or(String::new(), |i| format!(":{}", i + 1));
+                found.error(
+                    &f.file,
+                    format!(
+                        "{}{line}: alerts: no channel named {name:?} in {}",
+                        f.file,
+                        channels_path.display()
+                    ),
+                );
+            }
+        }
+    }
+    if found.errors > 0 {
+        eprintln!(
+            "{} error(s) in {} file(s)",
+            found.errors,
+            found.bad_files.len()
+        );
         return Ok(ExitCode::from(2));
     }
-    if flows.is_empty() {
+    if found.flows == 0 && found.channel_files == 0 {
         bail!("no flow files found in {:?}", args.flows);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks a `channels.toml`, printing every problem with its line; returns
+/// the names of its channels (for the flows' `alerts`). An unset
+/// `{ env = .. }` variable is only a warning here: the machine that runs the
+/// checks has it, the one validating them need not.
+fn validate_channels(path: &Path, found: &mut Findings) -> Vec<String> {
+    found.channel_files += 1;
+    let file = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            found.error(&file, format!("{file}: cannot read the file: {e}"));
+            return Vec::new();
+        }
+    };
+    let names = channel_names(&text);
+    match bankbridge_checks::alerts::read_channels(&text) {
+        Ok(channels) => {
+            println!("ok: {file} ({} channels)", channels.len());
+        }
+        Err(problems) => {
+            let mut errors = 0;
+            for p in &problems {
+                let place = match p.line {
+                    0 => file.clone(),
+                    line => format!("{file}:{line}:{}", p.column),
+                };
+                if p.is_missing_env() {
+                    eprintln!("warning: {place}: {}", p.message());
+                } else {
+                    found.error(&file, format!("{place}: {}", p.message()));
+                    errors += 1;
+                }
+            }
+            if errors == 0 {
+                println!(
+                    "ok: {file} ({} channels; set the variables above before serving)",
+                    names.len()
+                );
+            }
+        }
+    }
+    names
+}
+
+/// The `name` of every `[[channel]]`, read loosely (the full check is
+/// `read_channels`'): a flow naming one of them is not reported too.
+fn channel_names(text: &str) -> Vec<String> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    table
+        .get("channel")
+        .and_then(|c| c.as_array())
+        .map(|list| {
+            list.iter()
+                .filter_map(|c| c.get("name")?.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The `{ secret = .. }` values the flows need (and `--var` doesn't give),

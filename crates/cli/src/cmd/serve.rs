@@ -72,6 +72,17 @@ pub struct ServeArgs {
 }
 
 pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
+    // Checks with a channels.toml that does not load would fail silently:
+    // no alert could go out, so refuse to start instead.
+    if let Some(dir) = &args.checks
+        && let Err(problems) = bankbridge_server::checks::load_channels(dir)
+    {
+        anyhow::bail!(
+            "--checks {}: the alert channels are invalid, not starting:\n  {}",
+            dir.display(),
+            problems.join("\n  ")
+        );
+    }
     let (store, syncer) = super::open(config).await?;
     let listen = args
         .listen
