@@ -216,6 +216,18 @@ async fn the_whole_story(env: Env) {
         message.contains("approve the request on your trusted device"),
         "{message}"
     );
+    assert!(message.contains("approval 1 of 2"), "{message}");
+    let ibans: Vec<String> = store
+        .list_accounts(None)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.iban.as_ref().map(|i| i.as_str().to_owned()))
+        .collect();
+    assert!(
+        ibans.iter().any(|i| message.contains(i.as_str())),
+        "the account is named: {message}"
+    );
     assert!(
         message.contains(&format!("from {} on stored", boundary())),
         "{message}"
@@ -259,6 +271,20 @@ async fn the_whole_story(env: Env) {
     assert!(
         err.contains("Waiting for the approval"),
         "the user is told: {err}"
+    );
+    // The approval says which it is, for which contract and account, and
+    // (this being the sandbox) how to approve here. The first contract's
+    // request was approved after the first run: one approval is left.
+    assert!(
+        err.contains("approval 1 of 2 (one per contract): contract 2 of 2, account FR"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "approve with `curl -X POST {}/_sandbox/keypad/approve`",
+            sb.root_url()
+        )),
+        "{err}"
     );
     assert_eq!((v["status"].as_str(), code), (Some("ok"), 0), "{v}\n{err}");
     // The first run's request expired unapproved or was approved here: at most one extra.
@@ -609,4 +635,31 @@ async fn serve_reports_needs_user_and_serves_documents() {
             "{path} in the OpenAPI document"
         );
     }
+}
+
+/// A first sync in a terminal over two contracts: two approvals, each saying
+/// which of how many it is, for which contract and account.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_approval_says_which_of_how_many_it_is() {
+    let env = Env::sqlite();
+    let sb = keypad_sandbox(3).await;
+    env.run_ok(&["init"]);
+    add_keypad(&env, &sb, "bank", &sb.keypad().credentials().pin, &[]);
+    let approver = approve_as_they_come(sb.state().clone());
+    let (v, code, err) = sync(&env, &["--sca", "wait"]).await;
+    let approvals = approver.finish().await;
+    assert_eq!((v["status"].as_str(), code), (Some("ok"), 0), "{v}\n{err}");
+    assert_eq!(approvals, 2, "{err}");
+    let first = err.find("approval 1 of 2 (one per contract): contract 1 of 2, account FR");
+    let second = err.find("approval 2 of 2 (one per contract): contract 2 of 2, account FR");
+    assert!(
+        first.is_some() && second.is_some() && first < second,
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("the sandbox's trusted device: approve with `curl -X POST")
+            .count(),
+        2,
+        "{err}"
+    );
 }

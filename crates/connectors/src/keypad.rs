@@ -1038,7 +1038,11 @@ impl KeypadConnector {
     }
 
     /// Start (or reuse) a 2FA request for `contract`; the challenge to return.
-    async fn start_2fa(&mut self, contract: usize) -> Result<ScaChallenge, ConnectorError> {
+    async fn start_2fa(
+        &mut self,
+        contract: usize,
+        account: &FetchedAccount,
+    ) -> Result<ScaChallenge, ConnectorError> {
         let reusable = self
             .pending_2fa
             .as_ref()
@@ -1087,8 +1091,27 @@ impl KeypadConnector {
                 p
             }
         };
+        // One approval per contract: say which this is, and which of how
+        // many, so a person approving the second one knows why.
+        let (approved, total) = self.session.as_ref().map_or((0, 1), |s| {
+            (
+                s.contracts.iter().filter(|c| c.twofa).count(),
+                s.contracts.len().max(1),
+            )
+        });
+        let account_label = account
+            .iban
+            .as_ref()
+            .map(|i| i.as_str().to_owned())
+            .or_else(|| account.name.clone())
+            .unwrap_or_else(|| account.provider_id.clone());
+        let message = format!(
+            "approval {} of {total} (one per contract): contract {} of {total}, account {account_label}: {TWOFA_MESSAGE}",
+            (approved + 1).min(total),
+            contract + 1,
+        );
         Ok(ScaChallenge::Decoupled {
-            message: TWOFA_MESSAGE.to_owned(),
+            message,
             poll_after_secs: POLL_SECS,
             reference: Some(pending.request_id.clone()),
             expires_at: Some(self.to_local(pending.expires_at)),
@@ -1327,7 +1350,7 @@ impl Connector for KeypadConnector {
                 ))
             })?;
         if !self.fill(&account.provider_id, &acc, window).await? {
-            let challenge = self.start_2fa(acc.contract).await?;
+            let challenge = self.start_2fa(acc.contract, account).await?;
             return Err(ConnectorError::ScaRequired(challenge));
         }
         let h = self

@@ -170,6 +170,7 @@ pub async fn sync_one_with(
             connection: connection.name.clone(),
             progress: progress.clone(),
             can_prompt,
+            sandbox_approve: sandbox_approve_url(connection),
         };
         syncer
             .sync_with_solver(connection, &on_event, &solver)
@@ -194,6 +195,27 @@ struct TerminalSolver {
     connection: String,
     progress: SyncProgress,
     can_prompt: bool,
+    /// Where the sandbox's keypad bank takes approvals, for a connection to it.
+    sandbox_approve: Option<String>,
+}
+
+/// A keypad connection to `bankbridge sandbox` (this machine, path
+/// `/keypad`): its trusted device is a control route, named in the prompt.
+fn sandbox_approve_url(connection: &Connection) -> Option<String> {
+    if connection.connector != "keypad" {
+        return None;
+    }
+    let base = connection.settings.get("base_url")?.as_str()?;
+    let url = url::Url::parse(base).ok()?;
+    let loopback = match url.host()? {
+        url::Host::Domain(d) => d == "localhost",
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    (loopback && url.path().trim_end_matches('/').ends_with("/keypad")).then(|| {
+        let root = base.trim_end_matches('/').trim_end_matches("/keypad");
+        format!("{root}/_sandbox/keypad/approve")
+    })
 }
 
 #[async_trait]
@@ -212,6 +234,11 @@ impl ScaSolver for TerminalSolver {
                 self.progress.println(format!(
                     "  {name}: {message}. Waiting for the approval…{until}"
                 ));
+                if let Some(url) = &self.sandbox_approve {
+                    self.progress.println(format!(
+                        "  (the sandbox's trusted device: approve with `curl -X POST {url}`)"
+                    ));
+                }
                 Ok(ScaAnswer::Approved)
             }
             ScaChallenge::Otp { prompt } if self.can_prompt => {
