@@ -1570,10 +1570,10 @@ fn ntfy_priority_and_tags(alert: &Alert) -> (&'static str, &'static str) {
 /// RFC 2047 encoded word (which ntfy decodes).
 fn header_text(text: &str) -> HeaderValue {
     let text = truncate(&one_line(text), 250);
-    if text.chars().all(|c| c.is_ascii() && !c.is_ascii_control()) {
-        if let Ok(v) = HeaderValue::from_str(&text) {
-            return v;
-        }
+    if text.chars().all(|c| c.is_ascii() && !c.is_ascii_control())
+        && let Ok(v) = HeaderValue::from_str(&text)
+    {
+        return v;
     }
     let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
     HeaderValue::from_str(&format!("=?UTF-8?B?{encoded}?="))
