@@ -344,6 +344,14 @@ async fn run<A: OrderApi, S: Sink>(
                 sink.emit(OrderEvent::Error(e)).await;
                 continue;
             }
+            // Our own order is no longer known: someone cancelled it (this
+            // service from another process, or a new order for the same
+            // person). It ended; it is not a fault of the request.
+            Err(e) if e.code() == Some(&crate::types::ErrorCode::InvalidParameters) => {
+                debug!(order_ref, error = %e, "BankID no longer knows the order: cancelled elsewhere");
+                sink.emit(OrderEvent::Cancelled).await;
+                return Ok(Outcome::Cancelled);
+            }
             Err(e) => return Err(e),
         };
         match response.status {
@@ -730,21 +738,35 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), Some(&crate::types::ErrorCode::Maintenance));
 
-        // A refusal is fatal at once.
-        let refused = BankIdError::Api {
+        // An order BankID no longer knows was cancelled elsewhere: it ends
+        // as cancelled at once, not as an error.
+        let gone = BankIdError::Api {
             endpoint: "collect",
             status: 400,
             code: crate::types::ErrorCode::InvalidParameters,
             details: "No such order".into(),
         };
+        let api = Scripted::new(vec![Ok(pending("userSign")), Err(gone)]);
+        let mut events = Vec::new();
+        let outcome = drive_with(&api, StartedOrder::phone("o"), fast(), |e| events.push(e))
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Cancelled);
+        assert_eq!(describe(&events), ["hint:userSign", "cancelled"]);
+        assert_eq!(api.collects.load(Ordering::SeqCst), 2);
+
+        // Another refusal is fatal at once.
+        let refused = BankIdError::Api {
+            endpoint: "collect",
+            status: 401,
+            code: crate::types::ErrorCode::Unauthorized,
+            details: "not allowed".into(),
+        };
         let api = Scripted::new(vec![Err(refused)]);
         let err = drive_with(&api, StartedOrder::phone("o"), fast(), |_| {})
             .await
             .unwrap_err();
-        assert_eq!(
-            err.code(),
-            Some(&crate::types::ErrorCode::InvalidParameters)
-        );
+        assert_eq!(err.code(), Some(&crate::types::ErrorCode::Unauthorized));
         assert_eq!(api.collects.load(Ordering::SeqCst), 1);
     }
 

@@ -37,6 +37,7 @@ pub mod blocking;
 pub mod client;
 pub mod driver;
 pub mod error;
+pub mod messages;
 pub mod qr;
 pub mod types;
 

@@ -155,9 +155,21 @@ fn cli_collect_and_cancel() {
     assert_eq!(collected["status"], "pending");
     assert_eq!(collected["hintCode"], "outstandingTransaction");
     env.run_ok(&["bankid", "cancel", &order_ref, "--sandbox", &root]);
-    // The following `auth` sees the order gone and stops with an error.
+    // The following `auth` sees the order gone: it ends as cancelled (an
+    // outcome, in words), not as BankID's HTTP error.
     let out = auth.wait_with_output().unwrap();
     assert!(!out.status.success());
+    let said: Vec<String> = lines.iter().collect();
+    let said = said.join("\n");
+    assert!(
+        said.contains("Open the BankID app") && said.contains("(outstandingTransaction)"),
+        "hints in words: {said}"
+    );
+    assert!(said.contains("cancelled: "), "{said}");
+    assert!(
+        !said.contains("HTTP 400") && !said.contains("error:"),
+        "{said}"
+    );
     // Cancelling twice is refused by BankID (invalidParameters), clearly.
     let out = env.run(&["bankid", "cancel", &order_ref, "--sandbox", &root]);
     assert!(!out.status.success());
@@ -268,7 +280,30 @@ async fn gateway_streams_an_order_to_completion_and_refuses_bad_input() {
         events_url.starts_with(&format!("{base}/api/v1/")),
         "{events_url}"
     );
+    // The current QR code as SVG, for a web app that draws none (the events
+    // key is enough, as for an <img>); it changes every second.
+    let key = events_url.split("key=").nth(1).unwrap().to_owned();
+    let qr_url = format!(
+        "{base}/api/v1/bankid/orders/{}/qr.svg?key={key}",
+        order["id"].as_str().unwrap()
+    );
+    let res = http.get(&qr_url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "image/svg+xml");
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let svg = res.text().await.unwrap();
+    assert!(svg.contains("<svg") && svg.contains("</svg>"), "{svg}");
+    let res = http
+        .get(format!(
+            "{base}/api/v1/bankid/orders/{}/qr.svg?key=nope",
+            order["id"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
     // The browser's way: the events URL alone, no token.
+    let mut hints_with_words = 0;
     let res = http.get(&events_url).send().await.unwrap();
     assert_eq!(res.status(), 200);
     let mut stream = res.bytes_stream();
@@ -312,7 +347,22 @@ async fn gateway_streams_an_order_to_completion_and_refuses_bad_input() {
                     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
                     scanned = true;
                 }
+                "hint"
+                    if {
+                        // Every hint comes with what to tell the user, in both languages.
+                        let v: Value = serde_json::from_str(&data).unwrap();
+                        let m = &v["user_message"];
+                        assert!(
+                            m["rfa"].as_u64().is_some()
+                                && m["en"].is_string()
+                                && m["sv"].is_string(),
+                            "{data}"
+                        );
+                        hints_with_words += 1;
+                        false
+                    } => {}
                 "hint" if scanned && !approved && data.contains("userSign") => {
+                    assert!(data.contains("\"rfa\":9"), "{data}");
                     let r = control
                         .post(format!(
                             "{root}/_sandbox/bankid/orders/{}/approve",
@@ -336,6 +386,7 @@ async fn gateway_streams_an_order_to_completion_and_refuses_bad_input() {
     };
     assert_eq!(completion["user"]["personalNumber"], PERSON);
     assert_eq!(completion["device"]["ipAddress"], "203.0.113.9");
+    assert!(hints_with_words >= 1);
 
     // Cancel: the events end with `cancelled`.
     let res = http
@@ -365,6 +416,7 @@ async fn gateway_streams_an_order_to_completion_and_refuses_bad_input() {
     .unwrap()
     .unwrap();
     assert!(text.contains("event: cancelled"), "{text}");
+    assert!(text.contains("\"user_message\":{"), "{text}");
     // A wrong events key and no token: 401.
     let res = http
         .get(format!(

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bankbridge_bankid::client::BankIdClient;
 use bankbridge_bankid::driver::{self, DriveOptions, OrderEvent, Outcome, StartedOrder};
 use bankbridge_bankid::error::BankIdError;
+use bankbridge_bankid::messages;
 use bankbridge_bankid::types::{AuthRequest, CompletionData, PersonalNumber, SignRequest};
 use rand::RngCore;
 use serde::Serialize;
@@ -60,6 +61,9 @@ pub struct OrderState {
     pub completion: Option<CompletionData>,
     /// Why the order stopped, for `error` and `cancelled`.
     pub message: Option<String>,
+    /// What to tell the user now (the guidelines' message for the hint,
+    /// the failure or the cancellation), in English and Swedish.
+    pub user_message: Option<bankbridge_bankid::messages::UserMessage>,
 }
 
 /// A started order, as the gateway answers it.
@@ -237,6 +241,7 @@ impl BankIdGateway {
             hint: None,
             completion: None,
             message: None,
+            user_message: None,
         });
         let cancel = CancellationToken::new();
         let entry = Arc::new(GatewayOrder {
@@ -259,7 +264,10 @@ impl BankIdGateway {
             let result = driver::drive(&client, order, options, |event| {
                 tx.send_modify(|s| match event {
                     OrderEvent::Qr(data) => s.qr = Some(data),
-                    OrderEvent::Hint(hint) => s.hint = Some(hint.to_string()),
+                    OrderEvent::Hint(hint) => {
+                        s.user_message = Some(messages::for_hint(&hint));
+                        s.hint = Some(hint.to_string());
+                    }
                     _ => {}
                 })
             })
@@ -273,19 +281,30 @@ impl BankIdGateway {
                     }
                     Ok(Outcome::Failed(hint)) => {
                         s.status = OrderStatus::Failed;
+                        s.user_message = Some(messages::for_failure(&hint));
                         s.hint = Some(hint.to_string());
                     }
                     Ok(Outcome::Cancelled) => {
                         s.status = OrderStatus::Cancelled;
                         s.message = Some("cancelled".into());
+                        s.user_message = Some(messages::for_cancelled());
                     }
                     Ok(Outcome::DeadlineExceeded) => {
                         s.status = OrderStatus::Cancelled;
                         s.message = Some("the deadline passed".into());
+                        s.user_message = Some(messages::for_hint(
+                            &bankbridge_bankid::HintCode::ExpiredTransaction,
+                        ));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "a BankID order stopped with an error");
                         s.status = OrderStatus::Error;
+                        s.user_message =
+                            Some(e.code().and_then(messages::for_error).unwrap_or_else(|| {
+                                messages::for_failure(&bankbridge_bankid::HintCode::Unknown(
+                                    String::new(),
+                                ))
+                            }));
                         s.message = Some(e.to_string());
                     }
                 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bankbridge_bankid::client::{BankIdClient, Environment};
 use bankbridge_bankid::driver::{self, DriveOptions, OrderEvent, Outcome, StartedOrder};
-use bankbridge_bankid::qr;
 use bankbridge_bankid::types::{
     AuthRequest, CallInitiator, PersonalNumber, PhoneAuthRequest, PhoneSignRequest, SignRequest,
 };
+use bankbridge_bankid::{messages, qr};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -177,7 +177,8 @@ pub struct OrderArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BankIdCommand {
-    /// Start an authentication order and follow it to the end.
+    /// Start an authentication order and follow it to the end. What the user
+    /// should do is said in words (Swedish when LANG=sv_…), with BankID's code.
     #[command(after_help = "Example: bankbridge bankid auth --sandbox http://127.0.0.1:9000")]
     Auth(OrderArgs),
     /// Start a signing order over TEXT and follow it to the end.
@@ -381,6 +382,8 @@ async fn follow(
         options = options.with_deadline(Duration::from_secs(d));
     }
     let terminal = draw && std::io::stderr().is_terminal();
+    // The guidelines' message for each state, in the user's language.
+    let lang = messages::Lang::from_env();
     let mut drawn_lines = 0usize;
     let outcome = driver::drive(client, order, options, |event| match event {
         OrderEvent::Qr(data) if terminal => {
@@ -396,7 +399,7 @@ async fn follow(
         OrderEvent::Qr(data) => eprintln!("qr: {data}"),
         OrderEvent::Hint(hint) => {
             drawn_lines = 0;
-            eprintln!("hint: {hint}");
+            eprintln!("{} ({hint})", messages::for_hint(&hint).text(lang));
         }
         OrderEvent::Error(e) => eprintln!("warning: {e}"),
         OrderEvent::Complete(_) | OrderEvent::Failed(_) => {}
@@ -409,11 +412,14 @@ async fn follow(
             Ok(ExitCode::SUCCESS)
         }
         Outcome::Failed(hint) => {
-            eprintln!("the order failed: {hint}");
+            eprintln!(
+                "the order failed: {} ({hint})",
+                messages::for_failure(&hint).text(lang)
+            );
             Ok(ExitCode::FAILURE)
         }
         Outcome::Cancelled => {
-            eprintln!("cancelled");
+            eprintln!("cancelled: {}", messages::for_cancelled().text(lang));
             Ok(ExitCode::FAILURE)
         }
         Outcome::DeadlineExceeded => {

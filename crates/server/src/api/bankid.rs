@@ -37,6 +37,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         )
         // Authenticated inside: a bearer token or the order's events key.
         .route("/api/v1/bankid/orders/{id}/events", get(events))
+        .route("/api/v1/bankid/orders/{id}/qr.svg", get(qr_svg))
         .route(
             "/api/v1/bankid/orders/{id}/cancel",
             guarded(state, Scope::Write, post(cancel)),
@@ -45,8 +46,8 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(create, show, events, cancel),
-    components(schemas(CreateOrder, OrderView, OrderStateView))
+    paths(create, show, events, qr_svg, cancel),
+    components(schemas(CreateOrder, OrderView, OrderStateView, UserMessageView))
 )]
 pub(crate) struct Doc;
 
@@ -99,10 +100,32 @@ pub(crate) struct OrderStateView {
     /// QR data to show now, while pending.
     qr: Option<String>,
     hint: Option<String>,
+    /// What to show the user now, instead of the raw hint.
+    user_message: Option<UserMessageView>,
     /// BankID's completionData, once complete.
     #[schema(value_type = Option<Object>)]
     completion: Option<serde_json::Value>,
     message: Option<String>,
+}
+
+/// The message BankID's guidelines recommend for the order's state (their
+/// RFA number), in English and Swedish.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UserMessageView {
+    #[schema(minimum = 1, maximum = 23, example = 9)]
+    rfa: u8,
+    #[schema(example = "Enter your security code in the BankID app and confirm.")]
+    en: String,
+    #[schema(example = "Skriv in din säkerhetskod i BankID-appen och bekräfta.")]
+    sv: String,
+}
+
+fn user_message_view(m: &bankbridge_bankid::messages::UserMessage) -> UserMessageView {
+    UserMessageView {
+        rfa: m.rfa,
+        en: m.en.to_owned(),
+        sv: m.sv.to_owned(),
+    }
 }
 
 fn gateway(state: &AppState) -> Result<&BankIdGateway, ApiError> {
@@ -233,6 +256,7 @@ fn state_view(s: &OrderState) -> OrderStateView {
         status: status_name(&s.status).to_owned(),
         qr: s.qr.clone(),
         hint: s.hint.clone(),
+        user_message: s.user_message.as_ref().map(user_message_view),
         completion: s
             .completion
             .as_ref()
@@ -279,8 +303,9 @@ pub(crate) struct EventsParams {
 }
 
 /// Server-sent events of an order: `qr` (data to draw, each second while
-/// pending), `hint` (`{"hint"}`), then one of `complete` (completionData),
-/// `failed` (`{"hint"}`), `cancelled` or `error` (`{"message"}`), and the
+/// pending), `hint` (`{"hint", "user_message"}`), then one of `complete`
+/// (completionData), `failed` (`{"hint", "user_message"}`), `cancelled` or
+/// `error` (`{"message", "user_message"}`), and the
 /// stream ends. The current state is sent first. Needs the order's events key
 /// or a token with scope `read`.
 #[utoipa::path(get, path = "/api/v1/bankid/orders/{id}/events", tag = "bankid",
@@ -295,18 +320,7 @@ pub(crate) async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let gw = gateway(&state)?;
-    let by_key = params
-        .key
-        .as_deref()
-        .is_some_and(|k| gw.events_key_matches(&id, k));
-    if !by_key {
-        let principal = state.auth.authenticate(&state.store, &headers).await?;
-        if !principal.scope.allows(Scope::Read) {
-            return Err(ApiError::forbidden(
-                "following BankID orders needs scope read",
-            ));
-        }
-    }
+    may_follow(&state, gw, &id, params.key.as_deref(), &headers).await?;
     let rx = gw.subscribe(&id).ok_or_else(|| not_found(&id))?;
     let permit = state
         .event_streams
@@ -326,6 +340,67 @@ pub(crate) async fn events(
     Ok(Sse::new(event_stream(rx, permit))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+/// Whether the caller may follow order `id`: its events key, or a token with
+/// scope `read` (a browser's `<img>` or `EventSource` sends no header).
+async fn may_follow(
+    state: &AppState,
+    gw: &BankIdGateway,
+    id: &str,
+    key: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    if key.is_some_and(|k| gw.events_key_matches(id, k)) {
+        return Ok(());
+    }
+    let principal = state.auth.authenticate(&state.store, headers).await?;
+    if !principal.scope.allows(Scope::Read) {
+        return Err(ApiError::forbidden(
+            "following BankID orders needs scope read",
+        ));
+    }
+    Ok(())
+}
+
+/// The QR code to show now, drawn as SVG, for web apps that draw none
+/// themselves: reload it each second while the order is pending (its data
+/// changes every second). Needs the order's events key or scope `read`.
+#[utoipa::path(get, path = "/api/v1/bankid/orders/{id}/qr.svg", tag = "bankid",
+    params(("id" = String, Path), EventsParams),
+    responses(
+        (status = 200, description = "The current QR code", content_type = "image/svg+xml", body = String),
+        (status = 401, body = ErrorBody),
+        (status = 404, description = "No such order, or it shows no QR code now (not pending, or a phone order)", body = ErrorBody)))]
+pub(crate) async fn qr_svg(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<EventsParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let gw = gateway(&state)?;
+    may_follow(&state, gw, &id, params.key.as_deref(), &headers).await?;
+    let rx = gw.subscribe(&id).ok_or_else(|| not_found(&id))?;
+    let (qr, status) = {
+        let s = rx.borrow();
+        (s.qr.clone(), status_name(&s.status))
+    };
+    let Some(qr) = qr else {
+        return Err(ApiError::not_found(format!(
+            "order {id} shows no QR code now (it is {status})"
+        )));
+    };
+    let mut res = bankbridge_bankid::qr::render_svg(&qr).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("image/svg+xml"),
+    );
+    h.insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(res)
 }
 
 /// The order's changes as SSE events, ending after the outcome. The stream
@@ -367,11 +442,10 @@ fn event_stream(
                 && prev.and_then(|p| p.hint.as_ref()) != now.hint.as_ref()
                 && now.status == OrderStatus::Pending
             {
-                out.push(
-                    Event::default()
-                        .event("hint")
-                        .data(serde_json::json!({"hint": now.hint}).to_string()),
-                );
+                out.push(Event::default().event("hint").data(
+                    serde_json::json!({"hint": now.hint, "user_message": now.user_message})
+                        .to_string(),
+                ));
             }
             if let Some(qr) = &now.qr
                 && prev.and_then(|p| p.qr.as_ref()) != Some(qr)
@@ -390,18 +464,18 @@ fn event_stream(
                     c.done = true;
                 }
                 OrderStatus::Failed => {
-                    out.push(
-                        Event::default()
-                            .event("failed")
-                            .data(serde_json::json!({"hint": now.hint}).to_string()),
-                    );
+                    out.push(Event::default().event("failed").data(
+                        serde_json::json!({"hint": now.hint, "user_message": now.user_message})
+                            .to_string(),
+                    ));
                     c.done = true;
                 }
                 OrderStatus::Cancelled | OrderStatus::Error => {
                     out.push(
-                        Event::default()
-                            .event(status_name(&now.status))
-                            .data(serde_json::json!({"message": now.message}).to_string()),
+                        Event::default().event(status_name(&now.status)).data(
+                            serde_json::json!({"message": now.message, "user_message": now.user_message})
+                                .to_string(),
+                        ),
                     );
                     c.done = true;
                 }
