@@ -886,31 +886,7 @@ fn build_channel<E: Fn(&str) -> Option<String>>(
             "a channel needs a one-line, non-empty name".into(),
         );
     }
-    let Some(kind) = RawKind::from_name(&raw.kind) else {
-        let known: Vec<&str> = KINDS.iter().map(|k| k.name()).collect();
-        c.invalid(
-            Some("type"),
-            format!(
-                "unknown channel type {:?}; expected one of {}",
-                raw.kind,
-                known.join(", ")
-            ),
-        );
-        return None;
-    };
-    let type_name = kind.name();
-    let article = kind.article();
-    for field in raw.present_fields() {
-        if !kind.fields().contains(&field) {
-            c.invalid(
-                Some(field),
-                format!("`{field}` does not apply to {article} {type_name} channel"),
-            );
-        }
-    }
-
-    let built = build_kind(kind, &mut raw, c);
-
+    // The settings every kind has, checked whatever the type says.
     let ssl_expiry_threshold_days = raw.ssl_expiry_threshold_days.unwrap_or(30);
     if !(1..=365).contains(&ssl_expiry_threshold_days) {
         c.invalid(
@@ -941,6 +917,31 @@ fn build_channel<E: Fn(&str) -> Option<String>>(
             Ok(d) => Some(d),
         },
     };
+    let Some(kind) = RawKind::from_name(&raw.kind) else {
+        let known: Vec<&str> = KINDS.iter().map(|k| k.name()).collect();
+        c.invalid(
+            Some("type"),
+            format!(
+                "unknown channel type {:?}; expected one of {}",
+                raw.kind,
+                known.join(", ")
+            ),
+        );
+        return None;
+    };
+    let type_name = kind.name();
+    let article = kind.article();
+    for field in raw.present_fields() {
+        if !kind.fields().contains(&field) {
+            c.invalid(
+                Some(field),
+                format!("`{field}` does not apply to {article} {type_name} channel"),
+            );
+        }
+    }
+
+    let built = build_kind(kind, &mut raw, c);
+
     if !c.found.is_empty() {
         return None;
     }
@@ -2071,6 +2072,13 @@ mod tests {
         let e = parse_err("[[channel]]\nname = \"x\"\ntype = \"sms\"\n");
         assert!(e.contains("unknown channel type \"sms\""), "{e}");
         assert!(e.contains("pagerduty") && e.contains("opsgenie"), "{e}");
+        // An unknown type hides none of the settings every channel has.
+        let found = problems("[[channel]]\nname = \"x\"\ntype = \"sms\"\nreminder = \"1s\"\n");
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[1].starts_with("line 4, column 1: channel \"x\": reminder: must be at least 1m"),
+            "{found:?}"
+        );
 
         let e = parse_err("[[channel]]\nname = \"x\"\ntype = \"slack\"\n");
         assert_eq!(e, "channel \"x\": a slack channel needs `webhook_url`");

@@ -29,8 +29,9 @@
 //! ```
 //!
 //! Parsing checks everything a run would otherwise trip on (unknown fields,
-//! bad JSONPath or regex, a template naming a value no earlier step
-//! captures) and every error names the file, line and field.
+//! a method other than GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS, bad
+//! JSONPath or regex, a template naming a value no earlier step captures);
+//! every problem of a file is reported, each naming the file, line and field.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,9 @@
 //! other locations, a round's verdict from its locations' results (quorum),
 //! the check's health moved by thresholds, alerts sent on each change (and
 //! as reminders), results stored with retention, and the TLS certificates
-//! of the flows' hosts watched.
+//! of the flows' hosts watched. Each change of health is logged, at WARN
+//! when it is to failing or degraded, and so is, once at start, each check
+//! the store knows as failing or degraded.
 //!
 //! No HTTP here: `api::checks` exposes it. The pure rules (cadence, retries,
 //! quorum, thresholds, maintenance) live in `bankbridge_checks::schedule`.
