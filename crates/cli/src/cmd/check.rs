@@ -81,6 +81,7 @@ pub fn env_policy(names: &[String]) -> Result<std::sync::Arc<EnvPolicy>> {
 
 #[derive(clap::Args, Debug)]
 pub struct ValidateArgs {
+    /// Flow files, folders of them (with their channels.toml), or a channels.toml.
     #[arg(required = true)]
     pub flows: Vec<PathBuf>,
 }

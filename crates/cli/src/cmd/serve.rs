@@ -9,7 +9,7 @@ use crate::config::Config;
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "BANKBRIDGE_LISTEN")]
+    #[arg(long, env = "BANKBRIDGE_LISTEN", hide_env_values = true)]
     pub listen: Option<String>,
     /// Seconds between scheduler checks for connections due a sync.
     #[arg(long, default_value_t = 30)]
@@ -27,19 +27,19 @@ pub struct ServeArgs {
     #[arg(long)]
     pub bankid_sandbox: Option<String>,
     /// BankID gateway: the RP API base URL (…/rp/v6.0/).
-    #[arg(long, env = "BANKBRIDGE_BANKID_URL")]
+    #[arg(long, env = "BANKBRIDGE_BANKID_URL", hide_env_values = true)]
     pub bankid_url: Option<url::Url>,
     /// BankID gateway: RP certificate (PEM).
-    #[arg(long, env = "BANKBRIDGE_BANKID_CERT")]
+    #[arg(long, env = "BANKBRIDGE_BANKID_CERT", hide_env_values = true)]
     pub bankid_cert: Option<std::path::PathBuf>,
     /// BankID gateway: RP key (PEM).
-    #[arg(long, env = "BANKBRIDGE_BANKID_KEY")]
+    #[arg(long, env = "BANKBRIDGE_BANKID_KEY", hide_env_values = true)]
     pub bankid_key: Option<std::path::PathBuf>,
     /// BankID gateway: RP certificate and key as PKCS#12 (password from BANKBRIDGE_BANKID_P12_PASSWORD).
-    #[arg(long, env = "BANKBRIDGE_BANKID_P12")]
+    #[arg(long, env = "BANKBRIDGE_BANKID_P12", hide_env_values = true)]
     pub bankid_p12: Option<std::path::PathBuf>,
     /// BankID gateway: the server CA to pin (PEM).
-    #[arg(long, env = "BANKBRIDGE_BANKID_CA")]
+    #[arg(long, env = "BANKBRIDGE_BANKID_CA", hide_env_values = true)]
     pub bankid_ca: Option<std::path::PathBuf>,
     /// BankID gateway: most orders pending at once (each keeps a driver
     /// polling BankID); more get 429 bankid_too_many_orders.
@@ -50,7 +50,7 @@ pub struct ServeArgs {
     pub trusted_proxy: Vec<std::net::IpAddr>,
     /// Run the flow checks of this folder (*.toml flows and channels.toml)
     /// on their schedules; the folder is reloaded when it changes.
-    #[arg(long, env = "BANKBRIDGE_CHECKS")]
+    #[arg(long, env = "BANKBRIDGE_CHECKS", hide_env_values = true)]
     pub checks: Option<std::path::PathBuf>,
     /// This server's own location name: flows listing it run here, the
     /// other locations are left to `bankbridge check agent`s.
