@@ -51,9 +51,9 @@ impl SyncProgress {
             ProgressBar::new_spinner()
         };
         bar.set_style(
-            ProgressStyle::with_template(
+            ProgressStyle::with_template(&styled(
                 "{spinner:.green} {prefix:.bold} [{elapsed_precise}] {pos} windows · {msg}",
-            )
+            ))
             .expect("valid template"),
         );
         bar.set_prefix(connection.to_owned());
@@ -155,8 +155,17 @@ impl SyncProgress {
 
 /// The bar once an account's windows are counted.
 fn planned_style() -> ProgressStyle {
-    ProgressStyle::with_template(
+    ProgressStyle::with_template(&styled(
         "{spinner:.green} {prefix:.bold} [{elapsed_precise}] {bar:20} {pos}/{len} windows {percent}% · ETA {eta} · {msg}",
-    )
+    ))
     .expect("valid template")
+}
+
+/// A progress template without its colours when [`colour`] says no.
+fn styled(template: &str) -> String {
+    if colour() {
+        template.to_owned()
+    } else {
+        template.replace(":.green}", "}").replace(":.bold}", "}")
+    }
 }
