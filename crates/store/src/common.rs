@@ -386,6 +386,21 @@ pub(crate) fn tx_query_sql(q: &TxQuery, dialect: Dialect, columns: &str) -> (Str
     (sql, args)
 }
 
+/// Counts of what a connection holds: accounts, transactions, documents.
+pub(crate) fn footprint_sql(dialect: Dialect) -> String {
+    let id = match dialect {
+        Dialect::Sqlite => "?1",
+        Dialect::Postgres => "$1",
+    };
+    format!(
+        "SELECT (SELECT COUNT(*) FROM accounts WHERE connection_id = c.id), \
+                (SELECT COUNT(*) FROM transactions t JOIN accounts a ON a.id = t.account_id \
+                  WHERE a.connection_id = c.id), \
+                (SELECT COUNT(*) FROM documents WHERE connection_id = c.id) \
+         FROM connections c WHERE c.id = {id}"
+    )
+}
+
 /// A migration failure, with the likely cause when the database is newer than this build.
 pub(crate) fn migrate_error(location: &str, e: &sqlx::migrate::MigrateError) -> StoreError {
     use sqlx::migrate::MigrateError;

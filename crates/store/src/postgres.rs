@@ -507,16 +507,11 @@ impl Store for PgStore {
     }
 
     async fn connection_footprint(&self, id: i64) -> Result<Option<ConnectionFootprint>> {
-        let row: Option<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM accounts WHERE connection_id = c.id), \
-                    (SELECT COUNT(*) FROM transactions t JOIN accounts a ON a.id = t.account_id \
-                      WHERE a.connection_id = c.id), \
-                    (SELECT COUNT(*) FROM documents WHERE connection_id = c.id) \
-             FROM connections c WHERE c.id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<(i64, i64, i64)> =
+            sqlx::query_as(&common::footprint_sql(Dialect::Postgres))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(
             row.map(|(accounts, transactions, documents)| ConnectionFootprint {
                 accounts: accounts as u64,

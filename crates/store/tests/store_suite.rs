@@ -607,8 +607,23 @@ async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
     s.commit_window(&w2).await.unwrap();
     let job = s.create_sync_job(a.id, t(2)).await.unwrap();
 
+    // What a removal would take, counted first (and only this connection's).
+    let footprint = |accounts, transactions| bankbridge_store::ConnectionFootprint {
+        accounts,
+        transactions,
+        documents: 0,
+    };
+    assert_eq!(
+        s.connection_footprint(a.id).await.unwrap(),
+        Some(footprint(1, 2))
+    );
+    assert_eq!(
+        s.connection_footprint(b.id).await.unwrap(),
+        Some(footprint(1, 1))
+    );
     assert!(s.delete_connection(a.id).await.unwrap());
     assert!(!s.delete_connection(a.id).await.unwrap());
+    assert_eq!(s.connection_footprint(a.id).await.unwrap(), None);
     assert!(s.get_connection(a.id).await.unwrap().is_none());
     assert!(s.get_account(acc.id).await.unwrap().is_none());
     assert!(s.list_accounts(Some(a.id)).await.unwrap().is_empty());
