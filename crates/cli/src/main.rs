@@ -144,11 +144,13 @@ fn main() -> ExitCode {
             | Command::Card(cmd::card::CardCommand::Virtual(_))
             | Command::Check(cmd::check::CheckCommand::Agent(_))
     );
-    if quiet {
+    if quiet && !matches!(cli.command, Command::Card(_)) {
         // One-shot commands end quietly when their reader goes away
         // (`bankbridge transactions | head -1`), as Unix tools do, instead of
         // panicking on a failed print. Servers keep Rust's default: a peer
-        // closing a socket must not kill them.
+        // closing a socket must not kill them; so do the card commands,
+        // whose PC/SC library writes to pcscd's socket (a pcscd that dies
+        // must give an error, not a silent death).
         sigpipe::reset();
     }
     ui::init_logging(cli.log_json || config.file.log_json.unwrap_or(false), quiet);
