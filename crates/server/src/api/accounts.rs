@@ -143,10 +143,10 @@ pub(crate) async fn balances(
 
 /// An account with its balance now (see [`bankbridge_store::current_balance`]).
 #[derive(serde::Serialize)]
-struct AccountView<'a> {
+pub(crate) struct AccountView<'a> {
     #[serde(flatten)]
-    account: &'a bankbridge_core::Account,
-    balance: Option<&'a bankbridge_store::StoredBalance>,
+    pub(crate) account: &'a bankbridge_core::Account,
+    pub(crate) balance: Option<&'a bankbridge_store::StoredBalance>,
 }
 
 fn no_account(id: i64) -> ApiError {

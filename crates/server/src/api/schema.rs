@@ -523,7 +523,6 @@ mod tests {
             first_seen: Utc::now(),
             last_seen: Utc::now(),
         };
-        assert_eq!(schema_fields("Account"), keys(&acc));
         let bal = StoredBalance {
             account_id: 1,
             balance: Balance {
@@ -535,6 +534,12 @@ mod tests {
             fetched_at: Utc::now(),
         };
         assert_eq!(schema_fields("Balance"), keys(&bal));
+        // An account is served with its balance now.
+        let view = super::super::accounts::AccountView {
+            account: &acc,
+            balance: Some(&bal),
+        };
+        assert_eq!(schema_fields("Account"), keys(&view));
         let job = SyncJob {
             id: 1,
             connection_id: 1,
