@@ -81,7 +81,13 @@ export BANKBRIDGE_VAR_base_url="$sandbox/xs2a-playground"
 
 port="$(free_port)"
 api="http://127.0.0.1:$port"
-"$BIN" serve --listen "127.0.0.1:$port" --bankid-sandbox "$sandbox" --checks "$work/flows" \
+# The fuzzer makes connections to any https host the schema allows (e.g.
+# my.fibank.bg) and syncs them: every request off this machine goes to a
+# proxy address where nothing listens, so no test traffic leaves loopback
+# (not even a DNS lookup).
+HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 ALL_PROXY=http://127.0.0.1:9 \
+    NO_PROXY=127.0.0.1,localhost,::1 \
+    "$BIN" serve --listen "127.0.0.1:$port" --bankid-sandbox "$sandbox" --checks "$work/flows" \
     >"$work/serve.log" 2>&1 &
 pids+=($!)
 wait_http "$api/healthz"

@@ -154,8 +154,13 @@ impl From<GatewayError> for ApiError {
             GatewayError::TooManyPending { .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "bankid_too_many_orders", msg)
             }
+            // The request passed our checks, so BankID's refusal is about its
+            // content (422) or another order for the same person (409).
             GatewayError::BankId(b) => match b.status() {
-                Some(400) => ApiError::new(StatusCode::BAD_REQUEST, "bankid_refused", msg),
+                Some(400) if b.code() == Some(&bankbridge_bankid::ErrorCode::AlreadyInProgress) => {
+                    ApiError::new(StatusCode::CONFLICT, "bankid_refused", msg)
+                }
+                Some(400) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bankid_refused", msg),
                 _ if matches!(b, bankbridge_bankid::BankIdError::InvalidRequest(_)) => {
                     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", msg)
                 }
@@ -168,7 +173,8 @@ impl From<GatewayError> for ApiError {
 /// Start an auth or sign order. Needs scope `write`.
 #[utoipa::path(post, path = "/api/v1/bankid/orders", tag = "bankid", request_body = CreateOrder,
     responses((status = 201, body = OrderView), (status = 400, body = ErrorBody),
-        (status = 422, description = "`unprocessable`: BankID's rules refuse what the request says (a personal number's date or check digit, text too long once encoded, a sign order without text, an end_user_ip that is not an address)", body = ErrorBody),
+        (status = 409, description = "`bankid_refused`: an order for this person is already in progress at BankID", body = ErrorBody),
+        (status = 422, description = "`unprocessable`: BankID's rules refuse what the request says (a personal number's date or check digit, text too long once encoded, a sign order without text, an end_user_ip that is not an address); `bankid_refused`: BankID itself refused it (invalidParameters)", body = ErrorBody),
         (status = 429, description = "`bankid_too_many_orders`: the server's cap on pending orders (`serve --bankid-max-pending`)", body = ErrorBody),
         (status = 502, description = "BankID did not answer", body = ErrorBody),
         (status = 503, description = "`bankid_not_configured`, `bankid_busy`", body = ErrorBody)))]

@@ -62,7 +62,7 @@ struct FormatParam {
     responses(
         (status = 200, description = "The export file", content(
             (String = "text/csv"),
-            (String = "application/json"),
+            (Vec<super::schema::Transaction> = "application/json"),
             (String = "application/x-ofx"),
         )),
         (status = 400, body = ErrorBody),
