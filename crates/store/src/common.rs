@@ -386,6 +386,17 @@ pub(crate) fn tx_query_sql(q: &TxQuery, dialect: Dialect, columns: &str) -> (Str
     (sql, args)
 }
 
+/// The footprint a row of [`footprint_sql`] gives.
+pub(crate) fn footprint(row: Option<(i64, i64, i64)>) -> Option<crate::ConnectionFootprint> {
+    row.map(
+        |(accounts, transactions, documents)| crate::ConnectionFootprint {
+            accounts: accounts as u64,
+            transactions: transactions as u64,
+            documents: documents as u64,
+        },
+    )
+}
+
 /// Counts of what a connection holds: accounts, transactions, documents.
 pub(crate) fn footprint_sql(dialect: Dialect) -> String {
     let id = match dialect {

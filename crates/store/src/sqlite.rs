@@ -631,13 +631,7 @@ impl Store for SqliteStore {
             .bind(id)
             .fetch_optional(&self.reader)
             .await?;
-        Ok(
-            row.map(|(accounts, transactions, documents)| ConnectionFootprint {
-                accounts: accounts as u64,
-                transactions: transactions as u64,
-                documents: documents as u64,
-            }),
-        )
+        Ok(common::footprint(row))
     }
 
     async fn save_session(&self, connection_id: i64, session_sealed: Option<&[u8]>) -> Result<()> {

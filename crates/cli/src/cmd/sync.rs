@@ -207,12 +207,9 @@ fn sandbox_approve_url(connection: &Connection) -> Option<String> {
     }
     let base = connection.settings.get("base_url")?.as_str()?;
     let url = url::Url::parse(base).ok()?;
-    let loopback = match url.host()? {
-        url::Host::Domain(d) => d == "localhost",
-        url::Host::Ipv4(ip) => ip.is_loopback(),
-        url::Host::Ipv6(ip) => ip.is_loopback(),
-    };
-    (loopback && url.path().trim_end_matches('/').ends_with("/keypad")).then(|| {
+    (bankbridge_core::net::is_loopback(&url)
+        && url.path().trim_end_matches('/').ends_with("/keypad"))
+    .then(|| {
         let root = base.trim_end_matches('/').trim_end_matches("/keypad");
         format!("{root}/_sandbox/keypad/approve")
     })
