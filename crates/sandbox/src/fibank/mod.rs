@@ -202,9 +202,7 @@ impl Fibank {
     /// Sent as the HTTP `Date` header, so clients that take "today" from the
     /// bank follow the sandbox clock when it is advanced.
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        let real = chrono::Utc::now().with_timezone(&chrono_tz::Europe::Sofia);
-        let shift = self.today() - real.date_naive();
-        (real + shift).with_timezone(&chrono::Utc)
+        crate::util::wall_clock_on(self.today(), chrono_tz::Europe::Sofia, chrono::Utc::now())
     }
 
     pub fn customer_id(&self) -> u64 {

@@ -325,9 +325,7 @@ impl KeypadBank {
 
     /// The bank's clock: its today at the real time of day in Paris.
     pub fn now(&self) -> DateTime<Utc> {
-        let real = Utc::now().with_timezone(&chrono_tz::Europe::Paris);
-        let shift = self.today() - real.date_naive();
-        (real + shift).with_timezone(&Utc)
+        crate::util::wall_clock_on(self.today(), chrono_tz::Europe::Paris, chrono::Utc::now())
     }
 
     fn now_secs(&self) -> i64 {
