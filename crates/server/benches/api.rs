@@ -167,7 +167,8 @@ async fn seed(store: &dyn Store, n: usize) {
         kind: None,
         raw: serde_json::json!({}),
     };
-    let account = store.upsert_account(conn.id, &account, now).await.unwrap();
+    let lease = bankbridge_store::testing::hold_lease(store, conn.id).await;
+    let account = store.upsert_account(lease, &account, now).await.unwrap();
     let start = NaiveDate::from_ymd_opt(2020, 1, 1).unwrap();
     for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
         let inserts = chunk
@@ -202,7 +203,7 @@ async fn seed(store: &dyn Store, n: usize) {
             })
             .collect();
         let commit = WindowCommit {
-            connection_id: conn.id,
+            lease,
             account_id: account.id,
             now,
             inserts,

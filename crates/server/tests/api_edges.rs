@@ -3,7 +3,7 @@
 //! that says what to send, token expiry, and 409 while another process syncs.
 mod common;
 
-use bankbridge_store::{NewDocument, Scope};
+use bankbridge_store::{Lease, NewDocument, Scope};
 use chrono::{Duration, NaiveDate, Utc};
 use common::*;
 use serde_json::Value;
@@ -99,11 +99,13 @@ async fn documents_are_paged_like_transactions() {
     let s = TestServer::start().await;
     let t = s.token(Scope::Read).await;
     let (conn, _) = seed(s.store.as_ref(), 1).await;
+    let lease = bankbridge_store::testing::hold_lease(s.store.as_ref(), conn).await;
     for i in 0..9u32 {
         // Every third one undated: they come last.
         let date = (i % 3 != 0).then(|| NaiveDate::from_ymd_opt(2024, 1 + i % 12, 28).unwrap());
         s.store
             .save_document(
+                lease,
                 &NewDocument {
                     connection_id: conn,
                     account_id: None,
@@ -205,7 +207,8 @@ async fn a_sync_held_by_another_process_answers_409_at_once() {
     let (conn, _) = seed(s.store.as_ref(), 1).await;
     // Another machine's sync holds the lease for the next minute.
     let now = Utc::now();
-    s.store
+    let Lease::Acquired(lease) = s
+        .store
         .acquire_sync_lease(
             conn,
             "pid 4242 on another-host",
@@ -213,7 +216,10 @@ async fn a_sync_held_by_another_process_answers_409_at_once() {
             now + Duration::minutes(1),
         )
         .await
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("the seeded connection is free");
+    };
     let res = s
         .post_json(
             &format!("/api/v1/connections/{conn}/sync"),
@@ -230,10 +236,7 @@ async fn a_sync_held_by_another_process_answers_409_at_once() {
         "{body}"
     );
     // Let go: the sync starts.
-    s.store
-        .release_sync_lease(conn, "pid 4242 on another-host")
-        .await
-        .unwrap();
+    s.store.release_sync_lease(lease).await.unwrap();
     let res = s
         .post_json(
             &format!("/api/v1/connections/{conn}/sync"),

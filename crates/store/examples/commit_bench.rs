@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bankbridge_core::{Balance, BalanceKind};
 use bankbridge_store::bench::{self, RAW_COLUMNS, RAW_PER_ROW, RawWindow};
-use bankbridge_store::{Checkpoint, SqliteStore, Store, TxWrite, WindowCommit};
+use bankbridge_store::{Checkpoint, LeaseToken, SqliteStore, Store, TxWrite, WindowCommit};
 use chrono::{TimeZone, Utc};
 use rust_decimal::Decimal;
 use sqlx::{Arguments, Connection};
@@ -117,13 +117,13 @@ async fn raw_pg(
 async fn setup(
     store: &dyn Store,
     name: &str,
-) -> Result<(i64, i64), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(LeaseToken, i64), Box<dyn std::error::Error + Send + Sync>> {
     Ok(bench::bench_account(store, name).await?)
 }
 
 async fn via_commit_window(
     store: &dyn Store,
-    conn_id: i64,
+    lease: LeaseToken,
     acc: i64,
     rows: &[TxWrite],
     window: usize,
@@ -133,7 +133,7 @@ async fn via_commit_window(
     for (i, win) in rows.chunks(window).enumerate() {
         let last = win.last().map(|w| w.booking_date).unwrap_or_default();
         commits.push(WindowCommit {
-            connection_id: conn_id,
+            lease,
             account_id: acc,
             now: Utc
                 .timestamp_opt(1_700_000_000 + i as i64, 0)
@@ -202,7 +202,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let raw_store = SqliteStore::open(&dir.path().join("raw.db")).await?;
     let (rc, ra) = setup(&raw_store, "raw").await?;
     raw_store.close().await;
-    let raw = raw_sqlite(&dir.path().join("raw.db"), rc, ra, &rows, window).await?;
+    let raw = raw_sqlite(
+        &dir.path().join("raw.db"),
+        rc.connection_id,
+        ra,
+        &rows,
+        window,
+    )
+    .await?;
 
     let store = SqliteStore::open(&dir.path().join("store.db")).await?;
     let (c, a) = setup(&store, "store").await?;
@@ -212,7 +219,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let raw2_store = SqliteStore::open(&dir.path().join("raw2.db")).await?;
     let (rc, ra) = setup(&raw2_store, "raw").await?;
     raw2_store.close().await;
-    let raw2 = raw_sqlite(&dir.path().join("raw2.db"), rc, ra, &rows, window).await?;
+    let raw2 = raw_sqlite(
+        &dir.path().join("raw2.db"),
+        rc.connection_id,
+        ra,
+        &rows,
+        window,
+    )
+    .await?;
     let raw_best = raw.min(raw2);
 
     for (name, d) in [
@@ -233,12 +247,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let pg: Arc<dyn Store> = bankbridge_store::open(&url).await?;
         let name = format!("bench-raw-{}", std::process::id());
         let (c, a) = setup(pg.as_ref(), &name).await?;
-        let raw = raw_pg(&url, c, a, &rows, window).await?;
-        pg.delete_connection(c).await?;
+        let raw = raw_pg(&url, c.connection_id, a, &rows, window).await?;
+        pg.delete_connection(c.connection_id).await?;
         let name = format!("bench-{}", std::process::id());
         let (c, a) = setup(pg.as_ref(), &name).await?;
         let d = via_commit_window(pg.as_ref(), c, a, &rows, window).await?;
-        pg.delete_connection(c).await?;
+        pg.delete_connection(c.connection_id).await?;
         for (name, d) in [
             ("postgres raw multi-row INSERT", raw),
             ("postgres commit_window", d),

@@ -15,7 +15,7 @@ use rust_decimal::Decimal;
 use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Arguments, Connection, Executor};
 
-use crate::{NewConnection, Result, Store, StoreError, TxWrite};
+use crate::{Lease, LeaseToken, NewConnection, Result, Store, StoreError, TxWrite};
 
 /// Columns a raw insert fills, in the order of its parameters.
 pub const RAW_COLUMNS: &str = "connection_id, account_id, provider_id, pending_provider_id, fingerprint, status, \
@@ -77,9 +77,10 @@ pub fn search_text(w: &TxWrite) -> String {
     crate::common::search_text(w)
 }
 
-/// A connection named `name` with one BGN account, ready to hold rows.
-/// Returns (connection id, account id).
-pub async fn bench_account(store: &dyn Store, name: &str) -> Result<(i64, i64)> {
+/// A connection named `name` with one BGN account, ready to hold rows, and
+/// its sync lease held for a day (writes of bank data carry it). Returns
+/// (the lease, account id).
+pub async fn bench_account(store: &dyn Store, name: &str) -> Result<(LeaseToken, i64)> {
     let c = store
         .create_connection(&NewConnection {
             name: name.into(),
@@ -91,9 +92,21 @@ pub async fn bench_account(store: &dyn Store, name: &str) -> Result<(i64, i64)> 
     let currency = "BGN"
         .parse()
         .map_err(|_| StoreError::Corrupt("currency BGN".into()))?;
+    let now = Utc::now();
+    let lease = match store
+        .acquire_sync_lease(c.id, "bench", now, now + chrono::Duration::days(1))
+        .await?
+    {
+        Lease::Acquired(lease) => lease,
+        Lease::Held { owner, .. } => {
+            return Err(StoreError::Conflict(format!(
+                "the new connection {name:?} is already leased by {owner}"
+            )));
+        }
+    };
     let a = store
         .upsert_account(
-            c.id,
+            lease,
             &FetchedAccount {
                 provider_id: "ACC".into(),
                 iban: None,
@@ -105,7 +118,7 @@ pub async fn bench_account(store: &dyn Store, name: &str) -> Result<(i64, i64)> 
             Utc::now(),
         )
         .await?;
-    Ok((c.id, a.id))
+    Ok((lease, a.id))
 }
 
 /// The rows of one account to insert in one database transaction.

@@ -955,6 +955,52 @@ pub(crate) fn card_audit_query_sql(q: &CardAuditQuery) -> (String, Vec<Arg>) {
     (sql, args)
 }
 
+// ---------------------------------------------------------------- sync leases
+//
+// The same SQL on both backends (`$N` parameters work on SQLite too).
+
+/// Take a free or lapsed lease; the generation grows with each acquisition.
+pub(crate) const LEASE_ACQUIRE: &str = "UPDATE connections SET lease_owner = $1, lease_until = $2, \
+     lease_generation = lease_generation + 1 WHERE id = $3 AND \
+     (lease_owner IS NULL OR lease_until IS NULL OR lease_until < $4) RETURNING lease_generation";
+pub(crate) const LEASE_HOLDER: &str =
+    "SELECT lease_owner, lease_until FROM connections WHERE id = $1";
+pub(crate) const LEASE_RENEW: &str = "UPDATE connections SET lease_until = $1 \
+     WHERE id = $2 AND lease_generation = $3 AND lease_owner IS NOT NULL";
+pub(crate) const LEASE_RELEASE: &str = "UPDATE connections SET lease_owner = NULL, lease_until = NULL \
+     WHERE id = $1 AND lease_generation = $2";
+/// Run first in every transaction a sync writes in: it matches the
+/// connection's row only while the lease is still the writer's, and on
+/// PostgreSQL it also locks that row until the commit, so a takeover waits
+/// for the write instead of slipping in between check and commit (SQLite's
+/// `BEGIN IMMEDIATE` already serialises all writers).
+pub(crate) const LEASE_FENCE: &str = "UPDATE connections SET lease_generation = lease_generation \
+     WHERE id = $1 AND lease_generation = $2 AND lease_owner IS NOT NULL";
+
+/// What a fenced statement's row count means.
+pub(crate) fn fenced(rows_affected: u64, lease: crate::LeaseToken) -> Result<()> {
+    if rows_affected == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::lease_lost(lease))
+    }
+}
+
+/// A lease someone holds at `now`, from its row (`None`: no such connection).
+pub(crate) fn lease_held(
+    connection_id: i64,
+    row: Option<(Option<String>, Option<DateTime<Utc>>)>,
+    now: DateTime<Utc>,
+) -> Result<Option<crate::Lease>> {
+    match row {
+        None => Err(StoreError::NotFound(format!("connection {connection_id}"))),
+        Some((Some(owner), Some(until))) if until >= now => {
+            Ok(Some(crate::Lease::Held { owner, until }))
+        }
+        Some(_) => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

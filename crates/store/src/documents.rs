@@ -55,13 +55,19 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-pub(crate) fn check_new_document(d: &NewDocument) -> Result<()> {
+pub(crate) fn check_new_document(d: &NewDocument, lease: crate::LeaseToken) -> Result<()> {
     let bad = |what: &str| {
         Err(StoreError::Conflict(format!(
             "document {:?} of connection {}: {what}",
             d.provider_id, d.connection_id
         )))
     };
+    if d.connection_id != lease.connection_id {
+        return bad(&format!(
+            "the sync saving it holds the lease of connection {}",
+            lease.connection_id
+        ));
+    }
     if d.provider_id.trim().is_empty() {
         return bad("the provider key is empty");
     }

@@ -38,6 +38,8 @@ mod common;
 pub mod documents;
 pub mod postgres;
 pub mod sqlite;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use cards::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewCard,
@@ -62,6 +64,20 @@ pub enum StoreError {
     Conflict(String),
     #[error("stored data is corrupt ({0})")]
     Corrupt(String),
+    /// A write of a sync whose lease was taken over by another sync.
+    #[error(
+        "connection {connection_id}: this sync no longer holds its sync lease (generation {generation}): another sync took it over or the connection was deleted; nothing was written"
+    )]
+    LeaseLost { connection_id: i64, generation: i64 },
+}
+
+impl StoreError {
+    pub(crate) fn lease_lost(token: LeaseToken) -> StoreError {
+        StoreError::LeaseLost {
+            connection_id: token.connection_id,
+            generation: token.generation,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -218,12 +234,24 @@ impl fmt::Debug for Connection {
 /// Outcome of asking for the right to sync one connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Lease {
-    Acquired,
+    Acquired(LeaseToken),
     /// Someone else holds it until `until`.
     Held {
         owner: String,
         until: DateTime<Utc>,
     },
+}
+
+/// Proof of holding a connection's sync lease: the lease generation this
+/// acquisition got. The generation grows with every acquisition, so a sync
+/// whose lease lapsed and was taken by another holds a stale token, and every
+/// write of a sync carries its token: the store checks it in the write's own
+/// database transaction and refuses a stale one with
+/// [`StoreError::LeaseLost`], writing nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseToken {
+    pub connection_id: i64,
+    pub generation: i64,
 }
 
 // ---------------------------------------------------------------- sync state
@@ -271,7 +299,9 @@ pub struct TxWrite {
 /// together with the new checkpoint. Either all of it lands or none.
 #[derive(Clone, Debug)]
 pub struct WindowCommit {
-    pub connection_id: i64,
+    /// The sync's lease on the account's connection: checked in the commit's
+    /// transaction.
+    pub lease: LeaseToken,
     pub account_id: i64,
     pub now: DateTime<Utc>,
     pub inserts: Vec<TxWrite>,
@@ -455,7 +485,8 @@ pub trait Store: Send + Sync + 'static {
     /// How many accounts, transactions and documents the connection holds
     /// (`None`: no such connection).
     async fn connection_footprint(&self, id: i64) -> Result<Option<ConnectionFootprint>>;
-    async fn save_session(&self, connection_id: i64, session_sealed: Option<&[u8]>) -> Result<()>;
+    /// Keep the bank session a sync holds (fenced by its lease).
+    async fn save_session(&self, lease: LeaseToken, session_sealed: Option<&[u8]>) -> Result<()>;
     /// A fact about the database (see migration 0010), if recorded.
     async fn meta(&self, name: &str) -> Result<Option<String>>;
     /// Record `value` under `name` unless something is recorded already;
@@ -469,17 +500,21 @@ pub trait Store: Send + Sync + 'static {
         update: &ConnectionUpdate,
     ) -> Result<Option<Connection>>;
     /// The outcome of a sync that used the credentials of version
-    /// `credentials_version`.
+    /// `credentials_version` (fenced by its lease: a sync that lost it leaves
+    /// the outcome to the sync that took over).
     async fn record_sync_result(
         &self,
-        connection_id: i64,
+        lease: LeaseToken,
         at: DateTime<Utc>,
         outcome: SyncOutcome,
         error: Option<&str>,
         credentials_version: i64,
     ) -> Result<()>;
-    /// Take (or renew) the right to sync a connection until `until`. Atomic
-    /// across processes sharing the database.
+    /// Take the right to sync a connection until `until`, if nobody holds
+    /// it at `now` (free, released, or lapsed). Each acquisition gets a new,
+    /// higher generation in its [`LeaseToken`]. Atomic across processes
+    /// sharing the database; an owner that already holds the lease gets
+    /// `Held` like anyone else (two syncs of one process stay apart too).
     async fn acquire_sync_lease(
         &self,
         connection_id: i64,
@@ -487,13 +522,18 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Lease>;
-    async fn release_sync_lease(&self, connection_id: i64, owner: &str) -> Result<()>;
+    /// Extend a held lease to `until`; [`StoreError::LeaseLost`] when
+    /// another acquisition has happened since `lease` was taken.
+    async fn renew_sync_lease(&self, lease: LeaseToken, until: DateTime<Utc>) -> Result<()>;
+    /// Let go of a lease; a no-op when it was taken over meanwhile.
+    async fn release_sync_lease(&self, lease: LeaseToken) -> Result<()>;
 
     // accounts and balances
-    /// Insert or refresh an account; `last_seen` moves to `now`.
+    /// Insert or refresh an account of the lease's connection; `last_seen`
+    /// moves to `now`.
     async fn upsert_account(
         &self,
-        connection_id: i64,
+        lease: LeaseToken,
         account: &FetchedAccount,
         now: DateTime<Utc>,
     ) -> Result<Account>;
@@ -527,8 +567,13 @@ pub trait Store: Send + Sync + 'static {
     /// key). A document already stored is returned unchanged (`inserted`
     /// false), whatever bytes came with it. `NotFound` for an unknown
     /// connection or account; `Conflict` for an empty key, kind, title or
-    /// content type.
-    async fn save_document(&self, doc: &NewDocument, content: &[u8]) -> Result<SavedDocument>;
+    /// content type, or a document of another connection than the lease's.
+    async fn save_document(
+        &self,
+        lease: LeaseToken,
+        doc: &NewDocument,
+        content: &[u8],
+    ) -> Result<SavedDocument>;
     /// Ordered by date (undated last), then id.
     async fn list_documents(&self, query: &DocumentQuery) -> Result<Vec<Document>>;
     async fn get_document(&self, id: i64) -> Result<Option<Document>>;

@@ -26,9 +26,9 @@ use crate::common::{CardAuditRow, CardRow, InstitutionRow};
 use crate::documents::{self, DocumentQuery, NewDocument, SavedDocument};
 use crate::{
     AccountTotals, Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Checkpoint,
-    CommitStats, Connection, ConnectionFootprint, ConnectionUpdate, Institution, Lease, NewCard,
-    NewConnection, NewInstitution, Result, Scope, Store, StoreError, StoredBalance, SyncJob,
-    SyncOutcome, TokenRecord, TxQuery, WindowCommit, codec,
+    CommitStats, Connection, ConnectionFootprint, ConnectionUpdate, Institution, Lease, LeaseToken,
+    NewCard, NewConnection, NewInstitution, Result, Scope, Store, StoreError, StoredBalance,
+    SyncJob, SyncOutcome, TokenRecord, TxQuery, WindowCommit, codec,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -192,6 +192,19 @@ fn job_from_row(r: &PgRow) -> Result<SyncJob> {
             .transpose()?,
         error: r.try_get(7)?,
     })
+}
+
+/// The lease check a sync's write transaction starts with (see [`common::LEASE_FENCE`]).
+async fn fence(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    lease: LeaseToken,
+) -> Result<()> {
+    let done = sqlx::query(common::LEASE_FENCE)
+        .bind(lease.connection_id)
+        .bind(lease.generation)
+        .execute(&mut **tx)
+        .await?;
+    common::fenced(done.rows_affected(), lease)
 }
 
 fn bind_args(args: Vec<Arg>) -> Result<PgArguments> {
@@ -515,15 +528,15 @@ impl Store for PgStore {
         Ok(common::footprint(row))
     }
 
-    async fn save_session(&self, connection_id: i64, session_sealed: Option<&[u8]>) -> Result<()> {
-        let done = sqlx::query("UPDATE connections SET session_sealed = $1 WHERE id = $2")
+    async fn save_session(&self, lease: LeaseToken, session_sealed: Option<&[u8]>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, lease).await?;
+        sqlx::query("UPDATE connections SET session_sealed = $1 WHERE id = $2")
             .bind(session_sealed)
-            .bind(connection_id)
-            .execute(&self.pool)
+            .bind(lease.connection_id)
+            .execute(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("connection {connection_id}")));
-        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -570,7 +583,7 @@ impl Store for PgStore {
 
     async fn record_sync_result(
         &self,
-        connection_id: i64,
+        lease: LeaseToken,
         at: DateTime<Utc>,
         outcome: SyncOutcome,
         error: Option<&str>,
@@ -578,19 +591,18 @@ impl Store for PgStore {
     ) -> Result<()> {
         let done = sqlx::query(
             "UPDATE connections SET last_sync_at = $1, last_sync_status = $2, last_sync_error = $3, \
-             last_sync_credentials_version = $4 WHERE id = $5",
+             last_sync_credentials_version = $4 WHERE id = $5 AND lease_generation = $6 \
+             AND lease_owner IS NOT NULL",
         )
         .bind(micros(at))
         .bind(outcome.as_str())
         .bind(error)
         .bind(credentials_version)
-        .bind(connection_id)
+        .bind(lease.connection_id)
+        .bind(lease.generation)
         .execute(&self.pool)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("connection {connection_id}")));
-        }
-        Ok(())
+        common::fenced(done.rows_affected(), lease)
     }
 
     async fn acquire_sync_lease(
@@ -601,34 +613,27 @@ impl Store for PgStore {
         until: DateTime<Utc>,
     ) -> Result<Lease> {
         let (now, until) = (micros(now), micros(until));
+        // A holder may release between the UPDATE and the read-back; try again then.
         for _ in 0..3 {
-            let done = sqlx::query(
-                "UPDATE connections SET lease_owner = $1, lease_until = $2 WHERE id = $3 AND \
-                 (lease_owner IS NULL OR lease_until IS NULL OR lease_until < $4 OR lease_owner = $1)",
-            )
-            .bind(owner)
-            .bind(until)
-            .bind(connection_id)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-            if done.rows_affected() == 1 {
-                return Ok(Lease::Acquired);
+            let generation: Option<i64> = sqlx::query_scalar(common::LEASE_ACQUIRE)
+                .bind(owner)
+                .bind(until)
+                .bind(connection_id)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(generation) = generation {
+                return Ok(Lease::Acquired(LeaseToken {
+                    connection_id,
+                    generation,
+                }));
             }
-            let row: Option<(Option<String>, Option<DateTime<Utc>>)> =
-                sqlx::query_as("SELECT lease_owner, lease_until FROM connections WHERE id = $1")
-                    .bind(connection_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            match row {
-                None => return Err(StoreError::NotFound(format!("connection {connection_id}"))),
-                Some((Some(holder), Some(held_until))) if holder != owner && held_until >= now => {
-                    return Ok(Lease::Held {
-                        owner: holder,
-                        until: held_until,
-                    });
-                }
-                Some(_) => continue,
+            let row = sqlx::query_as(common::LEASE_HOLDER)
+                .bind(connection_id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(held) = common::lease_held(connection_id, row, now)? {
+                return Ok(held);
             }
         }
         Err(StoreError::Conflict(format!(
@@ -636,24 +641,22 @@ impl Store for PgStore {
         )))
     }
 
-    async fn release_sync_lease(&self, connection_id: i64, owner: &str) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE connections SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
-        )
-        .bind(connection_id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            let exists: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM connections WHERE id = $1")
-                    .bind(connection_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            if exists.is_none() {
-                return Err(StoreError::NotFound(format!("connection {connection_id}")));
-            }
-        }
+    async fn renew_sync_lease(&self, lease: LeaseToken, until: DateTime<Utc>) -> Result<()> {
+        let done = sqlx::query(common::LEASE_RENEW)
+            .bind(micros(until))
+            .bind(lease.connection_id)
+            .bind(lease.generation)
+            .execute(&self.pool)
+            .await?;
+        common::fenced(done.rows_affected(), lease)
+    }
+
+    async fn release_sync_lease(&self, lease: LeaseToken) -> Result<()> {
+        sqlx::query(common::LEASE_RELEASE)
+            .bind(lease.connection_id)
+            .bind(lease.generation)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -661,12 +664,15 @@ impl Store for PgStore {
 
     async fn upsert_account(
         &self,
-        connection_id: i64,
+        lease: LeaseToken,
         account: &FetchedAccount,
         now: DateTime<Utc>,
     ) -> Result<Account> {
         let raw = serde_json::to_string(&account.raw)
             .map_err(|e| StoreError::Conflict(format!("account raw cannot be serialised: {e}")))?;
+        let connection_id = lease.connection_id;
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, lease).await?;
         let row = sqlx::query(&format!(
             "INSERT INTO accounts AS a (connection_id, provider_id, iban, currency, name, kind, raw, first_seen, \
              last_seen, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $8, $8) \
@@ -687,16 +693,11 @@ impl Store for PgStore {
         .bind(account.kind.as_deref())
         .bind(raw)
         .bind(micros(now))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| {
-            if is_foreign_key_violation(&e) {
-                StoreError::NotFound(format!("connection {connection_id}"))
-            } else {
-                e.into()
-            }
-        })?;
-        account_from_row(&row)
+        .fetch_one(&mut *tx)
+        .await?;
+        let account = account_from_row(&row)?;
+        tx.commit().await?;
+        Ok(account)
     }
 
     async fn list_accounts(&self, connection_id: Option<i64>) -> Result<Vec<Account>> {
@@ -812,7 +813,9 @@ impl Store for PgStore {
         let prepared = common::prepare_commit(commit)?;
         let now = prepared.now;
         let account_id = commit.account_id;
+        let connection_id = commit.lease.connection_id;
         let mut tx = self.pool.begin().await?;
+        fence(&mut tx, commit.lease).await?;
 
         let owner: Option<i64> =
             sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = $1")
@@ -821,10 +824,9 @@ impl Store for PgStore {
                 .await?;
         match owner {
             None => return Err(StoreError::NotFound(format!("account {account_id}"))),
-            Some(c) if c != commit.connection_id => {
+            Some(c) if c != connection_id => {
                 return Err(StoreError::Conflict(format!(
-                    "account {account_id} belongs to connection {c}, not {}",
-                    commit.connection_id
+                    "account {account_id} belongs to connection {c}, not {connection_id}"
                 )));
             }
             Some(_) => {}
@@ -836,7 +838,7 @@ impl Store for PgStore {
                 cols.push(p);
             }
             let mut args = PgArguments::default();
-            args.add(commit.connection_id).map_err(encode_err)?;
+            args.add(connection_id).map_err(encode_err)?;
             args.add(account_id).map_err(encode_err)?;
             args.add(now).map_err(encode_err)?;
             cols.add_to(&mut args)?;
@@ -1123,12 +1125,18 @@ impl Store for PgStore {
         Ok(keys.into_iter().collect())
     }
 
-    async fn save_document(&self, doc: &NewDocument, content: &[u8]) -> Result<SavedDocument> {
-        documents::check_new_document(doc)?;
+    async fn save_document(
+        &self,
+        lease: LeaseToken,
+        doc: &NewDocument,
+        content: &[u8],
+    ) -> Result<SavedDocument> {
+        documents::check_new_document(doc, lease)?;
         let sha256 = documents::sha256_hex(content);
         let size = documents::stored_size(content)?;
         let now = micros(doc.now);
         let mut tx = self.pool.begin().await?;
+        fence(&mut tx, lease).await?;
         if let Some(account_id) = doc.account_id {
             let owner: Option<i64> = sqlx::query_scalar(documents::ACCOUNT_OWNER)
                 .bind(account_id)

@@ -36,9 +36,9 @@ use crate::common::{CardAuditRow, CardRow, InstitutionRow};
 use crate::documents::{self, DocumentQuery, NewDocument, SavedDocument};
 use crate::{
     AccountTotals, Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Checkpoint,
-    CommitStats, Connection, ConnectionFootprint, ConnectionUpdate, Institution, Lease, NewCard,
-    NewConnection, NewInstitution, Result, Scope, Store, StoreError, StoredBalance, SyncJob,
-    SyncOutcome, TokenRecord, TxQuery, WindowCommit, codec,
+    CommitStats, Connection, ConnectionFootprint, ConnectionUpdate, Institution, Lease, LeaseToken,
+    NewCard, NewConnection, NewInstitution, Result, Scope, Store, StoreError, StoredBalance,
+    SyncJob, SyncOutcome, TokenRecord, TxQuery, WindowCommit, codec,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -379,6 +379,16 @@ fn job_from_row(r: &SqliteRow) -> Result<SyncJob> {
     })
 }
 
+/// The lease check a sync's write transaction starts with (see [`common::LEASE_FENCE`]).
+async fn fence(tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>, lease: LeaseToken) -> Result<()> {
+    let done = sqlx::query(common::LEASE_FENCE)
+        .bind(lease.connection_id)
+        .bind(lease.generation)
+        .execute(&mut **tx)
+        .await?;
+    common::fenced(done.rows_affected(), lease)
+}
+
 fn bind_args(args: Vec<Arg>) -> Result<SqliteArguments<'static>> {
     let mut out = SqliteArguments::default();
     for a in args {
@@ -634,15 +644,15 @@ impl Store for SqliteStore {
         Ok(common::footprint(row))
     }
 
-    async fn save_session(&self, connection_id: i64, session_sealed: Option<&[u8]>) -> Result<()> {
-        let done = sqlx::query("UPDATE connections SET session_sealed = ?1 WHERE id = ?2")
+    async fn save_session(&self, lease: LeaseToken, session_sealed: Option<&[u8]>) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        fence(&mut tx, lease).await?;
+        sqlx::query("UPDATE connections SET session_sealed = ?1 WHERE id = ?2")
             .bind(session_sealed)
-            .bind(connection_id)
-            .execute(&self.writer)
+            .bind(lease.connection_id)
+            .execute(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("connection {connection_id}")));
-        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -689,7 +699,7 @@ impl Store for SqliteStore {
 
     async fn record_sync_result(
         &self,
-        connection_id: i64,
+        lease: LeaseToken,
         at: DateTime<Utc>,
         outcome: SyncOutcome,
         error: Option<&str>,
@@ -697,19 +707,18 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let done = sqlx::query(
             "UPDATE connections SET last_sync_at = ?1, last_sync_status = ?2, last_sync_error = ?3, \
-             last_sync_credentials_version = ?4 WHERE id = ?5",
+             last_sync_credentials_version = ?4 WHERE id = ?5 AND lease_generation = ?6 \
+             AND lease_owner IS NOT NULL",
         )
         .bind(micros(at))
         .bind(outcome.as_str())
         .bind(error)
         .bind(credentials_version)
-        .bind(connection_id)
+        .bind(lease.connection_id)
+        .bind(lease.generation)
         .execute(&self.writer)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("connection {connection_id}")));
-        }
-        Ok(())
+        common::fenced(done.rows_affected(), lease)
     }
 
     async fn acquire_sync_lease(
@@ -720,60 +729,53 @@ impl Store for SqliteStore {
         until: DateTime<Utc>,
     ) -> Result<Lease> {
         let (now, until) = (micros(now), micros(until));
-        // A holder may release between the UPDATE and the read-back; try again then.
-        for _ in 0..3 {
-            let done = sqlx::query(
-                "UPDATE connections SET lease_owner = ?1, lease_until = ?2 WHERE id = ?3 AND \
-                 (lease_owner IS NULL OR lease_until IS NULL OR lease_until < ?4 OR lease_owner = ?1)",
-            )
+        // One write transaction: the take and the read of who holds it see
+        // the same state.
+        let mut tx = self.write_tx().await?;
+        let generation: Option<i64> = sqlx::query_scalar(common::LEASE_ACQUIRE)
             .bind(owner)
             .bind(until)
             .bind(connection_id)
             .bind(now)
-            .execute(&self.writer)
+            .fetch_optional(&mut *tx)
             .await?;
-            if done.rows_affected() == 1 {
-                return Ok(Lease::Acquired);
-            }
-            let row: Option<(Option<String>, Option<DateTime<Utc>>)> =
-                sqlx::query_as("SELECT lease_owner, lease_until FROM connections WHERE id = ?1")
+        let lease = match generation {
+            Some(generation) => Lease::Acquired(LeaseToken {
+                connection_id,
+                generation,
+            }),
+            None => {
+                let row = sqlx::query_as(common::LEASE_HOLDER)
                     .bind(connection_id)
-                    .fetch_optional(&self.writer)
+                    .fetch_optional(&mut *tx)
                     .await?;
-            match row {
-                None => return Err(StoreError::NotFound(format!("connection {connection_id}"))),
-                Some((Some(holder), Some(held_until))) if holder != owner && held_until >= now => {
-                    return Ok(Lease::Held {
-                        owner: holder,
-                        until: held_until,
-                    });
-                }
-                Some(_) => continue,
+                common::lease_held(connection_id, row, now)?.ok_or_else(|| {
+                    StoreError::Conflict(format!(
+                        "the sync lease of connection {connection_id} changed hands while it was taken; try again"
+                    ))
+                })?
             }
-        }
-        Err(StoreError::Conflict(format!(
-            "the sync lease of connection {connection_id} keeps changing hands; try again"
-        )))
+        };
+        tx.commit().await?;
+        Ok(lease)
     }
 
-    async fn release_sync_lease(&self, connection_id: i64, owner: &str) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE connections SET lease_owner = NULL, lease_until = NULL WHERE id = ?1 AND lease_owner = ?2",
-        )
-        .bind(connection_id)
-        .bind(owner)
-        .execute(&self.writer)
-        .await?;
-        if done.rows_affected() == 0 {
-            let exists: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM connections WHERE id = ?1")
-                    .bind(connection_id)
-                    .fetch_optional(&self.writer)
-                    .await?;
-            if exists.is_none() {
-                return Err(StoreError::NotFound(format!("connection {connection_id}")));
-            }
-        }
+    async fn renew_sync_lease(&self, lease: LeaseToken, until: DateTime<Utc>) -> Result<()> {
+        let done = sqlx::query(common::LEASE_RENEW)
+            .bind(micros(until))
+            .bind(lease.connection_id)
+            .bind(lease.generation)
+            .execute(&self.writer)
+            .await?;
+        common::fenced(done.rows_affected(), lease)
+    }
+
+    async fn release_sync_lease(&self, lease: LeaseToken) -> Result<()> {
+        sqlx::query(common::LEASE_RELEASE)
+            .bind(lease.connection_id)
+            .bind(lease.generation)
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 
@@ -781,12 +783,15 @@ impl Store for SqliteStore {
 
     async fn upsert_account(
         &self,
-        connection_id: i64,
+        lease: LeaseToken,
         account: &FetchedAccount,
         now: DateTime<Utc>,
     ) -> Result<Account> {
         let raw = serde_json::to_string(&account.raw)
             .map_err(|e| StoreError::Conflict(format!("account raw cannot be serialised: {e}")))?;
+        let connection_id = lease.connection_id;
+        let mut tx = self.write_tx().await?;
+        fence(&mut tx, lease).await?;
         let row = sqlx::query(&format!(
             "INSERT INTO accounts (connection_id, provider_id, iban, currency, name, kind, raw, first_seen, \
              last_seen, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8) \
@@ -806,16 +811,11 @@ impl Store for SqliteStore {
         .bind(account.kind.as_deref())
         .bind(raw)
         .bind(micros(now))
-        .fetch_one(&self.writer)
-        .await
-        .map_err(|e| {
-            if is_foreign_key_violation(&e) {
-                StoreError::NotFound(format!("connection {connection_id}"))
-            } else {
-                e.into()
-            }
-        })?;
-        account_from_row(&row)
+        .fetch_one(&mut *tx)
+        .await?;
+        let account = account_from_row(&row)?;
+        tx.commit().await?;
+        Ok(account)
     }
 
     async fn list_accounts(&self, connection_id: Option<i64>) -> Result<Vec<Account>> {
@@ -940,7 +940,9 @@ impl Store for SqliteStore {
         let prepared = common::prepare_commit(commit)?;
         let now = prepared.now;
         let account_id = commit.account_id;
+        let connection_id = commit.lease.connection_id;
         let mut tx = self.write_tx().await?;
+        fence(&mut tx, commit.lease).await?;
 
         let owner: Option<i64> =
             sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = ?1")
@@ -949,10 +951,9 @@ impl Store for SqliteStore {
                 .await?;
         match owner {
             None => return Err(StoreError::NotFound(format!("account {account_id}"))),
-            Some(c) if c != commit.connection_id => {
+            Some(c) if c != connection_id => {
                 return Err(StoreError::Conflict(format!(
-                    "account {account_id} belongs to connection {c}, not {}",
-                    commit.connection_id
+                    "account {account_id} belongs to connection {c}, not {connection_id}"
                 )));
             }
             Some(_) => {}
@@ -966,7 +967,7 @@ impl Store for SqliteStore {
             let (chunk, tail) = rest.split_at(n);
             let mut args = SqliteArguments::default();
             for p in chunk {
-                args.add(commit.connection_id).map_err(encode_err)?;
+                args.add(connection_id).map_err(encode_err)?;
                 args.add(account_id).map_err(encode_err)?;
                 add_tx_values(&mut args, p)?;
                 for _ in 0..3 {
@@ -1262,12 +1263,18 @@ impl Store for SqliteStore {
         Ok(keys.into_iter().collect())
     }
 
-    async fn save_document(&self, doc: &NewDocument, content: &[u8]) -> Result<SavedDocument> {
-        documents::check_new_document(doc)?;
+    async fn save_document(
+        &self,
+        lease: LeaseToken,
+        doc: &NewDocument,
+        content: &[u8],
+    ) -> Result<SavedDocument> {
+        documents::check_new_document(doc, lease)?;
         let sha256 = documents::sha256_hex(content);
         let size = documents::stored_size(content)?;
         let now = micros(doc.now);
         let mut tx = self.write_tx().await?;
+        fence(&mut tx, lease).await?;
         if let Some(account_id) = doc.account_id {
             let owner: Option<i64> = sqlx::query_scalar(documents::ACCOUNT_OWNER)
                 .bind(account_id)

@@ -14,9 +14,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use bankbridge_core::{Balance, BalanceKind, FetchedAccount, Iban, Transaction, TxStatus};
+use bankbridge_store::LeaseToken;
+use bankbridge_store::testing::hold_lease;
 use bankbridge_store::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, CheckRun, CheckRunQuery,
     CheckStep, Checkpoint, ConnectionUpdate, DocumentQuery, Lease, NewCard, NewCheckRun,
@@ -47,68 +48,9 @@ async fn run_sqlite_location(body: impl FnOnce(String) -> BoxFut) {
     body(path.display().to_string()).await;
 }
 
-fn pg_admin_url() -> Option<String> {
-    match std::env::var("BANKBRIDGE_TEST_PG_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-                panic!(
-                    "BANKBRIDGE_TEST_PG_URL is not set, and CI is: the PostgreSQL store tests must run in CI. \
-                     Start a server with `export BANKBRIDGE_TEST_PG_URL=\"$(scripts/pg-throwaway.sh start)\"`."
-                );
-            }
-            eprintln!(
-                "skipped: set BANKBRIDGE_TEST_PG_URL to run the PostgreSQL store tests \
-                 (e.g. export BANKBRIDGE_TEST_PG_URL=\"$(scripts/pg-throwaway.sh start)\")"
-            );
-            None
-        }
-    }
-}
-
-/// The same URL pointing at database `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.find('?') {
-        Some(i) => (&url[..i], &url[i..]),
-        None => (url, ""),
-    };
-    let after_scheme = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[after_scheme..].find('/') {
-        Some(i) => &base[..after_scheme + i],
-        None => base,
-    };
-    format!("{base}/{db}{query}")
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A fresh database on the test server; dropped (best effort) by `drop_pg_database`.
-async fn create_pg_database(admin: &str) -> (sqlx::PgConnection, String, String) {
-    let mut conn = sqlx::PgConnection::connect(admin)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to BANKBRIDGE_TEST_PG_URL: {e}"));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let db = format!(
-        "bb_test_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        nanos
-    );
-    conn.execute(format!("CREATE DATABASE {db}").as_str())
-        .await
-        .expect("CREATE DATABASE");
-    let url = with_database(admin, &db);
-    (conn, db, url)
-}
-
-async fn drop_pg_database(mut conn: sqlx::PgConnection, db: &str) {
-    let _ = conn
-        .execute(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)").as_str())
-        .await;
-    let _ = conn.close().await;
-}
+use bankbridge_store::testing::{
+    create_pg_database, drop_pg_database, pg_admin_url, with_database,
+};
 
 /// Run the body in its own task so that a failing assertion still lets the
 /// database be dropped, then re-raise the failure.
@@ -189,6 +131,7 @@ store_tests! {
         the_database_remembers_facts_once,
         lease_is_exclusive_and_expires,
         concurrent_lease_has_one_winner,
+        a_sync_that_lost_its_lease_writes_nothing,
         account_upsert_is_idempotent,
         commit_window_insert_update_void_touch,
         commit_window_balances_written_only_on_change,
@@ -268,14 +211,15 @@ fn fetched_account(provider_id: &str) -> FetchedAccount {
     }
 }
 
-/// A connection with one account: (connection id, account id).
-async fn setup(s: &Arc<dyn Store>, name: &str) -> (i64, i64) {
+/// A connection with one account, its sync lease held: (the lease, account id).
+async fn setup(s: &Arc<dyn Store>, name: &str) -> (LeaseToken, i64) {
     let c = s.create_connection(&new_connection(name)).await.unwrap();
+    let lease = hold_lease(s.as_ref(), c.id).await;
     let a = s
-        .upsert_account(c.id, &fetched_account(&format!("{name}-acc")), t(0))
+        .upsert_account(lease, &fetched_account(&format!("{name}-acc")), t(0))
         .await
         .unwrap();
-    (c.id, a.id)
+    (lease, a.id)
 }
 
 fn tw(provider_id: &str, booking: NaiveDate, amount: &str) -> TxWrite {
@@ -302,9 +246,9 @@ fn tw(provider_id: &str, booking: NaiveDate, amount: &str) -> TxWrite {
     }
 }
 
-fn window(conn: i64, acc: i64, now: DateTime<Utc>) -> WindowCommit {
+fn window(lease: LeaseToken, acc: i64, now: DateTime<Utc>) -> WindowCommit {
     WindowCommit {
-        connection_id: conn,
+        lease,
         account_id: acc,
         now,
         inserts: Vec::new(),
@@ -412,9 +356,10 @@ async fn a_newer_database_is_refused(location: String) {
 
 async fn a_refused_login_holds_until_the_credentials_change(s: Arc<dyn Store>) {
     let c = s.create_connection(&new_connection("bank")).await.unwrap();
-    s.save_session(c.id, Some(&[7])).await.unwrap();
+    let lease = hold_lease(s.as_ref(), c.id).await;
+    s.save_session(lease, Some(&[7])).await.unwrap();
     s.record_sync_result(
-        c.id,
+        lease,
         t(1),
         SyncOutcome::CredentialsRefused,
         Some("wrong PIN"),
@@ -466,7 +411,7 @@ async fn a_refused_login_holds_until_the_credentials_change(s: Arc<dyn Store>) {
 
     // A refusal recorded by a sync that used the old credentials does not
     // block the new ones.
-    s.record_sync_result(c.id, t(2), SyncOutcome::CredentialsRefused, None, 1)
+    s.record_sync_result(lease, t(2), SyncOutcome::CredentialsRefused, None, 1)
         .await
         .unwrap();
     assert!(
@@ -484,7 +429,7 @@ async fn a_refused_login_holds_until_the_credentials_change(s: Arc<dyn Store>) {
     );
     // Every outcome reads back as itself.
     for outcome in SyncOutcome::ALL {
-        s.record_sync_result(c.id, t(3), outcome, None, 2)
+        s.record_sync_result(lease, t(3), outcome, None, 2)
             .await
             .unwrap();
         assert_eq!(
@@ -553,8 +498,10 @@ async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
         .collect();
     assert_eq!(names, vec!["main", "other"]);
 
-    s.save_session(a.id, Some(&[9, 9])).await.unwrap();
-    s.record_sync_result(a.id, t(5), SyncOutcome::Failed, Some("bank said no"), 1)
+    let lease_a = hold_lease(s.as_ref(), a.id).await;
+    let lease_b = hold_lease(s.as_ref(), b.id).await;
+    s.save_session(lease_a, Some(&[9, 9])).await.unwrap();
+    s.record_sync_result(lease_a, t(5), SyncOutcome::Failed, Some("bank said no"), 1)
         .await
         .unwrap();
     let got = s.get_connection(a.id).await.unwrap().unwrap();
@@ -563,7 +510,7 @@ async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
     assert_eq!(got.last_sync_status, SyncOutcome::Failed);
     assert_eq!(got.last_sync_error.as_deref(), Some("bank said no"));
     assert_eq!(got.last_sync_credentials_version, Some(1));
-    s.save_session(a.id, None).await.unwrap();
+    s.save_session(lease_a, None).await.unwrap();
     assert!(
         s.get_connection(a.id)
             .await
@@ -572,26 +519,31 @@ async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
             .session_sealed
             .is_none()
     );
+    // A token for no lease held (here: no such connection) writes nothing.
+    let stray = LeaseToken {
+        connection_id: 9_999,
+        generation: 1,
+    };
     assert!(matches!(
-        s.save_session(9_999, None).await,
-        Err(StoreError::NotFound(_))
+        s.save_session(stray, None).await,
+        Err(StoreError::LeaseLost { .. })
     ));
     assert!(matches!(
-        s.record_sync_result(9_999, t(0), SyncOutcome::Ok, None, 1)
+        s.record_sync_result(stray, t(0), SyncOutcome::Ok, None, 1)
             .await,
-        Err(StoreError::NotFound(_))
+        Err(StoreError::LeaseLost { .. })
     ));
 
     // Give `main` everything that hangs off a connection, and `other` one row.
     let acc = s
-        .upsert_account(a.id, &fetched_account("acc-1"), t(0))
+        .upsert_account(lease_a, &fetched_account("acc-1"), t(0))
         .await
         .unwrap();
     let other_acc = s
-        .upsert_account(b.id, &fetched_account("acc-1"), t(0))
+        .upsert_account(lease_b, &fetched_account("acc-1"), t(0))
         .await
         .unwrap();
-    let mut w = window(a.id, acc.id, t(1));
+    let mut w = window(lease_a, acc.id, t(1));
     w.inserts = vec![
         tw("t1", d(2024, 4, 1), "-1.00"),
         tw("t2", d(2024, 4, 2), "2.00"),
@@ -602,7 +554,7 @@ async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
         ..Default::default()
     };
     s.commit_window(&w).await.unwrap();
-    let mut w2 = window(b.id, other_acc.id, t(1));
+    let mut w2 = window(lease_b, other_acc.id, t(1));
     w2.inserts = vec![tw("t1", d(2024, 4, 1), "-1.00")];
     s.commit_window(&w2).await.unwrap();
     let job = s.create_sync_job(a.id, t(2)).await.unwrap();
@@ -636,80 +588,97 @@ async fn connection_crud_and_cascade_delete(s: Arc<dyn Store>) {
     assert_eq!(s.list_accounts(None).await.unwrap().len(), 1);
 }
 
+fn acquired(lease: Lease) -> LeaseToken {
+    match lease {
+        Lease::Acquired(token) => token,
+        held => panic!("expected the lease, got {held:?}"),
+    }
+}
+
 async fn lease_is_exclusive_and_expires(s: Arc<dyn Store>) {
     let c = s
         .create_connection(&new_connection("leased"))
         .await
         .unwrap();
-    assert_eq!(
+    let alpha = acquired(
         s.acquire_sync_lease(c.id, "alpha", t(0), t(60))
             .await
             .unwrap(),
-        Lease::Acquired
     );
+    assert_eq!(alpha.connection_id, c.id);
+    let held_by_alpha = |until| Lease::Held {
+        owner: "alpha".into(),
+        until,
+    };
     assert_eq!(
         s.acquire_sync_lease(c.id, "beta", t(10), t(70))
             .await
             .unwrap(),
-        Lease::Held {
-            owner: "alpha".into(),
-            until: t(60)
-        }
+        held_by_alpha(t(60))
     );
-    // The holder renews.
+    // Held means held, for its own owner too: two syncs of one process
+    // stay apart.
     assert_eq!(
-        s.acquire_sync_lease(c.id, "alpha", t(20), t(120))
+        s.acquire_sync_lease(c.id, "alpha", t(10), t(70))
             .await
             .unwrap(),
-        Lease::Acquired
+        held_by_alpha(t(60))
     );
-    // Someone else's release does nothing.
-    s.release_sync_lease(c.id, "beta").await.unwrap();
+    // The holder renews with its token.
+    s.renew_sync_lease(alpha, t(120)).await.unwrap();
     assert_eq!(
-        s.acquire_sync_lease(c.id, "beta", t(30), t(90))
+        s.acquire_sync_lease(c.id, "beta", t(100), t(160))
             .await
             .unwrap(),
-        Lease::Held {
-            owner: "alpha".into(),
-            until: t(120)
-        }
+        held_by_alpha(t(120))
     );
-    // The holder's release frees it.
-    s.release_sync_lease(c.id, "alpha").await.unwrap();
-    assert_eq!(
+    // The holder's release frees it; the next acquisition gets a higher
+    // generation, and the old token is worth nothing.
+    s.release_sync_lease(alpha).await.unwrap();
+    let beta = acquired(
         s.acquire_sync_lease(c.id, "beta", t(40), t(100))
             .await
             .unwrap(),
-        Lease::Acquired
     );
-    // Expiry: after `until` another owner takes over.
+    assert!(beta.generation > alpha.generation);
+    assert!(matches!(
+        s.renew_sync_lease(alpha, t(500)).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    // A stale release does nothing.
+    s.release_sync_lease(alpha).await.unwrap();
     assert!(matches!(
         s.acquire_sync_lease(c.id, "alpha", t(99), t(200))
             .await
             .unwrap(),
         Lease::Held { .. }
     ));
-    assert_eq!(
+    // Expiry: after `until` another owner takes over, and the lapsed holder
+    // can neither renew nor write.
+    let alpha2 = acquired(
         s.acquire_sync_lease(c.id, "alpha", t(101), t(200))
             .await
             .unwrap(),
-        Lease::Acquired
     );
+    assert!(alpha2.generation > beta.generation);
+    assert!(matches!(
+        s.renew_sync_lease(beta, t(300)).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        s.save_session(beta, Some(&[1])).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
     assert_eq!(
         s.acquire_sync_lease(c.id, "beta", t(150), t(300))
             .await
             .unwrap(),
-        Lease::Held {
-            owner: "alpha".into(),
-            until: t(200)
-        }
+        held_by_alpha(t(200))
     );
+    // A lapsed lease nobody took is still its holder's to renew.
+    s.renew_sync_lease(alpha2, t(400)).await.unwrap();
     assert!(matches!(
         s.acquire_sync_lease(9_999, "alpha", t(0), t(1)).await,
-        Err(StoreError::NotFound(_))
-    ));
-    assert!(matches!(
-        s.release_sync_lease(9_999, "alpha").await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -730,17 +699,94 @@ async fn concurrent_lease_has_one_winner(s: Arc<dyn Store>) {
     }
     let mut winners = 0;
     for task in tasks {
-        if task.await.unwrap() == Lease::Acquired {
+        if matches!(task.await.unwrap(), Lease::Acquired(_)) {
             winners += 1;
         }
     }
     assert_eq!(winners, 1);
 }
 
+/// The fencing token: once another sync took the lease over, every write
+/// of the old holder is refused whole, and nothing of it lands.
+async fn a_sync_that_lost_its_lease_writes_nothing(s: Arc<dyn Store>) {
+    let (old, acc) = setup(&s, "fenced").await;
+    let mut w = window(old, acc, t(1));
+    w.inserts = vec![tw("f1", d(2024, 4, 1), "-1.00")];
+    s.commit_window(&w).await.unwrap();
+    // The old holder stalls past its lease; a new sync takes over.
+    let far = Utc::now() + Duration::days(2);
+    let new = acquired(
+        s.acquire_sync_lease(old.connection_id, "new", far, far + Duration::hours(1))
+            .await
+            .unwrap(),
+    );
+    assert!(new.generation > old.generation);
+
+    let mut late = window(old, acc, t(2));
+    late.inserts = vec![tw("f2", d(2024, 4, 2), "-2.00")];
+    late.balances = vec![balance(BalanceKind::ClosingBooked, "9.00", d(2024, 4, 2))];
+    late.checkpoint.newest_covered = Some(d(2024, 4, 2));
+    let refused = |r: Result<_, StoreError>| {
+        assert!(matches!(r, Err(StoreError::LeaseLost { .. })));
+    };
+    refused(s.commit_window(&late).await.map(|_| ()));
+    refused(
+        s.upsert_account(old, &fetched_account("fenced-new-acc"), t(2))
+            .await
+            .map(|_| ()),
+    );
+    refused(s.save_session(old, Some(&[1, 2])).await);
+    refused(
+        s.record_sync_result(old, t(2), SyncOutcome::Ok, None, 1)
+            .await,
+    );
+    let doc = NewDocument {
+        connection_id: old.connection_id,
+        account_id: None,
+        provider_id: "st-1".into(),
+        kind: "statement".into(),
+        category: None,
+        title: "Statement".into(),
+        date: None,
+        content_type: "application/pdf".into(),
+        now: t(2),
+    };
+    refused(s.save_document(old, &doc, b"%PDF").await.map(|_| ()));
+
+    let rows = all_rows(&s, acc).await;
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.provider_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["f1"]
+    );
+    assert!(s.list_balances(acc).await.unwrap().is_empty());
+    assert_eq!(s.checkpoint(acc).await.unwrap(), Checkpoint::default());
+    assert_eq!(
+        s.list_accounts(Some(old.connection_id))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let c = s.get_connection(old.connection_id).await.unwrap().unwrap();
+    assert_eq!(
+        (c.session_sealed, c.last_sync_status),
+        (None, SyncOutcome::Never)
+    );
+    assert!(s.document_keys(old.connection_id).await.unwrap().is_empty());
+    // The new holder writes.
+    let mut w = window(new, acc, t(3));
+    w.inserts = vec![tw("f3", d(2024, 4, 3), "-3.00")];
+    s.commit_window(&w).await.unwrap();
+    assert_eq!(all_rows(&s, acc).await.len(), 2);
+}
+
 async fn account_upsert_is_idempotent(s: Arc<dyn Store>) {
     let c = s.create_connection(&new_connection("acc")).await.unwrap();
+    let lease = hold_lease(s.as_ref(), c.id).await;
     let first = s
-        .upsert_account(c.id, &fetched_account("A1"), t(0))
+        .upsert_account(lease, &fetched_account("A1"), t(0))
         .await
         .unwrap();
     assert_eq!(first.first_seen, t(0));
@@ -748,7 +794,7 @@ async fn account_upsert_is_idempotent(s: Arc<dyn Store>) {
     assert_eq!(first.iban.as_ref().unwrap().country(), "BG");
     assert_eq!(first.currency.as_str(), "BGN");
     let again = s
-        .upsert_account(c.id, &fetched_account("A1"), t(100))
+        .upsert_account(lease, &fetched_account("A1"), t(100))
         .await
         .unwrap();
     assert_eq!(again.id, first.id);
@@ -757,13 +803,13 @@ async fn account_upsert_is_idempotent(s: Arc<dyn Store>) {
     let mut renamed = fetched_account("A1");
     renamed.name = Some("Renamed".into());
     renamed.iban = None;
-    let r = s.upsert_account(c.id, &renamed, t(200)).await.unwrap();
+    let r = s.upsert_account(lease, &renamed, t(200)).await.unwrap();
     assert_eq!(
         (r.id, r.name.as_deref(), r.iban.is_none()),
         (first.id, Some("Renamed"), true)
     );
     let second = s
-        .upsert_account(c.id, &fetched_account("A2"), t(0))
+        .upsert_account(lease, &fetched_account("A2"), t(0))
         .await
         .unwrap();
     assert_ne!(second.id, first.id);
@@ -774,9 +820,13 @@ async fn account_upsert_is_idempotent(s: Arc<dyn Store>) {
     );
     assert_eq!(s.get_account(first.id).await.unwrap().unwrap(), r);
     assert!(s.get_account(9_999).await.unwrap().is_none());
+    let stray = LeaseToken {
+        connection_id: 9_999,
+        generation: 1,
+    };
     assert!(matches!(
-        s.upsert_account(9_999, &fetched_account("A1"), t(0)).await,
-        Err(StoreError::NotFound(_))
+        s.upsert_account(stray, &fetched_account("A1"), t(0)).await,
+        Err(StoreError::LeaseLost { .. })
     ));
 }
 
@@ -822,7 +872,7 @@ async fn commit_window_insert_update_void_touch(s: Arc<dyn Store>) {
             (r.first_seen, r.last_seen, r.updated_at),
             (t(10), t(10), t(10))
         );
-        assert_eq!((r.connection_id, r.account_id), (conn, acc));
+        assert_eq!((r.connection_id, r.account_id), (conn.connection_id, acc));
     }
     let f = by_provider(&rows, "t3");
     assert_eq!(f.original_amount, Some(dec("-6.31")));
@@ -1207,14 +1257,23 @@ async fn amounts_are_exact(s: Arc<dyn Store>) {
 async fn query_fixture(s: &Arc<dyn Store>) -> (Vec<(i64, i64)>, Vec<Transaction>) {
     let c1 = s.create_connection(&new_connection("q1")).await.unwrap();
     let c2 = s.create_connection(&new_connection("q2")).await.unwrap();
+    let (l1, l2) = (
+        hold_lease(s.as_ref(), c1.id).await,
+        hold_lease(s.as_ref(), c2.id).await,
+    );
     let mut accounts = Vec::new();
-    for (c, p) in [(c1.id, "A"), (c1.id, "B"), (c2.id, "C")] {
+    for (lease, p) in [(l1, "A"), (l1, "B"), (l2, "C")] {
         let a = s
-            .upsert_account(c, &fetched_account(p), t(0))
+            .upsert_account(lease, &fetched_account(p), t(0))
             .await
             .unwrap();
-        accounts.push((c, a.id));
+        accounts.push((lease, a.id));
     }
+    let leases: Vec<LeaseToken> = accounts.iter().map(|&(l, _)| l).collect();
+    let accounts: Vec<(i64, i64)> = accounts
+        .into_iter()
+        .map(|(l, a)| (l.connection_id, a))
+        .collect();
     let labels = [
         ("Coffee Shop", Some("Barista Ltd"), None),
         ("ПЛАЩАНЕ С КАРТА", Some("Магазин Фантастико"), None),
@@ -1241,10 +1300,10 @@ async fn query_fixture(s: &Arc<dyn Store>) -> (Vec<(i64, i64)>, Vec<Transaction>
             .wrapping_add(1_442_695_040_888_963_407);
         (seed >> 33) % n
     };
-    for (k, &(conn, acc)) in accounts.iter().enumerate() {
+    for (k, (&(_, acc), &lease)) in accounts.iter().zip(&leases).enumerate() {
         // Three windows committed at different times, for `updated_since`.
         for win in 0..3i64 {
-            let mut w = window(conn, acc, t(1000 * (win + 1)));
+            let mut w = window(lease, acc, t(1000 * (win + 1)));
             for i in 0..40 {
                 let day = d(2024, 1, 1) + Duration::days(next(60) as i64);
                 let mut x = tw(
@@ -2707,9 +2766,9 @@ fn with_database_keeps_the_rest_of_the_url() {
 
 // ---------------------------------------------------------------- documents
 
-fn new_document(conn: i64, key: &str, date: Option<NaiveDate>) -> NewDocument {
+fn new_document(lease: LeaseToken, key: &str, date: Option<NaiveDate>) -> NewDocument {
     NewDocument {
-        connection_id: conn,
+        connection_id: lease.connection_id,
         account_id: None,
         provider_id: key.to_owned(),
         kind: "statement".to_owned(),
@@ -2726,6 +2785,7 @@ async fn documents_are_stored_once_per_key_and_bytes_once_per_hash(s: Arc<dyn St
     let pdf = b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n%%EOF\n".to_vec();
     let a = s
         .save_document(
+            conn,
             &NewDocument {
                 account_id: Some(acc),
                 ..new_document(conn, "k-a", Some(d(2024, 1, 31)))
@@ -2745,6 +2805,7 @@ async fn documents_are_stored_once_per_key_and_bytes_once_per_hash(s: Arc<dyn St
     // The same key again (a re-sync): nothing new, even with other bytes or a later time.
     let again = s
         .save_document(
+            conn,
             &NewDocument {
                 now: t(60),
                 ..new_document(conn, "k-a", Some(d(2024, 1, 31)))
@@ -2758,14 +2819,14 @@ async fn documents_are_stored_once_per_key_and_bytes_once_per_hash(s: Arc<dyn St
 
     // Another document with the same bytes shares them.
     let b = s
-        .save_document(&new_document(conn, "k-b", None), &pdf)
+        .save_document(conn, &new_document(conn, "k-b", None), &pdf)
         .await
         .unwrap();
     assert!(b.inserted && !b.blob_inserted);
     assert_eq!(b.document.sha256, a.document.sha256);
     assert_ne!(b.document.id, a.document.id);
 
-    let keys = s.document_keys(conn).await.unwrap();
+    let keys = s.document_keys(conn.connection_id).await.unwrap();
     assert_eq!(keys, HashSet::from(["k-a".to_owned(), "k-b".to_owned()]));
     let (doc, bytes) = s.document_content(b.document.id).await.unwrap().unwrap();
     assert_eq!(doc, b.document);
@@ -2779,7 +2840,7 @@ async fn documents_are_stored_once_per_key_and_bytes_once_per_hash(s: Arc<dyn St
 
     // Empty bytes are a document too.
     let empty = s
-        .save_document(&new_document(conn, "k-empty", None), b"")
+        .save_document(conn, &new_document(conn, "k-empty", None), b"")
         .await
         .unwrap();
     assert_eq!(empty.document.size, 0);
@@ -2791,9 +2852,14 @@ async fn documents_are_stored_once_per_key_and_bytes_once_per_hash(s: Arc<dyn St
     assert!(bytes.is_empty());
 
     // Deleting the connection takes its documents along.
-    assert!(s.delete_connection(conn).await.unwrap());
+    assert!(s.delete_connection(conn.connection_id).await.unwrap());
     assert!(s.get_document(a.document.id).await.unwrap().is_none());
-    assert!(s.document_keys(conn).await.unwrap().is_empty());
+    assert!(
+        s.document_keys(conn.connection_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn documents_list_filters_and_order(s: Arc<dyn Store>) {
@@ -2801,7 +2867,11 @@ async fn documents_list_filters_and_order(s: Arc<dyn Store>) {
     let (c2, _) = setup(&s, "docs-2").await;
     let save = |doc: NewDocument, bytes: &'static [u8]| {
         let s = s.clone();
-        async move { s.save_document(&doc, bytes).await.unwrap().document }
+        let lease = [c1, c2]
+            .into_iter()
+            .find(|l| l.connection_id == doc.connection_id)
+            .unwrap();
+        async move { s.save_document(lease, &doc, bytes).await.unwrap().document }
     };
     let undated = save(new_document(c1, "u", None), b"u").await;
     let march = save(
@@ -2831,7 +2901,7 @@ async fn documents_list_filters_and_order(s: Arc<dyn Store>) {
     assert_eq!(
         ids(s
             .list_documents(&DocumentQuery {
-                connection_id: Some(c1),
+                connection_id: Some(c1.connection_id),
                 ..Default::default()
             })
             .await
@@ -2892,7 +2962,12 @@ async fn documents_list_filters_and_order(s: Arc<dyn Store>) {
     }
     assert_eq!(ids(paged), ids(all));
     // Keys are per connection: "j" is in both.
-    assert!(s.document_keys(c2).await.unwrap().contains("j"));
+    assert!(
+        s.document_keys(c2.connection_id)
+            .await
+            .unwrap()
+            .contains("j")
+    );
 }
 
 async fn documents_refuse_bad_input(s: Arc<dyn Store>) {
@@ -2916,10 +2991,11 @@ async fn documents_refuse_bad_input(s: Arc<dyn Store>) {
             ..new_document(conn, "x", None)
         },
     ] {
-        conflict_message(s.save_document(&bad, b"x").await);
+        conflict_message(s.save_document(conn, &bad, b"x").await);
     }
     match s
         .save_document(
+            conn,
             &NewDocument {
                 account_id: Some(other_acc),
                 ..new_document(conn, "x", None)
@@ -2931,15 +3007,24 @@ async fn documents_refuse_bad_input(s: Arc<dyn Store>) {
         Err(StoreError::NotFound(m)) => assert!(m.contains("account"), "{m}"),
         other => panic!("expected NotFound, got {other:?}"),
     }
+    let stray = LeaseToken {
+        connection_id: 987_654,
+        generation: 1,
+    };
     match s
-        .save_document(&new_document(987_654, "x", None), b"x")
+        .save_document(stray, &new_document(stray, "x", None), b"x")
         .await
     {
-        Err(StoreError::NotFound(m)) => assert!(m.contains("connection"), "{m}"),
-        other => panic!("expected NotFound, got {other:?}"),
+        Err(StoreError::LeaseLost { connection_id, .. }) => assert_eq!(connection_id, 987_654),
+        other => panic!("expected LeaseLost, got {other:?}"),
     }
     // Nothing of the refused attempts was kept.
-    assert!(s.document_keys(conn).await.unwrap().is_empty());
+    assert!(
+        s.document_keys(conn.connection_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn blob_count(location: &str) -> i64 {
@@ -2970,13 +3055,17 @@ async fn document_bytes_go_with_their_last_connection(location: String) {
         .await
         .unwrap()
         .id;
-    s.save_document(&new_document(c1, "a", None), b"shared")
+    let (c1, c2) = (
+        hold_lease(s.as_ref(), c1).await,
+        hold_lease(s.as_ref(), c2).await,
+    );
+    s.save_document(c1, &new_document(c1, "a", None), b"shared")
         .await
         .unwrap();
-    s.save_document(&new_document(c1, "b", None), b"only one")
+    s.save_document(c1, &new_document(c1, "b", None), b"only one")
         .await
         .unwrap();
-    s.save_document(&new_document(c2, "a", None), b"shared")
+    s.save_document(c2, &new_document(c2, "a", None), b"shared")
         .await
         .unwrap();
     assert_eq!(
@@ -2984,7 +3073,7 @@ async fn document_bytes_go_with_their_last_connection(location: String) {
         2,
         "the shared bytes are kept once"
     );
-    s.delete_connection(c1).await.unwrap();
+    s.delete_connection(c1.connection_id).await.unwrap();
     assert_eq!(
         blob_count(&location).await,
         1,
@@ -2996,7 +3085,7 @@ async fn document_bytes_go_with_their_last_connection(location: String) {
         .unwrap()
         .unwrap();
     assert_eq!(bytes, b"shared");
-    s.delete_connection(c2).await.unwrap();
+    s.delete_connection(c2.connection_id).await.unwrap();
     assert_eq!(blob_count(&location).await, 0);
 }
 

@@ -1,13 +1,15 @@
 //! Orchestration of one sync: lease, login, accounts, windows, retries,
 //! strong customer authentication, documents.
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bankbridge_core::{
     BalanceKind, ConnectionSettings, Connector, ConnectorError, DateWindow, DocumentContent,
     FetchedAccount, FetchedDocument, ScaAnswer, ScaChallenge, ScaProgress, ScaSolver, WindowPage,
 };
-use bankbridge_store::{Checkpoint, Connection, Lease, NewDocument, WindowCommit};
+use bankbridge_store::{Checkpoint, Connection, Lease, LeaseToken, NewDocument, WindowCommit};
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::plan::{self, PlanBounds};
@@ -22,7 +24,7 @@ pub(crate) async fn sync_connection(
     progress: Progress<'_>,
     solver: &dyn ScaSolver,
 ) -> Result<SyncSummary, SyncError> {
-    let mut lease = LeaseHolder::acquire(syncer, connection).await?;
+    let lease = LeaseHolder::acquire(syncer, connection).await?;
     // Read the connection again under the lease: a sync that just ended may
     // have recorded a refused login, or someone changed the credentials.
     let connection = match syncer.store.get_connection(connection.id).await {
@@ -45,15 +47,24 @@ pub(crate) async fn sync_connection(
             at: connection.last_sync_at,
         });
     }
-    let result = run_under_lease(syncer, &connection, &mut lease, progress, solver).await;
-    lease.release(syncer).await;
+    let result = match run_under_lease(syncer, &connection, &lease, progress, solver).await {
+        // The store refused a write: the heartbeat had not noticed yet.
+        Err(SyncError::Store(bankbridge_store::StoreError::LeaseLost { .. })) => {
+            Err(SyncError::LeaseLost {
+                connection: connection.name.clone(),
+            })
+        }
+        other => other,
+    };
 
+    // Recorded under the lease: a sync that lost it leaves the outcome to
+    // the sync that took over.
     let outcome = SyncError::outcome_of(&result);
     let error = result.as_ref().err().map(stored_error);
     if let Err(e) = syncer
         .store
         .record_sync_result(
-            connection.id,
+            lease.token,
             Utc::now(),
             outcome,
             error.as_deref(),
@@ -63,6 +74,7 @@ pub(crate) async fn sync_connection(
     {
         tracing::warn!(connection = %connection.name, error = %e, "could not record the sync result");
     }
+    lease.release(syncer).await;
     result
 }
 
@@ -88,7 +100,7 @@ fn stored_error(e: &SyncError) -> String {
 async fn run_under_lease(
     syncer: &Syncer,
     connection: &Connection,
-    lease: &mut LeaseHolder,
+    lease: &LeaseHolder,
     progress: Progress<'_>,
     solver: &dyn ScaSolver,
 ) -> Result<SyncSummary, SyncError> {
@@ -131,10 +143,25 @@ async fn run_under_lease(
     result
 }
 
-/// The lease that keeps two syncs of one connection apart (across processes).
+/// The lease that keeps two syncs of one connection apart (across
+/// processes), held for the whole sync.
+///
+/// A heartbeat task renews it every third of its time-to-live, whatever the
+/// sync is waiting on (an approval, a bank's `Retry-After`), so a live sync is
+/// never overtaken. Should the heartbeat stall anyway (a frozen machine) and
+/// another sync take over, the store refuses this sync's writes (each carries
+/// the lease's [`LeaseToken`]) and the heartbeat raises `lost`, which stops
+/// the sync before its next bank call.
 struct LeaseHolder {
-    connection_id: i64,
-    renewed: Instant,
+    token: LeaseToken,
+    lost: Arc<AtomicBool>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LeaseHolder {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
 }
 
 impl LeaseHolder {
@@ -142,12 +169,12 @@ impl LeaseHolder {
         let o = &syncer.options;
         let now = Utc::now();
         let until = now + o.lease_ttl;
-        match syncer
+        let token = match syncer
             .store
             .acquire_sync_lease(connection.id, &o.owner, now, until)
             .await?
         {
-            Lease::Acquired => {}
+            Lease::Acquired(token) => token,
             Lease::Held {
                 owner,
                 until: held_until,
@@ -162,55 +189,78 @@ impl LeaseHolder {
                 // The holder was killed on this very machine: its lease is void.
                 tracing::warn!(connection = %connection.name, %owner, "taking over the lease of a sync that died");
                 let past_it = held_until + chrono::Duration::seconds(1);
-                if let Lease::Held { owner, until } = syncer
+                match syncer
                     .store
                     .acquire_sync_lease(connection.id, &o.owner, past_it, until)
                     .await?
                 {
-                    return Err(SyncError::Busy {
-                        connection: connection.name.clone(),
-                        owner,
-                        until,
-                    });
+                    Lease::Acquired(token) => token,
+                    Lease::Held { owner, until } => {
+                        return Err(SyncError::Busy {
+                            connection: connection.name.clone(),
+                            owner,
+                            until,
+                        });
+                    }
                 }
             }
-        }
+        };
+        let lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = tokio::spawn(heartbeat(
+            syncer.store.clone(),
+            token,
+            o.lease_ttl,
+            connection.name.clone(),
+            lost.clone(),
+        ));
         Ok(Self {
-            connection_id: connection.id,
-            renewed: Instant::now(),
+            token,
+            lost,
+            heartbeat,
         })
     }
 
-    async fn renew(&mut self, syncer: &Syncer) -> Result<(), SyncError> {
-        if self.renewed.elapsed() < syncer.options.lease_ttl / 3 {
-            return Ok(());
+    /// `Err` once the heartbeat found the lease taken over.
+    fn check(&self, connection: &str) -> Result<(), SyncError> {
+        if self.lost.load(Ordering::Acquire) {
+            return Err(SyncError::LeaseLost {
+                connection: connection.to_owned(),
+            });
         }
-        let now = Utc::now();
-        let o = &syncer.options;
-        match syncer
-            .store
-            .acquire_sync_lease(self.connection_id, &o.owner, now, now + o.lease_ttl)
-            .await?
-        {
-            Lease::Acquired => {
-                self.renewed = Instant::now();
-                Ok(())
-            }
-            Lease::Held { owner, until } => Err(SyncError::Busy {
-                connection: self.connection_id.to_string(),
-                owner,
-                until,
-            }),
-        }
+        Ok(())
     }
 
     async fn release(&self, syncer: &Syncer) {
-        if let Err(e) = syncer
-            .store
-            .release_sync_lease(self.connection_id, &syncer.options.owner)
-            .await
-        {
+        self.heartbeat.abort();
+        if let Err(e) = syncer.store.release_sync_lease(self.token).await {
             tracing::warn!(error = %e, "could not release the sync lease; it expires by itself");
+        }
+    }
+}
+
+/// Renews `token` every third of `ttl` until aborted or the lease is lost.
+/// A failed renewal (the database briefly unreachable) is tried again on
+/// the next beat: two more chances before the lease lapses.
+async fn heartbeat(
+    store: Arc<dyn bankbridge_store::Store>,
+    token: LeaseToken,
+    ttl: Duration,
+    connection: String,
+    lost: Arc<AtomicBool>,
+) {
+    let beat = (ttl / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(beat).await;
+        match store.renew_sync_lease(token, Utc::now() + ttl).await {
+            Ok(()) => {}
+            Err(bankbridge_store::StoreError::LeaseLost { .. }) => {
+                tracing::warn!(%connection, "the sync lease was taken over; this sync stops");
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%connection, error = %e, "could not renew the sync lease; trying again");
+            }
         }
     }
 }
@@ -238,7 +288,8 @@ impl SyncActivity {
     }
 }
 
-/// Owners are "pid N on HOST"; a holder on this host whose process is gone is dead.
+/// Owners are "pid N on HOST (run R)" (older versions wrote "pid N on
+/// HOST"); a holder on this host whose process is gone is dead.
 fn holder_is_dead(owner: &str) -> bool {
     let Some(rest) = owner.strip_prefix("pid ") else {
         return false;
@@ -246,6 +297,7 @@ fn holder_is_dead(owner: &str) -> bool {
     let Some((pid, host)) = rest.split_once(" on ") else {
         return false;
     };
+    let host = host.split_once(" (run ").map_or(host, |(h, _)| h);
     host == crate::hostname()
         && pid.parse::<u32>().is_ok_and(|p| p != std::process::id())
         && cfg!(target_os = "linux")
@@ -279,7 +331,7 @@ struct Run<'a> {
     connection: &'a Connection,
     settings: &'a ConnectionSettings,
     progress: Progress<'a>,
-    lease: &'a mut LeaseHolder,
+    lease: &'a LeaseHolder,
     solver: &'a dyn ScaSolver,
     summary: SyncSummary,
     /// Set once strong customer authentication went unanswered in this run:
@@ -307,7 +359,7 @@ impl Run<'_> {
             let account = self
                 .syncer
                 .store
-                .upsert_account(self.connection.id, fetched, Utc::now())
+                .upsert_account(self.lease.token, fetched, Utc::now())
                 .await?;
             account_ids.insert(fetched.provider_id.clone(), account.id);
             self.sync_account(connector, fetched, account.id).await?;
@@ -365,10 +417,13 @@ impl Run<'_> {
                 content_type: content.content_type.clone(),
                 now: Utc::now(),
             };
-            if store.save_document(&new, &content.bytes).await?.inserted {
+            if store
+                .save_document(self.lease.token, &new, &content.bytes)
+                .await?
+                .inserted
+            {
                 stored += 1;
             }
-            self.lease.renew(self.syncer).await?;
         }
         self.summary.documents += stored;
         (self.progress)(SyncEvent::Documents {
@@ -390,7 +445,7 @@ impl Run<'_> {
         if let Err(e) = self
             .syncer
             .store
-            .save_session(self.connection.id, Some(&sealed))
+            .save_session(self.lease.token, Some(&sealed))
             .await
         {
             tracing::warn!(connection = %self.connection.name, error = %e, "could not keep the bank session");
@@ -490,7 +545,7 @@ impl Run<'_> {
             if !voids.is_empty() {
                 self.summary.voided += voids.len() as u64;
                 let commit = WindowCommit {
-                    connection_id: self.connection.id,
+                    lease: self.lease.token,
                     account_id,
                     now: Utc::now(),
                     inserts: vec![],
@@ -578,7 +633,7 @@ impl Run<'_> {
         self.summary.windows += 1;
         if !(planned.is_empty() && balances.is_empty() && cp == next) {
             let commit = WindowCommit {
-                connection_id: self.connection.id,
+                lease: self.lease.token,
                 account_id: acc.account_id,
                 now,
                 inserts: planned.inserts,
@@ -595,7 +650,7 @@ impl Run<'_> {
             window: w,
             stats: planned.stats,
         });
-        self.lease.renew(self.syncer).await
+        Ok(())
     }
 
     /// Fetch a window; when the bank refuses its length, fetch it in halves
@@ -648,6 +703,7 @@ impl Run<'_> {
         let mut relogins = 0;
         let mut sca_rounds = 0;
         loop {
+            self.lease.check(&self.connection.name)?;
             let (what, result) = match &op {
                 Op::Login => (
                     "login".to_owned(),
@@ -815,17 +871,19 @@ fn balance_gap(page: &WindowPage) -> Option<rust_decimal::Decimal> {
     (!gap.is_zero()).then_some(gap)
 }
 
-/// Spread retries of many clients: 75–125 % of the nominal delay.
 /// The pause before retry `attempt` of a transient fault: exponential
-/// backoff with jitter, never shorter than the bank's `Retry-After`.
+/// backoff with jitter, never shorter than the bank's `Retry-After` unless
+/// that exceeds `max_retry_after`.
 fn retry_delay(o: &SyncOptions, attempt: u32, e: &ConnectorError) -> Duration {
     let backoff = o
         .backoff_base
         .saturating_mul(1 << (attempt - 1).min(16))
         .min(o.backoff_max);
-    jitter(backoff).max(e.retry_after().unwrap_or_default())
+    let asked = e.retry_after().unwrap_or_default().min(o.max_retry_after);
+    jitter(backoff).max(asked)
 }
 
+/// Spread retries of many clients: 75–125 % of the nominal delay.
 fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -850,6 +908,25 @@ struct AccountRun {
 mod tests {
     use super::*;
     use bankbridge_core::{Balance, FetchedTransaction, TxStatus};
+
+    #[test]
+    fn a_bank_retry_after_is_honoured_up_to_the_cap() {
+        let o = SyncOptions::default();
+        let asking = |secs| ConnectorError::Transient {
+            what: "transactions".into(),
+            kind: bankbridge_core::TransientKind::RateLimited,
+            retry_after: Some(Duration::from_secs(secs)),
+        };
+        // Longer than the backoff: the bank's wish wins.
+        assert_eq!(retry_delay(&o, 1, &asking(20)), Duration::from_secs(20));
+        // An hour is cut to the cap (five minutes by default, configurable).
+        assert_eq!(retry_delay(&o, 1, &asking(3600)), Duration::from_secs(300));
+        let tight = SyncOptions {
+            max_retry_after: Duration::from_secs(2),
+            ..SyncOptions::default()
+        };
+        assert!(retry_delay(&tight, 1, &asking(3600)) <= Duration::from_secs(2));
+    }
 
     #[test]
     fn a_stored_error_is_one_short_line() {

@@ -45,11 +45,18 @@ pub struct SyncOptions {
     /// First retry pause; doubles each attempt, capped at `backoff_max`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    /// How long a sync may hold its connection before another may take it over.
+    /// How long the sync lease lasts without renewal. A heartbeat renews it
+    /// every third of this while the sync runs, whatever the sync waits on;
+    /// a sync that died is taken over once it lapses.
     pub lease_ttl: Duration,
+    /// Longest pause a bank's `Retry-After` may impose before a retry (a
+    /// bank asking for an hour would otherwise hold the sync that long).
+    pub max_retry_after: Duration,
     /// Backfill stops after this many consecutive empty windows.
     pub empty_streak_limit: u32,
-    /// Who holds the lease (shown to a second sync that has to wait).
+    /// Who holds the lease (shown to a second sync that has to wait): pid,
+    /// host and a random id drawn at process start, so a restarted process
+    /// that got the same pid is still another owner.
     pub owner: String,
     /// Longest wait for a strong customer authentication the bank did not
     /// give an expiry for (a decoupled approval, a code).
@@ -68,13 +75,28 @@ impl Default for SyncOptions {
             backoff_base: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             lease_ttl: Duration::from_secs(120),
+            max_retry_after: Duration::from_secs(300),
             empty_streak_limit: 12,
-            owner: format!("pid {} on {}", std::process::id(), hostname()),
+            owner: process_owner().to_owned(),
             sca_timeout: Duration::from_secs(600),
             categories: None,
             retry_refused_credentials: false,
         }
     }
+}
+
+/// This process's lease owner name: "pid N on HOST (run XXXXXXXX)", the
+/// run id drawn once per process start.
+pub fn process_owner() -> &'static str {
+    static OWNER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OWNER.get_or_init(|| {
+        format!(
+            "pid {} on {} (run {:08x})",
+            std::process::id(),
+            hostname(),
+            rand::random::<u32>()
+        )
+    })
 }
 
 pub(crate) fn hostname() -> String {
@@ -170,6 +192,14 @@ pub enum SyncError {
         owner: String,
         until: DateTime<Utc>,
     },
+    /// The heartbeat found the lease taken over (this sync stalled longer
+    /// than the lease, and another sync took it): this one stops, writing
+    /// nothing more.
+    #[error(
+        "connection {connection:?}: another sync took over the sync lease while this one was stalled; \
+         this one stopped without writing more (the other carries on)"
+    )]
+    LeaseLost { connection: String },
     #[error("connection {connection:?} has bad settings: {detail}")]
     Settings { connection: String, detail: String },
     /// The master key is not the one this database's secrets are sealed with.

@@ -33,8 +33,9 @@ pub fn connector_factory() -> ConnectorFactory {
     })
 }
 
-/// A syncer with the default options, tunable by `BANKBRIDGE_SYNC_MAX_ATTEMPTS`
-/// and `BANKBRIDGE_SYNC_BACKOFF_MS` (first retry pause).
+/// A syncer with the default options, tunable by `BANKBRIDGE_SYNC_MAX_ATTEMPTS`,
+/// `BANKBRIDGE_SYNC_BACKOFF_MS` (first retry pause) and
+/// `BANKBRIDGE_SYNC_MAX_RETRY_AFTER` (seconds: the cap on a bank's `Retry-After`).
 pub fn syncer(store: Arc<dyn Store>, key: Arc<MasterKey>) -> Syncer {
     let mut s = Syncer::new(store, key, connector_factory());
     let env_u64 = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
@@ -43,6 +44,9 @@ pub fn syncer(store: Arc<dyn Store>, key: Arc<MasterKey>) -> Syncer {
     }
     if let Some(ms) = env_u64("BANKBRIDGE_SYNC_BACKOFF_MS") {
         s.options.backoff_base = std::time::Duration::from_millis(ms);
+    }
+    if let Some(secs) = env_u64("BANKBRIDGE_SYNC_MAX_RETRY_AFTER") {
+        s.options.max_retry_after = std::time::Duration::from_secs(secs);
     }
     s
 }

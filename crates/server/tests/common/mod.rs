@@ -338,6 +338,7 @@ pub async fn seed(store: &dyn Store, n: usize) -> (i64, [i64; 2]) {
         .await
         .unwrap();
     let now = Utc::now();
+    let lease = bankbridge_store::testing::hold_lease(store, conn.id).await;
     let mut accounts = [0i64; 2];
     for (k, acc) in accounts.iter_mut().enumerate() {
         let fetched = FetchedAccount {
@@ -348,11 +349,7 @@ pub async fn seed(store: &dyn Store, n: usize) -> (i64, [i64; 2]) {
             kind: Some("current".into()),
             raw: serde_json::json!({}),
         };
-        *acc = store
-            .upsert_account(conn.id, &fetched, now)
-            .await
-            .unwrap()
-            .id;
+        *acc = store.upsert_account(lease, &fetched, now).await.unwrap().id;
     }
     let start = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
     let mut per_account: [Vec<TxWrite>; 2] = [vec![], vec![]];
@@ -393,7 +390,7 @@ pub async fn seed(store: &dyn Store, n: usize) -> (i64, [i64; 2]) {
     }
     for (k, inserts) in per_account.into_iter().enumerate() {
         let commit = WindowCommit {
-            connection_id: conn.id,
+            lease,
             account_id: accounts[k],
             now,
             inserts,
@@ -410,5 +407,6 @@ pub async fn seed(store: &dyn Store, n: usize) -> (i64, [i64; 2]) {
         };
         store.commit_window(&commit).await.unwrap();
     }
+    store.release_sync_lease(lease).await.unwrap();
     (conn.id, accounts)
 }

@@ -44,7 +44,9 @@ use bankbridge_core::{
 };
 use bankbridge_sandbox::{SandboxConfig, SandboxHandle};
 use bankbridge_store::bench::{RawWindow, bench_account, raw_sqlite_insert, synthetic_rows};
-use bankbridge_store::{Checkpoint, Scope, SqliteStore, Store, TxWrite, WindowCommit};
+use bankbridge_store::{
+    Checkpoint, Lease, LeaseToken, Scope, SqliteStore, Store, TxWrite, WindowCommit,
+};
 use bankbridge_sync::plan::{self, PlanBounds};
 use bankbridge_sync::reconcile::{self, LINK_TOLERANCE_DAYS};
 use bankbridge_sync::{SyncOptions, SyncSummary, Syncer};
@@ -506,7 +508,7 @@ async fn fetch_all(sandbox: &SandboxHandle) -> Result<Vec<FetchedAccountWindows>
 async fn fresh_store(
     path: &Path,
     accounts: &[FetchedAccountWindows],
-) -> Result<(SqliteStore, i64, Vec<i64>)> {
+) -> Result<(SqliteStore, LeaseToken, Vec<i64>)> {
     let store = SqliteStore::open(path).await?;
     let key = MasterKey::generate();
     let settings = ConnectionSettings::new("http://127.0.0.1:9/fibank", "bench");
@@ -519,16 +521,19 @@ async fn fresh_store(
         &Credentials::with_password("pw".into()),
     )
     .await?;
+    let now = chrono::Utc::now();
+    let lease = match store
+        .acquire_sync_lease(connection.id, "bench", now, now + chrono::Duration::days(1))
+        .await?
+    {
+        Lease::Acquired(lease) => lease,
+        Lease::Held { owner, .. } => bail!("a fresh bench database is leased by {owner}"),
+    };
     let mut ids = Vec::new();
     for a in accounts {
-        ids.push(
-            store
-                .upsert_account(connection.id, &a.account, chrono::Utc::now())
-                .await?
-                .id,
-        );
+        ids.push(store.upsert_account(lease, &a.account, now).await?.id);
     }
-    Ok((store, connection.id, ids))
+    Ok((store, lease, ids))
 }
 
 async fn reconcile_vs_raw(
@@ -609,7 +614,8 @@ async fn raw_run(
     fetched: &[FetchedAccountWindows],
     writes: &[Vec<Vec<TxWrite>>],
 ) -> Result<Duration> {
-    let (store, connection_id, ids) = fresh_store(path, fetched).await?;
+    let (store, lease, ids) = fresh_store(path, fetched).await?;
+    let connection_id = lease.connection_id;
     store.close().await;
     let windows: Vec<RawWindow<'_>> = writes
         .iter()
@@ -632,7 +638,7 @@ async fn reconcile_run(
     path: &Path,
     fetched: &[FetchedAccountWindows],
 ) -> Result<(Duration, Duration, reconcile::ReconcileStats)> {
-    let (store, connection_id, ids) = fresh_store(path, fetched).await?;
+    let (store, lease, ids) = fresh_store(path, fetched).await?;
     let mut stats = reconcile::ReconcileStats::default();
     let mut windows_time = Duration::ZERO;
     let mut void_time = Duration::ZERO;
@@ -669,7 +675,7 @@ async fn reconcile_run(
             if !(planned.is_empty() && balances.is_empty() && cp == *next) {
                 store
                     .commit_window(&WindowCommit {
-                        connection_id,
+                        lease,
                         account_id,
                         now,
                         inserts: planned.inserts,
@@ -989,7 +995,8 @@ async fn export_section(export_rows: usize, dir: &Path, table: &mut Table) {
 /// A database of `n` synthetic rows in one account, bulk-inserted.
 async fn build_export_db(path: &Path, n: usize) -> Result<()> {
     let store = SqliteStore::open(path).await?;
-    let (connection_id, account_id) = bench_account(&store, "export").await?;
+    let (lease, account_id) = bench_account(&store, "export").await?;
+    let connection_id = lease.connection_id;
     store.close().await;
     const CHUNK: usize = 50_000;
     let mut start = 0;
