@@ -1,6 +1,6 @@
 //! Benchmark helpers shared by `examples/commit_bench.rs` and `bankbridge
 //! bench`: synthetic rows, and the raw SQLite bulk insert that
-//! [`Store::commit_window`] is measured against.
+//! [`crate::BankWrites::commit_window`] is measured against.
 //!
 //! Nothing here is used by a sync; it writes bank data without a checkpoint,
 //! so it only ever targets a throwaway database.

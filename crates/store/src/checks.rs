@@ -20,7 +20,7 @@ pub const STEP_OUTCOMES: [&str; 4] = ["passed", "degraded", "failed", "skipped"]
 /// What started a run.
 pub const TRIGGERS: [&str; 2] = ["schedule", "manual"];
 
-/// A finished run to record with [`crate::Store::save_check_run`].
+/// A finished run to record with [`crate::FlowChecks::save_check_run`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewCheckRun {
     /// The flow's id (its file stem), e.g. `klarna-xs2a`.
@@ -61,7 +61,7 @@ pub struct NewCheckStep {
     pub detail: String,
 }
 
-/// A stored run (its steps come from [`crate::Store::get_check_run`]).
+/// A stored run (its steps come from [`crate::FlowChecks::get_check_run`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckRun {
     pub id: i64,
@@ -91,7 +91,7 @@ pub struct CheckStep {
     pub detail: String,
 }
 
-/// Filters of [`crate::Store::list_check_runs`]; runs come newest first.
+/// Filters of [`crate::FlowChecks::list_check_runs`]; runs come newest first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckRunQuery {
     pub check_id: Option<String>,

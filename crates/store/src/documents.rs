@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::common::Arg;
 use crate::{Result, StoreError};
 
-/// A document to store, with its bytes given beside it to [`crate::Store::save_document`].
+/// A document to store, with its bytes given beside it to [`crate::BankWrites::save_document`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewDocument {
     pub connection_id: i64,
@@ -27,7 +27,7 @@ pub struct NewDocument {
     pub now: DateTime<Utc>,
 }
 
-/// What [`crate::Store::save_document`] did.
+/// What [`crate::BankWrites::save_document`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SavedDocument {
     pub document: Document,
@@ -37,7 +37,7 @@ pub struct SavedDocument {
     pub blob_inserted: bool,
 }
 
-/// Filters of [`crate::Store::list_documents`]; dates bound the document's own date.
+/// Filters of [`crate::BankData::list_documents`]; dates bound the document's own date.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DocumentQuery {
     pub connection_id: Option<i64>,

@@ -7,7 +7,7 @@
 //! Both run the same versioned migrations (one folder per backend, same
 //! version numbers) and pass the same test-suite (`tests/store_suite.rs`).
 //! The sync engine is the only writer of bank data, through
-//! [`Store::commit_window`], which applies a whole window atomically together
+//! [`BankWrites::commit_window`], which applies a whole window atomically together
 //! with its checkpoint.
 //!
 //! The store also keeps the records of the card-reader authentication
@@ -37,6 +37,7 @@ pub mod checks;
 mod common;
 pub mod documents;
 pub mod postgres;
+mod shared;
 pub mod sqlite;
 #[cfg(feature = "test-support")]
 pub mod testing;
@@ -188,7 +189,7 @@ impl fmt::Display for SyncOutcome {
     }
 }
 
-/// What [`Store::update_connection`] changes; `None` leaves a field as it is.
+/// What [`Connections::update_connection`] changes; `None` leaves a field as it is.
 #[derive(Clone, Default, PartialEq)]
 pub struct ConnectionUpdate {
     /// New `ConnectionSettings` as JSON.
@@ -315,7 +316,7 @@ pub struct WindowCommit {
     pub checkpoint: Checkpoint,
 }
 
-/// What [`Store::commit_window`] wrote: balances only count when their value changed.
+/// What [`BankWrites::commit_window`] wrote: balances only count when their value changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CommitStats {
     pub balances_written: u64,
@@ -468,12 +469,12 @@ pub struct AccountTotals {
     pub booked_sum: Decimal,
 }
 
+/// Connections, their sync leases, and facts about the database. Held by
+/// the commands and routes that manage connections, and by the sync engine.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Connections: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
-
-    // connections
     async fn create_connection(&self, new: &NewConnection) -> Result<Connection>;
     async fn list_connections(&self) -> Result<Vec<Connection>>;
     async fn get_connection(&self, id: i64) -> Result<Option<Connection>>;
@@ -485,31 +486,18 @@ pub trait Store: Send + Sync + 'static {
     /// How many accounts, transactions and documents the connection holds
     /// (`None`: no such connection).
     async fn connection_footprint(&self, id: i64) -> Result<Option<ConnectionFootprint>>;
-    /// Keep the bank session a sync holds (fenced by its lease).
-    async fn save_session(&self, lease: LeaseToken, session_sealed: Option<&[u8]>) -> Result<()>;
-    /// A fact about the database (see migration 0010), if recorded.
-    async fn meta(&self, name: &str) -> Result<Option<String>>;
-    /// Record `value` under `name` unless something is recorded already;
-    /// returns what is recorded now (atomic: of two racing callers, both
-    /// get the first value).
-    async fn init_meta(&self, name: &str, value: &str) -> Result<String>;
     /// Changes what `update` carries. `None` when there is no such connection.
     async fn update_connection(
         &self,
         id: i64,
         update: &ConnectionUpdate,
     ) -> Result<Option<Connection>>;
-    /// The outcome of a sync that used the credentials of version
-    /// `credentials_version` (fenced by its lease: a sync that lost it leaves
-    /// the outcome to the sync that took over).
-    async fn record_sync_result(
-        &self,
-        lease: LeaseToken,
-        at: DateTime<Utc>,
-        outcome: SyncOutcome,
-        error: Option<&str>,
-        credentials_version: i64,
-    ) -> Result<()>;
+    /// A fact about the database (see migration 0010), if recorded.
+    async fn meta(&self, name: &str) -> Result<Option<String>>;
+    /// Record `value` under `name` unless something is recorded already;
+    /// returns what is recorded now (atomic: of two racing callers, both
+    /// get the first value).
+    async fn init_meta(&self, name: &str, value: &str) -> Result<String>;
     /// Take the right to sync a connection until `until`, if nobody holds
     /// it at `now` (free, released, or lapsed). Each acquisition gets a new,
     /// higher generation in its [`LeaseToken`]. Atomic across processes
@@ -527,22 +515,16 @@ pub trait Store: Send + Sync + 'static {
     async fn renew_sync_lease(&self, lease: LeaseToken, until: DateTime<Utc>) -> Result<()>;
     /// Let go of a lease; a no-op when it was taken over meanwhile.
     async fn release_sync_lease(&self, lease: LeaseToken) -> Result<()>;
+}
 
-    // accounts and balances
-    /// Insert or refresh an account of the lease's connection; `last_seen`
-    /// moves to `now`.
-    async fn upsert_account(
-        &self,
-        lease: LeaseToken,
-        account: &FetchedAccount,
-        now: DateTime<Utc>,
-    ) -> Result<Account>;
+/// Bank data, read: accounts, balances, transactions, documents, sync
+/// checkpoints. What the API, the dashboard and the exports hold.
+#[async_trait]
+pub trait BankData: Send + Sync + 'static {
     async fn list_accounts(&self, connection_id: Option<i64>) -> Result<Vec<Account>>;
     async fn get_account(&self, id: i64) -> Result<Option<Account>>;
     async fn list_balances(&self, account_id: i64) -> Result<Vec<StoredBalance>>;
     async fn account_totals(&self, account_id: i64) -> Result<AccountTotals>;
-
-    // sync
     async fn checkpoint(&self, account_id: i64) -> Result<Checkpoint>;
     /// Stored rows of an account with booking date in `from..=to`.
     async fn load_window(
@@ -551,17 +533,33 @@ pub trait Store: Send + Sync + 'static {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<Transaction>>;
-    async fn commit_window(&self, commit: &WindowCommit) -> Result<CommitStats>;
-
-    // queries
     /// Rows ordered by (booking_date, id).
     async fn query_transactions(&self, query: &TxQuery) -> Result<Vec<Transaction>>;
     /// The same rows as a stream, for exports in constant memory.
     fn stream_transactions(&self, query: TxQuery) -> BoxStream<'_, Result<Transaction>>;
-
-    // documents
     /// Provider keys of the documents a connection already has (a sync skips them).
     async fn document_keys(&self, connection_id: i64) -> Result<std::collections::HashSet<String>>;
+    /// Ordered by date (undated last), then id.
+    async fn list_documents(&self, query: &DocumentQuery) -> Result<Vec<Document>>;
+    async fn get_document(&self, id: i64) -> Result<Option<Document>>;
+    /// A document with its bytes (checked against its SHA-256).
+    async fn document_content(&self, id: i64) -> Result<Option<(Document, Vec<u8>)>>;
+}
+
+/// Bank data, written. Only the sync engine (every write fenced by its
+/// lease) and `categorize` (category columns) hold this trait: routes and
+/// commands get [`BankData`], so the compiler keeps them read-only.
+#[async_trait]
+pub trait BankWrites: Send + Sync + 'static {
+    /// Insert or refresh an account of the lease's connection; `last_seen`
+    /// moves to `now`.
+    async fn upsert_account(
+        &self,
+        lease: LeaseToken,
+        account: &FetchedAccount,
+        now: DateTime<Utc>,
+    ) -> Result<Account>;
+    async fn commit_window(&self, commit: &WindowCommit) -> Result<CommitStats>;
     /// Store a document and its bytes in one transaction: the bytes once per
     /// SHA-256 (computed here), the document once per (connection, provider
     /// key). A document already stored is returned unchanged (`inserted`
@@ -574,26 +572,19 @@ pub trait Store: Send + Sync + 'static {
         doc: &NewDocument,
         content: &[u8],
     ) -> Result<SavedDocument>;
-    /// Ordered by date (undated last), then id.
-    async fn list_documents(&self, query: &DocumentQuery) -> Result<Vec<Document>>;
-    async fn get_document(&self, id: i64) -> Result<Option<Document>>;
-    /// A document with its bytes (checked against its SHA-256).
-    async fn document_content(&self, id: i64) -> Result<Option<(Document, Vec<u8>)>>;
-
-    // API tokens
-    async fn create_token(&self, record: &TokenRecord) -> Result<()>;
-    async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
-    async fn find_token(&self, id: &str) -> Result<Option<TokenRecord>>;
-    /// By id or name; false when none matched.
-    async fn revoke_token(&self, id_or_name: &str, at: DateTime<Utc>) -> Result<bool>;
-    async fn touch_token(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
-
-    // sync jobs
-    async fn create_sync_job(&self, connection_id: i64, at: DateTime<Utc>) -> Result<SyncJob>;
-    async fn update_sync_job(&self, job: &SyncJob) -> Result<()>;
-    async fn get_sync_job(&self, id: i64) -> Result<Option<SyncJob>>;
-
-    // categories
+    /// Keep the bank session a sync holds (fenced by its lease).
+    async fn save_session(&self, lease: LeaseToken, session_sealed: Option<&[u8]>) -> Result<()>;
+    /// The outcome of a sync that used the credentials of version
+    /// `credentials_version` (fenced by its lease: a sync that lost it leaves
+    /// the outcome to the sync that took over).
+    async fn record_sync_result(
+        &self,
+        lease: LeaseToken,
+        at: DateTime<Utc>,
+        outcome: SyncOutcome,
+        error: Option<&str>,
+        credentials_version: i64,
+    ) -> Result<()>;
     /// Set the category of rows by id (one transaction); rows whose category
     /// is already the wanted one are not touched. Returns the rows changed.
     async fn set_categories(
@@ -601,8 +592,31 @@ pub trait Store: Send + Sync + 'static {
         changes: &[(i64, Option<String>)],
         now: DateTime<Utc>,
     ) -> Result<u64>;
+}
 
-    // card service: institutions
+/// API tokens (only hashes of their secrets are kept).
+#[async_trait]
+pub trait Tokens: Send + Sync + 'static {
+    async fn create_token(&self, record: &TokenRecord) -> Result<()>;
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
+    async fn find_token(&self, id: &str) -> Result<Option<TokenRecord>>;
+    /// By id or name; false when none matched.
+    async fn revoke_token(&self, id_or_name: &str, at: DateTime<Utc>) -> Result<bool>;
+    async fn touch_token(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+}
+
+/// Sync runs requested through the API, pollable by id.
+#[async_trait]
+pub trait SyncJobs: Send + Sync + 'static {
+    async fn create_sync_job(&self, connection_id: i64, at: DateTime<Utc>) -> Result<SyncJob>;
+    async fn update_sync_job(&self, job: &SyncJob) -> Result<()>;
+    async fn get_sync_job(&self, id: i64) -> Result<Option<SyncJob>>;
+}
+
+/// The card-reader service's records: institutions, cards (their PIN
+/// sealed), and the audit of every use.
+#[async_trait]
+pub trait CardRecords: Send + Sync + 'static {
     /// `Conflict` when the id or the name is taken, or a field is malformed
     /// (empty id or name, country not an upper-case ISO 3166-1 alpha-2 code).
     async fn create_institution(&self, new: &NewInstitution) -> Result<Institution>;
@@ -612,8 +626,6 @@ pub trait Store: Send + Sync + 'static {
     /// False when there was no such institution; `Conflict` (naming its
     /// cards) while it still has cards.
     async fn delete_institution(&self, id: &str) -> Result<bool>;
-
-    // card service: cards
     /// The card starts `active`. `NotFound` for an unknown institution;
     /// `Conflict` when the reader already holds a card (naming it), the id is
     /// taken, or a field is malformed (empty id, reader or label; `pan_last4`
@@ -637,7 +649,7 @@ pub trait Store: Send + Sync + 'static {
     /// active: an atomic compare-and-set, so that of two requests racing on a
     /// wrong PIN only one sees `true` (and both stop using the card). False
     /// when the card was no longer active or no longer exists; `Conflict`
-    /// when `status` is `Active` (re-activate with [`Store::update_card`]).
+    /// when `status` is `Active` (re-activate with [`CardRecords::update_card`]).
     async fn set_card_status(
         &self,
         id: &str,
@@ -657,20 +669,21 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool>;
     /// Record a use: `last_used_at` moves to `at` (never backwards). A card
-    /// deleted meanwhile is no error (like [`Store::touch_token`]): the use
+    /// deleted meanwhile is no error (like [`Tokens::touch_token`]): the use
     /// itself succeeded.
     async fn touch_card(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
     /// False when there was no such card. Its audit entries are kept.
     async fn delete_card(&self, id: &str) -> Result<bool>;
-
-    // card service: audit
     /// Appends the entry (its `id` is ignored) and returns the id it got.
     /// Ids are handed out in increasing order; pages are keyed on them.
     async fn record_card_audit(&self, entry: &CardAuditEntry) -> Result<i64>;
     /// Newest first (by id), at most `query.limit` entries.
     async fn list_card_audit(&self, query: &CardAuditQuery) -> Result<Vec<CardAuditEntry>>;
+}
 
-    // flow checks
+/// Flow-check results, the scheduler's state, and flow secrets (sealed).
+#[async_trait]
+pub trait FlowChecks: Send + Sync + 'static {
     /// One database transaction: the run row and all its step rows, or
     /// nothing. `Conflict` (nothing written) for an empty check id, location
     /// or round id, an unknown trigger or outcome, a negative duration or
@@ -706,6 +719,19 @@ pub trait Store: Send + Sync + 'static {
     /// Names and change times of the flow secrets (never their values).
     async fn list_check_secrets(&self) -> Result<Vec<CheckSecretInfo>>;
     async fn delete_check_secret(&self, name: &str) -> Result<bool>;
+}
+
+/// The whole store: every part above. Only composition roots (the binary's
+/// commands, the server's constructor, tests) hold it, to hand each part to
+/// the code that needs it; the sync engine holds it as the one writer.
+pub trait Store:
+    Connections + BankData + BankWrites + Tokens + SyncJobs + CardRecords + FlowChecks
+{
+}
+
+impl<T> Store for T where
+    T: Connections + BankData + BankWrites + Tokens + SyncJobs + CardRecords + FlowChecks
+{
 }
 
 /// Helpers shared by both backends.

@@ -16,7 +16,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use bankbridge_core::{Balance, BalanceKind, FetchedAccount, Iban, Transaction, TxStatus};
-use bankbridge_store::LeaseToken;
 use bankbridge_store::testing::hold_lease;
 use bankbridge_store::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, CheckRun, CheckRunQuery,
@@ -24,6 +23,7 @@ use bankbridge_store::{
     NewCheckStep, NewConnection, NewDocument, NewInstitution, PgStore, Scope, SqliteStore, Store,
     StoreError, SyncJob, SyncOutcome, TokenRecord, TxQuery, TxWrite, WindowCommit, sha256_hex,
 };
+use bankbridge_store::{Connections, LeaseToken};
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use futures::StreamExt;
 use rust_decimal::Decimal;

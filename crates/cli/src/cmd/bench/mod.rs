@@ -45,7 +45,8 @@ use bankbridge_core::{
 use bankbridge_sandbox::{SandboxConfig, SandboxHandle};
 use bankbridge_store::bench::{RawWindow, bench_account, raw_sqlite_insert, synthetic_rows};
 use bankbridge_store::{
-    Checkpoint, Lease, LeaseToken, Scope, SqliteStore, Store, TxWrite, WindowCommit,
+    BankData, BankWrites, Checkpoint, Connections, Lease, LeaseToken, Scope, SqliteStore, Store,
+    TxWrite, WindowCommit,
 };
 use bankbridge_sync::plan::{self, PlanBounds};
 use bankbridge_sync::reconcile::{self, LINK_TOLERANCE_DAYS};
