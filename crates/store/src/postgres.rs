@@ -81,6 +81,7 @@ impl PgStore {
 
     const NAME: &'static str = "postgres";
     const DIALECT: Dialect = Dialect::Postgres;
+    const JSON_CAST: &'static str = "::json";
     const JSONB_CAST: &'static str = "::jsonb";
     const BYTEA_CAST: &'static str = "::bytea";
 
@@ -382,162 +383,72 @@ crate::shared::shared_store! {
         })
     }
     }
-    bank_writes {
-    async fn upsert_account(
-        &self,
-        lease: LeaseToken,
-        account: &FetchedAccount,
-        now: DateTime<Utc>,
-    ) -> Result<Account> {
-        let raw = serde_json::to_string(&account.raw)
-            .map_err(|e| StoreError::Conflict(format!("account raw cannot be serialised: {e}")))?;
-        let connection_id = lease.connection_id;
-        let mut tx = self.write_tx().await?;
-        fence(&mut tx, lease).await?;
-        let row = sqlx::query(&format!(
-            "INSERT INTO accounts AS a (connection_id, provider_id, iban, currency, name, kind, raw, first_seen, \
-             last_seen, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $8, $8) \
-             ON CONFLICT (connection_id, provider_id) DO UPDATE SET \
-             updated_at = CASE WHEN a.iban IS DISTINCT FROM EXCLUDED.iban \
-               OR a.currency IS DISTINCT FROM EXCLUDED.currency OR a.name IS DISTINCT FROM EXCLUDED.name \
-               OR a.kind IS DISTINCT FROM EXCLUDED.kind OR a.raw::text IS DISTINCT FROM EXCLUDED.raw::text \
-               THEN EXCLUDED.updated_at ELSE a.updated_at END, \
-             iban = EXCLUDED.iban, currency = EXCLUDED.currency, name = EXCLUDED.name, kind = EXCLUDED.kind, \
-             raw = EXCLUDED.raw, last_seen = EXCLUDED.last_seen \
-             RETURNING {ACCOUNT_COLUMNS}"
-        ))
-        .bind(connection_id)
-        .bind(&account.provider_id)
-        .bind(account.iban.as_ref().map(|i| i.as_str()))
-        .bind(account.currency.as_str())
-        .bind(account.name.as_deref())
-        .bind(account.kind.as_deref())
-        .bind(raw)
-        .bind(micros(now))
-        .fetch_one(&mut *tx)
-        .await?;
-        let account = account_from_row(&row)?;
-        tx.commit().await?;
-        Ok(account)
-    }
+}
 
-    async fn commit_window(&self, commit: &WindowCommit) -> Result<CommitStats> {
-        let prepared = common::prepare_commit(commit)?;
-        let now = prepared.now;
-        let account_id = commit.account_id;
-        let connection_id = commit.lease.connection_id;
-        let mut tx = self.write_tx().await?;
-        fence(&mut tx, commit.lease).await?;
-
-        let owner: Option<i64> =
-            sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = $1")
-                .bind(account_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match owner {
-            None => return Err(StoreError::NotFound(format!("account {account_id}"))),
-            Some(c) if c != connection_id => {
-                return Err(StoreError::Conflict(format!(
-                    "account {account_id} belongs to connection {c}, not {connection_id}"
-                )));
-            }
-            Some(_) => {}
+/// A window's new rows: one INSERT … SELECT FROM UNNEST per [`INSERT_CHUNK`] rows.
+async fn insert_rows(
+    tx: &mut sqlx::PgConnection,
+    connection_id: i64,
+    account_id: i64,
+    now: DateTime<Utc>,
+    rows: &[PreparedTx<'_>],
+) -> Result<()> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut cols = Columns::default();
+        for p in chunk {
+            cols.push(p);
         }
-
-        for chunk in prepared.inserts.chunks(INSERT_CHUNK) {
-            let mut cols = Columns::default();
-            for p in chunk {
-                cols.push(p);
-            }
-            let mut args = PgArguments::default();
-            args.add(connection_id).map_err(encode_err)?;
-            args.add(account_id).map_err(encode_err)?;
-            args.add(now).map_err(encode_err)?;
-            cols.add_to(&mut args)?;
-            sqlx::query_with(insert_sql(), args)
-                .execute(&mut *tx)
-                .await?;
-        }
-
-        if !prepared.updates.is_empty() {
-            let mut cols = Columns::default();
-            let mut ids = Vec::with_capacity(prepared.updates.len());
-            for (id, p) in &prepared.updates {
-                ids.push(*id);
-                cols.push(p);
-            }
-            let mut args = PgArguments::default();
-            args.add(now).map_err(encode_err)?;
-            args.add(account_id).map_err(encode_err)?;
-            args.add(&ids).map_err(encode_err)?;
-            cols.add_to(&mut args)?;
-            let done = sqlx::query_with(update_sql(), args)
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() != ids.len() as u64 {
-                let missing = missing_ids(&mut tx, account_id, &ids).await?;
-                return Err(StoreError::NotFound(format!(
-                    "transaction to update {missing:?} of account {account_id}"
-                )));
-            }
-        }
-
-        update_ids(
-            &mut tx,
-            "UPDATE transactions SET status = 'void', updated_at = $1 WHERE account_id = $2 AND id = ANY($3)",
-            now,
-            account_id,
-            &prepared.voids,
-            "transactions to void",
-        )
-        .await?;
-        update_ids(
-            &mut tx,
-            "UPDATE transactions SET last_seen = $1 WHERE account_id = $2 AND id = ANY($3)",
-            now,
-            account_id,
-            &prepared.touch,
-            "transactions to touch",
-        )
-        .await?;
-
-        let mut stats = CommitStats::default();
-        for b in &commit.balances {
-            let done = sqlx::query(
-                "INSERT INTO balances AS b (account_id, kind, amount, currency, reference_date, fetched_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (account_id, kind, reference_date) DO UPDATE SET \
-                 amount = EXCLUDED.amount, currency = EXCLUDED.currency, fetched_at = EXCLUDED.fetched_at \
-                 WHERE b.amount <> EXCLUDED.amount OR b.currency <> EXCLUDED.currency",
-            )
-            .bind(account_id)
-            .bind(b.kind.as_str())
-            .bind(b.amount)
-            .bind(b.currency.as_str())
-            .bind(b.reference_date)
-            .bind(now)
+        let mut args = PgArguments::default();
+        args.add(connection_id).map_err(encode_err)?;
+        args.add(account_id).map_err(encode_err)?;
+        args.add(now).map_err(encode_err)?;
+        cols.add_to(&mut args)?;
+        sqlx::query_with(insert_sql(), args)
             .execute(&mut *tx)
             .await?;
-            stats.balances_written += done.rows_affected();
+    }
+
+    Ok(())
+}
+
+/// A window's changed rows, all in one UPDATE joined to UNNESTed arrays.
+async fn update_rows(
+    tx: &mut sqlx::PgConnection,
+    account_id: i64,
+    now: DateTime<Utc>,
+    updates: &[(i64, PreparedTx<'_>)],
+) -> Result<()> {
+    if !updates.is_empty() {
+        let mut cols = Columns::default();
+        let mut ids = Vec::with_capacity(updates.len());
+        for (id, p) in updates {
+            ids.push(*id);
+            cols.push(p);
         }
-
-        let cp = &commit.checkpoint;
-        sqlx::query(
-            "INSERT INTO checkpoints (account_id, oldest_covered, newest_covered, backfill_done, empty_streak, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (account_id) DO UPDATE SET \
-             oldest_covered = EXCLUDED.oldest_covered, newest_covered = EXCLUDED.newest_covered, \
-             backfill_done = EXCLUDED.backfill_done, empty_streak = EXCLUDED.empty_streak, updated_at = EXCLUDED.updated_at",
-        )
-        .bind(account_id)
-        .bind(cp.oldest_covered)
-        .bind(cp.newest_covered)
-        .bind(cp.backfill_done)
-        .bind(i64::from(cp.empty_streak))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-
-        tx.commit().await?;
-        Ok(stats)
+        let mut args = PgArguments::default();
+        args.add(now).map_err(encode_err)?;
+        args.add(account_id).map_err(encode_err)?;
+        args.add(&ids).map_err(encode_err)?;
+        cols.add_to(&mut args)?;
+        let done = sqlx::query_with(update_sql(), args)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() != ids.len() as u64 {
+            let missing = missing_ids(tx, account_id, &ids).await?;
+            return Err(StoreError::NotFound(format!(
+                "transaction to update {missing:?} of account {account_id}"
+            )));
+        }
     }
-    }
+
+    Ok(())
+}
+
+const VOID_IDS_SQL: &str = "UPDATE transactions SET status = 'void', updated_at = $1 WHERE account_id = $2 AND id = ANY($3)";
+const TOUCH_IDS_SQL: &str =
+    "UPDATE transactions SET last_seen = $1 WHERE account_id = $2 AND id = ANY($3)";
+
+/// Money as bound here: NUMERIC.
+fn money(d: Decimal) -> Decimal {
+    d
 }

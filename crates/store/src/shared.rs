@@ -6,7 +6,7 @@
 //! same text on both (`$N` parameters work on SQLite too); what differs is
 //! reached through a few items each backend defines beside the invocation:
 //!
-//! - `Self::NAME`, `Self::DIALECT`, and `Self::JSONB_CAST` / `Self::BYTEA_CAST`
+//! - `Self::NAME`, `Self::DIALECT`, and `Self::JSON_CAST` / `JSONB_CAST` / `BYTEA_CAST`
 //!   (PostgreSQL needs a parameter's type spelled out where SQLite has none);
 //! - `self.reads()`, `self.writes()` (SQLite: a pool of readers and a
 //!   one-connection writer; PostgreSQL: one pool), `self.write_tx()`,
@@ -15,8 +15,9 @@
 //!   reads JSON as text), `decimal_at` / `opt_decimal_at` (money is TEXT on
 //!   SQLite, NUMERIC on PostgreSQL) and `bind_args`;
 //! - the methods that really differ, passed in: `account_totals` (SQLite sums
-//!   in Rust, its SUM would use floats), `upsert_account` and
-//!   `commit_window` (multi-row INSERTs there, `UNNEST`ed arrays here).
+//!   in Rust, its SUM would use floats), and inside `commit_window` the bulk
+//!   writes `insert_rows`, `update_rows`, `update_ids` (multi-row INSERTs and
+//!   `json_each` on SQLite, `UNNEST`ed arrays on PostgreSQL) and `money`.
 //!
 //! A macro rather than code generic over `sqlx::Database`: the generic form
 //! needs an `Encode`/`Decode`/`Type` bound per Rust type per query and
@@ -27,7 +28,6 @@ macro_rules! shared_store {
     (
         $Store:ty, $Row:ty;
         bank_data { $($data:tt)* }
-        bank_writes { $($writes:tt)* }
     ) => {
         #[async_trait]
         impl $crate::Connections for $Store {
@@ -388,6 +388,129 @@ macro_rules! shared_store {
 
         #[async_trait]
         impl $crate::BankWrites for $Store {
+            async fn upsert_account(
+                &self,
+                lease: LeaseToken,
+                account: &FetchedAccount,
+                now: DateTime<Utc>,
+            ) -> Result<Account> {
+                let raw = serde_json::to_string(&account.raw)
+                    .map_err(|e| StoreError::Conflict(format!("account raw cannot be serialised: {e}")))?;
+                let connection_id = lease.connection_id;
+                let mut tx = self.write_tx().await?;
+                fence(&mut tx, lease).await?;
+                let json = Self::JSON_CAST;
+                let row = sqlx::query(&format!(
+                    "INSERT INTO accounts AS a (connection_id, provider_id, iban, currency, name, kind, raw, first_seen, \
+                     last_seen, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7{json}, $8, $8, $8) \
+                     ON CONFLICT (connection_id, provider_id) DO UPDATE SET \
+                     updated_at = CASE WHEN a.iban IS DISTINCT FROM EXCLUDED.iban \
+                       OR a.currency IS DISTINCT FROM EXCLUDED.currency OR a.name IS DISTINCT FROM EXCLUDED.name \
+                       OR a.kind IS DISTINCT FROM EXCLUDED.kind \
+                       OR CAST(a.raw AS TEXT) IS DISTINCT FROM CAST(EXCLUDED.raw AS TEXT) \
+                       THEN EXCLUDED.updated_at ELSE a.updated_at END, \
+                     iban = EXCLUDED.iban, currency = EXCLUDED.currency, name = EXCLUDED.name, kind = EXCLUDED.kind, \
+                     raw = EXCLUDED.raw, last_seen = EXCLUDED.last_seen \
+                     RETURNING {ACCOUNT_COLUMNS}"
+                ))
+                .bind(connection_id)
+                .bind(&account.provider_id)
+                .bind(account.iban.as_ref().map(|i| i.as_str()))
+                .bind(account.currency.as_str())
+                .bind(account.name.as_deref())
+                .bind(account.kind.as_deref())
+                .bind(raw)
+                .bind(micros(now))
+                .fetch_one(&mut *tx)
+                .await?;
+                let account = account_from_row(&row)?;
+                tx.commit().await?;
+                Ok(account)
+            }
+
+            async fn commit_window(&self, commit: &WindowCommit) -> Result<CommitStats> {
+                let prepared = common::prepare_commit(commit)?;
+                let now = prepared.now;
+                let account_id = commit.account_id;
+                let connection_id = commit.lease.connection_id;
+                let mut tx = self.write_tx().await?;
+                fence(&mut tx, commit.lease).await?;
+
+                let owner: Option<i64> =
+                    sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = $1")
+                        .bind(account_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                match owner {
+                    None => return Err(StoreError::NotFound(format!("account {account_id}"))),
+                    Some(c) if c != connection_id => {
+                        return Err(StoreError::Conflict(format!(
+                            "account {account_id} belongs to connection {c}, not {connection_id}"
+                        )));
+                    }
+                    Some(_) => {}
+                }
+
+                insert_rows(&mut tx, connection_id, account_id, now, &prepared.inserts).await?;
+                update_rows(&mut tx, account_id, now, &prepared.updates).await?;
+                update_ids(&mut tx, VOID_IDS_SQL, now, account_id, &prepared.voids, "transactions to void").await?;
+                update_ids(&mut tx, TOUCH_IDS_SQL, now, account_id, &prepared.touch, "transactions to touch").await?;
+
+                let mut stats = CommitStats::default();
+                for b in &commit.balances {
+                    let existing = sqlx::query(
+                        "SELECT amount, currency FROM balances WHERE account_id = $1 AND kind = $2 AND reference_date = $3",
+                    )
+                    .bind(account_id)
+                    .bind(b.kind.as_str())
+                    .bind(b.reference_date)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let changed = match &existing {
+                        None => true,
+                        Some(row) => {
+                            let currency: &str = row.try_get(1)?;
+                            decimal_at(row, 0)? != b.amount || currency != b.currency.as_str()
+                        }
+                    };
+                    if changed {
+                        sqlx::query(
+                            "INSERT INTO balances (account_id, kind, amount, currency, reference_date, fetched_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (account_id, kind, reference_date) DO UPDATE SET \
+                             amount = excluded.amount, currency = excluded.currency, fetched_at = excluded.fetched_at",
+                        )
+                        .bind(account_id)
+                        .bind(b.kind.as_str())
+                        .bind(money(b.amount))
+                        .bind(b.currency.as_str())
+                        .bind(b.reference_date)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        stats.balances_written += 1;
+                    }
+                }
+
+                let cp = &commit.checkpoint;
+                sqlx::query(
+                    "INSERT INTO checkpoints (account_id, oldest_covered, newest_covered, backfill_done, empty_streak, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (account_id) DO UPDATE SET \
+                     oldest_covered = excluded.oldest_covered, newest_covered = excluded.newest_covered, \
+                     backfill_done = excluded.backfill_done, empty_streak = excluded.empty_streak, updated_at = excluded.updated_at",
+                )
+                .bind(account_id)
+                .bind(cp.oldest_covered)
+                .bind(cp.newest_covered)
+                .bind(cp.backfill_done)
+                .bind(i64::from(cp.empty_streak))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+
+                tx.commit().await?;
+                Ok(stats)
+            }
+
         async fn save_document(
             &self,
             lease: LeaseToken,
@@ -516,7 +639,6 @@ macro_rules! shared_store {
             Ok(changed)
         }
 
-            $($writes)*
 
         }
 

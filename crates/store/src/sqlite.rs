@@ -263,6 +263,7 @@ impl SqliteStore {
 
     const NAME: &'static str = "sqlite";
     const DIALECT: Dialect = Dialect::Sqlite;
+    const JSON_CAST: &'static str = "";
     const JSONB_CAST: &'static str = "";
     const BYTEA_CAST: &'static str = "";
 
@@ -504,172 +505,68 @@ crate::shared::shared_store! {
         })
     }
     }
-    bank_writes {
-    async fn upsert_account(
-        &self,
-        lease: LeaseToken,
-        account: &FetchedAccount,
-        now: DateTime<Utc>,
-    ) -> Result<Account> {
-        let raw = serde_json::to_string(&account.raw)
-            .map_err(|e| StoreError::Conflict(format!("account raw cannot be serialised: {e}")))?;
-        let connection_id = lease.connection_id;
-        let mut tx = self.write_tx().await?;
-        fence(&mut tx, lease).await?;
-        let row = sqlx::query(&format!(
-            "INSERT INTO accounts (connection_id, provider_id, iban, currency, name, kind, raw, first_seen, \
-             last_seen, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?8) \
-             ON CONFLICT (connection_id, provider_id) DO UPDATE SET \
-             updated_at = CASE WHEN accounts.iban IS NOT excluded.iban OR accounts.currency IS NOT excluded.currency \
-               OR accounts.name IS NOT excluded.name OR accounts.kind IS NOT excluded.kind \
-               OR accounts.raw IS NOT excluded.raw THEN excluded.updated_at ELSE accounts.updated_at END, \
-             iban = excluded.iban, currency = excluded.currency, name = excluded.name, kind = excluded.kind, \
-             raw = excluded.raw, last_seen = excluded.last_seen \
-             RETURNING {ACCOUNT_COLUMNS}"
-        ))
-        .bind(connection_id)
-        .bind(&account.provider_id)
-        .bind(account.iban.as_ref().map(|i| i.as_str()))
-        .bind(account.currency.as_str())
-        .bind(account.name.as_deref())
-        .bind(account.kind.as_deref())
-        .bind(raw)
-        .bind(micros(now))
-        .fetch_one(&mut *tx)
-        .await?;
-        let account = account_from_row(&row)?;
-        tx.commit().await?;
-        Ok(account)
-    }
+}
 
-    async fn commit_window(&self, commit: &WindowCommit) -> Result<CommitStats> {
-        let prepared = common::prepare_commit(commit)?;
-        let now = prepared.now;
-        let account_id = commit.account_id;
-        let connection_id = commit.lease.connection_id;
-        let mut tx = self.write_tx().await?;
-        fence(&mut tx, commit.lease).await?;
-
-        let owner: Option<i64> =
-            sqlx::query_scalar("SELECT connection_id FROM accounts WHERE id = ?1")
-                .bind(account_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        match owner {
-            None => return Err(StoreError::NotFound(format!("account {account_id}"))),
-            Some(c) if c != connection_id => {
-                return Err(StoreError::Conflict(format!(
-                    "account {account_id} belongs to connection {c}, not {connection_id}"
-                )));
-            }
-            Some(_) => {}
-        }
-
-        // Encoded once, as sqlx encodes a DateTime<Utc> for SQLite.
-        let now_text = now.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
-        let mut rest = &prepared.inserts[..];
-        while !rest.is_empty() {
-            let n = common::batch_len(rest.len(), INSERT_BATCH);
-            let (chunk, tail) = rest.split_at(n);
-            let mut args = SqliteArguments::default();
-            for p in chunk {
-                args.add(connection_id).map_err(encode_err)?;
-                args.add(account_id).map_err(encode_err)?;
-                add_tx_values(&mut args, p)?;
-                for _ in 0..3 {
-                    args.add(now_text.as_str()).map_err(encode_err)?;
-                }
-            }
-            sqlx::query_with(&insert_sql(n), args)
-                .execute(&mut *tx)
-                .await?;
-            rest = tail;
-        }
-
-        for (id, p) in &prepared.updates {
-            let mut args = SqliteArguments::default();
-            add_tx_values(&mut args, p)?;
-            args.add(now).map_err(encode_err)?;
-            args.add(*id).map_err(encode_err)?;
+/// A window's new rows: multi-row INSERTs of at most [`INSERT_BATCH`] rows.
+async fn insert_rows(
+    tx: &mut sqlx::SqliteConnection,
+    connection_id: i64,
+    account_id: i64,
+    now: DateTime<Utc>,
+    rows: &[PreparedTx<'_>],
+) -> Result<()> {
+    // Encoded once, as sqlx encodes a DateTime<Utc> for SQLite.
+    let now_text = now.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false);
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = common::batch_len(rest.len(), INSERT_BATCH);
+        let (chunk, tail) = rest.split_at(n);
+        let mut args = SqliteArguments::default();
+        for p in chunk {
+            args.add(connection_id).map_err(encode_err)?;
             args.add(account_id).map_err(encode_err)?;
-            let done = sqlx::query_with(UPDATE_SQL, args).execute(&mut *tx).await?;
-            if done.rows_affected() == 0 {
-                return Err(not_in_account("transaction to update", &[*id], account_id));
+            add_tx_values(&mut args, p)?;
+            for _ in 0..3 {
+                args.add(now_text.as_str()).map_err(encode_err)?;
             }
         }
-
-        update_ids(
-            &mut tx,
-            "UPDATE transactions SET status = 'void', updated_at = ?1 \
-             WHERE account_id = ?2 AND id IN (SELECT value FROM json_each(?3))",
-            now,
-            account_id,
-            &prepared.voids,
-            "transactions to void",
-        )
-        .await?;
-        update_ids(
-            &mut tx,
-            "UPDATE transactions SET last_seen = ?1 WHERE account_id = ?2 AND id IN (SELECT value FROM json_each(?3))",
-            now,
-            account_id,
-            &prepared.touch,
-            "transactions to touch",
-        )
-        .await?;
-
-        let mut stats = CommitStats::default();
-        for b in &commit.balances {
-            let existing: Option<(String, String)> = sqlx::query_as(
-                "SELECT amount, currency FROM balances WHERE account_id = ?1 AND kind = ?2 AND reference_date = ?3",
-            )
-            .bind(account_id)
-            .bind(b.kind.as_str())
-            .bind(b.reference_date)
-            .fetch_optional(&mut *tx)
+        sqlx::query_with(&insert_sql(n), args)
+            .execute(&mut *tx)
             .await?;
-            let changed = match &existing {
-                None => true,
-                Some((amount, currency)) => {
-                    codec::decimal(amount)? != b.amount || currency.as_str() != b.currency.as_str()
-                }
-            };
-            if changed {
-                sqlx::query(
-                    "INSERT INTO balances (account_id, kind, amount, currency, reference_date, fetched_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (account_id, kind, reference_date) DO UPDATE SET \
-                     amount = excluded.amount, currency = excluded.currency, fetched_at = excluded.fetched_at",
-                )
-                .bind(account_id)
-                .bind(b.kind.as_str())
-                .bind(b.amount.to_string())
-                .bind(b.currency.as_str())
-                .bind(b.reference_date)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                stats.balances_written += 1;
-            }
+        rest = tail;
+    }
+
+    Ok(())
+}
+
+/// A window's changed rows, one UPDATE each (SQLite has no array to join).
+async fn update_rows(
+    tx: &mut sqlx::SqliteConnection,
+    account_id: i64,
+    now: DateTime<Utc>,
+    updates: &[(i64, PreparedTx<'_>)],
+) -> Result<()> {
+    for (id, p) in updates {
+        let mut args = SqliteArguments::default();
+        add_tx_values(&mut args, p)?;
+        args.add(now).map_err(encode_err)?;
+        args.add(*id).map_err(encode_err)?;
+        args.add(account_id).map_err(encode_err)?;
+        let done = sqlx::query_with(UPDATE_SQL, args).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Err(not_in_account("transaction to update", &[*id], account_id));
         }
-
-        let cp = &commit.checkpoint;
-        sqlx::query(
-            "INSERT INTO checkpoints (account_id, oldest_covered, newest_covered, backfill_done, empty_streak, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (account_id) DO UPDATE SET \
-             oldest_covered = excluded.oldest_covered, newest_covered = excluded.newest_covered, \
-             backfill_done = excluded.backfill_done, empty_streak = excluded.empty_streak, updated_at = excluded.updated_at",
-        )
-        .bind(account_id)
-        .bind(cp.oldest_covered)
-        .bind(cp.newest_covered)
-        .bind(cp.backfill_done)
-        .bind(i64::from(cp.empty_streak))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-
-        tx.commit().await?;
-        Ok(stats)
     }
-    }
+
+    Ok(())
+}
+
+const VOID_IDS_SQL: &str = "UPDATE transactions SET status = 'void', updated_at = $1 \
+     WHERE account_id = $2 AND id IN (SELECT value FROM json_each($3))";
+const TOUCH_IDS_SQL: &str = "UPDATE transactions SET last_seen = $1 \
+     WHERE account_id = $2 AND id IN (SELECT value FROM json_each($3))";
+
+/// Money as bound here: exact decimal text.
+fn money(d: Decimal) -> String {
+    d.to_string()
 }
