@@ -27,7 +27,9 @@ use bankbridge_cap::emv::{self, CapError, CapRequest, CapResponse, ExpectedCard,
 use bankbridge_cap::transport::{Readers, TransportError, resolve_reader};
 use bankbridge_core::Secret;
 use bankbridge_core::crypto::MasterKey;
-use bankbridge_store::{Card, CardAuditEntry, CardStatus, Institution, NewCard, Store, StoreError};
+use bankbridge_store::{
+    Card, CardAuditEntry, CardRecords, CardStatus, Institution, NewCard, StoreError,
+};
 use chrono::Utc;
 use rand::RngCore;
 
@@ -98,7 +100,7 @@ pub struct CardRegistration {
 pub struct CardService(Arc<Inner>);
 
 struct Inner {
-    store: Arc<dyn Store>,
+    store: Arc<dyn CardRecords>,
     key: Arc<MasterKey>,
     readers: Arc<dyn Readers>,
     wait: Duration,
@@ -110,7 +112,7 @@ struct Inner {
 
 impl CardService {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn CardRecords>,
         key: Arc<MasterKey>,
         readers: Arc<dyn Readers>,
         wait: Duration,

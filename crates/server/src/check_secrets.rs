@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use bankbridge_checks::flow::{Flow, SecretSource};
 use bankbridge_core::{MasterKey, Secret};
-use bankbridge_store::{CheckSecretInfo, Store, StoreError};
+use bankbridge_store::{CheckSecretInfo, FlowChecks, StoreError};
 use chrono::{DateTime, SubsecRound, Utc};
 
 /// Seals, stores and opens flow secrets; cheap to clone.
 #[derive(Clone)]
 pub struct CheckSecrets {
-    store: Arc<dyn Store>,
+    store: Arc<dyn FlowChecks>,
     key: Arc<MasterKey>,
 }
 
@@ -33,7 +33,7 @@ fn purpose(name: &str) -> String {
 }
 
 impl CheckSecrets {
-    pub fn new(store: Arc<dyn Store>, key: Arc<MasterKey>) -> Self {
+    pub fn new(store: Arc<dyn FlowChecks>, key: Arc<MasterKey>) -> Self {
         Self { store, key }
     }
 

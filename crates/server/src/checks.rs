@@ -24,7 +24,7 @@ use bankbridge_checks::runner::{RunOptions, RunReport, Runner, stored_secrets};
 use bankbridge_checks::schedule::{
     CheckState, Health, Outcome, Transition, in_maintenance, locations_for_round, round_verdict,
 };
-use bankbridge_store::{CheckRunQuery, NewCheckRun, NewCheckStep, Store};
+use bankbridge_store::{CheckRunQuery, FlowChecks, NewCheckRun, NewCheckStep};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -174,7 +174,7 @@ pub struct ChecksService(Arc<Inner>);
 
 struct Inner {
     config: ChecksConfig,
-    store: Arc<dyn Store>,
+    store: Arc<dyn FlowChecks>,
     runner: Runner,
     notifier: Notifier,
     metrics: Arc<Metrics>,
@@ -187,7 +187,7 @@ struct Inner {
 impl ChecksService {
     pub fn new(
         config: ChecksConfig,
-        store: Arc<dyn Store>,
+        store: Arc<dyn FlowChecks>,
         metrics: Arc<Metrics>,
         secrets: CheckSecrets,
     ) -> Self {

@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Bytes;
 use bankbridge_core::{Account, Transaction, TxStatus};
-use bankbridge_store::{Store, StoreError, TxQuery};
+use bankbridge_store::{BankData, StoreError, TxQuery};
 use chrono::{NaiveDate, Utc};
 use futures::{Stream, StreamExt};
 use rust_decimal::Decimal;
@@ -118,7 +118,7 @@ pub struct ExportStats {
 /// Write an export of the rows `query` selects (its `limit`/`after` are
 /// honoured if set) to `out`, then flush it.
 pub async fn export_to_writer<W: AsyncWrite + Unpin + Send>(
-    store: &dyn Store,
+    store: &dyn BankData,
     query: &TxQuery,
     format: Format,
     options: ExportOptions,
@@ -134,7 +134,7 @@ pub async fn export_to_writer<W: AsyncWrite + Unpin + Send>(
 /// stops as soon as the stream is dropped. Memory stays bounded: the task
 /// waits while a few chunks are unread.
 pub fn export_stream(
-    store: Arc<dyn Store>,
+    store: Arc<dyn BankData>,
     query: TxQuery,
     format: Format,
     options: ExportOptions,
@@ -227,7 +227,7 @@ impl<'a, S: Sink> Out<'a, S> {
 }
 
 async fn run<S: Sink>(
-    store: &dyn Store,
+    store: &dyn BankData,
     query: &TxQuery,
     format: Format,
     options: ExportOptions,
@@ -356,7 +356,7 @@ fn csv_field(buf: &mut Vec<u8>, s: &str) {
 // ---------------------------------------------------------------- OFX
 
 async fn ofx<S: Sink>(
-    store: &dyn Store,
+    store: &dyn BankData,
     query: &TxQuery,
     options: ExportOptions,
     out: &mut Out<'_, S>,
@@ -416,7 +416,7 @@ async fn ofx<S: Sink>(
 
 /// The newest booked (else available) balance snapshot of an account.
 async fn ledger_balance(
-    store: &dyn Store,
+    store: &dyn BankData,
     account_id: i64,
 ) -> Result<Option<(Decimal, NaiveDate)>, StoreError> {
     let balances = store.list_balances(account_id).await?;

@@ -18,7 +18,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bankbridge_store::{Scope, Store};
+use bankbridge_store::{Scope, Tokens};
 use chrono::Utc;
 
 use crate::AppState;
@@ -74,7 +74,7 @@ impl TokenAuth {
     /// Who presents these headers.
     pub(crate) async fn authenticate(
         &self,
-        store: &Arc<dyn Store>,
+        store: &Arc<dyn Tokens>,
         headers: &HeaderMap,
     ) -> Result<Arc<Principal>, ApiError> {
         let token = bearer(headers)?;
@@ -127,7 +127,7 @@ impl TokenAuth {
     }
 
     /// Record `last_used_at`, at most once a minute per token, off the request path.
-    fn maybe_touch(&self, store: &Arc<dyn Store>, id: &str, now: Instant) {
+    fn maybe_touch(&self, store: &Arc<dyn Tokens>, id: &str, now: Instant) {
         {
             let mut touched = self.touched.lock().unwrap_or_else(|p| p.into_inner());
             if touched
@@ -187,7 +187,11 @@ pub(crate) async fn require(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let principal = match state.auth.authenticate(&state.store, req.headers()).await {
+    let principal = match state
+        .auth
+        .authenticate(&state.store.tokens, req.headers())
+        .await
+    {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };

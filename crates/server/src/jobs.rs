@@ -105,12 +105,13 @@ impl AppState {
     ) -> Result<SyncStart, StoreError> {
         let _serial = self.syncs.start.lock().await;
         if let Some(job_id) = self.running_sync(connection.id)
-            && let Some(job) = self.store.get_sync_job(job_id).await?
+            && let Some(job) = self.store.jobs.get_sync_job(job_id).await?
         {
             return Ok(SyncStart::AlreadyRunning(job));
         }
         let job = self
             .store
+            .jobs
             .create_sync_job(connection.id, Utc::now())
             .await?;
         self.syncs.running().insert(connection.id, job.id);
@@ -206,7 +207,7 @@ async fn run_job(
 }
 
 async fn save(state: &AppState, job: &SyncJob) {
-    if let Err(e) = state.store.update_sync_job(job).await {
+    if let Err(e) = state.store.jobs.update_sync_job(job).await {
         tracing::error!(job = job.id, error = %e, "cannot save the sync job's state");
     }
 }

@@ -30,7 +30,7 @@ use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use bankbridge_store::Store;
+use bankbridge_store::{Store, StoreParts};
 use bankbridge_sync::Syncer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -105,7 +105,9 @@ impl Default for ServerConfig {
 pub struct AppState(Arc<AppInner>);
 
 pub struct AppInner {
-    pub store: Arc<dyn Store>,
+    /// The store by domain, without bank writes: handlers read bank data;
+    /// only `syncer` writes it.
+    pub store: StoreParts,
     pub syncer: Syncer,
     /// Connector names a connection may use (`POST /api/v1/connections` checks it).
     pub connectors: Vec<String>,
@@ -153,7 +155,7 @@ impl AppState {
     pub fn set_checks(&self, config: checks::ChecksConfig) -> Option<tokio::task::JoinHandle<()>> {
         let service = checks::ChecksService::new(
             config,
-            self.store.clone(),
+            self.store.checks.clone(),
             self.metrics.clone(),
             self.check_secrets.clone(),
         );
@@ -196,8 +198,9 @@ impl AppState {
         readers: Arc<dyn bankbridge_cap::Readers>,
     ) -> Self {
         let openapi_json = Bytes::from(api::document_for(&connectors));
+        let store = StoreParts::of(&store);
         let cards = cards::CardService::new(
-            store.clone(),
+            store.cards.clone(),
             syncer.key.clone(),
             readers,
             config.reader_wait,
@@ -205,7 +208,10 @@ impl AppState {
         AppState(Arc::new(AppInner {
             bankid: std::sync::OnceLock::new(),
             checks: std::sync::OnceLock::new(),
-            check_secrets: check_secrets::CheckSecrets::new(store.clone(), syncer.key.clone()),
+            check_secrets: check_secrets::CheckSecrets::new(
+                store.checks.clone(),
+                syncer.key.clone(),
+            ),
             metrics: Arc::new(metrics::Metrics::new()),
             cards,
             store,
@@ -321,7 +327,7 @@ where
     use tower::ServiceExt as _;
 
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, database = state.store.backend(), "bankbridge API listening");
+        tracing::info!(%addr, database = state.store.connections.backend(), "bankbridge API listening");
     }
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

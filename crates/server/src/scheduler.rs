@@ -39,7 +39,7 @@ pub fn spawn_scheduler(state: AppState) -> JoinHandle<()> {
 /// One scheduler pass: start the syncs due at `now`. Returns the jobs started.
 pub async fn run_due(state: &AppState, now: DateTime<Utc>) -> Result<Vec<SyncJob>, StoreError> {
     let mut started = Vec::new();
-    for connection in state.store.list_connections().await? {
+    for connection in state.store.connections.list_connections().await? {
         if !is_due(&connection, now) || state.running_sync(connection.id).is_some() {
             continue;
         }

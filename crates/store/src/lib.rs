@@ -734,6 +734,34 @@ impl<T> Store for T where
 {
 }
 
+/// The store split by domain, for code that must not write bank data: the
+/// API's handlers, the card and check services, the commands that only
+/// read. [`BankWrites`] is not among the parts, so the compiler keeps all of
+/// them away from bank data; the sync engine (and `categorize`) hold the
+/// whole [`Store`] instead.
+#[derive(Clone)]
+pub struct StoreParts {
+    pub bank: std::sync::Arc<dyn BankData>,
+    pub connections: std::sync::Arc<dyn Connections>,
+    pub tokens: std::sync::Arc<dyn Tokens>,
+    pub jobs: std::sync::Arc<dyn SyncJobs>,
+    pub cards: std::sync::Arc<dyn CardRecords>,
+    pub checks: std::sync::Arc<dyn FlowChecks>,
+}
+
+impl StoreParts {
+    pub fn of(store: &std::sync::Arc<dyn Store>) -> Self {
+        Self {
+            bank: store.clone(),
+            connections: store.clone(),
+            tokens: store.clone(),
+            jobs: store.clone(),
+            cards: store.clone(),
+            checks: store.clone(),
+        }
+    }
+}
+
 /// Helpers shared by both backends.
 pub mod codec {
     use bankbridge_core::Currency;

@@ -2,7 +2,7 @@
 //! (in one place for the CLI and the API), and credentials sealed before
 //! they reach the store.
 use bankbridge_core::{ConnectionSettings, Credentials, MasterKey, Secret};
-use bankbridge_store::{Connection, ConnectionUpdate, NewConnection, Store};
+use bankbridge_store::{Connection, ConnectionUpdate, Connections, NewConnection};
 use chrono::NaiveDate;
 
 use crate::{SyncError, Syncer};
@@ -14,7 +14,7 @@ pub const KEY_CHECK: &str = "master_key_check";
 /// with, before anything is sealed under it: a database remembers the check
 /// value of its key. One that does not yet (made before check values were
 /// kept) learns it once the key has opened a secret already stored there.
-pub async fn check_master_key(store: &dyn Store, key: &MasterKey) -> Result<(), SyncError> {
+pub async fn check_master_key(store: &dyn Connections, key: &MasterKey) -> Result<(), SyncError> {
     let ours = key.check_value();
     if let Some(recorded) = store.meta(KEY_CHECK).await? {
         return if recorded == ours {
@@ -131,7 +131,7 @@ pub fn check_password(password: &Secret<String>) -> Result<(), SyncError> {
 /// Seal credentials and create a connection. The settings are stored as
 /// given (the CLI and the API check them with [`check_settings`] first).
 pub async fn add_connection(
-    store: &dyn Store,
+    store: &dyn Connections,
     key: &MasterKey,
     name: &str,
     connector: &str,
@@ -200,7 +200,7 @@ impl ConnectionChange {
 /// to another bank or account unasked. New credentials or a move also
 /// forget the kept bank session. `Ok(None)` when the connection is gone.
 pub async fn update_connection(
-    store: &dyn Store,
+    store: &dyn Connections,
     key: &MasterKey,
     connection: &Connection,
     change: &ConnectionChange,

@@ -65,10 +65,10 @@ pub(crate) async fn list(
             other => return Err(params::unknown(other, &["connection"])),
         }
     }
-    let accounts = state.store.list_accounts(connection).await?;
+    let accounts = state.store.bank.list_accounts(connection).await?;
     let mut balances = Vec::with_capacity(accounts.len());
     for a in &accounts {
-        balances.push(state.store.list_balances(a.id).await?);
+        balances.push(state.store.bank.list_balances(a.id).await?);
     }
     let data: Vec<AccountView> = accounts
         .iter()
@@ -102,10 +102,11 @@ pub(crate) async fn get_one(
 ) -> Result<Response, ApiError> {
     let account = state
         .store
+        .bank
         .get_account(id)
         .await?
         .ok_or_else(|| no_account(id))?;
-    let balances = state.store.list_balances(id).await?;
+    let balances = state.store.bank.list_balances(id).await?;
     let view = AccountView {
         account: &account,
         balance: bankbridge_store::current_balance(&balances),
@@ -130,10 +131,11 @@ pub(crate) async fn balances(
 ) -> Result<Response, ApiError> {
     state
         .store
+        .bank
         .get_account(id)
         .await?
         .ok_or_else(|| no_account(id))?;
-    let balances = state.store.list_balances(id).await?;
+    let balances = state.store.bank.list_balances(id).await?;
     Ok(json(
         StatusCode::OK,
         &List { data: &balances },

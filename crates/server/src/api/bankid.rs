@@ -360,7 +360,10 @@ async fn may_follow(
     if key.is_some_and(|k| gw.events_key_matches(id, k)) {
         return Ok(());
     }
-    let principal = state.auth.authenticate(&state.store, headers).await?;
+    let principal = state
+        .auth
+        .authenticate(&state.store.tokens, headers)
+        .await?;
     if !principal.scope.allows(Scope::Read) {
         return Err(ApiError::forbidden(
             "following BankID orders needs scope read",

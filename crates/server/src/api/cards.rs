@@ -449,6 +449,7 @@ impl From<CardUseError> for ApiError {
 async fn institution(state: &AppState, id: &str) -> Result<Institution, ApiError> {
     state
         .store
+        .cards
         .get_institution(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no financial institution {id}")))
@@ -457,6 +458,7 @@ async fn institution(state: &AppState, id: &str) -> Result<Institution, ApiError
 async fn card_of(state: &AppState, institution: &str, card: &str) -> Result<Card, ApiError> {
     state
         .store
+        .cards
         .get_card(card)
         .await?
         .filter(|c| c.institution_id == institution)
@@ -473,6 +475,7 @@ async fn card_of(state: &AppState, institution: &str, card: &str) -> Result<Card
 pub(crate) async fn list_institutions(State(state): State<AppState>) -> Result<Response, ApiError> {
     let views: Vec<InstitutionView> = state
         .store
+        .cards
         .list_institutions()
         .await?
         .into_iter()
@@ -514,6 +517,7 @@ pub(crate) async fn create_institution(
     };
     let created = state
         .store
+        .cards
         .create_institution(&NewInstitution {
             id: new_id("fi"),
             name: name.to_owned(),
@@ -556,7 +560,7 @@ pub(crate) async fn delete_institution(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !state.store.delete_institution(&id).await? {
+    if !state.store.cards.delete_institution(&id).await? {
         return Err(ApiError::not_found(format!(
             "no financial institution {id}"
         )));
@@ -574,7 +578,7 @@ pub(crate) async fn list_cards(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     institution(&state, &id).await?;
-    let cards = state.store.list_cards(Some(&id)).await?;
+    let cards = state.store.cards.list_cards(Some(&id)).await?;
     let views: Vec<CardView> = cards.iter().map(CardView::from).collect();
     Ok(json(
         StatusCode::OK,
@@ -723,6 +727,7 @@ pub(crate) async fn update_card(
     };
     let updated = state
         .store
+        .cards
         .update_card(&card.id, &update, Utc::now())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no card {card_id}")))?;
@@ -769,7 +774,7 @@ pub(crate) async fn delete_card(
     Path((institution, card)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     card_of(&state, &institution, &card).await?;
-    state.store.delete_card(&card).await?;
+    state.store.cards.delete_card(&card).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -826,6 +831,7 @@ pub(crate) async fn list_readers(State(state): State<AppState>) -> Result<Respon
     for r in readers {
         let card_id = state
             .store
+            .cards
             .find_card_by_reader(&r.name)
             .await?
             .map(|c| c.id);
@@ -859,6 +865,7 @@ pub(crate) async fn audit(
     }
     let entries = state
         .store
+        .cards
         .list_card_audit(&CardAuditQuery {
             card_id: params.card,
             limit: limit + 1,

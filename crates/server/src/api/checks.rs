@@ -170,6 +170,7 @@ pub(crate) async fn runs(
     }
     let rows = state
         .store
+        .checks
         .list_check_runs(&CheckRunQuery {
             check_id: Some(id),
             location: params.location,
@@ -208,6 +209,7 @@ pub(crate) async fn run(
 ) -> Result<Response, ApiError> {
     let (run, steps) = state
         .store
+        .checks
         .get_check_run(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;

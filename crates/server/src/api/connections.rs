@@ -202,6 +202,7 @@ pub(crate) async fn list(
 ) -> Result<Response, ApiError> {
     let views = state
         .store
+        .connections
         .list_connections()
         .await?
         .iter()
@@ -238,7 +239,7 @@ pub(crate) async fn create(
     let name = body.name.trim();
     let credentials = Credentials::with_password(body.password.clone());
     let connection = add_connection(
-        state.store.as_ref(),
+        state.store.connections.as_ref(),
         &state.syncer.key,
         name,
         &body.connector,
@@ -288,7 +289,7 @@ pub(crate) async fn remove(
             ),
         ));
     }
-    if !state.store.delete_connection(id).await? {
+    if !state.store.connections.delete_connection(id).await? {
         return Err(ApiError::not_found(format!("no connection with id {id}")));
     }
     tracing::info!(connection_id = id, "connection deleted");
@@ -362,6 +363,7 @@ pub(crate) async fn update(
 ) -> Result<Response, ApiError> {
     let connection = state
         .store
+        .connections
         .get_connection(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no connection with id {id}")))?;
@@ -388,7 +390,7 @@ pub(crate) async fn update(
         interval_secs: body.interval_secs,
     };
     let updated = update_connection(
-        state.store.as_ref(),
+        state.store.connections.as_ref(),
         &state.syncer.key,
         &connection,
         &change,

@@ -114,7 +114,7 @@ pub(crate) async fn list(
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT) as usize;
     // One more than asked tells whether another page follows.
     query.limit = Some(limit as u32 + 1);
-    let mut docs = state.store.list_documents(&query).await?;
+    let mut docs = state.store.bank.list_documents(&query).await?;
     let next = if docs.len() > limit {
         docs.truncate(limit);
         docs.last()
@@ -152,6 +152,7 @@ pub(crate) async fn get_one(
 ) -> Result<Response, ApiError> {
     let doc = state
         .store
+        .bank
         .get_document(id)
         .await?
         .ok_or_else(|| no_document(id))?;
@@ -180,6 +181,7 @@ pub(crate) async fn content(
 ) -> Result<Response, ApiError> {
     let (doc, bytes) = state
         .store
+        .bank
         .document_content(id)
         .await?
         .ok_or_else(|| no_document(id))?;

@@ -104,7 +104,12 @@ pub(crate) async fn export(
         Utc::now().format("%Y%m%d"),
         format.extension()
     );
-    let body = Body::from_stream(export_stream(state.store.clone(), query, format, options));
+    let body = Body::from_stream(export_stream(
+        state.store.bank.clone(),
+        query,
+        format,
+        options,
+    ));
     let mut res = Response::new(body);
     let h = res.headers_mut();
     h.insert(

@@ -81,6 +81,7 @@ pub(crate) async fn start(
     }
     let connection = state
         .store
+        .connections
         .get_connection(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no connection with id {id}")))?;
@@ -143,6 +144,7 @@ pub(crate) async fn get_one(
 ) -> Result<Response, ApiError> {
     let job = state
         .store
+        .jobs
         .get_sync_job(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no sync job with id {id}")))?;

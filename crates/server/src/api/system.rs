@@ -167,8 +167,8 @@ pub(crate) struct Health {
     )
 )]
 pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
-    let database = state.store.backend();
-    match state.store.get_connection(0).await {
+    let database = state.store.connections.backend();
+    match state.store.connections.get_connection(0).await {
         Ok(_) => json(
             StatusCode::OK,
             &Health {

@@ -116,7 +116,7 @@ pub(crate) async fn list(
     let mut query = request.query;
     // One row more than asked tells whether another page follows.
     query.limit = Some(request.limit + 1);
-    let mut rows = state.store.query_transactions(&query).await?;
+    let mut rows = state.store.bank.query_transactions(&query).await?;
     let next = if rows.len() > limit {
         rows.truncate(limit);
         rows.last().map(|t| encode_cursor(t.booking_date, t.id))
