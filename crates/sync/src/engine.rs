@@ -1,19 +1,19 @@
 //! Orchestration of one sync: lease, login, accounts, windows, retries,
 //! strong customer authentication, documents.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bankbridge_core::{
-    BalanceKind, ConnectionSettings, Connector, ConnectorError, DateWindow, DocumentContent,
-    FetchedAccount, FetchedDocument, ScaAnswer, ScaChallenge, ScaProgress, ScaSolver, WindowPage,
+    ConnectionSettings, Connector, ConnectorError, DateWindow, DocumentContent, FetchedAccount,
+    FetchedDocument, ScaAnswer, ScaChallenge, ScaProgress, ScaSolver, WindowPage,
 };
-use bankbridge_store::{Checkpoint, Connection, Lease, LeaseToken, NewDocument, WindowCommit};
+use bankbridge_store::{Checkpoint, Connection, Lease, LeaseToken, NewDocument};
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::plan::{self, PlanBounds};
-use crate::reconcile::{self, LINK_TOLERANCE_DAYS};
+use crate::window::{self, AccountProgress};
 use crate::{SyncError, SyncEvent, SyncOptions, SyncSummary, Syncer, session_purpose};
 
 type Progress<'a> = &'a (dyn Fn(SyncEvent) + Send + Sync);
@@ -473,12 +473,7 @@ impl Run<'_> {
             .iban
             .as_ref()
             .map_or(fetched.provider_id.clone(), |i| i.to_string());
-        let mut acc = AccountRun {
-            account_id,
-            seen: HashSet::new(),
-            claimed: HashSet::new(),
-            range: None,
-        };
+        let mut acc = AccountProgress::new(self.lease.token, account_id);
 
         let forward = plan::forward_windows(&cp, &bounds, window_days);
         (self.progress)(SyncEvent::Planned {
@@ -533,31 +528,8 @@ impl Run<'_> {
         }
 
         // Pending rows no window reported again, and no booked row settled, are void.
-        if let Some(range) = acc.range {
-            let voids = reconcile::find_vanished(
-                store.as_ref(),
-                account_id,
-                range,
-                &acc.seen,
-                &acc.claimed,
-            )
-            .await?;
-            if !voids.is_empty() {
-                self.summary.voided += voids.len() as u64;
-                let commit = WindowCommit {
-                    lease: self.lease.token,
-                    account_id,
-                    now: Utc::now(),
-                    inserts: vec![],
-                    updates: vec![],
-                    voids,
-                    touch: vec![],
-                    balances: vec![],
-                    checkpoint: cp.clone(),
-                };
-                store.commit_window(&commit).await?;
-            }
-        }
+        let voided = window::void_vanished(store.as_ref(), &acc, &cp, Utc::now()).await?;
+        self.summary.voided += voided;
         Ok(())
     }
 
@@ -595,60 +567,36 @@ impl Run<'_> {
         }
     }
 
-    /// Reconcile one fetched window and commit it atomically with `next`.
+    /// Reconcile one fetched window and commit it atomically with `next`
+    /// (the window step, [`window::apply_window`]).
     async fn commit(
         &mut self,
-        acc: &mut AccountRun,
+        acc: &mut AccountProgress,
         w: DateWindow,
         page: WindowPage,
         cp: &Checkpoint,
         next: &Checkpoint,
         label: &str,
     ) -> Result<(), SyncError> {
-        let store = &self.syncer.store;
-        let now = Utc::now();
-        let stored = store
-            .load_window(
-                acc.account_id,
-                plan::sub_days(w.from, LINK_TOLERANCE_DAYS as u32),
-                w.to,
-            )
-            .await?;
-        let planned = reconcile::plan(&stored, &page.transactions, now, &mut acc.claimed);
-        acc.seen.extend(planned.seen.iter().cloned());
-        acc.range = Some(match acc.range {
-            None => w,
-            Some(r) => DateWindow::new(r.from.min(w.from), r.to.max(w.to)),
-        });
-        if let Some(gap) = balance_gap(&page) {
+        let applied = window::apply_window(
+            self.syncer.store.as_ref(),
+            acc,
+            w,
+            page,
+            cp,
+            next,
+            Utc::now(),
+        )
+        .await?;
+        if let Some(gap) = applied.balance_gap {
             tracing::warn!(account = label, window = %w, %gap, "opening balance plus booked rows differs from the closing balance: the bank may have left rows out");
         }
-        // Opening balances only check the window; closing and available ones are history.
-        let balances: Vec<_> = page
-            .balances
-            .into_iter()
-            .filter(|b| b.kind != BalanceKind::OpeningBooked)
-            .collect();
-        self.summary.add(&planned.stats);
+        self.summary.add(&applied.stats);
         self.summary.windows += 1;
-        if !(planned.is_empty() && balances.is_empty() && cp == next) {
-            let commit = WindowCommit {
-                lease: self.lease.token,
-                account_id: acc.account_id,
-                now,
-                inserts: planned.inserts,
-                updates: planned.updates,
-                voids: vec![],
-                touch: planned.touch,
-                balances,
-                checkpoint: next.clone(),
-            };
-            store.commit_window(&commit).await?;
-        }
         (self.progress)(SyncEvent::WindowDone {
             account: label.to_owned(),
             window: w,
-            stats: planned.stats,
+            stats: applied.stats,
         });
         Ok(())
     }
@@ -850,27 +798,6 @@ impl Run<'_> {
     }
 }
 
-/// Closing minus (opening + booked amounts) of a window, when the bank gave
-/// both balances and they do not add up.
-fn balance_gap(page: &WindowPage) -> Option<rust_decimal::Decimal> {
-    let find = |kind| {
-        page.balances
-            .iter()
-            .find(|b| b.kind == kind)
-            .map(|b| b.amount)
-    };
-    let opening = find(BalanceKind::OpeningBooked)?;
-    let closing = find(BalanceKind::ClosingBooked)?;
-    let booked: rust_decimal::Decimal = page
-        .transactions
-        .iter()
-        .filter(|t| t.status == bankbridge_core::TxStatus::Booked)
-        .map(|t| t.amount)
-        .sum();
-    let gap = closing - (opening + booked);
-    (!gap.is_zero()).then_some(gap)
-}
-
 /// The pause before retry `attempt` of a transient fault: exponential
 /// backoff with jitter, never shorter than the bank's `Retry-After` unless
 /// that exceeds `max_retry_after`.
@@ -893,21 +820,10 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
-/// Per-account state of one sync.
-struct AccountRun {
-    account_id: i64,
-    /// Identity keys the bank reported in this sync.
-    seen: HashSet<String>,
-    /// Pending rows settled by booked rows in this sync.
-    claimed: HashSet<i64>,
-    /// Days fetched in this sync.
-    range: Option<DateWindow>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bankbridge_core::{Balance, FetchedTransaction, TxStatus};
+    use bankbridge_core::{Balance, BalanceKind, FetchedTransaction, TxStatus};
 
     #[test]
     fn a_bank_retry_after_is_honoured_up_to_the_cap() {
@@ -994,16 +910,16 @@ mod tests {
             ],
         );
         assert_eq!(
-            balance_gap(&ok),
+            window::balance_gap(&ok),
             None,
             "pending rows are not in the booked balance"
         );
         let missing = page(10_000, 9_000, &[(-1_500, TxStatus::Booked)]);
-        assert_eq!(balance_gap(&missing), Some(Decimal::new(500, 2)));
+        assert_eq!(window::balance_gap(&missing), Some(Decimal::new(500, 2)));
         let no_balances = WindowPage {
             transactions: missing.transactions.clone(),
             balances: vec![],
         };
-        assert_eq!(balance_gap(&no_balances), None);
+        assert_eq!(window::balance_gap(&no_balances), None);
     }
 }

@@ -21,6 +21,7 @@ pub mod connections;
 pub mod engine;
 pub mod plan;
 pub mod reconcile;
+pub mod window;
 
 pub use engine::SyncActivity;
 

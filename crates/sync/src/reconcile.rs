@@ -232,8 +232,8 @@ pub fn vanished_pending(
 
 /// The pending rows of `account_id` dated in `range` that this sync's
 /// windows no longer reported and nothing claimed (only pending rows are read).
-pub async fn find_vanished(
-    store: &dyn bankbridge_store::Store,
+pub async fn find_vanished<S: bankbridge_store::BankData + ?Sized>(
+    store: &S,
     account_id: i64,
     range: bankbridge_core::DateWindow,
     seen: &HashSet<String>,

@@ -30,7 +30,7 @@
 //! Progress goes to stderr, the table to stdout. A step that fails prints an
 //! error row and the others still run; the exit status is then 1. Missed
 //! targets are shown, not failed.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -39,17 +39,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bankbridge_core::{
-    BalanceKind, ConnectionSettings, Credentials, DateWindow, FetchedAccount, MasterKey, Secret,
-    WindowPage,
+    ConnectionSettings, Credentials, DateWindow, FetchedAccount, MasterKey, Secret, WindowPage,
 };
 use bankbridge_sandbox::{SandboxConfig, SandboxHandle};
 use bankbridge_store::bench::{RawWindow, bench_account, raw_sqlite_insert, synthetic_rows};
 use bankbridge_store::{
-    BankData, BankWrites, Checkpoint, Connections, Lease, LeaseToken, Scope, SqliteStore, Store,
-    TxWrite, WindowCommit,
+    BankWrites, Checkpoint, Connections, Lease, LeaseToken, Scope, SqliteStore, Store, TxWrite,
 };
 use bankbridge_sync::plan::{self, PlanBounds};
-use bankbridge_sync::reconcile::{self, LINK_TOLERANCE_DAYS};
+use bankbridge_sync::reconcile;
+use bankbridge_sync::window;
 use bankbridge_sync::{SyncOptions, SyncSummary, Syncer};
 
 mod bankid;
@@ -644,59 +643,24 @@ async fn reconcile_run(
     let mut windows_time = Duration::ZERO;
     let mut void_time = Duration::ZERO;
     for (a, &account_id) in fetched.iter().zip(&ids) {
+        // The engine's step takes each page by value: copied before the clock starts.
+        let pages: Vec<_> = a.windows.iter().map(|(_, page, _)| page.clone()).collect();
         let started = Instant::now();
-        let mut claimed = HashSet::new();
-        let mut seen: HashSet<String> = HashSet::new();
+        let mut acc = window::AccountProgress::new(lease, account_id);
         let mut cp = Checkpoint::default();
-        let mut range: Option<DateWindow> = None;
-        for (w, page, next) in &a.windows {
-            let now = chrono::Utc::now();
-            let stored = store
-                .load_window(
-                    account_id,
-                    plan::sub_days(w.from, LINK_TOLERANCE_DAYS as u32),
-                    w.to,
-                )
-                .await?;
-            let planned = reconcile::plan(&stored, &page.transactions, now, &mut claimed);
-            seen.extend(planned.seen.iter().cloned());
-            range = Some(match range {
-                None => *w,
-                Some(r) => DateWindow::new(r.from.min(w.from), r.to.max(w.to)),
-            });
-            let balances: Vec<_> = page
-                .balances
-                .iter()
-                .filter(|b| b.kind != BalanceKind::OpeningBooked)
-                .cloned()
-                .collect();
-            stats.inserted += planned.stats.inserted;
-            stats.updated += planned.stats.updated;
-            stats.unchanged += planned.stats.unchanged;
-            if !(planned.is_empty() && balances.is_empty() && cp == *next) {
-                store
-                    .commit_window(&WindowCommit {
-                        lease,
-                        account_id,
-                        now,
-                        inserts: planned.inserts,
-                        updates: planned.updates,
-                        voids: vec![],
-                        touch: planned.touch,
-                        balances,
-                        checkpoint: next.clone(),
-                    })
+        for ((w, _, next), page) in a.windows.iter().zip(pages) {
+            let applied =
+                window::apply_window(&store, &mut acc, *w, page, &cp, next, chrono::Utc::now())
                     .await?;
-            }
+            stats.inserted += applied.stats.inserted;
+            stats.updated += applied.stats.updated;
+            stats.unchanged += applied.stats.unchanged;
             cp = next.clone();
         }
         windows_time += started.elapsed();
 
         let started = Instant::now();
-        if let Some(r) = range {
-            let voids = reconcile::find_vanished(&store, account_id, r, &seen, &claimed).await?;
-            stats.voided += voids.len() as u64;
-        }
+        stats.voided += window::void_vanished(&store, &acc, &cp, chrono::Utc::now()).await?;
         void_time += started.elapsed();
     }
     store.close().await;
