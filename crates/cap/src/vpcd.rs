@@ -378,7 +378,8 @@ impl SlotsLock {
     /// or `None` (the test should return) when pcscd or its vpcd reader is
     /// missing and nothing requires them. With `CI` or
     /// `BANKBRIDGE_TEST_PCSCD` set, a missing pcscd panics instead
-    /// (`scripts/pcscd.sh start` runs one).
+    /// (`scripts/pcscd.sh start` runs one). Feature `test-support`.
+    #[cfg(feature = "test-support")]
     pub fn for_tests() -> Option<SlotsLock> {
         const WAIT: Duration = Duration::from_secs(10);
         let lock = SlotsLock::acquire(Duration::from_secs(300)).expect("vpcd slots lock");

@@ -80,7 +80,7 @@ enum Command {
     Check(cmd::check::CheckCommand),
     /// Measure sync, reconcile, API and export speed (prints tables).
     #[command(after_help = "Example: bankbridge bench --transactions 100000")]
-    Bench(cmd::bench::BenchArgs),
+    Bench(bankbridge_bench::BenchArgs),
 }
 
 /// Commands that never open the database: their help shows no `--db`.
@@ -190,7 +190,14 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Bankid(c) => cmd::bankid::run(c).await,
         Command::Categorize(args) => cmd::categorize::run(&config, args).await,
         Command::Check(c) => cmd::check::run(&config, c).await,
-        Command::Bench(args) => cmd::bench::run(args).await,
+        Command::Bench(args) => {
+            let hooks = bankbridge_bench::Hooks {
+                sandbox_bankid_client: Box::new(|url| {
+                    Box::pin(async move { cmd::bankid::sandbox_client(&url).await })
+                }),
+            };
+            bankbridge_bench::run(args, hooks).await
+        }
     }
 }
 

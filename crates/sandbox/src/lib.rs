@@ -28,6 +28,7 @@ pub mod bankid;
 pub mod fault;
 pub mod fibank;
 pub mod keypad;
+#[cfg(feature = "test-support")]
 pub mod receivers;
 mod util;
 pub mod xs2a_playground;

@@ -31,7 +31,6 @@ use futures::stream::BoxStream;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-pub mod bench;
 mod cards;
 pub mod checks;
 mod common;

@@ -87,3 +87,9 @@ pub async fn drop_pg_database(mut conn: sqlx::PgConnection, db: &str) {
         .await;
     let _ = conn.close().await;
 }
+
+/// The `search_text` column the store writes for a row (for benchmarks that
+/// insert rows behind the store's back, to compare against it).
+pub fn search_text(w: &crate::TxWrite) -> String {
+    crate::common::search_text(w)
+}

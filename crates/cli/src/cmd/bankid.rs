@@ -109,7 +109,7 @@ pub(crate) fn client_from_pem_files(
 }
 
 /// A client of the simulated BankID of the sandbox at `sandbox` (its root URL).
-pub(crate) async fn sandbox_client(sandbox: &str) -> Result<BankIdClient> {
+pub async fn sandbox_client(sandbox: &str) -> Result<BankIdClient> {
     let info = sandbox_info(sandbox).await?;
     client_from_pem_files(&info.base_url, &info.cert, &info.key, &info.ca)
 }

@@ -10,7 +10,6 @@ use crate::config::Config;
 
 pub mod accounts;
 pub mod bankid;
-pub mod bench;
 pub mod card;
 pub mod categorize;
 pub mod check;

@@ -1,4 +1,9 @@
-//! `bankbridge bench`: speed figures as one printed table (never assertions).
+//! The benchmark behind `bankbridge bench`: speed figures as one printed
+//! table (never assertions). A crate of its own so the binary's commands
+//! stay small, and so that it may use the store's `test-support` helpers
+//! (synthetic rows, the raw bulk insert) that production code never sees.
+//! It calls the real engine (its window step, [`bankbridge_sync::window`]),
+//! store, server and simulators, never a copy of them.
 //!
 //! Everything runs in a throwaway directory, all traffic on 127.0.0.1:
 //!
@@ -38,22 +43,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use bankbridge_bankid::BankIdClient;
 use bankbridge_core::{
     ConnectionSettings, Credentials, DateWindow, FetchedAccount, MasterKey, Secret, WindowPage,
 };
 use bankbridge_sandbox::{SandboxConfig, SandboxHandle};
-use bankbridge_store::bench::{RawWindow, bench_account, raw_sqlite_insert, synthetic_rows};
 use bankbridge_store::{
     BankWrites, Checkpoint, Connections, Lease, LeaseToken, Scope, SqliteStore, Store, TxWrite,
 };
 use bankbridge_sync::plan::{self, PlanBounds};
 use bankbridge_sync::reconcile;
 use bankbridge_sync::window;
-use bankbridge_sync::{SyncOptions, SyncSummary, Syncer};
+use bankbridge_sync::{ConnectorFactory, SyncOptions, SyncSummary, Syncer};
+use futures::future::BoxFuture;
+use raw::{RawWindow, bench_account, raw_sqlite_insert, synthetic_rows};
 
 mod bankid;
 mod cards;
 mod checks;
+pub mod raw;
 use rust_decimal::Decimal;
 
 #[derive(clap::Args, Debug)]
@@ -195,14 +203,40 @@ impl Table {
                 ]
             })
             .collect();
-        super::print_table(
+        print_table(
             &["MEASURE", "ROWS", "SECONDS", "RATE", "VS TARGET", "NOTE"],
             &rows,
         );
     }
 }
 
-pub async fn run(args: BenchArgs) -> Result<ExitCode> {
+/// What the benchmark needs from the binary that runs it.
+pub struct Hooks {
+    /// A BankID client of the sandbox whose root URL is given.
+    pub sandbox_bankid_client:
+        Box<dyn Fn(String) -> BoxFuture<'static, Result<BankIdClient>> + Send + Sync>,
+}
+
+/// Left-aligned columns, two spaces apart.
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
+
+pub async fn run(args: BenchArgs, hooks: Hooks) -> Result<ExitCode> {
     let dir = tempfile::Builder::new()
         .prefix("bankbridge-bench-")
         .tempdir()?;
@@ -240,7 +274,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         cards::cards_section(dir.path(), &mut table).await;
     }
     if args.wants(Section::Bankid) {
-        bankid::bankid_section(dir.path(), &mut table).await;
+        bankid::bankid_section(dir.path(), &mut table, &hooks).await;
     }
     if args.wants(Section::Checks) {
         checks::checks_section(dir.path(), &mut table).await;
@@ -331,7 +365,10 @@ async fn full_and_noop_sync(
     let key = Arc::new(MasterKey::create_file(
         &dir.join(API_HOME).join("master.key"),
     )?);
-    let syncer = super::syncer(store.clone(), key.clone());
+    let connectors: ConnectorFactory = Arc::new(|connection, settings, credentials| {
+        bankbridge_connectors::build(&connection.connector, settings, credentials)
+    });
+    let syncer = Syncer::new(store.clone(), key.clone(), connectors);
     let creds = sandbox.credentials();
     let settings = ConnectionSettings::new(sandbox.base_url(), &creds.username);
     let connection = bankbridge_sync::add_connection(

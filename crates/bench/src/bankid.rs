@@ -35,7 +35,7 @@ struct Simulator {
     client: BankIdClient,
 }
 
-async fn start_simulator(dir: &std::path::Path) -> Result<Simulator> {
+async fn start_simulator(dir: &std::path::Path, hooks: &super::Hooks) -> Result<Simulator> {
     let exe = std::env::current_exe().context("finding the bankbridge binary")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -67,12 +67,12 @@ async fn start_simulator(dir: &std::path::Path) -> Result<Simulator> {
             None => bail!("the sandbox ended before serving BankID"),
         }
     }
-    let client = super::super::bankid::sandbox_client(&format!("http://127.0.0.1:{port}")).await?;
+    let client = (hooks.sandbox_bankid_client)(format!("http://127.0.0.1:{port}")).await?;
     Ok(Simulator { child, client })
 }
 
-pub(super) async fn bankid_section(dir: &std::path::Path, table: &mut Table) {
-    let sim = match start_simulator(dir).await {
+pub(super) async fn bankid_section(dir: &std::path::Path, table: &mut Table, hooks: &super::Hooks) {
+    let sim = match start_simulator(dir, hooks).await {
         Ok(sim) => sim,
         Err(e) => return table.error("BankID simulator", &e),
     };

@@ -180,8 +180,10 @@ async fn service_run(
     let db = dir.join(format!("cards-{}.db", rand_suffix()));
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).await?);
     let key = Arc::new(MasterKey::generate());
-    let syncer =
-        bankbridge_sync::Syncer::new(store.clone(), key, super::super::connector_factory());
+    // The card service syncs nothing: a factory that builds no connector.
+    let no_banks: bankbridge_sync::ConnectorFactory =
+        Arc::new(|_, _, _| Err("the card benchmark syncs no bank".into()));
+    let syncer = bankbridge_sync::Syncer::new(store.clone(), key, no_banks);
     let state = AppState::with_readers(
         store.clone(),
         syncer,

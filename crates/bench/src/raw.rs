@@ -1,6 +1,6 @@
 //! Benchmark helpers shared by `examples/commit_bench.rs` and `bankbridge
 //! bench`: synthetic rows, and the raw SQLite bulk insert that
-//! [`crate::BankWrites::commit_window`] is measured against.
+//! [`bankbridge_store::BankWrites::commit_window`] is measured against.
 //!
 //! Nothing here is used by a sync; it writes bank data without a checkpoint,
 //! so it only ever targets a throwaway database.
@@ -15,7 +15,7 @@ use rust_decimal::Decimal;
 use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Arguments, Connection, Executor};
 
-use crate::{Lease, LeaseToken, NewConnection, Result, Store, StoreError, TxWrite};
+use bankbridge_store::{Lease, LeaseToken, NewConnection, Result, Store, StoreError, TxWrite};
 
 /// Columns a raw insert fills, in the order of its parameters.
 pub const RAW_COLUMNS: &str = "connection_id, account_id, provider_id, pending_provider_id, fingerprint, status, \
@@ -74,7 +74,7 @@ pub fn synthetic_rows(range: Range<usize>, per_day: usize) -> Vec<TxWrite> {
 
 /// The `search_text` column the store writes for a row.
 pub fn search_text(w: &TxWrite) -> String {
-    crate::common::search_text(w)
+    bankbridge_store::testing::search_text(w)
 }
 
 /// A connection named `name` with one BGN account, ready to hold rows, and
@@ -141,7 +141,7 @@ fn raw_insert_sql(rows: usize) -> String {
 /// SQLite's parameter limit allows), one database transaction per window, no
 /// reads and no diff, on the SQLite file at `path` (which must already hold
 /// the bankbridge schema and the windows' accounts, e.g. made by
-/// [`crate::SqliteStore::open`] and then closed).
+/// [`bankbridge_store::SqliteStore::open`] and then closed).
 ///
 /// Returns the time of the inserts alone (connecting, counting and the final
 /// WAL checkpoint excluded). Fails if the file does not then hold every row.

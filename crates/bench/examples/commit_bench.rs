@@ -2,8 +2,8 @@
 //! same rows, on SQLite (and on PostgreSQL when a URL is given).
 //!
 //! ```text
-//! cargo run --release -p bankbridge-store --example commit_bench -- [ROWS] [WINDOWS]
-//! BANKBRIDGE_BENCH_PG_URL=postgres://… cargo run --release -p bankbridge-store --example commit_bench
+//! cargo run --release -p bankbridge-bench --example commit_bench -- [ROWS] [WINDOWS]
+//! BANKBRIDGE_BENCH_PG_URL=postgres://… cargo run --release -p bankbridge-bench --example commit_bench
 //! ```
 //!
 //! Prints a table; it asserts nothing about time.
@@ -12,8 +12,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bankbridge_bench::raw::{self as bench, RAW_COLUMNS, RAW_PER_ROW, RawWindow};
 use bankbridge_core::{Balance, BalanceKind};
-use bankbridge_store::bench::{self, RAW_COLUMNS, RAW_PER_ROW, RawWindow};
 use bankbridge_store::{Checkpoint, LeaseToken, SqliteStore, Store, TxWrite, WindowCommit};
 use chrono::{TimeZone, Utc};
 use rust_decimal::Decimal;
