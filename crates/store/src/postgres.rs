@@ -322,51 +322,6 @@ fn unnest_with_ids() -> String {
     )
 }
 
-async fn missing_ids(
-    tx: &mut sqlx::PgConnection,
-    account_id: i64,
-    ids: &[i64],
-) -> Result<Vec<i64>> {
-    let found: Vec<i64> =
-        sqlx::query_scalar("SELECT id FROM transactions WHERE account_id = $1 AND id = ANY($2)")
-            .bind(account_id)
-            .bind(ids)
-            .fetch_all(&mut *tx)
-            .await?;
-    let found: std::collections::HashSet<i64> = found.into_iter().collect();
-    Ok(ids
-        .iter()
-        .copied()
-        .filter(|id| !found.contains(id))
-        .collect())
-}
-
-async fn update_ids(
-    tx: &mut sqlx::PgConnection,
-    sql: &str,
-    now: DateTime<Utc>,
-    account_id: i64,
-    ids: &[i64],
-    what: &str,
-) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let done = sqlx::query(sql)
-        .bind(now)
-        .bind(account_id)
-        .bind(ids)
-        .execute(&mut *tx)
-        .await?;
-    if done.rows_affected() != ids.len() as u64 {
-        let missing = missing_ids(tx, account_id, ids).await?;
-        return Err(StoreError::NotFound(format!(
-            "{what} {missing:?} of account {account_id}"
-        )));
-    }
-    Ok(())
-}
-
 crate::shared::shared_store! {
     PgStore, PgRow;
     bank_data {
@@ -444,11 +399,17 @@ async fn update_rows(
     Ok(())
 }
 
-const VOID_IDS_SQL: &str = "UPDATE transactions SET status = 'void', updated_at = $1 WHERE account_id = $2 AND id = ANY($3)";
-const TOUCH_IDS_SQL: &str =
-    "UPDATE transactions SET last_seen = $1 WHERE account_id = $2 AND id = ANY($3)";
-
 /// Money as bound here: NUMERIC.
 fn money(d: Decimal) -> Decimal {
     d
+}
+
+/// A set of row ids as bound here: a BIGINT[].
+fn id_set(ids: &[i64]) -> &[i64] {
+    ids
+}
+
+/// `id` belongs to the set bound as parameter `param`.
+fn in_id_set(param: usize) -> String {
+    format!("= ANY(${param})")
 }

@@ -453,8 +453,8 @@ macro_rules! shared_store {
 
                 insert_rows(&mut tx, connection_id, account_id, now, &prepared.inserts).await?;
                 update_rows(&mut tx, account_id, now, &prepared.updates).await?;
-                update_ids(&mut tx, VOID_IDS_SQL, now, account_id, &prepared.voids, "transactions to void").await?;
-                update_ids(&mut tx, TOUCH_IDS_SQL, now, account_id, &prepared.touch, "transactions to touch").await?;
+                update_ids(&mut tx, "status = 'void', updated_at = $1", now, account_id, &prepared.voids, "transactions to void").await?;
+                update_ids(&mut tx, "last_seen = $1", now, account_id, &prepared.touch, "transactions to touch").await?;
 
                 let mut stats = CommitStats::default();
                 for b in &commit.balances {
@@ -1151,6 +1151,57 @@ macro_rules! shared_store {
             Ok(done.rows_affected() > 0)
         }
 
+        }
+
+        /// Those of `ids` that are not transactions of the account.
+        async fn missing_ids(
+            tx: &mut <<$Row as sqlx::Row>::Database as sqlx::Database>::Connection,
+            account_id: i64,
+            ids: &[i64],
+        ) -> Result<Vec<i64>> {
+            let sql = format!(
+                "SELECT id FROM transactions WHERE account_id = $1 AND id {}",
+                in_id_set(2)
+            );
+            let found: Vec<i64> = sqlx::query_scalar(&sql)
+                .bind(account_id)
+                .bind(id_set(ids))
+                .fetch_all(&mut *tx)
+                .await?;
+            let found: std::collections::HashSet<i64> = found.into_iter().collect();
+            Ok(ids.iter().copied().filter(|id| !found.contains(id)).collect())
+        }
+
+        /// `SET assignments` (with `$1` for `now`) on the account's rows
+        /// `ids`; `NotFound` naming the ids that are not its rows.
+        async fn update_ids(
+            tx: &mut <<$Row as sqlx::Row>::Database as sqlx::Database>::Connection,
+            assignments: &str,
+            now: DateTime<Utc>,
+            account_id: i64,
+            ids: &[i64],
+            what: &str,
+        ) -> Result<()> {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let sql = format!(
+                "UPDATE transactions SET {assignments} WHERE account_id = $2 AND id {}",
+                in_id_set(3)
+            );
+            let done = sqlx::query(&sql)
+                .bind(now)
+                .bind(account_id)
+                .bind(id_set(ids))
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() != ids.len() as u64 {
+                let missing = missing_ids(tx, account_id, ids).await?;
+                return Err(StoreError::NotFound(format!(
+                    "{what} {missing:?} of account {account_id}"
+                )));
+            }
+            Ok(())
         }
 
         fn connection_from_row(r: &$Row) -> Result<Connection> {

@@ -436,50 +436,6 @@ fn not_in_account(what: &str, ids: &[i64], account_id: i64) -> StoreError {
     StoreError::NotFound(format!("{what} {ids:?} of account {account_id}"))
 }
 
-async fn missing_ids(
-    tx: &mut sqlx::SqliteConnection,
-    account_id: i64,
-    ids: &[i64],
-) -> Result<Vec<i64>> {
-    let found: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM transactions WHERE account_id = ?1 AND id IN (SELECT value FROM json_each(?2))",
-    )
-    .bind(account_id)
-    .bind(ids_json(ids))
-    .fetch_all(&mut *tx)
-    .await?;
-    let found: std::collections::HashSet<i64> = found.into_iter().collect();
-    Ok(ids
-        .iter()
-        .copied()
-        .filter(|id| !found.contains(id))
-        .collect())
-}
-
-async fn update_ids(
-    tx: &mut sqlx::SqliteConnection,
-    sql: &str,
-    now: DateTime<Utc>,
-    account_id: i64,
-    ids: &[i64],
-    what: &str,
-) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let done = sqlx::query(sql)
-        .bind(now)
-        .bind(account_id)
-        .bind(ids_json(ids))
-        .execute(&mut *tx)
-        .await?;
-    if done.rows_affected() != ids.len() as u64 {
-        let missing = missing_ids(tx, account_id, ids).await?;
-        return Err(not_in_account(what, &missing, account_id));
-    }
-    Ok(())
-}
-
 crate::shared::shared_store! {
     SqliteStore, SqliteRow;
     bank_data {
@@ -561,12 +517,17 @@ async fn update_rows(
     Ok(())
 }
 
-const VOID_IDS_SQL: &str = "UPDATE transactions SET status = 'void', updated_at = $1 \
-     WHERE account_id = $2 AND id IN (SELECT value FROM json_each($3))";
-const TOUCH_IDS_SQL: &str = "UPDATE transactions SET last_seen = $1 \
-     WHERE account_id = $2 AND id IN (SELECT value FROM json_each($3))";
-
 /// Money as bound here: exact decimal text.
 fn money(d: Decimal) -> String {
     d.to_string()
+}
+
+/// A set of row ids as bound here: a JSON array for `json_each`.
+fn id_set(ids: &[i64]) -> String {
+    ids_json(ids)
+}
+
+/// `id` belongs to the set bound as parameter `param`.
+fn in_id_set(param: usize) -> String {
+    format!("IN (SELECT value FROM json_each(${param}))")
 }
