@@ -13,7 +13,8 @@
 //!   `self.read_snapshot()`;
 //! - the column lists (`CONNECTION_COLUMNS`, `tx_columns()`, …: PostgreSQL
 //!   reads JSON as text), `decimal_at` / `opt_decimal_at` (money is TEXT on
-//!   SQLite, NUMERIC on PostgreSQL) and `bind_args`;
+//!   SQLite, NUMERIC on PostgreSQL), `money` (how money is bound), `id_set` and
+//!   `in_id_set` (a set of row ids: JSON for `json_each`, or an array);
 //! - the methods that really differ, passed in: `account_totals` (SQLite sums
 //!   in Rust, its SUM would use floats), and inside `commit_window` the bulk
 //!   writes `insert_rows`, `update_rows`, `update_ids` (multi-row INSERTs and
@@ -1202,6 +1203,32 @@ macro_rules! shared_store {
                 )));
             }
             Ok(())
+        }
+
+        const ACCOUNT_COLUMNS: &str =
+            "id, connection_id, provider_id, iban, currency, name, kind, first_seen, last_seen";
+        const TOKEN_COLUMNS: &str =
+            "id, name, scope, hash, created_at, last_used_at, revoked_at, location, expires_at";
+
+        /// Arguments built by the shared query builders, bound for this backend.
+        fn bind_args(
+            args: Vec<Arg>,
+        ) -> Result<<<$Row as sqlx::Row>::Database as sqlx::Database>::Arguments<'static>> {
+            let mut out = <<$Row as sqlx::Row>::Database as sqlx::Database>::Arguments::default();
+            for a in args {
+                match a {
+                    Arg::I64(v) => out.add(v),
+                    Arg::Date(v) => out.add(v),
+                    Arg::Text(v) => out.add(v),
+                    Arg::Decimal(v) => out.add(money(v)),
+                    Arg::Time(v) => out.add(v),
+                    Arg::I32(v) => out.add(v),
+                    Arg::OptText(v) => out.add(v),
+                    Arg::Bytes(v) => out.add(v),
+                }
+                .map_err(encode_err)?;
+            }
+            Ok(out)
         }
 
         fn connection_from_row(r: &$Row) -> Result<Connection> {

@@ -299,37 +299,13 @@ fn opt_decimal_at(r: &SqliteRow, i: usize) -> Result<Option<Decimal>> {
 const CONNECTION_COLUMNS: &str = "id, name, connector, settings, credentials_sealed, session_sealed, created_at, \
      last_sync_at, last_sync_status, last_sync_error, credentials_version, last_sync_credentials_version, lease_owner, lease_until";
 
-const ACCOUNT_COLUMNS: &str =
-    "id, connection_id, provider_id, iban, currency, name, kind, first_seen, last_seen";
-
 fn tx_columns() -> &'static str {
     static COLUMNS: OnceLock<String> = OnceLock::new();
     COLUMNS.get_or_init(|| common::tx_columns("raw"))
 }
 
-const TOKEN_COLUMNS: &str =
-    "id, name, scope, hash, created_at, last_used_at, revoked_at, location, expires_at";
-
 const JOB_COLUMNS: &str =
     "id, connection_id, status, created_at, started_at, finished_at, summary, error";
-
-fn bind_args(args: Vec<Arg>) -> Result<SqliteArguments<'static>> {
-    let mut out = SqliteArguments::default();
-    for a in args {
-        match a {
-            Arg::I64(v) => out.add(v),
-            Arg::Date(v) => out.add(v),
-            Arg::Text(v) => out.add(v),
-            Arg::Decimal(v) => out.add(v.to_string()),
-            Arg::Time(v) => out.add(v),
-            Arg::I32(v) => out.add(v),
-            Arg::OptText(v) => out.add(v),
-            Arg::Bytes(v) => out.add(v),
-        }
-        .map_err(encode_err)?;
-    }
-    Ok(out)
-}
 
 // ---------------------------------------------------------------- window writes
 
