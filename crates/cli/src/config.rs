@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use bankbridge_core::MasterKey;
-use bankbridge_store::Store;
+use bankbridge_store::{Store, StoreParts};
 use serde::Deserialize;
 
 /// `$BANKBRIDGE_HOME/config.toml`. Every field is optional.
@@ -94,6 +94,12 @@ impl Config {
         builder
             .create(&self.home)
             .with_context(|| format!("creating the data directory {}", self.home.display()))
+    }
+
+    /// The store by domain, without bank writes: for the commands that read
+    /// bank data or manage connections, tokens and cards.
+    pub async fn parts(&self) -> Result<StoreParts> {
+        Ok(StoreParts::of(&self.store().await?))
     }
 
     pub async fn store(&self) -> Result<Arc<dyn Store>> {

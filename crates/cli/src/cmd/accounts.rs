@@ -17,18 +17,18 @@ pub struct AccountsArgs {
 }
 
 pub async fn run(config: &Config, args: AccountsArgs) -> Result<ExitCode> {
-    let store = config.store().await?;
-    let connections = store.list_connections().await?;
+    let store = config.parts().await?;
+    let connections = store.connections.list_connections().await?;
     let only = match &args.connection {
-        Some(name) => match store.find_connection(name).await? {
+        Some(name) => match store.connections.find_connection(name).await? {
             Some(c) => Some(c.id),
             None => bail!("no connection named {name:?}; see `bankbridge connection list`"),
         },
         None => None,
     };
     let mut items = Vec::new();
-    for account in store.list_accounts(only).await? {
-        let balances = store.list_balances(account.id).await?;
+    for account in store.bank.list_accounts(only).await? {
+        let balances = store.bank.list_balances(account.id).await?;
         let balance = bankbridge_store::current_balance(&balances).cloned();
         let connection = connections.iter().find(|c| c.id == account.connection_id);
         items.push((account, balance, connection));

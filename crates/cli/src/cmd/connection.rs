@@ -145,7 +145,7 @@ pub async fn run(config: &Config, command: ConnectionCommand) -> Result<ExitCode
 
 /// Like cargo and apt: ask in a terminal, refuse to guess without one.
 async fn remove(config: &Config, connection: &str, yes: bool) -> Result<ExitCode> {
-    let store = config.store().await?;
+    let store = config.parts().await?.connections;
     let Some(c) = store.find_connection(connection).await? else {
         bail!("no connection named {connection:?}; see `bankbridge connection list`");
     };
@@ -395,7 +395,7 @@ async fn update(config: &Config, args: UpdateArgs) -> Result<ExitCode> {
 }
 
 async fn list(config: &Config, json: bool) -> Result<ExitCode> {
-    let store = config.store().await?;
+    let store = config.parts().await?.connections;
     let conns = store.list_connections().await?;
     let now = chrono::Utc::now();
     let activity =

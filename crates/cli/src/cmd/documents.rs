@@ -57,10 +57,11 @@ pub async fn run(config: &Config, command: DocumentsCommand) -> Result<ExitCode>
 }
 
 async fn list(config: &Config, args: ListArgs) -> Result<ExitCode> {
-    let store = config.store().await?;
+    let store = config.parts().await?;
     let connection_id = match &args.connection {
         Some(name) => Some(
             store
+                .connections
                 .find_connection(name)
                 .await?
                 .with_context(|| {
@@ -76,6 +77,7 @@ async fn list(config: &Config, args: ListArgs) -> Result<ExitCode> {
         bail!("--to ({t}) is before --from ({f})");
     }
     let docs = store
+        .bank
         .list_documents(&DocumentQuery {
             connection_id,
             account_id: args.account,
@@ -111,8 +113,8 @@ async fn list(config: &Config, args: ListArgs) -> Result<ExitCode> {
 }
 
 async fn get(config: &Config, args: GetArgs) -> Result<ExitCode> {
-    let store = config.store().await?;
-    let Some((doc, bytes)) = store.document_content(args.id).await? else {
+    let store = config.parts().await?;
+    let Some((doc, bytes)) = store.bank.document_content(args.id).await? else {
         bail!(
             "no document with id {}; see `bankbridge documents list`",
             args.id

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use bankbridge_core::Account;
 use bankbridge_core::TxStatus;
 use bankbridge_server::export::Format;
-use bankbridge_store::{Store, TxQuery};
+use bankbridge_store::{BankData, TxQuery};
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 
@@ -43,7 +43,7 @@ pub struct Filters {
 impl Filters {
     /// The store query; an `--account` that does not exist is an error (an
     /// empty table would read as "no transactions").
-    async fn query(&self, store: &dyn Store) -> Result<TxQuery> {
+    async fn query(&self, store: &dyn BankData) -> Result<TxQuery> {
         if let Some(id) = self.account
             && store.get_account(id).await?.is_none()
         {
@@ -77,17 +77,18 @@ pub struct TransactionsArgs {
 
 pub async fn transactions(config: &Config, args: TransactionsArgs) -> Result<ExitCode> {
     use futures::TryStreamExt;
-    let store = config.store().await?;
+    let store = config.parts().await?;
     // Rows come oldest first; keep only the newest `limit` while streaming.
     let mut rows = std::collections::VecDeque::new();
-    let query = args.filters.query(store.as_ref()).await?;
+    let query = args.filters.query(store.bank.as_ref()).await?;
     let accounts: std::collections::HashMap<i64, Account> = store
+        .bank
         .list_accounts(None)
         .await?
         .into_iter()
         .map(|a| (a.id, a))
         .collect();
-    let mut stream = store.stream_transactions(query);
+    let mut stream = store.bank.stream_transactions(query);
     while let Some(tx) = stream.try_next().await? {
         rows.push_back(tx);
         if args.limit > 0 && rows.len() > args.limit {
@@ -160,8 +161,8 @@ pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
     let Some(format) = Format::parse(&args.format) else {
         bail!("unknown format {}", args.format)
     };
-    let store = config.store().await?;
-    let query = args.filters.query(store.as_ref()).await?;
+    let store = config.parts().await?;
+    let query = args.filters.query(store.bank.as_ref()).await?;
     let options = bankbridge_server::export::ExportOptions {
         include_pending: args.include_pending,
     };
@@ -176,7 +177,7 @@ pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
                 .with_context(|| format!("opening {}", path.display()))?;
             let mut w = tokio::io::BufWriter::new(file);
             let stats = bankbridge_server::export::export_to_writer(
-                store.as_ref(),
+                store.bank.as_ref(),
                 &query,
                 format,
                 options,
@@ -197,7 +198,7 @@ pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
             let file = tokio::fs::File::from_std(tmp.reopen()?);
             let mut w = tokio::io::BufWriter::new(file);
             let stats = bankbridge_server::export::export_to_writer(
-                store.as_ref(),
+                store.bank.as_ref(),
                 &query,
                 format,
                 options,
@@ -213,7 +214,7 @@ pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
         None => {
             let mut out = tokio::io::stdout();
             let stats = bankbridge_server::export::export_to_writer(
-                store.as_ref(),
+                store.bank.as_ref(),
                 &query,
                 format,
                 options,

@@ -42,7 +42,7 @@ pub enum TokenCommand {
 }
 
 pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
-    let store = config.store().await?;
+    let store = config.parts().await?.tokens;
     match command {
         TokenCommand::Create {
             scope,
