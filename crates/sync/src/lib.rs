@@ -338,7 +338,10 @@ mod error_tests {
 /// Runs syncs: owns the store, the master key and the connector factory.
 #[derive(Clone)]
 pub struct Syncer {
-    pub store: Arc<dyn Store>,
+    /// The whole store, bank writes included: private, so holding a `Syncer`
+    /// (as the server's handlers do) gives no way to write bank data except
+    /// by running a sync.
+    store: Arc<dyn Store>,
     pub key: Arc<MasterKey>,
     pub factory: ConnectorFactory,
     pub options: SyncOptions,

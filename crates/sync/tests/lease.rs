@@ -139,9 +139,9 @@ fn syncer(store: Arc<dyn Store>, key: &Arc<MasterKey>, owner: &str) -> Syncer {
     s
 }
 
-async fn connection(s: &Syncer) -> Connection {
+async fn connection(store: &dyn Store, s: &Syncer) -> Connection {
     bankbridge_sync::add_connection(
-        s.store.as_ref(),
+        store,
         &s.key,
         "bank",
         "approval",
@@ -167,7 +167,7 @@ async fn a_sync_waiting_for_approval_is_not_overtaken(store: Arc<dyn Store>) {
     let key = Arc::new(MasterKey::generate());
     let first = syncer(store.clone(), &key, "first");
     let second = syncer(store.clone(), &key, "second");
-    let conn = connection(&first).await;
+    let conn = connection(store.as_ref(), &first).await;
     let asked = Arc::new(Notify::new());
     let person = SlowPerson {
         wait: LEASE_TTL * 2,
@@ -200,7 +200,7 @@ async fn a_sync_waiting_for_approval_is_not_overtaken(store: Arc<dyn Store>) {
 /// outcome) and stops with a clear error.
 async fn a_sync_whose_lease_was_taken_over_writes_nothing(store: Arc<dyn Store>) {
     let first = syncer(store.clone(), &Arc::new(MasterKey::generate()), "first");
-    let conn = connection(&first).await;
+    let conn = connection(store.as_ref(), &first).await;
     let asked = Arc::new(Notify::new());
     let person = SlowPerson {
         wait: LEASE_TTL,
