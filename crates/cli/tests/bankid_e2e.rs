@@ -103,8 +103,9 @@ fn cli_auth_with_the_simulated_user_scanning_and_approving() {
         .trim_start_matches("qr: ")
         .to_owned();
     assert!(qr.starts_with("bankid."), "{qr}");
-    // A forged QR is refused by the simulated app.
-    let forged = format!("{}0", &qr[..qr.len() - 1]);
+    // A forged QR (its last hex digit changed) is refused by the simulated app.
+    let last = if qr.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &qr[..qr.len() - 1]);
     let out = env.run(&["bankid", "user", "scan", &forged, "--sandbox", &root]);
     assert!(!out.status.success(), "a forged QR was accepted");
     // The real one, fresh: scan it, then approve.
