@@ -34,8 +34,8 @@ const SERVER_FRAMEWORKS: [&str; 9] = [
 
 const SANDBOX: &str = "bankbridge-sandbox";
 /// May depend on the sandbox: the `bankbridge` binary (its `demo` and
-/// `sandbox` commands), and the sandbox itself.
-const MAY_USE_SANDBOX: [&str; 2] = ["bankbridge", SANDBOX];
+/// `sandbox` commands), the benchmark it runs, and the sandbox itself.
+const MAY_USE_SANDBOX: [&str; 3] = ["bankbridge", "bankbridge-bench", SANDBOX];
 
 struct Graph {
     names: HashMap<String, String>,
