@@ -299,14 +299,9 @@ fn validate_names_file_line_and_field() {
 }
 
 async fn api(base: &str, token: &str, path: &str) -> Value {
-    let res = reqwest::Client::new()
-        .get(format!("{base}{path}"))
-        .bearer_auth(token)
-        .send()
+    loaded(base, token, path)
         .await
-        .unwrap();
-    assert!(res.status().is_success(), "{path}: {}", res.status());
-    res.json().await.unwrap()
+        .unwrap_or_else(|| panic!("{path}: 404 Not Found"))
 }
 
 /// Like [`api`], but `None` while the check is unknown (404): the scheduler

@@ -210,6 +210,11 @@ pub(crate) fn batch_len(n: usize, cap: usize) -> usize {
 
 // ---------------------------------------------------------------- decoding
 
+/// Rows `ids` named by a window commit are not rows of the account.
+pub(crate) fn not_in_account(what: &str, ids: &[i64], account_id: i64) -> StoreError {
+    StoreError::NotFound(format!("{what} {ids:?} of account {account_id}"))
+}
+
 pub(crate) fn corrupt(what: impl Into<String>) -> StoreError {
     StoreError::Corrupt(what.into())
 }

@@ -366,9 +366,11 @@ async fn update_rows(
             .await?;
         if done.rows_affected() != ids.len() as u64 {
             let missing = missing_ids(tx, account_id, &ids).await?;
-            return Err(StoreError::NotFound(format!(
-                "transaction to update {missing:?} of account {account_id}"
-            )));
+            return Err(common::not_in_account(
+                "transaction to update",
+                &missing,
+                account_id,
+            ));
         }
     }
 

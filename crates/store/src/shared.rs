@@ -1198,9 +1198,7 @@ macro_rules! shared_store {
                 .await?;
             if done.rows_affected() != ids.len() as u64 {
                 let missing = missing_ids(tx, account_id, ids).await?;
-                return Err(StoreError::NotFound(format!(
-                    "{what} {missing:?} of account {account_id}"
-                )));
+                return Err(common::not_in_account(what, &missing, account_id));
             }
             Ok(())
         }

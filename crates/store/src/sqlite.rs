@@ -408,10 +408,6 @@ fn ids_json(ids: &[i64]) -> String {
     s
 }
 
-fn not_in_account(what: &str, ids: &[i64], account_id: i64) -> StoreError {
-    StoreError::NotFound(format!("{what} {ids:?} of account {account_id}"))
-}
-
 crate::shared::shared_store! {
     SqliteStore, SqliteRow;
     bank_data {
@@ -486,7 +482,11 @@ async fn update_rows(
         args.add(account_id).map_err(encode_err)?;
         let done = sqlx::query_with(UPDATE_SQL, args).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
-            return Err(not_in_account("transaction to update", &[*id], account_id));
+            return Err(common::not_in_account(
+                "transaction to update",
+                &[*id],
+                account_id,
+            ));
         }
     }
 
