@@ -246,14 +246,15 @@ pub struct Transaction {
     #[serde(with = "rust_decimal::serde::str_option")]
     pub original_amount: Option<Decimal>,
     pub original_currency: Option<Currency>,
+    /// The account's balance after this row, when the bank gives it.
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub running_balance: Option<Decimal>,
     pub raw_label: String,
     pub label: String,
     pub counterparty_name: Option<String>,
     pub counterparty_iban: Option<String>,
     pub remittance_info: Option<String>,
     pub bank_code: Option<String>,
-    #[serde(with = "rust_decimal::serde::str_option")]
-    pub running_balance: Option<Decimal>,
     pub raw: RawJson,
     /// Set by category rules; `None` when no rule matched (or none ran).
     pub category: Option<String>,

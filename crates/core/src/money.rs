@@ -51,9 +51,8 @@ impl FromStr for Currency {
         let t = s.trim();
         let b = t.as_bytes();
         if b.len() == 3 && b.iter().all(u8::is_ascii_alphabetic) {
-            let u = t.to_ascii_uppercase();
-            let ub = u.as_bytes();
-            Ok(Currency([ub[0], ub[1], ub[2]]))
+            let up = u8::to_ascii_uppercase;
+            Ok(Currency([up(&b[0]), up(&b[1]), up(&b[2])]))
         } else {
             Err(CurrencyError(s.to_owned()))
         }

@@ -209,7 +209,11 @@ impl<'a, S: Sink> Out<'a, S> {
     }
 
     async fn row_done(&mut self) -> Result<(), ExportError> {
-        self.stats.rows += 1;
+        self.rows_done(1).await
+    }
+
+    async fn rows_done(&mut self, rows: u64) -> Result<(), ExportError> {
+        self.stats.rows += rows;
         if self.buf.len() >= CHUNK {
             self.flush().await?;
         }
@@ -251,15 +255,17 @@ async fn run<S: Sink>(
             }
         }
         Format::Json => {
+            // Rows come as JSON from the store (see `stream_transactions_json`).
             out.buf.push(b'[');
-            let mut rows = store.stream_transactions(query.clone());
+            let mut chunks = store.stream_transactions_json(query.clone());
             let mut first = true;
-            while let Some(tx) = rows.next().await {
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
                 out.buf
                     .extend_from_slice(if first { b"\n" } else { b",\n" });
                 first = false;
-                serde_json::to_writer(&mut out.buf, &tx?).map_err(std::io::Error::other)?;
-                out.row_done().await?;
+                out.buf.extend_from_slice(&chunk.bytes);
+                out.rows_done(chunk.rows).await?;
             }
             out.buf
                 .extend_from_slice(if first { b"]\n" } else { b"\n]\n" });

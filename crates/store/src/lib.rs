@@ -40,6 +40,7 @@ mod shared;
 pub mod sqlite;
 #[cfg(feature = "test-support")]
 pub mod testing;
+mod tx_json;
 
 pub use cards::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewCard,
@@ -49,6 +50,7 @@ pub use checks::{CheckRun, CheckRunQuery, CheckSecretInfo, CheckStep, NewCheckRu
 pub use documents::{DocumentQuery, NewDocument, SavedDocument, sha256_hex};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use tx_json::{JsonChunk, JsonPage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -536,6 +538,14 @@ pub trait BankData: Send + Sync + 'static {
     async fn query_transactions(&self, query: &TxQuery) -> Result<Vec<Transaction>>;
     /// The same rows as a stream, for exports in constant memory.
     fn stream_transactions(&self, query: TxQuery) -> BoxStream<'_, Result<Transaction>>;
+    /// A page of the rows `query` selects (at most `query.limit`) written
+    /// into `out` as JSON objects separated by commas, each the bytes
+    /// `serde_json` writes for its [`Transaction`]; says whether more follow.
+    /// The API's page path: no `Transaction` is built (see `tx_json`).
+    async fn transactions_page_json(&self, query: &TxQuery, out: &mut Vec<u8>) -> Result<JsonPage>;
+    /// Every row `query` selects as JSON, in chunks of whole rows, in
+    /// constant memory: the JSON export's path.
+    fn stream_transactions_json(&self, query: TxQuery) -> BoxStream<'_, Result<JsonChunk>>;
     /// Provider keys of the documents a connection already has (a sync skips them).
     async fn document_keys(&self, connection_id: i64) -> Result<std::collections::HashSet<String>>;
     /// Ordered by date (undated last), then id.

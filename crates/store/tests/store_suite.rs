@@ -144,6 +144,7 @@ store_tests! {
         text_search_is_case_insensitive_and_literal,
         categories_are_set_compared_and_filtered,
         stream_equals_query,
+        json_rows_are_the_bytes_a_transaction_serialises_to,
         token_lifecycle,
         sync_jobs,
         institution_crud,
@@ -1721,6 +1722,179 @@ async fn stream_equals_query(s: Arc<dyn Store>) {
             .len(),
         all.len()
     );
+}
+
+/// Rows whose every field takes the shapes that are hard to write as JSON:
+/// amounts off their currency's scale, escapes, non-ASCII, nulls, instants
+/// with 0, 3 and 6 fractional digits, and enough of them for several chunks.
+async fn json_fixture(s: &Arc<dyn Store>) -> i64 {
+    let (conn, acc) = setup(s, "json").await;
+    let amounts = [
+        ("-8", "EUR"),
+        ("-208.3", "BGN"),
+        ("8.125", "EUR"),
+        ("1500.00", "JPY"),
+        ("-0.00", "EUR"),
+        ("12.3", "KWD"),
+        ("12345678901.23", "BGN"),
+    ];
+    let texts = [
+        "plain",
+        "quote \" and backslash \\ and slash /",
+        "control \u{1f}\u{7}\t\n\r end",
+        "Кирилица и emoji 🧾, accents é",
+        "<tag>&amp;</tag>",
+    ];
+    let nows = [
+        Utc.with_ymd_and_hms(2024, 6, 1, 8, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(2024, 6, 1, 8, 0, 1).unwrap() + Duration::milliseconds(120),
+        t(7),
+    ];
+    let mut ids = 0;
+    for (n, now) in nows.iter().enumerate() {
+        let mut w = window(conn, acc, *now);
+        for i in 0..60 {
+            let k = n * 60 + i;
+            let (amount, currency) = amounts[k % amounts.len()];
+            let text = texts[k % texts.len()];
+            let mut x = tw(
+                &format!("J{k}"),
+                d(2024, 1, 1) + Duration::days((k % 40) as i64),
+                amount,
+            );
+            x.currency = currency.to_owned();
+            x.status = [TxStatus::Booked, TxStatus::Pending, TxStatus::Void][k % 3];
+            x.pending_provider_id = (k % 4 == 0).then(|| format!("P{k}"));
+            x.value_date = (k % 2 == 0).then(|| x.booking_date + Duration::days(2));
+            x.transaction_date = (k % 3 == 0).then(|| x.booking_date - Duration::days(1));
+            x.original_amount = (k % 5 < 2).then(|| dec(["-7.5", "1000"][k % 2]));
+            x.original_currency = (k % 5 == 0).then(|| "JPY".to_owned());
+            x.running_balance = (k % 6 != 0).then(|| dec(["100", "-3.1", "0.005"][k % 3]));
+            x.raw_label = format!("{text} {k}");
+            x.label = text.to_owned();
+            x.counterparty_name = (k % 2 == 1).then(|| text.to_owned());
+            x.counterparty_iban = (k % 7 == 0).then(|| "BG80BNBG96611020345678".to_owned());
+            x.remittance_info = Some(format!("{text} ").repeat(20));
+            x.bank_code = (k % 3 != 1).then(|| format!("code/{k}"));
+            x.raw = serde_json::to_string(&serde_json::json!({
+                "k": k, "text": text, "big": 12345678901234567890u64, "f": 3628.33,
+                "neg": -0.5, "nested": {"a": [1, null, true, "x\u{1}"]},
+            }))
+            .unwrap();
+            w.inserts.push(x);
+        }
+        s.commit_window(&w).await.unwrap();
+        ids += 60;
+    }
+    let rows = all_rows(s, acc).await;
+    let changes: Vec<(i64, Option<String>)> = rows
+        .iter()
+        .step_by(3)
+        .map(|r| (r.id, Some(format!("cat \"{}\" é", r.id % 4))))
+        .collect();
+    s.set_categories(&changes, t(9)).await.unwrap();
+    assert_eq!(rows.len(), ids);
+    acc
+}
+
+async fn json_rows_are_the_bytes_a_transaction_serialises_to(s: Arc<dyn Store>) {
+    let acc = json_fixture(&s).await;
+    let joined = |rows: &[Transaction], sep: &str| -> String {
+        rows.iter()
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect::<Vec<_>>()
+            .join(sep)
+    };
+    for q in [
+        TxQuery::default(),
+        TxQuery {
+            account_id: Some(acc),
+            newest_first: true,
+            ..Default::default()
+        },
+        TxQuery {
+            text: Some("кирилица".into()),
+            status: Some(TxStatus::Booked),
+            ..Default::default()
+        },
+        TxQuery {
+            account_id: Some(9_999),
+            ..Default::default()
+        },
+    ] {
+        let typed = s.query_transactions(&q).await.unwrap();
+        // The stream: chunks of whole rows, joined as the export joins them.
+        let chunks: Vec<_> = s
+            .stream_transactions_json(q.clone())
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        if q.account_id == Some(acc) {
+            assert!(chunks.len() > 1, "the fixture spans several chunks");
+        }
+        assert!(chunks.iter().all(|c| c.rows > 0));
+        let streamed = chunks
+            .iter()
+            .map(|c| String::from_utf8(c.bytes.clone()).unwrap())
+            .collect::<Vec<_>>()
+            .join(",\n");
+        assert_eq!(streamed, joined(&typed, ",\n"), "stream of {q:?}");
+        assert_eq!(
+            chunks.iter().map(|c| c.rows).sum::<u64>(),
+            typed.len() as u64
+        );
+        // Pages of 7 walked with their cursor give every row once, in order.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let mut out = Vec::new();
+            let page = s
+                .transactions_page_json(
+                    &TxQuery {
+                        limit: Some(7),
+                        after,
+                        ..q.clone()
+                    },
+                    &mut out,
+                )
+                .await
+                .unwrap();
+            let rows: Vec<serde_json::Value> =
+                serde_json::from_slice(&[b"[", &out[..], b"]"].concat()).unwrap();
+            assert_eq!(rows.len(), page.rows);
+            let start = seen.len();
+            seen.extend_from_slice(&typed[start..(start + page.rows).min(typed.len())]);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                joined(&seen[start..], ","),
+                "page of {q:?} after {after:?}"
+            );
+            match page.more_after {
+                Some(key) => {
+                    assert_eq!(page.rows, 7);
+                    let last = seen.last().unwrap();
+                    assert_eq!(key, (last.booking_date, last.id));
+                    after = Some(key);
+                }
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), typed.len(), "pages of {q:?}");
+    }
+    // An exact multiple of the page size says no more on its last page.
+    let all = s.query_transactions(&TxQuery::default()).await.unwrap();
+    let mut out = Vec::new();
+    let page = s
+        .transactions_page_json(
+            &TxQuery {
+                limit: Some(all.len() as u32),
+                ..Default::default()
+            },
+            &mut out,
+        )
+        .await
+        .unwrap();
+    assert_eq!((page.rows, page.more_after), (all.len(), None));
 }
 
 async fn token_lifecycle(s: Arc<dyn Store>) {

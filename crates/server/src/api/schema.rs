@@ -51,6 +51,8 @@ pub struct Transaction {
     pub currency: String,
     pub original_amount: Option<String>,
     pub original_currency: Option<String>,
+    /// The account's balance after this row, when the bank gives it.
+    pub running_balance: Option<String>,
     /// The label exactly as the bank sent it.
     pub raw_label: String,
     pub label: String,
@@ -58,14 +60,13 @@ pub struct Transaction {
     pub counterparty_iban: Option<String>,
     pub remittance_info: Option<String>,
     pub bank_code: Option<String>,
-    pub running_balance: Option<String>,
     /// The record exactly as the bank sent it.
     pub raw: serde_json::Value,
+    /// Set by category rules (`bankbridge categorize`, or at import).
+    pub category: Option<String>,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// Set by category rules (`bankbridge categorize`, or at import).
-    pub category: Option<String>,
 }
 
 /// A page of transactions.

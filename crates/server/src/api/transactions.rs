@@ -1,15 +1,14 @@
 //! `GET /api/v1/transactions`: filtered, keyset-paginated transactions.
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use bankbridge_core::Transaction;
-use bankbridge_store::Scope;
-use serde::Serialize;
+use bankbridge_store::{Scope, TxQuery};
 use utoipa::{IntoParams, OpenApi};
 
-use super::{guarded, json_bytes, to_json};
+use super::{guarded, json_bytes};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::params::{self, encode_cursor};
@@ -83,12 +82,6 @@ pub(crate) struct PageParams {
     order: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Page<'a> {
-    data: &'a [Transaction],
-    next: Option<String>,
-}
-
 /// Transactions ordered by booking date, then id (newest first with
 /// `order=desc`). Unknown parameters are refused.
 #[utoipa::path(
@@ -112,18 +105,30 @@ pub(crate) async fn list(
     }
     let generation = state.pages.generation();
     let request = params::parse_page_request(raw.as_deref())?;
-    let limit = request.limit as usize;
-    let mut query = request.query;
-    // One row more than asked tells whether another page follows.
-    query.limit = Some(request.limit + 1);
-    let mut rows = state.store.bank.query_transactions(&query).await?;
-    let next = if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last().map(|t| encode_cursor(t.booking_date, t.id))
-    } else {
-        None
+    let query = TxQuery {
+        limit: Some(request.limit),
+        ..request.query
     };
-    let body = to_json(&Page { data: &rows, next }, 256 + rows.len() * 900)?;
+    // The rows are written as JSON by the store, straight from the database
+    // rows (the same bytes `Transaction` would serialise to).
+    let mut body = Vec::with_capacity(64 + request.limit as usize * 1024);
+    body.extend_from_slice(b"{\"data\":[");
+    let page = state
+        .store
+        .bank
+        .transactions_page_json(&query, &mut body)
+        .await?;
+    body.extend_from_slice(b"],\"next\":");
+    match page.more_after {
+        Some((date, id)) => {
+            body.push(b'"');
+            body.extend_from_slice(encode_cursor(date, id).as_bytes());
+            body.push(b'"');
+        }
+        None => body.extend_from_slice(b"null"),
+    }
+    body.push(b'}');
+    let body = Bytes::from(body);
     state.pages.put(key, &body, generation);
     Ok(json_bytes(StatusCode::OK, body))
 }

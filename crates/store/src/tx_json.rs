@@ -1,0 +1,244 @@
+//! Transactions read straight into JSON: the read path of the API's
+//! transaction pages and of the JSON export.
+//!
+//! The typed path (`Transaction` from each row, then `serde_json`) builds
+//! a dozen strings per row, re-validates the raw record and re-parses three
+//! instants only to write them out again. Here each backend writes the row's
+//! JSON object into the caller's buffer from the row itself, in the same
+//! shape and key order as `serde_json::to_vec(&Transaction)` (the store
+//! suite checks they are byte for byte the same, on both backends):
+//!
+//! - SQLite builds the object in SQL (`json_object`) and Rust copies it:
+//!   sqlx copies every column of a SQLite row out of the statement (an
+//!   allocation each), so one column beats twenty-six. Rust writes the money
+//!   fields in the middle, because SQLite cannot rescale an exact decimal
+//!   string to its currency's minor units (`Currency::money`).
+//! - PostgreSQL rows arrive as one buffer that sqlx decodes in place, so the
+//!   writer reads each column borrowed and writes it out (`jsonb` text needs
+//!   no check: the type guarantees it).
+//!
+//! What stays here is backend-neutral: the page and chunk types and the
+//! writers for the values both backends put out.
+use std::io::Write as _;
+
+use bankbridge_core::Currency;
+use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
+use rust_decimal::Decimal;
+
+use crate::{Result, codec};
+
+/// A page of transactions written as JSON objects separated by commas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JsonPage {
+    /// Rows written.
+    pub rows: usize,
+    /// When more rows follow: the (booking date, id) of the last row
+    /// written, where the next page starts (`TxQuery::after`).
+    pub more_after: Option<(NaiveDate, i64)>,
+}
+
+/// Whole rows of a streamed query: JSON objects separated by ",\n", with
+/// nothing after the last (the reader puts ",\n" between two chunks).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JsonChunk {
+    pub bytes: Vec<u8>,
+    pub rows: u64,
+}
+
+/// Bytes of rows gathered before a [`JsonChunk`] is handed on.
+pub(crate) const CHUNK_BYTES: usize = 32 * 1024;
+
+/// Separator between two rows of a [`JsonChunk`] stream.
+pub(crate) const ROW_SEPARATOR: &[u8] = b",\n";
+
+/// `"key":` — keys are our own field names, which need no escaping.
+pub(crate) fn key(out: &mut Vec<u8>, name: &str) {
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// A JSON string, escaped as `serde_json` escapes it.
+pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+pub(crate) fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => string(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+pub(crate) fn int(out: &mut Vec<u8>, n: i64) {
+    let _ = write!(out, "{n}");
+}
+
+/// `"YYYY-MM-DD"`, as `NaiveDate` serialises.
+pub(crate) fn date(out: &mut Vec<u8>, d: NaiveDate) {
+    if (0..=9999).contains(&d.year()) {
+        let _ = write!(out, "\"{:04}-{:02}-{:02}\"", d.year(), d.month(), d.day());
+    } else {
+        string(out, &d.to_string());
+    }
+}
+
+pub(crate) fn opt_date(out: &mut Vec<u8>, d: Option<NaiveDate>) {
+    match d {
+        Some(d) => date(out, d),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// RFC 3339 in UTC with `Z` and 0, 3, 6 or 9 fractional digits, as
+/// `DateTime<Utc>` serialises.
+pub(crate) fn instant(out: &mut Vec<u8>, t: DateTime<Utc>) {
+    let d = t.date_naive();
+    if !(0..=9999).contains(&d.year()) {
+        let _ = serde_json::to_writer(&mut *out, &t);
+        return;
+    }
+    let _ = write!(
+        out,
+        "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        d.year(),
+        d.month(),
+        d.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    );
+    let nanos = t.nanosecond();
+    let _ = match nanos {
+        0 => Ok(()),
+        n if n % 1_000_000 == 0 => write!(out, ".{:03}", n / 1_000_000),
+        n if n % 1_000 == 0 => write!(out, ".{:06}", n / 1_000),
+        n => write!(out, ".{n:09}"),
+    };
+    out.extend_from_slice(b"Z\"");
+}
+
+/// An amount as the string `Currency::money` makes of it.
+pub(crate) fn money(out: &mut Vec<u8>, amount: Decimal, currency: Currency) {
+    let _ = write!(out, "\"{}\"", currency.money(amount));
+}
+
+/// An amount stored as exact decimal text: copied when it already is in
+/// money form (the usual case), else parsed and rescaled.
+pub(crate) fn money_text(out: &mut Vec<u8>, text: &str, currency: Currency) -> Result<()> {
+    if in_money_form(text, currency.minor_units()) {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        money(out, codec::decimal(text)?, currency);
+    }
+    Ok(())
+}
+
+/// Whether `text` is what `Currency::money` would write for its value:
+/// digits without leading zeros, exactly `places` decimals, and no minus
+/// before a zero.
+fn in_money_form(text: &str, places: u32) -> bool {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = match digits.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (digits, None),
+    };
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let whole_ok =
+        !whole.is_empty() && all_digits(whole) && (whole == "0" || !whole.starts_with('0'));
+    let fraction_ok = match fraction {
+        None => places == 0,
+        Some(f) => places > 0 && f.len() == places as usize && all_digits(f),
+    };
+    let zero = digits.bytes().all(|b| b == b'0' || b == b'.');
+    whole_ok && fraction_ok && !(negative && zero)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn stored_money_text_comes_out_as_money_would_write_it() {
+        for (text, currency) in [
+            ("-8", "EUR"),
+            ("-8.5", "EUR"),
+            ("-8.50", "EUR"),
+            ("-8.500", "EUR"),
+            ("8.125", "EUR"),
+            ("0.10", "BGN"),
+            ("0", "EUR"),
+            ("-0.00", "EUR"),
+            ("-0", "JPY"),
+            ("1500", "JPY"),
+            ("1500.00", "JPY"),
+            ("1500.5", "JPY"),
+            ("0.001", "KWD"),
+            ("12.3", "KWD"),
+            ("12345678901.23", "BGN"),
+            ("-98765432109.87", "BGN"),
+            ("7", "CLF"),
+            ("1e5", "EUR"),
+            ("00.5", "EUR"),
+        ] {
+            let currency: Currency = currency.parse().unwrap();
+            let mut out = Vec::new();
+            money_text(&mut out, text, currency).unwrap();
+            let expected = format!("\"{}\"", currency.money(Decimal::from_str(text).unwrap()));
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                expected,
+                "{text} {currency:?}"
+            );
+        }
+        let eur: Currency = "EUR".parse().unwrap();
+        assert!(money_text(&mut Vec::new(), "12,50", eur).is_err());
+        assert!(money_text(&mut Vec::new(), "", eur).is_err());
+    }
+
+    #[test]
+    fn instants_and_dates_are_written_as_serde_writes_them() {
+        let base = DateTime::parse_from_rfc3339("2024-05-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for nanos in [
+            0u32,
+            1_000,
+            123_000,
+            123_456_000,
+            120_000_000,
+            5,
+            999_999_999,
+        ] {
+            let t = base + chrono::Duration::nanoseconds(i64::from(nanos));
+            let mut out = Vec::new();
+            instant(&mut out, t);
+            assert_eq!(out, serde_json::to_vec(&t).unwrap(), "{nanos}");
+        }
+        for d in [
+            NaiveDate::from_ymd_opt(2024, 2, 29).unwrap(),
+            NaiveDate::from_ymd_opt(1, 1, 1).unwrap(),
+            NaiveDate::from_ymd_opt(-5, 1, 1).unwrap(),
+            NaiveDate::from_ymd_opt(10_000, 12, 31).unwrap(),
+        ] {
+            let mut out = Vec::new();
+            date(&mut out, d);
+            assert_eq!(out, serde_json::to_vec(&d).unwrap(), "{d}");
+        }
+        let far = NaiveDate::from_ymd_opt(12_000, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        let mut out = Vec::new();
+        instant(&mut out, far);
+        assert_eq!(out, serde_json::to_vec(&far).unwrap());
+    }
+}
