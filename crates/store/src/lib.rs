@@ -38,6 +38,7 @@ pub mod documents;
 pub mod postgres;
 mod shared;
 pub mod sqlite;
+mod sqlite_json;
 #[cfg(feature = "test-support")]
 pub mod testing;
 mod tx_json;
@@ -60,6 +61,9 @@ pub enum StoreError {
     Migrate(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A failure of the JSON read path's SQLite connections.
+    #[error("database error: {0}")]
+    Read(String),
     #[error("{0} not found")]
     NotFound(String),
     #[error("{0}")]

@@ -396,6 +396,79 @@ fn unnest_with_ids() -> String {
 crate::shared::shared_store! {
     PgStore, PgRow;
     bank_data {
+        async fn transactions_page_json(
+            &self,
+            query: &TxQuery,
+            out: &mut Vec<u8>,
+        ) -> Result<crate::JsonPage> {
+            // One row more than the page tells whether another page follows.
+            let probe = TxQuery {
+                limit: query.limit.map(|l| l.saturating_add(1)),
+                ..query.clone()
+            };
+            let (sql, args) = common::tx_query_sql(&probe, Self::DIALECT, tx_json_columns());
+            let mut rows = sqlx::query_with(&sql, bind_args(args)?).fetch(self.reads());
+            let mut page = crate::JsonPage::default();
+            let mut last = None;
+            while let Some(row) = rows.next().await {
+                let row = row?;
+                if query.limit.is_some_and(|l| page.rows >= l as usize) {
+                    page.more_after = last;
+                    break;
+                }
+                if page.rows > 0 {
+                    out.push(b',');
+                }
+                last = Some(tx_json_row(&row, out)?);
+                page.rows += 1;
+            }
+            Ok(page)
+        }
+
+        fn stream_transactions_json(
+            &self,
+            query: TxQuery,
+        ) -> BoxStream<'_, Result<crate::JsonChunk>> {
+            use crate::tx_json::{CHUNK_BYTES, ROW_SEPARATOR};
+            let fresh = || crate::JsonChunk {
+                bytes: Vec::with_capacity(CHUNK_BYTES + 4096),
+                rows: 0,
+            };
+            common::produced_stream(2, move |mut sender| async move {
+                let (sql, args) = common::tx_query_sql(&query, Self::DIALECT, tx_json_columns());
+                let args = match bind_args(args) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = sender.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let mut rows = sqlx::query_with(&sql, args).fetch(self.reads());
+                let mut chunk = fresh();
+                while let Some(row) = rows.next().await {
+                    if chunk.rows > 0 {
+                        chunk.bytes.extend_from_slice(ROW_SEPARATOR);
+                    }
+                    if let Err(e) = row
+                        .map_err(StoreError::from)
+                        .and_then(|r| tx_json_row(&r, &mut chunk.bytes))
+                    {
+                        let _ = sender.send(Err(e)).await;
+                        return;
+                    }
+                    chunk.rows += 1;
+                    if chunk.bytes.len() >= CHUNK_BYTES
+                        && sender.send(Ok(std::mem::replace(&mut chunk, fresh()))).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                if chunk.rows > 0 {
+                    let _ = sender.send(Ok(chunk)).await;
+                }
+            })
+        }
+
     async fn account_totals(&self, account_id: i64) -> Result<AccountTotals> {
         let (count, sum): (i64, Decimal) = sqlx::query_as(
             "SELECT count(*), COALESCE(SUM(amount), 0) FROM transactions WHERE account_id = $1 AND status = 'booked'",

@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,6 +34,7 @@ use crate::common::{
 };
 use crate::common::{CardAuditRow, CardRow, InstitutionRow};
 use crate::documents::{self, DocumentQuery, NewDocument, SavedDocument};
+use crate::sqlite_json::JsonReaders;
 use crate::{
     AccountTotals, Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Checkpoint,
     CommitStats, Connection, ConnectionFootprint, ConnectionUpdate, Institution, Lease, LeaseToken,
@@ -57,6 +58,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The JSON read path's own connections (see `sqlite_json`).
+    json: Arc<JsonReaders>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -245,6 +248,7 @@ impl SqliteStore {
             path: path.to_owned(),
             writer,
             reader,
+            json: JsonReaders::new(path),
         })
     }
 
@@ -255,6 +259,7 @@ impl SqliteStore {
 
     /// Close both pools, waiting for connections to be returned (checkpoints the WAL).
     pub async fn close(&self) {
+        self.json.close();
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -306,74 +311,6 @@ fn tx_columns() -> &'static str {
 
 const JOB_COLUMNS: &str =
     "id, connection_id, status, created_at, started_at, finished_at, summary, error";
-
-/// A transaction row for the JSON read path (see `tx_json`): its key, its
-/// money as stored, and the rest of the object built by SQLite in two
-/// halves around the money fields. Instants are stored as RFC 3339 with
-/// `+00:00`; serialised, a UTC instant ends in `Z`.
-const TX_JSON_COLUMNS: &str = "id, booking_date, currency, amount, original_amount, original_currency, \
-     running_balance, \
-     json_object('id', id, 'connection_id', connection_id, 'account_id', account_id, \
-       'provider_id', provider_id, 'pending_provider_id', pending_provider_id, \
-       'fingerprint', fingerprint, 'status', status, 'booking_date', booking_date, \
-       'value_date', value_date, 'transaction_date', transaction_date), \
-     json_object('raw_label', raw_label, 'label', label, 'counterparty_name', counterparty_name, \
-       'counterparty_iban', counterparty_iban, 'remittance_info', remittance_info, \
-       'bank_code', bank_code, 'raw', json(raw), 'category', category, \
-       'first_seen', replace(first_seen, '+00:00', 'Z'), \
-       'last_seen', replace(last_seen, '+00:00', 'Z'), \
-       'updated_at', replace(updated_at, '+00:00', 'Z'))";
-
-fn tx_json_columns() -> &'static str {
-    TX_JSON_COLUMNS
-}
-
-/// Write a row of [`TX_JSON_COLUMNS`] as its JSON object; returns its key.
-fn tx_json_row(r: &SqliteRow, out: &mut Vec<u8>) -> Result<(NaiveDate, i64)> {
-    use crate::tx_json::{key, money_text, opt_string, string};
-    let id: i64 = r.try_get(0)?;
-    let booking_date: NaiveDate = r.try_get(1)?;
-    let currency = codec::currency(r.try_get(2)?)?;
-    let original_currency: Option<&str> = r.try_get(5)?;
-    let head: &str = r.try_get(7)?;
-    let tail: &str = r.try_get(8)?;
-    let (Some(head), Some(tail)) = (head.strip_suffix('}'), tail.strip_prefix('{')) else {
-        return Err(corrupt(format!(
-            "transaction {id}: SQLite built no JSON object"
-        )));
-    };
-    out.extend_from_slice(head.as_bytes());
-    out.push(b',');
-    key(out, "amount");
-    money_text(out, r.try_get(3)?, currency)?;
-    out.push(b',');
-    key(out, "currency");
-    string(out, currency.as_str());
-    out.push(b',');
-    key(out, "original_amount");
-    match r.try_get::<Option<&str>, _>(4)? {
-        Some(amount) => {
-            let original = original_currency.map(codec::currency).transpose()?;
-            money_text(out, amount, original.unwrap_or(currency))?;
-        }
-        None => out.extend_from_slice(b"null"),
-    }
-    out.push(b',');
-    key(out, "original_currency");
-    match original_currency {
-        Some(c) => string(out, codec::currency(c)?.as_str()),
-        None => opt_string(out, None),
-    }
-    out.push(b',');
-    key(out, "running_balance");
-    match r.try_get::<Option<&str>, _>(6)? {
-        Some(balance) => money_text(out, balance, currency)?,
-        None => out.extend_from_slice(b"null"),
-    }
-    out.push(b',');
-    out.extend_from_slice(tail.as_bytes());
-    Ok((booking_date, id))
-}
 
 // ---------------------------------------------------------------- window writes
 
@@ -479,6 +416,18 @@ fn ids_json(ids: &[i64]) -> String {
 crate::shared::shared_store! {
     SqliteStore, SqliteRow;
     bank_data {
+    async fn transactions_page_json(
+        &self,
+        query: &TxQuery,
+        out: &mut Vec<u8>,
+    ) -> Result<crate::JsonPage> {
+        self.json.page(query, out).await
+    }
+
+    fn stream_transactions_json(&self, query: TxQuery) -> BoxStream<'_, Result<crate::JsonChunk>> {
+        self.json.stream(query)
+    }
+
     async fn account_totals(&self, account_id: i64) -> Result<AccountTotals> {
         // Summed in Rust over the exact decimal strings: SQLite's SUM would use floats.
         let mut rows = sqlx::query_scalar::<_, String>(

@@ -64,6 +64,51 @@ pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// Text as a JSON string, escaped exactly as `serde_json` escapes a `str`
+/// (quote, backslash and control characters; nothing else), from bytes the
+/// caller checks to be UTF-8.
+pub(crate) fn string_bytes(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let mut run = 0;
+    for (i, &b) in s.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => &[],
+            _ => continue,
+        };
+        out.extend_from_slice(&s[run..i]);
+        if short.is_empty() {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
+        } else {
+            out.extend_from_slice(short);
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&s[run..]);
+    out.push(b'"');
+}
+
+pub(crate) fn opt_string_bytes(out: &mut Vec<u8>, s: Option<&[u8]>) {
+    match s {
+        Some(s) => string_bytes(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
 pub(crate) fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         Some(s) => string(out, s),
@@ -72,7 +117,7 @@ pub(crate) fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 pub(crate) fn int(out: &mut Vec<u8>, n: i64) {
-    let _ = write!(out, "{n}");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `"YYYY-MM-DD"`, as `NaiveDate` serialises.
@@ -201,6 +246,21 @@ mod tests {
         let eur: Currency = "EUR".parse().unwrap();
         assert!(money_text(&mut Vec::new(), "12,50", eur).is_err());
         assert!(money_text(&mut Vec::new(), "", eur).is_err());
+    }
+
+    #[test]
+    fn text_is_escaped_as_serde_escapes_it() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("é Кирилица 🧾 \u{2028}\u{feff} end\\\"");
+        for s in [all.as_str(), "", "plain", "\"", "\\", "a\u{1}b", "\u{7f}"] {
+            let mut out = Vec::new();
+            string_bytes(&mut out, s.as_bytes());
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(s).unwrap(),
+                "{s:?}"
+            );
+        }
     }
 
     #[test]

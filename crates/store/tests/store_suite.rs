@@ -2909,6 +2909,62 @@ async fn sqlite_stores_money_as_text() {
     );
 }
 
+/// A row edited outside bankbridge so that its text is no longer UTF-8 is
+/// refused by the JSON read path with a clear error, never written out.
+#[tokio::test]
+async fn sqlite_json_refuses_a_row_that_is_not_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bb.db");
+    let s: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let (conn, acc) = setup(&s, "utf8").await;
+    let mut w = window(conn, acc, t(0));
+    w.inserts = vec![
+        tw("a", d(2024, 4, 1), "1.00"),
+        tw("b", d(2024, 4, 2), "2.00"),
+    ];
+    s.commit_window(&w).await.unwrap();
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
+    let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    sqlx::query("UPDATE transactions SET label = CAST(X'41FF42' AS TEXT) WHERE provider_id = 'b'")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let mut out = b"[".to_vec();
+    let err = s
+        .transactions_page_json(
+            &TxQuery {
+                limit: Some(10),
+                ..Default::default()
+            },
+            &mut out,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt(m) if m.contains("not UTF-8")),
+        "{err}"
+    );
+    let streamed: Vec<_> = s
+        .stream_transactions_json(TxQuery::default())
+        .collect()
+        .await;
+    assert!(matches!(streamed.last(), Some(Err(StoreError::Corrupt(_)))));
+    // The good row alone still reads.
+    out.clear();
+    let page = s
+        .transactions_page_json(
+            &TxQuery {
+                limit: Some(1),
+                ..Default::default()
+            },
+            &mut out,
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.rows, 1);
+    assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
+}
+
 #[tokio::test]
 async fn postgres_connect_failure_is_an_open_error() {
     let Some(admin) = pg_admin_url() else { return };

@@ -111,7 +111,7 @@ pub(crate) async fn list(
     };
     // The rows are written as JSON by the store, straight from the database
     // rows (the same bytes `Transaction` would serialise to).
-    let mut body = Vec::with_capacity(64 + request.limit as usize * 1024);
+    let mut body = Vec::with_capacity(64 + request.limit as usize * 1536);
     body.extend_from_slice(b"{\"data\":[");
     let page = state
         .store
