@@ -208,7 +208,7 @@ fn tx_json_row(r: &PgRow, out: &mut Vec<u8>) -> Result<(NaiveDate, i64)> {
     opt_text(out, "counterparty_iban", 17)?;
     opt_text(out, "remittance_info", 18)?;
     opt_text(out, "bank_code", 19)?;
-    // jsonb's text is valid JSON by construction.
+    // A `json` column holds valid JSON: PostgreSQL checks it on the way in.
     key(out, "raw");
     out.extend_from_slice(r.try_get::<&str, _>(21)?.as_bytes());
     out.push(b',');

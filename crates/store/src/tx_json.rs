@@ -8,14 +8,16 @@
 //! shape and key order as `serde_json::to_vec(&Transaction)` (the store
 //! suite checks they are byte for byte the same, on both backends):
 //!
-//! - SQLite builds the object in SQL (`json_object`) and Rust copies it:
-//!   sqlx copies every column of a SQLite row out of the statement (an
-//!   allocation each), so one column beats twenty-six. Rust writes the money
-//!   fields in the middle, because SQLite cannot rescale an exact decimal
-//!   string to its currency's minor units (`Currency::money`).
-//! - PostgreSQL rows arrive as one buffer that sqlx decodes in place, so the
-//!   writer reads each column borrowed and writes it out (`jsonb` text needs
-//!   no check: the type guarantees it).
+//! - SQLite (`sqlite_json`): rows are stepped with rusqlite and each value
+//!   is read in place; text is copied as bytes and the row checked to be
+//!   UTF-8 once.
+//! - PostgreSQL: a row arrives as one buffer that sqlx decodes in place, so
+//!   the writer reads each column borrowed (the raw record needs no check:
+//!   PostgreSQL checks a `json` value on the way in).
+//!
+//! Money is the one field not copied as stored: it is written in its
+//! currency's minor units (`Currency::money`), copied when the stored text
+//! already is (the usual case), else parsed and rescaled.
 //!
 //! What stays here is backend-neutral: the page and chunk types and the
 //! writers for the values both backends put out.
