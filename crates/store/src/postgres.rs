@@ -9,7 +9,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bankbridge_core::{Account, Balance, BalanceKind, Document, FetchedAccount, Transaction};
+use bankbridge_core::{
+    Account, Balance, BalanceKind, Currency, Document, FetchedAccount, Transaction,
+};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::stream::BoxStream;
 use futures::{SinkExt, StreamExt};
@@ -135,93 +137,53 @@ fn tx_json_columns() -> &'static str {
     tx_columns()
 }
 
-/// Write a row of [`tx_columns`] as the JSON object of its `Transaction`,
-/// field by field in that order; returns its key.
+/// Write a row of [`tx_columns`] as the JSON object of its `Transaction`;
+/// returns its key.
 fn tx_json_row(r: &PgRow, out: &mut Vec<u8>) -> Result<(NaiveDate, i64)> {
-    use crate::tx_json::{date, instant, int, key, money, opt_date, opt_string, string};
-    let id: i64 = r.try_get(0)?;
-    let booking_date: NaiveDate = r.try_get(7)?;
-    let currency = codec::currency(r.try_get(11)?)?;
-    let original_currency = r
-        .try_get::<Option<&str>, _>(13)?
-        .map(codec::currency)
-        .transpose()?;
-    let text = |out: &mut Vec<u8>, name: &str, i: usize| -> Result<()> {
-        key(out, name);
-        string(out, r.try_get(i)?);
-        out.push(b',');
+    crate::tx_json::write_transaction(r, out)?;
+    Ok((r.try_get(7)?, r.try_get(0)?))
+}
+
+/// Each value decoded in place from the row's wire buffer.
+impl crate::tx_json::TxRow for PgRow {
+    fn int(&self, column: usize) -> Result<i64> {
+        Ok(self.try_get(column)?)
+    }
+
+    fn text(&self, out: &mut Vec<u8>, column: usize) -> Result<()> {
+        let text: Option<&str> = self.try_get(column)?;
+        crate::tx_json::opt_string_bytes(out, text.map(str::as_bytes));
         Ok(())
-    };
-    let opt_text = |out: &mut Vec<u8>, name: &str, i: usize| -> Result<()> {
-        key(out, name);
-        opt_string(out, r.try_get(i)?);
-        out.push(b',');
+    }
+
+    fn date(&self, out: &mut Vec<u8>, column: usize) -> Result<()> {
+        crate::tx_json::opt_date(out, self.try_get(column)?);
         Ok(())
-    };
-    out.push(b'{');
-    key(out, "id");
-    int(out, id);
-    out.push(b',');
-    key(out, "connection_id");
-    int(out, r.try_get(1)?);
-    out.push(b',');
-    key(out, "account_id");
-    int(out, r.try_get(2)?);
-    out.push(b',');
-    text(out, "provider_id", 3)?;
-    opt_text(out, "pending_provider_id", 4)?;
-    text(out, "fingerprint", 5)?;
-    text(out, "status", 6)?;
-    key(out, "booking_date");
-    date(out, booking_date);
-    out.push(b',');
-    key(out, "value_date");
-    opt_date(out, r.try_get(8)?);
-    out.push(b',');
-    key(out, "transaction_date");
-    opt_date(out, r.try_get(9)?);
-    out.push(b',');
-    key(out, "amount");
-    money(out, r.try_get(10)?, currency);
-    out.push(b',');
-    key(out, "currency");
-    string(out, currency.as_str());
-    out.push(b',');
-    key(out, "original_amount");
-    match r.try_get::<Option<Decimal>, _>(12)? {
-        Some(a) => money(out, a, original_currency.unwrap_or(currency)),
-        None => out.extend_from_slice(b"null"),
     }
-    out.push(b',');
-    key(out, "original_currency");
-    opt_string(out, original_currency.as_ref().map(|c| c.as_str()));
-    out.push(b',');
-    key(out, "running_balance");
-    match r.try_get::<Option<Decimal>, _>(20)? {
-        Some(b) => money(out, b, currency),
-        None => out.extend_from_slice(b"null"),
+
+    fn currency(&self, column: usize) -> Result<Option<Currency>> {
+        let code: Option<&str> = self.try_get(column)?;
+        code.map(codec::currency).transpose()
     }
-    out.push(b',');
-    text(out, "raw_label", 14)?;
-    text(out, "label", 15)?;
-    opt_text(out, "counterparty_name", 16)?;
-    opt_text(out, "counterparty_iban", 17)?;
-    opt_text(out, "remittance_info", 18)?;
-    opt_text(out, "bank_code", 19)?;
-    // A `json` column holds valid JSON: PostgreSQL checks it on the way in.
-    key(out, "raw");
-    out.extend_from_slice(r.try_get::<&str, _>(21)?.as_bytes());
-    out.push(b',');
-    opt_text(out, "category", 25)?;
-    for (name, i) in [("first_seen", 22), ("last_seen", 23), ("updated_at", 24)] {
-        key(out, name);
-        instant(out, r.try_get(i)?);
-        out.push(b',');
+
+    fn money(&self, out: &mut Vec<u8>, column: usize, currency: Currency) -> Result<()> {
+        match self.try_get::<Option<Decimal>, _>(column)? {
+            Some(amount) => crate::tx_json::money(out, amount, currency),
+            None => out.extend_from_slice(b"null"),
+        }
+        Ok(())
     }
-    // The loop's last comma closes the object instead.
-    out.pop();
-    out.push(b'}');
-    Ok((booking_date, id))
+
+    fn instant(&self, out: &mut Vec<u8>, column: usize) -> Result<()> {
+        crate::tx_json::instant(out, self.try_get(column)?);
+        Ok(())
+    }
+
+    fn raw(&self, out: &mut Vec<u8>, column: usize) -> Result<()> {
+        // A `json` column holds valid JSON: PostgreSQL checks it on the way in.
+        out.extend_from_slice(self.try_get::<&str, _>(column)?.as_bytes());
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------- window writes

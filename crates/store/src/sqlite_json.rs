@@ -25,7 +25,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, Row};
 
 use crate::common::{self, Arg, Dialect, corrupt};
-use crate::tx_json::{self, CHUNK_BYTES, JsonChunk, JsonPage, ROW_SEPARATOR};
+use crate::tx_json::{self, CHUNK_BYTES, JsonChunk, JsonPage, ROW_SEPARATOR, TxRow};
 use crate::{Result, StoreError, TxQuery, codec};
 
 /// Pages read at once, and idle connections kept for reuse: as many, so a
@@ -249,101 +249,75 @@ fn ascii(bytes: &[u8]) -> Result<&str> {
     std::str::from_utf8(bytes).map_err(|_| corrupt("a code or amount is not text"))
 }
 
-/// Write a row of [`tx_columns`] as the JSON object of its `Transaction`,
-/// field by field in that order; returns its key.
+/// Write a row of [`tx_columns`] as the JSON object of its `Transaction`;
+/// returns its key.
 ///
 /// Text is copied as bytes and the finished object checked to be UTF-8 in
 /// one pass: checking each short column on its own was a tenth of a row's
 /// cost. A row that is not UTF-8 is taken back out and refused.
 fn tx_json_row(r: &Row<'_>, out: &mut Vec<u8>) -> Result<RowKey> {
-    let start = out.len();
-    let written = write_row(r, out);
-    let valid = written.is_ok() && simdutf8::basic::from_utf8(&out[start..]).is_ok();
-    if !valid {
-        out.truncate(start);
-        let id = r.get_ref(0).ok().and_then(|v| v.as_i64().ok());
-        written?;
-        return Err(corrupt(format!(
-            "transaction {} holds text that is not UTF-8",
-            id.unwrap_or_default()
-        )));
-    }
-    written
-}
-
-fn write_row(r: &Row<'_>, out: &mut Vec<u8>) -> Result<RowKey> {
-    use tx_json::{int, key, money_text, opt_string_bytes};
     let id = r.get_ref(0)?.as_i64()?;
     let booking = text(r, 7)?;
-    let key_date: [u8; 10] = booking.try_into().map_err(|_| {
+    let date: [u8; 10] = booking.try_into().map_err(|_| {
         corrupt(format!(
             "transaction {id}: booking date {:?}",
             String::from_utf8_lossy(booking)
         ))
     })?;
-    let currency = codec::currency(ascii(text(r, 11)?)?)?;
-    let original_currency = match opt_text(r, 13)? {
-        Some(c) => Some(codec::currency(ascii(c)?)?),
-        None => None,
-    };
-    let field = |out: &mut Vec<u8>, name: &str, value: Option<&[u8]>| {
-        key(out, name);
-        opt_string_bytes(out, value);
-        out.push(b',');
-    };
-    out.push(b'{');
-    key(out, "id");
-    int(out, id);
-    out.push(b',');
-    key(out, "connection_id");
-    int(out, r.get_ref(1)?.as_i64()?);
-    out.push(b',');
-    key(out, "account_id");
-    int(out, r.get_ref(2)?.as_i64()?);
-    out.push(b',');
-    field(out, "provider_id", Some(text(r, 3)?));
-    field(out, "pending_provider_id", opt_text(r, 4)?);
-    field(out, "fingerprint", Some(text(r, 5)?));
-    field(out, "status", Some(text(r, 6)?));
-    field(out, "booking_date", Some(booking));
-    field(out, "value_date", opt_text(r, 8)?);
-    field(out, "transaction_date", opt_text(r, 9)?);
-    key(out, "amount");
-    money_text(out, ascii(text(r, 10)?)?, currency)?;
-    out.push(b',');
-    field(out, "currency", Some(currency.as_str().as_bytes()));
-    key(out, "original_amount");
-    opt_money(out, opt_text(r, 12)?, original_currency.unwrap_or(currency))?;
-    out.push(b',');
-    field(
-        out,
-        "original_currency",
-        original_currency.as_ref().map(|c| c.as_str().as_bytes()),
-    );
-    key(out, "running_balance");
-    opt_money(out, opt_text(r, 20)?, currency)?;
-    out.push(b',');
-    field(out, "raw_label", Some(text(r, 14)?));
-    field(out, "label", Some(text(r, 15)?));
-    field(out, "counterparty_name", opt_text(r, 16)?);
-    field(out, "counterparty_iban", opt_text(r, 17)?);
-    field(out, "remittance_info", opt_text(r, 18)?);
-    field(out, "bank_code", opt_text(r, 19)?);
-    // Checked to be JSON when it was written (`prepare_tx`): copied as it
-    // is, the largest field of a row.
-    key(out, "raw");
-    out.extend_from_slice(text(r, 21)?);
-    out.push(b',');
-    field(out, "category", opt_text(r, 25)?);
-    for (name, i) in [("first_seen", 22), ("last_seen", 23), ("updated_at", 24)] {
-        key(out, name);
-        instant_text(out, text(r, i)?)?;
-        out.push(b',');
+    let start = out.len();
+    let written = tx_json::write_transaction(&SqliteTxRow(r), out);
+    if written.is_err() || simdutf8::basic::from_utf8(&out[start..]).is_err() {
+        out.truncate(start);
+        written?;
+        return Err(corrupt(format!(
+            "transaction {id} holds text that is not UTF-8"
+        )));
     }
-    // The loop's last comma closes the object instead.
-    out.pop();
-    out.push(b'}');
-    Ok(RowKey { date: key_date, id })
+    Ok(RowKey { date, id })
+}
+
+/// A rusqlite row read for [`tx_json::write_transaction`]: text as stored.
+struct SqliteTxRow<'a, 'r>(&'a Row<'r>);
+
+impl TxRow for SqliteTxRow<'_, '_> {
+    fn int(&self, column: usize) -> Result<i64> {
+        Ok(self.0.get_ref(column)?.as_i64()?)
+    }
+
+    fn text(&self, out: &mut Vec<u8>, column: usize) -> Result<()> {
+        tx_json::opt_string_bytes(out, opt_text(self.0, column)?);
+        Ok(())
+    }
+
+    fn date(&self, out: &mut Vec<u8>, column: usize) -> Result<()> {
+        // Stored as `YYYY-MM-DD`, as it is written out.
+        self.text(out, column)
+    }
+
+    fn currency(&self, column: usize) -> Result<Option<Currency>> {
+        opt_text(self.0, column)?
+            .map(|c| codec::currency(ascii(c)?))
+            .transpose()
+    }
+
+    fn money(&self, out: &mut Vec<u8>, column: usize, currency: Currency) -> Result<()> {
+        match opt_text(self.0, column)? {
+            Some(amount) => tx_json::money_text(out, ascii(amount)?, currency),
+            None => {
+                out.extend_from_slice(b"null");
+                Ok(())
+            }
+        }
+    }
+
+    fn instant(&self, out: &mut Vec<u8>, column: usize) -> Result<()> {
+        instant_text(out, text(self.0, column)?)
+    }
+
+    fn raw(&self, out: &mut Vec<u8>, column: usize) -> Result<()> {
+        out.extend_from_slice(text(self.0, column)?);
+        Ok(())
+    }
 }
 
 /// Where a row sits in the page order; its date parsed only when a cursor
@@ -361,16 +335,6 @@ impl RowKey {
             .parse()
             .map_err(|_| corrupt(format!("transaction {}: booking date {text:?}", self.id)))?;
         Ok((date, self.id))
-    }
-}
-
-fn opt_money(out: &mut Vec<u8>, amount: Option<&[u8]>, currency: Currency) -> Result<()> {
-    match amount {
-        Some(a) => tx_json::money_text(out, ascii(a)?, currency),
-        None => {
-            out.extend_from_slice(b"null");
-            Ok(())
-        }
     }
 }
 

@@ -53,6 +53,110 @@ pub(crate) const CHUNK_BYTES: usize = 32 * 1024;
 /// Separator between two rows of a [`JsonChunk`] stream.
 pub(crate) const ROW_SEPARATOR: &[u8] = b",\n";
 
+/// A transaction row as the JSON writer reads it, columns numbered as in
+/// `common::tx_columns`. Each backend reads its own row type its own way
+/// (SQLite stores dates, instants and money as text, PostgreSQL as typed
+/// values); [`write_transaction`] decides the shape once for both.
+pub(crate) trait TxRow {
+    fn int(&self, column: usize) -> Result<i64>;
+    /// Text (or NULL) as a JSON string (or `null`).
+    fn text(&self, out: &mut Vec<u8>, column: usize) -> Result<()>;
+    /// A date (or NULL) as `"YYYY-MM-DD"`.
+    fn date(&self, out: &mut Vec<u8>, column: usize) -> Result<()>;
+    fn currency(&self, column: usize) -> Result<Option<Currency>>;
+    /// An amount (or NULL) in `currency`'s minor units ([`money`]).
+    fn money(&self, out: &mut Vec<u8>, column: usize, currency: Currency) -> Result<()>;
+    /// An instant as `DateTime<Utc>` serialises.
+    fn instant(&self, out: &mut Vec<u8>, column: usize) -> Result<()>;
+    /// The bank's raw record as stored: JSON checked when it was written.
+    fn raw(&self, out: &mut Vec<u8>, column: usize) -> Result<()>;
+}
+
+/// How a field of the object is written.
+enum Field {
+    Int(usize),
+    Text(usize),
+    Date(usize),
+    /// Money in the row's currency, or in the original currency (falling
+    /// back to the row's).
+    Money(usize, Which),
+    Currency(Which),
+    Raw(usize),
+    Instant(usize),
+}
+
+#[derive(Clone, Copy)]
+enum Which {
+    Row,
+    Original,
+}
+
+/// The object's fields in `Transaction`'s order, with their columns in
+/// `common::tx_columns`.
+const FIELDS: [(&str, Field); 26] = [
+    ("id", Field::Int(0)),
+    ("connection_id", Field::Int(1)),
+    ("account_id", Field::Int(2)),
+    ("provider_id", Field::Text(3)),
+    ("pending_provider_id", Field::Text(4)),
+    ("fingerprint", Field::Text(5)),
+    ("status", Field::Text(6)),
+    ("booking_date", Field::Date(7)),
+    ("value_date", Field::Date(8)),
+    ("transaction_date", Field::Date(9)),
+    ("amount", Field::Money(10, Which::Row)),
+    ("currency", Field::Currency(Which::Row)),
+    ("original_amount", Field::Money(12, Which::Original)),
+    ("original_currency", Field::Currency(Which::Original)),
+    ("running_balance", Field::Money(20, Which::Row)),
+    ("raw_label", Field::Text(14)),
+    ("label", Field::Text(15)),
+    ("counterparty_name", Field::Text(16)),
+    ("counterparty_iban", Field::Text(17)),
+    ("remittance_info", Field::Text(18)),
+    ("bank_code", Field::Text(19)),
+    ("raw", Field::Raw(21)),
+    ("category", Field::Text(25)),
+    ("first_seen", Field::Instant(22)),
+    ("last_seen", Field::Instant(23)),
+    ("updated_at", Field::Instant(24)),
+];
+
+/// Column of the row's currency and of the original currency.
+const CURRENCY: usize = 11;
+const ORIGINAL_CURRENCY: usize = 13;
+
+/// Write `row` as the JSON object of its `Transaction`: the same bytes
+/// `serde_json::to_vec(&transaction)` gives.
+pub(crate) fn write_transaction(row: &impl TxRow, out: &mut Vec<u8>) -> Result<()> {
+    let currency = row
+        .currency(CURRENCY)?
+        .ok_or_else(|| crate::common::corrupt("a transaction without a currency"))?;
+    let original = row.currency(ORIGINAL_CURRENCY)?;
+    out.push(b'{');
+    for (i, (name, field)) in FIELDS.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        key(out, name);
+        match *field {
+            Field::Int(c) => int(out, row.int(c)?),
+            Field::Text(c) => row.text(out, c)?,
+            Field::Date(c) => row.date(out, c)?,
+            Field::Money(c, Which::Row) => row.money(out, c, currency)?,
+            Field::Money(c, Which::Original) => row.money(out, c, original.unwrap_or(currency))?,
+            Field::Currency(Which::Row) => string_bytes(out, currency.as_str().as_bytes()),
+            Field::Currency(Which::Original) => {
+                opt_string_bytes(out, original.as_ref().map(|c| c.as_str().as_bytes()))
+            }
+            Field::Raw(c) => row.raw(out, c)?,
+            Field::Instant(c) => row.instant(out, c)?,
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
 /// `"key":` — keys are our own field names, which need no escaping.
 pub(crate) fn key(out: &mut Vec<u8>, name: &str) {
     out.push(b'"');
@@ -60,43 +164,24 @@ pub(crate) fn key(out: &mut Vec<u8>, name: &str) {
     out.extend_from_slice(b"\":");
 }
 
-/// A JSON string, escaped as `serde_json` escapes it.
-pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
-    // Writing a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
 /// Text as a JSON string, escaped exactly as `serde_json` escapes a `str`
 /// (quote, backslash and control characters; nothing else), from bytes the
 /// caller checks to be UTF-8.
 pub(crate) fn string_bytes(out: &mut Vec<u8>, s: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let mut run = 0;
     for (i, &b) in s.iter().enumerate() {
-        let short: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => &[],
-            _ => continue,
-        };
+        let escape = ESCAPE[usize::from(b)];
+        if escape == 0 {
+            continue;
+        }
         out.extend_from_slice(&s[run..i]);
-        if short.is_empty() {
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]);
+        if escape == b'u' {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let (hi, lo) = (HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]);
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', hi, lo]);
         } else {
-            out.extend_from_slice(short);
+            out.extend_from_slice(&[b'\\', escape]);
         }
         run = i + 1;
     }
@@ -104,16 +189,29 @@ pub(crate) fn string_bytes(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
 }
 
+/// Per byte: 0 when it goes out as it is, else the letter after the
+/// backslash (`u` for `\u00XX`). One lookup per byte keeps the common case,
+/// a byte that needs nothing, to a load and a compare.
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
 pub(crate) fn opt_string_bytes(out: &mut Vec<u8>, s: Option<&[u8]>) {
     match s {
         Some(s) => string_bytes(out, s),
-        None => out.extend_from_slice(b"null"),
-    }
-}
-
-pub(crate) fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => string(out, s),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -127,7 +225,7 @@ pub(crate) fn date(out: &mut Vec<u8>, d: NaiveDate) {
     if (0..=9999).contains(&d.year()) {
         let _ = write!(out, "\"{:04}-{:02}-{:02}\"", d.year(), d.month(), d.day());
     } else {
-        string(out, &d.to_string());
+        string_bytes(out, d.to_string().as_bytes());
     }
 }
 
