@@ -1006,6 +1006,27 @@ pub(crate) fn lease_held(
     }
 }
 
+/// A stream fed by `produce`, which gets the sending half of a channel of
+/// `capacity` items. The producer runs only while the stream is polled, so
+/// it can own what its row stream borrows (the SQL text); the bounded
+/// channel keeps memory constant whatever the number of rows, and dropping
+/// the stream stops it.
+pub(crate) fn produced_stream<'a, T, F, Fut>(
+    capacity: usize,
+    produce: F,
+) -> futures::stream::BoxStream<'a, Result<T>>
+where
+    T: Send + 'a,
+    F: FnOnce(futures::channel::mpsc::Sender<Result<T>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'a,
+{
+    use futures::StreamExt;
+    let (sender, receiver) = futures::channel::mpsc::channel(capacity);
+    let producer =
+        futures::stream::once(produce(sender)).filter_map(|()| futures::future::ready(None));
+    futures::stream::select(receiver, producer).boxed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1033,25 +1054,4 @@ mod tests {
         assert_eq!(batch_len(1, 512), 1);
         assert_eq!(batch_len(3, 512), 2);
     }
-}
-
-/// A stream fed by `produce`, which gets the sending half of a channel of
-/// `capacity` items. The producer runs only while the stream is polled, so
-/// it can own what its row stream borrows (the SQL text); the bounded
-/// channel keeps memory constant whatever the number of rows, and dropping
-/// the stream stops it.
-pub(crate) fn produced_stream<'a, T, F, Fut>(
-    capacity: usize,
-    produce: F,
-) -> futures::stream::BoxStream<'a, Result<T>>
-where
-    T: Send + 'a,
-    F: FnOnce(futures::channel::mpsc::Sender<Result<T>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'a,
-{
-    use futures::StreamExt;
-    let (sender, receiver) = futures::channel::mpsc::channel(capacity);
-    let producer =
-        futures::stream::once(produce(sender)).filter_map(|()| futures::future::ready(None));
-    futures::stream::select(receiver, producer).boxed()
 }
