@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every bankbridge test on this machine, installing what the tests need:
 # Debian packages (pkg-config, the PostgreSQL server if missing), Python's
-# `requests` (the client-fidelity test), `pybankid` (the BankID simulator's
+# `requests` (the client-fidelity test), Chromium and playwright-core (the
+# dashboard's browser test), `pybankid` (the BankID simulator's
 # interoperability test), `ofxtools` (the OFX import test) and `schemathesis` (the API contract check,
 # scripts/api-contract.sh) from PyPI into a virtualenv, a throwaway PostgreSQL
 # on loopback that is stopped and deleted at the end, and pcscd with
@@ -24,6 +25,9 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
         missing+=(python3-venv)
     fi
+    # Debian's Chromium for the dashboard's browser test (driven by playwright-core).
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -51,6 +55,14 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import requests, bank
     "$venv/bin/pip" install --quiet requests pybankid ofxtools "schemathesis==$schemathesis_version"
 fi
 export BANKBRIDGE_PYTHON="$PWD/$venv/bin/python"
+
+# playwright-core for the dashboard's browser test, from the npm registry at
+# the version the lock file names (no browser download: Debian's Chromium).
+browser_tests="crates/cli/tests/browser"
+if command -v npm >/dev/null 2>&1 && [ ! -d "$browser_tests/node_modules/playwright-core" ]; then
+    log "installing playwright-core into $browser_tests"
+    (cd "$browser_tests" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
+fi
 
 # A throwaway PostgreSQL for the store suite and the end-to-end tests.
 export BANKBRIDGE_PG_STATE="${BANKBRIDGE_PG_STATE:-$(mktemp -u /tmp/bankbridge-pg-XXXXXX.env)}"

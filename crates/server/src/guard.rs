@@ -77,7 +77,15 @@ impl TokenAuth {
         store: &Arc<dyn Tokens>,
         headers: &HeaderMap,
     ) -> Result<Arc<Principal>, ApiError> {
-        let token = bearer(headers)?;
+        self.authenticate_token(store, bearer(headers)?).await
+    }
+
+    /// Who holds this token (a bearer header's, or a dashboard session's).
+    pub(crate) async fn authenticate_token(
+        &self,
+        store: &Arc<dyn Tokens>,
+        token: &str,
+    ) -> Result<Arc<Principal>, ApiError> {
         let hash = auth::hash_token(token);
         let now = Instant::now();
         if let Some(hit) = self

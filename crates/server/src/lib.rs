@@ -50,6 +50,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod params;
 pub mod scheduler;
+mod web;
 
 pub use api::openapi;
 pub use error::{ApiError, ErrorBody};
@@ -83,6 +84,9 @@ pub struct ServerConfig {
     /// Server-sent event streams open at once (BankID order events); more
     /// get 503 `too_many_streams`.
     pub max_event_streams: usize,
+    /// Mark the dashboard's session cookie `Secure` (serve behind TLS, or
+    /// behind a proxy that terminates it).
+    pub secure_cookies: bool,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +100,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             read_timeout: Duration::from_secs(15),
             max_event_streams: 1_000,
+            secure_cookies: false,
         }
     }
 }
@@ -128,6 +133,8 @@ pub struct AppInner {
     pub(crate) openapi_json: Bytes,
     /// Permits for open server-sent event streams.
     pub(crate) event_streams: Arc<tokio::sync::Semaphore>,
+    /// The dashboard's sessions.
+    pub(crate) web: web::Web,
 }
 
 impl Deref for AppState {
@@ -223,6 +230,7 @@ impl AppState {
             config,
             syncs: jobs::SyncRegistry::default(),
             openapi_json,
+            web: web::Web::default(),
         }))
     }
 }
@@ -232,7 +240,9 @@ pub fn router(state: AppState) -> Router {
     let limit = state.config.body_limit;
     let read_timeout = state.config.read_timeout;
     with_layers(
-        api::routes(&state).fallback(api::not_found),
+        api::routes(&state)
+            .merge(web::routes())
+            .fallback(api::not_found),
         limit,
         read_timeout,
     )
@@ -390,11 +400,11 @@ async fn finish_response(mut res: Response) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return res;
     }
-    let is_json = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json {
+    // JSON errors, and the dashboard's own HTML error pages, pass as they are.
+    let is_json_or_page = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+    });
+    if is_json_or_page {
         return res;
     }
     let (mut parts, _) = res.into_parts();

@@ -26,7 +26,7 @@ mod checks;
 mod connections;
 mod de;
 mod documents;
-mod export;
+pub(crate) mod export;
 pub(crate) mod schema;
 mod syncs;
 mod system;
