@@ -78,8 +78,8 @@ pub(crate) async fn page(State(state): State<AppState>, viewer: Viewer) -> Resul
                                 td class="opt" { (balance.map(|b| b.balance.reference_date.to_string()).unwrap_or_else(|| "—".into())) }
                                 td class="opt" {
                                     @match conn.and_then(|c| c.last_sync_at.as_ref()) {
-                                        Some(t) => (instant(t)),
-                                        None => "never",
+                                        Some(t) => { (instant(t)) }
+                                        None => { "never" }
                                     }
                                 }
                             }

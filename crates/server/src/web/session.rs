@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, extract::Query};
 use bankbridge_core::Secret;
@@ -21,6 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore as _;
 use serde::Deserialize;
+use subtle::ConstantTimeEq as _;
 
 use super::layout;
 use crate::AppState;
@@ -152,7 +153,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// Whether a form post is one of ours: same site by the browser's word, and
 /// carrying the session's CSRF token.
 pub(crate) fn check_form(headers: &HeaderMap, viewer_csrf: &str, sent: &str) -> bool {
-    same_site(headers) && constant_time_eq(viewer_csrf.as_bytes(), sent.as_bytes())
+    same_site(headers) && bool::from(viewer_csrf.as_bytes().ct_eq(sent.as_bytes()))
 }
 
 fn same_site(headers: &HeaderMap) -> bool {
@@ -168,10 +169,6 @@ fn same_site(headers: &HeaderMap) -> bool {
         (None, _) => true,
         _ => false,
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn session_cookie(value: &str, secure: bool, max_age: Option<u64>) -> HeaderValue {
@@ -223,11 +220,7 @@ pub(crate) async fn login(
         .await
         .is_err()
     {
-        return (
-            StatusCode::SEE_OTHER,
-            [(header::LOCATION, "/login?error=token")],
-        )
-            .into_response();
+        return Redirect::to("/login?error=token").into_response();
     }
     let id = state.web.sessions.open(Secret::new(token));
     let mut res = Redirect::to("/").into_response();
