@@ -20,15 +20,21 @@ fn browser_dir() -> PathBuf {
 
 /// Why the browser test cannot run here, if it cannot.
 fn missing() -> Option<String> {
-    let chromium = std::env::var("BANKBRIDGE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let chromium =
+        std::env::var("BANKBRIDGE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !Path::new(&chromium).exists() {
-        return Some(format!("no Chromium at {chromium} (apt-get install chromium)"));
+        return Some(format!(
+            "no Chromium at {chromium} (apt-get install chromium)"
+        ));
     }
     if Command::new("node").arg("--version").output().is_err() {
         return Some("no node on PATH".into());
     }
     if !browser_dir().join("node_modules/playwright-core").exists() {
-        return Some(format!("playwright-core is not installed: run `npm ci` in {}", browser_dir().display()));
+        return Some(format!(
+            "playwright-core is not installed: run `npm ci` in {}",
+            browser_dir().display()
+        ));
     }
     None
 }
@@ -36,7 +42,10 @@ fn missing() -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_signs_in_reads_filters_exports_and_signs_out() {
     if let Some(why) = missing() {
-        assert!(std::env::var_os("CI").is_none(), "under CI the browser test must run: {why}");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI the browser test must run: {why}"
+        );
         eprintln!("skipped: {why}");
         return;
     }
@@ -58,7 +67,8 @@ async fn a_person_signs_in_reads_filters_exports_and_signs_out() {
         .trim()
         .to_owned();
     let (_server, base, log) = env.serve().await;
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/browser-artifacts/dashboard");
+    let shots =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/browser-artifacts/dashboard");
     std::fs::create_dir_all(&shots).unwrap();
     let out = Command::new("node")
         .arg(browser_dir().join("dashboard.mjs"))
@@ -70,9 +80,18 @@ async fn a_person_signs_in_reads_filters_exports_and_signs_out() {
     assert!(
         out.status.success(),
         "the browser run failed:\n{stdout}\n{stderr}\nserve's log: {}",
-        std::fs::read_to_string(&log).unwrap_or_default().lines().rev().take(30).collect::<Vec<_>>().join("\n")
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     for page in ["login", "overview", "transactions"] {
-        assert!(shots.join(format!("{page}.png")).exists(), "a screenshot of {page}");
+        assert!(
+            shots.join(format!("{page}.png")).exists(),
+            "a screenshot of {page}"
+        );
     }
 }

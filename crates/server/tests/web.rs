@@ -55,8 +55,17 @@ async fn a_token_signs_in_and_the_cookie_is_locked_down() {
 
     let res = sign_in(&s, &client, "bb_nothing_like_a_token").await;
     assert_eq!(location(&res), "/login?error=token");
-    let page = client.get(s.url("/login?error=token")).send().await.unwrap();
-    assert!(page.text().await.unwrap().contains("That token is not valid"));
+    let page = client
+        .get(s.url("/login?error=token"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("That token is not valid")
+    );
 
     let token = s.token(Scope::Read).await;
     let res = sign_in(&s, &client, &token).await;
@@ -69,7 +78,10 @@ async fn a_token_signs_in_and_the_cookie_is_locked_down() {
     assert!(!cookie.contains(&token), "the cookie is not the token");
     let res = client.get(s.url("/")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    let csp = res.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(csp.contains("frame-ancestors 'none'"));
     let page = res.text().await.unwrap();
     assert!(page.contains("Overview") && page.contains("No accounts yet"));
@@ -85,7 +97,12 @@ async fn behind_tls_the_cookie_is_secure() {
     .await;
     let token = s.token(Scope::Read).await;
     let res = sign_in(&s, &browser(), &token).await;
-    assert!(res.headers()["set-cookie"].to_str().unwrap().contains("; Secure"));
+    assert!(
+        res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("; Secure")
+    );
     s.shutdown().await;
 }
 
@@ -106,7 +123,14 @@ async fn a_cross_site_post_is_refused() {
     assert!(res.headers().get("set-cookie").is_none());
 
     sign_in(&s, &client, &token).await;
-    let page = client.get(s.url("/")).send().await.unwrap().text().await.unwrap();
+    let page = client
+        .get(s.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let csrf = csrf_of(&page);
     // Another site posts the sign-out form: refused, session kept.
     for (site, sent) in [("cross-site", csrf.as_str()), ("same-origin", "forged")] {
@@ -146,8 +170,13 @@ async fn a_revoked_token_ends_its_session_within_seconds() {
     let client = browser();
     let token = s.token(Scope::Admin).await;
     sign_in(&s, &client, &token).await;
-    assert_eq!(client.get(s.url("/")).send().await.unwrap().status(), StatusCode::OK);
-    let id = bankbridge_server::auth::token_id(&token).unwrap().to_owned();
+    assert_eq!(
+        client.get(s.url("/")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let id = bankbridge_server::auth::token_id(&token)
+        .unwrap()
+        .to_owned();
     s.store.revoke_token(&id, Utc::now()).await.unwrap();
     let started = std::time::Instant::now();
     loop {
@@ -156,7 +185,10 @@ async fn a_revoked_token_ends_its_session_within_seconds() {
             assert_eq!(location(&res), "/login");
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "the session outlived its token");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the session outlived its token"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     s.shutdown().await;
@@ -170,7 +202,9 @@ async fn bank_text_shows_as_text_and_exports_keep_the_filters() {
     let token = s.token(Scope::Read).await;
     sign_in(&s, &client, &token).await;
     let page = client
-        .get(s.url(&format!("/transactions?account={acc}&from=&text=&order=desc")))
+        .get(s.url(&format!(
+            "/transactions?account={acc}&from=&text=&order=desc"
+        )))
         .send()
         .await
         .unwrap()
@@ -178,10 +212,16 @@ async fn bank_text_shows_as_text_and_exports_keep_the_filters() {
         .await
         .unwrap();
     // The seeded counterparty is `Shop "Ünïcode" & <Co> N, Ltd`.
-    assert!(page.contains("Shop &quot;Ünïcode&quot; &amp; &lt;Co&gt;"), "escaped");
+    assert!(
+        page.contains("Shop &quot;Ünïcode&quot; &amp; &lt;Co&gt;"),
+        "escaped"
+    );
     assert!(!page.contains("<Co>"));
     let export = format!("/transactions/export?account={acc}&amp;format=csv");
-    assert!(page.contains(&export), "the CSV link keeps the account filter");
+    assert!(
+        page.contains(&export),
+        "the CSV link keeps the account filter"
+    );
     let csv = client
         .get(s.url(&format!("/transactions/export?account={acc}&format=csv")))
         .send()
@@ -190,9 +230,17 @@ async fn bank_text_shows_as_text_and_exports_keep_the_filters() {
     assert_eq!(csv.status(), StatusCode::OK);
     let text = csv.text().await.unwrap();
     // Records end in CRLF; a quoted remittance holds a bare LF.
-    assert_eq!(text.matches("\r\n").count(), 1 + 20, "a header and the account's 20 rows");
+    assert_eq!(
+        text.matches("\r\n").count(),
+        1 + 20,
+        "a header and the account's 20 rows"
+    );
     // A bad filter is said on the page, not as a JSON error.
-    let res = client.get(s.url("/transactions?min_amount=lots")).send().await.unwrap();
+    let res = client
+        .get(s.url("/transactions?min_amount=lots"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.text().await.unwrap().contains("role=\"alert\""));
     s.shutdown().await;

@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// Server-sent event streams open at once (BankID order events).
     #[arg(long, default_value_t = 1_000)]
     pub max_event_streams: usize,
+    /// Mark the dashboard's session cookie Secure: set it when users reach
+    /// `serve` over https (a proxy terminating TLS in front of it).
+    #[arg(long)]
+    pub secure_cookies: bool,
 }
 
 pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
@@ -95,6 +99,7 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
         trusted_proxies: args.trusted_proxy.clone(),
         read_timeout: Duration::from_secs(args.read_timeout.max(1)),
         max_event_streams: args.max_event_streams,
+        secure_cookies: args.secure_cookies,
         ..Default::default()
     };
     let state = AppState::with_config(store, syncer, known_connectors(), server_config);

@@ -12,7 +12,10 @@ use super::session::Viewer;
 use crate::AppState;
 use crate::error::ApiError;
 
-pub(crate) async fn page(State(state): State<AppState>, viewer: Viewer) -> Result<Response, ApiError> {
+pub(crate) async fn page(
+    State(state): State<AppState>,
+    viewer: Viewer,
+) -> Result<Response, ApiError> {
     let connections = state.store.connections.list_connections().await?;
     let accounts = state.store.bank.list_accounts(None).await?;
     let mut balances = HashMap::new();

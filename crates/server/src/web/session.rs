@@ -83,10 +83,7 @@ impl Sessions {
     }
 
     fn close(&self, id: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 }
 
@@ -144,10 +141,10 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
 }
 
 /// Whether a form post is one of ours: same site by the browser's word, and
@@ -161,7 +158,10 @@ fn same_site(headers: &HeaderMap) -> bool {
         return matches!(site.to_str(), Ok("same-origin" | "none"));
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    match (headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()), host) {
+    match (
+        headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()),
+        host,
+    ) {
         (Some(origin), Some(host)) => origin
             .split_once("://")
             .is_some_and(|(_, rest)| rest == host),
@@ -268,16 +268,25 @@ mod tests {
         assert!(same_site(&h));
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
         assert!(!same_site(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:8080"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
         assert!(same_site(&h));
     }
 
     #[test]
     fn cookies_are_read_by_name() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; bb_session=xyz; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; bb_session=xyz; b=2"),
+        );
         assert_eq!(cookie(&h, COOKIE).as_deref(), Some("xyz"));
         assert_eq!(cookie(&h, "c"), None);
     }

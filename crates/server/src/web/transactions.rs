@@ -76,8 +76,11 @@ pub(crate) async fn page(
         Err(e) if e.status.is_client_error() => problem = Some(e.message.into_owned()),
         Err(e) => return Err(e),
     }
-    let without_cursor: Vec<(String, String)> =
-        pairs.iter().filter(|(k, _)| k != "cursor").cloned().collect();
+    let without_cursor: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k != "cursor")
+        .cloned()
+        .collect();
     let next_link = next.map(|c| {
         let mut p = without_cursor.clone();
         p.push(("cursor".into(), c));
@@ -148,7 +151,7 @@ pub(crate) async fn page(
         } @else if !rows.is_empty() {
             (table(&rows, &names))
             nav.pager aria-label="Pages" {
-                @if value("cursor") != "" {
+                @if !value("cursor").is_empty() {
                     a href={"/transactions?" (encode(&without_cursor))} { "First page" }
                 }
                 @if let Some(link) = &next_link {
@@ -176,7 +179,7 @@ fn table(rows: &[bankbridge_core::Transaction], names: &HashMap<i64, String>) ->
                 tbody {
                     @for t in rows {
                         tr {
-                            td { (t.booking_date) }
+                            td.date { (t.booking_date) }
                             td class="opt" { (names.get(&t.account_id).map(String::as_str).unwrap_or("—")) }
                             td { (t.label) }
                             td class="opt" { (t.counterparty_name.as_deref().unwrap_or("")) }
