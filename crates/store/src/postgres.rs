@@ -131,12 +131,6 @@ fn tx_columns() -> &'static str {
 const JOB_COLUMNS: &str =
     "id, connection_id, status, created_at, started_at, finished_at, summary::text, error";
 
-/// The JSON read path (see `tx_json`) reads the plain columns: a PostgreSQL
-/// row is decoded in place, so each value is written out from the wire.
-fn tx_json_columns() -> &'static str {
-    tx_columns()
-}
-
 /// Write a row of [`tx_columns`] as the JSON object of its `Transaction`;
 /// returns its key.
 fn tx_json_row(r: &PgRow, out: &mut Vec<u8>) -> Result<(NaiveDate, i64)> {
@@ -368,7 +362,7 @@ crate::shared::shared_store! {
                 limit: query.limit.map(|l| l.saturating_add(1)),
                 ..query.clone()
             };
-            let (sql, args) = common::tx_query_sql(&probe, Self::DIALECT, tx_json_columns());
+            let (sql, args) = common::tx_query_sql(&probe, Self::DIALECT, tx_columns());
             let mut rows = sqlx::query_with(&sql, bind_args(args)?).fetch(self.reads());
             let mut page = crate::JsonPage::default();
             let mut last = None;
@@ -397,7 +391,7 @@ crate::shared::shared_store! {
                 rows: 0,
             };
             common::produced_stream(2, move |mut sender| async move {
-                let (sql, args) = common::tx_query_sql(&query, Self::DIALECT, tx_json_columns());
+                let (sql, args) = common::tx_query_sql(&query, Self::DIALECT, tx_columns());
                 let args = match bind_args(args) {
                     Ok(a) => a,
                     Err(e) => {

@@ -304,7 +304,8 @@ fn opt_decimal_at(r: &SqliteRow, i: usize) -> Result<Option<Decimal>> {
 const CONNECTION_COLUMNS: &str = "id, name, connector, settings, credentials_sealed, session_sealed, created_at, \
      last_sync_at, last_sync_status, last_sync_error, credentials_version, last_sync_credentials_version, lease_owner, lease_until";
 
-fn tx_columns() -> &'static str {
+/// Also the JSON read path's columns (`sqlite_json`).
+pub(crate) fn tx_columns() -> &'static str {
     static COLUMNS: OnceLock<String> = OnceLock::new();
     COLUMNS.get_or_init(|| common::tx_columns("raw"))
 }

@@ -25,6 +25,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, Row};
 
 use crate::common::{self, Arg, Dialect, corrupt};
+use crate::sqlite::tx_columns;
 use crate::tx_json::{self, CHUNK_BYTES, JsonChunk, JsonPage, ROW_SEPARATOR, TxRow};
 use crate::{Result, StoreError, TxQuery, codec};
 
@@ -144,11 +145,6 @@ impl JsonReaders {
         });
         Box::pin(futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)))
     }
-}
-
-fn tx_columns() -> &'static str {
-    static COLUMNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    COLUMNS.get_or_init(|| common::tx_columns("raw"))
 }
 
 fn write_page(
