@@ -5,7 +5,7 @@
 //! retry (the sync engine does, from the errors' kinds).
 #![forbid(unsafe_code)]
 
-use bankbridge_core::{ConnectionSettings, Connector, Credentials};
+use bankbridge_core::{ConnectionSettings, Connector, ConnectorForm, Credentials};
 
 mod common;
 pub mod fibank;
@@ -16,6 +16,28 @@ pub use keypad::KeypadConnector;
 
 /// Names accepted by [`build`].
 pub const KNOWN: &[&str] = &["fibank", "keypad"];
+
+/// The add-a-connection form of each connector in [`KNOWN`].
+pub const FORMS: &[ConnectorForm] = &[
+    ConnectorForm {
+        connector: "fibank",
+        title: "Fibank (First Investment Bank) web banking",
+        base_url_example: "https://my.fibank.bg",
+        username_label: "Web banking user name",
+        password_label: "Web banking password",
+        password_numeric: false,
+        hint: "The user name and password you sign in to my.fibank.bg with.",
+    },
+    ConnectorForm {
+        connector: "keypad",
+        title: "Keypad bank web banking (France)",
+        base_url_example: "https://www.bank.example/",
+        username_label: "Customer number",
+        password_label: "PIN (the digits you type on the bank's keypad)",
+        password_numeric: true,
+        hint: "The customer number and 6-digit PIN of the bank's web site; the bank may ask you to approve new devices in its app.",
+    },
+];
 
 /// Build the connector named `connector` for a connection.
 ///
@@ -38,5 +60,14 @@ pub fn build(
             "unknown connector {other:?}: known connectors are {}",
             KNOWN.join(", ")
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_known_connector_has_its_form() {
+        let with_forms: Vec<&str> = super::FORMS.iter().map(|f| f.connector).collect();
+        assert_eq!(with_forms, super::KNOWN);
     }
 }

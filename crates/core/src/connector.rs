@@ -18,6 +18,26 @@ use crate::{
     Balance, DocumentContent, FetchedAccount, FetchedDocument, FetchedTransaction, Secret,
 };
 
+/// What a person fills in to add a connection of one connector, in that
+/// connector's words: the dashboard draws its form from this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectorForm {
+    /// The connector's name (`fibank`).
+    pub connector: &'static str,
+    /// The bank or API as people call it.
+    pub title: &'static str,
+    /// An example of the base URL.
+    pub base_url_example: &'static str,
+    /// What the bank calls the login name.
+    pub username_label: &'static str,
+    /// What the bank calls the secret.
+    pub password_label: &'static str,
+    /// The secret is digits only (a keypad PIN): offer a numeric keyboard.
+    pub password_numeric: bool,
+    /// One sentence on where the values come from.
+    pub hint: &'static str,
+}
+
 /// What a bank API allows, declared by its connector.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectorLimits {

@@ -15,7 +15,8 @@ pub mod sca;
 pub mod secret;
 
 pub use connector::{
-    Connector, ConnectorError, ConnectorLimits, DateWindow, TransientKind, WindowPage,
+    Connector, ConnectorError, ConnectorForm, ConnectorLimits, DateWindow, TransientKind,
+    WindowPage,
 };
 pub use crypto::{CryptoError, MasterKey};
 pub use iban::{Iban, IbanError};

@@ -55,6 +55,32 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// How long a one-time sign-in link works.
+pub const LOGIN_LINK_TTL: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
+
+/// A one-time sign-in link's secret for token `token_id`, kept in `tokens`
+/// as its hash, working for [`LOGIN_LINK_TTL`]. The dashboard's link is
+/// `<origin>/login/link/<secret>`.
+pub async fn new_login_link(
+    tokens: &dyn bankbridge_store::Tokens,
+    token_id: &str,
+) -> Result<Secret<String>, bankbridge_store::StoreError> {
+    let mut bytes = [0u8; SECRET_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = Secret::new(URL_SAFE_NO_PAD.encode(bytes));
+    bytes.fill(0);
+    let now = Utc::now();
+    tokens
+        .create_login_link(
+            &hash_token(secret.expose()),
+            token_id,
+            now,
+            now + LOGIN_LINK_TTL,
+        )
+        .await?;
+    Ok(secret)
+}
+
 /// The public id of a well-formed token, `None` when the text cannot be a
 /// bankbridge token (no store lookup is worth doing then).
 pub fn token_id(token: &str) -> Option<&str> {
@@ -105,6 +131,13 @@ pub fn check(
     if !verify_hash(record, presented_hash) {
         return Err(TokenError::Unknown);
     }
+    still_valid(record, now)
+}
+
+/// Whether the token `record` describes still works at `now` (not revoked,
+/// not expired), for a holder already known: a dashboard session opened
+/// with it. Returns the token's scope.
+pub fn still_valid(record: &TokenRecord, now: DateTime<Utc>) -> Result<Scope, TokenError> {
     if record.revoked_at.is_some() {
         return Err(TokenError::Revoked);
     }

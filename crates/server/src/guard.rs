@@ -134,6 +134,15 @@ impl TokenAuth {
         Ok(principal)
     }
 
+    /// Forget what is cached of token `token_id` (revoked in this process:
+    /// it stops working here at once, elsewhere within the cache's lifetime).
+    pub(crate) fn forget(&self, token_id: &str) {
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, c| c.principal.token_id != token_id);
+    }
+
     /// Record `last_used_at`, at most once a minute per token, off the request path.
     fn maybe_touch(&self, store: &Arc<dyn Tokens>, id: &str, now: Instant) {
         {

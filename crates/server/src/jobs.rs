@@ -10,13 +10,14 @@
 //! gets the running job back instead of a new one. Across processes the
 //! syncer's database lease keeps two syncs of one connection apart.
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bankbridge_store::{Connection, StoreError, SyncJob};
 use bankbridge_sync::SyncEvent;
 use chrono::Utc;
 
 use crate::AppState;
+use crate::live::{ANSWER_WAIT, LiveJob, PageSolver};
 
 /// Job status values.
 pub mod status {
@@ -51,6 +52,8 @@ pub enum Trigger {
     /// An admin's sync that sends credentials the bank refused once more.
     ApiForced,
     Scheduler,
+    /// A person in the dashboard, who answers the bank's questions on the job's page.
+    Dashboard,
 }
 
 impl Trigger {
@@ -59,6 +62,7 @@ impl Trigger {
             Trigger::Api => "api",
             Trigger::ApiForced => "api (forced)",
             Trigger::Scheduler => "scheduler",
+            Trigger::Dashboard => "dashboard",
         }
     }
 }
@@ -67,6 +71,8 @@ impl Trigger {
 #[derive(Default)]
 pub(crate) struct SyncRegistry {
     running: Mutex<HashMap<i64, i64>>,
+    /// The progress of the jobs running here, by job id.
+    live: Mutex<HashMap<i64, Arc<LiveJob>>>,
     /// Serialises "look up, create the job, register" so two requests never
     /// both start a job for one connection.
     start: tokio::sync::Mutex<()>,
@@ -76,17 +82,23 @@ impl SyncRegistry {
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<i64, i64>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<LiveJob>>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Removes the connection from the registry when its sync task ends, even by panic.
 struct Registered {
     state: AppState,
     connection_id: i64,
+    job_id: i64,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         self.state.syncs.running().remove(&self.connection_id);
+        self.state.syncs.live().remove(&self.job_id);
     }
 }
 
@@ -94,6 +106,11 @@ impl AppState {
     /// The job id of the sync of `connection_id` running in this process, if any.
     pub fn running_sync(&self, connection_id: i64) -> Option<i64> {
         self.syncs.running().get(&connection_id).copied()
+    }
+
+    /// The progress of job `job_id` while it runs in this process.
+    pub fn live_job(&self, job_id: i64) -> Option<Arc<LiveJob>> {
+        self.syncs.live().get(&job_id).cloned()
     }
 
     /// Start a background sync of `connection`, or return the job of the one
@@ -115,9 +132,12 @@ impl AppState {
             .create_sync_job(connection.id, Utc::now())
             .await?;
         self.syncs.running().insert(connection.id, job.id);
+        let live = Arc::new(LiveJob::default());
+        self.syncs.live().insert(job.id, live.clone());
         let registered = Registered {
             state: self.clone(),
             connection_id: connection.id,
+            job_id: job.id,
         };
         tracing::info!(
             connection = %connection.name,
@@ -130,7 +150,8 @@ impl AppState {
             connection,
             job.clone(),
             registered,
-            trigger == Trigger::ApiForced,
+            live,
+            trigger,
         ));
         Ok(SyncStart::Started(job))
     }
@@ -141,13 +162,14 @@ async fn run_job(
     connection: Connection,
     mut job: SyncJob,
     registered: Registered,
-    force: bool,
+    live: Arc<LiveJob>,
+    trigger: Trigger,
 ) {
     job.status = status::RUNNING.to_owned();
     job.started_at = Some(Utc::now());
     save(&state, &job).await;
 
-    let syncer = if force {
+    let syncer = if trigger == Trigger::ApiForced {
         state.syncer.forcing_refused_credentials()
     } else {
         state.syncer.clone()
@@ -157,8 +179,21 @@ async fn run_job(
     // A task of its own, so a panic inside the sync ends up in the join
     // error below and the job is still marked finished.
     let task = tokio::spawn(async move {
-        let progress = move |event: SyncEvent| log_event(&name, &event);
-        syncer.sync(&connection, &progress).await
+        let progress = |event: SyncEvent| {
+            live.record(&event);
+            log_event(&name, &event);
+        };
+        if trigger == Trigger::Dashboard {
+            let solver = PageSolver {
+                live: live.clone(),
+                wait: ANSWER_WAIT,
+            };
+            syncer
+                .sync_with_solver(&connection, &progress, &solver)
+                .await
+        } else {
+            syncer.sync(&connection, &progress).await
+        }
     });
     let name = &conn_name;
     match task.await {

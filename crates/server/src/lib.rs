@@ -47,6 +47,7 @@ pub mod error;
 pub mod export;
 mod guard;
 pub mod jobs;
+pub mod live;
 pub mod metrics;
 pub mod params;
 pub mod scheduler;
@@ -116,6 +117,9 @@ pub struct AppInner {
     pub syncer: Syncer,
     /// Connector names a connection may use (`POST /api/v1/connections` checks it).
     pub connectors: Vec<String>,
+    /// The dashboard's add-a-connection form of each connector, once set
+    /// with [`AppState::set_connector_forms`] (else a generic form).
+    pub connector_forms: std::sync::OnceLock<Vec<bankbridge_core::ConnectorForm>>,
     pub config: ServerConfig,
     /// Bank cards in readers (EMV-CAP logins and signs).
     pub cards: cards::CardService,
@@ -150,6 +154,11 @@ impl AppState {
     /// pages are dropped.
     pub fn data_changed(&self) {
         self.pages.invalidate();
+    }
+
+    /// The dashboard's forms for adding connections. Only once: false if set.
+    pub fn set_connector_forms(&self, forms: &[bankbridge_core::ConnectorForm]) -> bool {
+        self.connector_forms.set(forms.to_vec()).is_ok()
     }
 
     /// Serve the BankID gateway with `gateway`. Only once: false if it was set.
@@ -224,6 +233,7 @@ impl AppState {
             store,
             syncer,
             connectors,
+            connector_forms: std::sync::OnceLock::new(),
             auth: guard::TokenAuth::new(config.token_cache_ttl),
             pages: cache::PageCache::new(config.page_cache_ttl),
             event_streams: Arc::new(tokio::sync::Semaphore::new(config.max_event_streams)),

@@ -57,18 +57,25 @@ pub async fn run_due(state: &AppState, now: DateTime<Utc>) -> Result<Vec<SyncJob
 
 /// Whether `connection` should sync at `now` by its schedule.
 pub fn is_due(connection: &Connection, now: DateTime<Utc>) -> bool {
-    let Ok(settings) = Syncer::settings(connection) else {
-        return false;
-    };
-    let Some(interval) = settings.interval_secs.filter(|i| *i > 0) else {
-        return false;
-    };
+    next_due(connection).is_some_and(|at| at <= now)
+}
+
+/// When `connection` syncs next by its schedule: None when it syncs by hand
+/// only, or waits for its owner (strong customer authentication, refused
+/// credentials); the dawn of time (due at once) when it never synced.
+pub fn next_due(connection: &Connection) -> Option<DateTime<Utc>> {
+    let settings = Syncer::settings(connection).ok()?;
+    let interval = settings.interval_secs.filter(|i| *i > 0)?;
     if connection.last_sync_status == SyncOutcome::NeedsUser || connection.credentials_refused() {
-        return false;
+        return None;
     }
     match connection.last_sync_at {
-        None => true,
-        Some(last) => (now - last).num_seconds() >= i64::try_from(interval).unwrap_or(i64::MAX),
+        None => Some(DateTime::<Utc>::MIN_UTC),
+        Some(last) => i64::try_from(interval)
+            .ok()
+            .and_then(chrono::TimeDelta::try_seconds)
+            .and_then(|d| last.checked_add_signed(d))
+            .or(Some(DateTime::<Utc>::MAX_UTC)),
     }
 }
 

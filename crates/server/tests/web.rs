@@ -245,3 +245,318 @@ async fn bank_text_shows_as_text_and_exports_keep_the_filters() {
     assert!(res.text().await.unwrap().contains("role=\"alert\""));
     s.shutdown().await;
 }
+
+/// A signed-in client and the CSRF token of its session.
+async fn signed_in(s: &TestServer, scope: Scope) -> (reqwest::Client, String) {
+    let client = browser();
+    let token = s.token(scope).await;
+    sign_in(s, &client, &token).await;
+    let page = client
+        .get(s.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&page);
+    (client, csrf)
+}
+
+async fn post_form(
+    s: &TestServer,
+    client: &reqwest::Client,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    client
+        .post(s.url(path))
+        .header("Sec-Fetch-Site", "same-origin")
+        .form(fields)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_creates_a_token_once_and_a_read_session_cannot_reach_admin_actions() {
+    let s = TestServer::start().await;
+    let (admin, csrf) = signed_in(&s, Scope::Admin).await;
+    let res = post_form(
+        &s,
+        &admin,
+        "/tokens",
+        &[
+            ("csrf", &csrf),
+            ("name", "airtable"),
+            ("scope", "read"),
+            ("location", ""),
+            ("expires", "90"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let page = res.text().await.unwrap();
+    let at = page.find("value=\"bb_").expect("the new token, shown once") + 7;
+    let plain = page[at..].split('"').next().unwrap().to_owned();
+    // It works as an API token, and the list never shows it again.
+    let accounts = s.get("/api/v1/accounts", &plain).await;
+    assert_eq!(accounts.status(), StatusCode::OK);
+    let list = admin
+        .get(s.url("/tokens"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains("airtable") && !list.contains(&plain));
+    // The same name again is said on the page.
+    let res = post_form(
+        &s,
+        &admin,
+        "/tokens",
+        &[
+            ("csrf", &csrf),
+            ("name", "airtable"),
+            ("scope", "read"),
+            ("expires", "never"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert!(res.text().await.unwrap().contains("exists already"));
+
+    // A read session: no Tokens link, and the admin URLs answer 403.
+    let (reader, reader_csrf) = signed_in(&s, Scope::Read).await;
+    let overview = reader
+        .get(s.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!overview.contains("href=\"/tokens\""));
+    let res = reader.get(s.url("/tokens")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains("needs a token with scope admin")
+    );
+    let id = bankbridge_server::auth::token_id(&plain)
+        .unwrap()
+        .to_owned();
+    let res = post_form(
+        &s,
+        &reader,
+        &format!("/tokens/{id}/revoke"),
+        &[("csrf", &reader_csrf)],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.get("/api/v1/accounts", &plain).await.status(),
+        StatusCode::OK,
+        "not revoked"
+    );
+    let res = post_form(
+        &s,
+        &reader,
+        "/tokens",
+        &[
+            ("csrf", &reader_csrf),
+            ("scope", "admin"),
+            ("expires", "never"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    // The admin revokes it: the API refuses it at once (new token, no cache).
+    let res = post_form(
+        &s,
+        &admin,
+        &format!("/tokens/{id}/revoke"),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(location(&res), "/tokens");
+    assert_eq!(
+        s.get("/api/v1/accounts", &plain).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_time_link_signs_in_once() {
+    let s = TestServer::start().await;
+    let token = s.token(Scope::Read).await;
+    let id = bankbridge_server::auth::token_id(&token)
+        .unwrap()
+        .to_owned();
+    let secret = bankbridge_server::auth::new_login_link(s.store.as_ref(), &id)
+        .await
+        .unwrap();
+    let client = browser();
+    // Opening the link only asks: a link preview does not spend it.
+    let page = client
+        .get(s.url(&format!("/login/link/{}", secret.expose())))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("action=\"/login/link\""));
+    let use_link = |client: reqwest::Client| {
+        let s = &s;
+        let secret = secret.expose().clone();
+        async move {
+            client
+                .post(s.url("/login/link"))
+                .header("Sec-Fetch-Site", "same-origin")
+                .form(&[("secret", secret.as_str())])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let res = use_link(client.clone()).await;
+    assert_eq!(location(&res), "/");
+    assert_eq!(
+        client.get(s.url("/")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    // Twice: refused.
+    let other = browser();
+    let res = use_link(other.clone()).await;
+    assert_eq!(location(&res), "/login?error=link");
+    assert_eq!(
+        location(&other.get(s.url("/")).send().await.unwrap()),
+        "/login"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_added_in_the_page_syncs_after_the_person_types_the_code() {
+    let s = TestServer::start().await;
+    let (client, csrf) = signed_in(&s, Scope::Admin).await;
+    let page = client
+        .get(s.url("/connections"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("No bank connections yet"));
+    // A bad name is said on the page, and nothing is added.
+    let bad = post_form(
+        &s,
+        &client,
+        "/connections",
+        &[
+            ("csrf", &csrf),
+            ("name", "<script>"),
+            ("connector", "otp"),
+            ("base_url", "http://127.0.0.1:1"),
+            ("username", "me"),
+            ("password", common::FAKE_PASSWORD),
+            ("since", ""),
+            ("interval", ""),
+        ],
+    )
+    .await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let text = bad.text().await.unwrap();
+    assert!(text.contains("role=\"alert\"") && !text.contains("<script>"));
+    assert!(s.store.list_connections().await.unwrap().is_empty());
+
+    let res = post_form(
+        &s,
+        &client,
+        "/connections",
+        &[
+            ("csrf", &csrf),
+            ("name", "otp-bank"),
+            ("connector", "otp"),
+            ("base_url", "http://127.0.0.1:1"),
+            ("username", "me"),
+            ("password", common::FAKE_PASSWORD),
+            ("since", ""),
+            ("interval", "86400"),
+        ],
+    )
+    .await;
+    let at = location(&res).to_owned();
+    assert!(at.starts_with("/connections/"), "{at}");
+    let page = client
+        .get(s.url(&at))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("never synced") && page.contains("due now"));
+    assert!(
+        !page.contains(common::FAKE_PASSWORD),
+        "the password is never shown"
+    );
+
+    // Sync now: the job page asks for the bank's one-time code.
+    let res = post_form(&s, &client, &format!("{at}/sync"), &[("csrf", &csrf)]).await;
+    let job = location(&res).to_owned();
+    assert!(job.starts_with("/syncs/"), "{job}");
+    let question = loop {
+        let live = client
+            .get(s.url(&format!("{job}/live")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if let Some(i) = live.find("name=\"question\" value=\"") {
+            assert!(live.contains("SMS to +359"), "{live}");
+            break live[i + 23..].split('"').next().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let res = post_form(
+        &s,
+        &client,
+        &format!("{job}/answer"),
+        &[
+            ("csrf", &csrf),
+            ("question", &question),
+            ("answer", "code"),
+            ("code", common::FAKE_OTP),
+        ],
+    )
+    .await;
+    assert_eq!(location(&res), job);
+    let done = loop {
+        let live = client
+            .get(s.url(&format!("{job}/live")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if live.contains("data-done") {
+            break live;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(done.contains("status-succeeded"), "{done}");
+    assert!(done.contains("3 new"), "{done}");
+    s.shutdown().await;
+}

@@ -287,10 +287,10 @@ pub(crate) enum Dialect {
 pub(crate) fn category_update(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::Sqlite => {
-            "UPDATE transactions SET category = $1, updated_at = $2 WHERE id = $3 AND category IS NOT $1"
+            "UPDATE transactions SET category = $1, updated_at = $2 WHERE id = $3 AND category IS NOT $1 AND category_manual = 0"
         }
         Dialect::Postgres => {
-            "UPDATE transactions SET category = $1, updated_at = $2 WHERE id = $3 AND category IS DISTINCT FROM $1"
+            "UPDATE transactions SET category = $1, updated_at = $2 WHERE id = $3 AND category IS DISTINCT FROM $1 AND NOT category_manual"
         }
     }
 }

@@ -599,7 +599,8 @@ pub trait BankWrites: Send + Sync + 'static {
         credentials_version: i64,
     ) -> Result<()>;
     /// Set the category of rows by id (one transaction); rows whose category
-    /// is already the wanted one are not touched. Returns the rows changed.
+    /// is already the wanted one, and rows whose category a person set by
+    /// hand ([`UserEdits`]), are not touched. Returns the rows changed.
     async fn set_categories(
         &self,
         changes: &[(i64, Option<String>)],
@@ -616,6 +617,33 @@ pub trait Tokens: Send + Sync + 'static {
     /// By id or name; false when none matched.
     async fn revoke_token(&self, id_or_name: &str, at: DateTime<Utc>) -> Result<bool>;
     async fn touch_token(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+    /// Keep a one-time sign-in link: the SHA-256 of its secret, for `token_id`.
+    async fn create_login_link(
+        &self,
+        hash: &[u8],
+        token_id: &str,
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Use the link whose secret hashes to `hash`, once: its token id, or
+    /// None when no unused, unexpired link matches. A link is spent by this
+    /// call whatever it answers.
+    async fn use_login_link(&self, hash: &[u8], now: DateTime<Utc>) -> Result<Option<String>>;
+}
+
+/// What a person changes by hand in bank data: only their own choices (a
+/// transaction's category), never a field the bank sent.
+#[async_trait]
+pub trait UserEdits: Send + Sync + 'static {
+    /// Set a transaction's category by hand (category rules never overwrite
+    /// it), or with `None` clear it and hand it back to the rules. False
+    /// when there is no such transaction.
+    async fn set_manual_category(
+        &self,
+        id: i64,
+        category: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool>;
 }
 
 /// Sync runs requested through the API, pollable by id.
@@ -738,12 +766,19 @@ pub trait FlowChecks: Send + Sync + 'static {
 /// commands, the server's constructor, tests) hold it, to hand each part to
 /// the code that needs it; the sync engine holds it as the one writer.
 pub trait Store:
-    Connections + BankData + BankWrites + Tokens + SyncJobs + CardRecords + FlowChecks
+    Connections + BankData + BankWrites + UserEdits + Tokens + SyncJobs + CardRecords + FlowChecks
 {
 }
 
 impl<T> Store for T where
-    T: Connections + BankData + BankWrites + Tokens + SyncJobs + CardRecords + FlowChecks
+    T: Connections
+        + BankData
+        + BankWrites
+        + UserEdits
+        + Tokens
+        + SyncJobs
+        + CardRecords
+        + FlowChecks
 {
 }
 
@@ -755,6 +790,7 @@ impl<T> Store for T where
 #[derive(Clone)]
 pub struct StoreParts {
     pub bank: std::sync::Arc<dyn BankData>,
+    pub edits: std::sync::Arc<dyn UserEdits>,
     pub connections: std::sync::Arc<dyn Connections>,
     pub tokens: std::sync::Arc<dyn Tokens>,
     pub jobs: std::sync::Arc<dyn SyncJobs>,
@@ -766,6 +802,7 @@ impl StoreParts {
     pub fn of(store: &std::sync::Arc<dyn Store>) -> Self {
         Self {
             bank: store.clone(),
+            edits: store.clone(),
             connections: store.clone(),
             tokens: store.clone(),
             jobs: store.clone(),

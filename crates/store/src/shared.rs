@@ -637,6 +637,27 @@ macro_rules! shared_store {
         }
 
         #[async_trait]
+        impl $crate::UserEdits for $Store {
+        async fn set_manual_category(
+            &self,
+            id: i64,
+            category: Option<&str>,
+            now: DateTime<Utc>,
+        ) -> Result<bool> {
+            let done = sqlx::query(
+                "UPDATE transactions SET category = $1, category_manual = $2, updated_at = $3 WHERE id = $4",
+            )
+            .bind(category)
+            .bind(category.is_some())
+            .bind(micros(now))
+            .bind(id)
+            .execute(self.writes())
+            .await?;
+            Ok(done.rows_affected() > 0)
+        }
+        }
+
+        #[async_trait]
         impl $crate::Tokens for $Store {
         async fn create_token(&self, record: &TokenRecord) -> Result<()> {
             sqlx::query(
@@ -705,6 +726,48 @@ macro_rules! shared_store {
                 .execute(self.writes())
                 .await?;
             Ok(())
+        }
+
+        async fn create_login_link(
+            &self,
+            hash: &[u8],
+            token_id: &str,
+            created_at: DateTime<Utc>,
+            expires_at: DateTime<Utc>,
+        ) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO login_links (hash, token_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(hash)
+            .bind(token_id)
+            .bind(micros(created_at))
+            .bind(micros(expires_at))
+            .execute(self.writes())
+            .await
+            .map_err(|e| {
+                if is_foreign_key_violation(&e) {
+                    StoreError::NotFound(format!("token {token_id}"))
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(())
+        }
+
+        async fn use_login_link(&self, hash: &[u8], now: DateTime<Utc>) -> Result<Option<String>> {
+            // One statement marks the link used and reads it: two requests
+            // with one link cannot both sign in.
+            let row = sqlx::query(
+                "UPDATE login_links SET used_at = $1 WHERE hash = $2 AND used_at IS NULL \
+                 RETURNING token_id, expires_at",
+            )
+            .bind(micros(now))
+            .bind(hash)
+            .fetch_optional(self.writes())
+            .await?;
+            let Some(row) = row else { return Ok(None) };
+            let expires_at: DateTime<Utc> = row.try_get(1)?;
+            Ok((expires_at > now).then(|| row.try_get(0)).transpose()?)
         }
 
         }

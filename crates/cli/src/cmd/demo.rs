@@ -104,6 +104,11 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         ServerConfig::default(),
         readers,
     );
+    state.set_connector_forms(bankbridge_connectors::FORMS);
+    // The dashboard: an admin token, and a one-time link that signs in with it.
+    let (_, record) = bankbridge_server::auth::new_token("demo-dashboard", Scope::Admin);
+    store.create_token(&record).await?;
+    let login_link = bankbridge_server::auth::new_login_link(store.as_ref(), &record.id).await?;
     let institution = store
         .create_institution(&NewInstitution {
             id: new_id("fi"),
@@ -151,6 +156,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
 
     println!();
     println!("bankbridge demo is up");
+    println!(
+        "  dashboard:   http://{addr}/login/link/{}  (a one-time sign-in link: it works once, within 15 minutes)",
+        login_link.expose()
+    );
     println!("  API:         http://{addr}/api/v1/  (OpenAPI: http://{addr}/api/v1/openapi.json)");
     println!("  read token:  {}", token.expose());
     println!(

@@ -103,6 +103,7 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let state = AppState::with_config(store, syncer, known_connectors(), server_config);
+    state.set_connector_forms(bankbridge_connectors::FORMS);
     let bankid = super::bankid::Connection {
         sandbox: args.bankid_sandbox.clone(),
         url: args.bankid_url.clone(),

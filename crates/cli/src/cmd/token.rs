@@ -27,6 +27,14 @@ pub enum TokenCommand {
         /// Stop working after this long: 90d, 12h, 30m (default: never).
         #[arg(long, value_parser = super::connection::parse_interval)]
         expires: Option<u64>,
+        /// Also print a one-time link that signs a browser in to the
+        /// dashboard with this token (works once, for 15 minutes).
+        #[arg(long)]
+        login: bool,
+        /// Where the dashboard is reached, for --login's link (default: the
+        /// configured `listen` address, else http://127.0.0.1:8080).
+        #[arg(long, requires = "login")]
+        url: Option<String>,
     },
     /// List tokens (never their secret).
     List {
@@ -49,8 +57,15 @@ pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
             name,
             location,
             expires,
+            login,
+            url,
         } => {
             let scope = Scope::parse(&scope).expect("clap restricts the values");
+            if login && scope == Scope::Agent {
+                bail!(
+                    "an agent token serves a check agent and cannot sign in to the dashboard: drop --login"
+                );
+            }
             match (scope, &location) {
                 (Scope::Agent, None) => bail!(
                     "an agent token serves one check location: add --location NAME (as in the flows' [locations])"
@@ -90,6 +105,22 @@ pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
                 scope.as_str()
             );
             println!("{}", plain.expose());
+            if login {
+                let secret =
+                    bankbridge_server::auth::new_login_link(store.as_ref(), &record.id).await?;
+                let base = url.unwrap_or_else(|| {
+                    format!(
+                        "http://{}",
+                        config.file.listen.as_deref().unwrap_or("127.0.0.1:8080")
+                    )
+                });
+                eprintln!("one-time dashboard sign-in link (works once, for 15 minutes):");
+                println!(
+                    "{}/login/link/{}",
+                    base.trim_end_matches('/'),
+                    secret.expose()
+                );
+            }
         }
         TokenCommand::List { json } => {
             let tokens = store.list_tokens().await?;

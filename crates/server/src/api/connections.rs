@@ -128,28 +128,28 @@ impl ConnectionView {
 pub(crate) struct CreateConnection {
     /// Unique name: a letter, then up to 63 letters, digits, spaces, `.`, `_` or `-`.
     #[schema(example = "fibank-main")]
-    name: String,
+    pub(crate) name: String,
     /// One of the connectors this server knows.
     #[schema(example = "fibank")]
-    connector: String,
+    pub(crate) connector: String,
     /// The bank API's base URL: https, or http to this machine.
     #[schema(example = "https://my.fibank.bg", max_length = 2048)]
-    base_url: String,
+    pub(crate) base_url: String,
     #[schema(min_length = 1, max_length = 256)]
-    username: String,
+    pub(crate) username: String,
     #[schema(value_type = String, format = Password, write_only, min_length = 1, max_length = 1024)]
-    password: Secret<String>,
+    pub(crate) password: Secret<String>,
     /// Longest window to ask the bank for, 1 to 366 days (default 30).
     #[schema(minimum = 1, maximum = 366)]
-    window_days: Option<u32>,
+    pub(crate) window_days: Option<u32>,
     /// Days re-read before the last synced day, 0 to 365 (default 7).
     #[schema(minimum = 0, maximum = 365)]
-    overlap_days: Option<u32>,
+    pub(crate) overlap_days: Option<u32>,
     /// Oldest day to backfill to (YYYY-MM-DD).
-    since: Option<NaiveDate>,
+    pub(crate) since: Option<NaiveDate>,
     /// Sync on this interval in `serve` (at least 60 seconds); absent or null means manual only.
     #[schema(minimum = 60, maximum = 31_622_400)]
-    interval_secs: Option<u64>,
+    pub(crate) interval_secs: Option<u64>,
 }
 
 impl CreateConnection {
@@ -187,6 +187,85 @@ fn field_error(e: SyncError) -> ApiError {
         SyncError::Store(e) => ApiError::from(e),
         other => ApiError::internal(other),
     }
+}
+
+/// Create a connection (the API's `POST`, the dashboard's add form).
+pub(crate) async fn create_connection(
+    state: &AppState,
+    body: &CreateConnection,
+) -> Result<Connection, ApiError> {
+    let settings = body.settings(&state.connectors)?;
+    let credentials = Credentials::with_password(body.password.clone());
+    let connection = add_connection(
+        state.store.connections.as_ref(),
+        &state.syncer.key,
+        body.name.trim(),
+        &body.connector,
+        &settings,
+        &credentials,
+    )
+    .await
+    .map_err(field_error)?;
+    tracing::info!(connection = %connection.name, connector = %connection.connector, "connection created");
+    state.data_changed();
+    Ok(connection)
+}
+
+/// Delete connection `id` with its data, unless it is syncing now.
+pub(crate) async fn delete_connection(state: &AppState, id: i64) -> Result<(), ApiError> {
+    if let Some(job) = state.running_sync(id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "sync_in_progress",
+            format!(
+                "connection {id} is syncing (job {job}); delete it once /api/v1/syncs/{job} has finished"
+            ),
+        ));
+    }
+    if !state.store.connections.delete_connection(id).await? {
+        return Err(ApiError::not_found(format!("no connection with id {id}")));
+    }
+    tracing::info!(connection_id = id, "connection deleted");
+    state.data_changed();
+    Ok(())
+}
+
+/// Change connection `id`, unless it is syncing now.
+pub(crate) async fn change_connection(
+    state: &AppState,
+    id: i64,
+    change: &ConnectionChange,
+) -> Result<Connection, ApiError> {
+    let connection = state
+        .store
+        .connections
+        .get_connection(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no connection with id {id}")))?;
+    if let Some(job) = state.running_sync(id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "sync_in_progress",
+            format!(
+                "connection {id} is syncing (job {job}); change it once that sync has finished"
+            ),
+        ));
+    }
+    let updated = update_connection(
+        state.store.connections.as_ref(),
+        &state.syncer.key,
+        &connection,
+        change,
+    )
+    .await
+    .map_err(field_error)?
+    .ok_or_else(|| ApiError::not_found(format!("no connection with id {id}")))?;
+    tracing::info!(
+        connection = %updated.name,
+        credentials_changed = change.password.is_some(),
+        "connection updated"
+    );
+    Ok(updated)
 }
 
 /// Every connection (without credentials).
@@ -235,21 +314,7 @@ pub(crate) async fn create(
     Extension(who): Extension<Arc<Principal>>,
     ApiJson(body): ApiJson<CreateConnection>,
 ) -> Result<Response, ApiError> {
-    let settings = body.settings(&state.connectors)?;
-    let name = body.name.trim();
-    let credentials = Credentials::with_password(body.password.clone());
-    let connection = add_connection(
-        state.store.connections.as_ref(),
-        &state.syncer.key,
-        name,
-        &body.connector,
-        &settings,
-        &credentials,
-    )
-    .await
-    .map_err(field_error)?;
-    tracing::info!(connection = %connection.name, connector = %connection.connector, "connection created");
-    state.data_changed();
+    let connection = create_connection(&state, &body).await?;
     let mut res = json(
         StatusCode::CREATED,
         &ConnectionView::new(&state, &connection, &who)?,
@@ -280,20 +345,7 @@ pub(crate) async fn remove(
     State(state): State<AppState>,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
-    if let Some(job) = state.running_sync(id) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "sync_in_progress",
-            format!(
-                "connection {id} is syncing (job {job}); delete it once /api/v1/syncs/{job} has finished"
-            ),
-        ));
-    }
-    if !state.store.connections.delete_connection(id).await? {
-        return Err(ApiError::not_found(format!("no connection with id {id}")));
-    }
-    tracing::info!(connection_id = id, "connection deleted");
-    state.data_changed();
+    delete_connection(&state, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -361,21 +413,6 @@ pub(crate) async fn update(
     PathId(id): PathId,
     ApiJson(body): ApiJson<UpdateConnection>,
 ) -> Result<Response, ApiError> {
-    let connection = state
-        .store
-        .connections
-        .get_connection(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no connection with id {id}")))?;
-    if let Some(job) = state.running_sync(id) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "sync_in_progress",
-            format!(
-                "connection {id} is syncing (job {job}); change it once that sync has finished"
-            ),
-        ));
-    }
     let (password, base_url, username) = match body.login {
         Some(l) => (Some(l.password), l.base_url, l.username),
         None => (None, None, None),
@@ -389,20 +426,7 @@ pub(crate) async fn update(
         since: body.since,
         interval_secs: body.interval_secs,
     };
-    let updated = update_connection(
-        state.store.connections.as_ref(),
-        &state.syncer.key,
-        &connection,
-        &change,
-    )
-    .await
-    .map_err(field_error)?
-    .ok_or_else(|| ApiError::not_found(format!("no connection with id {id}")))?;
-    tracing::info!(
-        connection = %updated.name,
-        credentials_changed = change.password.is_some(),
-        "connection updated"
-    );
+    let updated = change_connection(&state, id, &change).await?;
     Ok(json(
         StatusCode::OK,
         &ConnectionView::new(&state, &updated, &who)?,

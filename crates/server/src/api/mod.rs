@@ -23,12 +23,12 @@ mod bankid;
 mod cards;
 mod check_secrets;
 mod checks;
-mod connections;
+pub(crate) mod connections;
 mod de;
 mod documents;
 pub(crate) mod export;
 pub(crate) mod schema;
-mod syncs;
+pub(crate) mod syncs;
 mod system;
 mod transactions;
 

@@ -79,13 +79,35 @@ pub(crate) async fn start(
             "force=true sends credentials the bank refused once more: it needs an admin token",
         ));
     }
+    let trigger = if force {
+        Trigger::ApiForced
+    } else {
+        Trigger::Api
+    };
+    let started = start_checked(&state, id, trigger).await?;
+    let job = started.job();
+    let mut res = json(StatusCode::ACCEPTED, job, 256);
+    if let Ok(loc) = HeaderValue::from_str(&format!("/api/v1/syncs/{}", job.id)) {
+        res.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(res)
+}
+
+/// Start a sync of connection `id` for `trigger` (the API, the dashboard),
+/// unless the bank refused its credentials (not for a forced sync) or
+/// another process syncs it now.
+pub(crate) async fn start_checked(
+    state: &AppState,
+    id: i64,
+    trigger: Trigger,
+) -> Result<crate::jobs::SyncStart, ApiError> {
     let connection = state
         .store
         .connections
         .get_connection(id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no connection with id {id}")))?;
-    if connection.credentials_refused() && !force {
+    if connection.credentials_refused() && trigger != Trigger::ApiForced {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "credentials_refused",
@@ -116,18 +138,7 @@ pub(crate) async fn start(
             ),
         ));
     }
-    let trigger = if force {
-        Trigger::ApiForced
-    } else {
-        Trigger::Api
-    };
-    let started = state.start_sync(connection, trigger).await?;
-    let job = started.job();
-    let mut res = json(StatusCode::ACCEPTED, job, 256);
-    if let Ok(loc) = HeaderValue::from_str(&format!("/api/v1/syncs/{}", job.id)) {
-        res.headers_mut().insert(header::LOCATION, loc);
-    }
-    Ok(res)
+    Ok(state.start_sync(connection, trigger).await?)
 }
 
 /// A sync job.

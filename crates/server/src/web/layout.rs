@@ -11,6 +11,8 @@ use super::session::Viewer;
 
 /// The stylesheet, shipped in the binary.
 const STYLE: &str = include_str!("style.css");
+/// The one script: live updates (a sync's progress, a BankID order's QR).
+const LIVE_JS: &str = include_str!("live.js");
 
 /// `GET /assets/style.css`.
 pub(crate) async fn style() -> Response {
@@ -24,13 +26,29 @@ pub(crate) async fn style() -> Response {
         .into_response()
 }
 
+/// `GET /assets/live.js`.
+pub(crate) async fn live_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        LIVE_JS,
+    )
+        .into_response()
+}
+
 /// Pages of the navigation, in order: (path, label, scope needed).
-const NAV: [(&str, &str, Scope); 2] = [
+const NAV: [(&str, &str, Scope); 4] = [
     ("/", "Overview", Scope::Read),
     ("/transactions", "Transactions", Scope::Read),
+    ("/connections", "Connections", Scope::Read),
+    ("/tokens", "Tokens", Scope::Admin),
 ];
 
-fn head(title: &str) -> Markup {
+/// The head; with `refresh`, a page that reloads itself every that many
+/// seconds when script is off (with script, `live.js` updates it in place).
+fn head(title: &str, refresh: Option<u32>) -> Markup {
     html! {
         (DOCTYPE)
         head {
@@ -38,15 +56,29 @@ fn head(title: &str) -> Markup {
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { (title) " · bankbridge" }
             link rel="stylesheet" href="/assets/style.css";
+            @if let Some(secs) = refresh {
+                noscript { meta http-equiv="refresh" content=(secs); }
+            }
         }
     }
 }
 
 /// A signed-in page: navigation, the page's title and its body.
 pub(crate) fn page(viewer: &Viewer, active: &str, title: &str, body: Markup) -> Markup {
+    page_refreshing(viewer, active, title, body, None)
+}
+
+/// [`page`], reloading itself every `refresh` seconds without script.
+pub(crate) fn page_refreshing(
+    viewer: &Viewer,
+    active: &str,
+    title: &str,
+    body: Markup,
+    refresh: Option<u32>,
+) -> Markup {
     html! {
         html lang="en" {
-            (head(title))
+            (head(title, refresh))
             body {
                 header.top {
                     a.brand href="/" { "bankbridge" }
@@ -80,7 +112,7 @@ pub(crate) fn page(viewer: &Viewer, active: &str, title: &str, body: Markup) -> 
 pub(crate) fn bare(title: &str, body: Markup) -> Markup {
     html! {
         html lang="en" {
-            (head(title))
+            (head(title, None))
             body.bare {
                 main id="main" { (body) }
             }

@@ -7,9 +7,13 @@ use axum::routing::{get, post};
 
 use crate::AppState;
 
+mod connections;
+mod form;
 mod layout;
 mod overview;
 pub(crate) mod session;
+mod syncs;
+mod tokens;
 mod transactions;
 
 pub(crate) use session::Sessions;
@@ -24,10 +28,28 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(overview::page))
         .route("/login", get(session::login_form).post(session::login))
+        .route("/login/link/{secret}", get(session::link_form))
+        .route("/login/link", post(session::link))
         .route("/logout", post(session::logout))
+        .route("/tokens", get(tokens::page).post(tokens::create))
+        .route("/tokens/{id}/revoke", post(tokens::revoke))
         .route("/transactions", get(transactions::page))
         .route("/transactions/export", get(transactions::export))
+        .route(
+            "/connections",
+            get(connections::page).post(connections::create),
+        )
+        .route(
+            "/connections/{id}",
+            get(connections::show).post(connections::update),
+        )
+        .route("/connections/{id}/remove", post(connections::remove))
+        .route("/connections/{id}/sync", post(connections::sync))
+        .route("/syncs/{id}", get(syncs::page))
+        .route("/syncs/{id}/live", get(syncs::fragment))
+        .route("/syncs/{id}/answer", post(syncs::answer))
         .route("/assets/style.css", get(layout::style))
+        .route("/assets/live.js", get(layout::live_js))
         .layer(axum::middleware::map_response(page_headers))
 }
 

@@ -1,17 +1,17 @@
 //! Dashboard sessions: a person signs in with an API token and gets an
 //! HttpOnly, SameSite=Strict cookie naming a session held in memory.
 //!
-//! The session keeps the token (never shown again) and is checked against it
-//! on every request through the same verified-token cache as the API, so a
-//! revoked token ends its sessions within that cache's lifetime (5 s by
-//! default). Each session has a CSRF token that every state-changing form
+//! The session keeps the id of the token it was opened with (never the
+//! token) and reads that token's record on every request, so revoking or
+//! expiring the token ends its sessions at once. A session opens with a
+//! typed token or with a one-time link (`token create --login`). Each session has a CSRF token that every state-changing form
 //! carries; a form post is also refused unless the browser says it came from
 //! this site (`Sec-Fetch-Site`, else `Origin`).
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -35,7 +35,7 @@ const IDLE: Duration = Duration::from_secs(12 * 3600);
 const MAX_SESSIONS: usize = 10_000;
 
 struct Session {
-    token: Secret<String>,
+    token_id: String,
     csrf: String,
     last_seen: Instant,
 }
@@ -45,7 +45,7 @@ struct Session {
 pub(crate) struct Sessions(Mutex<HashMap<String, Session>>);
 
 impl Sessions {
-    fn open(&self, token: Secret<String>) -> String {
+    fn open(&self, token_id: String) -> String {
         let id = random_id();
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -61,7 +61,7 @@ impl Sessions {
         all.insert(
             id.clone(),
             Session {
-                token,
+                token_id,
                 csrf: random_id(),
                 last_seen: now,
             },
@@ -69,8 +69,8 @@ impl Sessions {
         id
     }
 
-    /// The token and CSRF token of a live session, marking it used.
-    fn touch(&self, id: &str) -> Option<(Secret<String>, String)> {
+    /// The token id and CSRF token of a live session, marking it used.
+    fn touch(&self, id: &str) -> Option<(String, String)> {
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let session = all.get_mut(id)?;
@@ -79,7 +79,7 @@ impl Sessions {
             return None;
         }
         session.last_seen = now;
-        Some((session.token.clone(), session.csrf.clone()))
+        Some((session.token_id.clone(), session.csrf.clone()))
     }
 
     fn close(&self, id: &str) {
@@ -101,12 +101,24 @@ pub(crate) struct Viewer {
     session: String,
 }
 
-/// Where a request without a live session goes.
-pub(crate) struct SignIn;
+/// Why a request has no signed-in person.
+pub(crate) enum SignIn {
+    /// No live session: to the sign-in page.
+    Again,
+    /// The store cannot be read now.
+    Unavailable,
+}
 
 impl IntoResponse for SignIn {
     fn into_response(self) -> Response {
-        Redirect::to("/login").into_response()
+        match self {
+            SignIn::Again => Redirect::to("/login").into_response(),
+            SignIn::Unavailable => super::form::PageError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "bankbridge cannot read its database just now. Try again in a moment.",
+            )
+            .into_response(),
+        }
     }
 }
 
@@ -114,22 +126,34 @@ impl FromRequestParts<AppState> for Viewer {
     type Rejection = SignIn;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, SignIn> {
-        let session = cookie(&parts.headers, COOKIE).ok_or(SignIn)?;
-        let (token, csrf) = state.web.sessions.touch(&session).ok_or(SignIn)?;
-        match state
-            .auth
-            .authenticate_token(&state.store.tokens, token.expose())
-            .await
-        {
-            Ok(principal) => Ok(Viewer {
-                principal,
+        let session = cookie(&parts.headers, COOKIE).ok_or(SignIn::Again)?;
+        let (token_id, csrf) = state.web.sessions.touch(&session).ok_or(SignIn::Again)?;
+        let record = match state.store.tokens.find_token(&token_id).await {
+            Ok(record) => record,
+            // The database is away: say so rather than sign the person out.
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a session's token");
+                return Err(SignIn::Unavailable);
+            }
+        };
+        let scope = record
+            .as_ref()
+            .map(|r| crate::auth::still_valid(r, chrono::Utc::now()));
+        match (record, scope) {
+            (Some(record), Some(Ok(scope))) => Ok(Viewer {
+                principal: Arc::new(Principal {
+                    token_id: record.id,
+                    token_name: record.name,
+                    scope,
+                    location: record.location,
+                }),
                 csrf,
                 session,
             }),
-            Err(_) => {
-                // Revoked or expired: the session ends with its token.
+            _ => {
+                // Revoked, expired or deleted: the session ends with its token.
                 state.web.sessions.close(&session);
-                Err(SignIn)
+                Err(SignIn::Again)
             }
         }
     }
@@ -194,6 +218,7 @@ pub(crate) async fn login_form(Query(q): Query<LoginQuery>) -> Response {
     let problem = q.error.as_deref().map(|e| match e {
         "token" => "That token is not valid: it is unknown, revoked or expired.",
         "site" => "The sign-in did not come from this page. Try again.",
+        "link" => "That sign-in link is used, expired or unknown: links work once, for 15 minutes. Create another with bankbridge token create --login, or sign in with a token.",
         _ => "Sign-in failed. Try again.",
     });
     layout::bare("Sign in", layout::login(problem)).into_response()
@@ -213,22 +238,79 @@ pub(crate) async fn login(
     if !same_site(&headers) {
         return Redirect::to("/login?error=site").into_response();
     }
-    let token = form.token.trim().to_owned();
-    if state
+    let token = Secret::new(form.token.trim().to_owned());
+    let principal = match state
         .auth
-        .authenticate_token(&state.store.tokens, &token)
+        .authenticate_token(&state.store.tokens, token.expose())
         .await
-        .is_err()
     {
-        return Redirect::to("/login?error=token").into_response();
-    }
-    let id = state.web.sessions.open(Secret::new(token));
+        Ok(p) => p,
+        Err(_) => return Redirect::to("/login?error=token").into_response(),
+    };
+    signed_in(&state, principal.token_id.clone())
+}
+
+/// A new session for `token_id`, and the way to the overview.
+fn signed_in(state: &AppState, token_id: String) -> Response {
+    let id = state.web.sessions.open(token_id);
     let mut res = Redirect::to("/").into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,
         session_cookie(&id, state.config.secure_cookies, None),
     );
     res
+}
+
+/// `GET /login/link/{secret}`: a one-time link asks before it signs in, so
+/// a link preview or a prefetch does not spend it.
+pub(crate) async fn link_form(Path(secret): Path<String>) -> Response {
+    layout::bare(
+        "Sign in",
+        maud::html! {
+            h1 { "Sign in to bankbridge" }
+            form.card method="post" action="/login/link" {
+                input type="hidden" name="secret" value=(secret);
+                p { "This one-time link signs you in once, within 15 minutes of its creation." }
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+    .into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LinkForm {
+    secret: String,
+}
+
+/// `POST /login/link`: spend the link, open a session as its token.
+pub(crate) async fn link(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LinkForm>,
+) -> Response {
+    if !same_site(&headers) {
+        return Redirect::to("/login?error=site").into_response();
+    }
+    let hash = crate::auth::hash_token(form.secret.trim());
+    let token_id = match state
+        .store
+        .tokens
+        .use_login_link(&hash, chrono::Utc::now())
+        .await
+    {
+        Ok(Some(id)) => id,
+        Ok(None) => return Redirect::to("/login?error=link").into_response(),
+        Err(e) => return super::form::PageError::from(e).into_response(),
+    };
+    // The link's token must still work (not revoked since).
+    match state.store.tokens.find_token(&token_id).await {
+        Ok(Some(record)) if crate::auth::still_valid(&record, chrono::Utc::now()).is_ok() => {
+            signed_in(&state, token_id)
+        }
+        Ok(_) => Redirect::to("/login?error=token").into_response(),
+        Err(e) => super::form::PageError::from(e).into_response(),
+    }
 }
 
 #[derive(Deserialize)]

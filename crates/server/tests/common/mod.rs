@@ -71,7 +71,12 @@ pub const FAKE_PASSWORD: &str = "hunter2-Pa55-very-secret";
 pub struct FakeBank {
     password: String,
     delay: Duration,
+    /// The `otp` bank asks for this one-time code at login.
+    otp: Option<&'static str>,
 }
+
+/// The code the `otp` fake bank asks for.
+pub const FAKE_OTP: &str = "246810";
 
 pub fn fake_today() -> NaiveDate {
     Utc::now().date_naive()
@@ -127,7 +132,27 @@ impl Connector for FakeBank {
         if self.password != FAKE_PASSWORD {
             return Err(ConnectorError::InvalidCredentials("wrong password".into()));
         }
+        if self.otp.is_some() {
+            return Err(ConnectorError::ScaRequired(
+                bankbridge_core::ScaChallenge::Otp {
+                    prompt: "SMS to +359 ••• 42".into(),
+                },
+            ));
+        }
         Ok(())
+    }
+
+    async fn resume_sca(
+        &mut self,
+        answer: &bankbridge_core::ScaAnswer,
+    ) -> Result<bankbridge_core::ScaProgress, ConnectorError> {
+        match answer {
+            bankbridge_core::ScaAnswer::Code(c) if Some(c.expose().as_str()) == self.otp => {
+                self.otp = None;
+                Ok(bankbridge_core::ScaProgress::Done)
+            }
+            _ => Err(ConnectorError::ScaFailed("wrong code".into())),
+        }
     }
 
     async fn accounts(&mut self) -> Result<Vec<FetchedAccount>, ConnectorError> {
@@ -156,19 +181,25 @@ impl Connector for FakeBank {
     }
 }
 
-/// Builds `fake` (instant) and `slow` (login takes 1.5 s) fake banks.
+/// Builds `fake` (instant), `slow` (login takes 1.5 s) and `otp` (asks for
+/// [`FAKE_OTP`] at login) fake banks.
 pub fn fake_factory() -> ConnectorFactory {
     Arc::new(|connection, _settings, credentials| {
         let password = credentials
             .get("password")
             .map(|p| p.expose().clone())
             .unwrap_or_default();
-        let delay = match connection.connector.as_str() {
-            "fake" => Duration::ZERO,
-            "slow" => Duration::from_millis(1500),
+        let (delay, otp) = match connection.connector.as_str() {
+            "fake" => (Duration::ZERO, None),
+            "slow" => (Duration::from_millis(1500), None),
+            "otp" => (Duration::ZERO, Some(FAKE_OTP)),
             other => return Err(format!("no connector {other}")),
         };
-        Ok(Box::new(FakeBank { password, delay }) as Box<dyn Connector>)
+        Ok(Box::new(FakeBank {
+            password,
+            delay,
+            otp,
+        }) as Box<dyn Connector>)
     })
 }
 
@@ -207,7 +238,7 @@ impl TestServer {
             Arc::new(MasterKey::generate()),
             fake_factory(),
         );
-        let connectors = vec!["fake".into(), "slow".into()];
+        let connectors = vec!["fake".into(), "slow".into(), "otp".into()];
         let state = match readers {
             Some(readers) => {
                 AppState::with_readers(store.clone(), syncer, connectors, config, readers)

@@ -1,0 +1,14 @@
+-- A category a person set by hand in the dashboard: category rules never
+-- overwrite it (the bank's own fields are never touched either).
+ALTER TABLE transactions ADD COLUMN category_manual INTEGER NOT NULL DEFAULT 0;
+
+-- One-time sign-in links for the dashboard (`token create --login`): only
+-- the SHA-256 of the link's secret is kept; a link signs in once, as its
+-- token, before it expires.
+CREATE TABLE login_links (
+    hash       BLOB PRIMARY KEY,
+    token_id   TEXT NOT NULL REFERENCES api_tokens (id) ON DELETE CASCADE,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at    TEXT
+) STRICT;
