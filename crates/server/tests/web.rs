@@ -560,3 +560,80 @@ async fn a_connection_added_in_the_page_syncs_after_the_person_types_the_code() 
     assert!(done.contains("3 new"), "{done}");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_sets_a_category_by_hand_with_a_write_session_only() {
+    let s = TestServer::start().await;
+    let (_conn, [acc, _]) = seed(s.store.as_ref(), 4).await;
+    let rows = s
+        .store
+        .query_transactions(&bankbridge_store::TxQuery {
+            account_id: Some(acc),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = rows[0].id;
+    let (reader, reader_csrf) = signed_in(&s, Scope::Read).await;
+    let page = reader
+        .get(s.url("/transactions"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !page.contains("/category\""),
+        "no category forms for a read session"
+    );
+    let res = post_form(
+        &s,
+        &reader,
+        &format!("/transactions/{id}/category"),
+        &[
+            ("csrf", &reader_csrf),
+            ("category", "gifts"),
+            ("back", "/transactions"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    let (writer, csrf) = signed_in(&s, Scope::Write).await;
+    let back = format!("/transactions?account={acc}");
+    let res = post_form(
+        &s,
+        &writer,
+        &format!("/transactions/{id}/category"),
+        &[("csrf", &csrf), ("category", " gifts "), ("back", &back)],
+    )
+    .await;
+    assert_eq!(location(&res), back, "back to the same filtered page");
+    let api = s
+        .get_json(
+            &format!("/api/v1/transactions?account={acc}&category=gifts"),
+            &s.token(Scope::Read).await,
+        )
+        .await;
+    assert_eq!(api["data"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        api["data"][0]["label"],
+        rows[0].label.as_str(),
+        "bank fields unchanged"
+    );
+    // Elsewhere than our pages is never a way back.
+    let res = post_form(
+        &s,
+        &writer,
+        &format!("/transactions/{id}/category"),
+        &[
+            ("csrf", &csrf),
+            ("category", ""),
+            ("back", "https://evil.example/"),
+        ],
+    )
+    .await;
+    assert_eq!(location(&res), "/transactions");
+    s.shutdown().await;
+}

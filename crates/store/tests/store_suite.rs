@@ -1627,6 +1627,37 @@ async fn categories_are_set_compared_and_filtered(s: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(since.len(), 2);
+
+    // A person's own category: rules never overwrite it, raw fields stay.
+    assert!(
+        s.set_manual_category(id("c1"), Some("gifts"), t(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.set_manual_category(i64::MAX, Some("x"), t(30))
+            .await
+            .unwrap()
+    );
+    let rules = vec![
+        (id("c1"), Some("food".to_owned())),
+        (id("c3"), Some("food".to_owned())),
+    ];
+    assert_eq!(s.set_categories(&rules, t(40)).await.unwrap(), 1, "c3 only");
+    let now = all_rows(&s, acc).await;
+    let c1 = by_provider(&now, "c1");
+    assert_eq!(c1.category.as_deref(), Some("gifts"));
+    assert_eq!(c1.raw_label, by_provider(&rows, "c1").raw_label);
+    assert_eq!(c1.updated_at, t(30));
+    // Cleared by hand, the row is the rules' again.
+    assert!(s.set_manual_category(id("c1"), None, t(50)).await.unwrap());
+    assert_eq!(s.set_categories(&rules, t(60)).await.unwrap(), 1);
+    assert_eq!(
+        by_provider(&all_rows(&s, acc).await, "c1")
+            .category
+            .as_deref(),
+        Some("food")
+    );
 }
 
 async fn text_search_is_case_insensitive_and_literal(s: Arc<dyn Store>) {
@@ -1950,6 +1981,33 @@ async fn token_lifecycle(s: Arc<dyn Store>) {
         Some(t(10))
     );
     assert!(!s.revoke_token("nobody", t(20)).await.unwrap());
+
+    // A one-time sign-in link: once, before it expires, for a token that exists.
+    s.create_login_link(&[1; 32], "def456", t(0), t(900))
+        .await
+        .unwrap();
+    s.create_login_link(&[2; 32], "def456", t(0), t(900))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.create_login_link(&[3; 32], "nope", t(0), t(900)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.use_login_link(&[9; 32], t(1)).await.unwrap(), None);
+    assert_eq!(
+        s.use_login_link(&[1; 32], t(1)).await.unwrap().as_deref(),
+        Some("def456")
+    );
+    assert_eq!(
+        s.use_login_link(&[1; 32], t(2)).await.unwrap(),
+        None,
+        "once"
+    );
+    assert_eq!(
+        s.use_login_link(&[2; 32], t(900)).await.unwrap(),
+        None,
+        "expired"
+    );
     assert!(
         s.find_token("def456")
             .await

@@ -36,6 +36,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/transactions", get(transactions::page))
         .route("/transactions/export", get(transactions::export))
         .route(
+            "/transactions/{id}/category",
+            post(transactions::set_category),
+        )
+        .route(
             "/connections",
             get(connections::page).post(connections::create),
         )

@@ -2,11 +2,14 @@
 //! cursor paging, and export links that keep the filters.
 use std::collections::HashMap;
 
-use axum::extract::{RawQuery, State};
-use axum::response::{IntoResponse, Response};
-use bankbridge_store::TxQuery;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use bankbridge_store::{Scope, TxQuery};
 use maud::{Markup, html};
+use serde::Deserialize;
 
+use super::form::{PageError, PageResult, Posted};
 use super::layout::{self, money};
 use super::session::Viewer;
 use crate::AppState;
@@ -95,6 +98,12 @@ pub(crate) async fn page(
         p.push(("format".into(), format.into()));
         format!("/transactions/export?{}", encode(&p))
     };
+    // Where a category form brings the person back to: this very page.
+    let here = if pairs.is_empty() {
+        "/transactions".to_owned()
+    } else {
+        format!("/transactions?{}", encode(&pairs))
+    };
     let body = html! {
         form.filters method="get" action="/transactions" aria-label="Filters" {
             label {
@@ -149,7 +158,10 @@ pub(crate) async fn page(
                 }
             }
         } @else if !rows.is_empty() {
-            (table(&rows, &names))
+            @if viewer.allows(Scope::Write) {
+                p.hint { "A category you set here stays: category rules never overwrite it. Empty it to hand the row back to the rules." }
+            }
+            (table(&rows, &names, &viewer, &here))
             nav.pager aria-label="Pages" {
                 @if !value("cursor").is_empty() {
                     a href={"/transactions?" (encode(&without_cursor))} { "First page" }
@@ -163,7 +175,13 @@ pub(crate) async fn page(
     Ok(layout::page(&viewer, "/transactions", "Transactions", body).into_response())
 }
 
-fn table(rows: &[bankbridge_core::Transaction], names: &HashMap<i64, String>) -> Markup {
+fn table(
+    rows: &[bankbridge_core::Transaction],
+    names: &HashMap<i64, String>,
+    viewer: &Viewer,
+    here: &str,
+) -> Markup {
+    let editable = viewer.allows(Scope::Write);
     html! {
         div.table-wrap {
             table {
@@ -184,7 +202,19 @@ fn table(rows: &[bankbridge_core::Transaction], names: &HashMap<i64, String>) ->
                             td { (t.label) }
                             td class="opt" { (t.counterparty_name.as_deref().unwrap_or("")) }
                             td.num { (money(&t.amount.to_string(), t.currency.as_str())) }
-                            td class="opt" { (t.category.as_deref().unwrap_or("")) }
+                            td class="opt" {
+                                @if editable {
+                                    form.category method="post" action={"/transactions/" (t.id) "/category"} {
+                                        input type="hidden" name="csrf" value=(viewer.csrf);
+                                        input type="hidden" name="back" value=(here);
+                                        input type="text" name="category" value=(t.category.as_deref().unwrap_or(""))
+                                            maxlength="64" aria-label={"Category of " (t.label) " on " (t.booking_date)};
+                                        button type="submit" { "Set" }
+                                    }
+                                } @else {
+                                    (t.category.as_deref().unwrap_or(""))
+                                }
+                            }
                             td class="opt" { (t.status.as_str()) }
                         }
                     }
@@ -192,6 +222,52 @@ fn table(rows: &[bankbridge_core::Transaction], names: &HashMap<i64, String>) ->
             }
         }
     }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CategoryForm {
+    #[serde(default)]
+    category: String,
+    #[serde(default)]
+    back: String,
+}
+
+/// `POST /transactions/{id}/category` (write): a person's category for one
+/// transaction, which rules never overwrite; empty hands it back to them.
+pub(crate) async fn set_category(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    Posted { viewer, form }: Posted<CategoryForm>,
+) -> PageResult {
+    viewer.require(Scope::Write)?;
+    let category = form.category.trim();
+    if category.chars().count() > 64 || category.chars().any(char::is_control) {
+        return Err(PageError::new(
+            StatusCode::BAD_REQUEST,
+            "A category is at most 64 characters, without control characters. Nothing was changed.",
+        ));
+    }
+    let category = (!category.is_empty()).then_some(category);
+    if !state
+        .store
+        .edits
+        .set_manual_category(id, category, chrono::Utc::now())
+        .await?
+    {
+        return Err(PageError::not_found(format!(
+            "There is no transaction {id}."
+        )));
+    }
+    state.data_changed();
+    // Back to the page the form was on; never to another site.
+    let back = if form.back.starts_with("/transactions")
+        && axum::http::HeaderValue::from_str(&form.back).is_ok()
+    {
+        form.back
+    } else {
+        "/transactions".to_owned()
+    };
+    Ok(Redirect::to(&back).into_response())
 }
 
 /// `GET /transactions/export`: the API's export, for a signed-in person.
