@@ -474,6 +474,30 @@ pub struct AccountTotals {
     pub booked_sum: Decimal,
 }
 
+/// Booked money out (`debit`, zero or negative) and in (`credit`) of one
+/// group of transactions, in one currency: a month of an account, or a
+/// category over a period (see [`BankData::flows`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    /// The group: `YYYY-MM` for a month, the category (`None`: none) for a category.
+    pub key: Option<String>,
+    /// The account, for months; `None` for categories.
+    pub account_id: Option<i64>,
+    pub currency: bankbridge_core::Currency,
+    pub debit: Decimal,
+    pub credit: Decimal,
+    pub count: u64,
+}
+
+/// How [`BankData::flows`] groups booked transactions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowGrouping {
+    /// Per account, calendar month and currency.
+    AccountMonth,
+    /// Per category and currency, all accounts together.
+    Category,
+}
+
 /// Connections, their sync leases, and facts about the database. Held by
 /// the commands and routes that manage connections, and by the sync engine.
 #[async_trait]
@@ -530,6 +554,15 @@ pub trait BankData: Send + Sync + 'static {
     async fn get_account(&self, id: i64) -> Result<Option<Account>>;
     async fn list_balances(&self, account_id: i64) -> Result<Vec<StoredBalance>>;
     async fn account_totals(&self, account_id: i64) -> Result<AccountTotals>;
+    /// Booked money out and in between `from` and `to` (inclusive), grouped
+    /// by `grouping`, ordered by the group. Exact on PostgreSQL; on SQLite
+    /// exact to 1/10,000 of the currency unit for amounts below 10^11.
+    async fn flows(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        grouping: FlowGrouping,
+    ) -> Result<Vec<Flow>>;
     async fn checkpoint(&self, account_id: i64) -> Result<Checkpoint>;
     /// Stored rows of an account with booking date in `from..=to`.
     async fn load_window(

@@ -425,6 +425,46 @@ crate::shared::shared_store! {
             })
         }
 
+    async fn flows(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        grouping: crate::FlowGrouping,
+    ) -> Result<Vec<crate::Flow>> {
+        let (key, account, group) = match grouping {
+            crate::FlowGrouping::AccountMonth => {
+                ("to_char(booking_date, 'YYYY-MM')", "account_id", "account_id, 1")
+            }
+            crate::FlowGrouping::Category => ("category", "NULL::BIGINT", "1"),
+        };
+        let sql = format!(
+            "SELECT {key}, {account}, currency, \
+             COALESCE(SUM(amount) FILTER (WHERE amount < 0), 0), \
+             COALESCE(SUM(amount) FILTER (WHERE amount >= 0), 0), COUNT(*) \
+             FROM transactions WHERE status = 'booked' AND booking_date >= $1 AND booking_date <= $2 \
+             GROUP BY {group}, currency ORDER BY 1 NULLS FIRST, 2, 3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let currency: String = r.try_get(2)?;
+                let count: i64 = r.try_get(5)?;
+                Ok(crate::Flow {
+                    key: r.try_get(0)?,
+                    account_id: r.try_get(1)?,
+                    currency: codec::currency(&currency)?,
+                    debit: r.try_get::<Decimal, _>(3)?.normalize(),
+                    credit: r.try_get::<Decimal, _>(4)?.normalize(),
+                    count: u64::try_from(count).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
     async fn account_totals(&self, account_id: i64) -> Result<AccountTotals> {
         let (count, sum): (i64, Decimal) = sqlx::query_as(
             "SELECT count(*), COALESCE(SUM(amount), 0) FROM transactions WHERE account_id = $1 AND status = 'booked'",

@@ -429,6 +429,47 @@ crate::shared::shared_store! {
         self.json.stream(query)
     }
 
+    async fn flows(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        grouping: crate::FlowGrouping,
+    ) -> Result<Vec<crate::Flow>> {
+        // SUM over floats would drift: amounts are summed as integers of
+        // 1/10,000 of the unit (exact for |amount| < 10^11).
+        let (key, account, group) = match grouping {
+            crate::FlowGrouping::AccountMonth => ("substr(booking_date, 1, 7)", "account_id", "account_id, 1"),
+            crate::FlowGrouping::Category => ("category", "NULL", "1"),
+        };
+        let sql = format!(
+            "SELECT {key}, {account}, currency, \
+             SUM(CASE WHEN amount LIKE '-%' THEN CAST(ROUND(CAST(amount AS REAL) * 10000) AS INTEGER) ELSE 0 END), \
+             SUM(CASE WHEN amount LIKE '-%' THEN 0 ELSE CAST(ROUND(CAST(amount AS REAL) * 10000) AS INTEGER) END), \
+             COUNT(*) \
+             FROM transactions WHERE status = 'booked' AND booking_date >= ?1 AND booking_date <= ?2 \
+             GROUP BY {group}, currency ORDER BY 1 NULLS FIRST, 2, 3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let currency: String = r.try_get(2)?;
+                let count: i64 = r.try_get(5)?;
+                Ok(crate::Flow {
+                    key: r.try_get(0)?,
+                    account_id: r.try_get(1)?,
+                    currency: codec::currency(&currency)?,
+                    debit: Decimal::new(r.try_get(3)?, 4).normalize(),
+                    credit: Decimal::new(r.try_get(4)?, 4).normalize(),
+                    count: u64::try_from(count).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
     async fn account_totals(&self, account_id: i64) -> Result<AccountTotals> {
         // Summed in Rust over the exact decimal strings: SQLite's SUM would use floats.
         let mut rows = sqlx::query_scalar::<_, String>(

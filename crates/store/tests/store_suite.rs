@@ -143,6 +143,7 @@ store_tests! {
         keyset_pagination_sees_every_row_once,
         text_search_is_case_insensitive_and_literal,
         categories_are_set_compared_and_filtered,
+        flows_sum_booked_money_per_month_and_category,
         stream_equals_query,
         json_rows_are_the_bytes_a_transaction_serialises_to,
         token_lifecycle,
@@ -1657,6 +1658,76 @@ async fn categories_are_set_compared_and_filtered(s: Arc<dyn Store>) {
             .category
             .as_deref(),
         Some("food")
+    );
+}
+
+async fn flows_sum_booked_money_per_month_and_category(s: Arc<dyn Store>) {
+    use bankbridge_store::FlowGrouping;
+    let (conn, acc) = setup(&s, "flows").await;
+    let mut w = window(conn, acc, t(0));
+    for (p, day, amount) in [
+        ("f1", d(2024, 4, 30), "-0.10"),
+        ("f2", d(2024, 5, 1), "-0.20"),
+        ("f3", d(2024, 5, 2), "1500.05"),
+        ("f4", d(2024, 5, 31), "-12345678.9999"),
+        ("f5", d(2024, 6, 1), "7.00"),
+        ("f6", d(2024, 5, 15), "-99.00"),
+    ] {
+        w.inserts.push(tw(p, day, amount));
+    }
+    w.inserts.last_mut().unwrap().status = bankbridge_core::TxStatus::Pending;
+    s.commit_window(&w).await.unwrap();
+    let rows = all_rows(&s, acc).await;
+    s.set_categories(&[(by_provider(&rows, "f2").id, Some("food".into()))], t(1))
+        .await
+        .unwrap();
+
+    let months = s
+        .flows(d(2024, 5, 1), d(2024, 6, 30), FlowGrouping::AccountMonth)
+        .await
+        .unwrap();
+    let view: Vec<(Option<&str>, Option<i64>, String, String, u64)> = months
+        .iter()
+        .map(|f| {
+            (
+                f.key.as_deref(),
+                f.account_id,
+                f.debit.to_string(),
+                f.credit.to_string(),
+                f.count,
+            )
+        })
+        .collect();
+    // April is outside; the pending row is not booked money; sums are exact.
+    assert_eq!(
+        view,
+        vec![
+            (
+                Some("2024-05"),
+                Some(acc),
+                "-12345679.1999".into(),
+                "1500.05".into(),
+                3
+            ),
+            (Some("2024-06"), Some(acc), "0".into(), "7".into(), 1),
+        ]
+    );
+    assert!(months.iter().all(|f| f.currency.as_str() == "BGN"));
+    let cats = s
+        .flows(d(2024, 1, 1), d(2024, 12, 31), FlowGrouping::Category)
+        .await
+        .unwrap();
+    let view: Vec<(Option<&str>, String, u64)> = cats
+        .iter()
+        .map(|f| (f.key.as_deref(), f.debit.to_string(), f.count))
+        .collect();
+    assert_eq!(
+        view,
+        vec![
+            (None, "-12345679.0999".into(), 4),
+            (Some("food"), "-0.2".into(), 1)
+        ],
+        "uncategorised first"
     );
 }
 

@@ -7,6 +7,7 @@ use axum::routing::{get, post};
 
 use crate::AppState;
 
+mod charts;
 mod connections;
 mod form;
 mod layout;

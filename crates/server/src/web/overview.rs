@@ -1,21 +1,61 @@
-//! `GET /`: accounts with their balance now and last sync, and the
-//! connections that wait for their owner.
-use std::collections::HashMap;
+//! `GET /`: accounts with their balance now and last sync, the
+//! connections that wait for their owner, and three charts: each account's
+//! balance over the last 12 months, money out and in per month, and
+//! spending by category over a period the person chooses.
+use std::collections::{BTreeMap, HashMap};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use bankbridge_store::{SyncOutcome, current_balance};
-use maud::html;
+use bankbridge_core::Account;
+use bankbridge_store::{Flow, FlowGrouping, StoredBalance, SyncOutcome, current_balance};
+use chrono::{Datelike, Months, NaiveDate, Utc};
+use maud::{Markup, html};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+
+use super::charts;
 
 use super::layout::{self, instant, money};
 use super::session::Viewer;
 use crate::AppState;
 use crate::error::ApiError;
 
+/// The period of the spending chart.
+#[derive(Deserialize)]
+pub(crate) struct Period {
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+}
+
+/// Days the spending chart covers unless the person says.
+const DEFAULT_DAYS: u64 = 30;
+/// Categories drawn; the rest are summed as "Everything else".
+const TOP_CATEGORIES: usize = 10;
+
 pub(crate) async fn page(
     State(state): State<AppState>,
     viewer: Viewer,
+    Query(period): Query<Period>,
 ) -> Result<Response, ApiError> {
+    let today = Utc::now().date_naive();
+    let month_start = today.with_day(1).unwrap_or(today);
+    let first_month = month_start - Months::new(11);
+    let date = |v: &str| NaiveDate::parse_from_str(v.trim(), "%Y-%m-%d").ok();
+    let to = date(&period.to).unwrap_or(today);
+    let from = date(&period.from).unwrap_or(to - chrono::Days::new(DEFAULT_DAYS - 1));
+    let (from, to) = if from <= to { (from, to) } else { (to, from) };
+    let months = state
+        .store
+        .bank
+        .flows(first_month, today, FlowGrouping::AccountMonth)
+        .await?;
+    let categories = state
+        .store
+        .bank
+        .flows(from, to, FlowGrouping::Category)
+        .await?;
     let connections = state.store.connections.list_connections().await?;
     let accounts = state.store.bank.list_accounts(None).await?;
     let mut balances = HashMap::new();
@@ -92,5 +132,135 @@ pub(crate) async fn page(
             }
         }
     };
+    let month_keys: Vec<String> = (0..12)
+        .map(|i| (first_month + Months::new(i)).format("%Y-%m").to_string())
+        .collect();
+    let charts = html! {
+        @if !accounts.is_empty() {
+            h2 { "Balance over the last 12 months" }
+            div.cards {
+                @for a in &accounts {
+                    @if let Some(b) = balances.get(&a.id).and_then(|b| current_balance(b)) {
+                        (balance_chart(a, b, &months, &month_keys))
+                    }
+                }
+            }
+            h2 { "Money out and in per month" }
+            (debit_credit(&months, &month_keys))
+            h2 id="spending" { "Spending by category" }
+            form.filters method="get" action="/#spending" aria-label="Period of the spending chart" {
+                label { "From" input type="date" name="from" value=(from); }
+                label { "To" input type="date" name="to" value=(to); }
+                button type="submit" { "Show" }
+            }
+            (spending(&categories, from, to))
+        }
+    };
+    let body = html! { (body) (charts) };
     Ok(layout::page(&viewer, "/", "Overview", body).into_response())
+}
+
+/// End-of-month balances, walked back from the balance now through each
+/// month's booked money (in the balance's currency).
+fn balance_chart(a: &Account, now: &StoredBalance, months: &[Flow], keys: &[String]) -> Markup {
+    let currency = now.balance.currency.as_str();
+    let last = now.balance.reference_date.format("%Y-%m").to_string();
+    let net: HashMap<&str, Decimal> = months
+        .iter()
+        .filter(|f| f.account_id == Some(a.id) && f.currency.as_str() == currency)
+        .filter_map(|f| Some((f.key.as_deref()?, f.debit + f.credit)))
+        .collect();
+    let mut points = Vec::new();
+    let mut balance = now.balance.amount;
+    for key in keys.iter().rev().filter(|k| **k <= last) {
+        points.push((key.clone(), balance));
+        balance -= net.get(key.as_str()).copied().unwrap_or_default();
+    }
+    points.reverse();
+    let summary = format!(
+        "Balance of {} at the end of each month, from {} to {} {currency}",
+        a.display_name(),
+        points.first().map(|p| p.1).unwrap_or_default(),
+        now.balance.amount
+    );
+    html! {
+        section {
+            h3 { (a.display_name()) }
+            p.big { (money(&now.balance.amount.to_string(), currency)) }
+            (charts::line(&points, currency, &summary))
+        }
+    }
+}
+
+/// One chart per currency: all accounts' money out and in per month.
+fn debit_credit(months: &[Flow], keys: &[String]) -> Markup {
+    let mut by_currency: BTreeMap<&str, HashMap<&str, (Decimal, Decimal)>> = BTreeMap::new();
+    for f in months {
+        if let Some(k) = f.key.as_deref() {
+            let slot = by_currency
+                .entry(f.currency.as_str())
+                .or_default()
+                .entry(k)
+                .or_default();
+            slot.0 += f.debit;
+            slot.1 += f.credit;
+        }
+    }
+    html! {
+        @if by_currency.is_empty() {
+            p.empty { "No booked transactions in the last 12 months." }
+        }
+        @for (currency, per_month) in &by_currency {
+            @let rows: Vec<(String, Decimal, Decimal)> = keys.iter().map(|k| {
+                let (d, c) = per_month.get(k.as_str()).copied().unwrap_or_default();
+                (k.clone(), d, c)
+            }).collect();
+            @let out: Decimal = rows.iter().map(|r| r.1).sum();
+            @let inn: Decimal = rows.iter().map(|r| r.2).sum();
+            figure {
+                (charts::debit_credit(&rows, currency, &format!(
+                    "Money out and in per month in {currency}: {out} out and {inn} in over 12 months")))
+                figcaption {
+                    span.key.debit-key { "out" } " " (money(&out.to_string(), currency))
+                    " · " span.key.credit-key { "in" } " " (money(&inn.to_string(), currency))
+                    " over the 12 months"
+                }
+            }
+        }
+    }
+}
+
+fn spending(categories: &[Flow], from: NaiveDate, to: NaiveDate) -> Markup {
+    let mut by_currency: BTreeMap<&str, Vec<(String, Decimal)>> = BTreeMap::new();
+    for f in categories.iter().filter(|f| !f.debit.is_zero()) {
+        by_currency.entry(f.currency.as_str()).or_default().push((
+            f.key.clone().unwrap_or_else(|| "Uncategorised".to_owned()),
+            -f.debit,
+        ));
+    }
+    html! {
+        @if by_currency.is_empty() {
+            p.empty { "No money went out between " (from) " and " (to) ". Choose another period." }
+        }
+        @for (currency, rows) in &mut by_currency {
+            @let rows = top(rows);
+            @let total: Decimal = rows.iter().map(|r| r.1).sum();
+            figure {
+                (charts::bars(&rows, currency, &format!(
+                    "Spending by category in {currency} from {from} to {to}: {total} in all")))
+                figcaption { (money(&total.to_string(), currency)) " spent from " (from) " to " (to) "." }
+            }
+        }
+    }
+}
+
+/// The largest categories first, the tail summed into one row.
+fn top(rows: &mut [(String, Decimal)]) -> Vec<(String, Decimal)> {
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut out: Vec<_> = rows.iter().take(TOP_CATEGORIES).cloned().collect();
+    let rest: Decimal = rows.iter().skip(TOP_CATEGORIES).map(|r| r.1).sum();
+    if !rest.is_zero() {
+        out.push(("Everything else".to_owned(), rest));
+    }
+    out
 }
