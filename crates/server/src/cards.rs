@@ -384,7 +384,9 @@ impl Inner {
         let now = Utc::now();
         let outcome = match result {
             Ok(response) => {
-                self.store.touch_card(&card.id, now).await?;
+                self.store
+                    .touch_card(&card.id, now, response.card.pin_tries_left)
+                    .await?;
                 Ok(response)
             }
             Err(e) if e.pin_possibly_refused() => {

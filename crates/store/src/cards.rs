@@ -137,6 +137,8 @@ pub struct Card {
     pub last_used_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// PIN tries left as the card said at its last successful use.
+    pub pin_tries_left: Option<u8>,
 }
 
 impl fmt::Debug for Card {

@@ -469,7 +469,8 @@ macro_rules! institution_columns {
 macro_rules! card_columns {
     () => {
         "id, institution_id, label, account_reference, reader, pan_last4, psn, records_digest, application, \
-         status, status_reason, pin_refused, pin_sealed, min_pin_tries, last_used_at, created_at, updated_at"
+         status, status_reason, pin_refused, pin_sealed, min_pin_tries, last_used_at, created_at, updated_at, \
+         pin_tries_left"
     };
 }
 
@@ -529,7 +530,9 @@ pub(crate) const CARD_MARK_PIN_REFUSED: &str = "UPDATE cards SET pin_refused = T
 pub(crate) const CARD_PIN_REFUSED: &str = "SELECT pin_refused FROM cards WHERE id = $1";
 /// $1 at, $2 id. `last_used_at` never moves back (concurrent uses may finish out of order).
 pub(crate) const CARD_TOUCH: &str = "UPDATE cards SET last_used_at = CASE \
-     WHEN last_used_at IS NULL OR last_used_at < $1 THEN $1 ELSE last_used_at END WHERE id = $2";
+     WHEN last_used_at IS NULL OR last_used_at < $1 THEN $1 ELSE last_used_at END, \
+     pin_tries_left = CASE WHEN last_used_at IS NULL OR last_used_at <= $1 THEN $3 ELSE pin_tries_left END \
+     WHERE id = $2";
 pub(crate) const CARD_DELETE: &str = "DELETE FROM cards WHERE id = $1";
 
 pub(crate) const CARD_AUDIT_INSERT: &str = "INSERT INTO card_audit (at, token_name, card_id, institution_id, \
@@ -573,6 +576,7 @@ pub(crate) struct CardRow {
     last_used_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    pin_tries_left: Option<i32>,
 }
 
 impl TryFrom<CardRow> for Card {
@@ -605,6 +609,7 @@ impl TryFrom<CardRow> for Card {
             last_used_at: r.last_used_at,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            pin_tries_left: r.pin_tries_left.and_then(|n| u8::try_from(n).ok()),
         })
     }
 }

@@ -745,7 +745,13 @@ pub trait CardRecords: Send + Sync + 'static {
     /// Record a use: `last_used_at` moves to `at` (never backwards). A card
     /// deleted meanwhile is no error (like [`Tokens::touch_token`]): the use
     /// itself succeeded.
-    async fn touch_card(&self, id: &str, at: DateTime<Utc>) -> Result<()>;
+    /// A successful use at `at`, with the PIN tries the card said it has left.
+    async fn touch_card(
+        &self,
+        id: &str,
+        at: DateTime<Utc>,
+        pin_tries_left: Option<u8>,
+    ) -> Result<()>;
     /// False when there was no such card. Its audit entries are kept.
     async fn delete_card(&self, id: &str) -> Result<bool>;
     /// Appends the entry (its `id` is ignored) and returns the id it got.

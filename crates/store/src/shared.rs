@@ -1022,10 +1022,16 @@ macro_rules! shared_store {
             Ok(done.rows_affected() > 0)
         }
 
-        async fn touch_card(&self, id: &str, at: DateTime<Utc>) -> Result<()> {
+        async fn touch_card(
+            &self,
+            id: &str,
+            at: DateTime<Utc>,
+            pin_tries_left: Option<u8>,
+        ) -> Result<()> {
             sqlx::query(common::CARD_TOUCH)
                 .bind(micros(at))
                 .bind(id)
+                .bind(pin_tries_left.map(i32::from))
                 .execute(self.writes())
                 .await?;
             Ok(())

@@ -2319,6 +2319,7 @@ async fn card_crud(s: Arc<dyn Store>) {
             last_used_at: None,
             created_at: t(0),
             updated_at: t(0),
+            pin_tries_left: None,
         }
     );
     let other = s
@@ -2684,19 +2685,21 @@ async fn set_card_status_is_compare_and_set(s: Arc<dyn Store>) {
         CardStatus::Blocked
     );
 
-    // touch_card: last_used_at only, never backwards.
+    // touch_card: last_used_at and the tries left, never backwards.
     let before = s.get_card("card_2").await.unwrap().unwrap();
-    s.touch_card("card_2", t(500)).await.unwrap();
-    s.touch_card("card_2", t(400)).await.unwrap();
+    assert_eq!(before.pin_tries_left, None);
+    s.touch_card("card_2", t(500), Some(3)).await.unwrap();
+    s.touch_card("card_2", t(400), Some(1)).await.unwrap();
     let after = s.get_card("card_2").await.unwrap().unwrap();
     assert_eq!(
         after,
         Card {
             last_used_at: Some(t(500)),
+            pin_tries_left: Some(3),
             ..before
         }
     );
-    s.touch_card("card_none", t(1)).await.unwrap();
+    s.touch_card("card_none", t(1), None).await.unwrap();
     assert!(s.get_card("card_none").await.unwrap().is_none());
 }
 

@@ -176,10 +176,10 @@ impl From<Institution> for InstitutionView {
 pub(crate) struct CreateInstitution {
     /// 1 to 100 characters.
     #[schema(example = "KBC", min_length = 1, max_length = 100)]
-    name: String,
+    pub(crate) name: String,
     /// ISO 3166-1 alpha-2 (either case; stored in capitals).
     #[schema(example = "BE", pattern = "^[A-Za-z]{2}$")]
-    country: Option<String>,
+    pub(crate) country: Option<String>,
 }
 
 /// A card in a reader. Never its PIN.
@@ -212,6 +212,9 @@ pub(crate) struct CardView {
     pin_refused: bool,
     /// VERIFY is refused when the card has fewer PIN tries left than this.
     min_pin_tries: u8,
+    /// PIN tries left as the card said at its last successful use; null
+    /// before one, or when the card does not tell.
+    pin_tries_left: Option<u8>,
     last_used_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
 }
@@ -232,6 +235,7 @@ impl From<&Card> for CardView {
             status_reason: c.status_reason.clone(),
             pin_refused: c.pin_refused,
             min_pin_tries: c.min_pin_tries,
+            pin_tries_left: c.pin_tries_left,
             last_used_at: c.last_used_at,
             created_at: c.created_at,
         }
@@ -245,17 +249,17 @@ impl From<&Card> for CardView {
 pub(crate) struct RegisterCard {
     /// Reader name, index, or a unique part of its name (see `/api/v1/card-readers`).
     #[schema(example = "Virtual PCD 00 00", min_length = 1, max_length = 256)]
-    reader: String,
+    pub(crate) reader: String,
     #[schema(min_length = 1, max_length = 200)]
-    label: String,
+    pub(crate) label: String,
     #[schema(min_length = 1, max_length = 200)]
-    account_reference: String,
+    pub(crate) account_reference: String,
     /// 4 to 12 digits.
     #[schema(value_type = String, format = Password, write_only, pattern = "^[0-9]{4,12}$")]
-    pin: Secret<String>,
+    pub(crate) pin: Secret<String>,
     /// 1 to 15 (default 3): with fewer tries left, no PIN is sent.
     #[schema(minimum = 1, maximum = 15)]
-    min_pin_tries: Option<u8>,
+    pub(crate) min_pin_tries: Option<u8>,
 }
 
 /// Change a card. `status: "active"` enables a disabled card again; a card
@@ -265,18 +269,18 @@ pub(crate) struct RegisterCard {
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateCard {
     #[schema(min_length = 1, max_length = 200)]
-    label: Option<String>,
+    pub(crate) label: Option<String>,
     #[schema(min_length = 1, max_length = 200)]
-    account_reference: Option<String>,
+    pub(crate) account_reference: Option<String>,
     /// 4 to 12 digits.
     #[schema(value_type = Option<String>, format = Password, write_only, pattern = "^[0-9]{4,12}$")]
-    pin: Option<Secret<String>>,
+    pub(crate) pin: Option<Secret<String>>,
     /// 1 to 15.
     #[schema(minimum = 1, maximum = 15)]
-    min_pin_tries: Option<u8>,
+    pub(crate) min_pin_tries: Option<u8>,
     /// `active` or `disabled`.
     #[schema(pattern = "^(active|disabled)$")]
-    status: Option<String>,
+    pub(crate) status: Option<String>,
 }
 
 /// M1: a login code, optionally over a challenge the bank shows.
@@ -495,6 +499,25 @@ pub(crate) async fn create_institution(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<CreateInstitution>,
 ) -> Result<Response, ApiError> {
+    let created = new_institution(&state, &body).await?;
+    let mut res = json(
+        StatusCode::CREATED,
+        &InstitutionView::from(created.clone()),
+        200,
+    );
+    if let Ok(loc) =
+        HeaderValue::from_str(&format!("/api/v1/financial-institutions/{}", created.id))
+    {
+        res.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(res)
+}
+
+/// Create an institution (the API's `POST`, the cards page's form).
+pub(crate) async fn new_institution(
+    state: &AppState,
+    body: &CreateInstitution,
+) -> Result<Institution, ApiError> {
     if body.name.is_empty() || body.name.chars().count() > 100 {
         return Err(ApiError::invalid_parameter(
             "name",
@@ -524,17 +547,7 @@ pub(crate) async fn create_institution(
             country,
         })
         .await?;
-    let mut res = json(
-        StatusCode::CREATED,
-        &InstitutionView::from(created.clone()),
-        200,
-    );
-    if let Ok(loc) =
-        HeaderValue::from_str(&format!("/api/v1/financial-institutions/{}", created.id))
-    {
-        res.headers_mut().insert(header::LOCATION, loc);
-    }
-    Ok(res)
+    Ok(created)
 }
 
 /// One financial institution.
@@ -599,7 +612,25 @@ pub(crate) async fn register_card(
     Extension(who): Extension<Arc<Principal>>,
     ApiJson(body): ApiJson<RegisterCard>,
 ) -> Result<Response, ApiError> {
-    let institution = institution(&state, &id).await?;
+    let card = register(&state, &id, body, &who.token_name).await?;
+    let mut res = json(StatusCode::CREATED, &CardView::from(&card), 400);
+    if let Ok(loc) = HeaderValue::from_str(&format!(
+        "/api/v1/financial-institutions/{id}/cards/{}",
+        card.id
+    )) {
+        res.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(res)
+}
+
+/// Register the card in `body.reader` under institution `id` for `who`.
+pub(crate) async fn register(
+    state: &AppState,
+    id: &str,
+    body: RegisterCard,
+    who: &str,
+) -> Result<Card, ApiError> {
+    let institution = institution(state, id).await?;
     if body.reader.is_empty() || body.reader.chars().count() > 256 {
         return Err(ApiError::invalid_parameter(
             "reader",
@@ -621,19 +652,12 @@ pub(crate) async fn register_card(
                 pin: body.pin,
                 min_pin_tries: body.min_pin_tries,
             },
-            &who.token_name,
+            who,
         )
         .await
         .map_err(registration_error)?;
     tracing::info!(card = %card.id, reader = %card.reader, "card registered");
-    let mut res = json(StatusCode::CREATED, &CardView::from(&card), 400);
-    if let Ok(loc) = HeaderValue::from_str(&format!(
-        "/api/v1/financial-institutions/{id}/cards/{}",
-        card.id
-    )) {
-        res.headers_mut().insert(header::LOCATION, loc);
-    }
-    Ok(res)
+    Ok(card)
 }
 
 /// One card.
@@ -661,7 +685,18 @@ pub(crate) async fn update_card(
     Path((institution, card_id)): Path<(String, String)>,
     ApiJson(body): ApiJson<UpdateCard>,
 ) -> Result<Response, ApiError> {
-    let card = card_of(&state, &institution, &card_id).await?;
+    let updated = change_card(&state, &institution, &card_id, body).await?;
+    Ok(json(StatusCode::OK, &CardView::from(&updated), 400))
+}
+
+/// Change card `card_id` of `institution` as `body` says.
+pub(crate) async fn change_card(
+    state: &AppState,
+    institution: &str,
+    card_id: &str,
+    body: UpdateCard,
+) -> Result<Card, ApiError> {
+    let card = card_of(state, institution, card_id).await?;
     let status = match body.status.as_deref() {
         None => None,
         Some("active") if card.status == CardStatus::Blocked => {
@@ -732,7 +767,7 @@ pub(crate) async fn update_card(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no card {card_id}")))?;
     tracing::info!(card = %updated.id, status = updated.status.as_str(), "card updated");
-    Ok(json(StatusCode::OK, &CardView::from(&updated), 400))
+    Ok(updated)
 }
 
 /// A registration names its reader: one that is not there (or an empty

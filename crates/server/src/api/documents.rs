@@ -64,7 +64,7 @@ const LIST_PARAMS: &[&str] = &["connection", "account", "from", "to", "limit", "
 const DEFAULT_LIMIT: u32 = 100;
 
 /// Parse the query string of `GET /api/v1/documents`.
-fn parse_query(raw: Option<&str>) -> Result<DocumentQuery, ApiError> {
+pub(crate) fn parse_query(raw: Option<&str>) -> Result<DocumentQuery, ApiError> {
     // The transaction filters parse ids and dates with errors naming the parameter.
     let mut q = TxQuery::default();
     let mut limit = DEFAULT_LIMIT;
@@ -179,30 +179,58 @@ pub(crate) async fn content(
     State(state): State<AppState>,
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
+    document_file(&state, id, false).await
+}
+
+/// A document's bytes, as a download; with `inline`, a PDF shows in the
+/// browser (and may be framed by our own pages), anything else still downloads.
+pub(crate) async fn document_file(
+    state: &AppState,
+    id: i64,
+    inline: bool,
+) -> Result<Response, ApiError> {
     let (doc, bytes) = state
         .store
         .bank
         .document_content(id)
         .await?
         .ok_or_else(|| no_document(id))?;
+    let inline = inline && content_type(&doc.content_type) == "application/pdf";
     let mut res = Response::new(Body::from(bytes));
     let headers = res.headers_mut();
     headers.insert(header::CONTENT_TYPE, content_type(&doc.content_type));
-    if let Ok(v) = HeaderValue::from_str(&content_disposition(&doc)) {
+    let disposition = content_disposition(&doc);
+    let disposition = if inline {
+        disposition.replacen("attachment", "inline", 1)
+    } else {
+        disposition
+    };
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", doc.sha256)) {
         headers.insert(header::ETAG, v);
     }
-    // Bank-supplied bytes never run as a page of this origin.
+    // Bank-supplied bytes never run as a page of this origin. A PDF shown
+    // inline goes to the browser's viewer, which a sandbox would block.
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("sandbox; default-src 'none'"),
+        HeaderValue::from_static(if inline {
+            "default-src 'none'; frame-ancestors 'self'"
+        } else {
+            "sandbox; default-src 'none'"
+        }),
     );
+    if inline {
+        headers.insert(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("SAMEORIGIN"),
+        );
+    }
     Ok(res)
 }
 

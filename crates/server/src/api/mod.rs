@@ -19,13 +19,13 @@ use crate::error::ApiError;
 use crate::{AppState, guard};
 
 mod accounts;
-mod bankid;
-mod cards;
+pub(crate) mod bankid;
+pub(crate) mod cards;
 mod check_secrets;
-mod checks;
+pub(crate) mod checks;
 pub(crate) mod connections;
 mod de;
-mod documents;
+pub(crate) mod documents;
 pub(crate) mod export;
 pub(crate) mod schema;
 pub(crate) mod syncs;

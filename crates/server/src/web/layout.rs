@@ -39,10 +39,12 @@ pub(crate) async fn live_js() -> Response {
 }
 
 /// Pages of the navigation, in order: (path, label, scope needed).
-const NAV: [(&str, &str, Scope); 4] = [
+const NAV: [(&str, &str, Scope); 6] = [
     ("/", "Overview", Scope::Read),
     ("/transactions", "Transactions", Scope::Read),
     ("/connections", "Connections", Scope::Read),
+    ("/documents", "Documents", Scope::Read),
+    ("/cards", "Cards", Scope::Admin),
     ("/tokens", "Tokens", Scope::Admin),
 ];
 

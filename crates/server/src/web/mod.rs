@@ -7,8 +7,10 @@ use axum::routing::{get, post};
 
 use crate::AppState;
 
+mod cards;
 mod charts;
 mod connections;
+mod documents;
 mod form;
 mod layout;
 mod overview;
@@ -50,6 +52,21 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/connections/{id}/remove", post(connections::remove))
         .route("/connections/{id}/sync", post(connections::sync))
+        .route("/cards", get(cards::page).post(cards::add_card))
+        .route("/cards/institutions", post(cards::add_institution))
+        .route("/cards/audit", get(cards::audit))
+        .route(
+            "/cards/{institution}/{card}",
+            get(cards::show).post(cards::edit),
+        )
+        .route(
+            "/cards/{institution}/{card}/status",
+            post(cards::set_status),
+        )
+        .route("/cards/{institution}/{card}/test", post(cards::test_login))
+        .route("/documents", get(documents::page))
+        .route("/documents/{id}", get(documents::show))
+        .route("/documents/{id}/file", get(documents::file))
         .route("/syncs/{id}", get(syncs::page))
         .route("/syncs/{id}/live", get(syncs::fragment))
         .route("/syncs/{id}/answer", post(syncs::answer))
@@ -63,12 +80,11 @@ pub(crate) fn routes() -> Router<AppState> {
 async fn page_headers(mut res: axum::response::Response) -> axum::response::Response {
     use axum::http::{HeaderValue, header};
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
+    // A handler's own policy stands (a statement shown inline sets one).
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
             "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-        ),
-    );
+        ));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -77,6 +93,7 @@ async fn page_headers(mut res: axum::response::Response) -> axum::response::Resp
         header::REFERRER_POLICY,
         HeaderValue::from_static("same-origin"),
     );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.entry(header::X_FRAME_OPTIONS)
+        .or_insert(HeaderValue::from_static("DENY"));
     res
 }

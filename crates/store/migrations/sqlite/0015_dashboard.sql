@@ -12,3 +12,7 @@ CREATE TABLE login_links (
     expires_at TEXT NOT NULL,
     used_at    TEXT
 ) STRICT;
+
+-- PIN tries left as the card told at its last successful use (the card
+-- team's admin page shows it); NULL until then, or when the card never says.
+ALTER TABLE cards ADD COLUMN pin_tries_left INTEGER;
