@@ -136,6 +136,43 @@ pub(crate) fn bars(rows: &[(String, Decimal)], currency: &str, summary: &str) ->
     }
 }
 
+/// A bar of a waterfall: where it starts and how long it lasts (ms).
+pub(crate) struct Bar {
+    pub label: String,
+    /// The bar's class (its colour): `run-passed`, `run-failed`, …
+    pub class: String,
+    pub start: i64,
+    pub length: i64,
+}
+
+/// Bars on a shared time axis, one row each, with their time written beside.
+pub(crate) fn waterfall(bars: &[Bar], summary: &str) -> Markup {
+    let end = bars
+        .iter()
+        .map(|b| b.start + b.length)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let row_h = 24.0;
+    let label_w = 200.0;
+    let room = W - label_w - 80.0;
+    let h = row_h * bars.len() as f64 + 4.0;
+    html! {
+        svg.chart.waterfall viewBox={"0 0 " (W) " " (format!("{h:.0}"))} role="img" aria-label=(summary) {
+            @for (i, b) in bars.iter().enumerate() {
+                @let y = row_h * i as f64 + 4.0;
+                @let x = label_w + room * b.start as f64 / end;
+                @let w = (room * b.length as f64 / end).max(2.0);
+                text x="0" y=(format!("{:.1}", y + 14.0)) { (b.label) }
+                rect class=(b.class) x=(format!("{x:.1}")) y=(format!("{y:.1}")) width=(format!("{w:.1}")) height=(row_h - 8.0) {
+                    title { (b.label) ": " (b.length) " ms, from " (b.start) " ms" }
+                }
+                text x=(format!("{:.1}", x + w + 6.0)) y=(format!("{:.1}", y + 14.0)) { (b.length) " ms" }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +207,32 @@ mod tests {
             svg.contains("class=\"zero\""),
             "zero is drawn between -5 and 10"
         );
+    }
+
+    #[test]
+    fn a_waterfall_places_each_step_after_the_ones_before() {
+        let bars = vec![
+            Bar {
+                label: "login".into(),
+                class: "run-passed".into(),
+                start: 0,
+                length: 300,
+            },
+            Bar {
+                label: "accounts".into(),
+                class: "run-failed".into(),
+                start: 300,
+                length: 100,
+            },
+        ];
+        let svg = waterfall(&bars, "2 steps").into_string();
+        let room = W - 200.0 - 80.0;
+        assert!(
+            svg.contains(&format!("x=\"{:.1}\"", 200.0 + room * 0.75)),
+            "{svg}"
+        );
+        assert!(svg.contains(&format!("width=\"{:.1}\"", room * 0.25)));
+        assert!(svg.contains("class=\"run-failed\""));
     }
 
     #[test]

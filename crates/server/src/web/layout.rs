@@ -39,12 +39,14 @@ pub(crate) async fn live_js() -> Response {
 }
 
 /// Pages of the navigation, in order: (path, label, scope needed).
-const NAV: [(&str, &str, Scope); 6] = [
+const NAV: [(&str, &str, Scope); 8] = [
     ("/", "Overview", Scope::Read),
     ("/transactions", "Transactions", Scope::Read),
     ("/connections", "Connections", Scope::Read),
     ("/documents", "Documents", Scope::Read),
     ("/cards", "Cards", Scope::Admin),
+    ("/checks", "Checks", Scope::Read),
+    ("/bankid", "BankID", Scope::Read),
     ("/tokens", "Tokens", Scope::Admin),
 ];
 

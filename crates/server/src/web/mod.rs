@@ -7,8 +7,10 @@ use axum::routing::{get, post};
 
 use crate::AppState;
 
+mod bankid;
 mod cards;
 mod charts;
+mod checks;
 mod connections;
 mod documents;
 mod form;
@@ -64,6 +66,14 @@ pub(crate) fn routes() -> Router<AppState> {
             post(cards::set_status),
         )
         .route("/cards/{institution}/{card}/test", post(cards::test_login))
+        .route("/checks", get(checks::page))
+        .route("/checks/{id}", get(checks::show))
+        .route("/checks/{id}/run", post(checks::run_now))
+        .route("/runs/{id}", get(checks::run))
+        .route("/bankid", get(bankid::page).post(bankid::start))
+        .route("/bankid/orders/{id}", get(bankid::order))
+        .route("/bankid/orders/{id}/live", get(bankid::live))
+        .route("/bankid/orders/{id}/cancel", post(bankid::cancel))
         .route("/documents", get(documents::page))
         .route("/documents/{id}", get(documents::show))
         .route("/documents/{id}/file", get(documents::file))
