@@ -30,6 +30,16 @@ fn health_word(h: Health) -> &'static str {
     }
 }
 
+/// The health chip; a check that never ran has none yet.
+fn health(c: &CheckSummary) -> Markup {
+    let word = if c.last_round.is_some() {
+        health_word(c.health)
+    } else {
+        "not run yet"
+    };
+    html! { span class={"health health-" (word.replace(' ', "-"))} { (word) } }
+}
+
 fn service(state: &AppState) -> Option<&ChecksService> {
     state.checks.get()
 }
@@ -100,7 +110,7 @@ pub(crate) async fn page(State(state): State<AppState>, viewer: Viewer) -> PageR
             section.check aria-labelledby={"check-" (c.id)} {
                 h2 id={"check-" (c.id)} {
                     a href={"/checks/" (c.id)} { (c.name) } " "
-                    span class={"health health-" (health_word(c.health))} { (health_word(c.health)) }
+                    (health(c))
                 }
                 p.hint { "Every " (c.every_seconds) " s · next run " (instant(&c.next_run_at))
                     @if c.in_maintenance { " · in maintenance" } }
@@ -129,7 +139,7 @@ pub(crate) async fn show(
     let runs = recent(&state, &id, 50).await?;
     let body = html! {
         dl.facts {
-            dt { "Health" } dd { span class={"health health-" (health_word(c.health))} { (health_word(c.health)) } " since " (instant(&c.health_since)) }
+            dt { "Health" } dd { (health(&c)) " since " (instant(&c.health_since)) }
             dt { "Flow file" } dd { code { (c.file) } }
             dt { "Runs" } dd { "every " (c.every_seconds) " s from " (c.locations.join(", ")) }
             dt { "Next run" } dd { (instant(&c.next_run_at)) }
