@@ -62,6 +62,7 @@ use raw::{RawWindow, bench_account, raw_sqlite_insert, synthetic_rows};
 mod bankid;
 mod cards;
 mod checks;
+mod dashboard;
 pub mod raw;
 use rust_decimal::Decimal;
 
@@ -94,7 +95,10 @@ pub struct BenchArgs {
     /// Leave out the flow-check measurements.
     #[arg(long)]
     pub skip_checks: bool,
-    /// Run only these sections (repeatable): sync, api, export, cards, bankid, checks.
+    /// Leave out the dashboard measurements.
+    #[arg(long)]
+    pub skip_dashboard: bool,
+    /// Run only these sections (repeatable): sync, api, dashboard, export, cards, bankid, checks.
     #[arg(long, value_enum)]
     pub only: Vec<Section>,
 }
@@ -106,6 +110,8 @@ pub enum Section {
     Sync,
     /// `/api/v1/transactions` under wrk (needs the sync section's database).
     Api,
+    /// The dashboard's overview and first transactions page (needs the sync section's database).
+    Dashboard,
     /// CSV/JSON/OFX exports and their peak memory.
     Export,
     /// Card service logins (in-process virtual card and real pcscd).
@@ -121,6 +127,7 @@ impl BenchArgs {
         let skipped = match section {
             Section::Sync => false,
             Section::Api => self.skip_api,
+            Section::Dashboard => self.skip_dashboard,
             Section::Export => self.skip_export,
             Section::Cards => self.skip_cards,
             Section::Bankid => self.skip_bankid,
@@ -130,7 +137,9 @@ impl BenchArgs {
             !skipped
         } else {
             self.only.contains(&section)
-                || (section == Section::Sync && self.only.contains(&Section::Api))
+                || (section == Section::Sync
+                    && (self.only.contains(&Section::Api)
+                        || self.only.contains(&Section::Dashboard)))
         }
     }
 }
@@ -267,6 +276,17 @@ pub async fn run(args: BenchArgs, hooks: Hooks) -> Result<ExitCode> {
             }
             None => table.error(
                 format!("API GET {API_PATH}"),
+                &anyhow!("no synced database to serve (the sync step failed)"),
+            ),
+        }
+    }
+    if args.wants(Section::Dashboard) {
+        match &synced {
+            Some((store, _)) => {
+                dashboard::dashboard_section(store.as_ref(), dir.path(), &mut table).await
+            }
+            None => table.error(
+                "dashboard pages",
                 &anyhow!("no synced database to serve (the sync step failed)"),
             ),
         }
@@ -730,42 +750,8 @@ async fn api_section(secs: u64, store: Arc<dyn Store>, dir: &Path, table: &mut T
     ] {
         let measure = format!("API GET {API_PATH}, {label}");
         let result = async {
-            let home = dir.join(API_HOME);
-            let exe = std::env::current_exe().context("finding the bankbridge binary")?;
-            let db = dir.join("sync.db");
-            let port = {
-                let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-                l.local_addr()?.port()
-            };
-            let run = |args: &[&str]| {
-                let mut c = tokio::process::Command::new(&exe);
-                c.args(args)
-                    .env("BANKBRIDGE_HOME", &home)
-                    .env("BANKBRIDGE_DB", &db)
-                    .env("BANKBRIDGE_LOG", "warn")
-                    .env_remove("BANKBRIDGE_MASTER_KEY")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .kill_on_drop(true);
-                c
-            };
-            if !home.join("master.key").exists() {
-                run(&["init"]).status().await.context("bankbridge init")?;
-            }
-            let listen = format!("127.0.0.1:{port}");
             let cache = cache_ms.to_string();
-            let mut server = run(&["serve", "--listen", &listen, "--page-cache-ms", &cache])
-                .spawn()
-                .context("starting bankbridge serve")?;
-            let base = format!("http://{listen}");
-            let started = Instant::now();
-            while reqwest::get(format!("{base}/healthz")).await.is_err() {
-                if started.elapsed() > Duration::from_secs(30) {
-                    bail!("bankbridge serve did not answer /healthz within 30 s");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let (mut server, base) = serve_child(dir, &["--page-cache-ms", &cache]).await?;
             let result = api_load(
                 &format!("{base}{API_PATH}"),
                 token.expose(),
@@ -812,6 +798,47 @@ async fn api_section(secs: u64, store: Arc<dyn Store>, dir: &Path, table: &mut T
             Err(e) => table.error(measure, &e),
         }
     }
+}
+
+/// `bankbridge serve` on the sync section's database (this binary, a child
+/// process), once it answers: the child (killed on drop) and its base URL.
+async fn serve_child(dir: &Path, extra: &[&str]) -> Result<(tokio::process::Child, String)> {
+    let home = dir.join(API_HOME);
+    let exe = std::env::current_exe().context("finding the bankbridge binary")?;
+    let db = dir.join("sync.db");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let run = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(&exe);
+        c.args(args)
+            .env("BANKBRIDGE_HOME", &home)
+            .env("BANKBRIDGE_DB", &db)
+            .env("BANKBRIDGE_LOG", "warn")
+            .env_remove("BANKBRIDGE_MASTER_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        c
+    };
+    if !home.join("master.key").exists() {
+        run(&["init"]).status().await.context("bankbridge init")?;
+    }
+    let listen = format!("127.0.0.1:{port}");
+    let server = run(&[&["serve", "--listen", &listen], extra].concat())
+        .spawn()
+        .context("starting bankbridge serve")?;
+    let base = format!("http://{listen}");
+    let started = Instant::now();
+    while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("bankbridge serve did not answer /healthz within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((server, base))
 }
 
 /// What `wrk` reported.

@@ -16,10 +16,10 @@ fn f(d: Decimal) -> f64 {
     d.to_f64().unwrap_or(0.0)
 }
 
-/// A value on the y axis between `lo` and `hi`, as a y coordinate.
-fn y_of(v: f64, lo: f64, hi: f64) -> f64 {
+/// A value on the y axis between `lo` and `hi`, in a chart `h` high.
+fn y_of(v: f64, lo: f64, hi: f64, h: f64) -> f64 {
     let span = if hi > lo { hi - lo } else { 1.0 };
-    TOP + (H - TOP - BOTTOM) * (1.0 - (v - lo) / span)
+    TOP + (h - TOP - BOTTOM) * (1.0 - (v - lo) / span)
 }
 
 /// Money as the axis shows it: grouped thousands, no decimals past 1,000.
@@ -33,7 +33,10 @@ fn short(v: Decimal) -> String {
 }
 
 /// A line of values over time: `points` are (label, value), oldest first.
+/// Drawn small (it sits in a card), so its text stays readable when scaled.
 pub(crate) fn line(points: &[(String, Decimal)], currency: &str, summary: &str) -> Markup {
+    const W: f64 = 360.0;
+    const H: f64 = 160.0;
     if points.is_empty() {
         return html! {};
     }
@@ -44,7 +47,7 @@ pub(crate) fn line(points: &[(String, Decimal)], currency: &str, summary: &str) 
     let xy: Vec<(f64, f64)> = points
         .iter()
         .enumerate()
-        .map(|(i, p)| (LEFT + step * i as f64, y_of(f(p.1), flo, fhi)))
+        .map(|(i, p)| (LEFT + step * i as f64, y_of(f(p.1), flo, fhi, H)))
         .collect();
     let path: String = xy
         .iter()
@@ -53,7 +56,7 @@ pub(crate) fn line(points: &[(String, Decimal)], currency: &str, summary: &str) 
         .join(" ");
     html! {
         svg.chart viewBox={"0 0 " (W) " " (H)} role="img" aria-label=(summary) {
-            (axis(flo, fhi, currency))
+            (axis(flo, fhi, currency, W, H))
             polyline.line points=(path) {}
             @for (i, (x, y)) in xy.iter().enumerate() {
                 circle.dot cx=(format!("{x:.1}")) cy=(format!("{y:.1}")) r="3.5" {
@@ -67,14 +70,14 @@ pub(crate) fn line(points: &[(String, Decimal)], currency: &str, summary: &str) 
 }
 
 /// The y axis: its low and high values, and zero when it is in between.
-fn axis(lo: f64, hi: f64, currency: &str) -> Markup {
+fn axis(lo: f64, hi: f64, currency: &str, w: f64, h: f64) -> Markup {
     let label = |v: f64| short(Decimal::from_f64_retain(v).unwrap_or_default());
     html! {
-        line.axis x1=(LEFT) y1=(TOP) x2=(LEFT) y2=(H - BOTTOM) {}
-        text x=(LEFT - 6.0) y=(y_of(hi, lo, hi) + 4.0) text-anchor="end" { (label(hi)) }
-        text x=(LEFT - 6.0) y=(y_of(lo, lo, hi) + 4.0) text-anchor="end" { (label(lo)) " " (currency) }
+        line.axis x1=(LEFT) y1=(TOP) x2=(LEFT) y2=(h - BOTTOM) {}
+        text x=(LEFT - 6.0) y=(y_of(hi, lo, hi, h) + 4.0) text-anchor="end" { (label(hi)) }
+        text x=(LEFT - 6.0) y=(y_of(lo, lo, hi, h) + 4.0) text-anchor="end" { (label(lo)) " " (currency) }
         @if lo < 0.0 && hi > 0.0 {
-            line.zero x1=(LEFT) y1=(format!("{:.1}", y_of(0.0, lo, hi))) x2=(W - 10.0) y2=(format!("{:.1}", y_of(0.0, lo, hi))) {}
+            line.zero x1=(LEFT) y1=(format!("{:.1}", y_of(0.0, lo, hi, h))) x2=(w - 10.0) y2=(format!("{:.1}", y_of(0.0, lo, hi, h))) {}
         }
     }
 }
@@ -97,7 +100,7 @@ pub(crate) fn debit_credit(
     let height = |v: Decimal| (H - TOP - BOTTOM) * f(v.abs()) / fhi;
     html! {
         svg.chart viewBox={"0 0 " (W) " " (H)} role="img" aria-label=(summary) {
-            (axis(0.0, fhi, currency))
+            (axis(0.0, fhi, currency, W, H))
             @for (i, (month, debit, credit)) in months.iter().enumerate() {
                 @let x = LEFT + slot * i as f64 + slot / 2.0;
                 rect.debit x=(format!("{:.1}", x - bar)) y=(format!("{:.1}", base - height(*debit))) width=(format!("{bar:.1}")) height=(format!("{:.1}", height(*debit))) {

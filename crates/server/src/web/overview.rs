@@ -100,7 +100,7 @@ pub(crate) async fn page(
                     thead { tr {
                         th scope="col" { "Account" }
                         th scope="col" class="opt" { "IBAN" }
-                        th scope="col" { "Connection" }
+                        th scope="col" class="opt" { "Connection" }
                         th scope="col" class="num" { "Balance now" }
                         th scope="col" class="opt" { "As of" }
                         th scope="col" class="opt" { "Last sync" }
@@ -112,7 +112,7 @@ pub(crate) async fn page(
                             tr {
                                 td { a href={"/transactions?account=" (a.id)} { (a.display_name()) } }
                                 td class="opt" { (a.iban.as_ref().map(|i| i.as_str()).unwrap_or("—")) }
-                                td { (conn.map(|c| c.name.as_str()).unwrap_or("—")) }
+                                td class="opt" { (conn.map(|c| c.name.as_str()).unwrap_or("—")) }
                                 td.num {
                                     @if let Some(b) = balance {
                                         (money(&b.balance.amount.to_string(), b.balance.currency.as_str()))
