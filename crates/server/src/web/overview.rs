@@ -79,7 +79,7 @@ pub(crate) async fn page(
                 ul {
                     @for c in &waiting {
                         li {
-                            strong { (c.name) } " — "
+                            a href={"/connections/" (c.id)} { strong { (c.name) } } " — "
                             span class={"status-" (c.last_sync_status.as_str())} { (c.last_sync_status.as_str()) }
                             @if let Some(e) = &c.last_sync_error { ": " (e) }
                         }
