@@ -573,7 +573,13 @@ async fn a_person_sets_a_category_by_hand_with_a_write_session_only() {
         })
         .await
         .unwrap();
-    let id = rows[0].id;
+    // A booked payment, so it counts as spending on the overview.
+    let row = rows
+        .iter()
+        .find(|r| r.status == bankbridge_core::TxStatus::Booked && r.amount.is_sign_negative())
+        .expect("a booked payment")
+        .clone();
+    let id = row.id;
     let (reader, reader_csrf) = signed_in(&s, Scope::Read).await;
     let page = reader
         .get(s.url("/transactions"))
@@ -601,6 +607,11 @@ async fn a_person_sets_a_category_by_hand_with_a_write_session_only() {
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
 
     let (writer, csrf) = signed_in(&s, Scope::Write).await;
+    let overview = |client: reqwest::Client| {
+        let url = s.url("/?from=2000-01-01");
+        async move { client.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    assert!(!overview(writer.clone()).await.contains("gifts"));
     let back = format!("/transactions?account={acc}");
     let res = post_form(
         &s,
@@ -619,9 +630,11 @@ async fn a_person_sets_a_category_by_hand_with_a_write_session_only() {
     assert_eq!(api["data"].as_array().unwrap().len(), 1);
     assert_eq!(
         api["data"][0]["label"],
-        rows[0].label.as_str(),
+        row.label.as_str(),
         "bank fields unchanged"
     );
+    // The overview's sums follow at once (they are kept only while nothing changed).
+    assert!(overview(writer.clone()).await.contains("gifts"));
     // Elsewhere than our pages is never a way back.
     let res = post_form(
         &s,
@@ -635,5 +648,107 @@ async fn a_person_sets_a_category_by_hand_with_a_write_session_only() {
     )
     .await;
     assert_eq!(location(&res), "/transactions");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_sums_follow_a_sync() {
+    let s = TestServer::start().await;
+    // Rows of 2024 only: nothing in the last 12 months yet.
+    seed(s.store.as_ref(), 10).await;
+    let (client, csrf) = signed_in(&s, Scope::Write).await;
+    let page = client
+        .get(s.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("No booked transactions in the last 12 months"));
+    let res = post_form(
+        &s,
+        &client,
+        "/connections",
+        &[
+            ("csrf", &csrf),
+            ("name", "fake-bank"),
+            ("connector", "fake"),
+            ("base_url", "http://127.0.0.1:1"),
+            ("username", "me"),
+            ("password", common::FAKE_PASSWORD),
+            ("since", ""),
+            ("interval", ""),
+        ],
+    )
+    .await;
+    let at = location(&res).to_owned();
+    let res = post_form(&s, &client, &format!("{at}/sync"), &[("csrf", &csrf)]).await;
+    let job = location(&res).to_owned();
+    loop {
+        let live = client
+            .get(s.url(&format!("{job}/live")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if live.contains("data-done") {
+            assert!(live.contains("status-succeeded"), "{live}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The fake bank's salary (1200.00, five days ago) is in its month's bar.
+    let salary_month = (Utc::now() - chrono::Duration::days(5))
+        .format("%Y-%m")
+        .to_string();
+    let page = client
+        .get(s.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!("{salary_month} in: 1200 EUR")),
+        "{page}"
+    );
+    // An edit re-sums only its month (the accounts are the same): the same sums.
+    let salary = s
+        .store
+        .query_transactions(&bankbridge_store::TxQuery {
+            text: Some("salary".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .remove(0);
+    post_form(
+        &s,
+        &client,
+        &format!("/transactions/{}/category", salary.id),
+        &[
+            ("csrf", &csrf),
+            ("category", "income"),
+            ("back", "/transactions"),
+        ],
+    )
+    .await;
+    let again = client
+        .get(s.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(again.contains(&format!("{salary_month} in: 1200 EUR")));
+    assert!(
+        again.contains("4.5 EUR") || again.contains("-4.5"),
+        "the coffee is still out"
+    );
     s.shutdown().await;
 }

@@ -490,7 +490,7 @@ pub struct Flow {
 }
 
 /// How [`BankData::flows`] groups booked transactions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FlowGrouping {
     /// Per account, calendar month and currency.
     AccountMonth,
@@ -554,6 +554,14 @@ pub trait BankData: Send + Sync + 'static {
     async fn get_account(&self, id: i64) -> Result<Option<Account>>;
     async fn list_balances(&self, account_id: i64) -> Result<Vec<StoredBalance>>;
     async fn account_totals(&self, account_id: i64) -> Result<AccountTotals>;
+    /// When a transaction last changed (inserted, updated, voided, given a
+    /// category): the newest `updated_at`; None with no transactions. What
+    /// is computed from transactions stays valid while this and the set of
+    /// accounts (a deleted connection takes its rows along) stay the same.
+    async fn transactions_changed_at(&self) -> Result<Option<DateTime<Utc>>>;
+    /// The months (`YYYY-MM`) of the transactions changed after `since`:
+    /// what to sum anew after a sync or an edit, instead of everything.
+    async fn months_changed_since(&self, since: DateTime<Utc>) -> Result<Vec<String>>;
     /// Booked money out and in between `from` and `to` (inclusive), grouped
     /// by `grouping`, ordered by the group. Exact on PostgreSQL; on SQLite
     /// exact to 1/10,000 of the currency unit for amounts below 10^11.

@@ -425,6 +425,15 @@ crate::shared::shared_store! {
             })
         }
 
+    async fn months_changed_since(&self, since: DateTime<Utc>) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT to_char(booking_date, 'YYYY-MM') FROM transactions WHERE updated_at > $1 ORDER BY 1",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn flows(
         &self,
         from: NaiveDate,

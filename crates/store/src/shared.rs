@@ -218,6 +218,13 @@ macro_rules! shared_store {
 
         #[async_trait]
         impl $crate::BankData for $Store {
+        async fn transactions_changed_at(&self) -> Result<Option<DateTime<Utc>>> {
+            // `transactions_updated` answers it from the index's last entry.
+            Ok(sqlx::query_scalar("SELECT max(updated_at) FROM transactions")
+                .fetch_one(self.reads())
+                .await?)
+        }
+
         async fn list_accounts(&self, connection_id: Option<i64>) -> Result<Vec<Account>> {
             let rows =
                 match connection_id {

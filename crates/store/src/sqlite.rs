@@ -429,6 +429,15 @@ crate::shared::shared_store! {
         self.json.stream(query)
     }
 
+    async fn months_changed_since(&self, since: DateTime<Utc>) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT substr(booking_date, 1, 7) FROM transactions WHERE updated_at > ?1 ORDER BY 1",
+        )
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
     async fn flows(
         &self,
         from: NaiveDate,

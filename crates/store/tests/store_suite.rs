@@ -1663,6 +1663,7 @@ async fn categories_are_set_compared_and_filtered(s: Arc<dyn Store>) {
 
 async fn flows_sum_booked_money_per_month_and_category(s: Arc<dyn Store>) {
     use bankbridge_store::FlowGrouping;
+    assert_eq!(s.transactions_changed_at().await.unwrap(), None);
     let (conn, acc) = setup(&s, "flows").await;
     let mut w = window(conn, acc, t(0));
     for (p, day, amount) in [
@@ -1682,6 +1683,21 @@ async fn flows_sum_booked_money_per_month_and_category(s: Arc<dyn Store>) {
         .await
         .unwrap();
 
+    let stamp = s.transactions_changed_at().await.unwrap();
+    assert_eq!(stamp, Some(t(1)), "the category change is the newest");
+    assert_eq!(
+        s.months_changed_since(t(0)).await.unwrap(),
+        vec!["2024-05".to_owned()],
+        "f2's category"
+    );
+    assert!(s.months_changed_since(t(1)).await.unwrap().is_empty());
+    assert_eq!(
+        s.months_changed_since(t(0) - Duration::seconds(1))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     let months = s
         .flows(d(2024, 5, 1), d(2024, 6, 30), FlowGrouping::AccountMonth)
         .await

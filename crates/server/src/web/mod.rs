@@ -27,6 +27,10 @@ pub(crate) use session::Sessions;
 #[derive(Default)]
 pub(crate) struct Web {
     pub sessions: Sessions,
+    /// The overview's spending sums, while the transactions under them are unchanged.
+    pub flows: overview::FlowCache,
+    /// The overview's monthly sums, month by month.
+    pub months: overview::MonthSums,
 }
 
 pub(crate) fn routes() -> Router<AppState> {

@@ -3,6 +3,7 @@
 //! balance over the last 12 months, money out and in per month, and
 //! spending by category over a period the person chooses.
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
@@ -46,18 +47,27 @@ pub(crate) async fn page(
     let to = date(&period.to).unwrap_or(today);
     let from = date(&period.from).unwrap_or(to - chrono::Days::new(DEFAULT_DAYS - 1));
     let (from, to) = if from <= to { (from, to) } else { (to, from) };
-    let months = state
-        .store
-        .bank
-        .flows(first_month, today, FlowGrouping::AccountMonth)
-        .await?;
-    let categories = state
-        .store
-        .bank
-        .flows(from, to, FlowGrouping::Category)
-        .await?;
     let connections = state.store.connections.list_connections().await?;
     let accounts = state.store.bank.list_accounts(None).await?;
+    let stamp = FlowKey {
+        changed_at: state.store.bank.transactions_changed_at().await?,
+        accounts: accounts.iter().map(|a| a.id).collect(),
+        from: first_month,
+        to: today,
+        grouping: FlowGrouping::AccountMonth,
+    };
+    let months = month_flows(&state, &stamp).await?;
+    let categories = flows(
+        &state,
+        FlowKey {
+            from,
+            to,
+            grouping: FlowGrouping::Category,
+            ..stamp
+        },
+    )
+    .await?;
+    let (months, categories) = (months.as_slice(), categories.as_slice());
     let mut balances = HashMap::new();
     for a in &accounts {
         balances.insert(a.id, state.store.bank.list_balances(a.id).await?);
@@ -158,6 +168,146 @@ pub(crate) async fn page(
     };
     let body = html! { (body) (charts) };
     Ok(layout::page(&viewer, "/", "Overview", body).into_response())
+}
+
+/// What a set of flows was computed from: the sums stay right while no
+/// transaction changed and no account went.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct FlowKey {
+    changed_at: Option<chrono::DateTime<Utc>>,
+    accounts: Vec<i64>,
+    from: NaiveDate,
+    to: NaiveDate,
+    grouping: FlowGrouping,
+}
+
+/// Flows computed before, by what they were computed from.
+#[derive(Default)]
+pub(crate) struct FlowCache(std::sync::Mutex<HashMap<FlowKey, Arc<Vec<Flow>>>>);
+
+/// Entries kept at most (periods people look at); all go when it is full.
+const FLOW_CACHE_MAX: usize = 64;
+
+/// The flows of `key`: summing a year of rows takes SQLite a good part of a
+/// second on large stores, and they change only when a sync writes.
+async fn flows(state: &AppState, key: FlowKey) -> Result<Arc<Vec<Flow>>, ApiError> {
+    let cache = &state.web.flows.0;
+    if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(hit.clone());
+    }
+    let fresh = Arc::new(
+        state
+            .store
+            .bank
+            .flows(key.from, key.to, key.grouping)
+            .await?,
+    );
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= FLOW_CACHE_MAX {
+        cache.clear();
+    }
+    // Older stamps are of no use any more.
+    cache.retain(|k, _| k.changed_at == key.changed_at && k.accounts == key.accounts);
+    cache.insert(key, fresh.clone());
+    Ok(fresh)
+}
+
+/// The overview's monthly sums, kept per month: after a sync or an edit
+/// only the months whose transactions changed are summed anew. Everything
+/// is summed from scratch at least every [`FULL_EVERY`] (a booked row moved
+/// to another month would otherwise leave its old month stale).
+#[derive(Default)]
+pub(crate) struct MonthSums(std::sync::Mutex<Option<MonthState>>);
+
+#[derive(Clone)]
+struct MonthState {
+    changed_at: Option<chrono::DateTime<Utc>>,
+    accounts: Vec<i64>,
+    full_at: std::time::Instant,
+    months: BTreeMap<String, Vec<Flow>>,
+}
+
+const FULL_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The flows of the months from `key.from` to `key.to`, per account.
+async fn month_flows(state: &AppState, key: &FlowKey) -> Result<Arc<Vec<Flow>>, ApiError> {
+    let bank = &state.store.bank;
+    let wanted: Vec<String> = {
+        let mut m = key.from;
+        let mut out = Vec::new();
+        while m <= key.to {
+            out.push(m.format("%Y-%m").to_string());
+            m = m + Months::new(1);
+        }
+        out
+    };
+    let cached = state
+        .web
+        .months
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let mut next = match cached {
+        Some(c) if c.accounts == key.accounts && c.full_at.elapsed() < FULL_EVERY => {
+            let stale = match (c.changed_at, key.changed_at) {
+                (old, new) if old == new => Some(Vec::new()),
+                (Some(old), Some(_)) => Some(bank.months_changed_since(old).await?),
+                _ => None,
+            };
+            stale.map(|stale| (c, stale))
+        }
+        _ => None,
+    };
+    let state_now = match next.take() {
+        Some((mut c, stale)) => {
+            let redo: Vec<&String> = wanted
+                .iter()
+                .filter(|m| stale.contains(m) || !c.months.contains_key(*m))
+                .collect();
+            for month in redo {
+                let first = NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d")
+                    .map_err(ApiError::internal)?;
+                let last = (first + Months::new(1))
+                    .pred_opt()
+                    .unwrap_or(first)
+                    .min(key.to);
+                let sums = bank.flows(first, last, FlowGrouping::AccountMonth).await?;
+                c.months.insert(month.clone(), sums);
+            }
+            c.changed_at = key.changed_at;
+            c
+        }
+        None => {
+            let all = bank
+                .flows(key.from, key.to, FlowGrouping::AccountMonth)
+                .await?;
+            let mut months: BTreeMap<String, Vec<Flow>> = BTreeMap::new();
+            for f in all {
+                months
+                    .entry(f.key.clone().unwrap_or_default())
+                    .or_default()
+                    .push(f);
+            }
+            for m in &wanted {
+                months.entry(m.clone()).or_default();
+            }
+            MonthState {
+                changed_at: key.changed_at,
+                accounts: key.accounts.clone(),
+                full_at: std::time::Instant::now(),
+                months,
+            }
+        }
+    };
+    let out: Vec<Flow> = wanted
+        .iter()
+        .filter_map(|m| state_now.months.get(m))
+        .flatten()
+        .cloned()
+        .collect();
+    *state.web.months.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(state_now);
+    Ok(Arc::new(out))
 }
 
 /// End-of-month balances, walked back from the balance now through each
