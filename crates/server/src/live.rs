@@ -78,8 +78,8 @@ impl LiveJob {
             }
             SyncEvent::WindowDone { stats, .. } => {
                 s.windows_done += 1;
-                s.inserted += stats.inserted as u64;
-                s.updated += stats.updated as u64;
+                s.inserted += stats.inserted;
+                s.updated += stats.updated;
                 None
             }
             SyncEvent::Retrying {

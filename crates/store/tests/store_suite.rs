@@ -1702,7 +1702,9 @@ async fn flows_sum_booked_money_per_month_and_category(s: Arc<dyn Store>) {
         .flows(d(2024, 5, 1), d(2024, 6, 30), FlowGrouping::AccountMonth)
         .await
         .unwrap();
-    let view: Vec<(Option<&str>, Option<i64>, String, String, u64)> = months
+    /// (month, account, debit, credit, count)
+    type MonthView<'a> = (Option<&'a str>, Option<i64>, String, String, u64);
+    let view: Vec<MonthView> = months
         .iter()
         .map(|f| {
             (

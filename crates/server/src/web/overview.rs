@@ -151,19 +151,19 @@ pub(crate) async fn page(
             div.cards {
                 @for a in &accounts {
                     @if let Some(b) = balances.get(&a.id).and_then(|b| current_balance(b)) {
-                        (balance_chart(a, b, &months, &month_keys))
+                        (balance_chart(a, b, months, &month_keys))
                     }
                 }
             }
             h2 { "Money out and in per month" }
-            (debit_credit(&months, &month_keys))
+            (debit_credit(months, &month_keys))
             h2 id="spending" { "Spending by category" }
             form.filters method="get" action="/#spending" aria-label="Period of the spending chart" {
                 label { "From" input type="date" name="from" value=(from); }
                 label { "To" input type="date" name="to" value=(to); }
                 button type="submit" { "Show" }
             }
-            (spending(&categories, from, to))
+            (spending(categories, from, to))
         }
     };
     let body = html! { (body) (charts) };
