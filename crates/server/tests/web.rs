@@ -752,3 +752,257 @@ async fn the_overview_sums_follow_a_sync() {
     );
     s.shutdown().await;
 }
+
+/// Add a connection of `connector` through the page and sync it now: the
+/// job's page path.
+async fn add_and_sync(
+    s: &TestServer,
+    client: &reqwest::Client,
+    csrf: &str,
+    connector: &str,
+) -> String {
+    let res = post_form(
+        s,
+        client,
+        "/connections",
+        &[
+            ("csrf", csrf),
+            ("name", &format!("{connector}-bank")),
+            ("connector", connector),
+            ("base_url", "http://127.0.0.1:1"),
+            ("username", "me"),
+            ("password", common::FAKE_PASSWORD),
+            ("since", ""),
+            ("interval", ""),
+        ],
+    )
+    .await;
+    let at = location(&res).to_owned();
+    assert!(at.starts_with("/connections/"), "{at}");
+    let res = post_form(s, client, &format!("{at}/sync"), &[("csrf", csrf)]).await;
+    location(&res).to_owned()
+}
+
+/// The live fragment of `job` once it shows a question: (fragment, number).
+async fn question_of(s: &TestServer, client: &reqwest::Client, job: &str) -> (String, String) {
+    loop {
+        let live = client
+            .get(s.url(&format!("{job}/live")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if let Some(i) = live.find("name=\"question\" value=\"") {
+            let n = live[i + 23..].split('"').next().unwrap().to_owned();
+            return (live, n);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn finished(s: &TestServer, client: &reqwest::Client, job: &str) -> String {
+    loop {
+        let live = client
+            .get(s.url(&format!("{job}/live")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if live.contains("data-done") {
+            return live;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_card_answers_the_banks_card_reader_question() {
+    use bankbridge_cap::transport::VirtualReaders;
+    use bankbridge_cap::virtual_card::{Profile, VirtualCard, VirtualCardConfig};
+    let readers = VirtualReaders::new();
+    readers.insert(
+        "Reader W",
+        Box::new(VirtualCard::new(VirtualCardConfig::new(Profile::CapBe, "1234")).unwrap()),
+    );
+    let s =
+        TestServer::start_with_readers(ServerConfig::default(), Some(std::sync::Arc::new(readers)))
+            .await;
+    let (client, csrf) = signed_in(&s, Scope::Admin).await;
+    let res = post_form(
+        &s,
+        &client,
+        "/cards/institutions",
+        &[("csrf", &csrf), ("name", "Test Bank"), ("country", "")],
+    )
+    .await;
+    assert_eq!(location(&res), "/cards");
+    let institution = s.store.list_institutions().await.unwrap().remove(0).id;
+    let res = post_form(
+        &s,
+        &client,
+        "/cards",
+        &[
+            ("csrf", &csrf),
+            ("institution", &institution),
+            ("reader", "Reader W"),
+            ("label", "team card"),
+            ("account_reference", "BE68 5390 0754 7034"),
+            ("pin", "1234"),
+            ("min_pin_tries", "3"),
+        ],
+    )
+    .await;
+    let card_page = location(&res).to_owned();
+    assert!(
+        card_page.starts_with(&format!("/cards/{institution}/")),
+        "{card_page}"
+    );
+    let card = card_page.rsplit('/').next().unwrap().to_owned();
+
+    let job = add_and_sync(&s, &client, &csrf, "card").await;
+    let (live, number) = question_of(&s, &client, &job).await;
+    assert!(
+        live.contains(common::FAKE_CHALLENGE),
+        "the bank's challenge is shown"
+    );
+    assert!(
+        live.contains("team card (Reader W)"),
+        "the registered card is offered"
+    );
+    let res = post_form(
+        &s,
+        &client,
+        &format!("{job}/answer"),
+        &[
+            ("csrf", &csrf),
+            ("question", &number),
+            ("answer", "card"),
+            ("card", &format!("{institution}/{card}")),
+        ],
+    )
+    .await;
+    assert_eq!(location(&res), job);
+    let done = finished(&s, &client, &job).await;
+    assert!(done.contains("status-succeeded"), "{done}");
+    // The card's use is in the audit, under the person's token.
+    let audit = client
+        .get(s.url("/cards/audit"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        audit.contains("login code") && audit.contains(">ok<"),
+        "{audit}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_followed_and_a_declined_question_fails_the_sync() {
+    let s = TestServer::start().await;
+    let (client, csrf) = signed_in(&s, Scope::Write).await;
+    let job = add_and_sync(&s, &client, &csrf, "redirect").await;
+    let (live, number) = question_of(&s, &client, &job).await;
+    assert!(live.contains("href=\"https://bank.example/sca/approve?id=42\""));
+    assert!(live.contains("rel=\"noopener noreferrer\""));
+    post_form(
+        &s,
+        &client,
+        &format!("{job}/answer"),
+        &[
+            ("csrf", &csrf),
+            ("question", &number),
+            ("answer", "approved"),
+        ],
+    )
+    .await;
+    assert!(
+        finished(&s, &client, &job)
+            .await
+            .contains("status-succeeded")
+    );
+
+    // Declined: the sync fails and says so; nothing waits any more.
+    let res = post_form(&s, &client, "/connections/1/sync", &[("csrf", &csrf)]).await;
+    let again = location(&res).to_owned();
+    let (_, number) = question_of(&s, &client, &again).await;
+    post_form(
+        &s,
+        &client,
+        &format!("{again}/answer"),
+        &[
+            ("csrf", &csrf),
+            ("question", &number),
+            ("answer", "decline"),
+        ],
+    )
+    .await;
+    let done = finished(&s, &client, &again).await;
+    assert!(
+        done.contains("status-failed") || done.contains("status-needs_user"),
+        "{done}"
+    );
+    let res = post_form(
+        &s,
+        &client,
+        &format!("{again}/answer"),
+        &[
+            ("csrf", &csrf),
+            ("question", &number),
+            ("answer", "approved"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT, "the sync is over");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_removes_a_connection_and_a_write_session_cannot() {
+    let s = TestServer::start().await;
+    let (writer, wcsrf) = signed_in(&s, Scope::Write).await;
+    let job = add_and_sync(&s, &writer, &wcsrf, "fake").await;
+    assert!(
+        finished(&s, &writer, &job)
+            .await
+            .contains("status-succeeded")
+    );
+    let res = post_form(&s, &writer, "/connections/1/remove", &[("csrf", &wcsrf)]).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(s.store.list_connections().await.unwrap().len(), 1);
+    let page = writer
+        .get(s.url("/connections/1"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("/remove\""), "no remove button for write");
+
+    let (admin, acsrf) = signed_in(&s, Scope::Admin).await;
+    let page = admin
+        .get(s.url("/connections/1"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("/remove\"") && page.contains("User name"));
+    let res = post_form(&s, &admin, "/connections/1/remove", &[("csrf", &acsrf)]).await;
+    assert_eq!(location(&res), "/connections");
+    assert!(s.store.list_connections().await.unwrap().is_empty());
+    assert!(
+        s.store.list_accounts(None).await.unwrap().is_empty(),
+        "its accounts went too"
+    );
+    s.shutdown().await;
+}

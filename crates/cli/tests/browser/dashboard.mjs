@@ -21,7 +21,7 @@ if (!base || !adminLink || !readToken || !shots) {
   process.exit(2);
 }
 
-const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'bb-chromium-')), {
+const launch = (extra = {}) => chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'bb-chromium-')), {
   executablePath: process.env.BANKBRIDGE_CHROMIUM || '/usr/bin/chromium',
   headless: true,
   acceptDownloads: true,
@@ -31,7 +31,9 @@ const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir()
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
     '--disable-quic',
   ],
+  ...extra,
 });
+const context = await launch();
 const page = context.pages()[0] ?? (await context.newPage());
 // Any script of a label that ran would open a dialog or set this flag.
 page.on('dialog', (d) => {
@@ -333,6 +335,30 @@ await step('a read session sees no admin action and cannot reach one by URL', as
     assert.match(await page.getByRole('alert').innerText(), /needs a token with scope admin/);
   }
   await shot('forbidden');
+});
+
+await step('every page that only shows data works with JavaScript off', async () => {
+  const noscript = await launch({ javaScriptEnabled: false });
+  const p = noscript.pages()[0] ?? (await noscript.newPage());
+  try {
+    await p.goto(`${base}/login`);
+    await p.getByLabel('API token').fill(readToken);
+    await p.getByRole('button', { name: 'Sign in' }).click();
+    await p.getByRole('heading', { name: 'Overview' }).waitFor();
+    assert.ok((await p.locator('svg.chart').count()) >= 3, 'the charts are drawn on the server');
+    for (const [path, heading] of [['/transactions', 'Transactions'], ['/connections', 'Connections'],
+      ['/documents', 'Documents'], ['/checks', 'Checks'], ['/bankid', 'BankID']]) {
+      const res = await p.goto(`${base}${path}`);
+      assert.equal(res.status(), 200, path);
+      await p.getByRole('heading', { name: heading, exact: true }).waitFor();
+    }
+    await p.goto(`${base}/transactions`);
+    await p.getByRole('link', { name: 'Next page' }).click();
+    await p.getByRole('link', { name: 'First page' }).waitFor();
+    await p.screenshot({ path: join(shots, 'transactions-noscript.png'), fullPage: true });
+  } finally {
+    await noscript.close();
+  }
 });
 
 await context.close();

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bankbridge_core::{
     Balance, BalanceKind, Connector, ConnectorError, ConnectorLimits, DateWindow, FetchedAccount,
-    FetchedTransaction, Iban, MasterKey, TxStatus, WindowPage, clean_label,
+    FetchedTransaction, Iban, MasterKey, ScaChallenge, TxStatus, WindowPage, clean_label,
 };
 use bankbridge_server::{AppState, ServerConfig, auth};
 use bankbridge_store::{Checkpoint, Scope, SqliteStore, Store, TxWrite, WindowCommit};
@@ -71,9 +71,13 @@ pub const FAKE_PASSWORD: &str = "hunter2-Pa55-very-secret";
 pub struct FakeBank {
     password: String,
     delay: Duration,
-    /// The `otp` bank asks for this one-time code at login.
-    otp: Option<&'static str>,
+    /// What the bank asks for at login (strong customer authentication),
+    /// until it is answered.
+    sca: Option<ScaChallenge>,
 }
+
+/// The challenge the `card` fake bank shows.
+pub const FAKE_CHALLENGE: &str = "13572468";
 
 /// The code the `otp` fake bank asks for.
 pub const FAKE_OTP: &str = "246810";
@@ -132,27 +136,33 @@ impl Connector for FakeBank {
         if self.password != FAKE_PASSWORD {
             return Err(ConnectorError::InvalidCredentials("wrong password".into()));
         }
-        if self.otp.is_some() {
-            return Err(ConnectorError::ScaRequired(
-                bankbridge_core::ScaChallenge::Otp {
-                    prompt: "SMS to +359 ••• 42".into(),
-                },
-            ));
+        match &self.sca {
+            Some(challenge) => Err(ConnectorError::ScaRequired(challenge.clone())),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn resume_sca(
         &mut self,
         answer: &bankbridge_core::ScaAnswer,
     ) -> Result<bankbridge_core::ScaProgress, ConnectorError> {
-        match answer {
-            bankbridge_core::ScaAnswer::Code(c) if Some(c.expose().as_str()) == self.otp => {
-                self.otp = None;
-                Ok(bankbridge_core::ScaProgress::Done)
+        use bankbridge_core::ScaAnswer::{Approved, Code};
+        let accepted = match (&self.sca, answer) {
+            (Some(ScaChallenge::Otp { .. }), Code(c)) => c.expose() == FAKE_OTP,
+            // An EMV-CAP login code: 6 to 10 digits (its cryptogram is
+            // checked in the cap crate's tests, not by this stand-in).
+            (Some(ScaChallenge::CardReaderLogin { .. }), Code(c)) => {
+                (6..=10).contains(&c.expose().len())
+                    && c.expose().bytes().all(|b| b.is_ascii_digit())
             }
-            _ => Err(ConnectorError::ScaFailed("wrong code".into())),
+            (Some(ScaChallenge::Redirect { .. }), Approved) => true,
+            _ => false,
+        };
+        if !accepted {
+            return Err(ConnectorError::ScaFailed("wrong answer".into()));
         }
+        self.sca = None;
+        Ok(bankbridge_core::ScaProgress::Done)
     }
 
     async fn accounts(&mut self) -> Result<Vec<FetchedAccount>, ConnectorError> {
@@ -181,24 +191,42 @@ impl Connector for FakeBank {
     }
 }
 
-/// Builds `fake` (instant), `slow` (login takes 1.5 s) and `otp` (asks for
-/// [`FAKE_OTP`] at login) fake banks.
+/// Builds `fake` (instant), `slow` (login takes 1.5 s), and fake banks that
+/// ask at login for [`FAKE_OTP`] (`otp`), a card reader's login code over
+/// [`FAKE_CHALLENGE`] (`card`) or a visit to their page (`redirect`).
 pub fn fake_factory() -> ConnectorFactory {
     Arc::new(|connection, _settings, credentials| {
         let password = credentials
             .get("password")
             .map(|p| p.expose().clone())
             .unwrap_or_default();
-        let (delay, otp) = match connection.connector.as_str() {
+        let (delay, sca) = match connection.connector.as_str() {
             "fake" => (Duration::ZERO, None),
             "slow" => (Duration::from_millis(1500), None),
-            "otp" => (Duration::ZERO, Some(FAKE_OTP)),
+            "otp" => (
+                Duration::ZERO,
+                Some(ScaChallenge::Otp {
+                    prompt: "SMS to +359 ••• 42".into(),
+                }),
+            ),
+            "card" => (
+                Duration::ZERO,
+                Some(ScaChallenge::CardReaderLogin {
+                    challenge: Some(FAKE_CHALLENGE.into()),
+                }),
+            ),
+            "redirect" => (
+                Duration::ZERO,
+                Some(ScaChallenge::Redirect {
+                    url: "https://bank.example/sca/approve?id=42".into(),
+                }),
+            ),
             other => return Err(format!("no connector {other}")),
         };
         Ok(Box::new(FakeBank {
             password,
             delay,
-            otp,
+            sca,
         }) as Box<dyn Connector>)
     })
 }
@@ -238,7 +266,9 @@ impl TestServer {
             Arc::new(MasterKey::generate()),
             fake_factory(),
         );
-        let connectors = vec!["fake".into(), "slow".into(), "otp".into()];
+        let connectors = ["fake", "slow", "otp", "card", "redirect"]
+            .map(String::from)
+            .to_vec();
         let state = match readers {
             Some(readers) => {
                 AppState::with_readers(store.clone(), syncer, connectors, config, readers)
