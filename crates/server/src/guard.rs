@@ -143,6 +143,11 @@ impl TokenAuth {
             .retain(|_, c| c.principal.token_id != token_id);
     }
 
+    /// A use of token `id` other than a bearer header's (a dashboard session).
+    pub(crate) fn touch(&self, store: &Arc<dyn Tokens>, id: &str) {
+        self.maybe_touch(store, id, Instant::now());
+    }
+
     /// Record `last_used_at`, at most once a minute per token, off the request path.
     fn maybe_touch(&self, store: &Arc<dyn Tokens>, id: &str, now: Instant) {
         {

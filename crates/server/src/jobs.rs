@@ -1,12 +1,15 @@
 //! Sync jobs: one background sync per connection at a time in this process.
 //!
-//! Both `POST /api/v1/connections/{id}/sync` and the scheduler go through
-//! [`AppState::start_sync`]. It creates a [`SyncJob`] row (`queued`), runs
-//! [`Syncer::sync`](bankbridge_sync::Syncer::sync) in a spawned task and moves
-//! the job to `running`, then `succeeded` (with the summary), `needs_user`
-//! (the bank asked for strong customer authentication: jobs run unattended,
-//! so the sync stops at that point, with what it committed before in the
-//! summary) or `failed` (with the error text). A second request while a sync of the same connection runs
+//! `POST /api/v1/connections/{id}/sync`, the scheduler and the dashboard's
+//! "sync now" go through [`AppState::start_sync`]. It creates a [`SyncJob`]
+//! row (`queued`), runs the sync in a spawned task and moves the job to
+//! `running`, then `succeeded` (with the summary), `needs_user` (the bank
+//! asked for strong customer authentication and nobody answered: the sync
+//! stops at that point, with what it committed before in the summary) or
+//! `failed` (with the error text). Jobs of the API and the scheduler run
+//! unattended; a job started from the dashboard asks the person on its page
+//! ([`crate::live::PageSolver`]). Each running job's progress is a
+//! [`LiveJob`]. A second request while a sync of the same connection runs
 //! gets the running job back instead of a new one. Across processes the
 //! syncer's database lease keeps two syncs of one connection apart.
 use std::collections::HashMap;

@@ -92,6 +92,10 @@ impl LiveJob {
                 delay.as_secs()
             )),
             SyncEvent::Relogin => Some("Logging in again.".to_owned()),
+            // A redirect's address may carry the bank's state: not in the list.
+            SyncEvent::ScaRequired {
+                challenge: ScaChallenge::Redirect { .. },
+            } => Some("The bank asks for a visit to its page.".to_owned()),
             SyncEvent::ScaRequired { challenge } => Some(format!("The bank asks for {challenge}.")),
             SyncEvent::ScaDone => {
                 s.approval = None;
@@ -156,12 +160,18 @@ impl ScaSolver for PageSolver {
                 *self.live.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some((number, tx));
                 self.live.state().question = Some((number, challenge.clone()));
                 let answer = tokio::time::timeout(self.wait, rx).await;
-                self.live.state().question = None;
-                self.live
-                    .answer
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
+                // This question's, not another's (the engine asks one at a time).
+                {
+                    let mut state = self.live.state();
+                    if state.question.as_ref().is_some_and(|(n, _)| *n == number) {
+                        state.question = None;
+                    }
+                }
+                let mut slot = self.live.answer.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.as_ref().is_some_and(|(n, _)| *n == number) {
+                    *slot = None;
+                }
+                drop(slot);
                 Ok(match answer {
                     Ok(Ok(a)) => a,
                     // Nobody answered in time, or the page went away.

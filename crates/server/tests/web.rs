@@ -1006,3 +1006,43 @@ async fn an_admin_removes_a_connection_and_a_write_session_cannot() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_agents_token_cannot_open_the_dashboard() {
+    let s = TestServer::start().await;
+    seed(s.store.as_ref(), 4).await;
+    let agent = s.token_at(Scope::Agent, Some("eu-west")).await;
+    let client = browser();
+    let res = sign_in(&s, &client, &agent).await;
+    assert_eq!(location(&res), "/login?error=agent");
+    assert!(res.headers().get("set-cookie").is_none());
+    for path in [
+        "/",
+        "/transactions",
+        "/transactions/export?format=csv",
+        "/documents",
+    ] {
+        let res = client.get(s.url(path)).send().await.unwrap();
+        assert_eq!(location(&res), "/login", "{path}");
+    }
+    // Nor through a one-time link.
+    let id = bankbridge_server::auth::token_id(&agent)
+        .unwrap()
+        .to_owned();
+    let secret = bankbridge_server::auth::new_login_link(s.store.as_ref(), &id)
+        .await
+        .unwrap();
+    let res = client
+        .post(s.url("/login/link"))
+        .header("Sec-Fetch-Site", "same-origin")
+        .form(&[("secret", secret.expose().as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(location(&res), "/login?error=token");
+    assert_eq!(
+        location(&client.get(s.url("/")).send().await.unwrap()),
+        "/login"
+    );
+    s.shutdown().await;
+}

@@ -12,7 +12,7 @@ use bankbridge_store::Scope;
 use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
-use super::form::{PageError, PageResult, Posted};
+use super::form::{NoFields, PageError, PageResult, Posted};
 use super::layout;
 use super::session::Viewer;
 use crate::AppState;
@@ -79,10 +79,25 @@ pub(crate) async fn start(
 ) -> PageResult {
     viewer.require(Scope::Write)?;
     let gw = gateway(&state)?;
+    let sign = match form.kind.as_str() {
+        "auth" => false,
+        "sign" => true,
+        _ => {
+            let body = start_form(
+                &viewer,
+                Some("Choose whether the person identifies themselves or signs."),
+            );
+            return Ok((
+                StatusCode::BAD_REQUEST,
+                layout::page(&viewer, "/bankid", "BankID", body),
+            )
+                .into_response());
+        }
+    };
     let text = form.text.trim();
     let pn = form.personal_number.trim();
     let params = OrderParams {
-        sign: form.kind == "sign",
+        sign,
         personal_number: (!pn.is_empty()).then(|| pn.to_owned()),
         user_visible_data: (!text.is_empty()).then(|| text.to_owned()),
         ..Default::default()
@@ -97,7 +112,10 @@ pub(crate) async fn start(
         .collect();
     let ip = end_user_ip(peer, &forwarded, &state.config.trusted_proxies);
     match gw.start(params, ip).await {
-        Ok(order) => Ok(Redirect::to(&format!("/bankid/orders/{}", order.id)).into_response()),
+        Ok(order) => {
+            tracing::info!(order = %order.id, sign, by = %viewer.principal.token_name, "BankID order started in the dashboard");
+            Ok(Redirect::to(&format!("/bankid/orders/{}", order.id)).into_response())
+        }
         Err(e) => {
             let e = crate::error::ApiError::from(e);
             let body = start_form(&viewer, Some(&e.message));
@@ -195,14 +213,11 @@ fn inline_svg(doc: &str) -> &str {
     doc.find("<svg").map_or(doc, |at| &doc[at..])
 }
 
-#[derive(Deserialize)]
-pub(crate) struct Empty {}
-
 /// `POST /bankid/orders/{id}/cancel` (write).
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Posted { viewer, .. }: Posted<Empty>,
+    Posted { viewer, .. }: Posted<NoFields>,
 ) -> PageResult {
     viewer.require(Scope::Write)?;
     gateway(&state)?.cancel(&id);

@@ -245,7 +245,7 @@ pub(crate) async fn show(
 ) -> PageResult {
     viewer.require(Scope::Admin)?;
     let card = card_of(&state, &institution, &card).await?;
-    card_page(&state, &viewer, &card, None, StatusCode::OK).await
+    card_page(&viewer, &card, None, StatusCode::OK).await
 }
 
 /// What a card's page says after an action: a problem, or a test's code.
@@ -258,13 +258,7 @@ enum Said {
     },
 }
 
-async fn card_page(
-    _state: &AppState,
-    viewer: &Viewer,
-    c: &Card,
-    said: Option<Said>,
-    code: StatusCode,
-) -> PageResult {
+async fn card_page(viewer: &Viewer, c: &Card, said: Option<Said>, code: StatusCode) -> PageResult {
     let base = format!("/cards/{}/{}", c.institution_id, c.id);
     let body = html! {
         @match &said {
@@ -348,7 +342,17 @@ pub(crate) async fn edit(
     Posted { viewer, form }: Posted<EditForm>,
 ) -> PageResult {
     viewer.require(Scope::Admin)?;
-    let min_pin_tries = form.min_pin_tries.trim().parse().ok();
+    let min_pin_tries = match form.min_pin_tries.trim() {
+        "" => None,
+        n => match n.parse() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                let c = card_of(&state, &institution, &card).await?;
+                let said = Said::Problem("The minimum PIN tries is a number from 1 to 15.".into());
+                return card_page(&viewer, &c, Some(said), StatusCode::BAD_REQUEST).await;
+            }
+        },
+    };
     let body = UpdateCard {
         label: Some(form.label.trim().to_owned()),
         account_reference: Some(form.account_reference.trim().to_owned()),
@@ -395,7 +399,6 @@ async fn apply(
         Err(e) if e.status.is_client_error() => {
             let c = card_of(state, institution, card).await?;
             card_page(
-                state,
                 viewer,
                 &c,
                 Some(Said::Problem(e.message.into_owned())),
@@ -436,7 +439,7 @@ pub(crate) async fn test_login(
                 atc: r.atc,
                 tries: r.card.pin_tries_left,
             };
-            card_page(&state, &viewer, &c, Some(said), StatusCode::OK).await
+            card_page(&viewer, &c, Some(said), StatusCode::OK).await
         }
         Err(e) => {
             let e = crate::error::ApiError::from(e);
@@ -446,7 +449,6 @@ pub(crate) async fn test_login(
                 e.status
             };
             card_page(
-                &state,
                 &viewer,
                 &c,
                 Some(Said::Problem(e.message.into_owned())),
@@ -532,7 +534,10 @@ pub(crate) async fn audit(
             } }
             @if more {
                 nav.pager aria-label="Pages" {
-                    a rel="next" href={"/cards/audit?card=" (q.card) "&before=" (entries[entries.len() - 1].id)} { "Older entries" }
+                    a rel="next" href={"/cards/audit?" (url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair("card", &q.card)
+                        .append_pair("before", &entries[entries.len() - 1].id.to_string())
+                        .finish())} { "Older entries" }
                 }
             }
         }

@@ -13,7 +13,7 @@ use bankbridge_store::{CheckRun, CheckRunQuery, Scope};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::form::{PageError, PageResult, Posted};
+use super::form::{NoFields, PageError, PageResult, Posted};
 use super::layout::{self, instant};
 use super::session::Viewer;
 use crate::AppState;
@@ -183,14 +183,11 @@ pub(crate) async fn show(
     Ok(layout::page(&viewer, "/checks", &title, body).into_response())
 }
 
-#[derive(Deserialize)]
-pub(crate) struct Empty {}
-
 /// `POST /checks/{id}/run` (write).
 pub(crate) async fn run_now(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Posted { viewer, .. }: Posted<Empty>,
+    Posted { viewer, .. }: Posted<NoFields>,
 ) -> PageResult {
     viewer.require(Scope::Write)?;
     let service = service(&state)

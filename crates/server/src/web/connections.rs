@@ -11,7 +11,7 @@ use chrono::{NaiveDate, Utc};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::form::{PageError, PageResult, Posted};
+use super::form::{NoFields, PageError, PageResult, Posted};
 use super::layout::{self, instant};
 use super::session::Viewer;
 use crate::AppState;
@@ -367,14 +367,11 @@ pub(crate) async fn update(
     }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct Empty {}
-
 /// `POST /connections/{id}/remove` (admin).
 pub(crate) async fn remove(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-    Posted { viewer, .. }: Posted<Empty>,
+    Posted { viewer, .. }: Posted<NoFields>,
 ) -> PageResult {
     viewer.require(Scope::Admin)?;
     delete_connection(&state, id).await?;
@@ -386,7 +383,7 @@ pub(crate) async fn remove(
 pub(crate) async fn sync(
     State(state): State<AppState>,
     Path(id): Path<i64>,
-    Posted { viewer, .. }: Posted<Empty>,
+    Posted { viewer, .. }: Posted<NoFields>,
 ) -> PageResult {
     viewer.require(Scope::Write)?;
     let started = crate::api::syncs::start_checked(&state, id, Trigger::Dashboard).await?;

@@ -57,6 +57,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for Posted<T> {
     }
 }
 
+/// A form whose only field is its CSRF token (a button).
+#[derive(serde::Deserialize)]
+pub(crate) struct NoFields {}
+
 impl Viewer {
     /// Whether this person's token allows `scope`.
     pub(crate) fn allows(&self, scope: Scope) -> bool {

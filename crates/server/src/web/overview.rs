@@ -43,9 +43,17 @@ pub(crate) async fn page(
     let today = Utc::now().date_naive();
     let month_start = today.with_day(1).unwrap_or(today);
     let first_month = month_start - Months::new(11);
-    let date = |v: &str| NaiveDate::parse_from_str(v.trim(), "%Y-%m-%d").ok();
+    // Years 1 to 9999 only: chrono reads signed years far outside what
+    // either database compares alike.
+    let date = |v: &str| {
+        NaiveDate::parse_from_str(v.trim(), "%Y-%m-%d")
+            .ok()
+            .filter(|d| (1..=9999).contains(&d.year()))
+    };
     let to = date(&period.to).unwrap_or(today);
-    let from = date(&period.from).unwrap_or(to - chrono::Days::new(DEFAULT_DAYS - 1));
+    let from = date(&period.from)
+        .or_else(|| to.checked_sub_days(chrono::Days::new(DEFAULT_DAYS - 1)))
+        .unwrap_or(to);
     let (from, to) = if from <= to { (from, to) } else { (to, from) };
     let connections = state.store.connections.list_connections().await?;
     let accounts = state.store.bank.list_accounts(None).await?;
@@ -181,9 +189,19 @@ pub(crate) struct FlowKey {
     grouping: FlowGrouping,
 }
 
-/// Flows computed before, by what they were computed from.
+/// Flows computed before, by what they were computed from, with when.
 #[derive(Default)]
-pub(crate) struct FlowCache(std::sync::Mutex<HashMap<FlowKey, Arc<Vec<Flow>>>>);
+pub(crate) struct FlowCache(std::sync::Mutex<HashMap<FlowKey, Computed>>);
+
+/// Sums, and when they were computed.
+type Computed = (std::time::Instant, Arc<Vec<Flow>>);
+
+/// How long a sum is trusted on its stamp alone. `max(updated_at)` is not
+/// raised in commit order (a sync stamps its rows before it waits for the
+/// writer), so a late commit with older rows may leave it unchanged.
+const TRUST_STAMP: std::time::Duration = std::time::Duration::from_secs(60);
+/// How far before a stamp `months_changed_since` looks, for those late commits.
+const LATE_COMMIT: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// Entries kept at most (periods people look at); all go when it is full.
 const FLOW_CACHE_MAX: usize = 64;
@@ -192,7 +210,9 @@ const FLOW_CACHE_MAX: usize = 64;
 /// second on large stores, and they change only when a sync writes.
 async fn flows(state: &AppState, key: FlowKey) -> Result<Arc<Vec<Flow>>, ApiError> {
     let cache = &state.web.flows.0;
-    if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+    if let Some((at, hit)) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+        && at.elapsed() < TRUST_STAMP
+    {
         return Ok(hit.clone());
     }
     let fresh = Arc::new(
@@ -208,7 +228,7 @@ async fn flows(state: &AppState, key: FlowKey) -> Result<Arc<Vec<Flow>>, ApiErro
     }
     // Older stamps are of no use any more.
     cache.retain(|k, _| k.changed_at == key.changed_at && k.accounts == key.accounts);
-    cache.insert(key, fresh.clone());
+    cache.insert(key, (std::time::Instant::now(), fresh.clone()));
     Ok(fresh)
 }
 
@@ -224,6 +244,8 @@ struct MonthState {
     changed_at: Option<chrono::DateTime<Utc>>,
     accounts: Vec<i64>,
     full_at: std::time::Instant,
+    /// When the changed months were last asked for.
+    checked_at: std::time::Instant,
     months: BTreeMap<String, Vec<Flow>>,
 }
 
@@ -251,8 +273,10 @@ async fn month_flows(state: &AppState, key: &FlowKey) -> Result<Arc<Vec<Flow>>, 
     let mut next = match cached {
         Some(c) if c.accounts == key.accounts && c.full_at.elapsed() < FULL_EVERY => {
             let stale = match (c.changed_at, key.changed_at) {
-                (old, new) if old == new => Some(Vec::new()),
-                (Some(old), Some(_)) => Some(bank.months_changed_since(old).await?),
+                (old, new) if old == new && c.checked_at.elapsed() < TRUST_STAMP => {
+                    Some(Vec::new())
+                }
+                (Some(old), Some(_)) => Some(bank.months_changed_since(old - LATE_COMMIT).await?),
                 _ => None,
             };
             stale.map(|stale| (c, stale))
@@ -276,6 +300,7 @@ async fn month_flows(state: &AppState, key: &FlowKey) -> Result<Arc<Vec<Flow>>, 
                 c.months.insert(month.clone(), sums);
             }
             c.changed_at = key.changed_at;
+            c.checked_at = std::time::Instant::now();
             c
         }
         None => {
@@ -296,6 +321,7 @@ async fn month_flows(state: &AppState, key: &FlowKey) -> Result<Arc<Vec<Flow>>, 
                 changed_at: key.changed_at,
                 accounts: key.accounts.clone(),
                 full_at: std::time::Instant::now(),
+                checked_at: std::time::Instant::now(),
                 months,
             }
         }

@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, extract::Query};
 use bankbridge_core::Secret;
+use bankbridge_store::Scope;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore as _;
@@ -140,18 +141,22 @@ impl FromRequestParts<AppState> for Viewer {
             .as_ref()
             .map(|r| crate::auth::still_valid(r, chrono::Utc::now()));
         match (record, scope) {
-            (Some(record), Some(Ok(scope))) => Ok(Viewer {
-                principal: Arc::new(Principal {
-                    token_id: record.id,
-                    token_name: record.name,
-                    scope,
-                    location: record.location,
-                }),
-                csrf,
-                session,
-            }),
+            // An agent token serves a check agent and sees no bank data.
+            (Some(record), Some(Ok(scope))) if scope.allows(Scope::Read) => {
+                state.auth.touch(&state.store.tokens, &record.id);
+                Ok(Viewer {
+                    principal: Arc::new(Principal {
+                        token_id: record.id,
+                        token_name: record.name,
+                        scope,
+                        location: record.location,
+                    }),
+                    csrf,
+                    session,
+                })
+            }
             _ => {
-                // Revoked, expired or deleted: the session ends with its token.
+                // Revoked, expired, deleted (or an agent's): the session ends.
                 state.web.sessions.close(&session);
                 Err(SignIn::Again)
             }
@@ -218,6 +223,7 @@ pub(crate) async fn login_form(Query(q): Query<LoginQuery>) -> Response {
     let problem = q.error.as_deref().map(|e| match e {
         "token" => "That token is not valid: it is unknown, revoked or expired.",
         "site" => "The sign-in did not come from this page. Try again.",
+        "agent" => "That is a check agent's token: it cannot sign in to the dashboard. Use a read, write or admin token.",
         "link" => "That sign-in link is used, expired or unknown: links work once, for 15 minutes. Create another with bankbridge token create --login, or sign in with a token.",
         _ => "Sign-in failed. Try again.",
     });
@@ -244,7 +250,8 @@ pub(crate) async fn login(
         .authenticate_token(&state.store.tokens, token.expose())
         .await
     {
-        Ok(p) => p,
+        Ok(p) if p.scope.allows(Scope::Read) => p,
+        Ok(_) => return Redirect::to("/login?error=agent").into_response(),
         Err(_) => return Redirect::to("/login?error=token").into_response(),
     };
     signed_in(&state, principal.token_id.clone())
@@ -305,7 +312,10 @@ pub(crate) async fn link(
     };
     // The link's token must still work (not revoked since).
     match state.store.tokens.find_token(&token_id).await {
-        Ok(Some(record)) if crate::auth::still_valid(&record, chrono::Utc::now()).is_ok() => {
+        Ok(Some(record))
+            if crate::auth::still_valid(&record, chrono::Utc::now())
+                .is_ok_and(|scope| scope.allows(Scope::Read)) =>
+        {
             signed_in(&state, token_id)
         }
         Ok(_) => Redirect::to("/login?error=token").into_response(),

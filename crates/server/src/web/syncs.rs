@@ -108,7 +108,8 @@ async fn live(
                 @if viewer.allows(Scope::Write) {
                     (question_form(viewer, job.id, *number, challenge, &cards))
                 } @else {
-                    p.notice { "The bank asks for " (challenge.to_string()) ". Someone with a write token answers it here." }
+                    // Not the challenge itself: a redirect's address may carry the bank's state.
+                    p.notice { "The bank asks for strong customer authentication (" (challenge.kind().replace('_', " ")) "). Someone with a write token answers it here." }
                 }
             }
             @if done { (outcome(job)) }
@@ -176,7 +177,11 @@ fn question_form(
                     button name="answer" value="code" type="submit" { "Send the code" }
                 }
                 ScaChallenge::Redirect { url } => {
-                    p { a href=(url) target="_blank" rel="noopener noreferrer" { "Open the bank's page" } " and finish there, then come back." }
+                    @if url.starts_with("https://") || url.starts_with("http://") {
+                        p { a href=(url) target="_blank" rel="noopener noreferrer" { "Open the bank's page" } " and finish there, then come back." }
+                    } @else {
+                        p.error { "The bank sent an address that is not a web page: " code { (url) } }
+                    }
                     button name="answer" value="approved" type="submit" { "I have finished at the bank" }
                 }
                 _ => {}
@@ -273,6 +278,11 @@ pub(crate) async fn answer(
             ));
         }
     };
-    live.answer(form.question, answer);
+    if !live.answer(form.question, answer) {
+        return Err(PageError::new(
+            axum::http::StatusCode::CONFLICT,
+            "That question is no longer open (it was answered, or the sync stopped waiting). Nothing was sent to the bank.",
+        ));
+    }
     Ok(Redirect::to(&format!("/syncs/{id}")).into_response())
 }

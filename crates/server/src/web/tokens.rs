@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::form::{PageError, PageResult, Posted};
+use super::form::{NoFields, PageError, PageResult, Posted};
 use super::layout::{self, instant};
 use super::session::Viewer;
 use crate::AppState;
@@ -206,14 +206,11 @@ fn new_token(form: &NewToken) -> Result<(Secret<String>, TokenRecord), String> {
     Ok((plain, record))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct Empty {}
-
 /// `POST /tokens/{id}/revoke`.
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Posted { viewer, .. }: Posted<Empty>,
+    Posted { viewer, .. }: Posted<NoFields>,
 ) -> PageResult {
     viewer.require(Scope::Admin)?;
     // By id only: a name that looks like another token's id must not match it.
