@@ -91,6 +91,10 @@ cargo test --workspace --no-fail-fast "$@"
 # synced data, a card, flow checks and the BankID gateway (only with the
 # whole suite: extra arguments select Rust tests).
 if [ "$#" -eq 0 ]; then
-    cargo build -p bankbridge --quiet
+    # `cargo test --workspace` built target/debug/bankbridge already. A
+    # `cargo build` here would build it again with other features (the
+    # tests' dev-dependencies turn on test-support features): minutes of
+    # CI for the same binary.
+    [ -x target/debug/bankbridge ] || cargo build -p bankbridge --quiet
     scripts/api-contract.sh
 fi
