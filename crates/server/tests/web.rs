@@ -514,21 +514,8 @@ async fn a_connection_added_in_the_page_syncs_after_the_person_types_the_code() 
     let res = post_form(&s, &client, &format!("{at}/sync"), &[("csrf", &csrf)]).await;
     let job = location(&res).to_owned();
     assert!(job.starts_with("/syncs/"), "{job}");
-    let question = loop {
-        let live = client
-            .get(s.url(&format!("{job}/live")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if let Some(i) = live.find("name=\"question\" value=\"") {
-            assert!(live.contains("SMS to +359"), "{live}");
-            break live[i + 23..].split('"').next().unwrap().to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (live, question) = question_of(&s, &client, &job).await;
+    assert!(live.contains("SMS to +359"), "{live}");
     let res = post_form(
         &s,
         &client,
@@ -542,20 +529,7 @@ async fn a_connection_added_in_the_page_syncs_after_the_person_types_the_code() 
     )
     .await;
     assert_eq!(location(&res), job);
-    let done = loop {
-        let live = client
-            .get(s.url(&format!("{job}/live")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if live.contains("data-done") {
-            break live;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let done = finished(&s, &client, &job).await;
     assert!(done.contains("status-succeeded"), "{done}");
     assert!(done.contains("3 new"), "{done}");
     s.shutdown().await;
@@ -666,40 +640,9 @@ async fn the_overview_sums_follow_a_sync() {
         .await
         .unwrap();
     assert!(page.contains("No booked transactions in the last 12 months"));
-    let res = post_form(
-        &s,
-        &client,
-        "/connections",
-        &[
-            ("csrf", &csrf),
-            ("name", "fake-bank"),
-            ("connector", "fake"),
-            ("base_url", "http://127.0.0.1:1"),
-            ("username", "me"),
-            ("password", common::FAKE_PASSWORD),
-            ("since", ""),
-            ("interval", ""),
-        ],
-    )
-    .await;
-    let at = location(&res).to_owned();
-    let res = post_form(&s, &client, &format!("{at}/sync"), &[("csrf", &csrf)]).await;
-    let job = location(&res).to_owned();
-    loop {
-        let live = client
-            .get(s.url(&format!("{job}/live")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if live.contains("data-done") {
-            assert!(live.contains("status-succeeded"), "{live}");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let job = add_and_sync(&s, &client, &csrf, "fake").await;
+    let live = finished(&s, &client, &job).await;
+    assert!(live.contains("status-succeeded"), "{live}");
     // The fake bank's salary (1200.00, five days ago) is in its month's bar.
     let salary_month = (Utc::now() - chrono::Duration::days(5))
         .format("%Y-%m")

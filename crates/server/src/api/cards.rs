@@ -459,7 +459,11 @@ async fn institution(state: &AppState, id: &str) -> Result<Institution, ApiError
         .ok_or_else(|| ApiError::not_found(format!("no financial institution {id}")))
 }
 
-async fn card_of(state: &AppState, institution: &str, card: &str) -> Result<Card, ApiError> {
+pub(crate) async fn card_of(
+    state: &AppState,
+    institution: &str,
+    card: &str,
+) -> Result<Card, ApiError> {
     state
         .store
         .cards

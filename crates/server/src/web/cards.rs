@@ -223,18 +223,9 @@ pub(crate) async fn add_card(
     }
 }
 
+/// The card, as the API finds it (404 when the institution does not hold it).
 async fn card_of(state: &AppState, institution: &str, card: &str) -> Result<Card, PageError> {
-    state
-        .store
-        .cards
-        .get_card(card)
-        .await?
-        .filter(|c| c.institution_id == institution)
-        .ok_or_else(|| {
-            PageError::not_found(format!(
-                "There is no card {card} at institution {institution}."
-            ))
-        })
+    Ok(crate::api::cards::card_of(state, institution, card).await?)
 }
 
 /// `GET /cards/{institution}/{card}`.
