@@ -31,6 +31,7 @@ pub mod keypad;
 #[cfg(feature = "test-support")]
 pub mod receivers;
 mod util;
+pub mod xs2a;
 pub mod xs2a_playground;
 
 pub use fault::{FaultConfig, FaultKind};
@@ -163,6 +164,7 @@ pub struct SandboxState {
     fibank: Arc<fibank::Fibank>,
     keypad: Arc<keypad::KeypadBank>,
     xs2a: Arc<xs2a_playground::Playground>,
+    psd2: Arc<xs2a::Xs2aBanks>,
     bankid: Option<Arc<EmbeddedBankId>>,
 }
 
@@ -201,10 +203,15 @@ impl SandboxState {
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (fibank, keypad)
         });
+        let psd2 = Arc::new(xs2a::Xs2aBanks::new(
+            &config,
+            bankid.as_ref().map(|b| b.sim.clone()),
+        ));
         Ok(SandboxState {
             fibank: Arc::new(fibank),
             keypad: Arc::new(keypad),
             xs2a: Arc::new(xs2a_playground::Playground::new()),
+            psd2,
             bankid,
         })
     }
@@ -248,6 +255,11 @@ impl SandboxState {
         &self.keypad
     }
 
+    /// The simulated NextGenPSD2 banks (`be`, `se`, `redirect`).
+    pub fn xs2a(&self) -> &xs2a::Xs2aBanks {
+        &self.psd2
+    }
+
     /// The Klarna-like XS2A playground (its API token, accounts, failure plan).
     pub fn xs2a_playground(&self) -> &xs2a_playground::Playground {
         &self.xs2a
@@ -261,6 +273,9 @@ impl SandboxState {
             .set_base_url(format!("{root}{}", fibank::PREFIX));
         self.keypad
             .set_base_url(format!("{root}{}", keypad::PREFIX));
+        for bank in self.psd2.all() {
+            bank.set_root_url(root);
+        }
     }
 }
 
@@ -269,7 +284,8 @@ pub fn router(state: SandboxState) -> axum::Router {
     let mut router = axum::Router::new()
         .merge(fibank::routes(state.fibank.clone()))
         .merge(keypad::routes(state.keypad.clone()))
-        .merge(xs2a_playground::routes(state.xs2a.clone()));
+        .merge(xs2a_playground::routes(state.xs2a.clone()))
+        .merge(xs2a::routes(state.psd2.clone()));
     if let Some(b) = &state.bankid {
         router = router.merge(bankid::control::routes(b.sim.clone()));
     }
@@ -364,6 +380,11 @@ impl SandboxHandle {
     /// The simulated keypad bank's base URL: `http://127.0.0.1:PORT/keypad`.
     pub fn keypad_base_url(&self) -> String {
         format!("{}{}", self.root_url(), keypad::PREFIX)
+    }
+
+    /// A simulated NextGenPSD2 bank (`be`, `se` or `redirect`).
+    pub fn xs2a(&self, bank: &str) -> Option<&Arc<xs2a::Xs2aBank>> {
+        self.state.xs2a().get(bank)
     }
 
     /// The simulated keypad bank (its credentials, truth, clock, 2FA requests).

@@ -420,6 +420,24 @@ impl BankIdSim {
         Ok(body)
     }
 
+    /// Start an identification for `personal_number` the way a bank's
+    /// back end does for its PSD2 API (the simulated NextGenPSD2 banks run
+    /// in this process): the tokens a relying party gets, as `/auth` answers.
+    pub fn start_for_bank(
+        &self,
+        personal_number: &str,
+        end_user_ip: &str,
+        bank: &str,
+    ) -> Result<Value, String> {
+        let body = json!({
+            "endUserIp": end_user_ip,
+            "requirement": {"personalNumber": personal_number},
+        });
+        let request = validate::start_request(validate::OrderKind::Auth, &body, false)
+            .map_err(|e| e.details)?;
+        self.start(request, bank.to_owned()).map_err(|e| e.details)
+    }
+
     fn lookup_error(&self, r: Uuid, e: Lookup) -> ApiError {
         match e {
             Lookup::Unknown => ApiError::invalid_parameters(format!(
