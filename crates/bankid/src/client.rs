@@ -4,8 +4,6 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use bankbridge_core::Secret;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::debug;
@@ -123,10 +121,10 @@ impl BankIdClientBuilder {
         cert_chain_pem: impl AsRef<[u8]>,
         key_pem: impl AsRef<[u8]>,
     ) -> Self {
-        let mut pem = cert_chain_pem.as_ref().to_vec();
-        pem.push(b'\n');
-        pem.extend_from_slice(key_pem.as_ref());
-        self.identity = Some(IdentitySource::Pem(Secret::new(pem)));
+        self.identity = Some(IdentitySource::Pem(bankbridge_core::tls::pem_bundle(
+            cert_chain_pem.as_ref(),
+            key_pem.as_ref(),
+        )));
         self
     }
 
@@ -197,7 +195,8 @@ impl BankIdClientBuilder {
             }
             Some(IdentitySource::Pem(pem)) => pem,
             Some(IdentitySource::Pkcs12 { der, password }) => {
-                pkcs12_to_pem(der.expose(), password.expose())?
+                bankbridge_core::tls::pkcs12_to_pem(der.expose(), password.expose())
+                    .map_err(BankIdError::Config)?
             }
         };
         let identity = reqwest::Identity::from_pem(identity_pem.expose()).map_err(|e| {
@@ -236,43 +235,6 @@ impl BankIdClientBuilder {
             .map_err(|e| BankIdError::Config(format!("cannot build the HTTPS client: {e}")))?;
         Ok(BankIdClient { http, base })
     }
-}
-
-/// Convert a PKCS#12 file into the PEM bundle reqwest's rustls backend takes.
-fn pkcs12_to_pem(der: &[u8], password: &str) -> Result<Secret<Vec<u8>>, BankIdError> {
-    let store = p12_keystore::KeyStore::from_pkcs12(der, password).map_err(|e| {
-        BankIdError::Config(format!(
-            "cannot open the PKCS#12 client certificate (wrong password, or not a .p12/.pfx \
-             file?): {e}"
-        ))
-    })?;
-    let (_alias, chain) = store.private_key_chain().ok_or_else(|| {
-        BankIdError::Config(
-            "the PKCS#12 file holds no private key with its certificate; export it with the key"
-                .into(),
-        )
-    })?;
-    let mut pem = String::new();
-    for cert in chain.chain() {
-        push_pem(&mut pem, "CERTIFICATE", cert.as_der());
-    }
-    push_pem(&mut pem, "PRIVATE KEY", chain.key());
-    Ok(Secret::new(pem.into_bytes()))
-}
-
-fn push_pem(out: &mut String, label: &str, der: &[u8]) {
-    out.push_str("-----BEGIN ");
-    out.push_str(label);
-    out.push_str("-----\n");
-    let b64 = BASE64.encode(der);
-    for line in b64.as_bytes().chunks(64) {
-        // base64 output is ASCII.
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str("-----END ");
-    out.push_str(label);
-    out.push_str("-----\n");
 }
 
 /// The BankID RP API v6.0 client. Cheap to clone (one connection pool).

@@ -1381,7 +1381,7 @@ impl Connector for KeypadConnector {
         };
         match answer {
             ScaAnswer::Approved | ScaAnswer::Code(_) => {}
-            ScaAnswer::Declined | ScaAnswer::NotNow => {
+            ScaAnswer::Declined | ScaAnswer::NotNow | ScaAnswer::Unavailable(_) => {
                 // The request expires by itself at the bank.
                 self.pending_2fa = None;
                 return Err(ConnectorError::ScaFailed("declined".into()));

@@ -144,6 +144,11 @@ pub enum ConnectorError {
     },
     #[error("the daily request budget for this bank ({0} requests) is spent; sync again tomorrow")]
     BudgetExhausted(u32),
+    /// Only the user can go on, for this reason (the bank's consent expired
+    /// or was revoked, the bank refused an SCA code): the sync stops in
+    /// `needs_user` and says why.
+    #[error("{0}")]
+    NeedsUser(String),
     #[error("{0}")]
     Other(String),
 }
@@ -196,6 +201,11 @@ pub trait Connector: Send {
 
     /// Restore what [`Connector::session_state`] returned in an earlier run.
     fn restore_session(&mut self, _state: Secret<String>) {}
+
+    /// Whether the user asked for this run and is there (told before
+    /// login). Open-banking APIs want to know: calls of a present user carry
+    /// their IP address and do not count against the consent's daily budget.
+    fn set_psu_present(&mut self, _present: bool) {}
 
     async fn accounts(&mut self) -> Result<Vec<FetchedAccount>, ConnectorError>;
 

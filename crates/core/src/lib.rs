@@ -13,6 +13,7 @@ pub mod money;
 pub mod net;
 pub mod sca;
 pub mod secret;
+pub mod tls;
 
 pub use connector::{
     Connector, ConnectorError, ConnectorForm, ConnectorLimits, DateWindow, TransientKind,

@@ -347,6 +347,14 @@ pub struct ConnectionSettings {
     pub since: Option<NaiveDate>,
     /// Seconds between scheduled syncs in `serve`; `None` means manual only.
     pub interval_secs: Option<u64>,
+    /// What one connector needs beyond the above, by name (the `xs2a`
+    /// connector's bank, SCA approach, …). No secrets: those are credentials.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub options: std::collections::BTreeMap<String, String>,
+    /// The registered bank card (its id) that answers this connection's
+    /// card-reader challenges unattended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sca_card: Option<String>,
 }
 
 impl ConnectionSettings {
@@ -358,6 +366,8 @@ impl ConnectionSettings {
             overlap_days: 7,
             since: None,
             interval_secs: None,
+            options: Default::default(),
+            sca_card: None,
         }
     }
 }

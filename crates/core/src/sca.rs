@@ -49,8 +49,19 @@ pub enum ScaChallenge {
     },
     /// Open a URL in a browser (redirect or OAuth SCA).
     Redirect { url: String },
-    /// A BankID order to complete.
-    BankId { auto_start_token: String },
+    /// A BankID order the bank started for the user: open the BankID app on
+    /// this device with the autostart token, or scan the animated QR code
+    /// drawn from the QR tokens when the bank hands them out. The connector
+    /// then polls the bank, like [`ScaChallenge::Decoupled`].
+    BankId {
+        auto_start_token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        qr_start_token: Option<String>,
+        /// Secret of the QR codes' HMAC: drawn into codes only, never
+        /// serialised (challenges end up in job records and JSON output).
+        #[serde(skip)]
+        qr_start_secret: Option<crate::Secret<String>>,
+    },
 }
 
 impl ScaChallenge {
@@ -72,6 +83,7 @@ impl ScaChallenge {
             ScaChallenge::Decoupled {
                 poll_after_secs, ..
             } => Duration::from_secs((*poll_after_secs).clamp(1, 60)),
+            ScaChallenge::BankId { .. } => Duration::from_secs(1),
             _ => Duration::from_secs(2),
         }
     }
@@ -114,6 +126,9 @@ pub enum ScaAnswer {
     Declined,
     /// Nobody can answer now (an unattended run): the sync stops in `needs_user`.
     NotNow,
+    /// Nothing can answer now, for this reason (the bound card refused its
+    /// PIN, its reader is gone): the sync stops in `needs_user` and says why.
+    Unavailable(String),
 }
 
 /// Where a connector stands after [`Connector::resume_sca`](crate::Connector::resume_sca).
@@ -136,6 +151,13 @@ pub struct ScaSolverError(pub String);
 #[async_trait]
 pub trait ScaSolver: Send + Sync {
     async fn solve(&self, challenge: &ScaChallenge) -> Result<ScaAnswer, ScaSolverError>;
+
+    /// A person asked for this sync and is there (a terminal, the
+    /// dashboard): open-banking APIs let such calls through without
+    /// counting them against the consent's daily budget.
+    fn psu_present(&self) -> bool {
+        false
+    }
 }
 
 /// The solver of unattended runs (the scheduler, scripts): never answers.

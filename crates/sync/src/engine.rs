@@ -112,6 +112,7 @@ async fn run_under_lease(
             detail,
         }
     })?;
+    connector.set_psu_present(solver.psu_present());
     let mut run = Run {
         syncer,
         connection,
@@ -748,6 +749,12 @@ impl Run<'_> {
                 }
                 return Err(ConnectorError::ScaFailed("declined".into()).into());
             }
+            ScaAnswer::Unavailable(reason) => {
+                return Err(ConnectorError::NeedsUser(format!(
+                    "{challenge} could not be given: {reason}"
+                ))
+                .into());
+            }
             ScaAnswer::Approved | ScaAnswer::Code(_) => {}
         }
         let o = &self.syncer.options;
@@ -791,6 +798,14 @@ impl Run<'_> {
                     });
                     tokio::time::sleep(delay).await;
                     attempt += 1;
+                }
+                // A refused code is not tried again in this run (a card
+                // would count it; a person may have mistyped): the user decides.
+                Err(ConnectorError::ScaFailed(why)) if matches!(answer, ScaAnswer::Code(_)) => {
+                    return Err(ConnectorError::NeedsUser(format!(
+                        "the bank refused the code for {challenge}: {why}. It is not tried again in this run"
+                    ))
+                    .into());
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -254,7 +254,10 @@ impl SyncError {
     pub fn needs_user(&self) -> bool {
         matches!(
             self,
-            SyncError::NeedsUser { .. } | SyncError::Connector(ConnectorError::ScaRequired(_))
+            SyncError::NeedsUser { .. }
+                | SyncError::Connector(
+                    ConnectorError::ScaRequired(_) | ConnectorError::NeedsUser(_)
+                )
         )
     }
 
