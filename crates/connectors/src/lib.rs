@@ -1,5 +1,6 @@
 //! Bank API connectors: one module per bank API (`fibank`: Fibank's web API;
-//! `keypad`: the French keypad bank's web API), each implementing
+//! `keypad`: the French keypad bank's web API; `xs2a`: the Berlin Group
+//! NextGenPSD2 open-banking API), each implementing
 //! [`bankbridge_core::Connector`]. Connectors speak HTTP to the bank and map
 //! its answers to the domain types; they never write to the store and never
 //! retry (the sync engine does, from the errors' kinds).
@@ -10,12 +11,14 @@ use bankbridge_core::{ConnectionSettings, Connector, ConnectorForm, Credentials}
 mod common;
 pub mod fibank;
 pub mod keypad;
+pub mod xs2a;
 
 pub use fibank::FibankConnector;
 pub use keypad::KeypadConnector;
+pub use xs2a::Xs2aConnector;
 
 /// Names accepted by [`build`].
-pub const KNOWN: &[&str] = &["fibank", "keypad"];
+pub const KNOWN: &[&str] = &["fibank", "keypad", "xs2a"];
 
 /// The add-a-connection form of each connector in [`KNOWN`].
 pub const FORMS: &[ConnectorForm] = &[
@@ -37,6 +40,15 @@ pub const FORMS: &[ConnectorForm] = &[
         password_numeric: true,
         hint: "The customer number and 6-digit PIN of the bank's web site; the bank may ask you to approve new devices in its app.",
     },
+    ConnectorForm {
+        connector: "xs2a",
+        title: "Open banking (Berlin Group NextGenPSD2)",
+        base_url_example: "https://api.bank.example/psd2",
+        username_label: "PSU-ID (your online-banking user id)",
+        password_label: "Online-banking password (banks with embedded SCA)",
+        password_numeric: false,
+        hint: "The bank's NextGenPSD2 address; you give the bank your consent on the first sync.",
+    },
 ];
 
 /// Build the connector named `connector` for a connection.
@@ -56,6 +68,7 @@ pub fn build(
     match connector {
         "fibank" => Ok(Box::new(FibankConnector::new(settings, credentials)?)),
         "keypad" => Ok(Box::new(KeypadConnector::new(settings, credentials)?)),
+        "xs2a" => Ok(Box::new(Xs2aConnector::new(settings, credentials)?)),
         other => Err(format!(
             "unknown connector {other:?}: known connectors are {}",
             KNOWN.join(", ")

@@ -13,7 +13,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 pub use crate::sca::ScaChallenge;
-use crate::sca::{ScaAnswer, ScaProgress};
+use crate::sca::{Attendance, ScaAnswer, ScaProgress};
 use crate::{
     Balance, DocumentContent, FetchedAccount, FetchedDocument, FetchedTransaction, Secret,
 };
@@ -202,10 +202,11 @@ pub trait Connector: Send {
     /// Restore what [`Connector::session_state`] returned in an earlier run.
     fn restore_session(&mut self, _state: Secret<String>) {}
 
-    /// Whether the user asked for this run and is there (told before
-    /// login). Open-banking APIs want to know: calls of a present user carry
-    /// their IP address and do not count against the consent's daily budget.
-    fn set_psu_present(&mut self, _present: bool) {}
+    /// Who is behind this run (told before login). Open-banking APIs want
+    /// to know: calls of a present user carry their IP address and do not
+    /// count against the consent's daily budget; a redirect SCA needs the
+    /// address the browser comes back to.
+    fn attend(&mut self, _attendance: &Attendance) {}
 
     async fn accounts(&mut self) -> Result<Vec<FetchedAccount>, ConnectorError>;
 

@@ -27,5 +27,7 @@ pub use model::{
     FetchedAccount, FetchedDocument, FetchedTransaction, RawJson, Transaction, TxStatus,
 };
 pub use money::{Currency, CurrencyError, Money, parse_decimal};
-pub use sca::{ScaAnswer, ScaChallenge, ScaProgress, ScaSolver, ScaSolverError, Unattended};
+pub use sca::{
+    Attendance, ScaAnswer, ScaChallenge, ScaProgress, ScaSolver, ScaSolverError, Unattended,
+};
 pub use secret::Secret;

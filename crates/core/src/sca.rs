@@ -152,12 +152,23 @@ pub struct ScaSolverError(pub String);
 pub trait ScaSolver: Send + Sync {
     async fn solve(&self, challenge: &ScaChallenge) -> Result<ScaAnswer, ScaSolverError>;
 
-    /// A person asked for this sync and is there (a terminal, the
-    /// dashboard): open-banking APIs let such calls through without
-    /// counting them against the consent's daily budget.
-    fn psu_present(&self) -> bool {
-        false
+    /// Who is behind the run: a person at a terminal or on the dashboard
+    /// (open-banking APIs let their calls through without counting them
+    /// against the consent's daily budget), and where a redirect SCA comes
+    /// back to. Default: nobody, nowhere.
+    fn attendance(&self) -> Attendance {
+        Attendance::default()
     }
+}
+
+/// Who is behind a sync run, as far as a bank needs to know.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Attendance {
+    /// The user asked for this run and is there.
+    pub psu_present: bool,
+    /// Where the bank sends the user's browser back after a redirect SCA (a
+    /// loopback port the CLI listens on, `serve`'s callback route).
+    pub redirect_uri: Option<String>,
 }
 
 /// The solver of unattended runs (the scheduler, scripts): never answers.

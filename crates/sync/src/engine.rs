@@ -112,7 +112,7 @@ async fn run_under_lease(
             detail,
         }
     })?;
-    connector.set_psu_present(solver.psu_present());
+    connector.attend(&solver.attendance());
     let mut run = Run {
         syncer,
         connection,
