@@ -521,14 +521,18 @@ impl Xs2aConnector {
         if let Some(skew) = clock_skew_secs(&headers) {
             self.skew.store(skew, Ordering::Relaxed);
         }
+        // The bank may count every call that reached it (a body cut short
+        // was served all the same): so do we, to stay under its count.
+        if let Call::Ais { key } = call
+            && status != StatusCode::TOO_MANY_REQUESTS
+        {
+            self.count(key);
+        }
         let bytes = resp
             .bytes()
             .await
             .map_err(|e| transport("xs2a", what, &e, true))?;
         if status.is_success() {
-            if let Call::Ais { key } = call {
-                self.count(key);
-            }
             let value = if bytes.is_empty() {
                 Value::Null
             } else {

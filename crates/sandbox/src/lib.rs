@@ -350,6 +350,8 @@ pub async fn spawn(config: SandboxConfig) -> io::Result<SandboxHandle> {
         .map_err(io::Error::other)?
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     state.start_bankid().await?;
+    // Before the handle is out: its URLs must be absolute at once.
+    state.set_root_url(&root_url(addr));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve_state(listener, state.clone(), async {
         let _ = rx.await;

@@ -799,13 +799,19 @@ impl Run<'_> {
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                // A refused code is not tried again in this run (a card
-                // would count it; a person may have mistyped): the user decides.
-                Err(ConnectorError::ScaFailed(why)) if matches!(answer, ScaAnswer::Code(_)) => {
-                    return Err(ConnectorError::NeedsUser(format!(
-                        "the bank refused the code for {challenge}: {why}. It is not tried again in this run"
-                    ))
-                    .into());
+                // The bank turned the answer down (a refused code, a
+                // declined or expired approval): only the user can go on. A
+                // refused code is not tried again in this run (a card would
+                // count it; a person may have mistyped).
+                Err(ConnectorError::ScaFailed(why)) => {
+                    let reason = if matches!(answer, ScaAnswer::Code(_)) {
+                        format!(
+                            "the bank refused the code for {challenge}: {why}. It is not tried again in this run"
+                        )
+                    } else {
+                        format!("{challenge} did not succeed: {why}")
+                    };
+                    return Err(ConnectorError::NeedsUser(reason).into());
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -12,8 +12,9 @@ use rand::Rng;
 use crate::fibank::data::rng_for;
 
 /// Days past the sandbox day the books are written ahead, so advancing the
-/// clock (at most this far) books rows that were pending before.
-pub const HORIZON_DAYS: u32 = 60;
+/// clock (at most this far) books rows that were pending before; longer than
+/// the longest consent, so a test can watch one expire.
+pub const HORIZON_DAYS: u32 = 200;
 
 /// Days between a card payment and its booking: it is pending meanwhile.
 pub const CARD_BOOKING_DELAY: u32 = 2;
