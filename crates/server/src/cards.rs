@@ -172,6 +172,26 @@ impl CardService {
     }
 }
 
+impl CardService {
+    /// [`CardService::compute`] with card `card_id`, whatever its institution
+    /// (a sync knows the card bound to its connection, not more).
+    pub async fn compute_with_card(
+        &self,
+        card_id: &str,
+        request: CapRequest,
+        who: &str,
+    ) -> Result<CapResponse, CardUseError> {
+        let card = self
+            .0
+            .store
+            .get_card(card_id)
+            .await?
+            .ok_or_else(|| CardUseError::NotFound(format!("card {card_id}")))?;
+        self.compute(&card.institution_id, card_id, request, who)
+            .await
+    }
+}
+
 impl Inner {
     /// The readers this server sees (blocking PC/SC work off the runtime).
     async fn list_readers(&self) -> Result<Vec<bankbridge_cap::ReaderInfo>, CardUseError> {

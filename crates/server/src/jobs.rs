@@ -8,7 +8,9 @@
 //! stops at that point, with what it committed before in the summary) or
 //! `failed` (with the error text). Jobs of the API and the scheduler run
 //! unattended; a job started from the dashboard asks the person on its page
-//! ([`crate::live::PageSolver`]). Each running job's progress is a
+//! ([`crate::live::PageSolver`]). A connection with a bound bank card gets
+//! its card-reader challenges answered by the card service in every job
+//! ([`crate::card_solver::CardSolver`]). Each running job's progress is a
 //! [`LiveJob`]. A second request while a sync of the same connection runs
 //! gets the running job back instead of a new one. Across processes the
 //! syncer's database lease keeps two syncs of one connection apart.
@@ -19,7 +21,10 @@ use bankbridge_store::{Connection, StoreError, SyncJob};
 use bankbridge_sync::SyncEvent;
 use chrono::Utc;
 
+use bankbridge_core::{ScaSolver, Unattended};
+
 use crate::AppState;
+use crate::card_solver::CardSolver;
 use crate::live::{ANSWER_WAIT, LiveJob, PageSolver};
 
 /// Job status values.
@@ -179,6 +184,15 @@ async fn run_job(
     };
     let conn_name = connection.name.clone();
     let name = connection.name.clone();
+    let card = bankbridge_sync::Syncer::settings(&connection)
+        .ok()
+        .and_then(|s| s.sca_card);
+    let cards = state.cards.clone();
+    let callback = state
+        .config
+        .public_url
+        .as_ref()
+        .map(|root| format!("{}/sca/callback/{}", root.trim_end_matches('/'), job.id));
     // A task of its own, so a panic inside the sync ends up in the join
     // error below and the job is still marked finished.
     let task = tokio::spawn(async move {
@@ -186,16 +200,30 @@ async fn run_job(
             live.record(&event);
             log_event(&name, &event);
         };
-        if trigger == Trigger::Dashboard {
-            let solver = PageSolver {
-                live: live.clone(),
-                wait: ANSWER_WAIT,
-            };
-            syncer
-                .sync_with_solver(&connection, &progress, &solver)
-                .await
+        let page = PageSolver {
+            live: live.clone(),
+            wait: ANSWER_WAIT,
+            redirect_uri: callback,
+        };
+        let person: &dyn ScaSolver = if trigger == Trigger::Dashboard {
+            &page
         } else {
-            syncer.sync(&connection, &progress).await
+            &Unattended
+        };
+        // A card bound to the connection answers its card challenges, also
+        // unattended; the rest goes to the person, if any.
+        match card {
+            Some(card) => {
+                let solver = CardSolver::new(cards, card, &connection.name, person);
+                syncer
+                    .sync_with_solver(&connection, &progress, &solver)
+                    .await
+            }
+            None => {
+                syncer
+                    .sync_with_solver(&connection, &progress, person)
+                    .await
+            }
         }
     });
     let name = &conn_name;

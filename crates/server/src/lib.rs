@@ -40,6 +40,7 @@ mod api;
 pub mod auth;
 pub mod bankid_gateway;
 mod cache;
+pub mod card_solver;
 pub mod cards;
 pub mod check_secrets;
 pub mod checks;
@@ -88,6 +89,10 @@ pub struct ServerConfig {
     /// Mark the dashboard's session cookie `Secure` (serve behind TLS, or
     /// behind a proxy that terminates it).
     pub secure_cookies: bool,
+    /// The address people reach this server at (`https://bankbridge.example`):
+    /// a bank's redirect SCA comes back to `<public_url>/sca/callback/<job>`.
+    /// Without it the person says "I have finished" on the job's page.
+    pub public_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +107,7 @@ impl Default for ServerConfig {
             read_timeout: Duration::from_secs(15),
             max_event_streams: 1_000,
             secure_cookies: false,
+            public_url: None,
         }
     }
 }

@@ -52,6 +52,16 @@ pub struct LiveState {
 pub struct Approval {
     pub message: String,
     pub expires_at: Option<DateTime<Utc>>,
+    /// A BankID order the bank started: its animated QR code and the
+    /// autostart token for the BankID app on this device.
+    pub bankid: Option<BankIdStart>,
+}
+
+/// What the page shows of a BankID order a bank started.
+#[derive(Clone, Debug)]
+pub struct BankIdStart {
+    pub auto_start_token: String,
+    pub qr: Option<bankbridge_bankid::qr::QrCode>,
 }
 
 impl LiveJob {
@@ -115,6 +125,17 @@ impl LiveJob {
         }
     }
 
+    /// The browser came back from the bank's redirect page: the open
+    /// redirect question, if any, is answered "approved" (the engine then
+    /// asks the bank, which has the last word). False when none was open.
+    pub fn redirect_returned(&self) -> bool {
+        let number = match &self.state().question {
+            Some((n, ScaChallenge::Redirect { .. })) => *n,
+            _ => return false,
+        };
+        self.answer(number, ScaAnswer::Approved)
+    }
+
     /// Give the answer to question `number`; false when it is not the open one.
     pub fn answer(&self, number: u64, answer: ScaAnswer) -> bool {
         let mut slot = self.answer.lock().unwrap_or_else(|p| p.into_inner());
@@ -135,6 +156,9 @@ impl LiveJob {
 pub struct PageSolver {
     pub live: std::sync::Arc<LiveJob>,
     pub wait: Duration,
+    /// Where a bank's redirect SCA sends the browser back (this server's
+    /// callback route for the job), when the server knows its address.
+    pub redirect_uri: Option<String>,
 }
 
 #[async_trait]
@@ -149,11 +173,34 @@ impl ScaSolver for PageSolver {
                 self.live.state().approval = Some(Approval {
                     message: message.clone(),
                     expires_at: *expires_at,
+                    bankid: None,
                 });
                 Ok(ScaAnswer::Approved)
             }
-            // No BankID order is run from a sync's page (yet): as unattended.
-            ScaChallenge::BankId { .. } => Ok(ScaAnswer::NotNow),
+            // The bank started the order: the page shows its QR code while
+            // the engine polls the bank.
+            ScaChallenge::BankId {
+                auto_start_token,
+                qr_start_token,
+                qr_start_secret,
+            } => {
+                let qr = match (qr_start_token, qr_start_secret) {
+                    (Some(token), Some(secret)) => Some(bankbridge_bankid::qr::QrCode::new(
+                        token.clone(),
+                        secret.clone(),
+                    )),
+                    _ => None,
+                };
+                self.live.state().approval = Some(Approval {
+                    message: "Identify yourself with BankID: scan the QR code with the BankID app, or open BankID on this device.".to_owned(),
+                    expires_at: None,
+                    bankid: Some(BankIdStart {
+                        auto_start_token: auto_start_token.clone(),
+                        qr,
+                    }),
+                });
+                Ok(ScaAnswer::Approved)
+            }
             _ => {
                 let (tx, rx) = oneshot::channel();
                 let number = rand::random::<u32>() as u64;
@@ -180,6 +227,13 @@ impl ScaSolver for PageSolver {
             }
         }
     }
+
+    fn attendance(&self) -> bankbridge_core::Attendance {
+        bankbridge_core::Attendance {
+            psu_present: true,
+            redirect_uri: self.redirect_uri.clone(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +247,7 @@ mod tests {
         let solver = PageSolver {
             live: live.clone(),
             wait: Duration::from_secs(5),
+            redirect_uri: None,
         };
         let asking = tokio::spawn(async move {
             solver
@@ -229,6 +284,7 @@ mod tests {
         let solver = PageSolver {
             live: live.clone(),
             wait: Duration::from_millis(20),
+            redirect_uri: None,
         };
         let answer = solver
             .solve(&ScaChallenge::Redirect {
@@ -246,6 +302,7 @@ mod tests {
         let solver = PageSolver {
             live: live.clone(),
             wait: Duration::from_secs(1),
+            redirect_uri: None,
         };
         let c = ScaChallenge::Decoupled {
             message: "approve in your app".into(),

@@ -46,21 +46,24 @@ pub struct AddArgs {
     /// A name to refer to it by (letters, digits, `-`, `_`, `.`).
     #[arg(long)]
     pub name: String,
-    /// Which bank API: fibank, keypad.
+    /// Which bank API: fibank, keypad, xs2a.
     #[arg(long)]
     pub connector: String,
-    /// The bank's base URL (e.g. https://my.fibank.bg, or a sandbox URL).
+    /// The bank's base URL (e.g. https://my.fibank.bg, or a sandbox URL;
+    /// for a sandbox bank given with --bank, the sandbox's root is enough).
     #[arg(long)]
     pub base_url: String,
-    /// Your login at the bank (for keypad: the customer number).
-    #[arg(long)]
+    /// Your login at the bank (for keypad: the customer number; for xs2a:
+    /// the PSU-ID, `-` for a bank that needs none).
+    #[arg(long, default_value = "-")]
     pub username: String,
     /// Read the password from standard input (first line) instead of a prompt.
     #[arg(long)]
     pub password_stdin: bool,
-    /// Days per request (capped by the bank's own limit).
-    #[arg(long, default_value_t = 30)]
-    pub window_days: u32,
+    /// Days per request (capped by the bank's own limit; default 30, and
+    /// 366 for xs2a, whose pages follow `_links.next`).
+    #[arg(long)]
+    pub window_days: Option<u32>,
     /// Days each incremental sync re-reads before the last synced day.
     #[arg(long, default_value_t = 7)]
     pub overlap_days: u32,
@@ -76,6 +79,33 @@ pub struct AddArgs {
     /// Add it even if another connection logs in with the same URL and username.
     #[arg(long)]
     pub allow_duplicate: bool,
+    /// xs2a: a bank bankbridge knows (`sandbox-be`, `sandbox-se`,
+    /// `sandbox-redirect`): its SCA approach, PSU-ID rule and time zone.
+    #[arg(long)]
+    pub bank: Option<String>,
+    /// xs2a: the SCA approach to ask for: embedded, decoupled or redirect.
+    #[arg(long)]
+    pub sca_approach: Option<String>,
+    /// xs2a: more settings, KEY=VALUE (psu_id=true|false, timezone,
+    /// history_days, frequency_per_day, consent_days, psu_ip_address,
+    /// redirect_uri, server_ca=FILE). Repeatable.
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+    /// The registered bank card (its id, see the dashboard's Cards page or
+    /// `GET /api/v1/institutions/{id}/cards`) that answers this connection's
+    /// card-reader challenges, also in unattended syncs.
+    #[arg(long)]
+    pub card: Option<String>,
+    /// xs2a: the TPP's client certificate chain (PEM) for mutual TLS, with --tpp-key.
+    #[arg(long, requires = "tpp_key", conflicts_with = "tpp_p12")]
+    pub tpp_cert: Option<std::path::PathBuf>,
+    /// xs2a: the TPP certificate's private key (PEM).
+    #[arg(long, requires = "tpp_cert")]
+    pub tpp_key: Option<std::path::PathBuf>,
+    /// xs2a: the TPP certificate and key as PKCS#12 (.p12/.pfx); its password
+    /// from BANKBRIDGE_TPP_P12_PASSWORD or a prompt.
+    #[arg(long)]
+    pub tpp_p12: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -214,12 +244,27 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         );
     }
     bankbridge_sync::check_name(&args.name).map_err(flag_error)?;
+    let xs2a = args.connector == "xs2a";
+    let options = connector_options(&args)?;
+    let base_url = match options
+        .get("bank")
+        .and_then(|b| bankbridge_connectors::xs2a::bank(b))
+        .and_then(|b| b.sandbox_path)
+    {
+        // `--bank sandbox-be --base-url http://127.0.0.1:8080`: the sandbox's root.
+        Some(path) if url::Url::parse(&args.base_url).is_ok_and(|u| u.path() == "/") => {
+            format!("{}{path}", args.base_url.trim_end_matches('/'))
+        }
+        _ => args.base_url.trim_end_matches('/').to_owned(),
+    };
     let settings = ConnectionSettings {
-        window_days: args.window_days,
+        window_days: args.window_days.unwrap_or(if xs2a { 366 } else { 30 }),
         overlap_days: args.overlap_days,
         since: args.since,
         interval_secs: args.interval,
-        ..ConnectionSettings::new(args.base_url.trim_end_matches('/'), &args.username)
+        options,
+        sca_card: args.card.clone(),
+        ..ConnectionSettings::new(base_url, &args.username)
     };
     bankbridge_sync::check_settings(&settings).map_err(flag_error)?;
     let prompt = match args.connector.as_str() {
@@ -227,6 +272,18 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         _ => "bank password: ",
     };
     let (store, syncer) = super::open(config).await?;
+    if let Some(card) = &args.card {
+        let parts = config.parts().await?;
+        let Some(found) = parts.cards.get_card(card).await? else {
+            bail!(
+                "--card: no registered card {card:?}; register it first (the dashboard's Cards page, or the API)"
+            );
+        };
+        eprintln!(
+            "card {} ({}) answers this connection's card-reader challenges",
+            found.id, found.label
+        );
+    }
     if !args.allow_duplicate {
         let existing = store.list_connections().await?;
         if let Some(twin) = bankbridge_sync::same_login(&existing, &args.connector, &settings) {
@@ -241,16 +298,13 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
             );
         }
     }
-    let password = read_password(args.password_stdin, prompt)?;
+    let credentials = credentials_for(&args, &settings, prompt)?;
     // The connector checks what it can without the bank (URL, PIN shape).
-    let mut connector = match bankbridge_connectors::build(
-        &args.connector,
-        &settings,
-        Credentials::with_password(password.clone()),
-    ) {
-        Ok(c) => c,
-        Err(e) => bail!("{e}"),
-    };
+    let mut connector =
+        match bankbridge_connectors::build(&args.connector, &settings, credentials.clone()) {
+            Ok(c) => c,
+            Err(e) => bail!("{e}"),
+        };
     if !args.no_check {
         check_login(connector.as_mut(), &settings).await?;
     }
@@ -261,7 +315,7 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         &args.name,
         &args.connector,
         &settings,
-        &Credentials::with_password(password),
+        &credentials,
     )
     .await?;
     println!(
@@ -269,6 +323,85 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         c.name, c.id, c.name
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The connector's options from `--bank`, `--sca-approach` and `--option`
+/// (xs2a only), checked by the connector's own reading of them.
+fn connector_options(args: &AddArgs) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut options = std::collections::BTreeMap::new();
+    if let Some(bank) = &args.bank {
+        options.insert("bank".to_owned(), bank.clone());
+    }
+    if let Some(a) = &args.sca_approach {
+        options.insert("sca_approach".to_owned(), a.clone());
+    }
+    for o in &args.options {
+        let Some((k, v)) = o.split_once('=') else {
+            bail!("--option {o:?}: expected KEY=VALUE");
+        };
+        options.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    let tpp = args.tpp_cert.is_some() || args.tpp_p12.is_some();
+    if args.connector != "xs2a" {
+        if !options.is_empty() || tpp {
+            bail!(
+                "--bank, --sca-approach, --option and the TPP certificate are settings of the xs2a connector"
+            );
+        }
+        return Ok(options);
+    }
+    bankbridge_connectors::xs2a::BankSettings::from_options(&options)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(options)
+}
+
+/// The secrets of a new connection: the password (not for an xs2a bank
+/// whose SCA needs none) and the TPP certificate.
+fn credentials_for(
+    args: &AddArgs,
+    settings: &ConnectionSettings,
+    prompt: &str,
+) -> Result<Credentials> {
+    use bankbridge_connectors::xs2a::{Approach, BankSettings, credential};
+    let needs_password = args.connector != "xs2a"
+        || args.password_stdin
+        || BankSettings::from_options(&settings.options)
+            .map(|b| b.approach.is_none_or(|a| a == Approach::Embedded))
+            .unwrap_or(true);
+    let mut credentials = if needs_password {
+        Credentials::with_password(read_password(args.password_stdin, prompt)?)
+    } else {
+        Credentials::default()
+    };
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let identity = match (&args.tpp_cert, &args.tpp_key, &args.tpp_p12) {
+        (Some(cert), Some(key), None) => {
+            Some(bankbridge_core::tls::pem_bundle(&read(cert)?, &read(key)?))
+        }
+        (None, None, Some(p12)) => {
+            let password = match std::env::var("BANKBRIDGE_TPP_P12_PASSWORD") {
+                Ok(p) => Secret::new(p),
+                Err(_) => Secret::new(
+                    rpassword::prompt_password("PKCS#12 password: ")
+                        .context("reading the PKCS#12 password")?,
+                ),
+            };
+            Some(
+                bankbridge_core::tls::pkcs12_to_pem(&read(p12)?, password.expose())
+                    .map_err(|e| anyhow::anyhow!("--tpp-p12: {e}"))?,
+            )
+        }
+        _ => None,
+    };
+    if let Some(pem) = identity {
+        let text = String::from_utf8(pem.expose().clone())
+            .map_err(|_| anyhow::anyhow!("the TPP certificate and key must be PEM text"))?;
+        credentials
+            .fields
+            .insert(credential::TPP_IDENTITY_PEM.to_owned(), Secret::new(text));
+    }
+    Ok(credentials)
 }
 
 /// Log in once before anything is stored: a typo in the URL or the

@@ -73,6 +73,11 @@ pub struct ServeArgs {
     /// `serve` over https (a proxy terminating TLS in front of it).
     #[arg(long)]
     pub secure_cookies: bool,
+    /// The address people reach this server at (https://bankbridge.example):
+    /// banks with redirect SCA send the browser back to
+    /// <URL>/sca/callback/<job> after the user agreed.
+    #[arg(long)]
+    pub public_url: Option<String>,
 }
 
 pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
@@ -100,6 +105,7 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
         read_timeout: Duration::from_secs(args.read_timeout.max(1)),
         max_event_streams: args.max_event_streams,
         secure_cookies: args.secure_cookies,
+        public_url: args.public_url.clone(),
         ..Default::default()
     };
     let state = AppState::with_config(store, syncer, known_connectors(), server_config);

@@ -48,6 +48,23 @@ pub struct SyncArgs {
     /// after a few failed logins.
     #[arg(long)]
     pub force: bool,
+    /// Where a bank's redirect SCA sends your browser back: this loopback
+    /// port (`http://127.0.0.1:PORT/callback`); default: a free port.
+    #[arg(long)]
+    pub redirect_port: Option<u16>,
+}
+
+/// How a run answers strong customer authentication.
+#[derive(Clone, Default)]
+pub struct SolveOptions {
+    /// A person is there: ask them (and tell the bank they are present).
+    pub interactive: bool,
+    /// Codes can be typed at this terminal.
+    pub can_prompt: bool,
+    /// `--redirect-port`.
+    pub redirect_port: Option<u16>,
+    /// The card service, when a connection has a bank card bound.
+    pub cards: Option<bankbridge_server::cards::CardService>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,11 +97,31 @@ pub async fn run(config: &Config, args: SyncArgs) -> Result<ExitCode> {
         ScaMode::Wait => true,
         ScaMode::Never => false,
     };
+    let cards = if connections
+        .iter()
+        .any(|c| Syncer::settings(c).is_ok_and(|s| s.sca_card.is_some()))
+    {
+        let (key, store) = config.keyed_store().await?;
+        Some(bankbridge_server::cards::CardService::new(
+            store,
+            key,
+            std::sync::Arc::new(bankbridge_cap::pcsc::PcscReaders::new()),
+            std::time::Duration::from_secs(60),
+        ))
+    } else {
+        None
+    };
+    let solve = SolveOptions {
+        interactive,
+        can_prompt: terminal,
+        redirect_port: args.redirect_port,
+        cards,
+    };
     let (mut failed, mut needs_user, mut busy) = (false, false, false);
     for connection in &connections {
         let hidden = args.json || !std::io::stderr().is_terminal();
         let outcome = tokio::select! {
-            r = sync_one_with(&syncer, connection, hidden, interactive, terminal) => r,
+            r = sync_one_with(&syncer, connection, hidden, &solve) => r,
             _ = tokio::signal::ctrl_c() => {
                 // Every finished window is committed; the next sync takes
                 // the lease of this dead process over and goes on from there.
@@ -150,34 +187,75 @@ pub async fn sync_one(
     connection: &Connection,
     hidden: bool,
 ) -> Result<SyncSummary, SyncError> {
-    sync_one_with(syncer, connection, hidden, false, false).await
+    sync_one_with(syncer, connection, hidden, &SolveOptions::default()).await
 }
 
 /// Sync one connection; with `interactive`, strong customer authentication
-/// is answered at this terminal (codes are only asked when `can_prompt`).
+/// is answered at this terminal (codes are only asked when `can_prompt`);
+/// a bank card bound to the connection answers card challenges either way.
 pub async fn sync_one_with(
     syncer: &Syncer,
     connection: &Connection,
     hidden: bool,
-    interactive: bool,
-    can_prompt: bool,
+    solve: &SolveOptions,
 ) -> Result<SyncSummary, SyncError> {
     let progress = SyncProgress::new(&connection.name, hidden);
     let p = progress.clone();
-    let on_event = move |e| p.on_event(e);
-    let result = if interactive {
-        let solver = TerminalSolver {
+    let qr = QrDrawing::default();
+    let drawing = qr.clone();
+    let on_event = move |e: bankbridge_sync::SyncEvent| {
+        if matches!(
+            e,
+            bankbridge_sync::SyncEvent::ScaDone | bankbridge_sync::SyncEvent::ScaStopped { .. }
+        ) {
+            drawing.stop();
+        }
+        p.on_event(e)
+    };
+    let terminal_solver;
+    let person: &dyn ScaSolver = if solve.interactive {
+        let callback = if connection.connector == "xs2a" {
+            match RedirectCallback::listen(solve.redirect_port).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    progress.println(format!(
+                        "  {}: cannot listen for the bank's redirect: {e}",
+                        connection.name
+                    ));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        terminal_solver = TerminalSolver {
             connection: connection.name.clone(),
             progress: progress.clone(),
-            can_prompt,
+            can_prompt: solve.can_prompt,
             sandbox_approve: sandbox_approve_url(connection),
+            callback,
+            qr: qr.clone(),
         };
-        syncer
-            .sync_with_solver(connection, &on_event, &solver)
-            .await
+        &terminal_solver
     } else {
-        syncer.sync(connection, &on_event).await
+        &bankbridge_core::Unattended
     };
+    let card = Syncer::settings(connection).ok().and_then(|s| s.sca_card);
+    let result = match (card, &solve.cards) {
+        (Some(card), Some(cards)) => {
+            let solver = bankbridge_server::card_solver::CardSolver::new(
+                cards.clone(),
+                card,
+                &connection.name,
+                person,
+            );
+            syncer
+                .sync_with_solver(connection, &on_event, &solver)
+                .await
+        }
+        _ => syncer.sync_with_solver(connection, &on_event, person).await,
+    };
+    qr.stop();
     match &result {
         Ok(s) => progress.finish(format!(
             "done · {} new, {} updated, {} voided, {} new documents",
@@ -197,6 +275,110 @@ struct TerminalSolver {
     can_prompt: bool,
     /// Where the sandbox's keypad bank takes approvals, for a connection to it.
     sandbox_approve: Option<String>,
+    /// The loopback listener a bank's redirect comes back to.
+    callback: Option<RedirectCallback>,
+    qr: QrDrawing,
+}
+
+/// A BankID QR code redrawn each second on the terminal until the bank
+/// says the identification is done.
+#[derive(Clone, Default)]
+struct QrDrawing(std::sync::Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>);
+
+impl QrDrawing {
+    fn start(&self, progress: SyncProgress, code: bankbridge_bankid::qr::QrCode) {
+        self.stop();
+        let task = tokio::spawn(async move {
+            use std::io::Write;
+            let mut drawn = 0usize;
+            loop {
+                let data = code.data_now();
+                let picture = bankbridge_bankid::qr::render_terminal(&data);
+                progress.suspend(|| {
+                    let mut err = std::io::stderr().lock();
+                    // Redraw in place: up over the last picture, clear below.
+                    if drawn > 0 {
+                        let _ = write!(err, "\x1b[{drawn}A\x1b[J");
+                    }
+                    let _ = write!(err, "{picture}");
+                });
+                drawn = picture.lines().count();
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.abort_handle());
+    }
+
+    fn stop(&self) {
+        if let Some(task) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+/// A one-route web server on a loopback port: the bank's redirect SCA sends
+/// the browser to `http://127.0.0.1:PORT/callback` when the user is done.
+struct RedirectCallback {
+    uri: String,
+    returned: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RedirectCallback {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl RedirectCallback {
+    async fn listen(port: Option<u16>) -> std::io::Result<RedirectCallback> {
+        let listener =
+            tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port.unwrap_or(0)))
+                .await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let app = axum::Router::new().route(
+            "/callback",
+            axum::routing::get(move || {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.try_send(());
+                    axum::response::Html(
+                        "<!doctype html><meta charset=utf-8><title>bankbridge</title>\
+                         <p>Thank you: bankbridge goes on in your terminal. You may close this page.</p>",
+                    )
+                }
+            }),
+        );
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(RedirectCallback {
+            uri: format!("http://{addr}/callback"),
+            returned: tokio::sync::Mutex::new(rx),
+            server,
+        })
+    }
+}
+
+/// Open `url` in the desktop's browser, where there is a desktop.
+fn open_browser(url: &str) -> bool {
+    let desktop =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else if desktop {
+        "xdg-open"
+    } else {
+        return false;
+    };
+    std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .is_ok()
 }
 
 /// A keypad connection to `bankbridge sandbox` (this machine, path
@@ -252,15 +434,78 @@ impl ScaSolver for TerminalSolver {
                 }
                 Ok(ScaAnswer::Code(Secret::new(code)))
             }
+            ScaChallenge::Redirect { url } => {
+                let opened = open_browser(url);
+                self.progress.println(format!(
+                    "  {name}: the bank asks you to agree on its page{}:\n    {url}",
+                    if opened {
+                        " (opened in your browser)"
+                    } else {
+                        "; open it in a browser"
+                    }
+                ));
+                if let Some(callback) = &self.callback {
+                    self.progress.println(format!(
+                        "  waiting for the browser to come back to {}…",
+                        callback.uri
+                    ));
+                    let mut returned = callback.returned.lock().await;
+                    return Ok(
+                        match tokio::time::timeout(REDIRECT_WAIT, returned.recv()).await {
+                            Ok(Some(())) => ScaAnswer::Approved,
+                            _ => ScaAnswer::NotNow,
+                        },
+                    );
+                }
+                if self.can_prompt {
+                    let question =
+                        format!("  {name}: press Enter once you have finished at the bank ");
+                    tokio::task::block_in_place(|| {
+                        self.progress
+                            .suspend(|| rpassword::prompt_password(&question))
+                    })
+                    .map_err(|e| ScaSolverError(format!("cannot read the answer: {e}")))?;
+                    return Ok(ScaAnswer::Approved);
+                }
+                Ok(ScaAnswer::NotNow)
+            }
+            ScaChallenge::BankId {
+                auto_start_token,
+                qr_start_token,
+                qr_start_secret,
+            } => {
+                self.progress.println(format!(
+                    "  {name}: identify yourself with BankID: scan the QR code with the BankID app, \
+                     or open bankid:///?autostarttoken={auto_start_token}&redirect=null on this device"
+                ));
+                if let (Some(token), Some(secret)) = (qr_start_token, qr_start_secret) {
+                    self.qr.start(
+                        self.progress.clone(),
+                        bankbridge_bankid::qr::QrCode::new(token.clone(), secret.clone()),
+                    );
+                }
+                Ok(ScaAnswer::Approved)
+            }
             other => {
                 self.progress.println(format!(
-                    "  {name}: the bank asks for {other}, which this terminal cannot answer yet"
+                    "  {name}: the bank asks for {other}, which this terminal cannot answer \
+                     (bind a registered card to the connection: `connection add --card`)"
                 ));
                 Ok(ScaAnswer::NotNow)
             }
         }
     }
+
+    fn attendance(&self) -> bankbridge_core::Attendance {
+        bankbridge_core::Attendance {
+            psu_present: true,
+            redirect_uri: self.callback.as_ref().map(|c| c.uri.clone()),
+        }
+    }
 }
+
+/// How long the terminal waits for the browser to come back from the bank.
+const REDIRECT_WAIT: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
 fn summary_json(s: &SyncSummary, error: Option<&SyncError>) -> serde_json::Value {
     let mut v = json!({

@@ -209,7 +209,7 @@ fn fragment(id: &str, s: &OrderState, done: bool) -> Markup {
 }
 
 /// An SVG document as an element of the page: without its XML prolog.
-fn inline_svg(doc: &str) -> &str {
+pub(crate) fn inline_svg(doc: &str) -> &str {
     doc.find("<svg").map_or(doc, |at| &doc[at..])
 }
 

@@ -84,6 +84,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/syncs/{id}", get(syncs::page))
         .route("/syncs/{id}/live", get(syncs::fragment))
         .route("/syncs/{id}/answer", post(syncs::answer))
+        .route("/sca/callback/{id}", get(syncs::redirect_callback))
         .route("/assets/style.css", get(layout::style))
         .route("/assets/live.js", get(layout::live_js))
         .layer(axum::middleware::map_response(page_headers))

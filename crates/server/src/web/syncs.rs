@@ -4,11 +4,11 @@
 //! (`/syncs/{id}/live`) that `live.js` swaps in every second; without
 //! script, the page reloads itself while nothing waits for input.
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Redirect};
+use axum::response::{IntoResponse, Redirect, Response};
 use bankbridge_cap::CapRequest;
 use bankbridge_core::{ScaAnswer, ScaChallenge, Secret};
 use bankbridge_store::{Card, CardStatus, Scope, SyncJob};
-use maud::{Markup, html};
+use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 
 use super::form::{PageError, PageResult, Posted};
@@ -98,6 +98,15 @@ async fn live(
                 div.notice role="status" {
                     h2 { "Approve at your bank" }
                     p { (a.message) }
+                    @if let Some(b) = a.bankid.as_ref().filter(|_| viewer.allows(Scope::Write)) {
+                        @if let Some(qr) = &b.qr {
+                            figure.qr data-qr=(qr.data_now()) {
+                                (PreEscaped(crate::web::bankid::inline_svg(&bankbridge_bankid::qr::render_svg(&qr.data_now()))))
+                                figcaption { "Scan with the BankID app; the code changes every second." }
+                            }
+                        }
+                        p { a.button href={"bankid:///?autostarttoken=" (b.auto_start_token) "&redirect=null"} { "Open BankID on this device" } }
+                    }
                     p.hint {
                         "Approve it on your device; this page goes on by itself once the bank says so."
                         @if let Some(at) = &a.expires_at { " The bank waits until " (layout::instant(at)) "." }
@@ -220,6 +229,22 @@ pub(crate) struct AnswerForm {
 }
 
 /// `POST /syncs/{id}/answer` (write): the person's answer to the open question.
+/// `GET /sca/callback/{job}`: where a bank's redirect SCA sends the
+/// browser back (`serve --public-url`). It answers the job's open redirect
+/// question and shows the job; the engine then asks the bank, which has
+/// the last word, so a stray visit approves nothing.
+pub(crate) async fn redirect_callback(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Response {
+    if let Some(live) = state.live_job(id)
+        && live.redirect_returned()
+    {
+        tracing::info!(job = id, "back from the bank's redirect page");
+    }
+    Redirect::to(&format!("/syncs/{id}")).into_response()
+}
+
 pub(crate) async fn answer(
     State(state): State<AppState>,
     Path(id): Path<i64>,
