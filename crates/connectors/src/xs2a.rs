@@ -1182,6 +1182,16 @@ impl Connector for Xs2aConnector {
         self.attendance = attendance.clone();
     }
 
+    fn consent(&self) -> Option<bankbridge_core::ConsentInfo> {
+        self.saved
+            .consent
+            .as_ref()
+            .map(|c| bankbridge_core::ConsentInfo {
+                status: c.status.clone(),
+                valid_until: c.valid_until,
+            })
+    }
+
     fn session_state(&self) -> Option<Secret<String>> {
         serde_json::to_string(&self.saved).ok().map(Secret::new)
     }

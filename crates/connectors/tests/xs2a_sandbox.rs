@@ -450,6 +450,18 @@ async fn an_expired_consent_stops_in_needs_user_and_says_so() {
     assert_eq!(consents[0]["consentStatus"], "valid");
     // The bank granted what it grants; the clock goes past it.
     let until: NaiveDate = consents[0]["validUntil"].as_str().unwrap().parse().unwrap();
+    let recorded = e
+        .store
+        .find_connection("se")
+        .await
+        .unwrap()
+        .unwrap()
+        .consent
+        .unwrap();
+    assert_eq!(
+        (recorded.status.as_str(), recorded.valid_until),
+        ("valid", Some(until))
+    );
     bank.advance((until - bank.today()).num_days() as u32 + 1)
         .unwrap();
     let err = e.sync(&bankbridge_core::Unattended).await.unwrap_err();
@@ -457,6 +469,11 @@ async fn an_expired_consent_stops_in_needs_user_and_says_so() {
     assert!(err.to_string().contains("consent"), "{err}");
     let c = e.store.find_connection("se").await.unwrap().unwrap();
     assert_eq!(c.last_sync_status, SyncOutcome::NeedsUser);
+    let consent = c.consent.expect("the consent is recorded");
+    assert_eq!(
+        (consent.status.as_str(), consent.valid_until),
+        ("expired", Some(until))
+    );
     // The user gives a new consent; the history stays, the accounts are the same.
     let accounts_before = e.store.list_accounts(None).await.unwrap().len();
     e.sync(&user).await.unwrap();

@@ -38,6 +38,15 @@ pub struct ConnectorForm {
     pub hint: &'static str,
 }
 
+/// An open-banking consent as the bank last reported it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentInfo {
+    /// The bank's own word (`valid`, `expired`, `revokedByPsu`, …).
+    pub status: String,
+    /// The last day the consent is good for, when the bank said.
+    pub valid_until: Option<NaiveDate>,
+}
+
 /// What a bank API allows, declared by its connector.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectorLimits {
@@ -207,6 +216,12 @@ pub trait Connector: Send {
     /// count against the consent's daily budget; a redirect SCA needs the
     /// address the browser comes back to.
     fn attend(&mut self, _attendance: &Attendance) {}
+
+    /// The consent the bank gave this connection, for connectors whose API
+    /// works with one (open banking). The engine records it after each run.
+    fn consent(&self) -> Option<ConsentInfo> {
+        None
+    }
 
     async fn accounts(&mut self) -> Result<Vec<FetchedAccount>, ConnectorError>;
 

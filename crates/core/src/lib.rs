@@ -16,8 +16,8 @@ pub mod secret;
 pub mod tls;
 
 pub use connector::{
-    Connector, ConnectorError, ConnectorForm, ConnectorLimits, DateWindow, TransientKind,
-    WindowPage,
+    Connector, ConnectorError, ConnectorForm, ConnectorLimits, ConsentInfo, DateWindow,
+    TransientKind, WindowPage,
 };
 pub use crypto::{CryptoError, MasterKey};
 pub use iban::{Iban, IbanError};

@@ -102,6 +102,7 @@ mod tests {
             last_sync_credentials_version: last.map(|_| 1),
             lease_owner: None,
             lease_until: None,
+            consent: None,
         }
     }
 

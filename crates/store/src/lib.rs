@@ -137,6 +137,18 @@ pub struct Connection {
     /// after one was killed before it could let go.
     pub lease_owner: Option<String>,
     pub lease_until: Option<DateTime<Utc>>,
+    /// An open-banking connection's consent as its last sync saw it.
+    pub consent: Option<ConsentRecord>,
+}
+
+/// The bank's consent of an open-banking connection.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConsentRecord {
+    /// The bank's `consentStatus` (`valid`, `expired`, `revokedByPsu`, …).
+    pub status: String,
+    pub valid_until: Option<NaiveDate>,
+    /// The expiry a warning was sent for, if one was.
+    pub warned_for: Option<NaiveDate>,
 }
 
 impl Connection {
@@ -512,6 +524,9 @@ pub trait Connections: Send + Sync + 'static {
     /// Deletes the connection with its accounts, transactions, balances,
     /// checkpoints and documents (and the document bytes no other document shares).
     async fn delete_connection(&self, id: i64) -> Result<bool>;
+    /// Note that the warning for the consent that expires on `valid_until`
+    /// went out; false when it already had (another process sent it).
+    async fn mark_consent_warned(&self, id: i64, valid_until: NaiveDate) -> Result<bool>;
     /// How many accounts, transactions and documents the connection holds
     /// (`None`: no such connection).
     async fn connection_footprint(&self, id: i64) -> Result<Option<ConnectionFootprint>>;
@@ -628,6 +643,13 @@ pub trait BankWrites: Send + Sync + 'static {
     ) -> Result<SavedDocument>;
     /// Keep the bank session a sync holds (fenced by its lease).
     async fn save_session(&self, lease: LeaseToken, session_sealed: Option<&[u8]>) -> Result<()>;
+    /// The consent the sync's bank reports (fenced by its lease).
+    async fn record_consent(
+        &self,
+        lease: LeaseToken,
+        status: &str,
+        valid_until: Option<NaiveDate>,
+    ) -> Result<()>;
     /// The outcome of a sync that used the credentials of version
     /// `credentials_version` (fenced by its lease: a sync that lost it leaves
     /// the outcome to the sync that took over).

@@ -121,7 +121,7 @@ fn opt_decimal_at(r: &PgRow, i: usize) -> Result<Option<Decimal>> {
 
 const CONNECTION_COLUMNS: &str = "id, name, connector, settings::text, credentials_sealed, session_sealed, \
      created_at, last_sync_at, last_sync_status, last_sync_error, credentials_version, \
-     last_sync_credentials_version, lease_owner, lease_until";
+     last_sync_credentials_version, lease_owner, lease_until, consent_status, consent_valid_until, consent_warned_for";
 
 fn tx_columns() -> &'static str {
     static COLUMNS: OnceLock<String> = OnceLock::new();

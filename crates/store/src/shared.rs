@@ -109,6 +109,18 @@ macro_rules! shared_store {
             Ok(done.rows_affected() > 0)
         }
 
+        async fn mark_consent_warned(&self, id: i64, valid_until: NaiveDate) -> Result<bool> {
+            let done = sqlx::query(
+                "UPDATE connections SET consent_warned_for = $1 WHERE id = $2 \
+                 AND (consent_warned_for IS NULL OR consent_warned_for <> $1)",
+            )
+            .bind(valid_until)
+            .bind(id)
+            .execute(self.writes())
+            .await?;
+            Ok(done.rows_affected() > 0)
+        }
+
         async fn connection_footprint(&self, id: i64) -> Result<Option<ConnectionFootprint>> {
             let row: Option<(i64, i64, i64)> = sqlx::query_as(&common::footprint_sql(Self::DIALECT))
                 .bind(id)
@@ -594,6 +606,25 @@ macro_rules! shared_store {
                 .await?;
             tx.commit().await?;
             Ok(())
+        }
+
+        async fn record_consent(
+            &self,
+            lease: LeaseToken,
+            status: &str,
+            valid_until: Option<NaiveDate>,
+        ) -> Result<()> {
+            let done = sqlx::query(
+                "UPDATE connections SET consent_status = $1, consent_valid_until = $2 \
+                 WHERE id = $3 AND lease_generation = $4 AND lease_owner IS NOT NULL",
+            )
+            .bind(status)
+            .bind(valid_until)
+            .bind(lease.connection_id)
+            .bind(lease.generation)
+            .execute(self.writes())
+            .await?;
+            common::fenced(done.rows_affected(), lease)
         }
 
         async fn record_sync_result(
@@ -1314,6 +1345,16 @@ macro_rules! shared_store {
                 last_sync_credentials_version: r.try_get(11)?,
                 lease_owner: r.try_get(12)?,
                 lease_until: r.try_get(13)?,
+                consent: r
+                    .try_get::<Option<String>, _>(14)?
+                    .map(|status| -> Result<crate::ConsentRecord> {
+                        Ok(crate::ConsentRecord {
+                            status,
+                            valid_until: r.try_get(15)?,
+                            warned_for: r.try_get(16)?,
+                        })
+                    })
+                    .transpose()?,
             })
         }
 

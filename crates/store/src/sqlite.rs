@@ -302,7 +302,7 @@ fn opt_decimal_at(r: &SqliteRow, i: usize) -> Result<Option<Decimal>> {
 // ---------------------------------------------------------------- decoding
 
 const CONNECTION_COLUMNS: &str = "id, name, connector, settings, credentials_sealed, session_sealed, created_at, \
-     last_sync_at, last_sync_status, last_sync_error, credentials_version, last_sync_credentials_version, lease_owner, lease_until";
+     last_sync_at, last_sync_status, last_sync_error, credentials_version, last_sync_credentials_version, lease_owner, lease_until, consent_status, consent_valid_until, consent_warned_for";
 
 /// Also the JSON read path's columns (`sqlite_json`).
 pub(crate) fn tx_columns() -> &'static str {

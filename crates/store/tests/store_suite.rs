@@ -126,6 +126,7 @@ macro_rules! store_tests {
 
 store_tests! {
     store: [
+        a_consent_is_recorded_and_warned_about_once,
         connection_crud_and_cascade_delete,
         a_refused_login_holds_until_the_credentials_change,
         the_database_remembers_facts_once,
@@ -443,6 +444,53 @@ async fn a_refused_login_holds_until_the_credentials_change(s: Arc<dyn Store>) {
             outcome
         );
     }
+}
+
+async fn a_consent_is_recorded_and_warned_about_once(s: Arc<dyn Store>) {
+    let c = s.create_connection(&new_connection("psd2")).await.unwrap();
+    assert_eq!(c.consent, None);
+    let lease = hold_lease(s.as_ref(), c.id).await;
+    let until = NaiveDate::from_ymd_opt(2026, 9, 1).unwrap();
+    s.record_consent(lease, "valid", Some(until)).await.unwrap();
+    let got = s
+        .get_connection(c.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .consent
+        .unwrap();
+    assert_eq!(
+        (got.status.as_str(), got.valid_until, got.warned_for),
+        ("valid", Some(until), None)
+    );
+    // One warning per expiry, whoever asks twice.
+    assert!(s.mark_consent_warned(c.id, until).await.unwrap());
+    assert!(!s.mark_consent_warned(c.id, until).await.unwrap());
+    let got = s
+        .get_connection(c.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .consent
+        .unwrap();
+    assert_eq!(got.warned_for, Some(until));
+    // A renewed consent gets its own warning.
+    let later = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+    s.record_consent(lease, "valid", Some(later)).await.unwrap();
+    assert!(s.mark_consent_warned(c.id, later).await.unwrap());
+    // Fenced: a sync without the lease writes nothing.
+    s.release_sync_lease(lease).await.unwrap();
+    assert!(s.record_consent(lease, "expired", None).await.is_err());
+    assert_eq!(
+        s.get_connection(c.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .consent
+            .unwrap()
+            .status,
+        "valid"
+    );
 }
 
 async fn the_database_remembers_facts_once(s: Arc<dyn Store>) {

@@ -132,6 +132,16 @@ async fn run_under_lease(
         // invalidate the old refresh token), whatever stopped the run.
         run.save_session(connector.as_mut()).await;
     }
+    // The consent as the bank last said, whatever stopped the run: the
+    // dashboard, the API and the expiry warning read it.
+    if let Some(consent) = connector.consent()
+        && let Err(e) = syncer
+            .store
+            .record_consent(lease.token, &consent.status, consent.valid_until)
+            .await
+    {
+        tracing::warn!(connection = %connection.name, error = %e, "could not record the bank's consent");
+    }
     if let Err(SyncError::Connector(ConnectorError::ScaRequired(challenge))) = &result {
         // SCA outside a window (at login, on the account list): nothing to resume from.
         result = Err(SyncError::NeedsUser {

@@ -118,6 +118,33 @@ pub async fn run(config_dir: &Config, args: SandboxArgs) -> Result<ExitCode> {
             format!("approve with: curl -X POST http://{addr}/_sandbox/keypad/approve")
         }
     );
+    for bank in state.xs2a().all() {
+        let c = bank.credentials();
+        let name = &c.bank;
+        println!(
+            "xs2a     {name:<8} http://{addr}/xs2a/{name}   PSU-ID {}{}   ({})",
+            c.psu_id,
+            if c.password.is_empty() {
+                String::new()
+            } else {
+                format!("   password {}", c.password)
+            },
+            bank.profile.title
+        );
+    }
+    println!("         truth    http://{addr}/_sandbox/xs2a/{{be,se,redirect}}/truth");
+    if let Some(be) = state.xs2a().get("be") {
+        let c = be.credentials();
+        println!(
+            "         card     bankbridge card virtual --profile cap-be --pin {} --key-seed {}   (the be bank's card)",
+            be.card().pin,
+            be.card_key_seed()
+        );
+        println!(
+            "add it:  echo '{}' | bankbridge connection add --name be-sandbox --connector xs2a --bank sandbox-be --base-url http://{addr} --username {} --password-stdin",
+            c.password, c.psu_id
+        );
+    }
     if let Some(sim) = state.bankid() {
         let base = state
             .start_bankid()
