@@ -61,6 +61,9 @@ pub enum AlertKind {
     Degraded,
     Recovery,
     CertificateExpiry,
+    /// An open-banking connection's consent runs out soon: the user gives a
+    /// new one (a sync where they can authenticate) before it does.
+    ConsentExpiry,
 }
 
 /// One location's result of the run that raised the alert.
@@ -76,6 +79,17 @@ pub struct LocationOutcome {
 pub struct CertificateInfo {
     pub host: String,
     pub expires_at: DateTime<Utc>,
+    /// Negative once expired.
+    pub days_left: i64,
+}
+
+/// The consent a [`AlertKind::ConsentExpiry`] alert is about.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentInfo {
+    /// The connection's name.
+    pub connection: String,
+    /// The last day the bank honours the consent.
+    pub valid_until: chrono::NaiveDate,
     /// Negative once expired.
     pub days_left: i64,
 }
@@ -97,6 +111,8 @@ pub struct Alert {
     pub run_id: Option<i64>,
     pub at: DateTime<Utc>,
     pub certificate: Option<CertificateInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consent: Option<ConsentInfo>,
 }
 
 impl Alert {
@@ -120,6 +136,7 @@ impl Alert {
             run_id: None,
             at,
             certificate: None,
+            consent: None,
         }
     }
 
@@ -139,6 +156,15 @@ impl Alert {
                     0 => "CERTIFICATE EXPIRES today".into(),
                     1 => "CERTIFICATE EXPIRES in 1 day".into(),
                     d => format!("CERTIFICATE EXPIRES in {d} days"),
+                },
+            },
+            AlertKind::ConsentExpiry => match &self.consent {
+                None => "CONSENT EXPIRES".into(),
+                Some(c) => match c.days_left {
+                    d if d < 0 => "CONSENT EXPIRED".into(),
+                    0 => "CONSENT EXPIRES today".into(),
+                    1 => "CONSENT EXPIRES in 1 day".into(),
+                    d => format!("CONSENT EXPIRES in {d} days"),
                 },
             },
         }
@@ -320,6 +346,10 @@ pub struct ChannelConfig {
     pub ssl_expiry: bool,
     /// A certificate alert is wanted once this few days (or fewer) are left.
     pub ssl_expiry_threshold_days: i64,
+    /// Warn when an open-banking connection's consent runs out.
+    pub consent_expiry: bool,
+    /// A consent warning goes out once this few days (or fewer) are left.
+    pub consent_expiry_threshold_days: i64,
     /// Repeat failure/degraded alerts this often while the state lasts.
     pub reminder: Option<Duration>,
 }
@@ -337,6 +367,13 @@ impl ChannelConfig {
                         .certificate
                         .as_ref()
                         .is_some_and(|c| c.days_left <= self.ssl_expiry_threshold_days)
+            }
+            AlertKind::ConsentExpiry => {
+                self.consent_expiry
+                    && alert
+                        .consent
+                        .as_ref()
+                        .is_some_and(|c| c.days_left <= self.consent_expiry_threshold_days)
             }
         }
     }
@@ -533,6 +570,8 @@ struct RawChannel {
     send_degraded: Option<bool>,
     ssl_expiry: Option<bool>,
     ssl_expiry_threshold_days: Option<i64>,
+    consent_expiry: Option<bool>,
+    consent_expiry_threshold_days: Option<i64>,
     reminder: Option<String>,
     url: Option<String>,
     headers: Option<BTreeMap<String, SecretSource>>,
@@ -896,6 +935,15 @@ fn build_channel<E: Fn(&str) -> Option<String>>(
             ),
         );
     }
+    let consent_expiry_threshold_days = raw.consent_expiry_threshold_days.unwrap_or(7);
+    if !(1..=90).contains(&consent_expiry_threshold_days) {
+        c.invalid(
+            Some("consent_expiry_threshold_days"),
+            format!(
+                "consent_expiry_threshold_days: must be from 1 to 90, got {consent_expiry_threshold_days}"
+            ),
+        );
+    }
     let reminder = match raw.reminder.as_deref() {
         None => None,
         Some(text) => match humantime::parse_duration(text) {
@@ -953,6 +1001,8 @@ fn build_channel<E: Fn(&str) -> Option<String>>(
         send_degraded: raw.send_degraded.unwrap_or(false),
         ssl_expiry: raw.ssl_expiry.unwrap_or(false),
         ssl_expiry_threshold_days,
+        consent_expiry: raw.consent_expiry.unwrap_or(false),
+        consent_expiry_threshold_days,
         reminder,
     })
 }
@@ -1246,7 +1296,7 @@ fn slack_payload(alert: &Alert) -> Value {
         AlertKind::Failure => ":red_circle:",
         AlertKind::Degraded => ":large_yellow_circle:",
         AlertKind::Recovery => ":large_green_circle:",
-        AlertKind::CertificateExpiry => ":warning:",
+        AlertKind::CertificateExpiry | AlertKind::ConsentExpiry => ":warning:",
     };
     let headline = alert.headline();
     let summary = one_line(&alert.summary);
@@ -1295,6 +1345,7 @@ fn slack_payload(alert: &Alert) -> Value {
 fn dedup_key(alert: &Alert) -> String {
     match (&alert.kind, &alert.certificate) {
         (AlertKind::CertificateExpiry, Some(c)) => format!("bankbridge:cert:{}", c.host),
+        (AlertKind::ConsentExpiry, _) => format!("bankbridge:consent:{}", alert.check_id),
         _ => format!("bankbridge:{}", alert.check_id),
     }
 }
@@ -1416,6 +1467,17 @@ fn facts(alert: &Alert) -> Vec<(&'static str, String)> {
             ),
         ));
     }
+    if let Some(c) = &alert.consent {
+        out.push((
+            "Consent",
+            format!(
+                "of connection {} valid until {} ({} days left); give a new one with a sync where you can authenticate",
+                one_line(&c.connection),
+                c.valid_until,
+                c.days_left
+            ),
+        ));
+    }
     out.push(("At", timestamp(&alert.at)));
     out
 }
@@ -1453,7 +1515,7 @@ fn teams_payload(alert: &Alert) -> Value {
     let colour = match alert.kind {
         AlertKind::Failure => "Attention",
         AlertKind::Recovery => "Good",
-        AlertKind::Degraded | AlertKind::CertificateExpiry => "Warning",
+        AlertKind::Degraded | AlertKind::CertificateExpiry | AlertKind::ConsentExpiry => "Warning",
     };
     let facts: Vec<Value> = facts(alert)
         .into_iter()
@@ -1504,7 +1566,7 @@ fn discord_payload(alert: &Alert) -> Value {
     let colour = match alert.kind {
         AlertKind::Failure => 0xD9_30_25,
         AlertKind::Recovery => 0x1E_8E_3E,
-        AlertKind::Degraded | AlertKind::CertificateExpiry => 0xF2_99_00,
+        AlertKind::Degraded | AlertKind::CertificateExpiry | AlertKind::ConsentExpiry => 0xF2_99_00,
     };
     let mut fields: Vec<Value> = facts(alert)
         .into_iter()
@@ -1540,7 +1602,7 @@ fn telegram_payload(chat_id: &str, alert: &Alert) -> Value {
         AlertKind::Failure => "🔴",
         AlertKind::Degraded => "🟡",
         AlertKind::Recovery => "🟢",
-        AlertKind::CertificateExpiry => "⚠️",
+        AlertKind::CertificateExpiry | AlertKind::ConsentExpiry => "⚠️",
     };
     // A chat number goes as a number, `@channel` as a string.
     let chat_id = chat_id
@@ -1564,6 +1626,7 @@ fn ntfy_priority_and_tags(alert: &Alert) -> (&'static str, &'static str) {
         AlertKind::Recovery => ("3", "white_check_mark,bankbridge"),
         AlertKind::CertificateExpiry if expired => ("4", "lock,bankbridge"),
         AlertKind::CertificateExpiry => ("3", "lock,bankbridge"),
+        AlertKind::ConsentExpiry => ("3", "hourglass,bankbridge"),
     }
 }
 
@@ -1587,7 +1650,7 @@ fn gotify_payload(alert: &Alert) -> Value {
     let priority = match alert.kind {
         AlertKind::Failure => 8,
         AlertKind::CertificateExpiry if expired => 8,
-        AlertKind::Degraded | AlertKind::CertificateExpiry => 5,
+        AlertKind::Degraded | AlertKind::CertificateExpiry | AlertKind::ConsentExpiry => 5,
         AlertKind::Recovery => 4,
     };
     json!({
@@ -1610,6 +1673,7 @@ fn opsgenie_alert(alert: &Alert) -> Value {
         AlertKind::Degraded => "degraded",
         AlertKind::Recovery => "recovery",
         AlertKind::CertificateExpiry => "certificate_expiry",
+        AlertKind::ConsentExpiry => "consent_expiry",
     };
     // Opsgenie's details are a map of strings.
     let mut details = serde_json::Map::new();

@@ -757,6 +757,16 @@ impl ChecksService {
         self.send_alerts(alerts);
     }
 
+    /// The alert channels of `channels.toml` as last loaded.
+    pub fn channels(&self) -> Vec<ChannelConfig> {
+        self.state().channels.clone()
+    }
+
+    /// Send each alert to its channel in the background (counted in the metrics).
+    pub fn send(&self, alerts: Vec<(ChannelConfig, Alert)>) {
+        self.send_alerts(alerts);
+    }
+
     fn send_alerts(&self, alerts: Vec<(ChannelConfig, Alert)>) {
         for (channel, alert) in alerts {
             let notifier = self.0.notifier.clone();

@@ -44,6 +44,7 @@ pub mod card_solver;
 pub mod cards;
 pub mod check_secrets;
 pub mod checks;
+pub mod consents;
 pub mod error;
 pub mod export;
 mod guard;
@@ -93,6 +94,8 @@ pub struct ServerConfig {
     /// a bank's redirect SCA comes back to `<public_url>/sca/callback/<job>`.
     /// Without it the person says "I have finished" on the job's page.
     pub public_url: Option<String>,
+    /// How often the scheduler looks for consents about to run out.
+    pub consent_check_every: Duration,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             max_event_streams: 1_000,
             secure_cookies: false,
             public_url: None,
+            consent_check_every: Duration::from_secs(3600),
         }
     }
 }

@@ -176,6 +176,7 @@ impl Metrics {
             AlertKind::Degraded => "degraded",
             AlertKind::Recovery => "recovery",
             AlertKind::CertificateExpiry => "certificate_expiry",
+            AlertKind::ConsentExpiry => "consent_expiry",
         };
         self.alerts
             .get_or_create(&AlertLabels {

@@ -11,6 +11,9 @@
 //! another failed login, and banks lock the customer after a few (the keypad
 //! bank after 3 wrong PINs). The sync engine itself refuses to send those
 //! credentials again, whoever asks, until they change or an admin forces it.
+//!
+//! Every `consent_check_every` (default an hour) it also warns of
+//! open-banking consents about to run out ([`crate::consents`]).
 use bankbridge_store::{Connection, StoreError, SyncJob, SyncOutcome};
 use bankbridge_sync::Syncer;
 use chrono::{DateTime, Utc};
@@ -27,10 +30,15 @@ pub fn spawn_scheduler(state: AppState) -> JoinHandle<()> {
         tracing::info!(every_secs = every.as_secs_f64(), "scheduler started");
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut consents_checked: Option<std::time::Instant> = None;
         loop {
             tick.tick().await;
             if let Err(e) = run_due(&state, Utc::now()).await {
                 tracing::warn!(error = %e, "scheduler: cannot list connections; trying again next tick");
+            }
+            if consents_checked.is_none_or(|t| t.elapsed() >= state.config.consent_check_every) {
+                consents_checked = Some(std::time::Instant::now());
+                crate::consents::warn(&state).await;
             }
         }
     })

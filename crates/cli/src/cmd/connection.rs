@@ -527,6 +527,19 @@ async fn update(config: &Config, args: UpdateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `valid to 2026-09-01 (87 d)`, `expired`, or `-` without a consent.
+fn consent_cell(consent: Option<&bankbridge_store::ConsentRecord>, today: NaiveDate) -> String {
+    match consent {
+        None => "-".into(),
+        Some(k) => match (k.status.as_str(), k.valid_until) {
+            ("valid", Some(until)) => {
+                format!("valid to {until} ({} d)", (until - today).num_days())
+            }
+            (status, _) => status.to_owned(),
+        },
+    }
+}
+
 async fn list(config: &Config, json: bool) -> Result<ExitCode> {
     let store = config.parts().await?.connections;
     let conns = store.list_connections().await?;
@@ -546,6 +559,7 @@ async fn list(config: &Config, json: bool) -> Result<ExitCode> {
                     "last_sync_at": c.last_sync_at, "last_sync_status": c.last_sync_status,
                     "last_sync_error": c.last_sync_error, "credentials_refused": c.credentials_refused(),
                     "activity": activity(c).unwrap_or("idle"),
+                    "consent": c.consent,
                 })
             })
             .collect();
@@ -578,6 +592,7 @@ async fn list(config: &Config, json: bool) -> Result<ExitCode> {
                     }
                     _ => super::truncate(c.last_sync_error.as_deref().unwrap_or(""), 70),
                 },
+                consent_cell(c.consent.as_ref(), now.date_naive()),
             ]
         })
         .collect();
@@ -590,6 +605,7 @@ async fn list(config: &Config, json: bool) -> Result<ExitCode> {
             "LAST SYNC",
             "STATUS",
             "WHY",
+            "CONSENT",
         ],
         &rows,
     );

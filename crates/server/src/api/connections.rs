@@ -49,6 +49,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         ConnectionView,
         ConnectionList,
         SettingsView,
+        ConsentView,
         CreateConnection,
         UpdateConnection,
         UpdateLogin,
@@ -76,6 +77,24 @@ pub(crate) struct ConnectionView {
     credentials_refused: bool,
     /// The job of the sync running now in this server, if any.
     running_sync_job: Option<i64>,
+    /// An open-banking connection's consent as its last sync saw it (null
+    /// for connectors without one, and before the first sync).
+    consent: Option<ConsentView>,
+}
+
+/// The bank's consent of an open-banking connection.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ConsentView {
+    /// The bank's `consentStatus`: `valid`, `expired`, `revokedByPsu`, `terminatedByTpp`, `rejected`, …
+    status: String,
+    /// The last day the bank honours it.
+    valid_until: Option<NaiveDate>,
+    /// Days from today (UTC) to `valid_until`; negative once past.
+    days_left: Option<i64>,
+    /// Valid, and ending within 7 days: sync where you can authenticate to give a new one.
+    expires_soon: bool,
+    /// The day an expiry warning went out for (`valid_until` of the consent warned about).
+    warned_for: Option<NaiveDate>,
 }
 
 /// The non-secret settings of a connection.
@@ -88,6 +107,10 @@ pub(crate) struct SettingsView {
     overlap_days: u32,
     since: Option<NaiveDate>,
     interval_secs: Option<u64>,
+    /// Connector settings beyond these (the `xs2a` connector's bank, SCA approach, …).
+    options: std::collections::BTreeMap<String, String>,
+    /// The registered card that answers this connection's card-reader challenges.
+    sca_card: Option<String>,
 }
 
 #[derive(ToSchema)]
@@ -110,6 +133,8 @@ impl ConnectionView {
                 overlap_days: s.overlap_days,
                 since: s.since,
                 interval_secs: s.interval_secs,
+                options: s.options,
+                sca_card: s.sca_card,
             },
             created_at: c.created_at,
             last_sync_at: c.last_sync_at,
@@ -117,6 +142,18 @@ impl ConnectionView {
             last_sync_error: c.last_sync_error.clone(),
             credentials_refused: c.credentials_refused(),
             running_sync_job: state.running_sync(c.id),
+            consent: c.consent.as_ref().map(|k| {
+                let today = Utc::now().date_naive();
+                let days_left = k.valid_until.map(|u| crate::consents::days_left(u, today));
+                ConsentView {
+                    expires_soon: k.status == "valid"
+                        && days_left.is_some_and(|d| d <= crate::consents::DEFAULT_WARNING_DAYS),
+                    status: k.status.clone(),
+                    valid_until: k.valid_until,
+                    days_left,
+                    warned_for: k.warned_for,
+                }
+            }),
         })
     }
 }
@@ -150,7 +187,19 @@ pub(crate) struct CreateConnection {
     /// Sync on this interval in `serve` (at least 60 seconds); absent or null means manual only.
     #[schema(minimum = 60, maximum = 31_622_400)]
     pub(crate) interval_secs: Option<u64>,
+    /// Connector settings beyond the above: for `xs2a`, `bank` (e.g.
+    /// `sandbox-be`), `sca_approach`, `psu_id`, `timezone`, `history_days`,
+    /// `frequency_per_day`, `consent_days`, `psu_ip_address`, `redirect_uri`.
+    #[serde(default)]
+    pub(crate) options: Option<std::collections::BTreeMap<String, String>>,
+    /// A registered card (its id) that answers this connection's card-reader
+    /// challenges, also in unattended syncs.
+    #[serde(default)]
+    pub(crate) sca_card: Option<String>,
 }
+
+/// Most connector options one connection may have.
+const MAX_OPTIONS: usize = 32;
 
 impl CreateConnection {
     fn settings(&self, connectors: &[String]) -> Result<ConnectionSettings, ApiError> {
@@ -175,6 +224,22 @@ impl CreateConnection {
         }
         s.since = self.since;
         s.interval_secs = self.interval_secs;
+        if let Some(options) = &self.options {
+            if options.len() > MAX_OPTIONS
+                || options
+                    .iter()
+                    .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 2048)
+            {
+                return Err(ApiError::invalid_parameter(
+                    "options",
+                    format!(
+                        "at most {MAX_OPTIONS} options, names of 1 to 64 characters, values of at most 2048"
+                    ),
+                ));
+            }
+            s.options = options.clone();
+        }
+        s.sca_card = self.sca_card.clone();
         check_settings(&s).map_err(field_error)?;
         Ok(s)
     }
@@ -195,6 +260,14 @@ pub(crate) async fn create_connection(
     body: &CreateConnection,
 ) -> Result<Connection, ApiError> {
     let settings = body.settings(&state.connectors)?;
+    if let Some(card) = &settings.sca_card
+        && state.store.cards.get_card(card).await?.is_none()
+    {
+        return Err(ApiError::invalid_parameter(
+            "sca_card",
+            format!("no registered card {card:?}"),
+        ));
+    }
     let credentials = Credentials::with_password(body.password.clone());
     let connection = add_connection(
         state.store.connections.as_ref(),

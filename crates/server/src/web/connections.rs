@@ -116,6 +116,9 @@ async fn render(
                                     @if let Some(e) = &c.last_sync_error {
                                         br; span.hint { (e) }
                                     }
+                                    @if let Some(k) = consent_text(c) {
+                                        br; span.hint { (k) }
+                                    }
                                 }
                             }
                             td class="opt" { @match &c.last_sync_at { Some(t) => (instant(t)), None => "never" } }
@@ -205,6 +208,27 @@ fn optional<T: std::str::FromStr>(value: &str, what: &str) -> Result<Option<T>, 
     }
 }
 
+/// The bank's consent in words: its state and how long it lasts.
+fn consent_text(c: &Connection) -> Option<String> {
+    let k = c.consent.as_ref()?;
+    let today = chrono::Utc::now().date_naive();
+    Some(match (k.status.as_str(), k.valid_until) {
+        ("valid", Some(until)) => {
+            let left = crate::consents::days_left(until, today);
+            let soon = if left <= crate::consents::DEFAULT_WARNING_DAYS {
+                ": sync where you can authenticate to give a new one soon"
+            } else {
+                ""
+            };
+            format!("Consent valid until {until} ({left} days left){soon}")
+        }
+        ("valid", None) => "Consent valid".to_owned(),
+        (status, _) => {
+            format!("Consent {status}: sync where you can authenticate to give a new one")
+        }
+    })
+}
+
 /// `POST /connections` (write).
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -229,6 +253,8 @@ pub(crate) async fn create(
         overlap_days: None,
         since,
         interval_secs,
+        options: None,
+        sca_card: None,
     };
     match create_connection(&state, &body).await {
         Ok(c) => Ok(Redirect::to(&format!("/connections/{}", c.id)).into_response()),
@@ -288,6 +314,8 @@ async fn show_page(
             @if let Some(e) = &c.last_sync_error { dt { "Last error" } dd.error { (e) } }
             dt { "Last sync" } dd { @match &c.last_sync_at { Some(t) => (instant(t)), None => "never" } }
             dt { "Next sync" } dd { (next_sync(c)) }
+            @if let Some(k) = consent_text(c) { dt { "Bank consent" } dd { (k) } }
+            @if let Some(card) = &settings.sca_card { dt { "Card" } dd { a href="/cards" { (card) } " answers the bank's card-reader challenges" } }
             dt { "Accounts" } dd {
                 @if accounts.is_empty() { "none yet: sync to fetch them" }
                 @for (i, a) in accounts.iter().enumerate() {
