@@ -267,6 +267,9 @@ async fn run_job(
     }
     // Before the job reads as finished: whoever polls it then reads fresh pages.
     state.data_changed();
+    // A sync records the bank's consent: a short one is warned of now, not
+    // at the scheduler's next look.
+    crate::consents::warn(&state).await;
     job.finished_at = Some(Utc::now());
     save(&state, &job).await;
     drop(registered);
