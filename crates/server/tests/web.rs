@@ -908,6 +908,77 @@ async fn a_redirect_is_followed_and_a_declined_question_fails_the_sync() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browser_back_from_the_banks_page_lets_the_sync_go_on() {
+    let s = TestServer::start().await;
+    let (client, csrf) = signed_in(&s, Scope::Write).await;
+    let job = add_and_sync(&s, &client, &csrf, "redirect").await;
+    question_of(&s, &client, &job).await;
+    // What the bank's redirect does: the browser comes to the callback.
+    let id = job.trim_start_matches("/syncs/");
+    let res = client
+        .get(s.url(&format!("/sca/callback/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), job, "back to the job's page");
+    assert!(
+        finished(&s, &client, &job)
+            .await
+            .contains("status-succeeded")
+    );
+    // A stray visit later answers nothing and shows the job.
+    let res = browser()
+        .get(s.url(&format!("/sca/callback/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banks_bankid_order_shows_its_qr_code_until_approved() {
+    let s = TestServer::start().await;
+    let (client, csrf) = signed_in(&s, Scope::Write).await;
+    let job = add_and_sync(&s, &client, &csrf, "bankid").await;
+    let live = loop {
+        let live = client
+            .get(s.url(&format!("{job}/live")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if live.contains("data-qr") {
+            break live;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        live.contains("data-qr=\"bankid.67df3917-fa0d-44e5-b327-edcc928297f8."),
+        "{live}"
+    );
+    assert!(live.contains("<svg"), "the QR code is drawn");
+    assert!(
+        live.contains("bankid:///?autostarttoken=7c40b5c9-fa74-49cf-b98c-bfe651f9a7c6"),
+        "{live}"
+    );
+    assert!(
+        !live.contains("d28db9a7"),
+        "the QR secret never reaches the page"
+    );
+    let done = finished(&s, &client, &job).await;
+    assert!(done.contains("status-succeeded"), "{done}");
+    assert!(
+        !done.contains("data-qr"),
+        "the code goes once the bank accepted"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_removes_a_connection_and_a_write_session_cannot() {
     let s = TestServer::start().await;
     let (writer, wcsrf) = signed_in(&s, Scope::Write).await;

@@ -74,6 +74,8 @@ pub struct FakeBank {
     /// What the bank asks for at login (strong customer authentication),
     /// until it is answered.
     sca: Option<ScaChallenge>,
+    /// A BankID order the bank waits on: approved this long after login.
+    approved_at: Option<std::time::Instant>,
 }
 
 /// The challenge the `card` fake bank shows.
@@ -137,6 +139,10 @@ impl Connector for FakeBank {
             return Err(ConnectorError::InvalidCredentials("wrong password".into()));
         }
         match &self.sca {
+            Some(challenge @ ScaChallenge::BankId { .. }) => {
+                self.approved_at = Some(std::time::Instant::now() + FAKE_BANKID_WAIT);
+                Err(ConnectorError::ScaRequired(challenge.clone()))
+            }
             Some(challenge) => Err(ConnectorError::ScaRequired(challenge.clone())),
             None => Ok(()),
         }
@@ -156,6 +162,18 @@ impl Connector for FakeBank {
                     && c.expose().bytes().all(|b| b.is_ascii_digit())
             }
             (Some(ScaChallenge::Redirect { .. }), Approved) => true,
+            // The simulated user approves in their BankID app after a while.
+            (Some(ScaChallenge::BankId { .. }), Approved) => {
+                if self
+                    .approved_at
+                    .is_some_and(|t| std::time::Instant::now() < t)
+                {
+                    return Ok(bankbridge_core::ScaProgress::Pending {
+                        poll_after: Duration::from_millis(100),
+                    });
+                }
+                true
+            }
             _ => false,
         };
         if !accepted {
@@ -191,9 +209,13 @@ impl Connector for FakeBank {
     }
 }
 
+/// How long the `bankid` fake bank's user takes to approve.
+pub const FAKE_BANKID_WAIT: Duration = Duration::from_secs(2);
+
 /// Builds `fake` (instant), `slow` (login takes 1.5 s), and fake banks that
 /// ask at login for [`FAKE_OTP`] (`otp`), a card reader's login code over
-/// [`FAKE_CHALLENGE`] (`card`) or a visit to their page (`redirect`).
+/// [`FAKE_CHALLENGE`] (`card`), a visit to their page (`redirect`) or a
+/// BankID identification the user approves after [`FAKE_BANKID_WAIT`] (`bankid`).
 pub fn fake_factory() -> ConnectorFactory {
     Arc::new(|connection, _settings, credentials| {
         let password = credentials
@@ -221,12 +243,21 @@ pub fn fake_factory() -> ConnectorFactory {
                     url: "https://bank.example/sca/approve?id=42".into(),
                 }),
             ),
+            "bankid" => (
+                Duration::ZERO,
+                Some(ScaChallenge::BankId {
+                    auto_start_token: "7c40b5c9-fa74-49cf-b98c-bfe651f9a7c6".into(),
+                    qr_start_token: Some("67df3917-fa0d-44e5-b327-edcc928297f8".into()),
+                    qr_start_secret: Some("d28db9a7-4cde-429e-a983-359be676944c".to_owned().into()),
+                }),
+            ),
             other => return Err(format!("no connector {other}")),
         };
         Ok(Box::new(FakeBank {
             password,
             delay,
             sca,
+            approved_at: None,
         }) as Box<dyn Connector>)
     })
 }
@@ -266,7 +297,7 @@ impl TestServer {
             Arc::new(MasterKey::generate()),
             fake_factory(),
         );
-        let connectors = ["fake", "slow", "otp", "card", "redirect"]
+        let connectors = ["fake", "slow", "otp", "card", "redirect", "bankid"]
             .map(String::from)
             .to_vec();
         let state = match readers {
