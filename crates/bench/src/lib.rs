@@ -64,6 +64,7 @@ mod cards;
 mod checks;
 mod dashboard;
 pub mod raw;
+mod xs2a;
 use rust_decimal::Decimal;
 
 #[derive(clap::Args, Debug)]
@@ -98,7 +99,10 @@ pub struct BenchArgs {
     /// Leave out the dashboard measurements.
     #[arg(long)]
     pub skip_dashboard: bool,
-    /// Run only these sections (repeatable): sync, api, dashboard, export, cards, bankid, checks.
+    /// Leave out the NextGenPSD2 (xs2a) sync.
+    #[arg(long)]
+    pub skip_xs2a: bool,
+    /// Run only these sections (repeatable): sync, api, dashboard, export, cards, bankid, checks, xs2a.
     #[arg(long, value_enum)]
     pub only: Vec<Section>,
 }
@@ -120,6 +124,8 @@ pub enum Section {
     Bankid,
     /// Flow-check runs per second and the scheduler with 1,000 flows.
     Checks,
+    /// A full sync of 100,000 transactions from the NextGenPSD2 sandbox bank.
+    Xs2a,
 }
 
 impl BenchArgs {
@@ -132,6 +138,7 @@ impl BenchArgs {
             Section::Cards => self.skip_cards,
             Section::Bankid => self.skip_bankid,
             Section::Checks => self.skip_checks,
+            Section::Xs2a => self.skip_xs2a,
         };
         if self.only.is_empty() {
             !skipped
@@ -303,6 +310,9 @@ pub async fn run(args: BenchArgs, hooks: Hooks) -> Result<ExitCode> {
     }
     if args.wants(Section::Checks) {
         checks::checks_section(dir.path(), &mut table).await;
+    }
+    if args.wants(Section::Xs2a) {
+        xs2a::xs2a_section(dir.path(), &mut table).await;
     }
 
     println!();
