@@ -67,8 +67,9 @@ json_field password <<<"$creds" | "$BIN" connection add --name fibank --connecto
 "$BIN" sync >/dev/null
 admin="$("$BIN" token create --scope admin --name contract)"
 
-# A virtual card in pcscd's virtual reader.
-"$BIN" card virtual --profile cap-be --pin 1234 --vpcd 127.0.0.1:35963 >"$work/card.log" 2>&1 &
+# A virtual card in pcscd's virtual reader: the card of the sandbox's
+# NextGenPSD2 bank `be` (seed 1), so it also answers that bank's SCA.
+"$BIN" card virtual --profile cap-be --pin 1234 --key-seed xs2a-be-1 --vpcd 127.0.0.1:35963 >"$work/card.log" 2>&1 &
 pids+=($!)
 
 # Flow checks against the sandbox's XS2A playground.
@@ -95,17 +96,23 @@ wait_http "$api/healthz"
 # Register the card once pcscd sees it (the service reads it).
 fi_id="$(curl -fsS -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
     -d '{"name": "Contract Bank", "country": "BE"}' "$api/api/v1/financial-institutions" | json_field id)"
-registered=""
+card_id=""
 for _ in $(seq 100); do
-    if curl -fsS -o /dev/null -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
+    if card="$(curl -fsS -H "Authorization: Bearer $admin" -H 'content-type: application/json' \
         -d '{"reader": "Virtual PCD 00 00", "label": "contract card", "account_reference": "BE68539007547034", "pin": "1234"}' \
-        "$api/api/v1/financial-institutions/$fi_id/cards"; then
-        registered=yes
+        "$api/api/v1/financial-institutions/$fi_id/cards")"; then
+        card_id="$(json_field id <<<"$card")"
         break
     fi
     sleep 0.2
 done
-[ -n "$registered" ] || { log "the virtual card could not be registered (is pcscd with vpcd running?)"; exit 1; }
+[ -n "$card_id" ] || { log "the virtual card could not be registered (is pcscd with vpcd running?)"; exit 1; }
+# An open-banking connection whose consent the card gave (the API shows it).
+be="$(curl -fsS "$sandbox/_sandbox/xs2a/be/credentials")"
+json_field password <<<"$be" | "$BIN" connection add --name psd2 --connector xs2a --bank sandbox-be \
+    --base-url "$sandbox" --username "$(json_field psu_id <<<"$be")" --password-stdin \
+    --card "$card_id" --no-check >/dev/null
+"$BIN" sync --connection psd2 --sca never >/dev/null
 # A round of the flow check, so runs exist.
 curl -fsS -o /dev/null -X POST -H "Authorization: Bearer $admin" "$api/api/v1/checks/klarna-xs2a/run"
 

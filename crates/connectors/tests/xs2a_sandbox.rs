@@ -331,6 +331,12 @@ async fn each_bank_to_truth(store: impl Fn() -> Option<Arc<dyn Store>>) {
     };
     se.sync(&user).await.unwrap();
     se.assert_matches_truth().await;
+    let again = se.sync(&bankbridge_core::Unattended).await.unwrap();
+    assert_eq!(
+        (again.inserted, again.updated),
+        (0, 0),
+        "the consent is reused unattended"
+    );
     // German-style: redirect, a person logs in at the bank.
     let de = env("redirect", 0.0, store()).await;
     let creds = de.sb.xs2a("redirect").unwrap().credentials();
@@ -370,14 +376,69 @@ async fn each_bank_syncs_to_its_truth_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_at_a_tenth_of_the_calls_still_converge() {
-    let e = env("be", 0.1, None).await;
-    let card = CardSolver::for_bank(&e.sb);
-    // Retries spend budget: the user is there (a terminal sync).
-    let card = PresentCard(&card);
-    e.sync(&card).await.unwrap();
-    e.assert_matches_truth().await;
-    let again = e.sync(&card).await.unwrap();
-    assert_eq!((again.inserted, again.updated), (0, 0));
+    for bank in ["be", "se", "redirect"] {
+        let e = env(bank, 0.1, None).await;
+        // Retries spend budget: the user is there (a terminal sync).
+        let card = CardSolver::for_bank(&e.sb);
+        let user = BankIdUser {
+            sb_state: e.sb.state().clone(),
+            approve: true,
+        };
+        let creds = e.sb.xs2a("redirect").unwrap().credentials();
+        let browser = Browser {
+            user: creds.psu_id,
+            password: creds.password,
+        };
+        let card = PresentCard(&card);
+        let solver: &dyn ScaSolver = match bank {
+            "be" => &card,
+            "se" => &user,
+            _ => &browser,
+        };
+        e.sync(solver).await.unwrap();
+        e.assert_matches_truth().await;
+        let again = e.sync(solver).await.unwrap();
+        assert_eq!((again.inserted, again.updated), (0, 0), "{bank}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tpp_certificate_is_presented_over_mutual_tls() {
+    // The sandbox's BankID simulator stands in for a bank's mTLS gateway:
+    // it answers only a client that presents a certificate its CA signed
+    // (401 "no client certificate" otherwise), so a 404 for the XS2A path
+    // proves the TLS handshake carried the TPP certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let sb = sandbox(dir.path(), 0.0).await;
+    let endpoint = sb.bankid().unwrap();
+    let connect = |identity: bool| {
+        let mut settings = ConnectionSettings::new(endpoint.base_url.clone(), "psu");
+        settings
+            .options
+            .insert("server_ca".into(), endpoint.ca_cert.display().to_string());
+        let mut credentials = Credentials::default();
+        if identity {
+            let pem = bankbridge_core::tls::pem_bundle(
+                &std::fs::read(&endpoint.rp_cert).unwrap(),
+                &std::fs::read(&endpoint.rp_key).unwrap(),
+            );
+            credentials.fields.insert(
+                "tpp_identity_pem".into(),
+                Secret::new(String::from_utf8(pem.expose().clone()).unwrap()),
+            );
+        }
+        Xs2aConnector::new(&settings, credentials).unwrap()
+    };
+    let with = connect(true).login().await.unwrap_err().to_string();
+    assert!(
+        with.contains("404"),
+        "the handshake passed, the path is unknown: {with}"
+    );
+    let without = connect(false).login().await.unwrap_err().to_string();
+    assert!(
+        !without.contains("404"),
+        "no certificate, no entry: {without}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
