@@ -13,6 +13,10 @@ use chrono::{NaiveDate, Utc};
 
 use crate::AppState;
 
+/// The warnings due for one connection: its id, the expiry warned about,
+/// and each channel with its alert.
+pub type Due = (i64, NaiveDate, Vec<(ChannelConfig, Alert)>);
+
 /// Days left before a warning, when no channel says (the API's `expires_soon`).
 pub const DEFAULT_WARNING_DAYS: i64 = 7;
 
@@ -33,11 +37,7 @@ pub fn days_left(valid_until: NaiveDate, today: NaiveDate) -> i64 {
 /// The alerts due at `today`: per connection whose valid consent ends
 /// within a channel's threshold and was not warned about, one alert per
 /// channel that wants it. Pure: the caller sends and marks.
-pub fn due(
-    connections: &[Connection],
-    channels: &[ChannelConfig],
-    today: NaiveDate,
-) -> Vec<(i64, NaiveDate, Vec<(ChannelConfig, Alert)>)> {
+pub fn due(connections: &[Connection], channels: &[ChannelConfig], today: NaiveDate) -> Vec<Due> {
     let mut out = Vec::new();
     for c in connections {
         let Some((until, warned_for)) = live_consent(c) else {

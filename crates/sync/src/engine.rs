@@ -444,6 +444,19 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// A bank with a daily request budget: its connector's count of calls
+    /// is kept after every window, so a run killed midway cannot make the
+    /// next one forget calls already made.
+    async fn keep_budget(
+        &self,
+        connector: &mut dyn Connector,
+        limits: &bankbridge_core::ConnectorLimits,
+    ) {
+        if limits.daily_request_budget.is_some() {
+            self.save_session(connector).await;
+        }
+    }
+
     async fn save_session(&self, connector: &mut dyn Connector) {
         // Read the state before any await: `&dyn Connector` is not `Send`.
         let Some(state) = connector.session_state() else {
@@ -505,6 +518,7 @@ impl Run<'_> {
             let next = plan::after_forward(&cp, w);
             self.commit(&mut acc, w, page, &cp, &next, &label).await?;
             cp = next;
+            self.keep_budget(connector, &limits).await;
         }
         while !halted && let Some(w) = plan::next_backfill_window(&cp, &bounds, window_days) {
             let Some(page) = self
@@ -524,6 +538,7 @@ impl Run<'_> {
             );
             self.commit(&mut acc, w, page, &cp, &next, &label).await?;
             cp = next;
+            self.keep_budget(connector, &limits).await;
         }
         if halted {
             tracing::info!(connection = %self.connection.name, account = %label, oldest_stored = ?cp.oldest_covered, "strong customer authentication unanswered: this account stops at the boundary");

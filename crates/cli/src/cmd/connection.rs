@@ -50,9 +50,10 @@ pub struct AddArgs {
     #[arg(long)]
     pub connector: String,
     /// The bank's base URL (e.g. https://my.fibank.bg, or a sandbox URL;
-    /// for a sandbox bank given with --bank, the sandbox's root is enough).
-    #[arg(long)]
-    pub base_url: String,
+    /// for a sandbox bank given with --bank, the sandbox's root is enough,
+    /// and none means `bankbridge sandbox`'s default http://127.0.0.1:9000).
+    #[arg(long, required_unless_present = "bank")]
+    pub base_url: Option<String>,
     /// Your login at the bank (for keypad: the customer number; for xs2a:
     /// the PSU-ID, `-` for a bank that needs none).
     #[arg(long, default_value = "-")]
@@ -246,16 +247,20 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
     bankbridge_sync::check_name(&args.name).map_err(flag_error)?;
     let xs2a = args.connector == "xs2a";
     let options = connector_options(&args)?;
-    let base_url = match options
+    let sandbox_path = options
         .get("bank")
         .and_then(|b| bankbridge_connectors::xs2a::bank(b))
-        .and_then(|b| b.sandbox_path)
-    {
+        .and_then(|b| b.sandbox_path);
+    let base_url = match (sandbox_path, args.base_url.as_deref()) {
         // `--bank sandbox-be --base-url http://127.0.0.1:8080`: the sandbox's root.
-        Some(path) if url::Url::parse(&args.base_url).is_ok_and(|u| u.path() == "/") => {
-            format!("{}{path}", args.base_url.trim_end_matches('/'))
+        (Some(path), Some(root)) if url::Url::parse(root).is_ok_and(|u| u.path() == "/") => {
+            format!("{}{path}", root.trim_end_matches('/'))
         }
-        _ => args.base_url.trim_end_matches('/').to_owned(),
+        (Some(path), None) => format!("http://127.0.0.1:9000{path}"),
+        (None, None) => bail!(
+            "--base-url: the bank's address is needed (or --bank with a bank bankbridge knows)"
+        ),
+        (_, Some(url)) => url.trim_end_matches('/').to_owned(),
     };
     let settings = ConnectionSettings {
         window_days: args.window_days.unwrap_or(if xs2a { 366 } else { 30 }),

@@ -190,7 +190,8 @@ fn account_bban(country: &str, bank_code: &str, seed: u64, i: usize) -> String {
 
 /// Generate the books.
 pub fn generate(p: &Params) -> Vec<Account> {
-    let start = p.today - Days::new(u64::from(p.years) * 365);
+    // `years` × 365 days of history, today included: what the bank serves.
+    let start = p.today - Days::new((u64::from(p.years) * 365).saturating_sub(1));
     let end = p.today + Days::new(u64::from(HORIZON_DAYS));
     let days = (end - start).num_days().max(1) as u64;
     let history_days = (u64::from(p.years) * 365).max(1);

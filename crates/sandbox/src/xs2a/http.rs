@@ -53,18 +53,16 @@ pub fn routes(banks: Arc<Xs2aBanks>) -> Router {
         .with_state(banks)
 }
 
-fn bank<'a>(banks: &'a Xs2aBanks, name: &str) -> Result<&'a Arc<Xs2aBank>, Response> {
-    banks.get(name).ok_or_else(|| {
-        refusal(
-            None,
-            None,
-            Refusal::new(
-                404,
-                "RESOURCE_UNKNOWN",
-                format!("no simulated bank {name:?}: be, se or redirect"),
-            ),
-        )
-    })
+fn unknown_bank(name: &str) -> Response {
+    refusal(
+        None,
+        None,
+        Refusal::new(
+            404,
+            "RESOURCE_UNKNOWN",
+            format!("no simulated bank {name:?}: be, se or redirect"),
+        ),
+    )
 }
 
 /// A `tppMessages` refusal, with the request id echoed and the bank's `Date`.
@@ -129,9 +127,8 @@ async fn api(
     faults: bool,
     call: impl FnOnce(&Xs2aBank, &Headers) -> Result<Response, Refusal>,
 ) -> Response {
-    let b = match bank(banks, name) {
-        Ok(b) => b,
-        Err(r) => return r,
+    let Some(b) = banks.get(name) else {
+        return unknown_bank(name);
     };
     let fault = b.fault();
     let latency = fault.latency();
@@ -343,9 +340,8 @@ fn login_form(b: &Xs2aBank, error: Option<&str>) -> Response {
 }
 
 async fn login_page(State(banks): Banks, Path((name, token)): Path<(String, String)>) -> Response {
-    let b = match bank(&banks, &name) {
-        Ok(b) => b,
-        Err(r) => return r,
+    let Some(b) = banks.get(&name) else {
+        return unknown_bank(&name);
     };
     match b.redirect_target(&token) {
         Some((_, "received")) => login_form(b, None),
@@ -373,9 +369,8 @@ async fn login_submit(
     Path((name, token)): Path<(String, String)>,
     axum::Form(form): axum::Form<LoginForm>,
 ) -> Response {
-    let b = match bank(&banks, &name) {
-        Ok(b) => b,
-        Err(r) => return r,
+    let Some(b) = banks.get(&name) else {
+        return unknown_bank(&name);
     };
     let login =
         (form.action != "cancel").then_some((form.username.as_str(), form.password.as_str()));
@@ -394,9 +389,8 @@ fn control(
     name: &str,
     answer: impl FnOnce(&Xs2aBank) -> Result<Value, (StatusCode, String)>,
 ) -> Response {
-    let b = match bank(banks, name) {
-        Ok(b) => b,
-        Err(r) => return r,
+    let Some(b) = banks.get(name) else {
+        return unknown_bank(name);
     };
     match answer(b) {
         Ok(v) => json_response(StatusCode::OK, &v),
