@@ -190,16 +190,15 @@ pub(crate) struct CreateConnection {
     /// Connector settings beyond the above: for `xs2a`, `bank` (e.g.
     /// `sandbox-be`), `sca_approach`, `psu_id`, `timezone`, `history_days`,
     /// `frequency_per_day`, `consent_days`, `psu_ip_address`, `redirect_uri`.
+    /// A bad value is refused by the connector when the connection syncs.
     #[serde(default)]
     pub(crate) options: Option<std::collections::BTreeMap<String, String>>,
     /// A registered card (its id) that answers this connection's card-reader
-    /// challenges, also in unattended syncs.
+    /// challenges, also in unattended syncs; 404 when no such card is registered.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub(crate) sca_card: Option<String>,
 }
-
-/// Most connector options one connection may have.
-const MAX_OPTIONS: usize = 32;
 
 impl CreateConnection {
     fn settings(&self, connectors: &[String]) -> Result<ConnectionSettings, ApiError> {
@@ -225,18 +224,6 @@ impl CreateConnection {
         s.since = self.since;
         s.interval_secs = self.interval_secs;
         if let Some(options) = &self.options {
-            if options.len() > MAX_OPTIONS
-                || options
-                    .iter()
-                    .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 2048)
-            {
-                return Err(ApiError::invalid_parameter(
-                    "options",
-                    format!(
-                        "at most {MAX_OPTIONS} options, names of 1 to 64 characters, values of at most 2048"
-                    ),
-                ));
-            }
             s.options = options.clone();
         }
         s.sca_card = self.sca_card.clone();
@@ -263,10 +250,9 @@ pub(crate) async fn create_connection(
     if let Some(card) = &settings.sca_card
         && state.store.cards.get_card(card).await?.is_none()
     {
-        return Err(ApiError::invalid_parameter(
-            "sca_card",
-            format!("no registered card {card:?}"),
-        ));
+        return Err(ApiError::not_found(format!(
+            "sca_card: no registered card {card:?}; register it first (POST /api/v1/financial-institutions/{{id}}/cards)"
+        )));
     }
     let credentials = Credentials::with_password(body.password.clone());
     let connection = add_connection(
@@ -377,6 +363,7 @@ pub(crate) async fn list(
         (status = 201, body = ConnectionView),
         (status = 400, description = "A bad field, named in `parameter`", body = ErrorBody),
         (status = 403, body = ErrorBody),
+        (status = 404, description = "`sca_card` names no registered card", body = ErrorBody),
         (status = 409, description = "The name is taken", body = ErrorBody),
         (status = 413, body = ErrorBody),
         (status = 415, body = ErrorBody),
