@@ -572,6 +572,9 @@ async fn a_declined_bankid_stops_in_needs_user() {
         approve: false,
     };
     let err = e.sync(&user).await.unwrap_err();
-    assert!(err.to_string().contains("failed"), "{err}");
+    assert!(err.needs_user(), "{err}");
+    assert!(err.to_string().contains("did not succeed"), "{err}");
     assert!(e.stored().await.is_empty(), "nothing was read");
+    let c = e.store.find_connection("se").await.unwrap().unwrap();
+    assert_eq!(c.last_sync_status, SyncOutcome::NeedsUser);
 }
