@@ -30,6 +30,7 @@ pub const FORMS: &[ConnectorForm] = &[
         password_label: "Web banking password",
         password_numeric: false,
         hint: "The user name and password you sign in to my.fibank.bg with.",
+        options_hint: "",
     },
     ConnectorForm {
         connector: "keypad",
@@ -39,6 +40,7 @@ pub const FORMS: &[ConnectorForm] = &[
         password_label: "PIN (the digits you type on the bank's keypad)",
         password_numeric: true,
         hint: "The customer number and 6-digit PIN of the bank's web site; the bank may ask you to approve new devices in its app.",
+        options_hint: "",
     },
     ConnectorForm {
         connector: "xs2a",
@@ -48,6 +50,7 @@ pub const FORMS: &[ConnectorForm] = &[
         password_label: "Online-banking password (banks with embedded SCA)",
         password_numeric: false,
         hint: "The bank's NextGenPSD2 address; you give the bank your consent on the first sync.",
+        options_hint: "One per line: bank=sandbox-be (or sandbox-se, sandbox-redirect), sca_approach=embedded|decoupled|redirect, psu_id=true|false, timezone=Europe/Brussels, frequency_per_day=4, consent_days=90, history_days=730.",
     },
 ];
 

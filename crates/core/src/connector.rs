@@ -36,6 +36,9 @@ pub struct ConnectorForm {
     pub password_numeric: bool,
     /// One sentence on where the values come from.
     pub hint: &'static str,
+    /// The connector's own settings (`KEY=VALUE`, one a line), in words;
+    /// empty when it has none.
+    pub options_hint: &'static str,
 }
 
 /// An open-banking consent as the bank last reported it.

@@ -695,6 +695,25 @@ async fn refused_credentials_are_not_sent_again_until_they_change() {
     let updated: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(updated["credentials_refused"], false);
     assert_eq!(updated["settings"]["interval_secs"], 7200);
+    // Connector options replace the stored ones; a card must be registered.
+    expect_error(
+        patch(&admin, json!({"sca_card": "card-nope"})).await,
+        404,
+        "not_found",
+    )
+    .await;
+    let res = patch(&admin, json!({"options": {"timezone": "Europe/Sofia"}})).await;
+    let updated: Value = res.json().await.unwrap();
+    assert_eq!(
+        updated["settings"]["options"],
+        json!({"timezone": "Europe/Sofia"})
+    );
+    assert_eq!(updated["settings"]["sca_card"], Value::Null);
+    assert_eq!(
+        updated["consent"],
+        Value::Null,
+        "no open-banking consent here"
+    );
     let job: Value = sync(&write, "").await.json().await.unwrap();
     let job = wait_job(&s, &write, job["id"].as_i64().unwrap()).await;
     assert_eq!(job["status"], "succeeded", "{job}");

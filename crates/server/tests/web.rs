@@ -908,6 +908,46 @@ async fn a_redirect_is_followed_and_a_declined_question_fails_the_sync() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_added_on_the_page_keeps_its_settings_and_refuses_an_unknown_card() {
+    let s = TestServer::start().await;
+    let (client, csrf) = signed_in(&s, Scope::Write).await;
+    let form = |card: &'static str, options: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("name", "psd2".to_owned()),
+            ("connector", "fake".to_owned()),
+            ("base_url", "http://127.0.0.1:1".to_owned()),
+            ("username", "me".to_owned()),
+            ("password", common::FAKE_PASSWORD.to_owned()),
+            ("since", String::new()),
+            ("interval", String::new()),
+            ("sca_card", card.to_owned()),
+            ("options", options.to_owned()),
+        ]
+    };
+    let post = |fields: Vec<(&'static str, String)>| {
+        client.post(s.url("/connections")).form(&fields).send()
+    };
+    let res = post(form("", "not a setting")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(res.text().await.unwrap().contains("is not KEY=VALUE"));
+    let res = post(form("card-nope", "")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(
+        s.store.list_connections().await.unwrap().is_empty(),
+        "nothing stored"
+    );
+    let res = post(form("", "bank = sandbox-be\n\nconsent_days=30\n"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let stored = s.store.find_connection("psd2").await.unwrap().unwrap();
+    assert_eq!(stored.settings["options"]["bank"], "sandbox-be");
+    assert_eq!(stored.settings["options"]["consent_days"], "30");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_browser_back_from_the_banks_page_lets_the_sync_go_on() {
     let s = TestServer::start().await;
     let (client, csrf) = signed_in(&s, Scope::Write).await;

@@ -185,6 +185,10 @@ pub struct ConnectionChange {
     pub since: Option<Option<NaiveDate>>,
     /// `Some(None)` turns scheduled syncs off.
     pub interval_secs: Option<Option<u64>>,
+    /// The connector's options, all of them (replacing the stored ones).
+    pub options: Option<std::collections::BTreeMap<String, String>>,
+    /// `Some(None)` unbinds the card that answers card-reader challenges.
+    pub sca_card: Option<Option<String>>,
 }
 
 impl ConnectionChange {
@@ -231,6 +235,12 @@ pub async fn update_connection(
     }
     if let Some(interval) = change.interval_secs {
         settings.interval_secs = interval;
+    }
+    if let Some(options) = &change.options {
+        settings.options = options.clone();
+    }
+    if let Some(card) = &change.sca_card {
+        settings.sca_card = card.clone();
     }
     check_settings(&settings)?;
     let credentials_sealed = match &change.password {

@@ -143,6 +143,15 @@ pub struct UpdateArgs {
     /// Sync only when asked.
     #[arg(long)]
     pub no_interval: bool,
+    /// xs2a: change a setting, KEY=VALUE (KEY= removes it). Repeatable.
+    #[arg(long = "option", value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+    /// Bind this registered card: it answers the bank's card-reader challenges.
+    #[arg(long, conflicts_with = "no_card")]
+    pub card: Option<String>,
+    /// Unbind the card.
+    #[arg(long)]
+    pub no_card: bool,
 }
 
 /// `90s`, `30m`, `12h`, `1d`, or plain seconds.
@@ -330,6 +339,33 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The stored options with `--option KEY=VALUE` applied (`KEY=` removes),
+/// checked by the connector's own reading; `None` when none is given.
+fn updated_options(
+    connection: &bankbridge_store::Connection,
+    changes: &[String],
+) -> Result<Option<std::collections::BTreeMap<String, String>>> {
+    if changes.is_empty() {
+        return Ok(None);
+    }
+    if connection.connector != "xs2a" {
+        bail!("--option: connector options are settings of the xs2a connector");
+    }
+    let mut options = bankbridge_sync::Syncer::settings(connection)?.options;
+    for o in changes {
+        let Some((k, v)) = o.split_once('=') else {
+            bail!("--option {o:?}: expected KEY=VALUE");
+        };
+        match v.trim() {
+            "" => options.remove(k.trim()),
+            v => options.insert(k.trim().to_owned(), v.to_owned()),
+        };
+    }
+    bankbridge_connectors::xs2a::BankSettings::from_options(&options)
+        .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
+    Ok(Some(options))
+}
+
 /// The connector's options from `--bank`, `--sca-approach` and `--option`
 /// (xs2a only), checked by the connector's own reading of them.
 fn connector_options(args: &AddArgs) -> Result<std::collections::BTreeMap<String, String>> {
@@ -481,7 +517,18 @@ async fn update(config: &Config, args: UpdateArgs) -> Result<ExitCode> {
         } else {
             args.interval.map(Some)
         },
+        options: updated_options(&connection, &args.options)?,
+        sca_card: if args.no_card {
+            Some(None)
+        } else {
+            args.card.clone().map(Some)
+        },
     };
+    if let Some(Some(card)) = &change.sca_card
+        && config.parts().await?.cards.get_card(card).await?.is_none()
+    {
+        bail!("--card: no registered card {card:?}");
+    }
     let settings = bankbridge_sync::Syncer::settings(&connection)?;
     // The connector checks what it can without the bank (URL, PIN shape).
     if change.password.is_some() {

@@ -430,6 +430,14 @@ pub(crate) struct UpdateConnection {
     #[schema(value_type = Option<u64>, minimum = 60, maximum = 31_622_400)]
     #[serde(default, deserialize_with = "de::patch")]
     interval_secs: Option<Option<u64>>,
+    /// The connector's options, all of them (they replace the stored ones).
+    #[serde(default)]
+    options: Option<std::collections::BTreeMap<String, String>>,
+    /// The registered card that answers card-reader challenges (404 when
+    /// none has this id); null: none.
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 128)]
+    #[serde(default, deserialize_with = "de::patch")]
+    sca_card: Option<Option<String>>,
 }
 
 /// The login: the password always, and where and as whom it is used when
@@ -485,7 +493,16 @@ pub(crate) async fn update(
         overlap_days: body.overlap_days,
         since: body.since,
         interval_secs: body.interval_secs,
+        options: body.options,
+        sca_card: body.sca_card,
     };
+    if let Some(Some(card)) = &change.sca_card
+        && state.store.cards.get_card(card).await?.is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "sca_card: no registered card {card:?}"
+        )));
+    }
     let updated = change_connection(&state, id, &change).await?;
     Ok(json(
         StatusCode::OK,

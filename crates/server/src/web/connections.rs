@@ -30,6 +30,7 @@ fn generic_form(connector: &str) -> (ConnectorForm, String) {
         password_label: "Password",
         password_numeric: false,
         hint: "",
+        options_hint: "",
     };
     (form, connector.to_owned())
 }
@@ -86,6 +87,7 @@ async fn render(
     status: StatusCode,
 ) -> PageResult {
     let connections = state.store.connections.list_connections().await?;
+    let cards = state.store.cards.list_cards(None).await?;
     let body = html! {
         @if let Some(p) = problem {
             p.error role="alert" { (p) }
@@ -141,7 +143,7 @@ async fn render(
             @for (form, connector) in forms(state) {
                 details.add {
                     summary { (if form.title.is_empty() { connector.as_str() } else { form.title }) }
-                    (add_form(viewer, &form, &connector))
+                    (add_form(viewer, &form, &connector, &cards))
                 }
             }
         }
@@ -153,7 +155,12 @@ async fn render(
         .into_response())
 }
 
-fn add_form(viewer: &Viewer, form: &ConnectorForm, connector: &str) -> Markup {
+fn add_form(
+    viewer: &Viewer,
+    form: &ConnectorForm,
+    connector: &str,
+    cards: &[bankbridge_store::Card],
+) -> Markup {
     let id = |field: &str| format!("{connector}-{field}");
     html! {
         form.card method="post" action="/connections" {
@@ -179,6 +186,18 @@ fn add_form(viewer: &Viewer, form: &ConnectorForm, connector: &str) -> Markup {
                 option value="21600" { "Every 6 hours" }
                 option value="86400" selected { "Every day" }
             }
+            @if !cards.is_empty() {
+                label for=(id("sca_card")) { "Bank card that answers the bank's card-reader codes (optional)" }
+                select id=(id("sca_card")) name="sca_card" {
+                    option value="" { "None" }
+                    @for c in cards { option value=(c.id) { (c.label) " (" (c.id) ")" } }
+                }
+            }
+            @if !form.options_hint.is_empty() {
+                label for=(id("options")) { "Settings (optional)" }
+                textarea id=(id("options")) name="options" rows="3" spellcheck="false" aria-describedby=(id("options-hint")) {}
+                p.hint id=(id("options-hint")) { (form.options_hint) }
+            }
             button type="submit" { "Add connection" }
         }
     }
@@ -195,6 +214,24 @@ pub(crate) struct AddForm {
     since: String,
     #[serde(default)]
     interval: String,
+    #[serde(default)]
+    sca_card: String,
+    #[serde(default)]
+    options: String,
+}
+
+/// `KEY=VALUE` lines (blank lines skipped).
+fn option_lines(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| format!("The setting {l:?} is not KEY=VALUE."))
+        })
+        .collect()
 }
 
 /// Empty means absent; anything else must parse.
@@ -237,7 +274,8 @@ pub(crate) async fn create(
     viewer.require(Scope::Write)?;
     let parsed = optional::<NaiveDate>(&form.since, "The backfill date")
         .and_then(|since| Ok((since, optional::<u64>(&form.interval, "The interval")?)));
-    let (since, interval_secs) = match parsed {
+    let parsed = parsed.and_then(|p| Ok((p, option_lines(&form.options)?)));
+    let ((since, interval_secs), options) = match parsed {
         Ok(p) => p,
         Err(problem) => {
             return render(&state, &viewer, Some(&problem), StatusCode::BAD_REQUEST).await;
@@ -253,8 +291,8 @@ pub(crate) async fn create(
         overlap_days: None,
         since,
         interval_secs,
-        options: None,
-        sca_card: None,
+        options: (!options.is_empty()).then_some(options),
+        sca_card: Some(form.sca_card.trim().to_owned()).filter(|c| !c.is_empty()),
     };
     match create_connection(&state, &body).await {
         Ok(c) => Ok(Redirect::to(&format!("/connections/{}", c.id)).into_response()),
