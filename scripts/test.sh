@@ -43,16 +43,17 @@ fi
 # Python for the tests that act as the users' own Python code: `requests`
 # drives the simulated bank the way the story author's connector does,
 # pybankid (unmodified, from PyPI) talks to the BankID simulator, ofxtools
-# reads our OFX exports as accounting tools do, and schemathesis fuzzes the
+# reads our OFX exports as accounting tools do, nordigen (GoCardless's own
+# client) runs its quick-start against our simulator, and schemathesis fuzzes the
 # API against its OpenAPI document. Always the test virtualenv's
 # interpreter, made anew when it is missing or lacks one of them.
 venv="target/test-venv"
 schemathesis_version="4.32.5"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import requests, bankid, ofxtools' >/dev/null 2>&1 ||
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import requests, bankid, ofxtools, nordigen' >/dev/null 2>&1 ||
     [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $schemathesis_version" ]; then
-    log "installing Python requests, pybankid, ofxtools and schemathesis $schemathesis_version into $venv"
+    log "installing Python requests, pybankid, ofxtools, nordigen and schemathesis $schemathesis_version into $venv"
     python3 -m venv --clear "$venv"
-    "$venv/bin/pip" install --quiet requests pybankid ofxtools "schemathesis==$schemathesis_version"
+    "$venv/bin/pip" install --quiet requests pybankid ofxtools "nordigen==1.4.2" "schemathesis==$schemathesis_version"
 fi
 export BANKBRIDGE_PYTHON="$PWD/$venv/bin/python"
 

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 pub mod bankid;
 pub mod fault;
 pub mod fibank;
+pub mod gocardless;
 pub mod keypad;
 #[cfg(feature = "test-support")]
 pub mod receivers;
@@ -165,6 +166,7 @@ pub struct SandboxState {
     keypad: Arc<keypad::KeypadBank>,
     xs2a: Arc<xs2a_playground::Playground>,
     psd2: Arc<xs2a::Xs2aBanks>,
+    gocardless: Arc<gocardless::GoCardless>,
     bankid: Option<Arc<EmbeddedBankId>>,
 }
 
@@ -212,6 +214,7 @@ impl SandboxState {
             keypad: Arc::new(keypad),
             xs2a: Arc::new(xs2a_playground::Playground::new()),
             psd2,
+            gocardless: Arc::new(gocardless::GoCardless::new(&config)),
             bankid,
         })
     }
@@ -255,6 +258,11 @@ impl SandboxState {
         &self.keypad
     }
 
+    /// The simulated GoCardless Bank Account Data API.
+    pub fn gocardless(&self) -> &Arc<gocardless::GoCardless> {
+        &self.gocardless
+    }
+
     /// The simulated NextGenPSD2 banks (`be`, `se`, `redirect`).
     pub fn xs2a(&self) -> &xs2a::Xs2aBanks {
         &self.psd2
@@ -276,6 +284,7 @@ impl SandboxState {
         for bank in self.psd2.all() {
             bank.set_root_url(root);
         }
+        self.gocardless.set_root_url(root);
     }
 }
 
@@ -285,7 +294,8 @@ pub fn router(state: SandboxState) -> axum::Router {
         .merge(fibank::routes(state.fibank.clone()))
         .merge(keypad::routes(state.keypad.clone()))
         .merge(xs2a_playground::routes(state.xs2a.clone()))
-        .merge(xs2a::routes(state.psd2.clone()));
+        .merge(xs2a::routes(state.psd2.clone()))
+        .merge(gocardless::routes(state.gocardless.clone()));
     if let Some(b) = &state.bankid {
         router = router.merge(bankid::control::routes(b.sim.clone()));
     }
