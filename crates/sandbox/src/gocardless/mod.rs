@@ -924,3 +924,122 @@ fn tx_json(a: &data::Account, r: &data::Row, booked: bool) -> Value {
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service() -> GoCardless {
+        GoCardless::new(&SandboxConfig {
+            accounts: 2,
+            transactions: 200,
+            years: 1,
+            today: NaiveDate::from_ymd_opt(2026, 4, 1).unwrap(),
+            ..SandboxConfig::default()
+        })
+    }
+
+    /// A linked requisition's account ids, with an agreement of `days`.
+    fn linked(gc: &GoCardless, days: u64) -> (String, Vec<String>) {
+        let a = gc
+            .create_agreement(&json!({"institution_id": SANDBOX_INSTITUTION,
+                                      "max_historical_days": 365, "access_valid_for_days": days}))
+            .unwrap();
+        let r = gc
+            .create_requisition(&json!({"redirect": "http://127.0.0.1:9/back",
+                                        "institution_id": SANDBOX_INSTITUTION,
+                                        "agreement": a["id"], "reference": Uuid::new_v4().to_string()}))
+            .unwrap();
+        assert_eq!(r["status"], "CR");
+        let id = r["id"].as_str().unwrap().to_owned();
+        let back = gc.link(&id, true).unwrap();
+        assert!(back.starts_with("http://127.0.0.1:9/back?ref="));
+        let r = gc.requisition(&id).unwrap();
+        assert_eq!(r["status"], "LN");
+        let ids = r["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        (id, ids)
+    }
+
+    #[test]
+    fn four_successful_calls_a_day_per_account_and_scope() {
+        let gc = service();
+        let (_, ids) = linked(&gc, 90);
+        for n in 0..4 {
+            let (_, limits) = gc.balances(&ids[0]).unwrap();
+            assert_eq!(limits.unwrap().remaining, 3 - n);
+        }
+        let e = gc.balances(&ids[0]).unwrap_err();
+        assert_eq!((e.status, e.summary), (429, "Rate limit exceeded"));
+        assert!(e.retry_after.is_some_and(|s| s > 0));
+        // Another scope, another account: their own budgets.
+        gc.details(&ids[0]).unwrap();
+        gc.balances(&ids[1]).unwrap();
+        assert_eq!(gc.usage(), (4, 1));
+        gc.advance(1).unwrap();
+        gc.balances(&ids[0]).unwrap();
+    }
+
+    #[test]
+    fn an_expired_agreement_ends_access_and_a_new_link_gives_new_ids() {
+        let gc = service();
+        let (req, ids) = linked(&gc, 10);
+        gc.transactions(&ids[0], None, None).unwrap();
+        gc.advance(10).unwrap();
+        let e = gc.transactions(&ids[0], None, None).unwrap_err();
+        assert_eq!((e.status, e.kind), (401, Some("AccessExpiredError")));
+        assert_eq!(gc.requisition(&req).unwrap()["status"], "EX");
+        let (_, again) = linked(&gc, 90);
+        assert!(again.iter().all(|id| !ids.contains(id)), "new ids");
+        let iban = |id: &str| gc.account(id).unwrap().0["iban"].clone();
+        assert_eq!(iban(&again[0]), gc.truth()[0].iban.as_str());
+    }
+
+    #[test]
+    fn tokens_expire_and_refresh() {
+        let gc = service();
+        let creds = gc.credentials();
+        assert_eq!(
+            gc.new_token(&json!({"secret_id": creds.secret_id, "secret_key": "wrong"}))
+                .unwrap_err()
+                .status,
+            401
+        );
+        let pair = gc
+            .new_token(&json!({"secret_id": creds.secret_id, "secret_key": creds.secret_key}))
+            .unwrap();
+        let access = pair["access"].as_str().unwrap().to_owned();
+        gc.authorise(Some(&access)).unwrap();
+        gc.advance(1).unwrap();
+        assert_eq!(gc.authorise(Some(&access)).unwrap_err().status, 401, "24 h");
+        let fresh = gc
+            .refresh_token(&json!({"refresh": pair["refresh"]}))
+            .unwrap();
+        gc.authorise(fresh["access"].as_str()).unwrap();
+    }
+
+    #[test]
+    fn transactions_stay_within_the_agreements_history() {
+        let gc = service();
+        let (_, ids) = linked(&gc, 90);
+        let e = gc
+            .transactions(&ids[0], Some("2020-01-01"), None)
+            .unwrap_err();
+        assert_eq!(e.status, 400);
+        let e = gc
+            .transactions(&ids[0], Some("2026-03-10"), Some("2026-03-01"))
+            .unwrap_err();
+        assert_eq!(e.status, 400);
+        let (v, _) = gc
+            .transactions(&ids[0], Some("2026-03-01"), Some("2026-03-31"))
+            .unwrap();
+        for t in v["transactions"]["booked"].as_array().unwrap() {
+            let d = t["bookingDate"].as_str().unwrap();
+            assert!(("2026-03-01"..="2026-03-31").contains(&d), "{d}");
+        }
+    }
+}
