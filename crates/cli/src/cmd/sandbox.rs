@@ -145,6 +145,14 @@ pub async fn run(config_dir: &Config, args: SandboxArgs) -> Result<ExitCode> {
             c.password, c.psu_id
         );
     }
+    let gc = state.gocardless().credentials();
+    println!(
+        "gocardless base URL http://{addr}/gocardless/api/v2   secret_id {}   secret_key {}",
+        gc.secret_id, gc.secret_key
+    );
+    println!(
+        "         truth    http://{addr}/_sandbox/gocardless/truth   (GoCardless Bank Account Data v2; link a requisition with POST http://{addr}/_sandbox/gocardless/requisitions/ID/link)"
+    );
     if let Some(sim) = state.bankid() {
         let base = state
             .start_bankid()
