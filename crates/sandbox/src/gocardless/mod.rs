@@ -38,6 +38,7 @@ use uuid::Uuid;
 use crate::SandboxConfig;
 use crate::fault::FaultConfig;
 use crate::fibank::AccountTruth;
+use crate::fibank::render::money_string;
 use crate::util::{lock, read, write};
 use crate::xs2a::data;
 
@@ -286,22 +287,7 @@ impl GoCardless {
     /// Booked and pending totals per IBAN at the sandbox day.
     pub fn truth(&self) -> Vec<AccountTruth> {
         let today = self.today();
-        self.books
-            .iter()
-            .map(|a| {
-                let booked = a.booked(today);
-                let pending: Vec<_> = a.pending(today).collect();
-                AccountTruth {
-                    iban: a.iban.to_string(),
-                    currency: a.currency.to_owned(),
-                    booked_count: booked.len() as u64,
-                    booked_sum: money(booked.iter().map(|r| r.minor).sum()),
-                    pending_count: pending.len() as u64,
-                    pending_sum: money(pending.iter().map(|r| r.minor).sum()),
-                    balance: money(a.balance_at(today)),
-                }
-            })
-            .collect()
+        self.books.iter().map(|a| a.truth(today)).collect()
     }
 
     /// The most successful calls any account made in one scope on one day,
@@ -377,11 +363,6 @@ impl GoCardless {
             )),
         }
     }
-}
-
-fn money(minor: i64) -> String {
-    let sign = if minor < 0 { "-" } else { "" };
-    format!("{sign}{}.{:02}", minor.abs() / 100, minor.abs() % 100)
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -822,7 +803,7 @@ impl GoCardless {
         let today = self.today();
         let booked = a.balance_at(today);
         let pending: i64 = a.pending(today).map(|r| r.minor).sum();
-        let amount = |m: i64| json!({"amount": money(m), "currency": a.currency});
+        let amount = |m: i64| json!({"amount": money_string(m), "currency": a.currency});
         Ok((
             json!({"balances": [
                 {"balanceAmount": amount(booked), "balanceType": "closingBooked", "referenceDate": today.to_string()},
@@ -900,7 +881,7 @@ impl GoCardless {
 
 fn tx_json(a: &data::Account, r: &data::Row, booked: bool) -> Value {
     let mut t = json!({
-        "transactionAmount": {"amount": money(r.minor), "currency": a.currency},
+        "transactionAmount": {"amount": money_string(r.minor), "currency": a.currency},
         "valueDate": r.value.to_string(),
         "remittanceInformationUnstructured": r.remittance,
         "bankTransactionCode": r.kind.bank_transaction_code(),

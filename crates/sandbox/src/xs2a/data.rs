@@ -97,6 +97,22 @@ impl Account {
         self.opening + self.booked(day).iter().map(|r| r.minor).sum::<i64>()
     }
 
+    /// Booked and pending totals at the end of `today`, for `/truth`.
+    pub fn truth(&self, today: NaiveDate) -> crate::fibank::AccountTruth {
+        use crate::fibank::render::money_string;
+        let booked = self.booked(today);
+        let pending: Vec<&Row> = self.pending(today).collect();
+        crate::fibank::AccountTruth {
+            iban: self.iban.to_string(),
+            currency: self.currency.to_owned(),
+            booked_count: booked.len() as u64,
+            booked_sum: money_string(booked.iter().map(|r| r.minor).sum()),
+            pending_count: pending.len() as u64,
+            pending_sum: money_string(pending.iter().map(|r| r.minor).sum()),
+            balance: money_string(self.balance_at(today)),
+        }
+    }
+
     /// Card payments pending on `today`.
     pub fn pending(&self, today: NaiveDate) -> impl Iterator<Item = &Row> {
         let start = self.rows.partition_point(|r| r.booking <= today);

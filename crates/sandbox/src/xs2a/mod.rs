@@ -59,6 +59,7 @@ use uuid::Uuid;
 use crate::bankid::BankIdSim;
 use crate::fault::FaultConfig;
 use crate::fibank::AccountTruth;
+use crate::fibank::render::money_string;
 use crate::util::{lock, read, write};
 use crate::{ConfigError, SandboxConfig};
 
@@ -426,22 +427,7 @@ impl Xs2aBank {
     /// Booked and pending totals per IBAN at the sandbox day.
     pub fn truth(&self) -> Vec<AccountTruth> {
         let today = self.today();
-        self.accounts
-            .iter()
-            .map(|a| {
-                let booked = a.booked(today);
-                let pending: Vec<_> = a.pending(today).collect();
-                AccountTruth {
-                    iban: a.iban.to_string(),
-                    currency: a.currency.to_owned(),
-                    booked_count: booked.len() as u64,
-                    booked_sum: money(booked.iter().map(|r| r.minor).sum()),
-                    pending_count: pending.len() as u64,
-                    pending_sum: money(pending.iter().map(|r| r.minor).sum()),
-                    balance: money(a.balance_at(today)),
-                }
-            })
-            .collect()
+        self.accounts.iter().map(|a| a.truth(today)).collect()
     }
 
     /// Budget use, by day, consent and endpoint.
@@ -1408,13 +1394,8 @@ fn status_invalid(status: &str) -> Refusal {
     )
 }
 
-fn money(minor: i64) -> String {
-    let sign = if minor < 0 { "-" } else { "" };
-    format!("{sign}{}.{:02}", minor.abs() / 100, minor.abs() % 100)
-}
-
 fn amount(minor: i64, currency: &str) -> Value {
-    json!({"currency": currency, "amount": money(minor)})
+    json!({"currency": currency, "amount": money_string(minor)})
 }
 
 /// The key seed of the `be` bank's card for a sandbox seed: `bankbridge
