@@ -124,6 +124,9 @@ impl SyncProgress {
                     .map(|d| format!(" (stored from {d} on)"))
                     .unwrap_or_default()
             )),
+            SyncEvent::Deferred { account, reason } => {
+                self.bar.println(format!("  {account}: waits: {reason}"))
+            }
             SyncEvent::Documents { listed, stored } => self
                 .bar
                 .set_message(format!("{listed} documents listed, {stored} new")),

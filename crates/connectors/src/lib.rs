@@ -1,6 +1,7 @@
 //! Bank API connectors: one module per bank API (`fibank`: Fibank's web API;
 //! `keypad`: the French keypad bank's web API; `xs2a`: the Berlin Group
-//! NextGenPSD2 open-banking API), each implementing
+//! NextGenPSD2 open-banking API; `gocardless`: the GoCardless Bank Account
+//! Data aggregator), each implementing
 //! [`bankbridge_core::Connector`]. Connectors speak HTTP to the bank and map
 //! its answers to the domain types; they never write to the store and never
 //! retry (the sync engine does, from the errors' kinds).
@@ -10,15 +11,17 @@ use bankbridge_core::{ConnectionSettings, Connector, ConnectorForm, Credentials}
 
 mod common;
 pub mod fibank;
+pub mod gocardless;
 pub mod keypad;
 pub mod xs2a;
 
 pub use fibank::FibankConnector;
+pub use gocardless::GoCardlessConnector;
 pub use keypad::KeypadConnector;
 pub use xs2a::Xs2aConnector;
 
 /// Names accepted by [`build`].
-pub const KNOWN: &[&str] = &["fibank", "keypad", "xs2a"];
+pub const KNOWN: &[&str] = &["fibank", "keypad", "xs2a", "gocardless"];
 
 /// The add-a-connection form of each connector in [`KNOWN`].
 pub const FORMS: &[ConnectorForm] = &[
@@ -52,6 +55,16 @@ pub const FORMS: &[ConnectorForm] = &[
         hint: "The bank's NextGenPSD2 address; you give the bank your consent on the first sync.",
         options_hint: "One per line: bank=sandbox-be (or sandbox-se, sandbox-redirect), sca_approach=embedded|decoupled|redirect, psu_id=true|false, timezone=Europe/Brussels, frequency_per_day=4, consent_days=90, history_days=730.",
     },
+    ConnectorForm {
+        connector: "gocardless",
+        title: "GoCardless Bank Account Data (thousands of European banks)",
+        base_url_example: "https://bankaccountdata.gocardless.com/api/v2",
+        username_label: "Secret ID (of your GoCardless user secret)",
+        password_label: "Secret key",
+        password_numeric: false,
+        hint: "A user secret from the GoCardless Bank Account Data portal; you link your bank on its page at the first sync.",
+        options_hint: "One per line: institution_id=SANDBOXFINANCE_SFIN0000 (needed: the bank at GoCardless), history_days=730, access_days=180, daily_limit=4, redirect_uri.",
+    },
 ];
 
 /// Build the connector named `connector` for a connection.
@@ -72,6 +85,7 @@ pub fn build(
         "fibank" => Ok(Box::new(FibankConnector::new(settings, credentials)?)),
         "keypad" => Ok(Box::new(KeypadConnector::new(settings, credentials)?)),
         "xs2a" => Ok(Box::new(Xs2aConnector::new(settings, credentials)?)),
+        "gocardless" => Ok(Box::new(GoCardlessConnector::new(settings, credentials)?)),
         other => Err(format!(
             "unknown connector {other:?}: known connectors are {}",
             KNOWN.join(", ")

@@ -1130,7 +1130,8 @@ pub fn map_transaction(
     })
 }
 
-fn map_balances(v: &Value, today: NaiveDate) -> Vec<Balance> {
+/// Berlin Group balances in our model (unknown types left out).
+pub(crate) fn map_balances(v: &Value, today: NaiveDate) -> Vec<Balance> {
     let Some(list) = v.get("balances").and_then(Value::as_array) else {
         return Vec::new();
     };

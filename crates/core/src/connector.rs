@@ -156,6 +156,11 @@ pub enum ConnectorError {
     },
     #[error("the daily request budget for this bank ({0} requests) is spent; sync again tomorrow")]
     BudgetExhausted(u32),
+    /// The bank's request budget cannot afford this call now (spent, paced
+    /// for later in the day, or a 429 to wait out): the account waits for a
+    /// later sync, which goes on from there. Says when, in words.
+    #[error("{0}")]
+    Deferred(String),
     /// Only the user can go on, for this reason (the bank's consent expired
     /// or was revoked, the bank refused an SCA code): the sync stops in
     /// `needs_user` and says why.
@@ -169,6 +174,15 @@ impl ConnectorError {
     /// Worth retrying the same request after a pause.
     pub fn is_transient(&self) -> bool {
         matches!(self, ConnectorError::Transient { .. })
+    }
+
+    /// The bank's budget has no room for the call now: not a failure, a
+    /// later sync goes on.
+    pub fn is_deferral(&self) -> bool {
+        matches!(
+            self,
+            ConnectorError::BudgetExhausted(_) | ConnectorError::Deferred(_)
+        )
     }
 
     /// The pause the bank asked for, if any (`Retry-After`).

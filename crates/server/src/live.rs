@@ -115,6 +115,7 @@ impl LiveJob {
                 s.approval = None;
                 Some(format!("{account}: stopped, the bank waits for you."))
             }
+            SyncEvent::Deferred { account, reason } => Some(format!("{account}: waits: {reason}")),
             _ => None,
         };
         if let Some(said) = said {

@@ -331,6 +331,15 @@ enum Out {
     Content(DocumentContent),
 }
 
+/// What fetching one window came to.
+enum Fetched {
+    Page(WindowPage),
+    /// Strong customer authentication went unanswered.
+    ScaStopped,
+    /// The bank's request budget cannot afford it now (why, until when).
+    Deferred(String),
+}
+
 /// Where a sync stopped for want of a person.
 struct Stopped {
     challenge: ScaChallenge,
@@ -359,8 +368,16 @@ impl Run<'_> {
         self.save_session(connector).await;
         (self.progress)(SyncEvent::LoggedIn);
 
-        let Out::Accounts(accounts) = self.call(connector, Op::Accounts).await? else {
-            unreachable!("Op::Accounts yields Out::Accounts")
+        let accounts = match self.call(connector, Op::Accounts).await {
+            Ok(Out::Accounts(accounts)) => accounts,
+            Ok(_) => unreachable!("Op::Accounts yields Out::Accounts"),
+            // Not even the account list fits the budget: nothing to do until it does.
+            Err(SyncError::Connector(e)) if e.is_deferral() => {
+                self.summary.defer(e.to_string());
+                self.save_session(connector).await;
+                return Ok(self.summary.clone());
+            }
+            Err(e) => return Err(e),
         };
         (self.progress)(SyncEvent::Accounts {
             count: accounts.len(),
@@ -504,29 +521,37 @@ impl Run<'_> {
             account: label.clone(),
             windows: forward.len(),
         });
-        let mut halted = false;
+        let mut halted = None;
         for w in forward {
-            let Some(page) = self
+            let page = match self
                 .fetch_or_stop(connector, fetched, w, &bounds, &label, &mut window_days)
                 .await?
-            else {
+            {
+                Fetched::Page(page) => page,
                 // The covered range must stay contiguous: nothing newer is
                 // committed above a gap.
-                halted = true;
-                break;
+                stop => {
+                    halted = Some(stop);
+                    break;
+                }
             };
             let next = plan::after_forward(&cp, w);
             self.commit(&mut acc, w, page, &cp, &next, &label).await?;
             cp = next;
             self.keep_budget(connector, &limits).await;
         }
-        while !halted && let Some(w) = plan::next_backfill_window(&cp, &bounds, window_days) {
-            let Some(page) = self
+        while halted.is_none()
+            && let Some(w) = plan::next_backfill_window(&cp, &bounds, window_days)
+        {
+            let page = match self
                 .fetch_or_stop(connector, fetched, w, &bounds, &label, &mut window_days)
                 .await?
-            else {
-                halted = true;
-                break;
+            {
+                Fetched::Page(page) => page,
+                stop => {
+                    halted = Some(stop);
+                    break;
+                }
             };
             let empty = page.transactions.is_empty();
             let next = plan::after_backfill(
@@ -540,7 +565,15 @@ impl Run<'_> {
             cp = next;
             self.keep_budget(connector, &limits).await;
         }
-        if halted {
+        if let Some(Fetched::Deferred(reason)) = &halted {
+            tracing::info!(connection = %self.connection.name, account = %label, %reason, "the bank's request budget has no room: this account waits for a later sync");
+            (self.progress)(SyncEvent::Deferred {
+                account: label.clone(),
+                reason: reason.clone(),
+            });
+            self.summary.defer(reason.clone());
+        }
+        if matches!(halted, Some(Fetched::ScaStopped)) {
             tracing::info!(connection = %self.connection.name, account = %label, oldest_stored = ?cp.oldest_covered, "strong customer authentication unanswered: this account stops at the boundary");
             (self.progress)(SyncEvent::ScaStopped {
                 account: label.clone(),
@@ -559,9 +592,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Fetch a window, or `None` when it needs strong customer
+    /// Fetch a window, or say why not: it needs strong customer
     /// authentication nobody answered (in this call, or earlier in the run
-    /// for a window the connector's limits put behind the SCA boundary).
+    /// for a window the connector's limits put behind the SCA boundary), or
+    /// the bank's request budget cannot afford it now.
     async fn fetch_or_stop(
         &mut self,
         connector: &mut dyn Connector,
@@ -570,16 +604,16 @@ impl Run<'_> {
         bounds: &PlanBounds,
         label: &str,
         window_days: &mut u32,
-    ) -> Result<Option<WindowPage>, SyncError> {
+    ) -> Result<Fetched, SyncError> {
         if self.stopped.is_some() && bounds.needs_sca(w) {
             // Asking the bank again would only start another approval nobody answers.
-            return Ok(None);
+            return Ok(Fetched::ScaStopped);
         }
         match self
             .fetch_range(connector, account, w, label, window_days)
             .await
         {
-            Ok(page) => Ok(Some(page)),
+            Ok(page) => Ok(Fetched::Page(page)),
             Err(SyncError::Connector(ConnectorError::ScaRequired(challenge))) => {
                 if self.stopped.is_none() {
                     self.stopped = Some(Stopped {
@@ -587,8 +621,9 @@ impl Run<'_> {
                         stored_from: None,
                     });
                 }
-                Ok(None)
+                Ok(Fetched::ScaStopped)
             }
+            Err(SyncError::Connector(e)) if e.is_deferral() => Ok(Fetched::Deferred(e.to_string())),
             Err(e) => Err(e),
         }
     }

@@ -119,9 +119,23 @@ pub struct SyncSummary {
     /// Documents (statements) stored by this run; already stored ones are not counted.
     #[serde(default)]
     pub documents: u64,
+    /// Accounts (or, before the account list, the whole connection: 1)
+    /// whose fetching waits for the bank's request budget: a later sync goes
+    /// on from where this one stopped.
+    #[serde(default)]
+    pub deferred: u64,
+    /// Why, and until when, in the connector's words.
+    #[serde(default)]
+    pub deferred_reason: Option<String>,
 }
 
 impl SyncSummary {
+    /// Note a fetch the bank's budget could not afford.
+    pub fn defer(&mut self, reason: String) {
+        self.deferred += 1;
+        self.deferred_reason = Some(reason);
+    }
+
     pub fn add(&mut self, s: &reconcile::ReconcileStats) {
         self.inserted += s.inserted;
         self.updated += s.updated;
@@ -169,6 +183,12 @@ pub enum SyncEvent {
     ScaStopped {
         account: String,
         oldest_stored: Option<NaiveDate>,
+    },
+    /// The bank's request budget has no room for this account's next call:
+    /// it waits for a later sync (why, until when).
+    Deferred {
+        account: String,
+        reason: String,
     },
     /// Documents listed by the bank and how many of them were new and stored.
     Documents {

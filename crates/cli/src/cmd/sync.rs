@@ -175,8 +175,12 @@ pub async fn run(config: &Config, args: SyncArgs) -> Result<ExitCode> {
 }
 
 fn counts(s: &SyncSummary) -> String {
+    let waits = match (&s.deferred_reason, s.deferred) {
+        (Some(why), n) if n > 0 => format!("; {n} waiting for the bank's request budget ({why})"),
+        _ => String::new(),
+    };
     format!(
-        "{} inserted, {} updated, {} unchanged, {} voided over {} windows in {} accounts; {} new documents",
+        "{} inserted, {} updated, {} unchanged, {} voided over {} windows in {} accounts; {} new documents{waits}",
         s.inserted, s.updated, s.unchanged, s.voided, s.windows, s.accounts, s.documents
     )
 }
@@ -517,6 +521,8 @@ fn summary_json(s: &SyncSummary, error: Option<&SyncError>) -> serde_json::Value
         "windows": s.windows,
         "accounts": s.accounts,
         "documents": s.documents,
+        "deferred": s.deferred,
+        "deferred_reason": s.deferred_reason,
         "status": error.map_or(bankbridge_store::SyncOutcome::Ok, SyncError::outcome).as_str(),
     });
     if let Some(e) = error {

@@ -80,11 +80,29 @@ fn json_body(body: &Bytes) -> Result<Value, Refusal> {
         .map_err(|e| Refusal::new(400, "Parse error", format!("JSON parse error - {e}")))
 }
 
+/// Every API answer carries the service's clock in `Date` (moved on by
+/// `advance`, as a real service's clock moves on with the days).
 async fn api(
     State(gc): Service,
     Path(rest): Path<String>,
     method: Method,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut response = answer(&gc, rest, method, q, headers, body).await;
+    let stamp = gc.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(v) = HeaderValue::from_str(&stamp) {
+        response.headers_mut().insert(header::DATE, v);
+    }
+    response
+}
+
+async fn answer(
+    gc: &GoCardless,
+    rest: String,
+    method: Method,
+    q: HashMap<String, String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -119,7 +137,7 @@ async fn api(
         }
         _ => {}
     }
-    let answer = dispatch(&gc, &method, &parts, &q, &headers, &body);
+    let answer = dispatch(gc, &method, &parts, &q, &headers, &body);
     match (answer, rolled) {
         (Ok(r), Some(FaultKind::Truncated)) => {
             let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
@@ -285,16 +303,26 @@ async fn control_credentials(State(gc): Service) -> Response {
     json_response(StatusCode::OK, &json!(gc.credentials()))
 }
 
+/// `{"days": N}` or `{"hours": N}`.
 async fn control_advance(State(gc): Service, body: Bytes) -> Response {
-    let days = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("days").and_then(Value::as_u64));
-    match days.map(|d| gc.advance(d as u32)) {
+    let v = serde_json::from_slice::<Value>(&body).ok();
+    let field = |k: &str| {
+        v.as_ref()
+            .and_then(|v| v.get(k))
+            .and_then(Value::as_u64)
+            .map(|n| n.min(u64::from(u32::MAX)) as u32)
+    };
+    let moved = match (field("days"), field("hours")) {
+        (Some(d), None) => Some(gc.advance(d)),
+        (None, Some(h)) => Some(gc.advance_hours(h)),
+        _ => None,
+    };
+    match moved {
         Some(Ok(today)) => json_response(StatusCode::OK, &json!({"today": today.to_string()})),
         Some(Err(e)) => json_response(StatusCode::CONFLICT, &json!({"error": e})),
         None => json_response(
             StatusCode::BAD_REQUEST,
-            &json!({"error": "expected {\"days\": N}"}),
+            &json!({"error": "expected {\"days\": N} or {\"hours\": N}"}),
         ),
     }
 }

@@ -180,7 +180,9 @@ pub struct GoCardless {
     secret_id: String,
     secret_key: String,
     books: Vec<data::Account>,
-    today: RwLock<NaiveDate>,
+    /// The service's clock: real time shifted by this much (the sandbox day
+    /// at first, moved on by `advance`).
+    shift: RwLock<chrono::Duration>,
     state: Mutex<State>,
     fault: RwLock<FaultConfig>,
     root_url: RwLock<String>,
@@ -228,7 +230,9 @@ impl GoCardless {
                 years: config.years,
                 today: config.today,
             }),
-            today: RwLock::new(config.today),
+            shift: RwLock::new(
+                crate::util::wall_clock_on(config.today, chrono_tz::UTC, Utc::now()) - Utc::now(),
+            ),
             state: Mutex::new(State::default()),
             fault: RwLock::new(config.fault.clone()),
             root_url: RwLock::new(String::new()),
@@ -248,18 +252,29 @@ impl GoCardless {
         *write(&self.root_url) = root.trim_end_matches('/').to_owned();
     }
 
+    /// The service's day (UTC, where its daily limits reset too).
     pub fn today(&self) -> NaiveDate {
-        *read(&self.today)
+        self.now().date_naive()
     }
 
-    /// The service's clock: the sandbox day at the wall-clock time.
+    /// The service's clock.
     pub fn now(&self) -> DateTime<Utc> {
-        crate::util::wall_clock_on(self.today(), chrono_tz::Europe::London, Utc::now())
+        Utc::now() + *read(&self.shift)
     }
 
+    /// Move the clock on by whole days.
     pub fn advance(&self, days: u32) -> Result<NaiveDate, String> {
-        let mut today = write(&self.today);
-        let next = *today + Days::new(u64::from(days));
+        self.advance_by(chrono::Duration::days(i64::from(days)))
+    }
+
+    /// Move the clock on by hours (a day of hourly syncs in a test).
+    pub fn advance_hours(&self, hours: u32) -> Result<NaiveDate, String> {
+        self.advance_by(chrono::Duration::hours(i64::from(hours)))
+    }
+
+    fn advance_by(&self, by: chrono::Duration) -> Result<NaiveDate, String> {
+        let mut shift = write(&self.shift);
+        let next = (Utc::now() + *shift + by).date_naive();
         if self
             .books
             .first()
@@ -271,7 +286,7 @@ impl GoCardless {
                 data::HORIZON_DAYS
             ));
         }
-        *today = next;
+        *shift += by;
         Ok(next)
     }
 

@@ -136,6 +136,11 @@ pub struct SyncSummary {
     pub accounts: u64,
     /// New documents (statements) stored by the sync.
     pub documents: u64,
+    /// Accounts whose fetching waits for the bank's daily request budget
+    /// (not a failure: a later sync goes on from there).
+    pub deferred: u64,
+    /// Why they wait, and until when.
+    pub deferred_reason: Option<String>,
 }
 
 /// A document (statement, notice) synced from a bank. Its bytes are at
