@@ -269,7 +269,10 @@ impl Allowance {
         }
         let slot_secs = (86_400 / i64::from(limit)).max(1);
         let slot = |t: DateTime<Utc>| {
-            (t.date_naive(), t.time().num_seconds_from_midnight() as i64 / slot_secs)
+            (
+                t.date_naive(),
+                t.time().num_seconds_from_midnight() as i64 / slot_secs,
+            )
         };
         if let Some(last) = self.last
             && slot(last) == slot(now)
@@ -322,6 +325,10 @@ struct Saved {
     /// `scope:account id` → its allowance.
     #[serde(default)]
     budget: BTreeMap<String, Allowance>,
+    /// Seconds the service's clock was ahead of ours at the last answer:
+    /// token lifetimes and the budget's day are on its clock.
+    #[serde(default)]
+    skew_secs: i64,
 }
 
 /// An answer of the API.
@@ -366,7 +373,10 @@ impl fmt::Debug for GoCardlessConnector {
         f.debug_struct("GoCardlessConnector")
             .field("base_url", &self.base.as_str())
             .field("secret_id", &self.secret_id)
-            .field("secret_key", &self.secret_key.as_ref().map(|_| "[redacted]"))
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "[redacted]"),
+            )
             .field("institution_id", &self.settings.institution_id)
             .finish_non_exhaustive()
     }
@@ -384,8 +394,7 @@ fn http_client() -> Result<reqwest::Client, String> {
 }
 
 fn base_url(raw: &str) -> Result<Url, String> {
-    let mut base =
-        Url::parse(raw.trim_end_matches('/')).map_err(|e| format!("base_url: {e}"))?;
+    let mut base = Url::parse(raw.trim_end_matches('/')).map_err(|e| format!("base_url: {e}"))?;
     bankbridge_core::net::secure_url(base.as_str(), "base_url")?;
     base.set_path(&format!("{}/", base.path().trim_end_matches('/')));
     Ok(base)
@@ -548,7 +557,11 @@ impl GoCardlessConnector {
             if a.status.is_success()
                 && let Some(access) = a.body.get("access").and_then(Value::as_str)
             {
-                let secs = a.body.get("access_expires").and_then(Value::as_i64).unwrap_or(86_400);
+                let secs = a
+                    .body
+                    .get("access_expires")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(86_400);
                 self.saved.tokens.access = Some(access.to_owned());
                 self.saved.tokens.access_until = Some(self.now() + chrono::Duration::seconds(secs));
                 return Ok(());
@@ -585,7 +598,9 @@ impl GoCardlessConnector {
             access: Some(get("access").ok_or_else(|| malformed("token", "no access token"))?),
             access_until: Some(now + chrono::Duration::seconds(secs("access_expires", 86_400))),
             refresh: get("refresh"),
-            refresh_until: Some(now + chrono::Duration::seconds(secs("refresh_expires", 2_592_000))),
+            refresh_until: Some(
+                now + chrono::Duration::seconds(secs("refresh_expires", 2_592_000)),
+            ),
         };
         Ok(())
     }
@@ -598,12 +613,46 @@ impl GoCardlessConnector {
         what: &str,
         body: Option<Value>,
     ) -> Result<Answer, ConnectorError> {
-        self.ensure_token().await?;
-        let a = self.send(method, path, what, body).await?;
+        let a = self.authorised(method, path, what, body).await?;
         if a.status.is_success() || a.status == StatusCode::NOT_FOUND {
             return Ok(a);
         }
         Err(self.refusal(what, &a))
+    }
+
+    /// A call with a token the service takes: a 401 about the token (one
+    /// that lapsed while this process thought the service's clock was
+    /// ours) buys a fresh one and asks once more.
+    async fn authorised(
+        &mut self,
+        method: Method,
+        path: &str,
+        what: &str,
+        body: Option<Value>,
+    ) -> Result<Answer, ConnectorError> {
+        self.ensure_token().await?;
+        let a = self.send(method.clone(), path, what, body.clone()).await?;
+        if a.status != StatusCode::UNAUTHORIZED || Self::about_access(&Self::said(&a)) {
+            return Ok(a);
+        }
+        tracing::debug!(said = %Self::said(&a), "the access token was refused; renewing it");
+        self.saved.tokens.access = None;
+        self.ensure_token().await?;
+        self.send(method, path, what, body).await
+    }
+
+    /// A refusal about the end-user agreement or the link, not the token.
+    fn about_access(said: &str) -> bool {
+        [
+            "EUA",
+            "agreement",
+            "Agreement",
+            "re-connect",
+            "reconnect",
+            "suspended",
+        ]
+        .iter()
+        .any(|w| said.contains(w))
     }
 
     // ---- linking ----
@@ -613,9 +662,17 @@ impl GoCardlessConnector {
     }
 
     /// The requisition as the service says now; `None` when it does not know it.
-    async fn read_requisition(&mut self, id: &str) -> Result<Option<RequisitionState>, ConnectorError> {
+    async fn read_requisition(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<RequisitionState>, ConnectorError> {
         let a = self
-            .call(Method::GET, &format!("requisitions/{id}/"), "requisition", None)
+            .call(
+                Method::GET,
+                &format!("requisitions/{id}/"),
+                "requisition",
+                None,
+            )
             .await?;
         if a.status == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -632,7 +689,12 @@ impl GoCardlessConnector {
             accounts: o
                 .get("accounts")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default(),
         };
         if r.status == "LN"
@@ -646,12 +708,21 @@ impl GoCardlessConnector {
 
     /// The agreement's acceptance and terms, as the service says.
     async fn read_agreement(&mut self, id: &str) -> Result<(), ConnectorError> {
-        let known = self.saved.agreement.as_ref().is_some_and(|a| a.id == id && a.accepted.is_some());
+        let known = self
+            .saved
+            .agreement
+            .as_ref()
+            .is_some_and(|a| a.id == id && a.accepted.is_some());
         if known {
             return Ok(());
         }
         let a = self
-            .call(Method::GET, &format!("agreements/enduser/{id}/"), "agreement", None)
+            .call(
+                Method::GET,
+                &format!("agreements/enduser/{id}/"),
+                "agreement",
+                None,
+            )
             .await?;
         if a.status == StatusCode::NOT_FOUND {
             return Ok(());
@@ -717,7 +788,12 @@ impl GoCardlessConnector {
             }
             // It would send the browser to a dead address: give it back.
             let _ = self
-                .call(Method::DELETE, &format!("requisitions/{}/", r.id), "requisition", None)
+                .call(
+                    Method::DELETE,
+                    &format!("requisitions/{}/", r.id),
+                    "requisition",
+                    None,
+                )
                 .await;
             self.saved.requisition = None;
         }
@@ -771,11 +847,14 @@ impl GoCardlessConnector {
             && a.institution_id == self.settings.institution_id
         {
             let now = self
-                .call(Method::GET, &format!("agreements/enduser/{}/", a.id), "agreement", None)
+                .call(
+                    Method::GET,
+                    &format!("agreements/enduser/{}/", a.id),
+                    "agreement",
+                    None,
+                )
                 .await?;
-            if now.status.is_success()
-                && now.body.get("accepted").is_some_and(Value::is_null)
-            {
+            if now.status.is_success() && now.body.get("accepted").is_some_and(Value::is_null) {
                 return Ok(a.id);
             }
         }
@@ -870,9 +949,8 @@ impl GoCardlessConnector {
         account: &str,
     ) -> Result<Value, ConnectorError> {
         self.afford(scope, id, account)?;
-        self.ensure_token().await?;
         let what = scope.name();
-        let a = self.send(Method::GET, path, what, None).await?;
+        let a = self.authorised(Method::GET, path, what, None).await?;
         let key = Self::allowance_key(scope, id);
         let header = |name: &str| {
             a.headers
@@ -909,10 +987,7 @@ impl GoCardlessConnector {
             }));
         }
         if a.status == StatusCode::UNAUTHORIZED || a.status == StatusCode::FORBIDDEN {
-            let about_access = ["EUA", "agreement", "Agreement", "re-connect", "reconnect", "suspended"]
-                .iter()
-                .any(|w| said.contains(w));
-            if about_access {
+            if Self::about_access(&said) {
                 if let Some(r) = self.saved.requisition.as_mut() {
                     r.status = "EX".to_owned();
                 }
@@ -947,14 +1022,24 @@ impl GoCardlessConnector {
             .filter(|s| !s.is_empty());
         // A re-link: the same IBAN under a new id needs no details call.
         if let Some(iban) = &iban
-            && let Some(old) = self.saved.accounts.values().find(|k| k.iban.as_deref() == Some(iban)).cloned()
+            && let Some(old) = self
+                .saved
+                .accounts
+                .values()
+                .find(|k| k.iban.as_deref() == Some(iban))
+                .cloned()
         {
             self.saved.accounts.insert(id.to_owned(), old.clone());
             return Ok(old);
         }
         let label = iban.clone().unwrap_or_else(|| id.to_owned());
         let details = self
-            .account_call(Scope::Details, id, &format!("accounts/{id}/details/"), &label)
+            .account_call(
+                Scope::Details,
+                id,
+                &format!("accounts/{id}/details/"),
+                &label,
+            )
             .await?;
         let d = details
             .get("account")
@@ -1073,12 +1158,17 @@ impl Connector for GoCardlessConnector {
     }
 
     fn session_state(&self) -> Option<Secret<String>> {
-        serde_json::to_string(&self.saved).ok().map(Secret::new)
+        let mut saved = self.saved.clone();
+        saved.skew_secs = self.skew.load(Ordering::Relaxed);
+        serde_json::to_string(&saved).ok().map(Secret::new)
     }
 
     fn restore_session(&mut self, state: Secret<String>) {
         match serde_json::from_str::<Saved>(state.expose()) {
-            Ok(saved) => self.saved = saved,
+            Ok(saved) => {
+                self.skew.store(saved.skew_secs, Ordering::Relaxed);
+                self.saved = saved;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "the kept GoCardless session does not read; starting afresh")
             }
@@ -1092,7 +1182,9 @@ impl Connector for GoCardlessConnector {
         };
         let Some(r) = self.read_requisition(&kept.id).await? else {
             self.saved.requisition = None;
-            return self.start_link("GoCardless no longer knows this connection's link").await;
+            return self
+                .start_link("GoCardless no longer knows this connection's link")
+                .await;
         };
         match r.status.as_str() {
             "LN" if self.access_ends().is_some_and(|end| end <= self.now()) => {
@@ -1107,9 +1199,15 @@ impl Connector for GoCardlessConnector {
                 let why = self.expired_words();
                 self.start_link(&why).await
             }
-            "RJ" => self.start_link("the last link was turned down at the bank").await,
+            "RJ" => {
+                self.start_link("the last link was turned down at the bank")
+                    .await
+            }
             "SU" => self.start_link("GoCardless suspended the link").await,
-            _ => self.start_link("the link to the bank was never finished").await,
+            _ => {
+                self.start_link("the link to the bank was never finished")
+                    .await
+            }
         }
     }
 
@@ -1217,7 +1315,12 @@ impl Connector for GoCardlessConnector {
         // a skipped snapshot is only a snapshot.
         if window.to >= today {
             match self
-                .account_call(Scope::Balances, &id, &format!("accounts/{id}/balances/"), &label)
+                .account_call(
+                    Scope::Balances,
+                    &id,
+                    &format!("accounts/{id}/balances/"),
+                    &label,
+                )
                 .await
             {
                 Ok(v) => page.balances = map_balances(&v, today),
@@ -1251,7 +1354,11 @@ mod tests {
                 made.push(now);
             }
         }
-        let per_day = |d: &str| made.iter().filter(|t| t.date_naive().to_string() == d).count();
+        let per_day = |d: &str| {
+            made.iter()
+                .filter(|t| t.date_naive().to_string() == d)
+                .count()
+        };
         assert_eq!((per_day("2026-03-01"), per_day("2026-03-02")), (4, 4));
         // Spread: six hours apart.
         assert_eq!(made[1] - made[0], chrono::Duration::hours(6));
@@ -1270,13 +1377,19 @@ mod tests {
         // The service says one is left though we counted none: ours wins.
         let mut b = Allowance::default();
         b.record_success(now, Some(0));
-        assert!(b.may_call(4, now, true).is_err(), "the service said none left");
+        assert!(
+            b.may_call(4, now, true).is_err(),
+            "the service said none left"
+        );
         // A 429 is waited out.
         let mut c = Allowance::default();
         c.record_refusal(now, Some(Duration::from_secs(600)));
         let w = c.may_call(4, now, true).unwrap_err();
         assert_eq!(w.until, now + chrono::Duration::minutes(10));
-        assert!(c.may_call(4, at("2026-03-02T00:01:00Z"), true).is_ok(), "a new day");
+        assert!(
+            c.may_call(4, at("2026-03-02T00:01:00Z"), true).is_ok(),
+            "a new day"
+        );
     }
 
     #[test]
@@ -1289,9 +1402,16 @@ mod tests {
         .unwrap();
         assert_eq!(list[0].transaction_total_days, Some(730));
         assert_eq!(list[1].transaction_total_days, Some(730));
-        assert_eq!(pick_institution(&list, "sandbox")[0].id, "SANDBOXFINANCE_SFIN0000");
+        assert_eq!(
+            pick_institution(&list, "sandbox")[0].id,
+            "SANDBOXFINANCE_SFIN0000"
+        );
         assert_eq!(pick_institution(&list, "revolut_revolt21").len(), 1);
-        assert_eq!(pick_institution(&list, "Revolut").len(), 1, "an exact name wins");
+        assert_eq!(
+            pick_institution(&list, "Revolut").len(),
+            1,
+            "an exact name wins"
+        );
         assert_eq!(pick_institution(&list, "rev").len(), 2);
         assert!(pick_institution(&list, "nordea").is_empty());
     }
@@ -1299,20 +1419,26 @@ mod tests {
     #[test]
     fn settings_need_the_bank_and_keep_to_the_api_ranges() {
         let mut o = BTreeMap::new();
-        assert!(Settings::from_options(&o).unwrap_err().contains("institution_id"));
+        assert!(
+            Settings::from_options(&o)
+                .unwrap_err()
+                .contains("institution_id")
+        );
         o.insert("institution_id".into(), "SANDBOXFINANCE_SFIN0000".into());
         let s = Settings::from_options(&o).unwrap();
         assert_eq!((s.history_days, s.access_days, s.daily_limit), (90, 90, 4));
         o.insert("access_days".into(), "181".into());
-        assert!(Settings::from_options(&o).unwrap_err().contains("access_days"));
+        assert!(
+            Settings::from_options(&o)
+                .unwrap_err()
+                .contains("access_days")
+        );
     }
 
     #[test]
     fn the_secret_key_never_shows() {
         let mut settings = ConnectionSettings::new(DEFAULT_BASE_URL, "id-1");
-        settings
-            .options
-            .insert("institution_id".into(), "X".into());
+        settings.options.insert("institution_id".into(), "X".into());
         let c = GoCardlessConnector::new(
             &settings,
             Credentials::with_password(Secret::new("sk-very-secret".into())),

@@ -408,6 +408,11 @@ impl SandboxHandle {
         &self.state
     }
 
+    /// The simulated GoCardless Bank Account Data API.
+    pub fn gocardless(&self) -> &Arc<gocardless::GoCardless> {
+        self.state.gocardless()
+    }
+
     pub fn fibank(&self) -> &fibank::Fibank {
         self.state.fibank()
     }

@@ -12,7 +12,7 @@ use crate::config::Config;
 pub enum ConnectionCommand {
     /// Add a bank connection (the password or PIN is encrypted at rest).
     #[command(
-        after_help = "Examples:\n  echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h\n  echo \"$PIN\" | bankbridge connection add --name my-bank --connector keypad \\\n    --base-url http://127.0.0.1:9000/keypad --username 12345678901 --password-stdin\n\nkeypad: the username is the customer number, the password the 6-digit PIN."
+        after_help = "Examples:\n  echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h\n  echo \"$PIN\" | bankbridge connection add --name my-bank --connector keypad \\\n    --base-url http://127.0.0.1:9000/keypad --username 12345678901 --password-stdin\n  bankbridge connection add --name my-revolut --connector gocardless --username \"$SECRET_ID\" \\\n    --country LV --institution Revolut --interval 6h   # asks for the secret key, then opens the bank's page\n\nkeypad: the username is the customer number, the password the 6-digit PIN.\ngocardless: the username is the secret id of a GoCardless Bank Account Data user secret, the password its\nsecret key; --country and --institution pick the bank, and the bank is linked at once in a terminal\n(or with --link): its page opens, the browser comes back to a loopback port, and the first sync runs."
     )]
     Add(AddArgs),
     /// List connections (never shows credentials).
@@ -46,17 +46,19 @@ pub struct AddArgs {
     /// A name to refer to it by (letters, digits, `-`, `_`, `.`).
     #[arg(long)]
     pub name: String,
-    /// Which bank API: fibank, keypad, xs2a.
+    /// Which bank API: fibank, keypad, xs2a, gocardless.
     #[arg(long)]
     pub connector: String,
     /// The bank's base URL (e.g. https://my.fibank.bg, or a sandbox URL;
     /// for a sandbox bank given with --bank, the sandbox's root is enough,
     /// and none means `bankbridge sandbox`'s default http://127.0.0.1:9000).
-    #[arg(long, required_unless_present = "bank")]
+    /// For gocardless the default is the service's own address.
+    #[arg(long)]
     pub base_url: Option<String>,
     /// Your login at the bank (for keypad: the customer number; for xs2a:
-    /// the PSU-ID, `-` for a bank that needs none).
-    #[arg(long, default_value = "-")]
+    /// the PSU-ID, `-` for a bank that needs none; for gocardless: the
+    /// user secret's secret id).
+    #[arg(long, alias = "secret-id", default_value = "-")]
     pub username: String,
     /// Read the password from standard input (first line) instead of a prompt.
     #[arg(long)]
@@ -97,6 +99,24 @@ pub struct AddArgs {
     /// card-reader challenges, also in unattended syncs.
     #[arg(long)]
     pub card: Option<String>,
+    /// gocardless: the bank's country (two letters, e.g. LV, SE, DE).
+    #[arg(long)]
+    pub country: Option<String>,
+    /// gocardless: the bank, by its name (or part of it) or its GoCardless id;
+    /// without it the banks of --country are listed.
+    #[arg(long, requires = "country")]
+    pub institution: Option<String>,
+    /// gocardless: link the bank now even without a terminal (print its page's
+    /// address and wait up to 10 minutes for the browser to come back).
+    #[arg(long, conflicts_with = "no_link")]
+    pub link: bool,
+    /// gocardless: store the connection only; link it later with `bankbridge sync`.
+    #[arg(long)]
+    pub no_link: bool,
+    /// gocardless: the loopback port the bank sends the browser back to
+    /// (`http://127.0.0.1:PORT/callback`); default: a free port.
+    #[arg(long)]
+    pub redirect_port: Option<u16>,
     /// xs2a: the TPP's client certificate chain (PEM) for mutual TLS, with --tpp-key.
     #[arg(long, requires = "tpp_key", conflicts_with = "tpp_p12")]
     pub tpp_cert: Option<std::path::PathBuf>,
@@ -255,7 +275,18 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
     }
     bankbridge_sync::check_name(&args.name).map_err(flag_error)?;
     let xs2a = args.connector == "xs2a";
-    let options = connector_options(&args)?;
+    let gocardless = args.connector == "gocardless";
+    if !gocardless
+        && (args.country.is_some() || args.institution.is_some() || args.link || args.no_link)
+    {
+        bail!(
+            "--country, --institution, --link and --no-link are settings of the gocardless connector"
+        );
+    }
+    if gocardless && args.username == "-" {
+        bail!("--username: the secret id of your GoCardless Bank Account Data user secret");
+    }
+    let mut options = connector_options(&args)?;
     let sandbox_path = options
         .get("bank")
         .and_then(|b| bankbridge_connectors::xs2a::bank(b))
@@ -266,23 +297,31 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
             format!("{}{path}", root.trim_end_matches('/'))
         }
         (Some(path), None) => format!("http://127.0.0.1:9000{path}"),
+        (None, None) if gocardless => {
+            bankbridge_connectors::gocardless::DEFAULT_BASE_URL.to_owned()
+        }
         (None, None) => bail!(
             "--base-url: the bank's address is needed (or --bank with a bank bankbridge knows)"
         ),
         (_, Some(url)) => url.trim_end_matches('/').to_owned(),
     };
     let settings = ConnectionSettings {
-        window_days: args.window_days.unwrap_or(if xs2a { 366 } else { 30 }),
+        // xs2a pages and GoCardless answers any range in one call (a call
+        // GoCardless counts against 4 a day): long windows.
+        window_days: args
+            .window_days
+            .unwrap_or(if xs2a || gocardless { 366 } else { 30 }),
         overlap_days: args.overlap_days,
         since: args.since,
         interval_secs: args.interval,
-        options,
+        options: options.clone(),
         sca_card: args.card.clone(),
         ..ConnectionSettings::new(base_url, &args.username)
     };
     bankbridge_sync::check_settings(&settings).map_err(flag_error)?;
     let prompt = match args.connector.as_str() {
         "keypad" => "bank PIN: ",
+        "gocardless" => "GoCardless secret key: ",
         _ => "bank password: ",
     };
     let (store, syncer) = super::open(config).await?;
@@ -313,13 +352,19 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         }
     }
     let credentials = credentials_for(&args, &settings, prompt)?;
+    let mut settings = settings;
+    if gocardless {
+        pick_institution(&args, &settings, &credentials, &mut options).await?;
+        settings.options = options;
+    }
     // The connector checks what it can without the bank (URL, PIN shape).
     let mut connector =
         match bankbridge_connectors::build(&args.connector, &settings, credentials.clone()) {
             Ok(c) => c,
             Err(e) => bail!("{e}"),
         };
-    if !args.no_check {
+    // A GoCardless login is the link itself: it comes after the connection is stored.
+    if !args.no_check && !gocardless {
         check_login(connector.as_mut(), &settings).await?;
     }
     drop(connector);
@@ -332,11 +377,132 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         &credentials,
     )
     .await?;
+    if gocardless {
+        return link_now(&syncer, &c, &args).await;
+    }
     println!(
         "added connection {} (id {}); sync it with: bankbridge sync --connection {}",
         c.name, c.id, c.name
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// GoCardless: the bank from `--country` and `--institution` (unless the
+/// `institution_id` option names it), with the longest history and access
+/// it gives unless the options ask for less.
+async fn pick_institution(
+    args: &AddArgs,
+    settings: &ConnectionSettings,
+    credentials: &Credentials,
+    options: &mut std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    use bankbridge_connectors::gocardless::{self, option};
+    if options.contains_key(option::INSTITUTION_ID) {
+        gocardless::Settings::from_options(options)
+            .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
+        return Ok(());
+    }
+    let Some(country) = &args.country else {
+        bail!("--country: the bank's country (two letters), with --institution to pick the bank");
+    };
+    let key = credentials
+        .get("password")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the secret key is needed"))?;
+    let all = gocardless::institutions(&settings.base_url, &settings.username, &key, country)
+        .await
+        .map_err(|e| match e {
+            bankbridge_core::ConnectorError::InvalidCredentials(why) => {
+                anyhow::anyhow!("{why}. Nothing was stored")
+            }
+            other => {
+                anyhow::anyhow!("cannot list the banks of {country}: {other}. Nothing was stored")
+            }
+        })?;
+    let listing = |list: &[&gocardless::Institution]| {
+        list.iter()
+            .take(30)
+            .map(|i| format!("  {}  {}", i.id, i.name))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let Some(wanted) = &args.institution else {
+        let all: Vec<_> = all.iter().collect();
+        bail!(
+            "--institution: pick the bank; GoCardless reaches {} in {country}:\n{}",
+            all.len(),
+            listing(&all)
+        );
+    };
+    let found = gocardless::pick_institution(&all, wanted);
+    let bank = match found.as_slice() {
+        [one] => *one,
+        [] => bail!(
+            "--institution: no bank of {country} is called {wanted:?}; GoCardless reaches these:\n{}",
+            listing(&all.iter().collect::<Vec<_>>())
+        ),
+        many => bail!(
+            "--institution: {} banks match {wanted:?}; give one's id:\n{}",
+            many.len(),
+            listing(many)
+        ),
+    };
+    eprintln!("bank: {} ({})", bank.name, bank.id);
+    options.insert(option::INSTITUTION_ID.to_owned(), bank.id.clone());
+    if let Some(days) = bank.transaction_total_days {
+        options
+            .entry(option::HISTORY_DAYS.to_owned())
+            .or_insert_with(|| days.clamp(1, 730).to_string());
+    }
+    if let Some(days) = bank.max_access_valid_for_days {
+        options
+            .entry(option::ACCESS_DAYS.to_owned())
+            .or_insert_with(|| days.clamp(1, 180).to_string());
+    }
+    gocardless::Settings::from_options(options).map_err(|e| anyhow::anyhow!("--option: {e}"))?;
+    Ok(())
+}
+
+/// GoCardless: the person links the bank now (in a terminal, or with
+/// `--link`), and the first sync runs; otherwise how to do it later.
+async fn link_now(
+    syncer: &bankbridge_sync::Syncer,
+    c: &bankbridge_store::Connection,
+    args: &AddArgs,
+) -> Result<ExitCode> {
+    let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    println!("added connection {} (id {})", c.name, c.id);
+    if args.no_link || !(args.link || terminal) {
+        println!(
+            "link the bank where you can open its page: bankbridge sync --connection {} (in a terminal), or Sync now on the dashboard",
+            c.name
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let solve = super::sync::SolveOptions {
+        interactive: true,
+        can_prompt: terminal,
+        redirect_port: args.redirect_port,
+        cards: None,
+    };
+    let hidden = !std::io::stderr().is_terminal();
+    match super::sync::sync_one_with(syncer, c, hidden, &solve).await {
+        Ok(summary) => {
+            println!("linked; first sync: {}", super::sync::counts(&summary));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "{}: not linked: {e}\nthe connection is stored: link it with `bankbridge sync --connection {}`",
+                c.name, c.name
+            );
+            Ok(if e.needs_user() {
+                ExitCode::from(super::sync::EXIT_NEEDS_USER)
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
 }
 
 /// The stored options with `--option KEY=VALUE` applied (`KEY=` removes),
@@ -348,8 +514,8 @@ fn updated_options(
     if changes.is_empty() {
         return Ok(None);
     }
-    if connection.connector != "xs2a" {
-        bail!("--option: connector options are settings of the xs2a connector");
+    if !matches!(connection.connector.as_str(), "xs2a" | "gocardless") {
+        bail!("--option: connector options are settings of the xs2a and gocardless connectors");
     }
     let mut options = bankbridge_sync::Syncer::settings(connection)?.options;
     for o in changes {
@@ -361,8 +527,13 @@ fn updated_options(
             v => options.insert(k.trim().to_owned(), v.to_owned()),
         };
     }
-    bankbridge_connectors::xs2a::BankSettings::from_options(&options)
-        .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
+    if connection.connector == "gocardless" {
+        bankbridge_connectors::gocardless::Settings::from_options(&options)
+            .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
+    } else {
+        bankbridge_connectors::xs2a::BankSettings::from_options(&options)
+            .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
+    }
     Ok(Some(options))
 }
 
@@ -383,6 +554,15 @@ fn connector_options(args: &AddArgs) -> Result<std::collections::BTreeMap<String
         options.insert(k.trim().to_owned(), v.trim().to_owned());
     }
     let tpp = args.tpp_cert.is_some() || args.tpp_p12.is_some();
+    if args.connector == "gocardless" {
+        if args.bank.is_some() || args.sca_approach.is_some() || tpp {
+            bail!(
+                "--bank, --sca-approach and the TPP certificate are settings of the xs2a connector"
+            );
+        }
+        // Checked once the bank is picked (its id is an option too).
+        return Ok(options);
+    }
     if args.connector != "xs2a" {
         if !options.is_empty() || tpp {
             bail!(

@@ -174,7 +174,7 @@ pub async fn run(config: &Config, args: SyncArgs) -> Result<ExitCode> {
     })
 }
 
-fn counts(s: &SyncSummary) -> String {
+pub(crate) fn counts(s: &SyncSummary) -> String {
     let waits = match (&s.deferred_reason, s.deferred) {
         (Some(why), n) if n > 0 => format!("; {n} waiting for the bank's request budget ({why})"),
         _ => String::new(),
@@ -218,7 +218,8 @@ pub async fn sync_one_with(
     };
     let terminal_solver;
     let person: &dyn ScaSolver = if solve.interactive {
-        let callback = if connection.connector == "xs2a" {
+        // Connectors whose bank may send the browser back here.
+        let callback = if matches!(connection.connector.as_str(), "xs2a" | "gocardless") {
             match RedirectCallback::listen(solve.redirect_port).await {
                 Ok(c) => Some(c),
                 Err(e) => {

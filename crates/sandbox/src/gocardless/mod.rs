@@ -312,6 +312,12 @@ impl GoCardless {
         (s.usage.values().copied().max().unwrap_or(0), s.refused)
     }
 
+    /// End-user agreements created so far (a re-link should reuse one
+    /// nobody accepted).
+    pub fn agreement_count(&self) -> usize {
+        lock(&self.state).agreements.len()
+    }
+
     // ---- tokens ----
 
     pub fn new_token(&self, body: &Value) -> Answer {

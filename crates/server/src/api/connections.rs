@@ -189,8 +189,9 @@ pub(crate) struct CreateConnection {
     pub(crate) interval_secs: Option<u64>,
     /// Connector settings beyond the above: for `xs2a`, `bank` (e.g.
     /// `sandbox-be`), `sca_approach`, `psu_id`, `timezone`, `history_days`,
-    /// `frequency_per_day`, `consent_days`, `psu_ip_address`, `redirect_uri`.
-    /// A bad value is refused by the connector when the connection syncs.
+    /// `frequency_per_day`, `consent_days`, `psu_ip_address`, `redirect_uri`;
+    /// for `gocardless`, `institution_id` (needed), `history_days`,
+    /// `access_days`, `daily_limit`, `redirect_uri`. A bad value is refused by the connector when the connection syncs.
     #[serde(default)]
     pub(crate) options: Option<std::collections::BTreeMap<String, String>>,
     /// A registered card (its id) that answers this connection's card-reader
