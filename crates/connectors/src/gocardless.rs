@@ -986,13 +986,13 @@ impl GoCardlessConnector {
                 ConnectorError::Deferred(format!("{account}: the service's limit: {said}"))
             }));
         }
-        if a.status == StatusCode::UNAUTHORIZED || a.status == StatusCode::FORBIDDEN {
-            if Self::about_access(&said) {
-                if let Some(r) = self.saved.requisition.as_mut() {
-                    r.status = "EX".to_owned();
-                }
-                return Err(self.relink_needed(&format!("{} ({said})", self.expired_words())));
+        if (a.status == StatusCode::UNAUTHORIZED || a.status == StatusCode::FORBIDDEN)
+            && Self::about_access(&said)
+        {
+            if let Some(r) = self.saved.requisition.as_mut() {
+                r.status = "EX".to_owned();
             }
+            return Err(self.relink_needed(&format!("{} ({said})", self.expired_words())));
         }
         if a.status == StatusCode::NOT_FOUND {
             return Err(self.relink_needed(&format!(
