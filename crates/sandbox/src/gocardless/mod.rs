@@ -20,7 +20,9 @@
 //! answer, DELETE included, is JSON (the client parses every body); an
 //! expired agreement's accounts answer 401 `AccessExpiredError` and the
 //! requisition turns `EX` on that access; linking a requisition again
-//! gives the same bank accounts new ids. The link page is a simple consent
+//! gives the same bank accounts new ids; the daily limits reset at midnight
+//! UTC; the service's clock (in every answer's `Date`) can be moved on by
+//! days or hours. The link page is a simple consent
 //! page; tests link without a browser at
 //! `POST /_sandbox/gocardless/requisitions/{id}/link`.
 mod http;
