@@ -1380,7 +1380,7 @@ impl Connector for KeypadConnector {
             ));
         };
         match answer {
-            ScaAnswer::Approved | ScaAnswer::Code(_) => {}
+            ScaAnswer::Approved | ScaAnswer::Code(_) | ScaAnswer::Returned(_) => {}
             ScaAnswer::Declined | ScaAnswer::NotNow | ScaAnswer::Unavailable(_) => {
                 // The request expires by itself at the bank.
                 self.pending_2fa = None;

@@ -9,6 +9,7 @@
 
 use bankbridge_core::{ConnectionSettings, Connector, ConnectorForm, Credentials};
 
+mod budget;
 mod common;
 pub mod fibank;
 pub mod gocardless;

@@ -1279,7 +1279,10 @@ impl Connector for Xs2aConnector {
                     Err(e) => Err(e),
                 }
             }
-            (ScaAnswer::Approved | ScaAnswer::Code(_), Pending::Poll { href }) => {
+            (
+                ScaAnswer::Approved | ScaAnswer::Code(_) | ScaAnswer::Returned(_),
+                Pending::Poll { href },
+            ) => {
                 let url = self.url(&href)?;
                 let (_, _, v) = self
                     .send(Method::GET, url, "SCA status", Call::Consent, None, &[])
@@ -1302,7 +1305,7 @@ impl Connector for Xs2aConnector {
                     None => Err(malformed("SCA status", "no scaStatus")),
                 }
             }
-            (ScaAnswer::Approved, Pending::Code { .. }) => Err(ConnectorError::ScaFailed(
+            (ScaAnswer::Approved | ScaAnswer::Returned(_), Pending::Code { .. }) => Err(ConnectorError::ScaFailed(
                 "the bank waits for a code, not an approval".into(),
             )),
             (_, _) => {

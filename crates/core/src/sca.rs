@@ -122,6 +122,10 @@ pub enum ScaAnswer {
     Approved,
     /// A code the user, a card or an app produced (OTP, EMV-CAP, …).
     Code(Secret<String>),
+    /// The browser came back from the bank's redirect page with this query
+    /// string (an authorisation `code` and `state`, or the bank's error):
+    /// the connector reads what it needs and checks with the bank.
+    Returned(Secret<String>),
     /// The user refused: the sync fails and says so.
     Declined,
     /// Nobody can answer now (an unattended run): the sync stops in `needs_user`.

@@ -127,14 +127,18 @@ impl LiveJob {
     }
 
     /// The browser came back from the bank's redirect page: the open
-    /// redirect question, if any, is answered "approved" (the engine then
-    /// asks the bank, which has the last word). False when none was open.
-    pub fn redirect_returned(&self) -> bool {
+    /// redirect question, if any, is answered with the query it came back
+    /// with ("approved" without one; the engine then asks the bank, which
+    /// has the last word). False when none was open.
+    pub fn redirect_returned(&self, query: Option<String>) -> bool {
         let number = match &self.state().question {
             Some((n, ScaChallenge::Redirect { .. })) => *n,
             _ => return false,
         };
-        self.answer(number, ScaAnswer::Approved)
+        self.answer(
+            number,
+            query.map_or(ScaAnswer::Approved, |q| ScaAnswer::Returned(q.into())),
+        )
     }
 
     /// Give the answer to question `number`; false when it is not the open one.

@@ -815,7 +815,7 @@ impl Run<'_> {
                 ))
                 .into());
             }
-            ScaAnswer::Approved | ScaAnswer::Code(_) => {}
+            ScaAnswer::Approved | ScaAnswer::Code(_) | ScaAnswer::Returned(_) => {}
         }
         let o = &self.syncer.options;
         let deadline = challenge

@@ -325,7 +325,8 @@ impl QrDrawing {
 /// the browser to `http://127.0.0.1:PORT/callback` when the user is done.
 struct RedirectCallback {
     uri: String,
-    returned: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
+    /// The query string each return came with (the bank's `code`, or its error).
+    returned: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<String>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -344,10 +345,10 @@ impl RedirectCallback {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let app = axum::Router::new().route(
             "/callback",
-            axum::routing::get(move || {
+            axum::routing::get(move |axum::extract::RawQuery(query): axum::extract::RawQuery| {
                 let tx = tx.clone();
                 async move {
-                    let _ = tx.try_send(());
+                    let _ = tx.try_send(query.unwrap_or_default());
                     axum::response::Html(
                         "<!doctype html><meta charset=utf-8><title>bankbridge</title>\
                          <p>Thank you: bankbridge goes on in your terminal. You may close this page.</p>",
@@ -457,20 +458,30 @@ impl ScaSolver for TerminalSolver {
                     let mut returned = callback.returned.lock().await;
                     return Ok(
                         match tokio::time::timeout(REDIRECT_WAIT, returned.recv()).await {
-                            Ok(Some(())) => ScaAnswer::Approved,
+                            Ok(Some(query)) if query.is_empty() => ScaAnswer::Approved,
+                            Ok(Some(query)) => ScaAnswer::Returned(Secret::new(query)),
                             _ => ScaAnswer::NotNow,
                         },
                     );
                 }
                 if self.can_prompt {
-                    let question =
-                        format!("  {name}: press Enter once you have finished at the bank ");
-                    tokio::task::block_in_place(|| {
+                    // Without a loopback port the browser can reach (another
+                    // machine, a container), the address it ended on carries
+                    // what the bank sent back.
+                    let question = format!(
+                        "  {name}: once you have finished at the bank, paste the address your browser ended on (or press Enter): "
+                    );
+                    let landed = tokio::task::block_in_place(|| {
                         self.progress
                             .suspend(|| rpassword::prompt_password(&question))
                     })
                     .map_err(|e| ScaSolverError(format!("cannot read the answer: {e}")))?;
-                    return Ok(ScaAnswer::Approved);
+                    return Ok(match landed.trim().split_once('?') {
+                        Some((_, query)) if !query.is_empty() => {
+                            ScaAnswer::Returned(Secret::new(query.to_owned()))
+                        }
+                        _ => ScaAnswer::Approved,
+                    });
                 }
                 Ok(ScaAnswer::NotNow)
             }

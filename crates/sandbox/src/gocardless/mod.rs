@@ -181,7 +181,7 @@ struct State {
 pub struct GoCardless {
     secret_id: String,
     secret_key: String,
-    books: Vec<data::Account>,
+    books: data::LazyBooks,
     /// The service's clock: real time shifted by this much (the sandbox day
     /// at first, moved on by `advance`).
     shift: RwLock<chrono::Duration>,
@@ -222,7 +222,7 @@ impl GoCardless {
                 crate::fibank::data::mix(seed, 2, 3),
                 crate::fibank::data::mix(seed, 4, 5)
             ),
-            books: data::generate(&data::Params {
+            books: data::LazyBooks::new(data::Params {
                 seed,
                 country: "LV",
                 currency: "EUR",
@@ -279,6 +279,7 @@ impl GoCardless {
         let next = (Utc::now() + *shift + by).date_naive();
         if self
             .books
+            .get()
             .first()
             .and_then(|a| a.rows.last())
             .is_some_and(|r| next > r.booking)
@@ -304,7 +305,7 @@ impl GoCardless {
     /// Booked and pending totals per IBAN at the sandbox day.
     pub fn truth(&self) -> Vec<AccountTruth> {
         let today = self.today();
-        self.books.iter().map(|a| a.truth(today)).collect()
+        self.books.get().iter().map(|a| a.truth(today)).collect()
     }
 
     /// The most successful calls any account made in one scope on one day,
@@ -799,7 +800,7 @@ impl GoCardless {
         let (i, limits) = self.admit(id, Scope::Metadata)?;
         let s = lock(&self.state);
         let acc = &s.accounts[id];
-        let a = &self.books[i];
+        let a = &self.books.get()[i];
         let req = &s.requisitions[&acc.requisition];
         Ok((
             json!({"id": id, "created": rfc3339(acc.created), "last_accessed": acc.last_accessed.map(rfc3339),
@@ -811,7 +812,7 @@ impl GoCardless {
 
     pub fn details(&self, id: &str) -> Result<(Value, Option<Limits>), Refusal> {
         let (i, limits) = self.admit(id, Scope::Details)?;
-        let a = &self.books[i];
+        let a = &self.books.get()[i];
         Ok((
             json!({"account": {"resourceId": format!("{:016x}", crate::fibank::data::mix(7, i as u64, 1)),
                                "iban": a.iban.as_str(), "currency": a.currency, "ownerName": "Alex Example",
@@ -822,7 +823,7 @@ impl GoCardless {
 
     pub fn balances(&self, id: &str) -> Result<(Value, Option<Limits>), Refusal> {
         let (i, limits) = self.admit(id, Scope::Balances)?;
-        let a = &self.books[i];
+        let a = &self.books.get()[i];
         let today = self.today();
         let booked = a.balance_at(today);
         let pending: i64 = a.pending(today).map(|r| r.minor).sum();
@@ -880,7 +881,7 @@ impl GoCardless {
             ));
         }
         let (i, limits) = self.admit(id, Scope::Transactions)?;
-        let a = &self.books[i];
+        let a = &self.books.get()[i];
         let from = from.unwrap_or(oldest);
         let to = to.unwrap_or(today);
         let booked: Vec<Value> = a

@@ -122,6 +122,36 @@ impl Account {
     }
 }
 
+/// Books generated on first use: a sandbox serves many simulated banks and
+/// a test or a benchmark usually talks to one.
+#[derive(Debug)]
+pub struct LazyBooks {
+    params: Params,
+    books: std::sync::OnceLock<Vec<Account>>,
+}
+
+impl LazyBooks {
+    pub fn new(params: Params) -> LazyBooks {
+        LazyBooks {
+            params,
+            books: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn get(&self) -> &[Account] {
+        self.books.get_or_init(|| generate(&self.params))
+    }
+
+    /// How many accounts there are (without generating them).
+    pub fn len(&self) -> usize {
+        self.params.accounts
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params.accounts == 0
+    }
+}
+
 /// What to generate.
 #[derive(Clone, Debug)]
 pub struct Params {

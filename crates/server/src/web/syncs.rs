@@ -236,9 +236,12 @@ pub(crate) struct AnswerForm {
 pub(crate) async fn redirect_callback(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
+    // The query carries what the bank sends back (an authorisation code):
+    // handed to the connector, never logged.
     if let Some(live) = state.live_job(id)
-        && live.redirect_returned()
+        && live.redirect_returned(query.filter(|q| !q.is_empty()))
     {
         tracing::info!(job = id, "back from the bank's redirect page");
     }
