@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 pub mod bankid;
 pub mod fault;
 pub mod fibank;
+pub mod enablebanking;
 pub mod gocardless;
 pub mod keypad;
 #[cfg(feature = "test-support")]
@@ -167,6 +168,7 @@ pub struct SandboxState {
     xs2a: Arc<xs2a_playground::Playground>,
     psd2: Arc<xs2a::Xs2aBanks>,
     gocardless: Arc<gocardless::GoCardless>,
+    enablebanking: Arc<enablebanking::EnableBanking>,
     bankid: Option<Arc<EmbeddedBankId>>,
 }
 
@@ -215,6 +217,7 @@ impl SandboxState {
             xs2a: Arc::new(xs2a_playground::Playground::new()),
             psd2,
             gocardless: Arc::new(gocardless::GoCardless::new(&config)),
+            enablebanking: Arc::new(enablebanking::EnableBanking::new(&config)),
             bankid,
         })
     }
@@ -263,6 +266,11 @@ impl SandboxState {
         &self.gocardless
     }
 
+    /// The simulated Enable Banking API.
+    pub fn enablebanking(&self) -> &Arc<enablebanking::EnableBanking> {
+        &self.enablebanking
+    }
+
     /// The simulated NextGenPSD2 banks (`be`, `se`, `redirect`).
     pub fn xs2a(&self) -> &xs2a::Xs2aBanks {
         &self.psd2
@@ -285,6 +293,7 @@ impl SandboxState {
             bank.set_root_url(root);
         }
         self.gocardless.set_root_url(root);
+        self.enablebanking.set_root_url(root);
     }
 }
 
@@ -295,7 +304,8 @@ pub fn router(state: SandboxState) -> axum::Router {
         .merge(keypad::routes(state.keypad.clone()))
         .merge(xs2a_playground::routes(state.xs2a.clone()))
         .merge(xs2a::routes(state.psd2.clone()))
-        .merge(gocardless::routes(state.gocardless.clone()));
+        .merge(gocardless::routes(state.gocardless.clone()))
+        .merge(enablebanking::routes(state.enablebanking.clone()));
     if let Some(b) = &state.bankid {
         router = router.merge(bankid::control::routes(b.sim.clone()));
     }
@@ -411,6 +421,11 @@ impl SandboxHandle {
     /// The simulated GoCardless Bank Account Data API.
     pub fn gocardless(&self) -> &Arc<gocardless::GoCardless> {
         self.state.gocardless()
+    }
+
+    /// The simulated Enable Banking API.
+    pub fn enablebanking(&self) -> &Arc<enablebanking::EnableBanking> {
+        self.state.enablebanking()
     }
 
     pub fn fibank(&self) -> &fibank::Fibank {
