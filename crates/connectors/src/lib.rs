@@ -1,7 +1,7 @@
 //! Bank API connectors: one module per bank API (`fibank`: Fibank's web API;
 //! `keypad`: the French keypad bank's web API; `xs2a`: the Berlin Group
-//! NextGenPSD2 open-banking API; `gocardless`: the GoCardless Bank Account
-//! Data aggregator), each implementing
+//! NextGenPSD2 open-banking API; `gocardless` and `enablebanking`: the
+//! GoCardless Bank Account Data and Enable Banking aggregators), each implementing
 //! [`bankbridge_core::Connector`]. Connectors speak HTTP to the bank and map
 //! its answers to the domain types; they never write to the store and never
 //! retry (the sync engine does, from the errors' kinds).
@@ -11,18 +11,20 @@ use bankbridge_core::{ConnectionSettings, Connector, ConnectorForm, Credentials}
 
 mod budget;
 mod common;
+pub mod enablebanking;
 pub mod fibank;
 pub mod gocardless;
 pub mod keypad;
 pub mod xs2a;
 
+pub use enablebanking::EnableBankingConnector;
 pub use fibank::FibankConnector;
 pub use gocardless::GoCardlessConnector;
 pub use keypad::KeypadConnector;
 pub use xs2a::Xs2aConnector;
 
 /// Names accepted by [`build`].
-pub const KNOWN: &[&str] = &["fibank", "keypad", "xs2a", "gocardless"];
+pub const KNOWN: &[&str] = &["fibank", "keypad", "xs2a", "gocardless", "enablebanking"];
 
 /// The add-a-connection form of each connector in [`KNOWN`].
 pub const FORMS: &[ConnectorForm] = &[
@@ -66,6 +68,16 @@ pub const FORMS: &[ConnectorForm] = &[
         hint: "A user secret from the GoCardless Bank Account Data portal; you link your bank on its page at the first sync.",
         options_hint: "One per line: institution_id=SANDBOXFINANCE_SFIN0000 (needed: the bank at GoCardless), history_days=730, access_days=180, daily_limit=4, redirect_uri.",
     },
+    ConnectorForm {
+        connector: "enablebanking",
+        title: "Enable Banking (European banks through one API)",
+        base_url_example: "https://api.enablebanking.com",
+        username_label: "Application id (the key id of your Enable Banking application)",
+        password_label: "The application's private key (PEM)",
+        password_numeric: false,
+        hint: "An application registered in the Enable Banking control panel, with this server's callback address whitelisted; you authorise your bank on its page at the first sync.",
+        options_hint: "One per line: aspsp_name=Nordea and aspsp_country=FI (needed: the bank as Enable Banking names it), psu_type=personal|business, consent_days=90, history_days=730, daily_limit=4, redirect_uri.",
+    },
 ];
 
 /// Build the connector named `connector` for a connection.
@@ -87,6 +99,7 @@ pub fn build(
         "keypad" => Ok(Box::new(KeypadConnector::new(settings, credentials)?)),
         "xs2a" => Ok(Box::new(Xs2aConnector::new(settings, credentials)?)),
         "gocardless" => Ok(Box::new(GoCardlessConnector::new(settings, credentials)?)),
+        "enablebanking" => Ok(Box::new(EnableBankingConnector::new(settings, credentials)?)),
         other => Err(format!(
             "unknown connector {other:?}: known connectors are {}",
             KNOWN.join(", ")

@@ -120,10 +120,17 @@ pub fn check_settings(s: &ConnectionSettings) -> Result<(), SyncError> {
     Ok(())
 }
 
+/// Longest secret a connection keeps: an application's RSA private key in
+/// PEM (Enable Banking) is its longest kind, about 3,300 characters at 4096 bits.
+pub const MAX_SECRET_CHARS: usize = 16_384;
+
 pub fn check_password(password: &Secret<String>) -> Result<(), SyncError> {
     let len = password.expose().chars().count();
-    if len == 0 || len > 1024 {
-        return Err(invalid("password", "password must be 1 to 1024 characters"));
+    if len == 0 || len > MAX_SECRET_CHARS {
+        return Err(invalid(
+            "password",
+            format!("password must be 1 to {MAX_SECRET_CHARS} characters"),
+        ));
     }
     Ok(())
 }

@@ -174,7 +174,7 @@ pub(crate) struct CreateConnection {
     pub(crate) base_url: String,
     #[schema(min_length = 1, max_length = 256)]
     pub(crate) username: String,
-    #[schema(value_type = String, format = Password, write_only, min_length = 1, max_length = 1024)]
+    #[schema(value_type = String, format = Password, write_only, min_length = 1, max_length = 16384)]
     pub(crate) password: Secret<String>,
     /// Longest window to ask the bank for, 1 to 366 days (default 30).
     #[schema(minimum = 1, maximum = 366)]
@@ -447,7 +447,7 @@ pub(crate) struct UpdateConnection {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateLogin {
-    #[schema(value_type = String, format = Password, write_only, min_length = 1, max_length = 1024)]
+    #[schema(value_type = String, format = Password, write_only, min_length = 1, max_length = 16384)]
     password: Secret<String>,
     /// The bank API's base URL: https, or http to this machine.
     #[schema(max_length = 2048)]
