@@ -106,7 +106,6 @@ impl Allowance {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +163,4 @@ mod tests {
             "a new day"
         );
     }
-
 }

@@ -31,14 +31,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bankbridge_core::{
     Attendance, Balance, BalanceKind, ConnectionSettings, Connector, ConnectorError,
     ConnectorLimits, ConsentInfo, Credentials, Currency, DateWindow, FetchedAccount,
     FetchedTransaction, Iban, ScaAnswer, ScaChallenge, ScaProgress, Secret, TransientKind,
     TxStatus, WindowPage, clean_label, parse_decimal,
 };
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, NaiveDate, Utc};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -291,8 +291,10 @@ pub fn application_jwt(
     let signed = format!(
         "{}.{}",
         part(json!({"typ": "JWT", "alg": "RS256", "kid": app_id})),
-        part(json!({"iss": "enablebanking.com", "aud": "api.enablebanking.com",
-                    "iat": now, "exp": now + lifetime_secs}))
+        part(
+            json!({"iss": "enablebanking.com", "aud": "api.enablebanking.com",
+                    "iat": now, "exp": now + lifetime_secs})
+        )
     );
     let signature = SigningKey::<sha2::Sha256>::new(key.clone()).sign(signed.as_bytes());
     format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
@@ -312,21 +314,25 @@ pub async fn aspsps(
     settings
         .options
         .insert(option::ASPSP_COUNTRY.to_owned(), country.to_owned());
-    let mut c = EnableBankingConnector::new(
-        &settings,
-        Credentials::with_password(private_key.clone()),
-    )
-    .map_err(ConnectorError::Other)?;
+    let mut c =
+        EnableBankingConnector::new(&settings, Credentials::with_password(private_key.clone()))
+            .map_err(ConnectorError::Other)?;
     let country = country.trim().to_ascii_uppercase();
     let a = c
-        .call(Method::GET, &format!("aspsps?country={country}"), "banks", None)
+        .call(
+            Method::GET,
+            &format!("aspsps?country={country}"),
+            "banks",
+            None,
+        )
         .await?;
     let list = a
         .body
         .get("aspsps")
         .cloned()
         .ok_or_else(|| malformed("banks", "no aspsps list"))?;
-    serde_json::from_value(list).map_err(|e| malformed("banks", format!("not a list of banks: {e}")))
+    serde_json::from_value(list)
+        .map_err(|e| malformed("banks", format!("not a list of banks: {e}")))
 }
 
 impl EnableBankingConnector {
@@ -378,7 +384,9 @@ impl EnableBankingConnector {
             return Ok(jwt.expose().clone());
         }
         let key = self.key.as_ref().ok_or_else(|| {
-            ConnectorError::InvalidCredentials("this connection has no application private key".into())
+            ConnectorError::InvalidCredentials(
+                "this connection has no application private key".into(),
+            )
         })?;
         let jwt = application_jwt(&self.app_id, key, now, JWT_SECS);
         self.jwt = Some((Secret::new(jwt.clone()), now + JWT_SECS));
@@ -496,7 +504,9 @@ impl EnableBankingConnector {
         if let Some(e) = status_error(what, a.status, &a.headers) {
             return e;
         }
-        ConnectorError::Other(format!("{what}: Enable Banking refused the request: {said}"))
+        ConnectorError::Other(format!(
+            "{what}: Enable Banking refused the request: {said}"
+        ))
     }
 
     fn relink_needed(&self, why: &str) -> ConnectorError {
@@ -559,7 +569,12 @@ impl EnableBankingConnector {
     async fn longest_consent(&mut self) -> Result<Option<chrono::Duration>, ConnectorError> {
         let country = self.settings.aspsp_country.clone();
         let a = self
-            .call(Method::GET, &format!("aspsps?country={country}"), "banks", None)
+            .call(
+                Method::GET,
+                &format!("aspsps?country={country}"),
+                "banks",
+                None,
+            )
             .await?;
         let list: Vec<Aspsp> = a
             .body
@@ -567,12 +582,15 @@ impl EnableBankingConnector {
             .cloned()
             .and_then(|v| serde_json::from_value(v).ok())
             .unwrap_or_default();
-        let bank = list.iter().find(|b| b.name == self.settings.aspsp_name).ok_or_else(|| {
-            ConnectorError::Other(format!(
-                "Enable Banking does not list the bank {:?} in {country} (any more)",
-                self.settings.aspsp_name
-            ))
-        })?;
+        let bank = list
+            .iter()
+            .find(|b| b.name == self.settings.aspsp_name)
+            .ok_or_else(|| {
+                ConnectorError::Other(format!(
+                    "Enable Banking does not list the bank {:?} in {country} (any more)",
+                    self.settings.aspsp_name
+                ))
+            })?;
         Ok(bank
             .maximum_consent_validity
             .map(|s| chrono::Duration::seconds(s as i64 - 60)))
@@ -599,13 +617,20 @@ impl EnableBankingConnector {
                 .get("error_description")
                 .map(|d| excerpt(d))
                 .unwrap_or_default();
-            return Err(ConnectorError::ScaFailed(format!("the bank said {error}: {why}")));
+            return Err(ConnectorError::ScaFailed(format!(
+                "the bank said {error}: {why}"
+            )));
         }
         let code = pairs
             .get("code")
             .ok_or_else(|| ConnectorError::ScaFailed("the bank sent no code back".into()))?;
         let a = self
-            .send(Method::POST, "sessions", "session", Some(json!({"code": code})))
+            .send(
+                Method::POST,
+                "sessions",
+                "session",
+                Some(json!({"code": code})),
+            )
             .await?;
         self.saved.pending = None;
         if !a.status.is_success() {
@@ -627,7 +652,13 @@ impl EnableBankingConnector {
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map(|t| t.with_timezone(&Utc));
         let mut uids = Vec::new();
-        for acc in a.body.get("accounts").and_then(Value::as_array).into_iter().flatten() {
+        for acc in a
+            .body
+            .get("accounts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let Some(o) = acc.as_object() else { continue };
             let Some(uid) = text(o, "uid").map(str::to_owned) else {
                 continue;
@@ -655,16 +686,17 @@ impl EnableBankingConnector {
         self.saved.budget.retain(|k, a| {
             k.split_once(':').is_some_and(|(_, id)| live.contains(id)) || a.day == Some(today)
         });
-        self.saved.accounts.retain(|uid, _| live.contains(uid.as_str()));
+        self.saved
+            .accounts
+            .retain(|uid, _| live.contains(uid.as_str()));
     }
 
     fn session_ended(&self) -> Option<String> {
         let s = self.saved.session.as_ref()?;
         match s.valid_until {
-            Some(end) if end <= self.now() => Some(format!(
-                "the bank's session ended on {}",
-                end.date_naive()
-            )),
+            Some(end) if end <= self.now() => {
+                Some(format!("the bank's session ended on {}", end.date_naive()))
+            }
             _ if s.status != "AUTHORIZED" => {
                 Some(format!("the bank's session is {}", s.status.to_lowercase()))
             }
@@ -741,16 +773,24 @@ impl EnableBankingConnector {
                 .or_default()
                 .record_refusal(now, wait);
             tracing::warn!(%account, endpoint = what, "the bank refused a call over its daily limit");
-            return Err(self.afford(endpoint, uid, account).err().unwrap_or_else(|| {
-                ConnectorError::Deferred(format!("{account}: the bank's limit: {}", Self::said(&a)))
-            }));
+            return Err(self
+                .afford(endpoint, uid, account)
+                .err()
+                .unwrap_or_else(|| {
+                    ConnectorError::Deferred(format!(
+                        "{account}: the bank's limit: {}",
+                        Self::said(&a)
+                    ))
+                }));
         }
         let e = self.refusal(what, &a);
         // With the user there, an ended session is linked again at once.
         if matches!(e, ConnectorError::NeedsUser(_)) && self.attended() {
             return match self.start_auth("the bank's session ended").await {
                 Err(e) => Err(e),
-                Ok(()) => Err(ConnectorError::Other("linking ended without a challenge".into())),
+                Ok(()) => Err(ConnectorError::Other(
+                    "linking ended without a challenge".into(),
+                )),
             };
         }
         Err(e)
@@ -805,13 +845,25 @@ fn date(v: Option<&Value>) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()
 }
 
-fn money(v: Option<&Value>, what: &str) -> Result<(rust_decimal::Decimal, Currency), ConnectorError> {
+fn money(
+    v: Option<&Value>,
+    what: &str,
+) -> Result<(rust_decimal::Decimal, Currency), ConnectorError> {
     let v = v.ok_or_else(|| malformed(what, "no amount"))?;
     let amount = v
         .get("amount")
-        .and_then(|a| a.as_str().map(str::to_owned).or_else(|| a.as_number().map(|n| n.to_string())))
+        .and_then(|a| {
+            a.as_str()
+                .map(str::to_owned)
+                .or_else(|| a.as_number().map(|n| n.to_string()))
+        })
         .and_then(|a| parse_decimal(&a))
-        .ok_or_else(|| malformed(what, format!("no readable amount in {}", excerpt(&v.to_string()))))?;
+        .ok_or_else(|| {
+            malformed(
+                what,
+                format!("no readable amount in {}", excerpt(&v.to_string())),
+            )
+        })?;
     let currency = v
         .get("currency")
         .and_then(Value::as_str)
@@ -822,7 +874,10 @@ fn money(v: Option<&Value>, what: &str) -> Result<(rust_decimal::Decimal, Curren
 
 /// One Enable Banking transaction in our model; `None` for rows that never
 /// happened (cancelled, rejected).
-pub fn map_transaction(t: &Value, today: NaiveDate) -> Result<Option<FetchedTransaction>, ConnectorError> {
+pub fn map_transaction(
+    t: &Value,
+    today: NaiveDate,
+) -> Result<Option<FetchedTransaction>, ConnectorError> {
     let o = t
         .as_object()
         .ok_or_else(|| malformed("transactions", "a transaction is not an object"))?;
@@ -839,7 +894,11 @@ pub fn map_transaction(t: &Value, today: NaiveDate) -> Result<Option<FetchedTran
         // A signed amount without the indicator.
         _ => unsigned.is_sign_negative(),
     };
-    let amount = if debit { -unsigned.abs() } else { unsigned.abs() };
+    let amount = if debit {
+        -unsigned.abs()
+    } else {
+        unsigned.abs()
+    };
     let value_date = date(o.get("value_date"));
     let booking_date = match (status, date(o.get("booking_date"))) {
         (_, Some(d)) => d,
@@ -1008,7 +1067,12 @@ impl Connector for EnableBankingConnector {
             return self.start_auth(&why).await;
         }
         let a = self
-            .send(Method::GET, &format!("sessions/{}", kept.id), "session", None)
+            .send(
+                Method::GET,
+                &format!("sessions/{}", kept.id),
+                "session",
+                None,
+            )
             .await?;
         if !a.status.is_success() {
             let e = self.refusal("session", &a);
@@ -1022,12 +1086,22 @@ impl Connector for EnableBankingConnector {
                 other => Err(other),
             };
         }
-        let status = a.body.get("status").and_then(Value::as_str).unwrap_or("").to_owned();
+        let status = a
+            .body
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let accounts: Vec<String> = a
             .body
             .get("accounts")
             .and_then(Value::as_array)
-            .map(|l| l.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|l| {
+                l.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(s) = self.saved.session.as_mut() {
             s.status = status.clone();
@@ -1150,9 +1224,14 @@ impl Connector for EnableBankingConnector {
                     page.transactions.push(mapped);
                 }
             }
-            match v.get("continuation_key").and_then(Value::as_str).filter(|k| !k.is_empty()) {
+            match v
+                .get("continuation_key")
+                .and_then(Value::as_str)
+                .filter(|k| !k.is_empty())
+            {
                 Some(key) => {
-                    let key: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
+                    let key: String =
+                        url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
                     path = format!("{first}&continuation_key={key}");
                 }
                 None => {
@@ -1205,7 +1284,10 @@ mod tests {
                        "credit_debit_indicator": "CRDT", "status": "PDNG", "transaction_id": "T9",
                        "value_date": "2026-02-28"});
         let m = map_transaction(&p, today).unwrap().unwrap();
-        assert_eq!((m.status, m.amount.to_string().as_str()), (TxStatus::Pending, "5"));
+        assert_eq!(
+            (m.status, m.amount.to_string().as_str()),
+            (TxStatus::Pending, "5")
+        );
         assert_eq!(m.provider_id.as_deref(), Some("T9"));
         let gone = json!({"transaction_amount": {"currency": "EUR", "amount": "5"},
                           "credit_debit_indicator": "CRDT", "status": "CNCL"});
@@ -1220,10 +1302,16 @@ mod tests {
         assert_eq!(parts.len(), 3);
         let header: Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
-        assert_eq!(header, json!({"typ": "JWT", "alg": "RS256", "kid": "app-1"}));
+        assert_eq!(
+            header,
+            json!({"typ": "JWT", "alg": "RS256", "kid": "app-1"})
+        );
         let claims: Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
-        assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), 3600);
+        assert_eq!(
+            claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+            3600
+        );
         use rsa::signature::Verifier;
         let sig = rsa::pkcs1v15::Signature::try_from(
             URL_SAFE_NO_PAD.decode(parts[2]).unwrap().as_slice(),
@@ -1237,7 +1325,11 @@ mod tests {
     #[test]
     fn settings_need_the_bank_and_a_key_that_reads() {
         let mut o = BTreeMap::new();
-        assert!(Settings::from_options(&o).unwrap_err().contains("aspsp_name"));
+        assert!(
+            Settings::from_options(&o)
+                .unwrap_err()
+                .contains("aspsp_name")
+        );
         o.insert("aspsp_name".into(), "Sandbox Pankki".into());
         o.insert("aspsp_country".into(), "fi".into());
         let s = Settings::from_options(&o).unwrap();

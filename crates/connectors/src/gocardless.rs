@@ -50,10 +50,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use url::Url;
 
+use crate::budget::Allowance;
 use crate::common::{
     clock_skew_secs, excerpt, malformed, parse_json, status_error, text, transient, transport,
 };
-use crate::budget::Allowance;
 use crate::xs2a::{map_balances, map_transaction};
 
 /// The service's address.
@@ -212,7 +212,6 @@ struct KnownAccount {
     kind: Option<String>,
     raw: Value,
 }
-
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Saved {

@@ -99,7 +99,10 @@ pub fn build(
         "keypad" => Ok(Box::new(KeypadConnector::new(settings, credentials)?)),
         "xs2a" => Ok(Box::new(Xs2aConnector::new(settings, credentials)?)),
         "gocardless" => Ok(Box::new(GoCardlessConnector::new(settings, credentials)?)),
-        "enablebanking" => Ok(Box::new(EnableBankingConnector::new(settings, credentials)?)),
+        "enablebanking" => Ok(Box::new(EnableBankingConnector::new(
+            settings,
+            credentials,
+        )?)),
         other => Err(format!(
             "unknown connector {other:?}: known connectors are {}",
             KNOWN.join(", ")

@@ -1305,9 +1305,9 @@ impl Connector for Xs2aConnector {
                     None => Err(malformed("SCA status", "no scaStatus")),
                 }
             }
-            (ScaAnswer::Approved | ScaAnswer::Returned(_), Pending::Code { .. }) => Err(ConnectorError::ScaFailed(
-                "the bank waits for a code, not an approval".into(),
-            )),
+            (ScaAnswer::Approved | ScaAnswer::Returned(_), Pending::Code { .. }) => Err(
+                ConnectorError::ScaFailed("the bank waits for a code, not an approval".into()),
+            ),
             (_, _) => {
                 self.pending = None;
                 Err(ConnectorError::ScaFailed("declined".into()))

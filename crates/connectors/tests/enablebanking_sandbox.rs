@@ -328,7 +328,10 @@ async fn an_expired_session_needs_a_new_link_and_the_history_continues() {
     // A link the user cancels opens no session and says why.
     let cancelled = e.sync(&Browser::new(false)).await.unwrap_err();
     assert!(cancelled.needs_user(), "{cancelled}");
-    assert!(cancelled.to_string().contains("access_denied"), "{cancelled}");
+    assert!(
+        cancelled.to_string().contains("access_denied"),
+        "{cancelled}"
+    );
     assert_eq!(gc.session_count(), 1);
 
     // The user links again: a new session with new uids, the same accounts.

@@ -25,9 +25,9 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 pub mod bankid;
+pub mod enablebanking;
 pub mod fault;
 pub mod fibank;
-pub mod enablebanking;
 pub mod gocardless;
 pub mod keypad;
 #[cfg(feature = "test-support")]

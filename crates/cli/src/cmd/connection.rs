@@ -12,7 +12,7 @@ use crate::config::Config;
 pub enum ConnectionCommand {
     /// Add a bank connection (the password or PIN is encrypted at rest).
     #[command(
-        after_help = "Examples:\n  echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h\n  echo \"$PIN\" | bankbridge connection add --name my-bank --connector keypad \\\n    --base-url http://127.0.0.1:9000/keypad --username 12345678901 --password-stdin\n  bankbridge connection add --name my-revolut --connector gocardless --username \"$SECRET_ID\" \\\n    --country LV --institution Revolut --interval 6h   # asks for the secret key, then opens the bank's page\n\nkeypad: the username is the customer number, the password the 6-digit PIN.\ngocardless: the username is the secret id of a GoCardless Bank Account Data user secret, the password its\nsecret key; --country and --institution pick the bank, and the bank is linked at once in a terminal\n(or with --link): its page opens, the browser comes back to a loopback port, and the first sync runs."
+        after_help = "Examples:\n  echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h\n  echo \"$PIN\" | bankbridge connection add --name my-bank --connector keypad \\\n    --base-url http://127.0.0.1:9000/keypad --username 12345678901 --password-stdin\n  bankbridge connection add --name my-revolut --connector gocardless --username \"$SECRET_ID\" \\\n    --country LV --institution Revolut --interval 6h   # asks for the secret key, then opens the bank's page\n\nkeypad: the username is the customer number, the password the 6-digit PIN.\ngocardless: the username is the secret id of a GoCardless Bank Account Data user secret, the password its\nsecret key; --country and --institution pick the bank, and the bank is linked at once in a terminal\n(or with --link): its page opens, the browser comes back to a loopback port, and the first sync runs.\nenablebanking: the username is the application id, --private-key the application's key (PEM); the rest\nas for gocardless (whitelist http://127.0.0.1:PORT/callback for the application and pass --redirect-port PORT)."
     )]
     Add(AddArgs),
     /// List connections (never shows credentials).
@@ -46,19 +46,19 @@ pub struct AddArgs {
     /// A name to refer to it by (letters, digits, `-`, `_`, `.`).
     #[arg(long)]
     pub name: String,
-    /// Which bank API: fibank, keypad, xs2a, gocardless.
+    /// Which bank API: fibank, keypad, xs2a, gocardless, enablebanking.
     #[arg(long)]
     pub connector: String,
     /// The bank's base URL (e.g. https://my.fibank.bg, or a sandbox URL;
     /// for a sandbox bank given with --bank, the sandbox's root is enough,
     /// and none means `bankbridge sandbox`'s default http://127.0.0.1:9000).
-    /// For gocardless the default is the service's own address.
+    /// For gocardless and enablebanking the default is the service's own address.
     #[arg(long)]
     pub base_url: Option<String>,
     /// Your login at the bank (for keypad: the customer number; for xs2a:
     /// the PSU-ID, `-` for a bank that needs none; for gocardless: the
-    /// user secret's secret id).
-    #[arg(long, alias = "secret-id", default_value = "-")]
+    /// user secret's secret id; for enablebanking: the application id).
+    #[arg(long, aliases = ["secret-id", "application-id"], default_value = "-")]
     pub username: String,
     /// Read the password from standard input (first line) instead of a prompt.
     #[arg(long)]
@@ -99,21 +99,26 @@ pub struct AddArgs {
     /// card-reader challenges, also in unattended syncs.
     #[arg(long)]
     pub card: Option<String>,
-    /// gocardless: the bank's country (two letters, e.g. LV, SE, DE).
+    /// enablebanking: the application's private key (a PEM file); it signs
+    /// the JWT of every call and is kept encrypted like a password.
+    #[arg(long)]
+    pub private_key: Option<std::path::PathBuf>,
+    /// gocardless, enablebanking: the bank's country (two letters, e.g. LV, SE, DE).
     #[arg(long)]
     pub country: Option<String>,
-    /// gocardless: the bank, by its name (or part of it) or its GoCardless id;
+    /// gocardless, enablebanking: the bank, by its name (or part of it; for
+    /// gocardless also its id);
     /// without it the banks of --country are listed.
     #[arg(long, requires = "country")]
     pub institution: Option<String>,
-    /// gocardless: link the bank now even without a terminal (print its page's
+    /// gocardless, enablebanking: link the bank now even without a terminal (print its page's
     /// address and wait up to 10 minutes for the browser to come back).
     #[arg(long, conflicts_with = "no_link")]
     pub link: bool,
-    /// gocardless: store the connection only; link it later with `bankbridge sync`.
+    /// gocardless, enablebanking: store the connection only; link it later with `bankbridge sync`.
     #[arg(long)]
     pub no_link: bool,
-    /// gocardless: the loopback port the bank sends the browser back to
+    /// gocardless, enablebanking: the loopback port the bank sends the browser back to
     /// (`http://127.0.0.1:PORT/callback`); default: a free port.
     #[arg(long)]
     pub redirect_port: Option<u16>,
@@ -276,15 +281,26 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
     bankbridge_sync::check_name(&args.name).map_err(flag_error)?;
     let xs2a = args.connector == "xs2a";
     let gocardless = args.connector == "gocardless";
-    if !gocardless
+    let enablebanking = args.connector == "enablebanking";
+    // Aggregators: the bank is picked by country and name and linked on its page.
+    let aggregator = gocardless || enablebanking;
+    if !aggregator
         && (args.country.is_some() || args.institution.is_some() || args.link || args.no_link)
     {
         bail!(
-            "--country, --institution, --link and --no-link are settings of the gocardless connector"
+            "--country, --institution, --link and --no-link are settings of the gocardless and enablebanking connectors"
+        );
+    }
+    if args.private_key.is_some() != enablebanking {
+        bail!(
+            "--private-key: the enablebanking connector needs its application's private key (PEM file), and only it"
         );
     }
     if gocardless && args.username == "-" {
         bail!("--username: the secret id of your GoCardless Bank Account Data user secret");
+    }
+    if enablebanking && args.username == "-" {
+        bail!("--username: the id of your Enable Banking application");
     }
     let mut options = connector_options(&args)?;
     let sandbox_path = options
@@ -300,17 +316,20 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         (None, None) if gocardless => {
             bankbridge_connectors::gocardless::DEFAULT_BASE_URL.to_owned()
         }
+        (None, None) if enablebanking => {
+            bankbridge_connectors::enablebanking::DEFAULT_BASE_URL.to_owned()
+        }
         (None, None) => bail!(
             "--base-url: the bank's address is needed (or --bank with a bank bankbridge knows)"
         ),
         (_, Some(url)) => url.trim_end_matches('/').to_owned(),
     };
     let settings = ConnectionSettings {
-        // xs2a pages and GoCardless answers any range in one call (a call
-        // GoCardless counts against 4 a day): long windows.
+        // xs2a and Enable Banking page, and GoCardless answers any range in
+        // one call (which it counts against 4 a day): long windows.
         window_days: args
             .window_days
-            .unwrap_or(if xs2a || gocardless { 366 } else { 30 }),
+            .unwrap_or(if xs2a || aggregator { 366 } else { 30 }),
         overlap_days: args.overlap_days,
         since: args.since,
         interval_secs: args.interval,
@@ -356,6 +375,9 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
     if gocardless {
         pick_institution(&args, &settings, &credentials, &mut options).await?;
         settings.options = options;
+    } else if enablebanking {
+        pick_aspsp(&args, &settings, &credentials, &mut options).await?;
+        settings.options = options;
     }
     // The connector checks what it can without the bank (URL, PIN shape).
     let mut connector =
@@ -363,8 +385,8 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
             Ok(c) => c,
             Err(e) => bail!("{e}"),
         };
-    // A GoCardless login is the link itself: it comes after the connection is stored.
-    if !args.no_check && !gocardless {
+    // An aggregator's login is the link itself: it comes after the connection is stored.
+    if !args.no_check && !aggregator {
         check_login(connector.as_mut(), &settings).await?;
     }
     drop(connector);
@@ -377,7 +399,7 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         &credentials,
     )
     .await?;
-    if gocardless {
+    if aggregator {
         return link_now(&syncer, &c, &args).await;
     }
     println!(
@@ -463,7 +485,78 @@ async fn pick_institution(
     Ok(())
 }
 
-/// GoCardless: the person links the bank now (in a terminal, or with
+/// Enable Banking: the bank from `--country` and `--institution` (unless the
+/// options name it), with the longest access it gives unless they ask for less.
+async fn pick_aspsp(
+    args: &AddArgs,
+    settings: &ConnectionSettings,
+    credentials: &Credentials,
+    options: &mut std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    use bankbridge_connectors::enablebanking::{self, option};
+    if options.contains_key(option::ASPSP_NAME) {
+        enablebanking::Settings::from_options(options)
+            .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
+        return Ok(());
+    }
+    let Some(country) = &args.country else {
+        bail!("--country: the bank's country (two letters), with --institution to pick the bank");
+    };
+    let key = credentials
+        .get("password")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the private key is needed"))?;
+    let all = enablebanking::aspsps(&settings.base_url, &settings.username, &key, country)
+        .await
+        .map_err(|e| match e {
+            bankbridge_core::ConnectorError::InvalidCredentials(why) => {
+                anyhow::anyhow!("{why}. Nothing was stored")
+            }
+            other => {
+                anyhow::anyhow!("cannot list the banks of {country}: {other}. Nothing was stored")
+            }
+        })?;
+    let listing = |list: &[&enablebanking::Aspsp]| {
+        list.iter()
+            .take(30)
+            .map(|a| format!("  {} ({})", a.name, a.country))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let Some(wanted) = &args.institution else {
+        let all: Vec<_> = all.iter().collect();
+        bail!(
+            "--institution: pick the bank; Enable Banking reaches {} in {country}:\n{}",
+            all.len(),
+            listing(&all)
+        );
+    };
+    let found = enablebanking::pick_aspsp(&all, wanted);
+    let bank = match found.as_slice() {
+        [one] => *one,
+        [] => bail!(
+            "--institution: no bank of {country} is called {wanted:?}; Enable Banking reaches these:\n{}",
+            listing(&all.iter().collect::<Vec<_>>())
+        ),
+        many => bail!(
+            "--institution: {} banks match {wanted:?}; give one's full name:\n{}",
+            many.len(),
+            listing(many)
+        ),
+    };
+    eprintln!("bank: {} ({})", bank.name, bank.country);
+    options.insert(option::ASPSP_NAME.to_owned(), bank.name.clone());
+    options.insert(option::ASPSP_COUNTRY.to_owned(), bank.country.clone());
+    if let Some(secs) = bank.maximum_consent_validity {
+        options
+            .entry(option::CONSENT_DAYS.to_owned())
+            .or_insert_with(|| (secs / 86_400).clamp(1, 730).to_string());
+    }
+    enablebanking::Settings::from_options(options).map_err(|e| anyhow::anyhow!("--option: {e}"))?;
+    Ok(())
+}
+
+/// GoCardless and Enable Banking: the person links the bank now (in a terminal, or with
 /// `--link`), and the first sync runs; otherwise how to do it later.
 async fn link_now(
     syncer: &bankbridge_sync::Syncer,
@@ -514,8 +607,13 @@ fn updated_options(
     if changes.is_empty() {
         return Ok(None);
     }
-    if !matches!(connection.connector.as_str(), "xs2a" | "gocardless") {
-        bail!("--option: connector options are settings of the xs2a and gocardless connectors");
+    if !matches!(
+        connection.connector.as_str(),
+        "xs2a" | "gocardless" | "enablebanking"
+    ) {
+        bail!(
+            "--option: connector options are settings of the xs2a, gocardless and enablebanking connectors"
+        );
     }
     let mut options = bankbridge_sync::Syncer::settings(connection)?.options;
     for o in changes {
@@ -529,6 +627,9 @@ fn updated_options(
     }
     if connection.connector == "gocardless" {
         bankbridge_connectors::gocardless::Settings::from_options(&options)
+            .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
+    } else if connection.connector == "enablebanking" {
+        bankbridge_connectors::enablebanking::Settings::from_options(&options)
             .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
     } else {
         bankbridge_connectors::xs2a::BankSettings::from_options(&options)
@@ -554,7 +655,7 @@ fn connector_options(args: &AddArgs) -> Result<std::collections::BTreeMap<String
         options.insert(k.trim().to_owned(), v.trim().to_owned());
     }
     let tpp = args.tpp_cert.is_some() || args.tpp_p12.is_some();
-    if args.connector == "gocardless" {
+    if matches!(args.connector.as_str(), "gocardless" | "enablebanking") {
         if args.bank.is_some() || args.sca_approach.is_some() || tpp {
             bail!(
                 "--bank, --sca-approach and the TPP certificate are settings of the xs2a connector"
@@ -589,7 +690,11 @@ fn credentials_for(
         || BankSettings::from_options(&settings.options)
             .map(|b| b.approach.is_none_or(|a| a == Approach::Embedded))
             .unwrap_or(true);
-    let mut credentials = if needs_password {
+    let mut credentials = if let Some(path) = &args.private_key {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("--private-key: reading {}", path.display()))?;
+        Credentials::with_password(Secret::new(pem))
+    } else if needs_password {
         Credentials::with_password(read_password(args.password_stdin, prompt)?)
     } else {
         Credentials::default()

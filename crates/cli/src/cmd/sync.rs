@@ -219,7 +219,10 @@ pub async fn sync_one_with(
     let terminal_solver;
     let person: &dyn ScaSolver = if solve.interactive {
         // Connectors whose bank may send the browser back here.
-        let callback = if matches!(connection.connector.as_str(), "xs2a" | "gocardless") {
+        let callback = if matches!(
+            connection.connector.as_str(),
+            "xs2a" | "gocardless" | "enablebanking"
+        ) {
             match RedirectCallback::listen(solve.redirect_port).await {
                 Ok(c) => Some(c),
                 Err(e) => {

@@ -49,7 +49,8 @@ pub fn check_jwt(eb: &EnableBanking, token: &str) -> Result<(), Refusal> {
     use rsa::signature::Verifier;
     let unauthorized = |m: &str| Refusal::new(401, "UNAUTHORIZED_ACCESS", m);
     let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(c), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(unauthorized("The token is not a JWT"));
     };
@@ -129,7 +130,11 @@ async fn answer(
     match rolled {
         Some(FaultKind::ServerError) => {
             let status = fault::server_error_status();
-            return refusal(&Refusal::new(status, "ASPSP_ERROR", "Error interacting with ASPSP"));
+            return refusal(&Refusal::new(
+                status,
+                "ASPSP_ERROR",
+                "Error interacting with ASPSP",
+            ));
         }
         Some(FaultKind::RateLimited) => {
             let mut r = refusal(&Refusal::new(429, "TOO_MANY_REQUESTS", "Too many requests"));
@@ -150,7 +155,9 @@ async fn answer(
             "AUTHORIZATION_NOT_PROVIDED",
             "Authorization header is not provided",
         )),
-        Some(token) => check_jwt(eb, token).and_then(|()| dispatch(eb, method, &parts, q, headers, body)),
+        Some(token) => {
+            check_jwt(eb, token).and_then(|()| dispatch(eb, method, &parts, q, headers, body))
+        }
     };
     match (result, rolled) {
         (Ok(v), Some(FaultKind::Truncated)) => (
@@ -173,8 +180,13 @@ fn dispatch(
     body: &Bytes,
 ) -> Result<Value, Refusal> {
     let json_body = || -> Result<Value, Refusal> {
-        serde_json::from_slice(body)
-            .map_err(|e| Refusal::new(422, "WRONG_REQUEST_PARAMETERS", format!("Invalid JSON: {e}")))
+        serde_json::from_slice(body).map_err(|e| {
+            Refusal::new(
+                422,
+                "WRONG_REQUEST_PARAMETERS",
+                format!("Invalid JSON: {e}"),
+            )
+        })
     };
     // Calls with the PSU's headers are made with the user there: no limit.
     let counted = headers.get("psu-ip-address").is_none();

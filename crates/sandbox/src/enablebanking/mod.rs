@@ -382,7 +382,8 @@ impl EnableBanking {
             )));
         }
         let state = text("/state").ok_or_else(|| wrong("state is required"))?;
-        let redirect_url = text("/redirect_url").ok_or_else(|| wrong("redirect_url is required"))?;
+        let redirect_url =
+            text("/redirect_url").ok_or_else(|| wrong("redirect_url is required"))?;
         let allowed = url::Url::parse(redirect_url)
             .ok()
             .and_then(|u| u.host_str().map(str::to_owned))
@@ -427,7 +428,11 @@ impl EnableBanking {
                 "Authorization already completed",
             ));
         }
-        let sep = if a.redirect_url.contains('?') { '&' } else { '?' };
+        let sep = if a.redirect_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         let state = url::form_urlencoded::byte_serialize(a.state.as_bytes()).collect::<String>();
         if !approve {
             a.used = true;
@@ -454,11 +459,7 @@ impl EnableBanking {
             .find(|(_, a)| a.code.as_ref().is_some_and(|(c, _)| c == code))
             .map(|(id, a)| (id.clone(), a.clone()))
             .ok_or_else(|| {
-                Refusal::new(
-                    422,
-                    "WRONG_AUTHORIZATION_CODE",
-                    "Wrong authorization code",
-                )
+                Refusal::new(422, "WRONG_AUTHORIZATION_CODE", "Wrong authorization code")
             })?;
         if auth.used {
             return Err(Refusal::new(
@@ -537,9 +538,10 @@ impl EnableBanking {
 
     pub fn session(&self, id: &str) -> Answer {
         let s = lock(&self.state);
-        let session = s.sessions.get(id).ok_or_else(|| {
-            Refusal::new(404, "SESSION_DOES_NOT_EXIST", "Session does not exist")
-        })?;
+        let session = s
+            .sessions
+            .get(id)
+            .ok_or_else(|| Refusal::new(404, "SESSION_DOES_NOT_EXIST", "Session does not exist"))?;
         let data: Vec<Value> = session
             .accounts
             .iter()
@@ -564,9 +566,10 @@ impl EnableBanking {
 
     pub fn close_session(&self, id: &str) -> Answer {
         let mut s = lock(&self.state);
-        let session = s.sessions.get_mut(id).ok_or_else(|| {
-            Refusal::new(404, "SESSION_DOES_NOT_EXIST", "Session does not exist")
-        })?;
+        let session = s
+            .sessions
+            .get_mut(id)
+            .ok_or_else(|| Refusal::new(404, "SESSION_DOES_NOT_EXIST", "Session does not exist"))?;
         session.status = "CLOSED";
         Ok(json!({"message": "OK"}))
     }
@@ -578,9 +581,10 @@ impl EnableBanking {
     fn admit(&self, uid: &str, endpoint: Endpoint, counted: bool) -> Result<usize, Refusal> {
         let today = self.today();
         let mut s = lock(&self.state);
-        let (index, session_id) = s.accounts.get(uid).cloned().ok_or_else(|| {
-            Refusal::new(404, "ACCOUNT_DOES_NOT_EXIST", "Account does not exist")
-        })?;
+        let (index, session_id) =
+            s.accounts.get(uid).cloned().ok_or_else(|| {
+                Refusal::new(404, "ACCOUNT_DOES_NOT_EXIST", "Account does not exist")
+            })?;
         let session = s
             .sessions
             .get(&session_id)
@@ -714,7 +718,8 @@ impl EnableBanking {
             .ok_or_else(|| Refusal::new(404, "ACCOUNT_DOES_NOT_EXIST", "Account does not exist"))?;
         let a = &self.books.get()[index];
         let today = self.today();
-        let inside = |d: NaiveDate| page.from.is_none_or(|f| f <= d) && page.to.is_none_or(|t| d <= t);
+        let inside =
+            |d: NaiveDate| page.from.is_none_or(|f| f <= d) && page.to.is_none_or(|t| d <= t);
         // Newest first, pending before booked.
         let mut all: Vec<Value> = a
             .pending(today)
@@ -801,7 +806,13 @@ mod tests {
         let back = eb
             .authorize(auth["authorization_id"].as_str().unwrap(), true)
             .unwrap();
-        let code = back.split("code=").nth(1).unwrap().split('&').next().unwrap();
+        let code = back
+            .split("code=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
         assert!(back.ends_with("&state=s1"), "{back}");
         eb.create_session(&json!({"code": code})).unwrap()
     }
@@ -815,7 +826,13 @@ mod tests {
         let mut key: Option<String> = None;
         loop {
             let v = eb
-                .transactions(&uid, Some("2025-06-01"), Some("2026-04-01"), key.as_deref(), true)
+                .transactions(
+                    &uid,
+                    Some("2025-06-01"),
+                    Some("2026-04-01"),
+                    key.as_deref(),
+                    true,
+                )
                 .unwrap();
             seen.extend(v["transactions"].as_array().unwrap().iter().cloned());
             match v["continuation_key"].as_str() {
@@ -882,7 +899,13 @@ mod tests {
         let back = eb
             .authorize(auth["authorization_id"].as_str().unwrap(), true)
             .unwrap();
-        let code = back.split("code=").nth(1).unwrap().split('&').next().unwrap();
+        let code = back
+            .split("code=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
         eb.create_session(&json!({"code": code})).unwrap();
         assert_eq!(
             eb.create_session(&json!({"code": code})).unwrap_err().error,

@@ -1,11 +1,13 @@
-//! The aggregator story end to end with the binary: `connection add
+//! The aggregator story end to end with the binary. GoCardless: `connection add
 //! --connector gocardless` picks the bank by country and name, prints the
 //! bank's page, catches the browser's return on a loopback port and runs
 //! the first sync; `serve` warns once of the agreement's end; once it has
 //! ended, a scheduled-style sync stops in `needs_user` with the re-link
 //! instruction, and `bankbridge sync` in a "terminal" links again with new
 //! account ids and continues the same accounts' history. On SQLite and on
-//! PostgreSQL (when `BANKBRIDGE_TEST_PG_URL` is set).
+//! PostgreSQL (when `BANKBRIDGE_TEST_PG_URL` is set). Enable Banking: the
+//! same linking with the application's key, the code coming back on the
+//! loopback port, and a re-sync that writes nothing.
 mod common;
 
 use std::collections::HashMap;
@@ -43,10 +45,10 @@ fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
-/// Waits for the bank's page address among the lines, then does what the
-/// user does there: agrees, and the browser follows the bank back to the
-/// command's loopback port. Returns every line read.
-async fn agree_at_the_bank(lines: &mpsc::Receiver<String>) -> Vec<String> {
+/// Waits for the bank's page address (a URL with `marker` in it) among the
+/// lines, then does what the user does there: agrees, and the browser
+/// follows the bank back to the command's loopback port. Returns every line read.
+async fn agree_at(lines: &mpsc::Receiver<String>, marker: &str) -> Vec<String> {
     let started = Instant::now();
     let mut seen = Vec::new();
     let link = loop {
@@ -58,7 +60,7 @@ async fn agree_at_the_bank(lines: &mpsc::Receiver<String>) -> Vec<String> {
             Ok(line) => {
                 let found = line
                     .split_whitespace()
-                    .find(|w| w.contains("/_sandbox/gocardless/psd2/start/"))
+                    .find(|w| w.contains(marker))
                     .map(str::to_owned);
                 seen.push(line);
                 if let Some(link) = found {
@@ -80,6 +82,10 @@ async fn agree_at_the_bank(lines: &mpsc::Receiver<String>) -> Vec<String> {
     let text = page.text().await.unwrap();
     assert!(text.contains("bankbridge goes on"), "{text}");
     seen
+}
+
+async fn agree_at_the_bank(lines: &mpsc::Receiver<String>) -> Vec<String> {
+    agree_at(lines, "/_sandbox/gocardless/psd2/start/").await
 }
 
 fn finish(mut child: Child, lines: mpsc::Receiver<String>, mut seen: Vec<String>) -> String {
@@ -377,4 +383,89 @@ async fn linked_warned_expired_and_relinked_on_postgres() {
         return;
     };
     link_warn_expire_relink(env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_banking_is_linked_with_the_application_key_and_synced() {
+    let sb = bankbridge_sandbox::spawn(SandboxConfig {
+        seed: 43,
+        accounts: 2,
+        transactions: 300,
+        years: 1,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let app = sb.enablebanking().credentials();
+    let env = Env::sqlite();
+    env.run_ok(&["init"]);
+    let key_file = env.home.path().join("app-key.pem");
+    std::fs::write(&key_file, &app.private_key_pem).unwrap();
+    let port = free_port().to_string();
+    let mut child = env
+        .command(&[
+            "connection",
+            "add",
+            "--name",
+            "eb",
+            "--connector",
+            "enablebanking",
+            "--base-url",
+            &app.base_url,
+            "--application-id",
+            &app.application_id,
+            "--private-key",
+            key_file.to_str().unwrap(),
+            "--country",
+            "FI",
+            "--institution",
+            "pankki",
+            "--link",
+            "--redirect-port",
+            &port,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    let seen = agree_at(&lines, "/_sandbox/enablebanking/auth/").await;
+    assert!(
+        seen.iter().any(|l| l.contains("bank: Sandbox Pankki (FI)")),
+        "{seen:#?}"
+    );
+    let stdout = finish(child, lines, seen);
+    assert!(stdout.contains("linked; first sync"), "{stdout}");
+    let store = env.store().await;
+    let mut stored = HashMap::new();
+    for a in store.list_accounts(None).await.unwrap() {
+        let rows = store
+            .query_transactions(&TxQuery {
+                account_id: Some(a.id),
+                status: Some(bankbridge_core::TxStatus::Booked),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        stored.insert(
+            a.iban.unwrap().to_string(),
+            (
+                rows.len() as u64,
+                rows.iter().map(|t| t.amount).sum::<Decimal>(),
+            ),
+        );
+    }
+    let truth: HashMap<String, (u64, Decimal)> = sb
+        .enablebanking()
+        .truth()
+        .into_iter()
+        .map(|t| (t.iban, (t.booked_count, t.booked_sum.parse().unwrap())))
+        .collect();
+    assert_eq!(stored, truth, "the first sync reads the bank's history");
+    // A scheduled-style run (no terminal): the session holds, nothing new.
+    let (summary, ok, err) = env.sync();
+    assert!(ok, "{err}");
+    assert_eq!(summary["status"], "ok", "{summary}");
+    assert_eq!(summary["inserted"], 0, "{summary}");
+    assert_eq!(summary["updated"], 0, "{summary}");
 }
