@@ -34,6 +34,9 @@ pub struct ConnectorForm {
     pub password_label: &'static str,
     /// The secret is digits only (a keypad PIN): offer a numeric keyboard.
     pub password_numeric: bool,
+    /// The secret spans lines (a private key in PEM): a text area, not a
+    /// one-line field that would drop the line breaks.
+    pub password_multiline: bool,
     /// One sentence on where the values come from.
     pub hint: &'static str,
     /// The connector's own settings (`KEY=VALUE`, one a line), in words;

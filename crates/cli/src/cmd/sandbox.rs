@@ -153,6 +153,27 @@ pub async fn run(config_dir: &Config, args: SandboxArgs) -> Result<ExitCode> {
     println!(
         "         truth    http://{addr}/_sandbox/gocardless/truth   (GoCardless Bank Account Data v2; link a requisition with POST http://{addr}/_sandbox/gocardless/requisitions/ID/link)"
     );
+    println!(
+        "add it:  echo '{}' | bankbridge connection add --name gc-sandbox --connector gocardless --base-url http://{addr}/gocardless/api/v2 --username {} --password-stdin --country LV --institution 'Sandbox Finance' --link",
+        gc.secret_key, gc.secret_id
+    );
+    // The application's key, made for this run, where --private-key can read it.
+    let eb = state.enablebanking().credentials();
+    let key_path = config_dir.home.join("sandbox").join("enablebanking-app.pem");
+    let key_note = match std::fs::create_dir_all(key_path.parent().unwrap_or(&config_dir.home))
+        .and_then(|()| write_private(&key_path, eb.private_key_pem.as_bytes()))
+    {
+        Ok(()) => key_path.display().to_string(),
+        Err(e) => format!("(not written: {e}; GET http://{addr}/_sandbox/enablebanking/credentials)"),
+    };
+    println!(
+        "enablebanking base URL http://{addr}/enablebanking   application id {}   private key {key_note}",
+        eb.application_id
+    );
+    println!(
+        "add it:  bankbridge connection add --name eb-sandbox --connector enablebanking --base-url http://{addr}/enablebanking --application-id {} --private-key {key_note} --country FI --institution 'Sandbox Pankki' --link",
+        eb.application_id
+    );
     if let Some(sim) = state.bankid() {
         let base = state
             .start_bankid()
@@ -174,4 +195,14 @@ pub async fn run(config_dir: &Config, args: SandboxArgs) -> Result<ExitCode> {
     }
     bankbridge_sandbox::serve_state(listener, state, super::serve::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Write a secret file readable by its owner only.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
 }

@@ -29,6 +29,7 @@ fn generic_form(connector: &str) -> (ConnectorForm, String) {
         username_label: "User name",
         password_label: "Password",
         password_numeric: false,
+        password_multiline: false,
         hint: "",
         options_hint: "",
     };
@@ -175,8 +176,13 @@ fn add_form(
             label for=(id("username")) { (form.username_label) }
             input id=(id("username")) name="username" type="text" required autocomplete="off" spellcheck="false";
             label for=(id("password")) { (form.password_label) }
-            input id=(id("password")) name="password" type="password" required autocomplete="new-password"
-                inputmode=[form.password_numeric.then_some("numeric")];
+            @if form.password_multiline {
+                textarea id=(id("password")) name="password" rows="6" required autocomplete="off" spellcheck="false"
+                    placeholder="-----BEGIN PRIVATE KEY-----" {}
+            } @else {
+                input id=(id("password")) name="password" type="password" required autocomplete="new-password"
+                    inputmode=[form.password_numeric.then_some("numeric")];
+            }
             label for=(id("since")) { "Backfill from (optional)" }
             input id=(id("since")) name="since" type="date";
             label for=(id("interval")) { "Sync on its own" }
@@ -332,6 +338,9 @@ async fn show_page(
     let settings = Syncer::settings(c).map_err(crate::error::ApiError::internal)?;
     let accounts = state.store.bank.list_accounts(Some(c.id)).await?;
     let running = state.running_sync(c.id);
+    let multiline_secret = forms(state)
+        .iter()
+        .any(|(f, name)| name == &c.connector && f.password_multiline);
     let body = html! {
         @if let Some(p) = problem {
             p.error role="alert" { (p) }
@@ -381,7 +390,11 @@ async fn show_page(
                 label for="base_url" { "Bank web API address" }
                 input id="base_url" name="base_url" type="url" value=(settings.base_url);
                 label for="password" { "New password" }
-                input id="password" name="password" type="password" required autocomplete="new-password";
+                @if multiline_secret {
+                    textarea id="password" name="password" rows="6" required autocomplete="off" spellcheck="false" {}
+                } @else {
+                    input id="password" name="password" type="password" required autocomplete="new-password";
+                }
                 button type="submit" { "Save credentials" }
             }
             h2 { "Remove" }
