@@ -159,12 +159,17 @@ pub async fn run(config_dir: &Config, args: SandboxArgs) -> Result<ExitCode> {
     );
     // The application's key, made for this run, where --private-key can read it.
     let eb = state.enablebanking().credentials();
-    let key_path = config_dir.home.join("sandbox").join("enablebanking-app.pem");
+    let key_path = config_dir
+        .home
+        .join("sandbox")
+        .join("enablebanking-app.pem");
     let key_note = match std::fs::create_dir_all(key_path.parent().unwrap_or(&config_dir.home))
         .and_then(|()| write_private(&key_path, eb.private_key_pem.as_bytes()))
     {
         Ok(()) => key_path.display().to_string(),
-        Err(e) => format!("(not written: {e}; GET http://{addr}/_sandbox/enablebanking/credentials)"),
+        Err(e) => {
+            format!("(not written: {e}; GET http://{addr}/_sandbox/enablebanking/credentials)")
+        }
     };
     println!(
         "enablebanking base URL http://{addr}/enablebanking   application id {}   private key {key_note}",
