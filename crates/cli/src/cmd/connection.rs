@@ -14,7 +14,7 @@ pub enum ConnectionCommand {
     #[command(
         after_help = "Examples:\n  echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h\n  echo \"$PIN\" | bankbridge connection add --name my-bank --connector keypad \\\n    --base-url http://127.0.0.1:9000/keypad --username 12345678901 --password-stdin\n  bankbridge connection add --name my-revolut --connector gocardless --username \"$SECRET_ID\" \\\n    --country LV --institution Revolut --interval 6h   # asks for the secret key, then opens the bank's page\n\nkeypad: the username is the customer number, the password the 6-digit PIN.\ngocardless: the username is the secret id of a GoCardless Bank Account Data user secret, the password its\nsecret key; --country and --institution pick the bank, and the bank is linked at once in a terminal\n(or with --link): its page opens, the browser comes back to a loopback port, and the first sync runs.\nenablebanking: the username is the application id, --private-key the application's key (PEM); the rest\nas for gocardless (whitelist http://127.0.0.1:PORT/callback for the application and pass --redirect-port PORT)."
     )]
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List connections (never shows credentials).
     List {
         /// One JSON array instead of a table.
@@ -201,7 +201,7 @@ pub fn parse_interval(s: &str) -> Result<u64, String> {
 
 pub async fn run(config: &Config, command: ConnectionCommand) -> Result<ExitCode> {
     match command {
-        ConnectionCommand::Add(args) => add(config, args).await,
+        ConnectionCommand::Add(args) => add(config, *args).await,
         ConnectionCommand::List { json } => list(config, json).await,
         ConnectionCommand::Update(args) => update(config, args).await,
         ConnectionCommand::Remove { connection, yes } => remove(config, &connection, yes).await,
