@@ -42,6 +42,68 @@ pub(crate) fn wall_clock_on(day: NaiveDate, zone: Tz, real: DateTime<Utc>) -> Da
     }
 }
 
+/// A simulated service's clock that tests move on: real time shifted, to
+/// the sandbox day at first (at the wall-clock time of day, UTC), then by
+/// whatever `advance` adds.
+#[derive(Debug)]
+pub(crate) struct ShiftedClock(RwLock<Duration>);
+
+impl ShiftedClock {
+    pub(crate) fn starting_on(day: NaiveDate) -> ShiftedClock {
+        let now = Utc::now();
+        ShiftedClock(RwLock::new(wall_clock_on(day, chrono_tz::UTC, now) - now))
+    }
+
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        Utc::now() + *read(&self.0)
+    }
+
+    /// Move on by `by`, unless that passes `last_day` (where the books end).
+    pub(crate) fn advance(
+        &self,
+        by: Duration,
+        last_day: Option<NaiveDate>,
+    ) -> Result<NaiveDate, String> {
+        let mut shift = write(&self.0);
+        let next = (Utc::now() + *shift + by).date_naive();
+        if let Some(last) = last_day
+            && next > last
+        {
+            return Err(format!(
+                "the books end on {last}; the clock cannot pass that"
+            ));
+        }
+        *shift += by;
+        Ok(next)
+    }
+}
+
+/// The control route `POST …/advance` of a service with a [`ShiftedClock`]:
+/// `{"days": N}` or `{"hours": N}` moves it on; the answer is the new day.
+pub(crate) fn advance_request(
+    body: &[u8],
+    advance: impl FnOnce(Duration) -> Result<NaiveDate, String>,
+) -> Response {
+    let v = serde_json::from_slice::<Value>(body).ok();
+    let field = |k: &str| v.as_ref().and_then(|v| v.get(k)).and_then(Value::as_i64);
+    let by = match (field("days"), field("hours")) {
+        (Some(d), None) if (0..=36_500).contains(&d) => Some(Duration::days(d)),
+        (None, Some(h)) if (0..=876_000).contains(&h) => Some(Duration::hours(h)),
+        _ => None,
+    };
+    match by.map(advance) {
+        Some(Ok(today)) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({"today": today.to_string()}),
+        ),
+        Some(Err(e)) => json_response(StatusCode::CONFLICT, &serde_json::json!({"error": e})),
+        None => json_response(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "expected {\"days\": N} or {\"hours\": N}"}),
+        ),
+    }
+}
+
 /// `body` as an `application/json` answer.
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
     (

@@ -261,26 +261,7 @@ async fn control_credentials(State(eb): Service) -> Response {
 
 /// `{"days": N}` or `{"hours": N}`.
 async fn control_advance(State(eb): Service, body: Bytes) -> Response {
-    let v = serde_json::from_slice::<Value>(&body).ok();
-    let field = |k: &str| {
-        v.as_ref()
-            .and_then(|v| v.get(k))
-            .and_then(Value::as_u64)
-            .map(|n| n.min(u64::from(u32::MAX)) as u32)
-    };
-    let moved = match (field("days"), field("hours")) {
-        (Some(d), None) => Some(eb.advance(d)),
-        (None, Some(h)) => Some(eb.advance_hours(h)),
-        _ => None,
-    };
-    match moved {
-        Some(Ok(today)) => json_response(StatusCode::OK, &json!({"today": today.to_string()})),
-        Some(Err(e)) => json_response(StatusCode::CONFLICT, &json!({"error": e})),
-        None => json_response(
-            StatusCode::BAD_REQUEST,
-            &json!({"error": "expected {\"days\": N} or {\"hours\": N}"}),
-        ),
-    }
+    crate::util::advance_request(&body, |by| eb.advance_by(by))
 }
 
 async fn control_usage(State(eb): Service) -> Response {

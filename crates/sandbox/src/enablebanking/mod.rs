@@ -168,7 +168,7 @@ pub struct EnableBanking {
     app_id: String,
     key: OnceLock<RsaPrivateKey>,
     books: data::LazyBooks,
-    shift: RwLock<chrono::Duration>,
+    clock: crate::util::ShiftedClock,
     state: Mutex<State>,
     fault: RwLock<FaultConfig>,
     root_url: RwLock<String>,
@@ -236,9 +236,7 @@ impl EnableBanking {
                 years: config.years,
                 today: config.today,
             }),
-            shift: RwLock::new(
-                crate::util::wall_clock_on(config.today, chrono_tz::UTC, Utc::now()) - Utc::now(),
-            ),
+            clock: crate::util::ShiftedClock::starting_on(config.today),
             state: Mutex::new(State::default()),
             fault: RwLock::new(config.fault.clone()),
             root_url: RwLock::new(String::new()),
@@ -280,7 +278,7 @@ impl EnableBanking {
 
     /// The bank's clock.
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + *read(&self.shift)
+        self.clock.now()
     }
 
     pub fn today(&self) -> NaiveDate {
@@ -295,23 +293,8 @@ impl EnableBanking {
         self.advance_by(chrono::Duration::hours(i64::from(hours)))
     }
 
-    fn advance_by(&self, by: chrono::Duration) -> Result<NaiveDate, String> {
-        let mut shift = write(&self.shift);
-        let next = (Utc::now() + *shift + by).date_naive();
-        if self
-            .books
-            .get()
-            .first()
-            .and_then(|a| a.rows.last())
-            .is_some_and(|r| next > r.booking)
-        {
-            return Err(format!(
-                "the books are written {} days ahead; the clock cannot pass that",
-                data::HORIZON_DAYS
-            ));
-        }
-        *shift += by;
-        Ok(next)
+    pub(crate) fn advance_by(&self, by: chrono::Duration) -> Result<NaiveDate, String> {
+        self.clock.advance(by, self.books.last_day())
     }
 
     pub fn truth(&self) -> Vec<AccountTruth> {

@@ -182,9 +182,7 @@ pub struct GoCardless {
     secret_id: String,
     secret_key: String,
     books: data::LazyBooks,
-    /// The service's clock: real time shifted by this much (the sandbox day
-    /// at first, moved on by `advance`).
-    shift: RwLock<chrono::Duration>,
+    clock: crate::util::ShiftedClock,
     state: Mutex<State>,
     fault: RwLock<FaultConfig>,
     root_url: RwLock<String>,
@@ -232,9 +230,7 @@ impl GoCardless {
                 years: config.years,
                 today: config.today,
             }),
-            shift: RwLock::new(
-                crate::util::wall_clock_on(config.today, chrono_tz::UTC, Utc::now()) - Utc::now(),
-            ),
+            clock: crate::util::ShiftedClock::starting_on(config.today),
             state: Mutex::new(State::default()),
             fault: RwLock::new(config.fault.clone()),
             root_url: RwLock::new(String::new()),
@@ -261,7 +257,7 @@ impl GoCardless {
 
     /// The service's clock.
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + *read(&self.shift)
+        self.clock.now()
     }
 
     /// Move the clock on by whole days.
@@ -274,23 +270,8 @@ impl GoCardless {
         self.advance_by(chrono::Duration::hours(i64::from(hours)))
     }
 
-    fn advance_by(&self, by: chrono::Duration) -> Result<NaiveDate, String> {
-        let mut shift = write(&self.shift);
-        let next = (Utc::now() + *shift + by).date_naive();
-        if self
-            .books
-            .get()
-            .first()
-            .and_then(|a| a.rows.last())
-            .is_some_and(|r| next > r.booking)
-        {
-            return Err(format!(
-                "the books are written {} days ahead; the clock cannot pass that",
-                data::HORIZON_DAYS
-            ));
-        }
-        *shift += by;
-        Ok(next)
+    pub(crate) fn advance_by(&self, by: chrono::Duration) -> Result<NaiveDate, String> {
+        self.clock.advance(by, self.books.last_day())
     }
 
     pub fn fault(&self) -> FaultConfig {

@@ -142,6 +142,11 @@ impl LazyBooks {
         self.books.get_or_init(|| generate(&self.params))
     }
 
+    /// The last day written in the books (the clock may not pass it).
+    pub fn last_day(&self) -> Option<NaiveDate> {
+        self.get().first().and_then(|a| a.rows.last()).map(|r| r.booking)
+    }
+
     /// How many accounts there are (without generating them).
     pub fn len(&self) -> usize {
         self.params.accounts
