@@ -409,6 +409,90 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An aggregator's bank, as `connection add` picks it from the service's
+/// list of `--country` by `--institution`.
+trait ListedBank {
+    /// One line of a listing.
+    fn line(&self) -> String;
+}
+
+impl ListedBank for bankbridge_connectors::gocardless::Institution {
+    fn line(&self) -> String {
+        format!("  {}  {}", self.id, self.name)
+    }
+}
+
+impl ListedBank for bankbridge_connectors::enablebanking::Aspsp {
+    fn line(&self) -> String {
+        format!("  {} ({})", self.name, self.country)
+    }
+}
+
+/// The `--country` given, or why one is needed.
+fn country_of(args: &AddArgs) -> Result<&str> {
+    args.country.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "--country: the bank's country (two letters), with --institution to pick the bank"
+        )
+    })
+}
+
+/// The connection's secret, for listing the banks before anything is stored.
+fn secret_of(credentials: &Credentials) -> Result<Secret<String>> {
+    credentials
+        .get("password")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the secret is needed to list the banks"))
+}
+
+/// A failure to list the banks, in words.
+fn listing_failed(country: &str, e: bankbridge_core::ConnectorError) -> anyhow::Error {
+    match e {
+        bankbridge_core::ConnectorError::InvalidCredentials(why) => {
+            anyhow::anyhow!("{why}. Nothing was stored")
+        }
+        other => anyhow::anyhow!("cannot list the banks of {country}: {other}. Nothing was stored"),
+    }
+}
+
+/// The one bank of `all` that `--institution` names (by `find`), or an
+/// error that lists the candidates.
+fn pick_bank<'a, T: ListedBank>(
+    args: &AddArgs,
+    all: &'a [T],
+    service: &str,
+    find: impl Fn(&'a [T], &str) -> Vec<&'a T>,
+) -> Result<&'a T> {
+    let country = args.country.as_deref().unwrap_or_default();
+    let listing = |list: &[&T]| {
+        list.iter()
+            .take(30)
+            .map(|b| b.line())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let every: Vec<&T> = all.iter().collect();
+    let Some(wanted) = &args.institution else {
+        bail!(
+            "--institution: pick the bank; {service} reaches {} in {country}:\n{}",
+            every.len(),
+            listing(&every)
+        );
+    };
+    match find(all, wanted).as_slice() {
+        [one] => Ok(*one),
+        [] => bail!(
+            "--institution: no bank of {country} is called {wanted:?}; {service} reaches these:\n{}",
+            listing(&every)
+        ),
+        many => bail!(
+            "--institution: {} banks match {wanted:?}; give it more exactly:\n{}",
+            many.len(),
+            listing(many)
+        ),
+    }
+}
+
 /// GoCardless: the bank from `--country` and `--institution` (unless the
 /// `institution_id` option names it), with the longest history and access
 /// it gives unless the options ask for less.
@@ -419,67 +503,29 @@ async fn pick_institution(
     options: &mut std::collections::BTreeMap<String, String>,
 ) -> Result<()> {
     use bankbridge_connectors::gocardless::{self, option};
-    if options.contains_key(option::INSTITUTION_ID) {
-        gocardless::Settings::from_options(options)
-            .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
-        return Ok(());
-    }
-    let Some(country) = &args.country else {
-        bail!("--country: the bank's country (two letters), with --institution to pick the bank");
-    };
-    let key = credentials
-        .get("password")
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("the secret key is needed"))?;
-    let all = gocardless::institutions(&settings.base_url, &settings.username, &key, country)
+    if !options.contains_key(option::INSTITUTION_ID) {
+        let country = country_of(args)?;
+        let all = gocardless::institutions(
+            &settings.base_url,
+            &settings.username,
+            &secret_of(credentials)?,
+            country,
+        )
         .await
-        .map_err(|e| match e {
-            bankbridge_core::ConnectorError::InvalidCredentials(why) => {
-                anyhow::anyhow!("{why}. Nothing was stored")
-            }
-            other => {
-                anyhow::anyhow!("cannot list the banks of {country}: {other}. Nothing was stored")
-            }
-        })?;
-    let listing = |list: &[&gocardless::Institution]| {
-        list.iter()
-            .take(30)
-            .map(|i| format!("  {}  {}", i.id, i.name))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let Some(wanted) = &args.institution else {
-        let all: Vec<_> = all.iter().collect();
-        bail!(
-            "--institution: pick the bank; GoCardless reaches {} in {country}:\n{}",
-            all.len(),
-            listing(&all)
-        );
-    };
-    let found = gocardless::pick_institution(&all, wanted);
-    let bank = match found.as_slice() {
-        [one] => *one,
-        [] => bail!(
-            "--institution: no bank of {country} is called {wanted:?}; GoCardless reaches these:\n{}",
-            listing(&all.iter().collect::<Vec<_>>())
-        ),
-        many => bail!(
-            "--institution: {} banks match {wanted:?}; give one's id:\n{}",
-            many.len(),
-            listing(many)
-        ),
-    };
-    eprintln!("bank: {} ({})", bank.name, bank.id);
-    options.insert(option::INSTITUTION_ID.to_owned(), bank.id.clone());
-    if let Some(days) = bank.transaction_total_days {
-        options
-            .entry(option::HISTORY_DAYS.to_owned())
-            .or_insert_with(|| days.clamp(1, 730).to_string());
-    }
-    if let Some(days) = bank.max_access_valid_for_days {
-        options
-            .entry(option::ACCESS_DAYS.to_owned())
-            .or_insert_with(|| days.clamp(1, 180).to_string());
+        .map_err(|e| listing_failed(country, e))?;
+        let bank = pick_bank(args, &all, "GoCardless", gocardless::pick_institution)?;
+        eprintln!("bank: {} ({})", bank.name, bank.id);
+        options.insert(option::INSTITUTION_ID.to_owned(), bank.id.clone());
+        if let Some(days) = bank.transaction_total_days {
+            options
+                .entry(option::HISTORY_DAYS.to_owned())
+                .or_insert_with(|| days.clamp(1, 730).to_string());
+        }
+        if let Some(days) = bank.max_access_valid_for_days {
+            options
+                .entry(option::ACCESS_DAYS.to_owned())
+                .or_insert_with(|| days.clamp(1, 180).to_string());
+        }
     }
     gocardless::Settings::from_options(options).map_err(|e| anyhow::anyhow!("--option: {e}"))?;
     Ok(())
@@ -494,63 +540,25 @@ async fn pick_aspsp(
     options: &mut std::collections::BTreeMap<String, String>,
 ) -> Result<()> {
     use bankbridge_connectors::enablebanking::{self, option};
-    if options.contains_key(option::ASPSP_NAME) {
-        enablebanking::Settings::from_options(options)
-            .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
-        return Ok(());
-    }
-    let Some(country) = &args.country else {
-        bail!("--country: the bank's country (two letters), with --institution to pick the bank");
-    };
-    let key = credentials
-        .get("password")
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("the private key is needed"))?;
-    let all = enablebanking::aspsps(&settings.base_url, &settings.username, &key, country)
+    if !options.contains_key(option::ASPSP_NAME) {
+        let country = country_of(args)?;
+        let all = enablebanking::aspsps(
+            &settings.base_url,
+            &settings.username,
+            &secret_of(credentials)?,
+            country,
+        )
         .await
-        .map_err(|e| match e {
-            bankbridge_core::ConnectorError::InvalidCredentials(why) => {
-                anyhow::anyhow!("{why}. Nothing was stored")
-            }
-            other => {
-                anyhow::anyhow!("cannot list the banks of {country}: {other}. Nothing was stored")
-            }
-        })?;
-    let listing = |list: &[&enablebanking::Aspsp]| {
-        list.iter()
-            .take(30)
-            .map(|a| format!("  {} ({})", a.name, a.country))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let Some(wanted) = &args.institution else {
-        let all: Vec<_> = all.iter().collect();
-        bail!(
-            "--institution: pick the bank; Enable Banking reaches {} in {country}:\n{}",
-            all.len(),
-            listing(&all)
-        );
-    };
-    let found = enablebanking::pick_aspsp(&all, wanted);
-    let bank = match found.as_slice() {
-        [one] => *one,
-        [] => bail!(
-            "--institution: no bank of {country} is called {wanted:?}; Enable Banking reaches these:\n{}",
-            listing(&all.iter().collect::<Vec<_>>())
-        ),
-        many => bail!(
-            "--institution: {} banks match {wanted:?}; give one's full name:\n{}",
-            many.len(),
-            listing(many)
-        ),
-    };
-    eprintln!("bank: {} ({})", bank.name, bank.country);
-    options.insert(option::ASPSP_NAME.to_owned(), bank.name.clone());
-    options.insert(option::ASPSP_COUNTRY.to_owned(), bank.country.clone());
-    if let Some(secs) = bank.maximum_consent_validity {
-        options
-            .entry(option::CONSENT_DAYS.to_owned())
-            .or_insert_with(|| (secs / 86_400).clamp(1, 730).to_string());
+        .map_err(|e| listing_failed(country, e))?;
+        let bank = pick_bank(args, &all, "Enable Banking", enablebanking::pick_aspsp)?;
+        eprintln!("bank: {} ({})", bank.name, bank.country);
+        options.insert(option::ASPSP_NAME.to_owned(), bank.name.clone());
+        options.insert(option::ASPSP_COUNTRY.to_owned(), bank.country.clone());
+        if let Some(secs) = bank.maximum_consent_validity {
+            options
+                .entry(option::CONSENT_DAYS.to_owned())
+                .or_insert_with(|| (secs / 86_400).clamp(1, 730).to_string());
+        }
     }
     enablebanking::Settings::from_options(options).map_err(|e| anyhow::anyhow!("--option: {e}"))?;
     Ok(())
