@@ -45,6 +45,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use url::Url;
 
+use crate::aggregator::{
+    afford, base_url, http_client, no_return_address, number_option, relink_needed,
+};
 use crate::budget::Allowance;
 use crate::common::{
     clock_skew_secs, excerpt, malformed, parse_json, status_error, text, transient, transport,
@@ -57,7 +60,6 @@ pub const DEFAULT_CONSENT_DAYS: u32 = 90;
 pub const DEFAULT_HISTORY_DAYS: u32 = 730;
 /// How long a JWT the connector signs lives.
 const JWT_SECS: i64 = 3600;
-const TIMEOUT: Duration = Duration::from_secs(60);
 const USER_AGENT: &str = concat!("bankbridge/", env!("CARGO_PKG_VERSION"));
 /// `continuation_key` pages followed at most for one window.
 const MAX_PAGES: usize = 10_000;
@@ -98,14 +100,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_options(options: &BTreeMap<String, String>) -> Result<Settings, String> {
-        let number = |key: &str, default: u32, max: u32| match options.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=max).contains(n))
-                .ok_or_else(|| format!("{key} must be a number from 1 to {max}")),
-        };
+        let number = |key: &str, default: u32, max: u32| number_option(options, key, default, max);
         let needed = |key: &str| {
             options
                 .get(key)
@@ -254,6 +249,8 @@ pub struct EnableBankingConnector {
     saved: Saved,
     jwt: Option<(Secret<String>, i64)>,
     skew: AtomicI64,
+    /// The allowance the call being sent counts against, if any.
+    counting: Option<String>,
 }
 
 impl fmt::Debug for EnableBankingConnector {
@@ -337,22 +334,12 @@ pub async fn aspsps(
 
 impl EnableBankingConnector {
     pub fn new(settings: &ConnectionSettings, credentials: Credentials) -> Result<Self, String> {
-        let mut base = Url::parse(settings.base_url.trim_end_matches('/'))
-            .map_err(|e| format!("base_url: {e}"))?;
-        bankbridge_core::net::secure_url(base.as_str(), "base_url")?;
-        base.set_path(&format!("{}/", base.path().trim_end_matches('/')));
+        let base = base_url(&settings.base_url)?;
         let key = match credentials.get("password") {
             Some(pem) => Some(read_key(pem.expose())?),
             None => None,
         };
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(TIMEOUT)
-            .connect_timeout(Duration::from_secs(20))
-            .user_agent(USER_AGENT)
-            .build()
-            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        let http = http_client()?;
         Ok(EnableBankingConnector {
             base,
             app_id: settings.username.trim().to_owned(),
@@ -363,6 +350,7 @@ impl EnableBankingConnector {
             saved: Saved::default(),
             jwt: None,
             skew: AtomicI64::new(0),
+            counting: None,
         })
     }
 
@@ -425,6 +413,18 @@ impl EnableBankingConnector {
         let headers = resp.headers().clone();
         if let Some(skew) = clock_skew_secs(&headers) {
             self.skew.store(skew, Ordering::Relaxed);
+        }
+        // The bank counts a call it served, also when the body is then cut
+        // short: so do we, before reading it.
+        if status.is_success()
+            && let Some(key) = self.counting.take()
+        {
+            let now = self.now();
+            self.saved
+                .budget
+                .entry(key)
+                .or_default()
+                .record_success(now, None);
         }
         let bytes = resp
             .bytes()
@@ -490,7 +490,7 @@ impl EnableBankingConnector {
                     }
                     .to_owned();
                 }
-                return self.relink_needed(&format!("the bank's session ended ({said})"));
+                return relink_needed(&format!("the bank's session ended ({said})"));
             }
             "ASPSP_TIMEOUT" => {
                 return transient(what, TransientKind::Timeout, None);
@@ -509,18 +509,11 @@ impl EnableBankingConnector {
         ))
     }
 
-    fn relink_needed(&self, why: &str) -> ConnectorError {
-        ConnectorError::NeedsUser(format!(
-            "{why}; link the bank again where you can open its page: `bankbridge sync` in a terminal, \
-             or Sync now on the dashboard (the accounts and their history stay)"
-        ))
-    }
-
     // ---- linking ----
 
     async fn start_auth(&mut self, why: &str) -> Result<(), ConnectorError> {
         if !self.attended() {
-            return Err(self.relink_needed(why));
+            return Err(relink_needed(why));
         }
         let Some(redirect) = self
             .attendance
@@ -528,10 +521,7 @@ impl EnableBankingConnector {
             .clone()
             .or_else(|| self.settings.redirect_uri.clone())
         else {
-            return Err(ConnectorError::NeedsUser(format!(
-                "{why}; linking needs an address for the bank to send your browser back to: sync in a terminal \
-                 or from the dashboard, or set the connection's redirect_uri option"
-            )));
+            return Err(no_return_address(why));
         };
         let longest = self.longest_consent().await?;
         let days = chrono::Duration::days(i64::from(self.settings.consent_days));
@@ -711,26 +701,14 @@ impl EnableBankingConnector {
     }
 
     fn afford(&self, endpoint: Endpoint, uid: &str, account: &str) -> Result<(), ConnectorError> {
-        let a = self
-            .saved
-            .budget
-            .get(&Self::allowance_key(endpoint, uid))
-            .cloned()
-            .unwrap_or_default();
-        a.may_call(self.settings.daily_limit, self.now(), self.attended())
-            .map_err(|w| {
-                let left = (w.until - self.now()).num_minutes().max(1);
-                ConnectorError::Deferred(format!(
-                    "{account}: {} of {} calls a day for {}: {}; next call from {} UTC (in {} h {} min)",
-                    a.used.min(self.settings.daily_limit),
-                    self.settings.daily_limit,
-                    endpoint.name(),
-                    w.why,
-                    w.until.format("%Y-%m-%d %H:%M"),
-                    left / 60,
-                    left % 60
-                ))
-            })
+        afford(
+            self.saved.budget.get(&Self::allowance_key(endpoint, uid)),
+            self.settings.daily_limit,
+            self.now(),
+            self.attended(),
+            account,
+            endpoint.name(),
+        )
     }
 
     /// One account-data call (`counted`: the first page of a query), within the limit.
@@ -746,17 +724,14 @@ impl EnableBankingConnector {
             self.afford(endpoint, uid, account)?;
         }
         let what = endpoint.name();
-        let a = self.send(Method::GET, path, what, None).await?;
         let key = Self::allowance_key(endpoint, uid);
+        // Calls with the user there carry the PSU headers: the bank does not count them.
+        self.counting = (counted && !self.attended()).then(|| key.clone());
+        let sent = self.send(Method::GET, path, what, None).await;
+        self.counting = None;
+        let a = sent?;
         if a.status.is_success() {
-            if counted && !self.attended() {
-                let now = self.now();
-                self.saved
-                    .budget
-                    .entry(key)
-                    .or_default()
-                    .record_success(now, None);
-            }
+            // Counted in `send`, as soon as the status said so.
             return Ok(a.body);
         }
         if Self::error_name(&a) == "ASPSP_RATE_LIMIT_EXCEEDED" {
@@ -1196,7 +1171,7 @@ impl Connector for EnableBankingConnector {
         window: DateWindow,
     ) -> Result<WindowPage, ConnectorError> {
         let uid = self.uid_of(account).ok_or_else(|| {
-            self.relink_needed(&format!(
+            relink_needed(&format!(
                 "account {} is not in this connection's session",
                 account.provider_id
             ))

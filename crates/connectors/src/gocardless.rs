@@ -50,6 +50,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use url::Url;
 
+use crate::aggregator::{
+    afford, base_url, http_client, no_return_address, number_option, relink_needed,
+};
 use crate::budget::Allowance;
 use crate::common::{
     clock_skew_secs, excerpt, malformed, parse_json, status_error, text, transient, transport,
@@ -63,8 +66,6 @@ pub const DAILY_LIMIT: u32 = 4;
 /// The API's default `max_historical_days` and `access_valid_for_days`.
 pub const DEFAULT_HISTORY_DAYS: u32 = 90;
 pub const DEFAULT_ACCESS_DAYS: u32 = 90;
-const TIMEOUT: Duration = Duration::from_secs(60);
-const USER_AGENT: &str = concat!("bankbridge/", env!("CARGO_PKG_VERSION"));
 /// An access token this close to its end is refreshed first.
 const TOKEN_MARGIN_SECS: i64 = 300;
 
@@ -94,14 +95,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_options(options: &BTreeMap<String, String>) -> Result<Settings, String> {
-        let number = |key: &str, default: u32, max: u32| match options.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=max).contains(n))
-                .ok_or_else(|| format!("{key} must be a number from 1 to {max}")),
-        };
+        let number = |key: &str, default: u32, max: u32| number_option(options, key, default, max);
         let institution_id = options
             .get(option::INSTITUTION_ID)
             .map(|s| s.trim().to_owned())
@@ -266,6 +260,8 @@ pub struct GoCardlessConnector {
     attendance: Attendance,
     saved: Saved,
     skew: AtomicI64,
+    /// The allowance the call being sent counts against, if any.
+    counting: Option<String>,
 }
 
 impl fmt::Debug for GoCardlessConnector {
@@ -280,24 +276,6 @@ impl fmt::Debug for GoCardlessConnector {
             .field("institution_id", &self.settings.institution_id)
             .finish_non_exhaustive()
     }
-}
-
-fn http_client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .use_rustls_tls()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(TIMEOUT)
-        .connect_timeout(Duration::from_secs(20))
-        .user_agent(USER_AGENT)
-        .build()
-        .map_err(|e| format!("cannot set up the HTTP client: {e}"))
-}
-
-fn base_url(raw: &str) -> Result<Url, String> {
-    let mut base = Url::parse(raw.trim_end_matches('/')).map_err(|e| format!("base_url: {e}"))?;
-    bankbridge_core::net::secure_url(base.as_str(), "base_url")?;
-    base.set_path(&format!("{}/", base.path().trim_end_matches('/')));
-    Ok(base)
 }
 
 /// The institutions of `country`, for picking the bank when a connection
@@ -339,6 +317,7 @@ impl GoCardlessConnector {
             attendance: Attendance::default(),
             saved: Saved::default(),
             skew: AtomicI64::new(0),
+            counting: None,
         })
     }
 
@@ -382,6 +361,22 @@ impl GoCardlessConnector {
         let headers = resp.headers().clone();
         if let Some(skew) = clock_skew_secs(&headers) {
             self.skew.store(skew, Ordering::Relaxed);
+        }
+        // The service counts a call it served, also when the body is then
+        // cut short: so do we, before reading it.
+        if status.is_success()
+            && let Some(key) = self.counting.take()
+        {
+            let remaining = headers
+                .get("x-ratelimit-account-success-remaining")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u32>().ok());
+            let now = self.now();
+            self.saved
+                .budget
+                .entry(key)
+                .or_default()
+                .record_success(now, remaining);
         }
         let bytes = resp
             .bytes()
@@ -654,19 +649,11 @@ impl GoCardlessConnector {
         Ok(())
     }
 
-    /// The instruction when a link is needed and nobody is there.
-    fn relink_needed(&self, why: &str) -> ConnectorError {
-        ConnectorError::NeedsUser(format!(
-            "{why}; link the bank again where you can open its page: `bankbridge sync` in a terminal, \
-             or Sync now on the dashboard (the accounts and their history stay)"
-        ))
-    }
-
     /// Start (or take up again) the user's visit to the bank: ends in a
     /// redirect challenge, or `needs_user` without a person.
     async fn start_link(&mut self, why: &str) -> Result<(), ConnectorError> {
         if !self.attended() {
-            return Err(self.relink_needed(why));
+            return Err(relink_needed(why));
         }
         let Some(redirect) = self
             .attendance
@@ -674,10 +661,7 @@ impl GoCardlessConnector {
             .clone()
             .or_else(|| self.settings.redirect_uri.clone())
         else {
-            return Err(ConnectorError::NeedsUser(format!(
-                "{why}; linking needs an address for the bank to send your browser back to: sync in a terminal \
-                 or from the dashboard, or set the connection's redirect_uri option"
-            )));
+            return Err(no_return_address(why));
         };
         // An unfinished link that comes back to the same place: take it up again.
         if let Some(r) = self.saved.requisition.clone()
@@ -817,27 +801,14 @@ impl GoCardlessConnector {
 
     /// Can `scope` of account `id` be called now? `Err` says until when.
     fn afford(&self, scope: Scope, id: &str, account: &str) -> Result<(), ConnectorError> {
-        let allowance = self
-            .saved
-            .budget
-            .get(&Self::allowance_key(scope, id))
-            .cloned()
-            .unwrap_or_default();
-        allowance
-            .may_call(self.settings.daily_limit, self.now(), self.attended())
-            .map_err(|w| {
-                let left = (w.until - self.now()).num_minutes().max(1);
-                ConnectorError::Deferred(format!(
-                    "{account}: {} of {} calls a day for {}: {}; next call from {} UTC (in {} h {} min)",
-                    allowance.used.min(self.settings.daily_limit),
-                    self.settings.daily_limit,
-                    scope.name(),
-                    w.why,
-                    w.until.format("%Y-%m-%d %H:%M"),
-                    left / 60,
-                    left % 60
-                ))
-            })
+        afford(
+            self.saved.budget.get(&Self::allowance_key(scope, id)),
+            self.settings.daily_limit,
+            self.now(),
+            self.attended(),
+            account,
+            scope.name(),
+        )
     }
 
     /// One account-data call, within the limit.
@@ -850,8 +821,11 @@ impl GoCardlessConnector {
     ) -> Result<Value, ConnectorError> {
         self.afford(scope, id, account)?;
         let what = scope.name();
-        let a = self.authorised(Method::GET, path, what, None).await?;
         let key = Self::allowance_key(scope, id);
+        self.counting = Some(key.clone());
+        let sent = self.authorised(Method::GET, path, what, None).await;
+        self.counting = None;
+        let a = sent?;
         let header = |name: &str| {
             a.headers
                 .get(name)
@@ -860,12 +834,7 @@ impl GoCardlessConnector {
         };
         let remaining = header("x-ratelimit-account-success-remaining").map(|n| n as u32);
         if a.status.is_success() {
-            let now = self.now();
-            self.saved
-                .budget
-                .entry(key)
-                .or_default()
-                .record_success(now, remaining);
+            // Counted in `send`, as soon as the status said so.
             return Ok(a.body);
         }
         let said = Self::said(&a);
@@ -892,10 +861,10 @@ impl GoCardlessConnector {
             if let Some(r) = self.saved.requisition.as_mut() {
                 r.status = "EX".to_owned();
             }
-            return Err(self.relink_needed(&format!("{} ({said})", self.expired_words())));
+            return Err(relink_needed(&format!("{} ({said})", self.expired_words())));
         }
         if a.status == StatusCode::NOT_FOUND {
-            return Err(self.relink_needed(&format!(
+            return Err(relink_needed(&format!(
                 "GoCardless no longer knows account {account} under this link ({said})"
             )));
         }
@@ -912,7 +881,7 @@ impl GoCardlessConnector {
             .call(Method::GET, &format!("accounts/{id}/"), "account", None)
             .await?;
         if meta.status == StatusCode::NOT_FOUND {
-            return Err(self.relink_needed(&format!("GoCardless no longer knows account {id}")));
+            return Err(relink_needed(&format!("GoCardless no longer knows account {id}")));
         }
         let iban = meta
             .body
@@ -1178,7 +1147,7 @@ impl Connector for GoCardlessConnector {
         window: DateWindow,
     ) -> Result<WindowPage, ConnectorError> {
         let id = self.account_id(account).ok_or_else(|| {
-            self.relink_needed(&format!(
+            relink_needed(&format!(
                 "account {} is not in this connection's link",
                 account.provider_id
             ))

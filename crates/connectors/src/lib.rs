@@ -9,6 +9,7 @@
 
 use bankbridge_core::{ConnectionSettings, Connector, ConnectorForm, Credentials};
 
+mod aggregator;
 mod budget;
 mod common;
 pub mod enablebanking;
