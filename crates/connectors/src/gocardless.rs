@@ -881,7 +881,9 @@ impl GoCardlessConnector {
             .call(Method::GET, &format!("accounts/{id}/"), "account", None)
             .await?;
         if meta.status == StatusCode::NOT_FOUND {
-            return Err(relink_needed(&format!("GoCardless no longer knows account {id}")));
+            return Err(relink_needed(&format!(
+                "GoCardless no longer knows account {id}"
+            )));
         }
         let iban = meta
             .body

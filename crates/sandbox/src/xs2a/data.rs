@@ -144,7 +144,10 @@ impl LazyBooks {
 
     /// The last day written in the books (the clock may not pass it).
     pub fn last_day(&self) -> Option<NaiveDate> {
-        self.get().first().and_then(|a| a.rows.last()).map(|r| r.booking)
+        self.get()
+            .first()
+            .and_then(|a| a.rows.last())
+            .map(|r| r.booking)
     }
 
     /// How many accounts there are (without generating them).
