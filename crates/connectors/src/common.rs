@@ -155,6 +155,12 @@ pub(crate) fn text<'a>(obj: &'a Map<String, Value>, field: &str) -> Option<&'a s
         .filter(|s| !s.is_empty())
 }
 
+/// The day of a JSON date or date-time string (`2026-03-01`, `2026-03-01T10:00:00Z`).
+pub(crate) fn date(v: Option<&Value>) -> Option<chrono::NaiveDate> {
+    let s = v?.as_str()?;
+    chrono::NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()
+}
+
 /// Seconds the bank's clock is ahead of ours, from an answer's `Date` header.
 pub(crate) fn clock_skew_secs(headers: &HeaderMap) -> Option<i64> {
     let bank_now = headers

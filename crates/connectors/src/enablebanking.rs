@@ -49,6 +49,7 @@ use crate::aggregator::{
     afford, base_url, http_client, no_return_address, number_option, relink_needed,
 };
 use crate::budget::Allowance;
+use crate::common::date;
 use crate::common::{
     clock_skew_secs, excerpt, malformed, parse_json, status_error, text, transient, transport,
 };
@@ -813,11 +814,6 @@ fn known_account(o: &Map<String, Value>) -> Result<KnownAccount, ConnectorError>
             .map(str::to_owned),
         raw: Value::Object(o.clone()),
     })
-}
-
-fn date(v: Option<&Value>) -> Option<NaiveDate> {
-    let s = v?.as_str()?;
-    NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()
 }
 
 fn money(

@@ -44,7 +44,7 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use crate::common::{
-    clock_skew_secs, excerpt, malformed, parse_json, status_error, text, transport,
+    clock_skew_secs, date, excerpt, malformed, parse_json, status_error, text, transport,
 };
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -996,11 +996,6 @@ fn decoupled_challenge(obj: &Map<String, Value>) -> ScaChallenge {
         reference: None,
         expires_at: None,
     }
-}
-
-fn date(v: Option<&Value>) -> Option<NaiveDate> {
-    let s = v?.as_str()?;
-    NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()
 }
 
 fn amount_of(v: &Value, what: &str) -> Result<(rust_decimal::Decimal, Currency), ConnectorError> {

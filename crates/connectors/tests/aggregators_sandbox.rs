@@ -372,6 +372,9 @@ async fn a_week_of_hourly_syncs(service: Service) {
         }
     }
     let (max_per_day, refused) = service.usage(&e.sb);
+    eprintln!(
+        "{service:?}: {deferred} of 168 hourly runs waited for the budget; at most {max_per_day} calls a day per account and scope; {refused} refused with 429"
+    );
     assert_eq!(
         max_per_day, 4,
         "{service:?}: at most 4 a day per account and scope, and the budget is used"
