@@ -181,6 +181,17 @@ await step('a keypad connection is added, synced live and its 2FA approved from 
   await shot('connections');
 });
 
+await step('an Enable Banking connection takes its private key in a text area', async () => {
+  await page.locator('summary', { hasText: 'Enable Banking' }).click();
+  const form = page.locator('details.add[open] form');
+  const key = form.getByLabel("The application's private key (PEM)");
+  assert.equal(await key.evaluate((e) => e.tagName), 'TEXTAREA', 'a PEM key spans lines');
+  await key.fill('-----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY-----');
+  assert.match(await key.inputValue(), /\n/, 'line breaks kept');
+  await shot('add-enablebanking');
+  await page.locator('summary', { hasText: 'Enable Banking' }).click();
+});
+
 await step('documents are listed, shown and downloaded', async () => {
   await page.getByRole('link', { name: 'Documents' }).click();
   await page.getByRole('heading', { name: 'Documents' }).waitFor();
