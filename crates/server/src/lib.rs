@@ -284,7 +284,22 @@ fn with_layers<S: Clone + Send + Sync + 'static>(
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::map_response(finish_response))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |req: &axum::http::Request<axum::body::Body>| {
+                tracing::debug_span!("request", method = %req.method(), path = %loggable_path(req.uri().path()))
+            },
+        ))
+}
+
+/// A request's path as logs may show it: never the query (a bank's
+/// redirect comes back with its authorisation code there), and a one-time
+/// sign-in link without its secret.
+fn loggable_path(path: &str) -> &str {
+    if path.starts_with("/login/link/") {
+        "/login/link/…"
+    } else {
+        path
+    }
 }
 
 /// Read the whole request body (already capped in size) within `deadline`,
@@ -447,6 +462,12 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    #[test]
+    fn logs_never_see_a_sign_in_secret() {
+        assert_eq!(loggable_path("/login/link/s3cr3t"), "/login/link/…");
+        assert_eq!(loggable_path("/sca/callback/7"), "/sca/callback/7");
+    }
 
     async fn call(app: Router, uri: &str) -> (StatusCode, serde_json::Value) {
         let res = app
