@@ -85,6 +85,8 @@ async fn full_sync(dir: &Path, table: &mut Table, measure: &str) -> Result<()> {
     .await
     .context("starting the sandbox")?;
     let bank = sandbox.xs2a("be").context("no be bank")?.clone();
+    // The bank writes its books on first use: before the clock starts.
+    let _ = bank.truth();
     let readers = VirtualReaders::new();
     readers.insert("reader", Box::new(VirtualCard::new(bank.card().clone())?));
     let solver = CardAtHand { readers };

@@ -259,7 +259,8 @@ struct BankState {
 pub struct Xs2aBank {
     pub profile: &'static Profile,
     seed: u64,
-    accounts: Vec<data::Account>,
+    /// Generated on first use: most sandboxes talk to few of their banks.
+    accounts: data::LazyBooks,
     today: RwLock<NaiveDate>,
     state: Mutex<BankState>,
     fault: RwLock<FaultConfig>,
@@ -327,7 +328,7 @@ impl Xs2aBank {
                 profile.name.len() as u64,
                 u64::from(profile.bank_code.as_bytes()[0]),
             );
-        let accounts = data::generate(&data::Params {
+        let accounts = data::LazyBooks::new(data::Params {
             seed,
             country: profile.country,
             currency: profile.currency,
@@ -370,11 +371,7 @@ impl Xs2aBank {
     pub fn advance(&self, days: u32) -> Result<NaiveDate, String> {
         let mut today = write(&self.today);
         let next = *today + Days::new(u64::from(days));
-        let horizon = self
-            .accounts
-            .first()
-            .and_then(|a| a.rows.last())
-            .map(|r| r.booking);
+        let horizon = self.accounts.last_day();
         if horizon.is_some_and(|h| next > h) {
             return Err(format!(
                 "the books are written {} days ahead of the start; the clock cannot pass that",
@@ -427,7 +424,7 @@ impl Xs2aBank {
     /// Booked and pending totals per IBAN at the sandbox day.
     pub fn truth(&self) -> Vec<AccountTruth> {
         let today = self.today();
-        self.accounts.iter().map(|a| a.truth(today)).collect()
+        self.accounts.get().iter().map(|a| a.truth(today)).collect()
     }
 
     /// Budget use, by day, consent and endpoint.
@@ -701,10 +698,13 @@ impl Xs2aBank {
                 let mut all: Vec<String> = b.into_iter().chain(t).collect();
                 all.sort();
                 all.dedup();
-                if let Some(unknown) = all
-                    .iter()
-                    .find(|i| !self.accounts.iter().any(|a| a.iban.as_str() == i.as_str()))
-                {
+                if let Some(unknown) = all.iter().find(|i| {
+                    !self
+                        .accounts
+                        .get()
+                        .iter()
+                        .any(|a| a.iban.as_str() == i.as_str())
+                }) {
                     return Err(Refusal::new(
                         400,
                         "FORMAT_ERROR",
@@ -1108,7 +1108,7 @@ impl Xs2aBank {
                 Scope::Accounts(None) => true,
                 Scope::Accounts(Some(ibans)) => ibans
                     .iter()
-                    .any(|x| x.as_str() == self.accounts[i].iban.as_str()),
+                    .any(|x| x.as_str() == self.accounts.get()[i].iban.as_str()),
             };
             if !covered {
                 return Err(Refusal::new(
@@ -1122,7 +1122,7 @@ impl Xs2aBank {
         let consent = c.clone();
         if !h.paging {
             let key = match account {
-                Some(i) => format!("{endpoint}:{}", self.accounts[i].iban),
+                Some(i) => format!("{endpoint}:{}", self.accounts.get()[i].iban),
                 None => endpoint.to_owned(),
             };
             let use_ = state
@@ -1159,7 +1159,7 @@ impl Xs2aBank {
     }
 
     fn account_json(&self, consent: &Consent, i: usize) -> Value {
-        let a = &self.accounts[i];
+        let a = &self.accounts.get()[i];
         let id = &consent.account_ids[i];
         json!({
             "resourceId": id,
@@ -1184,7 +1184,7 @@ impl Xs2aBank {
             .filter(|&i| match &consent.scope {
                 Scope::Accounts(Some(ibans)) => ibans
                     .iter()
-                    .any(|x| x.as_str() == self.accounts[i].iban.as_str()),
+                    .any(|x| x.as_str() == self.accounts.get()[i].iban.as_str()),
                 _ => true,
             })
             .map(|i| self.account_json(&consent, i))
@@ -1197,7 +1197,7 @@ impl Xs2aBank {
         let consent = self.lookup_consent(h)?;
         let i = self.account_index(&consent, resource_id)?;
         let consent = self.admit(h, "balances", Some(i))?;
-        let a = &self.accounts[i];
+        let a = &self.accounts.get()[i];
         let today = self.today();
         let booked = a.balance_at(today);
         let pending: i64 = a.pending(today).map(|r| r.minor).sum();
@@ -1278,7 +1278,7 @@ impl Xs2aBank {
             ..h.clone()
         };
         let consent = self.admit(&h, "transactions", Some(i))?;
-        let a = &self.accounts[i];
+        let a = &self.accounts.get()[i];
         let to = to.min(today);
         let mut rows: Vec<(bool, &data::Row)> = Vec::new();
         if want_pending {
