@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Timelike, Utc};
+use std::collections::{BTreeMap, HashSet};
+
 use serde::{Deserialize, Serialize};
 
 /// Successful calls of one account and scope on one service day.
@@ -103,6 +105,43 @@ impl Allowance {
         self.day = Some(now.date_naive());
         self.remaining = Some(0);
         self.blocked_until = Some(until);
+    }
+}
+
+/// The allowances of one connection, by `what:id`: the scope or endpoint
+/// and the account id the service counts by. Kept in the sealed session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Allowances(BTreeMap<String, Allowance>);
+
+impl Allowances {
+    pub(crate) fn key(what: &str, id: &str) -> String {
+        format!("{what}:{id}")
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&Allowance> {
+        self.0.get(key)
+    }
+
+    /// The service served a call of `key` (`remaining`: what it says is left).
+    pub(crate) fn served(&mut self, key: String, now: DateTime<Utc>, remaining: Option<u32>) {
+        self.0
+            .entry(key)
+            .or_default()
+            .record_success(now, remaining);
+    }
+
+    /// The service refused a call of `key` over its limit; `wait` is its reset.
+    pub(crate) fn refused(&mut self, key: String, now: DateTime<Utc>, wait: Option<Duration>) {
+        self.0.entry(key).or_default().record_refusal(now, wait);
+    }
+
+    /// Forget the allowances of ids no longer linked, except today's (the
+    /// service still counts those).
+    pub(crate) fn keep_live(&mut self, live: &HashSet<&str>, today: NaiveDate) {
+        self.0.retain(|k, a| {
+            k.split_once(':').is_some_and(|(_, id)| live.contains(id)) || a.day == Some(today)
+        });
     }
 }
 

@@ -48,7 +48,7 @@ use url::Url;
 use crate::aggregator::{
     afford, base_url, http_client, no_return_address, number_option, relink_needed,
 };
-use crate::budget::Allowance;
+use crate::budget::Allowances;
 use crate::common::date;
 use crate::common::{
     clock_skew_secs, excerpt, malformed, parse_json, status_error, text, transient, transport,
@@ -210,7 +210,7 @@ struct Saved {
     accounts: BTreeMap<String, KnownAccount>,
     /// `endpoint:uid` → its allowance.
     #[serde(default)]
-    budget: BTreeMap<String, Allowance>,
+    budget: Allowances,
     #[serde(default)]
     skew_secs: i64,
 }
@@ -421,11 +421,7 @@ impl EnableBankingConnector {
             && let Some(key) = self.counting.take()
         {
             let now = self.now();
-            self.saved
-                .budget
-                .entry(key)
-                .or_default()
-                .record_success(now, None);
+            self.saved.budget.served(key, now, None);
         }
         let bytes = resp
             .bytes()
@@ -674,9 +670,7 @@ impl EnableBankingConnector {
         let Some(s) = &self.saved.session else { return };
         let live: std::collections::HashSet<&str> = s.accounts.iter().map(String::as_str).collect();
         let today = self.now().date_naive();
-        self.saved.budget.retain(|k, a| {
-            k.split_once(':').is_some_and(|(_, id)| live.contains(id)) || a.day == Some(today)
-        });
+        self.saved.budget.keep_live(&live, today);
         self.saved
             .accounts
             .retain(|uid, _| live.contains(uid.as_str()));
@@ -697,13 +691,11 @@ impl EnableBankingConnector {
 
     // ---- account data ----
 
-    fn allowance_key(endpoint: Endpoint, uid: &str) -> String {
-        format!("{}:{uid}", endpoint.name())
-    }
-
     fn afford(&self, endpoint: Endpoint, uid: &str, account: &str) -> Result<(), ConnectorError> {
         afford(
-            self.saved.budget.get(&Self::allowance_key(endpoint, uid)),
+            self.saved
+                .budget
+                .get(&Allowances::key(endpoint.name(), uid)),
             self.settings.daily_limit,
             self.now(),
             self.attended(),
@@ -725,7 +717,7 @@ impl EnableBankingConnector {
             self.afford(endpoint, uid, account)?;
         }
         let what = endpoint.name();
-        let key = Self::allowance_key(endpoint, uid);
+        let key = Allowances::key(endpoint.name(), uid);
         // Calls with the user there carry the PSU headers: the bank does not count them.
         self.counting = (counted && !self.attended()).then(|| key.clone());
         let sent = self.send(Method::GET, path, what, None).await;
@@ -743,11 +735,7 @@ impl EnableBankingConnector {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
             let now = self.now();
-            self.saved
-                .budget
-                .entry(key)
-                .or_default()
-                .record_refusal(now, wait);
+            self.saved.budget.refused(key, now, wait);
             tracing::warn!(%account, endpoint = what, "the bank refused a call over its daily limit");
             return Err(self
                 .afford(endpoint, uid, account)

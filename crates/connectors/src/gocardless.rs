@@ -53,7 +53,7 @@ use url::Url;
 use crate::aggregator::{
     afford, base_url, http_client, no_return_address, number_option, relink_needed,
 };
-use crate::budget::Allowance;
+use crate::budget::Allowances;
 use crate::common::{
     clock_skew_secs, excerpt, malformed, parse_json, status_error, text, transient, transport,
 };
@@ -218,7 +218,7 @@ struct Saved {
     accounts: BTreeMap<String, KnownAccount>,
     /// `scope:account id` → its allowance.
     #[serde(default)]
-    budget: BTreeMap<String, Allowance>,
+    budget: Allowances,
     /// Seconds the service's clock was ahead of ours at the last answer:
     /// token lifetimes and the budget's day are on its clock.
     #[serde(default)]
@@ -372,11 +372,7 @@ impl GoCardlessConnector {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u32>().ok());
             let now = self.now();
-            self.saved
-                .budget
-                .entry(key)
-                .or_default()
-                .record_success(now, remaining);
+            self.saved.budget.served(key, now, remaining);
         }
         let bytes = resp
             .bytes()
@@ -795,14 +791,10 @@ impl GoCardlessConnector {
 
     // ---- account data, within the daily limit ----
 
-    fn allowance_key(scope: Scope, id: &str) -> String {
-        format!("{}:{id}", scope.name())
-    }
-
     /// Can `scope` of account `id` be called now? `Err` says until when.
     fn afford(&self, scope: Scope, id: &str, account: &str) -> Result<(), ConnectorError> {
         afford(
-            self.saved.budget.get(&Self::allowance_key(scope, id)),
+            self.saved.budget.get(&Allowances::key(scope.name(), id)),
             self.settings.daily_limit,
             self.now(),
             self.attended(),
@@ -821,7 +813,7 @@ impl GoCardlessConnector {
     ) -> Result<Value, ConnectorError> {
         self.afford(scope, id, account)?;
         let what = scope.name();
-        let key = Self::allowance_key(scope, id);
+        let key = Allowances::key(scope.name(), id);
         self.counting = Some(key.clone());
         let sent = self.authorised(Method::GET, path, what, None).await;
         self.counting = None;
@@ -845,11 +837,7 @@ impl GoCardlessConnector {
                 .or_else(|| header("retry-after"))
                 .map(Duration::from_secs);
             let now = self.now();
-            self.saved
-                .budget
-                .entry(key)
-                .or_default()
-                .record_refusal(now, wait);
+            self.saved.budget.refused(key, now, wait);
             tracing::warn!(%account, scope = what, %said, "the service refused a call over its daily limit");
             return Err(self.afford(scope, id, account).err().unwrap_or_else(|| {
                 ConnectorError::Deferred(format!("{account}: the service's limit: {said}"))
@@ -965,9 +953,7 @@ impl GoCardlessConnector {
         };
         let live: std::collections::HashSet<&str> = r.accounts.iter().map(String::as_str).collect();
         let today = self.now().date_naive();
-        self.saved.budget.retain(|k, a| {
-            k.split_once(':').is_some_and(|(_, id)| live.contains(id)) || a.day == Some(today)
-        });
+        self.saved.budget.keep_live(&live, today);
         // Old ids stay as long as no new id has their key (a re-link in progress).
         let keys: std::collections::HashSet<String> = r
             .accounts
