@@ -11,7 +11,9 @@ use url::Url;
 use crate::budget::Allowance;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-const USER_AGENT: &str = concat!("bankbridge/", env!("CARGO_PKG_VERSION"));
+/// How bankbridge names itself to a service (and, for Enable Banking, as
+/// the PSU's user agent of an attended call).
+pub(crate) const USER_AGENT: &str = concat!("bankbridge/", env!("CARGO_PKG_VERSION"));
 
 /// The client of an aggregator's API: rustls, no redirects followed (an
 /// answer that moves is an error to read, not a place to send tokens).

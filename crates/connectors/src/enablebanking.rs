@@ -46,7 +46,7 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use crate::aggregator::{
-    afford, base_url, http_client, no_return_address, number_option, relink_needed,
+    USER_AGENT, afford, base_url, http_client, no_return_address, number_option, relink_needed,
 };
 use crate::budget::Allowances;
 use crate::common::date;
@@ -61,7 +61,6 @@ pub const DEFAULT_CONSENT_DAYS: u32 = 90;
 pub const DEFAULT_HISTORY_DAYS: u32 = 730;
 /// How long a JWT the connector signs lives.
 const JWT_SECS: i64 = 3600;
-const USER_AGENT: &str = concat!("bankbridge/", env!("CARGO_PKG_VERSION"));
 /// `continuation_key` pages followed at most for one window.
 const MAX_PAGES: usize = 10_000;
 
@@ -492,7 +491,7 @@ impl EnableBankingConnector {
             "ASPSP_TIMEOUT" => {
                 return transient(what, TransientKind::Timeout, None);
             }
-            "ASPSP_ERROR" if a.status.is_server_error() => {}
+            // ASPSP_ERROR and the rest: by their status below.
             _ => {}
         }
         if a.status == StatusCode::REQUEST_TIMEOUT {
