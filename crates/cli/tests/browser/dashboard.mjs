@@ -253,7 +253,12 @@ await step('a check runs now and its run opens as a waterfall', async () => {
   await page.getByRole('heading', { name: 'Checks', exact: true }).waitFor();
   assert.match(await page.locator('#invalid').locator('..').innerText(), /typo\.toml:\d+/);
   await page.locator('main h2 a').first().click();
-  await page.getByRole('button', { name: 'Run now' }).click();
+  // The button posts a form: let its page load before reloading it (a
+  // reload racing that navigation finds no page to reload).
+  await Promise.all([
+    page.waitForEvent('load'),
+    page.getByRole('button', { name: 'Run now' }).click(),
+  ]);
   await until('a run of the check', async () => {
     await page.reload();
     return (await page.locator('main table tbody tr').count()) > 0;
