@@ -12,7 +12,8 @@
 
 pub mod alerts;
 pub mod env;
-pub mod envelope;
+/// The XS2A form envelope lives in core: the Klarna connector seals forms too.
+pub use bankbridge_core::envelope;
 pub mod flow;
 pub mod redact;
 pub mod report;

@@ -1,7 +1,7 @@
 //! Bank API connectors: one module per bank API (`fibank`: Fibank's web API;
 //! `keypad`: the French keypad bank's web API; `xs2a`: the Berlin Group
-//! NextGenPSD2 open-banking API; `gocardless` and `enablebanking`: the
-//! GoCardless Bank Account Data and Enable Banking aggregators), each implementing
+//! NextGenPSD2 open-banking API; `gocardless`, `enablebanking` and `klarna`: the
+//! GoCardless Bank Account Data, Enable Banking and Klarna open-banking aggregators), each implementing
 //! [`bankbridge_core::Connector`]. Connectors speak HTTP to the bank and map
 //! its answers to the domain types; they never write to the store and never
 //! retry (the sync engine does, from the errors' kinds).
@@ -16,16 +16,25 @@ pub mod enablebanking;
 pub mod fibank;
 pub mod gocardless;
 pub mod keypad;
+pub mod klarna;
 pub mod xs2a;
 
 pub use enablebanking::EnableBankingConnector;
 pub use fibank::FibankConnector;
 pub use gocardless::GoCardlessConnector;
 pub use keypad::KeypadConnector;
+pub use klarna::KlarnaConnector;
 pub use xs2a::Xs2aConnector;
 
 /// Names accepted by [`build`].
-pub const KNOWN: &[&str] = &["fibank", "keypad", "xs2a", "gocardless", "enablebanking"];
+pub const KNOWN: &[&str] = &[
+    "fibank",
+    "keypad",
+    "xs2a",
+    "gocardless",
+    "enablebanking",
+    "klarna",
+];
 
 /// The add-a-connection form of each connector in [`KNOWN`].
 pub const FORMS: &[ConnectorForm] = &[
@@ -84,6 +93,17 @@ pub const FORMS: &[ConnectorForm] = &[
         hint: "An application registered in the Enable Banking control panel, with this server's callback address whitelisted; you authorise your bank on its page at the first sync.",
         options_hint: "One per line: aspsp_name=Nordea and aspsp_country=FI (needed: the bank as Enable Banking names it), psu_type=personal|business, consent_days=90, history_days=730, daily_limit=4, redirect_uri.",
     },
+    ConnectorForm {
+        connector: "klarna",
+        title: "Klarna open banking (XS2A: European banks through one consent)",
+        base_url_example: "https://api.openbanking.klarna.com",
+        username_label: "Your login name at the bank (Klarna's form for the bank asks for it)",
+        password_label: "Klarna Open Banking API token",
+        password_numeric: false,
+        password_multiline: false,
+        hint: "An API token from Klarna's Open Banking portal; you log in to your bank through Klarna's form at the first sync (its password is asked then, never kept).",
+        options_hint: "One per line: bank_code=00000 and country_code=DE (needed: the bank as Klarna knows it), consent_days=90, history_days=730, daily_limit=4, redirect_uri; a wizard choice by its key (interface=…).",
+    },
 ];
 
 /// Build the connector named `connector` for a connection.
@@ -109,6 +129,7 @@ pub fn build(
             settings,
             credentials,
         )?)),
+        "klarna" => Ok(Box::new(KlarnaConnector::new(settings, credentials)?)),
         other => Err(format!(
             "unknown connector {other:?}: known connectors are {}",
             KNOWN.join(", ")

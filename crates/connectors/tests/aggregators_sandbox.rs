@@ -1,4 +1,4 @@
-//! The aggregator connectors (`gocardless`, `enablebanking`) against the
+//! The aggregator connectors (`gocardless`, `enablebanking`, `klarna`) against the
 //! sandbox's simulators of their services over loopback HTTP, driven by the
 //! real sync engine on SQLite (and PostgreSQL when `BANKBRIDGE_TEST_PG_URL`
 //! is set). For each: linked on the bank's page and synced to the truth, a
@@ -36,15 +36,19 @@ fn today() -> NaiveDate {
 enum Service {
     GoCardless,
     EnableBanking,
+    Klarna,
 }
 
-use Service::{EnableBanking, GoCardless};
+use Service::{EnableBanking, GoCardless, Klarna};
+
+const ALL: [Service; 3] = [GoCardless, EnableBanking, Klarna];
 
 impl Service {
     fn connector(self) -> &'static str {
         match self {
             GoCardless => "gocardless",
             EnableBanking => "enablebanking",
+            Klarna => "klarna",
         }
     }
 
@@ -67,6 +71,21 @@ impl Service {
                 s.options.insert("aspsp_country".into(), "FI".into());
                 (s, c.private_key_pem)
             }
+            Klarna => {
+                let c = sb.klarna().credentials();
+                // The username is the login at the test bank; its PIN is asked.
+                let mut s = ConnectionSettings::new(
+                    format!(
+                        "{}{}",
+                        sb.root_url(),
+                        bankbridge_sandbox::xs2a_playground::PREFIX
+                    ),
+                    c.username,
+                );
+                s.options.insert("bank_code".into(), c.bank_code);
+                s.options.insert("country_code".into(), c.country_code);
+                (s, c.api_token)
+            }
         };
         settings.window_days = 366;
         (settings, Credentials::with_password(Secret::new(secret)))
@@ -76,7 +95,7 @@ impl Service {
     fn access_option(self) -> &'static str {
         match self {
             GoCardless => "access_days",
-            EnableBanking => "consent_days",
+            EnableBanking | Klarna => "consent_days",
         }
     }
 
@@ -84,6 +103,7 @@ impl Service {
         match self {
             GoCardless => sb.gocardless().truth(),
             EnableBanking => sb.enablebanking().truth(),
+            Klarna => sb.klarna().truth(),
         }
     }
 
@@ -91,6 +111,7 @@ impl Service {
         match self {
             GoCardless => sb.gocardless().advance(days),
             EnableBanking => sb.enablebanking().advance(days),
+            Klarna => sb.klarna().advance(days),
         }
         .unwrap();
     }
@@ -99,6 +120,7 @@ impl Service {
         match self {
             GoCardless => sb.gocardless().advance_hours(hours),
             EnableBanking => sb.enablebanking().advance_hours(hours),
+            Klarna => sb.klarna().advance_hours(hours),
         }
         .unwrap();
     }
@@ -109,6 +131,7 @@ impl Service {
         match self {
             GoCardless => sb.gocardless().usage(),
             EnableBanking => sb.enablebanking().usage(),
+            Klarna => sb.klarna().usage(),
         }
     }
 }
@@ -178,10 +201,12 @@ async fn env(
 /// The user at a browser: follows the link to the bank's page and agrees
 /// (or cancels), as the page's form does; the answer is what the CLI's
 /// loopback port or `serve`'s callback route hands over: the query the
-/// browser came back with.
+/// browser came back with. Asked for the PIN at the bank (Klarna's form),
+/// types the test bank's.
 struct Browser {
     approve: bool,
     links: Mutex<Vec<String>>,
+    secrets: Mutex<Vec<String>>,
 }
 
 impl Browser {
@@ -189,6 +214,7 @@ impl Browser {
         Browser {
             approve,
             links: Mutex::new(Vec::new()),
+            secrets: Mutex::new(Vec::new()),
         }
     }
 }
@@ -196,6 +222,12 @@ impl Browser {
 #[async_trait]
 impl ScaSolver for Browser {
     async fn solve(&self, challenge: &ScaChallenge) -> Result<ScaAnswer, ScaSolverError> {
+        if let ScaChallenge::Secret { prompt } = challenge {
+            self.secrets.lock().unwrap().push(prompt.clone());
+            return Ok(ScaAnswer::Code(Secret::new(
+                bankbridge_sandbox::xs2a_playground::PASSWORD.to_owned(),
+            )));
+        }
         let ScaChallenge::Redirect { url } = challenge else {
             return Ok(ScaAnswer::NotNow);
         };
@@ -308,6 +340,11 @@ async fn linked_to_truth(service: Service, store: Option<Arc<dyn Store>>) {
     let first = e.sync(&browser).await.unwrap();
     assert_eq!(first.accounts, 2);
     assert_eq!(browser.links.lock().unwrap().len(), 1, "one link");
+    if service == Klarna {
+        let asked = browser.secrets.lock().unwrap().clone();
+        assert_eq!(asked.len(), 1, "the PIN is asked once: {asked:?}");
+        assert!(asked[0].contains("PIN at your bank"), "{asked:?}");
+    }
     e.assert_matches_truth("first sync").await;
     // A second run writes nothing and needs no new link.
     let again = e.sync(&browser).await.unwrap();
@@ -342,7 +379,7 @@ async fn linked_to_truth(service: Service, store: Option<Arc<dyn Store>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linked_and_synced_to_the_truth_on_sqlite() {
-    for service in [GoCardless, EnableBanking] {
+    for service in ALL {
         linked_to_truth(service, None).await;
     }
 }
@@ -350,7 +387,7 @@ async fn linked_and_synced_to_the_truth_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linked_and_synced_to_the_truth_on_postgres() {
     let Some(admin) = pg_admin_url() else { return };
-    for service in [GoCardless, EnableBanking] {
+    for service in ALL {
         let (conn, db, url) = create_pg_database(&admin).await;
         linked_to_truth(service, Some(bankbridge_store::open(&url).await.unwrap())).await;
         drop_pg_database(conn, &db).await;
@@ -414,6 +451,11 @@ async fn enablebanking_a_week_of_hourly_syncs_keeps_to_four_calls_a_day_and_conv
     a_week_of_hourly_syncs(EnableBanking).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn klarna_a_week_of_hourly_syncs_keeps_to_four_calls_a_day_and_converges() {
+    a_week_of_hourly_syncs(Klarna).await;
+}
+
 async fn expiry_and_relink(service: Service) {
     let e = env(service, None, 0.0, &[(service.access_option(), "10")]).await;
     e.sync(&Browser::new(true)).await.unwrap();
@@ -426,6 +468,7 @@ async fn expiry_and_relink(service: Service) {
     let ended = match service {
         GoCardless => "end-user agreement",
         EnableBanking => "session ended",
+        Klarna => "consent ended",
     };
     assert!(text.contains(ended), "{text}");
     assert!(text.contains("link the bank again"), "{text}");
@@ -445,6 +488,14 @@ async fn expiry_and_relink(service: Service) {
         );
         assert_eq!(e.sb.enablebanking().session_count(), 1);
     }
+    if service == Klarna {
+        assert!(
+            cancelled.to_string().contains("did not authorise"),
+            "{cancelled}"
+        );
+        // The bank renumbers its accounts meanwhile: the IBANs stay.
+        e.sb.klarna().renew_ids();
+    }
 
     // The user links again: new account ids, the same accounts.
     let s = e.sync(&Browser::new(true)).await.unwrap();
@@ -452,6 +503,7 @@ async fn expiry_and_relink(service: Service) {
     match service {
         GoCardless => assert_eq!(e.sb.gocardless().agreement_count(), agreements, "reused"),
         EnableBanking => assert_eq!(e.sb.enablebanking().session_count(), 2),
+        Klarna => {}
     }
     let after = e.store.list_accounts(None).await.unwrap();
     assert_eq!(
@@ -474,11 +526,17 @@ async fn enablebanking_an_expired_session_needs_a_new_link_and_the_history_conti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn klarna_an_expired_consent_needs_a_new_link_and_the_history_continues() {
+    expiry_and_relink(Klarna).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_the_service_does_not_know_is_refused_credentials() {
-    for service in [GoCardless, EnableBanking] {
+    for service in ALL {
         let e = env(service, None, 0.0, &[]).await;
         let wrong = match service {
             GoCardless => format!("{}x", e.sb.gocardless().credentials().secret_key),
+            Klarna => format!("{}x", e.sb.klarna().credentials().api_token),
             EnableBanking => {
                 let other = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
                 rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(&other, rsa::pkcs8::LineEnding::LF)
@@ -502,6 +560,7 @@ async fn a_secret_the_service_does_not_know_is_refused_credentials() {
         let said = match service {
             GoCardless => "secret id and key",
             EnableBanking => "private key",
+            Klarna => "API token",
         };
         assert!(err.to_string().contains(said), "{err}");
     }

@@ -7,6 +7,7 @@
 pub mod categories;
 pub mod connector;
 pub mod crypto;
+pub mod envelope;
 pub mod iban;
 pub mod model;
 pub mod money;

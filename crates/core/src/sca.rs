@@ -29,6 +29,10 @@ use crate::Secret;
 pub enum ScaChallenge {
     /// A one-time code sent to the user (SMS, e-mail, app).
     Otp { prompt: String },
+    /// A secret the bank's own login form asks for and bankbridge does not
+    /// keep (an aggregator's wizard asking for the PIN at the bank): typed
+    /// by the person for this link only.
+    Secret { prompt: String },
     /// An EMV-CAP login code (mode 1), optionally over a bank challenge.
     CardReaderLogin { challenge: Option<String> },
     /// An EMV-CAP signature code (mode 2) over the numbers the bank shows.
@@ -69,6 +73,7 @@ impl ScaChallenge {
     pub fn kind(&self) -> &'static str {
         match self {
             ScaChallenge::Otp { .. } => "otp",
+            ScaChallenge::Secret { .. } => "secret",
             ScaChallenge::CardReaderLogin { .. } => "card_reader_login",
             ScaChallenge::CardReaderSign { .. } => "card_reader_sign",
             ScaChallenge::Decoupled { .. } => "decoupled",
@@ -101,6 +106,7 @@ impl fmt::Display for ScaChallenge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ScaChallenge::Otp { prompt } => write!(f, "a one-time code ({prompt})"),
+            ScaChallenge::Secret { prompt } => write!(f, "{prompt}, typed for this link only"),
             ScaChallenge::CardReaderLogin { .. } => {
                 f.write_str("a login code from a bank card in a card reader (EMV-CAP mode 1)")
             }

@@ -214,7 +214,7 @@ impl SandboxState {
         Ok(SandboxState {
             fibank: Arc::new(fibank),
             keypad: Arc::new(keypad),
-            xs2a: Arc::new(xs2a_playground::Playground::new()),
+            xs2a: Arc::new(xs2a_playground::Playground::new(&config)),
             psd2,
             gocardless: Arc::new(gocardless::GoCardless::new(&config)),
             enablebanking: Arc::new(enablebanking::EnableBanking::new(&config)),
@@ -277,7 +277,7 @@ impl SandboxState {
     }
 
     /// The Klarna-like XS2A playground (its API token, accounts, failure plan).
-    pub fn xs2a_playground(&self) -> &xs2a_playground::Playground {
+    pub fn xs2a_playground(&self) -> &Arc<xs2a_playground::Playground> {
         &self.xs2a
     }
 
@@ -426,6 +426,11 @@ impl SandboxHandle {
     /// The simulated Enable Banking API.
     pub fn enablebanking(&self) -> &Arc<enablebanking::EnableBanking> {
         self.state.enablebanking()
+    }
+
+    /// The Klarna-like XS2A playground.
+    pub fn klarna(&self) -> &Arc<xs2a_playground::Playground> {
+        self.state.xs2a_playground()
     }
 
     pub fn fibank(&self) -> &fibank::Fibank {

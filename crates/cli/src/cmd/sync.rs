@@ -443,6 +443,18 @@ impl ScaSolver for TerminalSolver {
                 }
                 Ok(ScaAnswer::Code(Secret::new(code)))
             }
+            ScaChallenge::Secret { prompt } if self.can_prompt => {
+                let question = format!("  {name}: {prompt} (typed for this link only, not kept): ");
+                let secret = tokio::task::block_in_place(|| {
+                    self.progress
+                        .suspend(|| rpassword::prompt_password(&question))
+                })
+                .map_err(|e| ScaSolverError(format!("cannot read it: {e}")))?;
+                if secret.is_empty() {
+                    return Ok(ScaAnswer::Declined);
+                }
+                Ok(ScaAnswer::Code(Secret::new(secret)))
+            }
             ScaChallenge::Redirect { url } => {
                 let opened = open_browser(url);
                 self.progress.println(format!(

@@ -9,15 +9,15 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{OriginalUri, Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::{Map, Value, json};
 
-use super::flow::ConsentCall;
+use super::flow::{ConsentCall, FlowKind};
 use super::{CONTROL_PREFIX, PREFIX, Playground, Refusal, Step};
-use crate::util::json_response;
+use crate::util::{advance_request, json_response};
 
 type Pg = State<Arc<Playground>>;
 type IdPath = Result<Path<String>, PathRejection>;
@@ -27,8 +27,28 @@ pub fn routes(pg: Arc<Playground>) -> Router {
     let api = Router::new()
         .route("/xs2a/v1/sessions", put(start_session))
         .route(
+            "/xs2a/v1/sessions/{session_id}",
+            axum::routing::delete(close_session),
+        )
+        .route(
             "/xs2a/v1/sessions/{session_id}/flows/account-details",
-            put(start_flow),
+            put(start_details_flow),
+        )
+        .route(
+            "/xs2a/v1/sessions/{session_id}/flows/accounts",
+            put(start_accounts_flow),
+        )
+        .route(
+            "/xs2a/v1/sessions/{session_id}/flows/transactions",
+            put(start_transactions_flow),
+        )
+        .route(
+            "/xs2a/v1/sessions/{session_id}/flows/{flow_id}",
+            get(flow_status),
+        )
+        .route(
+            "/xs2a/v1/sessions/{session_id}/flows/{flow_id}/list",
+            post(flow_page),
         )
         .route(
             "/xs2a/v1/sessions/{session_id}/consent/get",
@@ -43,26 +63,42 @@ pub fn routes(pg: Arc<Playground>) -> Router {
             post(submit_form),
         )
         .route(
-            "/xs2a/v1/consents/{consent_id}/accounts",
+            "/xs2a/v1/consents/{consent_id}/accounts/get",
             post(consent_accounts),
         )
         .route(
-            "/xs2a/v1/consents/{consent_id}/account-details",
+            "/xs2a/v1/consents/{consent_id}/account-details/get",
             post(consent_details),
         )
         .route(
-            "/xs2a/v1/consents/{consent_id}/balances",
+            "/xs2a/v1/consents/{consent_id}/balances/get",
             post(consent_balances),
         )
-        .route("/testbank/authorize", get(testbank_page))
+        .route(
+            "/xs2a/v1/consents/{consent_id}/transactions/get",
+            post(consent_transactions),
+        )
+        .route(
+            "/xs2a/v1/consents/{consent_id}/transactions/list",
+            post(consent_transactions_next),
+        )
+        .route(
+            "/testbank/authorize",
+            get(testbank_page).post(testbank_answer),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(axum::middleware::from_fn_with_state(pg.clone(), slow_down));
+        .route_layer(axum::middleware::from_fn_with_state(pg.clone(), slow_down))
+        .layer(axum::middleware::from_fn_with_state(pg.clone(), stamp_date));
     let control = Router::new()
         .route("/credentials", get(control_credentials))
         .route("/fail", get(control_get_fail).post(control_set_fail))
         .route("/stats", get(control_stats))
         .route("/latency", post(control_set_latency))
+        .route("/truth", get(control_truth))
+        .route("/advance", post(control_advance))
+        .route("/usage", get(control_usage))
+        .route("/renew-ids", post(control_renew_ids))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
@@ -77,13 +113,19 @@ fn answer(pg: &Playground, result: Result<Value, Refusal>) -> Response {
         Ok(data) => json_response(StatusCode::OK, &json!({ "data": data })),
         Err(r) => {
             pg.count_refusal(&r);
-            json_response(r.status, &r.body())
+            refusal_response(r)
         }
     }
 }
 
 fn refusal_response(r: Refusal) -> Response {
-    json_response(r.status, &r.body())
+    let mut response = json_response(r.status, &r.body());
+    if let Some(secs) = r.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
 }
 
 async fn not_found() -> Response {
@@ -163,13 +205,98 @@ async fn start_session(
     answer(&pg, result)
 }
 
-async fn start_flow(State(pg): Pg, path: IdPath, headers: HeaderMap, body: Bytes) -> Response {
+fn start_flow(
+    pg: &Playground,
+    kind: FlowKind,
+    path: IdPath,
+    headers: &HeaderMap,
+    uri: &Uri,
+    body: &[u8],
+) -> Response {
     pg.count(Step::StartFlow);
     let result = (|| {
+        pg.check_token(authorization(headers))?;
+        let root = root(headers, uri)?;
+        pg.start_flow(&root, &id(path)?, kind, &object(body)?)
+    })();
+    answer(pg, result)
+}
+
+async fn start_details_flow(
+    State(pg): Pg,
+    path: IdPath,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Response {
+    start_flow(&pg, FlowKind::AccountDetails, path, &headers, &uri, &body)
+}
+
+async fn start_accounts_flow(
+    State(pg): Pg,
+    path: IdPath,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Response {
+    start_flow(&pg, FlowKind::Accounts, path, &headers, &uri, &body)
+}
+
+async fn start_transactions_flow(
+    State(pg): Pg,
+    path: IdPath,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Response {
+    start_flow(&pg, FlowKind::Transactions, path, &headers, &uri, &body)
+}
+
+type TwoIds = Result<Path<(String, String)>, PathRejection>;
+
+fn two_ids(path: TwoIds) -> Result<(String, String), Refusal> {
+    path.map(|Path(ids)| ids)
+        .map_err(|e| Refusal::bad(format!("bad path: {e}")))
+}
+
+async fn flow_status(
+    State(pg): Pg,
+    path: TwoIds,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+) -> Response {
+    let result = (|| {
         pg.check_token(authorization(&headers))?;
-        pg.start_flow(&id(path)?, &object(&body)?)
+        let (sid, fid) = two_ids(path)?;
+        pg.flow_status(&root(&headers, &uri)?, &sid, &fid)
     })();
     answer(&pg, result)
+}
+
+async fn flow_page(
+    State(pg): Pg,
+    path: TwoIds,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> Response {
+    let result = (|| {
+        pg.check_token(authorization(&headers))?;
+        let (sid, fid) = two_ids(path)?;
+        pg.flow_page(&root(&headers, &uri)?, &sid, &fid, &object(&body)?)
+    })();
+    answer(&pg, result)
+}
+
+async fn close_session(State(pg): Pg, path: IdPath, headers: HeaderMap) -> Response {
+    let result = (|| {
+        pg.check_token(authorization(&headers))?;
+        pg.close_session(&id(path)?)
+    })();
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => answer(&pg, Err(r)),
+    }
 }
 
 /// Request 3 (`bank_code`) or 7 (`redirect_id`), told apart by the body.
@@ -275,6 +402,7 @@ fn consent(
     pg: &Playground,
     path: IdPath,
     headers: &HeaderMap,
+    uri: &Uri,
     body: &[u8],
     call: ConsentCall,
 ) -> Response {
@@ -283,44 +411,81 @@ fn consent(
     }
     let result = (|| {
         pg.check_token(authorization(headers))?;
-        pg.consent_call(&id(path)?, call, &object(body)?)
+        let root = root(headers, uri)?;
+        pg.consent_call(&root, &id(path)?, call, &object(body)?)
     })();
     answer(pg, result)
 }
 
-async fn consent_accounts(
-    State(pg): Pg,
-    path: IdPath,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    consent(&pg, path, &headers, &body, ConsentCall::Accounts)
+/// The handler of one consent call.
+macro_rules! consent_route {
+    ($name:ident, $call:expr) => {
+        async fn $name(
+            State(pg): Pg,
+            path: IdPath,
+            headers: HeaderMap,
+            OriginalUri(uri): OriginalUri,
+            body: Bytes,
+        ) -> Response {
+            consent(&pg, path, &headers, &uri, &body, $call)
+        }
+    };
 }
 
-async fn consent_details(State(pg): Pg, path: IdPath, headers: HeaderMap, body: Bytes) -> Response {
-    consent(&pg, path, &headers, &body, ConsentCall::AccountDetails)
+consent_route!(consent_accounts, ConsentCall::Accounts);
+consent_route!(consent_details, ConsentCall::AccountDetails);
+consent_route!(consent_balances, ConsentCall::Balances);
+consent_route!(consent_transactions, ConsentCall::Transactions);
+consent_route!(consent_transactions_next, ConsentCall::TransactionsNext);
+
+#[derive(serde::Deserialize)]
+struct RedirectQuery {
+    flow_id: Option<String>,
+    redirect_id: Option<String>,
 }
 
-async fn consent_balances(
-    State(pg): Pg,
-    path: IdPath,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    consent(&pg, path, &headers, &body, ConsentCall::Balances)
-}
-
-/// Where the redirect URL points: the bank's login page in real life. The
-/// simulated PSU needs no page; this only tells a human what to do next.
-async fn testbank_page() -> Response {
+/// Where the redirect URL points: the bank's login page in real life. With
+/// a `redirect_return_url` in the session it offers to agree or cancel (a
+/// form posting back here); without, it tells a developer what to post.
+async fn testbank_page(State(pg): Pg, Query(q): Query<RedirectQuery>) -> Response {
+    let (Some(flow_id), Some(redirect_id)) = (q.flow_id, q.redirect_id) else {
+        return refusal_response(Refusal::bad("flow_id and redirect_id are needed"));
+    };
+    let page = match pg.redirect_back(&flow_id, &redirect_id, true) {
+        Err(r) => return refusal_response(r),
+        Ok(Some(_)) => "<!doctype html><meta charset=utf-8><title>Test bank</title>\
+             <h1>Testbank</h1><p>Klarna's playground asks for access to your accounts.</p>\
+             <form method=post><button name=action value=approve>Agree</button> \
+             <button name=action value=cancel>Cancel</button></form>"
+            .to_owned(),
+        Ok(None) => "<!doctype html><title>Test bank</title><p>The simulated PSU has authorized. \
+             Complete the flow: POST /branded/xs2a/v1/wizard/{flow_id} with redirect_id and \
+             return_url = this URL + <code>&amp;result=success</code>.</p>"
+            .to_owned(),
+    };
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        "<!doctype html><title>Test bank</title><p>The simulated PSU has authorized. \
-         Complete the flow: POST /branded/xs2a/v1/wizard/{flow_id} with redirect_id and \
-         return_url = this URL + <code>&amp;result=success</code>.</p>",
+        page,
     )
         .into_response()
+}
+
+/// The person agreed (or cancelled) on the bank's page: back to the
+/// session's `redirect_return_url`.
+async fn testbank_answer(State(pg): Pg, Query(q): Query<RedirectQuery>, body: Bytes) -> Response {
+    let (Some(flow_id), Some(redirect_id)) = (q.flow_id, q.redirect_id) else {
+        return refusal_response(Refusal::bad("flow_id and redirect_id are needed"));
+    };
+    let approved = !url::form_urlencoded::parse(&body).any(|(k, v)| k == "action" && v == "cancel");
+    match pg.redirect_back(&flow_id, &redirect_id, approved) {
+        Ok(Some(back)) => (StatusCode::SEE_OTHER, [(header::LOCATION, back)]).into_response(),
+        Ok(None) => refusal_response(Refusal::conflict(
+            "NO_RETURN_URL",
+            "the session gave no redirect_return_url to send the browser back to",
+        )),
+        Err(r) => refusal_response(r),
+    }
 }
 
 async fn control_credentials(
@@ -336,7 +501,7 @@ async fn control_credentials(
     body["accounts"] = json!(
         pg.accounts()
             .iter()
-            .map(|a| json!({"id": a.id, "iban": a.iban, "available": a.available}))
+            .map(|a| json!({"id": a.id, "iban": a.iban, "available": a.available, "balance": a.balance}))
             .collect::<Vec<_>>()
     );
     json_response(StatusCode::OK, &body)
@@ -394,6 +559,45 @@ async fn slow_down(
         tokio::time::sleep(delay).await;
     }
     next.run(request).await
+}
+
+/// The playground's clock in every answer's `Date` (errors included).
+async fn stamp_date(
+    State(pg): Pg,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    let stamp = pg.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(v) = HeaderValue::from_str(&stamp) {
+        response.headers_mut().insert(header::DATE, v);
+    }
+    response
+}
+
+async fn control_truth(State(pg): Pg) -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"today": pg.today().to_string(), "accounts": pg.truth()}),
+    )
+}
+
+/// `{"days": N}` or `{"hours": N}`.
+async fn control_advance(State(pg): Pg, body: Bytes) -> Response {
+    advance_request(&body, |by| pg.advance_by(by))
+}
+
+async fn control_usage(State(pg): Pg) -> Response {
+    let (max, refused) = pg.usage();
+    json_response(
+        StatusCode::OK,
+        &json!({"daily_limit": super::DAILY_LIMIT, "max_calls_per_day": max, "limit_exceeded": refused}),
+    )
+}
+
+async fn control_renew_ids(State(pg): Pg) -> Response {
+    pg.renew_ids();
+    json_response(StatusCode::OK, &json!({"accounts": pg.accounts()}))
 }
 
 /// `{"ms": N}`: delay every playground answer by N ms (0 turns it off).

@@ -1,25 +1,79 @@
-//! A Klarna-like XS2A playground: the open-banking flow a multi-step
-//! monitoring check drives against Klarna's public playground, so a flow
-//! monitor can be run, timed and broken on purpose with no real bank.
+//! A Klarna-like XS2A playground: the open-banking flows a multi-step
+//! monitoring check drives against Klarna's public playground, and the
+//! consent API a sync source reads, so a flow monitor can be run, timed and
+//! broken on purpose, and the `klarna` connector synced, with no real bank.
 //!
-//! One run is 8 steps and 11 requests ([`Step`]): start a session, start an
-//! account-details flow, select the German test bank, read the wizard's
-//! form, post three encrypted forms (transport, credentials, account) to
-//! the `next` URLs the server hands out, complete the bank redirect, get the
-//! consent, then read account details and balances with a consent token
-//! that rotates on every use.
+//! **The monitoring story's run** is 8 steps and 11 requests ([`Step`]):
+//! start a session, start an account-details flow, select the German test
+//! bank, read the wizard's form, post three encrypted forms (transport,
+//! credentials, account) to the `next` URLs the server hands out, complete
+//! the bank redirect, get the consent, then read account details and
+//! balances with a consent token that rotates on every use.
+//!
+//! **Observed** (Klarna's public XS2A documentation and the clients written
+//! against it): `Authorization: Token …`; every success wrapped in
+//! `{"data": …}`; `PUT /xs2a/v1/sessions` with a `consent_scope` answers
+//! `session_id`, `self`, `consent` and a `flows` map; flows start with `PUT`
+//! on their URL (`account-details`, `accounts`, `transactions`) and answer
+//! `flow_id`, `client_token`, `self`, `state` (`CONSUMER_INPUT_NEEDED` …
+//! `FINISHED`/`ABORTED`); `GET /xs2a/v1/sessions/{sid}/flows/{fid}` reads a
+//! flow and `POST …/flows/{fid}/list` `{offset}` pages its transactions;
+//! the transactions flow takes `account_id`/`iban`, `from_date`/`to_date` or
+//! `last_days` (30 days when none) and `preferred_pagination_size`;
+//! `POST …/consent/get` answers `consent_id`, `consent_token` and the
+//! consent URLs by scope (`…/consents/{cid}/{accounts|account-details|
+//! balances|transactions}/get`); every consent call answers a new
+//! `consent_token` and the old one is spent; `…/transactions/list`
+//! `{offset, consent_token}` pages; transactions carry `transaction_id`,
+//! `reference`, `bank_references`, `counter_party`, `date`, `value_date`,
+//! `booking_date`, `state` (`PROCESSED`/`PENDING`), `type` (`DEBIT`/
+//! `CREDIT`) and an unsigned `amount{amount, currency}` in minor units;
+//! balances `balance`, `available`, `limit`, `reserved`; consent errors are
+//! `{"error": {code, message}, "consent_token"?}` with 400
+//! `CONSENT.EXPIRED` / `CONSENT.LIMIT_EXCEEDED`, the token present only when
+//! it may be used again; `DELETE /xs2a/v1/sessions/{sid}` closes a session.
+//!
+//! **Our modelling** (where the documentation is silent):
+//! - The wizard's forms and the bank redirect are the test bank's; the
+//!   redirect page sends the browser to the session's
+//!   `redirect_return_url` with `redirect_id` and `result=success` (or
+//!   `result=failure` when the person cancels); the client completes the
+//!   flow with that address as `return_url`.
+//! - An accounts flow consents to every account of the login; the other
+//!   flows to the account chosen.
+//! - `consent_scope.lifetime` is days (default and most 90), on the
+//!   playground's clock, which tests move on (`…/advance`).
+//! - A consent call without a `psu` object is unattended: 4 a day per
+//!   account and call (PSD2), then 400 `CONSENT.LIMIT_EXCEEDED`.
+//! - Account ids stay for an instance until `…/renew-ids` changes them
+//!   (a bank that renumbers); IBANs stay.
+//! - Pages hold `preferred_pagination_size` transactions (default 100,
+//!   at most 1,000); a page's `pagination` names the next offset.
+//! - Random faults (the sandbox's `fault_rate`) hit consent calls before
+//!   they spend the token, as 503 or 429, with the token to retry with.
+//! - Account balances: `balance` is the booked balance; `limit` a fixed
+//!   overdraft of 1,000.00; `reserved` the pending card payments;
+//!   `available` = balance + limit − reserved, never below 0.
 //!
 //! Both of the real playground's hosts (`authapi…` and `api…`) map to
 //! [`PREFIX`]; absolute URLs in answers are built from the request's `Host`
 //! header. Control routes live under [`CONTROL_PREFIX`]: `credentials`,
-//! `fail` (failure injection by request number) and `stats`.
+//! `fail` (failure injection by request number), `stats`, `latency`,
+//! `truth`, `advance`, `usage` and `renew-ids`.
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use axum::http::StatusCode;
+use chrono::{DateTime, NaiveDate, Utc};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::SandboxConfig;
+use crate::fault::FaultConfig;
+use crate::fibank::AccountTruth;
+use crate::util::{ShiftedClock, read, write};
+use crate::xs2a::data::{LazyBooks, Params};
 
 pub mod crypto;
 mod flow;
@@ -50,6 +104,17 @@ pub const MAX_LOGIN_ATTEMPTS: u32 = 3;
 pub const SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Beyond this many live sessions the expired, then the oldest, are dropped.
 const MAX_SESSIONS: usize = 20_000;
+/// Unattended consent calls a day per account and call.
+pub const DAILY_LIMIT: u32 = 4;
+/// Days a consent lives when `consent_scope.lifetime` does not say (and at most).
+pub const LIFETIME_DAYS: u32 = 90;
+/// Transactions per page unless `preferred_pagination_size` says otherwise.
+pub const PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1_000;
+/// The test bank's overdraft, in cents: every account's `limit`.
+pub const OVERDRAFT: i64 = 100_000;
+/// The test bank's code inside its IBANs.
+const BLZ: &str = "88888888";
 
 /// The 11 requests of one run, in order. `number()` is what failure
 /// injection and the stats use.
@@ -128,6 +193,10 @@ pub(crate) struct Refusal {
     pub injected: Option<Step>,
     pub attempts_left: Option<u32>,
     pub data: Option<Value>,
+    /// A consent token the client may use again (next to `error`).
+    pub consent_token: Option<String>,
+    /// `Retry-After`, seconds.
+    pub retry_after: Option<u64>,
 }
 
 impl Refusal {
@@ -139,6 +208,8 @@ impl Refusal {
             injected: None,
             attempts_left: None,
             data: None,
+            consent_token: None,
+            retry_after: None,
         }
     }
 
@@ -178,11 +249,14 @@ impl Refusal {
         if let Some(data) = &self.data {
             body["data"] = data.clone();
         }
+        if let Some(token) = &self.consent_token {
+            body["consent_token"] = json!(token);
+        }
         body
     }
 }
 
-/// A test-bank account (the same for every session of an instance).
+/// A test-bank account as the playground shows it today.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Account {
     pub id: String,
@@ -191,7 +265,8 @@ pub struct Account {
     pub account_number: String,
     /// Minor units (cents), never negative.
     pub available: i64,
-    pub booked: i64,
+    /// The booked balance, minor units.
+    pub balance: i64,
 }
 
 /// What a developer (or a flow file) needs to run the flow.
@@ -233,7 +308,11 @@ pub struct Playground {
     jwt_secret: [u8; 32],
     /// Made on first use: most sandboxes never run this flow.
     key: tokio::sync::OnceCell<Arc<ServerKey>>,
-    accounts: Vec<Account>,
+    books: LazyBooks,
+    /// Account ids by book index (renewable, see the module docs).
+    ids: RwLock<Vec<String>>,
+    clock: ShiftedClock,
+    fault: RwLock<FaultConfig>,
     inner: Mutex<flow::Inner>,
     stats: Stats,
     /// Injected latency (ms) before every playground answer, for testing
@@ -244,14 +323,14 @@ pub struct Playground {
 impl std::fmt::Debug for Playground {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Playground")
-            .field("accounts", &self.accounts.len())
+            .field("accounts", &self.books.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Default for Playground {
     fn default() -> Self {
-        Playground::new()
+        Playground::new(&SandboxConfig::default())
     }
 }
 
@@ -261,44 +340,95 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(b)
 }
 
-/// `DE` + mod-97 check digits + the 18-digit BBAN.
-fn german_iban(bank: &str, account: &str) -> String {
-    let digits = format!("{bank}{account}131400");
-    let r = digits
-        .bytes()
-        .fold(0u32, |r, d| (r * 10 + u32::from(d - b'0')) % 97);
-    format!("DE{:02}{bank}{account}", 98 - r)
-}
-
 impl Playground {
-    pub fn new() -> Playground {
-        let mut rng = rand::rng();
+    pub fn new(config: &SandboxConfig) -> Playground {
         let mut jwt_secret = [0u8; 32];
-        rng.fill_bytes(&mut jwt_secret);
-        let accounts = ["Girokonto", "Tagesgeld"]
-            .iter()
-            .map(|alias| {
-                let number = format!("{:010}", rng.next_u64() % 10_000_000_000);
-                let available = i64::from(rng.next_u32() % 2_500_000) + 10_000;
-                Account {
-                    id: random_hex(12),
-                    alias: (*alias).to_owned(),
-                    iban: german_iban("88888888", &number),
-                    account_number: number,
-                    available,
-                    booked: available,
-                }
-            })
-            .collect();
+        rand::rng().fill_bytes(&mut jwt_secret);
         Playground {
             api_token: random_hex(24),
             jwt_secret,
             key: tokio::sync::OnceCell::new(),
-            accounts,
+            books: LazyBooks::new(Params {
+                seed: config.seed ^ 0x6b6c_6172,
+                country: COUNTRY_CODE,
+                currency: "EUR",
+                bank_code: BLZ,
+                // The test bank login has at least two accounts (the story picks one of several).
+                accounts: config.accounts.max(2),
+                transactions: config.transactions,
+                years: config.years,
+                today: config.today,
+            }),
+            ids: RwLock::new(Vec::new()),
+            clock: ShiftedClock::starting_on(config.today),
+            fault: RwLock::new(config.fault.clone()),
             inner: Mutex::new(flow::Inner::default()),
             stats: Stats::default(),
             latency_ms: AtomicU64::new(0),
         }
+    }
+
+    /// The playground's clock (consent lifetimes, daily limits, the books' day).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    pub fn today(&self) -> NaiveDate {
+        self.now().date_naive()
+    }
+
+    /// Move the clock on (not past the end of the books).
+    pub fn advance_by(&self, by: chrono::Duration) -> Result<NaiveDate, String> {
+        self.clock.advance(by, self.books.last_day())
+    }
+
+    pub fn advance(&self, days: u32) -> Result<NaiveDate, String> {
+        self.advance_by(chrono::Duration::days(i64::from(days)))
+    }
+
+    pub fn advance_hours(&self, hours: u32) -> Result<NaiveDate, String> {
+        self.advance_by(chrono::Duration::hours(i64::from(hours)))
+    }
+
+    pub(crate) fn books(&self) -> &[crate::xs2a::data::Account] {
+        self.books.get()
+    }
+
+    pub(crate) fn fault(&self) -> FaultConfig {
+        read(&self.fault).clone()
+    }
+
+    /// The account ids, made on first use and by [`Playground::renew_ids`].
+    pub(crate) fn account_ids(&self) -> Vec<String> {
+        {
+            let ids = read(&self.ids);
+            if !ids.is_empty() {
+                return ids.clone();
+            }
+        }
+        let mut ids = write(&self.ids);
+        if ids.is_empty() {
+            *ids = (0..self.books.len()).map(|_| random_hex(12)).collect();
+        }
+        ids.clone()
+    }
+
+    /// Give every account a new id, as a bank that renumbers does: consents
+    /// answer the new ids from now on.
+    pub fn renew_ids(&self) {
+        *write(&self.ids) = (0..self.books.len()).map(|_| random_hex(12)).collect();
+    }
+
+    /// Every account's booked and pending totals today.
+    pub fn truth(&self) -> Vec<AccountTruth> {
+        let today = self.today();
+        self.books().iter().map(|a| a.truth(today)).collect()
+    }
+
+    /// The most unattended consent calls of one account and call on one
+    /// day, and how many were refused with `CONSENT.LIMIT_EXCEEDED`.
+    pub fn usage(&self) -> (u32, u32) {
+        self.lock().usage()
     }
 
     /// Delay every playground answer by `ms` milliseconds (0 turns it off).
@@ -321,9 +451,26 @@ impl Playground {
         }
     }
 
-    /// The test bank's accounts, in the order the account form offers them.
-    pub fn accounts(&self) -> &[Account] {
-        &self.accounts
+    /// The test bank's accounts today, in the order the account form offers them.
+    pub fn accounts(&self) -> Vec<Account> {
+        let today = self.today();
+        let ids = self.account_ids();
+        self.books()
+            .iter()
+            .zip(ids)
+            .map(|(a, id)| {
+                let iban = a.iban.to_string();
+                let balance = a.balance_at(today);
+                Account {
+                    id,
+                    alias: a.name.clone(),
+                    account_number: iban[12..].to_owned(),
+                    iban,
+                    available: available(a, today),
+                    balance,
+                }
+            })
+            .collect()
     }
 
     /// `Authorization: Token <api token>` (the scheme case-insensitive).
@@ -452,14 +599,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ibans_pass_mod_97() {
-        let iban = german_iban("88888888", "0123456789");
-        assert_eq!(iban.len(), 22);
-        let rearranged = format!("{}{}", &iban[4..], "1314") + &iban[2..4];
-        let r = rearranged
-            .bytes()
-            .fold(0u32, |r, d| (r * 10 + u32::from(d - b'0')) % 97);
-        assert_eq!(r, 1);
+    fn accounts_are_german_test_bank_ibans_with_money_available() {
+        let pg = Playground::default();
+        let accounts = pg.accounts();
+        assert_eq!(accounts.len(), 2);
+        for a in &accounts {
+            assert!(a.iban.starts_with("DE") && a.iban[4..12] == *BLZ, "{a:?}");
+            assert!(bankbridge_core::Iban::parse(&a.iban).is_ok());
+            assert!(a.available >= 0);
+        }
+        assert_ne!(accounts[0].id, accounts[1].id);
+        pg.renew_ids();
+        let renewed = pg.accounts();
+        assert_ne!(renewed[0].id, accounts[0].id);
+        assert_eq!(renewed[0].iban, accounts[0].iban);
     }
 
     #[test]
@@ -473,7 +626,7 @@ mod tests {
 
     #[test]
     fn token_check() {
-        let pg = Playground::new();
+        let pg = Playground::default();
         let t = pg.credentials().api_token;
         assert!(pg.check_token(Some(&format!("Token {t}"))).is_ok());
         assert!(pg.check_token(Some(&format!("token {t}"))).is_ok());
@@ -485,7 +638,7 @@ mod tests {
 
     #[test]
     fn fail_plan_validation() {
-        let pg = Playground::new();
+        let pg = Playground::default();
         assert!(pg.set_fail(12, 1, false).is_err());
         assert!(pg.set_fail(3, 0, false).is_err());
         assert_eq!(
@@ -499,4 +652,10 @@ mod tests {
         assert_eq!(pg.set_fail(0, 1, false).unwrap(), None);
         assert_eq!(pg.fail_plan(), None);
     }
+}
+
+/// `balance + limit − reserved` (pending card payments), never below 0.
+pub(crate) fn available(a: &crate::xs2a::data::Account, today: NaiveDate) -> i64 {
+    let reserved: i64 = a.pending(today).map(|r| -r.minor.min(0)).sum();
+    (a.balance_at(today) + OVERDRAFT - reserved).max(0)
 }

@@ -163,6 +163,11 @@ fn question_form(
                     input #code name="code" type="text" inputmode="numeric" autocomplete="one-time-code" required autofocus;
                     button name="answer" value="code" type="submit" { "Send the code" }
                 }
+                ScaChallenge::Secret { prompt } => {
+                    label for="code" { (prompt) " (used for this link only, not kept)" }
+                    input #code name="code" type="password" autocomplete="off" required autofocus;
+                    button name="answer" value="code" type="submit" { "Send" }
+                }
                 ScaChallenge::CardReaderLogin { .. } | ScaChallenge::CardReaderSign { .. } => {
                     @if let ScaChallenge::CardReaderLogin { challenge: Some(c) } = challenge {
                         p { "Challenge: " code { (c) } }
