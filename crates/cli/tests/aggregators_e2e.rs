@@ -469,3 +469,94 @@ async fn enable_banking_is_linked_with_the_application_key_and_synced() {
     assert_eq!(summary["inserted"], 0, "{summary}");
     assert_eq!(summary["updated"], 0, "{summary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn klarna_is_linked_through_its_form_and_the_bank_page_and_synced() {
+    use bankbridge_sandbox::xs2a_playground::{PASSWORD, PREFIX};
+    let sb = bankbridge_sandbox::spawn(SandboxConfig {
+        seed: 47,
+        accounts: 2,
+        transactions: 300,
+        years: 1,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let pg = sb.klarna().credentials();
+    let env = Env::sqlite();
+    env.run_ok(&["init"]);
+    let port = free_port().to_string();
+    let base = format!("{}{PREFIX}", sb.root_url());
+    let mut child = env
+        .command(&[
+            "connection",
+            "add",
+            "--name",
+            "kl",
+            "--connector",
+            "klarna",
+            "--base-url",
+            &base,
+            "--username",
+            &pg.username,
+            "--password-stdin",
+            "--country",
+            "de",
+            "--institution",
+            &pg.bank_code,
+            "--link",
+            "--redirect-port",
+            &port,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The API token, then the PIN Klarna's form asks for (a script's way).
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}\n{PASSWORD}", pg.api_token).unwrap();
+    drop(stdin);
+    let lines = stderr_lines(&mut child);
+    let seen = agree_at(&lines, "/testbank/authorize").await;
+    let stdout = finish(child, lines, seen);
+    assert!(stdout.contains("linked; first sync"), "{stdout}");
+    let store = env.store().await;
+    let mut stored = HashMap::new();
+    for a in store.list_accounts(None).await.unwrap() {
+        let rows = store
+            .query_transactions(&TxQuery {
+                account_id: Some(a.id),
+                status: Some(bankbridge_core::TxStatus::Booked),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        stored.insert(
+            a.iban.unwrap().to_string(),
+            (
+                rows.len() as u64,
+                rows.iter().map(|t| t.amount).sum::<Decimal>(),
+            ),
+        );
+    }
+    let truth: HashMap<String, (u64, Decimal)> = sb
+        .klarna()
+        .truth()
+        .into_iter()
+        .map(|t| (t.iban, (t.booked_count, t.booked_sum.parse().unwrap())))
+        .collect();
+    assert_eq!(stored, truth, "the first sync reads the bank's history");
+    // A scheduled-style run: the consent holds, nothing new is written.
+    let (summary, ok, err) = env.sync();
+    assert!(ok, "{err}");
+    assert_eq!(summary["status"], "ok", "{summary}");
+    assert_eq!(summary["inserted"], 0, "{summary}");
+    assert_eq!(summary["updated"], 0, "{summary}");
+    // The API token is sealed, never shown.
+    let shown = env.run(&["connection", "list"]);
+    assert!(
+        !String::from_utf8_lossy(&shown.stdout).contains(&pg.api_token),
+        "the token stays secret"
+    );
+}

@@ -12,7 +12,7 @@ use crate::config::Config;
 pub enum ConnectionCommand {
     /// Add a bank connection (the password or PIN is encrypted at rest).
     #[command(
-        after_help = "Examples:\n  echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h\n  echo \"$PIN\" | bankbridge connection add --name my-bank --connector keypad \\\n    --base-url http://127.0.0.1:9000/keypad --username 12345678901 --password-stdin\n  bankbridge connection add --name my-revolut --connector gocardless --username \"$SECRET_ID\" \\\n    --country LV --institution Revolut --interval 6h   # asks for the secret key, then opens the bank's page\n\nkeypad: the username is the customer number, the password the 6-digit PIN.\ngocardless: the username is the secret id of a GoCardless Bank Account Data user secret, the password its\nsecret key; --country and --institution pick the bank, and the bank is linked at once in a terminal\n(or with --link): its page opens, the browser comes back to a loopback port, and the first sync runs.\nenablebanking: the username is the application id, --private-key the application's key (PEM); the rest\nas for gocardless (whitelist http://127.0.0.1:PORT/callback for the application and pass --redirect-port PORT)."
+        after_help = "Examples:\n  echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h\n  echo \"$PIN\" | bankbridge connection add --name my-bank --connector keypad \\\n    --base-url http://127.0.0.1:9000/keypad --username 12345678901 --password-stdin\n  bankbridge connection add --name my-revolut --connector gocardless --username \"$SECRET_ID\" \\\n    --country LV --institution Revolut --interval 6h   # asks for the secret key, then opens the bank's page\n\nkeypad: the username is the customer number, the password the 6-digit PIN.\ngocardless: the username is the secret id of a GoCardless Bank Account Data user secret, the password its\nsecret key; --country and --institution pick the bank, and the bank is linked at once in a terminal\n(or with --link): its page opens, the browser comes back to a loopback port, and the first sync runs.\nenablebanking: the username is the application id, --private-key the application's key (PEM); the rest\nas for gocardless (whitelist http://127.0.0.1:PORT/callback for the application and pass --redirect-port PORT).\nklarna: the password is the API token of Klarna's Open Banking portal, the username your login at the bank;\n--country and --institution (the bank's code) pick the bank; Klarna's form asks for your bank password\nwhen the bank is linked (typed then, never kept)."
     )]
     Add(Box<AddArgs>),
     /// List connections (never shows credentials).
@@ -46,18 +46,19 @@ pub struct AddArgs {
     /// A name to refer to it by (letters, digits, `-`, `_`, `.`).
     #[arg(long)]
     pub name: String,
-    /// Which bank API: fibank, keypad, xs2a, gocardless, enablebanking.
+    /// Which bank API: fibank, keypad, xs2a, gocardless, enablebanking, klarna.
     #[arg(long)]
     pub connector: String,
     /// The bank's base URL (e.g. https://my.fibank.bg, or a sandbox URL;
     /// for a sandbox bank given with --bank, the sandbox's root is enough,
     /// and none means `bankbridge sandbox`'s default http://127.0.0.1:9000).
-    /// For gocardless and enablebanking the default is the service's own address.
+    /// For gocardless, enablebanking and klarna the default is the service's own address.
     #[arg(long)]
     pub base_url: Option<String>,
     /// Your login at the bank (for keypad: the customer number; for xs2a:
     /// the PSU-ID, `-` for a bank that needs none; for gocardless: the
-    /// user secret's secret id; for enablebanking: the application id).
+    /// user secret's secret id; for enablebanking: the application id; for
+    /// klarna: the login at the bank that Klarna's form asks for).
     #[arg(long, aliases = ["secret-id", "application-id"], default_value = "-")]
     pub username: String,
     /// Read the password from standard input (first line) instead of a prompt.
@@ -103,22 +104,23 @@ pub struct AddArgs {
     /// the JWT of every call and is kept encrypted like a password.
     #[arg(long)]
     pub private_key: Option<std::path::PathBuf>,
-    /// gocardless, enablebanking: the bank's country (two letters, e.g. LV, SE, DE).
+    /// gocardless, enablebanking, klarna: the bank's country (two letters, e.g. LV, SE, DE).
     #[arg(long)]
     pub country: Option<String>,
     /// gocardless, enablebanking: the bank, by its name (or part of it; for
-    /// gocardless also its id);
-    /// without it the banks of --country are listed.
+    /// gocardless also its id); without it the banks of --country are
+    /// listed. klarna: the bank's code as Klarna knows it.
     #[arg(long, requires = "country")]
     pub institution: Option<String>,
-    /// gocardless, enablebanking: link the bank now even without a terminal (print its page's
-    /// address and wait up to 10 minutes for the browser to come back).
+    /// gocardless, enablebanking, klarna: link the bank now even without a terminal (print its page's
+    /// address and wait up to 10 minutes for the browser to come back; a secret Klarna's
+    /// form asks for is read from standard input).
     #[arg(long, conflicts_with = "no_link")]
     pub link: bool,
-    /// gocardless, enablebanking: store the connection only; link it later with `bankbridge sync`.
+    /// gocardless, enablebanking, klarna: store the connection only; link it later with `bankbridge sync`.
     #[arg(long)]
     pub no_link: bool,
-    /// gocardless, enablebanking: the loopback port the bank sends the browser back to
+    /// gocardless, enablebanking, klarna: the loopback port the bank sends the browser back to
     /// (`http://127.0.0.1:PORT/callback`); default: a free port.
     #[arg(long)]
     pub redirect_port: Option<u16>,
@@ -282,13 +284,14 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
     let xs2a = args.connector == "xs2a";
     let gocardless = args.connector == "gocardless";
     let enablebanking = args.connector == "enablebanking";
+    let klarna = args.connector == "klarna";
     // Aggregators: the bank is picked by country and name and linked on its page.
-    let aggregator = gocardless || enablebanking;
+    let aggregator = gocardless || enablebanking || klarna;
     if !aggregator
         && (args.country.is_some() || args.institution.is_some() || args.link || args.no_link)
     {
         bail!(
-            "--country, --institution, --link and --no-link are settings of the gocardless and enablebanking connectors"
+            "--country, --institution, --link and --no-link are settings of the gocardless, enablebanking and klarna connectors"
         );
     }
     if args.private_key.is_some() != enablebanking {
@@ -319,6 +322,7 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         (None, None) if enablebanking => {
             bankbridge_connectors::enablebanking::DEFAULT_BASE_URL.to_owned()
         }
+        (None, None) if klarna => bankbridge_connectors::klarna::DEFAULT_BASE_URL.to_owned(),
         (None, None) => bail!(
             "--base-url: the bank's address is needed (or --bank with a bank bankbridge knows)"
         ),
@@ -341,6 +345,7 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
     let prompt = match args.connector.as_str() {
         "keypad" => "bank PIN: ",
         "gocardless" => "GoCardless secret key: ",
+        "klarna" => "Klarna Open Banking API token: ",
         _ => "bank password: ",
     };
     let (store, syncer) = super::open(config).await?;
@@ -377,6 +382,9 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         settings.options = options;
     } else if enablebanking {
         pick_aspsp(&args, &settings, &credentials, &mut options).await?;
+        settings.options = options;
+    } else if klarna {
+        klarna_bank(&args, &mut options)?;
         settings.options = options;
     }
     // The connector checks what it can without the bank (URL, PIN shape).
@@ -564,7 +572,32 @@ async fn pick_aspsp(
     Ok(())
 }
 
-/// GoCardless and Enable Banking: the person links the bank now (in a terminal, or with
+/// Klarna: the bank by its code (`--institution`) in `--country`, unless the
+/// options name it. Klarna lists its banks in a separate API bankbridge does
+/// not read: the code comes from Klarna's documentation or portal.
+fn klarna_bank(
+    args: &AddArgs,
+    options: &mut std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    use bankbridge_connectors::klarna::{self, option};
+    if !options.contains_key(option::BANK_CODE) {
+        let country = country_of(args)?;
+        let Some(code) = &args.institution else {
+            bail!(
+                "--institution: the bank's code as Klarna knows it (the playground's test bank: 00000 in DE)"
+            );
+        };
+        options.insert(option::BANK_CODE.to_owned(), code.trim().to_owned());
+        options.insert(
+            option::COUNTRY_CODE.to_owned(),
+            country.to_ascii_uppercase(),
+        );
+    }
+    klarna::Settings::from_options(options).map_err(|e| anyhow::anyhow!("--option: {e}"))?;
+    Ok(())
+}
+
+/// GoCardless, Enable Banking and Klarna: the person links the bank now (in a terminal, or with
 /// `--link`), and the first sync runs; otherwise how to do it later.
 async fn link_now(
     syncer: &bankbridge_sync::Syncer,
@@ -617,10 +650,10 @@ fn updated_options(
     }
     if !matches!(
         connection.connector.as_str(),
-        "xs2a" | "gocardless" | "enablebanking"
+        "xs2a" | "gocardless" | "enablebanking" | "klarna"
     ) {
         bail!(
-            "--option: connector options are settings of the xs2a, gocardless and enablebanking connectors"
+            "--option: connector options are settings of the xs2a, gocardless, enablebanking and klarna connectors"
         );
     }
     let mut options = bankbridge_sync::Syncer::settings(connection)?.options;
@@ -638,6 +671,9 @@ fn updated_options(
             .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
     } else if connection.connector == "enablebanking" {
         bankbridge_connectors::enablebanking::Settings::from_options(&options)
+            .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
+    } else if connection.connector == "klarna" {
+        bankbridge_connectors::klarna::Settings::from_options(&options)
             .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
     } else {
         bankbridge_connectors::xs2a::BankSettings::from_options(&options)
@@ -663,7 +699,10 @@ fn connector_options(args: &AddArgs) -> Result<std::collections::BTreeMap<String
         options.insert(k.trim().to_owned(), v.trim().to_owned());
     }
     let tpp = args.tpp_cert.is_some() || args.tpp_p12.is_some();
-    if matches!(args.connector.as_str(), "gocardless" | "enablebanking") {
+    if matches!(
+        args.connector.as_str(),
+        "gocardless" | "enablebanking" | "klarna"
+    ) {
         if args.bank.is_some() || args.sca_approach.is_some() || tpp {
             bail!(
                 "--bank, --sca-approach and the TPP certificate are settings of the xs2a connector"

@@ -221,7 +221,7 @@ pub async fn sync_one_with(
         // Connectors whose bank may send the browser back here.
         let callback = if matches!(
             connection.connector.as_str(),
-            "xs2a" | "gocardless" | "enablebanking"
+            "xs2a" | "gocardless" | "enablebanking" | "klarna"
         ) {
             match RedirectCallback::listen(solve.redirect_port).await {
                 Ok(c) => Some(c),
@@ -452,6 +452,23 @@ impl ScaSolver for TerminalSolver {
                 .map_err(|e| ScaSolverError(format!("cannot read it: {e}")))?;
                 if secret.is_empty() {
                     return Ok(ScaAnswer::Declined);
+                }
+                Ok(ScaAnswer::Code(Secret::new(secret)))
+            }
+            // A script that links a bank gives the form's secrets on
+            // standard input, one a line (after --password-stdin's line).
+            ScaChallenge::Secret { prompt } if !std::io::stdin().is_terminal() => {
+                let mut line = String::new();
+                let read = tokio::task::block_in_place(|| {
+                    std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)
+                })
+                .map_err(|e| ScaSolverError(format!("cannot read standard input: {e}")))?;
+                let secret = line.trim_end_matches(['\n', '\r']).to_owned();
+                if read == 0 || secret.is_empty() {
+                    self.progress.println(format!(
+                        "  {name}: {prompt} is needed: run this in a terminal, or give it on standard input"
+                    ));
+                    return Ok(ScaAnswer::NotNow);
                 }
                 Ok(ScaAnswer::Code(Secret::new(secret)))
             }
