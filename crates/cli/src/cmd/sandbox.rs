@@ -179,6 +179,18 @@ pub async fn run(config_dir: &Config, args: SandboxArgs) -> Result<ExitCode> {
         "add it:  bankbridge connection add --name eb-sandbox --connector enablebanking --base-url http://{addr}/enablebanking --application-id {} --private-key {key_note} --country FI --institution 'Sandbox Pankki' --link",
         eb.application_id
     );
+    let kl = state.xs2a_playground().credentials();
+    println!(
+        "klarna   base URL http://{addr}/xs2a-playground   API token {}   test bank {} in {}: login {} PIN {}",
+        kl.api_token, kl.bank_code, kl.country_code, kl.username, kl.password
+    );
+    println!(
+        "         truth    http://{addr}/_sandbox/xs2a-playground/truth   (Klarna's XS2A playground; the monitoring story's flow runs here too)"
+    );
+    println!(
+        "add it:  bankbridge connection add --name klarna-sandbox --connector klarna --base-url http://{addr}/xs2a-playground --username {} --country {} --institution {} --link   (asks for the token, then the PIN)",
+        kl.username, kl.country_code, kl.bank_code
+    );
     if let Some(sim) = state.bankid() {
         let base = state
             .start_bankid()

@@ -1424,8 +1424,8 @@ impl Playground {
     }
 
     /// One page of a listing from `position`, newest first, and where the
-    /// next starts. Pending card payments come with the booked rows of the
-    /// range, by the day they were paid.
+    /// next starts. Booked rows are in the range by their booking day,
+    /// pending card payments by the day they were paid.
     fn page(&self, listing: &Listing, position: usize) -> (Vec<Value>, Option<usize>) {
         let today = self.today();
         let Some(book) = self.books().get(listing.account) else {
@@ -1443,9 +1443,8 @@ impl Playground {
                     .map(|r| (r, true)),
             )
             .collect();
-        rows.sort_by_key(|(r, pending)| {
-            std::cmp::Reverse((if *pending { r.value } else { r.booking }, r.seq))
-        });
+        // By the `date` they show (the day the money moved), newest first.
+        rows.sort_by_key(|(r, _)| std::cmp::Reverse((r.value, r.seq)));
         let end = (position + listing.size).min(rows.len());
         let page = rows
             .get(position..end)
