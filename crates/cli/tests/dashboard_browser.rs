@@ -125,6 +125,9 @@ async fn people_use_every_page_in_chromium() {
                 flows.to_str().unwrap(),
                 "--bankid-sandbox",
                 &root,
+                // Redirect SCA comes back to this server (Klarna's bank page).
+                "--public-url",
+                "{base}",
             ],
             &[
                 ("BANKBRIDGE_CHECK_XS2A_API_TOKEN", api_token.as_str()),
@@ -161,6 +164,7 @@ async fn people_use_every_page_in_chromium() {
         .trim()
         .to_owned();
     let keypad = sandbox.keypad().credentials();
+    let klarna = sandbox.klarna().credentials();
     let shots =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/browser-artifacts/dashboard");
     std::fs::create_dir_all(&shots).unwrap();
@@ -171,6 +175,14 @@ async fn people_use_every_page_in_chromium() {
         "sandboxRoot": root,
         "keypad": {"baseUrl": sandbox.keypad_base_url(), "identifier": keypad.identifier, "pin": keypad.pin},
         "card": {"reader": SLOT0, "pin": CARD_PIN},
+        "klarna": {
+            "baseUrl": format!("{root}{}", bankbridge_sandbox::xs2a_playground::PREFIX),
+            "username": klarna.username,
+            "token": klarna.api_token,
+            "bankCode": klarna.bank_code,
+            "countryCode": klarna.country_code,
+            "pin": klarna.password,
+        },
         "shots": shots.display().to_string(),
     });
     let out = tokio::task::spawn_blocking(move || {

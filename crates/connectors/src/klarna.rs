@@ -713,7 +713,7 @@ impl KlarnaConnector {
             .and_then(|e| text_at(e, "label"))
             .unwrap_or_else(|| "Password".to_owned());
         format!(
-            "{} at your bank (Klarna's form for bank {} asks for it)",
+            "your {} at the bank (Klarna's form for bank {} asks for it)",
             excerpt(&label),
             self.settings.bank_code
         )

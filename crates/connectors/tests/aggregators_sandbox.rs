@@ -343,7 +343,7 @@ async fn linked_to_truth(service: Service, store: Option<Arc<dyn Store>>) {
     if service == Klarna {
         let asked = browser.secrets.lock().unwrap().clone();
         assert_eq!(asked.len(), 1, "the PIN is asked once: {asked:?}");
-        assert!(asked[0].contains("PIN at your bank"), "{asked:?}");
+        assert!(asked[0].contains("PIN at the bank"), "{asked:?}");
     }
     e.assert_matches_truth("first sync").await;
     // A second run writes nothing and needs no new link.

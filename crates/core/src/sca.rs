@@ -106,7 +106,7 @@ impl fmt::Display for ScaChallenge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ScaChallenge::Otp { prompt } => write!(f, "a one-time code ({prompt})"),
-            ScaChallenge::Secret { prompt } => write!(f, "{prompt}, typed for this link only"),
+            ScaChallenge::Secret { prompt } => write!(f, "{prompt}, for this link only"),
             ScaChallenge::CardReaderLogin { .. } => {
                 f.write_str("a login code from a bank card in a card reader (EMV-CAP mode 1)")
             }

@@ -444,7 +444,7 @@ impl ScaSolver for TerminalSolver {
                 Ok(ScaAnswer::Code(Secret::new(code)))
             }
             ScaChallenge::Secret { prompt } if self.can_prompt => {
-                let question = format!("  {name}: {prompt} (typed for this link only, not kept): ");
+                let question = format!("  {name}: {prompt}; for this link only, not kept: ");
                 let secret = tokio::task::block_in_place(|| {
                     self.progress
                         .suspend(|| rpassword::prompt_password(&question))

@@ -6,7 +6,8 @@
 //   node dashboard.mjs CONFIG_JSON
 //
 // CONFIG_JSON: {base, adminLink, readToken, sandboxRoot, keypad: {baseUrl,
-// identifier, pin}, card: {reader, pin}, shots}. Exits non-zero with the
+// identifier, pin}, card: {reader, pin}, klarna: {baseUrl, username, token,
+// bankCode, countryCode, pin}, shots}. Exits non-zero with the
 // failed step on stderr; saves a screenshot of each page in `shots`.
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync } from 'node:fs';
@@ -15,7 +16,7 @@ import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const config = JSON.parse(process.argv[2] ?? '{}');
-const { base, adminLink, readToken, sandboxRoot, keypad, card, shots } = config;
+const { base, adminLink, readToken, sandboxRoot, keypad, card, klarna, shots } = config;
 if (!base || !adminLink || !readToken || !shots) {
   console.error('usage: node dashboard.mjs CONFIG_JSON');
   process.exit(2);
@@ -190,6 +191,41 @@ await step('an Enable Banking connection takes its private key in a text area', 
   assert.match(await key.inputValue(), /\n/, 'line breaks kept');
   await shot('add-enablebanking');
   await page.locator('summary', { hasText: 'Enable Banking' }).click();
+});
+
+await step('a Klarna connection is linked from the page: the bank PIN typed once, the bank page agreed', async () => {
+  await page.goto(`${base}/connections`);
+  await page.locator('summary', { hasText: 'Klarna open banking' }).click();
+  const form = page.locator('details.add[open] form');
+  await form.getByLabel('Name in bankbridge').fill('klarna-main');
+  await form.getByLabel('Bank web API address').fill(klarna.baseUrl);
+  await form.getByLabel(/login name at the bank/).fill(klarna.username);
+  await form.getByLabel('Klarna Open Banking API token').fill(klarna.token);
+  await form.getByLabel('Settings (optional)').fill(`bank_code=${klarna.bankCode}\ncountry_code=${klarna.countryCode}`);
+  await form.getByLabel('Sync on its own').selectOption('');
+  await form.getByRole('button', { name: 'Add connection' }).click();
+  await page.getByRole('heading', { name: 'Connection klarna-main' }).waitFor();
+  assert.ok(!(await page.content()).includes(klarna.token), 'the API token is never shown');
+  await page.getByRole('button', { name: 'Sync now' }).click();
+  await page.waitForURL(/\/syncs\/\d+$/);
+  // Klarna's form for the bank asks for the PIN: a password field, sent once.
+  const pin = page.locator('input[type=password][name=code]');
+  await pin.waitFor({ timeout: 30000 });
+  assert.match(await page.locator('form.question').innerText(), /PIN at the bank/);
+  await shot('sync-klarna-pin');
+  await pin.fill(klarna.pin);
+  await page.getByRole('button', { name: 'Send', exact: true }).click();
+  // Then the bank's own page, in this tab; it sends the browser back here.
+  const bankPage = page.getByRole('link', { name: "Open the bank's page" });
+  await bankPage.waitFor({ timeout: 30000 });
+  await page.goto(await bankPage.getAttribute('href'));
+  await shot('klarna-bank-page');
+  await page.getByRole('button', { name: 'Agree' }).click();
+  await page.waitForURL(/\/syncs\/\d+$/);
+  await until('the Klarna sync to finish', async () => (await page.locator('#live[data-done]').count()) > 0, 60000);
+  assert.match(await page.locator('#live .big').innerText(), /succeeded/);
+  assert.match(await page.locator('#live').innerText(), /\d+ new/);
+  await shot('sync-klarna');
 });
 
 await step('documents are listed, shown and downloaded', async () => {

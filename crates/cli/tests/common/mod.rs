@@ -189,16 +189,25 @@ impl Env {
         };
         let log_path = self.home.path().join(format!("serve-{port}.log"));
         let log_file = std::fs::File::create(&log_path).unwrap();
-        let server = KillOnDrop(Some(
-            self.command(&[&["serve", "--listen", &format!("127.0.0.1:{port}")], extra].concat())
-                .envs(envs.iter().copied())
-                .env("BANKBRIDGE_LOG", "debug")
-                .stdout(Stdio::null())
-                .stderr(log_file)
-                .spawn()
-                .unwrap(),
-        ));
+        // `{base}` in an argument is the address the server will listen at.
         let base = format!("http://127.0.0.1:{port}");
+        let extra: Vec<String> = extra.iter().map(|a| a.replace("{base}", &base)).collect();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let server = KillOnDrop(Some(
+            self.command(
+                &[
+                    &["serve", "--listen", &format!("127.0.0.1:{port}")],
+                    &extra[..],
+                ]
+                .concat(),
+            )
+            .envs(envs.iter().copied())
+            .env("BANKBRIDGE_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap(),
+        ));
         let http = reqwest::Client::new();
         let started = Instant::now();
         while http.get(format!("{base}/healthz")).send().await.is_err() {

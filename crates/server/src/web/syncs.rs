@@ -141,6 +141,15 @@ fn progress(s: &LiveState) -> Markup {
     }
 }
 
+/// `s` with its first letter in upper case, for a label made of a phrase.
+fn capitalised(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
 fn question_form(
     viewer: &Viewer,
     job: i64,
@@ -164,7 +173,7 @@ fn question_form(
                     button name="answer" value="code" type="submit" { "Send the code" }
                 }
                 ScaChallenge::Secret { prompt } => {
-                    label for="code" { (prompt) " (used for this link only, not kept)" }
+                    label for="code" { (capitalised(prompt)) ". It is used for this link only and not kept." }
                     input #code name="code" type="password" autocomplete="off" required autofocus;
                     button name="answer" value="code" type="submit" { "Send" }
                 }
