@@ -663,7 +663,11 @@ impl Run<'_> {
     }
 
     /// Fetch a window; when the bank refuses its length, fetch it in halves
-    /// and use the smaller size for the rest of the account.
+    /// and use the smaller size for the rest of the account. A window that
+    /// keeps failing on transient faults is fetched in halves too (a fault
+    /// on any of its many pages fails the whole attempt), at most
+    /// [`MAX_FAULT_HALVINGS`] times deep: a bank that is down costs a few
+    /// more attempts before the window fails, not one per day.
     async fn fetch_range(
         &self,
         connector: &mut dyn Connector,
@@ -672,18 +676,40 @@ impl Run<'_> {
         label: &str,
         window_days: &mut u32,
     ) -> Result<WindowPage, SyncError> {
-        let mut pending = vec![w];
+        let max_attempts = self.syncer.options.max_attempts;
+        // (window, halvings on faults so far)
+        let mut pending = vec![(w, 0u32)];
         let mut page = WindowPage::default();
-        while let Some(part) = pending.pop() {
-            match self.call(connector, Op::Window(account, part)).await {
+        while let Some((part, halvings)) = pending.pop() {
+            let may_halve = part.days() > 1 && halvings < MAX_FAULT_HALVINGS;
+            let attempts = if may_halve {
+                max_attempts.min(ATTEMPTS_BEFORE_HALVING)
+            } else {
+                max_attempts
+            };
+            match self
+                .call_within(connector, Op::Window(account, part), attempts)
+                .await
+            {
                 Ok(Out::Page(p)) => {
                     page.transactions.extend(p.transactions);
                     page.balances.extend(p.balances);
                 }
                 Ok(_) => unreachable!("Op::Window yields Out::Page"),
-                Err(SyncError::Connector(ConnectorError::WindowRefused { window, message }))
-                    if part.days() > 1 =>
-                {
+                Err(GaveUp::Faults { attempts, last, .. }) if may_halve => {
+                    let half = part.days() / 2;
+                    tracing::warn!(account = label, window = %part, attempts, error = %last, "the window keeps failing; fetching it in halves");
+                    let mid = plan::add_days(part.from, half - 1);
+                    pending.push((
+                        DateWindow::new(plan::add_days(mid, 1), part.to),
+                        halvings + 1,
+                    ));
+                    pending.push((DateWindow::new(part.from, mid), halvings + 1));
+                }
+                Err(GaveUp::Other(SyncError::Connector(ConnectorError::WindowRefused {
+                    window,
+                    message,
+                }))) if part.days() > 1 => {
                     let half = part.days() / 2;
                     *window_days = (*window_days).min(half).max(1);
                     tracing::warn!(account = label, %window, %message, new_days = half, "the bank refused the window; fetching it in halves");
@@ -694,10 +720,10 @@ impl Run<'_> {
                     });
                     let mid = plan::add_days(part.from, half - 1);
                     // Pushed so the older half is fetched first.
-                    pending.push(DateWindow::new(plan::add_days(mid, 1), part.to));
-                    pending.push(DateWindow::new(part.from, mid));
+                    pending.push((DateWindow::new(plan::add_days(mid, 1), part.to), halvings));
+                    pending.push((DateWindow::new(part.from, mid), halvings));
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(page)
@@ -707,6 +733,19 @@ impl Run<'_> {
     /// backoff, `Retry-After` honoured), a fresh login when the session
     /// expired, and strong customer authentication through the solver.
     async fn call(&self, connector: &mut dyn Connector, op: Op<'_>) -> Result<Out, SyncError> {
+        let attempts = self.syncer.options.max_attempts;
+        self.call_within(connector, op, attempts)
+            .await
+            .map_err(SyncError::from)
+    }
+
+    /// [`Run::call`] with at most `max_attempts` tries of transient faults.
+    async fn call_within(
+        &self,
+        connector: &mut dyn Connector,
+        op: Op<'_>,
+        max_attempts: u32,
+    ) -> Result<Out, GaveUp> {
         let o = &self.syncer.options;
         let mut attempt = 1;
         let mut relogins = 0;
@@ -737,7 +776,7 @@ impl Run<'_> {
             };
             match result {
                 Ok(out) => return Ok(out),
-                Err(e) if e.is_transient() && attempt < o.max_attempts => {
+                Err(e) if e.is_transient() && attempt < max_attempts => {
                     let delay = retry_delay(o, attempt, &e);
                     tracing::info!(%what, attempt, delay_ms = delay.as_millis() as u64, reason = %e, "retrying");
                     (self.progress)(SyncEvent::Retrying {
@@ -768,15 +807,58 @@ impl Run<'_> {
                     self.authenticate(connector, challenge).await?;
                     self.save_session(connector).await;
                 }
-                Err(e) => {
-                    if e.is_transient() {
-                        return Err(SyncError::Connector(ConnectorError::Other(format!(
-                            "{what} still failing after {attempt} attempts: {e}"
-                        ))));
-                    }
-                    return Err(e.into());
+                Err(e) if e.is_transient() => {
+                    return Err(GaveUp::Faults {
+                        what,
+                        attempts: attempt,
+                        last: e,
+                    });
                 }
+                Err(e) => return Err(e.into()),
             }
+        }
+    }
+}
+
+/// Tries of a window that may still be halved, before it is.
+const ATTEMPTS_BEFORE_HALVING: u32 = 3;
+/// How deep a window that keeps failing is halved.
+const MAX_FAULT_HALVINGS: u32 = 4;
+
+/// Why a call stopped trying.
+enum GaveUp {
+    /// A transient fault on every one of `attempts` tries.
+    Faults {
+        what: String,
+        attempts: u32,
+        last: ConnectorError,
+    },
+    Other(SyncError),
+}
+
+impl From<SyncError> for GaveUp {
+    fn from(e: SyncError) -> Self {
+        GaveUp::Other(e)
+    }
+}
+
+impl From<ConnectorError> for GaveUp {
+    fn from(e: ConnectorError) -> Self {
+        GaveUp::Other(e.into())
+    }
+}
+
+impl From<GaveUp> for SyncError {
+    fn from(g: GaveUp) -> Self {
+        match g {
+            GaveUp::Faults {
+                what,
+                attempts,
+                last,
+            } => SyncError::Connector(ConnectorError::Other(format!(
+                "{what} still failing after {attempts} attempts: {last}"
+            ))),
+            GaveUp::Other(e) => e,
         }
     }
 }
