@@ -1006,7 +1006,7 @@ impl Playground {
                     }
                     return Err(Refusal {
                         attempts_left: Some(left),
-                        data: Some(self.render(root, flow)),
+                        data: Some(Box::new(self.render(root, flow))),
                         ..Refusal::new(
                             StatusCode::UNPROCESSABLE_ENTITY,
                             "INVALID_CREDENTIALS",

@@ -192,7 +192,7 @@ pub(crate) struct Refusal {
     pub message: String,
     pub injected: Option<Step>,
     pub attempts_left: Option<u32>,
-    pub data: Option<Value>,
+    pub data: Option<Box<Value>>,
     /// A consent token the client may use again (next to `error`).
     pub consent_token: Option<String>,
     /// `Retry-After`, seconds.
@@ -247,7 +247,7 @@ impl Refusal {
         }
         let mut body = json!({ "error": error });
         if let Some(data) = &self.data {
-            body["data"] = data.clone();
+            body["data"] = (**data).clone();
         }
         if let Some(token) = &self.consent_token {
             body["consent_token"] = json!(token);
@@ -594,6 +594,12 @@ impl Playground {
     }
 }
 
+/// `balance + limit − reserved` (pending card payments), never below 0.
+pub(crate) fn available(a: &crate::xs2a::data::Account, today: NaiveDate) -> i64 {
+    let reserved: i64 = a.pending(today).map(|r| -r.minor.min(0)).sum();
+    (a.balance_at(today) + OVERDRAFT - reserved).max(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -652,10 +658,4 @@ mod tests {
         assert_eq!(pg.set_fail(0, 1, false).unwrap(), None);
         assert_eq!(pg.fail_plan(), None);
     }
-}
-
-/// `balance + limit − reserved` (pending card payments), never below 0.
-pub(crate) fn available(a: &crate::xs2a::data::Account, today: NaiveDate) -> i64 {
-    let reserved: i64 = a.pending(today).map(|r| -r.minor.min(0)).sum();
-    (a.balance_at(today) + OVERDRAFT - reserved).max(0)
 }
