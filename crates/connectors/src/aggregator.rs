@@ -1,14 +1,20 @@
-//! What the aggregator connectors (`gocardless`, `enablebanking`) share:
-//! their HTTP client and base URL, number options, the words of a link
+//! What the aggregator connectors (`gocardless`, `enablebanking`, `klarna`)
+//! share: their HTTP client and base URL, one exchange with the service
+//! (its clock read, the call counted), number options, the words of a link
 //! that only a person can make, and the daily limit's wait as an error.
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use bankbridge_core::ConnectorError;
 use chrono::{DateTime, Utc};
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
 use url::Url;
 
-use crate::budget::Allowance;
+use crate::budget::{Allowance, Allowances};
+use crate::common::{clock_skew_secs, parse_json, transport};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// How bankbridge names itself to a service (and, for Enable Banking, as
@@ -36,6 +42,71 @@ pub(crate) fn base_url(raw: &str) -> Result<Url, String> {
     Ok(base)
 }
 
+/// A service's answer: its status, headers and JSON body (`Null` when
+/// empty, or for a refusal that is not JSON).
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+/// The allowance a call counts against: its key in `budget`, and the
+/// header (if any) in which the service says how many calls are left.
+pub(crate) struct Counted<'a> {
+    pub budget: &'a mut Allowances,
+    pub key: String,
+    pub remaining_header: Option<&'static str>,
+}
+
+/// Send `req` and read the answer. The service's clock comes from its
+/// `Date` (into `skew`); a served call is counted as soon as its status
+/// arrives, before the body, because the service counts it even when the
+/// body is then cut short.
+pub(crate) async fn exchange(
+    service: &str,
+    what: &str,
+    req: reqwest::RequestBuilder,
+    skew: &AtomicI64,
+    counted: Option<Counted<'_>>,
+) -> Result<Answer, ConnectorError> {
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| transport(service, what, &e, false))?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    if let Some(s) = clock_skew_secs(&headers) {
+        skew.store(s, Ordering::Relaxed);
+    }
+    if status.is_success()
+        && let Some(c) = counted
+    {
+        let remaining = c
+            .remaining_header
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        let now = Utc::now() + chrono::Duration::seconds(skew.load(Ordering::Relaxed));
+        c.budget.served(c.key, now, remaining);
+    }
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| transport(service, what, &e, true))?;
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else if status.is_success() {
+        parse_json(what, &bytes)?
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
 /// A number option from 1 to `max`, `default` when absent.
 pub(crate) fn number_option(
     options: &BTreeMap<String, String>,
@@ -51,6 +122,34 @@ pub(crate) fn number_option(
             .filter(|n| (1..=max).contains(n))
             .ok_or_else(|| format!("{key} must be a number from 1 to {max}")),
     }
+}
+
+/// The `redirect_uri` option, checked: https, or http to this machine.
+pub(crate) fn redirect_option(
+    options: &BTreeMap<String, String>,
+    key: &str,
+) -> Result<Option<String>, String> {
+    match options.get(key) {
+        Some(uri) => {
+            bankbridge_core::net::secure_url(uri, key)?;
+            Ok(Some(uri.clone()))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The PSU's IP address sent with attended calls (this machine's by default).
+pub(crate) fn psu_ip_option(
+    options: &BTreeMap<String, String>,
+    key: &str,
+) -> Result<String, String> {
+    let ip = options
+        .get(key)
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    ip.parse::<std::net::IpAddr>()
+        .map(|_| ip.clone())
+        .map_err(|_| format!("{key} must be an IP address"))
 }
 
 /// Only a person can go on: the bank must be linked again on its page.

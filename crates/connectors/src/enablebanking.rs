@@ -46,13 +46,12 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use crate::aggregator::{
-    USER_AGENT, afford, base_url, http_client, no_return_address, number_option, relink_needed,
+    Answer, Counted, USER_AGENT, afford, base_url, exchange, http_client, no_return_address,
+    number_option, psu_ip_option, redirect_option, relink_needed,
 };
 use crate::budget::Allowances;
 use crate::common::date;
-use crate::common::{
-    clock_skew_secs, excerpt, malformed, parse_json, status_error, text, transient, transport,
-};
+use crate::common::{excerpt, malformed, status_error, text, transient};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.enablebanking.com";
 /// Unattended calls a day per account and endpoint (PSD2).
@@ -119,16 +118,8 @@ impl Settings {
         if psu_type != "personal" && psu_type != "business" {
             return Err(format!("{} must be personal or business", option::PSU_TYPE));
         }
-        if let Some(uri) = options.get(option::REDIRECT_URI) {
-            bankbridge_core::net::secure_url(uri, option::REDIRECT_URI)?;
-        }
-        let psu_ip = options
-            .get(option::PSU_IP_ADDRESS)
-            .cloned()
-            .unwrap_or_else(|| "127.0.0.1".to_owned());
-        if psu_ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(format!("{} must be an IP address", option::PSU_IP_ADDRESS));
-        }
+        let redirect_uri = redirect_option(options, option::REDIRECT_URI)?;
+        let psu_ip = psu_ip_option(options, option::PSU_IP_ADDRESS)?;
         Ok(Settings {
             aspsp_name: needed(option::ASPSP_NAME)?,
             aspsp_country: needed(option::ASPSP_COUNTRY)?.to_ascii_uppercase(),
@@ -136,7 +127,7 @@ impl Settings {
             consent_days: number(option::CONSENT_DAYS, DEFAULT_CONSENT_DAYS, 730)?,
             history_days: number(option::HISTORY_DAYS, DEFAULT_HISTORY_DAYS, 3650)?,
             daily_limit: number(option::DAILY_LIMIT, DAILY_LIMIT, 1000)?,
-            redirect_uri: options.get(option::REDIRECT_URI).cloned(),
+            redirect_uri,
             psu_ip,
         })
     }
@@ -230,12 +221,6 @@ impl Endpoint {
             Endpoint::Transactions => "transactions",
         }
     }
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
 }
 
 /// The Enable Banking connector.
@@ -405,39 +390,13 @@ impl EnableBankingConnector {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| transport("enablebanking", what, &e, false))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        if let Some(skew) = clock_skew_secs(&headers) {
-            self.skew.store(skew, Ordering::Relaxed);
-        }
-        // The bank counts a call it served, also when the body is then cut
-        // short: so do we, before reading it.
-        if status.is_success()
-            && let Some(key) = self.counting.take()
-        {
-            let now = self.now();
-            self.saved.budget.served(key, now, None);
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| transport("enablebanking", what, &e, true))?;
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else if status.is_success() {
-            parse_json(what, &bytes)?
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        Ok(Answer {
-            status,
-            headers,
-            body,
-        })
+        // The bank counts a call it served: so do we.
+        let counted = self.counting.take().map(|key| Counted {
+            budget: &mut self.saved.budget,
+            key,
+            remaining_header: None,
+        });
+        exchange("enablebanking", what, req, &self.skew, counted).await
     }
 
     fn error_name(a: &Answer) -> &str {

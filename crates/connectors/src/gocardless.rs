@@ -51,12 +51,11 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::aggregator::{
-    afford, base_url, http_client, no_return_address, number_option, relink_needed,
+    Answer, Counted, afford, base_url, exchange, http_client, no_return_address, number_option,
+    redirect_option, relink_needed,
 };
 use crate::budget::Allowances;
-use crate::common::{
-    clock_skew_secs, excerpt, malformed, parse_json, status_error, text, transient, transport,
-};
+use crate::common::{excerpt, malformed, status_error, text, transient};
 use crate::xs2a::{map_balances, map_transaction};
 
 /// The service's address.
@@ -106,14 +105,12 @@ impl Settings {
                     option::INSTITUTION_ID
                 )
             })?;
-        if let Some(uri) = options.get(option::REDIRECT_URI) {
-            bankbridge_core::net::secure_url(uri, option::REDIRECT_URI)?;
-        }
+        let redirect_uri = redirect_option(options, option::REDIRECT_URI)?;
         Ok(Settings {
             institution_id,
             history_days: number(option::HISTORY_DAYS, DEFAULT_HISTORY_DAYS, 730)?,
             access_days: number(option::ACCESS_DAYS, DEFAULT_ACCESS_DAYS, 180)?,
-            redirect_uri: options.get(option::REDIRECT_URI).cloned(),
+            redirect_uri,
             daily_limit: number(option::DAILY_LIMIT, DAILY_LIMIT, 1000)?,
         })
     }
@@ -226,12 +223,6 @@ struct Saved {
 }
 
 /// An answer of the API.
-struct Answer {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
 /// The account-data scopes, each with its own daily limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scope {
@@ -353,43 +344,13 @@ impl GoCardlessConnector {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| transport("gocardless", what, &e, false))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        if let Some(skew) = clock_skew_secs(&headers) {
-            self.skew.store(skew, Ordering::Relaxed);
-        }
-        // The service counts a call it served, also when the body is then
-        // cut short: so do we, before reading it.
-        if status.is_success()
-            && let Some(key) = self.counting.take()
-        {
-            let remaining = headers
-                .get("x-ratelimit-account-success-remaining")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u32>().ok());
-            let now = self.now();
-            self.saved.budget.served(key, now, remaining);
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| transport("gocardless", what, &e, true))?;
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else if status.is_success() {
-            parse_json(what, &bytes)?
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        Ok(Answer {
-            status,
-            headers,
-            body,
-        })
+        // The service counts a call it served: so do we.
+        let counted = self.counting.take().map(|key| Counted {
+            budget: &mut self.saved.budget,
+            key,
+            remaining_header: Some("x-ratelimit-account-success-remaining"),
+        });
+        exchange("gocardless", what, req, &self.skew, counted).await
     }
 
     /// The service's own words on a refusal: `summary (detail)`.

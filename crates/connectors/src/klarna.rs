@@ -52,12 +52,11 @@ use serde_json::{Map, Value, json};
 use url::Url;
 
 use crate::aggregator::{
-    USER_AGENT, afford, base_url, http_client, no_return_address, number_option, relink_needed,
+    Answer, Counted, USER_AGENT, afford, base_url, exchange, http_client, no_return_address,
+    number_option, psu_ip_option, redirect_option, relink_needed,
 };
 use crate::budget::Allowances;
-use crate::common::{
-    clock_skew_secs, date, excerpt, malformed, parse_json, status_error, text, transport,
-};
+use crate::common::{clock_skew_secs, date, excerpt, malformed, status_error, text};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openbanking.klarna.com";
 /// Unattended consent calls a day per account and call (PSD2).
@@ -122,16 +121,8 @@ impl Settings {
         if country_code.len() != 2 || !country_code.bytes().all(|b| b.is_ascii_alphabetic()) {
             return Err(format!("{} must be two letters", option::COUNTRY_CODE));
         }
-        if let Some(uri) = options.get(option::REDIRECT_URI) {
-            bankbridge_core::net::secure_url(uri, option::REDIRECT_URI)?;
-        }
-        let psu_ip = options
-            .get(option::PSU_IP_ADDRESS)
-            .cloned()
-            .unwrap_or_else(|| "127.0.0.1".to_owned());
-        if psu_ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(format!("{} must be an IP address", option::PSU_IP_ADDRESS));
-        }
+        let redirect_uri = redirect_option(options, option::REDIRECT_URI)?;
+        let psu_ip = psu_ip_option(options, option::PSU_IP_ADDRESS)?;
         let known = [
             option::BANK_CODE,
             option::COUNTRY_CODE,
@@ -147,7 +138,7 @@ impl Settings {
             consent_days: number(option::CONSENT_DAYS, DEFAULT_CONSENT_DAYS, 90)?,
             history_days: number(option::HISTORY_DAYS, DEFAULT_HISTORY_DAYS, 3650)?,
             daily_limit: number(option::DAILY_LIMIT, DAILY_LIMIT, 1000)?,
-            redirect_uri: options.get(option::REDIRECT_URI).cloned(),
+            redirect_uri,
             psu_ip,
             choices: options
                 .iter()
@@ -234,14 +225,14 @@ impl fmt::Debug for Waiting {
     }
 }
 
-/// The answer of one call: its status, `data` (success) or the whole body.
-struct Answer {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
+/// Klarna's wrapping: `data` on success, `{error: {code, message}}` on a refusal.
+trait Wrapped {
+    fn data(&self) -> &Value;
+    fn error_code(&self) -> &str;
+    fn said(&self) -> String;
 }
 
-impl Answer {
+impl Wrapped for Answer {
     fn data(&self) -> &Value {
         self.body.get("data").unwrap_or(&Value::Null)
     }
@@ -380,37 +371,13 @@ impl KlarnaConnector {
         if let Some(body) = body {
             req = req.json(&body);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| transport("klarna", what, &e, false))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        if let Some(skew) = clock_skew_secs(&headers) {
-            self.skew.store(skew, Ordering::Relaxed);
-        }
-        if status.is_success()
-            && let Some(key) = self.counting.take()
-        {
-            let now = self.now();
-            self.saved.budget.served(key, now, None);
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| transport("klarna", what, &e, true))?;
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else if status.is_success() {
-            parse_json(what, &bytes)?
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        let answer = Answer {
-            status,
-            headers,
-            body,
-        };
+        // The bank counts a call it served: so do we.
+        let counted = self.counting.take().map(|key| Counted {
+            budget: &mut self.saved.budget,
+            key,
+            remaining_header: None,
+        });
+        let answer = exchange("klarna", what, req, &self.skew, counted).await?;
         // A consent token in any answer is the one to use next.
         let next = answer
             .data()
