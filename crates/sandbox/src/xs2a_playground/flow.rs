@@ -345,43 +345,18 @@ impl Inner {
 
     /// Keep the maps bounded: drop expired sessions, then the oldest half.
     fn make_room(&mut self) {
-        if self.sessions.len() < MAX_SESSIONS {
-            return;
-        }
-        self.sessions
-            .retain(|_, s| s.created.elapsed() < SESSION_TTL);
-        if self.sessions.len() >= MAX_SESSIONS {
-            let mut by_age: Vec<(Instant, String)> = self
-                .sessions
-                .iter()
-                .map(|(id, s)| (s.created, id.clone()))
-                .collect();
-            by_age.sort();
-            for (_, id) in by_age.into_iter().take(MAX_SESSIONS / 2) {
-                self.sessions.remove(&id);
-            }
-        }
+        bound(
+            &mut self.sessions,
+            |s| s.created.elapsed() < SESSION_TTL,
+            |s| s.created,
+        );
         let sessions = &self.sessions;
         self.flows.retain(|_, sid| sessions.contains_key(sid));
     }
 
     /// Keep the consents bounded: drop the expired, then the oldest half.
     fn make_consent_room(&mut self, now: DateTime<Utc>) {
-        if self.consents.len() < MAX_SESSIONS {
-            return;
-        }
-        self.consents.retain(|_, c| c.expires() > now);
-        if self.consents.len() >= MAX_SESSIONS {
-            let mut by_age: Vec<(DateTime<Utc>, String)> = self
-                .consents
-                .iter()
-                .map(|(id, c)| (c.created, id.clone()))
-                .collect();
-            by_age.sort();
-            for (_, id) in by_age.into_iter().take(MAX_SESSIONS / 2) {
-                self.consents.remove(&id);
-            }
-        }
+        bound(&mut self.consents, |c| c.expires() > now, |c| c.created);
     }
 
     /// Take the failure plan's turn for a new run.
@@ -395,6 +370,27 @@ impl Inner {
             }
         }
         step
+    }
+}
+
+/// At [`MAX_SESSIONS`] entries: drop those no longer `live`, then the
+/// oldest half by `created`.
+fn bound<V, T: Ord>(
+    map: &mut HashMap<String, V>,
+    live: impl Fn(&V) -> bool,
+    created: impl Fn(&V) -> T,
+) {
+    if map.len() < MAX_SESSIONS {
+        return;
+    }
+    map.retain(|_, v| live(v));
+    if map.len() >= MAX_SESSIONS {
+        let mut by_age: Vec<(T, String)> =
+            map.iter().map(|(id, v)| (created(v), id.clone())).collect();
+        by_age.sort();
+        for (_, id) in by_age.into_iter().take(MAX_SESSIONS / 2) {
+            map.remove(&id);
+        }
     }
 }
 

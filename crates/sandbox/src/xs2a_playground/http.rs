@@ -222,35 +222,24 @@ fn start_flow(
     answer(pg, result)
 }
 
-async fn start_details_flow(
-    State(pg): Pg,
-    path: IdPath,
-    headers: HeaderMap,
-    OriginalUri(uri): OriginalUri,
-    body: Bytes,
-) -> Response {
-    start_flow(&pg, FlowKind::AccountDetails, path, &headers, &uri, &body)
+/// The handler that starts one kind of flow.
+macro_rules! flow_route {
+    ($name:ident, $kind:expr) => {
+        async fn $name(
+            State(pg): Pg,
+            path: IdPath,
+            headers: HeaderMap,
+            OriginalUri(uri): OriginalUri,
+            body: Bytes,
+        ) -> Response {
+            start_flow(&pg, $kind, path, &headers, &uri, &body)
+        }
+    };
 }
 
-async fn start_accounts_flow(
-    State(pg): Pg,
-    path: IdPath,
-    headers: HeaderMap,
-    OriginalUri(uri): OriginalUri,
-    body: Bytes,
-) -> Response {
-    start_flow(&pg, FlowKind::Accounts, path, &headers, &uri, &body)
-}
-
-async fn start_transactions_flow(
-    State(pg): Pg,
-    path: IdPath,
-    headers: HeaderMap,
-    OriginalUri(uri): OriginalUri,
-    body: Bytes,
-) -> Response {
-    start_flow(&pg, FlowKind::Transactions, path, &headers, &uri, &body)
-}
+flow_route!(start_details_flow, FlowKind::AccountDetails);
+flow_route!(start_accounts_flow, FlowKind::Accounts);
+flow_route!(start_transactions_flow, FlowKind::Transactions);
 
 type TwoIds = Result<Path<(String, String)>, PathRejection>;
 
