@@ -16,8 +16,8 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use bankbridge_sandbox::SandboxConfig;
 use bankbridge_sandbox::receivers::HttpReceiver;
-use bankbridge_sandbox::{SandboxConfig, SandboxHandle};
 use bankbridge_store::TxQuery;
 use common::*;
 use rust_decimal::Decimal;
@@ -97,10 +97,11 @@ fn finish(mut child: Child, lines: mpsc::Receiver<String>, mut seen: Vec<String>
     stdout
 }
 
-/// Booked (count, sum) and pending count per IBAN, stored and at the bank.
+/// Booked (count, sum) and pending count per IBAN, stored and at the bank
+/// (`truth`, from the simulator).
 async fn stored_and_truth(
     env: &Env,
-    sb: &SandboxHandle,
+    truth: Vec<bankbridge_sandbox::fibank::AccountTruth>,
 ) -> (
     HashMap<String, ((u64, Decimal), u64)>,
     HashMap<String, ((u64, Decimal), u64)>,
@@ -127,9 +128,7 @@ async fn stored_and_truth(
             ),
         );
     }
-    let truth = sb
-        .gocardless()
-        .truth()
+    let truth = truth
         .into_iter()
         .map(|t| {
             (
@@ -259,7 +258,7 @@ async fn link_warn_expire_relink(env: Env) {
     );
     let stdout = finish(child, lines, seen);
     assert!(stdout.contains("linked; first sync"), "{stdout}");
-    let (stored, truth) = stored_and_truth(&env, &sb).await;
+    let (stored, truth) = stored_and_truth(&env, sb.gocardless().truth()).await;
     assert_eq!(stored, truth, "the first sync reads the bank's history");
     let accounts_before: Vec<i64> = env
         .store()
@@ -362,7 +361,7 @@ async fn link_warn_expire_relink(env: Env) {
         .map(|a| a.id)
         .collect();
     assert_eq!(accounts_after, accounts_before, "no duplicate accounts");
-    let (stored, truth) = stored_and_truth(&env, &sb).await;
+    let (stored, truth) = stored_and_truth(&env, sb.gocardless().truth()).await;
     assert_eq!(
         stored, truth,
         "history continues with no duplicate transaction"
@@ -436,31 +435,7 @@ async fn enable_banking_is_linked_with_the_application_key_and_synced() {
     );
     let stdout = finish(child, lines, seen);
     assert!(stdout.contains("linked; first sync"), "{stdout}");
-    let store = env.store().await;
-    let mut stored = HashMap::new();
-    for a in store.list_accounts(None).await.unwrap() {
-        let rows = store
-            .query_transactions(&TxQuery {
-                account_id: Some(a.id),
-                status: Some(bankbridge_core::TxStatus::Booked),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        stored.insert(
-            a.iban.unwrap().to_string(),
-            (
-                rows.len() as u64,
-                rows.iter().map(|t| t.amount).sum::<Decimal>(),
-            ),
-        );
-    }
-    let truth: HashMap<String, (u64, Decimal)> = sb
-        .enablebanking()
-        .truth()
-        .into_iter()
-        .map(|t| (t.iban, (t.booked_count, t.booked_sum.parse().unwrap())))
-        .collect();
+    let (stored, truth) = stored_and_truth(&env, sb.enablebanking().truth()).await;
     assert_eq!(stored, truth, "the first sync reads the bank's history");
     // A scheduled-style run (no terminal): the session holds, nothing new.
     let (summary, ok, err) = env.sync();
@@ -521,31 +496,7 @@ async fn klarna_is_linked_through_its_form_and_the_bank_page_and_synced() {
     let seen = agree_at(&lines, "/testbank/authorize").await;
     let stdout = finish(child, lines, seen);
     assert!(stdout.contains("linked; first sync"), "{stdout}");
-    let store = env.store().await;
-    let mut stored = HashMap::new();
-    for a in store.list_accounts(None).await.unwrap() {
-        let rows = store
-            .query_transactions(&TxQuery {
-                account_id: Some(a.id),
-                status: Some(bankbridge_core::TxStatus::Booked),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        stored.insert(
-            a.iban.unwrap().to_string(),
-            (
-                rows.len() as u64,
-                rows.iter().map(|t| t.amount).sum::<Decimal>(),
-            ),
-        );
-    }
-    let truth: HashMap<String, (u64, Decimal)> = sb
-        .klarna()
-        .truth()
-        .into_iter()
-        .map(|t| (t.iban, (t.booked_count, t.booked_sum.parse().unwrap())))
-        .collect();
+    let (stored, truth) = stored_and_truth(&env, sb.klarna().truth()).await;
     assert_eq!(stored, truth, "the first sync reads the bank's history");
     // A scheduled-style run: the consent holds, nothing new is written.
     let (summary, ok, err) = env.sync();
