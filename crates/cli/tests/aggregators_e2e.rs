@@ -462,6 +462,47 @@ async fn klarna_is_linked_through_its_form_and_the_bank_page_and_synced() {
     env.run_ok(&["init"]);
     let port = free_port().to_string();
     let base = format!("{}{PREFIX}", sb.root_url());
+    // A bank Klarna does not list: the candidates are shown, nothing is stored.
+    let mut wrong = env
+        .command(&[
+            "connection",
+            "add",
+            "--name",
+            "kl",
+            "--connector",
+            "klarna",
+            "--base-url",
+            &base,
+            "--username",
+            &pg.username,
+            "--password-stdin",
+            "--country",
+            "DE",
+            "--institution",
+            "no such bank",
+            "--no-link",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(wrong.stdin.take().unwrap(), "{}", pg.api_token).unwrap();
+    let out = wrong.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("Testbank") && said.contains("00000"),
+        "{said}"
+    );
+    assert!(
+        env.store()
+            .await
+            .list_connections()
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let mut child = env
         .command(&[
             "connection",
@@ -478,7 +519,7 @@ async fn klarna_is_linked_through_its_form_and_the_bank_page_and_synced() {
             "--country",
             "de",
             "--institution",
-            &pg.bank_code,
+            "testbank",
             "--link",
             "--redirect-port",
             &port,
@@ -494,6 +535,11 @@ async fn klarna_is_linked_through_its_form_and_the_bank_page_and_synced() {
     drop(stdin);
     let lines = stderr_lines(&mut child);
     let seen = agree_at(&lines, "/testbank/authorize").await;
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("bank: Testbank (00000, DE)")),
+        "{seen:#?}"
+    );
     let stdout = finish(child, lines, seen);
     assert!(stdout.contains("linked; first sync"), "{stdout}");
     let (stored, truth) = stored_and_truth(&env, sb.klarna().truth()).await;

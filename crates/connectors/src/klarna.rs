@@ -149,6 +149,97 @@ impl Settings {
     }
 }
 
+/// A bank as Klarna's Bank Universe lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Bank {
+    pub bank_name: String,
+    pub country_code: String,
+    #[serde(default)]
+    pub bank_codes: Vec<String>,
+    #[serde(default)]
+    pub bics: Vec<String>,
+}
+
+/// The banks whose name or code is `wanted` (exactly, case aside), else
+/// every bank whose name contains it.
+pub fn pick_bank<'a>(all: &'a [Bank], wanted: &str) -> Vec<&'a Bank> {
+    let lower = wanted.trim().to_lowercase();
+    let exact: Vec<_> = all
+        .iter()
+        .filter(|b| {
+            b.bank_name.to_lowercase() == lower
+                || b.bank_codes.iter().any(|c| c.to_lowercase() == lower)
+        })
+        .collect();
+    if !exact.is_empty() {
+        return exact;
+    }
+    all.iter()
+        .filter(|b| b.bank_name.to_lowercase().contains(&lower))
+        .collect()
+}
+
+/// The banks of `country` (Bank Universe's `GET /v1/banks`, on the API's
+/// host), for picking the bank when a connection is added.
+pub async fn banks(
+    base: &str,
+    token: &Secret<String>,
+    country: &str,
+) -> Result<Vec<Bank>, ConnectorError> {
+    let base = base_url(base).map_err(ConnectorError::Other)?;
+    let http = http_client().map_err(ConnectorError::Other)?;
+    let country = country.trim().to_ascii_uppercase();
+    let mut out: Vec<Bank> = Vec::new();
+    let mut offset = 0usize;
+    loop {
+        let url = base
+            .join(&format!(
+                "v1/banks?country_code={country}&offset={offset}&size=1000"
+            ))
+            .map_err(|e| malformed("banks", e.to_string()))?;
+        let req = http.get(url).header(
+            reqwest::header::AUTHORIZATION,
+            format!("Token {}", token.expose()),
+        );
+        let a = exchange("klarna", "banks", req, &AtomicI64::new(0), None).await?;
+        if !a.status.is_success() {
+            let said = a
+                .body
+                .get("error_messages")
+                .and_then(Value::as_array)
+                .and_then(|m| m.first())
+                .and_then(Value::as_str)
+                .map(excerpt)
+                .unwrap_or_else(|| format!("HTTP {}", a.status));
+            if a.status == StatusCode::UNAUTHORIZED {
+                return Err(ConnectorError::InvalidCredentials(format!(
+                    "Klarna refused the API token ({said}): check the token"
+                )));
+            }
+            return Err(
+                status_error("banks", a.status, &a.headers).unwrap_or_else(|| {
+                    ConnectorError::Other(format!("Klarna did not list the banks: {said}"))
+                }),
+            );
+        }
+        let page: Vec<Bank> = a
+            .body
+            .get("banks")
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| malformed("banks", format!("not a list of banks: {e}")))?
+            .unwrap_or_default();
+        let total = a.body.pointer("/pagination/total").and_then(Value::as_u64);
+        offset += page.len();
+        let more = !page.is_empty() && total.is_some_and(|t| (offset as u64) < t);
+        out.extend(page);
+        if !more {
+            return Ok(out);
+        }
+    }
+}
+
 // ---- what is kept between runs (sealed) ----
 
 #[derive(Clone, Serialize, Deserialize)]

@@ -421,3 +421,34 @@ async fn consent_transactions_page_rotate_tokens_count_unattended_calls_and_expi
         "an expired consent's token is no use"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_universe_lists_the_test_bank_in_its_own_shape() {
+    let sb = sandbox().await;
+    let c = Client::new(&sb);
+    let (status, v) = c
+        .send(reqwest::Method::GET, "/v1/banks?country_code=DE", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["banks"][0]["bank_name"], "Testbank");
+    assert_eq!(v["banks"][0]["bank_codes"][0], BANK_CODE);
+    assert_eq!(v["banks"][0]["flows"]["transactions"]["supported"], true);
+    assert_eq!(v["pagination"]["total"], 1);
+    let (status, v) = c
+        .send(reqwest::Method::GET, "/v1/banks?country_code=SE", None)
+        .await;
+    assert_eq!(
+        (status, v["banks"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0))
+    );
+    let (status, v) = c.send(reqwest::Method::GET, "/v1/banks", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error_code"], "BAD_REQUEST");
+    assert!(
+        v["error_messages"][0]
+            .as_str()
+            .unwrap()
+            .contains("country_code")
+    );
+    assert!(v["correlation_id"].is_string());
+}

@@ -12,7 +12,7 @@ use crate::config::Config;
 pub enum ConnectionCommand {
     /// Add a bank connection (the password or PIN is encrypted at rest).
     #[command(
-        after_help = "Examples:\n  echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h\n  echo \"$PIN\" | bankbridge connection add --name my-bank --connector keypad \\\n    --base-url http://127.0.0.1:9000/keypad --username 12345678901 --password-stdin\n  bankbridge connection add --name my-revolut --connector gocardless --username \"$SECRET_ID\" \\\n    --country LV --institution Revolut --interval 6h   # asks for the secret key, then opens the bank's page\n\nkeypad: the username is the customer number, the password the 6-digit PIN.\ngocardless: the username is the secret id of a GoCardless Bank Account Data user secret, the password its\nsecret key; --country and --institution pick the bank, and the bank is linked at once in a terminal\n(or with --link): its page opens, the browser comes back to a loopback port, and the first sync runs.\nenablebanking: the username is the application id, --private-key the application's key (PEM); the rest\nas for gocardless (whitelist http://127.0.0.1:PORT/callback for the application and pass --redirect-port PORT).\nklarna: the password is the API token of Klarna's Open Banking portal, the username your login at the bank;\n--country and --institution (the bank's code) pick the bank; Klarna's form asks for your bank password\nwhen the bank is linked (typed then, never kept)."
+        after_help = "Examples:\n  echo \"$PASS\" | bankbridge connection add --name my-fibank --connector fibank \\\n    --base-url https://my.fibank.bg --username jdoe --password-stdin --interval 12h\n  echo \"$PIN\" | bankbridge connection add --name my-bank --connector keypad \\\n    --base-url http://127.0.0.1:9000/keypad --username 12345678901 --password-stdin\n  bankbridge connection add --name my-revolut --connector gocardless --username \"$SECRET_ID\" \\\n    --country LV --institution Revolut --interval 6h   # asks for the secret key, then opens the bank's page\n\nkeypad: the username is the customer number, the password the 6-digit PIN.\ngocardless: the username is the secret id of a GoCardless Bank Account Data user secret, the password its\nsecret key; --country and --institution pick the bank, and the bank is linked at once in a terminal\n(or with --link): its page opens, the browser comes back to a loopback port, and the first sync runs.\nenablebanking: the username is the application id, --private-key the application's key (PEM); the rest\nas for gocardless (whitelist http://127.0.0.1:PORT/callback for the application and pass --redirect-port PORT).\nklarna: the password is the API token of Klarna's Open Banking portal, the username your login at the bank;\n--country and --institution (the bank's name or code) pick the bank; Klarna's form asks for your bank password\nwhen the bank is linked (typed then, never kept)."
     )]
     Add(Box<AddArgs>),
     /// List connections (never shows credentials).
@@ -109,7 +109,7 @@ pub struct AddArgs {
     pub country: Option<String>,
     /// gocardless, enablebanking: the bank, by its name (or part of it; for
     /// gocardless also its id); without it the banks of --country are
-    /// listed. klarna: the bank's code as Klarna knows it.
+    /// listed. klarna: the bank's name or code, as Klarna's Bank Universe lists them.
     #[arg(long, requires = "country")]
     pub institution: Option<String>,
     /// gocardless, enablebanking, klarna: link the bank now even without a terminal (print its page's
@@ -384,7 +384,7 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
         pick_aspsp(&args, &settings, &credentials, &mut options).await?;
         settings.options = options;
     } else if klarna {
-        klarna_bank(&args, &mut options)?;
+        klarna_bank(&args, &settings, &credentials, &mut options).await?;
         settings.options = options;
     }
     // The connector checks what it can without the bank (URL, PIN shape).
@@ -427,6 +427,12 @@ trait ListedBank {
 impl ListedBank for bankbridge_connectors::gocardless::Institution {
     fn line(&self) -> String {
         format!("  {}  {}", self.id, self.name)
+    }
+}
+
+impl ListedBank for bankbridge_connectors::klarna::Bank {
+    fn line(&self) -> String {
+        format!("  {}  {}", self.bank_codes.join(", "), self.bank_name)
     }
 }
 
@@ -572,26 +578,30 @@ async fn pick_aspsp(
     Ok(())
 }
 
-/// Klarna: the bank by its code (`--institution`) in `--country`, unless the
-/// options name it. Klarna lists its banks in a separate API bankbridge does
-/// not read: the code comes from Klarna's documentation or portal.
-fn klarna_bank(
+/// Klarna: the bank from `--country` and `--institution` (its name or
+/// code, as Klarna's Bank Universe lists them), unless the options name it.
+async fn klarna_bank(
     args: &AddArgs,
+    settings: &ConnectionSettings,
+    credentials: &Credentials,
     options: &mut std::collections::BTreeMap<String, String>,
 ) -> Result<()> {
     use bankbridge_connectors::klarna::{self, option};
     if !options.contains_key(option::BANK_CODE) {
         let country = country_of(args)?;
-        let Some(code) = &args.institution else {
+        let all = klarna::banks(&settings.base_url, &secret_of(credentials)?, country)
+            .await
+            .map_err(|e| listing_failed(country, e))?;
+        let bank = pick_bank(args, &all, "Klarna", klarna::pick_bank)?;
+        let Some(code) = bank.bank_codes.first() else {
             bail!(
-                "--institution: the bank's code as Klarna knows it (the playground's test bank: 00000 in DE)"
+                "--institution: Klarna lists {} without a bank code",
+                bank.bank_name
             );
         };
-        options.insert(option::BANK_CODE.to_owned(), code.trim().to_owned());
-        options.insert(
-            option::COUNTRY_CODE.to_owned(),
-            country.to_ascii_uppercase(),
-        );
+        eprintln!("bank: {} ({code}, {})", bank.bank_name, bank.country_code);
+        options.insert(option::BANK_CODE.to_owned(), code.clone());
+        options.insert(option::COUNTRY_CODE.to_owned(), bank.country_code.clone());
     }
     klarna::Settings::from_options(options).map_err(|e| anyhow::anyhow!("--option: {e}"))?;
     Ok(())

@@ -82,6 +82,7 @@ pub fn routes(pg: Arc<Playground>) -> Router {
             "/xs2a/v1/consents/{consent_id}/transactions/list",
             post(consent_transactions_next),
         )
+        .route("/v1/banks", get(bank_list))
         .route(
             "/testbank/authorize",
             get(testbank_page).post(testbank_answer),
@@ -426,6 +427,62 @@ consent_route!(consent_details, ConsentCall::AccountDetails);
 consent_route!(consent_balances, ConsentCall::Balances);
 consent_route!(consent_transactions, ConsentCall::Transactions);
 consent_route!(consent_transactions_next, ConsentCall::TransactionsNext);
+
+#[derive(serde::Deserialize)]
+struct BanksQuery {
+    country_code: Option<String>,
+    offset: Option<String>,
+    size: Option<String>,
+}
+
+/// Bank Universe's `GET /v1/banks?country_code=`: the banks of a country
+/// (here the test bank in DE), paged by `offset` and `size`. Its errors are
+/// Bank Universe's own shape, not the XS2A API's.
+async fn bank_list(State(pg): Pg, headers: HeaderMap, Query(q): Query<BanksQuery>) -> Response {
+    let universe_error = |status: StatusCode, code: &str, message: &str| {
+        json_response(
+            status,
+            &json!({"error_code": code, "error_messages": [message], "correlation_id": super::random_hex(16)}),
+        )
+    };
+    if let Err(r) = pg.check_token(authorization(&headers)) {
+        return universe_error(r.status, "UNAUTHORIZED", &r.message);
+    }
+    let Some(country) = q.country_code.filter(|c| c.len() == 2) else {
+        return universe_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "country_code is required (ISO 3166-1 alpha-2)",
+        );
+    };
+    let number = |v: Option<String>, default: usize| match v {
+        None => Some(default),
+        Some(s) => s.parse::<usize>().ok(),
+    };
+    let (Some(offset), Some(size)) = (number(q.offset, 0), number(q.size, 100)) else {
+        return universe_error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "offset and size must be numbers",
+        );
+    };
+    let size = size.clamp(1, 1_000);
+    let all = super::banks(&country);
+    let page: Vec<Value> = all.iter().skip(offset).take(size).cloned().collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "banks": page,
+            "pagination": {
+                "count": page.len(),
+                "total": all.len(),
+                "offset": offset,
+                "next": (offset + size < all.len()).then(|| format!("{PREFIX}/v1/banks?country_code={country}&offset={}&size={size}", offset + size)),
+                "prev": (offset > 0).then(|| format!("{PREFIX}/v1/banks?country_code={country}&offset={}&size={size}", offset.saturating_sub(size))),
+            },
+        }),
+    )
+}
 
 #[derive(serde::Deserialize)]
 struct RedirectQuery {

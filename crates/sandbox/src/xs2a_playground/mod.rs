@@ -51,6 +51,8 @@
 //!   at most 1,000); a page's `pagination` names the next offset.
 //! - Random faults (the sandbox's `fault_rate`) hit consent calls before
 //!   they spend the token, as 503 or 429, with the token to retry with.
+//! - Bank Universe's bank list (`GET /v1/banks?country_code=`, observed:
+//!   its fields and paging) is served on the same host, with the test bank.
 //! - Account balances: `balance` is the booked balance; `limit` a fixed
 //!   overdraft of 1,000.00; `reserved` the pending card payments;
 //!   `available` = balance + limit − reserved, never below 0.
@@ -592,6 +594,30 @@ impl Playground {
             "fail_plan": plan,
         })
     }
+}
+
+/// The banks of `country` as Bank Universe lists them: the test bank in DE.
+pub fn banks(country: &str) -> Vec<Value> {
+    if !country.eq_ignore_ascii_case(COUNTRY_CODE) {
+        return Vec::new();
+    }
+    let flow = json!({"supported": true});
+    vec![json!({
+        "bank_name": "Testbank",
+        "country_code": COUNTRY_CODE,
+        "bank_codes": [BANK_CODE, BLZ],
+        "bics": ["TESTDE88XXX"],
+        "address": {"street_address": "Teststraße 1", "postal_code": "10115", "city": "Berlin", "country": COUNTRY_CODE},
+        "popularity": 100,
+        "authentication_methods": ["PASSWORD"],
+        "authorization_methods": ["REDIRECT"],
+        "transfer_methods": ["SCT"],
+        "tokenizable": {"ais": true, "pis": false},
+        "flows": {
+            "account_details": flow, "accounts": flow, "balances": flow, "transactions": flow,
+            "transfer": {"supported": false},
+        },
+    })]
 }
 
 /// `balance + limit − reserved` (pending card payments), never below 0.
