@@ -1235,7 +1235,12 @@ impl Connector for KlarnaConnector {
             ) => {
                 let mut filled = filled.clone();
                 filled.push((secret_key.clone(), secret.expose().clone()));
-                let envelope = seal_form(key, form_identifier, &filled)?;
+                let sealed = seal_form(key, form_identifier, &filled);
+                // The typed secret lives only in the sealed envelope.
+                if let Some((_, typed)) = filled.last_mut() {
+                    zeroize::Zeroize::zeroize(typed);
+                }
+                let envelope = sealed?;
                 let url = self.own_url(next, "form")?;
                 let a = self.send(Method::POST, url, "form", Some(envelope)).await?;
                 if !a.status.is_success() {

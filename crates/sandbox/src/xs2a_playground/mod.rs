@@ -41,6 +41,9 @@
 //!   flow with that address as `return_url`.
 //! - An accounts flow consents to every account of the login; the other
 //!   flows to the account chosen.
+//! - The account-details flow answers an empty `client_token` (observed on
+//!   the playground by the monitoring story); the accounts and transactions
+//!   flows answer one, for clients that hand it to the XS2A App.
 //! - `consent_scope.lifetime` is days (default and most 90), on the
 //!   playground's clock, which tests move on (`…/advance`).
 //! - A consent call without a `psu` object is unattended: 4 a day per
