@@ -25,6 +25,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 pub mod bankid;
+pub mod cardbank;
 pub mod enablebanking;
 pub mod fault;
 pub mod fibank;
@@ -169,6 +170,7 @@ pub struct SandboxState {
     psd2: Arc<xs2a::Xs2aBanks>,
     gocardless: Arc<gocardless::GoCardless>,
     enablebanking: Arc<enablebanking::EnableBanking>,
+    cardbank: Arc<cardbank::CardBank>,
     bankid: Option<Arc<EmbeddedBankId>>,
 }
 
@@ -218,6 +220,7 @@ impl SandboxState {
             psd2,
             gocardless: Arc::new(gocardless::GoCardless::new(&config)),
             enablebanking: Arc::new(enablebanking::EnableBanking::new(&config)),
+            cardbank: Arc::new(cardbank::CardBank::new(&config)),
             bankid,
         })
     }
@@ -276,6 +279,11 @@ impl SandboxState {
         &self.psd2
     }
 
+    /// The card-reader web bank (`/cardbank`).
+    pub fn cardbank(&self) -> &Arc<cardbank::CardBank> {
+        &self.cardbank
+    }
+
     /// The Klarna-like XS2A playground (its API token, accounts, failure plan).
     pub fn xs2a_playground(&self) -> &Arc<xs2a_playground::Playground> {
         &self.xs2a
@@ -305,7 +313,8 @@ pub fn router(state: SandboxState) -> axum::Router {
         .merge(xs2a_playground::routes(state.xs2a.clone()))
         .merge(xs2a::routes(state.psd2.clone()))
         .merge(gocardless::routes(state.gocardless.clone()))
-        .merge(enablebanking::routes(state.enablebanking.clone()));
+        .merge(enablebanking::routes(state.enablebanking.clone()))
+        .merge(cardbank::routes(state.cardbank.clone()));
     if let Some(b) = &state.bankid {
         router = router.merge(bankid::control::routes(b.sim.clone()));
     }

@@ -179,6 +179,13 @@ pub async fn run(config_dir: &Config, args: SandboxArgs) -> Result<ExitCode> {
         "add it:  bankbridge connection add --name eb-sandbox --connector enablebanking --base-url http://{addr}/enablebanking --application-id {} --private-key {key_note} --country FI --institution 'Sandbox Pankki' --link",
         eb.application_id
     );
+    let cb = state.cardbank();
+    println!(
+        "cardbank web login http://{addr}/cardbank/login   card number {}   (codes from the be bank's card: bankbridge card virtual --profile cap-be --pin {} --key-seed {})",
+        cb.card().pan,
+        cb.card().pin,
+        cb.key_seed()
+    );
     let kl = state.xs2a_playground().credentials();
     println!(
         "klarna   base URL http://{addr}/xs2a-playground   API token {}   test bank {} in {}: login {} PIN {}",
