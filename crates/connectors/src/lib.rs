@@ -106,6 +106,36 @@ pub const FORMS: &[ConnectorForm] = &[
     },
 ];
 
+/// Aggregators: the bank is picked by country and name from the service's
+/// list, and linked on its page when the connection is added.
+pub fn is_aggregator(connector: &str) -> bool {
+    matches!(connector, "gocardless" | "enablebanking" | "klarna")
+}
+
+/// Connectors whose bank may send the browser back to bankbridge (a
+/// redirect SCA, an aggregator's link): a run offers them an address.
+pub fn may_redirect(connector: &str) -> bool {
+    connector == "xs2a" || is_aggregator(connector)
+}
+
+/// Check a connection's options (`KEY=VALUE` settings) as its connector
+/// reads them; a connector without options takes none.
+pub fn check_options(
+    connector: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    match connector {
+        "xs2a" => xs2a::BankSettings::from_options(options).map(|_| ()),
+        "gocardless" => gocardless::Settings::from_options(options).map(|_| ()),
+        "enablebanking" => enablebanking::Settings::from_options(options).map(|_| ()),
+        "klarna" => klarna::Settings::from_options(options).map(|_| ()),
+        _ if options.is_empty() => Ok(()),
+        other => Err(format!(
+            "the {other} connector takes no options (they are settings of xs2a and the aggregators)"
+        )),
+    }
+}
+
 /// Build the connector named `connector` for a connection.
 ///
 /// ```
@@ -139,6 +169,27 @@ pub fn build(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn options_are_checked_by_the_connector_that_reads_them() {
+        let mut o = std::collections::BTreeMap::new();
+        assert!(super::check_options("fibank", &o).is_ok());
+        o.insert("bank_code".to_owned(), "00000".to_owned());
+        assert!(
+            super::check_options("fibank", &o)
+                .unwrap_err()
+                .contains("no options")
+        );
+        assert!(
+            super::check_options("klarna", &o)
+                .unwrap_err()
+                .contains("country_code")
+        );
+        o.insert("country_code".to_owned(), "DE".to_owned());
+        assert!(super::check_options("klarna", &o).is_ok());
+        assert!(super::is_aggregator("klarna") && !super::is_aggregator("xs2a"));
+        assert!(super::may_redirect("xs2a") && !super::may_redirect("keypad"));
+    }
+
     #[test]
     fn every_known_connector_has_its_form() {
         let with_forms: Vec<&str> = super::FORMS.iter().map(|f| f.connector).collect();

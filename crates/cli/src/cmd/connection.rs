@@ -286,7 +286,7 @@ async fn add(config: &Config, args: AddArgs) -> Result<ExitCode> {
     let enablebanking = args.connector == "enablebanking";
     let klarna = args.connector == "klarna";
     // Aggregators: the bank is picked by country and name and linked on its page.
-    let aggregator = gocardless || enablebanking || klarna;
+    let aggregator = bankbridge_connectors::is_aggregator(&args.connector);
     if !aggregator
         && (args.country.is_some() || args.institution.is_some() || args.link || args.no_link)
     {
@@ -658,14 +658,6 @@ fn updated_options(
     if changes.is_empty() {
         return Ok(None);
     }
-    if !matches!(
-        connection.connector.as_str(),
-        "xs2a" | "gocardless" | "enablebanking" | "klarna"
-    ) {
-        bail!(
-            "--option: connector options are settings of the xs2a, gocardless, enablebanking and klarna connectors"
-        );
-    }
     let mut options = bankbridge_sync::Syncer::settings(connection)?.options;
     for o in changes {
         let Some((k, v)) = o.split_once('=') else {
@@ -676,19 +668,8 @@ fn updated_options(
             v => options.insert(k.trim().to_owned(), v.to_owned()),
         };
     }
-    if connection.connector == "gocardless" {
-        bankbridge_connectors::gocardless::Settings::from_options(&options)
-            .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
-    } else if connection.connector == "enablebanking" {
-        bankbridge_connectors::enablebanking::Settings::from_options(&options)
-            .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
-    } else if connection.connector == "klarna" {
-        bankbridge_connectors::klarna::Settings::from_options(&options)
-            .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
-    } else {
-        bankbridge_connectors::xs2a::BankSettings::from_options(&options)
-            .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
-    }
+    bankbridge_connectors::check_options(&connection.connector, &options)
+        .map_err(|e| anyhow::anyhow!("--option: {e}"))?;
     Ok(Some(options))
 }
 
@@ -709,10 +690,7 @@ fn connector_options(args: &AddArgs) -> Result<std::collections::BTreeMap<String
         options.insert(k.trim().to_owned(), v.trim().to_owned());
     }
     let tpp = args.tpp_cert.is_some() || args.tpp_p12.is_some();
-    if matches!(
-        args.connector.as_str(),
-        "gocardless" | "enablebanking" | "klarna"
-    ) {
+    if bankbridge_connectors::is_aggregator(&args.connector) {
         if args.bank.is_some() || args.sca_approach.is_some() || tpp {
             bail!(
                 "--bank, --sca-approach and the TPP certificate are settings of the xs2a connector"

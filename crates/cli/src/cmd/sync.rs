@@ -219,10 +219,7 @@ pub async fn sync_one_with(
     let terminal_solver;
     let person: &dyn ScaSolver = if solve.interactive {
         // Connectors whose bank may send the browser back here.
-        let callback = if matches!(
-            connection.connector.as_str(),
-            "xs2a" | "gocardless" | "enablebanking" | "klarna"
-        ) {
+        let callback = if bankbridge_connectors::may_redirect(&connection.connector) {
             match RedirectCallback::listen(solve.redirect_port).await {
                 Ok(c) => Some(c),
                 Err(e) => {
