@@ -910,6 +910,14 @@ impl KlarnaConnector {
                 ConnectorError::Deferred(format!("{account}: the bank's limit: {}", a.said()))
             }));
         }
+        if a.error_code() == "ACCOUNT_NOT_FOUND" && call != Call::Accounts {
+            // Klarna renumbered the account (its ids may change): read the
+            // list again, and the engine retries the call with the new id.
+            tracing::info!(%account, "Klarna no longer knows the account's id; reading the accounts again");
+            self.saved.accounts_day = None;
+            Box::pin(self.read_accounts()).await?;
+            return Err(ConnectorError::SessionExpired);
+        }
         let e = self.refusal(what, &a);
         // With the user there, an ended consent is linked again at once.
         if matches!(e, ConnectorError::NeedsUser(_)) && self.attended() {

@@ -531,6 +531,36 @@ async fn klarna_an_expired_consent_needs_a_new_link_and_the_history_continues() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn klarna_renumbered_accounts_are_read_again_and_the_sync_goes_on() {
+    let e = env(Klarna, None, 0.0, &[]).await;
+    let browser = Browser::new(true);
+    e.sync(&browser).await.unwrap();
+    let before = e.store.list_accounts(None).await.unwrap();
+    // The bank gives its accounts new ids within the consent.
+    e.sb.klarna().renew_ids();
+    let refused = e.sb.klarna().stats()["refused"].as_u64().unwrap();
+    let s = e.sync(&browser).await.unwrap();
+    // The same day: the kept ids were tried, refused, and read again.
+    assert!(
+        e.sb.klarna().stats()["refused"].as_u64().unwrap() > refused,
+        "the old id was refused once"
+    );
+    assert_eq!((s.inserted, s.updated, s.voided), (0, 0, 0), "{s:?}");
+    assert_eq!(
+        browser.links.lock().unwrap().len(),
+        1,
+        "no new link was needed"
+    );
+    let after = e.store.list_accounts(None).await.unwrap();
+    assert_eq!(
+        after.iter().map(|a| a.id).collect::<Vec<_>>(),
+        before.iter().map(|a| a.id).collect::<Vec<_>>()
+    );
+    e.assert_matches_truth("after the bank renumbered its accounts")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_the_service_does_not_know_is_refused_credentials() {
     for service in ALL {
         let e = env(service, None, 0.0, &[]).await;
