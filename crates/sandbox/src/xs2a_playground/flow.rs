@@ -740,24 +740,38 @@ impl Playground {
                     to,
                     size,
                 };
-                let (transactions, next) = self.page(&listing, 0);
-                let mut result = json!({
-                    "type": "transactions",
-                    "account": details(account),
-                    "from_date": from.to_string(),
-                    "to_date": to.to_string(),
-                    "incomplete": false,
-                    "transactions": transactions,
-                });
-                if let Some(next) = next {
-                    result["pagination"] = json!({
-                        "url": api_url(root, &format!("/xs2a/v1/sessions/{}/flows/{}/list", flow.session_id, flow.id)),
-                        "next": {"offset": next.to_string()},
-                    });
-                }
+                let mut result =
+                    self.flow_transactions(root, &flow.session_id, &flow.id, &listing, 0);
+                result["account"] = details(account);
                 result
             }
         }
+    }
+
+    /// A transactions flow's page from `position`, with where the next starts.
+    fn flow_transactions(
+        &self,
+        root: &str,
+        session_id: &str,
+        flow_id: &str,
+        listing: &Listing,
+        position: usize,
+    ) -> Value {
+        let (transactions, next) = self.page(listing, position);
+        let mut result = json!({
+            "type": "transactions",
+            "from_date": listing.from.to_string(),
+            "to_date": listing.to.to_string(),
+            "incomplete": false,
+            "transactions": transactions,
+        });
+        if let Some(next) = next {
+            result["pagination"] = json!({
+                "url": api_url(root, &format!("/xs2a/v1/sessions/{session_id}/flows/{flow_id}/list")),
+                "next": {"offset": next.to_string()},
+            });
+        }
+        result
     }
 
     /// `GET /xs2a/v1/sessions/{sid}/flows/{fid}`: the flow's state and result.
@@ -823,20 +837,7 @@ impl Playground {
         let position: usize = offset.parse().map_err(|_| {
             Refusal::bad(format!("offset {offset:?} is not one this flow handed out"))
         })?;
-        let (transactions, next) = self.page(&listing, position);
-        let mut result = json!({
-            "type": "transactions",
-            "from_date": from.to_string(),
-            "to_date": to.to_string(),
-            "incomplete": false,
-            "transactions": transactions,
-        });
-        if let Some(next) = next {
-            result["pagination"] = json!({
-                "url": api_url(root, &format!("/xs2a/v1/sessions/{session_id}/flows/{flow_id}/list")),
-                "next": {"offset": next.to_string()},
-            });
-        }
+        let result = self.flow_transactions(root, session_id, flow_id, &listing, position);
         Ok(json!({"state": "FINISHED", "result": result}))
     }
 
