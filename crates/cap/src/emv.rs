@@ -19,7 +19,7 @@
 //! Everything runs on one [`CardTransport`] session: the caller opens it
 //! exclusive and drops it afterwards, which resets the card.
 use bankbridge_core::Secret;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::apdu::{self, ApduError, Response, sw};
@@ -29,7 +29,7 @@ use crate::transport::{CardTransport, TransportError};
 
 /// Which CAP flavour an application follows; it decides how the terminal
 /// data is filled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CapMode {
     /// Visa's Dynamic Passcode Authentication.
@@ -136,7 +136,8 @@ const MAX_SIGN_NUMBERS: usize = 10;
 const MAX_SIGN_DIGITS: usize = 10;
 
 /// What to compute.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
 pub enum CapRequest {
     /// M1 ("identify" / "respond"): a login code, with an optional numeric challenge.
     Login { challenge: Option<String> },
@@ -204,7 +205,7 @@ impl Default for PinPolicy {
 }
 
 /// Who a card is, as read from it (no PIN needed).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardIdentity {
     /// Application identifier, upper-case hex.
     pub aid: String,
@@ -269,7 +270,7 @@ pub fn describe_card(pan_last4: Option<&str>, psn: Option<&str>, digest: Option<
 }
 
 /// The card a reader must hold before it may receive a PIN.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExpectedCard {
     pub pan_last4: Option<String>,
     pub psn: Option<String>,
@@ -279,7 +280,7 @@ pub struct ExpectedCard {
 }
 
 /// A computed code.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapResponse {
     /// The code as a CAP reader prints it.
     pub response: String,
@@ -335,6 +336,9 @@ pub enum CapError {
     BadInput(String),
     #[error(transparent)]
     Otp(#[from] OtpError),
+    /// A card host's failure that has no closer kind here (its own words).
+    #[error("the card host reported: {0}")]
+    Host(String),
 }
 
 impl CapError {

@@ -22,6 +22,7 @@ pub mod apdu;
 pub mod emv;
 pub mod otp;
 pub mod pcsc;
+pub mod remote;
 pub mod replay;
 pub mod tlv;
 pub mod transport;

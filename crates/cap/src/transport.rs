@@ -103,7 +103,7 @@ pub trait CardTransport: Send {
 }
 
 /// A reader as [`Readers::list`] reports it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReaderInfo {
     pub name: String,
     pub card_present: bool,

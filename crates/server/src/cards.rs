@@ -18,18 +18,29 @@
 //!   card is held out of use in memory and the turn is kept until the write
 //!   lands; a blocked card is marked blocked; `bankbridge_cap::emv` checks
 //!   the card's identity and try counter before any VERIFY;
-//! - every use is audited; neither the PIN nor a code is ever logged.
+//! - every use is audited; neither the PIN nor a code is ever logged;
+//! - a card in a reader of a card host (another machine, see
+//!   [`crate::card_hosts`]) is used through that host's card agent under the
+//!   same rules: one job per reader at a time, the PIN sealed to the host's
+//!   key, a host that is gone refused at once ([`CardUseError::ReaderOffline`]),
+//!   and a host that went away holding a job leaves the card out of use (the
+//!   PIN may have reached the card).
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bankbridge_cap::emv::{self, CapError, CapRequest, CapResponse, ExpectedCard, PinPolicy};
+use bankbridge_cap::emv::{
+    self, CapError, CapRequest, CapResponse, CardIdentity, ExpectedCard, PinPolicy,
+};
+use bankbridge_cap::remote::{self as card_jobs, JobOutcome, JobWork};
 use bankbridge_cap::transport::{Readers, TransportError, resolve_reader};
 use bankbridge_core::Secret;
 use bankbridge_core::crypto::MasterKey;
 use bankbridge_store::{
     Card, CardAuditEntry, CardRecords, CardStatus, Institution, NewCard, StoreError,
 };
+
+use crate::card_hosts::{CardHosts, HostError};
 use chrono::Utc;
 use rand::RngCore;
 
@@ -50,6 +61,8 @@ pub enum CardUseError {
     #[error("reader {reader:?} stayed busy for {waited:?}; try again later")]
     Busy { reader: String, waited: Duration },
     #[error(transparent)]
+    ReaderOffline(HostError),
+    #[error(transparent)]
     Cap(#[from] CapError),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -67,6 +80,7 @@ impl CardUseError {
             CardUseError::Disabled { .. } => "disabled",
             CardUseError::Blocked { .. } => "blocked",
             CardUseError::Busy { .. } => "busy",
+            CardUseError::ReaderOffline(_) => "reader_offline",
             CardUseError::Cap(e) => match e {
                 CapError::WrongPin { .. } | CapError::PinRefused { .. } => "wrong_pin",
                 CapError::PinOutcomeUnknown { .. } => "pin_unknown",
@@ -87,6 +101,8 @@ impl CardUseError {
 
 /// What an admin gives to register a card; the rest is read from the card.
 pub struct CardRegistration {
+    /// The card host whose reader holds the card; `None`: this server's.
+    pub host: Option<String>,
     /// A reader name, index or unique part of a name.
     pub reader: String,
     pub label: String,
@@ -103,7 +119,9 @@ struct Inner {
     store: Arc<dyn CardRecords>,
     key: Arc<MasterKey>,
     readers: Arc<dyn Readers>,
+    hosts: CardHosts,
     wait: Duration,
+    /// One queue per reader, keyed by [`reader_key`].
     queues: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Cards that may have refused their PIN and whose store record does not
     /// say so yet: never used, whatever the store reads.
@@ -121,6 +139,7 @@ impl CardService {
             store,
             key,
             readers,
+            hosts: CardHosts::default(),
             wait,
             queues: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashSet::new()),
@@ -129,6 +148,11 @@ impl CardService {
 
     pub fn readers(&self) -> &Arc<dyn Readers> {
         &self.0.readers
+    }
+
+    /// The card hosts whose agents serve readers on other machines.
+    pub fn hosts(&self) -> &CardHosts {
+        &self.0.hosts
     }
 
     /// The readers this server sees.
@@ -202,16 +226,17 @@ impl Inner {
             .map_err(|e| CardUseError::Cap(CapError::Transport(e)))
     }
 
-    /// Wait for `reader`'s turn, at most `self.wait`.
+    /// Wait for the turn of `reader` (of card host `host`), at most `self.wait`.
     async fn take_turn(
         &self,
+        host: Option<&str>,
         reader: &str,
     ) -> Result<tokio::sync::OwnedMutexGuard<()>, CardUseError> {
         let queue = self
             .queues
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(reader.to_owned())
+            .entry(reader_key(host, reader))
             .or_default()
             .clone();
         tokio::time::timeout(self.wait, queue.lock_owned())
@@ -229,6 +254,7 @@ impl Inner {
         who: &str,
     ) -> Result<Card, CardUseError> {
         let CardRegistration {
+            host,
             reader,
             label,
             account_reference,
@@ -246,24 +272,26 @@ impl Inner {
                 "min_pin_tries must be between 1 and 15".into(),
             ));
         }
-        let list = self.list_readers().await?;
+        let host = host.as_deref();
+        let list = match host {
+            None => self.list_readers().await?,
+            Some(host) => {
+                self.hosts
+                    .online_host(host)
+                    .map_err(CardUseError::ReaderOffline)?
+                    .0
+            }
+        };
         let reader = resolve_reader(&list, &reader).map_err(|e| CardUseError::Cap(e.into()))?;
-        if let Some(existing) = self.store.find_card_by_reader(&reader).await? {
+        if let Some(existing) = self.store.find_card_by_reader(host, &reader).await? {
             return Err(CardUseError::Store(StoreError::Conflict(format!(
                 "reader {reader:?} already holds registered card {}; delete it first",
                 existing.id
             ))));
         }
         let started = Instant::now();
-        let _turn = self.take_turn(&reader).await?;
-        let readers = self.readers.clone();
-        let name = reader.clone();
-        let identity = tokio::task::spawn_blocking(move || {
-            let mut session = readers.connect(&name)?;
-            emv::identify(session.as_mut())
-        })
-        .await
-        .map_err(|e| CardUseError::Internal(e.to_string()))?;
+        let _turn = self.take_turn(host, &reader).await?;
+        let identity = self.identify(host, &reader).await?;
         let id = new_id("card");
         let audit = |outcome: &str, detail: Option<String>| CardAuditEntry {
             id: 0,
@@ -295,6 +323,7 @@ impl Inner {
                 institution_id: institution.id.clone(),
                 label,
                 account_reference,
+                host: host.map(str::to_owned),
                 reader,
                 pan_last4: identity.pan_last4.clone(),
                 psn: identity.psn.clone(),
@@ -370,7 +399,7 @@ impl Inner {
     ) -> Result<CapResponse, CardUseError> {
         request.validate()?;
         self.usable(card)?;
-        let turn = self.take_turn(&card.reader).await?;
+        let turn = self.take_turn(card.host.as_deref(), &card.reader).await?;
         // Another request may have disabled the card while this one queued.
         let card = self
             .store
@@ -392,15 +421,9 @@ impl Inner {
         let policy = PinPolicy {
             min_tries: card.min_pin_tries,
         };
-        let readers = self.readers.clone();
-        let reader = card.reader.clone();
-        let request = request.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut session = readers.connect(&reader)?;
-            emv::run(session.as_mut(), &request, &pin, Some(&expected), policy)
-        })
-        .await
-        .map_err(|e| CardUseError::Internal(e.to_string()))?;
+        let result = self
+            .run_on_card(&card, request, pin, expected, policy)
+            .await;
         let now = Utc::now();
         let outcome = match result {
             Ok(response) => {
@@ -409,13 +432,13 @@ impl Inner {
                     .await?;
                 Ok(response)
             }
-            Err(e) if e.pin_possibly_refused() => {
+            Err(CardUseError::Cap(e)) if e.pin_possibly_refused() => {
                 let blocked = matches!(e, CapError::VerifyBlocked { .. });
                 self.hold_out_of_use(&card.id, &e, blocked).await;
                 Err(e.into())
             }
             Err(e) => {
-                if let CapError::Blocked = e {
+                if let CardUseError::Cap(CapError::Blocked) = e {
                     self.store
                         .set_card_status(
                             &card.id,
@@ -425,12 +448,89 @@ impl Inner {
                         )
                         .await?;
                 }
-                Err(e.into())
+                Err(e)
             }
         };
         // The next request in this reader's queue reads the status written above.
         drop(turn);
         outcome
+    }
+
+    /// Read who the card in `reader` is: here, or through its card host.
+    async fn identify(
+        &self,
+        host: Option<&str>,
+        reader: &str,
+    ) -> Result<Result<CardIdentity, CapError>, CardUseError> {
+        let Some(host) = host else {
+            let readers = self.readers.clone();
+            let name = reader.to_owned();
+            return tokio::task::spawn_blocking(move || {
+                let mut session = readers.connect(&name)?;
+                emv::identify(session.as_mut())
+            })
+            .await
+            .map_err(|e| CardUseError::Internal(e.to_string()));
+        };
+        match self.hosts.run(host, reader, JobWork::Identify).await {
+            Ok(JobOutcome::Identified { card }) => Ok(Ok(card)),
+            Ok(JobOutcome::Failed { error }) => Ok(Err(error.into_cap(reader))),
+            Ok(JobOutcome::Computed { .. }) => Err(unexpected_answer(host)),
+            // Identifying sends no PIN: a lost job harms no card.
+            Err(e) => Err(CardUseError::ReaderOffline(e)),
+        }
+    }
+
+    /// Run `request` on `card`: in this server's reader, or as a job for the
+    /// card's host with the PIN sealed to that host.
+    async fn run_on_card(
+        &self,
+        card: &Card,
+        request: &CapRequest,
+        pin: bankbridge_core::Secret<String>,
+        expected: ExpectedCard,
+        policy: PinPolicy,
+    ) -> Result<CapResponse, CardUseError> {
+        let Some(host) = card.host.as_deref() else {
+            let readers = self.readers.clone();
+            let reader = card.reader.clone();
+            let request = request.clone();
+            return tokio::task::spawn_blocking(move || {
+                let mut session = readers.connect(&reader)?;
+                emv::run(session.as_mut(), &request, &pin, Some(&expected), policy)
+            })
+            .await
+            .map_err(|e| CardUseError::Internal(e.to_string()))?
+            .map_err(CardUseError::Cap);
+        };
+        let (_, public_key) = self
+            .hosts
+            .online_host(host)
+            .map_err(CardUseError::ReaderOffline)?;
+        let pin_sealed = card_jobs::seal_pin(&public_key, &pin).map_err(|e| {
+            CardUseError::Internal(format!("cannot seal the PIN to card host {host:?}: {e}"))
+        })?;
+        drop(pin);
+        let work = JobWork::Compute {
+            request: request.clone(),
+            pin_sealed,
+            expected,
+            min_pin_tries: policy.min_tries,
+        };
+        match self.hosts.run(host, &card.reader, work).await {
+            Ok(JobOutcome::Computed { response }) => Ok(response),
+            Ok(JobOutcome::Failed { error }) => {
+                Err(CardUseError::Cap(error.into_cap(&card.reader)))
+            }
+            Ok(JobOutcome::Identified { .. }) => Err(unexpected_answer(host)),
+            Err(e @ HostError::Offline { .. }) => Err(CardUseError::ReaderOffline(e)),
+            // The agent had the job: VERIFY may have gone out.
+            Err(e @ HostError::Lost { .. }) => {
+                Err(CardUseError::Cap(CapError::PinOutcomeUnknown {
+                    cause: TransportError::Reader(e.to_string()),
+                }))
+            }
+        }
     }
 
     /// A card that may have counted a wrong PIN: out of use in memory at
@@ -491,6 +591,20 @@ fn usable(card: &Card) -> Result<(), CardUseError> {
             reason: reason(),
         }),
     }
+}
+
+/// The queue key of a reader: readers of different hosts may share a name.
+fn reader_key(host: Option<&str>, reader: &str) -> String {
+    match host {
+        None => reader.to_owned(),
+        Some(host) => format!("{host}\u{0}{reader}"),
+    }
+}
+
+fn unexpected_answer(host: &str) -> CardUseError {
+    CardUseError::Internal(format!(
+        "card host {host:?} answered a job with the answer of another kind of job"
+    ))
 }
 
 /// A new public id: `prefix_` and 8 random hex digits.

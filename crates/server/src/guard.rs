@@ -31,17 +31,19 @@ pub struct Principal {
     pub token_id: String,
     pub token_name: String,
     pub scope: Scope,
-    /// The check location an `agent` token serves.
+    /// The check location an `agent` token serves, or the card host a
+    /// `card-agent` token serves.
     pub location: Option<String>,
 }
 
 impl Principal {
-    /// Whether this caller may take and report jobs of check `location`:
-    /// admin tokens for any, an agent token for its own only.
+    /// Whether this caller may take and report jobs of check `location` (or
+    /// card host `location`; the route's scope says which): admin tokens
+    /// for any, an agent token for its own only.
     pub fn serves_location(&self, location: &str) -> bool {
         match self.scope {
             Scope::Admin => true,
-            Scope::Agent => self.location.as_deref() == Some(location),
+            Scope::Agent | Scope::CardAgent => self.location.as_deref() == Some(location),
             _ => false,
         }
     }

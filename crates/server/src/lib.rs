@@ -40,6 +40,7 @@ mod api;
 pub mod auth;
 pub mod bankid_gateway;
 mod cache;
+pub mod card_hosts;
 pub mod card_solver;
 pub mod cards;
 pub mod check_secrets;

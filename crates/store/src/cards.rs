@@ -73,7 +73,10 @@ pub struct NewCard {
     pub label: String,
     /// The account (IBAN or the bank's reference) the card's codes act on.
     pub account_reference: String,
-    /// The reader the card sits in; one card per reader.
+    /// The card host whose reader holds the card (a card agent on another
+    /// machine); `None` for the server's own readers.
+    pub host: Option<String>,
+    /// The reader the card sits in; one card per reader of a host.
     pub reader: String,
     /// Last four digits of the card number, when the card's application
     /// carries one (CAP-only applications may not).
@@ -101,6 +104,7 @@ impl fmt::Debug for NewCard {
             .field("institution_id", &self.institution_id)
             .field("label", &self.label)
             .field("account_reference", &self.account_reference)
+            .field("host", &self.host)
             .field("reader", &self.reader)
             .field("pan_last4", &self.pan_last4)
             .field("psn", &self.psn)
@@ -120,6 +124,8 @@ pub struct Card {
     pub institution_id: String,
     pub label: String,
     pub account_reference: String,
+    /// The card host whose reader holds the card; `None` for the server's own.
+    pub host: Option<String>,
     pub reader: String,
     pub pan_last4: Option<String>,
     pub psn: Option<String>,
@@ -148,6 +154,7 @@ impl fmt::Debug for Card {
             .field("institution_id", &self.institution_id)
             .field("label", &self.label)
             .field("account_reference", &self.account_reference)
+            .field("host", &self.host)
             .field("reader", &self.reader)
             .field("pan_last4", &self.pan_last4)
             .field("psn", &self.psn)

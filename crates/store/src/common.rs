@@ -470,7 +470,7 @@ macro_rules! card_columns {
     () => {
         "id, institution_id, label, account_reference, reader, pan_last4, psn, records_digest, application, \
          status, status_reason, pin_refused, pin_sealed, min_pin_tries, last_used_at, created_at, updated_at, \
-         pin_tries_left"
+         pin_tries_left, host"
     };
 }
 
@@ -502,8 +502,9 @@ pub(crate) const INSTITUTION_DELETE: &str = "DELETE FROM institutions WHERE id =
 pub(crate) const CARD_INSERT: &str = concat!(
     "INSERT INTO cards (id, institution_id, label, account_reference, reader, pan_last4, psn, \
      records_digest, application, status, status_reason, pin_refused, pin_sealed, min_pin_tries, \
-     last_used_at, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', NULL, FALSE, $10, $11, NULL, $12, $12) RETURNING ",
+     last_used_at, created_at, updated_at, host) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', NULL, FALSE, $10, $11, NULL, $12, $12, $13) \
+     RETURNING ",
     card_columns!()
 );
 pub(crate) const CARD_LIST: &str =
@@ -514,11 +515,17 @@ pub(crate) const CARD_LIST_OF_INSTITUTION: &str = concat!(
     " FROM cards WHERE institution_id = $1 ORDER BY label, id"
 );
 pub(crate) const CARD_GET: &str = concat!("SELECT ", card_columns!(), " FROM cards WHERE id = $1");
-pub(crate) const CARD_BY_READER: &str =
-    concat!("SELECT ", card_columns!(), " FROM cards WHERE reader = $1");
+/// $1 host ('' for the server's own readers), $2 reader.
+pub(crate) const CARD_BY_READER: &str = concat!(
+    "SELECT ",
+    card_columns!(),
+    " FROM cards WHERE host = $1 AND reader = $2"
+);
 pub(crate) const CARD_EXISTS: &str = "SELECT id FROM cards WHERE id = $1";
-/// (id, label) of the card registered in a reader.
-pub(crate) const CARD_IN_READER: &str = "SELECT id, label FROM cards WHERE reader = $1";
+/// (id, label) of the card registered in a reader: $1 host ('' for the
+/// server's own readers), $2 reader.
+pub(crate) const CARD_IN_READER: &str =
+    "SELECT id, label FROM cards WHERE host = $1 AND reader = $2";
 /// $1 status, $2 reason, $3 now, $4 id: only from `active`.
 pub(crate) const CARD_SET_STATUS: &str = "UPDATE cards SET status = $1, status_reason = $2, updated_at = $3 \
      WHERE id = $4 AND status = 'active'";
@@ -577,6 +584,7 @@ pub(crate) struct CardRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     pin_tries_left: Option<i32>,
+    host: String,
 }
 
 impl TryFrom<CardRow> for Card {
@@ -596,6 +604,7 @@ impl TryFrom<CardRow> for Card {
             institution_id: r.institution_id,
             label: r.label,
             account_reference: r.account_reference,
+            host: (!r.host.is_empty()).then_some(r.host),
             reader: r.reader,
             pan_last4: r.pan_last4,
             psn: r.psn,
@@ -723,6 +732,9 @@ pub(crate) fn check_new_card(c: &NewCard) -> Result<()> {
     if blank(&c.reader) {
         return Err(invalid(format!("card {:?}: the reader is empty", c.id)));
     }
+    if c.host.as_deref().is_some_and(blank) {
+        return Err(invalid(format!("card {:?}: the card host is empty", c.id)));
+    }
     check_label(&c.id, &c.label)?;
     if let Some(last4) = &c.pan_last4
         && !(last4.len() == 4 && last4.bytes().all(|b| b.is_ascii_digit()))
@@ -842,13 +854,18 @@ pub(crate) fn institution_has_cards(id: &str, card_ids: &[String]) -> StoreError
     ))
 }
 
-pub(crate) fn reader_taken(reader: &str, holder: Option<(&str, &str)>) -> StoreError {
+pub(crate) fn reader_taken(
+    host: Option<&str>,
+    reader: &str,
+    holder: Option<(&str, &str)>,
+) -> StoreError {
     let by = match holder {
         Some((id, label)) => format!("card {id:?} ({label:?})"),
         None => "another card".to_owned(),
     };
+    let on = host.map_or_else(String::new, |h| format!(" of card host {h:?}"));
     StoreError::Conflict(format!(
-        "reader {reader:?} already holds {by}: one card per reader (delete that card first, or choose another reader)"
+        "reader {reader:?}{on} already holds {by}: one card per reader (delete that card first, or choose another reader)"
     ))
 }
 
@@ -858,7 +875,7 @@ pub(crate) fn card_exists(id: &str) -> StoreError {
 
 pub(crate) fn card_insert_error(e: sqlx::Error, c: &NewCard) -> StoreError {
     if unique_violation_on(&e, "cards", "reader") {
-        reader_taken(&c.reader, None)
+        reader_taken(c.host.as_deref(), &c.reader, None)
     } else if unique_violation_on(&e, "cards", "id") {
         card_exists(&c.id)
     } else if is_unique_violation(&e) {

@@ -372,6 +372,9 @@ pub enum Scope {
     /// A flow-check agent: the agent routes only (their jobs carry stored
     /// secrets), so a remote agent's token can do nothing else.
     Agent,
+    /// A card agent: takes and answers the card jobs of its own card host
+    /// (they carry a PIN sealed to the host), nothing else.
+    CardAgent,
 }
 
 impl Scope {
@@ -381,6 +384,7 @@ impl Scope {
             Scope::Write => "write",
             Scope::Admin => "admin",
             Scope::Agent => "agent",
+            Scope::CardAgent => "card-agent",
         }
     }
 
@@ -390,16 +394,18 @@ impl Scope {
             "write" => Scope::Write,
             "admin" => Scope::Admin,
             "agent" => Scope::Agent,
+            "card-agent" => Scope::CardAgent,
             _ => return None,
         })
     }
 
-    /// Admin may do what write may, write what read may; agent stands
-    /// apart: it may do only what needs agent, which admin may do too.
+    /// Admin may do what write may, write what read may; the two agent
+    /// scopes stand apart: each may do only what needs it, which admin may
+    /// do too.
     pub fn allows(&self, needed: Scope) -> bool {
         match (*self, needed) {
-            (Scope::Agent, needed) => needed == Scope::Agent,
-            (have, Scope::Agent) => have == Scope::Admin,
+            (have @ (Scope::Agent | Scope::CardAgent), needed) => needed == have,
+            (have, Scope::Agent | Scope::CardAgent) => have == Scope::Admin,
             (have, needed) => have.rank() >= needed.rank(),
         }
     }
@@ -409,8 +415,8 @@ impl Scope {
             Scope::Read => 0,
             Scope::Write => 1,
             Scope::Admin => 2,
-            // Not on the ladder: `allows` settles agent before comparing ranks.
-            Scope::Agent => 0,
+            // Not on the ladder: `allows` settles agents before comparing ranks.
+            Scope::Agent | Scope::CardAgent => 0,
         }
     }
 }
@@ -739,7 +745,8 @@ pub trait CardRecords: Send + Sync + 'static {
     /// All cards, or one institution's; ordered by label, then id.
     async fn list_cards(&self, institution_id: Option<&str>) -> Result<Vec<Card>>;
     async fn get_card(&self, id: &str) -> Result<Option<Card>>;
-    async fn find_card_by_reader(&self, reader: &str) -> Result<Option<Card>>;
+    /// The card in `reader` of card host `host` (`None`: the server's own readers).
+    async fn find_card_by_reader(&self, host: Option<&str>, reader: &str) -> Result<Option<Card>>;
     /// Changes the fields `update` carries and sets `updated_at` to `now`;
     /// `None` when there is no such card. A new PIN clears `pin_refused`;
     /// enabling a `pin_refused` card without a new PIN is a `Conflict`.

@@ -935,11 +935,16 @@ macro_rules! shared_store {
                 return Err(common::institution_not_found(&new.institution_id));
             }
             let holder: Option<(String, String)> = sqlx::query_as(common::CARD_IN_READER)
+                .bind(new.host.as_deref().unwrap_or_default())
                 .bind(&new.reader)
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some((card, label)) = &holder {
-                return Err(common::reader_taken(&new.reader, Some((card, label))));
+                return Err(common::reader_taken(
+                    new.host.as_deref(),
+                    &new.reader,
+                    Some((card, label)),
+                ));
             }
             let existing: Option<String> = sqlx::query_scalar(common::CARD_EXISTS)
                 .bind(&new.id)
@@ -961,6 +966,7 @@ macro_rules! shared_store {
                 .bind(&new.pin_sealed)
                 .bind(i32::from(new.min_pin_tries))
                 .bind(micros(new.created_at))
+                .bind(new.host.as_deref().unwrap_or_default())
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| common::card_insert_error(e, new))?;
@@ -994,8 +1000,13 @@ macro_rules! shared_store {
             row.map(Card::try_from).transpose()
         }
 
-        async fn find_card_by_reader(&self, reader: &str) -> Result<Option<Card>> {
+        async fn find_card_by_reader(
+            &self,
+            host: Option<&str>,
+            reader: &str,
+        ) -> Result<Option<Card>> {
             let row: Option<CardRow> = sqlx::query_as(common::CARD_BY_READER)
+                .bind(host.unwrap_or_default())
                 .bind(reader)
                 .fetch_optional(self.reads())
                 .await?;

@@ -2228,6 +2228,7 @@ fn new_card(id: &str, institution_id: &str, reader: &str, label: &str) -> NewCar
         institution_id: institution_id.to_owned(),
         label: label.to_owned(),
         account_reference: "BG80BNBG96611020345678".to_owned(),
+        host: None,
         reader: reader.to_owned(),
         pan_last4: Some("1234".to_owned()),
         psn: Some("01".to_owned()),
@@ -2372,6 +2373,7 @@ async fn card_crud(s: Arc<dyn Store>) {
             institution_id: "fi_1".into(),
             label: "Payroll".into(),
             account_reference: "BG80BNBG96611020345678".into(),
+            host: None,
             reader: "Reader A 00 00".into(),
             pan_last4: Some("1234".into()),
             psn: Some("01".into()),
@@ -2418,10 +2420,43 @@ async fn card_crud(s: Arc<dyn Store>) {
     assert_eq!(s.get_card("card_b").await.unwrap(), Some(card.clone()));
     assert_eq!(s.get_card("card_none").await.unwrap(), None);
     assert_eq!(
-        s.find_card_by_reader("Reader A 00 00").await.unwrap(),
+        s.find_card_by_reader(None, "Reader A 00 00").await.unwrap(),
         Some(card.clone())
     );
-    assert_eq!(s.find_card_by_reader("Reader Z").await.unwrap(), None);
+    assert_eq!(s.find_card_by_reader(None, "Reader Z").await.unwrap(), None);
+    // A card host's reader may share its name with the server's (or another
+    // host's): one card per reader of a host.
+    let remote = s
+        .create_card(&NewCard {
+            host: Some("office-pi".into()),
+            ..new_card("card_r", "fi_2", "Reader A 00 00", "Remote")
+        })
+        .await
+        .unwrap();
+    assert_eq!(remote.host.as_deref(), Some("office-pi"));
+    assert_eq!(
+        s.find_card_by_reader(Some("office-pi"), "Reader A 00 00")
+            .await
+            .unwrap(),
+        Some(remote.clone())
+    );
+    assert_eq!(
+        s.find_card_by_reader(None, "Reader A 00 00").await.unwrap(),
+        Some(card.clone())
+    );
+    match s
+        .create_card(&NewCard {
+            host: Some("office-pi".into()),
+            ..new_card("card_r2", "fi_2", "Reader A 00 00", "Remote 2")
+        })
+        .await
+    {
+        Err(StoreError::Conflict(m)) => {
+            assert!(m.contains("office-pi") && m.contains("card_r"), "{m}")
+        }
+        other => panic!("a second card in a host's reader: {other:?}"),
+    }
+    assert!(s.delete_card("card_r").await.unwrap());
     // By label, then id.
     assert_eq!(
         s.list_cards(None).await.unwrap(),
@@ -2488,12 +2523,15 @@ async fn card_crud(s: Arc<dyn Store>) {
             .await,
     );
     assert_eq!(s.list_cards(None).await.unwrap().len(), 3);
-    assert_eq!(s.find_card_by_reader("Reader X").await.unwrap(), None);
+    assert_eq!(s.find_card_by_reader(None, "Reader X").await.unwrap(), None);
 
     assert!(s.delete_card("card_b").await.unwrap());
     assert!(!s.delete_card("card_b").await.unwrap());
     assert_eq!(s.get_card("card_b").await.unwrap(), None);
-    assert_eq!(s.find_card_by_reader("Reader A 00 00").await.unwrap(), None);
+    assert_eq!(
+        s.find_card_by_reader(None, "Reader A 00 00").await.unwrap(),
+        None
+    );
     assert_eq!(s.list_cards(None).await.unwrap(), vec![third, other]);
 }
 
@@ -2518,7 +2556,10 @@ async fn one_card_per_reader(s: Arc<dyn Store>) {
     );
     assert!(m.contains("card_1"), "{m}");
     assert_eq!(s.list_cards(None).await.unwrap(), vec![first]);
-    assert_eq!(s.find_card_by_reader("Gemalto USB 1").await.unwrap(), None);
+    assert_eq!(
+        s.find_card_by_reader(None, "Gemalto USB 1").await.unwrap(),
+        None
+    );
 
     // Freed by deleting the card.
     assert!(s.delete_card("card_1").await.unwrap());

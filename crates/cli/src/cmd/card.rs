@@ -203,7 +203,7 @@ async fn registered_card(
         return Ok(None);
     }
     let (key, store) = config.keyed_store().await?;
-    let Some(card) = store.find_card_by_reader(reader).await? else {
+    let Some(card) = store.find_card_by_reader(None, reader).await? else {
         return Ok(None);
     };
     let service = CardService::new(store, key, readers, std::time::Duration::from_secs(60));

@@ -121,6 +121,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         .register(
             &institution,
             CardRegistration {
+                host: None,
                 reader: DEMO_READER.into(),
                 label: "demo card".into(),
                 account_reference: "BE68 5390 0754 7034".into(),

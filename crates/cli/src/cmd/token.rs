@@ -10,19 +10,21 @@ use crate::config::Config;
 pub enum TokenCommand {
     /// Create an API token; it is printed once and stored only as a hash.
     #[command(
-        after_help = "Examples:\n  bankbridge token create --scope read --name airtable --expires 90d\n  bankbridge token create --scope agent --location eu-west"
+        after_help = "Examples:\n  bankbridge token create --scope read --name airtable --expires 90d\n  bankbridge token create --scope agent --location eu-west\n  bankbridge token create --scope card-agent --host office-pi"
     )]
     Create {
         /// read: GET data; write: also sync and add connections; admin: everything;
-        /// agent: only what a flow-check agent of one location does (take jobs, report results).
-        #[arg(long, value_parser = ["read", "write", "admin", "agent"])]
+        /// agent: only what a flow-check agent of one location does (take jobs, report results);
+        /// card-agent: only what the card agent of one card host does (take its card jobs, answer them).
+        #[arg(long, value_parser = ["read", "write", "admin", "agent", "card-agent"])]
         scope: String,
         /// A name to recognise the token by (unique).
         #[arg(long)]
         name: Option<String>,
-        /// The check location an agent token serves (required with --scope agent):
-        /// it may take and report that location's jobs only.
-        #[arg(long)]
+        /// The check location an agent token serves, or the card host a
+        /// card-agent token serves (required with those scopes): it may take
+        /// and answer that location's or host's jobs only.
+        #[arg(long, visible_alias = "host")]
         location: Option<String>,
         /// Stop working after this long: 90d, 12h, 30m (default: never).
         #[arg(long, value_parser = super::connection::parse_interval)]
@@ -61,18 +63,23 @@ pub async fn run(config: &Config, command: TokenCommand) -> Result<ExitCode> {
             url,
         } => {
             let scope = Scope::parse(&scope).expect("clap restricts the values");
-            if login && scope == Scope::Agent {
+            if login && matches!(scope, Scope::Agent | Scope::CardAgent) {
                 bail!(
-                    "an agent token serves a check agent and cannot sign in to the dashboard: drop --login"
+                    "an agent token serves an agent and cannot sign in to the dashboard: drop --login"
                 );
             }
             match (scope, &location) {
                 (Scope::Agent, None) => bail!(
                     "an agent token serves one check location: add --location NAME (as in the flows' [locations])"
                 ),
-                (Scope::Agent, Some(l)) if l.trim().is_empty() => bail!("--location is empty"),
-                (Scope::Agent, Some(_)) => {}
-                (_, Some(_)) => bail!("--location is for agent tokens only"),
+                (Scope::CardAgent, None) => bail!(
+                    "a card-agent token serves one card host: add --host NAME (the name the card agent's cards are registered under)"
+                ),
+                (Scope::Agent | Scope::CardAgent, Some(l)) if l.trim().is_empty() => {
+                    bail!("--location (--host) is empty")
+                }
+                (Scope::Agent | Scope::CardAgent, Some(_)) => {}
+                (_, Some(_)) => bail!("--location (--host) is for agent tokens only"),
                 (_, None) => {}
             }
             let name = name.unwrap_or_else(|| {

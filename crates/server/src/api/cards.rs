@@ -9,7 +9,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use bankbridge_cap::emv::{CapError, CapRequest, CapResponse};
-use bankbridge_cap::transport::TransportError;
+use bankbridge_cap::transport::{ReaderInfo, TransportError};
 use bankbridge_core::Secret;
 use bankbridge_store::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewInstitution,
@@ -203,6 +203,9 @@ pub(crate) struct CardView {
     records_digest: Option<String>,
     /// The EMV application used, e.g. `SecureCode Aut`.
     application: Option<String>,
+    /// The card host whose reader holds the card (served by `bankbridge
+    /// card agent` there); null for the server's own readers.
+    host: Option<String>,
     reader: String,
     /// `active`, `disabled` (e.g. after a refused PIN) or `blocked`.
     status: String,
@@ -230,6 +233,7 @@ impl From<&Card> for CardView {
             psn: c.psn.clone(),
             records_digest: c.records_digest.clone(),
             application: c.application.clone(),
+            host: c.host.clone(),
             reader: c.reader.clone(),
             status: c.status.as_str().to_owned(),
             status_reason: c.status_reason.clone(),
@@ -247,6 +251,10 @@ impl From<&Card> for CardView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegisterCard {
+    /// The card host whose reader holds the card (see `/api/v1/card-hosts`);
+    /// absent for the server's own readers.
+    #[schema(min_length = 1, max_length = 100)]
+    pub(crate) host: Option<String>,
     /// Reader name, index, or a unique part of its name (see `/api/v1/card-readers`).
     #[schema(example = "Virtual PCD 00 00", min_length = 1, max_length = 256)]
     pub(crate) reader: String,
@@ -331,6 +339,8 @@ impl From<CapResponse> for CodeView {
 
 #[derive(Serialize, ToSchema)]
 pub(crate) struct ReaderView {
+    /// The card host the reader is on; null for the server's own.
+    host: Option<String>,
     name: String,
     card_present: bool,
     atr: Option<String>,
@@ -404,6 +414,9 @@ impl From<CardUseError> for ApiError {
             }
             CardUseError::Busy { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "reader_busy", msg)
+            }
+            CardUseError::ReaderOffline(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "reader_offline", msg)
             }
             CardUseError::Invalid(_) => ApiError::bad_request(msg),
             CardUseError::Store(e) => ApiError::from(e),
@@ -609,7 +622,7 @@ pub(crate) async fn list_cards(
     params(("institution" = String, Path)), request_body = RegisterCard,
     responses((status = 201, body = CardView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "`conflict`: the reader holds a registered card; `reader_not_found`: no reader (or several) matches `reader`; `no_card`: the reader is empty", body = ErrorBody),
-        (status = 503, description = "`reader_busy`, `reader_unavailable` (the card service cannot reach its readers)", body = ErrorBody)))]
+        (status = 503, description = "`reader_busy`, `reader_unavailable` (the card service cannot reach its readers), `reader_offline` (the card host's agent is not polling)", body = ErrorBody)))]
 pub(crate) async fn register_card(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -645,11 +658,22 @@ pub(crate) async fn register(
         ("label", Some(&body.label)),
         ("account_reference", Some(&body.account_reference)),
     ])?;
+    if body
+        .host
+        .as_ref()
+        .is_some_and(|h| h.trim().is_empty() || h.chars().count() > 100)
+    {
+        return Err(ApiError::invalid_parameter(
+            "host",
+            "host must be a card host's name of 1 to 100 characters",
+        ));
+    }
     let card = state
         .cards
         .register(
             &institution,
             CardRegistration {
+                host: body.host,
                 reader: body.reader,
                 label: body.label,
                 account_reference: body.account_reference,
@@ -861,20 +885,33 @@ pub(crate) async fn sign(
     Ok(json(StatusCode::OK, &CodeView::from(code), 100))
 }
 
-/// The card readers this server sees. Needs scope `admin`.
+/// The card readers this server sees, then those of the card hosts online.
+/// Needs scope `admin`.
 #[utoipa::path(get, path = "/api/v1/card-readers", tag = "cards",
     responses((status = 200, body = ReaderList), (status = 503, body = ErrorBody)))]
 pub(crate) async fn list_readers(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let readers = state.cards.list_readers().await?;
+    let mut readers: Vec<(Option<String>, ReaderInfo)> = state
+        .cards
+        .list_readers()
+        .await?
+        .into_iter()
+        .map(|r| (None, r))
+        .collect();
+    for host in state.cards.hosts().list().into_iter().filter(|h| h.online) {
+        if let Ok((list, _)) = state.cards.hosts().online_host(&host.name) {
+            readers.extend(list.into_iter().map(|r| (Some(host.name.clone()), r)));
+        }
+    }
     let mut views = Vec::with_capacity(readers.len());
-    for r in readers {
+    for (host, r) in readers {
         let card_id = state
             .store
             .cards
-            .find_card_by_reader(&r.name)
+            .find_card_by_reader(host.as_deref(), &r.name)
             .await?
             .map(|c| c.id);
         views.push(ReaderView {
+            host,
             name: r.name,
             card_present: r.card_present,
             atr: r.atr,

@@ -20,6 +20,7 @@ use crate::{AppState, guard};
 
 mod accounts;
 pub(crate) mod bankid;
+mod card_agent;
 pub(crate) mod cards;
 mod check_secrets;
 pub(crate) mod checks;
@@ -43,6 +44,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .merge(documents::routes(state))
         .merge(export::routes(state))
         .merge(cards::routes(state))
+        .merge(card_agent::routes(state))
         .merge(bankid::routes(state))
         .merge(checks::routes(state))
         .merge(check_secrets::routes(state))
@@ -127,7 +129,7 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("bb_<id>_<secret>")
                     .description(Some(
-                        "Scopes: read (GET routes, but the check agents' jobs), write (also syncs, connections, card logins/signs and check runs started by hand), admin (all, including card registration, card readers, the card audit, check secrets and the check agents' routes); agent (only the check agents' routes: their jobs carry stored secrets).",
+                        "Scopes: read (GET routes, but the check agents' jobs), write (also syncs, connections, card logins/signs and check runs started by hand), admin (all, including card registration, card readers, the card audit, check secrets, the check agents' and card agents' routes); agent (only the check agents' routes: their jobs carry stored secrets); card-agent (only the card agents' routes of one card host: their jobs carry sealed PINs).",
                     ))
                     .build(),
             ),
@@ -147,6 +149,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         documents::Doc::openapi(),
         export::Doc::openapi(),
         cards::Doc::openapi(),
+        card_agent::Doc::openapi(),
         bankid::Doc::openapi(),
         checks::Doc::openapi(),
         check_secrets::Doc::openapi(),

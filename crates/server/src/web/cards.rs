@@ -46,6 +46,23 @@ async fn render(
     let cards = state.store.cards.list_cards(None).await?;
     // The readers this server sees; a reader service that is down is said, not fatal.
     let readers = state.cards.list_readers().await;
+    // And those of the card hosts online (a card agent on another machine).
+    let host_readers: Vec<(String, bankbridge_cap::ReaderInfo)> = state
+        .cards
+        .hosts()
+        .list()
+        .into_iter()
+        .filter(|h| h.online)
+        .filter_map(|h| {
+            state
+                .cards
+                .hosts()
+                .online_host(&h.name)
+                .ok()
+                .map(|(l, _)| (h.name, l))
+        })
+        .flat_map(|(host, list)| list.into_iter().map(move |r| (host.clone(), r)))
+        .collect();
     let body = html! {
         @if let Some(p) = problem { p.error role="alert" { (p) } }
         p { a href="/cards/audit" { "The audit log of every card use" } }
@@ -76,7 +93,7 @@ async fn render(
                                         @if let Some(l) = &c.pan_last4 { br; span.hint { "•••• " (l) } }
                                     }
                                     td class="opt" { (c.account_reference) }
-                                    td class="opt" { code { (c.reader) } }
+                                    td class="opt" { (reader_of(c)) }
                                     td { (status(c)) }
                                     td.num { @match c.pin_tries_left { Some(n) => (n), None => "—" } }
                                     td class="opt" { @match &c.last_used_at { Some(t) => (instant(t)), None => "never" } }
@@ -99,10 +116,15 @@ async fn render(
                 }
                 label for="reader" { "Card reader" }
                 @match &readers {
-                    Ok(list) if !list.is_empty() => {
+                    Ok(list) if !list.is_empty() || !host_readers.is_empty() => {
                         select #reader name="reader" {
                             @for r in list {
                                 option value=(r.name) { (r.name) @if !r.card_present { " (no card in it)" } }
+                            }
+                            @for (host, r) in &host_readers {
+                                option value={(host) (HOST_READER) (r.name)} {
+                                    (host) ": " (r.name) @if !r.card_present { " (no card in it)" }
+                                }
                             }
                         }
                     }
@@ -166,6 +188,18 @@ pub(crate) async fn add_institution(
     }
 }
 
+/// Between a card host's name and its reader's in the reader field (reader
+/// names hold no tab).
+const HOST_READER: char = '\t';
+
+/// Where a card sits: its reader, and the card host for one on another machine.
+fn reader_of(c: &Card) -> maud::Markup {
+    html! {
+        @if let Some(h) = &c.host { (h) ": " }
+        code { (c.reader) }
+    }
+}
+
 #[derive(Deserialize)]
 pub(crate) struct RegisterForm {
     institution: String,
@@ -198,8 +232,14 @@ pub(crate) async fn add_card(
             }
         },
     };
+    // A card host's reader comes as "host<TAB>reader".
+    let (host, reader) = match form.reader.split_once(HOST_READER) {
+        Some((host, reader)) => (Some(host.to_owned()), reader.to_owned()),
+        None => (None, form.reader),
+    };
     let body = RegisterCard {
-        reader: form.reader,
+        host,
+        reader,
         label: form.label.trim().to_owned(),
         account_reference: form.account_reference.trim().to_owned(),
         pin: Secret::new(form.pin),
@@ -264,7 +304,7 @@ async fn card_page(viewer: &Viewer, c: &Card, said: Option<Said>, code: StatusCo
         }
         dl.facts {
             dt { "Status" } dd { (status(c)) }
-            dt { "Reader" } dd { code { (c.reader) } }
+            dt { "Reader" } dd { (reader_of(c)) }
             @if let Some(l) = &c.pan_last4 { dt { "Card number" } dd { "•••• •••• •••• " (l) } }
             @if let Some(a) = &c.application { dt { "Application" } dd { (a) } }
             dt { "PIN tries left" } dd { @match c.pin_tries_left { Some(n) => (n), None => "not known yet" } }

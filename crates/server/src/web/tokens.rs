@@ -93,8 +93,9 @@ async fn render(
                 option value="write" { "write — also sync and add connections" }
                 option value="admin" { "admin — everything" }
                 option value="agent" { "agent — a check agent of one location" }
+                option value="card-agent" { "card-agent — a card agent of one card host" }
             }
-            label for="location" { "Check location (agent tokens only)" }
+            label for="location" { "Check location or card host (agent tokens only)" }
             input id="location" name="location" type="text" maxlength="64";
             label for="expires" { "Expires" }
             select id="expires" name="expires" {
@@ -180,14 +181,20 @@ pub(crate) async fn create(
 
 /// The token the form asks for, or what is wrong with the form.
 fn new_token(form: &NewToken) -> Result<(Secret<String>, TokenRecord), String> {
-    let scope = Scope::parse(&form.scope).ok_or("Choose a scope: read, write, admin or agent.")?;
+    let scope = Scope::parse(&form.scope)
+        .ok_or("Choose a scope: read, write, admin, agent or card-agent.")?;
     let location = match (scope, form.location.trim()) {
         (Scope::Agent, "") => {
             return Err("An agent token serves one check location: name it.".into());
         }
-        (Scope::Agent, l) => Some(l.to_owned()),
+        (Scope::CardAgent, "") => {
+            return Err("A card-agent token serves one card host: name it.".into());
+        }
+        (Scope::Agent | Scope::CardAgent, l) => Some(l.to_owned()),
         (_, "") => None,
-        (_, _) => return Err("A check location is for agent tokens only.".into()),
+        (_, _) => {
+            return Err("A check location or card host is for agent tokens only.".into());
+        }
     };
     let (_, _, days) = LIFETIMES
         .iter()
