@@ -1,8 +1,10 @@
 //! The card service's overhead per login: HTTP + reader queue + the APDU
 //! exchange, with a virtual card in an in-process reader and with the same
 //! card behind a real pcscd (vsmartcard's vpcd reader), at 1 and 16
-//! concurrent clients. The direct `emv::run` time (no HTTP, no queue) is the
-//! baseline the overhead is read against.
+//! concurrent clients, and with that pcscd card on a card host: a `bankbridge
+//! card agent` child process serving it to the server over loopback HTTP
+//! (long-polled jobs, the PIN sealed to the host). The direct `emv::run` time
+//! (no HTTP, no queue) is the baseline the overhead is read against.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +58,15 @@ pub(super) async fn cards_section(dir: &std::path::Path, table: &mut Table) {
     );
     for clients in [1usize, 16] {
         let measure = format!("card login over HTTP, in-process reader, {clients} client(s)");
-        match service_run(dir, Arc::new(readers.clone()), "bench reader", clients).await {
+        match service_run(
+            dir,
+            Arc::new(readers.clone()),
+            "bench reader",
+            clients,
+            Via::Local,
+        )
+        .await
+        {
             Ok(lat) => {
                 let note = overhead(&lat, "one virtual card; HTTP + queue + APDUs + audit");
                 push_latencies(table, &measure, &lat, note)
@@ -94,16 +104,34 @@ pub(super) async fn cards_section(dir: &std::path::Path, table: &mut Table) {
             .await;
     match ready {
         Ok(Ok(reader)) => {
-            for clients in [1usize, 16] {
-                let measure =
-                    format!("card login over HTTP, real pcscd + vpcd, {clients} client(s)");
-                match service_run(dir, Arc::new(PcscReaders::new()), &reader, clients).await {
-                    Ok(lat) => {
-                        let note =
-                            overhead(&lat, "virtual card served to pcscd over vpcd (loopback)");
-                        push_latencies(table, &measure, &lat, note)
+            for (via, what) in [
+                (Via::Local, "real pcscd + vpcd"),
+                (Via::Agent, "through a card agent, real pcscd + vpcd"),
+            ] {
+                for clients in [1usize, 16] {
+                    let measure = format!("card login over HTTP, {what}, {clients} client(s)");
+                    let readers: Arc<dyn Readers> = match via {
+                        Via::Local => Arc::new(PcscReaders::new()),
+                        // The server has no reader of its own: the agent has it.
+                        Via::Agent => Arc::new(VirtualReaders::new()),
+                    };
+                    match service_run(dir, readers, &reader, clients, via).await {
+                        Ok(lat) => {
+                            let note = overhead(
+                                &lat,
+                                match via {
+                                    Via::Local => {
+                                        "virtual card served to pcscd over vpcd (loopback)"
+                                    }
+                                    Via::Agent => {
+                                        "the same card on a card host: agent child process, loopback HTTP"
+                                    }
+                                },
+                            );
+                            push_latencies(table, &measure, &lat, note)
+                        }
+                        Err(e) => table.error(measure, &e),
                     }
-                    Err(e) => table.error(measure, &e),
                 }
             }
         }
@@ -169,6 +197,18 @@ fn direct_baseline() -> Result<Latencies> {
     Ok(summarise(samples, started.elapsed()))
 }
 
+/// Where the server finds the card's reader.
+#[derive(Clone, Copy)]
+enum Via {
+    /// Its own readers.
+    Local,
+    /// A card host: `bankbridge card agent` (a child process) serving the
+    /// pcscd reader.
+    Agent,
+}
+
+const BENCH_HOST: &str = "bench-host";
+
 /// A server over `readers` on loopback; register `reader`'s card, then
 /// `LOGINS_PER_RUN` logins from `clients` concurrent clients.
 async fn service_run(
@@ -176,6 +216,7 @@ async fn service_run(
     readers: Arc<dyn Readers>,
     reader: &str,
     clients: usize,
+    via: Via,
 ) -> Result<Latencies> {
     let db = dir.join(format!("cards-{}.db", rand_suffix()));
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).await?);
@@ -218,10 +259,24 @@ async fn service_run(
             .json()
             .await?;
         let fi = fi["id"].as_str().context("institution id")?.to_owned();
+        let host = match via {
+            Via::Local => None,
+            Via::Agent => Some(BENCH_HOST),
+        };
+        let _agent = match via {
+            Via::Local => None,
+            Via::Agent => {
+                let (token, mut record) =
+                    bankbridge_server::auth::new_token("bench-agent", Scope::CardAgent);
+                record.location = Some(BENCH_HOST.to_owned());
+                store.create_token(&record).await?;
+                Some(start_agent(dir, &client, &base, admin.expose(), token.expose(), reader).await?)
+            }
+        };
         let res = client
             .post(format!("{base}/api/v1/financial-institutions/{fi}/cards"))
             .bearer_auth(admin.expose())
-            .json(&json!({"reader": reader, "label": "bench", "account_reference": "bench", "pin": PIN}))
+            .json(&json!({"host": host, "reader": reader, "label": "bench", "account_reference": "bench", "pin": PIN}))
             .send()
             .await?;
         if !res.status().is_success() {
@@ -266,6 +321,57 @@ async fn service_run(
     let _ = stop.send(());
     let _ = server.await;
     result
+}
+
+/// `bankbridge card agent` for [`BENCH_HOST`] serving `reader`, once the
+/// server lists the host online with it.
+async fn start_agent(
+    dir: &std::path::Path,
+    client: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    token: &str,
+    reader: &str,
+) -> Result<tokio::process::Child> {
+    let home = dir.join(format!("card-agent-{}", rand_suffix()));
+    std::fs::create_dir_all(&home)?;
+    let exe = std::env::current_exe().context("finding the bankbridge binary")?;
+    let child = tokio::process::Command::new(exe)
+        .args(["card", "agent", "--server", base, "--reader", reader])
+        .env("BANKBRIDGE_HOME", &home)
+        .env("BANKBRIDGE_TOKEN", token)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the card agent")?;
+    let started = Instant::now();
+    loop {
+        let hosts: serde_json::Value = client
+            .get(format!("{base}/api/v1/card-hosts"))
+            .bearer_auth(admin)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let ready = hosts["data"].as_array().is_some_and(|list| {
+            list.iter().any(|h| {
+                h["name"] == BENCH_HOST
+                    && h["online"] == true
+                    && h["readers"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().any(|r| r["name"] == reader))
+            })
+        });
+        if ready {
+            return Ok(child);
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            bail!("the card agent did not come online: {hosts}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn rand_suffix() -> u64 {

@@ -51,6 +51,12 @@ pub enum CardCommand {
         after_help = "Example: bankbridge card virtual --profile cap-be --pin 1234 --vpcd 127.0.0.1:35963"
     )]
     Virtual(VirtualArgs),
+    /// Serve this machine's readers to a bankbridge server as a card host:
+    /// long-poll it for card jobs and run them here, until Ctrl-C.
+    #[command(
+        after_help = "Example: BANKBRIDGE_TOKEN=bb_… bankbridge card agent --server https://bankbridge.example.org --reader \"Gemalto\""
+    )]
+    Agent(super::card_agent::CardAgentArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -95,6 +101,15 @@ pub struct VirtualArgs {
     /// Play a recorded exchange instead of simulating (see crates/cap/tests/fixtures).
     #[arg(long, conflicts_with_all = ["profile", "pin", "key_seed", "pan"])]
     replay: Option<std::path::PathBuf>,
+    /// Append every APDU the card answers to this file, one JSON line each
+    /// (`session`, `command` with PIN blocks masked, `sw`): what a test reads
+    /// to see that sessions never interleave.
+    #[arg(long, conflicts_with = "replay")]
+    apdu_log: Option<std::path::PathBuf>,
+    /// Answer each APDU this many milliseconds late, as a slow chip does
+    /// (a real card's GENERATE AC takes tens to hundreds of milliseconds).
+    #[arg(long, default_value_t = 0)]
+    apdu_delay_ms: u64,
 }
 
 pub async fn run(config: &Config, command: CardCommand) -> Result<ExitCode> {
@@ -107,6 +122,12 @@ pub async fn run(config: &Config, command: CardCommand) -> Result<ExitCode> {
             compute(config, CapRequest::Sign { numbers }, card).await
         }
         CardCommand::Virtual(args) => virtual_card(args).await,
+        CardCommand::Agent(args) => {
+            tokio::select! {
+                result = super::card_agent::run(config, args) => result,
+                _ = super::serve::shutdown_signal() => Ok(ExitCode::SUCCESS),
+            }
+        }
     }
 }
 
@@ -237,6 +258,7 @@ fn print_code(r: &CapResponse, json: bool) -> Result<()> {
 }
 
 async fn virtual_card(args: VirtualArgs) -> Result<ExitCode> {
+    let mut watch = None;
     let (card, description): (Box<dyn SmartCard>, String) = match &args.replay {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -260,19 +282,109 @@ async fn virtual_card(args: VirtualArgs) -> Result<ExitCode> {
                 "without a card number".to_owned()
             };
             let card = VirtualCard::new(config).context("building the virtual card")?;
+            watch = Some(card.handle());
             (
                 Box::new(card),
                 format!("virtual {} card {number}", args.profile),
             )
         }
     };
+    let log = match (&args.apdu_log, watch) {
+        (Some(path), Some(card)) => Some(ApduLog::open(path, card)?),
+        _ => None,
+    };
+    let card: Box<dyn SmartCard> = match args.apdu_delay_ms {
+        0 => card,
+        ms => Box::new(SlowCard {
+            inner: card,
+            delay: std::time::Duration::from_millis(ms),
+        }),
+    };
     let mut handle = vpcd::serve(args.vpcd, card);
     eprintln!(
         "{description} inserted into the vpcd reader at {}; Ctrl-C to remove it",
         args.vpcd
     );
-    super::serve::shutdown_signal().await;
+    match log {
+        Some(mut log) => {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+            let stop = super::serve::shutdown_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tick.tick() => log.write_new()?,
+                }
+            }
+            log.write_new()?;
+        }
+        None => super::serve::shutdown_signal().await,
+    }
     handle.stop();
     eprintln!("card removed");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A card that answers each APDU late.
+struct SlowCard {
+    inner: Box<dyn SmartCard>,
+    delay: std::time::Duration,
+}
+
+impl SmartCard for SlowCard {
+    fn atr(&self) -> Vec<u8> {
+        self.inner.atr()
+    }
+
+    fn reset(&mut self) {
+        self.inner.reset()
+    }
+
+    fn process(&mut self, capdu: &[u8]) -> Option<Vec<u8>> {
+        std::thread::sleep(self.delay);
+        self.inner.process(capdu)
+    }
+}
+
+/// The virtual card's APDU log, appended to a file as it grows.
+struct ApduLog {
+    file: std::fs::File,
+    card: bankbridge_cap::virtual_card::CardHandle,
+    written: usize,
+}
+
+impl ApduLog {
+    fn open(
+        path: &std::path::Path,
+        card: bankbridge_cap::virtual_card::CardHandle,
+    ) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening the APDU log {}", path.display()))?;
+        Ok(Self {
+            file,
+            card,
+            written: 0,
+        })
+    }
+
+    fn write_new(&mut self) -> Result<()> {
+        let log = self.card.apdu_log();
+        let mut out = String::new();
+        for (session, command, sw) in log.iter().skip(self.written) {
+            out.push_str(
+                &serde_json::json!({ "session": session, "command": command, "sw": sw })
+                    .to_string(),
+            );
+            out.push('\n');
+        }
+        self.written = log.len();
+        if !out.is_empty() {
+            std::io::Write::write_all(&mut self.file, out.as_bytes())
+                .context("writing the APDU log")?;
+        }
+        Ok(())
+    }
 }

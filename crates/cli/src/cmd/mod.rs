@@ -11,6 +11,7 @@ use crate::config::Config;
 pub mod accounts;
 pub mod bankid;
 pub mod card;
+pub mod card_agent;
 pub mod categorize;
 pub mod check;
 pub mod check_agent;

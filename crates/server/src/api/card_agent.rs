@@ -61,9 +61,10 @@ pub(crate) struct Doc;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PollParams {
-    /// The card host's name (a card-agent token's own).
+    /// The card host's name; default: the card-agent token's own (an admin
+    /// token must name one).
     #[param(min_length = 1, max_length = 100, pattern = r"\S")]
-    host: String,
+    host: Option<String>,
     /// Long-poll: wait up to this many milliseconds for a job (0 to 30 000,
     /// default 0).
     #[param(minimum = 0, maximum = 30000, default = 0)]
@@ -134,9 +135,9 @@ pub(crate) struct CardAgentJob {
 pub(crate) struct CardAgentAnswer {
     #[schema(min_length = 1, max_length = 64)]
     job_id: String,
-    /// The host the job was taken for.
+    /// The host the job was taken for; default: the card-agent token's own.
     #[schema(min_length = 1, max_length = 100)]
-    host: String,
+    host: Option<String>,
     /// `{"outcome": "identified", "card": …}`, `{"outcome": "computed",
     /// "response": …}` or `{"outcome": "failed", "error": {"kind": …}}`.
     #[schema(value_type = Object)]
@@ -173,8 +174,7 @@ pub(crate) async fn poll(
     Query(params): Query<PollParams>,
     ApiJson(body): ApiJson<CardAgentPoll>,
 ) -> Result<Response, ApiError> {
-    check_host_name(&params.host)?;
-    check_host(&who, &params.host)?;
+    let host = host_of(&who, params.host)?;
     let wait_ms = params.wait_ms.unwrap_or(0);
     if wait_ms > MAX_WAIT_MS {
         return Err(ApiError::invalid_parameter(
@@ -211,7 +211,7 @@ pub(crate) async fn poll(
         .cards
         .hosts()
         .poll(
-            &params.host,
+            &host,
             body.public_key,
             readers,
             Duration::from_millis(wait_ms),
@@ -243,15 +243,15 @@ pub(crate) async fn answer(
     Extension(who): Extension<Arc<Principal>>,
     ApiJson(body): ApiJson<CardAgentAnswer>,
 ) -> Result<Response, ApiError> {
-    check_host(&who, &body.host)?;
+    let host = host_of(&who, body.host)?;
     if !state
         .cards
         .hosts()
-        .answer(&body.host, &body.job_id, body.outcome)
+        .answer(&host, &body.job_id, body.outcome)
     {
         return Err(ApiError::conflict(format!(
-            "job {:?} of card host {:?} is unknown, already answered, or given up",
-            body.job_id, body.host
+            "job {:?} of card host {host:?} is unknown, already answered, or given up",
+            body.job_id
         )));
     }
     Ok(StatusCode::ACCEPTED.into_response())
@@ -278,14 +278,26 @@ pub(crate) async fn list_hosts(State(state): State<AppState>) -> Response {
     )
 }
 
-fn check_host_name(host: &str) -> Result<(), ApiError> {
+/// The host a request acts for: the one it names (which the token must
+/// serve), else the card-agent token's own.
+fn host_of(who: &Principal, named: Option<String>) -> Result<String, ApiError> {
+    let Some(host) = named else {
+        return match (&who.scope, &who.location) {
+            (Scope::CardAgent, Some(own)) => Ok(own.clone()),
+            _ => Err(ApiError::invalid_parameter(
+                "host",
+                "name the card host: only a card-agent token has one of its own",
+            )),
+        };
+    };
     if host.trim().is_empty() || host.chars().count() > 100 {
         return Err(ApiError::invalid_parameter(
             "host",
             "host must be a name of 1 to 100 characters",
         ));
     }
-    Ok(())
+    check_host(who, &host)?;
+    Ok(host)
 }
 
 /// A card-agent token serves the host it was created for, and no other.
