@@ -122,12 +122,7 @@ pub async fn run(config: &Config, command: CardCommand) -> Result<ExitCode> {
             compute(config, CapRequest::Sign { numbers }, card).await
         }
         CardCommand::Virtual(args) => virtual_card(args).await,
-        CardCommand::Agent(args) => {
-            tokio::select! {
-                result = super::card_agent::run(config, args) => result,
-                _ = super::serve::shutdown_signal() => Ok(ExitCode::SUCCESS),
-            }
-        }
+        CardCommand::Agent(args) => super::card_agent::run(config, args).await,
     }
 }
 

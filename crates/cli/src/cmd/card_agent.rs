@@ -7,7 +7,9 @@
 //! half, so the PIN is in the clear only here, for the card session, and is
 //! zeroised when the job ends. Nothing else is stored. A poll is always open
 //! while the agent runs (jobs run beside it), which is how the server knows
-//! the host is there.
+//! the host is there. Stopped (Ctrl-C, SIGTERM), it takes no new job and
+//! lets the running ones finish first: a job cut short counts on the server
+//! as a PIN that may have been refused, and disables its card.
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -69,6 +71,7 @@ pub async fn run(config: &Config, args: CardAgentArgs) -> Result<ExitCode> {
         key,
         readers,
         turns: Arc::new(Mutex::new(HashMap::new())),
+        running: Arc::new(tokio::sync::Semaphore::new(MAX_JOBS)),
     };
     eprintln!(
         "card agent: server {}, host key {}; serving {}",
@@ -83,6 +86,8 @@ pub async fn run(config: &Config, args: CardAgentArgs) -> Result<ExitCode> {
     let wait_ms = (args.poll_seconds * 1000).to_string();
     let mut backoff = Duration::from_secs(1);
     let mut announced = false;
+    let stop = super::serve::shutdown_signal();
+    tokio::pin!(stop);
     loop {
         let listed = {
             let readers = agent.readers.clone();
@@ -97,14 +102,17 @@ pub async fn run(config: &Config, args: CardAgentArgs) -> Result<ExitCode> {
                 Vec::new()
             }
         };
-        let answer = agent
+        let poll = agent
             .http
             .post(format!("{}/api/v1/card-agent/jobs", agent.base))
             .query(&[("wait_ms", wait_ms.as_str())])
             .header(reqwest::header::AUTHORIZATION, &agent.auth)
             .json(&serde_json::json!({ "public_key": agent.key.public(), "readers": list }))
-            .send()
-            .await;
+            .send();
+        let answer = tokio::select! {
+            answer = poll => answer,
+            _ = &mut stop => break,
+        };
         let jobs = match answer {
             Ok(r) if r.status().is_success() => match r.json::<Jobs>().await {
                 Ok(j) => Some(j.data),
@@ -154,10 +162,29 @@ pub async fn run(config: &Config, args: CardAgentArgs) -> Result<ExitCode> {
         backoff = Duration::from_secs(1);
         for job in jobs {
             let agent = agent.clone();
-            tokio::spawn(async move { agent.run(job).await });
+            // Taken before the task starts, so that stopping waits for it.
+            let running = agent.running.clone().acquire_owned().await?;
+            tokio::spawn(async move {
+                agent.run(job).await;
+                drop(running);
+            });
         }
     }
+    // Let the running jobs end (the server waits a few seconds for a host
+    // whose poll closed before it gives their cards up).
+    eprintln!("card agent: stopping; letting running jobs finish");
+    let all = u32::try_from(MAX_JOBS).unwrap_or(u32::MAX);
+    if tokio::time::timeout(Duration::from_secs(4), agent.running.acquire_many(all))
+        .await
+        .is_err()
+    {
+        eprintln!("card agent: a card job did not finish in time; its card will be disabled");
+    }
+    Ok(ExitCode::SUCCESS)
 }
+
+/// Jobs one agent runs at once (a host rarely has more readers).
+const MAX_JOBS: usize = 64;
 
 #[derive(Clone)]
 struct Agent {
@@ -169,6 +196,8 @@ struct Agent {
     /// One job per reader at a time here too (the server already sends
     /// them so): two sessions never share a card.
     turns: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// A permit per running job: stopping waits for them all.
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 impl Agent {

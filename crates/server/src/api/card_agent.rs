@@ -81,7 +81,7 @@ const MAX_READERS: usize = 64;
 pub(crate) struct CardAgentPoll {
     /// The host's X25519 public key (32 bytes, base64): each job's PIN is
     /// sealed to it.
-    #[schema(min_length = 44, max_length = 44)]
+    #[schema(pattern = "^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
     public_key: String,
     /// The readers the host sees now (at most 64).
     #[schema(max_items = 64)]
@@ -92,7 +92,7 @@ pub(crate) struct CardAgentPoll {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CardAgentReader {
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
     card_present: bool,
     /// The card's answer-to-reset, hex.
@@ -191,7 +191,7 @@ pub(crate) async fn poll(
         || body.readers.iter().any(|r| {
             r.name.trim().is_empty()
                 || r.name.chars().count() > 200
-                || r.atr.as_ref().is_some_and(|a| a.len() > 100)
+                || r.atr.as_ref().is_some_and(|a| a.chars().count() > 100)
         })
     {
         return Err(ApiError::bad_request(format!(
