@@ -302,21 +302,5 @@ fn host_of(who: &Principal, named: Option<String>) -> Result<String, ApiError> {
 
 /// A card-agent token serves the host it was created for, and no other.
 fn check_host(who: &Principal, host: &str) -> Result<(), ApiError> {
-    if who.serves_location(host) {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        match &who.location {
-            Some(own) => format!(
-                "this card-agent token serves card host {own:?}, not {host:?}; create one with \
-                 `bankbridge token create --scope card-agent --host {host}`"
-            ),
-            None => format!(
-                "this token is bound to no card host; card agents need \
-                 `bankbridge token create --scope card-agent --host {host}`"
-            ),
-        },
-    ))
+    super::check_served(who, host, "card host", "card-agent --host")
 }

@@ -394,23 +394,7 @@ pub(crate) async fn agent_result(
 
 /// An agent token serves the location it was created for, and no other.
 fn check_location(who: &Principal, location: &str) -> Result<(), ApiError> {
-    if who.serves_location(location) {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        match &who.location {
-            Some(own) => format!(
-                "this agent token serves location {own:?}, not {location:?}; create one with \
-                 `bankbridge token create --scope agent --location {location}`"
-            ),
-            None => format!(
-                "this token is bound to no location; agents need \
-                 `bankbridge token create --scope agent --location {location}`"
-            ),
-        },
-    ))
+    super::check_served(who, location, "location", "agent --location")
 }
 
 /// Metrics of the flow checks in the OpenMetrics text format (Prometheus

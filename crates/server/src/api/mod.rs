@@ -95,6 +95,34 @@ pub(crate) fn origin(
     format!("{scheme}://{host}")
 }
 
+/// An agent token (check or card agent) serves the place it was created
+/// for (a check location, a card host: `noun`), and no other; admin tokens
+/// serve all. `create` is what `token create --scope` needs for one.
+fn check_served(
+    who: &crate::Principal,
+    place: &str,
+    noun: &str,
+    create: &str,
+) -> Result<(), ApiError> {
+    if who.serves_location(place) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        match &who.location {
+            Some(own) => format!(
+                "this agent token serves {noun} {own:?}, not {place:?}; create one with \
+                 `bankbridge token create --scope {create} {place}`"
+            ),
+            None => format!(
+                "this token is bound to no {noun}; agents need \
+                 `bankbridge token create --scope {create} {place}`"
+            ),
+        },
+    ))
+}
+
 /// Fallback for unknown routes.
 pub(crate) async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!(
