@@ -1,9 +1,6 @@
 #!/usr/bin/env bash
 # pcscd with vsmartcard's vpcd driver, for the card tests: virtual cards
-# connect to 127.0.0.1:35963 ("Virtual PCD 00 00") and :35964 ("00 01"), and
-# to a second vpcd device this script adds (/etc/reader.conf.d/vpcd-bankbridge)
-# on :35965 ("Virtual PCD 01 00") and :35966 ("01 01"): the card-host test
-# serves three cards from two agents.
+# connect to 127.0.0.1:35963 ("Virtual PCD 00 00") and :35964 ("00 01").
 #
 #   scripts/pcscd.sh install   # Debian packages the build and tests need
 #   scripts/pcscd.sh start     # install, then start pcscd unless one runs
@@ -80,24 +77,6 @@ listening() {
         /proc/net/tcp /proc/net/tcp6 2>/dev/null
 }
 
-# Two more vpcd slots (a second device of the same driver), read by pcscd
-# at start.
-second_vpcd_device() {
-    local conf=/etc/reader.conf.d/vpcd-bankbridge lib
-    [ -f "$conf" ] && return 0
-    lib="$(awk '$1 == "LIBPATH" { print $2; exit }' /etc/reader.conf.d/vpcd)"
-    [ -n "$lib" ] || { log "no LIBPATH in /etc/reader.conf.d/vpcd: two vpcd slots only"; return 0; }
-    [ -w /etc/reader.conf.d ] || { log "cannot write $conf: two vpcd slots only"; return 0; }
-    printf '%s\n' \
-        "# Written by bankbridge's scripts/pcscd.sh: a second vsmartcard vpcd device," \
-        "# two more virtual reader slots on 127.0.0.1:35965 and :35966." \
-        'FRIENDLYNAME "Virtual PCD"' \
-        'DEVICENAME   /dev/null:0x8C7D' \
-        "LIBPATH      $lib" \
-        'CHANNELID    0x8C7D' >"$conf"
-    log "added a second vpcd device ($conf)"
-}
-
 cmd_status() {
     [ -n "$(running_pcscd)" ] && listening "$VPCD_PORT"
 }
@@ -120,7 +99,6 @@ cmd_start() {
     fi
     cmd_install || die "cannot install what pcscd needs"
     [ -f /etc/reader.conf.d/vpcd ] || die "/etc/reader.conf.d/vpcd is missing: reinstall vsmartcard-vpcd"
-    second_vpcd_device
     bin="$(pcscd_bin)" || die "pcscd not found after installing it"
     [ "$(id -u)" -eq 0 ] || die "pcscd must run as root (it owns /run/pcscd); run this as root or start the system's pcscd"
     logfile="$(mktemp /tmp/bankbridge-pcscd.XXXXXX.log)"

@@ -285,7 +285,11 @@ async fn virtual_card(args: VirtualArgs) -> Result<ExitCode> {
         }
     };
     let log = match (&args.apdu_log, watch) {
-        (Some(path), Some(card)) => Some(ApduLog::open(path, card)?),
+        (Some(path), Some(card)) => {
+            let mut log = ApduLog::open(path)?;
+            log.add(None, card);
+            Some(log)
+        }
         _ => None,
     };
     let card: Box<dyn SmartCard> = match args.apdu_delay_ms {
@@ -301,18 +305,7 @@ async fn virtual_card(args: VirtualArgs) -> Result<ExitCode> {
         args.vpcd
     );
     match log {
-        Some(mut log) => {
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
-            let stop = super::serve::shutdown_signal();
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tick.tick() => log.write_new()?,
-                }
-            }
-            log.write_new()?;
-        }
+        Some(log) => log.follow(super::serve::shutdown_signal()).await?,
         None => super::serve::shutdown_signal().await,
     }
     handle.stop();
@@ -341,18 +334,19 @@ impl SmartCard for SlowCard {
     }
 }
 
-/// The virtual card's APDU log, appended to a file as it grows.
-struct ApduLog {
+/// Virtual cards' APDU logs, appended to a file as they grow: one JSON
+/// line per APDU (`reader` when several cards share the file).
+pub(super) struct ApduLog {
     file: std::fs::File,
-    card: bankbridge_cap::virtual_card::CardHandle,
-    written: usize,
+    cards: Vec<(
+        Option<String>,
+        bankbridge_cap::virtual_card::CardHandle,
+        usize,
+    )>,
 }
 
 impl ApduLog {
-    fn open(
-        path: &std::path::Path,
-        card: bankbridge_cap::virtual_card::CardHandle,
-    ) -> Result<Self> {
+    pub(super) fn open(path: &std::path::Path) -> Result<Self> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -360,26 +354,54 @@ impl ApduLog {
             .with_context(|| format!("opening the APDU log {}", path.display()))?;
         Ok(Self {
             file,
-            card,
-            written: 0,
+            cards: Vec::new(),
         })
     }
 
-    fn write_new(&mut self) -> Result<()> {
-        let log = self.card.apdu_log();
+    /// Log `card`'s APDUs, under `reader` when given.
+    pub(super) fn add(
+        &mut self,
+        reader: Option<String>,
+        card: bankbridge_cap::virtual_card::CardHandle,
+    ) {
+        self.cards.push((reader, card, 0));
+    }
+
+    pub(super) fn write_new(&mut self) -> Result<()> {
         let mut out = String::new();
-        for (session, command, sw) in log.iter().skip(self.written) {
-            out.push_str(
-                &serde_json::json!({ "session": session, "command": command, "sw": sw })
-                    .to_string(),
-            );
-            out.push('\n');
+        for (reader, card, written) in &mut self.cards {
+            let log = card.apdu_log();
+            for (session, command, sw) in log.iter().skip(*written) {
+                let mut line =
+                    serde_json::json!({ "session": session, "command": command, "sw": sw });
+                if let Some(reader) = reader {
+                    line["reader"] = serde_json::Value::from(reader.as_str());
+                }
+                out.push_str(&line.to_string());
+                out.push('\n');
+            }
+            *written = log.len();
         }
-        self.written = log.len();
         if !out.is_empty() {
             std::io::Write::write_all(&mut self.file, out.as_bytes())
                 .context("writing the APDU log")?;
         }
         Ok(())
+    }
+
+    /// Write what is new every 50 ms until `stop` ends.
+    pub(super) async fn follow(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tick.tick() => self.write_new()?,
+            }
+        }
+        self.write_new()
     }
 }

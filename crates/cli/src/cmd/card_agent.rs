@@ -19,7 +19,10 @@ use anyhow::{Context, Result, bail};
 use bankbridge_cap::ReaderInfo;
 use bankbridge_cap::pcsc::PcscReaders;
 use bankbridge_cap::remote::{self, CardJob, HostKey, JobOutcome};
-use bankbridge_cap::transport::{CardTransport, Readers, TransportError};
+use bankbridge_cap::transport::{
+    CardTransport, ChainedReaders, Readers, TransportError, VirtualReaders,
+};
+use bankbridge_cap::virtual_card::{CardKey, Profile, VirtualCard, VirtualCardConfig};
 use serde::Deserialize;
 
 use crate::config::Config;
@@ -39,6 +42,16 @@ pub struct CardAgentArgs {
     /// default: every reader pcscd sees).
     #[arg(long = "reader", value_name = "TEXT")]
     pub readers: Vec<String>,
+    /// A virtual card in an in-process reader of this host ("Virtual card
+    /// N"), for trying a card host without a card or pcscd:
+    /// `seed=TEXT[,pan=DIGITS][,pin=DIGITS][,profile=cap-be]` (the seed
+    /// derives the card's key, as `card virtual --key-seed`). Repeatable.
+    #[arg(long = "virtual-card", value_name = "SPEC", value_parser = parse_virtual_card)]
+    pub virtual_cards: Vec<VirtualCardSpec>,
+    /// Append the virtual cards' APDUs to this file (JSON lines with the
+    /// reader, the session and the command, PIN blocks masked).
+    #[arg(long, requires = "virtual_cards")]
+    pub apdu_log: Option<std::path::PathBuf>,
     /// How long one poll waits for a job on the server, in seconds (1 to 30).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=30))]
     pub poll_seconds: u64,
@@ -55,8 +68,29 @@ pub async fn run(config: &Config, args: CardAgentArgs) -> Result<ExitCode> {
     let base = server.as_str().trim_end_matches('/').to_string();
     config.create_home()?;
     let key = Arc::new(HostKey::load_or_create(&config.home)?);
+    let virtual_readers = VirtualReaders::new();
+    let mut apdu_log = match &args.apdu_log {
+        Some(path) => Some(super::card::ApduLog::open(path)?),
+        None => None,
+    };
+    for (n, spec) in args.virtual_cards.iter().enumerate() {
+        let card =
+            VirtualCard::new(spec.config()).with_context(|| format!("--virtual-card {}", n + 1))?;
+        let reader = format!("Virtual card {}", n + 1);
+        if let Some(log) = apdu_log.as_mut() {
+            log.add(Some(reader.clone()), card.handle());
+        }
+        virtual_readers.insert(&reader, Box::new(card));
+    }
+    if let Some(log) = apdu_log {
+        tokio::spawn(log.follow(std::future::pending()));
+    }
     let readers: Arc<dyn Readers> = Arc::new(ChosenReaders {
-        inner: PcscReaders::new(),
+        // In-process readers first: pcscd does not know their names.
+        inner: ChainedReaders(vec![
+            Box::new(virtual_readers),
+            Box::new(PcscReaders::new()),
+        ]),
         only: args.readers.clone(),
     });
     let http = reqwest::Client::builder()
@@ -252,10 +286,55 @@ impl Agent {
     }
 }
 
+/// What `--virtual-card` asks for.
+#[derive(Clone, Debug)]
+pub struct VirtualCardSpec {
+    seed: String,
+    pan: Option<String>,
+    pin: String,
+    profile: Profile,
+}
+
+impl VirtualCardSpec {
+    fn config(&self) -> VirtualCardConfig {
+        let mut config = VirtualCardConfig::new(self.profile, self.pin.clone());
+        config.key = CardKey::derive(&self.seed);
+        if let Some(pan) = &self.pan {
+            config.pan = pan.clone();
+        }
+        config
+    }
+}
+
+fn parse_virtual_card(text: &str) -> Result<VirtualCardSpec, String> {
+    let mut spec = VirtualCardSpec {
+        seed: String::new(),
+        pan: None,
+        pin: "1234".into(),
+        profile: Profile::CapBe,
+    };
+    for part in text.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: give key=value (seed, pan, pin, profile)"))?;
+        match key.trim() {
+            "seed" => spec.seed = value.to_owned(),
+            "pan" => spec.pan = Some(value.to_owned()),
+            "pin" => spec.pin = value.to_owned(),
+            "profile" => spec.profile = value.parse().map_err(|e| format!("profile: {e}"))?,
+            other => return Err(format!("unknown {other:?} (seed, pan, pin, profile)")),
+        }
+    }
+    if spec.seed.is_empty() {
+        return Err("seed=… is required (it derives the card's key)".into());
+    }
+    Ok(spec)
+}
+
 /// The readers this host serves: all, or those whose name contains one of
 /// the `--reader` texts.
 struct ChosenReaders {
-    inner: PcscReaders,
+    inner: ChainedReaders,
     only: Vec<String>,
 }
 
