@@ -152,6 +152,30 @@ async fn a_card_on_a_host_computes_through_its_agent_under_the_same_rules() {
         "Debug hides it"
     );
 
+    // A sign (M2) over the numbers a payment shows, the same way.
+    let sign = format!("/api/v1/financial-institutions/{fi}/cards/{id}/signs");
+    let res = server
+        .post_json(&sign, &write, &json!({"challenges": ["2500", "12345678"]}))
+        .await;
+    assert_eq!(res.status(), 200);
+    let code: Value = res.json().await.unwrap();
+    let expected = verify::expected_code(
+        &card_config("4711"),
+        &CapRequest::Sign {
+            numbers: vec!["2500".into(), "12345678".into()],
+        },
+        code["atc"].as_u64().unwrap() as u16,
+    )
+    .unwrap();
+    assert_eq!(code["response"], expected.response.as_str());
+    assert!(matches!(
+        jobs.recv().await.unwrap().work,
+        JobWork::Compute {
+            request: CapRequest::Sign { .. },
+            ..
+        }
+    ));
+
     // The card's real PIN changed: the stored one is refused once, and the
     // card is out of use after that, across the network too.
     readers.insert(
