@@ -28,6 +28,9 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     # Debian's Chromium for the dashboard's browser test (driven by playwright-core).
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+    # The plain-text accounting tools that read our beancount and journal exports.
+    command -v hledger >/dev/null 2>&1 || missing+=(hledger)
+    command -v ledger >/dev/null 2>&1 || missing+=(ledger)
     if [ "${#missing[@]}" -gt 0 ]; then
         log "installing ${missing[*]}"
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -44,16 +47,18 @@ fi
 # drives the simulated bank the way the story author's connector does,
 # pybankid (unmodified, from PyPI) talks to the BankID simulator, ofxtools
 # reads our OFX exports as accounting tools do, nordigen (GoCardless's own
-# client) runs its quick-start against our simulator, and schemathesis fuzzes the
-# API against its OpenAPI document. Always the test virtualenv's
+# client) runs its quick-start against our simulator, beancount (3, with
+# bean-check and bean-query) checks our beancount exports, and schemathesis
+# fuzzes the API against its OpenAPI document. Always the test virtualenv's
 # interpreter, made anew when it is missing or lacks one of them.
 venv="target/test-venv"
 schemathesis_version="4.32.5"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import requests, bankid, ofxtools, nordigen' >/dev/null 2>&1 ||
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import requests, bankid, ofxtools, nordigen, beancount, beanquery' >/dev/null 2>&1 ||
     [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $schemathesis_version" ]; then
-    log "installing Python requests, pybankid, ofxtools, nordigen and schemathesis $schemathesis_version into $venv"
+    log "installing Python requests, pybankid, ofxtools, nordigen, beancount and schemathesis $schemathesis_version into $venv"
     python3 -m venv --clear "$venv"
-    "$venv/bin/pip" install --quiet requests pybankid ofxtools "nordigen==1.4.2" "schemathesis==$schemathesis_version"
+    "$venv/bin/pip" install --quiet requests pybankid ofxtools "nordigen==1.4.2" "beancount>=3,<4" beanquery \
+        "schemathesis==$schemathesis_version"
 fi
 export BANKBRIDGE_PYTHON="$PWD/$venv/bin/python"
 

@@ -142,8 +142,10 @@ pub async fn transactions(config: &Config, args: TransactionsArgs) -> Result<Exi
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
-    /// csv (a header row, amounts as money), json (one array) or ofx (OFX 2.2, for accounting tools).
-    #[arg(long, value_parser = ["csv", "json", "ofx"])]
+    /// csv (a header row, amounts as money), json (one array), ofx (OFX 2.2,
+    /// for accounting tools), beancount, or ledger (a journal hledger and
+    /// ledger read).
+    #[arg(long, value_parser = ["csv", "json", "ofx", "beancount", "ledger"])]
     pub format: String,
     /// Output file (default: standard output).
     #[arg(long, short)]
@@ -153,6 +155,11 @@ pub struct ExportArgs {
     /// they book.
     #[arg(long)]
     pub include_pending: bool,
+    /// beancount, ledger: account names from this TOML file (`[accounts]`
+    /// IBAN = "Assets:…", `[categories]` category = "Expenses:…", and
+    /// `bank`, `expenses`, `income`, `opening` for the defaults).
+    #[arg(long, value_name = "FILE")]
+    pub accounts_map: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub filters: Filters,
 }
@@ -163,8 +170,19 @@ pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
     };
     let store = config.parts().await?;
     let query = args.filters.query(store.bank.as_ref()).await?;
+    let ledger_names = match &args.accounts_map {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let names = bankbridge_server::export::LedgerNames::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Some(std::sync::Arc::new(names))
+        }
+        None => None,
+    };
     let options = bankbridge_server::export::ExportOptions {
         include_pending: args.include_pending,
+        ledger_names,
     };
     let stats = match &args.output {
         // A device or pipe (/dev/null, a FIFO) is written in place: renaming a

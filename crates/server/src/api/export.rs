@@ -43,12 +43,16 @@ const EXPORT_PARAMS: &[&str] = &[
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 struct FormatParam {
-    /// `csv` (default), `json` (one array) or `ofx` (OFX 2.2 XML, one statement per account).
-    #[param(default = "csv", pattern = "^(csv|json|ofx)$")]
+    /// `csv` (default), `json` (one array), `ofx` (OFX 2.2 XML, one
+    /// statement per account), `beancount`, or `ledger` (a journal hledger
+    /// and ledger read): both with the bank's ids as metadata, an opening
+    /// balance and the bank's balance asserted.
+    #[param(default = "csv", pattern = "^(csv|json|ofx|beancount|ledger)$")]
     format: Option<String>,
-    /// OFX only: add pending rows (`FITID` `pending-<id>`, memo `PENDING:`).
+    /// OFX, beancount, ledger: add pending rows (OFX: `FITID`
+    /// `pending-<id>`, memo `PENDING:`; beancount and ledger: flag `!`).
     /// Left out by default: accounting tools would import them again once
-    /// they book under their own `FITID`.
+    /// they book under their own id.
     #[param(default = false)]
     include_pending: Option<bool>,
 }
@@ -93,7 +97,10 @@ pub(crate) async fn export(
                 .into_iter()
                 .find(|f| f.as_str() == value)
                 .ok_or_else(|| {
-                    ApiError::invalid_parameter("format", "format must be csv, json or ofx")
+                    ApiError::invalid_parameter(
+                        "format",
+                        "format must be csv, json, ofx, beancount or ledger",
+                    )
                 })?;
         } else if !params::apply_filter(&mut query, &name, &value)? {
             return Err(params::unknown(&name, EXPORT_PARAMS));

@@ -1,4 +1,5 @@
-//! Transaction exports (CSV, JSON, OFX 2.2) in constant memory. No HTTP here:
+//! Transaction exports (CSV, JSON, OFX 2.2, beancount, hledger/ledger
+//! journals) in constant memory. No HTTP here:
 //! the server streams [`export_stream`] as a response body, the CLI's
 //! `export --output F` calls [`export_to_writer`].
 //!
@@ -19,6 +20,7 @@
 //!   imported twice. A booked row's `FITID` is its bank id, the same in every
 //!   export, also when it was pending before; an included pending row's is
 //!   `pending-<bank id>` and its memo starts with `PENDING:`.
+//! - beancount and hledger/ledger journals: see [`plaintext`].
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::pin::Pin;
@@ -35,6 +37,9 @@ use rust_decimal::Decimal;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+mod plaintext;
+pub use plaintext::LedgerNames;
+
 /// Bytes gathered before a chunk is handed on.
 pub const CHUNK: usize = 32 * 1024;
 
@@ -44,16 +49,28 @@ pub enum Format {
     Csv,
     Json,
     Ofx,
+    /// A beancount file.
+    Beancount,
+    /// A journal hledger and ledger read.
+    Ledger,
 }
 
 impl Format {
-    pub const ALL: [Format; 3] = [Format::Csv, Format::Json, Format::Ofx];
+    pub const ALL: [Format; 5] = [
+        Format::Csv,
+        Format::Json,
+        Format::Ofx,
+        Format::Beancount,
+        Format::Ledger,
+    ];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             Format::Csv => "csv",
             Format::Json => "json",
             Format::Ofx => "ofx",
+            Format::Beancount => "beancount",
+            Format::Ledger => "ledger",
         }
     }
 
@@ -69,19 +86,25 @@ impl Format {
             Format::Csv => "text/csv; charset=utf-8",
             Format::Json => "application/json",
             Format::Ofx => "application/x-ofx",
+            Format::Beancount | Format::Ledger => "text/plain; charset=utf-8",
         }
     }
 
     /// File name extension, without the dot.
     pub fn extension(&self) -> &'static str {
-        self.as_str()
+        match self {
+            Format::Ledger => "journal",
+            other => other.as_str(),
+        }
     }
 }
 
 impl FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Format::parse(s).ok_or_else(|| format!("unknown export format {s:?}: use csv, json or ofx"))
+        Format::parse(s).ok_or_else(|| {
+            format!("unknown export format {s:?}: use csv, json, ofx, beancount or ledger")
+        })
     }
 }
 
@@ -102,10 +125,13 @@ pub enum ExportError {
 }
 
 /// Choices beyond the rows' filter.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExportOptions {
-    /// OFX: add pending rows (marked), which are left out by default.
+    /// OFX, beancount, ledger: add pending rows (marked), which are left
+    /// out by default.
     pub include_pending: bool,
+    /// beancount, ledger: account names from a mapping file.
+    pub ledger_names: Option<Arc<LedgerNames>>,
 }
 
 /// What an export wrote.
@@ -270,7 +296,20 @@ async fn run<S: Sink>(
             out.buf
                 .extend_from_slice(if first { b"]\n" } else { b"\n]\n" });
         }
-        Format::Ofx => ofx(store, query, options, &mut out).await?,
+        Format::Ofx => ofx(store, query, &options, &mut out).await?,
+        Format::Beancount => {
+            plaintext::write(
+                plaintext::Dialect::Beancount,
+                store,
+                query,
+                &options,
+                &mut out,
+            )
+            .await?
+        }
+        Format::Ledger => {
+            plaintext::write(plaintext::Dialect::Ledger, store, query, &options, &mut out).await?
+        }
     }
     out.flush().await?;
     Ok(out.stats)
@@ -364,7 +403,7 @@ fn csv_field(buf: &mut Vec<u8>, s: &str) {
 async fn ofx<S: Sink>(
     store: &dyn BankData,
     query: &TxQuery,
-    options: ExportOptions,
+    options: &ExportOptions,
     out: &mut Out<'_, S>,
 ) -> Result<(), ExportError> {
     let now = Utc::now();
