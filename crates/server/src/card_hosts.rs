@@ -304,6 +304,14 @@ impl CardHosts {
         jobs
     }
 
+    /// The host that took job `id`, while the job waits for its answer.
+    pub fn host_of_job(&self, id: &str) -> Option<String> {
+        self.hosts()
+            .iter()
+            .find(|(_, h)| h.in_flight.contains_key(id))
+            .map(|(name, _)| name.clone())
+    }
+
     /// `host`'s answer to job `id`; false when no such job waits for one
     /// (answered already, given up, or another host's).
     pub fn answer(&self, host: &str, id: &str, outcome: JobOutcome) -> bool {

@@ -47,6 +47,10 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         CardAgentJobList,
         CardAgentJob,
         CardAgentAnswer,
+        CardAgentOutcome,
+        CardAgentIdentity,
+        CardAgentCode,
+        CardAgentError,
         HostView,
         crate::card_hosts::HostReader,
         CardHostList
@@ -135,13 +139,107 @@ pub(crate) struct CardAgentJob {
 pub(crate) struct CardAgentAnswer {
     #[schema(min_length = 1, max_length = 64)]
     job_id: String,
-    /// The host the job was taken for; default: the card-agent token's own.
+    /// The host the job was taken for; default: the host that took it.
     #[schema(min_length = 1, max_length = 100)]
     host: Option<String>,
-    /// `{"outcome": "identified", "card": …}`, `{"outcome": "computed",
-    /// "response": …}` or `{"outcome": "failed", "error": {"kind": …}}`.
-    #[schema(value_type = Object)]
+    /// What the job produced, or why it failed.
+    #[schema(value_type = CardAgentOutcome)]
     outcome: JobOutcome,
+}
+
+// The schema of `bankbridge_cap::remote::JobOutcome` as it travels (the
+// cap crate knows nothing of OpenAPI): what the answer route reads.
+
+/// A job's outcome.
+#[derive(ToSchema)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum CardAgentOutcome {
+    /// An `identify` job: who the card is.
+    Identified { card: CardAgentIdentity },
+    /// A `compute` job: the code.
+    Computed { response: CardAgentCode },
+    /// Why the job failed.
+    Failed { error: CardAgentError },
+}
+
+/// Who a card is, read from it.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct CardAgentIdentity {
+    aid: String,
+    application: String,
+    #[schema(pattern = "^(dpa|cap|bancontact|visa|mastercard|maestro)$")]
+    mode: String,
+    pan_last4: Option<String>,
+    psn: Option<String>,
+    records_digest: String,
+    #[schema(maximum = 255)]
+    pin_tries_left: Option<u8>,
+}
+
+/// A computed code.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct CardAgentCode {
+    response: String,
+    response_padded: String,
+    #[schema(maximum = 65535)]
+    atc: u16,
+    card: CardAgentIdentity,
+}
+
+/// A failure, by kind: the PIN rules act on `wrong_pin`, `pin_refused`,
+/// `verify_blocked` and `pin_outcome_unknown` (the card is taken out of
+/// use) and on `blocked`.
+#[derive(ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum CardAgentError {
+    WrongPin {
+        #[schema(maximum = 255)]
+        tries_left: Option<u8>,
+    },
+    PinRefused {
+        #[schema(maximum = 65535)]
+        sw: u16,
+    },
+    VerifyBlocked {
+        #[schema(maximum = 65535)]
+        sw: u16,
+    },
+    PinOutcomeUnknown {
+        cause: String,
+    },
+    Blocked,
+    TooFewTries {
+        #[schema(maximum = 255)]
+        left: u8,
+        #[schema(maximum = 255)]
+        min: u8,
+    },
+    WrongCard {
+        found: String,
+    },
+    TryCounterUnavailable,
+    NoCard,
+    CardRemoved,
+    ReaderBusy,
+    ReaderMissing {
+        message: String,
+    },
+    ReaderError {
+        message: String,
+    },
+    BadInput {
+        message: String,
+    },
+    Seal {
+        message: String,
+    },
+    Other {
+        message: String,
+    },
 }
 
 /// The card hosts seen since the server started.
@@ -243,7 +341,22 @@ pub(crate) async fn answer(
     Extension(who): Extension<Arc<Principal>>,
     ApiJson(body): ApiJson<CardAgentAnswer>,
 ) -> Result<Response, ApiError> {
-    let host = host_of(&who, body.host)?;
+    // Without `host`, the job's own: a job id names one job of one host.
+    let host = match body.host {
+        Some(host) => host_of(&who, Some(host))?,
+        None => match state.cards.hosts().host_of_job(&body.job_id) {
+            Some(host) => {
+                check_host(&who, &host)?;
+                host
+            }
+            None => {
+                return Err(ApiError::conflict(format!(
+                    "job {:?} is unknown, already answered, or given up",
+                    body.job_id
+                )));
+            }
+        },
+    };
     if !state
         .cards
         .hosts()
