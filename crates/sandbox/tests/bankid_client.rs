@@ -29,7 +29,13 @@ impl Rig {
     async fn start() -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let clock = SimClock::new();
-        let handle = spawn_with(dir.path(), 0, BankIdSimConfig::default(), clock.clone())
+        // `started` lasts 1 s by default: with the driver's 1 s collects a
+        // busy machine could poll past it, and the test looks for it.
+        let config = BankIdSimConfig {
+            started_hint_secs: 3,
+            ..BankIdSimConfig::default()
+        };
+        let handle = spawn_with(dir.path(), 0, config, clock.clone())
             .await
             .unwrap();
         let paths = handle.sim().paths().clone();

@@ -296,7 +296,14 @@ await step('a check runs now and its run opens as a waterfall', async () => {
     page.getByRole('button', { name: 'Run now' }).click(),
   ]);
   await until('a run of the check', async () => {
-    await page.reload();
+    // A reload that meets a navigation still in flight ("not attached to
+    // an active page") is tried again on the next round.
+    try {
+      await page.reload();
+    } catch (e) {
+      if (!String(e).includes('Not attached to an active page')) throw e;
+      return false;
+    }
     return (await page.locator('main table tbody tr').count()) > 0;
   }, 60000);
   await shot('check');
