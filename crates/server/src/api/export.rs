@@ -64,10 +64,11 @@ struct FormatParam {
     tag = "transactions",
     params(FormatParam, FilterParams),
     responses(
-        (status = 200, description = "The export file", content(
+        (status = 200, description = "The export file (text/plain: beancount or a hledger/ledger journal)", content(
             (String = "text/csv"),
             (Vec<super::schema::Transaction> = "application/json"),
             (String = "application/x-ofx"),
+            (String = "text/plain"),
         )),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
