@@ -48,16 +48,20 @@ fi
 # pybankid (unmodified, from PyPI) talks to the BankID simulator, ofxtools
 # reads our OFX exports as accounting tools do, nordigen (GoCardless's own
 # client) runs its quick-start against our simulator, beancount (3, with
-# bean-check and bean-query) checks our beancount exports, and schemathesis
+# bean-check and bean-query) checks our beancount exports, quiffen reads our
+# QIF, pyiso20022 (the ISO 20022 schemas as xsdata bindings) and pycamt check
+# and read our camt.053, simplefin4py claims and reads our SimpleFIN server,
+# and schemathesis
 # fuzzes the API against its OpenAPI document. Always the test virtualenv's
 # interpreter, made anew when it is missing or lacks one of them.
 venv="target/test-venv"
 schemathesis_version="4.32.5"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import requests, bankid, ofxtools, nordigen, beancount, beanquery' >/dev/null 2>&1 ||
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import requests, bankid, ofxtools, nordigen, beancount, beanquery, quiffen, pycamt, pyiso20022, xsdata, simplefin4py' >/dev/null 2>&1 ||
     [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $schemathesis_version" ]; then
-    log "installing Python requests, pybankid, ofxtools, nordigen, beancount and schemathesis $schemathesis_version into $venv"
+    log "installing Python requests, pybankid, ofxtools, nordigen, beancount, quiffen, pycamt, pyiso20022, simplefin4py and schemathesis $schemathesis_version into $venv"
     python3 -m venv --clear "$venv"
     "$venv/bin/pip" install --quiet requests pybankid ofxtools "nordigen==1.4.2" "beancount>=3,<4" beanquery \
+        "quiffen==4.0.1" "pycamt==1.1.1" "pyiso20022==1.6.2" xsdata "simplefin4py==0.0.18" \
         "schemathesis==$schemathesis_version"
 fi
 export BANKBRIDGE_PYTHON="$PWD/$venv/bin/python"

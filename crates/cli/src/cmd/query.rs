@@ -143,18 +143,23 @@ pub async fn transactions(config: &Config, args: TransactionsArgs) -> Result<Exi
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
     /// csv (a header row, amounts as money), json (one array), ofx (OFX 2.2,
-    /// for accounting tools), beancount, or ledger (a journal hledger and
-    /// ledger read).
-    #[arg(long, value_parser = ["csv", "json", "ofx", "beancount", "ledger"])]
+    /// for accounting tools), beancount, ledger (a journal hledger and
+    /// ledger read), qif, camt053 (ISO 20022 camt.053.001.08) or camt053-02
+    /// (.001.02).
+    #[arg(long, value_parser = ["csv", "json", "ofx", "beancount", "ledger", "qif", "camt053", "camt053-02", "camt053-08"])]
     pub format: String,
     /// Output file (default: standard output).
     #[arg(long, short)]
     pub output: Option<std::path::PathBuf>,
-    /// OFX: add pending rows, marked (FITID pending-…, memo PENDING:). Left
+    /// Add pending rows, marked (OFX: in BANKTRANLISTP; beancount, ledger:
+    /// flag !; QIF: uncleared, memo PENDING:; camt.053: status PDNG). Left
     /// out by default: accounting tools would import them a second time once
     /// they book.
     #[arg(long)]
     pub include_pending: bool,
+    /// QIF: date style, us (MM/DD/YYYY), eu (DD/MM/YYYY) or iso.
+    #[arg(long, default_value = "us", value_parser = ["us", "eu", "iso"])]
+    pub qif_dates: String,
     /// beancount, ledger: account names from this TOML file (`[accounts]`
     /// IBAN = "Assets:…", `[categories]` category = "Expenses:…", and
     /// `bank`, `expenses`, `income`, `opening` for the defaults).
@@ -183,6 +188,10 @@ pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
     let options = bankbridge_server::export::ExportOptions {
         include_pending: args.include_pending,
         ledger_names,
+        qif_dates: args
+            .qif_dates
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?,
     };
     let stats = match &args.output {
         // A device or pipe (/dev/null, a FIFO) is written in place: renaming a

@@ -1,5 +1,5 @@
 //! `GET /api/v1/export`: the transactions a filter selects, streamed as CSV,
-//! JSON or OFX (see [`crate::export`]).
+//! JSON, OFX, beancount, a journal, QIF or camt.053 (see [`crate::export`]).
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -28,6 +28,7 @@ pub(crate) struct Doc;
 const EXPORT_PARAMS: &[&str] = &[
     "format",
     "include_pending",
+    "qif_dates",
     "account",
     "connection",
     "from",
@@ -46,15 +47,26 @@ struct FormatParam {
     /// `csv` (default), `json` (one array), `ofx` (OFX 2.2 XML, one
     /// statement per account), `beancount`, or `ledger` (a journal hledger
     /// and ledger read): both with the bank's ids as metadata, an opening
-    /// balance and the bank's balance asserted.
-    #[param(default = "csv", pattern = "^(csv|json|ofx|beancount|ledger)$")]
+    /// balance and the bank's balance asserted; `qif` (one `!Account` block
+    /// per account); `camt053` (ISO 20022 camt.053.001.08) or `camt053-02`
+    /// (.001.02): a statement per account with its opening and closing
+    /// booked balances.
+    #[param(
+        default = "csv",
+        pattern = "^(csv|json|ofx|beancount|ledger|qif|camt053|camt053-02|camt053-08)$"
+    )]
     format: Option<String>,
-    /// OFX, beancount, ledger: add pending rows (OFX: `FITID`
-    /// `pending-<id>`, memo `PENDING:`; beancount and ledger: flag `!`).
-    /// Left out by default: accounting tools would import them again once
-    /// they book under their own id.
+    /// OFX, beancount, ledger, QIF, camt.053: add pending rows (OFX: in
+    /// `BANKTRANLISTP`; beancount and ledger: flag `!`; QIF: uncleared,
+    /// memo `PENDING:`; camt.053: status `PDNG`). Left out by default:
+    /// accounting tools would import them again once they book under their
+    /// own id.
     #[param(default = false)]
     include_pending: Option<bool>,
+    /// QIF: the date style, `us` (MM/DD/YYYY, default), `eu` (DD/MM/YYYY)
+    /// or `iso` (YYYY-MM-DD).
+    #[param(default = "us", pattern = "^(us|eu|iso)$")]
+    qif_dates: Option<String>,
 }
 
 /// Every matching transaction (no paging), streamed in constant memory.
@@ -64,11 +76,12 @@ struct FormatParam {
     tag = "transactions",
     params(FormatParam, FilterParams),
     responses(
-        (status = 200, description = "The export file (text/plain: beancount or a hledger/ledger journal)", content(
+        (status = 200, description = "The export file (text/plain: beancount, a hledger/ledger journal or QIF; application/xml: camt.053)", content(
             (String = "text/csv"),
             (Vec<super::schema::Transaction> = "application/json"),
             (String = "application/x-ofx"),
             (String = "text/plain"),
+            (String = "application/xml"),
         )),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
@@ -93,14 +106,19 @@ pub(crate) async fn export(
                     ));
                 }
             };
+        } else if name == "qif_dates" {
+            options.qif_dates = value.parse().map_err(|_| {
+                ApiError::invalid_parameter("qif_dates", "qif_dates must be us, eu or iso")
+            })?;
         } else if name == "format" {
             format = Format::ALL
                 .into_iter()
                 .find(|f| f.as_str() == value)
+                .or((value == "camt053-08").then_some(Format::Camt053))
                 .ok_or_else(|| {
                     ApiError::invalid_parameter(
                         "format",
-                        "format must be csv, json, ofx, beancount or ledger",
+                        format!("format must be one of {}", Format::NAMES),
                     )
                 })?;
         } else if !params::apply_filter(&mut query, &name, &value)? {

@@ -1,5 +1,5 @@
 //! Transaction exports (CSV, JSON, OFX 2.2, beancount, hledger/ledger
-//! journals) in constant memory. No HTTP here:
+//! journals, QIF, camt.053) in constant memory. No HTTP here:
 //! the server streams [`export_stream`] as a response body, the CLI's
 //! `export --output F` calls [`export_to_writer`].
 //!
@@ -18,9 +18,15 @@
 //!   Accounting tools (GnuCash, Firefly III, Actual) import each `FITID`
 //!   once: a pending row exported today and booked tomorrow would be
 //!   imported twice. A booked row's `FITID` is its bank id, the same in every
-//!   export, also when it was pending before; an included pending row's is
-//!   `pending-<bank id>` and its memo starts with `PENDING:`.
+//!   export, also when it was pending before. Included pending rows go in
+//!   the statement's `BANKTRANLISTP` (OFX's list of pending rows, which has
+//!   no `FITID`), never among the booked ones.
+//!   `ACCTID` holds 22 characters: the IBAN when it fits, else its BBAN
+//!   when that fits, else the IBAN's last 22 characters. `LEDGERBAL` (which
+//!   OFX requires) is the bank's newest balance, else the last running
+//!   balance, else the exported booked rows counted from zero.
 //! - beancount and hledger/ledger journals: see [`plaintext`].
+//! - QIF: see [`qif`]; camt.053 .02 and .08: see [`camt`].
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::pin::Pin;
@@ -37,8 +43,11 @@ use rust_decimal::Decimal;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+mod camt;
 mod plaintext;
+mod qif;
 pub use plaintext::LedgerNames;
+pub use qif::QifDates;
 
 /// Bytes gathered before a chunk is handed on.
 pub const CHUNK: usize = 32 * 1024;
@@ -53,16 +62,29 @@ pub enum Format {
     Beancount,
     /// A journal hledger and ledger read.
     Ledger,
+    /// QIF, every account in one file.
+    Qif,
+    /// ISO 20022 camt.053.001.08.
+    Camt053,
+    /// ISO 20022 camt.053.001.02, the version most banks and ERPs read.
+    Camt053V02,
 }
 
 impl Format {
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 8] = [
         Format::Csv,
         Format::Json,
         Format::Ofx,
         Format::Beancount,
         Format::Ledger,
+        Format::Qif,
+        Format::Camt053,
+        Format::Camt053V02,
     ];
+
+    /// The names `parse` takes, for help texts and errors.
+    pub const NAMES: &str =
+        "csv, json, ofx, beancount, ledger, qif, camt053 (.001.08) or camt053-02";
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -71,13 +93,20 @@ impl Format {
             Format::Ofx => "ofx",
             Format::Beancount => "beancount",
             Format::Ledger => "ledger",
+            Format::Qif => "qif",
+            Format::Camt053 => "camt053",
+            Format::Camt053V02 => "camt053-02",
         }
     }
 
     pub fn parse(s: &str) -> Option<Format> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("camt053-08") {
+            return Some(Format::Camt053);
+        }
         Format::ALL
             .into_iter()
-            .find(|f| f.as_str().eq_ignore_ascii_case(s.trim()))
+            .find(|f| f.as_str().eq_ignore_ascii_case(s))
     }
 
     /// The media type of the exported bytes.
@@ -86,7 +115,8 @@ impl Format {
             Format::Csv => "text/csv; charset=utf-8",
             Format::Json => "application/json",
             Format::Ofx => "application/x-ofx",
-            Format::Beancount | Format::Ledger => "text/plain; charset=utf-8",
+            Format::Beancount | Format::Ledger | Format::Qif => "text/plain; charset=utf-8",
+            Format::Camt053 | Format::Camt053V02 => "application/xml",
         }
     }
 
@@ -94,6 +124,7 @@ impl Format {
     pub fn extension(&self) -> &'static str {
         match self {
             Format::Ledger => "journal",
+            Format::Camt053 | Format::Camt053V02 => "xml",
             other => other.as_str(),
         }
     }
@@ -102,9 +133,8 @@ impl Format {
 impl FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Format::parse(s).ok_or_else(|| {
-            format!("unknown export format {s:?}: use csv, json, ofx, beancount or ledger")
-        })
+        Format::parse(s)
+            .ok_or_else(|| format!("unknown export format {s:?}: use {}", Format::NAMES))
     }
 }
 
@@ -132,6 +162,8 @@ pub struct ExportOptions {
     pub include_pending: bool,
     /// beancount, ledger: account names from a mapping file.
     pub ledger_names: Option<Arc<LedgerNames>>,
+    /// QIF: how dates are written.
+    pub qif_dates: QifDates,
 }
 
 /// What an export wrote.
@@ -310,9 +342,38 @@ async fn run<S: Sink>(
         Format::Ledger => {
             plaintext::write(plaintext::Dialect::Ledger, store, query, &options, &mut out).await?
         }
+        Format::Qif => qif::write(store, query, &options, &mut out).await?,
+        Format::Camt053 => {
+            camt::write(camt::Version::V08, store, query, &options, &mut out).await?
+        }
+        Format::Camt053V02 => {
+            camt::write(camt::Version::V02, store, query, &options, &mut out).await?
+        }
     }
     out.flush().await?;
     Ok(out.stats)
+}
+
+/// The accounts an export covers, in the store's order.
+async fn accounts_of(store: &dyn BankData, query: &TxQuery) -> Result<Vec<Account>, StoreError> {
+    let accounts = match query.account_id {
+        Some(id) => store.get_account(id).await?.into_iter().collect(),
+        None => store.list_accounts(query.connection_id).await?,
+    };
+    Ok(accounts
+        .into_iter()
+        .filter(|a| query.connection_id.is_none_or(|c| c == a.connection_id))
+        .collect())
+}
+
+/// `fmt::Write` over the export buffer.
+struct Text<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Text<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------- CSV
@@ -409,19 +470,9 @@ async fn ofx<S: Sink>(
     let now = Utc::now();
     let stamp = now.format("%Y%m%d%H%M%S").to_string();
     ofx_header(&mut out.buf, &stamp);
-    let accounts: Vec<Account> = match query.account_id {
-        Some(id) => store.get_account(id).await?.into_iter().collect(),
-        None => store.list_accounts(query.connection_id).await?,
-    };
     let include_void = query.status == Some(TxStatus::Void);
     let include_pending = options.include_pending || query.status == Some(TxStatus::Pending);
-    for account in accounts {
-        if query
-            .connection_id
-            .is_some_and(|c| c != account.connection_id)
-        {
-            continue;
-        }
+    for account in accounts_of(store, query).await? {
         let q = TxQuery {
             account_id: Some(account.id),
             ..query.clone()
@@ -437,25 +488,81 @@ async fn ofx<S: Sink>(
         let dtend = query.to.unwrap_or_else(|| now.date_naive()).max(dtstart);
         ofx_statement_start(&mut out.buf, &account, dtstart, dtend);
         let mut last_running: Option<(Decimal, NaiveDate)> = None;
-        let mut rows = store.stream_transactions(q);
+        let mut booked_sum = Decimal::ZERO;
+        let mut any_pending = false;
+        let mut rows = store.stream_transactions(TxQuery {
+            status: match query.status {
+                // Pending rows come in a list of their own, after the booked ones.
+                None if !include_void => Some(TxStatus::Booked),
+                other => other,
+            },
+            ..q.clone()
+        });
         while let Some(tx) = rows.next().await {
             let tx = tx?;
             match tx.status {
                 TxStatus::Void if !include_void => continue,
-                TxStatus::Pending if !include_pending => continue,
+                TxStatus::Pending => {
+                    any_pending = true;
+                    continue;
+                }
                 _ => {}
             }
-            if let (Some(b), TxStatus::Booked) = (tx.running_balance, tx.status) {
-                last_running = Some((b, tx.booking_date));
+            if tx.status == TxStatus::Booked {
+                if let Some(b) = tx.running_balance {
+                    last_running = Some((b, tx.booking_date));
+                }
+                if tx.currency == account.currency {
+                    booked_sum += tx.amount;
+                }
             }
             ofx_transaction(&mut out.buf, &tx);
             out.row_done().await?;
         }
         drop(rows);
-        let ledger = ledger_balance(store, account.id).await?.or(last_running);
+        out.buf.extend_from_slice(b"</BANKTRANLIST>\n");
+        if include_pending && (any_pending || query.status.is_none()) {
+            ofx_pending_list(store, &q, now, out).await?;
+        }
+        let ledger = ledger_balance(store, account.id)
+            .await?
+            .or(last_running)
+            .unwrap_or((booked_sum, dtend));
         ofx_statement_end(&mut out.buf, ledger);
     }
     out.buf.extend_from_slice(b"</BANKMSGSRSV1>\n</OFX>\n");
+    Ok(())
+}
+
+/// An account's pending rows as OFX's `BANKTRANLISTP`, written only when it
+/// has some.
+async fn ofx_pending_list<S: Sink>(
+    store: &dyn BankData,
+    query: &TxQuery,
+    now: chrono::DateTime<Utc>,
+    out: &mut Out<'_, S>,
+) -> Result<(), ExportError> {
+    let mut rows = store.stream_transactions(TxQuery {
+        status: Some(TxStatus::Pending),
+        ..query.clone()
+    });
+    let mut started = false;
+    while let Some(tx) = rows.next().await {
+        let tx = tx?;
+        if !started {
+            let _ = writeln!(
+                Text(&mut out.buf),
+                "<BANKTRANLISTP>\n<DTASOF>{}</DTASOF>",
+                now.format("%Y%m%d%H%M%S")
+            );
+            started = true;
+        }
+        ofx_pending_transaction(&mut out.buf, &tx);
+        out.row_done().await?;
+    }
+    if started {
+        out.buf.extend_from_slice(b"</BANKTRANLISTP>\n");
+    }
     Ok(())
 }
 
@@ -483,11 +590,7 @@ fn ofx_header(buf: &mut Vec<u8>, stamp: &str) {
 }
 
 fn ofx_statement_start(buf: &mut Vec<u8>, account: &Account, dtstart: NaiveDate, dtend: NaiveDate) {
-    let acct_id = account
-        .iban
-        .as_ref()
-        .map(|i| i.as_str().to_owned())
-        .unwrap_or_else(|| account.provider_id.clone());
+    let acct_id = ofx_account_id(account);
     // The IBAN's bank identifier is the start of its BBAN (its length varies by country).
     let bank_id = account
         .iban
@@ -509,12 +612,75 @@ fn ofx_statement_start(buf: &mut Vec<u8>, account: &Account, dtstart: NaiveDate,
     let _ = writeln!(s, "<CURDEF>{}</CURDEF>", account.currency.as_str());
     s.push_str("<BANKACCTFROM>\n");
     let _ = writeln!(s, "<BANKID>{}</BANKID>", xml_escape(&bank_id, 9));
-    let _ = writeln!(s, "<ACCTID>{}</ACCTID>", xml_escape(&acct_id, 34));
+    let _ = writeln!(s, "<ACCTID>{}</ACCTID>", xml_escape(&acct_id, 22));
     let _ = writeln!(s, "<ACCTTYPE>{acct_type}</ACCTTYPE>");
     s.push_str("</BANKACCTFROM>\n<BANKTRANLIST>\n");
     let _ = writeln!(s, "<DTSTART>{}</DTSTART>", dtstart.format("%Y%m%d"));
     let _ = writeln!(s, "<DTEND>{}</DTEND>", dtend.format("%Y%m%d"));
     buf.extend_from_slice(s.as_bytes());
+}
+
+/// OFX's `ACCTID` (at most 22 characters), the same in every export: the
+/// IBAN when it fits, else its BBAN when that fits, else the IBAN's last 22
+/// characters; without an IBAN the bank's account id, cut the same way.
+fn ofx_account_id(account: &Account) -> String {
+    let id = match &account.iban {
+        Some(iban) => iban.as_str().to_owned(),
+        None => account.provider_id.clone(),
+    };
+    let chars: Vec<char> = id.chars().collect();
+    if chars.len() <= 22 {
+        return id;
+    }
+    if account.iban.is_some() && chars.len() - 4 <= 22 {
+        return chars[4..].iter().collect();
+    }
+    chars[chars.len() - 22..].iter().collect()
+}
+
+/// A pending row in `BANKTRANLISTP`: no `FITID` (the booked row will have
+/// its own), the date it was made.
+fn ofx_pending_transaction(buf: &mut Vec<u8>, tx: &Transaction) {
+    let mut w = Text(buf);
+    let _ = writeln!(w, "<STMTTRNP>");
+    let _ = writeln!(
+        w,
+        "<TRNTYPE>{}</TRNTYPE>",
+        if tx.amount.is_sign_negative() {
+            "DEBIT"
+        } else {
+            "CREDIT"
+        }
+    );
+    let day = tx.transaction_date.unwrap_or(tx.booking_date);
+    let _ = writeln!(w, "<DTTRAN>{}</DTTRAN>", day.format("%Y%m%d"));
+    let _ = writeln!(w, "<TRNAMT>{}</TRNAMT>", tx.amount);
+    let (name, memo) = ofx_name_and_memo(tx);
+    if !name.is_empty() {
+        let _ = writeln!(w, "<NAME>{name}</NAME>");
+    }
+    if !memo.is_empty() {
+        let _ = writeln!(w, "<MEMO>{memo}</MEMO>");
+    }
+    let _ = writeln!(w, "</STMTTRNP>");
+}
+
+/// `NAME` (32 characters) and `MEMO` (255), escaped.
+fn ofx_name_and_memo(tx: &Transaction) -> (String, String) {
+    let name = tx
+        .counterparty_name
+        .as_deref()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or(&tx.label);
+    let memo = match tx
+        .remittance_info
+        .as_deref()
+        .filter(|m| !m.trim().is_empty())
+    {
+        Some(m) => m,
+        None => &tx.label,
+    };
+    (xml_escape(name, 32), xml_escape(memo, 255))
 }
 
 fn ofx_transaction(buf: &mut Vec<u8>, tx: &Transaction) {
@@ -541,35 +707,11 @@ fn ofx_transaction(buf: &mut Vec<u8>, tx: &Transaction) {
         let _ = writeln!(s, "<DTAVAIL>{}</DTAVAIL>", d.format("%Y%m%d"));
     }
     let _ = writeln!(s, "<TRNAMT>{}</TRNAMT>", tx.amount);
-    let pending = tx.status == TxStatus::Pending;
-    let fitid = if pending {
-        format!("pending-{}", tx.provider_id)
-    } else {
-        tx.provider_id.clone()
-    };
-    let _ = writeln!(s, "<FITID>{}</FITID>", xml_escape(&fitid, 255));
-    let name = tx
-        .counterparty_name
-        .as_deref()
-        .filter(|n| !n.trim().is_empty())
-        .unwrap_or(&tx.label);
-    let name = xml_escape(name, 32);
+    let _ = writeln!(s, "<FITID>{}</FITID>", xml_escape(&tx.provider_id, 255));
+    let (name, memo) = ofx_name_and_memo(tx);
     if !name.is_empty() {
         let _ = writeln!(s, "<NAME>{name}</NAME>");
     }
-    let memo = match tx
-        .remittance_info
-        .as_deref()
-        .filter(|m| !m.trim().is_empty())
-    {
-        Some(m) => m,
-        None => &tx.label,
-    };
-    let memo = if pending {
-        xml_escape(&format!("PENDING: {memo}"), 255)
-    } else {
-        xml_escape(memo, 255)
-    };
     if !memo.is_empty() {
         let _ = writeln!(s, "<MEMO>{memo}</MEMO>");
     }
@@ -577,15 +719,13 @@ fn ofx_transaction(buf: &mut Vec<u8>, tx: &Transaction) {
     buf.extend_from_slice(s.as_bytes());
 }
 
-fn ofx_statement_end(buf: &mut Vec<u8>, ledger: Option<(Decimal, NaiveDate)>) {
-    let mut s = String::from("</BANKTRANLIST>\n");
-    if let Some((amount, date)) = ledger {
-        let _ = writeln!(
-            s,
-            "<LEDGERBAL><BALAMT>{amount}</BALAMT><DTASOF>{}</DTASOF></LEDGERBAL>",
-            date.format("%Y%m%d")
-        );
-    }
+fn ofx_statement_end(buf: &mut Vec<u8>, (amount, date): (Decimal, NaiveDate)) {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "<LEDGERBAL><BALAMT>{amount}</BALAMT><DTASOF>{}</DTASOF></LEDGERBAL>",
+        date.format("%Y%m%d")
+    );
     s.push_str("</STMTRS>\n</STMTTRNRS>\n");
     buf.extend_from_slice(s.as_bytes());
 }

@@ -31,7 +31,7 @@ use futures::StreamExt;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::{ExportError, ExportOptions, Out, Sink};
+use super::{ExportError, ExportOptions, Out, Sink, Text};
 
 /// Which plain-text syntax.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,7 +246,7 @@ fn journal_text(text: &str) -> String {
 
 /// The bank's balance an export asserts: (amount, the day it holds at the
 /// end of).
-async fn asserted_balance(
+pub(super) async fn asserted_balance(
     store: &dyn BankData,
     account: &Account,
 ) -> Result<Option<(Decimal, NaiveDate)>, ExportError> {
@@ -300,21 +300,11 @@ pub(super) async fn write<S: Sink>(
             "; bankbridge export, {stamp}. Bank ids are each transaction's bank_id tag.\n"
         ),
     };
-    let accounts: Vec<Account> = match query.account_id {
-        Some(id) => store.get_account(id).await?.into_iter().collect(),
-        None => store.list_accounts(query.connection_id).await?,
-    };
     let include_pending = options.include_pending || query.status == Some(TxStatus::Pending);
     let include_void = query.status == Some(TxStatus::Void);
     // Other accounts the rows use, opened at their first use.
     let mut others: BTreeMap<String, NaiveDate> = BTreeMap::new();
-    for account in accounts {
-        if query
-            .connection_id
-            .is_some_and(|c| c != account.connection_id)
-        {
-            continue;
-        }
+    for account in super::accounts_of(store, query).await? {
         let asset = names.asset(&account);
         let currency = account.currency.as_str().to_owned();
         let balance = match asserted_balance(store, &account).await? {
@@ -412,16 +402,6 @@ fn first_use(others: &mut BTreeMap<String, NaiveDate>, account: &str, day: Naive
         None => {
             others.insert(account.to_owned(), day);
         }
-    }
-}
-
-/// `fmt::Write` over the export buffer.
-struct Text<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Text<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
     }
 }
 
