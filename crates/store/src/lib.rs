@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 mod cards;
 pub mod checks;
 mod common;
+mod outbound;
 pub mod documents;
 pub mod postgres;
 mod shared;
@@ -52,6 +53,7 @@ pub use documents::{DocumentQuery, NewDocument, SavedDocument, sha256_hex};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use tx_json::{JsonChunk, JsonPage};
+pub use outbound::{ExportMark, Outbound, SimplefinToken};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -842,7 +844,15 @@ pub trait FlowChecks: Send + Sync + 'static {
 /// commands, the server's constructor, tests) hold it, to hand each part to
 /// the code that needs it; the sync engine holds it as the one writer.
 pub trait Store:
-    Connections + BankData + BankWrites + UserEdits + Tokens + SyncJobs + CardRecords + FlowChecks
+    Connections
+    + BankData
+    + BankWrites
+    + UserEdits
+    + Tokens
+    + SyncJobs
+    + CardRecords
+    + FlowChecks
+    + Outbound
 {
 }
 
@@ -855,6 +865,7 @@ impl<T> Store for T where
         + SyncJobs
         + CardRecords
         + FlowChecks
+        + Outbound
 {
 }
 
@@ -872,6 +883,7 @@ pub struct StoreParts {
     pub jobs: std::sync::Arc<dyn SyncJobs>,
     pub cards: std::sync::Arc<dyn CardRecords>,
     pub checks: std::sync::Arc<dyn FlowChecks>,
+    pub outbound: std::sync::Arc<dyn Outbound>,
 }
 
 impl StoreParts {
@@ -884,6 +896,7 @@ impl StoreParts {
             jobs: store.clone(),
             cards: store.clone(),
             checks: store.clone(),
+            outbound: store.clone(),
         }
     }
 }

@@ -349,6 +349,8 @@ fn unnest_with_ids() -> String {
     )
 }
 
+crate::outbound::outbound_store!(PgStore, PgRow);
+
 crate::shared::shared_store! {
     PgStore, PgRow;
     bank_data {

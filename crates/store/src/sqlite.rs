@@ -414,6 +414,8 @@ fn ids_json(ids: &[i64]) -> String {
     s
 }
 
+crate::outbound::outbound_store!(SqliteStore, SqliteRow);
+
 crate::shared::shared_store! {
     SqliteStore, SqliteRow;
     bank_data {

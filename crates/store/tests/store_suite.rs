@@ -126,6 +126,8 @@ macro_rules! store_tests {
 
 store_tests! {
     store: [
+        simplefin_tokens_are_claimed_once,
+        export_marks_round_trip,
         a_consent_is_recorded_and_warned_about_once,
         connection_crud_and_cascade_delete,
         a_refused_login_holds_until_the_credentials_change,
@@ -2158,6 +2160,70 @@ async fn token_lifecycle(s: Arc<dyn Store>) {
         s.find_token("def456").await.unwrap().unwrap().revoked_at,
         Some(t(30))
     );
+}
+
+async fn simplefin_tokens_are_claimed_once(s: Arc<dyn Store>) {
+    use bankbridge_store::SimplefinToken;
+    let token = SimplefinToken {
+        id: "sf1".into(),
+        name: "actual".into(),
+        accounts: vec![3, 5],
+        base_url: "https://127.0.0.1:8443/simplefin".into(),
+        created_at: t(0),
+        claimed_at: None,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    s.create_simplefin_token(&token, &[1; 32]).await.unwrap();
+    assert!(matches!(
+        s.create_simplefin_token(&SimplefinToken { id: "sf2".into(), ..token.clone() }, &[2; 32])
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.list_simplefin_tokens().await.unwrap(), vec![token.clone()]);
+    assert!(s.simplefin_access("sf1").await.unwrap().is_none(), "not claimed yet");
+    assert!(s.claim_simplefin_token(&[9; 32], &[7; 32], t(1)).await.unwrap().is_none());
+    let claimed = s.claim_simplefin_token(&[1; 32], &[7; 32], t(1)).await.unwrap().unwrap();
+    assert_eq!(claimed.claimed_at, Some(t(1)));
+    assert_eq!(claimed.accounts, vec![3, 5]);
+    assert!(
+        s.claim_simplefin_token(&[1; 32], &[8; 32], t(2)).await.unwrap().is_none(),
+        "a second claim loses"
+    );
+    let (found, hash) = s.simplefin_access("sf1").await.unwrap().unwrap();
+    assert_eq!(hash, vec![7; 32]);
+    assert_eq!(found.revoked_at, None);
+    s.touch_simplefin_token("sf1", t(3)).await.unwrap();
+    assert!(s.revoke_simplefin_token("actual", t(4)).await.unwrap());
+    assert!(!s.revoke_simplefin_token("nope", t(4)).await.unwrap());
+    let (found, _) = s.simplefin_access("sf1").await.unwrap().unwrap();
+    assert_eq!(found.revoked_at, Some(t(4)));
+    assert_eq!(found.last_used_at, Some(t(3)));
+    // An unclaimed token that is revoked can no longer be claimed.
+    let other = SimplefinToken { id: "sf3".into(), name: "sure".into(), ..token };
+    s.create_simplefin_token(&other, &[3; 32]).await.unwrap();
+    assert!(s.revoke_simplefin_token("sf3", t(5)).await.unwrap());
+    assert!(s.claim_simplefin_token(&[3; 32], &[4; 32], t(6)).await.unwrap().is_none());
+}
+
+async fn export_marks_round_trip(s: Arc<dyn Store>) {
+    use bankbridge_store::ExportMark;
+    assert_eq!(s.export_mark("books").await.unwrap(), None);
+    let mut mark = ExportMark {
+        name: "books".into(),
+        format: "ledger".into(),
+        mark: t(10),
+        opened: vec!["Assets:Bank:X".into(), "Expenses:Кафе".into()],
+        exports: 1,
+        updated_at: t(11),
+    };
+    s.save_export_mark(&mark).await.unwrap();
+    assert_eq!(s.export_mark("books").await.unwrap().as_ref(), Some(&mark));
+    mark.mark = t(20);
+    mark.exports = 2;
+    mark.opened.push("Income:Salary".into());
+    s.save_export_mark(&mark).await.unwrap();
+    assert_eq!(s.export_mark("books").await.unwrap(), Some(mark));
 }
 
 async fn sync_jobs(s: Arc<dyn Store>) {
