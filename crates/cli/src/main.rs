@@ -60,12 +60,15 @@ enum Command {
     /// List synced documents (bank statements) or write one to a file.
     #[command(subcommand, after_help = "Example: bankbridge documents list --json")]
     Documents(cmd::documents::DocumentsCommand),
-    /// Export transactions as CSV, JSON or OFX.
+    /// Export transactions: CSV, JSON, OFX, beancount, ledger, QIF, camt.053.
     #[command(after_help = "Example: bankbridge export --format ofx --output statement.ofx")]
     Export(cmd::query::ExportArgs),
     /// Create, list or revoke API tokens.
     #[command(subcommand)]
     Token(cmd::token::TokenCommand),
+    /// A SimpleFIN server for budgeting apps: create, list or revoke its tokens.
+    #[command(subcommand)]
+    Simplefin(cmd::simplefin::SimplefinCommand),
     /// EMV-CAP codes from a bank card in a reader (M1 login, M2 sign), and a virtual card.
     #[command(subcommand)]
     Card(cmd::card::CardCommand),
@@ -186,6 +189,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<ExitCode> {
         Command::Export(args) => cmd::query::export(&config, args).await,
         Command::Documents(c) => cmd::documents::run(&config, c).await,
         Command::Token(c) => cmd::token::run(&config, c).await,
+        Command::Simplefin(c) => cmd::simplefin::run(&config, c).await,
         Command::Card(c) => cmd::card::run(&config, c).await,
         Command::Bankid(c) => cmd::bankid::run(c).await,
         Command::Categorize(args) => cmd::categorize::run(&config, args).await,

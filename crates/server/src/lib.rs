@@ -54,6 +54,7 @@ pub mod live;
 pub mod metrics;
 pub mod params;
 pub mod scheduler;
+pub mod simplefin;
 mod web;
 
 pub use api::openapi;
@@ -298,6 +299,8 @@ fn with_layers<S: Clone + Send + Sync + 'static>(
 fn loggable_path(path: &str) -> &str {
     if path.starts_with("/login/link/") {
         "/login/link/…"
+    } else if path.starts_with("/simplefin/claim/") {
+        "/simplefin/claim/…"
     } else {
         path
     }

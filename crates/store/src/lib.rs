@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 mod cards;
 pub mod checks;
 mod common;
-mod outbound;
 pub mod documents;
+mod outbound;
 pub mod postgres;
 mod shared;
 pub mod sqlite;
@@ -50,10 +50,10 @@ pub use cards::{
 };
 pub use checks::{CheckRun, CheckRunQuery, CheckSecretInfo, CheckStep, NewCheckRun, NewCheckStep};
 pub use documents::{DocumentQuery, NewDocument, SavedDocument, sha256_hex};
+pub use outbound::{ExportMark, Outbound, SimplefinToken};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use tx_json::{JsonChunk, JsonPage};
-pub use outbound::{ExportMark, Outbound, SimplefinToken};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -2176,18 +2176,42 @@ async fn simplefin_tokens_are_claimed_once(s: Arc<dyn Store>) {
     };
     s.create_simplefin_token(&token, &[1; 32]).await.unwrap();
     assert!(matches!(
-        s.create_simplefin_token(&SimplefinToken { id: "sf2".into(), ..token.clone() }, &[2; 32])
-            .await,
+        s.create_simplefin_token(
+            &SimplefinToken {
+                id: "sf2".into(),
+                ..token.clone()
+            },
+            &[2; 32]
+        )
+        .await,
         Err(StoreError::Conflict(_))
     ));
-    assert_eq!(s.list_simplefin_tokens().await.unwrap(), vec![token.clone()]);
-    assert!(s.simplefin_access("sf1").await.unwrap().is_none(), "not claimed yet");
-    assert!(s.claim_simplefin_token(&[9; 32], &[7; 32], t(1)).await.unwrap().is_none());
-    let claimed = s.claim_simplefin_token(&[1; 32], &[7; 32], t(1)).await.unwrap().unwrap();
+    assert_eq!(
+        s.list_simplefin_tokens().await.unwrap(),
+        vec![token.clone()]
+    );
+    assert!(
+        s.simplefin_access("sf1").await.unwrap().is_none(),
+        "not claimed yet"
+    );
+    assert!(
+        s.claim_simplefin_token(&[9; 32], &[7; 32], t(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let claimed = s
+        .claim_simplefin_token(&[1; 32], &[7; 32], t(1))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(claimed.claimed_at, Some(t(1)));
     assert_eq!(claimed.accounts, vec![3, 5]);
     assert!(
-        s.claim_simplefin_token(&[1; 32], &[8; 32], t(2)).await.unwrap().is_none(),
+        s.claim_simplefin_token(&[1; 32], &[8; 32], t(2))
+            .await
+            .unwrap()
+            .is_none(),
         "a second claim loses"
     );
     let (found, hash) = s.simplefin_access("sf1").await.unwrap().unwrap();
@@ -2200,10 +2224,19 @@ async fn simplefin_tokens_are_claimed_once(s: Arc<dyn Store>) {
     assert_eq!(found.revoked_at, Some(t(4)));
     assert_eq!(found.last_used_at, Some(t(3)));
     // An unclaimed token that is revoked can no longer be claimed.
-    let other = SimplefinToken { id: "sf3".into(), name: "sure".into(), ..token };
+    let other = SimplefinToken {
+        id: "sf3".into(),
+        name: "sure".into(),
+        ..token
+    };
     s.create_simplefin_token(&other, &[3; 32]).await.unwrap();
     assert!(s.revoke_simplefin_token("sf3", t(5)).await.unwrap());
-    assert!(s.claim_simplefin_token(&[3; 32], &[4; 32], t(6)).await.unwrap().is_none());
+    assert!(
+        s.claim_simplefin_token(&[3; 32], &[4; 32], t(6))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn export_marks_round_trip(s: Arc<dyn Store>) {

@@ -23,6 +23,7 @@ pub mod init;
 pub mod query;
 pub mod sandbox;
 pub mod serve;
+pub mod simplefin;
 pub mod sync;
 pub mod token;
 

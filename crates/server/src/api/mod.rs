@@ -29,6 +29,7 @@ mod de;
 pub(crate) mod documents;
 pub(crate) mod export;
 pub(crate) mod schema;
+mod simplefin;
 pub(crate) mod syncs;
 mod system;
 mod transactions;
@@ -48,6 +49,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .merge(bankid::routes(state))
         .merge(checks::routes(state))
         .merge(check_secrets::routes(state))
+        .merge(simplefin::routes())
 }
 
 /// `method_router`, reachable only with a token whose scope allows `scope`.
