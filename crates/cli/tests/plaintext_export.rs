@@ -303,3 +303,178 @@ async fn beancount_hledger_and_ledger_read_the_exports_and_agree_with_the_bank()
         "hledger bal of the served journal:\n{hl}"
     );
 }
+
+/// `export --since-last NAME`: a first export, a sync that brings new rows,
+/// a second export that holds only those; hledger imports both (the first
+/// twice: the second time adds nothing) and its balances are the bank's;
+/// beancount reads both files together (no account opened twice), and a
+/// file grown with `--append` checks too.
+#[tokio::test(flavor = "multi_thread")]
+async fn incremental_exports_hold_only_new_rows_and_import_without_duplicates() {
+    let tools = ["bean-check", "bean-query", "hledger"].map(tool);
+    if tools.iter().any(Option::is_none) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "bean-check, bean-query and hledger are required in CI (scripts/test.sh installs them)"
+        );
+        eprintln!("SKIPPED: bean-check, bean-query or hledger missing");
+        return;
+    }
+    let [bean_check, bean_query, hledger] = tools.map(Option::unwrap);
+    let sb = bankbridge_sandbox::spawn(SandboxConfig {
+        seed: 19,
+        accounts: 3,
+        transactions: 1200,
+        years: 2,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let env = Env::sqlite();
+    env.init_with_fibank(&sb);
+    assert!(env.sync().1);
+    let truth = || async {
+        let truth: Vec<Value> = reqwest::get(format!("{}/_sandbox/fibank/truth", sb.root_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        truth
+    };
+    let booked = |truth: &[Value]| -> u64 {
+        truth
+            .iter()
+            .map(|a| a["booked_count"].as_u64().unwrap())
+            .sum()
+    };
+    let bank = |truth: &[Value]| -> BTreeMap<String, String> {
+        truth
+            .iter()
+            .map(|a| {
+                (
+                    format!("Assets:Bank:{}", a["iban"].as_str().unwrap()),
+                    format!(
+                        "{} {}",
+                        a["balance"].as_str().unwrap(),
+                        a["currency"].as_str().unwrap()
+                    ),
+                )
+            })
+            .collect()
+    };
+    let before = truth().await;
+    let dir = env.home.path();
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let export = |name: &str, format: &str, file: &str, extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "--format",
+            format,
+            "--since-last",
+            name,
+            "-o",
+            file,
+        ];
+        args.extend_from_slice(extra);
+        env.run_ok(&args);
+    };
+    let count = |text: &str, marker: &str| text.matches(marker).count() as u64;
+
+    export("books", "ledger", &path("first.journal"), &[]);
+    export("beans", "beancount", &path("first.beancount"), &[]);
+    export(
+        "grown",
+        "beancount",
+        &path("grown.beancount"),
+        &["--append"],
+    );
+    let first = std::fs::read_to_string(path("first.journal")).unwrap();
+    assert_eq!(count(&first, "; bank_id: "), booked(&before));
+
+    // Nothing new yet: the next export is empty.
+    export("books", "ledger", &path("empty.journal"), &[]);
+    let empty = std::fs::read_to_string(path("empty.journal")).unwrap();
+    assert_eq!(count(&empty, "; bank_id: "), 0, "{empty}");
+
+    let r = reqwest::Client::new()
+        .post(format!("{}/_sandbox/fibank/advance", sb.root_url()))
+        .json(&serde_json::json!({"days": 20}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert!(env.sync().1);
+    let after = truth().await;
+    let new_rows = booked(&after) - booked(&before);
+    assert!(new_rows > 0, "the sandbox booked rows in 20 days");
+
+    export("books", "ledger", &path("second.journal"), &[]);
+    export("beans", "beancount", &path("second.beancount"), &[]);
+    export(
+        "grown",
+        "beancount",
+        &path("grown.beancount"),
+        &["--append"],
+    );
+    let second = std::fs::read_to_string(path("second.journal")).unwrap();
+    assert_eq!(
+        count(&second, "; bank_id: "),
+        new_rows,
+        "the second file holds only the new rows"
+    );
+    assert!(!second.contains("Opening balance"));
+
+    // hledger: import the first file twice and the second once.
+    let main = path("main.journal");
+    std::fs::write(&main, "").unwrap();
+    for file in ["first.journal", "first.journal", "second.journal"] {
+        run(&hledger, &["-f", &main, "import", &path(file)]);
+    }
+    let imported = std::fs::read_to_string(&main).unwrap();
+    assert_eq!(
+        count(&imported, "; bank_id: "),
+        booked(&after),
+        "every row imported once"
+    );
+    run(&hledger, &["-f", &main, "check"]);
+    let hl = run(&hledger, &["-f", &main, "bal", "^Assets", "--flat", "-N"]);
+    assert_eq!(
+        balances(&hl),
+        bank(&after),
+        "hledger bal after import:\n{hl}"
+    );
+
+    // beancount: both files together (no account opened twice), and the grown file.
+    let both = path("both.beancount");
+    std::fs::write(
+        &both,
+        "include \"first.beancount\"\ninclude \"second.beancount\"\n",
+    )
+    .unwrap();
+    for file in [&both, &path("grown.beancount")] {
+        run(&bean_check, &[file]);
+        let sums = run(
+            &bean_query,
+            &[
+                file,
+                "SELECT account, sum(position) WHERE account ~ '^Assets' GROUP BY account",
+            ],
+        );
+        assert_eq!(balances(&sums), bank(&after), "bean-query {file}:\n{sums}");
+    }
+
+    // A name keeps its format; --append needs a growable format.
+    let out = env.run(&["export", "--format", "qif", "--since-last", "books"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a ledger export"));
+    let out = env.run(&[
+        "export",
+        "--format",
+        "ofx",
+        "--append",
+        "-o",
+        &path("x.ofx"),
+    ]);
+    assert!(!out.status.success());
+}

@@ -366,6 +366,22 @@ async fn export_to_writer_matches_the_http_export() {
         .await
         .unwrap();
         assert_eq!(stats.bytes as usize, buf.len());
+        // Tracking changes (`--since-last`) writes the same bytes and knows
+        // the newest change it wrote.
+        let mut tracked: Vec<u8> = Vec::new();
+        let tracked_stats = export::export_to_writer(
+            s.store.as_ref(),
+            &TxQuery::default(),
+            format,
+            export::ExportOptions {
+                track_changes: true,
+                ..Default::default()
+            },
+            &mut tracked,
+        )
+        .await
+        .unwrap();
+        assert!(tracked_stats.newest_update.is_some(), "{format}");
         let (_, _, http) = download(&s, &t, &format!("format={format}")).await;
         let strip = |t: &str| {
             t.lines()
@@ -377,6 +393,11 @@ async fn export_to_writer_matches_the_http_export() {
                 .collect::<Vec<_>>()
                 .join("\n")
         };
+        assert_eq!(
+            strip(&String::from_utf8(tracked).unwrap()),
+            strip(&http),
+            "{format}, tracked"
+        );
         assert_eq!(
             strip(&String::from_utf8(buf).unwrap()),
             strip(&http),

@@ -160,6 +160,16 @@ pub struct ExportArgs {
     /// QIF: date style, us (MM/DD/YYYY), eu (DD/MM/YYYY) or iso.
     #[arg(long, default_value = "us", value_parser = ["us", "eu", "iso"])]
     pub qif_dates: String,
+    /// Write only the transactions new or changed since the last export
+    /// made under NAME (kept in the database per name, with its format),
+    /// then remember this one. Ids in every format let the receiving tool
+    /// skip a row it already has.
+    #[arg(long, value_name = "NAME")]
+    pub since_last: Option<String>,
+    /// Add to the end of --output instead of replacing it (csv without a
+    /// second header, beancount, ledger, qif).
+    #[arg(long)]
+    pub append: bool,
     /// beancount, ledger: account names from this TOML file (`[accounts]`
     /// IBAN = "Assets:…", `[categories]` category = "Expenses:…", and
     /// `bank`, `expenses`, `income`, `opening` for the defaults).
@@ -170,28 +180,69 @@ pub struct ExportArgs {
 }
 
 pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
+    use bankbridge_server::export::{ExportOptions, LedgerNames, export_to_writer};
     let Some(format) = Format::parse(&args.format) else {
         bail!("unknown format {}", args.format)
     };
-    let store = config.parts().await?;
-    let query = args.filters.query(store.bank.as_ref()).await?;
+    let parts = config.parts().await?;
+    let mut query = args.filters.query(parts.bank.as_ref()).await?;
     let ledger_names = match &args.accounts_map {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            let names = bankbridge_server::export::LedgerNames::parse(&text)
+            let names = LedgerNames::parse(&text)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             Some(std::sync::Arc::new(names))
         }
         None => None,
     };
-    let options = bankbridge_server::export::ExportOptions {
+    let mut options = ExportOptions {
         include_pending: args.include_pending,
         ledger_names,
         qif_dates: args
             .qif_dates
             .parse()
             .map_err(|e: String| anyhow::anyhow!(e))?,
+        ..ExportOptions::default()
+    };
+    if args.append {
+        if !matches!(
+            format,
+            Format::Csv | Format::Beancount | Format::Ledger | Format::Qif
+        ) {
+            bail!(
+                "--append needs a format a file can grow in (csv, beancount, ledger, qif); \
+                 {format} files are one document each: write each export to its own file"
+            );
+        }
+        if args.output.is_none() {
+            bail!("--append needs --output FILE");
+        }
+    }
+    // `--since-last NAME`: only what changed since that name's last export.
+    let mark = match &args.since_last {
+        Some(name) => {
+            if name.trim().is_empty() {
+                bail!("--since-last needs a name");
+            }
+            let mark = parts.outbound.export_mark(name).await?;
+            if let Some(m) = &mark {
+                if m.format != format.as_str() {
+                    bail!(
+                        "{name:?} is a {} export: use --format {} or another name",
+                        m.format,
+                        m.format
+                    );
+                }
+                // Marks are whole microseconds: strictly after the last row written.
+                let after = m.mark + chrono::TimeDelta::microseconds(1);
+                query.updated_since = Some(query.updated_since.map_or(after, |t| t.max(after)));
+                options.already_opened = std::sync::Arc::new(m.opened.iter().cloned().collect());
+            }
+            options.track_changes = true;
+            Some((name.clone(), mark))
+        }
+        None => None,
     };
     let stats = match &args.output {
         // A device or pipe (/dev/null, a FIFO) is written in place: renaming a
@@ -203,35 +254,31 @@ pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
                 .await
                 .with_context(|| format!("opening {}", path.display()))?;
             let mut w = tokio::io::BufWriter::new(file);
-            let stats = bankbridge_server::export::export_to_writer(
-                store.bank.as_ref(),
-                &query,
-                format,
-                options,
-                &mut w,
-            )
-            .await?;
+            let stats =
+                export_to_writer(parts.bank.as_ref(), &query, format, options, &mut w).await?;
             tokio::io::AsyncWriteExt::flush(&mut w).await?;
             stats
         }
         Some(path) => {
-            // Write beside the target and rename, so a failed export never leaves half a file.
+            // Write beside the target and rename, so a failed export never
+            // leaves half a file; appending copies the file first.
             let dir = path
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(std::path::Path::new("."));
             let tmp = tempfile::NamedTempFile::new_in(dir)
                 .with_context(|| format!("creating a file in {}", dir.display()))?;
-            let file = tokio::fs::File::from_std(tmp.reopen()?);
-            let mut w = tokio::io::BufWriter::new(file);
-            let stats = bankbridge_server::export::export_to_writer(
-                store.bank.as_ref(),
-                &query,
-                format,
-                options,
-                &mut w,
-            )
-            .await?;
+            let mut file = tmp.reopen()?;
+            if args.append && path.exists() {
+                let mut old = std::fs::File::open(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let copied = std::io::copy(&mut old, &mut file)
+                    .with_context(|| format!("copying {}", path.display()))?;
+                options.csv_header = copied == 0;
+            }
+            let mut w = tokio::io::BufWriter::new(tokio::fs::File::from_std(file));
+            let stats =
+                export_to_writer(parts.bank.as_ref(), &query, format, options, &mut w).await?;
             tokio::io::AsyncWriteExt::flush(&mut w).await?;
             w.into_inner().sync_all().await?;
             tmp.persist(path)
@@ -240,18 +287,45 @@ pub async fn export(config: &Config, args: ExportArgs) -> Result<ExitCode> {
         }
         None => {
             let mut out = tokio::io::stdout();
-            let stats = bankbridge_server::export::export_to_writer(
-                store.bank.as_ref(),
-                &query,
-                format,
-                options,
-                &mut out,
-            )
-            .await?;
+            let stats =
+                export_to_writer(parts.bank.as_ref(), &query, format, options, &mut out).await?;
             tokio::io::AsyncWriteExt::flush(&mut out).await?;
             stats
         }
     };
+    if let Some((name, old)) = mark {
+        let now = chrono::Utc::now();
+        let mut opened = old.as_ref().map(|m| m.opened.clone()).unwrap_or_default();
+        opened.extend(stats.opened.iter().cloned());
+        let new = bankbridge_store::ExportMark {
+            name: name.clone(),
+            format: format.as_str().to_owned(),
+            mark: stats
+                .newest_update
+                .into_iter()
+                .chain(old.as_ref().map(|m| m.mark))
+                .max()
+                .unwrap_or(chrono::DateTime::UNIX_EPOCH),
+            opened,
+            exports: old.as_ref().map_or(0, |m| m.exports) + 1,
+            updated_at: now,
+        };
+        parts
+            .outbound
+            .save_export_mark(&new)
+            .await
+            .with_context(|| {
+                format!(
+                    "the export was written, but its mark {name:?} could not be saved: \
+                 the next --since-last {name} repeats these rows"
+                )
+            })?;
+        eprintln!(
+            "{name}: export {} wrote {} new or changed transactions ({} bytes)",
+            new.exports, stats.rows, stats.bytes
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     eprintln!(
         "exported {} transactions ({} bytes)",
         stats.rows, stats.bytes

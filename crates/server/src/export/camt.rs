@@ -90,7 +90,7 @@ pub(super) async fn write<S: Sink>(
                 _ => {}
             }
             entry(version, &mut out.buf, &tx);
-            out.row_done().await?;
+            out.row_done(&tx).await?;
         }
         drop(rows);
         if !balances.from_bank {

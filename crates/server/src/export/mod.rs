@@ -27,7 +27,7 @@
 //!   balance, else the exported booked rows counted from zero.
 //! - beancount and hledger/ledger journals: see [`plaintext`].
 //! - QIF: see [`qif`]; camt.053 .02 and .08: see [`camt`].
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -37,7 +37,7 @@ use std::task::{Context, Poll};
 use axum::body::Bytes;
 use bankbridge_core::{Account, Transaction, TxStatus};
 use bankbridge_store::{BankData, StoreError, TxQuery};
-use chrono::{NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use futures::{Stream, StreamExt};
 use rust_decimal::Decimal;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -155,7 +155,7 @@ pub enum ExportError {
 }
 
 /// Choices beyond the rows' filter.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExportOptions {
     /// OFX, beancount, ledger: add pending rows (marked), which are left
     /// out by default.
@@ -164,13 +164,39 @@ pub struct ExportOptions {
     pub ledger_names: Option<Arc<LedgerNames>>,
     /// QIF: how dates are written.
     pub qif_dates: QifDates,
+    /// beancount, ledger: accounts an earlier export of the same books
+    /// opened (`--since-last`): not opened again.
+    pub already_opened: Arc<BTreeSet<String>>,
+    /// Note the newest `updated_at` written ([`ExportStats::newest_update`])
+    /// in every format (JSON then takes the typed path).
+    pub track_changes: bool,
+    /// CSV: write the header row (not when appending to a file that has one).
+    pub csv_header: bool,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            include_pending: false,
+            ledger_names: None,
+            qif_dates: QifDates::default(),
+            already_opened: Arc::default(),
+            track_changes: false,
+            csv_header: true,
+        }
+    }
 }
 
 /// What an export wrote.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExportStats {
     pub rows: u64,
     pub bytes: u64,
+    /// The newest `updated_at` among the rows written (always known but for
+    /// JSON without [`ExportOptions::track_changes`]).
+    pub newest_update: Option<DateTime<Utc>>,
+    /// beancount, ledger: the accounts this export opened.
+    pub opened: Vec<String>,
 }
 
 /// Write an export of the rows `query` selects (its `limit`/`after` are
@@ -266,7 +292,10 @@ impl<'a, S: Sink> Out<'a, S> {
         }
     }
 
-    async fn row_done(&mut self) -> Result<(), ExportError> {
+    async fn row_done(&mut self, tx: &Transaction) -> Result<(), ExportError> {
+        if self.stats.newest_update.is_none_or(|t| t < tx.updated_at) {
+            self.stats.newest_update = Some(tx.updated_at);
+        }
         self.rows_done(1).await
     }
 
@@ -298,7 +327,9 @@ async fn run<S: Sink>(
     let mut out = Out::new(sink);
     match format {
         Format::Csv => {
-            csv_header(&mut out.buf);
+            if options.csv_header {
+                csv_header(&mut out.buf);
+            }
             let accounts: HashMap<i64, Account> = store
                 .list_accounts(query.connection_id)
                 .await?
@@ -309,8 +340,27 @@ async fn run<S: Sink>(
             while let Some(tx) = rows.next().await {
                 let tx = tx?;
                 csv_row(&mut out.buf, &tx, accounts.get(&tx.account_id));
-                out.row_done().await?;
+                out.row_done(&tx).await?;
             }
+        }
+        Format::Json if options.track_changes => {
+            // The typed path: each row's `updated_at` is seen. The bytes are
+            // the same (the store suite checks `stream_transactions_json`
+            // writes what `serde_json` does).
+            out.buf.push(b'[');
+            let mut rows = store.stream_transactions(query.clone());
+            let mut first = true;
+            while let Some(tx) = rows.next().await {
+                let tx = tx?;
+                out.buf
+                    .extend_from_slice(if first { b"\n" } else { b",\n" });
+                first = false;
+                serde_json::to_writer(&mut out.buf, &tx)
+                    .map_err(|e| ExportError::Io(std::io::Error::other(e)))?;
+                out.row_done(&tx).await?;
+            }
+            out.buf
+                .extend_from_slice(if first { b"]\n" } else { b"\n]\n" });
         }
         Format::Json => {
             // Rows come as JSON from the store (see `stream_transactions_json`).
@@ -517,7 +567,7 @@ async fn ofx<S: Sink>(
                 }
             }
             ofx_transaction(&mut out.buf, &tx);
-            out.row_done().await?;
+            out.row_done(&tx).await?;
         }
         drop(rows);
         out.buf.extend_from_slice(b"</BANKTRANLIST>\n");
@@ -558,7 +608,7 @@ async fn ofx_pending_list<S: Sink>(
             started = true;
         }
         ofx_pending_transaction(&mut out.buf, &tx);
-        out.row_done().await?;
+        out.row_done(&tx).await?;
     }
     if started {
         out.buf.extend_from_slice(b"</BANKTRANLISTP>\n");

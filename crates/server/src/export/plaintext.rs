@@ -330,7 +330,7 @@ pub(super) async fn write<S: Sink>(
             if opened.is_none() {
                 let day = balance.map_or(tx.booking_date, |(_, d)| d.min(tx.booking_date));
                 let day = day.pred_opt().unwrap_or(day);
-                open(dialect, &mut out.buf, day, &asset);
+                open_once(dialect, out, options, day, &asset);
                 opened = Some(day);
             }
             if let Some((amount, date)) = balance
@@ -357,7 +357,7 @@ pub(super) async fn write<S: Sink>(
             let other = names.counter(&tx);
             first_use(&mut others, &other, tx.booking_date);
             transaction(dialect, &mut out.buf, &tx, &asset, &other);
-            out.row_done().await?;
+            out.row_done(&tx).await?;
         }
         drop(rows);
         if let Some((amount, date)) = balance
@@ -367,7 +367,7 @@ pub(super) async fn write<S: Sink>(
                 Some(d) => d,
                 None => {
                     let d = date.pred_opt().unwrap_or(date);
-                    open(dialect, &mut out.buf, d, &asset);
+                    open_once(dialect, out, options, d, &asset);
                     d
                 }
             };
@@ -385,9 +385,10 @@ pub(super) async fn write<S: Sink>(
         }
     }
     for (name, first) in &others {
-        open(
+        open_once(
             dialect,
-            &mut out.buf,
+            out,
+            options,
             first.pred_opt().unwrap_or(*first),
             name,
         );
@@ -403,6 +404,22 @@ fn first_use(others: &mut BTreeMap<String, NaiveDate>, account: &str, day: Naive
             others.insert(account.to_owned(), day);
         }
     }
+}
+
+/// Open `account` unless an earlier export of the same books did
+/// (`--since-last`): beancount refuses a second `open`.
+fn open_once<S: Sink>(
+    dialect: Dialect,
+    out: &mut Out<'_, S>,
+    options: &ExportOptions,
+    day: NaiveDate,
+    account: &str,
+) {
+    if options.already_opened.contains(account) {
+        return;
+    }
+    open(dialect, &mut out.buf, day, account);
+    out.stats.opened.push(account.to_owned());
 }
 
 fn open(dialect: Dialect, buf: &mut Vec<u8>, day: NaiveDate, account: &str) {

@@ -84,7 +84,7 @@ pub(super) async fn write<S: Sink>(
                 started = true;
             }
             record(&mut out.buf, &tx, options.qif_dates);
-            out.row_done().await?;
+            out.row_done(&tx).await?;
         }
     }
     Ok(())
