@@ -136,6 +136,17 @@ await step('transactions are filtered, paged, categorised by hand and exported',
   const csv = readFileSync(await download.path(), 'utf8').trim().split('\r\n');
   assert.match(csv[0], /^id,account_id,status,booking_date/);
   assert.ok(csv.length > 1 && csv.slice(1).every((l) => l.split(',')[2] === 'booked'), 'the filter held');
+  // The other formats are one click away too: QIF and camt.053 here.
+  const [qif] = await Promise.all([
+    page.waitForEvent('download'),
+    page.getByRole('link', { name: 'QIF', exact: true }).click(),
+  ]);
+  assert.match(readFileSync(await qif.path(), 'utf8'), /^!Account\nN.+\nTBank\n/);
+  const [camt] = await Promise.all([
+    page.waitForEvent('download'),
+    page.getByRole('link', { name: 'CAMT.053', exact: true }).click(),
+  ]);
+  assert.match(readFileSync(await camt.path(), 'utf8'), /camt\.053\.001\.08[\s\S]*<Cd>CLBD<\/Cd>/);
   await shot('transactions');
   await page.goto(`${base}/transactions?min_amount=lots`);
   assert.match(await page.getByRole('alert').innerText(), /min_amount/);
@@ -351,6 +362,38 @@ await step('a token is created, shown once, and its odd name stays text', async 
   assert.ok(!(await page.content()).includes(plain), 'never shown again');
 });
 
+await step('a SimpleFIN token is made for one account, claimed once by an app, and revoked', async () => {
+  await page.goto(`${base}/tokens`);
+  await page.getByRole('link', { name: /SimpleFIN access/ }).click();
+  await page.getByRole('heading', { name: 'SimpleFIN access' }).waitFor();
+  await page.getByLabel('Name (to recognise it by)').fill('actual');
+  await page.locator('main input[type=checkbox]').first().check();
+  await page.getByRole('button', { name: 'Create SimpleFIN Token' }).click();
+  const setup = await page.getByLabel('The SimpleFIN Token').inputValue();
+  const claimUrl = Buffer.from(setup, 'base64').toString('utf8');
+  assert.match(claimUrl, /\/simplefin\/claim\/[0-9a-f]+$/);
+  await shot('simplefin-created');
+  // The app's side, as the protocol has it.
+  const claimed = await fetch(claimUrl, { method: 'POST' });
+  assert.equal(claimed.status, 200);
+  const access = new URL((await claimed.text()).trim());
+  assert.equal((await fetch(claimUrl, { method: 'POST' })).status, 403, 'claimed once');
+  const accounts = () => fetch(`${access.origin}${access.pathname}/accounts`, {
+    headers: { Authorization: `Basic ${Buffer.from(`${decodeURIComponent(access.username)}:${decodeURIComponent(access.password)}`).toString('base64')}` },
+  });
+  const read = await accounts();
+  assert.equal(read.status, 200);
+  assert.equal((await read.json()).accounts.length, 1, 'only the account ticked');
+  await page.goto(`${base}/tokens/simplefin`);
+  assert.match(await page.locator('main table').innerText(), /claimed/);
+  assert.ok(!(await page.content()).includes(setup), 'never shown again');
+  await shot('simplefin');
+  await page.getByRole('button', { name: 'Revoke actual' }).click();
+  await page.waitForURL(/\/tokens\/simplefin$/);
+  assert.match(await page.locator('main table').innerText(), /revoked/);
+  assert.equal((await accounts()).status, 403, 'a revoked token reads nothing');
+});
+
 await step('the pages fit a phone and the keyboard reaches the navigation', async () => {
   await page.setViewportSize({ width: 390, height: 844 });
   for (const path of ['/', '/transactions', '/connections', '/cards']) {
@@ -388,7 +431,7 @@ await step('a read session sees no admin action and cannot reach one by URL', as
   await page.goto(`${base}/connections`);
   assert.equal(await page.getByRole('button', { name: 'Sync now' }).count(), 0);
   assert.equal(await page.locator('details.add').count(), 0);
-  for (const path of ['/tokens', '/cards', '/cards/audit']) {
+  for (const path of ['/tokens', '/tokens/simplefin', '/cards', '/cards/audit']) {
     const res = await page.goto(`${base}${path}`);
     assert.equal(res.status(), 403, path);
     assert.match(await page.getByRole('alert').innerText(), /needs a token with scope admin/);

@@ -17,6 +17,7 @@ mod form;
 mod layout;
 mod overview;
 pub(crate) mod session;
+mod simplefin;
 mod syncs;
 mod tokens;
 mod transactions;
@@ -42,6 +43,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/logout", post(session::logout))
         .route("/tokens", get(tokens::page).post(tokens::create))
         .route("/tokens/{id}/revoke", post(tokens::revoke))
+        .route(
+            "/tokens/simplefin",
+            get(simplefin::page).post(simplefin::create),
+        )
+        .route("/tokens/simplefin/{id}/revoke", post(simplefin::revoke))
         .route("/transactions", get(transactions::page))
         .route("/transactions/export", get(transactions::export))
         .route(

@@ -82,6 +82,7 @@ async fn render(
                 }
             } }
         }
+        p { a href="/tokens/simplefin" { "SimpleFIN access for budgeting apps →" } }
         h2 { "Create a token" }
         form.card method="post" action="/tokens" {
             input type="hidden" name="csrf" value=(viewer.csrf);

@@ -145,8 +145,8 @@ pub(crate) async fn page(
         }
         div.exports {
             span { "Export these rows:" }
-            @for f in ["csv", "json", "ofx"] {
-                a href=(export_link(f)) download { (f.to_uppercase()) }
+            @for (f, label) in EXPORTS {
+                a href=(export_link(f)) download { (label) }
             }
         }
         @if rows.is_empty() && problem.is_none() {
@@ -269,6 +269,18 @@ pub(crate) async fn set_category(
     };
     Ok(Redirect::to(&back).into_response())
 }
+
+/// The export links: (format, label).
+const EXPORTS: [(&str, &str); 8] = [
+    ("csv", "CSV"),
+    ("json", "JSON"),
+    ("ofx", "OFX"),
+    ("qif", "QIF"),
+    ("camt053", "CAMT.053"),
+    ("camt053-02", "CAMT.053 (.02)"),
+    ("beancount", "Beancount"),
+    ("ledger", "Ledger journal"),
+];
 
 /// `GET /transactions/export`: the API's export, for a signed-in person.
 pub(crate) async fn export(
