@@ -997,7 +997,16 @@ async fn export_section(export_rows: usize, dir: &Path, table: &mut Table) {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-    for format in ["csv", "json", "ofx", "beancount", "ledger"] {
+    for format in [
+        "csv",
+        "json",
+        "ofx",
+        "beancount",
+        "ledger",
+        "qif",
+        "camt053",
+        "camt053-02",
+    ] {
         let mut peaks: Vec<(usize, u64)> = Vec::new();
         for (n, db) in &dbs {
             let measure = format!("export {format}, child process");

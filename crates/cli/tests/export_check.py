@@ -6,7 +6,8 @@ Usage:
   export_check.py camt FILE              camt.053 .02 or .08: checked against
       the ISO 20022 schema's bindings (pyiso20022, generated from the XSDs:
       element names, order, required elements, lengths, patterns, amounts),
-      then read by pycamt (PyPI) for balances and entries
+      then read by pycamt (PyPI) for balances and entries (entries by the
+      bindings too, and by them alone past PYCAMT_MAX_ENTRIES)
   export_check.py ofx FILE               ofxtools (PyPI) parses and converts
       the file (it checks the OFX specification's elements and lengths)
 
@@ -14,6 +15,7 @@ Amounts are summed as Decimal and printed as strings.
 """
 import dataclasses
 import decimal
+import functools
 import json
 import re
 import sys
@@ -70,49 +72,49 @@ def schema_check(path):
     walk_values(document, "Document", problems)
     if problems:
         raise SystemExit("schema: " + "; ".join(problems[:20]))
-    return version
+    return version, document
 
 
-def xml_fields(cls):
-    """(xml name, field) of a binding's elements, in schema order."""
-    out = []
+@functools.cache
+def binding(cls):
+    """A binding's elements in schema order: {xml name: (position, child
+    class)}, and the names that are required."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    order, required = {}, []
     for f in dataclasses.fields(cls):
         if f.metadata.get("type", "Element") == "Element" and "name" in f.metadata:
-            out.append((f.metadata["name"], f))
-    return out
+            name = f.metadata["name"]
+            order[name] = (len(order), inner_class(hints[f.name]))
+            if f.metadata.get("required") or f.metadata.get("min_occurs", 0) >= 1:
+                required.append(name)
+    return order, required
 
 
 def walk_element(node, cls, where, problems):
     """Child order and required children, against the binding."""
-    import typing
-    from lxml import etree
-
     if not dataclasses.is_dataclass(cls):
         return
-    hints = typing.get_type_hints(cls)
-    fields = xml_fields(cls)
-    order = {name: i for i, (name, _) in enumerate(fields)}
+    order, required = binding(cls)
     last = -1
     seen = set()
     for child in node:
         if not isinstance(child.tag, str):
             continue
-        name = etree.QName(child).localname
+        name = child.tag.rpartition("}")[2]
         if name not in order:
             problems.append(f"{where}: unexpected <{name}>")
             continue
-        if order[name] < last:
+        position, child_cls = order[name]
+        if position < last:
             problems.append(f"{where}: <{name}> out of order")
-        last = max(last, order[name])
+        last = max(last, position)
         seen.add(name)
-        f = dict(fields)[name]
-        walk_element(child, inner_class(hints[f.name]), f"{where}/{name}", problems)
-    for name, f in fields:
-        if f.metadata.get("required") or (
-            f.metadata.get("min_occurs", 0) >= 1
-        ):
-            if name not in seen:
-                problems.append(f"{where}: <{name}> is required")
+        walk_element(child, child_cls, where + "/" + name, problems)
+    for name in required:
+        if name not in seen:
+            problems.append(f"{where}: <{name}> is required")
 
 
 def inner_class(t):
@@ -165,10 +167,30 @@ def walk_values(obj, where, problems):
                 problems.append(f"{here}: {value} has too many digits")
 
 
+# pycamt's entry reader searches its statement again for each entry: past
+# this many entries in a file its reading is left to the bindings alone.
+PYCAMT_MAX_ENTRIES = 10_000
+
+
+def entries_of(version, document):
+    """(IBAN, signed amount, status, reference) of each entry, as the
+    schema's bindings parsed them."""
+    for stmt in document.bk_to_cstmr_stmt.stmt:
+        iban = stmt.acct.id.iban
+        for ntry in stmt.ntry:
+            amount = ntry.amt.value
+            indicator = getattr(ntry.cdt_dbt_ind, "value", ntry.cdt_dbt_ind)
+            if indicator == "DBIT":
+                amount = -amount
+            status = ntry.sts if version == "02" else ntry.sts.cd
+            status = getattr(status, "value", status)
+            yield iban, amount, status, ntry.acct_svcr_ref
+
+
 def camt(path):
     from pycamt.parser import Camt053Parser
 
-    version = schema_check(path)
+    version, document = schema_check(path)
     parsed = Camt053Parser.from_file(path)
     out = {}
     for info in parsed.get_statement_info():
@@ -182,20 +204,29 @@ def camt(path):
             "pending": 0,
             "refs": set(),
         }
-    for tx in parsed.get_transactions():
-        account = out[tx["AccountIBAN"]]
-        amount = Decimal(tx["Amount"])
-        if tx["CreditDebitIndicator"] == "DBIT":
-            amount = -amount
-        if tx["Status"] == "BOOK":
+    by_bindings = list(entries_of(version, document))
+    for iban, amount, status, ref in by_bindings:
+        account = out[iban]
+        if status == "BOOK":
             account["booked"] += 1
             account["booked_sum"] += amount
-            account["refs"].add(tx["TransactionID"])
-        elif tx["Status"] == "PDNG":
+            account["refs"].add(ref)
+        elif status == "PDNG":
             account["pending"] += 1
+    if len(by_bindings) <= PYCAMT_MAX_ENTRIES:
+        # pycamt reads the same entries.
+        by_pycamt = []
+        for tx in parsed.get_transactions():
+            amount = Decimal(tx["Amount"])
+            if tx["CreditDebitIndicator"] == "DBIT":
+                amount = -amount
+            by_pycamt.append((tx["AccountIBAN"], amount, tx["Status"], tx["TransactionID"]))
+        if sorted(by_pycamt) != sorted(by_bindings):
+            raise SystemExit("pycamt and the schema bindings read different entries")
     for account in out.values():
         account["booked_sum"] = str(account["booked_sum"])
         account["unique_refs"] = len(account.pop("refs"))
+        account["read_by_pycamt"] = len(by_bindings) <= PYCAMT_MAX_ENTRIES
     return out
 
 

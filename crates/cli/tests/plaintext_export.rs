@@ -63,6 +63,15 @@ fn balances(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Rows per sandbox account: `BANKBRIDGE_EXPORT_TEST_ROWS` (the issue's
+/// check used 20000), else 1500.
+fn rows_per_account() -> usize {
+    std::env::var("BANKBRIDGE_EXPORT_TEST_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn beancount_hledger_and_ledger_read_the_exports_and_agree_with_the_bank() {
     let tools = ["bean-check", "bean-query", "hledger", "ledger"].map(tool);
@@ -80,7 +89,7 @@ async fn beancount_hledger_and_ledger_read_the_exports_and_agree_with_the_bank()
     let sb = bankbridge_sandbox::spawn(SandboxConfig {
         seed: 17,
         accounts: 3,
-        transactions: 1500,
+        transactions: rows_per_account(),
         years: 2,
         ..SandboxConfig::default()
     })
@@ -149,6 +158,7 @@ async fn beancount_hledger_and_ledger_read_the_exports_and_agree_with_the_bank()
         ],
     );
     assert_eq!(balances(&sums), bank, "bean-query:\n{sums}");
+    eprintln!("bean-query:\n{sums}");
 
     // hledger: `check` (parse, balanced, assertions), then its balances.
     let journal_path = journal.to_str().unwrap();
@@ -158,12 +168,14 @@ async fn beancount_hledger_and_ledger_read_the_exports_and_agree_with_the_bank()
         &["-f", journal_path, "bal", "^Assets", "--flat", "-N"],
     );
     assert_eq!(balances(&hl), bank, "hledger bal:\n{hl}");
+    eprintln!("hledger bal:\n{hl}");
     // ledger reads the same journal, assertions in file order.
     let lg = run(
         &ledger,
         &["-f", journal_path, "bal", "--flat", "--no-total", "^Assets"],
     );
     assert_eq!(balances(&lg), bank, "ledger bal:\n{lg}");
+    eprintln!("ledger bal:\n{lg}\nthe bank: {bank:?}");
 
     // With pending rows: flagged `!`, no assertion (the bank's booked balance
     // leaves them out), and the totals are booked plus pending.

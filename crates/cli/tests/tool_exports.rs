@@ -94,6 +94,38 @@ async fn qif_camt_and_ofx_are_read_by_independent_parsers_and_agree_with_the_ban
         .collect();
     assert_eq!(currencies.len(), 3, "three currencies: {currencies:?}");
     assert!(truth.iter().any(|a| a["pending_count"].as_u64() > Some(0)));
+    // Twins: the same payment twice on a day (same amount, label and
+    // counterparty), each its own row.
+    let store = env.store().await;
+    let mut seen_rows: BTreeMap<(i64, String, String, String), u32> = BTreeMap::new();
+    let rows = store
+        .query_transactions(&bankbridge_store::TxQuery {
+            status: Some(bankbridge_core::TxStatus::Booked),
+            limit: Some(u32::MAX),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for tx in &rows {
+        *seen_rows
+            .entry((
+                tx.account_id,
+                tx.booking_date.to_string(),
+                tx.amount.to_string(),
+                format!("{}|{:?}", tx.label, tx.counterparty_name),
+            ))
+            .or_default() += 1;
+    }
+    let twins = seen_rows.values().filter(|n| **n > 1).count();
+    assert!(twins > 0, "the sandbox has twins");
+    eprintln!(
+        "{} booked rows, {twins} twin groups, {} pending",
+        rows.len(),
+        truth
+            .iter()
+            .map(|a| a["pending_count"].as_u64().unwrap())
+            .sum::<u64>()
+    );
     let by_iban: BTreeMap<&str, &Value> = truth
         .iter()
         .map(|a| (a["iban"].as_str().unwrap(), a))
@@ -118,6 +150,9 @@ async fn qif_camt_and_ofx_are_read_by_independent_parsers_and_agree_with_the_ban
     );
     let found = check(&python, "qif", &qif_file, &["us"]);
     assert_eq!(found.len(), 3, "{found:?}");
+    for (name, a) in &found {
+        eprintln!("quiffen {name}: {} rows, sum {}", a["count"], a["sum"]);
+    }
     let mut seen: Vec<(u64, Decimal)> = found
         .values()
         .map(|a| (a["count"].as_u64().unwrap(), dec(&a["sum"])))
@@ -182,6 +217,16 @@ async fn qif_camt_and_ofx_are_read_by_independent_parsers_and_agree_with_the_ban
         assert_eq!(found.len(), 3, "{format}: {found:?}");
         for (iban, account) in &found {
             let bank = by_iban[iban.as_str()];
+            eprintln!(
+                "{format} {iban}: opening {} + {} booked entries {} = closing {} (bank: balance {}, {} booked, sum {})",
+                account["opening"],
+                account["booked"],
+                account["booked_sum"],
+                account["closing"],
+                bank["balance"],
+                bank["booked_count"],
+                bank["booked_sum"]
+            );
             assert_eq!(account["version"], version);
             assert_eq!(account["currency"], bank["currency"]);
             assert_eq!(
@@ -274,6 +319,12 @@ async fn qif_camt_and_ofx_are_read_by_independent_parsers_and_agree_with_the_ban
     }
     let found = check(&python, "ofx", &ofx, &[]);
     assert_eq!(found.len(), 3);
+    for (acctid, a) in &found {
+        eprintln!(
+            "ofxtools {acctid}: {} {} rows, sum {}, LEDGERBAL {}",
+            a["currency"], a["count"], a["sum"], a["ledger"]
+        );
+    }
     for (acctid, account) in &found {
         let bank = by_iban[acctid.as_str()];
         assert_eq!(account["currency"], bank["currency"]);
