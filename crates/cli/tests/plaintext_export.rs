@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bankbridge_sandbox::SandboxConfig;
 use common::*;
 use serde_json::Value;
 
@@ -63,15 +62,6 @@ fn balances(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Rows per sandbox account: `BANKBRIDGE_EXPORT_TEST_ROWS` (the issue's
-/// check used 20000), else 1500.
-fn rows_per_account() -> usize {
-    std::env::var("BANKBRIDGE_EXPORT_TEST_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1500)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn beancount_hledger_and_ledger_read_the_exports_and_agree_with_the_bank() {
     let tools = ["bean-check", "bean-query", "hledger", "ledger"].map(tool);
@@ -86,24 +76,8 @@ async fn beancount_hledger_and_ledger_read_the_exports_and_agree_with_the_bank()
         return;
     }
     let [bean_check, bean_query, hledger, ledger] = tools.map(Option::unwrap);
-    let sb = bankbridge_sandbox::spawn(SandboxConfig {
-        seed: 17,
-        accounts: 3,
-        transactions: rows_per_account(),
-        years: 2,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let env = Env::sqlite();
-    env.init_with_fibank(&sb);
-    assert!(env.sync().1);
-    let truth: Vec<Value> = reqwest::get(format!("{}/_sandbox/fibank/truth", sb.root_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (sb, env) = synced_fibank(17, export_test_rows()).await;
+    let truth = fibank_truth(&sb).await;
     let bank: BTreeMap<String, String> = truth
         .iter()
         .map(|a| {
@@ -333,27 +307,8 @@ async fn incremental_exports_hold_only_new_rows_and_import_without_duplicates() 
         return;
     }
     let [bean_check, bean_query, hledger] = tools.map(Option::unwrap);
-    let sb = bankbridge_sandbox::spawn(SandboxConfig {
-        seed: 19,
-        accounts: 3,
-        transactions: 1200,
-        years: 2,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let env = Env::sqlite();
-    env.init_with_fibank(&sb);
-    assert!(env.sync().1);
-    let truth = || async {
-        let truth: Vec<Value> = reqwest::get(format!("{}/_sandbox/fibank/truth", sb.root_url()))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        truth
-    };
+    let (sb, env) = synced_fibank(19, 1200).await;
+    let truth = || fibank_truth(&sb);
     let booked = |truth: &[Value]| -> u64 {
         truth
             .iter()

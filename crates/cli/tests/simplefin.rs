@@ -10,7 +10,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::str::FromStr;
 
-use bankbridge_sandbox::SandboxConfig;
 use common::*;
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -43,24 +42,8 @@ async fn an_independent_simplefin_client_claims_once_and_reads_the_truth() {
         eprintln!("SKIPPED: pip install simplefin4py");
         return;
     }
-    let sb = bankbridge_sandbox::spawn(SandboxConfig {
-        seed: 31,
-        accounts: 3,
-        transactions: 800,
-        years: 2,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let env = Env::sqlite();
-    env.init_with_fibank(&sb);
-    assert!(env.sync().1);
-    let truth: Vec<Value> = reqwest::get(format!("{}/_sandbox/fibank/truth", sb.root_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (sb, env) = synced_fibank(31, 800).await;
+    let truth = fibank_truth(&sb).await;
     let store = env.store().await;
     let accounts = store.list_accounts(None).await.unwrap();
     assert_eq!(accounts.len(), 3);

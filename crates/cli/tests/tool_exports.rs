@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
 
-use bankbridge_sandbox::SandboxConfig;
 use common::*;
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -52,13 +51,6 @@ fn dec(v: &Value) -> Decimal {
     Decimal::from_str(v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))).unwrap()
 }
 
-fn rows_per_account() -> usize {
-    std::env::var("BANKBRIDGE_EXPORT_TEST_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1500)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn qif_camt_and_ofx_are_read_by_independent_parsers_and_agree_with_the_bank() {
     let Some(python) = python() else {
@@ -69,24 +61,8 @@ async fn qif_camt_and_ofx_are_read_by_independent_parsers_and_agree_with_the_ban
         eprintln!("SKIPPED: pip install quiffen pycamt pyiso20022 xsdata ofxtools");
         return;
     };
-    let sb = bankbridge_sandbox::spawn(SandboxConfig {
-        seed: 23,
-        accounts: 3,
-        transactions: rows_per_account(),
-        years: 2,
-        ..SandboxConfig::default()
-    })
-    .await
-    .unwrap();
-    let env = Env::sqlite();
-    env.init_with_fibank(&sb);
-    assert!(env.sync().1);
-    let truth: Vec<Value> = reqwest::get(format!("{}/_sandbox/fibank/truth", sb.root_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (sb, env) = synced_fibank(23, export_test_rows()).await;
+    let truth = fibank_truth(&sb).await;
     assert_eq!(truth.len(), 3);
     let currencies: std::collections::BTreeSet<&str> = truth
         .iter()

@@ -244,3 +244,41 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// The sandbox Fibank's own totals per account (`/_sandbox/fibank/truth`).
+pub async fn fibank_truth(sandbox: &SandboxHandle) -> Vec<Value> {
+    reqwest::get(format!("{}/_sandbox/fibank/truth", sandbox.root_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A sandbox Fibank with three accounts (three currencies, pending rows,
+/// twins, Cyrillic labels) of `rows` transactions each over two years, and
+/// an [`Env`] that has synced it.
+pub async fn synced_fibank(seed: u64, rows: usize) -> (SandboxHandle, Env) {
+    let sb = bankbridge_sandbox::spawn(bankbridge_sandbox::SandboxConfig {
+        seed,
+        accounts: 3,
+        transactions: rows,
+        years: 2,
+        ..bankbridge_sandbox::SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let env = Env::sqlite();
+    env.init_with_fibank(&sb);
+    assert!(env.sync().1, "the sandbox syncs");
+    (sb, env)
+}
+
+/// Rows per sandbox account for the export tests:
+/// `BANKBRIDGE_EXPORT_TEST_ROWS` (the check used 20000), else 1500.
+pub fn export_test_rows() -> usize {
+    std::env::var("BANKBRIDGE_EXPORT_TEST_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500)
+}

@@ -70,15 +70,9 @@ pub(super) async fn write<S: Sink>(
             account_id: Some(account.id),
             ..query.clone()
         };
-        let first = store
-            .query_transactions(&TxQuery {
-                limit: Some(1),
-                ..q.clone()
-            })
-            .await?;
-        let Some(first) = first.first() else { continue };
-        let from = query.from.unwrap_or(first.booking_date);
-        let to = query.to.unwrap_or_else(|| now.date_naive()).max(from);
+        let Some((from, to)) = super::statement_period(store, &q, now.date_naive()).await? else {
+            continue;
+        };
         let balances = period_balances(store, &account, from, to).await?;
         statement_start(&mut out.buf, &account, from, to, &created, &balances);
         let mut rows = store.stream_transactions(q);

@@ -416,6 +416,26 @@ async fn accounts_of(store: &dyn BankData, query: &TxQuery) -> Result<Vec<Accoun
         .collect())
 }
 
+/// The period an account's statement covers (OFX, camt.053): the query's
+/// dates, else from its first matching row to `today`; None when no row of
+/// the account matches.
+async fn statement_period(
+    store: &dyn BankData,
+    account_query: &TxQuery,
+    today: NaiveDate,
+) -> Result<Option<(NaiveDate, NaiveDate)>, StoreError> {
+    let first = store
+        .query_transactions(&TxQuery {
+            limit: Some(1),
+            ..account_query.clone()
+        })
+        .await?;
+    Ok(first.first().map(|first| {
+        let from = account_query.from.unwrap_or(first.booking_date);
+        (from, account_query.to.unwrap_or(today).max(from))
+    }))
+}
+
 /// `fmt::Write` over the export buffer.
 struct Text<'a>(&'a mut Vec<u8>);
 
@@ -527,15 +547,9 @@ async fn ofx<S: Sink>(
             account_id: Some(account.id),
             ..query.clone()
         };
-        let first = store
-            .query_transactions(&TxQuery {
-                limit: Some(1),
-                ..q.clone()
-            })
-            .await?;
-        let Some(first) = first.first() else { continue };
-        let dtstart = query.from.unwrap_or(first.booking_date);
-        let dtend = query.to.unwrap_or_else(|| now.date_naive()).max(dtstart);
+        let Some((dtstart, dtend)) = statement_period(store, &q, now.date_naive()).await? else {
+            continue;
+        };
         ofx_statement_start(&mut out.buf, &account, dtstart, dtend);
         let mut last_running: Option<(Decimal, NaiveDate)> = None;
         let mut booked_sum = Decimal::ZERO;

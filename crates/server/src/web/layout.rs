@@ -172,3 +172,22 @@ pub(crate) fn instant(t: &DateTime<Utc>) -> Markup {
         time datetime=(t.to_rfc3339()) title=(t.to_rfc3339()) { (t.format("%Y-%m-%d %H:%M")) " UTC" }
     }
 }
+
+/// A secret just made, shown this once in a read-only field (API tokens,
+/// SimpleFIN tokens): the page that shows it is sent `no-store`.
+pub(crate) fn shown_once(
+    heading: &str,
+    note: &str,
+    field_id: &str,
+    label: &str,
+    value: &str,
+) -> Markup {
+    html! {
+        section.notice role="status" aria-labelledby="shown-once" {
+            h2 id="shown-once" { (heading) }
+            p { (note) }
+            label for=(field_id) { (label) }
+            input id=(field_id) type="text" readonly value=(value) spellcheck="false" autocomplete="off";
+        }
+    }
+}

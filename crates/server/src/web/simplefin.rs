@@ -62,12 +62,13 @@ async fn render(
             "and reads those accounts, read-only, until you revoke it."
         }
         @if let Some((token, setup)) = created {
-            section.notice role="status" aria-labelledby="new-token" {
-                h2 id="new-token" { "SimpleFIN Token " (token.name) " created" }
-                p { "Paste it into the app now: bankbridge keeps only a hash and cannot show it again. The app can claim it once." }
-                label for="setup" { "The SimpleFIN Token" }
-                input id="setup" type="text" readonly value=(setup) spellcheck="false" autocomplete="off";
-            }
+            (layout::shown_once(
+                &format!("SimpleFIN Token {} created", token.name),
+                "Paste it into the app now: bankbridge keeps only a hash and cannot show it again. The app can claim it once.",
+                "setup",
+                "The SimpleFIN Token",
+                setup,
+            ))
         }
         @if let Some(p) = problem {
             p.error role="alert" { (p) }

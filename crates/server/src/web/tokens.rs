@@ -39,12 +39,13 @@ async fn render(
     let now = Utc::now();
     let body = html! {
         @if let Some((record, plain)) = created {
-            section.notice role="status" aria-labelledby="new-token" {
-                h2 id="new-token" { "Token " (record.name) " created" }
-                p { "Copy it now: bankbridge keeps only its hash and cannot show it again." }
-                label for="plain" { "The new " (record.scope.as_str()) " token" }
-                input id="plain" type="text" readonly value=(plain.expose()) spellcheck="false" autocomplete="off";
-            }
+            (layout::shown_once(
+                &format!("Token {} created", record.name),
+                "Copy it now: bankbridge keeps only its hash and cannot show it again.",
+                "plain",
+                &format!("The new {} token", record.scope.as_str()),
+                plain.expose(),
+            ))
         }
         @if let Some(p) = problem {
             p.error role="alert" { (p) }
