@@ -48,7 +48,10 @@ pub enum TokenCommand {
         json: bool,
     },
     /// Revoke a token by id or name: its Access URL gets 403 from then on.
-    Revoke { token: String },
+    Revoke {
+        /// The token's id or name (as `simplefin token list` shows).
+        token: String,
+    },
 }
 
 pub async fn run(config: &Config, command: SimplefinCommand) -> Result<ExitCode> {

@@ -417,8 +417,9 @@ async fn accounts_of(store: &dyn BankData, query: &TxQuery) -> Result<Vec<Accoun
 }
 
 /// The period an account's statement covers (OFX, camt.053): the query's
-/// dates, else from its first matching row to `today`; None when no row of
-/// the account matches.
+/// dates, else from its first matching row to `today` or its last row when
+/// that is later (a bank east of UTC books on its own date, a day ahead of
+/// ours before midnight UTC); None when no row of the account matches.
 async fn statement_period(
     store: &dyn BankData,
     account_query: &TxQuery,
@@ -430,10 +431,25 @@ async fn statement_period(
             ..account_query.clone()
         })
         .await?;
-    Ok(first.first().map(|first| {
-        let from = account_query.from.unwrap_or(first.booking_date);
-        (from, account_query.to.unwrap_or(today).max(from))
-    }))
+    let Some(first) = first.first() else {
+        return Ok(None);
+    };
+    let from = account_query.from.unwrap_or(first.booking_date);
+    let to = match account_query.to {
+        Some(to) => to,
+        None => {
+            let last = store
+                .query_transactions(&TxQuery {
+                    limit: Some(1),
+                    newest_first: true,
+                    ..account_query.clone()
+                })
+                .await?;
+            last.first()
+                .map_or(today, |last| last.booking_date.max(today))
+        }
+    };
+    Ok(Some((from, to.max(from))))
 }
 
 /// `fmt::Write` over the export buffer.
