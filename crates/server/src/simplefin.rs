@@ -358,24 +358,21 @@ pub async fn account_set(
             }
             Some(rows)
         };
+        // Without an available balance, the booked one, as the Bridge fills it.
+        let available_balance = available
+            .map(|b| money(b.balance.amount))
+            .unwrap_or_else(|| balance.clone());
         accounts.push(SfAccount {
             org,
             id: account_id(account.id),
             name,
             currency: account.currency.as_str().to_owned(),
             balance,
-            available_balance: available
-                .map(|b| money(b.balance.amount))
-                .unwrap_or_default(),
+            available_balance,
             balance_date: current.map(|b| b.fetched_at.timestamp()).unwrap_or(0),
             transactions,
             extra: serde_json::json!({}),
         });
-    }
-    for account in &mut accounts {
-        if account.available_balance.is_empty() {
-            account.available_balance = account.balance.clone();
-        }
     }
     Ok(AccountSet { errors, accounts })
 }
