@@ -168,10 +168,6 @@ async fn link_warn_expire_relink(env: Env) {
         accounts: 2,
         transactions: 300,
         years: 1,
-        // The service's clock runs on the sandbox day at the real time of
-        // day in UTC; the default day is Sofia's, a day ahead of UTC from
-        // 22:00 (21:00 in summer), which would move "days left" by one.
-        today: chrono::Utc::now().date_naive(),
         ..SandboxConfig::default()
     })
     .await

@@ -44,7 +44,7 @@ async fn keypad_sandbox(accounts: usize) -> SandboxHandle {
         accounts,
         transactions: 1200,
         years: 3,
-        today: today(),
+        today: Some(today()),
         ..SandboxConfig::default()
     })
     .await

@@ -231,7 +231,12 @@ async fn serve_syncs_the_card_bank_unattended_through_pcscd() {
     let serve_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(c["last_sync_status"], "ok", "{c}\n{serve_log}");
     assert_eq!(c["consent"]["status"], "valid", "{c}");
-    assert_eq!(c["consent"]["days_left"], 5, "{c}");
+    // Five days on the bank's calendar (Brussels); "days left" counts from
+    // the UTC date, one more from 23:00 UTC (22:00 in summer) to midnight.
+    let valid_until = bank.today() + chrono::Days::new(5);
+    assert_eq!(c["consent"]["valid_until"], valid_until.to_string(), "{c}");
+    let days_left = (valid_until - chrono::Utc::now().date_naive()).num_days();
+    assert_eq!(c["consent"]["days_left"], days_left, "{c}");
     assert_eq!(c["consent"]["expires_soon"], true, "{c}");
     assert_eq!(c["settings"]["sca_card"], card_id.as_str());
     let (stored, truth) = stored_and_truth(&env, &sb).await;
@@ -270,7 +275,7 @@ async fn serve_syncs_the_card_bank_unattended_through_pcscd() {
     let alert = &alerts[0].body;
     assert_eq!(alert["kind"], "consent_expiry", "{alert}");
     assert_eq!(alert["consent"]["connection"], "be");
-    assert_eq!(alert["consent"]["days_left"], 5);
+    assert_eq!(alert["consent"]["days_left"], days_left);
     let id = c["id"].as_i64().unwrap();
     let res = post(format!("/api/v1/connections/{id}/sync"), json!({}))
         .await

@@ -156,7 +156,7 @@ async fn env(
         accounts: 2,
         transactions: 500,
         years: 1,
-        today: today(),
+        today: Some(today()),
         fault: FaultConfig {
             fault_rate,
             ..FaultConfig::default()
@@ -435,9 +435,15 @@ async fn a_week_of_hourly_syncs(service: Service) {
         SyncOutcome::Ok,
         "waiting is no failure"
     );
-    // One more run in a new part of the day reads the rest.
-    service.advance_hours(&e.sb, 6);
-    e.unattended().await.unwrap();
+    // Runs in the next parts of the day read the rest. A fault that cost
+    // a counted call may leave an account waiting for the next part (the
+    // pace allows one call in each), so it gets a few.
+    for _ in 0..3 {
+        service.advance_hours(&e.sb, 6);
+        if e.unattended().await.unwrap().deferred == 0 {
+            break;
+        }
+    }
     e.assert_matches_truth("after a week of hourly syncs").await;
 }
 

@@ -21,7 +21,7 @@ async fn sandbox(seed: u64) -> SandboxHandle {
         accounts: 2,
         transactions: 150,
         years: 1,
-        today: today(),
+        today: Some(today()),
         ..SandboxConfig::default()
     })
     .await

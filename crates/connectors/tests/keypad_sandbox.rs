@@ -28,7 +28,7 @@ async fn sandbox(accounts: usize, transactions: usize) -> SandboxHandle {
         accounts,
         transactions,
         years: 3,
-        today: today(),
+        today: Some(today()),
         ..SandboxConfig::default()
     })
     .await

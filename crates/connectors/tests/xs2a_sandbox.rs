@@ -34,7 +34,7 @@ async fn sandbox(dir: &std::path::Path, fault_rate: f64) -> SandboxHandle {
         accounts: 2,
         transactions: 600,
         years: 1,
-        today: today(),
+        today: Some(today()),
         fault: FaultConfig {
             fault_rate,
             ..FaultConfig::default()

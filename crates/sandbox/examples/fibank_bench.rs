@@ -18,7 +18,7 @@ fn main() {
         transactions,
         ..SandboxConfig::default()
     };
-    let today = config.today;
+    let today = config.day_in(chrono_tz::Europe::Sofia);
     let t = Instant::now();
     let state = match SandboxState::new(config) {
         Ok(s) => s,

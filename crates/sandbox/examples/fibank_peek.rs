@@ -8,11 +8,11 @@ fn main() {
         transactions: 600,
         ..SandboxConfig::default()
     };
-    let today = config.today;
     let Ok(state) = SandboxState::new(config) else {
         return;
     };
     let bank = state.fibank();
+    let today = bank.today();
     let iban = bank.ibans().remove(0);
     let from = today.checked_sub_days(Days::new(3)).unwrap_or(today);
     println!(

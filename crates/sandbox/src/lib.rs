@@ -54,8 +54,11 @@ pub struct SandboxConfig {
     pub transactions: usize,
     /// Length of the history that ends on `today`.
     pub years: u32,
-    /// The sandbox day the clock starts on (default: today in Europe/Sofia).
-    pub today: NaiveDate,
+    /// The day every simulated bank's clock starts on, in the bank's own
+    /// time zone, at the real time of day there. `None` (the default): each
+    /// bank runs on the real clock, so its day is today where it keeps its
+    /// books (Sofia, Brussels, Stockholm, UTC for the aggregators).
+    pub today: Option<NaiveDate>,
     /// Refuse statement requests spanning more days than this (both ends included).
     pub max_range_days: Option<u32>,
     pub fault: FaultConfig,
@@ -107,20 +110,13 @@ impl Default for SandboxConfig {
             accounts: 3,
             transactions: 2000,
             years: 5,
-            today: sofia_today(),
+            today: None,
             max_range_days: None,
             fault: FaultConfig::default(),
             bankid: None,
             keypad: KeypadConfig::default(),
         }
     }
-}
-
-/// Today's date in Europe/Sofia, where Fibank keeps its books.
-pub fn sofia_today() -> NaiveDate {
-    chrono::Utc::now()
-        .with_timezone(&chrono_tz::Europe::Sofia)
-        .date_naive()
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -138,6 +134,13 @@ pub enum ConfigError {
 }
 
 impl SandboxConfig {
+    /// The day a bank keeping its books in `zone` starts on: the fixed
+    /// `today`, or the date there now.
+    pub fn day_in(&self, zone: chrono_tz::Tz) -> NaiveDate {
+        self.today
+            .unwrap_or_else(|| chrono::Utc::now().with_timezone(&zone).date_naive())
+    }
+
     pub const MAX_ACCOUNTS: usize = 100;
     pub const MAX_TRANSACTIONS: usize = 2_000_000;
 

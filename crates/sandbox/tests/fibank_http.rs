@@ -17,7 +17,7 @@ fn small(seed: u64) -> SandboxConfig {
         accounts: 3,
         transactions: 200,
         years: 1,
-        today: today(),
+        today: Some(today()),
         ..SandboxConfig::default()
     }
 }
@@ -697,7 +697,7 @@ fn a_big_bank_has_twins_and_roughly_the_asked_volume() {
         accounts: 2,
         transactions: 20_000,
         years: 5,
-        today: today(),
+        today: Some(today()),
         ..SandboxConfig::default()
     })
     .unwrap();

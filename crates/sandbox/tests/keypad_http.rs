@@ -23,7 +23,7 @@ fn small(seed: u64) -> SandboxConfig {
         accounts: 3,
         transactions: 1500,
         years: 2,
-        today: today(),
+        today: Some(today()),
         ..SandboxConfig::default()
     }
 }

@@ -24,7 +24,7 @@ async fn sandbox() -> SandboxHandle {
         accounts: 2,
         transactions: 400,
         years: 1,
-        today: today(),
+        today: Some(today()),
         ..SandboxConfig::default()
     })
     .await

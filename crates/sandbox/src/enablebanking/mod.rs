@@ -234,9 +234,9 @@ impl EnableBanking {
                 accounts: config.accounts,
                 transactions: config.transactions,
                 years: config.years,
-                today: config.today,
+                today: config.day_in(chrono_tz::UTC),
             }),
-            clock: crate::util::ShiftedClock::starting_on(config.today),
+            clock: crate::util::ShiftedClock::starting_on(config.day_in(chrono_tz::UTC)),
             state: Mutex::new(State::default()),
             fault: RwLock::new(config.fault.clone()),
             root_url: RwLock::new(String::new()),
@@ -773,7 +773,7 @@ mod tests {
             accounts: 2,
             transactions: 400,
             years: 1,
-            today: NaiveDate::from_ymd_opt(2026, 4, 1).unwrap(),
+            today: NaiveDate::from_ymd_opt(2026, 4, 1),
             ..SandboxConfig::default()
         })
     }

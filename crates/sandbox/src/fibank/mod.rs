@@ -163,7 +163,7 @@ impl Fibank {
             accounts: config.accounts,
             transactions: config.transactions,
             years: config.years,
-            today: config.today,
+            today: config.day_in(chrono_tz::Europe::Sofia),
         });
         Fibank {
             world: RwLock::new(world),

@@ -288,7 +288,7 @@ impl KeypadBank {
             accounts: config.accounts,
             transactions: config.transactions,
             years: config.years,
-            today: config.today,
+            today: config.day_in(chrono_tz::Europe::Paris),
         });
         KeypadBank {
             world: RwLock::new(world),

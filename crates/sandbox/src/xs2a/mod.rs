@@ -336,7 +336,7 @@ impl Xs2aBank {
             accounts: config.accounts,
             transactions: config.transactions,
             years: config.years,
-            today: config.today,
+            today: config.day_in(profile.zone),
         });
         let mut card = VirtualCardConfig::new(CardProfile::CapBe, "1234");
         let key_seed = card_key_seed(config.seed);
@@ -345,7 +345,7 @@ impl Xs2aBank {
             profile,
             seed,
             accounts,
-            today: RwLock::new(config.today),
+            today: RwLock::new(config.day_in(profile.zone)),
             state: Mutex::new(BankState {
                 last_atc: card.atc,
                 ..BankState::default()
@@ -1445,7 +1445,7 @@ mod tests {
             accounts: 2,
             transactions: 300,
             years: 1,
-            today: NaiveDate::from_ymd_opt(2026, 6, 10).unwrap(),
+            today: NaiveDate::from_ymd_opt(2026, 6, 10),
             ..SandboxConfig::default()
         };
         Xs2aBanks::new(&config, None).get(name).unwrap().clone()
