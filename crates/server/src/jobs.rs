@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use bankbridge_store::{Connection, StoreError, SyncJob};
+use bankbridge_store::{Connection, LeaseToken, StoreError, SyncJob};
 use bankbridge_sync::SyncEvent;
 use chrono::Utc;
 
@@ -128,10 +128,32 @@ impl AppState {
         connection: Connection,
         trigger: Trigger,
     ) -> Result<SyncStart, StoreError> {
+        self.launch(connection, trigger, None).await
+    }
+
+    /// Start the scheduled sync whose lease [`crate::scheduler`] claimed.
+    pub(crate) async fn start_claimed_sync(
+        &self,
+        connection: Connection,
+        lease: LeaseToken,
+    ) -> Result<SyncStart, StoreError> {
+        self.launch(connection, Trigger::Scheduler, Some(lease))
+            .await
+    }
+
+    async fn launch(
+        &self,
+        connection: Connection,
+        trigger: Trigger,
+        claimed: Option<LeaseToken>,
+    ) -> Result<SyncStart, StoreError> {
         let _serial = self.syncs.start.lock().await;
         if let Some(job_id) = self.running_sync(connection.id)
             && let Some(job) = self.store.jobs.get_sync_job(job_id).await?
         {
+            if let Some(lease) = claimed {
+                self.store.connections.release_sync_lease(lease).await?;
+            }
             return Ok(SyncStart::AlreadyRunning(job));
         }
         let job = self
@@ -160,6 +182,7 @@ impl AppState {
             registered,
             live,
             trigger,
+            claimed,
         ));
         Ok(SyncStart::Started(job))
     }
@@ -172,6 +195,7 @@ async fn run_job(
     registered: Registered,
     live: Arc<LiveJob>,
     trigger: Trigger,
+    claimed: Option<LeaseToken>,
 ) {
     job.status = status::RUNNING.to_owned();
     job.started_at = Some(Utc::now());
@@ -212,16 +236,23 @@ async fn run_job(
         };
         // A card bound to the connection answers its card challenges, also
         // unattended; the rest goes to the person, if any.
-        match card {
+        let card_solver;
+        let solver: &dyn ScaSolver = match card {
             Some(card) => {
-                let solver = CardSolver::new(cards, card, &connection.name, person);
+                card_solver = CardSolver::new(cards, card, &connection.name, person);
+                &card_solver
+            }
+            None => person,
+        };
+        match claimed {
+            Some(lease) => {
                 syncer
-                    .sync_with_solver(&connection, &progress, &solver)
+                    .sync_claimed(&connection, lease, &progress, solver)
                     .await
             }
             None => {
                 syncer
-                    .sync_with_solver(&connection, &progress, person)
+                    .sync_with_solver(&connection, &progress, solver)
                     .await
             }
         }

@@ -1,8 +1,10 @@
 //! The scheduler of `serve`: every `scheduler_tick` (default 30 s) it starts a
 //! sync of each connection whose `interval_secs` has passed since its last
-//! sync. It goes through [`AppState::start_sync`], so a connection already
-//! syncing (through the API or an earlier tick) is never started twice; the
-//! syncer's database lease does the same across processes.
+//! sync. A connection already syncing in this process is left alone; across
+//! processes sharing the database, the scheduler claims the sync lease on
+//! the condition that `last_sync_at` is still the one that made it due
+//! (`claim_scheduled_sync`), before it makes a job: of several `serve`
+//! instances that see a connection due, one syncs it, once per slot.
 //!
 //! A connection whose last sync ended in `needs_user` is left alone: the bank
 //! wants a person (strong customer authentication), and retrying on a clock
@@ -21,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::AppState;
-use crate::jobs::{SyncStart, Trigger};
+use crate::jobs::SyncStart;
 
 /// Run the scheduler until the returned handle is aborted (or the runtime stops).
 pub fn spawn_scheduler(state: AppState) -> JoinHandle<()> {
@@ -47,12 +49,38 @@ pub fn spawn_scheduler(state: AppState) -> JoinHandle<()> {
 /// One scheduler pass: start the syncs due at `now`. Returns the jobs started.
 pub async fn run_due(state: &AppState, now: DateTime<Utc>) -> Result<Vec<SyncJob>, StoreError> {
     let mut started = Vec::new();
+    let options = &state.syncer.options;
     for connection in state.store.connections.list_connections().await? {
         if !is_due(&connection, now) || state.running_sync(connection.id).is_some() {
             continue;
         }
         let name = connection.name.clone();
-        match state.start_sync(connection, Trigger::Scheduler).await {
+        // Claimed before a job is made: of the instances sharing the
+        // database that found it due, one syncs it and the rest move on.
+        let real_now = Utc::now();
+        let lease = match state
+            .store
+            .connections
+            .claim_scheduled_sync(
+                connection.id,
+                &options.owner,
+                connection.last_sync_at,
+                real_now,
+                real_now + options.lease_ttl,
+            )
+            .await
+        {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                tracing::debug!(connection = %name, "scheduler: syncing elsewhere, or synced since");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(connection = %name, error = %e, "scheduler: cannot claim a sync");
+                continue;
+            }
+        };
+        match state.start_claimed_sync(connection, lease).await {
             Ok(SyncStart::Started(job)) => started.push(job),
             Ok(SyncStart::AlreadyRunning(_)) => {}
             Err(e) => {

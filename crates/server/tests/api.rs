@@ -762,6 +762,81 @@ async fn scheduler_syncs_due_connections_once() {
     s.shutdown().await;
 }
 
+/// Two servers on one database (here two states on one store, each its own
+/// lease owner) that both find a connection due: one syncs it, the other
+/// starts nothing and makes no job, and a stale pass after the sync starts
+/// nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_schedulers_on_one_database_sync_each_slot_once() {
+    let s = TestServer::start().await;
+    let t = s.token(Scope::Write).await;
+    let mut body = connection_body("shared", "slow");
+    body["interval_secs"] = json!(3600);
+    let conn: Value = s
+        .post_json("/api/v1/connections", &t, &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = conn["id"].as_i64().unwrap();
+    let mut other_syncer = s.state.syncer.clone();
+    other_syncer.options.owner = "the other instance".to_owned();
+    let other = bankbridge_server::AppState::with_config(
+        s.store.clone(),
+        other_syncer,
+        vec!["slow".to_owned()],
+        ServerConfig::default(),
+    );
+
+    let (a, b) = tokio::join!(
+        bankbridge_server::scheduler::run_due(&s.state, Utc::now()),
+        bankbridge_server::scheduler::run_due(&other, Utc::now()),
+    );
+    let started: Vec<_> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+    assert_eq!(started.len(), 1, "one of the two syncs it: {started:?}");
+    let job = started[0].id;
+    assert_eq!(started[0].connection_id, id);
+    assert!(
+        s.store.get_sync_job(job + 1).await.unwrap().is_none(),
+        "the other made no job"
+    );
+    // Whichever ran it, the job finishes; its state is in the shared store.
+    let mut finished = None;
+    for _ in 0..400 {
+        let j = s.store.get_sync_job(job).await.unwrap().unwrap();
+        if j.finished_at.is_some() {
+            finished = Some(j);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let finished = finished.expect("the sync finishes within 20 s");
+    assert_eq!(finished.status, "succeeded", "{finished:?}");
+    // Both see it synced now; an instance that had listed it before the
+    // sync recorded its time claims nothing either (the store's test).
+    for state in [&s.state, &other] {
+        let again = bankbridge_server::scheduler::run_due(state, Utc::now())
+            .await
+            .unwrap();
+        assert!(again.is_empty());
+    }
+    let in_an_hour = Utc::now() + chrono::Duration::seconds(3601);
+    let (a, b) = tokio::join!(
+        bankbridge_server::scheduler::run_due(&s.state, in_an_hour),
+        bankbridge_server::scheduler::run_due(&other, in_an_hour),
+    );
+    let next: Vec<_> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+    assert_eq!(next.len(), 1, "the next slot, once: {next:?}");
+    assert!(
+        s.store
+            .get_sync_job(next[0].id + 1)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn openapi_lists_every_path() {
     let s = TestServer::start().await;

@@ -990,6 +990,12 @@ pub(crate) fn card_audit_query_sql(q: &CardAuditQuery) -> (String, Vec<Arg>) {
 pub(crate) const LEASE_ACQUIRE: &str = "UPDATE connections SET lease_owner = $1, lease_until = $2, \
      lease_generation = lease_generation + 1 WHERE id = $3 AND \
      (lease_owner IS NULL OR lease_until IS NULL OR lease_until < $4) RETURNING lease_generation";
+/// [`LEASE_ACQUIRE`] while `last_sync_at` is still `$5` (null-safe: a
+/// connection that never synced has none).
+pub(crate) const LEASE_CLAIM_SCHEDULED: &str = "UPDATE connections SET lease_owner = $1, lease_until = $2, \
+     lease_generation = lease_generation + 1 WHERE id = $3 AND \
+     (lease_owner IS NULL OR lease_until IS NULL OR lease_until < $4) \
+     AND last_sync_at IS NOT DISTINCT FROM $5 RETURNING lease_generation";
 pub(crate) const LEASE_HOLDER: &str =
     "SELECT lease_owner, lease_until FROM connections WHERE id = $1";
 pub(crate) const LEASE_RENEW: &str = "UPDATE connections SET lease_until = $1 \

@@ -562,6 +562,20 @@ pub trait Connections: Send + Sync + 'static {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Lease>;
+    /// The scheduler's claim on one scheduled sync: the lease, as
+    /// [`Connections::acquire_sync_lease`], but only while the connection's
+    /// `last_sync_at` is still `seen` (what made it due). Instances sharing
+    /// the database each see a connection due; the first claim wins, and
+    /// once its sync has recorded a new `last_sync_at` a stale claim fails
+    /// too. `None`: held, or synced since.
+    async fn claim_scheduled_sync(
+        &self,
+        connection_id: i64,
+        owner: &str,
+        seen: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<LeaseToken>>;
     /// Extend a held lease to `until`; [`StoreError::LeaseLost`] when
     /// another acquisition has happened since `lease` was taken.
     async fn renew_sync_lease(&self, lease: LeaseToken, until: DateTime<Utc>) -> Result<()>;

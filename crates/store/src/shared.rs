@@ -171,6 +171,28 @@ macro_rules! shared_store {
                 .await?)
         }
 
+        async fn claim_scheduled_sync(
+            &self,
+            connection_id: i64,
+            owner: &str,
+            seen: Option<DateTime<Utc>>,
+            now: DateTime<Utc>,
+            until: DateTime<Utc>,
+        ) -> Result<Option<LeaseToken>> {
+            let generation: Option<i64> = sqlx::query_scalar(common::LEASE_CLAIM_SCHEDULED)
+                .bind(owner)
+                .bind(micros(until))
+                .bind(connection_id)
+                .bind(micros(now))
+                .bind(opt_micros(seen))
+                .fetch_optional(self.writes())
+                .await?;
+            Ok(generation.map(|generation| LeaseToken {
+                connection_id,
+                generation,
+            }))
+        }
+
         async fn acquire_sync_lease(
             &self,
             connection_id: i64,

@@ -134,6 +134,7 @@ store_tests! {
         the_database_remembers_facts_once,
         lease_is_exclusive_and_expires,
         concurrent_lease_has_one_winner,
+        a_scheduled_sync_is_claimed_once_per_slot,
         a_sync_that_lost_its_lease_writes_nothing,
         account_upsert_is_idempotent,
         commit_window_insert_update_void_touch,
@@ -756,6 +757,66 @@ async fn concurrent_lease_has_one_winner(s: Arc<dyn Store>) {
         }
     }
     assert_eq!(winners, 1);
+}
+
+/// Instances sharing the database all find a connection due: of their
+/// claims on that slot one wins, and after its sync recorded the new
+/// `last_sync_at` a claim made on the stale view fails too, even with the
+/// lease free.
+async fn a_scheduled_sync_is_claimed_once_per_slot(s: Arc<dyn Store>) {
+    let c = s
+        .create_connection(&new_connection("scheduled"))
+        .await
+        .unwrap();
+    assert_eq!(c.last_sync_at, None);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.claim_scheduled_sync(c.id, &format!("instance-{i}"), None, t(0), t(60))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut won = Vec::new();
+    for task in tasks {
+        won.extend(task.await.unwrap());
+    }
+    assert_eq!(won.len(), 1, "one instance syncs the slot");
+    let lease = won[0];
+    s.record_sync_result(lease, t(5), SyncOutcome::Ok, None, 1)
+        .await
+        .unwrap();
+    s.release_sync_lease(lease).await.unwrap();
+
+    // A late instance still sees the connection as never synced: no claim.
+    assert_eq!(
+        s.claim_scheduled_sync(c.id, "late", None, t(6), t(66))
+            .await
+            .unwrap(),
+        None
+    );
+    // The next slot, seen fresh, is claimed; the lease is a new generation.
+    let synced = s.get_connection(c.id).await.unwrap().unwrap();
+    let next = s
+        .claim_scheduled_sync(c.id, "next", synced.last_sync_at, t(70), t(130))
+        .await
+        .unwrap()
+        .expect("the next slot");
+    assert!(next.generation > lease.generation);
+    // While it runs, neither a claim nor a plain acquisition gets in.
+    assert_eq!(
+        s.claim_scheduled_sync(c.id, "other", synced.last_sync_at, t(71), t(131))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(matches!(
+        s.acquire_sync_lease(c.id, "api", t(71), t(131))
+            .await
+            .unwrap(),
+        Lease::Held { .. }
+    ));
 }
 
 /// The fencing token: once another sync took the lease over, every write

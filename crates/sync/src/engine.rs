@@ -21,10 +21,14 @@ type Progress<'a> = &'a (dyn Fn(SyncEvent) + Send + Sync);
 pub(crate) async fn sync_connection(
     syncer: &Syncer,
     connection: &Connection,
+    claimed: Option<LeaseToken>,
     progress: Progress<'_>,
     solver: &dyn ScaSolver,
 ) -> Result<SyncSummary, SyncError> {
-    let lease = LeaseHolder::acquire(syncer, connection).await?;
+    let lease = match claimed {
+        Some(token) => LeaseHolder::adopt(syncer, connection, token),
+        None => LeaseHolder::acquire(syncer, connection).await?,
+    };
     // Read the connection again under the lease: a sync that just ended may
     // have recorded a refused login, or someone changed the credentials.
     let connection = match syncer.store.get_connection(connection.id).await {
@@ -216,19 +220,24 @@ impl LeaseHolder {
                 }
             }
         };
+        Ok(Self::adopt(syncer, connection, token))
+    }
+
+    /// Hold a lease taken already (the scheduler's claim): renew it from now on.
+    fn adopt(syncer: &Syncer, connection: &Connection, token: LeaseToken) -> Self {
         let lost = Arc::new(AtomicBool::new(false));
         let heartbeat = tokio::spawn(heartbeat(
             syncer.store.clone(),
             token,
-            o.lease_ttl,
+            syncer.options.lease_ttl,
             connection.name.clone(),
             lost.clone(),
         ));
-        Ok(Self {
+        Self {
             token,
             lost,
             heartbeat,
-        })
+        }
     }
 
     /// `Err` once the heartbeat found the lease taken over.

@@ -13,7 +13,7 @@ use bankbridge_core::{
     ConnectionSettings, Connector, ConnectorError, Credentials, CryptoError, DateWindow, MasterKey,
     ScaChallenge, ScaSolver, Secret, Unattended,
 };
-use bankbridge_store::{Connection, Store, StoreError, SyncOutcome};
+use bankbridge_store::{Connection, LeaseToken, Store, StoreError, SyncOutcome};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -402,8 +402,34 @@ impl Syncer {
         progress: &(dyn Fn(SyncEvent) + Send + Sync),
         solver: &dyn ScaSolver,
     ) -> Result<SyncSummary, SyncError> {
+        self.sync_under(connection, None, progress, solver).await
+    }
+
+    /// [`Syncer::sync_with_solver`] under a lease the caller took already
+    /// (the scheduler's [`Connections::claim_scheduled_sync`]); the sync
+    /// renews and releases it.
+    ///
+    /// [`Connections::claim_scheduled_sync`]: bankbridge_store::Connections::claim_scheduled_sync
+    pub async fn sync_claimed(
+        &self,
+        connection: &Connection,
+        lease: LeaseToken,
+        progress: &(dyn Fn(SyncEvent) + Send + Sync),
+        solver: &dyn ScaSolver,
+    ) -> Result<SyncSummary, SyncError> {
+        self.sync_under(connection, Some(lease), progress, solver)
+            .await
+    }
+
+    async fn sync_under(
+        &self,
+        connection: &Connection,
+        claimed: Option<LeaseToken>,
+        progress: &(dyn Fn(SyncEvent) + Send + Sync),
+        solver: &dyn ScaSolver,
+    ) -> Result<SyncSummary, SyncError> {
         let started = chrono::Utc::now();
-        let result = engine::sync_connection(self, connection, progress, solver).await;
+        let result = engine::sync_connection(self, connection, claimed, progress, solver).await;
         // Rows this sync wrote get their category, also when it stopped for
         // the user: what it stored is as final as after a full run. A crash
         // in between leaves rows for `bankbridge categorize` to finish.
