@@ -300,6 +300,48 @@ pub(crate) fn state_upsert(dialect: Dialect) -> &'static str {
     }
 }
 
+/// $1 check_id.
+pub(crate) fn state_get(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => "SELECT state FROM check_states WHERE check_id = $1",
+        Dialect::Postgres => "SELECT state::text FROM check_states WHERE check_id = $1",
+    }
+}
+
+/// $1 check_id, $2 state, $3 at: the first state of a check, or nothing.
+pub(crate) fn state_insert(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "INSERT INTO check_states (check_id, state, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (check_id) DO NOTHING"
+        }
+        Dialect::Postgres => {
+            "INSERT INTO check_states (check_id, state, updated_at) VALUES ($1, $2::json, $3) \
+             ON CONFLICT (check_id) DO NOTHING"
+        }
+    }
+}
+
+/// $1 check_id, $2 state, $3 at, $4 the state it must still be (`json`
+/// keeps its text as written, so text equality is exact).
+pub(crate) fn state_swap(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "UPDATE check_states SET state = $2, updated_at = $3 WHERE check_id = $1 AND state = $4"
+        }
+        Dialect::Postgres => {
+            "UPDATE check_states SET state = $2::json, updated_at = $3 \
+             WHERE check_id = $1 AND state::text = $4"
+        }
+    }
+}
+
+/// $1 check_id, $2 slot_ms, $3 owner, $4 at: one row, first claim wins.
+pub(crate) const CLAIM_SLOT: &str = "INSERT INTO check_claims (check_id, slot_ms, claimed_by, claimed_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (check_id, slot_ms) DO NOTHING";
+/// $1 older_than.
+pub(crate) const CLAIMS_PRUNE: &str = "DELETE FROM check_claims WHERE claimed_at < $1";
+
 /// Insert or replace; whether the row is new the caller asks first
 /// ([`SECRET_EXISTS`], in the same transaction).
 pub(crate) const SECRET_UPSERT: &str = "INSERT INTO check_secrets (name, sealed, updated_at) VALUES ($1, $2, $3) \

@@ -830,7 +830,7 @@ pub trait FlowChecks: Send + Sync + 'static {
     /// Retention: delete runs (and their steps) that started before
     /// `older_than`, except the newest `keep_latest` runs of each check id
     /// (so a check that stopped running keeps its last results). Returns how
-    /// many runs were deleted.
+    /// many runs were deleted. Slot claims made before `older_than` go too.
     async fn prune_check_runs(&self, older_than: DateTime<Utc>, keep_latest: u32) -> Result<u64>;
     /// The scheduler's per-check state (health, streaks, last alerts) as JSON
     /// text, so a restart resumes without re-alerting. Replaces the check's
@@ -843,6 +843,29 @@ pub trait FlowChecks: Send + Sync + 'static {
     ) -> Result<()>;
     /// Every check's state as (check id, state JSON), ordered by check id.
     async fn check_states(&self) -> Result<Vec<(String, String)>>;
+    /// One check's state JSON, exactly as stored.
+    async fn check_state(&self, check_id: &str) -> Result<Option<String>>;
+    /// Replace a check's state only if it is still `old` (`None`: there is
+    /// none yet); false when another server changed it first. Servers that
+    /// share the database close rounds of one check: each reads, observes
+    /// and swaps, so every change of health is counted (and alerted) once.
+    async fn swap_check_state(
+        &self,
+        check_id: &str,
+        old: Option<&str>,
+        new: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Claim the work of one slot of `check_id` (a scheduled round, a
+    /// day's certificate alert): true for the first claim only, whichever
+    /// server makes it. Claims go with [`FlowChecks::prune_check_runs`].
+    async fn claim_check_slot(
+        &self,
+        check_id: &str,
+        slot_ms: i64,
+        owner: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool>;
     /// Stores a flow secret, already sealed by the caller (replacing one of
     /// the same name); true when it is new. `Conflict` for a name that is
     /// not 1–100 of `A-Z a-z 0-9 _ - .`.

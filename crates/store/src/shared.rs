@@ -1217,6 +1217,10 @@ macro_rules! shared_store {
                 .bind(i64::from(keep_latest))
                 .execute(self.writes())
                 .await?;
+            sqlx::query(checks::CLAIMS_PRUNE)
+                .bind(micros(older_than))
+                .execute(self.writes())
+                .await?;
             Ok(done.rows_affected())
         }
 
@@ -1240,6 +1244,60 @@ macro_rules! shared_store {
             Ok(sqlx::query_as(checks::states_list(Self::DIALECT))
                 .fetch_all(self.reads())
                 .await?)
+        }
+
+        async fn check_state(&self, check_id: &str) -> Result<Option<String>> {
+            // From the writer: a swap right after must compare with the newest.
+            Ok(sqlx::query_scalar(checks::state_get(Self::DIALECT))
+                .bind(check_id)
+                .fetch_optional(self.writes())
+                .await?)
+        }
+
+        async fn swap_check_state(
+            &self,
+            check_id: &str,
+            old: Option<&str>,
+            new: &str,
+            at: DateTime<Utc>,
+        ) -> Result<bool> {
+            checks::check_state(check_id, new)?;
+            let done = match old {
+                None => sqlx::query(checks::state_insert(Self::DIALECT))
+                    .bind(check_id)
+                    .bind(new)
+                    .bind(micros(at))
+                    .execute(self.writes())
+                    .await?,
+                Some(old) => sqlx::query(checks::state_swap(Self::DIALECT))
+                    .bind(check_id)
+                    .bind(new)
+                    .bind(micros(at))
+                    .bind(old)
+                    .execute(self.writes())
+                    .await?,
+            };
+            Ok(done.rows_affected() == 1)
+        }
+
+        async fn claim_check_slot(
+            &self,
+            check_id: &str,
+            slot_ms: i64,
+            owner: &str,
+            at: DateTime<Utc>,
+        ) -> Result<bool> {
+            if check_id.is_empty() {
+                return Err(StoreError::Conflict("a check id must not be empty".into()));
+            }
+            let done = sqlx::query(checks::CLAIM_SLOT)
+                .bind(check_id)
+                .bind(slot_ms)
+                .bind(owner)
+                .bind(micros(at))
+                .execute(self.writes())
+                .await?;
+            Ok(done.rows_affected() == 1)
         }
 
         async fn put_check_secret(&self, name: &str, sealed: &[u8], at: DateTime<Utc>) -> Result<bool> {

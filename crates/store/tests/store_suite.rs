@@ -169,6 +169,8 @@ store_tests! {
         check_runs_filter_and_page_newest_first,
         check_runs_pruned_except_the_latest_of_each_check,
         check_state_is_upserted_per_check,
+        a_check_state_swaps_only_from_what_was_read,
+        a_check_slot_is_claimed_once_and_pruned,
         check_secrets_keep_sealed_bytes_and_list_only_names,
     ],
     location: [
@@ -4098,6 +4100,98 @@ async fn check_state_is_upserted_per_check(s: Arc<dyn Store>) {
     assert_eq!(
         s.check_states().await.unwrap(),
         vec![("alpha".into(), a2.into()), ("beta".into(), b.into())]
+    );
+}
+
+/// Two servers close rounds of one check: each swaps from the state it
+/// read, so the slower one finds the state moved and reads again.
+async fn a_check_state_swaps_only_from_what_was_read(s: Arc<dyn Store>) {
+    assert_eq!(s.check_state("gamma").await.unwrap(), None);
+    let first = r#"{"health":"passing","streak":1}"#;
+    assert!(
+        s.swap_check_state("gamma", None, first, t(0))
+            .await
+            .unwrap()
+    );
+    // A second "first state" loses: the row is there.
+    assert!(!s.swap_check_state("gamma", None, "{}", t(0)).await.unwrap());
+    let read = s.check_state("gamma").await.unwrap().unwrap();
+    assert_eq!(read, first, "the text as written");
+    let a = r#"{"health":"failing","streak":1}"#;
+    let b = r#"{"health":"passing","streak":2}"#;
+    assert!(
+        s.swap_check_state("gamma", Some(&read), a, t(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.swap_check_state("gamma", Some(&read), b, t(1))
+            .await
+            .unwrap(),
+        "stale: the state moved since it was read"
+    );
+    assert_eq!(s.check_state("gamma").await.unwrap().unwrap(), a);
+    let m = conflict_message(s.swap_check_state("gamma", Some(a), "{", t(2)).await);
+    assert!(m.contains("not valid JSON"), "{m}");
+    // Concurrent swaps from one read: one wins.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let new = format!(r#"{{"health":"passing","streak":{i}}}"#);
+            s.swap_check_state("gamma", Some(a), &new, t(3))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        wins += usize::from(task.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+}
+
+/// A slot's work is claimed by one server whatever the race; claims older
+/// than the retention go with the old runs.
+async fn a_check_slot_is_claimed_once_and_pruned(s: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.claim_check_slot("delta", 1_700_000_000_000, &format!("server-{i}"), t(0))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        wins += usize::from(task.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+    // Another slot, and another check on the same slot, are theirs to claim.
+    assert!(
+        s.claim_check_slot("delta", 1_700_000_005_000, "a", t(5))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.claim_check_slot("epsilon", 1_700_000_000_000, "a", t(5))
+            .await
+            .unwrap()
+    );
+    assert!(conflict_message(s.claim_check_slot("", 1, "a", t(5)).await).contains("check id"));
+    // Pruned with the runs: the old claim can be made again (nobody does:
+    // its slot is long past), the new one still holds.
+    s.prune_check_runs(t(3), 0).await.unwrap();
+    assert!(
+        s.claim_check_slot("delta", 1_700_000_000_000, "b", t(6))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.claim_check_slot("delta", 1_700_000_005_000, "b", t(6))
+            .await
+            .unwrap()
     );
 }
 
