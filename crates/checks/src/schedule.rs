@@ -168,7 +168,8 @@ impl ScheduleConfig {
 /// A validated cadence: every `every`, each round delayed by a random
 /// offset in `[0, jitter]`.
 ///
-/// Rounds are planned on *slots* (`first_due + k × every`) and the jitter is
+/// Rounds are planned on *slots* (`phase + k × every` since the epoch, the
+/// phase drawn from the check's id) and the jitter is
 /// added to a slot, never carried into the next one, so the cadence does not
 /// drift however long the check runs. Callers persist the slot, not the
 /// jittered firing time.
@@ -220,12 +221,30 @@ impl Schedule {
         self.jitter
     }
 
-    /// The first slot of a check loaded at `now`: uniform over
-    /// `[now, now + every)`, so a thousand flows loaded at once (a restart)
-    /// spread over one period instead of all firing together.
-    pub fn first_due(&self, now: DateTime<Utc>, rng: &mut (impl Rng + ?Sized)) -> DateTime<Utc> {
-        let period_ms = millis(self.every).max(1);
-        now + TimeDelta::milliseconds(rng.random_range(0..period_ms))
+    /// The first slot not before `now` of the check `key`: its slots are
+    /// `phase + k × every` since the epoch, the phase a hash of `key` within
+    /// one period. Every server computes the same slots for a check, so
+    /// servers sharing a database can claim each slot once; and a thousand
+    /// flows loaded at once (a restart) spread over one period instead of
+    /// all firing together.
+    pub fn first_slot(&self, key: &str, now: DateTime<Utc>) -> DateTime<Utc> {
+        let period = millis(self.every).max(1);
+        let phase = i64::try_from(stable_hash(key) % period.unsigned_abs()).unwrap_or(0);
+        let behind = now.timestamp_millis() - phase;
+        // Whole periods, rounded up: the first slot at or after `now`.
+        let k = behind.div_euclid(period) + i64::from(behind.rem_euclid(period) != 0);
+        k.checked_mul(period)
+            .and_then(|ms| ms.checked_add(phase))
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or(now)
+    }
+
+    /// The number of `slot` on its check's cadence (whole periods since the
+    /// epoch): the same on every server, so round-robin locations alternate
+    /// whichever server runs the round.
+    pub fn slot_number(&self, slot: DateTime<Utc>) -> u64 {
+        let period = millis(self.every).max(1);
+        u64::try_from(slot.timestamp_millis().div_euclid(period)).unwrap_or(0)
     }
 
     /// When the round after slot `last_due` fires: `last_due + every`
@@ -274,6 +293,14 @@ impl Schedule {
             .checked_add_signed(skip)
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
+}
+
+/// FNV-1a: the same value on every machine and build (std's hasher is
+/// seeded per process).
+fn stable_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn millis(d: Duration) -> i64 {
@@ -1266,13 +1293,12 @@ mod tests {
     }
 
     #[test]
-    fn first_due_spreads_a_thousand_flows_over_one_period() {
+    fn first_slot_spreads_a_thousand_flows_over_one_period() {
         let s = Schedule::new(secs(60), Duration::ZERO).unwrap();
-        let mut rng = StdRng::seed_from_u64(3);
-        let now = t("2025-01-01T00:00:00Z");
+        let now = t("2025-01-01T00:00:00.250Z");
         let mut per_second = [0u32; 60];
-        for _ in 0..1000 {
-            let due = s.first_due(now, &mut rng);
+        for i in 0..1000 {
+            let due = s.first_slot(&format!("flow-{i}"), now);
             assert!(due >= now && due < now + TimeDelta::seconds(60), "{due}");
             per_second[(due - now).num_seconds() as usize] += 1;
         }
@@ -1281,6 +1307,28 @@ mod tests {
             per_second.iter().all(|&n| (1..=40).contains(&n)),
             "{per_second:?}"
         );
+    }
+
+    #[test]
+    fn servers_started_apart_agree_on_a_checks_slots() {
+        let s = Schedule::new(secs(5), secs(1)).unwrap();
+        let a = s.first_slot("bank-login", t("2025-01-01T00:00:00.100Z"));
+        let b = s.first_slot("bank-login", t("2025-01-01T00:00:12.900Z"));
+        // B's first slot is one of A's, a whole number of periods later.
+        assert_eq!((b - a).num_milliseconds() % 5000, 0, "{a} {b}");
+        assert!(b >= t("2025-01-01T00:00:12.900Z") && b - a < TimeDelta::seconds(20));
+        let mut slot = a;
+        while slot < b {
+            slot = s.next_slot(slot, slot);
+        }
+        assert_eq!(slot, b, "the cadence of A reaches B's first slot");
+        let periods = ((b - a).num_milliseconds() / 5000) as u64;
+        assert!(periods >= 2, "{a} {b}");
+        assert_eq!(s.slot_number(b), s.slot_number(a) + periods);
+        // On a slot exactly: that slot.
+        assert_eq!(s.first_slot("bank-login", a), a);
+        // Another check has (most likely) another phase.
+        assert_ne!(s.first_slot("other", a), a);
     }
 
     #[test]

@@ -8,6 +8,15 @@
 //! when it is to failing or degraded, and so is, once at start, each check
 //! the store knows as failing or degraded.
 //!
+//! Servers sharing one database each run this scheduler and split the work:
+//! every server computes the same slots for a check
+//! ([`Schedule::first_slot`]), and a scheduled round runs on the server that
+//! claims its slot in the store first; a round's verdict is applied to the
+//! stored check state by compare-and-swap, so each change of health is
+//! alerted once whichever server closes the round; a day's certificate alert
+//! is claimed the same way. Each server refreshes the health it shows from
+//! the store as often as it looks at the folder.
+//!
 //! No HTTP here: `api::checks` exposes it. The pure rules (cadence, retries,
 //! quorum, thresholds, maintenance) live in `bankbridge_checks::schedule`.
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -22,7 +31,8 @@ use bankbridge_checks::env::EnvPolicy;
 use bankbridge_checks::flow::{self, Flow, FlowError};
 use bankbridge_checks::runner::{RunOptions, RunReport, Runner, stored_secrets};
 use bankbridge_checks::schedule::{
-    CheckState, Health, Outcome, Transition, in_maintenance, locations_for_round, round_verdict,
+    CheckState, Health, Outcome, Schedule, Transition, in_maintenance, locations_for_round,
+    round_verdict,
 };
 use bankbridge_store::{CheckRunQuery, FlowChecks, NewCheckRun, NewCheckStep};
 use chrono::{DateTime, Utc};
@@ -182,6 +192,8 @@ struct Inner {
     state: Mutex<State>,
     queues: Mutex<HashMap<String, VecDeque<Job>>>,
     job_ready: Notify,
+    /// Who claims slots in the store: this process.
+    owner: String,
 }
 
 impl ChecksService {
@@ -201,6 +213,7 @@ impl ChecksService {
             state: Mutex::new(State::default()),
             queues: Mutex::new(HashMap::new()),
             job_ready: Notify::new(),
+            owner: bankbridge_sync::process_owner().to_owned(),
         }))
     }
 
@@ -239,8 +252,9 @@ impl ChecksService {
             if last_reload.elapsed() >= self.0.config.reload_every {
                 last_reload = Instant::now();
                 self.reload(None);
+                self.refresh_states().await;
             }
-            self.start_due_rounds(Utc::now());
+            self.start_due_rounds(Utc::now()).await;
             self.finish_overdue_rounds().await;
             if last_prune.is_none_or(|t| t.elapsed() >= self.0.config.prune_every) {
                 last_prune = Some(Instant::now());
@@ -325,7 +339,6 @@ impl ChecksService {
             }
         };
         let now = Utc::now();
-        let mut rng = rand::rng();
         let mut state = self.state();
         if let Some(channels) = channels {
             state.channels = channels;
@@ -355,14 +368,14 @@ impl ChecksService {
             let entry = match state.flows.remove(&id) {
                 Some(mut old) => {
                     if old.flow.schedule != flow.schedule {
-                        old.slot = flow.schedule.first_due(now, &mut rng);
+                        old.slot = flow.schedule.first_slot(&id, now);
                         old.fire_at = old.slot;
                     }
                     old.flow = Arc::new(flow);
                     old
                 }
                 None => {
-                    let slot = flow.schedule.first_due(now, &mut rng);
+                    let slot = flow.schedule.first_slot(&id, now);
                     let state = stored
                         .and_then(|s| s.get(&id).cloned())
                         .unwrap_or_else(|| CheckState::new(now));
@@ -393,8 +406,10 @@ impl ChecksService {
         state.fingerprint = fingerprint;
     }
 
-    fn start_due_rounds(&self, now: DateTime<Utc>) {
-        let mut due: Vec<String> = Vec::new();
+    /// Starts the rounds whose slot came, each once across the servers
+    /// sharing the store: the one that claims the slot first runs it.
+    async fn start_due_rounds(&self, now: DateTime<Utc>) {
+        let mut due: Vec<(String, DateTime<Utc>, Schedule, Duration)> = Vec::new();
         {
             let mut state = self.state();
             let mut rng = rand::rng();
@@ -403,18 +418,58 @@ impl ChecksService {
                     continue;
                 }
                 let lateness = (now - entry.fire_at).to_std().unwrap_or_default();
+                let slot = entry.slot;
                 entry.slot = entry.flow.schedule.next_slot(entry.slot, now);
                 entry.fire_at = entry.flow.schedule.fire_at(entry.slot, &mut rng);
                 if in_maintenance(&entry.flow.maintenance, now) {
                     tracing::debug!(check = %id, "checks: in a maintenance window, round skipped");
                     continue;
                 }
-                self.0.metrics.observe_lateness(lateness);
-                due.push(id.clone());
+                due.push((id.clone(), slot, entry.flow.schedule, lateness));
             }
         }
-        for id in due {
-            self.start_round(&id, "schedule");
+        for (id, slot, schedule, lateness) in due {
+            match self
+                .0
+                .store
+                .claim_check_slot(&id, slot.timestamp_millis(), &self.0.owner, now)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(check = %id, %slot, "checks: another server runs this round");
+                    continue;
+                }
+                // Better a round twice than none: the store is the one
+                // that would say who runs it, and it did not answer.
+                Err(e) => {
+                    tracing::warn!(check = %id, error = %e, "checks: could not claim a round; running it here")
+                }
+            }
+            self.0.metrics.observe_lateness(lateness);
+            self.open_round(&id, "schedule", Some(schedule.slot_number(slot)));
+        }
+    }
+
+    /// The health each check has in the store: servers sharing it close
+    /// rounds of the same checks, and this one shows what they decided.
+    async fn refresh_states(&self) {
+        let rows = match self.0.store.check_states().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "checks: could not read the stored check states");
+                return;
+            }
+        };
+        let mut state = self.state();
+        for (id, json) in rows {
+            if let (Some(entry), Ok(stored)) = (
+                state.flows.get_mut(&id),
+                serde_json::from_str::<CheckState>(&json),
+            ) {
+                self.0.metrics.set_health(&id, stored.health);
+                entry.state = stored;
+            }
         }
     }
 
@@ -439,6 +494,18 @@ impl ChecksService {
 
     /// Starts a round of `check_id` now; its id, or None for an unknown check.
     pub fn start_round(&self, check_id: &str, trigger: &'static str) -> Option<String> {
+        self.open_round(check_id, trigger, None)
+    }
+
+    /// A round numbered `slot_number` (a scheduled one: the same number on
+    /// every server, so round-robin locations alternate whichever runs it),
+    /// or by this server's own count.
+    fn open_round(
+        &self,
+        check_id: &str,
+        trigger: &'static str,
+        slot_number: Option<u64>,
+    ) -> Option<String> {
         let round_id = uuid::Uuid::new_v4().to_string();
         let (flow, locations) = {
             let mut state = self.state();
@@ -446,7 +513,7 @@ impl ChecksService {
             let locations = locations_for_round(
                 entry.flow.locations.mode,
                 &entry.flow.locations.names,
-                entry.round_no,
+                slot_number.unwrap_or(entry.round_no),
             );
             entry.round_no += 1;
             let flow = entry.flow.clone();
@@ -636,125 +703,77 @@ impl ChecksService {
         }
     }
 
+    /// Applies a closed round to its check's health and sends the alerts
+    /// that change calls for. The stored state is read, judged and swapped
+    /// back only if no other server moved it meanwhile (else read again),
+    /// so each change of health is counted and alerted once.
     async fn finish_round(&self, round_id: &str, round: Round) {
         let now = Utc::now();
-        let outcomes: Vec<(String, Outcome)> = round
-            .results
-            .iter()
-            .map(|(l, r, _)| (l.clone(), r.outcome))
-            .collect();
-        let (alerts, state_json) = {
-            let mut state = self.state();
-            let channels = state.channels.clone();
-            let Some(entry) = state.flows.get_mut(&round.flow_id) else {
+        let (flow, channels, local) = {
+            let state = self.state();
+            let Some(entry) = state.flows.get(&round.flow_id) else {
                 return;
             };
-            let verdict = round_verdict(
-                &round.expected,
-                &outcomes,
-                entry.flow.locations.failure_share,
-            );
-            let before = entry.state.health;
-            let transition = entry
-                .state
-                .observe(verdict.outcome, &entry.flow.thresholds, now);
-            entry.last_round = Some(RoundSummary {
-                round_id: round_id.to_string(),
-                at: now,
-                outcome: verdict.outcome,
-                failed: verdict.failed.clone(),
-                degraded: verdict.degraded.clone(),
-                missing: verdict.missing.clone(),
-            });
-            self.0
-                .metrics
-                .set_health(&entry.flow.id, entry.state.health);
-
-            // The worst location's report explains the round.
-            let worst = round
-                .results
-                .iter()
-                .max_by_key(|(_, r, _)| r.outcome)
-                .map(|(_, r, id)| (r, *id));
-            let mut locations: Vec<LocationOutcome> = round
-                .results
-                .iter()
-                .map(|(l, r, _)| LocationOutcome {
-                    location: l.clone(),
-                    outcome: r.outcome.as_str().into(),
-                })
-                .collect();
-            for missing in &verdict.missing {
-                locations.push(LocationOutcome {
-                    location: missing.clone(),
-                    outcome: "no result".into(),
-                });
-            }
-            if transition.is_some() {
-                let (step, error) = match worst {
-                    Some((r, _)) => (r.failed_step.as_deref(), r.error.as_deref()),
-                    None => (None, None),
-                };
-                log_health_change(&entry.flow, before, entry.state.health, step, error);
-            }
-            let mut alerts = Vec::new();
-            for name in &entry.flow.alerts {
-                let Some(channel) = channels.iter().find(|c| &c.name == name) else {
-                    continue;
-                };
-                let (kind, reminder) = match transition {
-                    Some(Transition::Failing) => (AlertKind::Failure, false),
-                    Some(Transition::Degraded) => (AlertKind::Degraded, false),
-                    Some(Transition::Recovered) => (AlertKind::Recovery, false),
-                    None if entry.state.reminder_due(name, channel.reminder(), now) => {
-                        match entry.state.health {
-                            Health::Failing => (AlertKind::Failure, true),
-                            Health::Degraded => (AlertKind::Degraded, true),
-                            Health::Passing => continue,
-                        }
-                    }
-                    None => continue,
-                };
-                let mut alert = Alert::new(
-                    kind,
-                    entry.flow.id.clone(),
-                    entry.flow.name.clone(),
-                    summary(
-                        kind,
-                        &entry.flow.name,
-                        &verdict.failed,
-                        &verdict.missing,
-                        &round.expected,
-                        worst.map(|w| w.0),
-                    ),
-                    now,
-                );
-                alert.reminder = reminder;
-                alert.locations = locations.clone();
-                if kind != AlertKind::Recovery
-                    && let Some((r, id)) = worst
-                {
-                    alert.failed_step = r.failed_step.clone();
-                    alert.error = r.error.clone();
-                    alert.run_id = id;
-                }
-                if channel.wants(&alert) {
-                    entry.state.notified(name, now);
-                    alerts.push((channel.clone(), alert));
-                }
-            }
-            let json = serde_json::to_string(&entry.state).unwrap_or_default();
-            (alerts, (entry.flow.id.clone(), json))
+            (
+                entry.flow.clone(),
+                state.channels.clone(),
+                entry.state.clone(),
+            )
         };
-        if let Err(e) = self
-            .0
-            .store
-            .put_check_state(&state_json.0, &state_json.1, now)
-            .await
-        {
-            tracing::error!(check = %state_json.0, error = %e, "checks: could not store the check state");
+        let mut attempts = 0;
+        let (judged, check_state) = loop {
+            attempts += 1;
+            let stored = match self.0.store.check_state(&flow.id).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    tracing::error!(check = %flow.id, error = %e, "checks: could not read the check state");
+                    let mut st = local.clone();
+                    break (judge(&flow, &channels, round_id, &round, &mut st, now), st);
+                }
+            };
+            let mut st = stored
+                .as_deref()
+                .and_then(|json| serde_json::from_str::<CheckState>(json).ok())
+                .unwrap_or_else(|| local.clone());
+            let judged = judge(&flow, &channels, round_id, &round, &mut st, now);
+            let json = serde_json::to_string(&st).unwrap_or_default();
+            match self
+                .0
+                .store
+                .swap_check_state(&flow.id, stored.as_deref(), &json, now)
+                .await
+            {
+                Ok(true) => break (judged, st),
+                // Another server closed a round of this check meanwhile.
+                Ok(false) if attempts < 8 => continue,
+                Ok(false) => {
+                    tracing::warn!(check = %flow.id, "checks: the check state kept changing; writing this round's over it");
+                    if let Err(e) = self.0.store.put_check_state(&flow.id, &json, now).await {
+                        tracing::error!(check = %flow.id, error = %e, "checks: could not store the check state");
+                    }
+                    break (judged, st);
+                }
+                Err(e) => {
+                    tracing::error!(check = %flow.id, error = %e, "checks: could not store the check state");
+                    break (judged, st);
+                }
+            }
+        };
+        if let Some((before, step, error)) = &judged.change {
+            log_health_change(
+                &flow,
+                *before,
+                check_state.health,
+                step.as_deref(),
+                error.as_deref(),
+            );
         }
-        self.send_alerts(alerts);
+        self.0.metrics.set_health(&flow.id, check_state.health);
+        if let Some(entry) = self.state().flows.get_mut(&round.flow_id) {
+            entry.state = check_state;
+            entry.last_round = Some(judged.summary);
+        }
+        self.send_alerts(judged.alerts);
     }
 
     /// The alert channels of `channels.toml` as last loaded.
@@ -872,11 +891,36 @@ impl ChecksService {
                 }
             }
             // Checked and marked under one lock: two overlapping passes
-            // cannot both alert for a host on the same day.
-            if !alerts.is_empty()
-                && self.state().certificate_alerted.insert(key, today) != Some(today)
+            // cannot both alert for a host on the same day; the store's
+            // claim of the day keeps servers sharing it to one alert too.
+            if alerts.is_empty()
+                || self.state().certificate_alerted.insert(key.clone(), today) == Some(today)
             {
-                self.send_alerts(alerts);
+                continue;
+            }
+            let day_ms = today
+                .and_time(chrono::NaiveTime::MIN)
+                .and_utc()
+                .timestamp_millis();
+            match self
+                .0
+                .store
+                .claim_check_slot(
+                    &format!("certificate:{key}"),
+                    day_ms,
+                    &self.0.owner,
+                    Utc::now(),
+                )
+                .await
+            {
+                Ok(true) => self.send_alerts(alerts),
+                Ok(false) => {
+                    tracing::debug!(host = %key, "checks: another server sent today's certificate alert")
+                }
+                Err(e) => {
+                    tracing::warn!(host = %key, error = %e, "checks: could not claim today's certificate alert; sending it");
+                    self.send_alerts(alerts);
+                }
             }
         }
     }
@@ -971,6 +1015,116 @@ fn log_health_change(
         tracing::warn!(check = %id, name = %name, health = %to, from = %from, step = %step, error = %error, "checks: {id} is now {to}");
     } else {
         tracing::info!(check = %id, name = %name, health = %to, from = %from, "checks: {id} is now {to}");
+    }
+}
+
+/// What closing a round decided: the round's summary, the alerts to send
+/// and, when the health changed, the health before with the worst
+/// location's failed step and error (for the log).
+struct Judged {
+    summary: RoundSummary,
+    alerts: Vec<(ChannelConfig, Alert)>,
+    change: Option<(Health, Option<String>, Option<String>)>,
+}
+
+/// Applies `round` to `state` (the check's health, streaks and reminder
+/// marks) and picks the alerts its channels want. Pure but for `now`.
+fn judge(
+    flow: &Flow,
+    channels: &[ChannelConfig],
+    round_id: &str,
+    round: &Round,
+    state: &mut CheckState,
+    now: DateTime<Utc>,
+) -> Judged {
+    let outcomes: Vec<(String, Outcome)> = round
+        .results
+        .iter()
+        .map(|(l, r, _)| (l.clone(), r.outcome))
+        .collect();
+    let verdict = round_verdict(&round.expected, &outcomes, flow.locations.failure_share);
+    let before = state.health;
+    let transition = state.observe(verdict.outcome, &flow.thresholds, now);
+    let round_summary = RoundSummary {
+        round_id: round_id.to_string(),
+        at: now,
+        outcome: verdict.outcome,
+        failed: verdict.failed.clone(),
+        degraded: verdict.degraded.clone(),
+        missing: verdict.missing.clone(),
+    };
+    // The worst location's report explains the round.
+    let worst = round
+        .results
+        .iter()
+        .max_by_key(|(_, r, _)| r.outcome)
+        .map(|(_, r, id)| (r, *id));
+    let mut locations: Vec<LocationOutcome> = round
+        .results
+        .iter()
+        .map(|(l, r, _)| LocationOutcome {
+            location: l.clone(),
+            outcome: r.outcome.as_str().into(),
+        })
+        .collect();
+    for missing in &verdict.missing {
+        locations.push(LocationOutcome {
+            location: missing.clone(),
+            outcome: "no result".into(),
+        });
+    }
+    let change = transition.is_some().then(|| match worst {
+        Some((r, _)) => (before, r.failed_step.clone(), r.error.clone()),
+        None => (before, None, None),
+    });
+    let mut alerts = Vec::new();
+    for name in &flow.alerts {
+        let Some(channel) = channels.iter().find(|c| &c.name == name) else {
+            continue;
+        };
+        let (kind, reminder) = match transition {
+            Some(Transition::Failing) => (AlertKind::Failure, false),
+            Some(Transition::Degraded) => (AlertKind::Degraded, false),
+            Some(Transition::Recovered) => (AlertKind::Recovery, false),
+            None if state.reminder_due(name, channel.reminder(), now) => match state.health {
+                Health::Failing => (AlertKind::Failure, true),
+                Health::Degraded => (AlertKind::Degraded, true),
+                Health::Passing => continue,
+            },
+            None => continue,
+        };
+        let mut alert = Alert::new(
+            kind,
+            flow.id.clone(),
+            flow.name.clone(),
+            summary(
+                kind,
+                &flow.name,
+                &verdict.failed,
+                &verdict.missing,
+                &round.expected,
+                worst.map(|w| w.0),
+            ),
+            now,
+        );
+        alert.reminder = reminder;
+        alert.locations = locations.clone();
+        if kind != AlertKind::Recovery
+            && let Some((r, id)) = worst
+        {
+            alert.failed_step = r.failed_step.clone();
+            alert.error = r.error.clone();
+            alert.run_id = id;
+        }
+        if channel.wants(&alert) {
+            state.notified(name, now);
+            alerts.push((channel.clone(), alert));
+        }
+    }
+    Judged {
+        summary: round_summary,
+        alerts,
+        change,
     }
 }
 

@@ -17,6 +17,8 @@
 //! - A change of health to failing is logged at WARN (check, name, step,
 //!   error), a recovery at INFO, and a check the store knows as failing is
 //!   warned about once at start.
+//! - Two servers on one database with one flows folder run each round of a
+//!   check's cadence once and alert each change of health once.
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -505,7 +507,14 @@ async fn round_robin_rounds_alternate_between_the_server_and_an_agent() {
     assert!(!agent.is_finished(), "the agent stopped");
     let runs = &runs[..4];
     let locations: Vec<&str> = runs.iter().map(|r| r.location.as_str()).collect();
-    assert_eq!(locations, ["local", "eu-west", "local", "eu-west"]);
+    // Which location takes the first round follows the slot's number (the
+    // same on every server); from there they alternate.
+    let first = if locations[0] == "local" {
+        ["local", "eu-west"]
+    } else {
+        ["eu-west", "local"]
+    };
+    assert_eq!(locations, [first[0], first[1], first[0], first[1]]);
     for run in runs {
         assert_eq!(
             (run.outcome.as_str(), run.trigger.as_str()),
@@ -824,4 +833,106 @@ fn load_channels_names_the_file_and_line_of_every_problem() {
         problems[1],
         format!("{file}:5:1: channel \"b\": a telegram channel needs `bot_token`")
     );
+}
+
+// ---------------------------------------------------------------- two servers
+
+/// Two servers on one database with the same flows folder (here two states
+/// on one store, each with its own scheduler): every round of the check's
+/// cadence runs once, not once per server, and each change of health is
+/// alerted once, whichever server closed the round that changed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_database_run_each_round_once_and_alert_each_change_once() {
+    let server = TestServer::start().await;
+    let target = HttpReceiver::start().await.unwrap();
+    let hook = HttpReceiver::start().await.unwrap();
+    let flows = tempfile::tempdir().unwrap();
+    write(
+        flows.path(),
+        "channels.toml",
+        &format!(
+            "[[channel]]\nname = \"ops\"\ntype = \"webhook\"\nurl = \"{}/hook\"\n",
+            hook.url()
+        ),
+    );
+    write(
+        flows.path(),
+        "shared.toml",
+        &one_step_flow(
+            "Shared",
+            "1s",
+            &format!("target = \"{}\"", target.url()),
+            "{{ target }}/probe",
+            "alerts = [\"ops\"]",
+        ),
+    );
+    let other = bankbridge_server::AppState::with_config(
+        server.store.clone(),
+        server.state.syncer.clone(),
+        vec![],
+        bankbridge_server::ServerConfig::default(),
+    );
+    let first = server.state.set_checks(fast_config(flows.path())).unwrap();
+    let second = other.set_checks(fast_config(flows.path())).unwrap();
+    let store = server.store.clone();
+    let kinds = |hook: &HttpReceiver| -> Vec<String> {
+        hook.requests()
+            .iter()
+            .map(|r| r.body["kind"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    };
+
+    until(
+        "three passing rounds",
+        Duration::from_secs(10),
+        async || (runs_of(store.as_ref(), "shared").await.len() >= 3).then_some(()),
+    )
+    .await;
+    target.set_status(500);
+    until("the failure alert", Duration::from_secs(15), async || {
+        kinds(&hook).contains(&"failure".to_owned()).then_some(())
+    })
+    .await;
+    target.set_status(200);
+    until("the recovery alert", Duration::from_secs(15), async || {
+        kinds(&hook).contains(&"recovery".to_owned()).then_some(())
+    })
+    .await;
+    // Rounds after the recovery: a second alert would have come by now.
+    let seen = runs_of(store.as_ref(), "shared").await.len();
+    until("three more rounds", Duration::from_secs(10), async || {
+        (runs_of(store.as_ref(), "shared").await.len() >= seen + 3).then_some(())
+    })
+    .await;
+    first.abort();
+    second.abort();
+
+    let kinds = kinds(&hook);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "failure").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "recovery").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.windows(2).all(|w| w[0] != w[1]),
+        "each change once: {kinds:?}"
+    );
+    // One run per 1 s slot: two servers running the same slot would store
+    // two runs tens of milliseconds apart.
+    let runs = runs_of(store.as_ref(), "shared").await;
+    let starts: Vec<DateTime<Utc>> = runs.iter().map(|r| r.started_at).collect();
+    for pair in starts.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= TimeDelta::milliseconds(500),
+            "two runs of one slot: {pair:?}"
+        );
+    }
+    let rounds: std::collections::HashSet<&str> =
+        runs.iter().map(|r| r.round_id.as_str()).collect();
+    assert_eq!(rounds.len(), runs.len(), "one run per round");
 }
