@@ -49,6 +49,7 @@ pub mod consents;
 pub mod error;
 pub mod export;
 mod guard;
+pub mod instances;
 pub mod jobs;
 pub mod live;
 pub mod metrics;
@@ -139,6 +140,8 @@ pub struct AppInner {
     pub bankid: std::sync::OnceLock<bankid_gateway::BankIdGateway>,
     /// The flow-check scheduler, once configured with [`AppState::set_checks`].
     pub checks: std::sync::OnceLock<checks::ChecksService>,
+    /// This process's instance name, once registered ([`instances::register`]).
+    pub instance: std::sync::OnceLock<String>,
     /// Secrets that flows name with `{ secret = .. }` (write-only via the API).
     pub check_secrets: check_secrets::CheckSecrets,
     /// Prometheus metrics (`/metrics`).
@@ -236,6 +239,7 @@ impl AppState {
         AppState(Arc::new(AppInner {
             bankid: std::sync::OnceLock::new(),
             checks: std::sync::OnceLock::new(),
+            instance: std::sync::OnceLock::new(),
             check_secrets: check_secrets::CheckSecrets::new(
                 store.checks.clone(),
                 syncer.key.clone(),

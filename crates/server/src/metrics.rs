@@ -1,7 +1,8 @@
 //! Prometheus metrics of the flow checks, served as text at `/metrics`:
 //! run outcomes per check and location, per-step latency histograms, each
 //! check's health, certificate days left, alerts sent, and how late the
-//! scheduler starts rounds.
+//! scheduler starts rounds; and the `serve` instances sharing the database
+//! with their heartbeats.
 use std::time::Duration;
 
 use bankbridge_checks::alerts::AlertKind;
@@ -40,6 +41,11 @@ struct HostLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    instance: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AlertLabels {
     channel: String,
     kind: String,
@@ -60,6 +66,8 @@ pub struct Metrics {
     certificate_days: Family<HostLabels, Gauge>,
     alerts: Family<AlertLabels, Counter>,
     lateness: Histogram,
+    instance_up: Family<InstanceLabels, Gauge>,
+    instance_heartbeat: Family<InstanceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -70,7 +78,20 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("bankbridge_check");
+        let mut root = Registry::with_prefix("bankbridge");
+        let instance_up = Family::<InstanceLabels, Gauge>::default();
+        root.register(
+            "instance_up",
+            "1 while a serve instance sharing this database beats, 0 once it stopped or went silent",
+            instance_up.clone(),
+        );
+        let instance_heartbeat = Family::<InstanceLabels, Gauge>::default();
+        root.register(
+            "instance_heartbeat_timestamp_seconds",
+            "When a serve instance sharing this database last beat (Unix time)",
+            instance_heartbeat.clone(),
+        );
+        let registry = root.sub_registry_with_prefix("check");
         let runs = Family::<RunLabels, Counter>::default();
         registry.register(
             "runs",
@@ -113,7 +134,7 @@ impl Metrics {
             lateness.clone(),
         );
         Self {
-            registry,
+            registry: root,
             runs,
             run_seconds,
             steps,
@@ -121,6 +142,27 @@ impl Metrics {
             certificate_days,
             alerts,
             lateness,
+            instance_up,
+            instance_heartbeat,
+        }
+    }
+
+    /// The instances as the store lists them at `now`.
+    pub fn set_instances(
+        &self,
+        instances: &[bankbridge_store::Instance],
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        for i in instances {
+            let labels = InstanceLabels {
+                instance: i.name.clone(),
+            };
+            self.instance_up
+                .get_or_create(&labels)
+                .set(i64::from(i.alive(now)));
+            self.instance_heartbeat
+                .get_or_create(&labels)
+                .set(i.heartbeat_at.timestamp());
         }
     }
 

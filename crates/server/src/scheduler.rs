@@ -17,7 +17,7 @@
 //! Every `consent_check_every` (default an hour) it also warns of
 //! open-banking consents about to run out ([`crate::consents`]).
 use bankbridge_store::{Connection, StoreError, SyncJob, SyncOutcome};
-use bankbridge_sync::Syncer;
+use bankbridge_sync::{SyncActivity, Syncer};
 use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
@@ -58,6 +58,14 @@ pub async fn run_due(state: &AppState, now: DateTime<Utc>) -> Result<Vec<SyncJob
         // Claimed before a job is made: of the instances sharing the
         // database that found it due, one syncs it and the rest move on.
         let real_now = Utc::now();
+        // A lease whose holder was killed on this machine is void at once
+        // (as the sync engine treats it), not when it lapses.
+        let lease_void_at = match SyncActivity::of(&connection, real_now) {
+            SyncActivity::Interrupted => connection
+                .lease_until
+                .map_or(real_now, |until| until.max(real_now) + chrono::Duration::seconds(1)),
+            _ => real_now,
+        };
         let lease = match state
             .store
             .connections
@@ -65,7 +73,7 @@ pub async fn run_due(state: &AppState, now: DateTime<Utc>) -> Result<Vec<SyncJob
                 connection.id,
                 &options.owner,
                 connection.last_sync_at,
-                real_now,
+                lease_void_at,
                 real_now + options.lease_ttl,
             )
             .await

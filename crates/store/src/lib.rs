@@ -35,6 +35,7 @@ mod cards;
 pub mod checks;
 mod common;
 pub mod documents;
+mod instances;
 mod outbound;
 pub mod postgres;
 mod shared;
@@ -50,6 +51,7 @@ pub use cards::{
 };
 pub use checks::{CheckRun, CheckRunQuery, CheckSecretInfo, CheckStep, NewCheckRun, NewCheckStep};
 pub use documents::{DocumentQuery, NewDocument, SavedDocument, sha256_hex};
+pub use instances::{Instance, Instances};
 pub use outbound::{ExportMark, Outbound, SimplefinToken};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -890,6 +892,7 @@ pub trait Store:
     + CardRecords
     + FlowChecks
     + Outbound
+    + Instances
 {
 }
 
@@ -903,6 +906,7 @@ impl<T> Store for T where
         + CardRecords
         + FlowChecks
         + Outbound
+        + Instances
 {
 }
 
@@ -921,6 +925,7 @@ pub struct StoreParts {
     pub cards: std::sync::Arc<dyn CardRecords>,
     pub checks: std::sync::Arc<dyn FlowChecks>,
     pub outbound: std::sync::Arc<dyn Outbound>,
+    pub instances: std::sync::Arc<dyn Instances>,
 }
 
 impl StoreParts {
@@ -934,6 +939,7 @@ impl StoreParts {
             cards: store.clone(),
             checks: store.clone(),
             outbound: store.clone(),
+            instances: store.clone(),
         }
     }
 }

@@ -135,6 +135,7 @@ store_tests! {
         lease_is_exclusive_and_expires,
         concurrent_lease_has_one_winner,
         a_scheduled_sync_is_claimed_once_per_slot,
+        an_instance_name_is_held_while_its_instance_beats,
         a_sync_that_lost_its_lease_writes_nothing,
         account_upsert_is_idempotent,
         commit_window_insert_update_void_touch,
@@ -819,6 +820,46 @@ async fn a_scheduled_sync_is_claimed_once_per_slot(s: Arc<dyn Store>) {
             .unwrap(),
         Lease::Held { .. }
     ));
+}
+
+/// Two live processes never share a name; a stopped or silent one gives it up.
+async fn an_instance_name_is_held_while_its_instance_beats(s: Arc<dyn Store>) {
+    let instance = |owner: &str, at: i64| bankbridge_store::Instance {
+        name: "i1".into(),
+        owner: owner.into(),
+        version: "0.1.0".into(),
+        listen: "127.0.0.1:8080".into(),
+        started_at: t(at),
+        heartbeat_at: t(at),
+        expires_at: t(at + 10),
+        stopped_at: None,
+    };
+    assert!(s.register_instance(&instance("pid 1", 0)).await.unwrap());
+    assert!(
+        !s.register_instance(&instance("pid 2", 5)).await.unwrap(),
+        "taken by a live instance"
+    );
+    assert!(s.beat_instance("i1", "pid 1", t(8), t(18)).await.unwrap());
+    assert!(!s.register_instance(&instance("pid 2", 15)).await.unwrap());
+    // Silent past its expiry: the name is free; the old owner's beat fails.
+    assert!(s.register_instance(&instance("pid 2", 19)).await.unwrap());
+    assert!(!s.beat_instance("i1", "pid 1", t(20), t(30)).await.unwrap());
+    let listed = s.list_instances().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].owner, "pid 2");
+    assert!(listed[0].alive(t(20)) && !listed[0].alive(t(40)));
+    // A clean stop frees it at once.
+    s.stop_instance("i1", "pid 2", t(21)).await.unwrap();
+    assert!(!s.list_instances().await.unwrap()[0].alive(t(21)));
+    assert!(s.register_instance(&instance("pid 3", 22)).await.unwrap());
+    let m = conflict_message(
+        s.register_instance(&bankbridge_store::Instance {
+            name: " ".into(),
+            ..instance("pid 4", 22)
+        })
+        .await,
+    );
+    assert!(m.contains("instance name"), "{m}");
 }
 
 /// The fencing token: once another sync took the lease over, every write

@@ -100,7 +100,8 @@ pub fn process_owner() -> &'static str {
     })
 }
 
-pub(crate) fn hostname() -> String {
+/// This machine's name, as lease owners and default instance names carry it.
+pub fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned())

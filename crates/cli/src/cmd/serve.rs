@@ -78,6 +78,11 @@ pub struct ServeArgs {
     /// <URL>/sca/callback/<job> after the user agreed.
     #[arg(long)]
     pub public_url: Option<String>,
+    /// This process's name among the `serve` instances sharing the
+    /// database (listed at /api/v1/instances and in /metrics); two live
+    /// instances cannot share one. Default: HOST:PORT.
+    #[arg(long, env = "BANKBRIDGE_INSTANCE_NAME")]
+    pub instance_name: Option<String>,
 }
 
 pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
@@ -134,7 +139,13 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, "serving the bankbridge API");
+    let instance = args
+        .instance_name
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", bankbridge_sync::hostname(), addr.port()));
+    bankbridge_server::instances::register(&state, &instance, &addr.to_string()).await?;
+    let heartbeat = bankbridge_server::instances::spawn_heartbeat(state.clone());
+    tracing::info!(%addr, %instance, "serving the bankbridge API");
     eprintln!(
         "bankbridge API on http://{addr}/api/v1/ (OpenAPI: http://{addr}/api/v1/openapi.json)"
     );
@@ -157,11 +168,14 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
         None => None,
     };
     let scheduler = bankbridge_server::spawn_scheduler(state.clone());
-    bankbridge_server::serve(listener, state, shutdown_signal()).await?;
+    let served = bankbridge_server::serve(listener, state.clone(), shutdown_signal()).await;
     scheduler.abort();
     if let Some(checks) = checks {
         checks.abort();
     }
+    heartbeat.abort();
+    bankbridge_server::instances::stop(&state).await;
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

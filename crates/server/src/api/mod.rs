@@ -28,6 +28,7 @@ pub(crate) mod connections;
 mod de;
 pub(crate) mod documents;
 pub(crate) mod export;
+mod instances;
 pub(crate) mod schema;
 mod simplefin;
 pub(crate) mod syncs;
@@ -49,6 +50,7 @@ pub(crate) fn routes(state: &AppState) -> Router<AppState> {
         .merge(bankid::routes(state))
         .merge(checks::routes(state))
         .merge(check_secrets::routes(state))
+        .merge(instances::routes(state))
         .merge(simplefin::routes())
 }
 
@@ -183,6 +185,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         bankid::Doc::openapi(),
         checks::Doc::openapi(),
         check_secrets::Doc::openapi(),
+        instances::Doc::openapi(),
     ] {
         doc.merge(part);
     }

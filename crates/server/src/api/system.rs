@@ -102,6 +102,12 @@ const RESOURCES: &[(&str, &str, &str, &str)] = &[
         "write",
         "the BankID gateway's orders",
     ),
+    (
+        "instances",
+        "/api/v1/instances",
+        "admin",
+        "the serve instances sharing this database, with their heartbeats",
+    ),
 ];
 
 /// The resources this server offers, with links (flow checks and the BankID

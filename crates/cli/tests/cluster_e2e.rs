@@ -1,0 +1,169 @@
+//! Several `bankbridge serve` processes on one PostgreSQL, as a team runs
+//! them behind a load balancer: each registers under its name (a live name
+//! cannot be taken twice), each lists the others with their heartbeats (API
+//! and `/metrics`), a killed one shows as gone and frees its name, and the
+//! scheduled syncs of a connection run one at a time, each slot once,
+//! whichever instance claims it.
+use std::time::{Duration, Instant};
+
+use bankbridge_sandbox::SandboxConfig;
+use serde_json::Value;
+
+mod common;
+
+use common::Env;
+
+async fn instances(base: &str, token: &str) -> Vec<Value> {
+    let v: Value = reqwest::Client::new()
+        .get(format!("{base}/api/v1/instances"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"].as_array().cloned().unwrap_or_default()
+}
+
+fn named<'a>(list: &'a [Value], name: &str) -> Option<&'a Value> {
+    list.iter().find(|i| i["name"] == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_instances_on_one_postgres_register_beat_and_sync_each_slot_once() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    let sb = bankbridge_sandbox::spawn(SandboxConfig {
+        seed: 19,
+        accounts: 2,
+        transactions: 150,
+        years: 1,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    env.init_with_fibank(&sb);
+    // Every 2 s: many slots in a few seconds. The CLI and the API refuse
+    // intervals under a minute (banks do not like being polled), so the
+    // test writes the setting itself.
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE connections SET settings = jsonb_set(settings, '{interval_secs}', '2')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let admin = env
+        .run_ok(&["token", "create", "--scope", "admin", "--name", "ops"])
+        .trim()
+        .to_owned();
+    let tick = ["--scheduler-tick", "1"];
+    let (mut a, base_a, _) = env
+        .serve_with(&[&["--instance-name", "a"][..], &tick].concat(), &[])
+        .await;
+    let (_b, base_b, _) = env
+        .serve_with(&[&["--instance-name", "b"][..], &tick].concat(), &[])
+        .await;
+
+    // A third process under a live name is refused, and says by whom.
+    let out = env.run(&["serve", "--listen", "127.0.0.1:0", "--instance-name", "a"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("instance \"a\"") && err.contains("--instance-name"),
+        "{err}"
+    );
+
+    // Each lists both, alive, and knows which one it is.
+    let seen_by_b = instances(&base_b, &admin).await;
+    assert_eq!(seen_by_b.len(), 2, "{seen_by_b:?}");
+    let (ia, ib) = (
+        named(&seen_by_b, "a").unwrap(),
+        named(&seen_by_b, "b").unwrap(),
+    );
+    assert_eq!((ia["alive"].clone(), ib["alive"].clone()), (true.into(), true.into()));
+    assert_eq!((ia["this"].clone(), ib["this"].clone()), (false.into(), true.into()));
+    assert_eq!(ia["listen"], base_a.trim_start_matches("http://"));
+    // A read token may not list them.
+    let read = env
+        .run_ok(&["token", "create", "--scope", "read", "--name", "viewer"])
+        .trim()
+        .to_owned();
+    let res = reqwest::Client::new()
+        .get(format!("{base_a}/api/v1/instances"))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+
+    // Both schedulers see the connection due every 2 s for a while.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let metrics = reqwest::Client::new()
+        .get(format!("{base_a}/metrics"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "bankbridge_instance_up{instance=\"a\"} 1",
+        "bankbridge_instance_up{instance=\"b\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+
+    // kill -9: no clean stop; after the silence the others list it as gone,
+    // and its name is free for a new process.
+    a.0.as_mut().unwrap().kill().unwrap();
+    let killed = Instant::now();
+    loop {
+        let list = instances(&base_b, &admin).await;
+        if named(&list, "a").is_some_and(|i| i["alive"] == false) {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "a killed instance still listed alive: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (_a2, base_a2, _) = env
+        .serve_with(&[&["--instance-name", "a"][..], &tick].concat(), &[])
+        .await;
+    let list = instances(&base_a2, &admin).await;
+    assert_eq!(named(&list, "a").unwrap()["alive"], true, "{list:?}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // The sync jobs, from the database: several, none overlapping another,
+    // none refused for a sync running elsewhere, all synced the bank.
+    let jobs: Vec<(
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<String>,
+    )> = sqlx::query_as(
+        "SELECT status, started_at, finished_at, error FROM sync_jobs ORDER BY created_at, id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(jobs.len() >= 3, "scheduled syncs ran: {jobs:?}");
+    for (status, _, _, error) in &jobs {
+        assert!(
+            status == "succeeded" || status == "running" || status == "queued",
+            "{status} {error:?}"
+        );
+    }
+    let spans: Vec<_> = jobs
+        .iter()
+        .filter_map(|(_, s, f, _)| Some(((*s)?, (*f)?)))
+        .collect();
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "two syncs at once: {pair:?}");
+    }
+}

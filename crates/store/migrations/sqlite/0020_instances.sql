@@ -1,0 +1,13 @@
+-- The `serve` processes sharing this database, each under its name: a
+-- heartbeat moves `expires_at` on every few seconds, so an instance that
+-- died shows as gone once it passes, and its name is free again.
+CREATE TABLE instances (
+    name         TEXT PRIMARY KEY CHECK (name <> ''),
+    owner        TEXT NOT NULL,
+    version      TEXT NOT NULL,
+    listen       TEXT NOT NULL,
+    started_at   TEXT NOT NULL,
+    heartbeat_at TEXT NOT NULL,
+    expires_at   TEXT NOT NULL,
+    stopped_at   TEXT
+) STRICT;
