@@ -1,7 +1,8 @@
 //! Several `bankbridge serve` processes on one PostgreSQL, as a team runs
 //! them behind a load balancer: each registers under its name (a live name
 //! cannot be taken twice), each lists the others with their heartbeats (API
-//! and `/metrics`), a killed one shows as gone and frees its name, and the
+//! and `/metrics`), a revoked token stops working on each within 5 s, a
+//! killed one shows as gone and frees its name, and the
 //! scheduled syncs of a connection run one at a time, each slot once,
 //! whichever instance claims it.
 use std::time::{Duration, Instant};
@@ -12,6 +13,14 @@ use serde_json::Value;
 mod common;
 
 use common::Env;
+
+/// A sync job's status, start, end and error, from the database.
+type JobRow = (
+    String,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<String>,
+);
 
 async fn instances(base: &str, token: &str) -> Vec<Value> {
     let v: Value = reqwest::Client::new()
@@ -83,8 +92,14 @@ async fn serve_instances_on_one_postgres_register_beat_and_sync_each_slot_once()
         named(&seen_by_b, "a").unwrap(),
         named(&seen_by_b, "b").unwrap(),
     );
-    assert_eq!((ia["alive"].clone(), ib["alive"].clone()), (true.into(), true.into()));
-    assert_eq!((ia["this"].clone(), ib["this"].clone()), (false.into(), true.into()));
+    assert_eq!(
+        (ia["alive"].clone(), ib["alive"].clone()),
+        (true.into(), true.into())
+    );
+    assert_eq!(
+        (ia["this"].clone(), ib["this"].clone()),
+        (false.into(), true.into())
+    );
     assert_eq!(ia["listen"], base_a.trim_start_matches("http://"));
     // A read token may not list them.
     let read = env
@@ -98,6 +113,41 @@ async fn serve_instances_on_one_postgres_register_beat_and_sync_each_slot_once()
         .await
         .unwrap();
     assert_eq!(res.status(), 403);
+
+    // A token revoked (here from the command line, which tells no server)
+    // stops working on every instance within the 5 s its check is cached.
+    let http = reqwest::Client::new();
+    let status = async |base: &str| {
+        http.get(format!("{base}/api/v1/accounts"))
+            .bearer_auth(&read)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!((status(&base_a).await, status(&base_b).await), (200, 200));
+    env.run_ok(&["token", "revoke", "viewer"]);
+    let revoked = Instant::now();
+    let mut refused = [None, None];
+    while refused.iter().any(Option::is_none) {
+        for (i, base) in [&base_a, &base_b].into_iter().enumerate() {
+            if refused[i].is_none() && status(base).await == 401 {
+                refused[i] = Some(revoked.elapsed());
+            }
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(10),
+            "still accepted: {refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for took in refused.into_iter().flatten() {
+        assert!(
+            took <= Duration::from_millis(5_300),
+            "revocation took {took:?}"
+        );
+    }
 
     // Both schedulers see the connection due every 2 s for a while.
     tokio::time::sleep(Duration::from_secs(9)).await;
@@ -141,12 +191,7 @@ async fn serve_instances_on_one_postgres_register_beat_and_sync_each_slot_once()
 
     // The sync jobs, from the database: several, none overlapping another,
     // none refused for a sync running elsewhere, all synced the bank.
-    let jobs: Vec<(
-        String,
-        Option<chrono::DateTime<chrono::Utc>>,
-        Option<chrono::DateTime<chrono::Utc>>,
-        Option<String>,
-    )> = sqlx::query_as(
+    let jobs: Vec<JobRow> = sqlx::query_as(
         "SELECT status, started_at, finished_at, error FROM sync_jobs ORDER BY created_at, id",
     )
     .fetch_all(&mut conn)

@@ -61,9 +61,9 @@ pub async fn run_due(state: &AppState, now: DateTime<Utc>) -> Result<Vec<SyncJob
         // A lease whose holder was killed on this machine is void at once
         // (as the sync engine treats it), not when it lapses.
         let lease_void_at = match SyncActivity::of(&connection, real_now) {
-            SyncActivity::Interrupted => connection
-                .lease_until
-                .map_or(real_now, |until| until.max(real_now) + chrono::Duration::seconds(1)),
+            SyncActivity::Interrupted => connection.lease_until.map_or(real_now, |until| {
+                until.max(real_now) + chrono::Duration::seconds(1)
+            }),
             _ => real_now,
         };
         let lease = match state

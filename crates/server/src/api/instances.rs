@@ -14,10 +14,7 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 
 pub(crate) fn routes(state: &AppState) -> Router<AppState> {
-    Router::new().route(
-        "/api/v1/instances",
-        guarded(state, Scope::Admin, get(list)),
-    )
+    Router::new().route("/api/v1/instances", guarded(state, Scope::Admin, get(list)))
 }
 
 #[derive(OpenApi)]
