@@ -81,7 +81,7 @@ pub struct ServeArgs {
     /// This process's name among the `serve` instances sharing the
     /// database (listed at /api/v1/instances and in /metrics); two live
     /// instances cannot share one. Default: HOST:PORT.
-    #[arg(long, env = "BANKBRIDGE_INSTANCE_NAME")]
+    #[arg(long, env = "BANKBRIDGE_INSTANCE_NAME", hide_env_values = true)]
     pub instance_name: Option<String>,
 }
 
