@@ -79,7 +79,7 @@ read -r _ _ _ base _ user _ pass < <(grep '^fibank' "$work/sandbox.out")
 admin=$("$BIN" token create --scope admin --name load)
 log "adding $CONNECTIONS connections to the sandbox's Fibank"
 seq "$CONNECTIONS" | xargs -P 2 -I{} sh -c \
-    "echo '$pass' | '$BIN' connection add --name c{} --connector fibank --base-url '$base' --username '$user' --password-stdin --no-check > /dev/null"
+    "echo '$pass' | '$BIN' connection add --name c{} --connector fibank --base-url '$base' --username '$user' --password-stdin --no-check --allow-duplicate > /dev/null"
 # The CLI refuses intervals under a minute: the setting is written here.
 sql "UPDATE connections SET settings = jsonb_set(settings, '{interval_secs}', '$SYNC_EVERY')"
 
