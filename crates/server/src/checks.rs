@@ -42,6 +42,9 @@ use tokio::sync::Notify;
 use crate::check_secrets::CheckSecrets;
 use crate::metrics::Metrics;
 
+/// Days a round's (or a certificate alert's) claim is kept.
+const CLAIMS_KEPT_DAYS: i64 = 2;
+
 /// Settings of the checks scheduler.
 #[derive(Clone, Debug)]
 pub struct ChecksConfig {
@@ -818,6 +821,12 @@ impl ChecksService {
             Ok(0) => {}
             Ok(n) => tracing::info!(runs = n, "checks: old results deleted"),
             Err(e) => tracing::warn!(error = %e, "checks: pruning old results failed"),
+        }
+        // A claim matters while its slot (or its day, for a certificate
+        // alert) is current: two days keep today's whatever the hour.
+        let stale = Utc::now() - chrono::Duration::days(CLAIMS_KEPT_DAYS);
+        if let Err(e) = self.0.store.prune_check_claims(stale).await {
+            tracing::warn!(error = %e, "checks: pruning old round claims failed");
         }
     }
 

@@ -832,7 +832,7 @@ pub trait FlowChecks: Send + Sync + 'static {
     /// Retention: delete runs (and their steps) that started before
     /// `older_than`, except the newest `keep_latest` runs of each check id
     /// (so a check that stopped running keeps its last results). Returns how
-    /// many runs were deleted. Slot claims made before `older_than` go too.
+    /// many runs were deleted.
     async fn prune_check_runs(&self, older_than: DateTime<Utc>, keep_latest: u32) -> Result<u64>;
     /// The scheduler's per-check state (health, streaks, last alerts) as JSON
     /// text, so a restart resumes without re-alerting. Replaces the check's
@@ -860,7 +860,7 @@ pub trait FlowChecks: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Claim the work of one slot of `check_id` (a scheduled round, a
     /// day's certificate alert): true for the first claim only, whichever
-    /// server makes it. Claims go with [`FlowChecks::prune_check_runs`].
+    /// server makes it. Old claims go with [`FlowChecks::prune_check_claims`].
     async fn claim_check_slot(
         &self,
         check_id: &str,
@@ -868,6 +868,9 @@ pub trait FlowChecks: Send + Sync + 'static {
         owner: &str,
         at: DateTime<Utc>,
     ) -> Result<bool>;
+    /// Delete the slot claims made before `older_than` (a claim matters
+    /// only while its slot is current); returns how many.
+    async fn prune_check_claims(&self, older_than: DateTime<Utc>) -> Result<u64>;
     /// Stores a flow secret, already sealed by the caller (replacing one of
     /// the same name); true when it is new. `Conflict` for a name that is
     /// not 1–100 of `A-Z a-z 0-9 _ - .`.

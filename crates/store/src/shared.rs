@@ -1217,7 +1217,11 @@ macro_rules! shared_store {
                 .bind(i64::from(keep_latest))
                 .execute(self.writes())
                 .await?;
-            sqlx::query(checks::CLAIMS_PRUNE)
+            Ok(done.rows_affected())
+        }
+
+        async fn prune_check_claims(&self, older_than: DateTime<Utc>) -> Result<u64> {
+            let done = sqlx::query(checks::CLAIMS_PRUNE)
                 .bind(micros(older_than))
                 .execute(self.writes())
                 .await?;
