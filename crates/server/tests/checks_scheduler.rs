@@ -535,15 +535,8 @@ async fn round_robin_rounds_alternate_between_the_server_and_an_agent() {
         runs.iter().map(|r| r.round_id.as_str()).collect();
     assert_eq!(rounds.len(), 4);
     // Each run was made where it says: the agent's requests carry its name.
-    assert_eq!(
-        paths(&target)[..4],
-        [
-            "/probe/local",
-            "/probe/eu-west",
-            "/probe/local",
-            "/probe/eu-west"
-        ]
-    );
+    let expected: Vec<String> = locations.iter().map(|l| format!("/probe/{l}")).collect();
+    assert_eq!(paths(&target)[..4], expected[..]);
     let summary = server
         .state
         .checks
