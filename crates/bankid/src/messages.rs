@@ -127,6 +127,33 @@ const APP_TOO_OLD: UserMessage = m(
     "Din BankID-app är för gammal för det här. Uppdatera den och försök igen.",
 );
 
+/// Every message above, so one read back from storage (its number and
+/// English text) is found again: see [`find`].
+const ALL: [UserMessage; 16] = [
+    OPEN_APP,
+    TRY_AGAIN,
+    IN_PROGRESS_ELSEWHERE,
+    BANKID_TROUBLE,
+    YOU_CANCELLED,
+    NO_ANSWER,
+    ENTER_CODE,
+    SEARCHING,
+    BLOCKED,
+    NOT_STARTED,
+    UNDER_WAY,
+    UNKNOWN_FAILURE,
+    READ_DOCUMENT,
+    CONFIRM_CALL,
+    DECLINED_CALL,
+    APP_TOO_OLD,
+];
+
+/// The message with guideline number `rfa` and English text `en`, if it
+/// is one of ours (a message stored by another process, read back).
+pub fn find(rfa: u8, en: &str) -> Option<UserMessage> {
+    ALL.iter().copied().find(|m| m.rfa == rfa && m.en == en)
+}
+
 /// The message for a pending or failed order's hint.
 pub fn for_hint(hint: &HintCode) -> UserMessage {
     use HintCode::*;
@@ -182,6 +209,16 @@ pub fn for_error(code: &ErrorCode) -> Option<UserMessage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_message_is_found_again_by_its_number_and_text() {
+        for m in ALL {
+            assert_eq!(find(m.rfa, m.en), Some(m));
+        }
+        // RFA 21 has two texts: each finds its own.
+        assert_eq!(find(21, CONFIRM_CALL.en), Some(CONFIRM_CALL));
+        assert_eq!(find(21, "not ours"), None);
+    }
 
     #[test]
     fn every_hint_has_a_message_in_both_languages() {

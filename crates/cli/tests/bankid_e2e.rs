@@ -15,34 +15,6 @@ use serde_json::{Value, json};
 
 const PERSON: &str = "199001011239";
 
-/// `bankbridge sandbox` with BankID on ephemeral ports; returns the child and
-/// the sandbox root URL once it prints its addresses.
-fn sandbox(env: &Env) -> (KillOnDrop, String) {
-    let port = free_port();
-    let mut child = env
-        .command(&[
-            "sandbox",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--bankid-port",
-            "0",
-            "--transactions",
-            "10",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let child = KillOnDrop(Some(child));
-    for line in out.lines() {
-        if line.unwrap().starts_with("try it:") {
-            return (child, format!("http://127.0.0.1:{port}"));
-        }
-    }
-    panic!("the sandbox ended before printing its BankID address");
-}
-
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -77,7 +49,7 @@ fn wait_line(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
 #[test]
 fn cli_auth_with_the_simulated_user_scanning_and_approving() {
     let env = Env::sqlite();
-    let (_sandbox, root) = sandbox(&env);
+    let (_sandbox, root) = env.bankid_sandbox();
     let mut auth = env
         .command(&[
             "bankid",
@@ -137,7 +109,7 @@ fn cli_auth_with_the_simulated_user_scanning_and_approving() {
 #[test]
 fn cli_collect_and_cancel() {
     let env = Env::sqlite();
-    let (_sandbox, root) = sandbox(&env);
+    let (_sandbox, root) = env.bankid_sandbox();
     let mut auth = env
         .command(&["bankid", "auth", "--sandbox", &root, "--no-qr"])
         .stdout(Stdio::piped())
@@ -206,7 +178,7 @@ async fn serve_gateway(env: &Env, root: &str, extra: &[&str]) -> (KillOnDrop, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_streams_an_order_to_completion_and_refuses_bad_input() {
     let env = Env::sqlite();
-    let (_sandbox, root) = sandbox(&env);
+    let (_sandbox, root) = env.bankid_sandbox();
     env.run_ok(&["init"]);
     let token = env
         .run_ok(&["token", "create", "--scope", "write", "--name", "webapp"])
@@ -436,7 +408,7 @@ async fn gateway_streams_an_order_to_completion_and_refuses_bad_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_caps_pending_orders_and_event_streams() {
     let env = Env::sqlite();
-    let (_sandbox, root) = sandbox(&env);
+    let (_sandbox, root) = env.bankid_sandbox();
     env.run_ok(&["init"]);
     let token = env
         .run_ok(&["token", "create", "--scope", "write", "--name", "webapp"])

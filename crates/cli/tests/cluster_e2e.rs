@@ -212,3 +212,162 @@ async fn serve_instances_on_one_postgres_register_beat_and_sync_each_slot_once()
         assert!(pair[0].1 <= pair[1].0, "two syncs at once: {pair:?}");
     }
 }
+
+/// The events of one server-sent event stream, as (name, data) pairs.
+struct Events<S> {
+    stream: S,
+    buf: String,
+}
+
+impl<S, B> Events<S>
+where
+    S: futures::Stream<Item = reqwest::Result<B>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    async fn next(&mut self) -> Option<(String, String)> {
+        use futures::StreamExt;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let event: String = self.buf.drain(..end + 2).collect();
+                let field = |key: &str| -> String {
+                    event
+                        .lines()
+                        .filter_map(|l| l.strip_prefix(key))
+                        .map(str::trim)
+                        .collect()
+                };
+                return Some((field("event:"), field("data:")));
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), self.stream.next())
+                .await
+                .expect("an event within 30 s")?
+                .unwrap();
+            self.buf.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+        }
+    }
+}
+
+/// A BankID order belongs to no one instance: started through A, its
+/// events (QR codes the simulated app accepts, hints) followed through B,
+/// cancelled through C, and its outcome the same on all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bankid_order_started_on_one_instance_is_followed_on_a_second_and_cancelled_on_a_third() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    let (_sandbox, root) = env.bankid_sandbox();
+    env.run_ok(&["init"]);
+    let token = env
+        .run_ok(&["token", "create", "--scope", "write", "--name", "webapp"])
+        .trim()
+        .to_owned();
+    let gateway = ["--bankid-sandbox", root.as_str()];
+    let mut bases = Vec::new();
+    let mut servers = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (server, base, _) = env
+            .serve_with(&[&["--instance-name", name][..], &gateway].concat(), &[])
+            .await;
+        servers.push(server);
+        bases.push(base);
+    }
+    let (base_a, base_b, base_c) = (&bases[0], &bases[1], &bases[2]);
+    let http = reqwest::Client::new();
+    let res = http
+        .post(format!("{base_a}/api/v1/bankid/orders"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"type": "auth"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let order: Value = res.json().await.unwrap();
+    let id = order["id"].as_str().unwrap().to_owned();
+    // The events URL is A's; a load balancer may send the browser to B.
+    let events_b = order["events_url"]
+        .as_str()
+        .unwrap()
+        .replacen(base_a.as_str(), base_b, 1);
+    assert!(events_b.starts_with(base_b.as_str()), "{events_b}");
+    let res = http.get(&events_b).send().await.unwrap();
+    assert_eq!(res.status(), 200, "B follows A's order with its events key");
+    let mut events = Events {
+        stream: Box::pin(res.bytes_stream()),
+        buf: String::new(),
+    };
+    // B draws the QR codes itself: they change each second, and the
+    // simulated app accepts one (a code with a wrong secret or time would
+    // be refused), which A's driver then sees as the user signing in.
+    let mut codes = std::collections::HashSet::new();
+    let mut scanned = false;
+    let cancelled_at = loop {
+        let (name, data) = events.next().await.expect("the stream goes on");
+        match name.as_str() {
+            "qr" => {
+                codes.insert(data.clone());
+                if codes.len() == 2 && !scanned {
+                    let r = http
+                        .post(format!("{root}/_sandbox/bankid/scan"))
+                        .json(&serde_json::json!({"qrData": data}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+                    scanned = true;
+                }
+            }
+            "hint" if scanned && data.contains("userSign") => {
+                let res = http
+                    .post(format!("{base_c}/api/v1/bankid/orders/{id}/cancel"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 202, "C cancels A's order");
+                break Instant::now();
+            }
+            "hint" => {}
+            other => panic!("{other}: {data}"),
+        }
+    };
+    let ended = loop {
+        let (name, data) = events
+            .next()
+            .await
+            .expect("the stream ends with the outcome");
+        match name.as_str() {
+            "cancelled" => break data,
+            "qr" | "hint" => {}
+            other => panic!("{other}: {data}"),
+        }
+    };
+    assert!(ended.contains("\"user_message\":{"), "{ended}");
+    let took = cancelled_at.elapsed();
+    assert!(
+        events.next().await.is_none(),
+        "the stream ends after the outcome"
+    );
+    // Every instance tells the same outcome.
+    for base in &bases {
+        let v: Value = http
+            .get(format!("{base}/api/v1/bankid/orders/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["status"], "cancelled", "{base}: {v}");
+    }
+    eprintln!("cancelled through C; B's stream said so {took:?} later");
+    // A wrong events key is refused on an instance that only reads the row.
+    let res = http
+        .get(format!(
+            "{base_c}/api/v1/bankid/orders/{id}/events?key=nope"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+}

@@ -176,8 +176,15 @@ impl AppState {
         self.connector_forms.set(forms.to_vec()).is_ok()
     }
 
-    /// Serve the BankID gateway with `gateway`. Only once: false if it was set.
+    /// Serve the BankID gateway with `gateway`, its orders shared through
+    /// the store with the other instances on the database. Only once:
+    /// false if it was set.
     pub fn set_bankid(&self, gateway: bankid_gateway::BankIdGateway) -> bool {
+        let gateway = gateway.with_store(
+            self.store.bankid_orders.clone(),
+            self.syncer.key.clone(),
+            bankbridge_sync::process_owner(),
+        );
         self.bankid.set(gateway).is_ok()
     }
 

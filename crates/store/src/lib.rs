@@ -31,6 +31,7 @@ use futures::stream::BoxStream;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+mod bankid_orders;
 mod cards;
 pub mod checks;
 mod common;
@@ -45,6 +46,7 @@ mod sqlite_json;
 pub mod testing;
 mod tx_json;
 
+pub use bankid_orders::{BankIdOrders, StoredBankIdOrder};
 pub use cards::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewCard,
     NewInstitution,
@@ -896,6 +898,7 @@ pub trait Store:
     + FlowChecks
     + Outbound
     + Instances
+    + BankIdOrders
 {
 }
 
@@ -910,6 +913,7 @@ impl<T> Store for T where
         + FlowChecks
         + Outbound
         + Instances
+        + BankIdOrders
 {
 }
 
@@ -929,6 +933,7 @@ pub struct StoreParts {
     pub checks: std::sync::Arc<dyn FlowChecks>,
     pub outbound: std::sync::Arc<dyn Outbound>,
     pub instances: std::sync::Arc<dyn Instances>,
+    pub bankid_orders: std::sync::Arc<dyn BankIdOrders>,
 }
 
 impl StoreParts {
@@ -943,6 +948,7 @@ impl StoreParts {
             checks: store.clone(),
             outbound: store.clone(),
             instances: store.clone(),
+            bankid_orders: store.clone(),
         }
     }
 }

@@ -136,6 +136,7 @@ store_tests! {
         concurrent_lease_has_one_winner,
         a_scheduled_sync_is_claimed_once_per_slot,
         an_instance_name_is_held_while_its_instance_beats,
+        a_bankid_order_is_written_only_by_its_driver,
         a_sync_that_lost_its_lease_writes_nothing,
         account_upsert_is_idempotent,
         commit_window_insert_update_void_touch,
@@ -820,6 +821,61 @@ async fn a_scheduled_sync_is_claimed_once_per_slot(s: Arc<dyn Store>) {
             .unwrap(),
         Lease::Held { .. }
     ));
+}
+
+/// A BankID order is readable by every process, written by its driver
+/// until it finishes, and forgotten once nobody wrote it for a while.
+async fn a_bankid_order_is_written_only_by_its_driver(s: Arc<dyn Store>) {
+    let order = bankbridge_store::StoredBankIdOrder {
+        id: "o1".into(),
+        order_ref: "ref-1".into(),
+        events_key_hash: vec![7; 32],
+        qr_start_token: Some("qr-token".into()),
+        started_at: t(0),
+        status: "pending".into(),
+        sealed: vec![1, 2, 3],
+        driver: "pid 1".into(),
+        updated_at: t(0),
+        finished_at: None,
+    };
+    s.insert_bankid_order(&order).await.unwrap();
+    assert!(matches!(
+        s.insert_bankid_order(&order).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.bankid_order("o1").await.unwrap().as_ref(), Some(&order));
+    assert_eq!(s.bankid_order("o2").await.unwrap(), None);
+    assert!(
+        !s.update_bankid_order("o1", "pid 2", "complete", &[9], t(1), true)
+            .await
+            .unwrap(),
+        "another process does not write an order it does not drive"
+    );
+    assert!(
+        s.update_bankid_order("o1", "pid 1", "pending", &[4], t(2), false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.update_bankid_order("o1", "pid 1", "cancelled", &[5], t(3), true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.update_bankid_order("o1", "pid 1", "complete", &[6], t(4), true)
+            .await
+            .unwrap(),
+        "a finished order keeps its outcome"
+    );
+    let read = s.bankid_order("o1").await.unwrap().unwrap();
+    assert_eq!(
+        (read.status.as_str(), read.sealed.as_slice()),
+        ("cancelled", &[5u8][..])
+    );
+    assert_eq!((read.updated_at, read.finished_at), (t(3), Some(t(3))));
+    assert_eq!(s.prune_bankid_orders(t(3)).await.unwrap(), 0);
+    assert_eq!(s.prune_bankid_orders(t(4)).await.unwrap(), 1);
+    assert_eq!(s.bankid_order("o1").await.unwrap(), None);
 }
 
 /// Two live processes never share a name; a stopped or silent one gives it up.

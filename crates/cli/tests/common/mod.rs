@@ -223,6 +223,38 @@ impl Env {
     pub async fn store(&self) -> Arc<dyn Store> {
         bankbridge_store::open(&self.db).await.unwrap()
     }
+
+    /// `bankbridge sandbox` with BankID on ephemeral ports: the child, and
+    /// the sandbox's root URL once it prints its addresses.
+    pub fn bankid_sandbox(&self) -> (KillOnDrop, String) {
+        use std::io::BufRead;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut child = self
+            .command(&[
+                "sandbox",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--bankid-port",
+                "0",
+                "--transactions",
+                "10",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let child = KillOnDrop(Some(child));
+        for line in out.lines() {
+            if line.unwrap().starts_with("try it:") {
+                return (child, format!("http://127.0.0.1:{port}"));
+            }
+        }
+        panic!("the sandbox ended before printing its BankID address");
+    }
 }
 
 pub fn rand_suffix() -> u64 {

@@ -297,6 +297,7 @@ pub(crate) async fn show(
 ) -> Result<Response, ApiError> {
     let rx = gateway(&state)?
         .subscribe(&id)
+        .await
         .ok_or_else(|| not_found(&id))?;
     let view = state_view(&rx.borrow());
     Ok(json(StatusCode::OK, &view, 600))
@@ -327,7 +328,7 @@ pub(crate) async fn events(
 ) -> Result<Response, ApiError> {
     let gw = gateway(&state)?;
     may_follow(&state, gw, &id, params.key.as_deref(), &headers).await?;
-    let rx = gw.subscribe(&id).ok_or_else(|| not_found(&id))?;
+    let rx = gw.subscribe(&id).await.ok_or_else(|| not_found(&id))?;
     let permit = state
         .event_streams
         .clone()
@@ -357,7 +358,9 @@ async fn may_follow(
     key: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<(), ApiError> {
-    if key.is_some_and(|k| gw.events_key_matches(id, k)) {
+    if let Some(k) = key
+        && gw.events_key_matches(id, k).await
+    {
         return Ok(());
     }
     let principal = state
@@ -389,7 +392,7 @@ pub(crate) async fn qr_svg(
 ) -> Result<Response, ApiError> {
     let gw = gateway(&state)?;
     may_follow(&state, gw, &id, params.key.as_deref(), &headers).await?;
-    let rx = gw.subscribe(&id).ok_or_else(|| not_found(&id))?;
+    let rx = gw.subscribe(&id).await.ok_or_else(|| not_found(&id))?;
     let (qr, status) = {
         let s = rx.borrow();
         (s.qr.clone(), status_name(&s.status))
@@ -507,7 +510,7 @@ pub(crate) async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if !gateway(&state)?.cancel(&id) {
+    if !gateway(&state)?.cancel(&id).await {
         return Err(not_found(&id));
     }
     Ok(StatusCode::ACCEPTED)

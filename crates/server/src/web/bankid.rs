@@ -131,8 +131,8 @@ pub(crate) async fn order(
     viewer: Viewer,
 ) -> PageResult {
     let gw = gateway(&state)?;
-    let (live, done) = fragment_of(gw, &id)?;
-    let order_ref = gw.order_ref(&id).unwrap_or_default();
+    let (live, done) = fragment_of(gw, &id).await?;
+    let order_ref = gw.order_ref(&id).await.unwrap_or_default();
     let body = html! {
         (live)
         @if viewer.allows(Scope::Write) && !done {
@@ -161,11 +161,11 @@ pub(crate) async fn live(
     Path(id): Path<String>,
     _viewer: Viewer,
 ) -> PageResult {
-    Ok(fragment_of(gateway(&state)?, &id)?.0.into_response())
+    Ok(fragment_of(gateway(&state)?, &id).await?.0.into_response())
 }
 
-fn fragment_of(gw: &BankIdGateway, id: &str) -> Result<(Markup, bool), PageError> {
-    let rx = gw.subscribe(id).ok_or_else(|| {
+async fn fragment_of(gw: &BankIdGateway, id: &str) -> Result<(Markup, bool), PageError> {
+    let rx = gw.subscribe(id).await.ok_or_else(|| {
         PageError::not_found(format!(
             "There is no BankID order {id} (finished orders are kept 10 minutes)."
         ))
@@ -220,6 +220,6 @@ pub(crate) async fn cancel(
     Posted { viewer, .. }: Posted<NoFields>,
 ) -> PageResult {
     viewer.require(Scope::Write)?;
-    gateway(&state)?.cancel(&id);
+    gateway(&state)?.cancel(&id).await;
     Ok(Redirect::to(&format!("/bankid/orders/{id}")).into_response())
 }
