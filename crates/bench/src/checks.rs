@@ -385,6 +385,7 @@ async fn scheduled(sandbox: &SandboxHandle, dir: &Path) -> Result<Scheduled> {
     let service = ChecksService::new(
         ChecksConfig::new(&flows_dir),
         store.clone(),
+        store.clone(),
         metrics.clone(),
         CheckSecrets::new(store.clone(), Arc::new(MasterKey::generate())),
     );

@@ -17,9 +17,15 @@
 //! is claimed the same way. Each server refreshes the health it shows from
 //! the store as often as it looks at the folder.
 //!
+//! A round's claim is a lease ([`bankbridge_store::CheckWork`]): a server
+//! that dies mid-round leaves it open past its `until`, and another server
+//! takes it over and runs the round. Agent jobs go through the store too:
+//! an agent may poll any server for its location's jobs and report to any
+//! server; the round's server collects the report.
+//!
 //! No HTTP here: `api::checks` exposes it. The pure rules (cadence, retries,
 //! quorum, thresholds, maintenance) live in `bankbridge_checks::schedule`.
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -34,7 +40,9 @@ use bankbridge_checks::schedule::{
     CheckState, Health, Outcome, Schedule, Transition, in_maintenance, locations_for_round,
     round_verdict,
 };
-use bankbridge_store::{CheckRunQuery, FlowChecks, NewCheckRun, NewCheckStep};
+use bankbridge_store::{
+    CheckRunQuery, CheckWork, FlowChecks, LapsedRound, NewCheckRun, NewCheckStep, QueuedCheckJob,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -42,8 +50,15 @@ use tokio::sync::Notify;
 use crate::check_secrets::CheckSecrets;
 use crate::metrics::Metrics;
 
-/// Days a round's (or a certificate alert's) claim is kept.
+/// Days a round's (or a certificate alert's) claim is kept, and an agent job.
 const CLAIMS_KEPT_DAYS: i64 = 2;
+/// A round's claim lasts its worst-case run time and this margin: a round
+/// still open then lost its server.
+const ROUND_LEASE_MARGIN: Duration = Duration::from_secs(10);
+/// A round whose claim lapsed longer ago than this is not run late.
+const TAKE_OVER_WITHIN: Duration = Duration::from_secs(10 * 60);
+/// How often the store is asked for lapsed rounds and for agents' reports.
+const WORK_POLL: Duration = Duration::from_millis(500);
 
 /// Settings of the checks scheduler.
 #[derive(Clone, Debug)]
@@ -161,6 +176,8 @@ pub enum RunNow {
 
 struct Round {
     flow_id: String,
+    /// The schedule slot's claim (in ms), closed with the round.
+    slot_ms: Option<i64>,
     /// What started it (`schedule` or `manual`), recorded with each run.
     trigger: &'static str,
     expected: Vec<String>,
@@ -175,7 +192,7 @@ struct State {
     errors: Vec<String>,
     fingerprint: Vec<(PathBuf, Option<SystemTime>, u64)>,
     rounds: HashMap<String, Round>,
-    /// The job ids handed out and not yet answered: job id → (round, location).
+    /// This server's rounds' agent jobs not answered yet: job id → (round, location).
     jobs_out: HashMap<String, (String, String)>,
     /// host:port → the day a certificate alert last went out.
     certificate_alerted: HashMap<String, chrono::NaiveDate>,
@@ -188,14 +205,16 @@ pub struct ChecksService(Arc<Inner>);
 struct Inner {
     config: ChecksConfig,
     store: Arc<dyn FlowChecks>,
+    work: Arc<dyn CheckWork>,
     runner: Runner,
     notifier: Notifier,
     metrics: Arc<Metrics>,
     secrets: CheckSecrets,
     state: Mutex<State>,
-    queues: Mutex<HashMap<String, VecDeque<Job>>>,
+    /// Woken when this server queues an agent job (agents polling it get
+    /// it at once; jobs other servers queue are seen by polling the store).
     job_ready: Notify,
-    /// Who claims slots in the store: this process.
+    /// Who claims slots and queues jobs in the store: this process's scheduler.
     owner: String,
 }
 
@@ -203,20 +222,27 @@ impl ChecksService {
     pub fn new(
         config: ChecksConfig,
         store: Arc<dyn FlowChecks>,
+        work: Arc<dyn CheckWork>,
         metrics: Arc<Metrics>,
         secrets: CheckSecrets,
     ) -> Self {
         ChecksService(Arc::new(Inner {
             config,
             store,
+            work,
             runner: Runner::new(),
             notifier: Notifier::new(),
             metrics,
             secrets,
             state: Mutex::new(State::default()),
-            queues: Mutex::new(HashMap::new()),
             job_ready: Notify::new(),
-            owner: bankbridge_sync::process_owner().to_owned(),
+            // One scheduler per process in production; tests run several
+            // in one process, and each must collect its own rounds' reports.
+            owner: format!(
+                "{} checks {}",
+                bankbridge_sync::process_owner(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
         }))
     }
 
@@ -248,6 +274,7 @@ impl ChecksService {
         let mut last_reload = Instant::now();
         let mut last_prune: Option<Instant> = None;
         let mut last_certificates: Option<Instant> = None;
+        let mut last_work_poll = Instant::now();
         let mut tick = tokio::time::interval(self.0.config.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -258,6 +285,11 @@ impl ChecksService {
                 self.refresh_states().await;
             }
             self.start_due_rounds(Utc::now()).await;
+            if last_work_poll.elapsed() >= WORK_POLL {
+                last_work_poll = Instant::now();
+                self.collect_reports().await;
+                self.take_over_lapsed_rounds(Utc::now()).await;
+            }
             self.finish_overdue_rounds().await;
             if last_prune.is_none_or(|t| t.elapsed() >= self.0.config.prune_every) {
                 last_prune = Some(Instant::now());
@@ -412,7 +444,7 @@ impl ChecksService {
     /// Starts the rounds whose slot came, each once across the servers
     /// sharing the store: the one that claims the slot first runs it.
     async fn start_due_rounds(&self, now: DateTime<Utc>) {
-        let mut due: Vec<(String, DateTime<Utc>, Schedule, Duration)> = Vec::new();
+        let mut due: Vec<(String, DateTime<Utc>, Schedule, Duration, Duration)> = Vec::new();
         {
             let mut state = self.state();
             let mut rng = rand::rng();
@@ -428,14 +460,17 @@ impl ChecksService {
                     tracing::debug!(check = %id, "checks: in a maintenance window, round skipped");
                     continue;
                 }
-                due.push((id.clone(), slot, entry.flow.schedule, lateness));
+                let lease = self.worst_case(&entry.flow) + ROUND_LEASE_MARGIN;
+                due.push((id.clone(), slot, entry.flow.schedule, lateness, lease));
             }
         }
-        for (id, slot, schedule, lateness) in due {
+        for (id, slot, schedule, lateness, lease) in due {
+            let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+            let slot_ms = slot.timestamp_millis();
             match self
                 .0
-                .store
-                .claim_check_slot(&id, slot.timestamp_millis(), &self.0.owner, now)
+                .work
+                .claim_check_round(&id, slot_ms, &self.0.owner, now, until)
                 .await
             {
                 Ok(true) => {}
@@ -450,8 +485,74 @@ impl ChecksService {
                 }
             }
             self.0.metrics.observe_lateness(lateness);
-            self.open_round(&id, "schedule", Some(schedule.slot_number(slot)));
+            self.open_round(&id, "schedule", Some((schedule.slot_number(slot), slot_ms)));
         }
+    }
+
+    /// The longest a round of `flow` may take: its runs with retries, and
+    /// the grace for agents' reports.
+    fn worst_case(&self, flow: &Flow) -> Duration {
+        flow.timeout
+            + flow
+                .retry
+                .max_duration
+                .unwrap_or(flow.timeout * (flow.retry.max_retries + 1))
+            + self.0.config.round_grace
+    }
+
+    /// Runs the rounds whose server stopped before closing them (their
+    /// claim lapsed): one server takes each over, late rather than never.
+    async fn take_over_lapsed_rounds(&self, now: DateTime<Utc>) {
+        let since = now - chrono::Duration::from_std(TAKE_OVER_WITHIN).unwrap_or_default();
+        let lapsed = match self.0.work.lapsed_check_rounds(now, since).await {
+            Ok(lapsed) => lapsed,
+            Err(e) => {
+                tracing::warn!(error = %e, "checks: could not look for rounds left open");
+                return;
+            }
+        };
+        for round in lapsed {
+            self.take_over(round, now).await;
+        }
+    }
+
+    async fn take_over(&self, lapsed: LapsedRound, now: DateTime<Utc>) {
+        let Some((lease, schedule)) = self.state().flows.get(&lapsed.check_id).map(|e| {
+            (
+                self.worst_case(&e.flow) + ROUND_LEASE_MARGIN,
+                e.flow.schedule,
+            )
+        }) else {
+            return;
+        };
+        let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        match self
+            .0
+            .work
+            .take_over_check_round(&lapsed, &self.0.owner, now, until)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::warn!(check = %lapsed.check_id, error = %e, "checks: could not take over a round");
+                return;
+            }
+        }
+        let Some(slot) = DateTime::from_timestamp_millis(lapsed.slot_ms) else {
+            return;
+        };
+        tracing::warn!(
+            check = %lapsed.check_id,
+            %slot,
+            from = %lapsed.claimed_by,
+            "checks: a round its server left open is run here"
+        );
+        self.open_round(
+            &lapsed.check_id,
+            "schedule",
+            Some((schedule.slot_number(slot), lapsed.slot_ms)),
+        );
     }
 
     /// The health each check has in the store: servers sharing it close
@@ -500,14 +601,14 @@ impl ChecksService {
         self.open_round(check_id, trigger, None)
     }
 
-    /// A round numbered `slot_number` (a scheduled one: the same number on
-    /// every server, so round-robin locations alternate whichever runs it),
-    /// or by this server's own count.
+    /// A round of the slot numbered `slot.0` whose claim is `slot.1` (a
+    /// scheduled one: the same number on every server, so round-robin
+    /// locations alternate whichever runs it), or by this server's own count.
     fn open_round(
         &self,
         check_id: &str,
         trigger: &'static str,
-        slot_number: Option<u64>,
+        slot: Option<(u64, i64)>,
     ) -> Option<String> {
         let round_id = uuid::Uuid::new_v4().to_string();
         let (flow, locations) = {
@@ -516,20 +617,16 @@ impl ChecksService {
             let locations = locations_for_round(
                 entry.flow.locations.mode,
                 &entry.flow.locations.names,
-                slot_number.unwrap_or(entry.round_no),
+                slot.map_or(entry.round_no, |(number, _)| number),
             );
             entry.round_no += 1;
             let flow = entry.flow.clone();
-            let worst_case = flow.timeout
-                + flow
-                    .retry
-                    .max_duration
-                    .unwrap_or(flow.timeout * (flow.retry.max_retries + 1))
-                + self.0.config.round_grace;
+            let worst_case = self.worst_case(&flow);
             state.rounds.insert(
                 round_id.clone(),
                 Round {
                     flow_id: check_id.to_string(),
+                    slot_ms: slot.map(|(_, ms)| ms),
                     trigger,
                     expected: locations.clone(),
                     results: Vec::new(),
@@ -559,86 +656,170 @@ impl ChecksService {
                         this.complete(&round, report, trigger).await;
                     });
                 } else {
-                    this.queue_job(
-                        Job {
-                            job_id: uuid::Uuid::new_v4().to_string(),
-                            round_id: round.clone(),
-                            flow_id: flow.id.clone(),
-                            file: std::path::Path::new(&flow.file)
-                                .file_name()
-                                .and_then(|n| n.to_str())
-                                .unwrap_or("flow.toml")
-                                .to_string(),
-                            source: flow.source.clone(),
-                            secrets: stored.clone(),
-                        },
+                    let now = Utc::now();
+                    this.queue_job(QueuedCheckJob {
+                        job_id: uuid::Uuid::new_v4().to_string(),
+                        round_id: round.clone(),
+                        check_id: flow.id.clone(),
                         location,
-                    );
+                        file: std::path::Path::new(&flow.file)
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .unwrap_or("flow.toml")
+                            .to_string(),
+                        source: flow.source.clone(),
+                        created_by: this.0.owner.clone(),
+                        created_at: now,
+                        deadline: now
+                            + chrono::Duration::from_std(this.worst_case(&flow))
+                                .unwrap_or_default(),
+                    })
+                    .await;
                 }
             }
         });
         Some(round_id)
     }
 
-    /// Hands `job` to the agents of `location`, unless its round already closed.
-    fn queue_job(&self, job: Job, location: String) {
+    /// Queues `job` for the agents of its location (through the store, so
+    /// an agent polling any server gets it), unless its round already closed.
+    async fn queue_job(&self, job: QueuedCheckJob) {
         {
             let mut state = self.state();
             if !state.rounds.contains_key(&job.round_id) {
                 return;
             }
-            state
-                .jobs_out
-                .insert(job.job_id.clone(), (job.round_id.clone(), location.clone()));
+            state.jobs_out.insert(
+                job.job_id.clone(),
+                (job.round_id.clone(), job.location.clone()),
+            );
         }
-        self.0
-            .queues
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(location)
-            .or_default()
-            .push_back(job);
+        if let Err(e) = self.0.work.queue_check_job(&job).await {
+            // The round closes without this location's result.
+            tracing::error!(check = %job.check_id, location = %job.location, error = %e, "checks: could not queue an agent job");
+            return;
+        }
         self.0.job_ready.notify_waiters();
     }
 
-    /// Jobs waiting for `location`, waiting up to `wait` for one to appear.
+    /// Jobs waiting for `location` (queued by any server sharing the
+    /// store), waiting up to `wait` for one to appear. Each comes with the
+    /// values of the secrets its flow names.
     pub async fn take_jobs(&self, location: &str, wait: Duration) -> Vec<Job> {
         let deadline = Instant::now() + wait;
         loop {
             let notified = self.0.job_ready.notified();
+            match self
+                .0
+                .work
+                .take_check_jobs(location, &self.0.owner, Utc::now(), 50)
+                .await
             {
-                let mut queues = self.0.queues.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(q) = queues.get_mut(location)
-                    && !q.is_empty()
-                {
-                    return q.drain(..).collect();
+                Ok(queued) if !queued.is_empty() => return self.with_secrets(queued).await,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%location, error = %e, "checks: could not read the agents' jobs")
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+            if left.is_zero() {
                 return Vec::new();
             }
+            let _ = tokio::time::timeout(left.min(WORK_POLL), notified).await;
         }
     }
 
-    /// An agent's result for a job; false when the job is unknown (or
-    /// already answered, or its round already closed).
-    pub async fn report_job(&self, job_id: &str, location: &str, mut report: RunReport) -> bool {
-        let (round, expected_location, trigger) = {
-            let mut state = self.state();
-            let Some((round, expected_location)) = state.jobs_out.remove(job_id) else {
-                return false;
+    /// The jobs as agents get them: with their flows' secret values.
+    async fn with_secrets(&self, queued: Vec<QueuedCheckJob>) -> Vec<Job> {
+        let mut jobs = Vec::with_capacity(queued.len());
+        for q in queued {
+            let flow = self.state().flows.get(&q.check_id).map(|e| e.flow.clone());
+            let secrets = match flow {
+                Some(flow) => self.0.secrets.for_flow(&flow).await,
+                None => {
+                    tracing::warn!(check = %q.check_id, "checks: an agent job of a flow this server has not loaded goes out without secrets");
+                    BTreeMap::new()
+                }
             };
-            let trigger = state.rounds.get(&round).map_or("schedule", |r| r.trigger);
-            (round, expected_location, trigger)
+            jobs.push(Job {
+                job_id: q.job_id,
+                round_id: q.round_id,
+                flow_id: q.check_id,
+                file: q.file,
+                source: q.source,
+                secrets,
+            });
+        }
+        jobs
+    }
+
+    /// An agent's result for a job; false when the job is unknown (or
+    /// already answered). The round's server, this one or another,
+    /// collects it from the store.
+    pub async fn report_job(&self, job_id: &str, location: &str, report: RunReport) -> bool {
+        let json = match serde_json::to_string(&report) {
+            Ok(json) => json,
+            Err(_) => return false,
         };
-        // The location is the one the job was for, whatever the agent says.
+        let (expected_location, round_server) = match self
+            .0
+            .work
+            .report_check_job(job_id, &json, Utc::now())
+            .await
+        {
+            Ok(Some((_, expected_location, round_server))) => (expected_location, round_server),
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(job = %job_id, error = %e, "checks: could not store an agent's report");
+                return false;
+            }
+        };
         if expected_location != location {
             tracing::warn!(job = %job_id, %location, expected = %expected_location, "checks: an agent answered a job of another location");
         }
-        report.location = expected_location;
-        self.complete(&round, report, trigger).await;
+        if round_server == self.0.owner {
+            self.collect_reports().await;
+        }
         true
+    }
+
+    /// Applies the agents' reports on this server's rounds.
+    async fn collect_reports(&self) {
+        if self.state().jobs_out.is_empty() {
+            return;
+        }
+        let reports = match self
+            .0
+            .work
+            .collect_check_reports(&self.0.owner, Utc::now())
+            .await
+        {
+            Ok(reports) => reports,
+            Err(e) => {
+                tracing::warn!(error = %e, "checks: could not collect the agents' reports");
+                return;
+            }
+        };
+        for r in reports {
+            let trigger = {
+                let mut state = self.state();
+                if state.jobs_out.remove(&r.job_id).is_none() {
+                    // Its round closed without it.
+                    continue;
+                }
+                state
+                    .rounds
+                    .get(&r.round_id)
+                    .map_or("schedule", |round| round.trigger)
+            };
+            let Ok(mut report) = serde_json::from_str::<RunReport>(&r.report) else {
+                tracing::warn!(job = %r.job_id, "checks: an agent's stored report does not read back");
+                continue;
+            };
+            // The location is the one the job was for, whatever the agent says.
+            report.location = r.location;
+            self.complete(&r.round_id, report, trigger).await;
+        }
     }
 
     /// Stores one location's result and closes the round when it is whole.
@@ -694,14 +875,8 @@ impl ChecksService {
                 .retain(|_, (round, _)| !rounds.iter().any(|(id, _)| id == round));
             rounds
         };
+        // Jobs nobody took are not handed out after their deadline.
         for (id, round) in overdue {
-            // Jobs nobody took are dropped with their round.
-            {
-                let mut queues = self.0.queues.lock().unwrap_or_else(|p| p.into_inner());
-                for q in queues.values_mut() {
-                    q.retain(|j| j.round_id != id);
-                }
-            }
             self.finish_round(&id, round).await;
         }
     }
@@ -712,6 +887,15 @@ impl ChecksService {
     /// so each change of health is counted and alerted once.
     async fn finish_round(&self, round_id: &str, round: Round) {
         let now = Utc::now();
+        if let Some(slot_ms) = round.slot_ms
+            && let Err(e) = self
+                .0
+                .work
+                .finish_check_round(&round.flow_id, slot_ms, now)
+                .await
+        {
+            tracing::warn!(check = %round.flow_id, error = %e, "checks: could not mark a round closed");
+        }
         let (flow, channels, local) = {
             let state = self.state();
             let Some(entry) = state.flows.get(&round.flow_id) else {
@@ -827,6 +1011,9 @@ impl ChecksService {
         let stale = Utc::now() - chrono::Duration::days(CLAIMS_KEPT_DAYS);
         if let Err(e) = self.0.store.prune_check_claims(stale).await {
             tracing::warn!(error = %e, "checks: pruning old round claims failed");
+        }
+        if let Err(e) = self.0.work.prune_check_jobs(stale).await {
+            tracing::warn!(error = %e, "checks: pruning old agent jobs failed");
         }
     }
 

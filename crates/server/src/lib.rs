@@ -194,6 +194,7 @@ impl AppState {
         let service = checks::ChecksService::new(
             config,
             self.store.checks.clone(),
+            self.store.check_work.clone(),
             self.metrics.clone(),
             self.check_secrets.clone(),
         );

@@ -929,3 +929,167 @@ async fn two_servers_on_one_database_run_each_round_once_and_alert_each_change_o
         runs.iter().map(|r| r.round_id.as_str()).collect();
     assert_eq!(rounds.len(), runs.len(), "one run per round");
 }
+
+/// An agent may poll any server for its location's jobs and report to
+/// any: here the rounds are all the first server's (the second loads no
+/// flows), and the agent talks to the second only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_polling_another_server_runs_the_first_servers_rounds() {
+    let server = TestServer::start().await;
+    let target = HttpReceiver::start().await.unwrap();
+    let flows = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    write(
+        flows.path(),
+        "remote.toml",
+        &(one_step_flow(
+            "Remote",
+            "1s",
+            &format!("target = \"{}\"", target.url()),
+            "{{ target }}/probe",
+            "",
+        ) + "\n[locations]\nnames = [\"eu-west\"]\n"),
+    );
+    let first = server.state.set_checks(fast_config(flows.path())).unwrap();
+    let other = bankbridge_server::AppState::with_config(
+        server.store.clone(),
+        server.state.syncer.clone(),
+        vec![],
+        bankbridge_server::ServerConfig::default(),
+    );
+    let second = other.set_checks(fast_config(empty.path())).unwrap();
+    let agent = {
+        let service = other.checks.get().unwrap().clone();
+        tokio::spawn(async move {
+            let runner = Runner::new();
+            loop {
+                for job in service
+                    .take_jobs("eu-west", Duration::from_millis(500))
+                    .await
+                {
+                    let flow = flow::parse(&job.flow_id, &job.file, &job.source).unwrap();
+                    let opts = RunOptions {
+                        location: "eu-west".into(),
+                        ..RunOptions::default()
+                    };
+                    let report = runner.run_with_retries(&flow, &opts).await;
+                    assert!(
+                        service
+                            .report_job(&job.job_id, "eu-west", report.clone())
+                            .await
+                    );
+                    // Answered once.
+                    assert!(!service.report_job(&job.job_id, "eu-west", report).await);
+                }
+            }
+        })
+    };
+    let store = server.store.clone();
+    let runs = until(
+        "three rounds run by the agent",
+        Duration::from_secs(15),
+        async || {
+            let runs = runs_of(store.as_ref(), "remote").await;
+            (runs.len() >= 3).then_some(runs)
+        },
+    )
+    .await;
+    assert!(!agent.is_finished(), "the agent stopped");
+    for run in &runs {
+        assert_eq!(
+            (run.location.as_str(), run.outcome.as_str()),
+            ("eu-west", "passed"),
+            "{run:?}"
+        );
+    }
+    let summary = server
+        .state
+        .checks
+        .get()
+        .unwrap()
+        .summary("remote")
+        .unwrap();
+    let last = summary.last_round.unwrap();
+    assert!(
+        last.missing.is_empty(),
+        "the first server got the report: {last:?}"
+    );
+    agent.abort();
+    first.abort();
+    second.abort();
+    server.shutdown().await;
+}
+
+/// A round whose server stopped before closing it (its claim is left
+/// open past its lease) is run by another server, late rather than never,
+/// and once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_left_open_by_a_dead_server_is_taken_over_once() {
+    let server = TestServer::start().await;
+    let target = HttpReceiver::start().await.unwrap();
+    let flows = tempfile::tempdir().unwrap();
+    let text = one_step_flow(
+        "Lapsed",
+        "4s",
+        &format!("target = \"{}\"", target.url()),
+        "{{ target }}/probe",
+        "",
+    );
+    write(flows.path(), "lapsed.toml", &text);
+    // A server that claimed the next slot and died: its lease ends 1.5 s
+    // after the slot.
+    let parsed = flow::parse("lapsed", "lapsed.toml", &text).unwrap();
+    let slot = parsed
+        .schedule
+        .first_slot("lapsed", Utc::now() + TimeDelta::seconds(1));
+    let until_at = slot + TimeDelta::milliseconds(1_500);
+    assert!(
+        server
+            .store
+            .claim_check_round(
+                "lapsed",
+                slot.timestamp_millis(),
+                "a dead server",
+                Utc::now(),
+                until_at
+            )
+            .await
+            .unwrap()
+    );
+    let scheduler = server.state.set_checks(fast_config(flows.path())).unwrap();
+    let store = server.store.clone();
+    let after = slot + TimeDelta::seconds(4);
+    until(
+        "the round after the lapsed one",
+        Duration::from_secs(15),
+        async || {
+            let runs = runs_of(store.as_ref(), "lapsed").await;
+            runs.iter().any(|r| r.started_at >= after).then_some(())
+        },
+    )
+    .await;
+    scheduler.abort();
+    let runs = runs_of(store.as_ref(), "lapsed").await;
+    let starts: Vec<DateTime<Utc>> = runs.iter().map(|r| r.started_at).collect();
+    // The lapsed slot ran once, after its lease ended and before the next.
+    let late: Vec<_> = starts
+        .iter()
+        .filter(|t| **t >= slot && **t < after)
+        .collect();
+    assert_eq!(
+        late.len(),
+        1,
+        "{starts:?} (slot {slot}, lease until {until_at})"
+    );
+    assert!(*late[0] >= until_at, "{starts:?} (lease until {until_at})");
+    assert!(
+        server
+            .store
+            .lapsed_check_rounds(Utc::now(), Utc::now() - TimeDelta::minutes(10))
+            .await
+            .unwrap()
+            .is_empty(),
+        "the taken-over round is closed"
+    );
+    server.shutdown().await;
+}

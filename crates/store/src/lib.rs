@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 mod bankid_orders;
 mod cards;
+mod check_work;
 pub mod checks;
 mod common;
 pub mod documents;
@@ -51,6 +52,7 @@ pub use cards::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewCard,
     NewInstitution,
 };
+pub use check_work::{CheckJobReport, CheckWork, LapsedRound, QueuedCheckJob};
 pub use checks::{CheckRun, CheckRunQuery, CheckSecretInfo, CheckStep, NewCheckRun, NewCheckStep};
 pub use documents::{DocumentQuery, NewDocument, SavedDocument, sha256_hex};
 pub use instances::{Instance, Instances};
@@ -899,6 +901,7 @@ pub trait Store:
     + Outbound
     + Instances
     + BankIdOrders
+    + CheckWork
 {
 }
 
@@ -914,6 +917,7 @@ impl<T> Store for T where
         + Outbound
         + Instances
         + BankIdOrders
+        + CheckWork
 {
 }
 
@@ -934,6 +938,7 @@ pub struct StoreParts {
     pub outbound: std::sync::Arc<dyn Outbound>,
     pub instances: std::sync::Arc<dyn Instances>,
     pub bankid_orders: std::sync::Arc<dyn BankIdOrders>,
+    pub check_work: std::sync::Arc<dyn CheckWork>,
 }
 
 impl StoreParts {
@@ -949,6 +954,7 @@ impl StoreParts {
             outbound: store.clone(),
             instances: store.clone(),
             bankid_orders: store.clone(),
+            check_work: store.clone(),
         }
     }
 }

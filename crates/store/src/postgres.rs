@@ -352,6 +352,7 @@ fn unnest_with_ids() -> String {
 crate::outbound::outbound_store!(PgStore, PgRow);
 crate::instances::instances_store!(PgStore);
 crate::bankid_orders::bankid_orders_store!(PgStore);
+crate::check_work::check_work_store!(PgStore);
 
 crate::shared::shared_store! {
     PgStore, PgRow;

@@ -417,6 +417,7 @@ fn ids_json(ids: &[i64]) -> String {
 crate::outbound::outbound_store!(SqliteStore, SqliteRow);
 crate::instances::instances_store!(SqliteStore);
 crate::bankid_orders::bankid_orders_store!(SqliteStore);
+crate::check_work::check_work_store!(SqliteStore);
 
 crate::shared::shared_store! {
     SqliteStore, SqliteRow;

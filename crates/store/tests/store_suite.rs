@@ -23,6 +23,7 @@ use bankbridge_store::{
     NewCheckStep, NewConnection, NewDocument, NewInstitution, PgStore, Scope, SqliteStore, Store,
     StoreError, SyncJob, SyncOutcome, TokenRecord, TxQuery, TxWrite, WindowCommit, sha256_hex,
 };
+use bankbridge_store::{CheckJobReport, LapsedRound, QueuedCheckJob};
 use bankbridge_store::{Connections, LeaseToken};
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use futures::StreamExt;
@@ -173,6 +174,8 @@ store_tests! {
         check_state_is_upserted_per_check,
         a_check_state_swaps_only_from_what_was_read,
         a_check_slot_is_claimed_once_and_pruned,
+        a_round_claim_lapses_and_is_taken_over_once,
+        agent_jobs_are_taken_once_and_reported_to_their_round_server,
         check_secrets_keep_sealed_bytes_and_list_only_names,
     ],
     location: [
@@ -4250,6 +4253,170 @@ async fn a_check_state_swaps_only_from_what_was_read(s: Arc<dyn Store>) {
 
 /// A slot's work is claimed by one server whatever the race; old claims
 /// are pruned.
+/// A round claim is a lease: closed in time it stays closed; past its
+/// `until` it is taken over by one of many servers, once.
+async fn a_round_claim_lapses_and_is_taken_over_once(s: Arc<dyn Store>) {
+    let slot = 1_700_000_000_000;
+    assert!(
+        s.claim_check_round("alpha", slot, "dead", t(0), t(30))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.claim_check_round("alpha", slot, "other", t(1), t(31))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.claim_check_round("beta", slot, "live", t(0), t(30))
+            .await
+            .unwrap()
+    );
+    s.finish_check_round("beta", slot, t(20)).await.unwrap();
+    // A certificate claim has no `until`: never taken over.
+    assert!(
+        s.claim_check_slot("gamma", slot, "dead", t(0))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.lapsed_check_rounds(t(29), t(-600))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let lapsed = s.lapsed_check_rounds(t(31), t(-600)).await.unwrap();
+    assert_eq!(
+        lapsed,
+        vec![LapsedRound {
+            check_id: "alpha".into(),
+            slot_ms: slot,
+            claimed_by: "dead".into(),
+            until: t(30),
+        }]
+    );
+    // Too old to run late.
+    assert!(
+        s.lapsed_check_rounds(t(31), t(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (s, l) = (s.clone(), lapsed[0].clone());
+        tasks.push(tokio::spawn(async move {
+            s.take_over_check_round(&l, &format!("server-{i}"), t(31), t(61))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        wins += usize::from(task.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+    assert!(
+        s.lapsed_check_rounds(t(60), t(-600))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.finish_check_round("alpha", slot, t(40)).await.unwrap();
+    assert!(
+        s.lapsed_check_rounds(t(62), t(-600))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The agents' queue: a job goes to one taker, its report to its round's
+/// server once, and late or unknown reports are refused.
+async fn agent_jobs_are_taken_once_and_reported_to_their_round_server(s: Arc<dyn Store>) {
+    let job = |id: &str, location: &str, at: i64| QueuedCheckJob {
+        job_id: id.into(),
+        round_id: format!("round-{id}"),
+        check_id: "alpha".into(),
+        location: location.into(),
+        file: "alpha.toml".into(),
+        source: "name = \"alpha\"".into(),
+        created_by: "server-a".into(),
+        created_at: t(at),
+        deadline: t(at + 30),
+    };
+    for (id, location, at) in [
+        ("j1", "oslo", 0),
+        ("j2", "oslo", 1),
+        ("j3", "lima", 2),
+        ("j4", "oslo", -40),
+    ] {
+        s.queue_check_job(&job(id, location, at)).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.take_check_jobs("oslo", &format!("server-{i}"), t(5), 10)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut taken = Vec::new();
+    for task in tasks {
+        taken.extend(task.await.unwrap());
+    }
+    taken.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+    // Each waiting job once; j4's deadline passed, so nobody gets it.
+    assert_eq!(taken, vec![job("j1", "oslo", 0), job("j2", "oslo", 1)]);
+    assert!(
+        s.take_check_jobs("oslo", "x", t(6), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Not taken, not answerable.
+    assert_eq!(s.report_check_job("j3", "{}", t(6)).await.unwrap(), None);
+    assert_eq!(
+        s.report_check_job("j1", "{\"ok\":1}", t(7)).await.unwrap(),
+        Some(("round-j1".into(), "oslo".into(), "server-a".into()))
+    );
+    assert_eq!(
+        s.report_check_job("j1", "{}", t(8)).await.unwrap(),
+        None,
+        "answered once"
+    );
+    assert_eq!(s.report_check_job("nope", "{}", t(8)).await.unwrap(), None);
+    assert_eq!(
+        s.report_check_job("j2", "{}", t(31)).await.unwrap(),
+        None,
+        "its round closed at the deadline"
+    );
+    assert!(
+        s.collect_check_reports("server-b", t(9))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let reports = s.collect_check_reports("server-a", t(9)).await.unwrap();
+    assert_eq!(
+        reports,
+        vec![CheckJobReport {
+            job_id: "j1".into(),
+            round_id: "round-j1".into(),
+            location: "oslo".into(),
+            report: "{\"ok\":1}".into(),
+        }]
+    );
+    assert!(
+        s.collect_check_reports("server-a", t(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.prune_check_jobs(t(1)).await.unwrap(), 2);
+}
+
 async fn a_check_slot_is_claimed_once_and_pruned(s: Arc<dyn Store>) {
     let mut tasks = Vec::new();
     for i in 0..8 {
