@@ -41,7 +41,8 @@ use bankbridge_checks::schedule::{
     round_verdict,
 };
 use bankbridge_store::{
-    CheckRunQuery, CheckWork, FlowChecks, LapsedRound, NewCheckRun, NewCheckStep, QueuedCheckJob,
+    CheckRunQuery, CheckWork, FlowChecks, LapsedRound, NewCheckRun, NewCheckStep, OutboxAlert,
+    QueuedCheckJob,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -57,7 +58,11 @@ const CLAIMS_KEPT_DAYS: i64 = 2;
 const ROUND_LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// A round whose claim lapsed longer ago than this is not run late.
 const TAKE_OVER_WITHIN: Duration = Duration::from_secs(10 * 60);
-/// How often the store is asked for lapsed rounds and for agents' reports.
+/// How long a server holds an alert it is delivering; one whose server
+/// died is sent by another after this.
+const ALERT_CLAIM: Duration = Duration::from_secs(60);
+/// How often the store is asked for lapsed rounds, agents' reports and
+/// alerts to deliver.
 const WORK_POLL: Duration = Duration::from_millis(500);
 
 /// Settings of the checks scheduler.
@@ -289,6 +294,7 @@ impl ChecksService {
                 last_work_poll = Instant::now();
                 self.collect_reports().await;
                 self.take_over_lapsed_rounds(Utc::now()).await;
+                self.deliver_alerts().await;
             }
             self.finish_overdue_rounds().await;
             if last_prune.is_none_or(|t| t.elapsed() >= self.0.config.prune_every) {
@@ -908,14 +914,20 @@ impl ChecksService {
             )
         };
         let mut attempts = 0;
-        let (judged, check_state) = loop {
+        // Whether the alerts went to the store's outbox with the state (any
+        // server delivers them) or must be sent from here.
+        let (judged, check_state, queued) = loop {
             attempts += 1;
             let stored = match self.0.store.check_state(&flow.id).await {
                 Ok(stored) => stored,
                 Err(e) => {
                     tracing::error!(check = %flow.id, error = %e, "checks: could not read the check state");
                     let mut st = local.clone();
-                    break (judge(&flow, &channels, round_id, &round, &mut st, now), st);
+                    break (
+                        judge(&flow, &channels, round_id, &round, &mut st, now),
+                        st,
+                        false,
+                    );
                 }
             };
             let mut st = stored
@@ -924,13 +936,23 @@ impl ChecksService {
                 .unwrap_or_else(|| local.clone());
             let judged = judge(&flow, &channels, round_id, &round, &mut st, now);
             let json = serde_json::to_string(&st).unwrap_or_default();
+            let outbox: Vec<OutboxAlert> = judged
+                .alerts
+                .iter()
+                .map(|(channel, alert)| OutboxAlert {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    channel: channel.name.clone(),
+                    alert: serde_json::to_string(alert).unwrap_or_default(),
+                    created_at: now,
+                })
+                .collect();
             match self
                 .0
                 .store
-                .swap_check_state(&flow.id, stored.as_deref(), &json, now)
+                .swap_check_state_with_alerts(&flow.id, stored.as_deref(), &json, now, &outbox)
                 .await
             {
-                Ok(true) => break (judged, st),
+                Ok(true) => break (judged, st, true),
                 // Another server closed a round of this check meanwhile.
                 Ok(false) if attempts < 8 => continue,
                 Ok(false) => {
@@ -938,11 +960,11 @@ impl ChecksService {
                     if let Err(e) = self.0.store.put_check_state(&flow.id, &json, now).await {
                         tracing::error!(check = %flow.id, error = %e, "checks: could not store the check state");
                     }
-                    break (judged, st);
+                    break (judged, st, false);
                 }
                 Err(e) => {
                     tracing::error!(check = %flow.id, error = %e, "checks: could not store the check state");
-                    break (judged, st);
+                    break (judged, st, false);
                 }
             }
         };
@@ -960,7 +982,11 @@ impl ChecksService {
             entry.state = check_state;
             entry.last_round = Some(judged.summary);
         }
-        self.send_alerts(judged.alerts);
+        if queued {
+            self.deliver_alerts().await;
+        } else {
+            self.send_alerts(judged.alerts);
+        }
     }
 
     /// The alert channels of `channels.toml` as last loaded.
@@ -973,21 +999,74 @@ impl ChecksService {
         self.send_alerts(alerts);
     }
 
+    /// Delivers the alerts in the store's outbox that no server is sending
+    /// (new ones, and those whose server died holding them), each once.
+    async fn deliver_alerts(&self) {
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(ALERT_CLAIM).unwrap_or_default();
+        let claimed = match self
+            .0
+            .work
+            .claim_alerts(&self.0.owner, now, until, 50)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(error = %e, "checks: could not read the alerts to deliver");
+                return;
+            }
+        };
+        if claimed.is_empty() {
+            return;
+        }
+        let channels = self.state().channels.clone();
+        for queued in claimed {
+            let this = self.clone();
+            let channel = channels.iter().find(|c| c.name == queued.channel).cloned();
+            tokio::spawn(async move {
+                let error = match (channel, serde_json::from_str::<Alert>(&queued.alert)) {
+                    (Some(channel), Ok(alert)) => this.deliver(&channel, &alert).await.err(),
+                    (None, _) => {
+                        tracing::warn!(channel = %queued.channel, "checks: an alert for a channel this server does not have is dropped");
+                        Some(format!("no channel {:?} on this server", queued.channel))
+                    }
+                    (_, Err(e)) => Some(format!("the stored alert does not read back: {e}")),
+                };
+                if let Err(e) = this
+                    .0
+                    .work
+                    .alert_done(&queued.id, &this.0.owner, Utc::now(), error.as_deref())
+                    .await
+                {
+                    tracing::warn!(alert = %queued.id, error = %e, "checks: could not mark an alert done; another server may send it again");
+                }
+            });
+        }
+    }
+
+    /// Sends one alert, counted and logged; the error as text.
+    async fn deliver(&self, channel: &ChannelConfig, alert: &Alert) -> Result<(), String> {
+        match self.0.notifier.send(channel, alert).await {
+            Ok(()) => {
+                self.0.metrics.alert_sent(&channel.name, alert.kind, true);
+                tracing::info!(channel = %channel.name, check = %alert.check_id, kind = ?alert.kind, reminder = alert.reminder, "checks: alert sent");
+                Ok(())
+            }
+            Err(e) => {
+                self.0.metrics.alert_sent(&channel.name, alert.kind, false);
+                tracing::warn!(channel = %channel.name, check = %alert.check_id, error = %e, "checks: alert not delivered");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Sends alerts from here, not through the outbox (certificate alerts,
+    /// and a round's when the store could not take them).
     fn send_alerts(&self, alerts: Vec<(ChannelConfig, Alert)>) {
         for (channel, alert) in alerts {
-            let notifier = self.0.notifier.clone();
-            let metrics = self.0.metrics.clone();
+            let this = self.clone();
             tokio::spawn(async move {
-                match notifier.send(&channel, &alert).await {
-                    Ok(()) => {
-                        metrics.alert_sent(&channel.name, alert.kind, true);
-                        tracing::info!(channel = %channel.name, check = %alert.check_id, kind = ?alert.kind, reminder = alert.reminder, "checks: alert sent");
-                    }
-                    Err(e) => {
-                        metrics.alert_sent(&channel.name, alert.kind, false);
-                        tracing::warn!(channel = %channel.name, check = %alert.check_id, error = %e, "checks: alert not delivered");
-                    }
-                }
+                let _ = this.deliver(&channel, &alert).await;
             });
         }
     }
@@ -1014,6 +1093,9 @@ impl ChecksService {
         }
         if let Err(e) = self.0.work.prune_check_jobs(stale).await {
             tracing::warn!(error = %e, "checks: pruning old agent jobs failed");
+        }
+        if let Err(e) = self.0.work.prune_alerts(stale).await {
+            tracing::warn!(error = %e, "checks: pruning old alerts failed");
         }
     }
 

@@ -1093,3 +1093,63 @@ async fn a_round_left_open_by_a_dead_server_is_taken_over_once() {
     );
     server.shutdown().await;
 }
+
+/// An alert whose server died while holding it (stored with its change of
+/// health, claimed, never marked done) is delivered by another server once
+/// the claim lapses, and only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_held_by_a_dead_server_is_delivered_by_another_once() {
+    use bankbridge_checks::alerts::{Alert, AlertKind};
+    let server = TestServer::start().await;
+    let hook = HttpReceiver::start().await.unwrap();
+    let flows = tempfile::tempdir().unwrap();
+    write(
+        flows.path(),
+        "channels.toml",
+        &format!(
+            "[[channel]]\nname = \"ops\"\ntype = \"webhook\"\nurl = \"{}/hook\"\n",
+            hook.url()
+        ),
+    );
+    let alert = Alert::new(
+        AlertKind::Failure,
+        "orphan",
+        "Orphan",
+        "Orphan failed at Ping",
+        Utc::now(),
+    );
+    let queued = bankbridge_store::OutboxAlert {
+        id: "alert-1".into(),
+        channel: "ops".into(),
+        alert: serde_json::to_string(&alert).unwrap(),
+        created_at: Utc::now(),
+    };
+    assert!(
+        server
+            .store
+            .swap_check_state_with_alerts("orphan", None, "{}", Utc::now(), &[queued])
+            .await
+            .unwrap()
+    );
+    let lapses = Utc::now() + TimeDelta::seconds(2);
+    let held = server
+        .store
+        .claim_alerts("a dead server", Utc::now(), lapses, 10)
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    let scheduler = server.state.set_checks(fast_config(flows.path())).unwrap();
+    until("the alert", Duration::from_secs(10), async || {
+        (!hook.requests().is_empty()).then_some(())
+    })
+    .await;
+    let delivered = Utc::now();
+    assert!(delivered >= lapses, "not before the claim lapsed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let requests = hook.requests();
+    assert_eq!(requests.len(), 1, "once");
+    assert_eq!(requests[0].body["check_id"], "orphan");
+    assert_eq!(requests[0].body["kind"], "failure");
+    scheduler.abort();
+    server.shutdown().await;
+}

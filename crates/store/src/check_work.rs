@@ -35,6 +35,17 @@ pub struct CheckJobReport {
     pub report: String,
 }
 
+/// An alert waiting to be delivered (or claimed for delivery).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxAlert {
+    pub id: String,
+    /// The channel's name (each server reads the channels from its folder).
+    pub channel: String,
+    /// The alert as JSON.
+    pub alert: String,
+    pub created_at: DateTime<Utc>,
+}
+
 /// A round claim whose server did not close the round in time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LapsedRound {
@@ -107,6 +118,26 @@ pub trait CheckWork: Send + Sync + 'static {
     ) -> Result<Vec<CheckJobReport>>;
     /// Forget jobs queued before `before`; how many.
     async fn prune_check_jobs(&self, before: DateTime<Utc>) -> Result<u64>;
+    /// Claim up to `limit` alerts to deliver, oldest first, until `until`:
+    /// those nobody claimed and those whose claim lapsed (their server died).
+    async fn claim_alerts(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<OutboxAlert>>;
+    /// The alert was delivered (`error` None) or could not be: either way
+    /// it is done. False when `owner` no longer holds its claim.
+    async fn alert_done(
+        &self,
+        id: &str,
+        owner: &str,
+        at: DateTime<Utc>,
+        error: Option<&str>,
+    ) -> Result<bool>;
+    /// Forget alerts queued before `before`; how many.
+    async fn prune_alerts(&self, before: DateTime<Utc>) -> Result<u64>;
 }
 
 pub(crate) const JOB_COLUMNS: &str =
@@ -312,6 +343,69 @@ macro_rules! check_work_store {
                         })
                     })
                     .collect()
+            }
+
+            async fn claim_alerts(
+                &self,
+                owner: &str,
+                now: DateTime<Utc>,
+                until: DateTime<Utc>,
+                limit: i64,
+            ) -> Result<Vec<$crate::check_work::OutboxAlert>> {
+                let rows = sqlx::query(
+                    "UPDATE alert_outbox SET claimed_by = $1, claimed_until = $2 \
+                     WHERE done_at IS NULL AND (claimed_until IS NULL OR claimed_until < $3) \
+                     AND id IN (SELECT id FROM alert_outbox WHERE done_at IS NULL \
+                     AND (claimed_until IS NULL OR claimed_until < $3) ORDER BY created_at LIMIT $4) \
+                     RETURNING id, channel, alert, created_at",
+                )
+                .bind(owner)
+                .bind(crate::common::micros(until))
+                .bind(crate::common::micros(now))
+                .bind(limit)
+                .fetch_all(self.writes())
+                .await?;
+                let mut alerts = rows
+                    .iter()
+                    .map(|r| {
+                        Ok($crate::check_work::OutboxAlert {
+                            id: r.try_get(0)?,
+                            channel: r.try_get(1)?,
+                            alert: r.try_get(2)?,
+                            created_at: r.try_get(3)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                alerts.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+                Ok(alerts)
+            }
+
+            async fn alert_done(
+                &self,
+                id: &str,
+                owner: &str,
+                at: DateTime<Utc>,
+                error: Option<&str>,
+            ) -> Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE alert_outbox SET done_at = $1, error = $2 \
+                     WHERE id = $3 AND claimed_by = $4 AND done_at IS NULL",
+                )
+                .bind(crate::common::micros(at))
+                .bind(error)
+                .bind(id)
+                .bind(owner)
+                .execute(self.writes())
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn prune_alerts(&self, before: DateTime<Utc>) -> Result<u64> {
+                let done = sqlx::query("DELETE FROM alert_outbox WHERE created_at < $1")
+                    .bind(crate::common::micros(before))
+                    .execute(self.writes())
+                    .await?;
+                Ok(done.rows_affected())
             }
 
             async fn prune_check_jobs(&self, before: DateTime<Utc>) -> Result<u64> {

@@ -52,7 +52,7 @@ pub use cards::{
     Card, CardAuditEntry, CardAuditQuery, CardStatus, CardUpdate, Institution, NewCard,
     NewInstitution,
 };
-pub use check_work::{CheckJobReport, CheckWork, LapsedRound, QueuedCheckJob};
+pub use check_work::{CheckJobReport, CheckWork, LapsedRound, OutboxAlert, QueuedCheckJob};
 pub use checks::{CheckRun, CheckRunQuery, CheckSecretInfo, CheckStep, NewCheckRun, NewCheckStep};
 pub use documents::{DocumentQuery, NewDocument, SavedDocument, sha256_hex};
 pub use instances::{Instance, Instances};
@@ -861,6 +861,18 @@ pub trait FlowChecks: Send + Sync + 'static {
         old: Option<&str>,
         new: &str,
         at: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// [`FlowChecks::swap_check_state`], and in the same transaction the
+    /// alerts that the change calls for go to the outbox (see
+    /// [`CheckWork::claim_alerts`]): a change and its alerts are stored
+    /// together, or neither is.
+    async fn swap_check_state_with_alerts(
+        &self,
+        check_id: &str,
+        old: Option<&str>,
+        new: &str,
+        at: DateTime<Utc>,
+        alerts: &[OutboxAlert],
     ) -> Result<bool>;
     /// Claim the work of one slot of `check_id` (a scheduled round, a
     /// day's certificate alert): true for the first claim only, whichever

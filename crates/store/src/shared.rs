@@ -1265,23 +1265,51 @@ macro_rules! shared_store {
             new: &str,
             at: DateTime<Utc>,
         ) -> Result<bool> {
+            self.swap_check_state_with_alerts(check_id, old, new, at, &[])
+                .await
+        }
+
+        async fn swap_check_state_with_alerts(
+            &self,
+            check_id: &str,
+            old: Option<&str>,
+            new: &str,
+            at: DateTime<Utc>,
+            alerts: &[$crate::OutboxAlert],
+        ) -> Result<bool> {
             checks::check_state(check_id, new)?;
+            let mut tx = self.write_tx().await?;
             let done = match old {
                 None => sqlx::query(checks::state_insert(Self::DIALECT))
                     .bind(check_id)
                     .bind(new)
                     .bind(micros(at))
-                    .execute(self.writes())
+                    .execute(&mut *tx)
                     .await?,
                 Some(old) => sqlx::query(checks::state_swap(Self::DIALECT))
                     .bind(check_id)
                     .bind(new)
                     .bind(micros(at))
                     .bind(old)
-                    .execute(self.writes())
+                    .execute(&mut *tx)
                     .await?,
             };
-            Ok(done.rows_affected() == 1)
+            if done.rows_affected() != 1 {
+                return Ok(false);
+            }
+            for alert in alerts {
+                sqlx::query(
+                    "INSERT INTO alert_outbox (id, channel, alert, created_at) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&alert.id)
+                .bind(&alert.channel)
+                .bind(&alert.alert)
+                .bind(micros(alert.created_at))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
         }
 
         async fn claim_check_slot(

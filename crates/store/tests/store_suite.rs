@@ -23,7 +23,7 @@ use bankbridge_store::{
     NewCheckStep, NewConnection, NewDocument, NewInstitution, PgStore, Scope, SqliteStore, Store,
     StoreError, SyncJob, SyncOutcome, TokenRecord, TxQuery, TxWrite, WindowCommit, sha256_hex,
 };
-use bankbridge_store::{CheckJobReport, LapsedRound, QueuedCheckJob};
+use bankbridge_store::{CheckJobReport, LapsedRound, OutboxAlert, QueuedCheckJob};
 use bankbridge_store::{Connections, LeaseToken};
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use futures::StreamExt;
@@ -176,6 +176,7 @@ store_tests! {
         a_check_slot_is_claimed_once_and_pruned,
         a_round_claim_lapses_and_is_taken_over_once,
         agent_jobs_are_taken_once_and_reported_to_their_round_server,
+        alerts_are_queued_with_their_change_and_delivered_once,
         check_secrets_keep_sealed_bytes_and_list_only_names,
     ],
     location: [
@@ -4253,6 +4254,98 @@ async fn a_check_state_swaps_only_from_what_was_read(s: Arc<dyn Store>) {
 
 /// A slot's work is claimed by one server whatever the race; old claims
 /// are pruned.
+/// A change of a check's state and its alerts are stored together (a lost
+/// swap queues nothing); each alert is claimed by one server, handed to
+/// another once that claim lapses, and done once.
+async fn alerts_are_queued_with_their_change_and_delivered_once(s: Arc<dyn Store>) {
+    let alert = |id: &str, at: i64| OutboxAlert {
+        id: id.into(),
+        channel: "ops".into(),
+        alert: format!("{{\"n\":\"{id}\"}}"),
+        created_at: t(at),
+    };
+    let state = |n: i64| format!("{{\"n\":{n}}}");
+    assert!(
+        s.swap_check_state_with_alerts("alpha", None, &state(1), t(0), &[alert("a1", 0)])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.swap_check_state_with_alerts("alpha", None, &state(2), t(1), &[alert("lost", 1)])
+            .await
+            .unwrap(),
+        "a stale swap queues nothing"
+    );
+    assert!(
+        s.swap_check_state_with_alerts(
+            "alpha",
+            Some(&state(1)),
+            &state(3),
+            t(2),
+            &[alert("a2", 2), alert("a3", 2)]
+        )
+        .await
+        .unwrap()
+    );
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.claim_alerts(&format!("server-{i}"), t(3), t(63), 10)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut claimed = Vec::new();
+    for task in tasks {
+        claimed.extend(task.await.unwrap());
+    }
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        claimed,
+        vec![alert("a1", 0), alert("a2", 2), alert("a3", 2)]
+    );
+    // "server-x" died holding them; once the claims lapse, another takes
+    // what is not done.
+    let owner_of = async |id: &str| {
+        for i in 0..8 {
+            if s.alert_done(id, &format!("server-{i}"), t(10), None)
+                .await
+                .unwrap()
+            {
+                return;
+            }
+        }
+        panic!("nobody held {id}");
+    };
+    owner_of("a1").await;
+    assert!(
+        s.claim_alerts("late", t(30), t(90), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let retaken = s.claim_alerts("late", t(64), t(124), 10).await.unwrap();
+    assert_eq!(retaken, vec![alert("a2", 2), alert("a3", 2)]);
+    assert!(
+        s.alert_done("a2", "late", t(65), Some("HTTP 500"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.alert_done("a2", "late", t(66), None).await.unwrap(),
+        "done once"
+    );
+    assert!(s.alert_done("a3", "late", t(65), None).await.unwrap());
+    assert!(
+        s.claim_alerts("later", t(200), t(260), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.prune_alerts(t(1)).await.unwrap(), 1);
+}
+
 /// A round claim is a lease: closed in time it stays closed; past its
 /// `until` it is taken over by one of many servers, once.
 async fn a_round_claim_lapses_and_is_taken_over_once(s: Arc<dyn Store>) {

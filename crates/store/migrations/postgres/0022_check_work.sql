@@ -35,3 +35,21 @@ CREATE TABLE check_jobs (
 CREATE INDEX check_jobs_waiting ON check_jobs (location, created_at) WHERE taken_at IS NULL;
 CREATE INDEX check_jobs_reported ON check_jobs (created_by) WHERE reported_at IS NOT NULL AND collected_at IS NULL;
 CREATE INDEX check_jobs_created_at ON check_jobs (created_at);
+
+-- Alerts to deliver: written in the transaction that moves a check's
+-- state (so a change of health and its alerts are stored together, once),
+-- then sent by whichever server claims them. A claim lapses at
+-- `claimed_until`: an alert whose server died before sending it is sent
+-- by another. `done_at` is set once sent, or once its delivery failed
+-- (a failed delivery waits for the next reminder, as on one server).
+CREATE TABLE alert_outbox (
+    id            TEXT PRIMARY KEY CHECK (id <> ''),
+    channel       TEXT NOT NULL,
+    alert         TEXT NOT NULL,
+    created_at    TIMESTAMPTZ NOT NULL,
+    claimed_by    TEXT,
+    claimed_until TIMESTAMPTZ,
+    done_at       TIMESTAMPTZ,
+    error         TEXT
+);
+CREATE INDEX alert_outbox_waiting ON alert_outbox (created_at) WHERE done_at IS NULL;
