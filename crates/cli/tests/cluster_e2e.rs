@@ -371,3 +371,237 @@ async fn a_bankid_order_started_on_one_instance_is_followed_on_a_second_and_canc
         .unwrap();
     assert_eq!(res.status(), 401);
 }
+
+/// An HTTP target that answers 200 `delay` after each request: a round
+/// probing it stays open that long.
+async fn slow_target(delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+/// The pid in a lease owner's name ("pid N on HOST …").
+fn pid_of(owner: &str) -> u32 {
+    owner
+        .strip_prefix("pid ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {owner:?}"))
+}
+
+/// Booked rows per IBAN, as stored and as the bank has them.
+async fn booked(store: &dyn bankbridge_store::Store) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for a in store.list_accounts(None).await.unwrap() {
+        let totals = store.account_totals(a.id).await.unwrap();
+        out.insert(a.iban.unwrap().to_string(), totals.booked_count);
+    }
+    out
+}
+
+/// `kill -9` of the instance in the middle of a sync, then of the one in
+/// the middle of a check round: another instance finishes each, the sync
+/// at once (the dead holder's lease is void) and the round when its claim
+/// lapses; the synced data is the bank's, and the round runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_sync_and_mid_round_another_instance_finishes_the_work() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    let mut config = SandboxConfig {
+        seed: 23,
+        accounts: 2,
+        transactions: 400,
+        years: 4,
+        ..SandboxConfig::default()
+    };
+    config.fault.latency_ms = 25;
+    let sb = bankbridge_sandbox::spawn(config).await.unwrap();
+    env.init_with_fibank(&sb);
+    let truth: std::collections::BTreeMap<String, u64> = sb
+        .truth()
+        .into_iter()
+        .map(|t| (t.iban, t.booked_count))
+        .collect();
+    let total: u64 = truth.values().sum();
+    let target = slow_target(Duration::from_secs(5)).await;
+    let flows = tempfile::tempdir().unwrap();
+    std::fs::write(
+        flows.path().join("slow.toml"),
+        format!(
+            "name = \"Slow\"\ntimeout = \"8s\"\n\n[schedule]\nevery = \"30s\"\n\n\
+             [[steps]]\nname = \"Probe\"\nmethod = \"POST\"\nurl = \"{target}/probe\"\n\
+             assert = [{{ status = 200 }}]\n"
+        ),
+    )
+    .unwrap();
+    let flows_dir = flows.path().display().to_string();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&env.db)
+        .await
+        .unwrap();
+    // Scheduled hourly: due at once (never synced), then not again here.
+    sqlx::query("UPDATE connections SET settings = jsonb_set(settings, '{interval_secs}', '3600')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut servers = Vec::new();
+    for name in ["a", "b", "c"] {
+        let (server, _, _) = env
+            .serve_with(
+                &[
+                    "--instance-name",
+                    name,
+                    "--scheduler-tick",
+                    "1",
+                    "--checks",
+                    &flows_dir,
+                ],
+                &[],
+            )
+            .await;
+        servers.push(server);
+    }
+    let kill = |servers: &mut Vec<common::KillOnDrop>, pid: u32| {
+        let at = servers
+            .iter()
+            .position(|s| s.0.as_ref().is_some_and(|c| c.id() == pid))
+            .unwrap_or_else(|| panic!("pid {pid} is none of the instances"));
+        let mut server = servers.remove(at);
+        let child = server.0.as_mut().unwrap();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    };
+    let store = env.store().await;
+
+    // Mid-sync: a third of the rows stored, the lease held.
+    let started = Instant::now();
+    let holder = loop {
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT lease_owner FROM connections WHERE lease_until > now()")
+                .fetch_optional(&mut conn)
+                .await
+                .unwrap()
+                .flatten();
+        let stored: u64 = booked(store.as_ref()).await.values().sum();
+        if let Some(owner) = owner
+            && stored >= total / 3
+        {
+            assert!(stored < total, "the sync ended before it could be killed");
+            break owner;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no sync started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    kill(&mut servers, pid_of(&holder));
+    let killed = Instant::now();
+    let succeeded = async |conn: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM sync_jobs WHERE status = 'succeeded'")
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    };
+    while booked(store.as_ref()).await != truth || succeeded(&mut conn).await == 0 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no other instance finished the sync"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let sync_done = killed.elapsed();
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM sync_jobs ORDER BY created_at")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert!(
+        statuses.iter().any(|s| s == "succeeded"),
+        "another instance's sync succeeded: {statuses:?}"
+    );
+
+    // Mid-round: the claim held, its run waiting on the slow target.
+    let (check_id, slot_ms, claimed_by, until): (
+        String,
+        i64,
+        String,
+        chrono::DateTime<chrono::Utc>,
+    ) = loop {
+        let open = sqlx::query_as(
+            "SELECT check_id, slot_ms, claimed_by, until FROM check_claims \
+             WHERE done_at IS NULL AND until > now() AND claimed_at < now() - interval '1 second'",
+        )
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+        if let Some(open) = open {
+            break open;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "no round started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    kill(&mut servers, pid_of(&claimed_by));
+    let (done_by, done_at): (String, Option<chrono::DateTime<chrono::Utc>>) = loop {
+        let row: (String, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+            "SELECT claimed_by, done_at FROM check_claims WHERE check_id = $1 AND slot_ms = $2",
+        )
+        .bind(&check_id)
+        .bind(slot_ms)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if row.1.is_some() {
+            break row;
+        }
+        assert!(
+            chrono::Utc::now() < until + chrono::Duration::seconds(20),
+            "nobody took the round over"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_ne!(done_by, claimed_by, "another instance closed the round");
+    let slot = chrono::DateTime::from_timestamp_millis(slot_ms).unwrap();
+    let runs: Vec<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT started_at FROM check_runs WHERE check_id = $1 AND started_at >= $2 \
+         AND started_at < $3 ORDER BY started_at",
+    )
+    .bind(&check_id)
+    .bind(slot)
+    .bind(slot + chrono::Duration::seconds(30))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(runs.len(), 1, "the slot's round ran once: {runs:?}");
+    assert!(
+        runs[0] >= until,
+        "after the claim lapsed: {runs:?} (until {until})"
+    );
+    eprintln!(
+        "sync finished by another instance {sync_done:?} after the kill; \
+         the round's claim lapsed at {until}, closed at {}",
+        done_at.unwrap()
+    );
+}

@@ -466,7 +466,7 @@ impl ChecksService {
                     tracing::debug!(check = %id, "checks: in a maintenance window, round skipped");
                     continue;
                 }
-                let lease = self.worst_case(&entry.flow) + ROUND_LEASE_MARGIN;
+                let lease = self.round_lease(&entry.flow);
                 due.push((id.clone(), slot, entry.flow.schedule, lateness, lease));
             }
         }
@@ -506,6 +506,23 @@ impl ChecksService {
             + self.0.config.round_grace
     }
 
+    /// How long a round's claim lasts: its runs with retries and a margin,
+    /// and the grace for agents' reports when an agent has a part in it
+    /// (a round run here alone closes when its run ends).
+    fn round_lease(&self, flow: &Flow) -> Duration {
+        let here_only = flow
+            .locations
+            .names
+            .iter()
+            .all(|l| *l == self.0.config.location);
+        let worst = self.worst_case(flow);
+        if here_only {
+            worst.saturating_sub(self.0.config.round_grace) + ROUND_LEASE_MARGIN
+        } else {
+            worst + ROUND_LEASE_MARGIN
+        }
+    }
+
     /// Runs the rounds whose server stopped before closing them (their
     /// claim lapsed): one server takes each over, late rather than never.
     async fn take_over_lapsed_rounds(&self, now: DateTime<Utc>) {
@@ -523,12 +540,12 @@ impl ChecksService {
     }
 
     async fn take_over(&self, lapsed: LapsedRound, now: DateTime<Utc>) {
-        let Some((lease, schedule)) = self.state().flows.get(&lapsed.check_id).map(|e| {
-            (
-                self.worst_case(&e.flow) + ROUND_LEASE_MARGIN,
-                e.flow.schedule,
-            )
-        }) else {
+        let Some((lease, schedule)) = self
+            .state()
+            .flows
+            .get(&lapsed.check_id)
+            .map(|e| (self.round_lease(&e.flow), e.flow.schedule))
+        else {
             return;
         };
         let until = now + chrono::Duration::from_std(lease).unwrap_or_default();
