@@ -605,3 +605,77 @@ async fn killed_mid_sync_and_mid_round_another_instance_finishes_the_work() {
         done_at.unwrap()
     );
 }
+
+/// The page cache is per instance with a short life (1 s by default): a
+/// write through one instance shows on the others within that bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_one_instance_shows_on_another_within_the_page_cache_life() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    let sb = bankbridge_sandbox::spawn(SandboxConfig {
+        seed: 31,
+        accounts: 1,
+        transactions: 40,
+        years: 1,
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    env.init_with_fibank(&sb);
+    assert!(env.sync().1, "the sandbox syncs");
+    let admin = env
+        .run_ok(&["token", "create", "--scope", "admin", "--name", "ops"])
+        .trim()
+        .to_owned();
+    let (_a, base_a, _) = env.serve_with(&["--instance-name", "a"], &[]).await;
+    let (_b, base_b, _) = env.serve_with(&["--instance-name", "b"], &[]).await;
+    let http = reqwest::Client::new();
+    let rows_on_b = async || -> usize {
+        let v: Value = http
+            .get(format!("{base_b}/api/v1/transactions?limit=500"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["data"].as_array().map_or(0, Vec::len)
+    };
+    assert!(rows_on_b().await > 0);
+    assert!(rows_on_b().await > 0, "B has the page cached now");
+    let connections: Value = http
+        .get(format!("{base_a}/api/v1/connections"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = connections["data"][0]["id"].as_i64().unwrap();
+    let res = http
+        .delete(format!("{base_a}/api/v1/connections/{id}"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let deleted = Instant::now();
+    while rows_on_b().await > 0 {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(5),
+            "B still shows the deleted connection's rows"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = deleted.elapsed();
+    eprintln!("B showed the write through A after {took:?}");
+    // The bound is the cache's life (1 s) from the write; the rest is the
+    // time one request takes on a busy machine.
+    assert!(
+        took <= Duration::from_secs(2),
+        "the page cache's bound is 1 s: {took:?}"
+    );
+}
