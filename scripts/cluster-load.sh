@@ -5,8 +5,15 @@
 #   BANKBRIDGE_TEST_PG_URL=postgres://…  scripts/cluster-load.sh
 #
 # Knobs (environment): INSTANCES (3), CONNECTIONS (200), SYNC_EVERY (30,
-# seconds), FLOWS (50), FLOW_EVERY (5s), MINUTES (10), KILL (1: kill -9 the
-# first instance halfway and start it again under its name).
+# seconds), FLOWS (50), FLOW_EVERY (5s), MINUTES (10) or RUN_SECONDS, KILL
+# (1: kill -9 the first instance halfway and start it again under its name).
+#
+# As a throughput benchmark: more work than the instances can do (every
+# connection due each second, flows every second), no kill, for 1, 2 and 3
+# instances; the table then says how much each process used of the CPU:
+#
+#   for n in 1 2 3; do INSTANCES=$n CONNECTIONS=300 SYNC_EVERY=1 FLOWS=200 \
+#       FLOW_EVERY=1s RUN_SECONDS=120 KILL=0 scripts/cluster-load.sh; done
 #
 # The flows probe a small local server that answers 500 in every odd minute
 # and 200 in every even one, so each check changes health about twice a
@@ -22,8 +29,10 @@ SYNC_EVERY=${SYNC_EVERY:-30}
 FLOWS=${FLOWS:-50}
 FLOW_EVERY=${FLOW_EVERY:-5s}
 MINUTES=${MINUTES:-10}
+RUN_SECONDS=${RUN_SECONDS:-$((MINUTES * 60))}
 KILL=${KILL:-1}
-BIN="$PWD/target/debug/bankbridge"
+# BANKBRIDGE_BIN: the binary to run (a release build for figures worth quoting).
+BIN=${BANKBRIDGE_BIN:-$PWD/target/debug/bankbridge}
 ADMIN_URL=${BANKBRIDGE_TEST_PG_URL:?set BANKBRIDGE_TEST_PG_URL to a PostgreSQL admin URL on loopback}
 
 log() { echo "cluster-load: $*" >&2; }
@@ -66,12 +75,14 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 EOF
 python3 "$work/target.py" "$target_port" "$work/alerts.jsonl" &
-pids+=($!)
+target_pid=$!
+pids+=($target_pid)
 
 sandbox_port=$(free_port)
 "$BIN" sandbox --listen "127.0.0.1:$sandbox_port" --no-bankid --accounts 1 \
     --transactions 100 --years 1 > "$work/sandbox.out" 2> "$work/sandbox.log" &
-pids+=($!)
+sandbox_pid=$!
+pids+=($sandbox_pid)
 for _ in $(seq 100); do grep -q "password" "$work/sandbox.out" 2>/dev/null && break; sleep 0.1; done
 read -r _ _ _ base _ user _ pass < <(grep '^fibank' "$work/sandbox.out")
 
@@ -116,10 +127,29 @@ start_instance() {
 }
 declare -A pid_of
 for k in $(seq "$INSTANCES"); do pid_of[i$k]=$(start_instance "i$k"); pids+=("${pid_of[i$k]}"); done
-started=$(date +%s)
-log "$INSTANCES instances up; running $MINUTES minutes (work in $work)"
+# CPU time (seconds) of processes, from /proc: user + system.
+tck=$(getconf CLK_TCK)
+cpu_of() {
+    local total=0 pid
+    for pid in "$@"; do
+        [ -r "/proc/$pid/stat" ] || continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+postgres_pids() { pgrep -u postgres || true; }
+busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat; }
+commits() { sql "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }
+instance_pids() { for k in $(seq "$INSTANCES"); do echo "${pid_of[i$k]}"; done; }
 
-half=$((MINUTES * 30))
+started=$(date +%s)
+log "$INSTANCES instances up; running $RUN_SECONDS s (work in $work)"
+cpu0_serve=$(cpu_of $(instance_pids)); cpu0_pg=$(cpu_of $(postgres_pids))
+cpu0_sandbox=$(cpu_of "$sandbox_pid"); cpu0_target=$(cpu_of "$target_pid")
+read -r busy0 all0 < <(busy_ticks); commits0=$(commits)
+runs0=$(sql "SELECT count(*) FROM check_runs"); syncs0=$(sql "SELECT count(*) FROM sync_jobs WHERE status = 'succeeded'")
+
+half=$((RUN_SECONDS / 2))
 sleep "$half"
 if [ "$KILL" = 1 ]; then
     log "kill -9 of i1, then i1 again"
@@ -128,7 +158,18 @@ if [ "$KILL" = 1 ]; then
     pid_of[i1]=$(start_instance i1)
     pids+=("${pid_of[i1]}")
 fi
-sleep $((MINUTES * 60 - half))
+sleep $((RUN_SECONDS - half))
+measured=$(( $(date +%s) - started ))
+cores() { python3 -c "print(f'{($1 - $2) / $tck / $measured:.2f}')"; }
+use_serve=$(cores "$(cpu_of $(instance_pids))" "$cpu0_serve")
+use_pg=$(cores "$(cpu_of $(postgres_pids))" "$cpu0_pg")
+use_sandbox=$(cores "$(cpu_of "$sandbox_pid")" "$cpu0_sandbox")
+use_target=$(cores "$(cpu_of "$target_pid")" "$cpu0_target")
+read -r busy1 all1 < <(busy_ticks)
+busy_pct=$(( (busy1 - busy0) * 100 / (all1 - all0) ))
+commits_per_s=$(( ($(commits) - commits0) / measured ))
+runs_measured=$(( $(sql "SELECT count(*) FROM check_runs") - runs0 ))
+syncs_measured=$(( $(sql "SELECT count(*) FROM sync_jobs WHERE status = 'succeeded'") - syncs0 ))
 for k in $(seq "$INSTANCES"); do kill "${pid_of[i$k]}" 2>/dev/null || true; done
 sleep 3
 ended=$(date +%s)
@@ -179,6 +220,10 @@ cat <<EOF
 | alerts received (non-reminder) | $alert_changes |
 | changes of health logged (all instances) | $changes |
 | the same alert twice in a row for a check | $alert_repeats |
+| throughput over the measured $measured s | $(( syncs_measured * 60 / measured )) syncs/min, $(python3 -c "print(f'{$runs_measured / $measured:.1f}')") check runs/s |
+| PostgreSQL transactions committed | $commits_per_s per second |
+| CPU used, in cores (of $(nproc)) | instances $use_serve, PostgreSQL $use_pg, sandbox $use_sandbox, probe target $use_target |
+| machine busy | $busy_pct % |
 EOF
 psql -q "$ADMIN_URL" -c "DROP DATABASE $db WITH (FORCE)" || true
 [ "$overlaps" = 0 ] && [ "$dup_rounds" = 0 ] && [ "$alert_repeats" = 0 ]
