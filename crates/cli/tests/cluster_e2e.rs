@@ -7,7 +7,7 @@
 //! whichever instance claims it.
 use std::time::{Duration, Instant};
 
-use bankbridge_sandbox::SandboxConfig;
+use bankbridge_sandbox::{SandboxConfig, SandboxHandle};
 use serde_json::Value;
 
 mod common;
@@ -21,6 +21,15 @@ type JobRow = (
     Option<chrono::DateTime<chrono::Utc>>,
     Option<String>,
 );
+
+/// A fresh PostgreSQL database with one Fibank connection to a new
+/// sandbox bank; None without `BANKBRIDGE_TEST_PG_URL`.
+async fn postgres_with_fibank(config: SandboxConfig) -> Option<(Env, SandboxHandle)> {
+    let env = Env::postgres().await?;
+    let sb = bankbridge_sandbox::spawn(config).await.unwrap();
+    env.init_with_fibank(&sb);
+    Some((env, sb))
+}
 
 async fn instances(base: &str, token: &str) -> Vec<Value> {
     let v: Value = reqwest::Client::new()
@@ -41,10 +50,7 @@ fn named<'a>(list: &'a [Value], name: &str) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_instances_on_one_postgres_register_beat_and_sync_each_slot_once() {
-    let Some(env) = Env::postgres().await else {
-        return;
-    };
-    let sb = bankbridge_sandbox::spawn(SandboxConfig {
+    let Some((env, _sb)) = postgres_with_fibank(SandboxConfig {
         seed: 19,
         accounts: 2,
         transactions: 150,
@@ -52,8 +58,9 @@ async fn serve_instances_on_one_postgres_register_beat_and_sync_each_slot_once()
         ..SandboxConfig::default()
     })
     .await
-    .unwrap();
-    env.init_with_fibank(&sb);
+    else {
+        return;
+    };
     // Every 2 s: many slots in a few seconds. The CLI and the API refuse
     // intervals under a minute (banks do not like being polled), so the
     // test writes the setting itself.
@@ -424,9 +431,6 @@ async fn booked(store: &dyn bankbridge_store::Store) -> std::collections::BTreeM
 /// lapses; the synced data is the bank's, and the round runs once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_sync_and_mid_round_another_instance_finishes_the_work() {
-    let Some(env) = Env::postgres().await else {
-        return;
-    };
     let mut config = SandboxConfig {
         seed: 23,
         accounts: 2,
@@ -435,20 +439,21 @@ async fn killed_mid_sync_and_mid_round_another_instance_finishes_the_work() {
         ..SandboxConfig::default()
     };
     config.fault.latency_ms = 25;
-    let sb = bankbridge_sandbox::spawn(config).await.unwrap();
-    env.init_with_fibank(&sb);
+    let Some((env, sb)) = postgres_with_fibank(config).await else {
+        return;
+    };
     let truth: std::collections::BTreeMap<String, u64> = sb
         .truth()
         .into_iter()
         .map(|t| (t.iban, t.booked_count))
         .collect();
     let total: u64 = truth.values().sum();
-    let target = slow_target(Duration::from_secs(5)).await;
+    let target = slow_target(Duration::from_secs(3)).await;
     let flows = tempfile::tempdir().unwrap();
     std::fs::write(
         flows.path().join("slow.toml"),
         format!(
-            "name = \"Slow\"\ntimeout = \"8s\"\n\n[schedule]\nevery = \"30s\"\n\n\
+            "name = \"Slow\"\ntimeout = \"4s\"\n\n[schedule]\nevery = \"25s\"\n\n\
              [[steps]]\nname = \"Probe\"\nmethod = \"POST\"\nurl = \"{target}/probe\"\n\
              assert = [{{ status = 200 }}]\n"
         ),
@@ -590,7 +595,7 @@ async fn killed_mid_sync_and_mid_round_another_instance_finishes_the_work() {
     )
     .bind(&check_id)
     .bind(slot)
-    .bind(slot + chrono::Duration::seconds(30))
+    .bind(slot + chrono::Duration::seconds(25))
     .fetch_all(&mut conn)
     .await
     .unwrap();
@@ -610,10 +615,7 @@ async fn killed_mid_sync_and_mid_round_another_instance_finishes_the_work() {
 /// write through one instance shows on the others within that bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_through_one_instance_shows_on_another_within_the_page_cache_life() {
-    let Some(env) = Env::postgres().await else {
-        return;
-    };
-    let sb = bankbridge_sandbox::spawn(SandboxConfig {
+    let Some((env, _sb)) = postgres_with_fibank(SandboxConfig {
         seed: 31,
         accounts: 1,
         transactions: 40,
@@ -621,8 +623,9 @@ async fn a_write_through_one_instance_shows_on_another_within_the_page_cache_lif
         ..SandboxConfig::default()
     })
     .await
-    .unwrap();
-    env.init_with_fibank(&sb);
+    else {
+        return;
+    };
     assert!(env.sync().1, "the sandbox syncs");
     let admin = env
         .run_ok(&["token", "create", "--scope", "admin", "--name", "ops"])
@@ -678,4 +681,54 @@ async fn a_write_through_one_instance_shows_on_another_within_the_page_cache_lif
         took <= Duration::from_secs(2),
         "the page cache's bound is 1 s: {took:?}"
     );
+}
+
+/// Three instances started at once on a database nobody migrated yet:
+/// each migration runs once (sqlx holds an advisory lock while it
+/// migrates), and all three come up and see each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_starting_together_on_a_fresh_database_migrate_it_once() {
+    let Some(env) = Env::postgres().await else {
+        return;
+    };
+    // `init` makes the master key (and migrates env's own database); the
+    // instances run on a second, empty one.
+    env.run_ok(&["init"]);
+    let fresh = Env::postgres().await.unwrap();
+    let overrides = [("BANKBRIDGE_DB", fresh.db.as_str())];
+    let (a, b, c) = futures::join!(
+        env.serve_with(&["--instance-name", "a"], &overrides),
+        env.serve_with(&["--instance-name", "b"], &overrides),
+        env.serve_with(&["--instance-name", "c"], &overrides),
+    );
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&fresh.db)
+        .await
+        .unwrap();
+    let migrated: Vec<(i64, bool)> =
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let files = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../store/migrations/postgres"
+    ))
+    .unwrap()
+    .count();
+    assert_eq!(migrated.len(), files, "{migrated:?}");
+    assert!(migrated.iter().all(|(_, ok)| *ok), "{migrated:?}");
+    let admin = env
+        .command(&["token", "create", "--scope", "admin", "--name", "ops"])
+        .env("BANKBRIDGE_DB", &fresh.db)
+        .output()
+        .unwrap();
+    assert!(admin.status.success());
+    let admin = String::from_utf8(admin.stdout).unwrap().trim().to_owned();
+    let listed = instances(&c.1, &admin).await;
+    assert_eq!(
+        listed.iter().filter(|i| i["alive"] == true).count(),
+        3,
+        "{listed:?}"
+    );
+    drop((a, b, c));
 }
