@@ -272,9 +272,33 @@ fn sleep_unless_stopped(shared: &Shared, pause: Duration) -> bool {
 fn serve_connection(stream: &TcpStream, card: &mut dyn SmartCard) -> Ended {
     let mut reader = stream;
     let mut writer = stream;
+    serve_frames(&mut reader, &mut writer, || quick_ack(stream), card)
+}
+
+/// The card side of the vpcd protocol on any byte stream: answers each
+/// frame until the stream ends or fails (the error) or the card leaves
+/// (`Ok`). [`serve`] runs it on vpcd's socket; the bytes come from pcscd's
+/// driver, not from us, so the fuzzer feeds it too.
+pub fn serve_stream(
+    reader: &mut impl Read,
+    writer: &mut impl Write,
+    card: &mut dyn SmartCard,
+) -> io::Result<()> {
+    match serve_frames(reader, writer, || {}, card) {
+        Ended::Removed => Ok(()),
+        Ended::Closed(error) => Err(error),
+    }
+}
+
+fn serve_frames(
+    reader: &mut impl Read,
+    writer: &mut impl Write,
+    mut before_read: impl FnMut(),
+    card: &mut dyn SmartCard,
+) -> Ended {
     loop {
-        quick_ack(stream);
-        let message = match read_frame(&mut reader) {
+        before_read();
+        let message = match read_frame(reader) {
             Ok(message) => message,
             Err(error) => return Ended::Closed(error),
         };
@@ -316,7 +340,7 @@ fn serve_connection(stream: &TcpStream, card: &mut dyn SmartCard) -> Ended {
                 None => return Ended::Removed,
             },
         };
-        if let Err(error) = write_frame(&mut writer, &answer) {
+        if let Err(error) = write_frame(writer, &answer) {
             return Ended::Closed(error);
         }
     }

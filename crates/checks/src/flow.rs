@@ -1072,12 +1072,17 @@ fn check_templates(
             }
         };
         if let Some(missing) = names.iter().find(|n| !known.contains(n.as_str())) {
-            problems.push(Problem {
-                path,
-                message: format!(
+            let message = if missing.starts_with('$') {
+                format!(
+                    "`{{{{ {missing} }}}}` is not a built-in (they are {})",
+                    template::BUILT_INS.join(", ")
+                )
+            } else {
+                format!(
                     "`{{{{ {missing} }}}}` is not a variable, a secret, or a value captured by an earlier step"
-                ),
-            });
+                )
+            };
+            problems.push(Problem { path, message });
         }
     }
 }
@@ -1456,6 +1461,24 @@ max_ms = 20
             .unwrap()
             + 1;
         assert_eq!(e.line, line, "{e}");
+    }
+
+    #[test]
+    fn a_mistyped_built_in_is_refused_when_the_flow_loads() {
+        let e = err(&OK.replace(
+            "url = \"{{ base }}/a\"",
+            "url = \"{{ base }}/a/{{ $uuuid }}\"",
+        ));
+        assert_eq!(e.field, "steps[0].url", "{e}");
+        assert!(
+            e.message.contains("$uuuid") && e.message.contains("$uuid, $now, $timestamp"),
+            "{e}"
+        );
+        let ok = OK.replace(
+            "url = \"{{ base }}/a\"",
+            "url = \"{{ base }}/a/{{ $uuid }}\"",
+        );
+        assert!(parse("x", "x.toml", &ok).is_ok());
     }
 
     #[test]

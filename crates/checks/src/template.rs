@@ -22,6 +22,9 @@ pub enum TemplateError {
     BadName(String),
 }
 
+/// The built-in names: every other name starting with `$` is unknown.
+pub const BUILT_INS: [&str; 3] = ["$uuid", "$now", "$timestamp"];
+
 /// The names a run can template with, and their values.
 #[derive(Clone, Debug, Default)]
 pub struct Scope {
@@ -104,13 +107,13 @@ pub fn as_text(value: &Value) -> String {
     }
 }
 
-/// The names a template refers to (built-ins excluded), for validating a
-/// flow before it runs.
+/// The names a template refers to (the [`BUILT_INS`] excluded), for
+/// validating a flow before it runs.
 pub fn names(template: &str) -> Result<Vec<&str>, TemplateError> {
     Ok(pieces(template)?
         .into_iter()
         .filter_map(|p| match p {
-            Piece::Name(n) if !n.starts_with('$') => Some(n),
+            Piece::Name(n) if !BUILT_INS.contains(&n) => Some(n),
             _ => None,
         })
         .collect())
@@ -238,6 +241,14 @@ mod tests {
             names("{{ $uuid }} {{ a }}{{b.c}}").unwrap(),
             vec!["a", "b.c"]
         );
+        // Only the three built-ins: a mistyped one is a name the flow must
+        // define (found by the `template` fuzz target: `{{ $ }}` passed
+        // validation, then failed every run).
+        assert_eq!(
+            names("{{ $now }}{{ $ }}{{ $uuuid }}").unwrap(),
+            vec!["$", "$uuuid"]
+        );
+        assert!(Scope::new().render("{{ $uuuid }}").is_err());
         assert_eq!(
             names_in_json(&json!({"{{k}}": ["{{v}}"]})).unwrap(),
             vec!["k", "v"]
