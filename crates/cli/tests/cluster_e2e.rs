@@ -31,16 +31,21 @@ async fn postgres_with_fibank(config: SandboxConfig) -> Option<(Env, SandboxHand
     Some((env, sb))
 }
 
-async fn instances(base: &str, token: &str) -> Vec<Value> {
-    let v: Value = reqwest::Client::new()
-        .get(format!("{base}/api/v1/instances"))
+/// The JSON `GET url` answers with `token`.
+async fn get_json(url: &str, token: &str) -> Value {
+    reqwest::Client::new()
+        .get(url)
         .bearer_auth(token)
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn instances(base: &str, token: &str) -> Vec<Value> {
+    let v = get_json(&format!("{base}/api/v1/instances"), token).await;
     v["data"].as_array().cloned().unwrap_or_default()
 }
 
@@ -356,15 +361,7 @@ async fn a_bankid_order_started_on_one_instance_is_followed_on_a_second_and_canc
     );
     // Every instance tells the same outcome.
     for base in &bases {
-        let v: Value = http
-            .get(format!("{base}/api/v1/bankid/orders/{id}"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(&format!("{base}/api/v1/bankid/orders/{id}"), &token).await;
         assert_eq!(v["status"], "cancelled", "{base}: {v}");
     }
     eprintln!("cancelled through C; B's stream said so {took:?} later");
@@ -635,28 +632,12 @@ async fn a_write_through_one_instance_shows_on_another_within_the_page_cache_lif
     let (_b, base_b, _) = env.serve_with(&["--instance-name", "b"], &[]).await;
     let http = reqwest::Client::new();
     let rows_on_b = async || -> usize {
-        let v: Value = http
-            .get(format!("{base_b}/api/v1/transactions?limit=500"))
-            .bearer_auth(&admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(&format!("{base_b}/api/v1/transactions?limit=500"), &admin).await;
         v["data"].as_array().map_or(0, Vec::len)
     };
     assert!(rows_on_b().await > 0);
     assert!(rows_on_b().await > 0, "B has the page cached now");
-    let connections: Value = http
-        .get(format!("{base_a}/api/v1/connections"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let connections = get_json(&format!("{base_a}/api/v1/connections"), &admin).await;
     let id = connections["data"][0]["id"].as_i64().unwrap();
     let res = http
         .delete(format!("{base_a}/api/v1/connections/{id}"))
