@@ -1,21 +1,2 @@
-//! Flow files as people write them (TOML). Invariants: no panic; a file
-//! that parses gives the same flow when parsed again, and the error list
-//! of one that does not is never empty and names the file.
 #![no_main]
-use bankbridge_checks::flow;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|text: &str| {
-    match flow::parse_all_errors("fuzz", "fuzz.toml", text) {
-        Ok(parsed) => {
-            let again = flow::parse("fuzz", "fuzz.toml", text).expect("the same text parses again");
-            assert_eq!(format!("{parsed:?}"), format!("{again:?}"));
-        }
-        Err(errors) => {
-            assert!(!errors.is_empty(), "a refused file says why");
-            for e in errors {
-                assert!(e.to_string().contains("fuzz.toml"), "{e}");
-            }
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bankbridge_fuzz::targets::flow_file::run(data));

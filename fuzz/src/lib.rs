@@ -2,6 +2,8 @@
 //! bytes, and the framing of those answers.
 use bankbridge_cap::{CardTransport, Protocol, TransportError};
 
+pub mod targets;
+
 /// Most commands one CAP computation may send before we call it a loop:
 /// a real one sends about 15 (SELECTs, GET PROCESSING OPTIONS, a few READ
 /// RECORDs, GET DATA, VERIFY, two GENERATE ACs, GET RESPONSEs).
@@ -39,6 +41,8 @@ pub struct FuzzCard {
     atr: Vec<u8>,
     protocol: Protocol,
     pub commands: usize,
+    /// The commands sent, when asked for ([`FuzzCard::recording`]).
+    pub sent: Option<Vec<Vec<u8>>>,
 }
 
 impl FuzzCard {
@@ -48,7 +52,14 @@ impl FuzzCard {
             atr,
             protocol,
             commands: 0,
+            sent: None,
         }
+    }
+
+    /// Keeps every command sent, in [`FuzzCard::sent`].
+    pub fn recording(mut self) -> Self {
+        self.sent = Some(Vec::new());
+        self
     }
 }
 
@@ -65,8 +76,11 @@ impl CardTransport for FuzzCard {
         &self.atr
     }
 
-    fn transmit(&mut self, _capdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+    fn transmit(&mut self, capdu: &[u8]) -> Result<Vec<u8>, TransportError> {
         self.commands += 1;
+        if let Some(sent) = &mut self.sent {
+            sent.push(capdu.to_vec());
+        }
         assert!(
             self.commands <= MAX_COMMANDS,
             "the CAP engine sent more than {MAX_COMMANDS} commands: it loops on these answers"

@@ -236,5 +236,112 @@ fn main() {
         bytes.extend_from_slice(body.as_bytes());
         write(&dir, "bank_answers", name, &bytes);
     }
+    // APDU exchanges: protocol and VERIFY bits, the command's data length,
+    // then the card's answers (see apdu.rs).
+    for (name, selector, len, answers) in [
+        (
+            "t0-get-response",
+            0x00u8,
+            0u8,
+            vec![vec![0x61, 0x04], vec![0x70, 0x02, 0x5A, 0x00, 0x90, 0x00]],
+        ),
+        (
+            "t0-wrong-le",
+            0x00,
+            3,
+            vec![vec![0x6C, 0x08], vec![0x01, 0x02, 0x90, 0x00]],
+        ),
+        ("t1-plain", 0x80, 5, vec![vec![0x77, 0x00, 0x90, 0x00]]),
+        ("verify", 0x40, 8, vec![vec![0x63, 0xC2]]),
+        ("short", 0x00, 0, vec![vec![0x90]]),
+        (
+            "chain",
+            0x80,
+            0,
+            vec![
+                vec![0x61, 0x01],
+                vec![0xAA, 0x6C, 0x01],
+                vec![0xBB, 0x90, 0x00],
+            ],
+        ),
+    ] {
+        let mut bytes = vec![selector, len];
+        bytes.extend(frame(&answers));
+        write(&dir, "apdu", name, &bytes);
+    }
+    // RP requests to the BankID simulator: the first byte picks the
+    // endpoint (auth, sign, payment, phone/auth, phone/sign, collect, cancel).
+    for (which, name, body) in [
+        (
+            0u8,
+            "auth",
+            r#"{"endUserIp":"192.0.2.10","requirement":{"pinCode":true,"certificatePolicies":["1.2.752.78.1.5"]},"returnRisk":true,"web":{"referringDomain":"shop.example","userAgent":"Mozilla/5.0"}}"#,
+        ),
+        (
+            1,
+            "sign",
+            r#"{"endUserIp":"2001:db8::1","userVisibleData":"U2lnbiB0aGlzIQ==","userVisibleDataFormat":"plaintext","requirement":{"personalNumber":"199001011239","risk":"low"}}"#,
+        ),
+        (
+            2,
+            "payment",
+            r#"{"endUserIp":"192.0.2.10","userVisibleTransaction":{"transactionType":"card","recipient":{"name":"Shop"},"money":{"amount":"100,00","currency":"SEK"}},"riskFlags":["newCard"]}"#,
+        ),
+        (
+            3,
+            "phone-auth",
+            r#"{"personalNumber":"199001011239","callInitiator":"RP","requirement":{"cardReader":"class1"}}"#,
+        ),
+        (
+            4,
+            "phone-sign",
+            r#"{"personalNumber":"199001011239","callInitiator":"user","userVisibleData":"SGVq","userNonVisibleData":"AAEC"}"#,
+        ),
+        (
+            5,
+            "collect",
+            r#"{"orderRef":"131daac9-16c6-4618-beb0-365768f37288"}"#,
+        ),
+        (
+            6,
+            "cancel-unknown-field",
+            r#"{"orderRef":"131daac9-16c6-4618-beb0-365768f37288","extra":1}"#,
+        ),
+        (0, "auth-bad-ip", r#"{"endUserIp":"999.1.1.1"}"#),
+    ] {
+        let mut bytes = vec![which];
+        bytes.extend_from_slice(body.as_bytes());
+        write(&dir, "bankid_request", name, &bytes);
+    }
+    // Exports: booked/pending and account-name bits, then label,
+    // counterparty, remittance, bank id and account name split at 0x1F.
+    for (name, flags, texts) in [
+        (
+            "plain",
+            0u8,
+            ["CARD PAYMENT LIDL 1234", "Lidl", "", "B-77", ""],
+        ),
+        (
+            "marks",
+            2,
+            [
+                "a;b|c \"q\" & <x>",
+                "^Caret, Ltd",
+                "line one\nline two",
+                "id,with,commas",
+                "Main; account",
+            ],
+        ),
+        ("pending", 1, ["  spaced  ", "", "!bang", "P-1", ""]),
+        (
+            "unicode",
+            2,
+            ["Über Straße ✓", "Ünïcode", "ÄÖÜ\u{7f}", "Ü-1", "Сметка"],
+        ),
+    ] {
+        let mut bytes = vec![flags];
+        bytes.extend_from_slice(texts.join("\u{1f}").as_bytes());
+        write(&dir, "export_round_trip", name, &bytes);
+    }
     println!("seeds written to {}", dir.display());
 }

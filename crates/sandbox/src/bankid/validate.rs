@@ -312,7 +312,8 @@ fn requirement(obj: &Obj<'_>, phone: bool, strict: bool) -> Result<Requirement, 
         Some(c @ ("class1" | "class2")) => Some(c.to_owned()),
         Some(other) => {
             return Err(invalid(format!(
-                "requirement.cardReader must be \"class1\" or \"class2\", got {other:?}"
+                "requirement.cardReader must be \"class1\" or \"class2\", got {:?}",
+                truncate(other, 64)
             )));
         }
     };
@@ -344,7 +345,8 @@ fn requirement(obj: &Obj<'_>, phone: bool, strict: bool) -> Result<Requirement, 
             Some(risk @ (Risk::Low | Risk::Moderate)) => Some(risk),
             _ => {
                 return Err(invalid(format!(
-                    "requirement.risk must be \"low\" or \"moderate\", got {s:?}"
+                    "requirement.risk must be \"low\" or \"moderate\", got {:?}",
+                    truncate(s, 64)
                 )));
             }
         },
@@ -453,7 +455,8 @@ fn user_visible_transaction(obj: &Obj<'_>, strict: bool) -> Result<String, ApiEr
         Some(k @ ("card" | "npa")) => k.to_owned(),
         Some(other) => {
             return Err(invalid(format!(
-                "userVisibleTransaction.transactionType must be \"card\" or \"npa\", got {other:?}"
+                "userVisibleTransaction.transactionType must be \"card\" or \"npa\", got {:?}",
+                truncate(other, 64)
             )));
         }
     };
@@ -493,7 +496,8 @@ fn user_visible_transaction(obj: &Obj<'_>, strict: bool) -> Result<String, ApiEr
         };
         if !ok_amount {
             return Err(invalid(format!(
-                "userVisibleTransaction.money.amount must be digits with an optional \",\" and up to two decimals (e.g. \"1000,00\"), got {amount:?}"
+                "userVisibleTransaction.money.amount must be digits with an optional \",\" and up to two decimals (e.g. \"1000,00\"), got {:?}",
+                truncate(amount, 64)
             )));
         }
         let currency = m
@@ -501,7 +505,8 @@ fn user_visible_transaction(obj: &Obj<'_>, strict: bool) -> Result<String, ApiEr
             .ok_or_else(|| invalid("userVisibleTransaction.money.currency is missing"))?;
         if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
             return Err(invalid(format!(
-                "userVisibleTransaction.money.currency must be an ISO 4217 code such as \"SEK\", got {currency:?}"
+                "userVisibleTransaction.money.currency must be an ISO 4217 code such as \"SEK\", got {:?}",
+                truncate(currency, 64)
             )));
         }
     } else if kind == "card" {
@@ -699,6 +704,48 @@ mod tests {
 
     fn details(kind: OrderKind, body: Value) -> String {
         start_request(kind, &body, true).unwrap_err().details
+    }
+
+    /// Found by the `bankid_request` fuzz target: five refusals echoed the
+    /// refused value whole, so a request could make its answer as long as
+    /// the body limit.
+    #[test]
+    fn refused_values_are_echoed_cut() {
+        let long = "x".repeat(5_000);
+        let ip = json!("192.0.2.1");
+        let bodies = [
+            (
+                OrderKind::Auth,
+                json!({"endUserIp": ip, "requirement": {"cardReader": long}}),
+            ),
+            (
+                OrderKind::Auth,
+                json!({"endUserIp": ip, "requirement": {"risk": long}}),
+            ),
+            (
+                OrderKind::Payment,
+                json!({"endUserIp": ip, "userVisibleTransaction": {"transactionType": long}}),
+            ),
+            (
+                OrderKind::Payment,
+                json!({"endUserIp": ip, "userVisibleTransaction": {"transactionType": "card",
+                    "recipient": {"name": "Shop"}, "money": {"amount": long, "currency": "SEK"}}}),
+            ),
+            (
+                OrderKind::Payment,
+                json!({"endUserIp": ip, "userVisibleTransaction": {"transactionType": "card",
+                    "recipient": {"name": "Shop"}, "money": {"amount": "1,00", "currency": long}}}),
+            ),
+        ];
+        for (kind, body) in bodies {
+            let text = details(kind, body);
+            assert!(text.contains("xxxx…"), "{text}");
+            assert!(
+                text.chars().count() < 300,
+                "{} characters: {text}",
+                text.len()
+            );
+        }
     }
 
     #[test]
