@@ -343,5 +343,76 @@ fn main() {
         bytes.extend_from_slice(texts.join("\u{1f}").as_bytes());
         write(&dir, "export_round_trip", name, &bytes);
     }
+    // API requests: the first byte picks an operation of the OpenAPI
+    // document; then the path parameter, the query and the body, each
+    // ending at a newline (see api_request.rs).
+    for (pick, name, param, query, body) in [
+        (0u8, "first", "1", "", ""),
+        (
+            9,
+            "transactions",
+            "1",
+            "account=1&from=2026-01-01&to=2026-12-31&limit=5&status=booked",
+            "",
+        ),
+        (
+            17,
+            "export",
+            "1",
+            "format=ofx&include_pending=true&text=lidl",
+            "",
+        ),
+        (
+            25,
+            "create",
+            "",
+            "",
+            r#"{"name":"fuzz","connector":"fibank","base_url":"http://127.0.0.1:9/fibank","username":"u","password":"p"}"#,
+        ),
+        (
+            33,
+            "patch",
+            "1",
+            "",
+            r#"{"name":"renamed","sync_interval":"6h"}"#,
+        ),
+        (
+            41,
+            "cursor",
+            "1",
+            "after=eyJkIjoiMjAyNi0wMS0wMSIsImkiOjF9&limit=1000",
+            "",
+        ),
+        (49, "odd-param", "%2e%2e", "x=%ZZ&&=", "[1,2"),
+        (0x80 | 9, "token", "bb_0123456789ab_AAAA", "", ""),
+    ] {
+        let mut bytes = vec![pick];
+        bytes.extend_from_slice(format!("{param}\n{query}\n{body}").as_bytes());
+        write(&dir, "api_request", name, &bytes);
+    }
+    // Aggregator syncs: the first byte picks the service (and, with its top
+    // bit, a new link); then one instruction per request (0: as recorded;
+    // see aggregator_answers.rs for the others).
+    for (service, name) in [(0u8, "gocardless"), (1, "enablebanking"), (2, "klarna")] {
+        write(
+            &dir,
+            "aggregator_answers",
+            &format!("{name}-as-recorded"),
+            &[service],
+        );
+        write(
+            &dir,
+            "aggregator_answers",
+            &format!("{name}-new-link"),
+            &[service | 0x80],
+        );
+        // The second answer's body cut in half, the fourth's status 429.
+        write(
+            &dir,
+            "aggregator_answers",
+            &format!("{name}-cut-and-limited"),
+            &[service, 0, 2, 128, 0, 4, 9],
+        );
+    }
     println!("seeds written to {}", dir.display());
 }

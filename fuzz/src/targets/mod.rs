@@ -3,7 +3,9 @@
 //! below replays the committed seeds through them in every `cargo test`.
 //! Each module's comment states its invariants; a broken one panics.
 
+pub mod aggregator_answers;
 pub mod apdu;
+pub mod api_request;
 pub mod bank_answers;
 pub mod bankid_answer;
 pub mod bankid_request;
@@ -21,7 +23,9 @@ pub type Target = fn(&[u8]);
 
 /// Every target by the name of its binary and seed folder.
 pub const ALL: &[(&str, Target)] = &[
+    ("aggregator_answers", aggregator_answers::run),
     ("apdu", apdu::run),
+    ("api_request", api_request::run),
     ("bank_answers", bank_answers::run),
     ("bankid_answer", bankid_answer::run),
     ("bankid_request", bankid_request::run),
