@@ -393,7 +393,12 @@ fn main() {
     // Aggregator syncs: the first byte picks the service (and, with its top
     // bit, a new link); then one instruction per request (0: as recorded;
     // see aggregator_answers.rs for the others).
-    for (service, name) in [(0u8, "gocardless"), (1, "enablebanking"), (2, "klarna")] {
+    for (service, name) in [
+        (0u8, "gocardless"),
+        (1, "enablebanking"),
+        (2, "klarna"),
+        (3, "xs2a"),
+    ] {
         write(
             &dir,
             "aggregator_answers",

@@ -1,6 +1,7 @@
-//! The aggregators' answers (GoCardless, Enable Banking, Klarna's XS2A
-//! API) as their connectors read them: tokens, links and sessions,
-//! account lists and details, transaction pages, balances.
+//! The answers of the aggregators (GoCardless, Enable Banking, Klarna's
+//! XS2A API) and of a Berlin Group (XS2A) bank whose SCA is a card code,
+//! as their connectors read them: tokens, links, consents and sessions,
+//! SCA status, account lists and details, transaction pages, balances.
 //!
 //! Once per process, each connector links and syncs against our sandbox's
 //! simulator of its service through a recording proxy on loopback; the
@@ -25,6 +26,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use bankbridge_cap::emv::{self, CapRequest, PinPolicy};
+use bankbridge_cap::transport::{Readers, VirtualReaders};
+use bankbridge_cap::virtual_card::VirtualCard;
 use bankbridge_core::{
     Attendance, ConnectionSettings, Connector, ConnectorError, Credentials, DateWindow, ScaAnswer,
     ScaChallenge, ScaProgress, Secret,
@@ -246,9 +250,32 @@ fn attendance() -> Attendance {
     }
 }
 
-/// The user at the bank's page: agrees, as the page's form does; or types
-/// the test bank's PIN when asked for it.
-async fn solve(challenge: &ScaChallenge) -> ScaAnswer {
+/// The user at the bank's page: agrees, as the page's form does; types
+/// the test bank's PIN when asked for it; or puts the bank's card (a
+/// virtual one) in the reader for a code.
+async fn solve(challenge: &ScaChallenge, card: Option<&VirtualReaders>) -> ScaAnswer {
+    let request = match challenge {
+        ScaChallenge::CardReaderLogin { challenge } => Some(CapRequest::Login {
+            challenge: challenge.clone(),
+        }),
+        ScaChallenge::CardReaderSign { numbers } => Some(CapRequest::Sign {
+            numbers: numbers.clone(),
+        }),
+        _ => None,
+    };
+    if let (Some(request), Some(readers)) = (request, card) {
+        let mut session = readers.connect("reader").expect("the virtual reader");
+        let pin = Secret::from("1234");
+        let code = emv::run(
+            session.as_mut(),
+            &request,
+            &pin,
+            None,
+            PinPolicy { min_tries: 1 },
+        )
+        .expect("the card computes a code");
+        return ScaAnswer::Code(Secret::new(code.response));
+    }
     match challenge {
         ScaChallenge::Secret { .. } => ScaAnswer::Code(Secret::new(
             bankbridge_sandbox::xs2a_playground::PASSWORD.to_owned(),
@@ -272,6 +299,15 @@ async fn solve(challenge: &ScaChallenge) -> ScaAnswer {
             ScaAnswer::Returned(Secret::new(query.to_owned()))
         }
         other => panic!("a challenge the recording cannot answer: {other}"),
+    }
+}
+
+/// The connection's secret; a bank that needs none gets none.
+fn credentials(secret: &str) -> Credentials {
+    if secret.is_empty() {
+        Credentials::default()
+    } else {
+        Credentials::with_password(Secret::new(secret.to_owned()))
     }
 }
 
@@ -332,10 +368,28 @@ impl Bench {
         s.options.insert("bank_code".into(), kl.bank_code);
         s.options.insert("country_code".into(), kl.country_code);
         services.push(("klarna", s, kl.api_token));
+        // A Berlin Group bank whose SCA is a code from the customer's card.
+        let be = sandbox.xs2a("be").expect("the card bank");
+        let creds = be.credentials();
+        let mut s = ConnectionSettings::new(creds.base_url.clone(), creds.psu_id.clone());
+        s.options.insert("bank".into(), "sandbox-be".into());
+        services.push(("xs2a", s, creds.password.clone()));
+        let card = VirtualReaders::new();
+        card.insert(
+            "reader",
+            Box::new(VirtualCard::new(be.card().clone()).expect("the bank's card")),
+        );
         let services = services
             .into_iter()
             .map(|(connector, settings, secret)| {
-                runtime.block_on(record(&proxy, &proxy_root, connector, settings, secret))
+                runtime.block_on(record(
+                    &proxy,
+                    &proxy_root,
+                    connector,
+                    settings,
+                    secret,
+                    &card,
+                ))
             })
             .collect();
         lock(&proxy).upstream = None;
@@ -356,6 +410,7 @@ async fn record(
     connector: &'static str,
     mut settings: ConnectionSettings,
     secret: String,
+    card: &VirtualReaders,
 ) -> Service {
     let url = url::Url::parse(&settings.base_url).expect("the simulator's address");
     let upstream = format!(
@@ -370,8 +425,7 @@ async fn record(
         p.upstream = Some(upstream);
         p.recorded.clear();
     }
-    let credentials = Credentials::with_password(Secret::new(secret.clone()));
-    let mut c = bankbridge_connectors::build(connector, &settings, credentials)
+    let mut c = bankbridge_connectors::build(connector, &settings, credentials(&secret))
         .unwrap_or_else(|e| panic!("{connector}: {e}"));
     c.attend(&attendance());
     let mut answer = None;
@@ -379,7 +433,7 @@ async fn record(
         match c.login().await {
             Ok(()) => break,
             Err(ConnectorError::ScaRequired(challenge)) => {
-                let given = solve(&challenge).await;
+                let given = solve(&challenge, Some(card)).await;
                 for _ in 0..20 {
                     match c.resume_sca(&given).await {
                         Ok(ScaProgress::Done) => break,
@@ -477,9 +531,12 @@ pub fn run(data: &[u8]) {
         p.at = 0;
         p.requests = 0;
     }
-    let credentials = Credentials::with_password(Secret::new(service.secret.clone()));
-    let mut c = bankbridge_connectors::build(service.connector, &service.settings, credentials)
-        .expect("the connector builds");
+    let mut c = bankbridge_connectors::build(
+        service.connector,
+        &service.settings,
+        credentials(&service.secret),
+    )
+    .expect("the connector builds");
     c.attend(&attendance());
     if !fresh && let Some(session) = &service.session {
         c.restore_session(session.clone());
