@@ -54,8 +54,7 @@ build_args=(--fuzz-dir fuzz --features libfuzzer --sanitizer "$sanitizer")
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    # Every target but the seed writer.
-    mapfile -t targets < <("${fuzz[@]}" list --fuzz-dir fuzz | grep -vx make_seeds)
+    mapfile -t targets < <("${fuzz[@]}" list --fuzz-dir fuzz)
 fi
 
 log "building the targets (nightly, sanitizer: $sanitizer)"

@@ -1,2 +1,5 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| bankbridge_fuzz::targets::aggregator_answers::run(data));
+libfuzzer_sys::fuzz_target!(
+    init: bankbridge_fuzz::targets::aggregator_answers::init(),
+    |data: &[u8]| bankbridge_fuzz::targets::aggregator_answers::run(data)
+);

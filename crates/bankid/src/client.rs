@@ -414,7 +414,42 @@ pub fn decode_answer<Resp: DeserializeOwned>(
     status: u16,
     bytes: &[u8],
 ) -> Result<Resp, BankIdError> {
-    serde_json::from_slice(bytes).map_err(|e| decode_error(endpoint, status, e.to_string(), bytes))
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer)
+        .map_err(|e| {
+            let reason = match e.path().to_string().as_str() {
+                "." => why_unreadable(e.inner()),
+                path => format!("{path}: {}", why_unreadable(e.inner())),
+            };
+            decode_error(endpoint, status, reason, bytes)
+        })
+        .and_then(|answer| {
+            deserializer
+                .end()
+                .map_err(|e| decode_error(endpoint, status, why_unreadable(&e), bytes))?;
+            Ok(answer)
+        })
+}
+
+/// Why a body could not be read, without the values in it: serde's own
+/// message shows the value of a field of the wrong type or value ("invalid
+/// type: integer `199001011239`"), which may be a personal number or a
+/// secret. Messages that name only fields (missing, unknown, duplicate)
+/// and syntax errors are kept.
+fn why_unreadable(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let names_only = ["missing field", "unknown field", "duplicate field"]
+        .iter()
+        .any(|p| text.starts_with(p));
+    if e.is_data() && !names_only {
+        format!(
+            "a value of the wrong type or out of range at line {} column {}",
+            e.line(),
+            e.column()
+        )
+    } else {
+        text
+    }
 }
 
 /// The error a non-2xx answer of `endpoint` stands for: BankID's own
@@ -599,6 +634,23 @@ mod tests {
             !printed.contains("hunter2") && !printed.contains("KEYBYTES"),
             "{printed}"
         );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_by_its_path_not_shown() {
+        // Found by the `bankid_answer` fuzz target: serde's message showed
+        // the personal number the body held as a number.
+        let body = br#"{"orderRef":"r","status":"complete","completionData":{"user":{"personalNumber":199001011239,"name":"A","givenName":"A","surname":"B"}}}"#;
+        let e = decode_answer::<crate::types::CollectResponse>("collect", 200, body)
+            .expect_err("a number where a string belongs")
+            .to_string();
+        assert!(!e.contains("199001011239"), "{e}");
+        assert!(e.contains("completionData.user.personalNumber"), "{e}");
+        // Messages that name only fields stay as serde wrote them.
+        let e = decode_answer::<crate::types::OrderResponse>("auth", 200, br#"{"orderRef":"r"}"#)
+            .expect_err("fields missing")
+            .to_string();
+        assert!(e.contains("missing field"), "{e}");
     }
 
     #[test]

@@ -516,6 +516,12 @@ async fn sync(c: &mut dyn Connector, answer: Option<&ScaAnswer>) -> Result<usize
     Ok(rows)
 }
 
+/// Sets the bench up before the first input, so its time (a store, a
+/// sandbox) does not count against the first input's time limit.
+pub fn init() {
+    drop(bench().lock());
+}
+
 pub fn run(data: &[u8]) {
     let Some((&pick, script)) = data.split_first() else {
         return;

@@ -195,6 +195,12 @@ fn is_code(code: &str) -> bool {
             .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
 }
 
+/// Sets the bench up before the first input, so its time (a store, a
+/// sandbox) does not count against the first input's time limit.
+pub fn init() {
+    drop(bench().lock());
+}
+
 pub fn run(data: &[u8]) {
     let Some((&pick, rest)) = data.split_first() else {
         return;

@@ -168,6 +168,12 @@ async fn commit(
         .map(drop)
 }
 
+/// Sets the bench up before the first input, so its time (a store, a
+/// sandbox) does not count against the first input's time limit.
+pub fn init() {
+    drop(bench().lock());
+}
+
 pub fn run(data: &[u8]) {
     let Some((&flags, rest)) = data.split_first() else {
         return;
