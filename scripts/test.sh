@@ -95,7 +95,9 @@ else
 fi
 
 # --no-fail-fast: one red test binary must not hide the others' results.
+tests_from=$SECONDS
 cargo test --workspace --no-fail-fast "$@"
+log "cargo test took $((SECONDS - tests_from)) s"
 
 # The API contract, from outside: schemathesis against a live `serve` with
 # synced data, a card, flow checks and the BankID gateway (only with the
