@@ -192,9 +192,16 @@ pub fn parse_dol(bytes: &[u8]) -> Result<Vec<DolEntry>, TlvError> {
     let mut at = 0;
     while at < bytes.len() {
         let (tag, tag_len) = read_tag(bytes, at)?;
-        let (len, len_len) = read_length(bytes, at + tag_len)?;
-        out.push(DolEntry { tag, len });
-        at += tag_len + len_len;
+        // One byte, not a BER length (EMV Book 3, 5.4): `81` asks for 129
+        // bytes. Read as BER, a card could ask for megabytes.
+        let len = *bytes
+            .get(at + tag_len)
+            .ok_or(TlvError::TruncatedLength(at + tag_len))?;
+        out.push(DolEntry {
+            tag,
+            len: usize::from(len),
+        });
+        at += tag_len + 1;
     }
     Ok(out)
 }
@@ -249,6 +256,20 @@ mod tests {
         );
         assert_eq!(dol[3], DolEntry { tag: 0x95, len: 5 });
         assert_eq!(dol_data_len(&dol), 0x22);
+        // A length is one byte, whatever its value. Read as BER, `81 9A`
+        // was one length of 154 and a card could ask for megabytes (the
+        // `cap_card` fuzz target found a challenge field too wide to format).
+        assert_eq!(
+            parse_dol(&h("9F37819A03")).unwrap(),
+            [
+                DolEntry {
+                    tag: 0x9F37,
+                    len: 0x81
+                },
+                DolEntry { tag: 0x9A, len: 3 }
+            ]
+        );
+        assert_eq!(dol_data_len(&parse_dol(&h("9F3783")).unwrap()), 0x83);
     }
 
     #[test]
