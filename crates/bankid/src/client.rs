@@ -417,9 +417,15 @@ pub fn decode_answer<Resp: DeserializeOwned>(
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut deserializer)
         .map_err(|e| {
-            let reason = match e.path().to_string().as_str() {
-                "." => why_unreadable(e.inner()),
-                path => format!("{path}: {}", why_unreadable(e.inner())),
+            // Only a type or value error's path is shown: it runs through
+            // fields our types declare (an unknown field takes any value).
+            // A syntax error's path may end in any key the body made up,
+            // which may hold anything.
+            let path = e.path().to_string();
+            let reason = if e.inner().is_data() && path != "." {
+                format!("{path}: {}", why_unreadable(e.inner()))
+            } else {
+                why_unreadable(e.inner())
             };
             decode_error(endpoint, status, reason, bytes)
         })
@@ -651,6 +657,14 @@ mod tests {
             .expect_err("fields missing")
             .to_string();
         assert!(e.contains("missing field"), "{e}");
+        // A syntax error inside a key the body made up: no path, so not
+        // the key (found by the same target: the key held the number).
+        let body = b"{\"order199001011240Ref\":\"a\x01b\",\"personalNumber\":\"199001011240\"}";
+        let e = decode_answer::<crate::types::OrderResponse>("auth", 200, body)
+            .expect_err("a control character in a string")
+            .to_string();
+        assert!(!e.contains("199001011240"), "{e}");
+        assert!(e.contains("line 1 column"), "{e}");
     }
 
     #[test]
