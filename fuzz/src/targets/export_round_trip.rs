@@ -396,8 +396,8 @@ fn xml_texts(text: &str, what: &str) -> Texts {
 
 /// What OFX's `NAME` (32 characters) and `MEMO` (255) say, as
 /// documented: the counterparty (else the label) and the remittance
-/// information (else the label), trimmed, cut, control characters as
-/// spaces.
+/// information (else the label), trimmed, cut, control characters and
+/// U+FFFE/U+FFFF as spaces.
 fn ofx_name_and_memo(tx: &Transaction) -> (String, String) {
     let given = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
     let name = given(&tx.counterparty_name).unwrap_or_else(|| tx.label.clone());
@@ -407,7 +407,13 @@ fn ofx_name_and_memo(tx: &Transaction) -> (String, String) {
             .trim()
             .chars()
             .take(max)
-            .map(|c| if c.is_control() { ' ' } else { c })
+            .map(|c| {
+                if c.is_control() || matches!(c, '\u{FFFE}' | '\u{FFFF}') {
+                    ' '
+                } else {
+                    c
+                }
+            })
             .collect();
         s.trim_end().to_owned()
     };

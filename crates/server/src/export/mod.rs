@@ -811,7 +811,8 @@ fn ofx_statement_end(buf: &mut Vec<u8>, (amount, date): (Decimal, NaiveDate)) {
 }
 
 /// XML-escape `text` after cutting it to `max_chars` characters; control
-/// characters (invalid in XML) become spaces, surrounding space is trimmed.
+/// characters and U+FFFE/U+FFFF (not characters XML 1.0 allows) become
+/// spaces, surrounding space is trimmed.
 pub fn xml_escape(text: &str, max_chars: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max_chars * 2));
     for c in text.trim().chars().take(max_chars) {
@@ -821,7 +822,7 @@ pub fn xml_escape(text: &str, max_chars: usize) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            c if c.is_control() => out.push(' '),
+            c if c.is_control() || matches!(c, '\u{FFFE}' | '\u{FFFF}') => out.push(' '),
             c => out.push(c),
         }
     }
@@ -871,6 +872,9 @@ mod tests {
             32
         );
         assert_eq!(xml_escape("a\u{1}b\n", 10), "a b");
+        // Found by the `export_round_trip` fuzz target: XML 1.0 has no
+        // U+FFFE or U+FFFF, and a strict reader refuses the whole file.
+        assert_eq!(xml_escape("a\u{FFFF}b\u{FFFE}", 10), "a b");
         // Cut before escaping: an entity is never split.
         assert_eq!(xml_escape("&&&&", 2), "&amp;&amp;");
     }
