@@ -4,6 +4,24 @@ use bankbridge_cap::{CardTransport, Protocol, TransportError};
 
 pub mod targets;
 
+/// A scratch folder for a target's store (on tmpfs where there is one:
+/// the store is not what is fuzzed) and a one-thread runtime to drive it.
+pub fn store_bench() -> (tempfile::TempDir, tokio::runtime::Runtime) {
+    let dir = tempfile::Builder::new()
+        .prefix("bankbridge-fuzz-")
+        .tempdir_in(if std::path::Path::new("/dev/shm").is_dir() {
+            "/dev/shm"
+        } else {
+            "/tmp"
+        })
+        .expect("a temporary folder");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    (dir, runtime)
+}
+
 /// Most commands one CAP computation may send before we call it a loop:
 /// a real one sends about 15 (SELECTs, GET PROCESSING OPTIONS, a few READ
 /// RECORDs, GET DATA, VERIFY, two GENERATE ACs, GET RESPONSEs).

@@ -61,18 +61,7 @@ const QUERY: &AsciiSet = &NON_ALPHANUMERIC
 
 impl Bench {
     fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("bankbridge-fuzz-")
-            .tempdir_in(if std::path::Path::new("/dev/shm").is_dir() {
-                "/dev/shm"
-            } else {
-                "/tmp"
-            })
-            .expect("a temporary folder");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
+        let (dir, runtime) = crate::store_bench();
         let (router, token, seeded_connection) = runtime.block_on(async {
             let store: Arc<dyn Store> = Arc::new(
                 SqliteStore::open(&dir.path().join("fuzz.db"))

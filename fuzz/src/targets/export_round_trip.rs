@@ -42,19 +42,7 @@ fn bench() -> &'static Mutex<Bench> {
 
 impl Bench {
     fn new() -> Self {
-        // On tmpfs where there is one: the store is not what is fuzzed.
-        let dir = tempfile::Builder::new()
-            .prefix("bankbridge-fuzz-")
-            .tempdir_in(if std::path::Path::new("/dev/shm").is_dir() {
-                "/dev/shm"
-            } else {
-                "/tmp"
-            })
-            .expect("a temporary folder");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
+        let (dir, runtime) = crate::store_bench();
         let (store, lease, account, row) = runtime.block_on(async {
             let store = Arc::new(
                 SqliteStore::open(&dir.path().join("fuzz.db"))
