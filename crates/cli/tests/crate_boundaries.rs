@@ -34,8 +34,9 @@ const SERVER_FRAMEWORKS: [&str; 9] = [
 
 const SANDBOX: &str = "bankbridge-sandbox";
 /// May depend on the sandbox: the `bankbridge` binary (its `demo` and
-/// `sandbox` commands), the benchmark it runs, and the sandbox itself.
-const MAY_USE_SANDBOX: [&str; 3] = ["bankbridge", "bankbridge-bench", SANDBOX];
+/// `sandbox` commands), the benchmark it runs, the sandbox itself, and the
+/// fuzz targets (which replay the simulators' answers; never shipped).
+const MAY_USE_SANDBOX: [&str; 4] = ["bankbridge", "bankbridge-bench", "bankbridge-fuzz", SANDBOX];
 
 struct Graph {
     names: HashMap<String, String>,

@@ -173,7 +173,7 @@ impl<'a> Obj<'a> {
             None => Ok(()),
             Some(k) => Err(invalid(format!(
                 "{} is not a parameter of this request (allowed here: {})",
-                self.name(k),
+                truncate(&self.name(k), 64),
                 allowed.join(", ")
             ))),
         }
@@ -737,6 +737,13 @@ mod tests {
                     "recipient": {"name": "Shop"}, "money": {"amount": "1,00", "currency": long}}}),
             ),
         ];
+        // And an unknown field's name (found in the full run).
+        let mut unknown = serde_json::Map::new();
+        unknown.insert("endUserIp".into(), ip.clone());
+        unknown.insert(long.clone(), json!(1));
+        let bodies = bodies
+            .into_iter()
+            .chain([(OrderKind::Auth, Value::Object(unknown))]);
         for (kind, body) in bodies {
             let text = details(kind, body);
             assert!(text.contains("xxxx…"), "{text}");
