@@ -468,26 +468,40 @@ fn bean_strings(line: &str) -> Vec<String> {
     out
 }
 
-fn beancount_reads_back(text: &str, tx: &Transaction) {
+/// The one transaction line (date, then `*` or `!`) of a plain-text export.
+fn transaction_line<'a>(text: &'a str, tx: &Transaction, what: &str) -> &'a str {
     let date = tx.booking_date.to_string();
     let heads: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with(&date) && (l.contains(" * ") || l.contains(" ! ")))
         .collect();
-    assert_eq!(heads.len(), 1, "beancount: one transaction in {text:?}");
+    assert_eq!(heads.len(), 1, "{what}: one transaction in {text:?}");
+    heads[0]
+}
+
+/// The payee and narration the plain-text formats write, as documented:
+/// the counterparty when it has a name; the label, else the remittance
+/// text. (Restated here, not called: an oracle that ran the writer's own
+/// code could not catch its mistakes.)
+fn payee_and_narration(tx: &Transaction) -> (Option<&str>, &str) {
     let payee = tx
         .counterparty_name
         .as_deref()
-        .filter(|n| !n.trim().is_empty())
-        .unwrap_or_default();
+        .filter(|n| !n.trim().is_empty());
     let narration = if tx.label.trim().is_empty() {
         tx.remittance_info.as_deref().unwrap_or_default()
     } else {
         &tx.label
     };
+    (payee, narration)
+}
+
+fn beancount_reads_back(text: &str, tx: &Transaction) {
+    let head = transaction_line(text, tx, "beancount");
+    let (payee, narration) = payee_and_narration(tx);
     assert_eq!(
-        bean_strings(heads[0]),
-        [one_line(payee), one_line(narration)]
+        bean_strings(head),
+        [one_line(payee.unwrap_or_default()), one_line(narration)]
     );
     let bank_id: Vec<&str> = text
         .lines()
@@ -507,27 +521,14 @@ fn beancount_reads_back(text: &str, tx: &Transaction) {
 }
 
 fn journal_reads_back(text: &str, tx: &Transaction) {
-    let date = tx.booking_date.to_string();
-    let heads: Vec<&str> = text
-        .lines()
-        .filter(|l| l.starts_with(&date) && (l.contains(" * ") || l.contains(" ! ")))
-        .collect();
-    assert_eq!(heads.len(), 1, "journal: one transaction in {text:?}");
-    let description = &heads[0][date.len() + 3..];
+    let head = transaction_line(text, tx, "journal");
+    let description = &head[tx.booking_date.to_string().len() + 3..];
     assert!(
         !description.contains(';'),
         "journal: a comment in {description:?}"
     );
     let clean = |s: &str| one_line(s).replace([';', '|'], ",");
-    let payee = tx
-        .counterparty_name
-        .as_deref()
-        .filter(|n| !n.trim().is_empty());
-    let narration = if tx.label.trim().is_empty() {
-        tx.remittance_info.as_deref().unwrap_or_default()
-    } else {
-        &tx.label
-    };
+    let (payee, narration) = payee_and_narration(tx);
     match payee {
         None => assert_eq!(description, clean(narration)),
         Some(p) => assert_eq!(description, format!("{} | {}", clean(p), clean(narration))),
